@@ -1,0 +1,3 @@
+from necropool.cli import main
+
+main()

@@ -1,0 +1,229 @@
+"""Bringing a slot back to a fresh state at the pool's tip, saving the holder's work first.
+
+The git CLI does the work (measured 2-10x faster than libgit2 for status/checkout/clean);
+each step runs only when the slot needs it, so a clean slot costs a single ``git status``.
+"""
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from necropool import git
+from necropool.git import GitError
+
+GIT_LOCK_NAMES = ("index.lock", "HEAD.lock", "ORIG_HEAD.lock", "FETCH_HEAD.lock",
+                  "packed-refs.lock", "config.lock", "shallow.lock")
+
+
+@dataclass
+class Report:
+    """What a cleanup found and did."""
+
+    changed: int = 0
+    untracked: int = 0
+    ignored: int = 0
+    moved_from: str | None = None
+    branches_deleted: list[str] = field(default_factory=list)
+    git_locks_removed: list[str] = field(default_factory=list)
+    config_restored: bool = False
+    index_rebuilt: bool = False
+    rescued: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v not in (None, [], False, 0)}
+
+
+# --- stale git lock files ---------------------------------------------------------------------
+
+def git_lock_files(gitdir: Path) -> list[Path]:
+    """Git's own lock files in a repository (index.lock, HEAD.lock, ref locks, ...)."""
+    found = [gitdir / n for n in GIT_LOCK_NAMES if (gitdir / n).exists()]
+    for dirpath, _dirs, files in os.walk(gitdir / "refs"):
+        found += [Path(dirpath, f) for f in files if f.endswith(".lock")]
+    return found
+
+
+def git_processes_in(tree: Path) -> list[int]:
+    """Local git processes whose working directory is inside ``tree``."""
+    prefix = str(tree.resolve())
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm") as fh:
+                if not fh.read().startswith("git"):
+                    continue
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+        except OSError:
+            continue
+        if cwd == prefix or cwd.startswith(prefix + "/"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def stale_git_locks(tree: Path) -> list[Path]:
+    """Git lock files with no git process working in the slot: left by a killed git."""
+    locks = git_lock_files(tree / ".git")
+    if locks and git_processes_in(tree):
+        return []
+    return locks
+
+
+# --- index integrity ------------------------------------------------------------------------
+
+def index_ok(gitdir: Path) -> bool:
+    """The index's signature and trailing SHA-1 (git itself never checks it outside fsck)."""
+    try:
+        data = (gitdir / "index").read_bytes()
+    except FileNotFoundError:
+        return True  # no index is a valid (empty) state; checkout rebuilds it
+    except OSError:
+        return False
+    if len(data) < 32 or data[:4] != b"DIRC":
+        return False
+    return hashlib.sha1(data[:-20]).digest() == data[-20:]
+
+
+# --- status ---------------------------------------------------------------------------------
+
+@dataclass
+class Status:
+    head: str | None
+    branch: str | None
+    changed: int
+    untracked: int
+    ignored: int
+
+
+def status(tree: Path, *, ignored: bool) -> Status:
+    args = ["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal",
+            f"--ignored={'traditional' if ignored else 'no'}"]
+    out = git.run(args, tree, env={"GIT_OPTIONAL_LOCKS": "0"}).stdout
+    head = branch = None
+    changed = untracked = n_ignored = 0
+    records = out.split(b"\0")
+    i = 0
+    while i < len(records):
+        rec = records[i]
+        if rec.startswith(b"# branch.oid "):
+            value = rec[13:].decode()
+            head = None if value == "(initial)" else value
+        elif rec.startswith(b"# branch.head "):
+            value = rec[14:].decode()
+            branch = None if value == "(detached)" else value
+        elif rec.startswith(b"2 "):
+            changed += 1
+            i += 1  # a rename record carries its original path in the next field
+        elif rec[:2] in (b"1 ", b"u "):
+            changed += 1
+        elif rec.startswith(b"? "):
+            untracked += 1
+        elif rec.startswith(b"! "):
+            n_ignored += 1
+        i += 1
+    return Status(head, branch, changed, untracked, n_ignored)
+
+
+# --- saving work ----------------------------------------------------------------------------
+
+def unpushed(tree: Path, has_branches: bool) -> bool:
+    """True when HEAD or a local branch holds commits that no remote-tracking ref has."""
+    args = ["rev-list", "-n1", "HEAD", *(["--branches"] if has_branches else []),
+            "--not", "--remotes"]
+    return bool(git.run(args, tree).stdout.strip())
+
+
+def rescue(tree: Path, dest: Path, st: Status, branches: list[str], with_head: bool) -> str:
+    """Save uncommitted changes (as a commit over HEAD), HEAD and local branches into a
+    bundle at ``dest``; return its path. Restore with
+    ``git fetch BUNDLE 'refs/necropool/rescue/*:refs/rescued/*'``."""
+    gitdir = tree / ".git"
+    refs: dict[str, str] = {}
+    if st.changed or st.untracked:
+        tmp_index = gitdir / "necropool-rescue.index"
+        if (gitdir / "index").exists():
+            shutil.copyfile(gitdir / "index", tmp_index)
+        env = {"GIT_INDEX_FILE": str(tmp_index)}
+        try:
+            git.run(["add", "-A", "."], tree, env=env)
+            wtree = git.run(["write-tree"], tree, env=env).stdout.decode().strip()
+        finally:
+            tmp_index.unlink(missing_ok=True)
+        parents = ["-p", st.head] if st.head else []
+        msg = "necropool: uncommitted changes saved before cleanup"
+        refs["refs/necropool/rescue/uncommitted"] = git.run(
+            ["commit-tree", wtree, *parents, "-m", msg], tree).stdout.decode().strip()
+    if with_head and st.head:
+        refs["refs/necropool/rescue/HEAD"] = st.head
+    for name in branches:
+        sha = git.read_ref(gitdir, f"refs/heads/{name}")
+        if sha:
+            refs[f"refs/necropool/rescue/heads/{name}"] = sha
+    stdin = "".join(f"update {ref} {sha}\n" for ref, sha in refs.items())
+    _update_refs(tree, stdin)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        git.run(["bundle", "create", "-q", str(dest), *refs, "--not", "--remotes"], tree)
+    finally:
+        _update_refs(tree, "".join(f"delete {ref}\n" for ref in refs))
+    return str(dest)
+
+
+def _update_refs(tree: Path, commands: str) -> None:
+    if commands:
+        git.run(["update-ref", "--stdin"], tree, input=commands.encode())
+
+
+# --- the whole cleanup ----------------------------------------------------------------------
+
+def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ignored: bool,
+          rescue_to: Path | None, known_commit: str | None = None) -> Report:
+    """Make ``tree`` equal a fresh slot at ``tip``: saving work to ``rescue_to`` first (when
+    given and there is any), then removing stale git locks, resetting, cleaning and
+    deleting local branches. Raises GitError when the slot cannot be cleaned."""
+    gitdir = tree / ".git"
+    if not gitdir.is_dir() or gitdir.is_symlink():
+        raise GitError(f"{tree} is not a git working copy (.git missing)")
+    report = Report()
+    expected = git.slot_config(url, git.object_format(gitdir))
+    try:
+        current = (gitdir / "config").read_text()
+    except OSError:
+        current = None
+    if current != expected:
+        (gitdir / "config").write_text(expected)
+        report.config_restored = True
+    for lock in stale_git_locks(tree):
+        lock.unlink(missing_ok=True)
+        report.git_locks_removed.append(str(lock.relative_to(tree)))
+    if not index_ok(gitdir):
+        (gitdir / "index").unlink()
+        report.index_rebuilt = True
+
+    st = status(tree, ignored=not keep_ignored)
+    if st.head is None:
+        raise GitError(f"{tree}: HEAD does not resolve to a commit")
+    branches = git.local_branches(gitdir)
+    head_known = st.head in (tip, known_commit)
+    lost_commits = (branches or not head_known) and unpushed(tree, bool(branches))
+    if rescue_to is not None and (st.changed or st.untracked or lost_commits):
+        report.rescued = rescue(tree, rescue_to, st, branches if lost_commits else [],
+                                with_head=lost_commits and not head_known)
+
+    if git.read_ref(gitdir, f"refs/remotes/origin/{branch}") != tip:
+        git.run(["fetch", "--no-tags", "--quiet", str(mirror),
+                 f"+refs/heads/{branch}:refs/remotes/origin/{branch}"], tree)
+    if st.head != tip or st.branch or st.changed or report.index_rebuilt:
+        git.run(["checkout", "-f", "-q", "--detach", tip], tree)
+        if st.head != tip:
+            report.moved_from = st.head
+    if st.untracked or st.ignored:
+        git.run(["clean", "-ffdq" if keep_ignored else "-ffdxq"], tree)
+    if branches:
+        _update_refs(tree, "".join(f"delete refs/heads/{b}\n" for b in branches))
+        report.branches_deleted = branches
+    report.changed, report.untracked, report.ignored = st.changed, st.untracked, st.ignored
+    return report

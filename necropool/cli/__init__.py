@@ -1,0 +1,38 @@
+"""The command-line layer: parses arguments, calls ``PoolManager``, renders results."""
+
+import sys
+
+
+def _json_requested(args: list[str]) -> bool:
+    head = args[: args.index("--")] if "--" in args else args
+    return "--json" in head
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every failure becomes a one-line message and a documented exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    from necropool.cli.output import Output
+    from necropool.errors import NecropoolError
+
+    out = Output(_json_requested(args))
+    try:
+        from necropool.cli.app import app
+
+        code = app(args=args, prog_name="necropool", standalone_mode=False)
+        code = code if isinstance(code, int) else 0
+    except NecropoolError as exc:
+        out.error(exc.code, exc.message, exc.exit_code)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        out.error("interrupted", "interrupted", 130)
+        code = 130
+    except BrokenPipeError:
+        code = 141 - 128  # the reader went away (``| head``): nothing more to say
+    except Exception as exc:  # click's usage errors, then genuine bugs
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            code = 2 if exc.exit_code in (1, 2) else exc.exit_code
+            out.error("usage", exc.format_message().splitlines()[0], code)
+        else:
+            out.error("internal", f"internal error: {type(exc).__name__}: {exc}", 70)
+            code = 70
+    sys.exit(code)

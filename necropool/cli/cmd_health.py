@@ -1,0 +1,112 @@
+"""Health commands: detect, recover, isolate, auto-recover."""
+
+from typing import Annotated
+
+import typer
+
+from necropool.cli.app import app
+from necropool.cli.context import G
+from necropool.cli.params import Json, MaxHours, OptionalPoolArg, SlotArg
+
+KIND_TITLES = {
+    "long_allocated_slots": "long allocated",
+    "abandoned_slots": "abandoned",
+    "corrupted_slots": "corrupted",
+    "orphaned_locks": "orphaned lock",
+    "stray_paths": "stray path",
+    "isolated_slots": "isolated",
+}
+
+
+@app.command()
+def detect(
+    pool: OptionalPoolArg = None,
+    max_allocation_hours: MaxHours = None,
+    deep: Annotated[bool, typer.Option(
+        "--deep", help="Also run 'git fsck --full' (slow on big repositories)")] = False,
+    json_out: Json = False,
+) -> None:
+    """Find anomalies; exit 0 when healthy, 1 when anything is found."""
+    out = G.out(json_out)
+    found = G.manager().detect_anomalies(pool, max_allocation_hours, deep)
+    total = sum(len(v) for v in found.values())
+    if out.json:
+        out.emit({**found, "healthy": total == 0, "count": total})
+    elif total:
+        rows = [[KIND_TITLES[kind], a.get("slot_id") or "", a["pool"], a["evidence"],
+                 a.get("path", "")] for kind, items in found.items() for a in items]
+        out.table(["KIND", "SLOT", "POOL", "EVIDENCE", "PATH"], rows)
+    else:
+        out.note("healthy: no anomalies")
+    raise typer.Exit(1 if total else 0)
+
+
+@app.command()
+def recover(
+    slot: SlotArg,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Recover even an allocated slot whose holder may be alive")] = False,
+    json_out: Json = False,
+) -> None:
+    """Repair a slot: clean, verify, re-clone if needed; ends available (0) or error (3)."""
+    out = G.out(json_out)
+    data = G.manager().recover_slot(slot, force)
+    if out.json:
+        out.emit(data)
+    else:
+        for action in data["actions"]:
+            out.note(f"{data['slot_id']}: {action}")
+        if data["recovered"]:
+            out.note(f"{data['slot_id']}: recovered, available")
+        else:
+            out.error("failed", f"{data['slot_id']} could not be recovered and is isolated: "
+                      f"{data.get('error')}", 3)
+    raise typer.Exit(0 if data["recovered"] else 3)
+
+
+@app.command()
+def isolate(
+    slot: SlotArg,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (shown by status)")] = None,
+    json_out: Json = False,
+) -> None:
+    """Take a slot out of service (state error) until it is recovered."""
+    out = G.out(json_out)
+    data = G.manager().isolate_slot(slot, reason)
+    if out.json:
+        out.emit(data)
+    else:
+        out.note(f"isolated {data['slot_id']}: {data['isolation_reason']}")
+
+
+@app.command("auto-recover")
+def auto_recover(
+    pool: OptionalPoolArg = None,
+    max_allocation_hours: MaxHours = None,
+    no_recover_corrupted: Annotated[bool, typer.Option(
+        "--no-recover-corrupted", help="Leave corrupted slots alone")] = False,
+    no_cleanup_orphaned_locks: Annotated[bool, typer.Option(
+        "--no-cleanup-orphaned-locks", help="Leave orphaned locks alone")] = False,
+    force_release_long_allocated: Annotated[bool, typer.Option(
+        "--force-release-long-allocated",
+        help="Also release long allocations whose holder may still be alive")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be done")] = False,
+    json_out: Json = False,
+) -> None:
+    """Detect and heal: safe from cron; exit 3 when any action failed."""
+    out = G.out(json_out)
+    data = G.manager().auto_recover(
+        pool, max_allocation_hours=max_allocation_hours,
+        recover_corrupted=not no_recover_corrupted,
+        cleanup_orphaned_locks=not no_cleanup_orphaned_locks,
+        force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
+    if out.json:
+        out.emit(data)
+    else:
+        rows = [[p["pool"], a["target"], a["action"], a.get("status"), a.get("error") or
+                 a.get("rescued") or ""] for p in data["pools"] for a in p["actions"]]
+        out.table(["POOL", "TARGET", "ACTION", "STATUS", "DETAIL"], rows)
+        keys = ("abandoned_released", "long_allocated_released", "corrupted_recovered",
+                "corrupted_isolated", "orphaned_locks_cleaned", "stray_paths_moved")
+        out.note(", ".join(f"{k}={data[k]}" for k in keys) + f", errors={len(data['errors'])}")
+    raise typer.Exit(3 if data["errors"] else 0)

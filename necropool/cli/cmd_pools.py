@@ -1,0 +1,162 @@
+"""Pool administration commands: create, delete, add, remove, list, status, sync."""
+
+from typing import Annotated
+
+import typer
+
+from necropool.cli.app import app
+from necropool.cli.context import G
+from necropool.cli.params import Json, PoolArg, SlotArg
+from necropool.cli.progress import progress_bar
+
+SLOT_COLUMNS = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "COMMIT", "USES", "PATH"]
+
+
+def slot_row(slot: dict) -> list:
+    commit = (slot.get("current_commit") or "")[:12]
+    return [slot["slot_id"], slot["state"], slot.get("owner"), slot.get("lease_id"),
+            slot.get("allocated_at"), commit, slot.get("allocation_count"), slot["path"]]
+
+
+@app.command()
+def create(
+    pool: PoolArg,
+    url: Annotated[str, typer.Argument(metavar="URL", help="Upstream repository URL or path")],
+    slots: Annotated[int, typer.Option("--slots", "-n", min=1, help="Number of slots")] = 3,
+    branch: Annotated[str | None, typer.Option("--branch", "-b",
+                                               help="Branch (default: upstream HEAD)")] = None,
+    keep_ignored: Annotated[bool, typer.Option(
+        "--keep-ignored", help="Keep ignored files (build caches) when cleaning")] = False,
+    no_fetch_on_allocate: Annotated[bool, typer.Option(
+        "--no-fetch-on-allocate", help="Do not fetch upstream on every allocate")] = False,
+    fetch_backend: Annotated[str, typer.Option(
+        "--fetch-backend", help="git (default) or libgit2")] = "git",
+    json_out: Json = False,
+) -> None:
+    """Create a pool: a local mirror of URL and N slots cloned from it."""
+    from necropool.config import PoolSpec
+
+    out = G.out(json_out)
+    spec = PoolSpec(name=pool, url=url, num_slots=slots, branch=branch, keep_ignored=keep_ignored,
+                    fetch_on_allocate=not no_fetch_on_allocate, fetch_backend=fetch_backend)
+    with progress_bar(out, f"creating {pool}") as tick:
+        data = G.manager().create_pool(spec, tick)
+    if out.json:
+        out.emit(data)
+    else:
+        out.line(data["path"])
+        out.note(f"created pool {pool}: {data['num_slots']} slots on {data['branch']}")
+
+
+@app.command()
+def delete(
+    pool: PoolArg,
+    force: Annotated[bool, typer.Option("--force", help="Delete even with slots in use")] = False,
+    json_out: Json = False,
+) -> None:
+    """Delete a pool, its mirror and all its slots."""
+    out = G.out(json_out)
+    data = G.manager().delete_pool(pool, force)
+    out.emit(data) if out.json else out.note(f"deleted pool {pool}")
+
+
+@app.command()
+def add(
+    pool: PoolArg,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Slots to add")] = 1,
+    json_out: Json = False,
+) -> None:
+    """Add slots to a pool (cloned from its mirror)."""
+    out = G.out(json_out)
+    with progress_bar(out, f"adding to {pool}") as tick:
+        added = G.manager().add_slots(pool, count, tick)
+    if out.json:
+        out.emit({"pool": pool, "added": added})
+    else:
+        for slot_id in added:
+            out.line(slot_id)
+
+
+@app.command()
+def remove(
+    slot: SlotArg,
+    force: Annotated[bool, typer.Option("--force", help="Remove even if allocated")] = False,
+    json_out: Json = False,
+) -> None:
+    """Remove a slot and its working copy."""
+    out = G.out(json_out)
+    data = G.manager().remove_slot(slot, force)
+    out.emit(data) if out.json else out.note(f"removed slot {data['slot_id']}")
+
+
+@app.command("list")
+def list_(json_out: Json = False) -> None:
+    """List pools with their slot counts by state."""
+    out = G.out(json_out)
+    items = G.manager().list_pools()
+    if out.json:
+        out.emit({"pools": items})
+        return
+    rows = []
+    for p in items:
+        if "error" in p:
+            rows.append([p["pool"], "", "", "", "", "", "", p["error"]])
+            continue
+        c = p["counts"]
+        rows.append([p["pool"], p["num_slots"], c["available"], c["allocated"], c["cleaning"],
+                     c["error"], p["branch"], p["url"]])
+    out.table(["POOL", "SLOTS", "AVAILABLE", "ALLOCATED", "CLEANING", "ERROR", "BRANCH", "URL"],
+              rows)
+
+
+@app.command()
+def status(
+    target: Annotated[str | None, typer.Argument(
+        metavar="[POOL|SLOT]", help="A pool name or slot id (default: every pool)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or prometheus")] = "table",
+    json_out: Json = False,
+) -> None:
+    """Show slots and their leases: of every pool, one pool, or one slot."""
+    from necropool.errors import UsageError
+
+    out = G.out(json_out)
+    manager = G.manager()
+    if fmt not in ("table", "prometheus"):
+        raise UsageError(f"invalid --format {fmt!r}: use table or prometheus")
+    if target and ("/" in target or _is_slot(manager, target)):
+        data = manager.slot_status(target)
+        out.emit(data) if out.json else out.fields(data)
+        return
+    pools = [manager.pool_status(target)] if target else [
+        manager.pool_status(name) for name in manager.pool_names()]
+    if fmt == "prometheus":
+        from necropool.cli.metrics import prometheus
+
+        out.line(prometheus(pools).rstrip("\n"))
+    elif out.json:
+        out.emit({"pools": pools} if not target else pools[0])
+    else:
+        out.table(SLOT_COLUMNS, [slot_row(s) for p in pools for s in p["slots"]])
+
+
+def _is_slot(manager, target: str) -> bool:
+    """A name that is not a pool but parses as ``<pool>-<n>`` is a slot id."""
+    return target not in manager.pool_names() and target.rsplit("-", 1)[-1].isdigit()
+
+
+@app.command()
+def sync(
+    prune: Annotated[bool, typer.Option(
+        "--prune", help="Also shrink pools, and delete pools the config drops")] = False,
+    json_out: Json = False,
+) -> None:
+    """Create or grow the pools declared in the config file's [pools.NAME] tables."""
+    out = G.out(json_out)
+    with progress_bar(out, "syncing") as tick:
+        actions = G.manager().sync(prune, tick)
+    if out.json:
+        out.emit({"actions": actions})
+    else:
+        out.table(["POOL", "ACTION", "DETAIL"],
+                  [[a["pool"], a["action"], a.get("added") or a.get("removed") or a.get("slots")]
+                   for a in actions])

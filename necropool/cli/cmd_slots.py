@@ -1,0 +1,120 @@
+"""Allocation commands: allocate, release, run, log."""
+
+from typing import Annotated
+
+import typer
+
+from necropool.cli.app import app
+from necropool.cli.context import G
+from necropool.cli.params import AllocatedSlotArg, Json, PoolArg
+
+Owner = Annotated[str | None, typer.Option("--owner", help="Who holds the slot (default: $USER)")]
+Pid = Annotated[int | None, typer.Option(
+    "--pid", help="Holder process: the slot counts as abandoned as soon as it dies")]
+Ttl = Annotated[str | None, typer.Option("--ttl", metavar="DURATION",
+                                         help="Lease length (90s, 5m, 2h, 1d)")]
+Meta = Annotated[list[str] | None, typer.Option("--meta", metavar="KEY=VALUE",
+                                                help="Metadata for the lease (repeatable)")]
+Wait = Annotated[str | None, typer.Option("--wait", metavar="DURATION",
+                                          help="Wait up to this long for a free slot")]
+NoFetch = Annotated[bool, typer.Option("--no-fetch", help="Do not fetch upstream first")]
+
+
+def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
+    from necropool.clock import parse_duration
+    from necropool.lifecycle import parse_metadata
+
+    return {
+        "owner": owner,
+        "ttl": parse_duration(ttl, "--ttl") if ttl else None,
+        "metadata": parse_metadata(meta or []),
+        "wait": parse_duration(wait, "--wait") if wait else 0,
+        "fetch": False if no_fetch else None,
+    }
+
+
+@app.command()
+def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = None,
+             meta: Meta = None, wait: Wait = None, no_fetch: NoFetch = False,
+             json_out: Json = False) -> None:
+    """Allocate a free slot and print its path (exit 75 when none is free)."""
+    out = G.out(json_out)
+    options = _allocate_options(owner, ttl, meta, wait, no_fetch)
+    data = G.manager().allocate_slot(pool, pid=pid, **options)
+    if data.get("fetch_error"):
+        out.note(f"warning: upstream fetch failed, slot is at the mirror's tip: "
+                 f"{data['fetch_error']}")
+    out.emit(data) if out.json else out.line(data["path"])
+
+
+@app.command()
+def release(
+    slot: AllocatedSlotArg,
+    lease_id: Annotated[str | None, typer.Option(
+        "--lease-id", help="Refuse unless this is the current lease")] = None,
+    no_cleanup: Annotated[bool, typer.Option(
+        "--no-cleanup", help="Do not clean now (the next allocate cleans)")] = False,
+    no_fetch: NoFetch = False,
+    json_out: Json = False,
+) -> None:
+    """Release a slot and clean it (saving any uncommitted or unpushed work first)."""
+    out = G.out(json_out)
+    data = G.manager().release_slot(slot, lease_id, cleanup=not no_cleanup,
+                                    fetch=False if no_fetch else None)
+    if data.get("fetch_error"):
+        out.note(f"warning: upstream fetch failed, cleaned to the mirror's tip: "
+                 f"{data['fetch_error']}")
+    if out.json:
+        out.emit(data)
+        return
+    if data.get("rescued"):
+        out.note(f"saved the holder's work to {data['rescued']}")
+    out.note(f"released {data['slot_id']}")
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(
+    pool: PoolArg,
+    command: Annotated[list[str], typer.Argument(metavar="-- CMD [ARGS]...",
+                                                 help="The command to run in the slot")],
+    owner: Owner = None, ttl: Ttl = None, meta: Meta = None, wait: Wait = None,
+    no_fetch: NoFetch = False, json_out: Json = False,
+) -> None:
+    """Run a command in a freshly allocated slot, release it afterwards, exit with its status."""
+    out = G.out(json_out)
+    options = _allocate_options(owner, ttl, meta, wait, no_fetch)
+    result = G.manager().run(pool, list(command), **options)
+    if result.spawn_error:
+        out.error("spawn", result.spawn_error, result.code)
+    if result.release_error:
+        out.error("failed", result.release_error, 3)
+    if out.json:
+        out.emit({"slot_id": result.slot_id, "pool": pool, "exit_code": result.code,
+                  "release": result.release, "release_error": result.release_error})
+    raise typer.Exit(result.code)
+
+
+@app.command()
+def log(
+    pool: PoolArg,
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="DURATION", help="Only events newer than this (e.g. 2h)")] = None,
+    json_out: Json = False,
+) -> None:
+    """Show the pool's event history (allocations, releases, cleanups, recoveries)."""
+    from datetime import timedelta
+
+    from necropool.clock import now, parse_duration
+
+    out = G.out(json_out)
+    cutoff = now() - timedelta(seconds=parse_duration(since, "--since")) if since else None
+    records = G.manager().log(pool, cutoff)
+    if out.json:
+        out.emit({"pool": pool, "events": records})
+        return
+    rows = []
+    for r in records:
+        detail = {k: v for k, v in r.items() if k not in ("time", "event", "pool", "slot_id")}
+        rows.append([r.get("time"), r.get("event"), r.get("slot_id", ""),
+                     " ".join(f"{k}={v}" for k, v in detail.items())])
+    out.table(["TIME", "EVENT", "SLOT", "DETAIL"], rows)

@@ -1,0 +1,21 @@
+"""Argument and option types shared by the commands, with dynamic completion."""
+
+from typing import Annotated
+
+import typer
+
+from necropool.cli import complete
+
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout")]
+PoolArg = Annotated[str, typer.Argument(metavar="POOL", help="Pool name",
+                                        autocompletion=complete.pools)]
+OptionalPoolArg = Annotated[str | None, typer.Argument(
+    metavar="[POOL]", help="Pool name (default: every pool)", autocompletion=complete.pools)]
+SlotArg = Annotated[str, typer.Argument(metavar="SLOT", help="Slot id (web-3) or a path in a slot",
+                                        autocompletion=complete.slots)]
+AllocatedSlotArg = Annotated[str, typer.Argument(
+    metavar="SLOT", help="Slot id (web-3) or a path in a slot",
+    autocompletion=complete.allocated_slots)]
+MaxHours = Annotated[float | None, typer.Option(
+    "--max-allocation-hours", metavar="H",
+    help="Allocations older than this are long (default: config, 24)")]

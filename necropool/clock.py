@@ -1,0 +1,31 @@
+"""Time helpers: UTC now, RFC 3339 rendering, duration parsing."""
+
+import re
+from datetime import UTC, datetime
+
+from necropool.errors import UsageError
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """Render an aware datetime as ``2026-01-02T03:04:05.123Z`` (None stays None)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Parse ``90s``, ``5m``, ``2h``, ``1d`` or plain seconds into positive seconds."""
+    match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if not match:
+        raise UsageError(f"invalid {what} {text!r}: use e.g. 90s, 5m, 2h, 1d or plain seconds")
+    seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    if seconds <= 0:
+        raise UsageError(f"invalid {what} {text!r}: must be greater than zero")
+    return seconds

@@ -1,0 +1,148 @@
+"""Settings: where the root and config file are, and what the config file may say.
+
+Precedence for every setting: flag > environment > config file > default.
+"""
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from necropool.errors import UsageError
+from necropool.names import check_pool_name, check_url
+
+POOL_KEYS = {
+    "url": str,
+    "num_slots": int,
+    "branch": str,
+    "keep_ignored": bool,
+    "fetch_on_allocate": bool,
+    "fetch_backend": str,
+}
+TOP_KEYS = {
+    "root": str,
+    "max_allocation_hours": (int, float),
+    "stale_lock_hours": (int, float),
+    "lock_timeout": (int, float),
+    "git_timeout": (int, float),
+    "pools": dict,
+}
+POSITIVE = ("max_allocation_hours", "stale_lock_hours", "lock_timeout", "git_timeout", "num_slots")
+FETCH_BACKENDS = ("git", "libgit2")
+
+
+@dataclass
+class PoolSpec:
+    """A pool as the config file declares it (for ``sync``) or ``create`` asks for it."""
+
+    name: str
+    url: str
+    num_slots: int = 3
+    branch: str | None = None
+    keep_ignored: bool = False
+    fetch_on_allocate: bool = True
+    fetch_backend: str = "git"
+
+
+@dataclass
+class Settings:
+    root: Path
+    config_path: Path | None = None
+    max_allocation_hours: float = 24.0
+    stale_lock_hours: float = 24.0
+    lock_timeout: float = 30.0
+    git_timeout: float = 600.0
+    pools: dict[str, PoolSpec] = field(default_factory=dict)
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
+
+
+def default_config_path() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "necropool" / "config.toml"
+
+
+def _fail(path: Path, key: str, reason: str):
+    raise UsageError(f"invalid config {path}: {key}: {reason}")
+
+
+def _check_type(path: Path, key: str, value, expected) -> None:
+    if isinstance(value, bool) and expected is not bool:
+        _fail(path, key, f"expected {_type_name(expected)}, got a boolean")
+    if not isinstance(value, expected):
+        _fail(path, key, f"expected {_type_name(expected)}, got {type(value).__name__}")
+    if key.rsplit(".", 1)[-1] in POSITIVE and value <= 0:
+        _fail(path, key, "must be greater than zero")
+
+
+def _type_name(expected) -> str:
+    if isinstance(expected, tuple):
+        return "a number"
+    return {str: "a string", int: "an integer", bool: "a boolean", dict: "a table"}[expected]
+
+
+def _pool_spec(path: Path, name: str, table) -> PoolSpec:
+    if not isinstance(table, dict):
+        _fail(path, f"pools.{name}", "expected a table")
+    try:
+        check_pool_name(name)
+    except UsageError as exc:
+        _fail(path, f"pools.{name}", exc.message)
+    for key, value in table.items():
+        if key not in POOL_KEYS:
+            _fail(path, f"pools.{name}.{key}", "unknown key")
+        _check_type(path, f"pools.{name}.{key}", value, POOL_KEYS[key])
+    if "url" not in table:
+        _fail(path, f"pools.{name}.url", "missing")
+    if table.get("fetch_backend", "git") not in FETCH_BACKENDS:
+        _fail(path, f"pools.{name}.fetch_backend", f"must be one of {', '.join(FETCH_BACKENDS)}")
+    try:
+        check_url(table["url"])
+    except UsageError as exc:
+        _fail(path, f"pools.{name}.url", exc.message)
+    return PoolSpec(name=name, **table)
+
+
+def parse_config(path: Path) -> dict:
+    """Read and validate a config file; return its settings as a plain dict."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"config file {path} is a directory") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"invalid config {path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+    for key, value in data.items():
+        if key not in TOP_KEYS:
+            _fail(path, key, "unknown key")
+        _check_type(path, key, value, TOP_KEYS[key])
+    pools = data.pop("pools", {})
+    data["pools"] = {name: _pool_spec(path, name, table) for name, table in pools.items()}
+    return data
+
+
+def load_settings(root: str | None = None, config: str | None = None) -> Settings:
+    """Resolve the config file and root by precedence and return validated settings."""
+    env_config = os.environ.get("NECROPOOL_CONFIG")
+    explicit = config or env_config
+    config_path = Path(explicit) if explicit else default_config_path()
+    data: dict = {}
+    if explicit or config_path.exists():
+        data = parse_config(config_path)
+    else:
+        config_path = None
+    root_value = root or os.environ.get("NECROPOOL_HOME") or data.pop("root", None)
+    data.pop("root", None)
+    if root_value:
+        root_path = Path(root_value).expanduser()
+    else:
+        root_path = _xdg("XDG_DATA_HOME", ".local/share") / "necropool"
+    if root_path.exists() and not root_path.is_dir():
+        raise UsageError(f"root {root_path} is not a directory")
+    return Settings(root=root_path.absolute(), config_path=config_path, **data)

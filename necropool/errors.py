@@ -1,0 +1,48 @@
+"""Exceptions of the core; each carries the exit code the CLI reports."""
+
+
+class NecropoolError(Exception):
+    """Base error: ``code`` is a stable machine-readable name, ``exit_code`` the CLI status."""
+
+    exit_code = 3
+    code = "failed"
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class UsageError(NecropoolError):
+    """Bad name, bad flag or invalid configuration."""
+
+    exit_code = 2
+    code = "usage"
+
+
+class OperationFailed(NecropoolError):
+    """A git call, repair or write failed."""
+
+    exit_code = 3
+    code = "failed"
+
+
+class NotFound(NecropoolError):
+    """A pool or slot does not exist."""
+
+    exit_code = 4
+    code = "not_found"
+
+
+class Conflict(NecropoolError):
+    """Wrong state for the operation, stale lease, pool exists."""
+
+    exit_code = 5
+    code = "conflict"
+
+
+class TryAgain(NecropoolError):
+    """No free slot or a lock timeout: try again later."""
+
+    exit_code = 75
+    code = "unavailable"

@@ -1,0 +1,40 @@
+"""The append-only history of a pool: ``events.jsonl``, one JSON object per line."""
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+from necropool.clock import now, rfc3339
+
+
+def append(path: Path, event: str, **fields) -> None:
+    """Append one event (a single O_APPEND write, so concurrent writers never interleave)."""
+    record = {"time": rfc3339(now()), "event": event}
+    record.update({k: v for k, v in fields.items() if v is not None})
+    line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read(path: Path, since: datetime | None = None) -> list[dict]:
+    """Events in order; a damaged line is skipped, never fatal."""
+    try:
+        with open(path, "rb") as fh:
+            lines = fh.readlines()
+    except FileNotFoundError:
+        return []
+    cutoff = rfc3339(since) if since else None
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (cutoff is None or str(record.get("time")) >= cutoff):
+            records.append(record)
+    return records

@@ -1,0 +1,233 @@
+"""Git operations through the git CLI (hardened) and, where it pays, pygit2 (imported lazily).
+
+Every git call runs without hooks, fsmonitor, terminal prompts or inherited GIT_* redirection,
+and only over the transports in ``ALLOWED_PROTOCOLS``.
+"""
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from necropool.errors import OperationFailed
+
+ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
+HARDENING = (
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "core.fsmonitor=false",
+    "-c", "protocol.ext.allow=never",
+    "-c", "core.sshCommand=ssh -o BatchMode=yes -o ConnectTimeout=30",
+    "-c", "gc.autoDetach=false",
+    "-c", "advice.detachedHead=false",
+)
+_TRANSIENT = re.compile(
+    r"could not resolve host|connection (timed out|reset|refused)|timed out|early eof|"
+    r"remote end hung up|rpc failed|temporarily unavailable|tls|ssl|50[234]",
+    re.IGNORECASE,
+)
+_INHERITED = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+              "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_COMMON_DIR",
+              "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_EXTERNAL_DIFF",
+              "GIT_SSH", "GIT_SSH_COMMAND", "GIT_PROXY_COMMAND", "GIT_ASKPASS", "SSH_ASKPASS")
+RETRY_DELAYS = (1.0, 3.0)  # three tries in all
+
+
+class GitError(OperationFailed):
+    """A git command failed; ``stderr`` holds its last words."""
+
+    def __init__(self, message: str, stderr: str = ""):
+        super().__init__(message, stderr=stderr)
+        self.stderr = stderr
+
+    @property
+    def transient(self) -> bool:
+        return bool(_TRANSIENT.search(self.stderr or self.message))
+
+
+def git_env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in _INHERITED}
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GCM_INTERACTIVE="never",
+        GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
+        LC_ALL="C",
+        GIT_AUTHOR_NAME="necropool", GIT_AUTHOR_EMAIL="necropool@localhost",
+        GIT_COMMITTER_NAME="necropool", GIT_COMMITTER_EMAIL="necropool@localhost",
+    )
+    env.update(extra or {})
+    return env
+
+
+def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,
+        env: dict | None = None, check: bool = True,
+        input: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run ``git ARGS`` hardened; raise GitError with git's message when it fails."""
+    cmd = ["git", *HARDENING, *args]
+    stdin = {} if input is not None else {"stdin": subprocess.DEVNULL}
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=git_env(env), capture_output=True,
+                              timeout=timeout, input=input, **stdin)
+    except FileNotFoundError:
+        raise GitError("git is not installed or not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {args[0]} timed out after {timeout:g}s", "timed out") from None
+    if check and proc.returncode != 0:
+        stderr = proc.stderr.decode(errors="replace").strip()
+        last = stderr.splitlines()[-1] if stderr else f"exit status {proc.returncode}"
+        raise GitError(f"git {args[0]} failed: {last}", stderr)
+    return proc
+
+
+def run_network(args: list[str], cwd: Path | None = None, *, timeout: float) -> None:
+    """Run a git command that talks to the upstream: up to 3 tries for transient failures."""
+    for attempt in range(len(RETRY_DELAYS) + 1):
+        try:
+            run(args, cwd, timeout=timeout)
+            return
+        except GitError as exc:
+            if not exc.transient or attempt == len(RETRY_DELAYS):
+                raise
+            time.sleep(RETRY_DELAYS[attempt])
+
+
+# --- refs, read straight from the files (no process) --------------------------------------
+
+def read_ref(gitdir: Path, name: str) -> str | None:
+    """The object id a ref names (loose file first, then packed-refs), or None."""
+    try:
+        value = (gitdir / name).read_text().strip()
+        if value.startswith("ref: "):
+            return read_ref(gitdir, value[5:])
+        return value or None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        pass
+    try:
+        with open(gitdir / "packed-refs") as fh:
+            for line in fh:
+                if line.endswith(f" {name}\n"):
+                    return line.split(" ", 1)[0]
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def read_head(gitdir: Path) -> tuple[str | None, str | None]:
+    """(branch or None when detached, commit) of a repository's HEAD, without a process."""
+    try:
+        value = (gitdir / "HEAD").read_text().strip()
+    except OSError:
+        return None, None
+    if value.startswith("ref: refs/heads/"):
+        return value[16:], read_ref(gitdir, value[5:])
+    return None, value or None
+
+
+def local_branches(gitdir: Path) -> list[str]:
+    """Names of refs/heads/* (loose and packed)."""
+    names = set()
+    heads = gitdir / "refs" / "heads"
+    for dirpath, _dirs, files in os.walk(heads):
+        for name in files:
+            if not name.endswith(".lock"):
+                names.add(str(Path(dirpath, name).relative_to(heads)))
+    try:
+        with open(gitdir / "packed-refs") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) == 2 and parts[1].startswith("refs/heads/"):
+                    names.add(parts[1][11:])
+    except FileNotFoundError:
+        pass
+    return sorted(names)
+
+
+def mirror_branch(mirror: Path) -> str:
+    """The upstream's default branch as the mirror's HEAD names it."""
+    branch, _ = read_head(mirror)
+    if not branch:
+        raise GitError(f"cannot tell the default branch of {mirror}: pass --branch")
+    return branch
+
+
+def mirror_tip(mirror: Path, branch: str) -> str:
+    tip = read_ref(mirror, f"refs/heads/{branch}")
+    if not tip:
+        raise GitError(f"branch {branch!r} does not exist upstream")
+    return tip
+
+
+# --- the mirror -----------------------------------------------------------------------------
+
+def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git") -> None:
+    """Bare mirror of the upstream; never hard-links a local upstream's objects."""
+    if backend == "libgit2":
+        import pygit2
+
+        try:
+            repo = pygit2.clone_repository(url, str(dest), bare=True)
+            repo.config["remote.origin.fetch"] = "+refs/*:refs/*"
+            repo.config["remote.origin.mirror"] = True
+        except pygit2.GitError as exc:
+            raise GitError(f"clone of {url} failed: {exc}", str(exc)) from None
+        return
+    run_network(["clone", "--mirror", "--no-local", "--quiet", "--", url, str(dest)],
+                timeout=timeout)
+
+
+def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
+    if backend == "libgit2":
+        import pygit2
+
+        try:
+            remote = pygit2.Repository(str(mirror)).remotes["origin"]
+            remote.fetch(["+refs/heads/*:refs/heads/*"], prune=pygit2.enums.FetchPrune.PRUNE)
+        except pygit2.GitError as exc:
+            raise GitError(f"fetch failed: {exc}", str(exc)) from None
+        return
+    run_network(["fetch", "--prune", "--quiet", "origin"], mirror, timeout=timeout)
+
+
+# --- slots ----------------------------------------------------------------------------------
+
+def slot_config(url: str, object_format: str | None = None) -> str:
+    """The canonical .git/config of a slot; cleanup restores it if a holder changed it."""
+    version = 1 if object_format else 0
+    lines = ["[core]", f"\trepositoryformatversion = {version}", "\tfilemode = true",
+             "\tbare = false", "\tlogallrefupdates = true"]
+    if object_format:
+        lines += ["[extensions]", f"\tobjectformat = {object_format}"]
+    lines += ['[remote "origin"]', f"\turl = {_quote(url)}",
+              "\tfetch = +refs/heads/*:refs/remotes/origin/*"]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def clone_slot(mirror: Path, dest: Path, url: str, branch: str) -> str:
+    """Clone a slot from the mirror by plain path (pack files hard-linked) with HEAD
+    detached at the branch tip; return that commit."""
+    import pygit2
+
+    try:
+        repo = pygit2.clone_repository(str(mirror), str(dest), checkout_branch=branch)
+        tip = repo.head.target
+        repo.set_head(tip)
+        repo.references.delete(f"refs/heads/{branch}")
+    except (pygit2.GitError, KeyError, ValueError) as exc:
+        raise GitError(f"cloning a slot from the mirror failed: {exc}", str(exc)) from None
+    (dest / ".git" / "config").write_text(slot_config(url, object_format(mirror)))
+    # Refresh the index once here, or the first holder pays for it.
+    run(["update-index", "-q", "--refresh"], dest, check=False)
+    return str(tip)
+
+
+def object_format(gitdir: Path) -> str | None:
+    try:
+        text = (gitdir / "config").read_text()
+    except OSError:
+        return None
+    match = re.search(r"objectformat\s*=\s*(\S+)", text, re.IGNORECASE)
+    return match.group(1) if match else None

@@ -1,0 +1,557 @@
+"""Health: detect anomalies, recover, isolate, auto-recover, and lock maintenance.
+
+Nothing here takes a slot from a live holder: every judgement that a holder or worker is
+gone is made under the pool lock from a non-blocking slot-lock probe or a pid + start-time
+check, and every repair first claims the slot (``cleaning`` + its lock).
+"""
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from necropool import cleanup, git, lifecycle
+from necropool.clock import now, rfc3339
+from necropool.errors import Conflict, NecropoolError, OperationFailed
+from necropool.integrity import Verifier
+from necropool.layout import TEMP_PREFIX, TRASH_PREFIX, PoolPaths, remove_tree, temp_name
+from necropool.locks import FileLock
+from necropool.pool import Pool, get_slot
+from necropool.proc import Holder
+from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, PoolState, Slot
+
+KINDS = ("long_allocated_slots", "abandoned_slots", "corrupted_slots", "orphaned_locks",
+         "stray_paths", "isolated_slots")
+
+
+@dataclass
+class Anomaly:
+    kind: str
+    pool: str
+    evidence: str
+    slot_id: str | None = None
+    path: str | None = None
+    number: int | None = None
+    lease_id: str | None = None
+
+    def to_dict(self) -> dict:
+        data = {"kind": self.kind, "pool": self.pool, "slot_id": self.slot_id,
+                "path": self.path, "evidence": self.evidence, "lease_id": self.lease_id}
+        return {k: v for k, v in data.items() if v is not None}
+
+
+@dataclass
+class Findings:
+    pool: str
+    items: dict[str, list[Anomaly]] = field(default_factory=lambda: {k: [] for k in KINDS})
+
+    def add(self, kind: str, **fields) -> None:
+        self.items[kind].append(Anomaly(kind=kind.removesuffix("s"), pool=self.pool, **fields))
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.items.values())
+
+    def to_dict(self) -> dict:
+        return {k: [a.to_dict() for a in v] for k, v in self.items.items()}
+
+
+def _lock_free(lock_path: Path) -> bool:
+    probe = FileLock(lock_path)
+    if probe.try_acquire(create=False):
+        probe.release()
+        return True
+    return not lock_path.exists()
+
+
+def _holder_dead(slot: Slot) -> str | None:
+    holder = slot.lease.holder if slot.lease else None
+    if holder and holder.is_dead():
+        return f"holder pid {holder.pid} on {holder.host} is no longer running"
+    return None
+
+
+def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool = False,
+           verifier: Verifier | None = None) -> Findings:
+    """Every anomaly of one pool; a healthy pool yields none."""
+    hours = max_allocation_hours or pool.settings.max_allocation_hours
+    verifier = verifier or Verifier()
+    found = Findings(pool.name)
+    paths = pool.paths
+    with pool.locked() as current:
+        judged = _judge_slots(pool, current, hours, found)
+        _check_lock_files(pool, current, found)
+    if current.source != "state.toml":
+        found.add("corrupted_slots", path=str(paths.state),
+                  evidence=f"state.toml unreadable; using {current.source}")
+    mirror_problems = _verify_mirror(pool, verifier, deep)
+    if mirror_problems:
+        found.add("corrupted_slots", path=str(paths.mirror),
+                  evidence="mirror: " + "; ".join(mirror_problems[:3]))
+    for number in judged:
+        slot = current.slots[number]
+        problems = [current.problems[number]] if number in current.problems else []
+        problems = problems or _verify_slot(pool, number, verifier, deep)
+        if problems:
+            found.add("corrupted_slots", slot_id=pool.slot_id(number), number=number,
+                      path=str(pool.slot_dir(number)), evidence="; ".join(problems[:3]),
+                      lease_id=slot.lease.lease_id if slot.lease else None)
+        elif slot.state != CLEANING:
+            for lock in cleanup.stale_git_locks(pool.slot_dir(number)):
+                found.add("orphaned_locks", slot_id=pool.slot_id(number), number=number,
+                          path=str(lock), evidence="git lock file with no git process behind it")
+    _find_strays(pool, current, found)
+    return found
+
+
+def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) -> list[int]:
+    """Classify allocations (under the pool lock); return the slots safe to verify."""
+    limit = now() - timedelta(hours=hours)
+    to_verify = []
+    for number, slot in sorted(current.slots.items()):
+        sid, where = pool.slot_id(number), str(pool.slot_dir(number))
+        lock_free = _lock_free(pool.paths.slot_lock(number))
+        if slot.state == CLEANING:
+            if lock_free:
+                who = f"pid {slot.worker.pid}" if slot.worker else "its worker"
+                found.add("abandoned_slots", slot_id=sid, number=number, path=where,
+                          evidence=f"stuck in cleaning: {who} is gone (slot lock free)")
+                to_verify.append(number)
+            continue
+        if slot.state == ERROR and slot.isolated_at and number not in current.problems:
+            found.add("isolated_slots", slot_id=sid, number=number, path=where,
+                      evidence=slot.isolation_reason or slot.error or "isolated")
+            continue
+        to_verify.append(number)
+        if slot.state != ALLOCATED:
+            continue
+        lease = slot.lease
+        dead = _holder_dead(slot) if lock_free else None
+        if dead:
+            found.add("abandoned_slots", slot_id=sid, number=number, path=where,
+                      evidence=dead, lease_id=lease.lease_id)
+        elif lease.expires_at and lease.expires_at < now():
+            found.add("long_allocated_slots", slot_id=sid, number=number, path=where,
+                      lease_id=lease.lease_id,
+                      evidence=f"lease expired at {rfc3339(lease.expires_at)}")
+        elif lease.allocated_at < limit:
+            found.add("long_allocated_slots", slot_id=sid, number=number, path=where,
+                      lease_id=lease.lease_id,
+                      evidence=f"allocated since {rfc3339(lease.allocated_at)} "
+                               f"(over {hours:g} h)")
+    return to_verify
+
+
+def _check_lock_files(pool: Pool, current: PoolState, found: Findings) -> None:
+    try:
+        names = sorted(os.listdir(pool.paths.locks))
+    except OSError:
+        return
+    ids = {pool.slot_id(n): n for n in current.slots}
+    for name in names:
+        path = pool.paths.locks / name
+        if name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
+            continue
+        if not name.endswith(".lock") or path.is_symlink() or not path.is_file():
+            found.add("stray_paths", path=str(path), evidence="not a lock file")
+            continue
+        number = ids.get(name[:-5])
+        if number is None:
+            if _lock_free(path):
+                found.add("orphaned_locks", path=str(path),
+                          evidence="lock of a slot that does not exist")
+        elif current.slots[number].state != CLEANING and _lock_free(path):
+            found.add("orphaned_locks", slot_id=name[:-5], number=number, path=str(path),
+                      evidence="slot lock that no live process holds")
+
+
+def _verify_mirror(pool: Pool, verifier: Verifier, deep: bool) -> list[str]:
+    problems = verifier.verify(pool.paths.mirror, bare=True, branch=pool.definition.branch)
+    if not problems and deep:
+        problems = _fsck(pool.paths.mirror)
+    return problems
+
+
+def _verify_slot(pool: Pool, number: int, verifier: Verifier, deep: bool) -> list[str]:
+    path = pool.slot_dir(number)
+    problems = verifier.verify(path)
+    if not problems and deep:
+        problems = _fsck(path)
+    return problems
+
+
+def _fsck(path: Path) -> list[str]:
+    proc = git.run(["fsck", "--full", "--no-dangling", "--no-progress"], path, check=False)
+    if proc.returncode == 0:
+        return []
+    lines = proc.stderr.decode(errors="replace").splitlines() or ["git fsck failed"]
+    return [f"git fsck: {lines[0]}"]
+
+
+def _find_strays(pool: Pool, current: PoolState, found: Findings) -> None:
+    paths = pool.paths
+    for name in sorted(os.listdir(paths.dir)):
+        path = paths.dir / name
+        if name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
+            continue
+        if name not in PoolPaths.KNOWN:
+            found.add("stray_paths", path=str(path), evidence="not part of the pool layout")
+        elif path.is_symlink():
+            found.add("stray_paths", path=str(path),
+                      evidence=f"symlink to {os.readlink(path)} replaces {name}")
+    try:
+        entries = sorted(os.listdir(paths.slots))
+    except OSError:
+        return
+    for name in entries:
+        path = paths.slots / name
+        if name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
+            continue
+        if path.is_symlink():
+            found.add("stray_paths", path=str(path),
+                      evidence=f"symlink to {os.readlink(path)} in place of a slot")
+        elif not (name.isdigit() and int(name) in current.slots):
+            found.add("stray_paths", path=str(path), evidence="directory that no slot owns")
+
+
+# --- repair -----------------------------------------------------------------------------------
+
+def rebuild_mirror(pool: Pool) -> None:
+    """Clone the upstream afresh and swap it in for a broken mirror."""
+    settings = pool.settings
+    lock = FileLock(pool.paths.mirror_lock).acquire(settings.git_timeout, "mirror lock")
+    try:
+        tmp = pool.paths.dir / temp_name("mirror")
+        try:
+            git.clone_mirror(pool.definition.url, tmp, timeout=settings.git_timeout,
+                             backend=pool.definition.fetch_backend)
+            if Verifier().verify(tmp, bare=True, branch=pool.definition.branch):
+                raise OperationFailed("the rebuilt mirror does not verify either")
+            old = pool.paths.dir / temp_name("old-mirror").replace(TEMP_PREFIX, TRASH_PREFIX)
+            if os.path.lexists(pool.paths.mirror):
+                os.rename(pool.paths.mirror, old)
+            os.rename(tmp, pool.paths.mirror)
+            pool.paths.mirror_stamp.write_text(f"{time.time()}\n")
+        finally:
+            remove_tree(tmp, settings.root)
+        remove_tree(old, settings.root)
+    finally:
+        lock.release()
+    pool.event("mirror_rebuilt")
+
+
+def _claim(pool: Pool, number: int, force: bool) -> tuple[Slot, FileLock]:
+    """Take a slot for repair under the pool lock, refusing live holders and workers."""
+    with pool.transaction() as current:
+        slot = get_slot(current, pool, number)
+        if slot.state == ALLOCATED and not force and not _holder_dead(slot):
+            raise Conflict(f"slot {pool.slot_id(number)} is allocated to a holder that may be "
+                           "alive: pass --force to recover it anyway")
+        lock = pool.slot_lock(number)
+        if not lock.try_acquire():
+            raise Conflict(f"slot {pool.slot_id(number)} is held by a live process")
+        previous = Slot(**vars(slot))
+        slot.state, slot.worker, slot.lease = CLEANING, Holder.me(), None
+    return previous, lock
+
+
+def recover(pool: Pool, number: int, force: bool = False) -> dict:
+    """The repair ladder: clear locks and clean; verify; re-clone from the mirror (rebuilding
+    the mirror first if it is broken); verify again. Ends ``available`` or ``error``."""
+    previous, lock = _claim(pool, number, force)
+    actions: list[str] = []
+    rescued = None
+    try:
+        ok, reason, commit, rescued = _repair(pool, previous, actions)
+    except (NecropoolError, OSError) as exc:
+        ok, reason, commit = False, str(exc), None
+    _finish(pool, number, ok, reason, commit, rescued)
+    lock.release(unlink=True)
+    pool.event("recover", slot_id=pool.slot_id(number), ok=ok, actions=actions, error=reason,
+               rescued=rescued)
+    result = {"slot_id": pool.slot_id(number), "pool": pool.name, "recovered": ok,
+              "state": AVAILABLE if ok else ERROR, "previous_state": previous.state,
+              "actions": actions}
+    if rescued:
+        result["rescued"] = rescued
+    if not ok:
+        result["error"] = reason
+    return result
+
+
+def _finish(pool, number, ok, reason, commit, rescued) -> None:
+    with pool.transaction() as current:
+        slot = current.slots.get(number)
+        if slot is None:
+            return
+        slot.worker, slot.lease = None, None
+        if ok:
+            slot.state, slot.commit, slot.needs_cleanup = AVAILABLE, commit, False
+            slot.error = slot.isolated_at = slot.isolation_reason = None
+        else:
+            slot.state, slot.error = ERROR, reason
+            slot.isolated_at, slot.isolation_reason = now(), reason
+        if rescued:
+            slot.last_rescue = rescued
+
+
+def _repair(pool: Pool, slot: Slot, actions: list[str]):
+    """Returns (ok, reason, commit, rescued)."""
+    number, path = slot.number, pool.checked_slot_dir(slot.number)
+    label = slot.lease.lease_id if slot.lease else "recover"
+    rescued = None
+    verifier = Verifier()
+    mirror_ok = not verifier.verify(pool.paths.mirror, bare=True, branch=pool.definition.branch)
+    if not mirror_ok:
+        rebuild_mirror(pool)
+        actions.append("rebuilt the mirror from upstream")
+        verifier = Verifier()
+    if path.is_symlink():
+        path.unlink()
+        actions.append("removed a symlink in place of the slot")
+    cleaned = False
+    if (path / ".git").is_dir():
+        try:
+            tip, report = lifecycle.refresh(pool, slot, rescue_label=label)
+            rescued = report.rescued
+            actions.append("cleaned" + (f" (work saved to {rescued})" if rescued else ""))
+            cleaned = True
+        except (OperationFailed, OSError) as exc:
+            actions.append(f"cleanup failed: {exc}")
+    problems = verifier.verify(path)
+    if cleaned and not problems:
+        return True, None, tip, rescued
+    if os.path.lexists(path):
+        if not cleaned and _has_files(path):
+            keep = pool.paths.rescued / f"{pool.slot_id(number)}-{now():%Y%m%dT%H%M%SZ}.broken"
+            pool.paths.rescued.mkdir(exist_ok=True)
+            os.rename(path, keep)
+            rescued = str(keep)
+            actions.append(f"moved the broken working copy to {keep}")
+        else:
+            remove_tree(path, pool.settings.root)
+    tmp = pool.paths.slots / temp_name("reclone")
+    try:
+        commit = git.clone_slot(pool.paths.mirror, tmp, pool.definition.url,
+                                pool.definition.branch)
+        os.rename(tmp, path)
+    except (OperationFailed, OSError) as exc:
+        remove_tree(tmp, pool.settings.root)
+        return False, f"re-clone failed: {exc}", None, rescued
+    actions.append("re-cloned from the mirror")
+    problems = Verifier().verify(path)
+    if problems:
+        return False, "still broken after re-clone: " + "; ".join(problems[:2]), None, rescued
+    return True, None, commit, rescued
+
+
+def _has_files(path: Path) -> bool:
+    try:
+        return any(e.name != ".git" for e in os.scandir(path))
+    except OSError:
+        return False
+
+
+def isolate(pool: Pool, number: int, reason: str | None = None) -> dict:
+    """Put a slot in ``error`` so it is never allocated until recovered."""
+    reason = reason or "isolated by operator"
+    with pool.transaction() as current:
+        slot = get_slot(current, pool, number)
+        if slot.state == CLEANING and not _lock_free(pool.paths.slot_lock(number)):
+            raise Conflict(f"slot {pool.slot_id(number)} is being cleaned by a live worker")
+        previous = slot.state
+        slot.state, slot.error = ERROR, reason
+        slot.isolated_at, slot.isolation_reason = now(), reason
+    pool.event("isolate", slot_id=pool.slot_id(number), reason=reason, previous_state=previous)
+    return {"slot_id": pool.slot_id(number), "pool": pool.name, "state": ERROR,
+            "previous_state": previous, "isolated_at": rfc3339(slot.isolated_at),
+            "isolation_reason": reason}
+
+
+# --- auto-recover -----------------------------------------------------------------------------
+
+def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
+                 recover_corrupted: bool = True, cleanup_orphaned_locks: bool = True,
+                 force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
+    """Detect, then heal: abandoned slots released (work saved), corrupted ones recovered or
+    isolated, orphaned locks removed, strays adopted or moved aside. Live holders are never
+    touched; long allocations only with ``force_release_long_allocated``."""
+    if not dry_run:
+        pool.sweep()
+    found = detect(pool, max_allocation_hours=max_allocation_hours)
+    result = {"pool": pool.name, "dry_run": dry_run, "long_allocated_released": 0,
+              "abandoned_released": 0, "corrupted_recovered": 0, "corrupted_isolated": 0,
+              "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "errors": [], "actions": []}
+
+    def act(counter: str | None, target: str, action: str, fn, *args, **kwargs):
+        entry = {"target": target, "action": action}
+        result["actions"].append(entry)
+        if dry_run:
+            entry["status"] = "planned"
+            return None
+        try:
+            outcome = fn(*args, **kwargs)
+        except NecropoolError as exc:
+            entry.update(status="failed", error=exc.message)
+            result["errors"].append(f"{target}: {action}: {exc.message}")
+            return None
+        entry["status"] = "done"
+        if isinstance(outcome, dict):
+            entry.update({k: outcome[k] for k in ("rescued", "error", "actions") if k in outcome})
+        if counter:
+            result[counter] += 1
+        return outcome
+
+    items = found.items
+    corrupted = {a.number for a in items["corrupted_slots"] if a.number is not None}
+    mirror_broken = any(a.path == str(pool.paths.mirror) for a in items["corrupted_slots"])
+    for a in items["stray_paths"]:
+        act("stray_paths_moved", a.path, "move aside", _move_stray, pool, Path(a.path))
+    if recover_corrupted and mirror_broken:
+        act(None, "mirror", "rebuild mirror from upstream", rebuild_mirror, pool)
+    if cleanup_orphaned_locks:
+        for a in items["orphaned_locks"]:
+            act("orphaned_locks_cleaned", a.path, "remove stale lock", _remove_lock, pool, a)
+    for a in items["abandoned_slots"]:
+        if a.number in corrupted:
+            continue
+        if a.lease_id:
+            act("abandoned_released", a.slot_id, "release (holder dead)", lifecycle.release,
+                pool, a.number, lease_id=a.lease_id, reason="reclaim")
+        else:
+            act("abandoned_released", a.slot_id, "recover (worker dead)", _recover_or_raise,
+                pool, a.number)
+    if force_release_long_allocated:
+        for a in items["long_allocated_slots"]:
+            if a.number not in corrupted:
+                act("long_allocated_released", a.slot_id, "force release", lifecycle.release,
+                    pool, a.number, lease_id=a.lease_id, reason="force_release")
+    if recover_corrupted:
+        for a in items["corrupted_slots"]:
+            if a.number is None:
+                continue
+            outcome = act("corrupted_recovered", a.slot_id, "recover", _recover_or_raise,
+                          pool, a.number, force=bool(_dead_lease(found, a.number)))
+            if outcome is None and not dry_run:
+                _isolate_failed(pool, a.number)
+                result["corrupted_isolated"] += 1
+    result["detected"] = found.to_dict()
+    if not dry_run:
+        pool.event("auto_recover", errors=len(result["errors"]), actions=len(result["actions"]))
+    return result
+
+
+def _dead_lease(found: Findings, number: int) -> bool:
+    return any(a.number == number for a in found.items["abandoned_slots"])
+
+
+def _recover_or_raise(pool: Pool, number: int, force: bool = False) -> dict:
+    outcome = recover(pool, number, force=force)
+    if not outcome["recovered"]:
+        raise OperationFailed(outcome.get("error", "recovery failed"))
+    return outcome
+
+
+def _isolate_failed(pool: Pool, number: int) -> None:
+    """A slot that could not be recovered stays (or becomes) error, marked isolated."""
+    with pool.transaction() as current:
+        slot = current.slots.get(number)
+        if slot is not None and slot.state in (ERROR, AVAILABLE):
+            reason = slot.error or "automatic recovery failed"
+            slot.state, slot.error = ERROR, reason
+            slot.isolated_at = slot.isolated_at or now()
+            slot.isolation_reason = slot.isolation_reason or reason
+
+
+def _remove_lock(pool: Pool, anomaly: Anomaly) -> None:
+    """Remove a lock file only if it is still stale, judged again under the pool lock."""
+    path = Path(anomaly.path)
+    with pool.locked() as current:
+        if path.parent == pool.paths.locks:
+            slot = current.slots.get(anomaly.number) if anomaly.number else None
+            if slot is not None and slot.state == CLEANING:
+                raise Conflict(f"{path.name} now guards a slot being cleaned")
+            lock = FileLock(path)
+            if not lock.try_acquire(create=False):
+                if path.exists():
+                    raise Conflict(f"{path.name} is held by a live process")
+                return
+            lock.release(unlink=True)
+            return
+        slot = current.slots.get(anomaly.number)
+        if slot is None or slot.state == CLEANING or (slot.state == ALLOCATED
+                                                      and not _holder_dead(slot)):
+            raise Conflict(f"{path} is in a slot in use: left for its holder")
+        if path in cleanup.stale_git_locks(pool.slot_dir(anomaly.number)):
+            path.unlink(missing_ok=True)
+
+
+def _move_stray(pool: Pool, path: Path) -> None:
+    """Never delete what we did not make: symlinks are unlinked (their targets untouched),
+    anything else is moved under ``rescued/``; a lone ``locks`` or ``slots`` is recreated."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.parent == pool.paths.dir and path.name in PoolPaths.KNOWN:
+        pass  # a known entry that was a symlink and has been replaced since
+    elif os.path.lexists(path):
+        pool.paths.rescued.mkdir(exist_ok=True)
+        rel = path.relative_to(pool.paths.dir)
+        target = pool.paths.rescued / f"stray-{'-'.join(rel.parts)}-{now():%Y%m%dT%H%M%S%fZ}"
+        os.rename(path, target)
+    for directory in (pool.paths.locks, pool.paths.slots, pool.paths.rescued):
+        directory.mkdir(exist_ok=True)
+
+
+# --- lock maintenance (the guide's lock_manager API) -----------------------------------------
+
+class LockManager:
+    """Slot lock files across all pools of a root."""
+
+    def __init__(self, settings, pools):
+        self.settings = settings
+        self._pools = pools  # callable returning the open pools
+
+    def detect_stale_locks(self, max_age_hours: float | None = None) -> list[str]:
+        """Slot lock files that no live process holds (older than ``max_age_hours`` if given)."""
+        cutoff = time.time() - max_age_hours * 3600 if max_age_hours else None
+        stale = []
+        for pool in self._pools():
+            try:
+                names = sorted(os.listdir(pool.paths.locks))
+            except OSError:
+                continue
+            with pool.locked() as current:
+                cleaning = {pool.slot_id(n) for n, s in current.slots.items()
+                            if s.state == CLEANING}
+                for name in names:
+                    path = pool.paths.locks / name
+                    if not name.endswith(".lock") or name[:-5] in cleaning:
+                        continue
+                    try:
+                        if cutoff and path.stat().st_mtime > cutoff:
+                            continue
+                    except OSError:
+                        continue
+                    if _lock_free(path):
+                        stale.append(str(path))
+        return stale
+
+    def cleanup_stale_locks(self, max_age_hours: float | None = None) -> int:
+        removed = 0
+        for path in self.detect_stale_locks(max_age_hours):
+            lock = FileLock(Path(path))
+            if lock.try_acquire(create=False):
+                lock.release(unlink=True)
+                removed += 1
+        return removed
+
+    def force_unlock(self, pool: Pool, number: int) -> bool:
+        """Remove a slot's lock file even if held: the holder's lock stops guarding anything."""
+        path = pool.paths.slot_lock(number)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        pool.event("force_unlock", slot_id=pool.slot_id(number))
+        return True

@@ -1,0 +1,148 @@
+"""The on-disk layout of a root and its pools, and filesystem operations that never
+follow a symlink out of the root."""
+
+import os
+import shutil
+from pathlib import Path
+
+from necropool.errors import OperationFailed
+from necropool.proc import Holder, hostname
+
+TEMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+
+
+class PoolPaths:
+    """Every path of one pool, under ``<root>/pools/<name>/``."""
+
+    def __init__(self, root: Path, name: str, directory: Path | None = None):
+        self.root = root
+        self.name = name
+        self.dir = directory or root / "pools" / name
+        self.definition = self.dir / "pool.toml"
+        self.state = self.dir / "state.toml"
+        self.state_backup = self.dir / "state.toml.bak"
+        self.pool_lock = self.dir / "pool.lock"
+        self.mirror_lock = self.dir / "mirror.lock"
+        self.mirror_stamp = self.dir / "mirror.fetched"
+        self.locks = self.dir / "locks"
+        self.mirror = self.dir / "mirror.git"
+        self.slots = self.dir / "slots"
+        self.events = self.dir / "events.jsonl"
+        self.rescued = self.dir / "rescued"
+
+    def slot_id(self, number: int) -> str:
+        return f"{self.name}-{number}"
+
+    def slot_dir(self, number: int) -> Path:
+        return self.slots / str(number)
+
+    def slot_lock(self, number: int) -> Path:
+        return self.locks / f"{self.slot_id(number)}.lock"
+
+    KNOWN = frozenset({
+        "pool.toml", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock",
+        "mirror.fetched", "locks", "mirror.git", "slots", "events.jsonl", "rescued",
+    })
+
+
+def pools_dir(root: Path) -> Path:
+    return root / "pools"
+
+
+def symlink_in(path: Path, root: Path) -> Path | None:
+    """The first component of ``path`` below ``root`` that is a symlink, if any."""
+    rel = path.relative_to(root)
+    current = root
+    for part in rel.parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return None
+
+
+def ensure_inside(path: Path, root: Path) -> None:
+    """Refuse to act on a path that is, or passes through, a symlink below ``root``."""
+    link = symlink_in(path, root)
+    if link is not None:
+        raise OperationFailed(f"refusing to follow symlink {link} inside the necropool root")
+
+
+def remove_tree(path: Path, root: Path) -> None:
+    """Delete ``path`` (a directory, file or symlink) without following any symlink."""
+    parent = path.parent
+    ensure_inside(parent, root)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.exists():
+        if not shutil.rmtree.avoids_symlink_attacks:
+            raise OperationFailed("this platform cannot delete directories safely")
+        shutil.rmtree(path)
+
+
+def temp_name(label: str) -> str:
+    """A name for work in progress that says which process owns it."""
+    me = Holder.me()
+    return f"{TEMP_PREFIX}{label}.{hostname()}.{me.pid}.{me.start}"
+
+
+def trash_name(label: str) -> str:
+    return temp_name(label).replace(TEMP_PREFIX, TRASH_PREFIX, 1)
+
+
+def temp_owner_dead(name: str) -> bool:
+    """True when a temp or trash entry's owning process is provably gone."""
+    if not name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
+        return False
+    if name.startswith(TRASH_PREFIX):
+        return True  # already unlinked from the pool's state: always safe to finish deleting
+    try:
+        _, host, pid, start = name.rsplit(".", 3)
+        return Holder(pid=int(pid), host=host, start=int(start)).is_dead()
+    except ValueError:
+        return True
+
+
+def sweep_temp(directory: Path, root: Path) -> list[str]:
+    """Delete leftovers of dead processes in ``directory``; return their names."""
+    swept = []
+    try:
+        entries = [e.name for e in os.scandir(directory)]
+    except OSError:
+        return swept
+    for name in entries:
+        if temp_owner_dead(name):
+            try:
+                remove_tree(directory / name, root)
+                swept.append(name)
+            except OSError:
+                pass
+    return swept
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably (temp, fsync, replace, fsync dir)."""
+    tmp = path.parent / temp_name(path.name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)  # replaces a symlink itself, never its target
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

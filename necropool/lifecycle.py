@@ -1,0 +1,293 @@
+"""Allocation lifecycle: allocate, release, run, and the slot refresh they share.
+
+Transitions happen under the pool lock; long work (cleanup) runs outside it with the slot
+in ``cleaning`` and its slot lock held by the worker, so a crashed worker is visible at once.
+"""
+
+import os
+import random
+import secrets
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from necropool import cleanup, git
+from necropool.clock import now
+from necropool.errors import Conflict, OperationFailed, TryAgain, UsageError
+from necropool.locks import FileLock
+from necropool.pool import Pool, get_slot
+from necropool.proc import Holder
+from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, Lease, PoolState, Slot
+
+ALLOCATION_POLICY = ("clean slots first, then the most recently released "
+                     "(warm build caches), then the lowest number")
+
+
+@dataclass
+class Grant:
+    """A slot handed out; ``lock`` is still held only for ``run``."""
+
+    pool: Pool
+    number: int
+    lease: Lease
+    lock: FileLock | None = None
+    fetch_error: str | None = None
+
+
+def update_mirror(pool: Pool) -> str | None:
+    """Fetch the upstream into the mirror once for all callers waiting at the same time.
+    A failed fetch (after retries) is returned, not raised: slots then go to the mirror's
+    current tip, so an unreachable upstream never stops allocation."""
+    requested = time.time()
+    lock = FileLock(pool.paths.mirror_lock)
+    lock.acquire(pool.settings.git_timeout, "mirror lock")
+    try:
+        try:
+            last = float(pool.paths.mirror_stamp.read_text())
+        except (OSError, ValueError):
+            last = 0.0
+        if last >= requested:
+            return None  # another process started a fetch after we asked: it covers us
+        started = time.time()
+        try:
+            git.fetch_mirror(pool.paths.mirror, timeout=pool.settings.git_timeout,
+                             backend=pool.definition.fetch_backend)
+        except OperationFailed as exc:
+            pool.event("fetch_failed", error=exc.message)
+            return exc.message
+        pool.paths.mirror_stamp.write_text(f"{started}\n")
+        return None
+    finally:
+        lock.release()
+
+
+def _order(slot: Slot) -> tuple:
+    released = slot.last_released_at.timestamp() if slot.last_released_at else 0.0
+    return (slot.needs_cleanup, -released, slot.number)
+
+
+def _claim_free(pool: Pool, current: PoolState, skip: set[int]) -> tuple[Slot, FileLock] | None:
+    for slot in sorted(current.slots.values(), key=_order):
+        if slot.state != AVAILABLE or slot.number in skip:
+            continue
+        lock = pool.slot_lock(slot.number)
+        if lock.try_acquire():
+            return slot, lock
+    return None
+
+
+def rescue_path(pool: Pool, number: int, label: str):
+    stamp = now().strftime("%Y%m%dT%H%M%S%fZ")
+    return pool.paths.rescued / f"{pool.slot_id(number)}-{stamp}-{label}.bundle"
+
+
+def refresh(pool: Pool, slot: Slot, *, rescue_label: str | None) -> tuple[str, cleanup.Report]:
+    """Clean a slot we hold to the mirror's tip (outside the pool lock); return the tip."""
+    started = time.monotonic()
+    tip = pool.tip()
+    rescue_to = rescue_path(pool, slot.number, rescue_label) if rescue_label else None
+    report = cleanup.clean(
+        pool.checked_slot_dir(slot.number), mirror=pool.paths.mirror, url=pool.definition.url,
+        branch=pool.definition.branch, tip=tip, keep_ignored=pool.definition.keep_ignored,
+        rescue_to=rescue_to, known_commit=slot.commit)
+    pool.event("cleanup", slot_id=pool.slot_id(slot.number), commit=tip,
+               duration_seconds=round(time.monotonic() - started, 3), **report.to_dict())
+    return tip, report
+
+
+def fail_slot(pool: Pool, number: int, reason: str) -> None:
+    """Put a slot we hold into ``error`` with the reason."""
+    with pool.transaction() as current:
+        slot = current.slots.get(number)
+        if slot is not None:
+            slot.state, slot.error, slot.worker, slot.lease = ERROR, reason, None, None
+    pool.event("failure", slot_id=pool.slot_id(number), error=reason)
+
+
+def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = None,
+             ttl: float | None = None, metadata: dict | None = None, wait: float = 0,
+             fetch: bool | None = None, keep_lock: bool = False) -> Grant:
+    """Hand out a free slot under a new lease (policy: ``ALLOCATION_POLICY``)."""
+    fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
+    fetch_error = update_mirror(pool) if fetch else None
+    deadline = time.monotonic() + wait
+    delay = 0.02
+    failed: set[int] = set()
+    while True:
+        grant = _try_allocate(pool, owner, holder, ttl, metadata or {}, fetch, keep_lock, failed)
+        if grant is not None:
+            grant.fetch_error = fetch_error
+            return grant
+        if time.monotonic() >= deadline:
+            raise TryAgain(f"no free slot in pool {pool.name!r}"
+                           + (f" after waiting {wait:g}s" if wait else ""))
+        time.sleep(min(delay * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.5)
+
+
+def _try_allocate(pool, owner, holder, ttl, metadata, fetch, keep_lock, failed) -> Grant | None:
+    tip = pool.tip() if fetch else None
+    at = now()
+    lease = Lease(lease_id=secrets.token_hex(8), owner=owner or default_owner(),
+                  allocated_at=at, expires_at=at + timedelta(seconds=ttl) if ttl else None,
+                  holder=holder, metadata=metadata)
+    with pool.transaction() as current:
+        claimed = _claim_free(pool, current, failed)
+        if claimed is None:
+            return None
+        slot, lock = claimed
+        stale = slot.needs_cleanup or (fetch and slot.commit != tip)
+        if stale:
+            slot.state, slot.worker = CLEANING, Holder.me()
+        else:
+            _grant(slot, lease)
+    if stale:
+        try:
+            slot.commit = refresh(pool, slot, rescue_label="allocate")[0]
+        except (OperationFailed, OSError) as exc:
+            fail_slot(pool, slot.number, f"cleanup before allocation failed: {exc}")
+            lock.release(unlink=True)
+            failed.add(slot.number)
+            return None
+        with pool.transaction() as current:
+            slot_now = get_slot(current, pool, slot.number)
+            slot_now.commit, slot_now.needs_cleanup = slot.commit, False
+            _grant(slot_now, lease)
+    if not keep_lock:
+        lock.release(unlink=True)
+    pool.event("allocate", slot_id=pool.slot_id(slot.number), lease_id=lease.lease_id,
+               owner=lease.owner, pid=holder.pid if holder else None)
+    return Grant(pool, slot.number, lease, lock if keep_lock else None)
+
+
+def _grant(slot: Slot, lease: Lease) -> None:
+    slot.state, slot.lease, slot.worker, slot.error = ALLOCATED, lease, None, None
+    slot.allocation_count += 1
+    slot.last_allocated_at = lease.allocated_at
+
+
+def default_owner() -> str:
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or f"uid{os.getuid()}"
+
+
+def parse_metadata(pairs: list[str]) -> dict[str, str]:
+    meta = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"invalid metadata {pair[:60]!r}: expected KEY=VALUE")
+        if len(pair) > 4096:
+            raise UsageError(f"metadata {key[:40]!r} is too long (limit 4096 characters)")
+        meta[key] = value
+    return meta
+
+
+def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool = True,
+            fetch: bool | None = None, held: FileLock | None = None,
+            reason: str = "release") -> dict:
+    """End a lease; clean the slot (saving any work first) unless ``clean`` is False.
+    The cleanup first fetches the upstream when ``fetch`` (default: the pool's
+    ``fetch_on_allocate``), so the slot comes back at the newest tip."""
+    with pool.transaction() as current:
+        slot = get_slot(current, pool, number)
+        if slot.state != ALLOCATED:
+            raise Conflict(f"slot {pool.slot_id(number)} is not allocated (it is {slot.state})")
+        if lease_id and lease_id != slot.lease.lease_id:
+            raise Conflict(f"stale lease {lease_id} for slot {pool.slot_id(number)}: "
+                           "it was released or allocated again")
+        lock = held or pool.slot_lock(number)
+        if not lock.held and not lock.try_acquire():
+            raise Conflict(f"slot {pool.slot_id(number)} is held by a running process")
+        lease = slot.lease
+        at = now()
+        slot.total_usage_seconds += max(0.0, (at - lease.allocated_at).total_seconds())
+        slot.last_released_at, slot.lease = at, None
+        if clean:
+            slot.state, slot.worker = CLEANING, Holder.me()
+        else:
+            slot.state, slot.needs_cleanup = AVAILABLE, True
+    pool.event(reason, slot_id=pool.slot_id(number), lease_id=lease.lease_id, owner=lease.owner,
+               usage_seconds=round((at - lease.allocated_at).total_seconds(), 3))
+    result = {"slot_id": pool.slot_id(number), "pool": pool.name, "lease_id": lease.lease_id,
+              "cleaned": False}
+    if not clean:
+        lock.release(unlink=True)
+        return result
+    fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
+    if fetch and (error := update_mirror(pool)):
+        result["fetch_error"] = error
+    try:
+        tip, report = refresh(pool, slot, rescue_label=lease.lease_id)
+    except (OperationFailed, OSError) as exc:
+        fail_slot(pool, number, f"cleanup failed: {exc}")
+        lock.release(unlink=True)
+        raise OperationFailed(f"slot {pool.slot_id(number)} could not be cleaned and is "
+                              f"isolated: {exc}") from None
+    with pool.transaction() as current:
+        slot = get_slot(current, pool, number)
+        slot.state, slot.worker, slot.commit, slot.needs_cleanup = AVAILABLE, None, tip, False
+        if report.rescued:
+            slot.last_rescue = report.rescued
+    lock.release(unlink=True)
+    result.update(cleaned=True, commit=tip, cleanup=report.to_dict())
+    if report.rescued:
+        result["rescued"] = report.rescued
+    return result
+
+
+def _set_parent_death_signal() -> None:
+    """In the child: get SIGTERM if ``run`` dies, so no command outlives its lease."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class RunResult:
+    """How ``run`` ended: the command's status and what became of the slot."""
+
+    code: int
+    slot_id: str
+    release: dict | None = None
+    release_error: str | None = None
+    spawn_error: str | None = None
+
+
+def run(pool: Pool, argv: list[str], **allocate_options) -> RunResult:
+    """Allocate, run ``argv`` in the slot holding its lock, release whatever happens.
+    The status is the command's (128+N when signal N ended it; 127/126 when it could not
+    be started, as shells report)."""
+    if not argv:
+        raise UsageError("run needs a command after --")
+    grant = allocate(pool, holder=Holder.me(), keep_lock=True, **allocate_options)
+    path = pool.slot_dir(grant.number)
+    result = RunResult(code=0, slot_id=pool.slot_id(grant.number))
+    env = dict(os.environ, NECROPOOL_SLOT_ID=result.slot_id, NECROPOOL_SLOT_PATH=str(path),
+               NECROPOOL_LEASE_ID=grant.lease.lease_id)
+    previous = {}
+    try:
+        try:
+            child = subprocess.Popen(argv, cwd=path, env=env,
+                                     preexec_fn=_set_parent_death_signal)
+        except OSError as exc:
+            result.code = 127 if isinstance(exc, FileNotFoundError) else 126
+            result.spawn_error = f"cannot run {argv[0]!r}: {exc.strerror}"
+        else:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                previous[sig] = signal.signal(sig, lambda s, _f: child.send_signal(s))
+            code = child.wait()
+            result.code = 128 - code if code < 0 else code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        try:
+            result.release = release(pool, grant.number, lease_id=grant.lease.lease_id,
+                                     held=grant.lock)
+        except OperationFailed as exc:
+            result.release_error = exc.message
+    return result

@@ -1,0 +1,98 @@
+"""File locks (portalocker over flock): the pool lock, slot locks, the mirror lock.
+
+Protocol:
+- ``pool.lock`` guards each read-modify-write of ``state.toml`` and is held for
+  milliseconds. Every slot lock is taken or tested while holding it.
+- ``locks/<slot>.lock`` exists only while a live process holds it (a cleaning worker,
+  a repair, ``run``'s holder); the holder unlinks it before unlocking. After locking, the
+  path is re-checked to still name the locked inode, so an unlink cannot split a lock.
+- ``mirror.lock`` serialises upstream fetches and mirror rebuilds.
+"""
+
+import os
+import random
+import time
+from pathlib import Path
+
+from necropool.errors import TryAgain
+
+_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _portalocker():
+    import portalocker
+
+    return portalocker
+
+
+class FileLock:
+    """An exclusive lock on a file; ``release(unlink=True)`` removes the file first."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def _try_once(self, create: bool) -> bool:
+        pl = _portalocker()
+        try:
+            fd = os.open(self.path, _OPEN_FLAGS | (os.O_CREAT if create else 0), 0o644)
+        except FileNotFoundError:
+            if create:
+                raise
+            return False
+        try:
+            pl.lock(fd, pl.LockFlags.EXCLUSIVE | pl.LockFlags.NON_BLOCKING)
+        except pl.LockException:
+            os.close(fd)
+            return False
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # unlinked (and maybe recreated) between open and lock: try again
+            os.close(fd)
+            return self._try_once(create) if create else False
+        self.fd = fd
+        return True
+
+    def try_acquire(self, create: bool = True) -> bool:
+        """Take the lock without waiting; with ``create=False`` a missing file is 'not taken'."""
+        return self._try_once(create)
+
+    def acquire(self, timeout: float, what: str = "lock") -> "FileLock":
+        """Wait up to ``timeout`` seconds (short sleeps with jitter), then raise TryAgain."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while not self._try_once(create=True):
+            if time.monotonic() >= deadline:
+                raise TryAgain(f"timed out after {timeout:g}s waiting for the {what} ({self.path})")
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.05)
+        return self
+
+    def release(self, unlink: bool = False) -> None:
+        if self.fd is None:
+            return
+        if unlink:
+            self.path.unlink(missing_ok=True)
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def is_held(path: Path) -> bool:
+    """True when some process holds the lock on ``path`` (a missing file is not held)."""
+    probe = FileLock(path)
+    if probe.try_acquire(create=False):
+        probe.release()
+        return False
+    return path.exists()

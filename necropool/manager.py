@@ -1,0 +1,148 @@
+"""``PoolManager``: the core's public API (the names of ERROR_RECOVERY_GUIDE.md), a thin
+facade over ``pool``, ``lifecycle`` and ``health``. The CLI talks to this and nothing else."""
+
+from datetime import datetime
+
+from necropool import events, health, lifecycle
+from necropool import pool as pools
+from necropool.config import PoolSpec, Settings, load_settings
+from necropool.errors import NecropoolError, NotFound, UsageError
+from necropool.proc import Holder
+
+
+class PoolManager:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or load_settings()
+        self.lock_manager = health.LockManager(self.settings, self._open_all)
+
+    @classmethod
+    def from_config_file(cls, root: str | None = None, config: str | None = None):
+        return cls(load_settings(root, config))
+
+    # --- pools --------------------------------------------------------------------------------
+    def get_pool(self, name: str) -> pools.Pool:
+        return pools.Pool(self.settings, name)
+
+    def _open_all(self) -> list[pools.Pool]:
+        return [self.get_pool(name) for name in pools.list_pools(self.settings)]
+
+    def pool_names(self) -> list[str]:
+        return pools.list_pools(self.settings)
+
+    def create_pool(self, spec: PoolSpec, progress=None) -> dict:
+        pool = pools.create(self.settings, spec, progress)
+        return pools.describe_pool(pool, pool.read_state())
+
+    def delete_pool(self, name: str, force: bool = False) -> dict:
+        return pools.delete(self.get_pool(name), force)
+
+    def add_slots(self, name: str, count: int = 1, progress=None) -> list[str]:
+        return pools.add_slots(self.get_pool(name), count, progress)
+
+    def remove_slot(self, slot_ref: str, force: bool = False) -> dict:
+        pool, number = pools.resolve_slot(self.settings, slot_ref)
+        return pools.remove_slot(pool, number, force)
+
+    def list_pools(self) -> list[dict]:
+        """Every pool's summary; an unreadable pool is reported, never hidden."""
+        out = []
+        for name in self.pool_names():
+            try:
+                pool = self.get_pool(name)
+                out.append(pools.describe_pool(pool, pool.read_state(), with_slots=False))
+            except NecropoolError as exc:
+                out.append({"pool": name, "error": exc.message})
+        return out
+
+    def pool_status(self, name: str) -> dict:
+        pool = self.get_pool(name)
+        return pools.describe_pool(pool, pool.read_state())
+
+    def slot_status(self, slot_ref: str) -> dict:
+        pool, number = pools.resolve_slot(self.settings, slot_ref)
+        return pools.describe_slot(pool, pools.get_slot(pool.read_state(), pool, number))
+
+    def sync(self, prune: bool = False, progress=None) -> list[dict]:
+        return pools.sync(self.settings, prune, progress)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def allocate_slot(self, name: str, *, owner=None, pid: int | None = None, ttl=None,
+                      metadata=None, wait: float = 0, fetch: bool | None = None) -> dict:
+        holder = None
+        if pid is not None:
+            holder = Holder.of(pid)
+            if holder is None:
+                raise UsageError(f"no process with pid {pid} on this host")
+        pool = self.get_pool(name)
+        grant = lifecycle.allocate(pool, owner=owner, holder=holder, ttl=ttl,
+                                   metadata=metadata, wait=wait, fetch=fetch)
+        current = pool.read_state()
+        data = pools.describe_slot(pool, pools.get_slot(current, pool, grant.number))
+        if grant.fetch_error:
+            data["fetch_error"] = grant.fetch_error
+        return data
+
+    def release_slot(self, slot_ref: str, lease_id: str | None = None, cleanup: bool = True,
+                     fetch: bool | None = None) -> dict:
+        pool, number = pools.resolve_slot(self.settings, slot_ref)
+        return lifecycle.release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch)
+
+    def run(self, name: str, argv: list[str], **allocate_options) -> lifecycle.RunResult:
+        return lifecycle.run(self.get_pool(name), argv, **allocate_options)
+
+    def log(self, name: str, since: datetime | None = None) -> list[dict]:
+        return events.read(self.get_pool(name).paths.events, since)
+
+    # --- health -------------------------------------------------------------------------------
+    def _targets(self, name: str | None) -> list[pools.Pool]:
+        return [self.get_pool(name)] if name else self._open_all()
+
+    def detect_anomalies(self, name: str | None = None, max_allocation_hours=None,
+                         deep: bool = False) -> dict:
+        """``{kind: [anomaly, ...]}`` over one pool or all, with the guide's keys."""
+        merged = {k: [] for k in health.KINDS}
+        for pool in self._targets(name):
+            found = health.detect(pool, max_allocation_hours=max_allocation_hours, deep=deep)
+            for kind, items in found.items.items():
+                merged[kind].extend(a.to_dict() for a in items)
+        return merged
+
+    def detect_long_allocated_slots(self, max_allocation_hours=None, name=None) -> list[dict]:
+        return self.detect_anomalies(name, max_allocation_hours)["long_allocated_slots"]
+
+    def detect_corrupted_slots(self, name=None) -> list[dict]:
+        return self.detect_anomalies(name)["corrupted_slots"]
+
+    def detect_orphaned_locks(self, name=None) -> list[dict]:
+        return self.detect_anomalies(name)["orphaned_locks"]
+
+    def recover_slot(self, slot_ref: str, force: bool = False) -> dict:
+        pool, number = pools.resolve_slot(self.settings, slot_ref)
+        return health.recover(pool, number, force)
+
+    def isolate_slot(self, slot_ref: str, reason: str | None = None) -> dict:
+        pool, number = pools.resolve_slot(self.settings, slot_ref)
+        return health.isolate(pool, number, reason)
+
+    def auto_recover(self, name: str | None = None, *, max_allocation_hours=None,
+                     recover_corrupted: bool = True, cleanup_orphaned_locks: bool = True,
+                     force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
+        """The guide's counters summed over the pools, plus per-pool details."""
+        total = {"long_allocated_released": 0, "abandoned_released": 0,
+                 "corrupted_recovered": 0, "corrupted_isolated": 0,
+                 "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "errors": [],
+                 "dry_run": dry_run, "pools": []}
+        targets = self._targets(name)
+        if name and not targets:
+            raise NotFound(f"pool {name!r} does not exist")
+        for pool in targets:
+            result = health.auto_recover(
+                pool, max_allocation_hours=max_allocation_hours,
+                recover_corrupted=recover_corrupted, cleanup_orphaned_locks=cleanup_orphaned_locks,
+                force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
+            for key, value in result.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    total[key] += value
+            total["errors"] += [f"{pool.name}: {e}" for e in result["errors"]]
+            total["pools"].append(result)
+        return total

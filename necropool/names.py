@@ -1,0 +1,42 @@
+"""Validation of pool names, slot ids and upstream URLs."""
+
+import re
+
+from necropool.errors import UsageError
+
+POOL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_SLOT_ID = re.compile(r"(?P<pool>[a-z0-9][a-z0-9._-]{0,62})-(?P<n>[1-9][0-9]{0,5})")
+_SAFE_SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
+_SCP_LIKE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:[^:].*")
+
+
+def check_pool_name(name: str) -> str:
+    if not isinstance(name, str) or not POOL_NAME.fullmatch(name) or ".." in name:
+        raise UsageError(
+            f"invalid pool name {name!r}: use 1-63 characters a-z 0-9 . _ - "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def parse_slot_id(slot_id: str) -> tuple[str, int]:
+    """Split ``<pool>-<n>`` into its pool name and slot number."""
+    match = _SLOT_ID.fullmatch(slot_id) if isinstance(slot_id, str) else None
+    if not match or ".." in slot_id:
+        raise UsageError(f"invalid slot id {slot_id!r}: expected <pool>-<number>, e.g. web-1")
+    return match.group("pool"), int(match.group("n"))
+
+
+def check_url(url: str) -> str:
+    """Accept local paths and the ordinary transports; refuse options and ``ext::``-style ones."""
+    if not isinstance(url, str) or not url.strip():
+        raise UsageError("invalid URL: it is empty")
+    if url != url.strip() or any(ord(c) < 32 for c in url):
+        raise UsageError(f"invalid URL {url!r}: it contains whitespace or control characters")
+    if url.startswith("-"):
+        raise UsageError(f"invalid URL {url!r}: it must not start with '-'")
+    if url.startswith(_SAFE_SCHEMES) or _SCP_LIKE.fullmatch(url):
+        return url
+    if "::" in url or re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url):
+        raise UsageError(f"refusing URL {url!r}: transport not allowed (use https, ssh, git, file)")
+    return url

@@ -1,0 +1,386 @@
+"""Pools: their definition, state transactions, and administration (create, delete, add,
+remove, sync). Slot lifecycle lives in ``lifecycle``; health in ``health``."""
+
+import os
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from necropool import events, git, state
+from necropool.clock import now, rfc3339
+from necropool.config import FETCH_BACKENDS, PoolSpec, Settings
+from necropool.errors import Conflict, NotFound, OperationFailed, UsageError
+from necropool.layout import (
+    PoolPaths,
+    ensure_inside,
+    pools_dir,
+    remove_tree,
+    sweep_temp,
+    temp_name,
+    trash_name,
+    write_atomic,
+)
+from necropool.locks import FileLock
+from necropool.names import check_pool_name, check_url, parse_slot_id
+from necropool.state import ALLOCATED, CLEANING, PoolState, Slot
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class PoolDef:
+    """``pool.toml``: what a pool is a pool of."""
+
+    name: str
+    url: str
+    branch: str
+    keep_ignored: bool = False
+    fetch_on_allocate: bool = True
+    fetch_backend: str = "git"
+    created_at: datetime | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> "PoolDef":
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**fields)
+
+    def dump(self) -> bytes:
+        import tomli_w
+
+        return tomli_w.dumps({k: v for k, v in asdict(self).items() if v is not None}).encode()
+
+
+class Pool:
+    """An existing pool: paths, definition, and transactions over its state."""
+
+    def __init__(self, settings: Settings, name: str):
+        self.settings = settings
+        self.name = check_pool_name(name)
+        self.paths = PoolPaths(settings.root, name)
+        ensure_inside(self.paths.dir, settings.root)
+        try:
+            self.definition = PoolDef.load(self.paths.definition)
+        except FileNotFoundError:
+            raise NotFound(f"pool {name!r} does not exist under {settings.root}") from None
+        except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
+            raise OperationFailed(f"pool {name!r}: pool.toml is unreadable: {exc}") from None
+
+    def read_state(self) -> PoolState:
+        """A consistent snapshot without the lock (writes are atomic replaces)."""
+        return state.load(self.paths)
+
+    @contextmanager
+    def locked(self) -> Iterator[PoolState]:
+        """Hold the pool lock and yield the state; nothing is written."""
+        lock = FileLock(self.paths.pool_lock)
+        try:
+            lock.acquire(self.settings.lock_timeout, f"lock of pool {self.name}")
+        except FileNotFoundError:
+            raise NotFound(f"pool {self.name!r} does not exist") from None
+        try:
+            if not self.paths.definition.exists():
+                raise NotFound(f"pool {self.name!r} does not exist")
+            yield state.load(self.paths)
+        finally:
+            lock.release()
+
+    @contextmanager
+    def transaction(self) -> Iterator[PoolState]:
+        """Read-modify-write of the state under the pool lock; saved when the block ends."""
+        with self.locked() as current:
+            yield current
+            state.save(self.paths, current)
+
+    def sweep(self) -> None:
+        """Finish deleting what dead processes left half-done (temp clones, trash, temp files)."""
+        for directory in (self.paths.dir, self.paths.slots):
+            sweep_temp(directory, self.settings.root)
+
+    def slot_id(self, number: int) -> str:
+        return self.paths.slot_id(number)
+
+    def slot_dir(self, number: int) -> Path:
+        return self.paths.slot_dir(number)
+
+    def slot_lock(self, number: int) -> FileLock:
+        ensure_inside(self.paths.locks, self.settings.root)
+        return FileLock(self.paths.slot_lock(number))
+
+    def checked_slot_dir(self, number: int) -> Path:
+        """The slot's directory, refusing a path that passes through a symlink."""
+        path = self.paths.slot_dir(number)
+        ensure_inside(path.parent, self.settings.root)
+        return path
+
+    def event(self, name: str, **fields) -> None:
+        events.append(self.paths.events, name, pool=self.name, **fields)
+
+    def tip(self) -> str:
+        return git.mirror_tip(self.paths.mirror, self.definition.branch)
+
+
+def get_slot(current: PoolState, pool: Pool, number: int) -> Slot:
+    slot = current.slots.get(number)
+    if slot is None:
+        raise NotFound(f"slot {pool.slot_id(number)} does not exist")
+    return slot
+
+
+def resolve_slot(settings: Settings, ref: str) -> tuple[Pool, int]:
+    """A slot id (``web-3``) or any path inside a slot's directory."""
+    if "/" in ref or ref in (".", ".."):
+        path = Path(ref).absolute()
+        try:
+            path = path.resolve(strict=True)
+        except OSError:
+            raise NotFound(f"no such path {ref!r}") from None
+        try:
+            rel = path.relative_to(pools_dir(settings.root).resolve())
+        except ValueError:
+            raise UsageError(f"{ref!r} is not inside a slot under {settings.root}") from None
+        parts = rel.parts
+        if len(parts) < 3 or parts[1] != "slots" or not parts[2].isdigit():
+            raise UsageError(f"{ref!r} is not inside a slot under {settings.root}")
+        return Pool(settings, parts[0]), int(parts[2])
+    name, number = parse_slot_id(ref)
+    return Pool(settings, name), number
+
+
+def list_pools(settings: Settings) -> list[str]:
+    try:
+        entries = os.scandir(pools_dir(settings.root))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+
+
+def _check_spec(spec: PoolSpec) -> PoolSpec:
+    check_pool_name(spec.name)
+    check_url(spec.url)
+    if spec.num_slots < 1:
+        raise UsageError(f"invalid slot count {spec.num_slots}: must be at least 1")
+    if spec.fetch_backend not in FETCH_BACKENDS:
+        raise UsageError(f"invalid fetch backend {spec.fetch_backend!r}")
+    if spec.branch is not None and (not spec.branch or spec.branch.startswith("-")
+                                    or git.run(["check-ref-format", "--branch", spec.branch],
+                                               check=False).returncode != 0):
+        raise UsageError(f"invalid branch name {spec.branch!r}")
+    if "://" not in spec.url and ":" not in spec.url.split("/")[0] and Path(spec.url).exists():
+        spec.url = str(Path(spec.url).resolve())  # a local path: make it absolute
+    return spec
+
+
+def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None) -> Pool:
+    """Build the pool in a temp directory and rename it into place: a failure or an
+    interrupt leaves nothing behind, and a concurrent create of the same name loses cleanly."""
+    _check_spec(spec)
+    parent = pools_dir(settings.root)
+    parent.mkdir(parents=True, exist_ok=True)
+    ensure_inside(parent, settings.root)
+    sweep_temp(parent, settings.root)
+    final = parent / spec.name
+    if final.exists() or final.is_symlink():
+        raise Conflict(f"pool {spec.name!r} already exists")
+    tmp = parent / temp_name(spec.name)
+    paths = PoolPaths(settings.root, spec.name, directory=tmp)
+    try:
+        for directory in (tmp, paths.locks, paths.slots, paths.rescued):
+            directory.mkdir()
+        git.clone_mirror(spec.url, paths.mirror, timeout=settings.git_timeout,
+                         backend=spec.fetch_backend)
+        paths.mirror_stamp.write_text(f"{now().timestamp()}\n")
+        branch = spec.branch or git.mirror_branch(paths.mirror)
+        git.mirror_tip(paths.mirror, branch)
+        definition = PoolDef(name=spec.name, url=spec.url, branch=branch,
+                             keep_ignored=spec.keep_ignored,
+                             fetch_on_allocate=spec.fetch_on_allocate,
+                             fetch_backend=spec.fetch_backend, created_at=now())
+        write_atomic(paths.definition, definition.dump())
+        new = PoolState(source="new")
+        for number in range(1, spec.num_slots + 1):
+            commit = git.clone_slot(paths.mirror, paths.slot_dir(number), spec.url, branch)
+            new.slots[number] = Slot(number=number, created_at=now(), commit=commit)
+            if progress:
+                progress(number, spec.num_slots)
+        state.save(paths, new)
+        events.append(paths.events, "create", pool=spec.name, url=spec.url, branch=branch,
+                      slots=spec.num_slots)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            raise Conflict(f"pool {spec.name!r} already exists") from None
+    except BaseException:
+        remove_tree(tmp, settings.root)
+        raise
+    return Pool(settings, spec.name)
+
+
+def _live_holders(pool: Pool, current: PoolState) -> list[str]:
+    """Slots whose lock a live process holds (a cleaning worker or ``run``)."""
+    busy = []
+    for number in current.slots:
+        lock = pool.slot_lock(number)
+        if lock.try_acquire(create=False):
+            lock.release()
+        elif pool.paths.slot_lock(number).exists():
+            busy.append(pool.slot_id(number))
+    return busy
+
+
+def delete(pool: Pool, force: bool = False) -> dict:
+    with pool.locked() as current:
+        in_use = [pool.slot_id(n) for n, s in current.slots.items()
+                  if s.state in (ALLOCATED, CLEANING)]
+        if in_use and not force:
+            raise Conflict(f"pool {pool.name!r} has slots in use ({', '.join(in_use)}): "
+                           "release them or pass --force")
+        busy = _live_holders(pool, current)
+        if busy:
+            raise Conflict(f"slots held by live processes: {', '.join(busy)}")
+        trash = pool.paths.dir.parent / trash_name(pool.name)
+        os.rename(pool.paths.dir, trash)
+    remove_tree(trash, pool.settings.root)
+    return {"pool": pool.name, "deleted": True, "slots": len(current.slots)}
+
+
+def _free_number(current: PoolState, pool: Pool) -> int:
+    number = 1
+    while number in current.slots or os.path.lexists(pool.slot_dir(number)):
+        number += 1
+    return number
+
+
+def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[str]:
+    """Clone ``count`` slots from the mirror, each registered under the lowest free number."""
+    if count < 1:
+        raise UsageError(f"invalid count {count}: must be at least 1")
+    pool.sweep()
+    ensure_inside(pool.paths.slots, pool.settings.root)
+    added = []
+    for i in range(count):
+        tmp = pool.paths.slots / temp_name("add")
+        try:
+            commit = git.clone_slot(pool.paths.mirror, tmp, pool.definition.url,
+                                    pool.definition.branch)
+            with pool.transaction() as current:
+                number = _free_number(current, pool)
+                os.rename(tmp, pool.slot_dir(number))
+                current.slots[number] = Slot(number=number, created_at=now(), commit=commit)
+        except BaseException:
+            remove_tree(tmp, pool.settings.root)
+            raise
+        pool.event("add", slot_id=pool.slot_id(number))
+        added.append(pool.slot_id(number))
+        if progress:
+            progress(i + 1, count)
+    return added
+
+
+def remove_slot(pool: Pool, number: int, force: bool = False) -> dict:
+    with pool.transaction() as current:
+        slot = get_slot(current, pool, number)
+        if slot.state in (ALLOCATED, CLEANING) and not force:
+            raise Conflict(f"slot {pool.slot_id(number)} is {slot.state}: "
+                           "release it or pass --force")
+        lock = pool.slot_lock(number)
+        if not lock.try_acquire():
+            raise Conflict(f"slot {pool.slot_id(number)} is held by a live process")
+        try:
+            trash = pool.paths.slots / trash_name(str(number))
+            if os.path.lexists(pool.slot_dir(number)):
+                os.rename(pool.slot_dir(number), trash)
+            del current.slots[number]
+        finally:
+            lock.release(unlink=True)
+    remove_tree(trash, pool.settings.root)
+    pool.event("remove", slot_id=pool.slot_id(number), state=slot.state)
+    return {"slot_id": pool.slot_id(number), "pool": pool.name, "removed": True}
+
+
+def sync(settings: Settings, prune: bool = False, progress: Progress | None = None) -> list[dict]:
+    """Create or grow the pools the config file declares; shrink or delete only with prune."""
+    actions = []
+    existing = set(list_pools(settings))
+    for name, spec in settings.pools.items():
+        if name not in existing:
+            create(settings, spec, progress)
+            actions.append({"pool": name, "action": "created", "slots": spec.num_slots})
+            continue
+        pool = Pool(settings, name)
+        have = len(pool.read_state().slots)
+        if have < spec.num_slots:
+            added = add_slots(pool, spec.num_slots - have, progress)
+            actions.append({"pool": name, "action": "grown", "added": added})
+        elif have > spec.num_slots and prune:
+            removed = _shrink(pool, have - spec.num_slots)
+            actions.append({"pool": name, "action": "shrunk", "removed": removed})
+        else:
+            actions.append({"pool": name, "action": "unchanged", "slots": have})
+    if prune:
+        for name in sorted(existing - set(settings.pools)):
+            pool = Pool(settings, name)
+            delete(pool)
+            actions.append({"pool": name, "action": "deleted"})
+    return actions
+
+
+def _shrink(pool: Pool, count: int) -> list[str]:
+    """Remove up to ``count`` available slots, highest numbers first."""
+    current = pool.read_state()
+    idle = sorted((n for n, s in current.slots.items() if s.state == state.AVAILABLE),
+                  reverse=True)
+    removed = []
+    for number in idle[:count]:
+        try:
+            removed.append(remove_slot(pool, number)["slot_id"])
+        except Conflict:
+            continue
+    return removed
+
+
+def describe_slot(pool: Pool, slot: Slot) -> dict:
+    """A slot as ``status``/``allocate`` report it (the JSON contract)."""
+    path = pool.slot_dir(slot.number)
+    branch, commit = git.read_head(path / ".git")
+    lease = slot.lease
+    holder = lease.holder if lease else None
+    return {
+        "slot_id": pool.slot_id(slot.number), "pool": pool.name, "path": str(path),
+        "state": slot.state, "lease_id": lease.lease_id if lease else None,
+        "owner": lease.owner if lease else None,
+        "pid": holder.pid if holder else None, "host": holder.host if holder else None,
+        "allocated_at": rfc3339(lease.allocated_at) if lease else None,
+        "expires_at": rfc3339(lease.expires_at) if lease else None,
+        "metadata": lease.metadata if lease else {},
+        "current_branch": branch, "current_commit": commit,
+        "allocation_count": slot.allocation_count,
+        "total_usage_seconds": round(slot.total_usage_seconds, 3),
+        "last_allocated_at": rfc3339(slot.last_allocated_at),
+        "last_released_at": rfc3339(slot.last_released_at),
+        "needs_cleanup": slot.needs_cleanup, "error": slot.error,
+        "isolated_at": rfc3339(slot.isolated_at), "isolation_reason": slot.isolation_reason,
+        "last_rescue": slot.last_rescue,
+    }
+
+
+def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True) -> dict:
+    counts = {s: 0 for s in state.STATES}
+    for slot in current.slots.values():
+        counts[slot.state] += 1
+    data = {
+        "pool": pool.name, "path": str(pool.paths.dir), "url": pool.definition.url,
+        "branch": pool.definition.branch, "mirror_commit": git.read_ref(
+            pool.paths.mirror, f"refs/heads/{pool.definition.branch}"),
+        "num_slots": len(current.slots), "counts": counts,
+        "keep_ignored": pool.definition.keep_ignored,
+        "fetch_on_allocate": pool.definition.fetch_on_allocate,
+        "state_source": current.source,
+    }
+    if with_slots:
+        data["slots"] = [describe_slot(pool, s) for _, s in sorted(current.slots.items())]
+    return data

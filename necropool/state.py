@@ -1,0 +1,222 @@
+"""Durable pool state: ``state.toml`` (slots, leases, statistics), schema-versioned.
+
+Every write goes to ``state.toml.bak`` and then ``state.toml``, each atomically, so a
+damaged main file falls back to an identical copy; when both are unreadable the state
+is rebuilt from the slot directories on disk (every slot then needs recovery).
+"""
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from necropool.errors import OperationFailed
+from necropool.layout import PoolPaths, write_atomic
+from necropool.proc import Holder
+
+SCHEMA_VERSION = 1
+AVAILABLE, ALLOCATED, CLEANING, ERROR = "available", "allocated", "cleaning", "error"
+STATES = (AVAILABLE, ALLOCATED, CLEANING, ERROR)
+
+
+@dataclass
+class Lease:
+    lease_id: str
+    owner: str
+    allocated_at: datetime
+    expires_at: datetime | None = None
+    holder: Holder | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = {"lease_id": self.lease_id, "owner": self.owner, "allocated_at": self.allocated_at,
+                "expires_at": self.expires_at, "metadata": self.metadata}
+        if self.holder:
+            data["holder"] = self.holder.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Lease":
+        holder = data.get("holder")
+        return cls(
+            lease_id=_str(data["lease_id"]),
+            owner=_str(data.get("owner", "")),
+            allocated_at=_time(data["allocated_at"]),
+            expires_at=_time(data["expires_at"]) if "expires_at" in data else None,
+            holder=Holder.from_dict(holder) if holder else None,
+            metadata={str(k): _str(v) for k, v in data.get("metadata", {}).items()},
+        )
+
+
+@dataclass
+class Slot:
+    number: int
+    state: str = AVAILABLE
+    created_at: datetime | None = None
+    commit: str | None = None  # the commit the slot was last cleaned to
+    needs_cleanup: bool = False
+    lease: Lease | None = None
+    worker: Holder | None = None  # who is cleaning or repairing it
+    allocation_count: int = 0
+    total_usage_seconds: float = 0.0
+    last_allocated_at: datetime | None = None
+    last_released_at: datetime | None = None
+    error: str | None = None
+    isolated_at: datetime | None = None
+    isolation_reason: str | None = None
+    last_rescue: str | None = None
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in vars(self).items() if k not in ("number", "lease", "worker")}
+        if self.lease:
+            data["lease"] = self.lease.to_dict()
+        if self.worker:
+            data["worker"] = self.worker.to_dict()
+        return _drop_none(data)
+
+    @classmethod
+    def from_dict(cls, number: int, data: dict) -> "Slot":
+        if not isinstance(data, dict):
+            raise ValueError("entry is not a table")
+        state = data.get("state")
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        times = ("created_at", "last_allocated_at", "last_released_at", "isolated_at")
+        texts = ("commit", "error", "isolation_reason", "last_rescue")
+        slot = cls(number=number, state=state)
+        for key in times:
+            if key in data:
+                setattr(slot, key, _time(data[key]))
+        for key in texts:
+            if key in data:
+                setattr(slot, key, _str(data[key]))
+        slot.needs_cleanup = bool(data.get("needs_cleanup", False))
+        slot.allocation_count = int(data.get("allocation_count", 0))
+        slot.total_usage_seconds = float(data.get("total_usage_seconds", 0.0))
+        if "lease" in data:
+            slot.lease = Lease.from_dict(data["lease"])
+        if "worker" in data:
+            slot.worker = Holder.from_dict(data["worker"])
+        if state == ALLOCATED and slot.lease is None:
+            raise ValueError("allocated without a lease")
+        return slot
+
+
+@dataclass
+class PoolState:
+    slots: dict[int, Slot] = field(default_factory=dict)
+    source: str = "state.toml"  # or "state.toml.bak", "rebuilt", "new"
+    problems: dict[int, str] = field(default_factory=dict)  # slot -> why its entry was unreadable
+
+    def to_toml(self) -> bytes:
+        import tomli_w
+
+        body = {"schema_version": SCHEMA_VERSION,
+                "slots": {str(n): s.to_dict() for n, s in sorted(self.slots.items())}}
+        return tomli_w.dumps(body).encode()
+
+
+def _drop_none(data):
+    if isinstance(data, dict):
+        return {k: _drop_none(v) for k, v in data.items() if v is not None}
+    return data
+
+
+def _str(value) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _time(value) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValueError(f"expected a UTC time, got {value!r}")
+    return value
+
+
+class StateError(OperationFailed):
+    """A state file this version must not touch (for example from a newer necropool)."""
+
+
+def _parse(raw: bytes) -> PoolState:
+    data = tomllib.loads(raw.decode())
+    version = data.get("schema_version")
+    if not isinstance(version, int):
+        raise ValueError("schema_version missing")
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"state was written by a newer necropool (schema_version {version}); "
+            f"this version understands {SCHEMA_VERSION}: upgrade necropool"
+        )
+    slots_table = data.get("slots", {})
+    if not isinstance(slots_table, dict):
+        raise ValueError("slots is not a table")
+    state = PoolState()
+    for key, entry in slots_table.items():
+        if not key.isdigit() or int(key) < 1:
+            continue
+        number = int(key)
+        try:
+            state.slots[number] = Slot.from_dict(number, entry)
+        except (ValueError, KeyError, TypeError) as exc:
+            state.problems[number] = f"state entry unreadable: {exc}"
+            state.slots[number] = Slot(number=number, state=ERROR,
+                                       error=state.problems[number])
+    return state
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
+def load(paths: PoolPaths) -> PoolState:
+    """Read the state: main file, then its copy, then a rebuild from the slot directories."""
+    reasons = []
+    for path in (paths.state, paths.state_backup):
+        try:
+            raw = _read(path)
+        except OSError as exc:
+            reasons.append(f"{path.name}: {exc.strerror}")
+            continue
+        if raw is None:
+            reasons.append(f"{path.name}: missing")
+            continue
+        try:
+            state = _parse(raw)
+        except StateError:
+            raise
+        except (ValueError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            reasons.append(f"{path.name}: {exc}")
+            continue
+        state.source = path.name
+        return state
+    return rebuild(paths, "; ".join(reasons))
+
+
+def rebuild(paths: PoolPaths, why: str) -> PoolState:
+    """State from what is on disk: every slot directory becomes a slot needing recovery."""
+    state = PoolState(source="rebuilt")
+    try:
+        names = os.listdir(paths.slots)
+    except OSError:
+        names = []
+    for name in names:
+        if name.isdigit() and int(name) >= 1:
+            number = int(name)
+            reason = f"state rebuilt from disk ({why}): run recover"
+            state.slots[number] = Slot(number=number, state=ERROR, error=reason)
+            state.problems[number] = reason
+    return state
+
+
+def save(paths: PoolPaths, state: PoolState) -> None:
+    """Write both copies atomically and durably; the backup first."""
+    data = state.to_toml()
+    write_atomic(paths.state_backup, data)
+    write_atomic(paths.state, data)

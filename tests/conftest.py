@@ -1,0 +1,101 @@
+"""Shared fixtures: real git repositories in temp dirs, a private root, and a CLI runner
+that starts ``python -m necropool`` as a real process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from necropool.config import PoolSpec, load_settings
+from necropool.manager import PoolManager
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(cwd, *args, check=True) -> str:
+    env = dict(os.environ, **GIT_ENV)
+    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr}")
+    return proc.stdout.strip()
+
+
+def commit_file(repo: Path, name: str, content: str, message: str | None = None) -> str:
+    path = repo / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    git(repo, "add", name)
+    git(repo, "commit", "-q", "-m", message or f"change {name}")
+    return git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def upstream(tmp_path) -> Path:
+    """A small non-bare repository on branch main with a .gitignore and nested files."""
+    repo = tmp_path / "upstream"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    for i in range(20):
+        (repo / "src" / f"pkg{i % 4}").mkdir(parents=True, exist_ok=True)
+        (repo / "src" / f"pkg{i % 4}" / f"mod{i}.py").write_text(f"value = {i}\n")
+    (repo / "README").write_text("upstream\n")
+    (repo / ".gitignore").write_text("build/\n*.o\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "initial")
+    return repo
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch) -> Path:
+    """A private necropool root; NECROPOOL_HOME points at it for this test and its children."""
+    path = tmp_path / "root"
+    monkeypatch.setenv("NECROPOOL_HOME", str(path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.delenv("NECROPOOL_CONFIG", raising=False)
+    return path
+
+
+@pytest.fixture
+def manager(root) -> PoolManager:
+    return PoolManager(load_settings())
+
+
+@pytest.fixture
+def pool(manager, upstream) -> str:
+    """A 3-slot pool named 'web' over ``upstream``."""
+    manager.create_pool(PoolSpec(name="web", url=str(upstream), num_slots=3))
+    return "web"
+
+
+class CliResult:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.code = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+    def __repr__(self) -> str:
+        return f"<exit {self.code} stdout={self.stdout[:300]!r} stderr={self.stderr[:300]!r}>"
+
+
+def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> CliResult:
+    """Run ``python -m necropool ARGS`` as a separate process."""
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run([sys.executable, "-m", "necropool", *map(str, args)], env=full_env,
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    return CliResult(proc)
+
+
+@pytest.fixture
+def cli(root):
+    return run_cli
