@@ -1,0 +1,23 @@
+"""One contention worker: N allocate/release cycles through the core API; prints the
+allocate latencies (seconds) as a JSON list."""
+
+import json
+import sys
+import time
+
+from necropool.manager import PoolManager
+
+
+def main(pool: str, cycles: int) -> None:
+    manager = PoolManager()
+    latencies = []
+    for _ in range(cycles):
+        start = time.perf_counter()
+        slot = manager.allocate_slot(pool, wait=60, fetch=False)
+        latencies.append(time.perf_counter() - start)
+        manager.release_slot(slot["slot_id"], slot["lease_id"], fetch=False)
+    print(json.dumps(latencies))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

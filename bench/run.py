@@ -1,0 +1,291 @@
+"""necropool benchmark: each case timed side by side with its floor, as whole processes.
+
+    python bench/run.py [--quick] [--json FILE] [--reps N]
+
+Prints medians, ratios (necropool / floor), targets and peak RSS as a table, and as JSON
+with --json. Builds its own repositories (no network). --quick uses small sizes (CI smoke).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from repos import GIT_ENV, add_upstream_commit, make_repo  # noqa: E402
+
+PYTHON = sys.executable
+NECROPOOL = [PYTHON, "-m", "necropool"]
+
+
+def timed(argv, cwd=None, env=None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if code != 0:
+        raise RuntimeError(f"{' '.join(map(str, argv))} exited {code}: {err.strip()[:300]}")
+    return elapsed, usage.ru_maxrss
+
+
+def run(argv, cwd=None, env=None, text=True) -> str:
+    return subprocess.run(argv, cwd=cwd, env=env, check=True, capture_output=True,
+                          text=text).stdout
+
+
+class Bench:
+    def __init__(self, work: Path, quick: bool, reps: int):
+        self.work, self.quick, self.reps = work, quick, reps
+        self.env = dict(os.environ, NECROPOOL_HOME=str(work / "root"), **GIT_ENV)
+        self.env.pop("NECROPOOL_CONFIG", None)
+        self.results = []
+
+    def np(self, *args, timed_run=False):
+        argv = [*NECROPOOL, *map(str, args)]
+        return timed(argv, env=self.env) if timed_run else run(argv, env=self.env)
+
+    def t_typer(self) -> float:
+        return timed([PYTHON, "-c", "import typer"])[0]
+
+    def record(self, case, ours, floor, target, rss=None, note=""):
+        mo, mf = statistics.median(ours), statistics.median(floor) if floor else None
+        ratio = mo / mf if mf else None
+        row = {"case": case, "necropool_ms": round(mo * 1000, 1),
+               "floor_ms": round(mf * 1000, 1) if mf else None,
+               "ratio": round(ratio, 3) if ratio is not None else None, "target": target,
+               "met": None, "peak_rss_mb": round(rss / 1024, 1) if rss else None, "note": note}
+        if ratio is not None and isinstance(target, float):
+            row["met"] = ratio <= target
+        self.results.append(row)
+        print(f"  {case}: {row['necropool_ms']} ms vs {row['floor_ms']} ms -> "
+              f"ratio {row['ratio']} (target {target})", file=sys.stderr)
+        return row
+
+    # --- fixtures -------------------------------------------------------------------------
+    def repos(self):
+        small_files, large_files = (300, 2000) if self.quick else (2000, 20000)
+        print("building repositories...", file=sys.stderr)
+        self.small = make_repo(self.work / "small", small_files, 20 if self.quick else 50)
+        self.large = make_repo(self.work / "large", large_files, 40 if self.quick else 300)
+        self.tiny = make_repo(self.work / "tiny", 10, 3)
+
+    def tip(self, pool) -> str:
+        return json.loads(self.np("status", pool, "--json"))["mirror_commit"]
+
+    # --- cases ----------------------------------------------------------------------------
+    def case_allocate(self):
+        self.np("create", "warm", self.small, "--slots", 10, "--no-fetch-on-allocate")
+        ours, floor, rss = [], [], 0
+        for _ in range(self.reps):
+            elapsed, peak = self.np("allocate", "warm", "--no-fetch", timed_run=True)
+            ours.append(elapsed)
+            rss = max(rss, peak)
+            floor.append(self.t_typer())
+            slot = json.loads(self.np("status", "warm", "--json"))["slots"]
+            for s in slot:
+                if s["state"] == "allocated":
+                    self.np("release", s["slot_id"], "--no-fetch")
+        row = self.record("1 allocate --no-fetch (10 slots) vs T", ours, floor, 1.3, rss)
+        row["rss_target_mb"] = 50
+        row["rss_met"] = rss / 1024 <= 50
+
+    def dirty(self, path: Path, n: int):
+        env = self.env
+        run(["git", "checkout", "-q", "-B", "feat"], cwd=path, env=env)
+        (path / "local.txt").write_text(f"local {n}\n")
+        run(["git", "add", "local.txt"], cwd=path, env=env)
+        run(["git", "commit", "-q", "-m", "local"], cwd=path, env=env)
+        files = sorted((path / "src").rglob("*.txt"))[:200]
+        for f in files:
+            f.write_text(f"modified {n}\n")
+        for i in range(200):
+            d = path / "new" / f"a{i % 10}" / f"b{i % 7}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"u{i}.txt").write_text("untracked\n")
+        (path / "build" / "obj").mkdir(parents=True, exist_ok=True)
+        for i in range(50):
+            (path / "build" / "obj" / f"o{i}.o").write_text("ignored\n")
+
+    def case_release(self, label: str, repo: Path):
+        pool = f"rel-{label}"
+        self.np("create", pool, repo, "--slots", 1, "--no-fetch-on-allocate")
+        tip = self.tip(pool)
+        dirty_ours, dirty_floor, clean_ours, clean_floor, rss = [], [], [], [], 0
+        for n in range(self.reps):
+            path = Path(self.np("allocate", pool, "--no-fetch").strip())
+            self.dirty(path, n)
+            elapsed, peak = self.np("release", path, "--no-fetch", timed_run=True)
+            dirty_ours.append(elapsed)
+            rss = max(rss, peak)
+            path = Path(self.np("allocate", pool, "--no-fetch").strip())
+            self.dirty(path, n)
+            t = self.t_typer()
+            r1 = timed(["git", "reset", "-q", "--hard", tip], cwd=path)[0]
+            r2 = timed(["git", "clean", "-q", "-ffdx"], cwd=path)[0]
+            dirty_floor.append(t + r1 + r2)
+            self.np("release", path, "--no-fetch")
+            path = Path(self.np("allocate", pool, "--no-fetch").strip())
+            clean_ours.append(self.np("release", path, "--no-fetch", timed_run=True)[0])
+            t = self.t_typer()
+            clean_floor.append(t + timed(["git", "status", "--porcelain", "--ignored"],
+                                         cwd=path)[0])
+        self.record(f"2 release dirty slot ({label}) vs T + reset --hard && clean -ffdx",
+                    dirty_ours, dirty_floor, 1.1, rss,
+                    "includes saving the holder's work (bundle), which the floor does not")
+        self.record(f"3 release clean slot ({label}) vs T + status --porcelain --ignored",
+                    clean_ours, clean_floor, 1.2)
+
+    def du_kib(self, *paths) -> list[int]:
+        out = run(["du", "-sk", *map(str, paths)])
+        return [int(line.split()[0]) for line in out.splitlines()]
+
+    def case_create(self):
+        ours, floor = [], []
+        reps = max(1, self.reps // 3)
+        for n in range(reps):
+            ours.append(self.np("create", f"c{n}", self.small, "--slots", 5,
+                                "--no-fetch-on-allocate", timed_run=True)[0])
+            base = self.work / f"floor{n}"
+            start = time.perf_counter()
+            run(["git", "clone", "-q", "--mirror", str(self.small), str(base / "m.git")])
+            for i in range(5):
+                run(["git", "clone", "-q", str(base / "m.git"), str(base / f"s{i}")])
+            floor.append(time.perf_counter() - start)
+            shutil.rmtree(base)
+        pool = self.work / "root" / "pools" / "c0"
+        sizes = self.du_kib(pool / "mirror.git", pool / "slots" / "1", pool / "slots" / "2")
+        files = sum(f.stat().st_size for f in (pool / "slots" / "2").rglob("*")
+                    if f.is_file() and ".git" not in f.parts)
+        blocks = self.du_kib(pool / "slots" / "2")[0]
+        git_size = self.du_kib(pool / "slots" / "2" / ".git")[0]
+        worktree_kib = blocks - git_size
+        index_kib = (pool / "slots" / "2" / ".git" / "index").stat().st_size / 1024
+        row = self.record("4 create 5 slots vs clone --mirror + 5 x clone", ours, floor, 1.0)
+        row["extra_slot_kib"] = sizes[2]
+        row["files_plus_index_kib"] = round(worktree_kib + index_kib)
+        row["disk_target"] = "<= 1.1 x files + index"
+        row["disk_met"] = sizes[2] <= 1.1 * (worktree_kib + index_kib)
+        row["file_bytes"] = files
+
+    def case_detect(self):
+        n = 5 if self.quick else 20
+        self.np("create", "det", self.small, "--slots", n, "--no-fetch-on-allocate")
+        slots = self.work / "root" / "pools" / "det" / "slots"
+        ours, floor = [], []
+        for _ in range(max(1, self.reps // 3)):
+            ours.append(self.np("detect", "det", timed_run=True)[0])
+            total = 0.0
+            for i in range(1, n + 1):
+                total += timed(["git", "fsck"], cwd=slots / str(i))[0]
+            floor.append(total)
+        self.record(f"5 detect {n} slots vs git fsck in each", ours, floor, 0.25)
+
+    def case_contention(self):
+        self.np("create", "cont", self.small, "--slots", 4, "--no-fetch-on-allocate")
+        cycles = 10 if self.quick else 25
+        worker = Path(__file__).with_name("contention_worker.py")
+        procs = [subprocess.Popen([PYTHON, str(worker), "cont", str(cycles)], env=self.env,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(8)]
+        latencies = []
+        for p in procs:
+            out, _ = p.communicate()
+            if p.returncode != 0:
+                raise RuntimeError("contention worker failed")
+            latencies += json.loads(out)
+        latencies.sort()
+        p95 = latencies[int(0.95 * (len(latencies) - 1))]
+        row = {"case": f"6 contention 8 x {cycles} cycles, 4 slots (core API)",
+               "p95_ms": round(p95 * 1000, 1), "max_ms": round(latencies[-1] * 1000, 1),
+               "target": "p95 <= 100 ms, max < 1000 ms", "calls": len(latencies),
+               "met": p95 <= 0.1 and latencies[-1] < 1.0}
+        print(f"  {row['case']}: p95 {row['p95_ms']} ms, max {row['max_ms']} ms",
+              file=sys.stderr)
+        self.results.append(row)
+
+    def case_scale(self):
+        big = 40 if self.quick else 200
+        self.np("create", "big", self.tiny, "--slots", big, "--no-fetch-on-allocate")
+        self.np("create", "five", self.tiny, "--slots", 5, "--no-fetch-on-allocate")
+        ours, floor, status = [], [], []
+        for _ in range(self.reps):
+            for pool, bucket in (("big", ours), ("five", floor)):
+                bucket.append(self.np("allocate", pool, "--no-fetch", timed_run=True)[0])
+                slot = [s for s in json.loads(self.np("status", pool, "--json"))["slots"]
+                        if s["state"] == "allocated"][0]
+                self.np("release", slot["slot_id"], "--no-fetch")
+            status.append(self.np("status", "big", timed_run=True)[0])
+        self.record(f"7a allocate on {big} slots vs on 5 slots", ours, floor, 1.2)
+        ms = statistics.median(status) * 1000
+        self.results.append({"case": f"7b status on {big} slots", "necropool_ms": round(ms, 1),
+                             "target": "<= 300 ms", "met": ms <= 300})
+        print(f"  7b status: {ms:.1f} ms", file=sys.stderr)
+
+    def upstream_moves(self):
+        add_upstream_commit(self.small, 1)
+
+
+def table(results: list[dict]) -> str:
+    lines = [f"{'case':<72} {'necropool':>10} {'floor':>9} {'ratio':>7} {'target':>26} "
+             f"{'rss MB':>7} met"]
+    for r in results:
+        ours = r.get("necropool_ms", r.get("p95_ms"))
+        floor = r.get("floor_ms", r.get("max_ms"))
+        lines.append(f"{r['case']:<72} {ours!s:>10} {floor!s:>9} {r.get('ratio')!s:>7} "
+                     f"{r['target']!s:>26} {r.get('peak_rss_mb')!s:>7} {r.get('met')}")
+        for key in ("rss_met", "disk_met"):
+            if key in r:
+                lines.append(f"{'':<72} {key}: {r[key]} ({r.get('extra_slot_kib', '')} KiB "
+                             f"per extra slot vs {r.get('files_plus_index_kib', '')} KiB)"
+                             if key == "disk_met" else f"{'':<72} {key}: {r[key]}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke test)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions per case")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--workdir", help="keep the work files here (default: a temp dir)")
+    args = parser.parse_args()
+    reps = args.reps or (3 if args.quick else 9)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="necropool-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bench = Bench(work, args.quick, reps)
+    started = time.perf_counter()
+    try:
+        bench.repos()
+        bench.case_allocate()
+        bench.case_release("small", bench.small)
+        bench.case_release("large", bench.large)
+        bench.case_create()
+        bench.case_detect()
+        bench.case_contention()
+        bench.case_scale()
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    print(table(bench.results))
+    print(f"\n{len(bench.results)} cases in {elapsed:.0f} s "
+          f"({'quick' if args.quick else 'full'}, {reps} reps)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"quick": args.quick, "reps": reps,
+                                               "seconds": round(elapsed, 1),
+                                               "results": bench.results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
