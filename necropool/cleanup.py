@@ -26,6 +26,7 @@ class Report:
     ignored: int = 0
     moved_from: str | None = None
     branches_deleted: list[str] = field(default_factory=list)
+    stashes_deleted: int = 0
     git_locks_removed: list[str] = field(default_factory=list)
     config_restored: bool = False
     index_rebuilt: bool = False
@@ -136,10 +137,20 @@ def unpushed(tree: Path, has_branches: bool) -> bool:
     return bool(git.run(args, tree).stdout.strip())
 
 
-def rescue(tree: Path, dest: Path, st: Status, branches: list[str], with_head: bool) -> str:
-    """Save uncommitted changes (as a commit over HEAD), HEAD and local branches into a
-    bundle at ``dest``; return its path. Restore with
-    ``git fetch BUNDLE 'refs/necropool/rescue/*:refs/rescued/*'``."""
+def stash_entries(tree: Path) -> list[str]:
+    """The holder's stash entries, newest first (no process when there is no stash)."""
+    top = git.read_ref(tree / ".git", "refs/stash")
+    if not top:
+        return []
+    out = git.run(["rev-list", "--walk-reflogs", "refs/stash"], tree, check=False).stdout
+    return out.decode().split() or [top]
+
+
+def rescue(tree: Path, dest: Path, st: Status, branches: list[str], with_head: bool,
+           stashes: list[str] | None = None) -> str:
+    """Save uncommitted changes (as a commit over HEAD), HEAD, local branches and stash
+    entries (``stash``, ``stash-1``, ...) into a bundle at ``dest``; return its path.
+    Restore with ``git fetch BUNDLE 'refs/necropool/rescue/*:refs/rescued/*'``."""
     gitdir = tree / ".git"
     refs: dict[str, str] = {}
     if st.changed or st.untracked:
@@ -162,6 +173,8 @@ def rescue(tree: Path, dest: Path, st: Status, branches: list[str], with_head: b
         sha = git.read_ref(gitdir, f"refs/heads/{name}")
         if sha:
             refs[f"refs/necropool/rescue/heads/{name}"] = sha
+    for i, sha in enumerate(stashes or []):
+        refs["refs/necropool/rescue/stash" + (f"-{i}" if i else "")] = sha
     stdin = "".join(f"update {ref} {sha}\n" for ref, sha in refs.items())
     _update_refs(tree, stdin)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -209,9 +222,10 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     branches = git.local_branches(gitdir)
     head_known = st.head in (tip, known_commit)
     lost_commits = (branches or not head_known) and unpushed(tree, bool(branches))
-    if rescue_to is not None and (st.changed or st.untracked or lost_commits):
+    stashes = stash_entries(tree)
+    if rescue_to is not None and (st.changed or st.untracked or lost_commits or stashes):
         report.rescued = rescue(tree, rescue_to, st, branches if lost_commits else [],
-                                with_head=lost_commits and not head_known)
+                                with_head=lost_commits and not head_known, stashes=stashes)
 
     if git.read_ref(gitdir, f"refs/remotes/origin/{branch}") != tip:
         git.run(["fetch", "--no-tags", "--quiet", str(mirror),
@@ -225,5 +239,8 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     if branches:
         _update_refs(tree, "".join(f"delete refs/heads/{b}\n" for b in branches))
         report.branches_deleted = branches
+    if stashes:  # a fresh slot has no stash: the next holder must not find this one
+        _update_refs(tree, "delete refs/stash\n")
+        report.stashes_deleted = len(stashes)
     report.changed, report.untracked, report.ignored = st.changed, st.untracked, st.ignored
     return report

@@ -6,7 +6,6 @@ and only over the transports in ``ALLOWED_PROTOCOLS``.
 
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -42,7 +41,9 @@ class GitError(OperationFailed):
 
     @property
     def transient(self) -> bool:
-        return bool(_TRANSIENT.search(self.stderr or self.message))
+        # Quoted text is a path or URL: a repository called 'openssl' is not a TLS error.
+        text = re.sub(r"'[^'\n]*'", "''", self.stderr or self.message)
+        return bool(_TRANSIENT.search(text))
 
 
 def git_env(extra: dict | None = None) -> dict:
@@ -61,8 +62,11 @@ def git_env(extra: dict | None = None) -> dict:
 
 def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,
         env: dict | None = None, check: bool = True,
-        input: bytes | None = None) -> subprocess.CompletedProcess:
-    """Run ``git ARGS`` hardened; raise GitError with git's message when it fails."""
+        input: bytes | None = None):
+    """Run ``git ARGS`` hardened; return the CompletedProcess, or raise GitError with git's
+    message when it fails."""
+    import subprocess
+
     cmd = ["git", *HARDENING, *args]
     stdin = {} if input is not None else {"stdin": subprocess.DEVNULL}
     try:
@@ -74,9 +78,18 @@ def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,
         raise GitError(f"git {args[0]} timed out after {timeout:g}s", "timed out") from None
     if check and proc.returncode != 0:
         stderr = proc.stderr.decode(errors="replace").strip()
-        last = stderr.splitlines()[-1] if stderr else f"exit status {proc.returncode}"
-        raise GitError(f"git {args[0]} failed: {last}", stderr)
+        raise GitError(f"git {args[0]} failed: {_summary(stderr, proc.returncode)}", stderr)
     return proc
+
+
+def _summary(stderr: str, returncode: int) -> str:
+    """The line of git's stderr that says what went wrong: the first ``fatal:`` or
+    ``error:`` line (later lines are often generic advice), else the last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line
+    return lines[-1] if lines else f"exit status {returncode}"
 
 
 def run_network(args: list[str], cwd: Path | None = None, *, timeout: float) -> None:

@@ -6,14 +6,12 @@ in ``cleaning`` and its slot lock held by the worker, so a crashed worker is vis
 
 import os
 import random
-import secrets
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from necropool import cleanup, git
+from necropool import git
 from necropool.clock import now
 from necropool.errors import Conflict, OperationFailed, TryAgain, UsageError
 from necropool.locks import FileLock
@@ -83,8 +81,11 @@ def rescue_path(pool: Pool, number: int, label: str):
     return pool.paths.rescued / f"{pool.slot_id(number)}-{stamp}-{label}.bundle"
 
 
-def refresh(pool: Pool, slot: Slot, *, rescue_label: str | None) -> tuple[str, cleanup.Report]:
-    """Clean a slot we hold to the mirror's tip (outside the pool lock); return the tip."""
+def refresh(pool: Pool, slot: Slot, *, rescue_label: str | None):
+    """Clean a slot we hold to the mirror's tip (outside the pool lock); return the tip and
+    the cleanup's report."""
+    from necropool import cleanup
+
     started = time.monotonic()
     tip = pool.tip()
     rescue_to = rescue_path(pool, slot.number, rescue_label) if rescue_label else None
@@ -130,7 +131,7 @@ def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = No
 def _try_allocate(pool, owner, holder, ttl, metadata, fetch, keep_lock, failed) -> Grant | None:
     tip = pool.tip() if fetch else None
     at = now()
-    lease = Lease(lease_id=secrets.token_hex(8), owner=owner or default_owner(),
+    lease = Lease(lease_id=os.urandom(8).hex(), owner=owner or default_owner(),
                   allocated_at=at, expires_at=at + timedelta(seconds=ttl) if ttl else None,
                   holder=holder, metadata=metadata)
     with pool.transaction() as current:
@@ -262,6 +263,8 @@ def run(pool: Pool, argv: list[str], **allocate_options) -> RunResult:
     """Allocate, run ``argv`` in the slot holding its lock, release whatever happens.
     The status is the command's (128+N when signal N ended it; 127/126 when it could not
     be started, as shells report)."""
+    import subprocess
+
     if not argv:
         raise UsageError("run needs a command after --")
     grant = allocate(pool, holder=Holder.me(), keep_lock=True, **allocate_options)

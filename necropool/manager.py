@@ -3,7 +3,7 @@ facade over ``pool``, ``lifecycle`` and ``health``. The CLI talks to this and no
 
 from datetime import datetime
 
-from necropool import events, health, lifecycle
+from necropool import events, lifecycle
 from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
 from necropool.errors import NecropoolError, NotFound, UsageError
@@ -13,7 +13,12 @@ from necropool.proc import Holder
 class PoolManager:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load_settings()
-        self.lock_manager = health.LockManager(self.settings, self._open_all)
+
+    @property
+    def lock_manager(self):
+        from necropool import health
+
+        return health.LockManager(self.settings, self._open_all)
 
     @classmethod
     def from_config_file(cls, root: str | None = None, config: str | None = None):
@@ -100,6 +105,8 @@ class PoolManager:
     def detect_anomalies(self, name: str | None = None, max_allocation_hours=None,
                          deep: bool = False) -> dict:
         """``{kind: [anomaly, ...]}`` over one pool or all, with the guide's keys."""
+        from necropool import health
+
         merged = {k: [] for k in health.KINDS}
         for pool in self._targets(name):
             found = health.detect(pool, max_allocation_hours=max_allocation_hours, deep=deep)
@@ -117,10 +124,14 @@ class PoolManager:
         return self.detect_anomalies(name)["orphaned_locks"]
 
     def recover_slot(self, slot_ref: str, force: bool = False) -> dict:
+        from necropool import health
+
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return health.recover(pool, number, force)
 
     def isolate_slot(self, slot_ref: str, reason: str | None = None) -> dict:
+        from necropool import health
+
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return health.isolate(pool, number, reason)
 
@@ -132,6 +143,8 @@ class PoolManager:
                  "corrupted_recovered": 0, "corrupted_isolated": 0,
                  "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "errors": [],
                  "dry_run": dry_run, "pools": []}
+        from necropool import health
+
         targets = self._targets(name)
         if name and not targets:
             raise NotFound(f"pool {name!r} does not exist")

@@ -1,14 +1,13 @@
 """Process identity: who holds a slot, and whether that process is provably dead."""
 
 import os
-import socket
 from dataclasses import dataclass
 from functools import cache
 
 
 @cache
 def hostname() -> str:
-    return socket.gethostname()
+    return os.uname().nodename  # what gethostname() returns, without importing socket
 
 
 @cache

@@ -16,9 +16,9 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Output(_json_requested(args))
     try:
-        from necropool.cli.app import app
+        from necropool.cli.app import build
 
-        code = app(args=args, prog_name="necropool", standalone_mode=False)
+        code = build(args)(args=args, prog_name="necropool", standalone_mode=False)
         code = code if isinstance(code, int) else 0
     except NecropoolError as exc:
         out.error(exc.code, exc.message, exc.exit_code)

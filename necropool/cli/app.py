@@ -1,5 +1,12 @@
-"""The Typer application: global options and the registration of every command."""
+"""The Typer application: global options, and building only the commands a call needs.
 
+Building a Typer command inspects its signature; doing that for every command on every
+call costs ~8 ms of start-up, so ``build`` registers just the command named on the command
+line (all of them for help, completion and unknown names).
+"""
+
+import importlib
+import os
 from typing import Annotated
 
 import typer
@@ -7,17 +14,16 @@ import typer
 from necropool import __version__
 from necropool.cli.context import G
 
-app = typer.Typer(
-    name="necropool",
-    help="Pools of ready-made git working copies for parallel agents and CI jobs.",
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
 COLORS = ("auto", "always", "never")
+# command -> the module that declares it, in the order help lists them
+COMMANDS = {
+    "create": "cmd_pools", "delete": "cmd_pools", "add": "cmd_pools", "remove": "cmd_pools",
+    "list": "cmd_pools", "status": "cmd_pools", "sync": "cmd_pools",
+    "allocate": "cmd_slots", "release": "cmd_slots", "run": "cmd_slots", "log": "cmd_slots",
+    "detect": "cmd_health", "recover": "cmd_health", "isolate": "cmd_health",
+    "auto-recover": "cmd_health", "completion": "cmd_misc",
+}
+_VALUE_OPTIONS = ("--root", "--config", "--color")
 
 
 def _version(value: bool) -> None:
@@ -26,7 +32,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def main_options(
     root: Annotated[str | None, typer.Option(
         "--root", metavar="DIR", help="Root directory [env: NECROPOOL_HOME]")] = None,
@@ -37,6 +42,7 @@ def main_options(
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version")] = False,
 ) -> None:
+    """Pools of ready-made git working copies for parallel agents and CI jobs."""
     from necropool.errors import UsageError
 
     if color not in COLORS:
@@ -44,4 +50,48 @@ def main_options(
     G.root, G.config, G.color = root, config, color
 
 
-from necropool.cli import cmd_pools, cmd_slots, cmd_health, cmd_misc  # noqa: E402,F401,I001
+def command_named(args: list[str]) -> str | None:
+    """The subcommand a command line invokes, if it names a known one."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _VALUE_OPTIONS:
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        return arg if arg in COMMANDS else None
+    return None
+
+
+def build(args: list[str] | None = None) -> typer.Typer:
+    """The Typer app with every command, or only the one ``args`` invokes."""
+    from necropool.cli.registry import REGISTERED
+
+    wanted = None
+    if args is not None and not any(k.endswith("_COMPLETE") for k in os.environ):
+        wanted = command_named(args)
+    for module in dict.fromkeys([COMMANDS[wanted]] if wanted else COMMANDS.values()):
+        importlib.import_module(f"necropool.cli.{module}")
+    app = typer.Typer(
+        name="necropool",
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        no_args_is_help=True,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(main_options)
+    declared = {name: (func, settings) for name, func, settings in REGISTERED}
+    for name in COMMANDS:
+        if name in declared and wanted in (None, name):
+            func, settings = declared[name]
+            app.command(name, **settings)(func)
+    return app
+
+
+def __getattr__(name: str):
+    if name == "app":  # the full application, for completion and man page generation
+        return build()
+    raise AttributeError(name)

@@ -4,9 +4,9 @@ from typing import Annotated
 
 import typer
 
-from necropool.cli.app import app
 from necropool.cli.context import G
 from necropool.cli.params import Json, MaxHours, OptionalPoolArg, SlotArg
+from necropool.cli.registry import command
 
 KIND_TITLES = {
     "long_allocated_slots": "long allocated",
@@ -18,7 +18,7 @@ KIND_TITLES = {
 }
 
 
-@app.command()
+@command("detect")
 def detect(
     pool: OptionalPoolArg = None,
     max_allocation_hours: MaxHours = None,
@@ -41,7 +41,7 @@ def detect(
     raise typer.Exit(1 if total else 0)
 
 
-@app.command()
+@command("recover")
 def recover(
     slot: SlotArg,
     force: Annotated[bool, typer.Option(
@@ -64,7 +64,7 @@ def recover(
     raise typer.Exit(0 if data["recovered"] else 3)
 
 
-@app.command()
+@command("isolate")
 def isolate(
     slot: SlotArg,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (shown by status)")] = None,
@@ -79,7 +79,7 @@ def isolate(
         out.note(f"isolated {data['slot_id']}: {data['isolation_reason']}")
 
 
-@app.command("auto-recover")
+@command("auto-recover")
 def auto_recover(
     pool: OptionalPoolArg = None,
     max_allocation_hours: MaxHours = None,

@@ -4,12 +4,12 @@ from typing import Annotated
 
 import typer
 
-from necropool.cli.app import app
+from necropool.cli.registry import command
 
 SHELLS = ("bash", "zsh", "fish")
 
 
-@app.command()
+@command("completion")
 def completion(
     shell: Annotated[str, typer.Argument(metavar="SHELL", help="bash, zsh or fish")],
 ) -> None:

@@ -4,10 +4,10 @@ from typing import Annotated
 
 import typer
 
-from necropool.cli.app import app
 from necropool.cli.context import G
 from necropool.cli.params import Json, PoolArg, SlotArg
 from necropool.cli.progress import progress_bar
+from necropool.cli.registry import command
 
 SLOT_COLUMNS = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "COMMIT", "USES", "PATH"]
 
@@ -18,7 +18,7 @@ def slot_row(slot: dict) -> list:
             slot.get("allocated_at"), commit, slot.get("allocation_count"), slot["path"]]
 
 
-@app.command()
+@command("create")
 def create(
     pool: PoolArg,
     url: Annotated[str, typer.Argument(metavar="URL", help="Upstream repository URL or path")],
@@ -48,7 +48,7 @@ def create(
         out.note(f"created pool {pool}: {data['num_slots']} slots on {data['branch']}")
 
 
-@app.command()
+@command("delete")
 def delete(
     pool: PoolArg,
     force: Annotated[bool, typer.Option("--force", help="Delete even with slots in use")] = False,
@@ -60,7 +60,7 @@ def delete(
     out.emit(data) if out.json else out.note(f"deleted pool {pool}")
 
 
-@app.command()
+@command("add")
 def add(
     pool: PoolArg,
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="Slots to add")] = 1,
@@ -77,7 +77,7 @@ def add(
             out.line(slot_id)
 
 
-@app.command()
+@command("remove")
 def remove(
     slot: SlotArg,
     force: Annotated[bool, typer.Option("--force", help="Remove even if allocated")] = False,
@@ -89,7 +89,7 @@ def remove(
     out.emit(data) if out.json else out.note(f"removed slot {data['slot_id']}")
 
 
-@app.command("list")
+@command("list")
 def list_(json_out: Json = False) -> None:
     """List pools with their slot counts by state."""
     out = G.out(json_out)
@@ -109,7 +109,7 @@ def list_(json_out: Json = False) -> None:
               rows)
 
 
-@app.command()
+@command("status")
 def status(
     target: Annotated[str | None, typer.Argument(
         metavar="[POOL|SLOT]", help="A pool name or slot id (default: every pool)")] = None,
@@ -144,7 +144,7 @@ def _is_slot(manager, target: str) -> bool:
     return target not in manager.pool_names() and target.rsplit("-", 1)[-1].isdigit()
 
 
-@app.command()
+@command("sync")
 def sync(
     prune: Annotated[bool, typer.Option(
         "--prune", help="Also shrink pools, and delete pools the config drops")] = False,

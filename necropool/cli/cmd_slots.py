@@ -4,9 +4,9 @@ from typing import Annotated
 
 import typer
 
-from necropool.cli.app import app
 from necropool.cli.context import G
 from necropool.cli.params import AllocatedSlotArg, Json, PoolArg
+from necropool.cli.registry import command
 
 Owner = Annotated[str | None, typer.Option("--owner", help="Who holds the slot (default: $USER)")]
 Pid = Annotated[int | None, typer.Option(
@@ -33,7 +33,7 @@ def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
     }
 
 
-@app.command()
+@command("allocate")
 def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = None,
              meta: Meta = None, wait: Wait = None, no_fetch: NoFetch = False,
              json_out: Json = False) -> None:
@@ -47,7 +47,7 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
     out.emit(data) if out.json else out.line(data["path"])
 
 
-@app.command()
+@command("release")
 def release(
     slot: AllocatedSlotArg,
     lease_id: Annotated[str | None, typer.Option(
@@ -72,7 +72,7 @@ def release(
     out.note(f"released {data['slot_id']}")
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
+@command("run", context_settings={"allow_interspersed_args": False})
 def run(
     pool: PoolArg,
     command: Annotated[list[str], typer.Argument(metavar="-- CMD [ARGS]...",
@@ -94,7 +94,7 @@ def run(
     raise typer.Exit(result.code)
 
 
-@app.command()
+@command("log")
 def log(
     pool: PoolArg,
     since: Annotated[str | None, typer.Option(

@@ -1,7 +1,6 @@
 """Dynamic completion of pool names and slot ids: read-only, fast, never failing."""
 
 import os
-import tomllib
 from pathlib import Path
 
 
@@ -23,6 +22,8 @@ def _pool_names(root: Path) -> list[str]:
 
 
 def _slots(states: tuple[str, ...] | None) -> list[str]:
+    import tomllib
+
     root = _root()
     if root is None:
         return []
