@@ -24,6 +24,7 @@ class PoolPaths:
         self.state_backup = self.dir / "state.toml.bak"
         self.pool_lock = self.dir / "pool.lock"
         self.mirror_lock = self.dir / "mirror.lock"
+        self.wait_lock = self.dir / "wait.lock"
         self.mirror_stamp = self.dir / "mirror.fetched"
         self.locks = self.dir / "locks"
         self.mirror = self.dir / "mirror.git"
@@ -41,7 +42,7 @@ class PoolPaths:
         return self.locks / f"{self.slot_id(number)}.lock"
 
     KNOWN = frozenset({
-        "pool.toml", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock",
+        "pool.toml", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock", "wait.lock",
         "mirror.fetched", "locks", "mirror.git", "slots", "events.jsonl", "rescued",
     })
 

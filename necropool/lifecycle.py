@@ -114,18 +114,60 @@ def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = No
     fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
     fetch_error = update_mirror(pool) if fetch else None
     deadline = time.monotonic() + wait
-    delay = 0.02
     failed: set[int] = set()
-    while True:
-        grant = _try_allocate(pool, owner, holder, ttl, metadata or {}, fetch, keep_lock, failed)
-        if grant is not None:
-            grant.fetch_error = fetch_error
-            return grant
-        if time.monotonic() >= deadline:
-            raise TryAgain(f"no free slot in pool {pool.name!r}"
-                           + (f" after waiting {wait:g}s" if wait else ""))
-        time.sleep(min(delay * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.5)
+    queue = FileLock(pool.paths.wait_lock)  # held by the waiter at the head of the queue
+    none_free = TryAgain(f"no free slot in pool {pool.name!r}"
+                         + (f" after waiting {wait:g}s" if wait else ""))
+    try:
+        while True:
+            seen = _state_marker(pool)
+            if queue.held or wait <= 0 or not _others_waiting(queue):
+                grant = _try_allocate(pool, owner, holder, ttl, metadata or {}, fetch,
+                                      keep_lock, failed)
+                if grant is not None:
+                    grant.fetch_error = fetch_error
+                    return grant
+            if wait <= 0:
+                raise none_free
+            if not queue.held:
+                try:  # join the queue: the kernel wakes waiters in turn
+                    queue.acquire(max(0.0, deadline - time.monotonic()), "allocation queue")
+                except TryAgain:
+                    raise none_free from None
+                continue
+            if not _wait_for_change(pool, seen, deadline):
+                raise none_free
+    finally:
+        queue.release()
+
+
+def _others_waiting(queue: FileLock) -> bool:
+    """True when another allocation is already waiting: then we queue behind it."""
+    if queue.try_acquire():
+        queue.release()
+        return False
+    return True
+
+
+def _state_marker(pool: Pool) -> tuple | None:
+    """Changes whenever the state is written (each write replaces the file)."""
+    try:
+        st = os.stat(pool.paths.state)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _wait_for_change(pool: Pool, seen: tuple | None, deadline: float) -> bool:
+    """Sleep until the state changes (a release, say) or the deadline passes. Only a stat
+    per check, never the pool lock, so waiters cost the pool nothing."""
+    delay = 0.002
+    while (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(delay * (0.5 + random.random()), remaining))
+        if _state_marker(pool) != seen:
+            return True
+        delay = min(delay * 1.5, 0.05)
+    return False
 
 
 def _try_allocate(pool, owner, holder, ttl, metadata, fetch, keep_lock, failed) -> Grant | None:
@@ -134,16 +176,17 @@ def _try_allocate(pool, owner, holder, ttl, metadata, fetch, keep_lock, failed) 
     lease = Lease(lease_id=os.urandom(8).hex(), owner=owner or default_owner(),
                   allocated_at=at, expires_at=at + timedelta(seconds=ttl) if ttl else None,
                   holder=holder, metadata=metadata)
-    with pool.transaction() as current:
+    with pool.locked() as current:
         claimed = _claim_free(pool, current, failed)
         if claimed is None:
-            return None
+            return None  # nothing changed: no write, so waiters are not woken for nothing
         slot, lock = claimed
         stale = slot.needs_cleanup or (fetch and slot.commit != tip)
         if stale:
             slot.state, slot.worker = CLEANING, Holder.me()
         else:
             _grant(slot, lease)
+        pool.save(current)
     if stale:
         try:
             slot.commit = refresh(pool, slot, rescue_label="allocate")[0]

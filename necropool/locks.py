@@ -11,7 +11,9 @@ Protocol:
 
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -19,6 +21,14 @@ from pathlib import Path
 from necropool.errors import TryAgain
 
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Alarm(Exception):
+    """The timer of a blocking lock wait ran out."""
+
+
+def _alarm(_signum, _frame):
+    raise _Alarm
 
 
 def _portalocker():
@@ -70,15 +80,50 @@ class FileLock:
         return self._try_once(create)
 
     def acquire(self, timeout: float, what: str = "lock") -> "FileLock":
-        """Wait up to ``timeout`` seconds (short sleeps with jitter), then raise TryAgain."""
+        """Wait up to ``timeout`` seconds, then raise TryAgain. In the main thread the wait
+        blocks in the kernel (woken the moment the holder lets go, in arrival order);
+        elsewhere it polls with short sleeps."""
+        if self._try_once(create=True):
+            return self
+        if threading.current_thread() is threading.main_thread():
+            return self._acquire_blocking(timeout, what)
         deadline = time.monotonic() + timeout
-        delay = 0.001
+        delay = 0.0005
         while not self._try_once(create=True):
             if time.monotonic() >= deadline:
-                raise TryAgain(f"timed out after {timeout:g}s waiting for the {what} ({self.path})")
+                raise self._timeout(timeout, what)
             time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 1.5, 0.01)
         return self
+
+    def _timeout(self, timeout: float, what: str) -> TryAgain:
+        return TryAgain(f"timed out after {timeout:g}s waiting for the {what} ({self.path})")
+
+    def _acquire_blocking(self, timeout: float, what: str) -> "FileLock":
+        pl = _portalocker()
+        deadline = time.monotonic() + timeout
+        previous = signal.signal(signal.SIGALRM, _alarm)
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                fd = os.open(self.path, _OPEN_FLAGS | os.O_CREAT, 0o644)
+                try:
+                    signal.setitimer(signal.ITIMER_REAL, remaining)
+                    try:
+                        pl.lock(fd, pl.LockFlags.EXCLUSIVE)
+                    finally:
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+                    if os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino:
+                        self.fd = fd
+                        return self
+                except (_Alarm, FileNotFoundError):
+                    pass
+                except BaseException:
+                    os.close(fd)
+                    raise
+                os.close(fd)
+            raise self._timeout(timeout, what)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
 
     def release(self, unlink: bool = False) -> None:
         if self.fd is None:

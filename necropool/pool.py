@@ -11,7 +11,7 @@ from pathlib import Path
 
 from necropool import events, git, state
 from necropool.clock import now, rfc3339
-from necropool.config import FETCH_BACKENDS, PoolSpec, Settings
+from necropool.config import FETCH_BACKENDS, PoolSpec, Settings, default_config_path
 from necropool.errors import Conflict, NotFound, OperationFailed, UsageError
 from necropool.layout import (
     PoolPaths,
@@ -94,7 +94,11 @@ class Pool:
         """Read-modify-write of the state under the pool lock; saved when the block ends."""
         with self.locked() as current:
             yield current
-            state.save(self.paths, current)
+            self.save(current)
+
+    def save(self, current: PoolState) -> None:
+        """Write the state (call only while holding the pool lock)."""
+        state.save(self.paths, current)
 
     def sweep(self) -> None:
         """Finish deleting what dead processes left half-done (temp clones, trash, temp files)."""
@@ -304,6 +308,10 @@ def remove_slot(pool: Pool, number: int, force: bool = False) -> dict:
 
 def sync(settings: Settings, prune: bool = False, progress: Progress | None = None) -> list[dict]:
     """Create or grow the pools the config file declares; shrink or delete only with prune."""
+    if settings.config_path is None:
+        # Without a config file nothing is declared: ``--prune`` would delete every pool.
+        raise UsageError(f"sync needs a config file with [pools.NAME] tables: there is none "
+                         f"at {default_config_path()} (or pass --config / NECROPOOL_CONFIG)")
     actions = []
     existing = set(list_pools(settings))
     for name, spec in settings.pools.items():
