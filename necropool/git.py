@@ -115,8 +115,10 @@ def read_ref(gitdir: Path, name: str) -> str | None:
         return value or None
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         pass
+    except UnicodeDecodeError:
+        return None  # garbage in a loose ref: it resolves to nothing, as for git
     try:
-        with open(gitdir / "packed-refs") as fh:
+        with open(gitdir / "packed-refs", errors="replace") as fh:
             for line in fh:
                 if line.endswith(f" {name}\n"):
                     return line.split(" ", 1)[0]
@@ -125,11 +127,44 @@ def read_ref(gitdir: Path, name: str) -> str | None:
     return None
 
 
+def write_refs(gitdir: Path, refs: dict[str, str]) -> None:
+    """Create loose refs directly (no process); only for a repository nobody else is using."""
+    for name, sha in refs.items():
+        path = gitdir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(sha + "\n")
+
+
+def delete_refs(gitdir: Path, names: list[str]) -> None:
+    """Delete refs (loose, packed, and their reflogs) directly; only for a repository
+    nobody else is using (a slot we hold)."""
+    for name in names:
+        (gitdir / name).unlink(missing_ok=True)
+        (gitdir / "logs" / name).unlink(missing_ok=True)
+    packed = gitdir / "packed-refs"
+    try:
+        lines = packed.read_text().splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    doomed = {f" {n}\n" for n in names}
+    kept, skipping = [], False
+    for line in lines:
+        if line.startswith("^") and skipping:
+            continue  # the peeled value of a deleted tag
+        skipping = any(line.endswith(d) for d in doomed)
+        if not skipping:
+            kept.append(line)
+    if len(kept) != len(lines):
+        tmp = packed.with_name("packed-refs.necropool")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, packed)
+
+
 def read_head(gitdir: Path) -> tuple[str | None, str | None]:
     """(branch or None when detached, commit) of a repository's HEAD, without a process."""
     try:
         value = (gitdir / "HEAD").read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # unreadable or binary garbage: no HEAD
         return None, None
     if value.startswith("ref: refs/heads/"):
         return value[16:], read_ref(gitdir, value[5:])
