@@ -213,7 +213,16 @@ def _grant(slot: Slot, lease: Lease) -> None:
 
 
 def default_owner() -> str:
-    return os.environ.get("USER") or os.environ.get("LOGNAME") or f"uid{os.getuid()}"
+    """$USER, else the account name of this process's user."""
+    user = os.environ.get("USER") or os.environ.get("LOGNAME")
+    if user:
+        return user
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid{os.getuid()}"
 
 
 def parse_metadata(pairs: list[str]) -> dict[str, str]:
