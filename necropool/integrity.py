@@ -26,6 +26,8 @@ class Verifier:
         """Problem with a pack or index file's trailing SHA-1, or None; cached per inode."""
         try:
             st = path.stat()
+        except FileNotFoundError:
+            return None  # removed since listed (a holder's gc): not damage
         except OSError as exc:
             return f"{path.name}: {exc.strerror}"
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -141,6 +143,8 @@ def _trailer_problem(path: Path) -> str | None:
                 h.update(chunk)
                 remaining -= len(chunk)
             trailer = fh.read(20)
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         return f"{path.name}: {exc.strerror}"
     if h.digest() != trailer:
@@ -153,6 +157,8 @@ def _loose_problem(path: Path, oid: str) -> str | None:
         return None
     try:
         data = zlib.decompress(path.read_bytes())
+    except FileNotFoundError:
+        return None  # packed or pruned since listed
     except (OSError, zlib.error) as exc:
         return f"loose object {oid} is unreadable: {exc}"
     if hashlib.sha1(data).hexdigest() != oid:
