@@ -73,6 +73,8 @@ def _check_type(path: Path, key: str, value, expected) -> None:
         _fail(path, key, f"expected {_type_name(expected)}, got a boolean")
     if not isinstance(value, expected):
         _fail(path, key, f"expected {_type_name(expected)}, got {type(value).__name__}")
+    if isinstance(value, float) and value != value:
+        _fail(path, key, "expected a number, got nan")
     if key.rsplit(".", 1)[-1] in POSITIVE and value <= 0:
         _fail(path, key, "must be greater than zero")
 

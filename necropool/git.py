@@ -69,6 +69,9 @@ def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,
 
     cmd = ["git", *HARDENING, *args]
     stdin = {} if input is not None else {"stdin": subprocess.DEVNULL}
+    if cwd is not None:  # ``cwd`` is the repository: a broken one must never make git
+        # discover and act on a repository that contains the root (a dotfiles repo, say)
+        env = {"GIT_CEILING_DIRECTORIES": str(Path(cwd).absolute().parent), **(env or {})}
     try:
         proc = subprocess.run(cmd, cwd=cwd, env=git_env(env), capture_output=True,
                               timeout=timeout, input=input, **stdin)

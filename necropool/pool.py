@@ -91,7 +91,10 @@ class Pool:
 
     @contextmanager
     def transaction(self) -> Iterator[PoolState]:
-        """Read-modify-write of the state under the pool lock; saved when the block ends."""
+        """Read-modify-write of the state under the pool lock; saved when the block ends.
+        Leftovers of killed processes are swept first (outside the lock), so every command
+        that changes a pool finishes what a crash left half-done."""
+        self.sweep()
         with self.locked() as current:
             yield current
             self.save(current)
@@ -286,7 +289,8 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
 
 
 def remove_slot(pool: Pool, number: int, force: bool = False) -> dict:
-    with pool.transaction() as current:
+    pool.sweep()
+    with pool.locked() as current:
         slot = get_slot(current, pool, number)
         if slot.state in (ALLOCATED, CLEANING) and not force:
             raise Conflict(f"slot {pool.slot_id(number)} is {slot.state}: "
@@ -295,10 +299,13 @@ def remove_slot(pool: Pool, number: int, force: bool = False) -> dict:
         if not lock.try_acquire():
             raise Conflict(f"slot {pool.slot_id(number)} is held by a live process")
         try:
+            # State first: a crash before the rename leaves a directory no slot owns (detect
+            # reports it, auto-recover moves it aside), never a slot without its directory.
+            del current.slots[number]
+            pool.save(current)
             trash = pool.paths.slots / trash_name(str(number))
             if os.path.lexists(pool.slot_dir(number)):
                 os.rename(pool.slot_dir(number), trash)
-            del current.slots[number]
         finally:
             lock.release(unlink=True)
     remove_tree(trash, pool.settings.root)

@@ -123,20 +123,36 @@ def status(
     manager = G.manager()
     if fmt not in ("table", "prometheus"):
         raise UsageError(f"invalid --format {fmt!r}: use table or prometheus")
-    if target and ("/" in target or _is_slot(manager, target)):
+    if target and ("/" in target or target in (".", "..") or _is_slot(manager, target)):
         data = manager.slot_status(target)
         out.emit(data) if out.json else out.fields(data)
         return
-    pools = [manager.pool_status(target)] if target else [
-        manager.pool_status(name) for name in manager.pool_names()]
+    pools, broken = ([manager.pool_status(target)], []) if target else _all_pools(manager)
     if fmt == "prometheus":
         from necropool.cli.metrics import prometheus
 
         out.line(prometheus(pools).rstrip("\n"))
     elif out.json:
-        out.emit({"pools": pools} if not target else pools[0])
+        out.emit({"pools": pools + broken} if not target else pools[0])
     else:
         out.table(SLOT_COLUMNS, [slot_row(s) for p in pools for s in p["slots"]])
+    if broken:  # shown what could be read; now say what could not (exit 3)
+        from necropool.errors import OperationFailed
+
+        raise OperationFailed("; ".join(f"pool {b['pool']}: {b['error']}" for b in broken))
+
+
+def _all_pools(manager) -> tuple[list[dict], list[dict]]:
+    """Every pool's status; a pool that cannot be read is reported, never hides the others."""
+    from necropool.errors import NecropoolError
+
+    pools, broken = [], []
+    for name in manager.pool_names():
+        try:
+            pools.append(manager.pool_status(name))
+        except NecropoolError as exc:
+            broken.append({"pool": name, "error": exc.message})
+    return pools, broken
 
 
 def _is_slot(manager, target: str) -> bool:

@@ -1,0 +1,574 @@
+"""Pool administration end to end: create, add, remove, delete, list, status, sync, and the
+durable state behind them. Real git repositories in temp dirs; the CLI runs as a process."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import commit_file, git
+
+from necropool.config import PoolSpec
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def entries(directory: Path) -> list[str]:
+    """Names in a directory (hidden ones too); [] when it does not exist."""
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temp or trash entries anywhere under the root's pools directory."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root / "pools"):
+        dirnames[:] = [d for d in dirnames if d != "mirror.git" and d != ".git"]
+        for name in dirnames + filenames:
+            if name.startswith((".tmp-", ".trash-")):
+                found.append(os.path.join(dirpath, name))
+    return found
+
+
+def status_json(cli, *args) -> dict:
+    result = cli("status", *args, "--json")
+    assert result.code == 0, result
+    return result.json()
+
+
+def slot_ids(cli, pool: str) -> list[str]:
+    return [s["slot_id"] for s in status_json(cli, pool)["slots"]]
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# --- create -----------------------------------------------------------------------------------
+
+
+def test_create_makes_independent_slots_detached_at_tip(cli, upstream, root):
+    tip = git(upstream, "rev-parse", "HEAD")
+    result = cli("create", "web", upstream, "--slots", "2", "--json")
+    assert result.code == 0, result
+    data = result.json()
+    assert data["pool"] == "web" and data["branch"] == "main" and data["num_slots"] == 2
+    assert data["counts"]["available"] == 2
+    assert data["mirror_commit"] == tip
+    mirror_packs = {os.stat(p).st_ino for p in (root / "pools/web/mirror.git/objects/pack")
+                    .glob("*.pack")}
+    paths = [Path(s["path"]) for s in data["slots"]]
+    assert paths == [root / "pools/web/slots/1", root / "pools/web/slots/2"]
+    for path in paths:
+        assert (path / ".git").is_dir()  # its own repository, not a worktree's .git file
+        assert git(path, "rev-parse", "--show-toplevel") == str(path)
+        assert git(path, "rev-parse", "HEAD") == tip
+        assert git(path, "symbolic-ref", "-q", "HEAD", check=False) == ""  # detached
+        assert git(path, "remote", "get-url", "origin") == str(upstream)
+        assert git(path, "status", "--porcelain") == ""
+        assert (path / "src/pkg3/mod19.py").read_text() == "value = 19\n"
+        packs = list((path / ".git/objects/pack").glob("*.pack"))
+        assert packs, "the slot has no pack file"
+        for pack in packs:
+            st = os.stat(pack)
+            assert st.st_nlink > 1 or st.st_ino in mirror_packs  # hard-linked, not copied
+    # One slot's HEAD moving does not touch its sibling (own HEAD, index, refs).
+    new = commit_file(paths[0], "only-in-one.txt", "x\n")
+    assert git(paths[1], "rev-parse", "HEAD") == tip
+    assert subprocess.run(["git", "-C", str(paths[1]), "cat-file", "-e", new],
+                          capture_output=True).returncode != 0
+
+
+def test_slot_keeps_working_when_the_mirror_is_gone(cli, upstream, root):
+    assert cli("create", "web", upstream, "--slots", "1").code == 0
+    slot = root / "pools/web/slots/1"
+    shutil.rmtree(root / "pools/web/mirror.git")
+    fsck = subprocess.run(["git", "-C", str(slot), "fsck", "--no-dangling"],
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stderr
+    assert git(slot, "log", "-1", "--format=%s") == "initial"
+
+
+def test_create_with_a_relative_path_records_it_absolute(cli, upstream, tmp_path):
+    result = cli("create", "web", "upstream", "--slots", "1", "--json", cwd=tmp_path)
+    assert result.code == 0, result
+    assert result.json()["url"] == str(upstream)
+    slot = Path(result.json()["slots"][0]["path"])
+    assert git(slot, "remote", "get-url", "origin") == str(upstream)
+
+
+def test_create_defaults_to_upstream_head_and_honours_branch(cli, upstream):
+    main_tip = git(upstream, "rev-parse", "HEAD")
+    git(upstream, "checkout", "-q", "-b", "release")
+    release_tip = commit_file(upstream, "RELEASE", "1.0\n")
+    git(upstream, "checkout", "-q", "main")
+
+    default = cli("create", "web", upstream, "--slots", "1", "--json")
+    assert default.code == 0, default
+    assert default.json()["branch"] == "main"
+    assert git(default.json()["slots"][0]["path"], "rev-parse", "HEAD") == main_tip
+
+    chosen = cli("create", "rel", upstream, "--slots", "2", "--branch", "release", "--json")
+    assert chosen.code == 0, chosen
+    data = chosen.json()
+    assert data["branch"] == "release"
+    for slot in data["slots"]:
+        assert git(slot["path"], "rev-parse", "HEAD") == release_tip
+        assert git(slot["path"], "symbolic-ref", "-q", "HEAD", check=False) == ""
+        assert Path(slot["path"], "RELEASE").read_text() == "1.0\n"
+    assert status_json(cli, "rel")["branch"] == "release"
+
+
+def test_create_follows_a_non_main_default_branch(cli, tmp_path):
+    repo = tmp_path / "trunky"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "trunk")
+    tip = commit_file(repo, "file", "x\n")
+    result = cli("create", "t", repo, "--slots", "1", "--json")
+    assert result.code == 0, result
+    assert result.json()["branch"] == "trunk"
+    assert result.json()["slots"][0]["current_commit"] == tip
+
+
+def test_create_with_unknown_branch_fails_and_leaves_nothing(cli, upstream, root):
+    result = cli("create", "web", upstream, "--branch", "nosuch")
+    assert result.code == 3, result
+    assert "nosuch" in result.stderr
+    assert entries(root / "pools") == []
+    assert cli("create", "web", upstream, "--slots", "1").code == 0
+
+
+def test_create_refuses_an_invalid_branch_name(cli, upstream, root):
+    result = cli("create", "web", upstream, "--branch", "a..b")
+    assert result.code == 2, result
+    assert entries(root / "pools") == []
+
+
+def test_create_existing_pool_is_a_conflict_and_keeps_the_pool(cli, pool, upstream, root):
+    before = status_json(cli, "web")
+    result = cli("create", "web", upstream, "--slots", "1")
+    assert result.code == 5, result
+    assert "exists" in result.stderr
+    after = status_json(cli, "web")
+    assert [s["slot_id"] for s in after["slots"]] == ["web-1", "web-2", "web-3"]
+    assert after["slots"] == before["slots"]
+    assert leftovers(root) == []
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", "a" * 64, "Web", ".hidden", "-x"])
+def test_create_refuses_bad_pool_names(cli, upstream, root, tmp_path, name):
+    result = cli("create", "--slots", "1", "--", name, upstream)
+    assert result.code == 2, result
+    assert "invalid pool name" in result.stderr
+    assert entries(root / "pools") == []
+    assert not (root / "x").exists() and not (tmp_path / "x").exists()
+
+
+def test_create_accepts_the_longest_valid_name(cli, upstream):
+    name = "a" * 62 + "9"
+    result = cli("create", name, upstream, "--slots", "1", "--json")
+    assert result.code == 0, result
+    assert result.json()["slots"][0]["slot_id"] == f"{name}-1"
+
+
+@pytest.mark.parametrize("url", ["", "-uhoh", "--upload-pack=touch pwned",
+                                 "ext::sh -c touch% pwned", "ext::sh"])
+def test_create_refuses_dangerous_or_empty_urls(cli, root, tmp_path, url):
+    # ``create web -- URL``: the URL must reach validation, not be taken as an option.
+    result = cli("create", "web", "--", url, cwd=tmp_path)
+    assert result.code == 2, result
+    assert "URL" in result.stderr
+    assert not (tmp_path / "pwned").exists()
+    assert entries(root / "pools") == []
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_failed_clone_exits_3_and_leaves_nothing(cli, upstream, root, tmp_path, scheme):
+    missing = tmp_path / "nowhere"
+    result = cli("create", "web", f"{scheme}{missing}", "--slots", "2")
+    assert result.code == 3, result
+    assert str(missing) in result.stderr  # the user is told what could not be cloned
+    assert "Traceback" not in result.stderr
+    assert entries(root / "pools") == []
+    again = cli("create", "web", upstream, "--slots", "2", "--json")
+    assert again.code == 0, again
+    assert len(again.json()["slots"]) == 2
+    assert entries(root / "pools") == ["web"]
+    assert leftovers(root) == []
+
+
+def test_missing_local_repository_fails_at_once(cli, root, tmp_path):
+    """A path that does not exist is not a network hiccup: no retries with backoff, even
+    when the path happens to contain words like 'ssl' or '502'."""
+    missing = tmp_path / "openssl-502-timed out"
+    started = time.monotonic()
+    result = cli("create", "web", missing)
+    elapsed = time.monotonic() - started
+    assert result.code == 3, result
+    assert elapsed < 2.5, f"took {elapsed:.1f}s: a permanent failure was retried"
+
+
+def test_leftovers_of_a_crashed_create_are_swept(cli, upstream, root):
+    """A create killed mid-way leaves a temp dir named after its (now dead) process; the
+    next create removes it, and it never shows up as a pool."""
+    (root / "pools").mkdir(parents=True)
+    code = ("import os, sys; from necropool.layout import temp_name; "
+            "d = os.path.join(sys.argv[1], temp_name('web')); "
+            "os.makedirs(os.path.join(d, 'mirror.git')); print(d)")
+    left = subprocess.run([sys.executable, "-c", code, str(root / "pools")],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(left).is_dir()
+    listed = cli("list", "--json")
+    assert listed.json()["pools"] == []
+    assert cli("create", "web", upstream, "--slots", "1").code == 0
+    assert entries(root / "pools") == ["web"]
+
+
+# --- add --------------------------------------------------------------------------------------
+
+
+def test_add_count_clones_more_slots(cli, pool, upstream, root):
+    result = cli("add", "web", "--count", "2")
+    assert result.code == 0, result
+    assert result.stdout.split() == ["web-4", "web-5"]
+    assert slot_ids(cli, "web") == ["web-1", "web-2", "web-3", "web-4", "web-5"]
+    tip = git(upstream, "rev-parse", "HEAD")
+    for n in (4, 5):
+        path = root / f"pools/web/slots/{n}"
+        assert git(path, "rev-parse", "HEAD") == tip
+        assert git(path, "remote", "get-url", "origin") == str(upstream)
+        assert git(path, "status", "--porcelain") == ""
+    default = cli("add", "web", "--json")
+    assert default.code == 0, default
+    assert default.json()["added"] == ["web-6"]
+    assert leftovers(root) == []
+
+
+def test_add_reuses_the_lowest_free_number(cli, pool):
+    assert cli("remove", "web-2").code == 0
+    result = cli("add", "web", "--json")
+    assert result.json()["added"] == ["web-2"]
+    assert slot_ids(cli, "web") == ["web-1", "web-2", "web-3"]
+
+
+def test_add_errors(cli, pool):
+    assert cli("add", "nosuch").code == 4
+    assert cli("add", "web", "--count", "0").code == 2
+    assert cli("add", "Web").code == 2
+    assert slot_ids(cli, "web") == ["web-1", "web-2", "web-3"]
+
+
+# --- remove -----------------------------------------------------------------------------------
+
+
+def test_remove_by_id_and_by_path(cli, pool, root):
+    assert cli("remove", "web-2").code == 0
+    assert not (root / "pools/web/slots/2").exists()
+    result = cli("remove", root / "pools/web/slots/3", "--json")
+    assert result.code == 0, result
+    assert result.json()["slot_id"] == "web-3"
+    assert not (root / "pools/web/slots/3").exists()
+    assert slot_ids(cli, "web") == ["web-1"]
+    assert entries(root / "pools/web/slots") == ["1"]
+    assert leftovers(root) == []
+
+
+def test_remove_allocated_slot_needs_force(cli, pool, manager, root):
+    slot = manager.allocate_slot("web", fetch=False)
+    assert slot["slot_id"] == "web-1"
+    refused = cli("remove", "web-1")
+    assert refused.code == 5, refused
+    assert "--force" in refused.stderr
+    assert (root / "pools/web/slots/1/.git").is_dir()
+    kept = status_json(cli, "web-1")
+    assert kept["state"] == "allocated" and kept["lease_id"] == slot["lease_id"]
+    forced = cli("remove", "web-1", "--force")
+    assert forced.code == 0, forced
+    assert not (root / "pools/web/slots/1").exists()
+    assert slot_ids(cli, "web") == ["web-2", "web-3"]
+
+
+def test_remove_errors(cli, pool, root):
+    assert cli("remove", "web-9").code == 4
+    assert cli("remove", "nosuch-1").code == 4
+    assert cli("remove", "web").code == 2
+    assert cli("remove", "web-0").code == 2
+    assert slot_ids(cli, "web") == ["web-1", "web-2", "web-3"]
+
+
+# --- delete -----------------------------------------------------------------------------------
+
+
+def test_delete_leaves_nothing_and_the_name_is_free_again(cli, pool, upstream, root):
+    result = cli("delete", "web", "--json")
+    assert result.code == 0, result
+    assert result.json()["deleted"] is True
+    assert entries(root / "pools") == []
+    assert cli("status", "web").code == 4
+    assert cli("list", "--json").json()["pools"] == []
+    assert cli("create", "web", upstream, "--slots", "1").code == 0
+
+
+def test_delete_refuses_slots_in_use_unless_forced(cli, pool, manager, root):
+    manager.allocate_slot("web", fetch=False)
+    refused = cli("delete", "web")
+    assert refused.code == 5, refused
+    assert "web-1" in refused.stderr
+    assert slot_ids(cli, "web") == ["web-1", "web-2", "web-3"]
+    assert (root / "pools/web/slots/1/.git").is_dir()
+    forced = cli("delete", "web", "--force")
+    assert forced.code == 0, forced
+    assert entries(root / "pools") == []
+
+
+def test_delete_errors_touch_nothing(cli, pool, root):
+    outside = root / "x"
+    outside.mkdir()
+    (outside / "keep").write_text("precious")
+    assert cli("delete", "nosuch").code == 4
+    assert cli("delete", "../x", "--force").code == 2
+    assert cli("delete", "a/b").code == 2
+    assert (outside / "keep").read_text() == "precious"
+    assert entries(root / "pools") == ["web"]
+
+
+def test_delete_never_follows_a_symlinked_pool(cli, pool, root, tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "slots/1").mkdir(parents=True)
+    (outside / "pool.toml").write_text((root / "pools/web/pool.toml").read_text())
+    (outside / "slots/1/precious").write_text("keep me")
+    (root / "pools/evil").symlink_to(outside)
+    result = cli("delete", "evil", "--force")
+    assert result.code != 0, result
+    assert (outside / "slots/1/precious").read_text() == "keep me"
+    assert (root / "pools/evil").is_symlink()
+
+
+def test_slot_ids_of_a_hyphenated_pool(cli, manager, upstream, root):
+    manager.create_pool(PoolSpec(name="my-app.v2", url=str(upstream), num_slots=2))
+    assert status_json(cli, "my-app.v2-2")["path"] == str(root / "pools/my-app.v2/slots/2")
+    assert cli("remove", "my-app.v2-1").code == 0
+    assert slot_ids(cli, "my-app.v2") == ["my-app.v2-2"]
+
+
+# --- list and status --------------------------------------------------------------------------
+
+
+def test_list_reports_every_pool_with_counts(cli, pool, manager, upstream):
+    manager.create_pool(PoolSpec(name="api", url=str(upstream), num_slots=1))
+    manager.allocate_slot("web", fetch=False)
+    data = cli("list", "--json").json()
+    by_name = {p["pool"]: p for p in data["pools"]}
+    assert sorted(by_name) == ["api", "web"]
+    assert by_name["web"]["num_slots"] == 3
+    assert by_name["web"]["counts"] == {"available": 2, "allocated": 1, "cleaning": 0,
+                                        "error": 0}
+    assert by_name["api"]["counts"]["available"] == 1
+    assert by_name["web"]["url"] == str(upstream)
+
+
+def test_status_of_all_of_a_pool_of_a_slot_and_of_a_path(cli, pool, manager, upstream, root):
+    manager.create_pool(PoolSpec(name="api", url=str(upstream), num_slots=1))
+    everything = status_json(cli)
+    assert [p["pool"] for p in everything["pools"]] == ["api", "web"]
+    assert [s["slot_id"] for p in everything["pools"] for s in p["slots"]] == \
+        ["api-1", "web-1", "web-2", "web-3"]
+
+    one = status_json(cli, "web")
+    assert one["pool"] == "web" and len(one["slots"]) == 3
+
+    slot = status_json(cli, "web-2")
+    assert slot["slot_id"] == "web-2" and slot["pool"] == "web"
+    assert slot["path"] == str(root / "pools/web/slots/2")
+    assert slot["state"] == "available"
+    assert slot["current_commit"] == git(upstream, "rev-parse", "HEAD")
+
+    assert status_json(cli, root / "pools/web/slots/3")["slot_id"] == "web-3"
+    inside = root / "pools/web/slots/3/src/pkg1"
+    assert status_json(cli, inside)["slot_id"] == "web-3"
+    here = cli("status", ".", "--json", cwd=root / "pools/web/slots/1")
+    assert here.code == 0, here
+    assert here.json()["slot_id"] == "web-1"
+
+
+def test_status_of_unknown_things(cli, pool, tmp_path):
+    assert cli("status", "nosuch").code == 4
+    assert cli("status", "web-9").code == 4
+    assert cli("status", "nosuch-1").code == 4
+    assert cli("status", tmp_path / "does-not-exist").code == 4
+    assert cli("status", tmp_path).code == 2  # a real path, but not in any slot
+
+
+def test_status_and_list_with_no_pools(cli, root):
+    assert cli("list", "--json").json()["pools"] == []
+    assert status_json(cli)["pools"] == []
+    assert cli("list").stdout == ""
+
+
+# --- sync -------------------------------------------------------------------------------------
+
+
+def test_sync_creates_grows_and_only_prunes_when_asked(cli, upstream, root, tmp_path, manager):
+    config = tmp_path / "necropool.toml"
+
+    def declare(**pools):
+        text = "".join(f'[pools.{name}]\nurl = "{upstream}"\nnum_slots = {n}\n'
+                       f'branch = "main"\n' for name, n in pools.items())
+        write_config(config, text)
+
+    def sync(*flags):
+        result = cli("--config", config, "sync", *flags, "--json")
+        assert result.code == 0, result
+        return {a["pool"]: a for a in result.json()["actions"]}
+
+    declare(web=2, api=1)
+    actions = sync()
+    assert actions["web"]["action"] == "created" and actions["api"]["action"] == "created"
+    assert slot_ids(cli, "web") == ["web-1", "web-2"]
+    assert slot_ids(cli, "api") == ["api-1"]
+
+    declare(web=3, api=1)
+    actions = sync()
+    assert actions["web"] == {"pool": "web", "action": "grown", "added": ["web-3"]}
+    assert actions["api"]["action"] == "unchanged"
+    assert slot_ids(cli, "web") == ["web-1", "web-2", "web-3"]
+
+    declare(web=1)  # fewer slots, and api no longer declared: nothing shrinks without --prune
+    sync()
+    assert slot_ids(cli, "web") == ["web-1", "web-2", "web-3"]
+    assert slot_ids(cli, "api") == ["api-1"]
+
+    manager.allocate_slot("web", fetch=False)
+    manager.allocate_slot("web", fetch=False)
+    actions = sync("--prune")
+    assert actions["web"]["action"] == "shrunk"
+    assert actions["web"]["removed"] == ["web-3"]  # slots in use are never pruned
+    assert actions["api"]["action"] == "deleted"
+    assert slot_ids(cli, "web") == ["web-1", "web-2"]
+    assert entries(root / "pools") == ["web"]
+    assert not (root / "pools/web/slots/3").exists()
+
+
+def test_sync_prune_does_not_delete_a_pool_in_use(cli, pool, manager, upstream, tmp_path):
+    config = write_config(tmp_path / "c.toml", f'[pools.api]\nurl = "{upstream}"\nnum_slots = 1\n')
+    manager.allocate_slot("web", fetch=False)
+    result = cli("--config", config, "sync", "--prune")
+    assert result.code == 5, result
+    assert slot_ids(cli, "web") == ["web-1", "web-2", "web-3"]
+
+
+def test_sync_plain_output_is_one_line_per_pool(cli, upstream, tmp_path):
+    config = write_config(tmp_path / "c.toml", f'[pools.web]\nurl = "{upstream}"\nnum_slots = 1\n')
+    result = cli("--config", config, "sync")
+    assert result.code == 0, result
+    assert result.stdout.splitlines() == ["web\tcreated\t1"]
+    again = cli("--config", config, "sync")
+    assert again.stdout.splitlines() == ["web\tunchanged\t1"]
+
+
+def test_sync_without_a_config_file_is_a_usage_error(cli, pool, root):
+    """No config file means nothing was declared: ``sync --prune`` must not read that as
+    'delete every pool'."""
+    result = cli("sync", "--prune")
+    assert result.code == 2, result
+    assert "config" in result.stderr
+    assert slot_ids(cli, "web") == ["web-1", "web-2", "web-3"]
+
+
+# --- durable state ----------------------------------------------------------------------------
+
+
+def test_garbage_state_falls_back_to_the_backup(cli, pool, manager, root):
+    manager.allocate_slot("web", fetch=False)
+    state = root / "pools/web/state.toml"
+    state.write_text("this is [not toml\x00")
+    data = status_json(cli, "web")
+    assert data["state_source"] == "state.toml.bak"
+    assert [(s["slot_id"], s["state"]) for s in data["slots"]] == [
+        ("web-1", "allocated"), ("web-2", "available"), ("web-3", "available")]
+    assert cli("list", "--json").json()["pools"][0]["counts"]["allocated"] == 1
+    # The next write puts a good main copy back.
+    assert cli("add", "web").code == 0
+    assert status_json(cli, "web")["state_source"] == "state.toml"
+    assert "schema_version" in state.read_text()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "missing"])
+def test_both_state_copies_lost_rebuilds_from_slot_dirs(cli, pool, root, damage):
+    for name in ("state.toml", "state.toml.bak"):
+        path = root / "pools/web" / name
+        if damage == "garbage":
+            path.write_bytes(b"\xff\xfe garbage = = =")
+        elif damage == "empty":
+            path.write_bytes(b"")
+        else:
+            path.unlink()
+    data = status_json(cli, "web")
+    assert data["state_source"] == "rebuilt"
+    assert [(s["slot_id"], s["state"]) for s in data["slots"]] == [
+        ("web-1", "error"), ("web-2", "error"), ("web-3", "error")]
+    assert all(s["error"] for s in data["slots"])
+    for n in (1, 2, 3):  # nothing on disk was destroyed by the rebuild
+        assert (root / f"pools/web/slots/{n}/.git").is_dir()
+    assert status_json(cli)["pools"][0]["num_slots"] == 3
+    listed = cli("list", "--json").json()["pools"][0]
+    assert listed["counts"]["error"] == 3
+    assert status_json(cli, "web-2")["state"] == "error"
+
+
+def test_an_unreadable_slot_entry_is_shown_not_hidden(cli, pool, root):
+    for name in ("state.toml", "state.toml.bak"):
+        path = root / "pools/web" / name
+        path.write_text(path.read_text().replace('state = "available"', 'state = "bogus"', 1))
+    data = status_json(cli, "web")
+    assert [s["slot_id"] for s in data["slots"]] == ["web-1", "web-2", "web-3"]
+    assert data["slots"][0]["state"] == "error"
+    assert "bogus" in data["slots"][0]["error"]
+    assert [s["state"] for s in data["slots"][1:]] == ["available", "available"]
+
+
+def test_future_schema_version_is_refused_and_left_untouched(cli, pool, root):
+    state = root / "pools/web/state.toml"
+    future = ('schema_version = 2\n\n[slots.1]\nstate = "available"\nshiny = "new"\n\n'
+              '[slots.2]\nstate = "teleporting"\n')
+    state.write_text(future)
+    stamp = state.stat().st_mtime_ns
+    backup = (root / "pools/web/state.toml.bak").read_bytes()
+    for args in (["status", "web"], ["status", "web-1"], ["add", "web"], ["remove", "web-2"],
+                 ["allocate", "web", "--no-fetch"]):
+        result = cli(*args)
+        assert result.code == 3, (args, result)
+        assert "schema_version 2" in result.stderr and "newer" in result.stderr, result
+        assert len(result.stderr.splitlines()) == 1
+    assert state.read_text() == future
+    assert state.stat().st_mtime_ns == stamp
+    assert (root / "pools/web/state.toml.bak").read_bytes() == backup
+    assert entries(root / "pools/web/slots") == ["1", "2", "3"]
+    listed = cli("list", "--json")
+    assert listed.code == 0, listed
+    assert "schema_version 2" in listed.json()["pools"][0]["error"]
+
+
+def test_one_unreadable_pool_does_not_hide_the_others(cli, pool, manager, upstream, root):
+    manager.create_pool(PoolSpec(name="api", url=str(upstream), num_slots=1))
+    (root / "pools/web/state.toml").write_text("schema_version = 9\n")
+    result = cli("status", "--json")
+    assert result.code == 3, result
+    shown = {p["pool"]: p for p in result.json()["pools"]}
+    assert [s["slot_id"] for s in shown["api"]["slots"]] == ["api-1"]
+    assert "schema_version 9" in shown["web"]["error"]
+    error = json.loads(result.stderr)
+    assert error["exit_code"] == 3 and "web" in error["message"]
+
+    plain = cli("status")
+    assert plain.code == 3
+    assert [line.split("\t")[0] for line in plain.stdout.splitlines()] == ["api-1"]
+    assert len(plain.stderr.splitlines()) == 1 and "web" in plain.stderr
