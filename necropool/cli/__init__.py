@@ -1,5 +1,6 @@
 """The command-line layer: parses arguments, calls ``PoolManager``, renders results."""
 
+import os
 import sys
 
 
@@ -11,6 +12,10 @@ def _json_requested(args: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure becomes a one-line message and a documented exit code."""
     args = sys.argv[1:] if argv is None else argv
+    if "_NECROPOOL_COMPLETE" in os.environ:  # a completion script asking (see completion.py)
+        from necropool.cli.completion import answer
+
+        sys.exit(answer())
     from necropool.cli.output import Output
     from necropool.errors import NecropoolError
 
@@ -28,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     except BrokenPipeError:
         code = 141 - 128  # the reader went away (``| head``): nothing more to say
+    except OSError as exc:  # the filesystem said no (read-only, full, permissions): not a bug
+        where = f": {exc.filename}" if exc.filename else ""
+        out.error("failed", f"{exc.strerror or exc}{where}", 3)
+        code = 3
     except Exception as exc:  # click's usage errors, then genuine bugs
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             code = 2 if exc.exit_code in (1, 2) else exc.exit_code

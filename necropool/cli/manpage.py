@@ -1,0 +1,557 @@
+"""Man pages generated from the Typer app: ``necropool.1`` and one ``necropool-COMMAND.1`` each.
+
+Synopses, arguments and options come from the click parameters of the commands, so they
+follow the code; the sections a parser cannot know (exit status, environment, files, JSON
+output, examples) are written here. The output is deterministic: the date in ``.TH`` is
+``DATE`` below, not the day of the run.
+
+Regenerate the committed pages: ``python -m necropool.cli.manpage man``
+
+Inline markup in the hand-written text: ``*word*`` is bold, ``<word>`` italic; everything
+else is taken literally (hyphens become ``-``). Nothing here is imported on the normal
+command path.
+"""
+
+import os
+import re
+import sys
+import textwrap
+
+from necropool import __version__
+
+# Fixed, so that regenerating gives the same bytes; move it forward with the version.
+DATE = "2026-11-29"
+SOURCE = f"necropool {__version__}"
+MANUAL = "User Commands"
+
+DESCRIPTION = [
+    """necropool keeps pools of ready-made git working copies ("slots") of a repository
+    and hands them out to parallel coding agents and CI jobs:
+    a free slot in milliseconds instead of a fresh clone, cleaned between uses,
+    with crashed holders and corrupted slots found and healed.""",
+    """A pool has a bare local mirror of the upstream repository and N slots cloned from it.
+    Each slot is an independent repository (its own HEAD, index and refs) whose objects are
+    shared with the mirror, so one slot's corruption cannot spread to another.
+    A slot id is <pool>-<n> (web-3); wherever a SLOT is expected, a path inside the slot
+    works as well.""",
+    """A slot is *available*, *allocated* (held under a lease), *cleaning* (being reset
+    by a worker) or *error* (isolated: only *recover* or *remove* takes it out of that
+    state).
+    Allocation is a lease with a lease id (a fencing token), an owner, optionally the
+    holder's pid (the slot counts as abandoned as soon as that process dies) and an expiry
+    (--ttl).
+    Releasing cleans the slot: reset to the tip of the pool branch, untracked and ignored files
+    removed, stale git lock files removed.
+    Work that would be lost (uncommitted changes, unpushed commits) is saved first, and
+    the result says where.""",
+    """Durations (--ttl, --wait, --since) are written 90s, 5m, 2h, 1d or as plain
+    seconds.
+    Pool names match ^[a-z0-9][a-z0-9._-]{0,62}$.""",
+]
+# Note: DESCRIPTION and the other texts are passed through _text(), which escapes hyphens;
+# the few "-" above stand for literal hyphens inside already-escaped fragments and are
+# normalised by _text() as well.
+
+EXIT_STATUS = [
+    ("0", "Success; for *detect*: no anomaly found."),
+    ("1", "*detect* found anomalies."),
+    ("2", "Usage or configuration error: a bad name, a bad flag, an invalid config file."),
+    ("3", "The operation failed, wholly or partly: a repair failed, a git error, "
+          "*auto-recover* had errors."),
+    ("4", "The pool or slot does not exist."),
+    ("5", "Conflict: the slot is in the wrong state for the operation, the lease id is stale, "
+          "the pool exists already."),
+    ("70", "Internal error (a bug); a one-line message is printed, never a traceback."),
+    ("75", "Try again later: no free slot, or a lock timed out."),
+    ("130", "Interrupted."),
+]
+EXIT_RUN = ("*run* exits with the status of its command (127 when the command is not found, "
+            "126 when it cannot be executed); its own failures use the codes above.")
+
+ENVIRONMENT = [
+    ("NECROPOOL_HOME", "The root directory (overridden by --root; overrides the config "
+                       "file's root)."),
+    ("NECROPOOL_CONFIG", "The config file (overridden by --config)."),
+    ("XDG_DATA_HOME", "The default root is $XDG_DATA_HOME/necropool "
+                      "(~/.local/share/necropool when unset)."),
+    ("XDG_CONFIG_HOME", "The default config file is $XDG_CONFIG_HOME/necropool/config.toml "
+                        "(~/.config/necropool/config.toml when unset)."),
+    ("NO_COLOR", "When set and not empty, no colour (see --color)."),
+    ("USER", "The default owner of a lease (--owner)."),
+    ("NECROPOOL_SLOT_ID", "Set by *run* for its command: the id of the slot it runs in."),
+    ("NECROPOOL_SLOT_PATH", "Set by *run* for its command: the absolute path of the slot "
+                            "(also its working directory)."),
+    ("NECROPOOL_LEASE_ID", "Set by *run* for its command: the lease id of the allocation."),
+]
+PRECEDENCE = ("Precedence for every setting: command-line flag, then environment, then config "
+              "file, then default.")
+
+# (path, description); <root> and <pool> are placeholders. The names under a pool directory
+# are checked against necropool.layout.PoolPaths.KNOWN by the tests.
+FILES = [
+    ("$XDG_CONFIG_HOME/necropool/config.toml",
+     "The config file: settings and the pools that *sync* creates (see CONFIGURATION)."),
+    ("<root>/pools/<pool>/", "One pool."),
+    ("<root>/pools/<pool>/pool.toml", "The pool definition: url, branch, options."),
+    ("<root>/pools/<pool>/state.toml",
+     "Slots, leases and statistics (schema-versioned; every write is atomic and durable)."),
+    ("<root>/pools/<pool>/state.toml.bak",
+     "The last good state; state can also be rebuilt from what is on disk."),
+    ("<root>/pools/<pool>/pool.lock",
+     "Held only for the read-modify-write of state.toml (milliseconds)."),
+    ("<root>/pools/<pool>/locks/<slot>.lock",
+     "Held by the worker cleaning or repairing a slot, so a crashed worker is told apart "
+     "from a live one at once."),
+    ("<root>/pools/<pool>/mirror.git",
+     "Bare local mirror of the upstream repository: the object source of the slots."),
+    ("<root>/pools/<pool>/slots/<n>/", "The working copy of slot <pool>-<n>."),
+    ("<root>/pools/<pool>/events.jsonl",
+     "Append-only history: allocations, releases, cleanups, recoveries (see *log*)."),
+    ("<root>/pools/<pool>/rescued/",
+     "Work saved from slots before they were reset (git bundles)."),
+]
+
+# config file key -> description; checked against necropool.config by the tests
+CONFIG_TOP = [
+    ("root", "The root directory."),
+    ("max_allocation_hours", "An allocation older than this is long (default 24)."),
+    ("stale_lock_hours", "A lock file older than this is stale (default 24)."),
+    ("lock_timeout", "Seconds to wait for a pool lock (default 30)."),
+    ("git_timeout", "Seconds a git command may run (default 600)."),
+]
+CONFIG_POOL = [
+    ("url", "Upstream repository URL or path (required)."),
+    ("num_slots", "Number of slots (default 3)."),
+    ("branch", "Branch (default: the upstream HEAD)."),
+    ("keep_ignored", "Keep ignored files (build caches) when cleaning (default false)."),
+    ("fetch_on_allocate", "Fetch upstream on every allocate (default true)."),
+    ("fetch_backend", "git (default) or libgit2."),
+]
+
+JSON_TEXT = [
+    """With --json every command prints one JSON object on stdout, with
+    "schema_version": 1, RFC 3339 UTC times, absolute paths and snake_case keys
+    (slot_id, pool, path, state, lease_id, owner, allocated_at, expires_at, current_branch,
+    current_commit, allocation_count, ...).""",
+    """Errors go to stderr; with --json as one object:""",
+]
+JSON_ERROR = ('{"schema_version": 1, "type": "error", "code": "not_found",\n'
+              ' "message": "pool \'web\' does not exist", "exit_code": 4}')
+JSON_CODES = ("code is one of usage (2), failed (3), not_found (4), conflict (5), "
+              "unavailable (75), internal (70), interrupted (130).")
+JSON_DETECT = [
+    """*detect* lists anomalies by kind: long_allocated_slots, abandoned_slots, corrupted_slots,
+    orphaned_locks, stray_paths and isolated_slots, each a list of objects with kind, pool,
+    evidence and, where they apply, slot_id, path and lease_id;
+    plus healthy (true when nothing was found) and count.""",
+    """*auto-recover* reports the counters long_allocated_released, abandoned_released,
+    corrupted_recovered, corrupted_isolated, orphaned_locks_cleaned and stray_paths_moved,
+    errors (a list of messages; not empty means exit status 3), dry_run, and pools: per pool
+    the same counters and the actions taken (target, action, status, and error or rescued).""",
+]
+
+EXAMPLES = [
+    ("Create a pool of four slots and work in one of them:",
+     'necropool create web https://example.com/org/web.git --slots 4\n'
+     'cd "$(necropool allocate web --owner alice --ttl 2h)"\n'
+     '# ... work ...\n'
+     'necropool release "$PWD"'),
+    ("A CI step: run the tests in a fresh slot, released afterwards whatever happens; "
+     "the step fails with the tests' status:",
+     "necropool run web -- make test"),
+    ("Wait up to five minutes for a free slot, and release by lease id from a script:",
+     'slot=$(necropool allocate web --wait 5m --json)\n'
+     'path=$(echo "$slot" | jq -r .path)\n'
+     'lease=$(echo "$slot" | jq -r .lease_id)\n'
+     '# ...\n'
+     'necropool release "$path" --lease-id "$lease"'),
+    ("Heal every pool each minute from cron, keeping a JSON log:",
+     "* * * * * necropool auto-recover --json >>/var/log/necropool.json"),
+    ("Alert when anything is wrong (exit status 1):",
+     "necropool detect --json || notify-team"),
+    ("The ids of the allocated slots of a pool:",
+     "necropool status web --json | jq -r '.slots[] | select(.state==\"allocated\") "
+     "| .slot_id'"),
+    ("Who holds what, and since when:",
+     "necropool status web --json |\n"
+     "  jq -r '.slots[] | select(.lease_id) | [.slot_id, .owner, .allocated_at] | @tsv'"),
+    ("The anomalies found, one per line:",
+     "necropool detect --json | jq -r 'to_entries[] | select(.value | type == \"array\")\n"
+     "  | .value[] | \"\\(.kind)\\t\\(.slot_id // .path)\\t\\(.evidence)\"'"),
+    ("The counters of the last auto-recover run:",
+     "tail -n 1 /var/log/necropool.json | jq '{corrupted_recovered, corrupted_isolated,\n"
+     "  orphaned_locks_cleaned, long_allocated_released, errors}'"),
+]
+
+COMPLETION_TEXT = [
+    """Completion scripts for bash, zsh and fish are printed by *necropool completion SHELL*
+    (committed as completions/necropool.bash, completions/_necropool and
+    completions/necropool.fish).
+    They complete command and option names, pool names, and slot ids
+    (*release* offers only allocated slots).""",
+]
+COMPLETION_EXAMPLE = ('eval "$(necropool completion bash)"        # ~/.bashrc\n'
+                      'necropool completion zsh > ~/.zfunc/_necropool  # a $fpath directory\n'
+                      'necropool completion fish > ~/.config/fish/completions/necropool.fish')
+
+# Per-command additions: extra description paragraphs, exit status notes, examples.
+COMMAND_NOTES = {
+    "create": ["The slots are cloned from the mirror with shared objects: each costs about "
+               "one checkout."],
+    "allocate": ["Plain output is the slot path alone on stdout, so "
+                 '*cd "$(necropool allocate web)"* works.',
+                 "Unless --no-fetch is given (or the pool was created with "
+                 "--no-fetch-on-allocate) the mirror is fetched first and the slot is "
+                 "at the current upstream tip.",
+                 "--wait blocks, without polling the pool, until a slot frees up."],
+    "release": ["Release resets the slot to the tip of the pool branch (detached), removes "
+                "untracked and ignored files (unless the pool keeps ignored files) and stale "
+                "git lock files.",
+                "Uncommitted changes and unpushed commits are saved first; the result says "
+                "where (rescued)."],
+    "run": ["The command runs in the slot, with NECROPOOL_SLOT_ID, NECROPOOL_SLOT_PATH and "
+            "NECROPOOL_LEASE_ID set; the slot is released afterwards, also when the command "
+            "fails or is interrupted.",
+            "Put -- before the command so that its options are not taken for "
+            "necropool's."],
+    "status": ["--format prometheus prints the counts in the Prometheus text format."],
+    "sync": ["The config file declares pools as [pools.NAME] tables (see CONFIGURATION in "
+             "*necropool*(1))."],
+    "detect": ["Kinds: long allocated (older than --max-allocation-hours), abandoned "
+               "(holder or worker dead), corrupted, orphaned locks, stray paths, isolated "
+               "slots."],
+    "auto-recover": ["Abandoned slots are released (their work saved), corrupted ones "
+                     "recovered or isolated, orphaned locks removed, stray paths moved aside; "
+                     "long allocations are only reported unless "
+                     "--force-release-long-allocated is given.",
+                     "Safe to run from cron; --dry-run only says what would be done."],
+    "recover": ["Recovery never destroys work silently: changes are saved before a reset."],
+    "completion": COMPLETION_TEXT,
+}
+COMMAND_EXIT = {
+    "allocate": "75 when no slot is free (after --wait, if given).",
+    "release": "5 when the slot is not allocated or --lease-id names a stale lease.",
+    "run": "The status of the command (127 when it is not found, 126 when it cannot be "
+           "executed); necropool's own failures use the codes of *necropool*(1).",
+    "detect": "0 when healthy, 1 when anything is found.",
+    "recover": "0 when the slot ends available, 3 when it could not be repaired (it is then "
+               "isolated).",
+    "auto-recover": "3 when any action failed (see errors in the JSON output).",
+}
+COMMAND_EXAMPLES = {
+    "allocate": 'cd "$(necropool allocate web --owner ci --ttl 1h --meta job=42)"',
+    "release": 'necropool release web-3\nnecropool release "$PWD" --lease-id "$lease"',
+    "run": "necropool run web -- make test\n"
+           "necropool run web --wait 10m -- sh -c 'echo \"$NECROPOOL_SLOT_ID\"; make'",
+    "status": "necropool status web --json | jq -r '.slots[] | "
+              "select(.state==\"allocated\") | .slot_id'",
+    "detect": "necropool detect --json | jq .count",
+    "auto-recover": "* * * * * necropool auto-recover --json >>/var/log/necropool.json",
+    "completion": COMPLETION_EXAMPLE,
+    "create": "necropool create web https://example.com/org/web.git --slots 8 "
+              "--branch main",
+    "log": "necropool log web --since 2h --json | jq -c '.events[]'",
+}
+
+
+# ---- roff helpers -------------------------------------------------------------------------
+
+def _escape(text: str) -> str:
+    """Literal text to roff: backslashes and hyphens escaped."""
+    return text.replace("\\", "\\e").replace("-", "\\-")
+
+
+def _inline(text: str) -> str:
+    """Hand-written text to roff: escaped, ``*bold*`` and ``<italic>`` applied."""
+    text = _escape(text)
+    text = re.sub(r"\*([^*\s][^*]*?)\*", r"\\fB\1\\fR", text)
+    return re.sub(r"<([A-Za-z][\w.|=\\-]*)>", r"\\fI\1\\fR", text)
+
+
+def _lines(text: str) -> list[str]:
+    """Filled text: each sentence on a new line, lines of at most 78 bytes, none starting
+    with a control character."""
+    flat = re.sub(r"\s+", " ", text).strip()
+    out = []
+    for sentence in re.split(r"(?<=[.;:])\s+(?=[A-Z*(\"<\\])", flat):
+        out += textwrap.wrap(sentence, 78, break_long_words=False, break_on_hyphens=False)
+    return [_guard(line) for line in out]
+
+
+def _guard(line: str) -> str:
+    return "\\&" + line if line[:1] in (".", "'") else line
+
+
+def _para(text: str) -> list[str]:
+    return [".PP", *_lines(_inline(text))]
+
+
+def _verbatim(text: str) -> list[str]:
+    return [".PP", ".RS 4", ".nf", *(_guard(_escape(line)) for line in text.split("\n")),
+            ".fi", ".RE"]
+
+
+def _metavar(text: str) -> str:
+    """A metavar to roff: upper-case words italic, ``--`` bold, the rest literal."""
+    out = []
+    word = r"[A-Z][A-Z0-9_]*(?:-[A-Z0-9_]+)*"
+    for token in re.findall(rf"--|{word}|[^A-Z-]+|-", text):
+        if token == "--":
+            out.append("\\fB\\-\\-\\fR")
+        elif re.fullmatch(word, token):
+            out.append(f"\\fI{_escape(token)}\\fR")
+        else:
+            out.append(_escape(token))
+    return "".join(out)
+
+
+def _header(title: str) -> list[str]:
+    # no hyphenation, ragged right: option names and paths stay whole
+    return [f'.TH {_escape(title.upper())} 1 "{DATE}" "{_escape(SOURCE)}" "{MANUAL}"',
+            ".nh", ".ad l"]
+
+
+def _see_also(refs: list[str]) -> list[str]:
+    """``.BR`` lines for references written ``name(section)``."""
+    lines = [".SH SEE ALSO"]
+    for i, ref in enumerate(refs):
+        name, section = ref.rstrip(")").split("(")
+        lines.append(f".BR {_escape(name)} ({section})" + ("," if i < len(refs) - 1 else ""))
+    return lines
+
+
+# ---- reading the click commands ------------------------------------------------------------
+
+def _root_command():
+    from typer.main import get_command
+
+    from necropool.cli.app import build
+
+    return get_command(build())
+
+
+def _context(command, name: str, parent=None):
+    import typer._click as click
+
+    settings = dict(command.context_settings or {})
+    return click.Context(command, info_name=name, parent=parent, **settings)
+
+
+def _option_metavar(param, ctx) -> str | None:
+    if param.is_flag or param.count:
+        return None
+    if param.metavar:
+        return param.metavar
+    longest = max(param.opts, key=len)
+    return longest.lstrip("-").upper()
+
+
+def _option_term(param, ctx) -> str:
+    names = sorted(param.opts, key=lambda o: (o.startswith("--"), o)) + param.secondary_opts
+    term = ", ".join(f"\\fB{_escape(n)}\\fR" for n in names)
+    metavar = _option_metavar(param, ctx)
+    return f"{term} {_metavar(metavar)}" if metavar else term
+
+
+def _option_help(param, ctx) -> str:
+    record = param.get_help_record(ctx)
+    text = record[1] if record else (param.help or "")
+    if getattr(param, "multiple", False) and "repeat" not in text.lower():
+        text += " (repeatable)"
+    return text
+
+
+def _params(command, ctx):
+    arguments = [p for p in command.get_params(ctx) if p.param_type_name == "argument"]
+    options = [p for p in command.get_params(ctx)
+               if p.param_type_name == "option" and not getattr(p, "hidden", False)]
+    return arguments, options
+
+
+def _argument_metavar(param, ctx) -> str:
+    metavar = param.metavar or param.name.upper()
+    if param.nargs == -1 and not metavar.endswith("..."):
+        metavar += "..."
+    return metavar
+
+
+def _options_section(title: str, options, ctx) -> list[str]:
+    lines = [f".SH {title}"]
+    for param in options:
+        lines += [".TP", _option_term(param, ctx), *_lines(_escape(_option_help(param, ctx)))]
+    return lines
+
+
+def _synopsis_option(param, ctx) -> str:
+    name = sorted(param.opts, key=lambda o: (not o.startswith("--"), o))[0]
+    metavar = _option_metavar(param, ctx)
+    text = f"\\fB{_escape(name)}\\fR" + (f" {_metavar(metavar)}" if metavar else "")
+    return f"[{text}]"
+
+
+# ---- pages ---------------------------------------------------------------------------------
+
+def command_names() -> list[str]:
+    """The visible commands, in the order help lists them."""
+    root = _root_command()
+    ctx = _context(root, "necropool")
+    return [n for n in root.list_commands(ctx) if not root.get_command(ctx, n).hidden]
+
+
+def main_page() -> str:
+    root = _root_command()
+    ctx = _context(root, "necropool")
+    _, options = _params(root, ctx)
+    names = command_names()
+    lines = [*_header("necropool"),
+             ".SH NAME",
+             *_name_line("necropool", root.help),
+             ".SH SYNOPSIS",
+             ".B necropool",
+             "[\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...",
+             ".br",
+             ".B necropool",
+             "\\fICOMMAND\\fR \\fB\\-\\-help\\fR",
+             ".SH DESCRIPTION"]
+    for text in DESCRIPTION:
+        lines += _para(text)
+    lines += _options_section("GLOBAL OPTIONS", options, ctx)
+    lines += [".PP", "Global options go before the command name.",
+              "Every command also takes \\fB\\-\\-json\\fR (see JSON OUTPUT)",
+              "and \\fB\\-h\\fR, \\fB\\-\\-help\\fR."]
+    lines += [".SH COMMANDS"]
+    for name in names:
+        sub = root.get_command(ctx, name)
+        sub_ctx = _context(sub, name, ctx)
+        arguments, _ = _params(sub, sub_ctx)
+        usage = " ".join(_metavar(_argument_metavar(a, sub_ctx)) for a in arguments)
+        lines += [".TP", f"\\fB{_escape(name)}\\fR {usage}".rstrip(),
+                  *_lines(_escape(_summary(sub.help)) + "."),
+                  f"See \\fBnecropool\\-{_escape(name)}\\fR(1)."]
+    lines += [".SH EXIT STATUS"]
+    for code, text in EXIT_STATUS:
+        lines += [".TP", f".B {code}", *_lines(_inline(text))]
+    lines += _para(EXIT_RUN)
+    lines += [".SH ENVIRONMENT"]
+    for var, text in ENVIRONMENT:
+        lines += [".TP", f".B {_escape(var)}", *_lines(_inline(text))]
+    lines += _para(PRECEDENCE)
+    lines += [".SH FILES"]
+    for path, text in FILES:
+        lines += [".TP", _inline(path), *_lines(_inline(text))]
+    lines += [".SH CONFIGURATION",
+              *_para("The config file is TOML. Top-level keys:")]
+    for key, text in CONFIG_TOP:
+        lines += [".TP", f".B {_escape(key)}", *_lines(_inline(text))]
+    lines += _para("A [pools.<name>] table declares a pool for *sync*:")
+    for key, text in CONFIG_POOL:
+        lines += [".TP", f".B {_escape(key)}", *_lines(_inline(text))]
+    lines += _verbatim('root = "/srv/necropool"\nmax_allocation_hours = 12\n\n'
+                       '[pools.web]\nurl = "https://example.com/org/web.git"\nnum_slots = 8\n'
+                       'keep_ignored = true')
+    lines += [".SH JSON OUTPUT"]
+    for text in JSON_TEXT:
+        lines += _para(text)
+    lines += _verbatim(JSON_ERROR)
+    lines += _para(JSON_CODES)
+    for text in JSON_DETECT:
+        lines += _para(text)
+    lines += [".SH SHELL COMPLETION"]
+    for text in COMPLETION_TEXT:
+        lines += _para(text)
+    lines += _verbatim(COMPLETION_EXAMPLE)
+    lines += [".SH EXAMPLES"]
+    for text, example in EXAMPLES:
+        lines += _para(text) + _verbatim(example)
+    lines += _see_also([f"necropool-{n}(1)" for n in names] + ["git(1)", "jq(1)", "crontab(5)"])
+    return _join(lines)
+
+
+def command_page(name: str) -> str:
+    root = _root_command()
+    ctx = _context(root, "necropool")
+    sub = root.get_command(ctx, name)
+    sub_ctx = _context(sub, name, ctx)
+    arguments, options = _params(sub, sub_ctx)
+    synopsis = [_synopsis_option(p, sub_ctx) for p in options if "--help" not in p.opts]
+    synopsis += [_metavar(_argument_metavar(a, sub_ctx)) for a in arguments]
+    lines = [*_header(f"necropool-{name}"),
+             ".SH NAME",
+             *_name_line(f"necropool-{name}", sub.help),
+             ".SH SYNOPSIS",
+             f".B necropool {_escape(name)}",
+             *synopsis,
+             ".SH DESCRIPTION",
+             *_lines(_escape(sub.help or ""))]
+    for text in COMMAND_NOTES.get(name, []):
+        lines += _para(text)
+    if arguments:
+        lines += [".SH ARGUMENTS"]
+        for param in arguments:
+            help_text = param.help or ""
+            if not param.required and "default" not in help_text:
+                help_text += " (optional)"
+            lines += [".TP", _metavar(_argument_metavar(param, sub_ctx)),
+                      *_lines(_escape(help_text))]
+    lines += _options_section("OPTIONS", options, sub_ctx)
+    lines += [".PP",
+              "The global options of \\fBnecropool\\fR(1)",
+              "(\\fB\\-\\-root\\fR, \\fB\\-\\-config\\fR, \\fB\\-\\-color\\fR)",
+              "go before the command name."]
+    lines += [".SH EXIT STATUS"]
+    if name in COMMAND_EXIT:
+        lines += _lines(_inline(COMMAND_EXIT[name]))
+        lines += ["See EXIT STATUS in \\fBnecropool\\fR(1) for the other codes."]
+    else:
+        lines += ["See EXIT STATUS in \\fBnecropool\\fR(1)."]
+    if name in COMMAND_EXAMPLES:
+        lines += [".SH EXAMPLES", *_verbatim(COMMAND_EXAMPLES[name])]
+    lines += _see_also(["necropool(1)"])
+    return _join(lines)
+
+
+def _name_line(page: str, help_text: str | None) -> list[str]:
+    text = f"{_escape(page)} \\- {_escape(_summary(help_text))}"
+    return [_guard(line) for line in textwrap.wrap(text, 78, break_long_words=False,
+                                                    break_on_hyphens=False)]
+
+
+def _join(lines: list[str]) -> str:
+    """The page text; a paragraph macro right after a section heading is dropped."""
+    kept = [line for i, line in enumerate(lines)
+            if not (line == ".PP" and i and lines[i - 1].startswith(".SH"))]
+    return "\n".join(kept) + "\n"
+
+
+def _summary(help_text: str | None) -> str:
+    first = (help_text or "").strip().split("\n\n")[0]
+    return re.sub(r"\s+", " ", first).rstrip(".")
+
+
+def pages() -> dict[str, str]:
+    """File name -> content of every page."""
+    out = {"necropool.1": main_page()}
+    for name in command_names():
+        out[f"necropool-{name}.1"] = command_page(name)
+    return out
+
+
+def write_all(outdir: str) -> list[str]:
+    """Write every page under ``outdir`` and delete pages of commands that no longer exist."""
+    os.makedirs(outdir, exist_ok=True)
+    generated = pages()
+    for stale in sorted(os.listdir(outdir)):
+        if stale.startswith("necropool") and stale.endswith(".1") and stale not in generated:
+            os.unlink(os.path.join(outdir, stale))
+    written = []
+    for name, text in generated.items():
+        path = os.path.join(outdir, name)
+        with open(path, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for written_path in write_all(sys.argv[1] if len(sys.argv) > 1 else "man"):
+        print(written_path)
