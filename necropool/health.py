@@ -17,7 +17,7 @@ from necropool.errors import Conflict, NecropoolError, OperationFailed
 from necropool.integrity import Verifier
 from necropool.layout import TEMP_PREFIX, TRASH_PREFIX, PoolPaths, remove_tree, temp_name
 from necropool.locks import FileLock
-from necropool.pool import Pool, get_slot
+from necropool.pool import Pool, get_slot, resolve_slot
 from necropool.proc import Holder
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, PoolState, Slot
 
@@ -93,6 +93,8 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
         slot = current.slots[number]
         problems = [current.problems[number]] if number in current.problems else []
         problems = problems or _verify_slot(pool, number, verifier, deep)
+        if not problems and slot.state == ERROR:  # not isolated, yet never allocated: heal it
+            problems = [f"in error: {slot.error or 'no reason recorded'}"]
         if problems:
             found.add("corrupted_slots", slot_id=pool.slot_id(number), number=number,
                       path=str(pool.slot_dir(number)), evidence="; ".join(problems[:3]),
@@ -200,6 +202,10 @@ def _find_strays(pool: Pool, current: PoolState, found: Findings) -> None:
         elif path.is_symlink():
             found.add("stray_paths", path=str(path),
                       evidence=f"symlink to {os.readlink(path)} replaces {name}")
+    for directory in (paths.locks, paths.slots):  # without them nothing can be allocated
+        if not os.path.lexists(directory):
+            found.add("stray_paths", path=str(directory),
+                      evidence=f"{directory.name}/ is missing (auto-recover recreates it)")
     try:
         entries = sorted(os.listdir(paths.slots))
     except OSError:
@@ -256,6 +262,14 @@ def _claim(pool: Pool, number: int, force: bool) -> tuple[Slot, FileLock]:
     return previous, lock
 
 
+class RecoveryResult(dict):
+    """What ``recover`` did; false when the slot was not recovered, so the guide's
+    ``success = manager.recover_slot(...)`` / ``if success:`` idiom holds."""
+
+    def __bool__(self) -> bool:
+        return bool(self.get("recovered"))
+
+
 def recover(pool: Pool, number: int, force: bool = False) -> dict:
     """The repair ladder: clear locks and clean; verify; re-clone from the mirror (rebuilding
     the mirror first if it is broken); verify again. Ends ``available`` or ``error``."""
@@ -270,9 +284,9 @@ def recover(pool: Pool, number: int, force: bool = False) -> dict:
     lock.release(unlink=True)
     pool.event("recover", slot_id=pool.slot_id(number), ok=ok, actions=actions, error=reason,
                rescued=rescued)
-    result = {"slot_id": pool.slot_id(number), "pool": pool.name, "recovered": ok,
-              "state": AVAILABLE if ok else ERROR, "previous_state": previous.state,
-              "actions": actions}
+    result = RecoveryResult(
+        slot_id=pool.slot_id(number), pool=pool.name, recovered=ok,
+        state=AVAILABLE if ok else ERROR, previous_state=previous.state, actions=actions)
     if rescued:
         result["rescued"] = rescued
     if not ok:
@@ -406,8 +420,11 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     items = found.items
     corrupted = {a.number for a in items["corrupted_slots"] if a.number is not None}
     mirror_broken = any(a.path == str(pool.paths.mirror) for a in items["corrupted_slots"])
+    if any(a.path == str(pool.paths.state) for a in items["corrupted_slots"]):
+        act(None, "state.toml", "rewrite from the last good state", _rewrite_state, pool)
     for a in items["stray_paths"]:
-        act("stray_paths_moved", a.path, "move aside", _move_stray, pool, Path(a.path))
+        action = "move aside" if os.path.lexists(a.path) else "recreate"
+        act("stray_paths_moved", a.path, action, _move_stray, pool, Path(a.path))
     if recover_corrupted and mirror_broken:
         act(None, "mirror", "rebuild mirror from upstream", rebuild_mirror, pool)
     if cleanup_orphaned_locks:
@@ -433,8 +450,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                 continue
             outcome = act("corrupted_recovered", a.slot_id, "recover", _recover_or_raise,
                           pool, a.number, force=bool(_dead_lease(found, a.number)))
-            if outcome is None and not dry_run:
-                _isolate_failed(pool, a.number)
+            if outcome is None and not dry_run and _isolate_failed(pool, a.number):
                 result["corrupted_isolated"] += 1
     result["detected"] = found.to_dict()
     if not dry_run:
@@ -453,15 +469,24 @@ def _recover_or_raise(pool: Pool, number: int, force: bool = False) -> dict:
     return outcome
 
 
-def _isolate_failed(pool: Pool, number: int) -> None:
-    """A slot that could not be recovered stays (or becomes) error, marked isolated."""
+def _isolate_failed(pool: Pool, number: int) -> bool:
+    """A slot that could not be recovered stays (or becomes) error, marked isolated.
+    A slot a live holder or worker still has is left alone (False)."""
     with pool.transaction() as current:
         slot = current.slots.get(number)
-        if slot is not None and slot.state in (ERROR, AVAILABLE):
-            reason = slot.error or "automatic recovery failed"
-            slot.state, slot.error = ERROR, reason
-            slot.isolated_at = slot.isolated_at or now()
-            slot.isolation_reason = slot.isolation_reason or reason
+        if slot is None or slot.state not in (ERROR, AVAILABLE):
+            return False
+        reason = slot.error or "automatic recovery failed"
+        slot.state, slot.error = ERROR, reason
+        slot.isolated_at = slot.isolated_at or now()
+        slot.isolation_reason = slot.isolation_reason or reason
+    return True
+
+
+def _rewrite_state(pool: Pool) -> None:
+    """Write the state loaded from the backup (or rebuilt) back as ``state.toml``."""
+    with pool.transaction():
+        pass
 
 
 def _remove_lock(pool: Pool, anomaly: Anomaly) -> None:
@@ -546,8 +571,13 @@ class LockManager:
                 removed += 1
         return removed
 
-    def force_unlock(self, pool: Pool, number: int) -> bool:
-        """Remove a slot's lock file even if held: the holder's lock stops guarding anything."""
+    def force_unlock(self, slot: "str | Pool", number: int | None = None) -> bool:
+        """Remove a slot's lock file even if held: the holder's lock stops guarding anything.
+        ``slot`` is a slot id or path (the guide's ``force_unlock(slot_id)``), or a pool
+        with ``number``. False when there was no lock file."""
+        pool = slot
+        if number is None:
+            pool, number = resolve_slot(self.settings, slot)
         path = pool.paths.slot_lock(number)
         try:
             path.unlink()

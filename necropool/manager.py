@@ -10,6 +10,15 @@ from necropool.errors import NecropoolError, NotFound, UsageError
 from necropool.proc import Holder
 
 
+def _check_hours(hours) -> None:
+    """``max_allocation_hours`` as a caller gives it: None (the config's) or 0 < h <= 876000
+    (a century; also refuses nan and inf, which would overflow the date arithmetic)."""
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, int | float)
+                              or not 0 < hours <= 876000):
+        raise UsageError(f"invalid max_allocation_hours {hours!r}: must be greater than zero "
+                         "and at most 876000")
+
+
 class PoolManager:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load_settings()
@@ -18,7 +27,7 @@ class PoolManager:
     def lock_manager(self):
         from necropool import health
 
-        return health.LockManager(self.settings, self._open_all)
+        return health.LockManager(self.settings, lambda: self._targets(None, []))
 
     @classmethod
     def from_config_file(cls, root: str | None = None, config: str | None = None):
@@ -99,19 +108,38 @@ class PoolManager:
         return events.read(self.get_pool(name).paths.events, since)
 
     # --- health -------------------------------------------------------------------------------
-    def _targets(self, name: str | None) -> list[pools.Pool]:
-        return [self.get_pool(name)] if name else self._open_all()
+    def _targets(self, name: str | None, unusable: list | None = None) -> list[pools.Pool]:
+        """The named pool, or every pool. With no name and an ``unusable`` list, a directory
+        under pools/ that does not open as a pool goes there as (name, why) instead of
+        stopping the health checks of every other pool."""
+        if name:
+            return [self.get_pool(name)]
+        targets = []
+        for each in self.pool_names():
+            try:
+                targets.append(self.get_pool(each))
+            except NecropoolError as exc:
+                if unusable is None:
+                    raise
+                unusable.append((each, exc.message))
+        return targets
 
     def detect_anomalies(self, name: str | None = None, max_allocation_hours=None,
                          deep: bool = False) -> dict:
         """``{kind: [anomaly, ...]}`` over one pool or all, with the guide's keys."""
         from necropool import health
 
+        _check_hours(max_allocation_hours)
         merged = {k: [] for k in health.KINDS}
-        for pool in self._targets(name):
+        unusable: list = []
+        for pool in self._targets(name, unusable):
             found = health.detect(pool, max_allocation_hours=max_allocation_hours, deep=deep)
             for kind, items in found.items.items():
                 merged[kind].extend(a.to_dict() for a in items)
+        for each, why in unusable:
+            merged["stray_paths"].append({
+                "kind": "stray_path", "pool": each, "evidence": f"not a usable pool: {why}",
+                "path": str(pools.pools_dir(self.settings.root) / each)})
         return merged
 
     def detect_long_allocated_slots(self, max_allocation_hours=None, name=None) -> list[dict]:
@@ -139,15 +167,19 @@ class PoolManager:
                      recover_corrupted: bool = True, cleanup_orphaned_locks: bool = True,
                      force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
         """The guide's counters summed over the pools, plus per-pool details."""
+        _check_hours(max_allocation_hours)
         total = {"long_allocated_released": 0, "abandoned_released": 0,
                  "corrupted_recovered": 0, "corrupted_isolated": 0,
                  "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "errors": [],
                  "dry_run": dry_run, "pools": []}
         from necropool import health
 
-        targets = self._targets(name)
+        unusable: list = []
+        targets = self._targets(name, unusable)
         if name and not targets:
             raise NotFound(f"pool {name!r} does not exist")
+        total["errors"] += [f"{each}: not a usable pool (left alone): {why}"
+                            for each, why in unusable]
         for pool in targets:
             result = health.auto_recover(
                 pool, max_allocation_hours=max_allocation_hours,
