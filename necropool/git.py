@@ -109,12 +109,12 @@ def run_network(args: list[str], cwd: Path | None = None, *, timeout: float) -> 
 
 # --- refs, read straight from the files (no process) --------------------------------------
 
-def read_ref(gitdir: Path, name: str) -> str | None:
+def read_ref(gitdir: Path, name: str, _depth: int = 0) -> str | None:
     """The object id a ref names (loose file first, then packed-refs), or None."""
     try:
         value = (gitdir / name).read_text().strip()
-        if value.startswith("ref: "):
-            return read_ref(gitdir, value[5:])
+        if value.startswith("ref: "):  # symbolic: follow, as git does, at most 5 levels
+            return read_ref(gitdir, value[5:], _depth + 1) if _depth < 5 else None
         return value or None
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         pass

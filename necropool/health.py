@@ -65,6 +65,11 @@ def _lock_free(lock_path: Path) -> bool:
     return not lock_path.exists()
 
 
+def _live_allocation(slot: Slot, abandoned: set[int]) -> bool:
+    """Allocated, and its holder not proven gone."""
+    return slot.state == ALLOCATED and slot.number not in abandoned
+
+
 def _holder_dead(slot: Slot) -> str | None:
     holder = slot.lease.holder if slot.lease else None
     if holder and holder.is_dead():
@@ -89,6 +94,7 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
     if mirror_problems:
         found.add("corrupted_slots", path=str(paths.mirror),
                   evidence="mirror: " + "; ".join(mirror_problems[:3]))
+    abandoned = {a.number for a in found.items["abandoned_slots"]}
     for number in judged:
         slot = current.slots[number]
         problems = [current.problems[number]] if number in current.problems else []
@@ -99,7 +105,8 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
             found.add("corrupted_slots", slot_id=pool.slot_id(number), number=number,
                       path=str(pool.slot_dir(number)), evidence="; ".join(problems[:3]),
                       lease_id=slot.lease.lease_id if slot.lease else None)
-        elif slot.state != CLEANING:
+        elif slot.state != CLEANING and not _live_allocation(slot, abandoned):
+            # a live holder's git lock files are its own business (libgit2 writers, say)
             for lock in cleanup.stale_git_locks(pool.slot_dir(number)):
                 found.add("orphaned_locks", slot_id=pool.slot_id(number), number=number,
                           path=str(lock), evidence="git lock file with no git process behind it")
@@ -394,6 +401,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     if not dry_run:
         pool.sweep()
     found = detect(pool, max_allocation_hours=max_allocation_hours)
+    current_slots = pool.read_state().slots
     result = {"pool": pool.name, "dry_run": dry_run, "long_allocated_released": 0,
               "abandoned_released": 0, "corrupted_recovered": 0, "corrupted_isolated": 0,
               "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "errors": [], "actions": []}
@@ -445,8 +453,16 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                 act("long_allocated_released", a.slot_id, "force release", lifecycle.release,
                     pool, a.number, lease_id=a.lease_id, reason="force_release")
     if recover_corrupted:
+        abandoned = {a.number for a in items["abandoned_slots"]}
         for a in items["corrupted_slots"]:
             if a.number is None:
+                continue
+            slot = current_slots.get(a.number)
+            if slot is not None and _live_allocation(slot, abandoned):
+                result["actions"].append({"target": a.slot_id, "action": "recover",
+                                          "status": "deferred",
+                                          "error": "allocated to a live holder: recovered "
+                                                   "once released"})
                 continue
             outcome = act("corrupted_recovered", a.slot_id, "recover", _recover_or_raise,
                           pool, a.number, force=bool(_dead_lease(found, a.number)))

@@ -116,6 +116,8 @@ class Pool:
 
     def slot_lock(self, number: int) -> FileLock:
         ensure_inside(self.paths.locks, self.settings.root)
+        if not self.paths.locks.is_dir():  # deleted by hand: locks are ours to recreate
+            self.paths.locks.mkdir(exist_ok=True)
         return FileLock(self.paths.slot_lock(number))
 
     def checked_slot_dir(self, number: int) -> Path:
@@ -140,6 +142,8 @@ def get_slot(current: PoolState, pool: Pool, number: int) -> Slot:
 
 def resolve_slot(settings: Settings, ref: str) -> tuple[Pool, int]:
     """A slot id (``web-3``) or any path inside a slot's directory."""
+    if not isinstance(ref, str) or "\0" in ref:
+        raise UsageError(f"invalid slot {ref!r}: expected a slot id or a path in a slot")
     if "/" in ref or ref in (".", ".."):
         path = Path(ref).absolute()
         try:
@@ -174,6 +178,7 @@ def _check_spec(spec: PoolSpec) -> PoolSpec:
     if spec.fetch_backend not in FETCH_BACKENDS:
         raise UsageError(f"invalid fetch backend {spec.fetch_backend!r}")
     if spec.branch is not None and (not spec.branch or spec.branch.startswith("-")
+                                    or any(ord(c) < 32 for c in spec.branch)
                                     or git.run(["check-ref-format", "--branch", spec.branch],
                                                check=False).returncode != 0):
         raise UsageError(f"invalid branch name {spec.branch!r}")
