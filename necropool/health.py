@@ -404,7 +404,8 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     current_slots = pool.read_state().slots
     result = {"pool": pool.name, "dry_run": dry_run, "long_allocated_released": 0,
               "abandoned_released": 0, "corrupted_recovered": 0, "corrupted_isolated": 0,
-              "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "errors": [], "actions": []}
+              "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "slots_adopted": 0,
+              "errors": [], "actions": []}
 
     def act(counter: str | None, target: str, action: str, fn, *args, **kwargs):
         entry = {"target": target, "action": action}
@@ -431,8 +432,13 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     if any(a.path == str(pool.paths.state) for a in items["corrupted_slots"]):
         act(None, "state.toml", "rewrite from the last good state", _rewrite_state, pool)
     for a in items["stray_paths"]:
+        path = Path(a.path)
+        if _orphan_slot(pool, path):  # a slot whose state entry was lost (crash in add)
+            act("slots_adopted", a.path, "adopt as a slot and recover", _adopt, pool,
+                int(path.name))
+            continue
         action = "move aside" if os.path.lexists(a.path) else "recreate"
-        act("stray_paths_moved", a.path, action, _move_stray, pool, Path(a.path))
+        act("stray_paths_moved", a.path, action, _move_stray, pool, path)
     if recover_corrupted and mirror_broken:
         act(None, "mirror", "rebuild mirror from upstream", rebuild_mirror, pool)
     if cleanup_orphaned_locks:
@@ -526,6 +532,22 @@ def _remove_lock(pool: Pool, anomaly: Anomaly) -> None:
             raise Conflict(f"{path} is in a slot in use: left for its holder")
         if path in cleanup.stale_git_locks(pool.slot_dir(anomaly.number)):
             path.unlink(missing_ok=True)
+
+
+def _orphan_slot(pool: Pool, path: Path) -> bool:
+    return (path.parent == pool.paths.slots and path.name.isdigit() and int(path.name) >= 1
+            and not path.is_symlink() and (path / ".git").is_dir())
+
+
+def _adopt(pool: Pool, number: int) -> dict:
+    """Register a slot directory that has no state entry, then repair it like any other."""
+    with pool.transaction() as current:
+        if number in current.slots:
+            raise Conflict(f"slot {pool.slot_id(number)} exists already")
+        current.slots[number] = Slot(number=number, state=ERROR, created_at=now(),
+                                     error="adopted: directory without a state entry")
+    pool.event("adopt", slot_id=pool.slot_id(number))
+    return _recover_or_raise(pool, number)
 
 
 def _move_stray(pool: Pool, path: Path) -> None:

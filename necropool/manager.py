@@ -170,7 +170,8 @@ class PoolManager:
         _check_hours(max_allocation_hours)
         total = {"long_allocated_released": 0, "abandoned_released": 0,
                  "corrupted_recovered": 0, "corrupted_isolated": 0,
-                 "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "errors": [],
+                 "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "slots_adopted": 0,
+                 "errors": [],
                  "dry_run": dry_run, "pools": []}
         from necropool import health
 

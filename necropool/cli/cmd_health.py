@@ -107,6 +107,7 @@ def auto_recover(
                  a.get("rescued") or ""] for p in data["pools"] for a in p["actions"]]
         out.table(["POOL", "TARGET", "ACTION", "STATUS", "DETAIL"], rows)
         keys = ("abandoned_released", "long_allocated_released", "corrupted_recovered",
-                "corrupted_isolated", "orphaned_locks_cleaned", "stray_paths_moved")
+                "corrupted_isolated", "orphaned_locks_cleaned", "stray_paths_moved",
+                "slots_adopted")
         out.note(", ".join(f"{k}={data[k]}" for k in keys) + f", errors={len(data['errors'])}")
     raise typer.Exit(3 if data["errors"] else 0)

@@ -145,9 +145,10 @@ JSON_DETECT = [
     evidence and, where they apply, slot_id, path and lease_id;
     plus healthy (true when nothing was found) and count.""",
     """*auto-recover* reports the counters long_allocated_released, abandoned_released,
-    corrupted_recovered, corrupted_isolated, orphaned_locks_cleaned and stray_paths_moved,
-    errors (a list of messages; not empty means exit status 3), dry_run, and pools: per pool
-    the same counters and the actions taken (target, action, status, and error or rescued).""",
+    corrupted_recovered, corrupted_isolated, orphaned_locks_cleaned, stray_paths_moved and
+    slots_adopted, errors (a list of messages; not empty means exit status 3), dry_run, and
+    pools: per pool the same counters, the actions taken (target, action, status, and error or
+    rescued) and what was detected.""",
 ]
 
 EXAMPLES = [
