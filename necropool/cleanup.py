@@ -156,6 +156,7 @@ def rescue(tree: Path, dest: Path, st: Status, branches: list[str], with_head: b
     refs: dict[str, str] = {}
     if st.changed or st.untracked:
         tmp_index = gitdir / "necropool-rescue.index"
+        tmp_index.unlink(missing_ok=True)  # a planted symlink is removed, never written through
         if (gitdir / "index").exists():
             shutil.copyfile(gitdir / "index", tmp_index)
         env = {"GIT_INDEX_FILE": str(tmp_index)}
@@ -193,16 +194,20 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     given and there is any), then removing stale git locks, resetting, cleaning and
     deleting local branches. Raises GitError when the slot cannot be cleaned."""
     gitdir = tree / ".git"
+    if tree.is_symlink():
+        raise GitError(f"{tree} is a symlink: refusing to clean what it points at")
     if not gitdir.is_dir() or gitdir.is_symlink():
         raise GitError(f"{tree} is not a git working copy (.git missing)")
     report = Report()
-    expected = git.slot_config(url, git.object_format(gitdir))
+    expected = git.slot_config(url, git.object_format(mirror))
+    config = gitdir / "config"
     try:
-        current = (gitdir / "config").read_text()
+        current = None if config.is_symlink() else config.read_text()
     except OSError:
         current = None
     if current != expected:
-        (gitdir / "config").write_text(expected)
+        config.unlink(missing_ok=True)  # a symlink is replaced, never written through
+        config.write_text(expected)
         report.config_restored = True
     for lock in stale_git_locks(tree):
         lock.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from necropool.errors import UsageError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 36500 * 86400  # a century: dates stay representable either side of now
 
 
 def now() -> datetime:
@@ -28,4 +29,6 @@ def parse_duration(text: str, what: str = "duration") -> float:
     seconds = float(match.group(1)) * _UNIT[match.group(2)]
     if seconds <= 0:
         raise UsageError(f"invalid {what} {text!r}: must be greater than zero")
+    if seconds > MAX_DURATION:
+        raise UsageError(f"invalid {what} {text!r}: too long (at most 36500d)")
     return seconds

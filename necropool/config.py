@@ -27,6 +27,9 @@ TOP_KEYS = {
     "git_timeout": (int, float),
     "pools": dict,
 }
+# Upper bounds (also rejecting inf) so that timeouts and date arithmetic cannot overflow.
+LIMITS = {"max_allocation_hours": 876000, "stale_lock_hours": 876000,
+          "lock_timeout": 1e9, "git_timeout": 1e9}
 POSITIVE = ("max_allocation_hours", "stale_lock_hours", "lock_timeout", "git_timeout", "num_slots")
 FETCH_BACKENDS = ("git", "libgit2")
 
@@ -75,6 +78,8 @@ def _check_type(path: Path, key: str, value, expected) -> None:
         _fail(path, key, f"expected {_type_name(expected)}, got {type(value).__name__}")
     if isinstance(value, float) and value != value:
         _fail(path, key, "expected a number, got nan")
+    if key in LIMITS and value > LIMITS[key]:
+        _fail(path, key, f"must be at most {LIMITS[key]:g}")
     if key.rsplit(".", 1)[-1] in POSITIVE and value <= 0:
         _fail(path, key, "must be greater than zero")
 
@@ -133,6 +138,8 @@ def load_settings(root: str | None = None, config: str | None = None) -> Setting
     """Resolve the config file and root by precedence and return validated settings."""
     env_config = os.environ.get("NECROPOOL_CONFIG")
     explicit = config or env_config
+    if explicit and "\0" in explicit:
+        raise UsageError(f"invalid config path {explicit!r}: it contains a NUL byte")
     config_path = Path(explicit) if explicit else default_config_path()
     data: dict = {}
     if explicit or config_path.exists():
@@ -141,10 +148,20 @@ def load_settings(root: str | None = None, config: str | None = None) -> Setting
         config_path = None
     root_value = root or os.environ.get("NECROPOOL_HOME") or data.pop("root", None)
     data.pop("root", None)
+    if root_value and "\0" in root_value:
+        raise UsageError(f"invalid root {root_value!r}: it contains a NUL byte")
     if root_value:
         root_path = Path(root_value).expanduser()
     else:
         root_path = _xdg("XDG_DATA_HOME", ".local/share") / "necropool"
     if root_path.exists() and not root_path.is_dir():
         raise UsageError(f"root {root_path} is not a directory")
+    for parent in root_path.absolute().parents:  # the root's nearest existing ancestor
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"root {root_path} cannot be created: "
+                                 f"{parent} is not a directory")
+            break
+        if os.path.lexists(parent):  # a dangling symlink, or a file in the way
+            raise UsageError(f"root {root_path} cannot be created: {parent} is in the way")
     return Settings(root=root_path.absolute(), config_path=config_path, **data)

@@ -15,7 +15,14 @@ from necropool import cleanup, git, lifecycle
 from necropool.clock import now, rfc3339
 from necropool.errors import Conflict, NecropoolError, OperationFailed
 from necropool.integrity import Verifier
-from necropool.layout import TEMP_PREFIX, TRASH_PREFIX, PoolPaths, remove_tree, temp_name
+from necropool.layout import (
+    TEMP_PREFIX,
+    TRASH_PREFIX,
+    PoolPaths,
+    ensure_inside,
+    remove_tree,
+    temp_name,
+)
 from necropool.locks import FileLock
 from necropool.pool import Pool, get_slot, resolve_slot
 from necropool.proc import Holder
@@ -153,6 +160,8 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
 
 
 def _check_lock_files(pool: Pool, current: PoolState, found: Findings) -> None:
+    if pool.paths.locks.is_symlink():
+        return  # never look through it; _find_strays reports the link itself
     try:
         names = sorted(os.listdir(pool.paths.locks))
     except OSError:
@@ -347,6 +356,7 @@ def _repair(pool: Pool, slot: Slot, actions: list[str]):
         if not cleaned and _has_files(path):
             keep = pool.paths.rescued / f"{pool.slot_id(number)}-{now():%Y%m%dT%H%M%SZ}.broken"
             pool.paths.rescued.mkdir(exist_ok=True)
+            ensure_inside(keep.parent, pool.settings.root)
             os.rename(path, keep)
             rescued = str(keep)
             actions.append(f"moved the broken working copy to {keep}")
@@ -552,7 +562,9 @@ def _adopt(pool: Pool, number: int) -> dict:
 
 def _move_stray(pool: Pool, path: Path) -> None:
     """Never delete what we did not make: symlinks are unlinked (their targets untouched),
-    anything else is moved under ``rescued/``; a lone ``locks`` or ``slots`` is recreated."""
+    anything else is moved under ``rescued/``; a lone ``locks`` or ``slots`` is recreated.
+    Nothing is reached through a symlink (the stray's directory or ``rescued`` itself)."""
+    ensure_inside(path.parent, pool.settings.root)
     if path.is_symlink():
         path.unlink()
     elif path.parent == pool.paths.dir and path.name in PoolPaths.KNOWN:
@@ -561,6 +573,7 @@ def _move_stray(pool: Pool, path: Path) -> None:
         pool.paths.rescued.mkdir(exist_ok=True)
         rel = path.relative_to(pool.paths.dir)
         target = pool.paths.rescued / f"stray-{'-'.join(rel.parts)}-{now():%Y%m%dT%H%M%S%fZ}"
+        ensure_inside(target.parent, pool.settings.root)
         os.rename(path, target)
     for directory in (pool.paths.locks, pool.paths.slots, pool.paths.rescued):
         directory.mkdir(exist_ok=True)
@@ -580,6 +593,8 @@ class LockManager:
         cutoff = time.time() - max_age_hours * 3600 if max_age_hours else None
         stale = []
         for pool in self._pools():
+            if pool.paths.locks.is_symlink():
+                continue  # not ours to clean: detect reports the link
             try:
                 names = sorted(os.listdir(pool.paths.locks))
             except OSError:

@@ -95,8 +95,8 @@ def temp_owner_dead(name: str) -> bool:
     """True when a temp or trash entry's owning process is provably gone."""
     if not name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
         return False
-    if name.startswith(TRASH_PREFIX):
-        return True  # already unlinked from the pool's state: always safe to finish deleting
+    # Trash is already unlinked from the pool's state, but a live owner is still deleting
+    # it: finishing its rmtree concurrently would make the owner's own rmtree fail.
     try:
         _, host, pid, start = name.rsplit(".", 3)
         return Holder(pid=int(pid), host=host, start=int(start)).is_dead()

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from necropool import git
-from necropool.clock import now
+from necropool.clock import MAX_DURATION, now
 from necropool.errors import Conflict, OperationFailed, TryAgain, UsageError
+from necropool.layout import ensure_inside
 from necropool.locks import FileLock
 from necropool.pool import Pool, get_slot
 from necropool.proc import Holder
@@ -50,6 +51,7 @@ def update_mirror(pool: Pool) -> str | None:
             return None  # another process started a fetch after we asked: it covers us
         started = time.time()
         try:
+            ensure_inside(pool.paths.mirror, pool.settings.root)  # a symlink is not fetched into
             git.fetch_mirror(pool.paths.mirror, timeout=pool.settings.git_timeout,
                              backend=pool.definition.fetch_backend)
         except OperationFailed as exc:
@@ -77,6 +79,7 @@ def _claim_free(pool: Pool, current: PoolState, skip: set[int]) -> tuple[Slot, F
 
 
 def rescue_path(pool: Pool, number: int, label: str):
+    ensure_inside(pool.paths.rescued, pool.settings.root)  # never write through a symlink
     stamp = now().strftime("%Y%m%dT%H%M%S%fZ")
     return pool.paths.rescued / f"{pool.slot_id(number)}-{stamp}-{label}.bundle"
 
@@ -111,6 +114,11 @@ def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = No
              ttl: float | None = None, metadata: dict | None = None, wait: float = 0,
              fetch: bool | None = None, keep_lock: bool = False) -> Grant:
     """Hand out a free slot under a new lease (policy: ``ALLOCATION_POLICY``)."""
+    metadata = check_metadata(metadata or {})
+    for what, seconds in (("ttl", ttl), ("wait", wait)):
+        if seconds is not None and not 0 <= seconds <= MAX_DURATION:
+            raise UsageError(f"invalid {what} {seconds!r}: use 0 to {MAX_DURATION:g} seconds")
+    pool.sweep()  # what a killed command left half-done (its claim skips ``transaction``)
     fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
     fetch_error = update_mirror(pool) if fetch else None
     deadline = time.monotonic() + wait
@@ -186,7 +194,11 @@ def _try_allocate(pool, owner, holder, ttl, metadata, fetch, keep_lock, failed) 
             slot.state, slot.worker = CLEANING, Holder.me()
         else:
             _grant(slot, lease)
-        pool.save(current)
+        try:
+            pool.save(current)
+        except BaseException:  # e.g. no space: the claim never happened, leave no lock file
+            lock.release(unlink=True)
+            raise
     if stale:
         try:
             slot.commit = refresh(pool, slot, rescue_label="allocate")[0]
@@ -234,6 +246,22 @@ def parse_metadata(pairs: list[str]) -> dict[str, str]:
         if len(pair) > 4096:
             raise UsageError(f"metadata {key[:40]!r} is too long (limit 4096 characters)")
         meta[key] = value
+    return check_metadata(meta)
+
+
+def check_metadata(meta) -> dict[str, str]:
+    """Lease metadata as the core accepts it (from the CLI or the API): string keys and
+    values, no control characters in keys, no NUL, each pair at most 4096 characters."""
+    if not isinstance(meta, dict):
+        raise UsageError("invalid metadata: expected a mapping of strings to strings")
+    for key, value in meta.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not key.strip():
+            raise UsageError(f"invalid metadata {str(key)[:40]!r}: keys and values must be "
+                             "strings, keys non-empty")
+        if any(ord(c) < 32 for c in key) or "\0" in value:
+            raise UsageError(f"invalid metadata {key[:40]!r}: control characters are not allowed")
+        if len(key) + len(value) + 1 > 4096:
+            raise UsageError(f"metadata {key[:40]!r} is too long (limit 4096 characters)")
     return meta
 
 
@@ -243,30 +271,36 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
     """End a lease; clean the slot (saving any work first) unless ``clean`` is False.
     The cleanup first fetches the upstream when ``fetch`` (default: the pool's
     ``fetch_on_allocate``), so the slot comes back at the newest tip."""
-    with pool.transaction() as current:
-        slot = get_slot(current, pool, number)
-        if slot.state != ALLOCATED:
-            raise Conflict(f"slot {pool.slot_id(number)} is not allocated (it is {slot.state})")
-        if lease_id and lease_id != slot.lease.lease_id:
-            raise Conflict(f"stale lease {lease_id} for slot {pool.slot_id(number)}: "
-                           "it was released or allocated again")
-        lock = held or pool.slot_lock(number)
-        if not lock.held and not lock.try_acquire():
-            raise Conflict(f"slot {pool.slot_id(number)} is held by a running process")
-        lease = slot.lease
-        at = now()
-        slot.total_usage_seconds += max(0.0, (at - lease.allocated_at).total_seconds())
-        slot.last_released_at, slot.lease = at, None
-        if clean:
-            slot.state, slot.worker = CLEANING, Holder.me()
-        else:
-            slot.state, slot.needs_cleanup = AVAILABLE, True
+    lock = None
+    try:
+        with pool.transaction() as current:
+            slot = get_slot(current, pool, number)
+            if slot.state != ALLOCATED:
+                raise Conflict(f"slot {pool.slot_id(number)} is not allocated (it is {slot.state})")
+            if lease_id and lease_id != slot.lease.lease_id:
+                raise Conflict(f"stale lease {lease_id} for slot {pool.slot_id(number)}: "
+                               "it was released or allocated again")
+            lock = held or pool.slot_lock(number)
+            if not lock.held and not lock.try_acquire():
+                raise Conflict(f"slot {pool.slot_id(number)} is held by a running process")
+            lease = slot.lease
+            at = now()
+            slot.total_usage_seconds += max(0.0, (at - lease.allocated_at).total_seconds())
+            slot.last_released_at, slot.lease = at, None
+            if clean:
+                slot.state, slot.worker = CLEANING, Holder.me()
+            else:
+                slot.state, slot.needs_cleanup = AVAILABLE, True
+                lock.release(unlink=True)  # before the write that wakes waiters (see below)
+    except BaseException:  # e.g. the state write failed: leave no lock file behind
+        if lock is not None and lock is not held and lock.held:
+            lock.release(unlink=True)
+        raise
     pool.event(reason, slot_id=pool.slot_id(number), lease_id=lease.lease_id, owner=lease.owner,
                usage_seconds=round((at - lease.allocated_at).total_seconds(), 3))
     result = {"slot_id": pool.slot_id(number), "pool": pool.name, "lease_id": lease.lease_id,
               "cleaned": False}
     if not clean:
-        lock.release(unlink=True)
         return result
     fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
     if fetch and (error := update_mirror(pool)):
@@ -283,7 +317,9 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
         slot.state, slot.worker, slot.commit, slot.needs_cleanup = AVAILABLE, None, tip, False
         if report.rescued:
             slot.last_rescue = report.rescued
-    lock.release(unlink=True)
+        # Unlock before the state write: a waiter woken by that write must find the slot
+        # free, or it would wait for a further state change that never comes.
+        lock.release(unlink=True)
     result.update(cleaned=True, commit=tip, cleanup=report.to_dict())
     if report.rescued:
         result["rescued"] = report.rescued

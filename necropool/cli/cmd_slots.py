@@ -3,6 +3,7 @@
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from necropool.cli.context import G
 from necropool.cli.params import AllocatedSlotArg, Json, PoolArg
@@ -26,9 +27,9 @@ def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
 
     return {
         "owner": owner,
-        "ttl": parse_duration(ttl, "--ttl") if ttl else None,
+        "ttl": parse_duration(ttl, "--ttl") if ttl is not None else None,
         "metadata": parse_metadata(meta or []),
-        "wait": parse_duration(wait, "--wait") if wait else 0,
+        "wait": parse_duration(wait, "--wait") if wait is not None else 0,
         "fetch": False if no_fetch else None,
     }
 
@@ -72,7 +73,16 @@ def release(
     out.note(f"released {data['slot_id']}")
 
 
-@command("run", context_settings={"allow_interspersed_args": False})
+class _RunCommand(TyperCommand):
+    """``run POOL [OPTIONS] -- CMD...``: options may follow POOL up to ``--``; without a
+    ``--``, everything after POOL is the command (so ``run web make -j4`` works too)."""
+
+    def parse_args(self, ctx, args):
+        ctx.allow_interspersed_args = "--" in args
+        return super().parse_args(ctx, args)
+
+
+@command("run", cls=_RunCommand, context_settings={"allow_interspersed_args": False})
 def run(
     pool: PoolArg,
     command: Annotated[list[str], typer.Argument(metavar="-- CMD [ARGS]...",
@@ -107,7 +117,9 @@ def log(
     from necropool.clock import now, parse_duration
 
     out = G.out(json_out)
-    cutoff = now() - timedelta(seconds=parse_duration(since, "--since")) if since else None
+    cutoff = None
+    if since is not None:
+        cutoff = now() - timedelta(seconds=parse_duration(since, "--since"))
     records = G.manager().log(pool, cutoff)
     if out.json:
         out.emit({"pool": pool, "events": records})

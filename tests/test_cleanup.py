@@ -1,0 +1,306 @@
+"""Release really cleans: whatever a holder did to a slot, the next holder gets a slot that
+equals a fresh clone at the newest upstream tip, and the holder's work is kept in a bundle."""
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import commit_file, git
+
+from necropool.config import PoolSpec
+
+
+def tree_snapshot(path: Path) -> dict[str, object]:
+    """Every file (content and executable bit), symlink and directory below ``path``
+    except ``.git``: what a user of the working copy sees."""
+    snap: dict[str, object] = {}
+    for dirpath, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not (dirpath == str(path) and d == ".git")]
+        rel_dir = os.path.relpath(dirpath, path)
+        for d in dirs:
+            snap[os.path.normpath(os.path.join(rel_dir, d)) + "/"] = "dir"
+        for f in files:
+            full = Path(dirpath, f)
+            rel = os.path.normpath(os.path.join(rel_dir, f))
+            if full.is_symlink():
+                snap[rel] = ("link", os.readlink(full))
+            else:
+                mode = full.stat().st_mode
+                snap[rel] = (full.read_bytes(), bool(mode & stat.S_IXUSR))
+    return snap
+
+
+def fresh_clone(upstream: Path, dest: Path) -> Path:
+    git(dest.parent, "clone", "-q", str(upstream), str(dest))
+    return dest
+
+
+def assert_fresh_slot(slot: Path, upstream: Path, tip: str, tmp_path: Path) -> None:
+    """The slot equals a freshly cloned slot at ``tip``."""
+    assert git(slot, "rev-parse", "HEAD") == tip
+    detached = git(slot, "symbolic-ref", "-q", "HEAD", check=False)
+    assert detached == "", f"HEAD is on a branch: {detached}"
+    assert git(slot, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+    assert git(slot, "for-each-ref", "refs/heads") == "", "local branches survived release"
+    assert git(slot, "stash", "list") == "", "the previous holder's stash survived release"
+    leftover = [p.name for p in (slot / ".git").iterdir() if p.name.endswith(".lock")]
+    assert leftover == [], f"git lock files left: {leftover}"
+    assert git(slot, "config", "remote.origin.url") == str(upstream)
+    reference = fresh_clone(upstream, tmp_path / f"reference-{tip[:8]}")
+    assert git(reference, "rev-parse", "HEAD") == tip
+    assert tree_snapshot(slot) == tree_snapshot(reference)
+
+
+def restore(upstream: Path, bundle: str, dest: Path) -> Path:
+    """What a user does to get the holder's work back: fetch the bundle into a clone."""
+    assert Path(bundle).is_file(), f"bundle {bundle} does not exist"
+    repo = fresh_clone(upstream, dest)
+    git(repo, "fetch", "-q", bundle, "refs/necropool/rescue/*:refs/rescued/*")
+    return repo
+
+
+def show(repo: Path, rev: str, path: str) -> str:
+    return git(repo, "show", f"{rev}:{path}")
+
+
+def allocate_path(cli, pool_name: str = "web") -> Path:
+    result = cli("allocate", pool_name)
+    assert result.code == 0, result
+    return Path(result.stdout.strip())
+
+
+def test_release_cleans_everything_and_rescues_the_holders_work(cli, pool, root, upstream,
+                                                                tmp_path):
+    slot = allocate_path(cli)
+    base = git(slot, "rev-parse", "HEAD")
+    # The holder starts a branch and commits on it.
+    git(slot, "checkout", "-q", "-b", "feature")
+    local_commit = commit_file(slot, "feature.txt", "local work\n", "local commit")
+    # ... then leaves uncommitted work of every kind on top of it.
+    (slot / "src/pkg0/mod0.py").write_text("value = 'modified'\n")           # modified
+    (slot / "README").write_text("staged edit\n")
+    git(slot, "add", "README")                                                # staged
+    (slot / "new_staged.txt").write_text("staged new file\n")
+    git(slot, "add", "new_staged.txt")                                        # staged, new
+    (slot / "src/pkg1/mod1.py").unlink()                                      # deleted
+    os.chmod(slot / "src/pkg2/mod2.py", 0o755)                               # mode change
+    (slot / "notes.txt").write_text("untracked notes\n")                      # untracked
+    (slot / "spaced name ü.txt").write_text("odd name\n")                     # untracked
+    (slot / "deep/a/b/c").mkdir(parents=True)
+    (slot / "deep/a/b/c/file.txt").write_text("nested untracked\n")           # nested dirs
+    (slot / "empty/dir").mkdir(parents=True)                                  # empty dirs
+    (slot / "build").mkdir()
+    (slot / "build/out.bin").write_bytes(b"\0artifact")                       # ignored dir
+    (slot / "src/pkg3/mod3.o").write_bytes(b"object")                         # ignored file
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the slot's\n")
+    (slot / "scratch-link").symlink_to(outside)                               # untracked link
+    (slot / ".git/index.lock").write_text("")                                 # stale git lock
+    # Upstream moves on while the slot is held.
+    new_tip = commit_file(upstream, "later.txt", "new upstream work\n")
+    assert new_tip != base
+
+    released = cli("release", slot, "--json")
+    assert released.code == 0, released
+    data = released.json()
+    assert data["schema_version"] == 1
+    assert data["slot_id"] == "web-1" and data["cleaned"] is True
+    assert data["commit"] == new_tip
+    assert_fresh_slot(slot, upstream, new_tip, tmp_path)
+    assert outside.read_text() == "not the slot's\n", "cleanup followed a symlink"
+
+    # The work is in a bundle under <pool>/rescued/ ...
+    bundle = data["rescued"]
+    assert Path(bundle).parent == root / "pools" / "web" / "rescued"
+    status = cli("status", "web-1", "--json").json()
+    assert status["state"] == "available" and status["last_rescue"] == bundle
+    # ... and a user can get all of it back in a fresh clone of the upstream.
+    repo = restore(upstream, bundle, tmp_path / "restored")
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/rescued").splitlines()
+    assert "refs/rescued/heads/feature" in refs
+    assert git(repo, "rev-parse", "refs/rescued/heads/feature") == local_commit
+    assert show(repo, "refs/rescued/heads/feature", "feature.txt") == "local work"
+    saved = "refs/rescued/uncommitted"
+    assert git(repo, "rev-parse", f"{saved}^") == local_commit
+    assert show(repo, saved, "src/pkg0/mod0.py") == "value = 'modified'"
+    assert show(repo, saved, "README") == "staged edit"
+    assert show(repo, saved, "new_staged.txt") == "staged new file"
+    assert show(repo, saved, "notes.txt") == "untracked notes"
+    assert show(repo, saved, "spaced name ü.txt") == "odd name"
+    assert show(repo, saved, "deep/a/b/c/file.txt") == "nested untracked"
+    assert show(repo, saved, "feature.txt") == "local work"
+    files = git(repo, "ls-tree", "-r", "--name-only", saved).splitlines()
+    assert "src/pkg1/mod1.py" not in files, "the holder's deletion was not saved"
+    assert git(repo, "ls-tree", saved, "src/pkg2/mod2.py").startswith("100755")
+
+
+def test_keep_ignored_keeps_build_caches_but_removes_the_rest(manager, upstream, cli, tmp_path):
+    manager.create_pool(PoolSpec(name="cache", url=str(upstream), num_slots=1,
+                                 keep_ignored=True))
+    slot = allocate_path(cli, "cache")
+    (slot / "build/deep").mkdir(parents=True)
+    (slot / "build/deep/cache.bin").write_bytes(b"expensive cache")
+    (slot / "src/pkg0/mod0.o").write_bytes(b"object file")
+    (slot / "untracked.txt").write_text("gone after release\n")
+    (slot / "newdir/sub").mkdir(parents=True)
+    (slot / "newdir/sub/x.txt").write_text("gone too\n")
+    (slot / "README").write_text("modified\n")
+    git(slot, "checkout", "-q", "-b", "topic")
+    new_tip = commit_file(upstream, "later.txt", "new upstream work\n")
+
+    released = cli("release", "cache-1", "--json")
+    assert released.code == 0, released
+    assert git(slot, "rev-parse", "HEAD") == new_tip
+    assert git(slot, "symbolic-ref", "-q", "HEAD", check=False) == ""
+    assert git(slot, "for-each-ref", "refs/heads") == ""
+    assert git(slot, "status", "--porcelain", "--untracked-files=all") == ""
+    assert (slot / "build/deep/cache.bin").read_bytes() == b"expensive cache"
+    assert (slot / "src/pkg0/mod0.o").read_bytes() == b"object file"
+    assert not (slot / "untracked.txt").exists()
+    assert not (slot / "newdir").exists()
+    assert (slot / "README").read_text() == "upstream\n"
+    ignored = sorted(git(slot, "status", "--porcelain", "--ignored").splitlines())
+    assert ignored == ["!! build/", "!! src/pkg0/mod0.o"]
+
+
+def test_releasing_an_untouched_slot_saves_nothing(cli, pool, root, upstream, tmp_path):
+    slot = allocate_path(cli)
+    released = cli("release", "web-1", "--json")
+    assert released.code == 0, released
+    assert "rescued" not in released.json()
+    assert list((root / "pools/web/rescued").iterdir()) == []
+    assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
+
+
+def test_commits_on_a_detached_head_are_rescued(cli, pool, upstream, tmp_path):
+    slot = allocate_path(cli)
+    first = commit_file(slot, "one.txt", "first\n")
+    second = commit_file(slot, "two.txt", "second\n")
+    released = cli("release", "web-1", "--json")
+    assert released.code == 0, released
+    tip = git(upstream, "rev-parse", "HEAD")
+    assert_fresh_slot(slot, upstream, tip, tmp_path)
+    repo = restore(upstream, released.json()["rescued"], tmp_path / "restored")
+    assert git(repo, "rev-parse", "refs/rescued/HEAD") == second
+    assert git(repo, "rev-parse", "refs/rescued/HEAD^") == first
+    assert show(repo, "refs/rescued/HEAD", "one.txt") == "first"
+
+
+def test_a_stash_does_not_leak_to_the_next_holder_and_is_rescued(cli, pool, upstream,
+                                                                 tmp_path):
+    slot = allocate_path(cli)
+    (slot / "README").write_text("older stashed edit\n")
+    git(slot, "stash", "push", "-q", "-m", "older")
+    (slot / "README").write_text("stashed edit\n")
+    git(slot, "stash", "push", "-q", "-m", "wip")
+    assert git(slot, "status", "--porcelain") == ""
+    released = cli("release", "web-1", "--json")
+    assert released.code == 0, released
+    assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
+    data = released.json()
+    assert "rescued" in data, "the stashed work was dropped without being saved"
+    repo = restore(upstream, data["rescued"], tmp_path / "restored")
+    assert show(repo, "refs/rescued/stash", "README") == "stashed edit"
+    assert show(repo, "refs/rescued/stash-1", "README") == "older stashed edit"
+
+
+def test_a_tracked_directory_replaced_by_a_file_is_restored(cli, pool, upstream, tmp_path):
+    slot = allocate_path(cli)
+    for child in (slot / "src/pkg2").iterdir():
+        child.unlink()
+    (slot / "src/pkg2").rmdir()
+    (slot / "src/pkg2").write_text("a file where a directory was\n")
+    (slot / "README").unlink()
+    (slot / "README").mkdir()
+    (slot / "README/inner.txt").write_text("a directory where a file was\n")
+    released = cli("release", "web-1", "--json")
+    assert released.code == 0, released
+    assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
+
+
+def test_a_holder_changing_the_git_config_is_undone(cli, pool, upstream, tmp_path):
+    slot = allocate_path(cli)
+    git(slot, "config", "remote.origin.url", "/somewhere/else")
+    git(slot, "config", "core.hooksPath", "/tmp/evil-hooks")
+    released = cli("release", "web-1", "--json")
+    assert released.code == 0, released
+    assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
+    assert git(slot, "config", "--get", "core.hooksPath", check=False) == ""
+
+
+@pytest.mark.parametrize("lock_name", ["index.lock", "HEAD.lock", "refs/heads/x.lock"])
+def test_stale_git_locks_alone_do_not_block_release(cli, pool, upstream, tmp_path, lock_name):
+    slot = allocate_path(cli)
+    (slot / "src/pkg0/mod0.py").write_text("dirty\n")
+    lock = slot / ".git" / lock_name
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("")
+    released = cli("release", "web-1", "--json")
+    assert released.code == 0, released
+    assert not lock.exists()
+    assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
+
+
+def test_empty_directories_alone_are_removed(cli, pool, upstream, tmp_path):
+    slot = allocate_path(cli)
+    (slot / "out/empty/nested").mkdir(parents=True)
+    (slot / "src/pkg0/__pycache__").mkdir()
+    released = cli("release", "web-1", "--json")
+    assert released.code == 0, released
+    assert not (slot / "out").exists() and not (slot / "src/pkg0/__pycache__").exists()
+    assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
+
+
+def test_a_slot_that_cannot_be_cleaned_is_isolated_not_handed_out(cli, pool, root):
+    slot = allocate_path(cli)
+    (slot / "README").write_text("the holder's work\n")
+    for entry in (slot / ".git/objects").iterdir():  # the holder wrecked the repository
+        if entry.is_dir():
+            for child in entry.iterdir():
+                child.chmod(0o644)
+                child.unlink() if child.is_file() else None
+    (slot / ".git/HEAD").write_text("garbage\n")
+    released = cli("release", "web-1", "--json")
+    assert released.code == 3, released
+    assert "isolated" in released.stderr
+    status = cli("status", "web-1", "--json").json()
+    assert status["state"] == "error" and status["error"]
+    assert (slot / "README").read_text() == "the holder's work\n", "work destroyed"
+    handed = [cli("allocate", "web").stdout.strip() for _ in range(2)]
+    assert str(slot) not in handed
+    assert cli("allocate", "web").code == 75
+
+
+def test_a_broken_slot_never_makes_git_act_on_a_repository_around_the_root(
+        tmp_path, upstream, monkeypatch):
+    """A root inside a user's own repository (a dotfiles repo in $HOME, say): cleaning a
+    slot whose .git is broken must fail, not reset, clean or write into the outer one."""
+    from conftest import run_cli
+
+    outer = tmp_path / "home"
+    outer.mkdir()
+    git(outer, "init", "-q", "-b", "main")
+    commit_file(outer, ".gitignore", "necropool/\n")
+    commit_file(outer, "dotfile", "precious\n")
+    git(tmp_path, "clone", "-q", "--bare", str(outer), str(tmp_path / "dotfiles.git"))
+    git(outer, "remote", "add", "origin", str(tmp_path / "dotfiles.git"))
+    git(outer, "fetch", "-q", "origin")  # everything pushed: nothing there needs rescuing
+    outer_head = git(outer, "rev-parse", "HEAD")
+    objects_before = git(outer, "count-objects", "-v")
+    monkeypatch.setenv("NECROPOOL_HOME", str(outer / "necropool"))
+    assert run_cli("create", "web", upstream, "--slots", "1").code == 0
+    slot = Path(run_cli("allocate", "web").stdout.strip())
+    (slot / ".git/HEAD").write_text("garbage\n")
+    commit_file(upstream, "later.txt", "upstream moved on\n")
+
+    released = run_cli("release", "web-1")
+    assert released.code == 3, released
+    assert git(outer, "rev-parse", "HEAD") == outer_head
+    assert git(outer, "symbolic-ref", "HEAD") == "refs/heads/main"
+    assert git(outer, "for-each-ref", "--format=%(refname)").splitlines() == [
+        "refs/heads/main", "refs/remotes/origin/main"]
+    assert git(outer, "rev-parse", "refs/remotes/origin/main") == outer_head
+    assert git(outer, "count-objects", "-v") == objects_before
+    assert (outer / "dotfile").read_text() == "precious\n"
+    assert (slot / "README").read_text() == "upstream\n", "the slot's files were cleaned away"
