@@ -296,8 +296,7 @@ def recover(pool: Pool, number: int, force: bool = False) -> dict:
         ok, reason, commit, rescued = _repair(pool, previous, actions)
     except (NecropoolError, OSError) as exc:
         ok, reason, commit = False, str(exc), None
-    _finish(pool, number, ok, reason, commit, rescued)
-    lock.release(unlink=True)
+    _finish(pool, number, ok, reason, commit, rescued, lock)
     pool.event("recover", slot_id=pool.slot_id(number), ok=ok, actions=actions, error=reason,
                rescued=rescued)
     result = RecoveryResult(
@@ -310,8 +309,11 @@ def recover(pool: Pool, number: int, force: bool = False) -> dict:
     return result
 
 
-def _finish(pool, number, ok, reason, commit, rescued) -> None:
+def _finish(pool, number, ok, reason, commit, rescued, lock: FileLock) -> None:
+    """Record the outcome and let go of the slot: the lock first, inside the transaction,
+    so a waiter woken by this write finds the slot free."""
     with pool.transaction() as current:
+        lock.release(unlink=True)
         slot = current.slots.get(number)
         if slot is None:
             return

@@ -130,8 +130,7 @@ def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = No
         while True:
             seen = _state_marker(pool)
             if queue.held or wait <= 0 or not _others_waiting(queue):
-                grant = _try_allocate(pool, owner, holder, ttl, metadata or {}, fetch,
-                                      keep_lock, failed)
+                grant = _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed)
                 if grant is not None:
                     grant.fetch_error = fetch_error
                     return grant
@@ -178,8 +177,8 @@ def _wait_for_change(pool: Pool, seen: tuple | None, deadline: float) -> bool:
     return False
 
 
-def _try_allocate(pool, owner, holder, ttl, metadata, fetch, keep_lock, failed) -> Grant | None:
-    tip = pool.tip() if fetch else None
+def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Grant | None:
+    tip = _known_tip(pool)
     at = now()
     lease = Lease(lease_id=os.urandom(8).hex(), owner=owner or default_owner(),
                   allocated_at=at, expires_at=at + timedelta(seconds=ttl) if ttl else None,
@@ -189,7 +188,7 @@ def _try_allocate(pool, owner, holder, ttl, metadata, fetch, keep_lock, failed) 
         if claimed is None:
             return None  # nothing changed: no write, so waiters are not woken for nothing
         slot, lock = claimed
-        stale = slot.needs_cleanup or (fetch and slot.commit != tip)
+        stale = slot.needs_cleanup or (tip is not None and slot.commit != tip)
         if stale:
             slot.state, slot.worker = CLEANING, Holder.me()
         else:
@@ -216,6 +215,15 @@ def _try_allocate(pool, owner, holder, ttl, metadata, fetch, keep_lock, failed) 
     pool.event("allocate", slot_id=pool.slot_id(slot.number), lease_id=lease.lease_id,
                owner=lease.owner, pid=holder.pid if holder else None)
     return Grant(pool, slot.number, lease, lock if keep_lock else None)
+
+
+def _known_tip(pool: Pool) -> str | None:
+    """The mirror's branch tip (after any fetch): a slot behind it is moved up before it is
+    handed out, with or without --no-fetch. None if the mirror cannot say (left to detect)."""
+    try:
+        return pool.tip()
+    except OperationFailed:
+        return None
 
 
 def _grant(slot: Slot, lease: Lease) -> None:
@@ -347,10 +355,11 @@ class RunResult:
     spawn_error: str | None = None
 
 
-def run(pool: Pool, argv: list[str], **allocate_options) -> RunResult:
+def run(pool: Pool, argv: list[str], stdout=None, **allocate_options) -> RunResult:
     """Allocate, run ``argv`` in the slot holding its lock, release whatever happens.
     The status is the command's (128+N when signal N ended it; 127/126 when it could not
-    be started, as shells report)."""
+    be started, as shells report). SIGINT, SIGTERM and SIGHUP are forwarded to it; one that
+    arrives before it starts means it is not started. ``stdout`` redirects its output."""
     import subprocess
 
     if not argv:
@@ -360,19 +369,32 @@ def run(pool: Pool, argv: list[str], **allocate_options) -> RunResult:
     result = RunResult(code=0, slot_id=pool.slot_id(grant.number))
     env = dict(os.environ, NECROPOOL_SLOT_ID=result.slot_id, NECROPOOL_SLOT_PATH=str(path),
                NECROPOOL_LEASE_ID=grant.lease.lease_id)
-    previous = {}
-    try:
-        try:
-            child = subprocess.Popen(argv, cwd=path, env=env,
-                                     preexec_fn=_set_parent_death_signal)
-        except OSError as exc:
-            result.code = 127 if isinstance(exc, FileNotFoundError) else 126
-            result.spawn_error = f"cannot run {argv[0]!r}: {exc.strerror}"
+    child = None
+    pending: list[int] = []
+
+    def forward(signum, _frame):
+        if child is None:
+            pending.append(signum)
         else:
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                previous[sig] = signal.signal(sig, lambda s, _f: child.send_signal(s))
-            code = child.wait()
-            result.code = 128 - code if code < 0 else code
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        if pending:
+            result.code = 128 + pending[0]
+        else:
+            try:
+                child = subprocess.Popen(argv, cwd=path, env=env, stdout=stdout,
+                                         preexec_fn=_set_parent_death_signal)
+            except OSError as exc:
+                result.code = 127 if isinstance(exc, FileNotFoundError) else 126
+                result.spawn_error = f"cannot run {argv[0]!r}: {exc.strerror}"
+            else:
+                for signum in pending:
+                    child.send_signal(signum)
+                code = child.wait()
+                result.code = 128 - code if code < 0 else code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

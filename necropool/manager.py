@@ -101,8 +101,9 @@ class PoolManager:
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return lifecycle.release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch)
 
-    def run(self, name: str, argv: list[str], **allocate_options) -> lifecycle.RunResult:
-        return lifecycle.run(self.get_pool(name), argv, **allocate_options)
+    def run(self, name: str, argv: list[str], stdout=None,
+            **allocate_options) -> lifecycle.RunResult:
+        return lifecycle.run(self.get_pool(name), argv, stdout=stdout, **allocate_options)
 
     def log(self, name: str, since: datetime | None = None) -> list[dict]:
         return events.read(self.get_pool(name).paths.events, since)

@@ -124,10 +124,13 @@ def test_allocate_hands_out_the_current_upstream_tip(cli, pool, upstream):
     assert data["current_commit"] == new_tip
     assert git(data["path"], "rev-parse", "HEAD") == new_tip
     assert git(data["path"], "status", "--porcelain", "--ignored") == ""
-    # --no-fetch does not talk to the upstream.
+    # --no-fetch does not talk to the upstream, but no slot is handed out behind the
+    # mirror: the slot that was never used is brought up to the tip the mirror knows.
     newest = commit_file(upstream, "later.txt", "newest\n")
     stale = allocate(cli, "--no-fetch")
-    assert stale["current_commit"] != newest
+    assert stale["slot_id"] != data["slot_id"]
+    assert stale["current_commit"] == new_tip != newest
+    assert git(stale["path"], "rev-parse", "HEAD") == new_tip
     assert git(stale["path"], "status", "--porcelain", "--ignored") == ""
 
 

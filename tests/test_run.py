@@ -55,6 +55,14 @@ def test_run_exits_with_the_commands_status_and_releases(cli, pool, status):
     assert all_available(cli)
 
 
+def test_run_json_keeps_stdout_for_the_one_object(cli, pool):
+    result = cli("run", "web", "--json", "--", "sh", "-c", "echo from-the-command; exit 7")
+    assert result.code == 7, result
+    data = json.loads(result.stdout)  # the command's output did not end up in it
+    assert data["exit_code"] == 7 and data["slot_id"].startswith("web-")
+    assert "from-the-command" in result.stderr
+
+
 def test_run_runs_in_the_slot_with_its_lease_in_the_environment(cli, pool, root, tmp_path):
     out = tmp_path / "env.txt"
     seen = tmp_path / "status.json"

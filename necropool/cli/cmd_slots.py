@@ -93,7 +93,11 @@ def run(
     """Run a command in a freshly allocated slot, release it afterwards, exit with its status."""
     out = G.out(json_out)
     options = _allocate_options(owner, ttl, meta, wait, no_fetch)
-    result = G.manager().run(pool, list(command), **options)
+    import sys
+
+    # under --json, stdout carries our one object: the command's output goes to stderr
+    result = G.manager().run(pool, list(command), stdout=sys.stderr if out.json else None,
+                             **options)
     if result.spawn_error:
         out.error("spawn", result.spawn_error, result.code)
     if result.release_error:
