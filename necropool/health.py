@@ -85,10 +85,11 @@ def _holder_dead(slot: Slot) -> str | None:
 
 
 def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool = False,
-           verifier: Verifier | None = None) -> Findings:
-    """Every anomaly of one pool; a healthy pool yields none."""
+           remember: bool = True) -> Findings:
+    """Every anomaly of one pool; a healthy pool yields none. With ``remember``, what the
+    integrity checks proved is kept in ``verified.json`` to spare the next run the work."""
     hours = max_allocation_hours or pool.settings.max_allocation_hours
-    verifier = verifier or Verifier()
+    verifier = Verifier(cache=pool.paths.verified if remember else None)
     found = Findings(pool.name)
     paths = pool.paths
     with pool.locked() as current:
@@ -118,6 +119,7 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
                 found.add("orphaned_locks", slot_id=pool.slot_id(number), number=number,
                           path=str(lock), evidence="git lock file with no git process behind it")
     _find_strays(pool, current, found)
+    verifier.save()
     return found
 
 
@@ -412,7 +414,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     touched; long allocations only with ``force_release_long_allocated``."""
     if not dry_run:
         pool.sweep()
-    found = detect(pool, max_allocation_hours=max_allocation_hours)
+    found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
     current_slots = pool.read_state().slots
     result = {"pool": pool.name, "dry_run": dry_run, "long_allocated_released": 0,
               "abandoned_released": 0, "corrupted_recovered": 0, "corrupted_isolated": 0,

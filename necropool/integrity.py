@@ -6,7 +6,9 @@ objects a checkout depends on, at ~1/100 of its cost. Hard-linked packs are chec
 per inode, and a tree already proven complete over the same packs is not walked again.
 """
 
+import contextlib
 import hashlib
+import json
 import os
 import zlib
 from pathlib import Path
@@ -16,11 +18,36 @@ from necropool.cleanup import index_ok
 
 
 class Verifier:
-    """Verifies repositories, remembering what it has proven across slots of one run."""
+    """Verifies repositories, remembering what it has proven across slots of one run and,
+    with ``cache``, across runs.
 
-    def __init__(self):
+    What is remembered across runs is only completeness: "commit C's whole tree is present
+    in these pack files" (identified by inode, size and mtime). Packs never change in place,
+    so that stays true as long as the same files are there, and their checksums are
+    verified again on every run; so a steady-state ``detect`` walks no tree and does not
+    even import pygit2 (100+ ms).
+    """
+
+    def __init__(self, cache: Path | None = None):
         self._packs: dict[tuple, str | None] = {}
-        self._complete: dict[str, list[frozenset]] = {}  # tree id -> pack sets proven
+        self._complete: dict[str, list[frozenset]] = {}  # commit -> pack sets proven
+        self._cache = cache
+        self._used: dict[str, list[frozenset]] = {}
+        self._loaded: dict[str, list[frozenset]] = {}
+        if cache is not None:
+            self._loaded = _load_cache(cache)
+            self._complete = {k: list(v) for k, v in self._loaded.items()}
+
+    def save(self) -> None:
+        """Keep what this run proved or relied on (nothing else) for the next run."""
+        if self._cache is None or _same(self._used, self._loaded):
+            return
+        from necropool.layout import write_atomic
+
+        data = {commit: [sorted(list(k) for k in packs) for packs in sets]
+                for commit, sets in self._used.items()}
+        with contextlib.suppress(OSError):  # a cache: losing it costs time, not correctness
+            write_atomic(self._cache, json.dumps({"complete": data}).encode())
 
     def _file_checksum(self, path: Path) -> str | None:
         """Problem with a pack or index file's trailing SHA-1, or None; cached per inode."""
@@ -39,7 +66,7 @@ class Verifier:
         keys = set()
         for pack in (objects / "pack").glob("*.pack"):
             st = pack.stat()
-            keys.add((st.st_dev, st.st_ino))
+            keys.add((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
         return frozenset(keys)
 
     def check_objects(self, objects: Path) -> list[str]:
@@ -82,6 +109,12 @@ class Verifier:
         return self._check_tree(gitdir, commit)
 
     def _check_tree(self, gitdir: Path, commit: str) -> list[str]:
+        packs = self.pack_keys(gitdir / "objects")
+        for done in self._complete.get(commit, []):
+            if done <= packs:
+                if done not in self._used.setdefault(commit, []):
+                    self._used[commit].append(done)
+                return []
         import pygit2
 
         try:
@@ -90,9 +123,6 @@ class Verifier:
             tree = obj.peel(pygit2.Tree)
         except (pygit2.GitError, KeyError, ValueError) as exc:
             return [f"HEAD commit {commit[:12]} is unreadable: {exc}"]
-        packs = self.pack_keys(gitdir / "objects")
-        if any(done <= packs for done in self._complete.get(str(tree.id), [])):
-            return []
         try:
             missing = _missing_objects(repo, tree)
         except (pygit2.GitError, KeyError, ValueError) as exc:
@@ -100,8 +130,22 @@ class Verifier:
         if missing:
             return [f"{len(missing)} objects of HEAD are missing, e.g. {missing[0]}"]
         if not _has_loose(gitdir / "objects"):  # then the packs alone hold the whole tree
-            self._complete.setdefault(str(tree.id), []).append(packs)
+            for table in (self._complete, self._used):
+                table.setdefault(commit, []).append(packs)
         return []
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(set(a[k]) == set(b[k]) for k in a)
+
+
+def _load_cache(path: Path) -> dict[str, list[frozenset]]:
+    try:
+        data = json.loads(path.read_bytes())["complete"]
+        return {str(commit): [frozenset(tuple(k) for k in packs) for packs in sets]
+                for commit, sets in data.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def _has_loose(objects: Path) -> bool:

@@ -31,6 +31,7 @@ class PoolPaths:
         self.slots = self.dir / "slots"
         self.events = self.dir / "events.jsonl"
         self.rescued = self.dir / "rescued"
+        self.verified = self.dir / "verified.json"
 
     def slot_id(self, number: int) -> str:
         return f"{self.name}-{number}"
@@ -44,6 +45,7 @@ class PoolPaths:
     KNOWN = frozenset({
         "pool.toml", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock", "wait.lock",
         "mirror.fetched", "locks", "mirror.git", "slots", "events.jsonl", "rescued",
+        "verified.json",
     })
 
 

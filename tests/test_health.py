@@ -661,3 +661,20 @@ def test_slot_directory_without_state_entry_is_adopted(cli, pool, manager, root)
     assert healed.json()["slots_adopted"] == 1
     assert slots_of(manager, pool)["web-3"]["state"] == "available"
     assert cli("detect").code == 0
+
+
+def test_what_detect_remembers_never_hides_damage(cli, pool, root):
+    """The second detect skips the tree walks the first proved (verified.json), yet still
+    checks every pack's checksum and notices packs that changed or went away."""
+    pool_dir = root / "pools" / "web"
+    assert cli("detect").code == 0
+    assert (pool_dir / "verified.json").exists()
+    slot2, slot3 = pool_dir / "slots" / "2", pool_dir / "slots" / "3"
+    corrupt_pack_copy(slot2)
+    for pack in packs(slot3 / ".git" / "objects"):
+        pack.unlink()
+    found = cli("detect", "--json")
+    assert found.code == 1
+    assert ids(found.json()["corrupted_slots"]) == {"web-2", "web-3"}
+    assert cli("auto-recover").code == 0
+    assert cli("detect").code == 0
