@@ -109,10 +109,13 @@ def test_hand_written_parts_agree_with_the_code():
     from necropool import config, errors
     from necropool.layout import PoolPaths
 
+    named = set()
     for path, _ in manpage.FILES:
         if path.startswith("<root>/pools/<pool>/") and path != "<root>/pools/<pool>/":
             first = path.removeprefix("<root>/pools/<pool>/").split("/")[0]
             assert first in PoolPaths.KNOWN, path
+            named.add(first)
+    assert named == PoolPaths.KNOWN, "every file of a pool is documented"
     documented = {k for k, _ in manpage.CONFIG_TOP} | {k for k, _ in manpage.CONFIG_POOL}
     assert documented == (set(config.TOP_KEYS) - {"pools"}) | set(config.POOL_KEYS)
     classes = [c for c in vars(errors).values()
