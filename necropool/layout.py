@@ -83,10 +83,16 @@ def remove_tree(path: Path, root: Path) -> None:
         shutil.rmtree(path)
 
 
+def _host_tag() -> str:
+    """The host name as it appears in temp names: without dots, so that a fully qualified
+    name (``build-7.example.com``) cannot be mistaken for part of the label."""
+    return hostname().replace(".", "_")
+
+
 def temp_name(label: str) -> str:
     """A name for work in progress that says which process owns it."""
     me = Holder.me()
-    return f"{TEMP_PREFIX}{label}.{hostname()}.{me.pid}.{me.start}"
+    return f"{TEMP_PREFIX}{label}.{_host_tag()}.{me.pid}.{me.start}"
 
 
 def trash_name(label: str) -> str:
@@ -101,7 +107,9 @@ def temp_owner_dead(name: str) -> bool:
     # it: finishing its rmtree concurrently would make the owner's own rmtree fail.
     try:
         _, host, pid, start = name.rsplit(".", 3)
-        return Holder(pid=int(pid), host=host, start=int(start)).is_dead()
+        if host != _host_tag():
+            return False  # another host's: only it can tell
+        return Holder(pid=int(pid), host=hostname(), start=int(start)).is_dead()
     except ValueError:
         return True
 

@@ -104,8 +104,9 @@ class Pool:
         state.save(self.paths, current)
 
     def sweep(self) -> None:
-        """Finish deleting what dead processes left half-done (temp clones, trash, temp files)."""
-        for directory in (self.paths.dir, self.paths.slots):
+        """Finish deleting what dead processes left half-done (temp clones, trash, temp files;
+        also a killed ``create``'s or ``delete``'s, next to the pools)."""
+        for directory in (self.paths.dir, self.paths.slots, pools_dir(self.settings.root)):
             sweep_temp(directory, self.settings.root)
 
     def slot_id(self, number: int) -> str:
@@ -300,6 +301,7 @@ def remove_slot(pool: Pool, number: int, force: bool = False) -> dict:
         if slot.state in (ALLOCATED, CLEANING) and not force:
             raise Conflict(f"slot {pool.slot_id(number)} is {slot.state}: "
                            "release it or pass --force")
+        slot_dir = pool.checked_slot_dir(number)  # never rename through a symlinked slots/
         lock = pool.slot_lock(number)
         if not lock.try_acquire():
             raise Conflict(f"slot {pool.slot_id(number)} is held by a live process")
@@ -309,8 +311,8 @@ def remove_slot(pool: Pool, number: int, force: bool = False) -> dict:
             del current.slots[number]
             pool.save(current)
             trash = pool.paths.slots / trash_name(str(number))
-            if os.path.lexists(pool.slot_dir(number)):
-                os.rename(pool.slot_dir(number), trash)
+            if os.path.lexists(slot_dir):
+                os.rename(slot_dir, trash)
         finally:
             lock.release(unlink=True)
     remove_tree(trash, pool.settings.root)

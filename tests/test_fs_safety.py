@@ -1,0 +1,474 @@
+"""Filesystem safety: symlinks planted in the root never lead necropool outside it, a full
+disk never costs the previous state, and necropool's own git calls never run code a slot's
+repository configures (hooks, fsmonitor, sshCommand, filters, ...).
+
+Every check runs the real CLI as a process against real repositories.
+"""
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import commit_file, git
+
+from necropool.config import PoolSpec, load_settings
+from necropool.manager import PoolManager
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def digest(top: Path) -> dict[str, tuple]:
+    """Every entry under ``top`` (symlinks not followed): type, mode, content."""
+    out: dict[str, tuple] = {}
+    st = top.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        return {".": ("file", stat.S_IMODE(st.st_mode),
+                      hashlib.sha256(top.read_bytes()).hexdigest())}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            rel = str(path.relative_to(top))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode),
+                            hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+def diff(before: dict, after: dict) -> list[str]:
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def run(*args, env: dict | None = None, preexec_fn=None, timeout: float = 120):
+    full = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "necropool", *map(str, args)], env=full,
+                          text=True, capture_output=True, stdin=subprocess.DEVNULL,
+                          timeout=timeout, preexec_fn=preexec_fn)
+
+
+def no_traceback(proc) -> None:
+    report = f"exit {proc.returncode}: stdout={proc.stdout[-600:]!r} stderr={proc.stderr!r}"
+    assert proc.returncode != 70, f"internal error: {report}"
+    assert "Traceback" not in proc.stderr + proc.stdout, report
+    assert len(proc.stderr.strip().splitlines()) <= 3, report
+
+
+def dirty(slot: Path) -> None:
+    """What a holder leaves: an edit, an untracked file, ignored output, a local commit."""
+    with open(slot / "README", "a") as fh:
+        fh.write("holder edit\n")
+    (slot / "notes.txt").write_text("untracked work\n")
+    (slot / "build").mkdir(exist_ok=True)
+    (slot / "build" / "out.o").write_bytes(b"\x7fELF")
+
+
+# --- the template pool ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A pool ``web`` of 3 slots, ``web-1`` allocated (to no live process) and dirtied."""
+    base = tmp_path_factory.mktemp("fs-safety-template")
+    upstream = base / "upstream"
+    upstream.mkdir()
+    git(upstream, "init", "-q", "-b", "main")
+    (upstream / "README").write_text("upstream\n")
+    (upstream / ".gitignore").write_text("build/\n")
+    git(upstream, "add", ".")
+    git(upstream, "commit", "-q", "-m", "initial")
+    root = base / "root"
+    manager = PoolManager(load_settings(root=str(root)))
+    manager.create_pool(PoolSpec(name="web", url=str(upstream), num_slots=3))
+    lease = manager.allocate_slot("web", owner="tester", fetch=False)
+    (base / "lease").write_text(lease["lease_id"])
+    dirty(Path(lease["path"]))
+    return base
+
+
+@pytest.fixture
+def env(template, tmp_path, monkeypatch):
+    """A private copy of the template root (the upstream is shared, read-only)."""
+    root = tmp_path / "root"
+    shutil.copytree(template / "root", root, symlinks=True)
+    upstream = tmp_path / "upstream"
+    shutil.copytree(template / "upstream", upstream, symlinks=True)
+    pool = root / "pools" / "web"
+    for path in [pool / "pool.toml", pool / "mirror.git" / "config",
+                 *pool.glob("slots/*/.git/config")]:
+        path.write_text(path.read_text().replace(str(template / "upstream"), str(upstream)))
+    monkeypatch.setenv("NECROPOOL_HOME", str(root))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.delenv("NECROPOOL_CONFIG", raising=False)
+    return {"root": root, "pool": root / "pools" / "web", "upstream": upstream,
+            "tmp": tmp_path, "lease": (template / "lease").read_text()}
+
+
+# --- symlinks out of the root -----------------------------------------------------------------
+
+
+def _outside_working_copy(e) -> Path:
+    """A real git working copy outside the root, dirty, with files named like ours: cleaning
+    it, resetting it or unlinking its locks would destroy them."""
+    target = e["tmp"] / "outside"
+    git(e["tmp"], "clone", "-q", str(e["upstream"]), str(target))
+    (target / "canary.txt").write_text("must survive\n")
+    (target / "build").mkdir()
+    (target / "build" / "canary.o").write_text("ignored but precious\n")
+    with open(target / "README", "a") as fh:
+        fh.write("uncommitted precious edit\n")
+    (target / ".git" / "index.lock").write_text("")  # looks like a stale git lock
+    return target
+
+
+def link_slot(e) -> tuple[Path, Path]:
+    target = _outside_working_copy(e)
+    link = e["pool"] / "slots" / "1"
+    shutil.rmtree(link)
+    link.symlink_to(target)
+    return link, target
+
+
+def link_locks(e) -> tuple[Path, Path]:
+    target = e["tmp"] / "outside"
+    target.mkdir()
+    for name in ("web-1.lock", "web-2.lock", "web-9.lock", "other.lock", "canary.txt"):
+        (target / name).write_text("precious\n")
+    link = e["pool"] / "locks"
+    shutil.rmtree(link)
+    link.symlink_to(target)
+    return link, target
+
+
+def link_mirror(e) -> tuple[Path, Path]:
+    target = e["tmp"] / "outside" / "mirror.git"
+    target.parent.mkdir()
+    shutil.copytree(e["pool"] / "mirror.git", target)
+    (target.parent / "canary.txt").write_text("precious\n")
+    link = e["pool"] / "mirror.git"
+    shutil.rmtree(link)
+    link.symlink_to(target)
+    commit_file(e["upstream"], "new.txt", "upstream moved on\n")  # a fetch would write
+    return link, target.parent
+
+
+def link_state(e) -> tuple[Path, Path]:
+    target = e["tmp"] / "outside"
+    target.mkdir()
+    shutil.copyfile(e["pool"] / "state.toml", target / "state.toml")
+    (target / "canary.txt").write_text("precious\n")
+    link = e["pool"] / "state.toml"
+    link.unlink()
+    link.symlink_to(target / "state.toml")
+    return link, target
+
+
+def link_rescued(e) -> tuple[Path, Path]:
+    target = e["tmp"] / "outside"
+    target.mkdir()
+    (target / "canary.txt").write_text("precious\n")
+    link = e["pool"] / "rescued"
+    shutil.rmtree(link)
+    link.symlink_to(target)
+    return link, target
+
+
+def link_slots_dir(e) -> tuple[Path, Path]:
+    """The whole ``slots/`` directory replaced by a link to a directory of working copies."""
+    target = e["tmp"] / "outside"
+    target.mkdir()
+    for n in ("1", "2", "3", "7"):
+        git(e["tmp"], "clone", "-q", str(e["upstream"]), str(target / n))
+        (target / n / "canary.txt").write_text("must survive\n")
+    link = e["pool"] / "slots"
+    shutil.rmtree(link)
+    link.symlink_to(target)
+    return link, target
+
+
+LINKS = {"slot": link_slot, "locks": link_locks, "mirror": link_mirror, "state": link_state,
+         "rescued": link_rescued, "slots": link_slots_dir}
+COMMANDS = {
+    "release": ["release", "web-1"],
+    "allocate": ["allocate", "web"],
+    "recover-held": ["recover", "web-1", "--force"],
+    "recover": ["recover", "web-2"],
+    "remove": ["remove", "web-1", "--force"],
+    "delete": ["delete", "web", "--force"],
+    "auto-recover": ["auto-recover"],
+    "auto-recover-force": ["auto-recover", "--force-release-long-allocated",
+                           "--max-allocation-hours", "0.0001"],
+    "detect": ["detect", "--deep"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("kind", sorted(LINKS))
+def test_symlink_out_of_the_root_is_never_followed(env, kind, command):
+    link, outside = LINKS[kind](env)
+    before = digest(outside)
+    proc = run(*COMMANDS[command])
+    no_traceback(proc)
+    changed = diff(before, digest(outside))
+    assert changed == [], (f"`necropool {' '.join(COMMANDS[command])}` changed {changed} "
+                           f"outside the root through {link}: {proc.stderr}")
+
+
+@pytest.mark.parametrize("kind", sorted(LINKS))
+def test_detect_reports_the_symlink(env, kind):
+    link, outside = LINKS[kind](env)
+    before = digest(outside)
+    proc = run("detect", "--json")
+    no_traceback(proc)
+    assert proc.returncode == 1, proc
+    found = json.loads(proc.stdout)
+    named = [a for items in found.values() if isinstance(items, list) for a in items
+             if a.get("path") == str(link)]
+    assert named, f"{link} is not reported: {json.dumps(found, indent=1)}"
+    assert any("symlink" in a["evidence"] for a in named), named
+    assert diff(before, digest(outside)) == []
+
+
+@pytest.mark.parametrize("kind", sorted(LINKS))
+def test_auto_recover_removes_the_link_and_heals(env, kind):
+    """The link itself goes (its target untouched); a second pass leaves a healthy pool."""
+    link, outside = LINKS[kind](env)
+    before = digest(outside)
+    for _ in range(2):
+        no_traceback(run("auto-recover"))
+    assert not link.is_symlink()
+    assert diff(before, digest(outside)) == []
+    # web-1's allocation (no holder process named) is left to its holder by auto-recover;
+    # the operator takes it back explicitly
+    recover = run("recover", "web-1", "--force")
+    assert recover.returncode == 0, recover
+    detect = run("detect")
+    assert detect.returncode == 0, detect
+    assert diff(before, digest(outside)) == []
+
+
+# --- a full disk --------------------------------------------------------------------------------
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("args", [["allocate", "web", "--no-fetch"], ["isolate", "web-2"],
+                                  ["release", "web-1", "--no-fetch"], ["remove", "web-3"],
+                                  ["add", "web"]], ids=lambda a: a[0])
+def test_a_state_write_that_runs_out_of_space_keeps_the_previous_state(env, args):
+    state = {name: (env["pool"] / name).read_bytes() for name in ("state.toml",
+                                                                  "state.toml.bak")}
+    assert len(state["state.toml"]) > 256
+    before = digest(env["root"])
+    proc = run(*args, preexec_fn=_limit_file_size(256))
+    no_traceback(proc)
+    assert proc.returncode == 3, proc
+    assert "too large" in proc.stderr.lower() or "no space" in proc.stderr.lower(), proc
+    for name, data in state.items():
+        assert (env["pool"] / name).read_bytes() == data, f"{name} changed"
+    leftovers = [n for n in os.listdir(env["pool"]) if n.startswith(".tmp-")]
+    assert leftovers == []
+    changed = [p for p in diff(before, digest(env["root"]))
+               if not p.startswith("pools/web/slots/")]  # git may refresh a slot's index
+    assert changed == [], changed
+    # and the pool still works once there is space again
+    assert run("status", "web").returncode == 0
+    detect = run("detect", "web", "--json")
+    assert detect.returncode in (0, 1), detect
+    assert not json.loads(detect.stdout)["corrupted_slots"], detect.stdout
+
+
+# --- git hygiene ------------------------------------------------------------------------------
+
+HOOKS = ("post-checkout", "pre-commit", "post-commit", "reference-transaction",
+         "post-index-change", "pre-auto-gc", "post-rewrite", "pre-push", "post-merge",
+         "fsmonitor-watchman", "push-to-checkout", "pre-receive", "update", "post-update")
+
+
+@pytest.fixture
+def evil(tmp_path) -> tuple[Path, Path]:
+    """A script that records every time anything runs it."""
+    marker = tmp_path / "evil-ran"
+    script = tmp_path / "evil.sh"
+    script.write_text(f'#!/bin/sh\necho "$0 $*" >> {marker}\ncat >/dev/null 2>&1 &\nexit 0\n')
+    script.chmod(0o755)
+    return script, marker
+
+
+def plant_hooks(gitdir: Path, script: Path) -> None:
+    hooks = gitdir / "hooks"
+    hooks.mkdir(parents=True, exist_ok=True)
+    for name in HOOKS:
+        shutil.copyfile(script, hooks / name)
+        (hooks / name).chmod(0o755)
+
+
+def plant_config(slot: Path, script: Path) -> str:
+    """A .git/config that would run ``script`` from any of a dozen places, plus attributes
+    that route every file through its filter. Returns the text planted."""
+    extra = slot.parent / f"include-{slot.name}.config"
+    extra.write_text(f"[core]\n\tfsmonitor = {script}\n\tsshCommand = {script}\n")
+    text = (f"[core]\n\trepositoryformatversion = 0\n\tbare = false\n"
+            f"\tfsmonitor = {script}\n\tsshCommand = {script}\n\thooksPath = {slot}/.git/hooks\n"
+            f"\tpager = {script}\n\teditor = {script}\n\taskPass = {script}\n"
+            f"\tgitProxy = {script}\n"
+            f"[include]\n\tpath = {extra}\n"
+            f'[filter "evil"]\n\tclean = {script}\n\tsmudge = {script}\n'
+            f"\trequired = false\n"
+            f'[diff "evil"]\n\ttextconv = {script}\n\tcommand = {script}\n'
+            f"[gc]\n\tauto = 1\n\tautoPackLimit = 1\n"
+            f"[uploadpack]\n\tpackObjectsHook = {script}\n"
+            f"[credential]\n\thelper = !{script}\n"
+            f'[remote "origin"]\n\turl = ext::{script}\n\tuploadpack = {script}\n'
+            f"\tfetch = +refs/heads/*:refs/remotes/origin/*\n"
+            f"[alias]\n\tstatus = !{script}\n\tclean = !{script}\n")
+    (slot / ".git" / "config").write_text(text)
+    (slot / ".gitattributes").write_text("* filter=evil diff=evil\n")
+    (slot / ".git" / "info").mkdir(exist_ok=True)
+    (slot / ".git" / "info" / "attributes").write_text("* filter=evil diff=evil\n")
+    return text
+
+
+@pytest.fixture
+def hooked_home(tmp_path, evil) -> dict:
+    """A HOME whose git template puts hooks into every repository git creates, as an
+    upstream's conventions or a developer's setup would."""
+    script, _ = evil
+    home = tmp_path / "home"
+    template = home / "git-template"
+    plant_hooks(template, script)
+    (home / ".gitconfig").write_text(f"[init]\n\ttemplateDir = {template}\n")
+    return {"HOME": str(home)}
+
+
+NO_HOOKS = ("-c", "core.hooksPath=/dev/null")  # the test's own git calls run no hooks
+
+
+def quiet_commit(repo: Path, name: str, content: str) -> None:
+    (repo / name).write_text(content)
+    git(repo, *NO_HOOKS, "add", name)
+    git(repo, *NO_HOOKS, "commit", "-q", "-m", f"change {name}")
+
+
+def canonical_config(root: Path, number: int) -> str:
+    return (root / "pools" / "web" / "slots" / str(number) / ".git" / "config").read_text()
+
+
+def test_hooks_never_run_during_create_cleanup_or_recover(root, upstream, evil, hooked_home):
+    script, marker = evil
+    plant_hooks(upstream / ".git", script)
+    assert run("create", "web", upstream, "--slots", "3", env=hooked_home).returncode == 0
+    pool = root / "pools" / "web"
+    plant_hooks(pool / "mirror.git", script)
+    for n in (1, 2, 3):
+        plant_hooks(pool / "slots" / str(n) / ".git", script)
+    quiet_commit(upstream, "later.txt", "upstream moves\n")
+
+    path = Path(run("allocate", "web", env=hooked_home).stdout.strip())
+    dirty(path)
+    git(path, *NO_HOOKS, "checkout", "-q", "-b", "feature")
+    quiet_commit(path, "feature.txt", "unpushed work\n")
+    dirty(path)
+    assert run("release", path, env=hooked_home).returncode == 0
+    assert run("recover", "web-2", env=hooked_home).returncode == 0
+    assert run("add", "web", env=hooked_home).returncode == 0
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        held = json.loads(run("allocate", "web", "--pid", holder.pid, "--json",
+                              env=hooked_home).stdout)
+        dirty(Path(held["path"]))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run("auto-recover", env=hooked_home).returncode == 0
+    assert run("detect", "--deep", env=hooked_home).returncode == 0
+    assert not marker.exists(), f"a hook ran: {marker.read_text()}"
+
+
+@pytest.mark.parametrize("how", ["release", "recover", "auto-recover", "allocate-stale",
+                                 "detect"])
+def test_slot_git_config_never_runs_code_and_is_restored(root, pool, evil, how):
+    script, marker = evil
+    canonical = canonical_config(root, 2)
+    holder = None
+    if how == "release":
+        slot = Path(run("allocate", "web").stdout.strip())
+        args = ["release", slot]
+    elif how == "recover":
+        slot = root / "pools" / "web" / "slots" / "2"
+        args = ["recover", "web-2"]
+    elif how == "auto-recover":
+        holder = subprocess.Popen(["sleep", "60"])
+        slot = Path(json.loads(run("allocate", "web", "--pid", holder.pid, "--json")
+                               .stdout)["path"])
+        args = ["auto-recover"]
+    elif how == "allocate-stale":
+        # the other slots are busy, so the next allocate must clean this one first
+        slot = Path(run("allocate", "web").stdout.strip())
+        for _ in range(2):
+            assert run("allocate", "web").returncode == 0
+        assert run("release", slot, "--no-cleanup").returncode == 0
+        args = ["allocate", "web"]
+    else:
+        slot = root / "pools" / "web" / "slots" / "2"
+        args = ["detect", "--deep"]
+    dirty(slot)
+    planted = plant_config(slot, script)
+    plant_hooks(slot / ".git", script)
+    if holder:
+        holder.kill()
+        holder.wait()
+    proc = run(*args)
+    no_traceback(proc)
+    assert not marker.exists(), f"`necropool {' '.join(map(str, args))}` ran repository " \
+                                f"code: {marker.read_text()}"
+    config = (slot / ".git" / "config").read_text()
+    if how == "detect":
+        assert config == planted  # detect only looks
+    else:
+        assert proc.returncode == 0, proc
+        assert config == canonical, "cleanup did not restore the slot's config"
+        assert git(slot, "status", "--porcelain", "--ignored") == ""
+
+
+def test_a_config_symlink_in_a_slot_is_replaced_not_written_through(root, pool, tmp_path):
+    """A holder that turns .git/config into a symlink to a file of theirs gets the link
+    replaced by cleanup; the file it pointed at is never written."""
+    victim = tmp_path / "victim.config"
+    victim.write_text("[user]\n\tname = precious\n")
+    before = victim.read_bytes()
+    slot = Path(run("allocate", "web").stdout.strip())
+    (slot / ".git" / "config").unlink()
+    (slot / ".git" / "config").symlink_to(victim)
+    proc = run("release", slot)
+    no_traceback(proc)
+    assert victim.read_bytes() == before
+    assert not (slot / ".git" / "config").is_symlink()
+
+
+def test_a_rescue_index_symlink_is_not_written_through(root, pool, tmp_path):
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"precious")
+    slot = Path(run("allocate", "web").stdout.strip())
+    dirty(slot)
+    (slot / ".git" / "necropool-rescue.index").symlink_to(victim)
+    proc = run("release", slot)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc
+    assert victim.read_bytes() == b"precious"
