@@ -9,14 +9,22 @@ from necropool.clock import now, rfc3339
 
 
 def append(path: Path, event: str, **fields) -> None:
-    """Append one event (a single O_APPEND write, so concurrent writers never interleave)."""
+    """Append one event (a single O_APPEND write, so concurrent writers never interleave).
+    Best effort: the state is the record of truth, and an operation that already happened
+    must not be reported as failed because its history line could not be written (a full
+    disk, or a symlink planted in place of the log, which detect reports)."""
     record = {"time": rfc3339(now()), "event": event}
     record.update({k: v for k, v in fields.items() if v is not None})
     line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+    except OSError:
+        return
     try:
         os.write(fd, line)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

@@ -16,12 +16,13 @@ from necropool.clock import now, rfc3339
 from necropool.errors import Conflict, NecropoolError, OperationFailed
 from necropool.integrity import Verifier
 from necropool.layout import (
-    TEMP_PREFIX,
-    TRASH_PREFIX,
     PoolPaths,
     ensure_inside,
+    is_temp,
     remove_tree,
     temp_name,
+    trash_name,
+    write_atomic,
 )
 from necropool.locks import FileLock
 from necropool.pool import Pool, get_slot, resolve_slot
@@ -171,7 +172,7 @@ def _check_lock_files(pool: Pool, current: PoolState, found: Findings) -> None:
     ids = {pool.slot_id(n): n for n in current.slots}
     for name in names:
         path = pool.paths.locks / name
-        if name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
+        if is_temp(name):
             continue
         if not name.endswith(".lock") or path.is_symlink() or not path.is_file():
             found.add("stray_paths", path=str(path), evidence="not a lock file")
@@ -213,7 +214,7 @@ def _find_strays(pool: Pool, current: PoolState, found: Findings) -> None:
     paths = pool.paths
     for name in sorted(os.listdir(paths.dir)):
         path = paths.dir / name
-        if name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
+        if is_temp(name):
             continue
         if name not in PoolPaths.KNOWN:
             found.add("stray_paths", path=str(path), evidence="not part of the pool layout")
@@ -230,7 +231,7 @@ def _find_strays(pool: Pool, current: PoolState, found: Findings) -> None:
         return
     for name in entries:
         path = paths.slots / name
-        if name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
+        if is_temp(name):
             continue
         if path.is_symlink():
             found.add("stray_paths", path=str(path),
@@ -252,11 +253,11 @@ def rebuild_mirror(pool: Pool) -> None:
                              backend=pool.definition.fetch_backend)
             if Verifier().verify(tmp, bare=True, branch=pool.definition.branch):
                 raise OperationFailed("the rebuilt mirror does not verify either")
-            old = pool.paths.dir / temp_name("old-mirror").replace(TEMP_PREFIX, TRASH_PREFIX)
+            old = pool.paths.dir / trash_name("old-mirror")
             if os.path.lexists(pool.paths.mirror):
                 os.rename(pool.paths.mirror, old)
             os.rename(tmp, pool.paths.mirror)
-            pool.paths.mirror_stamp.write_text(f"{time.time()}\n")
+            write_atomic(pool.paths.mirror_stamp, f"{time.time()}\n".encode())
         finally:
             remove_tree(tmp, settings.root)
         remove_tree(old, settings.root)
@@ -275,6 +276,11 @@ def _claim(pool: Pool, number: int, force: bool) -> tuple[Slot, FileLock]:
         lock = pool.slot_lock(number)
         if not lock.try_acquire():
             raise Conflict(f"slot {pool.slot_id(number)} is held by a live process")
+        running = cleanup.git_processes_in(pool.slot_dir(number))
+        if running:  # a killed holder's git child can outlive it: let it finish first
+            lock.release(unlink=True)
+            raise Conflict(f"slot {pool.slot_id(number)}: git processes still running in it "
+                           f"(pid {', '.join(map(str, running))}); try again when they end")
         previous = Slot(**vars(slot))
         slot.state, slot.worker, slot.lease = CLEANING, Holder.me(), None
     return previous, lock

@@ -99,19 +99,30 @@ def trash_name(label: str) -> str:
     return temp_name(label).replace(TEMP_PREFIX, TRASH_PREFIX, 1)
 
 
-def temp_owner_dead(name: str) -> bool:
-    """True when a temp or trash entry's owning process is provably gone."""
+def _temp_owner(name: str) -> tuple[str, int, int] | None:
+    """(host tag, pid, start) of a name ``temp_name``/``trash_name`` made, else None."""
     if not name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
-        return False
-    # Trash is already unlinked from the pool's state, but a live owner is still deleting
-    # it: finishing its rmtree concurrently would make the owner's own rmtree fail.
+        return None
     try:
         _, host, pid, start = name.rsplit(".", 3)
-        if host != _host_tag():
-            return False  # another host's: only it can tell
-        return Holder(pid=int(pid), host=hostname(), start=int(start)).is_dead()
+        return host, int(pid), int(start)
     except ValueError:
-        return True
+        return None
+
+
+def is_temp(name: str) -> bool:
+    """A leftover of necropool's own work in progress (not a user's file named .tmp-x)."""
+    return _temp_owner(name) is not None
+
+
+def temp_owner_dead(name: str) -> bool:
+    """True when a temp or trash entry's owning process is provably gone.
+    Trash is already unlinked from the pool's state, but a live owner is still deleting it:
+    finishing its rmtree concurrently would make the owner's own rmtree fail."""
+    owner = _temp_owner(name)
+    if owner is None or owner[0] != _host_tag():
+        return False  # not ours, or another host's: only it can tell
+    return Holder(pid=owner[1], host=hostname(), start=owner[2]).is_dead()
 
 
 def sweep_temp(directory: Path, root: Path) -> list[str]:

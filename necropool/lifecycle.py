@@ -14,7 +14,7 @@ from datetime import timedelta
 from necropool import git
 from necropool.clock import MAX_DURATION, now
 from necropool.errors import Conflict, OperationFailed, TryAgain, UsageError
-from necropool.layout import ensure_inside
+from necropool.layout import ensure_inside, write_atomic
 from necropool.locks import FileLock
 from necropool.pool import Pool, get_slot
 from necropool.proc import Holder
@@ -57,7 +57,7 @@ def update_mirror(pool: Pool) -> str | None:
         except OperationFailed as exc:
             pool.event("fetch_failed", error=exc.message)
             return exc.message
-        pool.paths.mirror_stamp.write_text(f"{started}\n")
+        write_atomic(pool.paths.mirror_stamp, f"{started}\n".encode())
         return None
     finally:
         lock.release()
@@ -115,6 +115,9 @@ def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = No
              fetch: bool | None = None, keep_lock: bool = False) -> Grant:
     """Hand out a free slot under a new lease (policy: ``ALLOCATION_POLICY``)."""
     metadata = check_metadata(metadata or {})
+    if owner is not None and (not owner.strip() or len(owner) > 256
+                              or any(ord(c) < 32 or ord(c) == 127 for c in owner)):
+        raise UsageError(f"invalid owner {owner[:40]!r}: 1-256 printable characters")
     for what, seconds in (("ttl", ttl), ("wait", wait)):
         if seconds is not None and not 0 <= seconds <= MAX_DURATION:
             raise UsageError(f"invalid {what} {seconds!r}: use 0 to {MAX_DURATION:g} seconds")

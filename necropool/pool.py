@@ -206,7 +206,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
             directory.mkdir()
         git.clone_mirror(spec.url, paths.mirror, timeout=settings.git_timeout,
                          backend=spec.fetch_backend)
-        paths.mirror_stamp.write_text(f"{now().timestamp()}\n")
+        write_atomic(paths.mirror_stamp, f"{now().timestamp()}\n".encode())
         branch = spec.branch or git.mirror_branch(paths.mirror)
         git.mirror_tip(paths.mirror, branch)
         definition = PoolDef(name=spec.name, url=spec.url, branch=branch,

@@ -299,6 +299,9 @@ CASES = [
     Case("pid-missing", ["allocate", "web", "--pid", "999999999"], 2, ("no process",)),
     Case("pid-negative", ["allocate", "web", "--pid", "-1"], 2, ("no process",)),
     # metadata
+    Case("owner-newline", ["allocate", "web", "--owner", "ci\nforged line"], 2,
+         ("invalid owner",)),
+    Case("owner-too-long", ["allocate", "web", "--owner", "o" * 300], 2, ("invalid owner",)),
     Case("meta-no-equals", ["allocate", "web", "--meta", "novalue"], 2, ("key=value",)),
     Case("meta-empty-key", ["allocate", "web", "--meta", "=value"], 2, ("key=value",)),
     Case("meta-100k", ["allocate", "web", "--meta", "k=" + "x" * 100_000], 2, ("too long",)),

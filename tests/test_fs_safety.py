@@ -197,8 +197,19 @@ def link_slots_dir(e) -> tuple[Path, Path]:
     return link, target
 
 
+def link_events(e) -> tuple[Path, Path]:
+    """The history replaced by a link: appending through it would grow a file outside."""
+    target = e["tmp"] / "outside"
+    target.mkdir()
+    (target / "events.jsonl").write_text("precious\n")
+    link = e["pool"] / "events.jsonl"
+    link.unlink(missing_ok=True)
+    link.symlink_to(target / "events.jsonl")
+    return link, target
+
+
 LINKS = {"slot": link_slot, "locks": link_locks, "mirror": link_mirror, "state": link_state,
-         "rescued": link_rescued, "slots": link_slots_dir}
+         "rescued": link_rescued, "slots": link_slots_dir, "events": link_events}
 COMMANDS = {
     "release": ["release", "web-1"],
     "allocate": ["allocate", "web"],
@@ -472,3 +483,18 @@ def test_a_rescue_index_symlink_is_not_written_through(root, pool, tmp_path):
     no_traceback(proc)
     assert proc.returncode == 0, proc
     assert victim.read_bytes() == b"precious"
+
+
+def test_a_users_file_that_looks_like_a_temp_name_is_never_swept(env):
+    """Only names necropool made (label, host, pid, start time) are swept; a user's
+    ``.tmp-notes`` is reported as a stray and moved aside by auto-recover, never deleted."""
+    notes = env["pool"] / "slots" / ".tmp-notes"
+    notes.write_text("mine\n")
+    for args in (["allocate", "web", "--no-fetch"], ["add", "web"], ["detect"]):
+        no_traceback(run(*args))
+        assert notes.read_text() == "mine\n"
+    found = json.loads(run("detect", "--json").stdout)
+    assert str(notes) in {a["path"] for a in found["stray_paths"]}
+    no_traceback(run("auto-recover"))
+    moved = list((env["pool"] / "rescued").glob("stray-slots-.tmp-notes-*"))
+    assert [m.read_text() for m in moved] == ["mine\n"]
