@@ -25,7 +25,9 @@ NECROPOOL = [PYTHON, "-m", "necropool"]
 
 
 def timed(argv, cwd=None, env=None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one process."""
+    """Wall seconds and peak RSS (KiB) of one process (dirty pages flushed first, so
+    neither side pays for the other's writes)."""
+    os.sync()
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -158,6 +160,7 @@ class Bench:
             ours.append(self.np("create", f"c{n}", self.small, "--slots", 5,
                                 "--no-fetch-on-allocate", timed_run=True)[0])
             base = self.work / f"floor{n}"
+            os.sync()
             start = time.perf_counter()
             run(["git", "clone", "-q", "--mirror", str(self.small), str(base / "m.git")])
             for i in range(5):

@@ -31,6 +31,7 @@ class Grant:
     pool: Pool
     number: int
     lease: Lease
+    slot: Slot  # as recorded when granted
     lock: FileLock | None = None
     fetch_error: str | None = None
 
@@ -210,14 +211,14 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
             failed.add(slot.number)
             return None
         with pool.transaction() as current:
-            slot_now = get_slot(current, pool, slot.number)
-            slot_now.commit, slot_now.needs_cleanup = slot.commit, False
-            _grant(slot_now, lease)
+            commit, slot = slot.commit, get_slot(current, pool, slot.number)
+            slot.commit, slot.needs_cleanup = commit, False
+            _grant(slot, lease)
     if not keep_lock:
         lock.release(unlink=True)
     pool.event("allocate", slot_id=pool.slot_id(slot.number), lease_id=lease.lease_id,
                owner=lease.owner, pid=holder.pid if holder else None)
-    return Grant(pool, slot.number, lease, lock if keep_lock else None)
+    return Grant(pool, slot.number, lease, slot, lock if keep_lock else None)
 
 
 def _known_tip(pool: Pool) -> str | None:

@@ -90,8 +90,7 @@ class PoolManager:
         pool = self.get_pool(name)
         grant = lifecycle.allocate(pool, owner=owner, holder=holder, ttl=ttl,
                                    metadata=metadata, wait=wait, fetch=fetch)
-        current = pool.read_state()
-        data = pools.describe_slot(pool, pools.get_slot(current, pool, grant.number))
+        data = pools.describe_slot(pool, grant.slot)
         if grant.fetch_error:
             data["fetch_error"] = grant.fetch_error
         return data

@@ -9,6 +9,21 @@ def _json_requested(args: list[str]) -> bool:
     return "--json" in head
 
 
+def _watch_interrupts() -> list[int]:
+    """Note SIGINTs that reach necropool itself (``run`` forwards its command's instead)."""
+    import signal
+
+    seen: list[int] = []
+
+    def on_interrupt(signum, _frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_interrupt)
+    return seen
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure becomes a one-line message and a documented exit code."""
     args = sys.argv[1:] if argv is None else argv
@@ -20,11 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     from necropool.errors import NecropoolError
 
     out = Output(_json_requested(args))
+    interrupted = _watch_interrupts()
     try:
         from necropool.cli.app import build
 
         code = build(args)(args=args, prog_name="necropool", standalone_mode=False)
         code = code if isinstance(code, int) else 0
+        if code == 130 and interrupted:  # Typer turns Ctrl-C into a silent exit 130
+            out.error("interrupted", "interrupted", 130)
     except NecropoolError as exc:
         out.error(exc.code, exc.message, exc.exit_code)
         code = exc.exit_code

@@ -4,6 +4,8 @@ from typing import Annotated
 
 import typer
 
+from necropool.cli.context import G
+from necropool.cli.params import Json
 from necropool.cli.registry import command
 
 SHELLS = ("bash", "zsh", "fish")
@@ -12,6 +14,7 @@ SHELLS = ("bash", "zsh", "fish")
 @command("completion")
 def completion(
     shell: Annotated[str, typer.Argument(metavar="SHELL", help="bash, zsh or fish")],
+    json_out: Json = False,
 ) -> None:
     """Print the completion script for SHELL (see completions/ and the README)."""
     from necropool.cli.completion import script
@@ -19,4 +22,8 @@ def completion(
 
     if shell not in SHELLS:
         raise UsageError(f"unknown shell {shell!r}: use bash, zsh or fish")
-    typer.echo(script(shell), nl=False)
+    out = G.out(json_out)
+    if out.json:
+        out.emit({"shell": shell, "script": script(shell)})
+    else:
+        typer.echo(script(shell), nl=False)
