@@ -154,11 +154,16 @@ class Bench:
         return [int(line.split()[0]) for line in out.splitlines()]
 
     def case_create(self):
+        """Both sides create and delete their copies in turn, alternating which goes first:
+        on this kind of disk file creation slows as files churn (GIT_FACTS)."""
         ours, floor = [], []
-        reps = max(1, self.reps // 3)
-        for n in range(reps):
+        reps = max(2, self.reps // 3)
+
+        def necropool_side(n):
             ours.append(self.np("create", f"c{n}", self.small, "--slots", 5,
                                 "--no-fetch-on-allocate", timed_run=True)[0])
+
+        def git_side(n):
             base = self.work / f"floor{n}"
             os.sync()
             start = time.perf_counter()
@@ -167,6 +172,13 @@ class Bench:
                 run(["git", "clone", "-q", str(base / "m.git"), str(base / f"s{i}")])
             floor.append(time.perf_counter() - start)
             shutil.rmtree(base)
+
+        for n in range(reps):
+            sides = (necropool_side, git_side) if n % 2 == 0 else (git_side, necropool_side)
+            for side in sides:
+                side(n)
+            if n:
+                self.np("delete", f"c{n}")
         pool = self.work / "root" / "pools" / "c0"
         sizes = self.du_kib(pool / "mirror.git", pool / "slots" / "1", pool / "slots" / "2")
         files = sum(f.stat().st_size for f in (pool / "slots" / "2").rglob("*")

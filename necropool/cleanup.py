@@ -6,8 +6,11 @@ each step runs only when the slot needs it, so a clean slot costs a ``git status
 """
 
 import hashlib
+import json
 import os
 import shutil
+import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,9 +102,9 @@ class Status:
     untracked: int  # not ignored ones: ``clean`` counts those as it removes them
 
 
-def status(tree: Path) -> Status:
-    args = ["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal",
-            "--ignored=no"]
+def status(tree: Path, untracked: bool = True) -> Status:
+    args = ["status", "--porcelain=v2", "--branch", "-z",
+            f"--untracked-files={'normal' if untracked else 'no'}", "--ignored=no"]
     out = git.run(args, tree, env={"GIT_OPTIONAL_LOCKS": "0"}).stdout
     head = branch = None
     changed = untracked = 0
@@ -124,6 +127,48 @@ def status(tree: Path) -> Status:
             untracked += 1
         i += 1
     return Status(head, branch, changed, untracked)
+
+
+# --- has anything been added or removed since the last cleanup? ----------------------------
+
+TREE_RECORD = "necropool-tree.json"  # in .git: the directories a cleanup left, and when
+MTIME_SLACK_NS = 50_000_000  # file times are coarser than the clock: within 50 ms is "changed"
+
+
+def _directories(tree: Path) -> list[str]:
+    found, stack = [""], [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(tree / rel) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and not (rel == "" and entry.name == ".git"):
+                    child = f"{rel}/{entry.name}" if rel else entry.name
+                    found.append(child)
+                    stack.append(child)
+    return found
+
+
+def record_tree(tree: Path) -> None:
+    """Remember the slot's directories as a cleanup leaves them."""
+    data = {"at": time.time_ns(), "dirs": _directories(tree)}
+    (tree / ".git" / TREE_RECORD).write_text(json.dumps(data))
+
+
+def tree_untouched(tree: Path) -> bool:
+    """True when no file or directory was added, removed or renamed anywhere in the tree
+    since the last cleanup: each of those changes the modification time of a directory
+    that cleanup left (a new directory's parent, recursively). Then untracked files, ignored
+    files and empty directories cannot exist, and the tree needs no walk by git at all."""
+    try:
+        data = json.loads((tree / ".git" / TREE_RECORD).read_text())
+        limit = int(data["at"]) - MTIME_SLACK_NS
+        for rel in data["dirs"]:
+            st = os.stat(tree / rel, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_mtime_ns >= limit:
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 # --- saving work ----------------------------------------------------------------------------
@@ -214,8 +259,11 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
         report.index_rebuilt = True
 
     # Ignored files are counted from what ``git clean`` removes: asking status for them too
-    # costs a slower walk of the tree (measured 16 ms against 10 on 2,000 files).
-    st = status(tree)
+    # costs a slower walk of the tree (measured 16 ms against 10 on 2,000 files). When no
+    # directory changed since the last cleanup there is nothing untracked to find at all:
+    # status checks tracked files only (8 ms) and ``git clean`` is skipped (11 ms).
+    untouched = not keep_ignored and tree_untouched(tree)
+    st = status(tree, untracked=not untouched)
     if st.head is None:
         raise GitError(f"{tree}: HEAD does not resolve to a commit")
     branches = git.local_branches(gitdir)
@@ -229,13 +277,17 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     if git.read_ref(gitdir, f"refs/remotes/origin/{branch}") != tip:
         git.run(["fetch", "--no-tags", "--quiet", str(mirror),
                  f"+refs/heads/{branch}:refs/remotes/origin/{branch}"], tree)
-    if st.head != tip or st.branch or st.changed or report.index_rebuilt:
+    checkout = st.head != tip or st.branch or st.changed or report.index_rebuilt
+    if checkout:
         git.run(["checkout", "-f", "-q", "--detach", tip], tree)
         if st.head != tip:
             report.moved_from = st.head
-    # Always: status never reports empty directories a holder made, and a fresh slot has none.
-    removed = git.run(["clean", "-ffd" if keep_ignored else "-ffdx"], tree).stdout.count(
-        b"Removing ")
+    removed = 0
+    if not untouched:  # status never reports the empty directories a holder made
+        removed = git.run(["clean", "-ffd" if keep_ignored else "-ffdx"],
+                          tree).stdout.count(b"Removing ")
+    if checkout or not untouched:
+        record_tree(tree)
     if branches:
         git.delete_refs(gitdir, [f"refs/heads/{b}" for b in branches])
         report.branches_deleted = branches

@@ -304,3 +304,34 @@ def test_a_broken_slot_never_makes_git_act_on_a_repository_around_the_root(
     assert git(outer, "count-objects", "-v") == objects_before
     assert (outer / "dotfile").read_text() == "precious\n"
     assert (slot / "README").read_text() == "upstream\n", "the slot's files were cleaned away"
+
+
+def test_a_release_after_any_change_to_the_tree_still_cleans_everything(cli, pool, root):
+    """The shortcut for untouched slots (no directory changed since the last cleanup, so no
+    walk by git) must never miss a change: each kind of change, alone, after a clean cycle."""
+    from necropool.cleanup import TREE_RECORD
+
+    def cycle():
+        path = Path(cli("allocate", "web", "--no-fetch").stdout.strip())
+        assert cli("release", path, "--no-fetch").code == 0
+        return path
+
+    changes = {
+        "empty dir": lambda p: (p / "src" / "pkg1" / "empty").mkdir(),
+        "nested empty dirs": lambda p: (p / "a" / "b" / "c").mkdir(parents=True),
+        "untracked file": lambda p: (p / "src" / "new.py").write_text("x\n"),
+        "ignored file": lambda p: (p / "out.o").write_text("x\n"),
+        "modified file": lambda p: (p / "README").write_text("changed\n"),
+        "deleted file": lambda p: (p / "README").unlink(),
+    }
+    for what, change in changes.items():
+        path = cycle()
+        assert cycle() == path  # most recently released first: the same slot again
+        assert (path / ".git" / TREE_RECORD).exists()
+        path = Path(cli("allocate", "web", "--no-fetch").stdout.strip())
+        change(path)
+        assert cli("release", path, "--no-fetch").code == 0, what
+        assert git(path, "status", "--porcelain", "--ignored") == "", what
+        leftovers = [d for d in path.rglob("*") if d.is_dir() and ".git" not in d.parts
+                     and not any(d.iterdir())]
+        assert leftovers == [], (what, leftovers)
