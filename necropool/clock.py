@@ -21,6 +21,11 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_rfc3339(text: str) -> datetime:
+    """The inverse of ``rfc3339``."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def parse_duration(text: str, what: str = "duration") -> float:
     """Parse ``90s``, ``5m``, ``2h``, ``1d`` or plain seconds into positive seconds."""
     match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None

@@ -46,3 +46,31 @@ def read(path: Path, since: datetime | None = None) -> list[dict]:
         if isinstance(record, dict) and (cutoff is None or str(record.get("time")) >= cutoff):
             records.append(record)
     return records
+
+
+def last(path: Path, event: str) -> dict | None:
+    """The newest event of one kind, read from the end of the log (which only grows)."""
+    try:
+        with open(path, "rb") as fh:
+            return _last_in(fh, event)
+    except OSError:
+        return None
+
+
+def _last_in(fh, event: str) -> dict | None:
+    size = fh.seek(0, os.SEEK_END)
+    span = 1 << 16
+    while True:
+        start = max(0, size - span)
+        fh.seek(start)
+        lines = fh.read(size - start).splitlines()[1 if start else 0:]  # first may be cut
+        for line in reversed(lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("event") == event:
+                return record
+        if start == 0:
+            return None
+        span *= 4

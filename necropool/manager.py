@@ -107,6 +107,9 @@ class PoolManager:
     def log(self, name: str, since: datetime | None = None) -> list[dict]:
         return events.read(self.get_pool(name).paths.events, since)
 
+    def last_event(self, name: str, event: str) -> dict | None:
+        return events.last(self.get_pool(name).paths.events, event)
+
     # --- health -------------------------------------------------------------------------------
     def _targets(self, name: str | None, unusable: list | None = None) -> list[pools.Pool]:
         """The named pool, or every pool. With no name and an ``unusable`` list, a directory

@@ -1,8 +1,10 @@
 """Shared fixtures: real git repositories in temp dirs, a private root, and a CLI runner
 that starts ``python -m necropool`` as a real process."""
 
+import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +74,37 @@ def pool(manager, upstream) -> str:
     """A 3-slot pool named 'web' over ``upstream``."""
     manager.create_pool(PoolSpec(name="web", url=str(upstream), num_slots=3))
     return "web"
+
+
+def digest(top: Path) -> dict[str, tuple]:
+    """Every path under ``top`` (symlinks not followed) with its type, mode and content, to
+    prove that a command changed nothing there."""
+    out: dict[str, tuple] = {}
+    if not os.path.lexists(top):
+        return out
+    st = top.lstat()
+    out["."] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode))
+    if not stat.S_ISDIR(st.st_mode):
+        out["."] += (hashlib.sha256(top.read_bytes()).hexdigest(),)
+        return out
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath, name)
+            st = path.lstat()
+            rel = str(path.relative_to(top))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode),
+                            hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    """The paths whose entry differs between two digests."""
+    return sorted({k for k in before.keys() | after.keys() if before.get(k) != after.get(k)})
 
 
 class CliResult:

@@ -9,7 +9,6 @@ allocated); NUL bytes, which argv cannot carry, go through the core API.
 """
 
 import ctypes
-import hashlib
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import git
+from conftest import changes, digest, git
 
 from necropool.config import PoolSpec, load_settings
 from necropool.errors import NecropoolError, UsageError
@@ -80,34 +79,6 @@ def ctx(template, tmp_path, monkeypatch) -> Ctx:
         assert not os.path.lexists(marker), f"{marker} exists before the test"
     return Ctx(tmp_path, root, template / "upstream", (template / "lease").read_text())
 
-
-def digest(top: Path) -> dict[str, tuple]:
-    """Every path under ``top`` (symlinks not followed) with its type, mode and content."""
-    out: dict[str, tuple] = {}
-    if not os.path.lexists(top):
-        return out
-    st = top.lstat()
-    out["."] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode))
-    if not stat.S_ISDIR(st.st_mode):
-        out["."] += (hashlib.sha256(top.read_bytes()).hexdigest(),)
-        return out
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in sorted(dirnames + filenames):
-            path = Path(dirpath, name)
-            st = path.lstat()
-            rel = str(path.relative_to(top))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
-            else:
-                out[rel] = ("file", stat.S_IMODE(st.st_mode),
-                            hashlib.sha256(path.read_bytes()).hexdigest())
-    return out
-
-
-def changes(before: dict, after: dict) -> list[str]:
-    return sorted({k for k in before.keys() | after.keys() if before.get(k) != after.get(k)})
 
 
 def run(args: list[str], env: dict | None = None, preexec_fn=None):

@@ -5,50 +5,22 @@ repository configures (hooks, fsmonitor, sshCommand, filters, ...).
 Every check runs the real CLI as a process against real repositories.
 """
 
-import hashlib
 import json
 import os
 import resource
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import commit_file, git
+from conftest import changes, commit_file, digest, git
 
 from necropool.config import PoolSpec, load_settings
 from necropool.manager import PoolManager
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def digest(top: Path) -> dict[str, tuple]:
-    """Every entry under ``top`` (symlinks not followed): type, mode, content."""
-    out: dict[str, tuple] = {}
-    st = top.lstat()
-    if not stat.S_ISDIR(st.st_mode):
-        return {".": ("file", stat.S_IMODE(st.st_mode),
-                      hashlib.sha256(top.read_bytes()).hexdigest())}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            st = path.lstat()
-            rel = str(path.relative_to(top))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
-            else:
-                out[rel] = ("file", stat.S_IMODE(st.st_mode),
-                            hashlib.sha256(path.read_bytes()).hexdigest())
-    return out
-
-
-def diff(before: dict, after: dict) -> list[str]:
-    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 
 def run(*args, env: dict | None = None, preexec_fn=None, timeout: float = 120):
@@ -231,7 +203,7 @@ def test_symlink_out_of_the_root_is_never_followed(env, kind, command):
     before = digest(outside)
     proc = run(*COMMANDS[command])
     no_traceback(proc)
-    changed = diff(before, digest(outside))
+    changed = changes(before, digest(outside))
     assert changed == [], (f"`necropool {' '.join(COMMANDS[command])}` changed {changed} "
                            f"outside the root through {link}: {proc.stderr}")
 
@@ -248,7 +220,7 @@ def test_detect_reports_the_symlink(env, kind):
              if a.get("path") == str(link)]
     assert named, f"{link} is not reported: {json.dumps(found, indent=1)}"
     assert any("symlink" in a["evidence"] for a in named), named
-    assert diff(before, digest(outside)) == []
+    assert changes(before, digest(outside)) == []
 
 
 @pytest.mark.parametrize("kind", sorted(LINKS))
@@ -259,14 +231,14 @@ def test_auto_recover_removes_the_link_and_heals(env, kind):
     for _ in range(2):
         no_traceback(run("auto-recover"))
     assert not link.is_symlink()
-    assert diff(before, digest(outside)) == []
+    assert changes(before, digest(outside)) == []
     # web-1's allocation (no holder process named) is left to its holder by auto-recover;
     # the operator takes it back explicitly
     recover = run("recover", "web-1", "--force")
     assert recover.returncode == 0, recover
     detect = run("detect")
     assert detect.returncode == 0, detect
-    assert diff(before, digest(outside)) == []
+    assert changes(before, digest(outside)) == []
 
 
 # --- a full disk --------------------------------------------------------------------------------
@@ -295,7 +267,7 @@ def test_a_state_write_that_runs_out_of_space_keeps_the_previous_state(env, args
         assert (env["pool"] / name).read_bytes() == data, f"{name} changed"
     leftovers = [n for n in os.listdir(env["pool"]) if n.startswith(".tmp-")]
     assert leftovers == []
-    changed = [p for p in diff(before, digest(env["root"]))
+    changed = [p for p in changes(before, digest(env["root"]))
                if not p.startswith("pools/web/slots/")]  # git may refresh a slot's index
     assert changed == [], changed
     # and the pool still works once there is space again

@@ -131,7 +131,8 @@ def status(
     if fmt == "prometheus":
         from necropool.cli.metrics import prometheus
 
-        out.line(prometheus(pools).rstrip("\n"))
+        recoveries = {p["pool"]: manager.last_event(p["pool"], "auto_recover") for p in pools}
+        out.line(prometheus(pools, recoveries).rstrip("\n"))
     elif out.json:
         out.emit({"pools": pools + broken} if not target else pools[0])
     else:

@@ -1,28 +1,50 @@
 """``status --format prometheus``: node_exporter textfile-collector format."""
 
+from necropool.clock import parse_rfc3339
+
+# name, type, help, and where each sample comes from
+SLOT_METRICS = [
+    ("necropool_slot_allocations_total", "counter", "Allocations per slot since creation.",
+     "allocation_count"),
+    ("necropool_slot_usage_seconds_total", "counter", "Seconds each slot has been held.",
+     "total_usage_seconds"),
+]
+RECOVERY_METRICS = [
+    ("necropool_last_auto_recover_timestamp_seconds", "gauge",
+     "When auto-recover last ran on the pool (Unix time).", "time"),
+    ("necropool_last_auto_recover_actions", "gauge",
+     "Actions taken by the last auto-recover.", "actions"),
+    ("necropool_last_auto_recover_errors", "gauge",
+     "Actions that failed in the last auto-recover.", "errors"),
+]
+
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def prometheus(pools: list[dict]) -> str:
-    lines = [
-        "# HELP necropool_slots Slots per pool and state.",
-        "# TYPE necropool_slots gauge",
-    ]
+def _header(lines: list[str], name: str, kind: str, text: str) -> None:
+    lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+
+
+def prometheus(pools: list[dict], recoveries: dict[str, dict | None]) -> str:
+    """Gauges per pool and state, per-slot counters, and the last auto-recover's results
+    (``recoveries``: pool -> its last ``auto_recover`` event, or None)."""
+    lines: list[str] = []
+    _header(lines, "necropool_slots", "gauge", "Slots per pool and state.")
     for p in pools:
         for state, count in p["counts"].items():
             lines.append(f'necropool_slots{{pool="{_label(p["pool"])}",state="{state}"}} {count}')
-    lines += ["# HELP necropool_slot_allocations_total Allocations per slot since creation.",
-              "# TYPE necropool_slot_allocations_total counter"]
-    for p in pools:
-        for s in p["slots"]:
-            lines.append(f'necropool_slot_allocations_total{{pool="{_label(p["pool"])}",'
-                         f'slot="{s["slot_id"]}"}} {s["allocation_count"]}')
-    lines += ["# HELP necropool_slot_usage_seconds_total Seconds each slot has been held.",
-              "# TYPE necropool_slot_usage_seconds_total counter"]
-    for p in pools:
-        for s in p["slots"]:
-            lines.append(f'necropool_slot_usage_seconds_total{{pool="{_label(p["pool"])}",'
-                         f'slot="{s["slot_id"]}"}} {s["total_usage_seconds"]}')
+    for name, kind, text, key in SLOT_METRICS:
+        _header(lines, name, kind, text)
+        for p in pools:
+            for s in p["slots"]:
+                lines.append(f'{name}{{pool="{_label(p["pool"])}",slot="{s["slot_id"]}"}} '
+                             f'{s[key]}')
+    for name, kind, text, key in RECOVERY_METRICS:
+        _header(lines, name, kind, text)
+        for pool, event in recoveries.items():
+            if event is not None:
+                value = parse_rfc3339(event["time"]).timestamp() if key == "time" else event[key]
+                lines.append(f'{name}{{pool="{_label(pool)}"}} {value}')
     return "\n".join(lines) + "\n"
