@@ -76,6 +76,23 @@ def pool(manager, upstream) -> str:
     return "web"
 
 
+def template_pool(base: Path) -> dict:
+    """An upstream (README, .gitignore) and under ``base/root`` a pool ``web`` of 3 slots
+    with ``web-1`` allocated to no live process; returns that slot's lease."""
+    upstream = base / "upstream"
+    upstream.mkdir()
+    git(upstream, "init", "-q", "-b", "main")
+    (upstream / "README").write_text("upstream\n")
+    (upstream / ".gitignore").write_text("build/\n")
+    git(upstream, "add", ".")
+    git(upstream, "commit", "-q", "-m", "initial")
+    manager = PoolManager(load_settings(root=str(base / "root")))
+    manager.create_pool(PoolSpec(name="web", url=str(upstream), num_slots=3))
+    lease = manager.allocate_slot("web", owner="tester", fetch=False)
+    (base / "lease").write_text(lease["lease_id"])
+    return lease
+
+
 def digest(top: Path) -> dict[str, tuple]:
     """Every path under ``top`` (symlinks not followed) with its type, mode and content, to
     prove that a command changed nothing there."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import changes, digest, git
+from conftest import changes, digest, template_pool
 
 from necropool.config import PoolSpec, load_settings
 from necropool.errors import NecropoolError, UsageError
@@ -36,18 +36,7 @@ MARKERS = ("/tmp/pwned", "/tmp/necropool-pwned")
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("bad-input-template")
-    upstream = base / "upstream"
-    upstream.mkdir()
-    git(upstream, "init", "-q", "-b", "main")
-    (upstream / "README").write_text("upstream\n")
-    (upstream / ".gitignore").write_text("build/\n")
-    git(upstream, "add", ".")
-    git(upstream, "commit", "-q", "-m", "initial")
-    root = base / "root"
-    manager = PoolManager(load_settings(root=str(root)))
-    manager.create_pool(PoolSpec(name="web", url=str(upstream), num_slots=3))
-    lease = manager.allocate_slot("web", owner="tester", fetch=False)["lease_id"]
-    (base / "lease").write_text(lease)
+    template_pool(base)
     return base
 
 

@@ -15,10 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import changes, commit_file, digest, git
-
-from necropool.config import PoolSpec, load_settings
-from necropool.manager import PoolManager
+from conftest import changes, commit_file, digest, git, template_pool
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -53,19 +50,7 @@ def dirty(slot: Path) -> None:
 def template(tmp_path_factory) -> Path:
     """A pool ``web`` of 3 slots, ``web-1`` allocated (to no live process) and dirtied."""
     base = tmp_path_factory.mktemp("fs-safety-template")
-    upstream = base / "upstream"
-    upstream.mkdir()
-    git(upstream, "init", "-q", "-b", "main")
-    (upstream / "README").write_text("upstream\n")
-    (upstream / ".gitignore").write_text("build/\n")
-    git(upstream, "add", ".")
-    git(upstream, "commit", "-q", "-m", "initial")
-    root = base / "root"
-    manager = PoolManager(load_settings(root=str(root)))
-    manager.create_pool(PoolSpec(name="web", url=str(upstream), num_slots=3))
-    lease = manager.allocate_slot("web", owner="tester", fetch=False)
-    (base / "lease").write_text(lease["lease_id"])
-    dirty(Path(lease["path"]))
+    dirty(Path(template_pool(base)["path"]))
     return base
 
 
