@@ -1,4 +1,8 @@
-"""The append-only history of a pool: ``events.jsonl``, one JSON object per line."""
+"""The append-only history of a pool: ``events.jsonl``, one JSON object per line.
+
+Past ``ROTATE_BYTES`` the log is rotated to ``events.jsonl.1`` (by ``auto-recover``, under
+the pool lock), so one earlier generation is kept and the history never grows without end.
+"""
 
 import json
 import os
@@ -29,13 +33,34 @@ def append(path: Path, event: str, **fields) -> None:
         os.close(fd)
 
 
-def read(path: Path, since: datetime | None = None) -> list[dict]:
-    """Events in order; a damaged line is skipped, never fatal."""
+ROTATE_BYTES = 8 << 20
+
+
+def older(path: Path) -> Path:
+    return path.with_name(path.name + ".1")
+
+
+def rotate(path: Path) -> bool:
+    """Move a log past ``ROTATE_BYTES`` to ``<name>.1`` (replacing the generation before).
+    Writers that still hold the old file open finish their line there."""
     try:
-        with open(path, "rb") as fh:
-            lines = fh.readlines()
-    except FileNotFoundError:
-        return []
+        if path.is_symlink() or path.stat().st_size <= ROTATE_BYTES:
+            return False
+        os.replace(path, older(path))
+    except OSError:
+        return False
+    return True
+
+
+def read(path: Path, since: datetime | None = None) -> list[dict]:
+    """Events in order, the rotated generation first; a damaged line is skipped."""
+    lines = []
+    for part in (older(path), path):
+        try:
+            with open(part, "rb") as fh:
+                lines += fh.readlines()
+        except OSError:
+            pass
     cutoff = rfc3339(since) if since else None
     records = []
     for line in lines:
@@ -50,11 +75,15 @@ def read(path: Path, since: datetime | None = None) -> list[dict]:
 
 def last(path: Path, event: str) -> dict | None:
     """The newest event of one kind, read from the end of the log (which only grows)."""
-    try:
-        with open(path, "rb") as fh:
-            return _last_in(fh, event)
-    except OSError:
-        return None
+    for part in (path, older(path)):
+        try:
+            with open(part, "rb") as fh:
+                found = _last_in(fh, event)
+        except OSError:
+            continue
+        if found is not None:
+            return found
+    return None
 
 
 def _last_in(fh, event: str) -> dict | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from necropool import cleanup, git, lifecycle
+from necropool import cleanup, events, git, lifecycle
 from necropool.clock import now, rfc3339
 from necropool.errors import Conflict, NecropoolError, OperationFailed
 from necropool.integrity import Verifier
@@ -420,6 +420,8 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     touched; long allocations only with ``force_release_long_allocated``."""
     if not dry_run:
         pool.sweep()
+        with pool.locked():
+            events.rotate(pool.paths.events)
     found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
     current_slots = pool.read_state().slots
     result = {"pool": pool.name, "dry_run": dry_run, "long_allocated_released": 0,

@@ -44,8 +44,8 @@ class PoolPaths:
 
     KNOWN = frozenset({
         "pool.toml", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock", "wait.lock",
-        "mirror.fetched", "locks", "mirror.git", "slots", "events.jsonl", "rescued",
-        "verified.json",
+        "mirror.fetched", "locks", "mirror.git", "slots", "events.jsonl", "events.jsonl.1",
+        "rescued", "verified.json",
     })
 
 

@@ -356,3 +356,21 @@ def test_log_since_shows_only_recent_events(cli, pool, root):
     assert len(cli("log", "web", "--since", "1h", "--json").json()["events"]) == len(events(root))
     assert cli("log", "web", "--since", "yesterday").code == 2
     assert cli("log", "nosuch").code == 4
+
+
+def test_the_history_is_rotated_past_its_limit_and_log_reads_both_generations(cli, pool, root):
+    from necropool.events import ROTATE_BYTES
+
+    log = root / "pools" / "web" / "events.jsonl"
+    assert cli("allocate", "web", "--no-fetch", "--owner", "before-rotation").code == 0
+    with open(log, "a") as fh:  # a long history: filler lines of an event nobody reads
+        line = '{"time":"2026-01-01T00:00:00.000Z","event":"filler","pad":"' + "x" * 200 + '"}\n'
+        fh.write(line * (ROTATE_BYTES // len(line) + 1))
+    assert cli("auto-recover").code == 0
+    assert log.with_name("events.jsonl.1").stat().st_size > ROTATE_BYTES
+    assert log.stat().st_size < ROTATE_BYTES
+    assert cli("allocate", "web", "--no-fetch", "--owner", "after-rotation").code == 0
+    owners = [e.get("owner") for e in cli("log", "web", "--json").json()["events"]
+              if e["event"] == "allocate"]
+    assert owners == ["before-rotation", "after-rotation"]
+    assert cli("detect").code == 0  # the old generation is part of the layout, not a stray

@@ -115,6 +115,8 @@ FILES = [
     ("<root>/pools/<pool>/slots/<n>/", "The working copy of slot <pool>-<n>."),
     ("<root>/pools/<pool>/events.jsonl",
      "Append-only history: allocations, releases, cleanups, recoveries (see *log*)."),
+    ("<root>/pools/<pool>/events.jsonl.1",
+     "The previous generation of the history: auto-recover rotates it past 8 MiB."),
     ("<root>/pools/<pool>/rescued/",
      "Work saved from slots before they were reset (git bundles)."),
 ]
