@@ -5,7 +5,6 @@ in ``cleaning`` and its slot lock held by the worker, so a crashed worker is vis
 """
 
 import os
-import random
 import signal
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from necropool import git
 from necropool.clock import MAX_DURATION, now
 from necropool.errors import Conflict, OperationFailed, TryAgain, UsageError
 from necropool.layout import ensure_inside, write_atomic
-from necropool.locks import FileLock
+from necropool.locks import FileLock, jitter
 from necropool.pool import Pool, get_slot
 from necropool.proc import Holder
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, Lease, PoolState, Slot
@@ -174,7 +173,7 @@ def _wait_for_change(pool: Pool, seen: tuple | None, deadline: float) -> bool:
     per check, never the pool lock, so waiters cost the pool nothing."""
     delay = 0.002
     while (remaining := deadline - time.monotonic()) > 0:
-        time.sleep(min(delay * (0.5 + random.random()), remaining))
+        time.sleep(min(delay * jitter(), remaining))
         if _state_marker(pool) != seen:
             return True
         delay = min(delay * 1.5, 0.01)  # a stat per 10 ms at most: nothing for the pool

@@ -1,6 +1,5 @@
 """Rendering: JSON on request, Rich on a terminal, plain tab-separated lines otherwise."""
 
-import json
 import os
 import sys
 
@@ -33,6 +32,8 @@ class Output:
 
     def emit(self, data: dict) -> None:
         """The one JSON object of a command, on stdout."""
+        import json
+
         sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, **data}, default=str)
                          + "\n")
 
@@ -63,6 +64,8 @@ class Output:
 
     def fields(self, data: dict) -> None:
         """Key/value pairs, one per line (``key<TAB>value`` when plain)."""
+        import json
+
         rows = [[k, json.dumps(v) if isinstance(v, dict | list) else v] for k, v in data.items()
                 if v not in (None, {}, [])]
         if not self.rich:
@@ -79,6 +82,8 @@ class Output:
 
     def error(self, code: str, message: str, exit_code: int) -> None:
         if self.json:
+            import json
+
             sys.stderr.write(json.dumps({"schema_version": SCHEMA_VERSION, "type": "error",
                                          "code": code, "message": message,
                                          "exit_code": exit_code}) + "\n")
