@@ -24,10 +24,11 @@ PYTHON = sys.executable
 NECROPOOL = [PYTHON, "-m", "necropool"]
 
 
-def timed(argv, cwd=None, env=None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one process (dirty pages flushed first, so
-    neither side pays for the other's writes)."""
-    os.sync()
+def timed(argv, cwd=None, env=None, sync: bool = False) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one process; with ``sync``, dirty pages are
+    flushed first, so neither side of a write-heavy case pays for the other's writes."""
+    if sync:
+        os.sync()
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -52,14 +53,20 @@ class Bench:
         self.work, self.quick, self.reps = work, quick, reps
         self.env = dict(os.environ, NECROPOOL_HOME=str(work / "root"), **GIT_ENV)
         self.env.pop("NECROPOOL_CONFIG", None)
+        # As on a user's machine: bytecode is cached (an editable install would otherwise
+        # recompile every module on every run: +25 ms), and necropool is imported as
+        # installed, not from the current directory.
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.results = []
 
-    def np(self, *args, timed_run=False):
+    def np(self, *args, timed_run=False, sync=False):
         argv = [*NECROPOOL, *map(str, args)]
-        return timed(argv, env=self.env) if timed_run else run(argv, env=self.env)
+        if timed_run:
+            return timed(argv, cwd=self.work, env=self.env, sync=sync)
+        return run(argv, cwd=self.work, env=self.env)
 
     def t_typer(self) -> float:
-        return timed([PYTHON, "-c", "import typer"])[0]
+        return timed([PYTHON, "-c", "import typer"], cwd=self.work, env=self.env)[0]
 
     def record(self, case, ours, floor, target, rss=None, note=""):
         mo, mf = statistics.median(ours), statistics.median(floor) if floor else None
@@ -161,7 +168,7 @@ class Bench:
 
         def necropool_side(n):
             ours.append(self.np("create", f"c{n}", self.small, "--slots", 5,
-                                "--no-fetch-on-allocate", timed_run=True)[0])
+                                "--no-fetch-on-allocate", timed_run=True, sync=True)[0])
 
         def git_side(n):
             base = self.work / f"floor{n}"
