@@ -136,10 +136,10 @@ MTIME_SLACK_NS = 50_000_000  # file times are coarser than the clock: within 50 
 
 
 def _directories(tree: Path) -> list[str]:
-    found, stack = [""], [""]
+    found, stack, top = [""], [""], str(tree)
     while stack:
         rel = stack.pop()
-        with os.scandir(tree / rel) as entries:
+        with os.scandir(f"{top}/{rel}" if rel else top) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False) and not (rel == "" and entry.name == ".git"):
                     child = f"{rel}/{entry.name}" if rel else entry.name
@@ -162,8 +162,9 @@ def tree_untouched(tree: Path) -> bool:
     try:
         data = json.loads((tree / ".git" / TREE_RECORD).read_text())
         limit = int(data["at"]) - MTIME_SLACK_NS
-        for rel in data["dirs"]:
-            st = os.stat(tree / rel, follow_symlinks=False)
+        top = str(tree)
+        for rel in data["dirs"]:  # plain strings: thousands of stats, no Path objects
+            st = os.stat(f"{top}/{rel}" if rel else top, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode) or st.st_mtime_ns >= limit:
                 return False
     except (OSError, ValueError, KeyError, TypeError):

@@ -150,8 +150,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically and durably (temp, fsync, replace, fsync dir)."""
+def write_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically and durably (temp, fsync, replace, fsync dir;
+    ``sync_dir=False`` leaves the directory to a following write's fsync)."""
     tmp = path.parent / temp_name(path.name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -167,4 +168,5 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)

@@ -216,7 +216,8 @@ def rebuild(paths: PoolPaths, why: str) -> PoolState:
 
 
 def save(paths: PoolPaths, state: PoolState) -> None:
-    """Write both copies atomically and durably; the backup first."""
+    """Write both copies atomically and durably; the backup first. One directory fsync
+    makes both renames durable (either copy, old or new, is a whole valid state)."""
     data = state.to_toml()
-    write_atomic(paths.state_backup, data)
+    write_atomic(paths.state_backup, data, sync_dir=False)
     write_atomic(paths.state, data)
