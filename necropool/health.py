@@ -294,14 +294,16 @@ class RecoveryResult(dict):
         return bool(self.get("recovered"))
 
 
-def recover(pool: Pool, number: int, force: bool = False) -> dict:
+def recover(pool: Pool, number: int, force: bool = False,
+            verifier: Verifier | None = None) -> dict:
     """The repair ladder: clear locks and clean; verify; re-clone from the mirror (rebuilding
-    the mirror first if it is broken); verify again. Ends ``available`` or ``error``."""
+    the mirror first if it is broken); verify again. Ends ``available`` or ``error``.
+    Passing one ``verifier`` to several recoveries checks each shared pack file once."""
     previous, lock = _claim(pool, number, force)
     actions: list[str] = []
     rescued = None
     try:
-        ok, reason, commit, rescued = _repair(pool, previous, actions)
+        ok, reason, commit, rescued = _repair(pool, previous, actions, verifier or Verifier())
     except (NecropoolError, OSError) as exc:
         ok, reason, commit = False, str(exc), None
     _finish(pool, number, ok, reason, commit, rescued, lock)
@@ -336,17 +338,15 @@ def _finish(pool, number, ok, reason, commit, rescued, lock: FileLock) -> None:
             slot.last_rescue = rescued
 
 
-def _repair(pool: Pool, slot: Slot, actions: list[str]):
-    """Returns (ok, reason, commit, rescued)."""
+def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
+    """Returns (ok, reason, commit, rescued). The verifier's cache is keyed by inode, size
+    and mtime, so a rebuilt mirror's new packs are checked afresh."""
     number, path = slot.number, pool.checked_slot_dir(slot.number)
     label = slot.lease.lease_id if slot.lease else "recover"
     rescued = None
-    verifier = Verifier()
-    mirror_ok = not verifier.verify(pool.paths.mirror, bare=True, branch=pool.definition.branch)
-    if not mirror_ok:
+    if verifier.verify(pool.paths.mirror, bare=True, branch=pool.definition.branch):
         rebuild_mirror(pool)
         actions.append("rebuilt the mirror from upstream")
-        verifier = Verifier()
     if path.is_symlink():
         path.unlink()
         actions.append("removed a symlink in place of the slot")
@@ -381,7 +381,7 @@ def _repair(pool: Pool, slot: Slot, actions: list[str]):
         remove_tree(tmp, pool.settings.root)
         return False, f"re-clone failed: {exc}", None, rescued
     actions.append("re-cloned from the mirror")
-    problems = Verifier().verify(path)
+    problems = verifier.verify(path)
     if problems:
         return False, "still broken after re-clone: " + "; ".join(problems[:2]), None, rescued
     return True, None, commit, rescued
@@ -424,6 +424,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             events.rotate(pool.paths.events)
     found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
     current_slots = pool.read_state().slots
+    verifier = Verifier()  # one for every repair of this run: shared packs checked once
     result = {"pool": pool.name, "dry_run": dry_run, "long_allocated_released": 0,
               "abandoned_released": 0, "corrupted_recovered": 0, "corrupted_isolated": 0,
               "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "slots_adopted": 0,
@@ -474,7 +475,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                 pool, a.number, lease_id=a.lease_id, reason="reclaim")
         else:
             act("abandoned_released", a.slot_id, "recover (worker dead)", _recover_or_raise,
-                pool, a.number)
+                pool, a.number, verifier=verifier)
     if force_release_long_allocated:
         for a in items["long_allocated_slots"]:
             if a.number not in corrupted:
@@ -493,7 +494,8 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                                                    "once released"})
                 continue
             outcome = act("corrupted_recovered", a.slot_id, "recover", _recover_or_raise,
-                          pool, a.number, force=bool(_dead_lease(found, a.number)))
+                          pool, a.number, force=bool(_dead_lease(found, a.number)),
+                          verifier=verifier)
             if outcome is None and not dry_run and _isolate_failed(pool, a.number):
                 result["corrupted_isolated"] += 1
     result["detected"] = found.to_dict()
@@ -506,8 +508,9 @@ def _dead_lease(found: Findings, number: int) -> bool:
     return any(a.number == number for a in found.items["abandoned_slots"])
 
 
-def _recover_or_raise(pool: Pool, number: int, force: bool = False) -> dict:
-    outcome = recover(pool, number, force=force)
+def _recover_or_raise(pool: Pool, number: int, force: bool = False,
+                      verifier: Verifier | None = None) -> dict:
+    outcome = recover(pool, number, force=force, verifier=verifier)
     if not outcome["recovered"]:
         raise OperationFailed(outcome.get("error", "recovery failed"))
     return outcome

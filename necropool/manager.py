@@ -37,9 +37,6 @@ class PoolManager:
     def get_pool(self, name: str) -> pools.Pool:
         return pools.Pool(self.settings, name)
 
-    def _open_all(self) -> list[pools.Pool]:
-        return [self.get_pool(name) for name in pools.list_pools(self.settings)]
-
     def pool_names(self) -> list[str]:
         return pools.list_pools(self.settings)
 

@@ -89,80 +89,67 @@ def _outside_working_copy(e) -> Path:
     return target
 
 
+def _outside(e, *precious: str) -> Path:
+    """A directory outside the root holding files that must survive every command."""
+    target = e["tmp"] / "outside"
+    target.mkdir(exist_ok=True)
+    for name in precious:
+        (target / name).write_text("precious\n")
+    return target
+
+
+def _replace_by_link(link: Path, target: Path) -> Path:
+    """Put a symlink to ``target`` where the pool's ``link`` entry was."""
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    else:
+        link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    return link
+
+
 def link_slot(e) -> tuple[Path, Path]:
     target = _outside_working_copy(e)
-    link = e["pool"] / "slots" / "1"
-    shutil.rmtree(link)
-    link.symlink_to(target)
-    return link, target
+    return _replace_by_link(e["pool"] / "slots" / "1", target), target
 
 
 def link_locks(e) -> tuple[Path, Path]:
-    target = e["tmp"] / "outside"
-    target.mkdir()
-    for name in ("web-1.lock", "web-2.lock", "web-9.lock", "other.lock", "canary.txt"):
-        (target / name).write_text("precious\n")
-    link = e["pool"] / "locks"
-    shutil.rmtree(link)
-    link.symlink_to(target)
-    return link, target
+    target = _outside(e, "web-1.lock", "web-2.lock", "web-9.lock", "other.lock", "canary.txt")
+    return _replace_by_link(e["pool"] / "locks", target), target
 
 
 def link_mirror(e) -> tuple[Path, Path]:
-    target = e["tmp"] / "outside" / "mirror.git"
-    target.parent.mkdir()
-    shutil.copytree(e["pool"] / "mirror.git", target)
-    (target.parent / "canary.txt").write_text("precious\n")
-    link = e["pool"] / "mirror.git"
-    shutil.rmtree(link)
-    link.symlink_to(target)
+    outside = _outside(e, "canary.txt")
+    shutil.copytree(e["pool"] / "mirror.git", outside / "mirror.git")
+    link = _replace_by_link(e["pool"] / "mirror.git", outside / "mirror.git")
     commit_file(e["upstream"], "new.txt", "upstream moved on\n")  # a fetch would write
-    return link, target.parent
+    return link, outside
 
 
 def link_state(e) -> tuple[Path, Path]:
-    target = e["tmp"] / "outside"
-    target.mkdir()
-    shutil.copyfile(e["pool"] / "state.toml", target / "state.toml")
-    (target / "canary.txt").write_text("precious\n")
-    link = e["pool"] / "state.toml"
-    link.unlink()
-    link.symlink_to(target / "state.toml")
-    return link, target
+    outside = _outside(e, "canary.txt")
+    shutil.copyfile(e["pool"] / "state.toml", outside / "state.toml")
+    return _replace_by_link(e["pool"] / "state.toml", outside / "state.toml"), outside
 
 
 def link_rescued(e) -> tuple[Path, Path]:
-    target = e["tmp"] / "outside"
-    target.mkdir()
-    (target / "canary.txt").write_text("precious\n")
-    link = e["pool"] / "rescued"
-    shutil.rmtree(link)
-    link.symlink_to(target)
-    return link, target
+    target = _outside(e, "canary.txt")
+    return _replace_by_link(e["pool"] / "rescued", target), target
 
 
 def link_slots_dir(e) -> tuple[Path, Path]:
     """The whole ``slots/`` directory replaced by a link to a directory of working copies."""
-    target = e["tmp"] / "outside"
-    target.mkdir()
+    target = _outside(e)
     for n in ("1", "2", "3", "7"):
         git(e["tmp"], "clone", "-q", str(e["upstream"]), str(target / n))
         (target / n / "canary.txt").write_text("must survive\n")
-    link = e["pool"] / "slots"
-    shutil.rmtree(link)
-    link.symlink_to(target)
-    return link, target
+    return _replace_by_link(e["pool"] / "slots", target), target
 
 
 def link_events(e) -> tuple[Path, Path]:
     """The history replaced by a link: appending through it would grow a file outside."""
-    target = e["tmp"] / "outside"
-    target.mkdir()
-    (target / "events.jsonl").write_text("precious\n")
-    link = e["pool"] / "events.jsonl"
-    link.unlink(missing_ok=True)
-    link.symlink_to(target / "events.jsonl")
-    return link, target
+    outside = _outside(e, "events.jsonl")
+    return _replace_by_link(e["pool"] / "events.jsonl", outside / "events.jsonl"), outside
 
 
 LINKS = {"slot": link_slot, "locks": link_locks, "mirror": link_mirror, "state": link_state,
