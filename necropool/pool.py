@@ -146,15 +146,13 @@ def resolve_slot(settings: Settings, ref: str) -> tuple[Pool, int]:
     if not isinstance(ref, str) or "\0" in ref:
         raise UsageError(f"invalid slot {ref!r}: expected a slot id or a path in a slot")
     if "/" in ref or ref in (".", ".."):
-        path = Path(ref).absolute()
-        try:
-            path = path.resolve(strict=True)
-        except OSError:
-            raise NotFound(f"no such path {ref!r}") from None
+        path = Path(ref).absolute().resolve()
         try:
             rel = path.relative_to(pools_dir(settings.root).resolve())
         except ValueError:
             raise UsageError(f"{ref!r} is not inside a slot under {settings.root}") from None
+        if not path.exists():
+            raise NotFound(f"no such path {ref!r}")
         parts = rel.parts
         if len(parts) < 3 or parts[1] != "slots" or not parts[2].isdigit():
             raise UsageError(f"{ref!r} is not inside a slot under {settings.root}")
