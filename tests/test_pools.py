@@ -399,11 +399,12 @@ def test_status_of_all_of_a_pool_of_a_slot_and_of_a_path(cli, pool, manager, ups
     assert here.json()["slot_id"] == "web-1"
 
 
-def test_status_of_unknown_things(cli, pool, tmp_path):
+def test_status_of_unknown_things(cli, pool, root, tmp_path):
     assert cli("status", "nosuch").code == 4
     assert cli("status", "web-9").code == 4
     assert cli("status", "nosuch-1").code == 4
-    assert cli("status", tmp_path / "does-not-exist").code == 4
+    assert cli("status", root / "pools/web/slots/9").code == 4
+    assert cli("status", tmp_path / "does-not-exist").code == 2  # can never be a slot
     assert cli("status", tmp_path).code == 2  # a real path, but not in any slot
 
 
