@@ -161,8 +161,9 @@ class Bench:
         return [int(line.split()[0]) for line in out.splitlines()]
 
     def case_create(self):
-        """Both sides create and delete their copies in turn, alternating which goes first:
-        on this kind of disk file creation slows as files churn (GIT_FACTS)."""
+        """Both sides create their copies in turn, alternating which goes first, and nothing
+        is deleted until every rep is timed: on this kind of disk, creating files right after
+        deleting many is several times slower, whichever side comes next (GIT_FACTS)."""
         ours, floor = [], []
         reps = max(2, self.reps // 3)
 
@@ -178,14 +179,11 @@ class Bench:
             for i in range(5):
                 run(["git", "clone", "-q", str(base / "m.git"), str(base / f"s{i}")])
             floor.append(time.perf_counter() - start)
-            shutil.rmtree(base)
 
         for n in range(reps):
             sides = (necropool_side, git_side) if n % 2 == 0 else (git_side, necropool_side)
             for side in sides:
                 side(n)
-            if n:
-                self.np("delete", f"c{n}")
         pool = self.work / "root" / "pools" / "c0"
         sizes = self.du_kib(pool / "mirror.git", pool / "slots" / "1", pool / "slots" / "2")
         files = sum(f.stat().st_size for f in (pool / "slots" / "2").rglob("*")
@@ -274,12 +272,25 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+CASES = {
+    "allocate": Bench.case_allocate,
+    "release-small": lambda bench: bench.case_release("small", bench.small),
+    "release-large": lambda bench: bench.case_release("large", bench.large),
+    "create": Bench.case_create,
+    "detect": Bench.case_detect,
+    "contention": Bench.case_contention,
+    "scale": Bench.case_scale,
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke test)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per case")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--workdir", help="keep the work files here (default: a temp dir)")
+    parser.add_argument("--only", action="append", choices=CASES, metavar="CASE",
+                        help=f"run only this case (repeatable): {', '.join(CASES)}")
     args = parser.parse_args()
     reps = args.reps or (3 if args.quick else 9)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="necropool-bench-"))
@@ -288,13 +299,8 @@ def main() -> int:
     started = time.perf_counter()
     try:
         bench.repos()
-        bench.case_allocate()
-        bench.case_release("small", bench.small)
-        bench.case_release("large", bench.large)
-        bench.case_create()
-        bench.case_detect()
-        bench.case_contention()
-        bench.case_scale()
+        for name in args.only or CASES:
+            CASES[name](bench)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
