@@ -103,9 +103,13 @@ class Status:
 
 
 def status(tree: Path, untracked: bool = True) -> Status:
+    """What changed in a slot we hold. git may write back the index's refreshed file stats
+    (an optional lock): without that, files a checkout wrote in the same instant as the
+    index stay "racily clean" and every later status re-reads them (28 ms against 8 on a
+    2,000-file slot, each release)."""
     args = ["status", "--porcelain=v2", "--branch", "-z",
             f"--untracked-files={'normal' if untracked else 'no'}", "--ignored=no"]
-    out = git.run(args, tree, env={"GIT_OPTIONAL_LOCKS": "0"}).stdout
+    out = git.run(args, tree).stdout
     head = branch = None
     changed = untracked = 0
     records = out.split(b"\0")
