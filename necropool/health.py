@@ -363,7 +363,7 @@ def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
     if cleaned and not problems:
         return True, None, tip, rescued
     if os.path.lexists(path):
-        if not cleaned and _has_files(path):
+        if not cleaned and _has_entries(path):  # uncleaned: its .git may hold commits
             keep = pool.paths.rescued / f"{pool.slot_id(number)}-{now():%Y%m%dT%H%M%SZ}.broken"
             pool.paths.rescued.mkdir(exist_ok=True)
             ensure_inside(keep.parent, pool.settings.root)
@@ -387,9 +387,10 @@ def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
     return True, None, commit, rescued
 
 
-def _has_files(path: Path) -> bool:
+def _has_entries(path: Path) -> bool:
     try:
-        return any(e.name != ".git" for e in os.scandir(path))
+        with os.scandir(path) as entries:
+            return next(entries, None) is not None
     except OSError:
         return False
 
@@ -604,7 +605,10 @@ class LockManager:
         self._pools = pools  # callable returning the open pools
 
     def detect_stale_locks(self, max_age_hours: float | None = None) -> list[str]:
-        """Slot lock files that no live process holds (older than ``max_age_hours`` if given)."""
+        """Slot lock files that no live process holds and older than ``max_age_hours``
+        (default: the config's ``stale_lock_hours``; 0 for any age)."""
+        if max_age_hours is None:
+            max_age_hours = self.settings.stale_lock_hours
         cutoff = time.time() - max_age_hours * 3600 if max_age_hours else None
         stale = []
         for pool in self._pools():

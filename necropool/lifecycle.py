@@ -321,8 +321,8 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
     except (OperationFailed, OSError) as exc:
         fail_slot(pool, number, f"cleanup failed: {exc}")
         lock.release(unlink=True)
-        raise OperationFailed(f"slot {pool.slot_id(number)} could not be cleaned and is "
-                              f"isolated: {exc}") from None
+        raise OperationFailed(f"slot {pool.slot_id(number)} could not be cleaned and is now "
+                              f"in error until recovered: {exc}") from None
     with pool.transaction() as current:
         slot = get_slot(current, pool, number)
         slot.state, slot.worker, slot.commit, slot.needs_cleanup = AVAILABLE, None, tip, False

@@ -253,7 +253,7 @@ def test_empty_directories_alone_are_removed(cli, pool, upstream, tmp_path):
     assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
 
 
-def test_a_slot_that_cannot_be_cleaned_is_isolated_not_handed_out(cli, pool, root):
+def test_a_slot_that_cannot_be_cleaned_is_in_error_not_handed_out(cli, pool, root):
     slot = allocate_path(cli)
     (slot / "README").write_text("the holder's work\n")
     for entry in (slot / ".git/objects").iterdir():  # the holder wrecked the repository
@@ -264,7 +264,7 @@ def test_a_slot_that_cannot_be_cleaned_is_isolated_not_handed_out(cli, pool, roo
     (slot / ".git/HEAD").write_text("garbage\n")
     released = cli("release", "web-1", "--json")
     assert released.code == 3, released
-    assert "isolated" in released.stderr
+    assert "in error until recovered" in released.stderr
     status = cli("status", "web-1", "--json").json()
     assert status["state"] == "error" and status["error"]
     assert (slot / "README").read_text() == "the holder's work\n", "work destroyed"

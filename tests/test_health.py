@@ -350,6 +350,28 @@ def test_recover_reclones_what_cleaning_cannot_fix(cli, pool, manager, upstream)
     assert cli("detect").code == 0
 
 
+def test_recover_keeps_commits_of_a_slot_it_cannot_clean(cli, pool, manager, upstream):
+    """A holder committed (leaving no files in the tree) and then HEAD broke: cleaning fails,
+    so the whole working copy, .git and all, is kept before the slot is re-cloned."""
+    slot = manager.get_pool(pool).slot_dir(1)
+    lease = manager.allocate_slot(pool, fetch=False)
+    git(slot, "checkout", "-q", "-b", "feat")
+    git(slot, "rm", "-q", "-r", ".")
+    git(slot, "commit", "-q", "-m", "remove everything")
+    work = git(slot, "rev-parse", "HEAD")
+    (slot / ".git" / "HEAD").write_text("garbage\n")
+
+    result = cli("recover", lease["slot_id"], "--force", "--json")
+    assert result.code == 0, result
+    data = result.json()
+    assert "re-cloned from the mirror" in data["actions"]
+    kept = Path(data["rescued"])
+    assert (kept / ".git" / "refs" / "heads" / "feat").read_text().strip() == work
+    (kept / ".git" / "HEAD").write_text("ref: refs/heads/feat\n")  # as a person would repair it
+    assert git(kept, "log", "-1", "--format=%H %s") == f"{work} remove everything"
+    clean_at(slot, git(upstream, "rev-parse", "HEAD"))
+
+
 def test_recover_refuses_a_live_holder_unless_forced(cli, pool, manager, procs):
     holder = procs.sleeper()
     lease = allocate(cli, "web", "--pid", holder.pid)
@@ -494,7 +516,8 @@ def test_guide_api_names_and_result_keys(pool, manager, procs):
 
     locks = manager.lock_manager
     assert locks.detect_stale_locks(max_age_hours=24) == [], "a fresh lock is not stale yet"
-    assert locks.detect_stale_locks() == [str(orphan)]
+    assert locks.detect_stale_locks() == [], "default age: the config's stale_lock_hours (24)"
+    assert locks.detect_stale_locks(max_age_hours=0) == [str(orphan)]
     day_ago = time.time() - 25 * 3600
     os.utime(orphan, (day_ago, day_ago))
     assert locks.detect_stale_locks(max_age_hours=24) == [str(orphan)]
