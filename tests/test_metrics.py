@@ -1,5 +1,6 @@
 """``status --format prometheus`` for the node_exporter textfile collector."""
 
+import json
 import re
 
 SAMPLE = re.compile(r'([a-z_]+)\{([a-z_]+="[^"]*"(?:,[a-z_]+="[^"]*")*)\} (-?[0-9.e+]+)')
@@ -43,3 +44,11 @@ def test_prometheus_reports_states_usage_and_the_last_recovery(cli, pool):
     assert samples[("necropool_slots", 'pool="web",state="error"')] == 1
     assert samples[("necropool_last_auto_recover_errors", 'pool="web"')] == 0
     assert samples[("necropool_last_auto_recover_timestamp_seconds", 'pool="web"')] > 1.7e9
+
+
+def test_prometheus_and_json_are_refused_together(cli, pool):
+    """--json promises nothing but one JSON object on stdout: text metrics would break it."""
+    result = cli("status", "--format", "prometheus", "--json")
+    assert result.code == 2 and result.stdout == ""
+    error = json.loads(result.stderr)
+    assert error["type"] == "error" and "--format prometheus" in error["message"]

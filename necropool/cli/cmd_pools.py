@@ -123,6 +123,8 @@ def status(
     manager = G.manager()
     if fmt not in ("table", "prometheus"):
         raise UsageError(f"invalid --format {fmt!r}: use table or prometheus")
+    if fmt == "prometheus" and json_out:
+        raise UsageError("--format prometheus and --json exclude each other: pick one")
     if target and ("/" in target or target in (".", "..") or _is_slot(manager, target)):
         data = manager.slot_status(target)
         out.emit(data) if out.json else out.fields(data)
