@@ -27,6 +27,7 @@ from necropool.layout import (
 from necropool.locks import FileLock
 from necropool.pool import Pool, get_slot, resolve_slot
 from necropool.proc import Holder
+from necropool.records import Record
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, PoolState, Slot
 
 KINDS = ("long_allocated_slots", "abandoned_slots", "corrupted_slots", "orphaned_locks",
@@ -46,7 +47,7 @@ class Anomaly:
     def to_dict(self) -> dict:
         data = {"kind": self.kind, "pool": self.pool, "slot_id": self.slot_id,
                 "path": self.path, "evidence": self.evidence, "lease_id": self.lease_id}
-        return {k: v for k, v in data.items() if v is not None}
+        return Record({k: v for k, v in data.items() if v is not None})
 
 
 @dataclass
@@ -286,7 +287,7 @@ def _claim(pool: Pool, number: int, force: bool) -> tuple[Slot, FileLock]:
     return previous, lock
 
 
-class RecoveryResult(dict):
+class RecoveryResult(Record):
     """What ``recover`` did; false when the slot was not recovered, so the guide's
     ``success = manager.recover_slot(...)`` / ``if success:`` idiom holds."""
 

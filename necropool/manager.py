@@ -8,6 +8,7 @@ from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
 from necropool.errors import NecropoolError, NotFound, UsageError
 from necropool.proc import Holder
+from necropool.records import Record
 
 
 def _check_hours(hours) -> None:
@@ -20,8 +21,9 @@ def _check_hours(hours) -> None:
 
 
 class PoolManager:
-    def __init__(self, settings: Settings | None = None):
-        self.settings = settings or load_settings()
+    def __init__(self, settings: Settings | None = None, *, config: Settings | None = None):
+        """``config`` is the guide's name for the same settings."""
+        self.settings = settings or config or load_settings()
 
     @property
     def lock_manager(self):
@@ -49,6 +51,10 @@ class PoolManager:
 
     def add_slots(self, name: str, count: int = 1, progress=None) -> list[str]:
         return pools.add_slots(self.get_pool(name), count, progress)
+
+    def add_slot(self, name: str) -> str:
+        """One more slot (the guide's ``add_slot(repo_name)``); returns its id."""
+        return self.add_slots(name)[0]
 
     def remove_slot(self, slot_ref: str, force: bool = False) -> dict:
         pool, number = pools.resolve_slot(self.settings, slot_ref)
@@ -137,9 +143,9 @@ class PoolManager:
             for kind, items in found.items.items():
                 merged[kind].extend(a.to_dict() for a in items)
         for each, why in unusable:
-            merged["stray_paths"].append({
-                "kind": "stray_path", "pool": each, "evidence": f"not a usable pool: {why}",
-                "path": str(pools.pools_dir(self.settings.root) / each)})
+            merged["stray_paths"].append(Record(
+                kind="stray_path", pool=each, evidence=f"not a usable pool: {why}",
+                path=str(pools.pools_dir(self.settings.root) / each)))
         return merged
 
     def detect_long_allocated_slots(self, max_allocation_hours=None, name=None) -> list[dict]:

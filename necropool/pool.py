@@ -25,6 +25,7 @@ from necropool.layout import (
 )
 from necropool.locks import FileLock
 from necropool.names import check_pool_name, check_url, parse_slot_id
+from necropool.records import Record
 from necropool.state import ALLOCATED, CLEANING, PoolState, Slot
 
 Progress = Callable[[int, int], None]
@@ -73,6 +74,12 @@ class Pool:
     def read_state(self) -> PoolState:
         """A consistent snapshot without the lock (writes are atomic replaces)."""
         return state.load(self.paths)
+
+    @property
+    def slots(self) -> list[Record]:
+        """Every slot as ``status`` reports it, by number (the guide's ``pool.slots``)."""
+        current = self.read_state()
+        return [describe_slot(self, current.slots[n]) for n in sorted(current.slots)]
 
     @contextmanager
     def locked(self) -> Iterator[PoolState]:
@@ -363,21 +370,26 @@ def _shrink(pool: Pool, count: int) -> list[str]:
     return removed
 
 
-def describe_slot(pool: Pool, slot: Slot) -> dict:
-    """A slot as ``status``/``allocate`` report it (the JSON contract)."""
+def describe_slot(pool: Pool, slot: Slot) -> Record:
+    """A slot as ``status``/``allocate`` report it (the JSON contract). ``metadata`` is the
+    lease's; an isolated slot's carries ``isolated_at`` and ``isolation_reason`` (as the
+    guide reads them)."""
     path = pool.slot_dir(slot.number)
     branch, commit = git.read_head(path / ".git")
     lease = slot.lease
     holder = lease.holder if lease else None
-    return {
+    metadata = dict(lease.metadata) if lease else {}
+    if slot.isolated_at:
+        metadata.update(isolated_at=rfc3339(slot.isolated_at),
+                        isolation_reason=slot.isolation_reason)
+    return Record({
         "slot_id": pool.slot_id(slot.number), "pool": pool.name, "path": str(path),
         "state": slot.state, "lease_id": lease.lease_id if lease else None,
         "owner": lease.owner if lease else None,
         "pid": holder.pid if holder else None, "host": holder.host if holder else None,
         "allocated_at": rfc3339(lease.allocated_at) if lease else None,
         "expires_at": rfc3339(lease.expires_at) if lease else None,
-        "metadata": lease.metadata if lease else {},
-        "current_branch": branch, "current_commit": commit,
+        "metadata": metadata, "current_branch": branch, "current_commit": commit,
         "allocation_count": slot.allocation_count,
         "total_usage_seconds": round(slot.total_usage_seconds, 3),
         "last_allocated_at": rfc3339(slot.last_allocated_at),
@@ -385,7 +397,7 @@ def describe_slot(pool: Pool, slot: Slot) -> dict:
         "needs_cleanup": slot.needs_cleanup, "error": slot.error,
         "isolated_at": rfc3339(slot.isolated_at), "isolation_reason": slot.isolation_reason,
         "last_rescue": slot.last_rescue,
-    }
+    })
 
 
 def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True) -> dict:

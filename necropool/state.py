@@ -9,6 +9,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 
 from necropool.errors import OperationFailed
@@ -16,7 +17,18 @@ from necropool.layout import PoolPaths, write_atomic
 from necropool.proc import Holder
 
 SCHEMA_VERSION = 1
-AVAILABLE, ALLOCATED, CLEANING, ERROR = "available", "allocated", "cleaning", "error"
+
+
+class SlotState(StrEnum):
+    """A slot's states; each equals its string (``slot.state == SlotState.ERROR``)."""
+
+    AVAILABLE = "available"
+    ALLOCATED = "allocated"
+    CLEANING = "cleaning"
+    ERROR = "error"
+
+
+AVAILABLE, ALLOCATED, CLEANING, ERROR = (state.value for state in SlotState)
 STATES = (AVAILABLE, ALLOCATED, CLEANING, ERROR)
 
 

@@ -550,6 +550,28 @@ def test_guide_api_names_and_result_keys(pool, manager, procs):
     assert status["web-2"]["state"] == "error"
 
 
+def test_the_guides_own_snippets_run_as_written(pool, manager):
+    """ERROR_RECOVERY_GUIDE.md's examples: isolated slots found through ``pool.slots`` and
+    ``SlotState``, their metadata, attribute access on detections, ``add_slot``."""
+    from necropool import PoolManager, SlotState
+
+    manager = PoolManager(config=manager.settings)
+    shutil.rmtree(manager.get_pool(pool).slot_dir(3) / ".git")
+    assert [s.slot_id for s in manager.detect_anomalies()["corrupted_slots"]] == ["web-3"]
+    manager.isolate_slot("web-2", "manual inspection")
+
+    isolated = [s for s in manager.get_pool(pool).slots if s.state == SlotState.ERROR]
+    assert [s.slot_id for s in isolated] == ["web-2"]
+    assert isolated[0].metadata.get("isolation_reason") == "manual inspection"
+    assert isolated[0].metadata.get("isolated_at")
+    success = manager.recover_slot(isolated[0].slot_id, force=True)
+    assert success and success.state == "available"
+
+    assert manager.remove_slot("web-3", force=True)
+    assert manager.add_slot(pool) == "web-3"
+    assert {s.state for s in manager.get_pool(pool).slots} == {SlotState.AVAILABLE}
+
+
 def test_unreadable_state_entry_stays_reported_after_the_state_is_rewritten(cli, pool, manager):
     p = manager.get_pool(pool)
     set_state_fields(p.paths.dir, 2, state="banana")

@@ -1,0 +1,12 @@
+"""Results of the core API: plain dicts (the JSON contract) that also read as attributes,
+so both ``slot["state"]`` and the guide's ``slot.state`` work."""
+
+
+class Record(dict):
+    """A dict whose keys read as attributes too (``record.slot_id``)."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
