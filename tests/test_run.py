@@ -102,6 +102,20 @@ def test_run_cleans_the_slot_even_when_the_command_dirtied_it(cli, pool, root, u
     assert all_available(cli)
 
 
+@pytest.mark.parametrize("status,expected", [(0, 3), (7, 7)])
+def test_a_slot_left_uncleanable_fails_a_successful_step(cli, pool, status, expected):
+    """The command broke the repository: its slot goes to error. A command that succeeded
+    then exits 3 (the step must not pass silently); one that failed keeps its own status."""
+    result = cli("run", "web", "--json", "--", "sh", "-c",
+                 f"echo garbage > .git/HEAD; rm -rf .git/objects; exit {status}")
+    assert result.code == expected, result
+    error = json.loads(result.stderr.strip().splitlines()[-1])
+    assert error["exit_code"] == expected and "could not be cleaned" in error["message"]
+    data = result.json()
+    assert data["exit_code"] == status and data["release_error"]
+    assert "error" in states(cli).values()
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGKILL, 137), (signal.SIGTERM, 143)])
 def test_a_command_killed_by_a_signal_gives_128_plus_n(cli, pool, sig, code):
     result = cli("run", "web", "--", "sh", "-c", f"kill -{sig.name[3:]} $$")

@@ -90,7 +90,8 @@ def run(
     owner: Owner = None, ttl: Ttl = None, meta: Meta = None, wait: Wait = None,
     no_fetch: NoFetch = False, json_out: Json = False,
 ) -> None:
-    """Run a command in a freshly allocated slot, release it afterwards, exit with its status."""
+    """Run a command in a freshly allocated slot, release it afterwards, exit with its status
+    (3 if it succeeded but the slot could not be cleaned)."""
     out = G.out(json_out)
     options = _allocate_options(owner, ttl, meta, wait, no_fetch)
     import sys
@@ -98,14 +99,17 @@ def run(
     # under --json, stdout carries our one object: the command's output goes to stderr
     result = G.manager().run(pool, list(command), stdout=sys.stderr if out.json else None,
                              **options)
+    # A command that succeeded in a slot that could not be released is a partial failure
+    # (3); a command that failed keeps its own status, the more useful signal to a CI step.
+    code = 3 if result.release_error and result.code == 0 else result.code
     if result.spawn_error:
-        out.error("spawn", result.spawn_error, result.code)
+        out.error("spawn", result.spawn_error, code)
     if result.release_error:
-        out.error("failed", result.release_error, 3)
+        out.error("failed", result.release_error, code)
     if out.json:
         out.emit({"slot_id": result.slot_id, "pool": pool, "exit_code": result.code,
                   "release": result.release, "release_error": result.release_error})
-    raise typer.Exit(result.code)
+    raise typer.Exit(code)
 
 
 @command("log")
