@@ -45,6 +45,8 @@ class PoolSpec:
     keep_ignored: bool = False
     fetch_on_allocate: bool = True
     fetch_backend: str = "git"
+    # The keys the config table gives: ``sync`` converges only those (all keys when built in code).
+    declared: frozenset[str] = field(default=frozenset(POOL_KEYS), compare=False, repr=False)
 
 
 @dataclass
@@ -109,7 +111,7 @@ def _pool_spec(path: Path, name: str, table) -> PoolSpec:
         check_url(table["url"])
     except UsageError as exc:
         _fail(path, f"pools.{name}.url", exc.message)
-    return PoolSpec(name=name, **table)
+    return PoolSpec(name=name, declared=frozenset(table), **table)
 
 
 def parse_config(path: Path) -> dict:

@@ -5,14 +5,14 @@ import os
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 from necropool import events, git, state
 from necropool.clock import now, rfc3339
 from necropool.config import FETCH_BACKENDS, PoolSpec, Settings, default_config_path
-from necropool.errors import Conflict, NotFound, OperationFailed, UsageError
+from necropool.errors import Conflict, NecropoolError, NotFound, OperationFailed, UsageError
 from necropool.layout import (
     PoolPaths,
     ensure_inside,
@@ -326,34 +326,80 @@ def remove_slot(pool: Pool, number: int, force: bool = False) -> dict:
 
 
 def sync(settings: Settings, prune: bool = False, progress: Progress | None = None) -> list[dict]:
-    """Create or grow the pools the config file declares; shrink or delete only with prune."""
+    """Create or grow the pools the config file declares and converge their settings; shrink
+    or delete only with prune. One entry per pool; a pool that fails is reported in its entry
+    (``"action": "failed"``) and the other pools still go ahead."""
     if settings.config_path is None:
         # Without a config file nothing is declared: ``--prune`` would delete every pool.
         raise UsageError(f"sync needs a config file with [pools.NAME] tables: there is none "
                          f"at {default_config_path()} (or pass --config / NECROPOOL_CONFIG)")
-    actions = []
     existing = set(list_pools(settings))
-    for name, spec in settings.pools.items():
-        if name not in existing:
-            create(settings, spec, progress)
-            actions.append({"pool": name, "action": "created", "slots": spec.num_slots})
-            continue
-        pool = Pool(settings, name)
-        have = len(pool.read_state().slots)
-        if have < spec.num_slots:
-            added = add_slots(pool, spec.num_slots - have, progress)
-            actions.append({"pool": name, "action": "grown", "added": added})
-        elif have > spec.num_slots and prune:
-            removed = _shrink(pool, have - spec.num_slots)
-            actions.append({"pool": name, "action": "shrunk", "removed": removed})
-        else:
-            actions.append({"pool": name, "action": "unchanged", "slots": have})
+    actions = [_attempt(name, _sync_pool, settings, spec, name in existing, prune, progress)
+               for name, spec in settings.pools.items()]
     if prune:
-        for name in sorted(existing - set(settings.pools)):
-            pool = Pool(settings, name)
-            delete(pool)
-            actions.append({"pool": name, "action": "deleted"})
+        actions += [_attempt(name, _drop_pool, settings, name)
+                    for name in sorted(existing - set(settings.pools))]
     return actions
+
+
+def _attempt(name: str, step: Callable[..., None], *args) -> dict:
+    """Run one pool's sync step, which fills in its action entry; a failure is recorded there
+    (after whatever the step had already done) instead of ending the run."""
+    entry = {"pool": name}
+    try:
+        step(entry, *args)
+    except (NecropoolError, OSError) as exc:
+        entry.update(action="failed", error=getattr(exc, "message", None) or str(exc))
+    return entry
+
+
+def _sync_pool(entry: dict, settings: Settings, spec: PoolSpec, exists: bool, prune: bool,
+               progress: Progress | None) -> None:
+    if not exists:
+        create(settings, spec, progress)
+        entry.update(action="created", slots=spec.num_slots)
+        return
+    pool = Pool(settings, spec.name)
+    changed = _converge(pool, _check_spec(spec))
+    if changed:
+        entry["changed"] = changed
+    have = len(pool.read_state().slots)
+    if have < spec.num_slots:
+        entry.update(action="grown", added=add_slots(pool, spec.num_slots - have, progress))
+    elif have > spec.num_slots and prune:
+        entry.update(action="shrunk", removed=_shrink(pool, have - spec.num_slots))
+    else:
+        entry.update(action="updated" if changed else "unchanged", slots=have)
+
+
+def _drop_pool(entry: dict, settings: Settings, name: str) -> None:
+    delete(Pool(settings, name))
+    entry["action"] = "deleted"
+
+
+POOL_SETTINGS = ("branch", "keep_ignored", "fetch_on_allocate", "fetch_backend")
+
+
+def _converge(pool: Pool, spec: PoolSpec) -> dict:
+    """Rewrite ``pool.toml`` with the settings the spec declares; return what changed as
+    ``{key: [old, new]}``. A new branch must exist in the mirror (slots move to it at their
+    next cleanup); a new url is refused: the mirror would be of another repository."""
+    wanted = {k: getattr(spec, k) for k in POOL_SETTINGS
+              if k in spec.declared and getattr(spec, k) is not None}
+    with pool.locked():
+        old = PoolDef.load(pool.paths.definition)
+        if spec.url != old.url:
+            raise Conflict(f"pool {pool.name!r} mirrors {old.url}, the config says {spec.url}: "
+                           "delete and re-create the pool to change its url")
+        changed = {k: [getattr(old, k), v] for k, v in wanted.items() if getattr(old, k) != v}
+        if "branch" in changed:
+            git.mirror_tip(pool.paths.mirror, spec.branch)
+        if changed:
+            pool.definition = replace(old, **wanted)
+            write_atomic(pool.paths.definition, pool.definition.dump())
+    if changed:
+        pool.event("update", changed=changed)
+    return changed
 
 
 def _shrink(pool: Pool, count: int) -> list[str]:

@@ -459,11 +459,96 @@ def test_sync_creates_grows_and_only_prunes_when_asked(cli, upstream, root, tmp_
 
 
 def test_sync_prune_does_not_delete_a_pool_in_use(cli, pool, manager, upstream, tmp_path):
+    """The refused delete is reported in its pool's entry (exit 3) and does not hide what
+    was done to the other pools."""
     config = write_config(tmp_path / "c.toml", f'[pools.api]\nurl = "{upstream}"\nnum_slots = 1\n')
     manager.allocate_slot("web", fetch=False)
-    result = cli("--config", config, "sync", "--prune")
-    assert result.code == 5, result
+    result = cli("--config", config, "sync", "--prune", "--json")
+    assert result.code == 3, result
+    api, web = result.json()["actions"]
+    assert api == {"pool": "api", "action": "created", "slots": 1}
+    assert web["pool"] == "web" and web["action"] == "failed" and "in use" in web["error"]
     assert slot_ids(cli, "web") == ["web-1", "web-2", "web-3"]
+    assert slot_ids(cli, "api") == ["api-1"]
+    plain = cli("--config", config, "sync", "--prune")
+    assert plain.code == 3, plain
+    assert plain.stdout.splitlines()[0] == "api\tunchanged\t1"
+    assert plain.stdout.splitlines()[1].startswith("web\tfailed\tpool 'web' has slots in use")
+
+
+def test_sync_goes_on_after_a_failed_clone(cli, upstream, root, tmp_path):
+    missing = tmp_path / "nowhere"
+    config = write_config(tmp_path / "c.toml",
+                          f'[pools.bad]\nurl = "{missing}"\nnum_slots = 1\n'
+                          f'[pools.web]\nurl = "{upstream}"\nnum_slots = 1\n')
+    result = cli("--config", config, "sync", "--json")
+    assert result.code == 3, result
+    bad, web = result.json()["actions"]
+    assert bad["action"] == "failed" and str(missing) in bad["error"]
+    assert web == {"pool": "web", "action": "created", "slots": 1}
+    assert entries(root / "pools") == ["web"]
+    assert leftovers(root) == []
+
+
+def test_sync_converges_the_settings_its_tables_declare(cli, manager, upstream, root, tmp_path):
+    git(upstream, "checkout", "-q", "-b", "release")
+    release_tip = commit_file(upstream, "RELEASE", "1\n")
+    git(upstream, "checkout", "-q", "main")
+    manager.create_pool(PoolSpec(name="web", url=str(upstream), num_slots=1, keep_ignored=True))
+    config = tmp_path / "c.toml"
+
+    def sync(table: str, code: int = 0) -> dict:
+        write_config(config, f'[pools.web]\nurl = "{upstream}"\n{table}')
+        result = cli("--config", config, "sync", "--json")
+        assert result.code == code, result
+        [action] = result.json()["actions"]
+        return action
+
+    # keep_ignored is not in the table: it stays as create set it, not reset to the default
+    assert sync('num_slots = 2\nbranch = "release"\nfetch_on_allocate = false\n') == {
+        "pool": "web", "action": "grown", "added": ["web-2"],
+        "changed": {"branch": ["main", "release"], "fetch_on_allocate": [True, False]}}
+    web = status_json(cli, "web")
+    assert (web["branch"], web["keep_ignored"], web["fetch_on_allocate"]) == ("release", True,
+                                                                              False)
+    assert web["mirror_commit"] == release_tip
+    assert (root / "pools/web/pool.toml").read_text().count('branch = "release"') == 1
+    assert [s["current_commit"] for s in web["slots"]][1] == release_tip  # added on the new branch
+    held = manager.allocate_slot("web")
+    manager.release_slot(held["slot_id"], held["lease_id"])  # the old slot moves at cleanup
+    assert {s["current_commit"] for s in status_json(cli, "web")["slots"]} == {release_tip}
+
+    assert sync('num_slots = 2\nkeep_ignored = false\nfetch_backend = "git"\n') == {
+        "pool": "web", "action": "updated", "slots": 2, "changed": {"keep_ignored": [True, False]}}
+    assert sync('num_slots = 2\nkeep_ignored = false\n') == {
+        "pool": "web", "action": "unchanged", "slots": 2}
+    assert [e["changed"] for e in manager.log("web") if e["event"] == "update"] == [
+        {"branch": ["main", "release"], "fetch_on_allocate": [True, False]},
+        {"keep_ignored": [True, False]}]
+    write_config(config, f'[pools.web]\nurl = "{upstream}"\nnum_slots = 2\nkeep_ignored = true\n')
+    plain = cli("--config", config, "sync")
+    assert plain.stdout.splitlines() == ["web\tupdated\t2; keep_ignored False -> True"]
+
+
+def test_sync_never_applies_a_new_url_or_a_missing_branch(cli, pool, manager, upstream, root,
+                                                         tmp_path):
+    manager.create_pool(PoolSpec(name="api", url=str(upstream), num_slots=1))
+    other = tmp_path / "other"
+    other.mkdir()
+    git(other, "init", "-q", "-b", "main")
+    commit_file(other, "README", "other\n")
+    definitions = {p: (root / "pools" / p / "pool.toml").read_bytes() for p in ("web", "api")}
+    config = write_config(tmp_path / "c.toml",
+                          f'[pools.web]\nurl = "{other}"\nkeep_ignored = true\n'
+                          f'[pools.api]\nurl = "{upstream}"\nbranch = "nope"\n'
+                          f'[pools.new]\nurl = "{upstream}"\nnum_slots = 1\n')
+    result = cli("--config", config, "sync", "--json")
+    assert result.code == 3, result
+    web, api, new = result.json()["actions"]
+    assert web["action"] == "failed" and "delete and re-create" in web["error"]
+    assert api["action"] == "failed" and "'nope'" in api["error"]
+    assert new == {"pool": "new", "action": "created", "slots": 1}
+    assert {p: (root / "pools" / p / "pool.toml").read_bytes() for p in definitions} == definitions
 
 
 def test_sync_plain_output_is_one_line_per_pool(cli, upstream, tmp_path):

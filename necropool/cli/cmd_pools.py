@@ -169,13 +169,21 @@ def sync(
         "--prune", help="Also shrink pools, and delete pools the config drops")] = False,
     json_out: Json = False,
 ) -> None:
-    """Create or grow the pools declared in the config file's [pools.NAME] tables."""
+    """Create or grow the pools declared in the config file's [pools.NAME] tables and update
+    their settings; exit 3 when any pool failed."""
     out = G.out(json_out)
     with progress_bar(out, "syncing") as tick:
         actions = G.manager().sync(prune, tick)
     if out.json:
         out.emit({"actions": actions})
     else:
-        out.table(["POOL", "ACTION", "DETAIL"],
-                  [[a["pool"], a["action"], a.get("added") or a.get("removed") or a.get("slots")]
-                   for a in actions])
+        out.table(["POOL", "ACTION", "DETAIL"], [[a["pool"], a["action"], _sync_detail(a)]
+                                                 for a in actions])
+    raise typer.Exit(3 if any(a["action"] == "failed" for a in actions) else 0)
+
+
+def _sync_detail(action: dict) -> str:
+    """A sync entry in words: its slots, the settings it changed, its error."""
+    slots = action.get("added") or action.get("removed") or action.get("slots")
+    changes = [f"{key} {old} -> {new}" for key, (old, new) in action.get("changed", {}).items()]
+    return "; ".join(str(part) for part in (slots, *changes, action.get("error")) if part)
