@@ -4,6 +4,7 @@ durable state behind them. Real git repositories in temp dirs; the CLI runs as a
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -230,6 +231,45 @@ def test_leftovers_of_a_crashed_create_are_swept(cli, upstream, root):
     assert listed.json()["pools"] == []
     assert cli("create", "web", upstream, "--slots", "1").code == 0
     assert entries(root / "pools") == ["web"]
+
+
+@pytest.mark.parametrize("command", ["create", "add"])
+def test_an_interrupt_mid_clone_leaves_only_whole_slots(cli, root, tmp_path, command):
+    """Ctrl-C while slots are being cloned (several at once): exit 130 with one line, no
+    clone left running or half-made, nothing half-registered; a retry then succeeds."""
+    big = tmp_path / "big"
+    big.mkdir()
+    git(big, "init", "-q", "-b", "main")
+    for i in range(3000):
+        (big / f"d{i % 30}").mkdir(exist_ok=True)
+        (big / f"d{i % 30}" / f"f{i}.txt").write_text(f"{i}\n" * 20)
+    git(big, "add", ".")
+    git(big, "commit", "-q", "-m", "many files")
+    if command == "add":
+        assert cli("create", "web", big, "--slots", "1").code == 0
+    args = ["create", "web", big, "--slots", "8"] if command == "create" else [
+        "add", "web", "--count", "8"]
+    proc = subprocess.Popen([sys.executable, "-m", "necropool", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list((root / "pools").glob("**/.tmp-*/.git" if command == "add" else
+                                         ".tmp-web*/slots/*/.git")):
+        assert time.monotonic() < deadline and proc.poll() is None, "no clone started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["necropool: error: interrupted"]
+    assert leftovers(root) == []
+    if command == "create":
+        assert entries(root / "pools") == []
+    else:  # slots finished before the interrupt stay, each complete and registered
+        ids = slot_ids(cli, "web")
+        assert entries(root / "pools/web/slots") == sorted(i.split("-")[1] for i in ids)
+        for slot in ids:
+            assert git(root / "pools/web/slots" / slot.split("-")[1], "status",
+                       "--porcelain") == ""
+    assert cli(*args[:-1], "2").code == 0
 
 
 # --- add --------------------------------------------------------------------------------------
