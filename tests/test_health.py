@@ -402,6 +402,9 @@ def test_recover_that_cannot_succeed_isolates_the_slot(cli, pool, manager, upstr
 
     result = cli("recover", "web-1", "--json")
     assert result.code == 3, result
+    assert result.json()["recovered"] is False
+    error = json.loads(result.stderr)
+    assert error["exit_code"] == 3 and "web-1 could not be recovered" in error["message"]
     status = slots_of(manager, pool)["web-1"]
     assert status["state"] == "error"
     assert status["isolated_at"] and status["isolation_reason"] and status["error"]
@@ -419,6 +422,7 @@ def test_recover_that_cannot_succeed_isolates_the_slot(cli, pool, manager, upstr
     healed = cli("auto-recover", "--json")
     assert healed.code == 3, healed
     assert healed.json()["errors"]
+    assert json.loads(healed.stderr)["message"].startswith("auto-recover: ")
     assert slots_of(manager, pool)["web-1"]["state"] == "error"
 
 

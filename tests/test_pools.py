@@ -525,6 +525,7 @@ def test_sync_goes_on_after_a_failed_clone(cli, upstream, root, tmp_path):
     assert result.code == 3, result
     bad, web = result.json()["actions"]
     assert bad["action"] == "failed" and str(missing) in bad["error"]
+    assert json.loads(result.stderr)["message"].startswith("sync: bad: ")
     assert web == {"pool": "web", "action": "created", "slots": 1}
     assert entries(root / "pools") == ["web"]
     assert leftovers(root) == []

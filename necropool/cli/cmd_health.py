@@ -58,9 +58,9 @@ def recover(
             out.note(f"{data['slot_id']}: {action}")
         if data["recovered"]:
             out.note(f"{data['slot_id']}: recovered, available")
-        else:
-            out.error("failed", f"{data['slot_id']} could not be recovered and is isolated: "
-                      f"{data.get('error')}", 3)
+    if not data["recovered"]:
+        out.error("failed", f"{data['slot_id']} could not be recovered and is isolated: "
+                  f"{data.get('error')}", 3)
     raise typer.Exit(0 if data["recovered"] else 3)
 
 
@@ -110,4 +110,7 @@ def auto_recover(
                 "corrupted_isolated", "orphaned_locks_cleaned", "stray_paths_moved",
                 "slots_adopted")
         out.note(", ".join(f"{k}={data[k]}" for k in keys) + f", errors={len(data['errors'])}")
+    if data["errors"]:
+        more = f" (and {len(data['errors']) - 1} more)" if len(data["errors"]) > 1 else ""
+        out.error("failed", f"auto-recover: {data['errors'][0]}{more}", 3)
     raise typer.Exit(3 if data["errors"] else 0)

@@ -179,7 +179,10 @@ def sync(
     else:
         out.table(["POOL", "ACTION", "DETAIL"], [[a["pool"], a["action"], _sync_detail(a)]
                                                  for a in actions])
-    raise typer.Exit(3 if any(a["action"] == "failed" for a in actions) else 0)
+    failed = [f"{a['pool']}: {a['error']}" for a in actions if a["action"] == "failed"]
+    if failed:
+        out.error("failed", f"sync: {'; '.join(failed)}", 3)
+    raise typer.Exit(3 if failed else 0)
 
 
 def _sync_detail(action: dict) -> str:
