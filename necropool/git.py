@@ -60,29 +60,52 @@ def git_env(extra: dict | None = None) -> dict:
     return env
 
 
+def start(args: list[str], cwd: Path | None = None, *, env: dict | None = None,
+          stdin: bool = False):
+    """Start ``git ARGS`` hardened, in the background; ``wait`` collects it."""
+    import subprocess
+
+    cmd = ["git", *HARDENING, *args]
+    if cwd is not None:  # ``cwd`` is the repository: a broken one must never make git
+        # discover and act on a repository that contains the root (a dotfiles repo, say)
+        env = {"GIT_CEILING_DIRECTORIES": str(Path(cwd).absolute().parent), **(env or {})}
+    try:
+        return subprocess.Popen(cmd, cwd=cwd, env=git_env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise GitError("git is not installed or not on PATH") from None
+
+
+def wait(proc, args: list[str], *, timeout: float = 600, check: bool = True,
+         input: bytes | None = None):
+    """Wait for a git process ``start`` began; return the CompletedProcess, or raise
+    GitError with git's message when it fails. An interrupt kills it, as ``run`` does."""
+    import subprocess
+
+    with proc:
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise GitError(f"git {args[0]} timed out after {timeout:g}s", "timed out") from None
+        except BaseException:
+            proc.kill()
+            raise
+    if check and proc.returncode != 0:
+        message = stderr.decode(errors="replace").strip()
+        raise GitError(f"git {args[0]} failed: {_summary(message, proc.returncode)}", message)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,
         env: dict | None = None, check: bool = True,
         input: bytes | None = None):
     """Run ``git ARGS`` hardened; return the CompletedProcess, or raise GitError with git's
     message when it fails."""
-    import subprocess
-
-    cmd = ["git", *HARDENING, *args]
-    stdin = {} if input is not None else {"stdin": subprocess.DEVNULL}
-    if cwd is not None:  # ``cwd`` is the repository: a broken one must never make git
-        # discover and act on a repository that contains the root (a dotfiles repo, say)
-        env = {"GIT_CEILING_DIRECTORIES": str(Path(cwd).absolute().parent), **(env or {})}
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, env=git_env(env), capture_output=True,
-                              timeout=timeout, input=input, **stdin)
-    except FileNotFoundError:
-        raise GitError("git is not installed or not on PATH") from None
-    except subprocess.TimeoutExpired:
-        raise GitError(f"git {args[0]} timed out after {timeout:g}s", "timed out") from None
-    if check and proc.returncode != 0:
-        stderr = proc.stderr.decode(errors="replace").strip()
-        raise GitError(f"git {args[0]} failed: {_summary(stderr, proc.returncode)}", stderr)
-    return proc
+    proc = start(args, cwd, env=env, stdin=input is not None)
+    return wait(proc, args, timeout=timeout, check=check, input=input)
 
 
 def _summary(stderr: str, returncode: int) -> str:
@@ -174,23 +197,29 @@ def read_head(gitdir: Path) -> tuple[str | None, str | None]:
     return None, value or None
 
 
-def local_branches(gitdir: Path) -> list[str]:
-    """Names of refs/heads/* (loose and packed)."""
-    names = set()
-    heads = gitdir / "refs" / "heads"
-    for dirpath, _dirs, files in os.walk(heads):
-        for name in files:
-            if not name.endswith(".lock"):
-                names.add(str(Path(dirpath, name).relative_to(heads)))
+def refs_under(gitdir: Path, prefix: str) -> dict[str, str]:
+    """Refs whose names start with ``prefix`` (``refs/heads/``, say), loose and packed,
+    with their object ids; a loose ref wins over a packed one, as for git."""
+    found = {}
     try:
         with open(gitdir / "packed-refs") as fh:
             for line in fh:
                 parts = line.split()
-                if len(parts) == 2 and parts[1].startswith("refs/heads/"):
-                    names.add(parts[1][11:])
+                if len(parts) == 2 and parts[1].startswith(prefix):
+                    found[parts[1]] = parts[0]
     except FileNotFoundError:
         pass
-    return sorted(names)
+    for dirpath, _dirs, files in os.walk(gitdir / prefix):
+        for name in files:
+            if not name.endswith(".lock"):
+                ref = Path(dirpath, name).relative_to(gitdir).as_posix()
+                found[ref] = read_ref(gitdir, ref) or ""
+    return found
+
+
+def local_branches(gitdir: Path) -> list[str]:
+    """Names of refs/heads/* (loose and packed)."""
+    return sorted(name[11:] for name in refs_under(gitdir, "refs/heads/"))
 
 
 def mirror_branch(mirror: Path) -> str:

@@ -1,6 +1,7 @@
 """Release really cleans: whatever a holder did to a slot, the next holder gets a slot that
 equals a fresh clone at the newest upstream tip, and the holder's work is kept in a bundle."""
 
+import json
 import os
 import stat
 import time
@@ -204,6 +205,38 @@ def test_a_stash_does_not_leak_to_the_next_holder_and_is_rescued(cli, pool, upst
     repo = restore(upstream, data["rescued"], tmp_path / "restored")
     assert show(repo, "refs/rescued/stash", "README") == "stashed edit"
     assert show(repo, "refs/rescued/stash-1", "README") == "older stashed edit"
+
+
+def test_work_whose_bundle_fails_stays_in_the_slot_until_a_later_cleanup_bundles_it(
+        cli, pool, upstream, tmp_path):
+    # The bundle is written while the slot is reset; if it fails, the holder's commit must
+    # survive in the slot's refs, and the next cleanup must put it in a bundle.
+    slot = allocate_path(cli)
+    git(slot, "checkout", "-q", "-b", "feature")
+    work = commit_file(slot, "feature.txt", "precious\n", "local work")
+    blob = git(slot, "rev-parse", f"{work}:feature.txt")
+    loose = slot / ".git/objects" / blob[:2] / blob[2:]
+    aside = tmp_path / "blob"
+    loose.rename(aside)  # the bundle cannot read it: git bundle fails
+
+    released = cli("release", "web-1", "--json")
+    assert released.code == 3, released
+    assert "refs/necropool/rescue/heads/feature" in json.loads(released.stderr)["message"]
+    assert git(slot, "rev-parse", "refs/necropool/rescue/heads/feature") == work
+    assert cli("status", "web-1", "--json").json()["state"] == "error"
+
+    aside.rename(loose)
+    recovered = cli("recover", "web-1", "--json")
+    assert recovered.code == 0, recovered
+    assert git(slot, "for-each-ref", "refs/necropool") == ""
+    bundles = sorted((slot.parent.parent / "rescued").glob("*.bundle"))
+    assert len(bundles) == 1, bundles
+    repo = restore(upstream, str(bundles[0]), tmp_path / "restored")
+    saved = git(repo, "for-each-ref", "--format=%(refname)", "refs/rescued").splitlines()
+    feature = [ref for ref in saved if ref.endswith("/heads/feature")]
+    assert feature, saved
+    assert show(repo, feature[0], "feature.txt") == "precious"
+    assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
 
 
 def test_a_tracked_directory_replaced_by_a_file_is_restored(cli, pool, upstream, tmp_path):
