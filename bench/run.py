@@ -27,6 +27,7 @@ PYTHON = sys.executable
 FIXED_LIBS = ("import typer, tomllib, tomli_w, json; "
               "from necropool.locks import _portalocker; _portalocker()")
 NECROPOOL = [PYTHON, "-m", "necropool"]
+TYPER_FLOOR = [PYTHON, str(Path(__file__).resolve().parent / "typer_floor.py")]
 
 
 def timed(argv, cwd=None, env=None, sync: bool = False) -> tuple[float, int]:
@@ -73,6 +74,17 @@ class Bench:
     def t_typer(self) -> float:
         return timed([PYTHON, "-c", "import typer"], cwd=self.work, env=self.env)[0]
 
+    def t_typer_cli(self, *args) -> float:
+        """A do-nothing Typer CLI with necropool's options and fixed libraries (typer_floor.py)."""
+        return timed([*TYPER_FLOOR, *map(str, args)], cwd=self.work, env=self.env)[0]
+
+    @staticmethod
+    def floor_note(row: dict, key: str, times: list[float], base: list[float], text: str):
+        row[f"{key}_ms"] = round(statistics.median(times) * 1000, 1)
+        row[f"{key}_ratio"] = round(statistics.median(times) / statistics.median(base), 3)
+        print(f"    {text}: {row[f'{key}_ms']} ms -> ratio {row[f'{key}_ratio']}",
+              file=sys.stderr)
+
     def record(self, case, ours, floor, target, rss=None, note=""):
         mo, mf = statistics.median(ours), statistics.median(floor) if floor else None
         ratio = mo / mf if mf else None
@@ -101,13 +113,14 @@ class Bench:
     # --- cases ----------------------------------------------------------------------------
     def case_allocate(self):
         self.np("create", "warm", self.small, "--slots", 10, "--no-fetch-on-allocate")
-        ours, floor, libs, rss = [], [], [], 0
+        ours, floor, libs, cli, rss = [], [], [], [], 0
         for _ in range(self.reps):
             elapsed, peak = self.np("allocate", "warm", "--no-fetch", timed_run=True)
             ours.append(elapsed)
             rss = max(rss, peak)
             floor.append(self.t_typer())
             libs.append(timed([PYTHON, "-c", FIXED_LIBS], cwd=self.work, env=self.env)[0])
+            cli.append(self.t_typer_cli("allocate", "warm", "--no-fetch"))
             slot = json.loads(self.np("status", "warm", "--json"))["slots"]
             for s in slot:
                 if s["state"] == "allocated":
@@ -115,12 +128,10 @@ class Bench:
         row = self.record("1 allocate --no-fetch (10 slots) vs T", ours, floor, 1.3, rss)
         row["rss_target_mb"] = 50
         row["rss_met"] = rss / 1024 <= 50
-        row["fixed_libraries_ms"] = round(statistics.median(libs) * 1000, 1)
-        row["fixed_libraries_ratio"] = round(statistics.median(libs) / statistics.median(floor),
-                                             3)
-        print(f"    importing the libraries any allocate needs ({FIXED_LIBS}): "
-              f"{row['fixed_libraries_ms']} ms = {row['fixed_libraries_ratio']} x T",
-              file=sys.stderr)
+        self.floor_note(row, "fixed_libraries", libs, floor,
+                        f"importing the libraries any allocate needs ({FIXED_LIBS})")
+        self.floor_note(row, "typer_cli", cli, floor,
+                        "a Typer CLI with these libraries and options that does nothing")
 
     def dirty(self, path: Path, n: int):
         env = self.env
@@ -168,7 +179,7 @@ class Bench:
         pool = f"rel-{label}"
         self.np("create", pool, repo, "--slots", 1, "--no-fetch-on-allocate")
         tip = self.tip(pool)
-        dirty_ours, dirty_floor, clean_ours, clean_floor, rss = [], [], [], [], 0
+        dirty_ours, dirty_floor, clean_ours, clean_floor, clean_cli, rss = [], [], [], [], [], 0
         saving_floor = []
         for n in range(self.reps):
             path = Path(self.np("allocate", pool, "--no-fetch").strip())
@@ -190,8 +201,9 @@ class Bench:
             path = Path(self.np("allocate", pool, "--no-fetch").strip())
             clean_ours.append(self.np("release", path, "--no-fetch", timed_run=True)[0])
             t = self.t_typer()
-            clean_floor.append(t + timed(["git", "status", "--porcelain", "--ignored"],
-                                         cwd=path)[0])
+            st = timed(["git", "status", "--porcelain", "--ignored"], cwd=path)[0]
+            clean_floor.append(t + st)
+            clean_cli.append(self.t_typer_cli("release", path, "--no-fetch") + st)
         row = self.record(f"2 release dirty slot ({label}) vs T + reset --hard && clean -ffdx",
                           dirty_ours, dirty_floor, 1.1, rss,
                           "includes saving the holder's work (bundle), which the floor does not")
@@ -201,8 +213,10 @@ class Bench:
         print(f"    vs T + the same work saved with git's own commands, then reset and clean: "
               f"{row['floor_with_saving_ms']} ms -> ratio {row['ratio_with_saving']}",
               file=sys.stderr)
-        self.record(f"3 release clean slot ({label}) vs T + status --porcelain --ignored",
-                    clean_ours, clean_floor, 1.2)
+        row = self.record(f"3 release clean slot ({label}) vs T + status --porcelain --ignored",
+                          clean_ours, clean_floor, 1.2)
+        self.floor_note(row, "typer_cli", clean_cli, clean_floor,
+                        "a do-nothing Typer CLI (typer_floor.py) + the same status")
 
     def du_kib(self, *paths) -> list[int]:
         out = run(["du", "-sk", *map(str, paths)])
@@ -318,8 +332,11 @@ def table(results: list[dict]) -> str:
                              f"per extra slot vs {r.get('files_plus_index_kib', '')} KiB)"
                              if key == "disk_met" else f"{'':<72} {key}: {r[key]}")
         if "fixed_libraries_ms" in r:
-            lines.append(f"{'':<72} fixed libraries alone: {r['fixed_libraries_ms']} ms = "
-                         f"{r['fixed_libraries_ratio']} x T")
+            lines.append(f"{'':<72} fixed libraries alone: {r['fixed_libraries_ms']} ms -> "
+                         f"ratio {r['fixed_libraries_ratio']}")
+        if "typer_cli_ms" in r:
+            lines.append(f"{'':<72} a do-nothing Typer CLI with them: {r['typer_cli_ms']} ms "
+                         f"-> ratio {r['typer_cli_ratio']}")
         if "floor_with_saving_ms" in r:
             lines.append(f"{'':<72} vs git saving the same work: {r['floor_with_saving_ms']} "
                          f"ms -> ratio {r['ratio_with_saving']}")
