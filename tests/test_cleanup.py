@@ -46,8 +46,9 @@ def assert_fresh_slot(slot: Path, upstream: Path, tip: str, tmp_path: Path) -> N
     assert git(slot, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
     assert git(slot, "for-each-ref", "refs/heads") == "", "local branches survived release"
     assert git(slot, "stash", "list") == "", "the previous holder's stash survived release"
-    leftover = [p.name for p in (slot / ".git").iterdir() if p.name.endswith(".lock")]
-    assert leftover == [], f"git lock files left: {leftover}"
+    leftover = [p.name for p in (slot / ".git").iterdir()
+                if p.name.endswith(".lock") or p.name.startswith("necropool-rescue")]
+    assert leftover == [], f"lock files or a temporary index left: {leftover}"
     assert git(slot, "config", "remote.origin.url") == str(upstream)
     reference = fresh_clone(upstream, tmp_path / f"reference-{tip[:8]}")
     assert git(reference, "rev-parse", "HEAD") == tip
@@ -218,6 +219,7 @@ def test_work_whose_bundle_fails_stays_in_the_slot_until_a_later_cleanup_bundles
     loose = slot / ".git/objects" / blob[:2] / blob[2:]
     aside = tmp_path / "blob"
     loose.rename(aside)  # the bundle cannot read it: git bundle fails
+    (slot / "feature.txt").unlink()  # (or saving the uncommitted work would hash it again)
 
     released = cli("release", "web-1", "--json")
     assert released.code == 3, released
