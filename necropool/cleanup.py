@@ -5,7 +5,6 @@ each step runs only when the slot needs it, so a clean slot costs a ``git status
 ``git clean`` (which alone finds the empty directories a holder left).
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -79,8 +78,13 @@ def stale_git_locks(tree: Path) -> list[Path]:
 
 # --- index integrity ------------------------------------------------------------------------
 
+INDEX_RECORD = "necropool-index"  # in .git: which index file the last cleanup left
+
+
 def index_ok(gitdir: Path) -> bool:
     """The index's signature and trailing SHA-1 (git itself never checks it outside fsck)."""
+    import hashlib  # 4 ms of start-up (OpenSSL), paid only when an index changed
+
     try:
         data = (gitdir / "index").read_bytes()
     except FileNotFoundError:
@@ -90,6 +94,35 @@ def index_ok(gitdir: Path) -> bool:
     if len(data) < 32 or data[:4] != b"DIRC":
         return False
     return hashlib.sha1(data[:-20]).digest() == data[-20:]
+
+
+def _index_identity(gitdir: Path) -> str:
+    try:
+        st = os.stat(gitdir / "index", follow_symlinks=False)
+    except OSError:
+        return ""
+    return f"{st.st_ino} {st.st_size} {st.st_mtime_ns}"
+
+
+def index_unchanged(gitdir: Path) -> bool:
+    """True when the index is the very file the last cleanup left (git replaces the file
+    on every write): its checksum was good then."""
+    try:
+        recorded = (gitdir / INDEX_RECORD).read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return recorded != "" and recorded == _index_identity(gitdir)
+
+
+def record_index(gitdir: Path) -> None:
+    write_record(gitdir / INDEX_RECORD, _index_identity(gitdir))
+
+
+def write_record(path: Path, text: str) -> None:
+    """Write one of cleanup's own files in a slot's .git (a holder could have left anything
+    there: a planted symlink is removed, never written through)."""
+    path.unlink(missing_ok=True)
+    path.write_text(text)
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -155,7 +188,7 @@ def _directories(tree: Path) -> list[str]:
 def record_tree(tree: Path) -> None:
     """Remember the slot's directories as a cleanup leaves them."""
     data = {"at": time.time_ns(), "dirs": _directories(tree)}
-    (tree / ".git" / TREE_RECORD).write_text(json.dumps(data))
+    write_record(tree / ".git" / TREE_RECORD, json.dumps(data))
 
 
 def tree_untouched(tree: Path) -> bool:
@@ -335,6 +368,7 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     if saved:
         git.delete_refs(gitdir, saved)
         report.rescued = str(rescue_to)
+    record_index(gitdir)
     return report
 
 
@@ -354,7 +388,7 @@ def _repair(tree: Path, expected_config: str, report: Report) -> None:
     for lock in stale_git_locks(tree):
         lock.unlink(missing_ok=True)
         report.git_locks_removed.append(str(lock.relative_to(tree)))
-    if not index_ok(gitdir):
+    if not index_unchanged(gitdir) and not index_ok(gitdir):
         (gitdir / "index").unlink()
         report.index_rebuilt = True
 

@@ -176,6 +176,26 @@ def test_releasing_an_untouched_slot_saves_nothing(cli, pool, root, upstream, tm
     assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
 
 
+def test_an_index_damaged_after_the_last_cleanup_is_rebuilt(cli, pool, upstream, tmp_path):
+    # Releases skip re-hashing an index that is still the file the last cleanup left; one
+    # a holder's tool rewrote in place must still be checked, and rebuilt when damaged.
+    slot = allocate_path(cli)
+    assert cli("release", "web-1").code == 0
+    slot = allocate_path(cli)
+    index = slot / ".git" / "index"
+    with open(index, "r+b") as fh:
+        fh.seek(40)  # inside the first entry's stat data: git itself would not notice
+        byte = fh.read(1)
+        fh.seek(40)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    released = cli("release", "web-1", "--json")
+    assert released.code == 0, released
+    assert released.json()["cleanup"].get("index_rebuilt") is True
+    assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
+    again = cli("release", allocate_path(cli), "--json")
+    assert "index_rebuilt" not in again.json()["cleanup"]
+
+
 def test_commits_on_a_detached_head_are_rescued(cli, pool, upstream, tmp_path):
     slot = allocate_path(cli)
     first = commit_file(slot, "one.txt", "first\n")

@@ -417,12 +417,18 @@ def test_a_config_symlink_in_a_slot_is_replaced_not_written_through(root, pool, 
     assert not (slot / ".git" / "config").is_symlink()
 
 
-def test_a_rescue_index_symlink_is_not_written_through(root, pool, tmp_path):
+@pytest.mark.parametrize("name", ["necropool-rescue.index", "necropool-tree.json",
+                                  "necropool-index"])
+def test_a_symlink_in_place_of_cleanups_own_files_is_not_written_through(root, pool, tmp_path,
+                                                                         name):
+    """cleanup keeps a temporary index and two records in the slot's .git; a holder who put
+    symlinks there never gets the files they point at written."""
     victim = tmp_path / "victim.bin"
     victim.write_bytes(b"precious")
     slot = Path(run("allocate", "web").stdout.strip())
     dirty(slot)
-    (slot / ".git" / "necropool-rescue.index").symlink_to(victim)
+    (slot / ".git" / name).unlink(missing_ok=True)
+    (slot / ".git" / name).symlink_to(victim)
     proc = run("release", slot)
     no_traceback(proc)
     assert proc.returncode == 0, proc
