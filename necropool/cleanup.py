@@ -362,9 +362,12 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     bundle = start_bundle(tree, rescue_to, saved) if saved else None
     try:  # the bundle is written while the slot is reset and cleaned (-30 ms)
         _reset(tree, gitdir, tip, st, untouched, keep_ignored, branches, stashes, report)
-    finally:
-        if bundle:
-            finish_bundle(bundle, saved)
+    except BaseException:  # this error (or Ctrl-C) is the one to report; the saved refs
+        if bundle:         # stay in the slot for the next cleanup
+            git.wait(*bundle, check=False)
+        raise
+    if bundle:
+        finish_bundle(bundle, saved)
     if saved:
         git.delete_refs(gitdir, saved)
         report.rescued = str(rescue_to)

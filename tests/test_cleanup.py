@@ -3,7 +3,10 @@ equals a fresh clone at the newest upstream tip, and the holder's work is kept i
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -174,6 +177,56 @@ def test_releasing_an_untouched_slot_saves_nothing(cli, pool, root, upstream, tm
     assert "rescued" not in released.json()
     assert list((root / "pools/web/rescued").iterdir()) == []
     assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
+
+
+def saved_contents(upstream: Path, bundles: list[Path], dest: Path, name: str) -> set[str]:
+    """Every version of file ``name`` in any ref of any of the bundles."""
+    repo = fresh_clone(upstream, dest)
+    for i, bundle in enumerate(bundles):
+        git(repo, "fetch", "-q", str(bundle), f"refs/necropool/rescue/*:refs/b{i}/*")
+    found = set()
+    for ref in git(repo, "for-each-ref", "--format=%(refname)").splitlines():
+        text = git(repo, "show", f"{ref}:{name}", check=False)
+        if text:
+            found.add(text)
+    return found
+
+
+def test_ctrl_c_at_any_moment_of_a_release_loses_no_work(cli, pool, root, upstream, tmp_path):
+    # Ctrl-C reaches necropool and its git children alike, whether they save the work,
+    # write the bundle or reset the slot. The release says "interrupted" (never a failure),
+    # and finishing it (release again, or recover a slot left in cleaning) bundles the work.
+    written, duration = set(), None
+    for n, moment in enumerate((None, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)):
+        slot = allocate_path(cli)
+        for i in range(200):
+            (slot / f"dir{i % 20}").mkdir(exist_ok=True)
+            (slot / f"dir{i % 20}" / f"f{i}.txt").write_text(f"scratch {n}\n")
+        (slot / "work.txt").write_text(f"work {n}\n")
+        written.add(f"work {n}")
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "necropool", "release", "web-1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        if moment is None:  # the first release runs whole: its length sets the moments
+            proc.communicate(timeout=60)
+            duration = time.monotonic() - started
+            continue
+        time.sleep(duration * moment)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        # (-SIGINT: the interrupt came as Python exited; a shell shows 130 for it too)
+        assert proc.returncode in (0, 130, -signal.SIGINT), (moment, proc.returncode, err)
+        state = cli("status", "web-1", "--json").json()["state"]
+        if state == "allocated":
+            assert cli("release", "web-1").code == 0
+        elif state != "available":
+            assert cli("recover", "web-1").code == 0
+        assert cli("status", "web-1", "--json").json()["state"] == "available"
+        (tmp_path / str(n)).mkdir()
+        assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path / str(n))
+    bundles = sorted((root / "pools/web/rescued").glob("*.bundle"))
+    assert written <= saved_contents(upstream, bundles, tmp_path / "all", "work.txt")
 
 
 def test_an_index_damaged_after_the_last_cleanup_is_rebuilt(cli, pool, upstream, tmp_path):
