@@ -25,6 +25,7 @@ class PoolPaths:
         self.pool_lock = self.dir / "pool.lock"
         self.mirror_lock = self.dir / "mirror.lock"
         self.wait_lock = self.dir / "wait.lock"
+        self.wake = self.dir / "wake.fifo"
         self.mirror_stamp = self.dir / "mirror.fetched"
         self.locks = self.dir / "locks"
         self.mirror = self.dir / "mirror.git"
@@ -44,8 +45,8 @@ class PoolPaths:
 
     KNOWN = frozenset({
         "pool.toml", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock", "wait.lock",
-        "mirror.fetched", "locks", "mirror.git", "slots", "events.jsonl", "events.jsonl.1",
-        "rescued", "verified.json",
+        "wake.fifo", "mirror.fetched", "locks", "mirror.git", "slots", "events.jsonl",
+        "events.jsonl.1", "rescued", "verified.json",
     })
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from necropool import events, git, state
+from necropool import events, git, state, wakeup
 from necropool.clock import now, rfc3339
 from necropool.config import FETCH_BACKENDS, PoolSpec, Settings, default_config_path
 from necropool.errors import Conflict, NecropoolError, NotFound, OperationFailed, UsageError
@@ -109,8 +109,10 @@ class Pool:
             self.save(current)
 
     def save(self, current: PoolState) -> None:
-        """Write the state (call only while holding the pool lock)."""
+        """Write the state (call only while holding the pool lock) and wake the allocation
+        waiter at the head of the queue, if any."""
         state.save(self.paths, current)
+        wakeup.poke(self.paths.wake)
 
     def sweep(self) -> None:
         """Finish deleting what dead processes left half-done (temp clones, trash, temp files;

@@ -113,6 +113,8 @@ def digest(top: Path) -> dict[str, tuple]:
                 out[rel] = ("link", os.readlink(path))
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            elif stat.S_ISFIFO(st.st_mode):  # wake.fifo: reading it would block
+                out[rel] = ("fifo", stat.S_IMODE(st.st_mode))
             else:
                 out[rel] = ("file", stat.S_IMODE(st.st_mode),
                             hashlib.sha256(path.read_bytes()).hexdigest())

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -433,6 +434,30 @@ def test_a_symlink_in_place_of_cleanups_own_files_is_not_written_through(root, p
     no_traceback(proc)
     assert proc.returncode == 0, proc
     assert victim.read_bytes() == b"precious"
+
+
+def test_a_wake_fifo_symlink_is_neither_followed_nor_needed(env):
+    """A symlink in place of wake.fifo, to a FIFO outside the root that would accept pokes:
+    nothing is written through it, and a waiting allocate still gets the slot released."""
+    outside = env["tmp"] / "outside.fifo"
+    os.mkfifo(outside)
+    reader = os.open(outside, os.O_RDWR | os.O_NONBLOCK)  # so a poke through it would land
+    try:
+        (env["pool"] / "wake.fifo").symlink_to(outside)
+        for _ in range(2):  # web-2 and web-3: the pool is full
+            assert run("allocate", "web", "--no-fetch").returncode == 0
+        waiter = subprocess.Popen([sys.executable, "-m", "necropool", "allocate", "web",
+                                   "--no-fetch", "--wait", "20s"], text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1)
+        assert run("release", "web-2", "--no-fetch").returncode == 0
+        out, err = waiter.communicate(timeout=30)
+        assert waiter.returncode == 0, err
+        with pytest.raises(BlockingIOError):
+            os.read(reader, 1)
+    finally:
+        os.close(reader)
+    assert (env["pool"] / "wake.fifo").is_symlink()
 
 
 def test_a_users_file_that_looks_like_a_temp_name_is_never_swept(env):

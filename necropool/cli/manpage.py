@@ -101,6 +101,8 @@ FILES = [
      "Held only for the read-modify-write of state.toml (milliseconds)."),
     ("<root>/pools/<pool>/wait.lock",
      "The queue of allocations waiting for a free slot (allocate --wait)."),
+    ("<root>/pools/<pool>/wake.fifo",
+     "Every state write wakes the waiter at the head of that queue through it (no polling)."),
     ("<root>/pools/<pool>/mirror.lock",
      "Serialises upstream fetches and mirror rebuilds."),
     ("<root>/pools/<pool>/mirror.fetched",
