@@ -28,7 +28,7 @@ from necropool.layout import (
 from necropool.locks import FileLock
 from necropool.names import check_pool_name, check_url, parse_slot_id
 from necropool.records import Record
-from necropool.state import ALLOCATED, CLEANING, PoolState, Slot
+from necropool.state import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot
 
 Progress = Callable[[int, int], None]
 
@@ -109,10 +109,12 @@ class Pool:
             self.save(current)
 
     def save(self, current: PoolState) -> None:
-        """Write the state (call only while holding the pool lock) and wake the allocation
-        waiter at the head of the queue, if any."""
+        """Write the state (call only while holding the pool lock); when it leaves a slot
+        free, wake the allocation waiter at the head of the queue, if any (waking it for
+        other writes only makes it take the pool lock for nothing)."""
         state.save(self.paths, current)
-        wakeup.poke(self.paths.wake)
+        if any(slot.state == AVAILABLE for slot in current.slots.values()):
+            wakeup.poke(self.paths.wake)
 
     def sweep(self) -> None:
         """Finish deleting what dead processes left half-done (temp clones, trash, temp files;
