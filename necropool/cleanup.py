@@ -17,7 +17,8 @@ from necropool import git
 from necropool.git import GitError
 
 GIT_LOCK_NAMES = ("index.lock", "HEAD.lock", "ORIG_HEAD.lock", "FETCH_HEAD.lock",
-                  "packed-refs.lock", "config.lock", "shallow.lock")
+                  "packed-refs.lock", "config.lock", "shallow.lock",
+                  "necropool-rescue.index.lock")  # the lock of cleanup's temporary index
 
 
 @dataclass

@@ -80,23 +80,35 @@ def start(args: list[str], cwd: Path | None = None, *, env: dict | None = None,
 def wait(proc, args: list[str], *, timeout: float = 600, check: bool = True,
          input: bytes | None = None):
     """Wait for a git process ``start`` began; return the CompletedProcess, or raise
-    GitError with git's message when it fails. An interrupt kills it, as ``run`` does."""
+    GitError with git's message when it fails. A timeout or an interrupt stops it."""
     import subprocess
 
     with proc:
         try:
             stdout, stderr = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+            _stop(proc)
             raise GitError(f"git {args[0]} timed out after {timeout:g}s", "timed out") from None
         except BaseException:
-            proc.kill()
+            _stop(proc)
             raise
     if check and proc.returncode != 0:
         message = stderr.decode(errors="replace").strip()
         raise GitError(f"git {args[0]} failed: {_summary(message, proc.returncode)}", message)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _stop(proc) -> None:
+    """End a git process: SIGTERM first, so that git removes its lock files (after SIGKILL
+    they stay, and the next git in that repository fails), then SIGKILL after 2 s."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.communicate(timeout=2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
 
 
 def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,

@@ -179,17 +179,22 @@ def test_releasing_an_untouched_slot_saves_nothing(cli, pool, root, upstream, tm
     assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
 
 
-def saved_contents(upstream: Path, bundles: list[Path], dest: Path, name: str) -> set[str]:
-    """Every version of file ``name`` in any ref of any of the bundles."""
+def saved_contents(upstream: Path, rescued: Path, dest: Path, name: str) -> set[str]:
+    """Every version of file ``name`` that ``rescued/`` keeps: in any ref of any bundle, or
+    in a working copy that recover moved aside whole (``*.broken``), or in its refs."""
     repo = fresh_clone(upstream, dest)
-    for i, bundle in enumerate(bundles):
+    for i, bundle in enumerate(sorted(rescued.glob("*.bundle"))):
         git(repo, "fetch", "-q", str(bundle), f"refs/necropool/rescue/*:refs/b{i}/*")
     found = set()
     for ref in git(repo, "for-each-ref", "--format=%(refname)").splitlines():
-        text = git(repo, "show", f"{ref}:{name}", check=False)
-        if text:
-            found.add(text)
-    return found
+        found.add(git(repo, "show", f"{ref}:{name}", check=False))
+    for broken in rescued.glob("*.broken"):
+        if (broken / name).is_file():
+            found.add((broken / name).read_text().strip())
+        for ref in git(broken, "for-each-ref", "--format=%(refname)",
+                       "refs/necropool").splitlines():
+            found.add(git(broken, "show", f"{ref}:{name}", check=False))
+    return found - {""}
 
 
 def test_ctrl_c_at_any_moment_of_a_release_loses_no_work(cli, pool, root, upstream, tmp_path):
@@ -225,8 +230,8 @@ def test_ctrl_c_at_any_moment_of_a_release_loses_no_work(cli, pool, root, upstre
         assert cli("status", "web-1", "--json").json()["state"] == "available"
         (tmp_path / str(n)).mkdir()
         assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path / str(n))
-    bundles = sorted((root / "pools/web/rescued").glob("*.bundle"))
-    assert written <= saved_contents(upstream, bundles, tmp_path / "all", "work.txt")
+    assert written <= saved_contents(upstream, root / "pools/web/rescued", tmp_path / "all",
+                                     "work.txt")
 
 
 def test_an_index_damaged_after_the_last_cleanup_is_rebuilt(cli, pool, upstream, tmp_path):
@@ -279,6 +284,21 @@ def test_a_stash_does_not_leak_to_the_next_holder_and_is_rescued(cli, pool, upst
     repo = restore(upstream, data["rescued"], tmp_path / "restored")
     assert show(repo, "refs/rescued/stash", "README") == "stashed edit"
     assert show(repo, "refs/rescued/stash-1", "README") == "older stashed edit"
+
+
+def test_a_killed_save_leaves_no_lock_that_stops_the_next_one(cli, pool, upstream, tmp_path):
+    # A cleanup killed while git added the holder's files to its temporary index leaves
+    # that index's lock file behind; the next cleanup removes it and saves the work.
+    slot = allocate_path(cli)
+    (slot / "notes.txt").write_text("unsaved notes\n")
+    (slot / ".git" / "necropool-rescue.index.lock").write_text("")
+    released = cli("release", "web-1", "--json")
+    assert released.code == 0, released
+    data = released.json()
+    assert ".git/necropool-rescue.index.lock" in data["cleanup"]["git_locks_removed"]
+    repo = restore(upstream, data["rescued"], tmp_path / "restored")
+    assert show(repo, "refs/rescued/uncommitted", "notes.txt") == "unsaved notes"
+    assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
 
 
 def test_work_whose_bundle_fails_stays_in_the_slot_until_a_later_cleanup_bundles_it(
