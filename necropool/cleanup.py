@@ -308,12 +308,17 @@ def start_bundle(tree: Path, dest: Path, refs: list[str]):
     return git.start(args, tree), args
 
 
-def finish_bundle(bundle, refs: list[str]) -> None:
+def finish_bundle(bundle, refs: list[str]) -> bool:
+    """Wait for the bundle; False when git wrote none because every saved commit is
+    already upstream (a leftover ref whose work was pushed since, say)."""
     try:
         git.wait(*bundle)
     except GitError as exc:
+        if "empty bundle" in exc.stderr:
+            return False
         raise GitError(f"could not save the holder's work ({exc.message}); it is kept in the "
                        f"slot as {', '.join(refs)}", exc.stderr) from None
+    return True
 
 
 # --- the whole cleanup ----------------------------------------------------------------------
@@ -367,11 +372,10 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
         if bundle:         # stay in the slot for the next cleanup
             git.wait(*bundle, check=False)
         raise
-    if bundle:
-        finish_bundle(bundle, saved)
+    if bundle and finish_bundle(bundle, saved):
+        report.rescued = str(rescue_to)
     if saved:
         git.delete_refs(gitdir, saved)
-        report.rescued = str(rescue_to)
     record_index(gitdir)
     return report
 

@@ -286,6 +286,18 @@ def test_a_stash_does_not_leak_to_the_next_holder_and_is_rescued(cli, pool, upst
     assert show(repo, "refs/rescued/stash-1", "README") == "older stashed edit"
 
 
+def test_a_leftover_save_whose_work_is_upstream_by_now_does_not_block_cleanup(cli, pool,
+                                                                             upstream):
+    # A save that never made it into a bundle left a ref; its commit has reached upstream
+    # since. git refuses to write an empty bundle: cleanup must drop the ref, not fail.
+    slot = allocate_path(cli)
+    git(slot, "update-ref", "refs/necropool/rescue/HEAD", "HEAD")
+    released = cli("release", "web-1", "--json")
+    assert released.code == 0, released
+    assert "rescued" not in released.json()
+    assert git(slot, "for-each-ref", "refs/necropool") == ""
+
+
 def test_a_killed_save_leaves_no_lock_that_stops_the_next_one(cli, pool, upstream, tmp_path):
     # A cleanup killed while git added the holder's files to its temporary index leaves
     # that index's lock file behind; the next cleanup removes it and saves the work.
