@@ -40,6 +40,13 @@ class Report:
         return {k: v for k, v in vars(self).items() if v not in (None, [], False, 0)}
 
 
+def write_record(path: Path, text: str) -> None:
+    """Write one of cleanup's own files in a slot's .git (a holder could have left anything
+    there: a planted symlink is removed, never written through)."""
+    path.unlink(missing_ok=True)
+    path.write_text(text)
+
+
 # --- stale git lock files ---------------------------------------------------------------------
 
 def git_lock_files(gitdir: Path) -> list[Path]:
@@ -117,13 +124,6 @@ def index_unchanged(gitdir: Path) -> bool:
 
 def record_index(gitdir: Path) -> None:
     write_record(gitdir / INDEX_RECORD, _index_identity(gitdir))
-
-
-def write_record(path: Path, text: str) -> None:
-    """Write one of cleanup's own files in a slot's .git (a holder could have left anything
-    there: a planted symlink is removed, never written through)."""
-    path.unlink(missing_ok=True)
-    path.write_text(text)
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     if not gitdir.is_dir() or gitdir.is_symlink():
         raise GitError(f"{tree} is not a git working copy (.git missing)")
     report = Report()
-    _repair(tree, git.slot_config(url, git.object_format(mirror)), report)
+    _restore_git_files(tree, git.slot_config(url, git.object_format(mirror)), report)
     earlier = set_aside_earlier_save(gitdir)
 
     # Ignored files are counted from what ``git clean`` removes: asking status for them too
@@ -380,7 +380,7 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     return report
 
 
-def _repair(tree: Path, expected_config: str, report: Report) -> None:
+def _restore_git_files(tree: Path, expected_config: str, report: Report) -> None:
     """Restore the slot's .git/config, remove git lock files a killed git left, and drop an
     index whose checksum is wrong (the checkout rebuilds it)."""
     gitdir = tree / ".git"
@@ -390,8 +390,7 @@ def _repair(tree: Path, expected_config: str, report: Report) -> None:
     except OSError:
         current = None
     if current != expected_config:
-        config.unlink(missing_ok=True)  # a symlink is replaced, never written through
-        config.write_text(expected_config)
+        write_record(config, expected_config)
         report.config_restored = True
     for lock in stale_git_locks(tree):
         lock.unlink(missing_ok=True)
