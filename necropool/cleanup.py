@@ -1,20 +1,24 @@
 """Bringing a slot back to a fresh state at the pool's tip, saving the holder's work first.
 
-The git CLI does the work (measured 2-10x faster than libgit2 for status/checkout/clean);
-each step runs only when the slot needs it, so a clean slot costs a ``git status`` and a
-``git clean`` (which alone finds the empty directories a holder left).
+The slot, ``.git`` included, is untrusted input: its git directory is audited before git is
+run there (a tampered one is moved aside whole and the slot re-cloned), its metadata is put
+back as a fresh slot has it before the work is judged, and everything a fresh slot does not
+have (refs of every kind, nested repositories, submodules, worktrees) is saved before it is
+discarded. The git CLI does the work (measured 2-10x faster than libgit2 for
+status/checkout/clean); each step runs only when the slot needs it, so an untouched slot
+costs a ``git status`` of its tracked files.
 """
 
-import json
 import os
 import shutil
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from necropool import git
+from necropool import git, nested, slotgit
 from necropool.git import GitError
+from necropool.lastclean import LastClean, index_identity
+from necropool.layout import temp_name
 
 GIT_LOCK_NAMES = ("index.lock", "HEAD.lock", "ORIG_HEAD.lock", "FETCH_HEAD.lock",
                   "packed-refs.lock", "config.lock", "shallow.lock",
@@ -31,20 +35,26 @@ class Report:
     moved_from: str | None = None
     branches_deleted: list[str] = field(default_factory=list)
     stashes_deleted: int = 0
+    refs_deleted: list[str] = field(default_factory=list)
     git_locks_removed: list[str] = field(default_factory=list)
     config_restored: bool = False
+    restored: list[str] = field(default_factory=list)
     index_rebuilt: bool = False
+    nested_saved: list[str] = field(default_factory=list)
+    moved_aside: list[str] = field(default_factory=list)
+    special_files_removed: int = 0
+    leftovers_removed: list[str] = field(default_factory=list)
+    tampered: list[str] = field(default_factory=list)
+    recloned: bool = False
     rescued: str | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in vars(self).items() if v not in (None, [], False, 0)}
 
 
-def write_record(path: Path, text: str) -> None:
-    """Write one of cleanup's own files in a slot's .git (a holder could have left anything
-    there: a planted symlink is removed, never written through)."""
-    path.unlink(missing_ok=True)
-    path.write_text(text)
+def printable(name: str) -> str:
+    """A name read from the slot (bytes that need not be UTF-8) fit for output."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 # --- stale git lock files ---------------------------------------------------------------------
@@ -86,44 +96,24 @@ def stale_git_locks(tree: Path) -> list[Path]:
 
 # --- index integrity ------------------------------------------------------------------------
 
-INDEX_RECORD = "necropool-index"  # in .git: which index file the last cleanup left
-
-
 def index_ok(gitdir: Path) -> bool:
     """The index's signature and trailing SHA-1 (git itself never checks it outside fsck)."""
-    import hashlib  # 4 ms of start-up (OpenSSL), paid only when an index changed
-
     try:
-        data = (gitdir / "index").read_bytes()
+        return checksum_ok((gitdir / "index").read_bytes())
     except FileNotFoundError:
         return True  # no index is a valid (empty) state; checkout rebuilds it
     except OSError:
         return False
-    if len(data) < 32 or data[:4] != b"DIRC":
+
+
+def checksum_ok(data: bytes, hash_size: int = 20) -> bool:
+    """An index's trailing checksum (SHA-1, or SHA-256 in a SHA-256 repository)."""
+    import hashlib  # 4 ms of start-up (OpenSSL), paid only when an index changed
+
+    if len(data) < 12 + hash_size or data[:4] != b"DIRC":
         return False
-    return hashlib.sha1(data[:-20]).digest() == data[-20:]
-
-
-def _index_identity(gitdir: Path) -> str:
-    try:
-        st = os.stat(gitdir / "index", follow_symlinks=False)
-    except OSError:
-        return ""
-    return f"{st.st_ino} {st.st_size} {st.st_mtime_ns}"
-
-
-def index_unchanged(gitdir: Path) -> bool:
-    """True when the index is the very file the last cleanup left (git replaces the file
-    on every write): its checksum was good then."""
-    try:
-        recorded = (gitdir / INDEX_RECORD).read_text()
-    except (OSError, UnicodeDecodeError):
-        return False
-    return recorded != "" and recorded == _index_identity(gitdir)
-
-
-def record_index(gitdir: Path) -> None:
-    write_record(gitdir / INDEX_RECORD, _index_identity(gitdir))
+    digest = hashlib.sha256 if hash_size == 32 else hashlib.sha1
+    return digest(data[:-hash_size]).digest() == data[-hash_size:]
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -167,57 +157,7 @@ def status(tree: Path, untracked: bool = True) -> Status:
     return Status(head, branch, changed, untracked)
 
 
-# --- has anything been added or removed since the last cleanup? ----------------------------
-
-TREE_RECORD = "necropool-tree.json"  # in .git: the directories a cleanup left, and when
-MTIME_SLACK_NS = 50_000_000  # file times are coarser than the clock: within 50 ms is "changed"
-
-
-def _directories(tree: Path) -> list[str]:
-    found, stack, top = [""], [""], str(tree)
-    while stack:
-        rel = stack.pop()
-        with os.scandir(f"{top}/{rel}" if rel else top) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False) and not (rel == "" and entry.name == ".git"):
-                    child = f"{rel}/{entry.name}" if rel else entry.name
-                    found.append(child)
-                    stack.append(child)
-    return found
-
-
-def record_tree(tree: Path) -> None:
-    """Remember the slot's directories as a cleanup leaves them."""
-    data = {"at": time.time_ns(), "dirs": _directories(tree)}
-    write_record(tree / ".git" / TREE_RECORD, json.dumps(data))
-
-
-def tree_untouched(tree: Path) -> bool:
-    """True when no file or directory was added, removed or renamed anywhere in the tree
-    since the last cleanup: each of those changes the modification time of a directory
-    that cleanup left (a new directory's parent, recursively). Then untracked files, ignored
-    files and empty directories cannot exist, and the tree needs no walk by git at all."""
-    try:
-        data = json.loads((tree / ".git" / TREE_RECORD).read_text())
-        limit = int(data["at"]) - MTIME_SLACK_NS
-        top = str(tree)
-        for rel in data["dirs"]:  # plain strings: thousands of stats, no Path objects
-            st = os.stat(f"{top}/{rel}" if rel else top, follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode) or st.st_mtime_ns >= limit:
-                return False
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return True
-
-
 # --- saving work ----------------------------------------------------------------------------
-
-def unpushed(tree: Path, has_branches: bool) -> bool:
-    """True when HEAD or a local branch holds commits that no remote-tracking ref has."""
-    args = ["rev-list", "-n1", "HEAD", *(["--branches"] if has_branches else []),
-            "--not", "--remotes"]
-    return bool(git.run(args, tree).stdout.strip())
-
 
 def stash_entries(tree: Path) -> list[str]:
     """The holder's stash entries, newest first (no process when there is no stash)."""
@@ -274,13 +214,13 @@ class Snapshot:
         self.index.unlink(missing_ok=True)
 
 
-def save_work(tree: Path, st: Status, branches: list[str], with_head: bool,
-              stashes: list[str], snapshot: Snapshot | None = None) -> dict[str, str]:
+def save_refs(tree: Path, st: Status, extras: dict[str, str], with_head: bool,
+              stashes: list[str], snapshot: Snapshot | None) -> dict[str, str]:
     """Record the holder's work as refs under ``RESCUE_REFS`` in the slot: uncommitted
-    changes (as a commit over HEAD, from ``snapshot`` when one was started), HEAD, local
-    branches and stash entries (``stash``, ``stash-1``, ...). Objects and refs stay in the
-    slot until the bundle is written."""
-    gitdir = tree / ".git"
+    changes (as a commit over HEAD, from ``snapshot`` when one was started), HEAD, and every
+    ref a fresh slot does not have (``heads/NAME``, ``tags/NAME``, ``stash``, ``stash-1``,
+    ..., else the ref's full name). Objects and refs stay in the slot until the bundle is
+    written; the bundle leaves out what is upstream already."""
     refs: dict[str, str] = {}
     if st.changed or st.untracked:
         wtree = (snapshot or Snapshot(tree)).tree_id()
@@ -290,13 +230,13 @@ def save_work(tree: Path, st: Status, branches: list[str], with_head: bool,
             ["commit-tree", wtree, *parents, "-m", msg], tree).stdout.decode().strip()
     if with_head and st.head:
         refs[RESCUE_REFS + "HEAD"] = st.head
-    for name in branches:
-        sha = git.read_ref(gitdir, f"refs/heads/{name}")
-        if sha:
-            refs[f"{RESCUE_REFS}heads/{name}"] = sha
+    for name, sha in extras.items():
+        if name != "refs/stash" and sha:
+            short = name[5:] if name.startswith(("refs/heads/", "refs/tags/")) else name
+            refs[RESCUE_REFS + short] = sha
     for i, sha in enumerate(stashes):
         refs[RESCUE_REFS + "stash" + (f"-{i}" if i else "")] = sha
-    git.write_refs(gitdir, refs)
+    git.write_refs(tree / ".git", refs)
     return refs
 
 
@@ -321,53 +261,120 @@ def finish_bundle(bundle, refs: list[str]) -> bool:
     return True
 
 
+
+
+# --- refs -------------------------------------------------------------------------------------
+
+def classify_refs(gitdir: Path, mirror: Path) -> tuple[dict[str, str], bool]:
+    """(every ref a fresh slot would not have as it is, whether the slot's copies of the
+    mirror's branches and tags need a fetch). A fresh slot has the mirror's branches as
+    ``refs/remotes/origin/*`` and its tags; anything else, or any of those moved, may hold
+    the holder's work."""
+    expected = {f"refs/remotes/origin/{n[11:]}": sha
+                for n, sha in git.refs_under(mirror, "refs/heads/").items()}
+    expected.update(git.refs_under(mirror, "refs/tags/"))
+    slot = git.refs_under(gitdir, "refs/")
+    extras = {name: sha for name, sha in slot.items()
+              if expected.get(name) != sha and not name.startswith(RESCUE_REFS)
+              and name != "refs/remotes/origin/HEAD"}
+    stale = any(slot.get(name) != sha for name, sha in expected.items())
+    return extras, stale or any(name in expected for name in extras)
+
+
+def fetch_mirror_refs(tree: Path, mirror: Path) -> None:
+    """Make the slot's ``refs/remotes/origin/*`` and tags those of the mirror."""
+    git.run(["fetch", "--no-tags", "--prune", "--quiet", str(mirror),
+             "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"], tree)
+
+
+# --- the index ------------------------------------------------------------------------------
+
+def check_index(tree: Path, hash_size: int) -> bool:
+    """Rebuild the index from HEAD when it is missing, damaged, or has entries whose changes
+    git would not look at (assume-unchanged, skip-worktree, intent-to-add): the holder's
+    work must be judged against HEAD, or a damaged index "saves" false deletions and flags
+    hide real edits. Returns True when it was rebuilt."""
+    gitdir = tree / ".git"
+    try:
+        data = (gitdir / "index").read_bytes()
+        hidden, skipped = slotgit.flagged_entries(data, hash_size)
+        if checksum_ok(data, hash_size) and not hidden and not skipped:
+            return False
+    except FileNotFoundError:
+        skipped = []
+    except (OSError, ValueError, IndexError):
+        skipped = []
+    (gitdir / "index").unlink(missing_ok=True)
+    git.run(["read-tree", "HEAD"], tree)
+    absent = [p for p in skipped if not os.path.lexists(os.path.join(os.fsencode(tree), p))]
+    if absent:  # left out by a sparse checkout, not deleted by the holder
+        git.run(["checkout-index", "-f", "-z", "--stdin"], tree, input=b"\0".join(absent))
+    return True
+
+
 # --- the whole cleanup ----------------------------------------------------------------------
 
 def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ignored: bool,
-          rescue_to: Path, known_commit: str | None = None) -> Report:
-    """Make ``tree`` equal a fresh slot at ``tip``: saving the holder's work to a bundle at
-    ``rescue_to`` (when there is any), removing stale git locks, resetting, cleaning and
-    deleting local branches. Raises GitError when the slot cannot be cleaned; saved work
-    not yet in a bundle then stays in the slot's refs, and the next cleanup bundles it."""
+          rescue_to: Path, record: Path, known_commit: str | None = None) -> Report:
+    """Make ``tree`` equal a fresh slot at ``tip``, saving the holder's work to a bundle at
+    ``rescue_to`` (when there is any; nested repositories git must not be run on go beside
+    it, a tampered slot whole). ``record`` (outside the slot) remembers what this cleanup
+    left. Raises GitError when the slot cannot be cleaned; saved work not yet in a bundle
+    then stays in the slot's refs, and the next cleanup bundles it."""
     gitdir = tree / ".git"
     if tree.is_symlink():
         raise GitError(f"{tree} is a symlink: refusing to clean what it points at")
-    if not gitdir.is_dir() or gitdir.is_symlink():
-        raise GitError(f"{tree} is not a git working copy (.git missing)")
+    problems = (slotgit.audit(gitdir) if gitdir.is_dir() and not gitdir.is_symlink()
+                else [".git is not a directory"])
+    if problems:
+        return replace_tampered(tree, mirror=mirror, url=url, branch=branch, tip=tip,
+                                aside=_beside(rescue_to, ".tampered"), problems=problems,
+                                record=record)
     report = Report()
-    _restore_git_files(tree, git.slot_config(url, git.object_format(mirror)), report)
+    object_format = git.object_format(mirror)
+    report.restored = slotgit.restore(gitdir, git.slot_config(url, object_format))
+    report.config_restored = "config" in report.restored
+    for lock in stale_git_locks(tree):
+        lock.unlink(missing_ok=True)
+        report.git_locks_removed.append(str(lock.relative_to(tree)))
     earlier = set_aside_earlier_save(gitdir)
+    last = LastClean.load(record)
+    if not last.index_unchanged(gitdir):
+        report.index_rebuilt = check_index(tree, 32 if object_format == "sha256" else 20)
 
     # Ignored files are counted from what ``git clean`` removes: asking status for them too
     # costs a slower walk of the tree (measured 16 ms against 10 on 2,000 files). When no
     # directory changed since the last cleanup there is nothing untracked to find at all:
     # status checks tracked files only (8 ms) and ``git clean`` is skipped (11 ms). When
     # one did, the holder most likely left files: adding them begins beside the status.
-    touched = not tree_untouched(tree)
+    touched = not last.tree_untouched(tree)
     untouched = not keep_ignored and not touched
     snapshot = Snapshot(tree) if touched else None
     try:
         st = status(tree, untracked=not untouched)
         if st.head is None:
             raise GitError(f"{tree}: HEAD does not resolve to a commit")
-        branches = git.local_branches(gitdir)
-        head_known = st.head in (tip, known_commit)
-        lost_commits = (branches or not head_known) and unpushed(tree, bool(branches))
-        stashes = stash_entries(tree)
-        if git.read_ref(gitdir, f"refs/remotes/origin/{branch}") != tip:
-            git.run(["fetch", "--no-tags", "--quiet", str(mirror),
-                     f"+refs/heads/{branch}:refs/remotes/origin/{branch}"], tree)
-        saved = list(earlier)
-        if st.changed or st.untracked or lost_commits or stashes:
-            saved += save_work(tree, st, branches if lost_commits else [],
-                               with_head=lost_commits and not head_known, stashes=stashes,
-                               snapshot=snapshot)
+        found = nested.walk(tree) if touched else nested.Found([], [])
+        extras, stale = classify_refs(gitdir, mirror)
+        stashes = stash_entries(tree) if "refs/stash" in extras else []
+        saved = list(earlier) + list(save_refs(
+            tree, st, extras, with_head=st.head not in (tip, known_commit), stashes=stashes,
+            snapshot=snapshot))
     finally:
         if snapshot:
             snapshot.discard()
+    if found.repos or (gitdir / "modules").exists() or (gitdir / "worktrees").exists():
+        kept = nested.save(tree, found.repos, _beside(rescue_to, ".nested"))
+        saved += kept.refs
+        report.nested_saved = sorted({printable(r[len(nested.PREFIX):].rsplit("/", 1)[0])
+                                      for r in kept.refs})
+        report.moved_aside = kept.moved
+    _drop_refs(gitdir, st, extras, stashes, report)
+    if stale:
+        fetch_mirror_refs(tree, mirror)
     bundle = start_bundle(tree, rescue_to, saved) if saved else None
     try:  # the bundle is written while the slot is reset and cleaned (-30 ms)
-        _reset(tree, gitdir, tip, st, untouched, keep_ignored, branches, stashes, report)
+        checkout = _reset(tree, tip, st, untouched, keep_ignored, found, report)
     except BaseException:  # this error (or Ctrl-C) is the one to report; the saved refs
         if bundle:         # stay in the slot for the next cleanup
             git.wait(*bundle, check=False)
@@ -376,50 +383,74 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
         report.rescued = str(rescue_to)
     if saved:
         git.delete_refs(gitdir, saved)
-    record_index(gitdir)
+    if checkout or not untouched:
+        last.retake_tree(tree)
+    last.index = index_identity(gitdir)
+    last.save(record)
     return report
 
 
-def _restore_git_files(tree: Path, expected_config: str, report: Report) -> None:
-    """Restore the slot's .git/config, remove git lock files a killed git left, and drop an
-    index whose checksum is wrong (the checkout rebuilds it)."""
-    gitdir = tree / ".git"
-    config = gitdir / "config"
-    try:
-        current = None if config.is_symlink() else config.read_text()
-    except OSError:
-        current = None
-    if current != expected_config:
-        write_record(config, expected_config)
-        report.config_restored = True
-    for lock in stale_git_locks(tree):
-        lock.unlink(missing_ok=True)
-        report.git_locks_removed.append(str(lock.relative_to(tree)))
-    if not index_unchanged(gitdir) and not index_ok(gitdir):
-        (gitdir / "index").unlink()
-        report.index_rebuilt = True
+def _beside(rescue_to: Path, suffix: str) -> Path:
+    return rescue_to.with_name(rescue_to.name.removesuffix(".bundle") + suffix)
 
 
-def _reset(tree: Path, gitdir: Path, tip: str, st: Status, untouched: bool,
-           keep_ignored: bool, branches: list[str], stashes: list[str], report: Report) -> None:
-    """Check out ``tip`` detached, remove what git does not track, delete local branches and
-    the stash (their work is saved by now)."""
-    checkout = st.head != tip or st.branch or st.changed or report.index_rebuilt
+def _drop_refs(gitdir: Path, st: Status, extras: dict[str, str], stashes: list[str],
+               report: Report) -> None:
+    """Delete the refs a fresh slot does not have as they are (saved by now; moved copies
+    of the mirror's refs come back with the fetch), HEAD detached first so that it never
+    names a deleted branch."""
+    if st.branch:
+        slotgit.write_record(gitdir / "HEAD", f"{st.head}\n")
+    git.delete_refs(gitdir, list(extras))
+    report.branches_deleted = [printable(n[11:]) for n in extras if n.startswith("refs/heads/")]
+    report.stashes_deleted = len(stashes)
+    report.refs_deleted = [printable(n) for n in extras
+                           if not n.startswith(("refs/heads/", "refs/remotes/origin/"))
+                           and n != "refs/stash"]
+
+
+def _reset(tree: Path, tip: str, st: Status, untouched: bool, keep_ignored: bool,
+           found: nested.Found, report: Report) -> bool:
+    """Check out ``tip`` detached, empty the saved nested repositories, remove what git does
+    not track and what a fresh slot's .git does not have. Returns whether it checked out."""
+    checkout = bool(st.head != tip or st.branch or st.changed or report.index_rebuilt)
     if checkout:
         git.run(["checkout", "-f", "-q", "--detach", tip], tree)
         if st.head != tip:
             report.moved_from = st.head
+    for path in found.repos:
+        if path.is_dir() and not path.is_symlink():
+            nested.empty(path)
+    for path in found.special:
+        path.unlink(missing_ok=True)
+    report.special_files_removed = len(found.special)
     removed = 0
     if not untouched:  # status never reports the empty directories a holder made
-        removed = git.run(["clean", "-ffd" if keep_ignored else "-ffdx"],
+        removed = git.run(["clean", "-ffdx" if not keep_ignored else "-ffd"],
                           tree).stdout.count(b"Removing ")
-    if checkout or not untouched:
-        record_tree(tree)
-    if branches:
-        git.delete_refs(gitdir, [f"refs/heads/{b}" for b in branches])
-        report.branches_deleted = branches
-    if stashes:  # a fresh slot has no stash: the next holder must not find this one
-        git.delete_refs(gitdir, ["refs/stash"])
-        report.stashes_deleted = len(stashes)
+    report.leftovers_removed = slotgit.drop_leftovers(tree / ".git")
     report.changed, report.untracked = st.changed, st.untracked
     report.ignored = max(0, removed - st.untracked)
+    return checkout
+
+
+def replace_tampered(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, aside: Path,
+                     problems: list[str], record: Path) -> Report:
+    """Move a slot whose .git was tampered with aside whole (everything in it is kept, and
+    git is never run on it) and put a fresh clone of the mirror in its place."""
+    tmp = tree.parent / temp_name("reclone")
+    try:
+        commit = git.clone_slot(mirror, tmp, url, branch)
+        if commit != tip:
+            git.run(["checkout", "-f", "-q", "--detach", tip], tmp)
+    except BaseException:
+        slotgit.remove(tmp)
+        raise
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tree, aside)
+    os.rename(tmp, tree)
+    last = LastClean()
+    last.retake_tree(tree)
+    last.index = index_identity(tree / ".git")
+    last.save(record)
+    return Report(tampered=[printable(p) for p in problems], recloned=True, rescued=str(aside))

@@ -53,6 +53,7 @@ def git_env(extra: dict | None = None) -> dict:
         GCM_INTERACTIVE="never",
         GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
         LC_ALL="C",
+        GIT_NO_REPLACE_OBJECTS="1",  # a holder's refs/replace/* never changes what we see
         GIT_AUTHOR_NAME="necropool", GIT_AUTHOR_EMAIL="necropool@localhost",
         GIT_COMMITTER_NAME="necropool", GIT_COMMITTER_EMAIL="necropool@localhost",
     )
@@ -68,13 +69,26 @@ def start(args: list[str], cwd: Path | None = None, *, env: dict | None = None,
     cmd = ["git", *HARDENING, *args]
     if cwd is not None:  # ``cwd`` is the repository: a broken one must never make git
         # discover and act on a repository that contains the root (a dotfiles repo, say)
-        env = {"GIT_CEILING_DIRECTORIES": str(Path(cwd).absolute().parent), **(env or {})}
+        env = {"GIT_CEILING_DIRECTORIES": str(Path(cwd).absolute().parent),
+               **_repository_env(Path(cwd)), **(env or {})}
     try:
         return subprocess.Popen(cmd, cwd=cwd, env=git_env(env), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE,
                                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
     except FileNotFoundError:
         raise GitError("git is not installed or not on PATH") from None
+
+
+def _repository_env(cwd: Path) -> dict[str, str]:
+    """Name the repository at ``cwd`` outright rather than have git discover it: a pool
+    made by one user and healed by root's cron stays workable (git refuses to discover a
+    repository another user owns), and its config cannot run code by then: cleanup puts
+    a slot's config back before running git there."""
+    if os.path.isdir(cwd / ".git") and not os.path.islink(cwd / ".git"):
+        return {"GIT_DIR": str(cwd / ".git"), "GIT_WORK_TREE": str(cwd)}
+    if os.path.isdir(cwd / "objects") and os.path.isfile(cwd / "HEAD"):
+        return {"GIT_DIR": str(cwd)}  # a bare repository: the mirror
+    return {}
 
 
 def wait(proc, args: list[str], *, timeout: float = 600, check: bool = True,

@@ -33,6 +33,7 @@ class PoolPaths:
         self.events = self.dir / "events.jsonl"
         self.rescued = self.dir / "rescued"
         self.verified = self.dir / "verified.json"
+        self.records = self.dir / "records"
 
     def slot_id(self, number: int) -> str:
         return f"{self.name}-{number}"
@@ -43,10 +44,14 @@ class PoolPaths:
     def slot_lock(self, number: int) -> Path:
         return self.locks / f"{self.slot_id(number)}.lock"
 
+    def slot_record(self, number: int) -> Path:
+        """What the slot's last cleanup left (kept outside the slot, out of its holder's reach)."""
+        return self.records / f"{number}.json"
+
     KNOWN = frozenset({
         "pool.toml", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock", "wait.lock",
         "wake.fifo", "mirror.fetched", "locks", "mirror.git", "slots", "events.jsonl",
-        "events.jsonl.1", "rescued", "verified.json",
+        "events.jsonl.1", "rescued", "verified.json", "records",
     })
 
 

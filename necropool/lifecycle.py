@@ -84,18 +84,19 @@ def rescue_path(pool: Pool, number: int, label: str):
     return pool.paths.rescued / f"{pool.slot_id(number)}-{stamp}-{label}.bundle"
 
 
-def refresh(pool: Pool, slot: Slot, *, rescue_label: str | None):
+def refresh(pool: Pool, slot: Slot, *, rescue_label: str):
     """Clean a slot we hold to the mirror's tip (outside the pool lock); return the tip and
     the cleanup's report."""
     from necropool import cleanup
 
     started = time.monotonic()
     tip = pool.tip()
-    rescue_to = rescue_path(pool, slot.number, rescue_label) if rescue_label else None
+    ensure_inside(pool.paths.records, pool.settings.root)
     report = cleanup.clean(
         pool.checked_slot_dir(slot.number), mirror=pool.paths.mirror, url=pool.definition.url,
         branch=pool.definition.branch, tip=tip, keep_ignored=pool.definition.keep_ignored,
-        rescue_to=rescue_to, known_commit=slot.commit)
+        rescue_to=rescue_path(pool, slot.number, rescue_label),
+        record=pool.paths.slot_record(slot.number), known_commit=slot.commit)
     pool.event("cleanup", slot_id=pool.slot_id(slot.number), commit=tip,
                duration_seconds=round(time.monotonic() - started, 3), **report.to_dict())
     return tip, report

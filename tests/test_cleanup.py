@@ -447,11 +447,18 @@ def test_a_broken_slot_never_makes_git_act_on_a_repository_around_the_root(
     assert (slot / "README").read_text() == "upstream\n", "the slot's files were cleaned away"
 
 
+def add_keeping_mtimes(slot: Path) -> None:
+    """A file added and every directory's modification time set back: only the change time
+    (which nobody can set) still tells."""
+    times = {d: d.stat() for d in (slot, slot / "src")}
+    (slot / "src" / "hidden.py").write_text("x\n")
+    for d, st in times.items():
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def test_a_release_after_any_change_to_the_tree_still_cleans_everything(cli, pool, root):
     """The shortcut for untouched slots (no directory changed since the last cleanup, so no
     walk by git) must never miss a change: each kind of change, alone, after a clean cycle."""
-    from necropool.cleanup import TREE_RECORD
-
     def cycle():
         path = Path(cli("allocate", "web", "--no-fetch").stdout.strip())
         assert cli("release", path, "--no-fetch").code == 0
@@ -464,11 +471,14 @@ def test_a_release_after_any_change_to_the_tree_still_cleans_everything(cli, poo
         "ignored file": lambda p: (p / "out.o").write_text("x\n"),
         "modified file": lambda p: (p / "README").write_text("changed\n"),
         "deleted file": lambda p: (p / "README").unlink(),
+        "new file, directory times put back (as tar does)": add_keeping_mtimes,
     }
     for what, change in changes.items():
         path = cycle()
         assert cycle() == path  # most recently released first: the same slot again
-        assert (path / ".git" / TREE_RECORD).exists()
+        record = root / "pools" / "web" / "records" / f"{path.name}.json"
+        assert record.exists(), "the record of the last cleanup is kept outside the slot"
+        assert not any(n.startswith("necropool-") for n in os.listdir(path / ".git"))
         path = Path(cli("allocate", "web", "--no-fetch").stdout.strip())
         change(path)
         assert cli("release", path, "--no-fetch").code == 0, what

@@ -115,12 +115,17 @@ FILES = [
     ("<root>/pools/<pool>/mirror.git",
      "Bare local mirror of the upstream repository: the object source of the slots."),
     ("<root>/pools/<pool>/slots/<n>/", "The working copy of slot <pool>-<n>."),
+    ("<root>/pools/<pool>/records/<n>.json",
+     "What the last cleanup of slot <n> left (its directories and index), kept outside the "
+     "slot: the next cleanup skips what the holder cannot have changed."),
     ("<root>/pools/<pool>/events.jsonl",
      "Append-only history: allocations, releases, cleanups, recoveries (see *log*)."),
     ("<root>/pools/<pool>/events.jsonl.1",
      "The previous generation of the history: auto-recover rotates it past 8 MiB."),
     ("<root>/pools/<pool>/rescued/",
-     "Work saved from slots before they were reset (git bundles)."),
+     "Work saved from slots before they were reset (git bundles); nested repositories git "
+     "must not run in (*.nested/) and slots whose .git was tampered with (*.tampered/), "
+     "moved aside whole."),
 ]
 
 # config file key -> description; checked against necropool.config by the tests

@@ -1,0 +1,91 @@
+"""What the last cleanup left in a slot, so the next one can skip work a holder cannot have
+made necessary: the slot's directories and its index file.
+
+The record lives outside the slot (``<pool>/records/<n>.json``), where no holder can forge
+it, and it rests on change times (ctime), which no holder can set back: a directory's
+changes with every entry added, removed or renamed in it, and an index's with every write.
+"""
+
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SLACK_NS = 50_000_000  # file times are coarser than the clock: within 50 ms is "changed"
+
+
+def directories(tree: Path) -> list[str]:
+    """Every directory below ``tree`` (its .git excluded), as relative paths."""
+    found, stack, top = [""], [""], str(tree)
+    while stack:
+        rel = stack.pop()
+        with os.scandir(f"{top}/{rel}" if rel else top) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and not (rel == "" and entry.name == ".git"):
+                    child = f"{rel}/{entry.name}" if rel else entry.name
+                    found.append(child)
+                    stack.append(child)
+    return found
+
+
+def index_identity(gitdir: Path) -> str:
+    """The index file as it is now (git replaces the file on every write)."""
+    try:
+        st = os.stat(gitdir / "index", follow_symlinks=False)
+    except OSError:
+        return ""
+    return f"{st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+
+
+@dataclass
+class LastClean:
+    at: int = 0  # when ``dirs`` was taken (ns)
+    dirs: list[str] = field(default_factory=list)
+    index: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> "LastClean":
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd) as fh:
+                data = json.load(fh)
+            return cls(int(data["at"]), list(data["dirs"]), str(data["index"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls()
+
+    def save(self, path: Path) -> None:
+        """Replace the record (never through a symlink); losing it only costs a slower
+        next cleanup, so it is not fsynced."""
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"at": self.at, "dirs": self.dirs, "index": self.index}, fh)
+        os.replace(tmp, path)
+
+    def retake_tree(self, tree: Path) -> None:
+        self.at, self.dirs = time.time_ns(), directories(tree)
+
+    def index_unchanged(self, gitdir: Path) -> bool:
+        """True when the index is the very file the last cleanup left (checked then)."""
+        return self.index != "" and self.index == index_identity(gitdir)
+
+    def tree_untouched(self, tree: Path) -> bool:
+        """True when nothing was added, removed or renamed anywhere in the tree since the
+        last cleanup: each of those changes the ctime of a directory that cleanup left (a
+        new directory's parent, recursively). Then untracked files, ignored files, empty
+        directories and nested repositories cannot exist, and the tree needs no walk."""
+        if not self.dirs:
+            return False
+        limit, top = self.at - SLACK_NS, str(tree)
+        try:
+            for rel in self.dirs:  # plain strings: thousands of stats, no Path objects
+                st = os.stat(f"{top}/{rel}" if rel else top, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode) or st.st_ctime_ns >= limit:
+                    return False
+        except OSError:
+            return False
+        return True
