@@ -144,7 +144,7 @@ def status(tree: Path, untracked: bool = True) -> Status:
             value = rec[13:].decode()
             head = None if value == "(initial)" else value
         elif rec.startswith(b"# branch.head "):
-            value = rec[14:].decode()
+            value = os.fsdecode(rec[14:])  # branch names need not be UTF-8
             branch = None if value == "(detached)" else value
         elif rec.startswith(b"2 "):
             changed += 1
@@ -366,8 +366,7 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     if found.repos or (gitdir / "modules").exists() or (gitdir / "worktrees").exists():
         kept = nested.save(tree, found.repos, _beside(rescue_to, ".nested"))
         saved += kept.refs
-        report.nested_saved = sorted({printable(r[len(nested.PREFIX):].rsplit("/", 1)[0])
-                                      for r in kept.refs})
+        report.nested_saved = [printable(p) for p in kept.paths]
         report.moved_aside = kept.moved
     _drop_refs(gitdir, st, extras, stashes, report)
     if stale:

@@ -30,6 +30,9 @@ _INHERITED = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTOR
               "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_EXTERNAL_DIFF",
               "GIT_SSH", "GIT_SSH_COMMAND", "GIT_PROXY_COMMAND", "GIT_ASKPASS", "SSH_ASKPASS")
 RETRY_DELAYS = (1.0, 3.0)  # three tries in all
+SLOT_ISOLATION = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
+                  "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.excludesFile",
+                  "GIT_CONFIG_VALUE_0": os.devnull}
 
 
 class GitError(OperationFailed):
@@ -83,9 +86,11 @@ def _repository_env(cwd: Path) -> dict[str, str]:
     """Name the repository at ``cwd`` outright rather than have git discover it: a pool
     made by one user and healed by root's cron stays workable (git refuses to discover a
     repository another user owns), and its config cannot run code by then: cleanup puts
-    a slot's config back before running git there."""
+    a slot's config back before running git there. In a working copy no user or system
+    config applies either: what counts as the holder's work never depends on whose global
+    excludes file is read."""
     if os.path.isdir(cwd / ".git") and not os.path.islink(cwd / ".git"):
-        return {"GIT_DIR": str(cwd / ".git"), "GIT_WORK_TREE": str(cwd)}
+        return {"GIT_DIR": str(cwd / ".git"), "GIT_WORK_TREE": str(cwd), **SLOT_ISOLATION}
     if os.path.isdir(cwd / "objects") and os.path.isfile(cwd / "HEAD"):
         return {"GIT_DIR": str(cwd)}  # a bare repository: the mirror
     return {}
@@ -319,6 +324,7 @@ def clone_slot(mirror: Path, dest: Path, url: str, branch: str) -> str:
     (a slot costs its working tree); the git CLI then checks the tree out, measured 1.5x
     faster than libgit2's checkout here, and its index needs no refresh by the first holder.
     The mirror's branches become ``refs/remotes/origin/*``: a fresh slot has no local branch.
+    Its refs are packed, as ``git clone`` leaves them.
     """
     import pygit2
 
@@ -334,6 +340,7 @@ def clone_slot(mirror: Path, dest: Path, url: str, branch: str) -> str:
     except (pygit2.GitError, KeyError, ValueError) as exc:
         raise GitError(f"cloning a slot from the mirror failed: {exc}", str(exc)) from None
     (dest / ".git" / "config").write_text(slot_config(url, object_format(mirror)))
+    run(["pack-refs", "--all"], dest)  # as a clone has them: one file, not one per tag
     run(["checkout", "-f", "-q", "--detach", tip], dest)
     return tip
 

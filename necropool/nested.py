@@ -63,6 +63,7 @@ def ref_part(text: str) -> str:
 @dataclass
 class Saved:
     refs: list[str]
+    paths: list[str]  # nested repositories saved into refs (relative paths)
     moved: list[str]  # nested repositories moved aside whole
 
 
@@ -71,7 +72,7 @@ def save(tree: Path, found: list[Path], aside: Path) -> Saved:
     ``tree``: refs in the slot, or the directory moved under ``aside`` when git must not
     be run on it. Module and worktree git directories with no working tree are saved too."""
     gitdir = tree / ".git"
-    out = Saved([], [])
+    out = Saved([], [], [])
     covered: set[Path] = set()
     for path in found:
         rel = path.relative_to(tree).as_posix()
@@ -84,6 +85,7 @@ def save(tree: Path, found: list[Path], aside: Path) -> Saved:
                 raise GitError("; ".join(problems[:3]))
             out.refs += _save_files(tree, path, prefix)
             out.refs += _save_history(tree, gd, prefix)
+            out.paths.append(rel)
         except (GitError, OSError):
             git.delete_refs(gitdir, [r for r in out.refs if r.startswith(prefix)])
             out.refs = [r for r in out.refs if not r.startswith(prefix)]
@@ -93,6 +95,7 @@ def save(tree: Path, found: list[Path], aside: Path) -> Saved:
             rel = gd.relative_to(gitdir).as_posix()
             try:
                 out.refs += _save_history(tree, gd, f"{PREFIX}{ref_part(rel)}/")
+                out.paths.append(f".git/{rel}")
             except GitError:
                 out.moved.append(_move_aside(gd, aside, rel))
     return out

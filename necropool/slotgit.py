@@ -25,7 +25,7 @@ FRESH_ENTRIES = frozenset({
 FRESH_HOOKS = frozenset({"README.sample"})
 EXCLUDE = ("# File patterns to ignore; see `git help ignore` for more information.\n"
            "# Lines that start with '#' are comments.\n")  # what a fresh slot's info/exclude says
-_SHARED = ("objects/",)  # pack files are hard links to the mirror's, by design
+_OBJECTS = "objects/"  # object files may be hard links (a slot's packs are the mirror's)
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -62,7 +62,8 @@ def audit(gitdir: Path, *, common: Path | None = None) -> list[str]:
             problems.append(f"symlink {path} -> {os.readlink(gitdir / path)}")
         elif not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
             problems.append(f"special file {path}")
-        elif stat.S_ISREG(mode) and st.st_nlink > 1 and not path.startswith(_SHARED):
+        elif (stat.S_ISREG(mode) and st.st_nlink > 1 and not path.startswith(_OBJECTS)
+              and f"/{_OBJECTS}" not in path):  # (a submodule's objects under modules/)
             problems.append(f"{path} is hard-linked to a file elsewhere")
         elif path in ("objects/info/alternates", "objects/info/http-alternates"):
             problems.append(f"{path} borrows objects from another repository")

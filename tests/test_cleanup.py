@@ -4,7 +4,6 @@ equals a fresh clone at the newest upstream tip, and the holder's work is kept i
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -12,62 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import commit_file, git
+from slots import assert_fresh_slot, fresh_clone, restore, show
 
 from necropool.config import PoolSpec
-
-
-def tree_snapshot(path: Path) -> dict[str, object]:
-    """Every file (content and executable bit), symlink and directory below ``path``
-    except ``.git``: what a user of the working copy sees."""
-    snap: dict[str, object] = {}
-    for dirpath, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if not (dirpath == str(path) and d == ".git")]
-        rel_dir = os.path.relpath(dirpath, path)
-        for d in dirs:
-            snap[os.path.normpath(os.path.join(rel_dir, d)) + "/"] = "dir"
-        for f in files:
-            full = Path(dirpath, f)
-            rel = os.path.normpath(os.path.join(rel_dir, f))
-            if full.is_symlink():
-                snap[rel] = ("link", os.readlink(full))
-            else:
-                mode = full.stat().st_mode
-                snap[rel] = (full.read_bytes(), bool(mode & stat.S_IXUSR))
-    return snap
-
-
-def fresh_clone(upstream: Path, dest: Path) -> Path:
-    git(dest.parent, "clone", "-q", str(upstream), str(dest))
-    return dest
-
-
-def assert_fresh_slot(slot: Path, upstream: Path, tip: str, tmp_path: Path) -> None:
-    """The slot equals a freshly cloned slot at ``tip``."""
-    assert git(slot, "rev-parse", "HEAD") == tip
-    detached = git(slot, "symbolic-ref", "-q", "HEAD", check=False)
-    assert detached == "", f"HEAD is on a branch: {detached}"
-    assert git(slot, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
-    assert git(slot, "for-each-ref", "refs/heads") == "", "local branches survived release"
-    assert git(slot, "stash", "list") == "", "the previous holder's stash survived release"
-    leftover = [p.name for p in (slot / ".git").iterdir()
-                if p.name.endswith(".lock") or p.name.startswith("necropool-rescue")]
-    assert leftover == [], f"lock files or a temporary index left: {leftover}"
-    assert git(slot, "config", "remote.origin.url") == str(upstream)
-    reference = fresh_clone(upstream, tmp_path / f"reference-{tip[:8]}")
-    assert git(reference, "rev-parse", "HEAD") == tip
-    assert tree_snapshot(slot) == tree_snapshot(reference)
-
-
-def restore(upstream: Path, bundle: str, dest: Path) -> Path:
-    """What a user does to get the holder's work back: fetch the bundle into a clone."""
-    assert Path(bundle).is_file(), f"bundle {bundle} does not exist"
-    repo = fresh_clone(upstream, dest)
-    git(repo, "fetch", "-q", bundle, "refs/necropool/rescue/*:refs/rescued/*")
-    return repo
-
-
-def show(repo: Path, rev: str, path: str) -> str:
-    return git(repo, "show", f"{rev}:{path}")
 
 
 def allocate_path(cli, pool_name: str = "web") -> Path:
