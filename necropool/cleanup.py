@@ -347,14 +347,16 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     # directory changed since the last cleanup there is nothing untracked to find at all:
     # status checks tracked files only (8 ms) and ``git clean`` is skipped (11 ms). When
     # one did, the holder most likely left files: adding them begins beside the status.
-    touched = not last.tree_untouched(tree)
+    changed = last.changed_dirs(tree)
+    touched = changed != []
     untouched = not keep_ignored and not touched
     snapshot = Snapshot(tree) if touched else None
     try:
         st = status(tree, untracked=not untouched)
         if st.head is None:
             raise GitError(f"{tree}: HEAD does not resolve to a commit")
-        found = nested.walk(tree) if touched else nested.Found([], [])
+        found = nested.walk(tree, changed, frozenset(last.dirs)) if touched else nested.Found(
+            [], [])
         extras, stale = classify_refs(gitdir, mirror)
         stashes = stash_entries(tree) if "refs/stash" in extras else []
         saved = list(earlier) + list(save_refs(

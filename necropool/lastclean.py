@@ -73,19 +73,22 @@ class LastClean:
         """True when the index is the very file the last cleanup left (checked then)."""
         return self.index != "" and self.index == index_identity(gitdir)
 
-    def tree_untouched(self, tree: Path) -> bool:
-        """True when nothing was added, removed or renamed anywhere in the tree since the
-        last cleanup: each of those changes the ctime of a directory that cleanup left (a
-        new directory's parent, recursively). Then untracked files, ignored files, empty
-        directories and nested repositories cannot exist, and the tree needs no walk."""
+    def changed_dirs(self, tree: Path) -> list[str] | None:
+        """The directories that had entries added, removed or renamed since the last
+        cleanup (each such change sets the directory's ctime, which no holder can set
+        back; a new directory changes its parent's), or None when there is no record.
+        An empty list: untracked files, ignored files, empty directories and nested
+        repositories cannot exist, and the tree needs no walk."""
         if not self.dirs:
-            return False
-        limit, top = self.at - SLACK_NS, str(tree)
-        try:
-            for rel in self.dirs:  # plain strings: thousands of stats, no Path objects
+            return None
+        limit, top, changed = self.at - SLACK_NS, str(tree), []
+        for rel in self.dirs:  # plain strings: thousands of stats, no Path objects
+            try:
                 st = os.stat(f"{top}/{rel}" if rel else top, follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode) or st.st_ctime_ns >= limit:
-                    return False
-        except OSError:
-            return False
-        return True
+            except OSError:
+                continue  # gone: its parent changed
+            if not stat.S_ISDIR(st.st_mode):
+                continue  # replaced: its parent changed
+            if st.st_ctime_ns >= limit:
+                changed.append(rel)
+        return changed

@@ -26,10 +26,14 @@ class Found:
     special: list[Path]  # FIFOs, sockets, devices: git neither tracks nor removes them
 
 
-def walk(tree: Path) -> Found:
+def walk(tree: Path, tops: list[str] | None = None, known: frozenset[str] = frozenset()) -> Found:
     """Every nested repository and special file below ``tree`` (its own .git excluded),
-    from directory entry types alone: no stat, no symlink followed."""
-    repos, special, stack = [], [], [tree]
+    from directory entry types alone: no stat, no symlink followed. With ``tops`` (the
+    directories that changed since the last cleanup, which found none), only those are
+    read, and the directories below them that are not in ``known`` (new ones)."""
+    repos, special = [], []
+    stack = [tree / rel if rel else tree for rel in (tops if tops is not None else [""])]
+    base = len(str(tree)) + 1
     while stack:
         top = stack.pop()
         with os.scandir(top) as entries:
@@ -38,7 +42,8 @@ def walk(tree: Path) -> Found:
                     if top != tree:
                         repos.append(top)
                 elif entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
+                    if entry.path[base:] not in known:
+                        stack.append(Path(entry.path))
                 elif not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
                     special.append(Path(entry.path))
     repos.sort(key=lambda p: len(p.parts), reverse=True)
@@ -111,22 +116,9 @@ def _gitdir_of(path: Path, gitdir: Path) -> tuple[Path | None, list[str]]:
     linked = slotgit.linked_gitdir(dotgit, gitdir)
     if linked is None:
         return None, [".git links outside the slot's repository"]
+    # (the slot's audit walked its whole .git already: only a commondir is left to check)
     worktree = linked.parent.name == "worktrees" and linked.parent.parent == gitdir.resolve()
-    return linked, _commondir_problems(linked, gitdir if worktree else None)
-
-
-def _commondir_problems(gd: Path, common: Path | None) -> list[str]:
-    """The slot's audit walked its whole .git already; only a commondir of a git directory
-    inside it is left to check."""
-    try:
-        pointed = (gd / "commondir").read_text().strip()
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError):
-        return ["unreadable commondir"]
-    if common is None or os.path.realpath(gd / pointed) != os.path.realpath(common):
-        return ["commondir points at another repository"]
-    return []
+    return linked, slotgit.commondir_problems(linked, gitdir if worktree else None)
 
 
 def _registered(gitdir: Path) -> list[Path]:

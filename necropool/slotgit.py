@@ -10,7 +10,6 @@ repaired in place. What is merely not as a fresh slot has it is put back by ``re
 """
 
 import os
-import stat
 from pathlib import Path
 
 from necropool import git
@@ -34,14 +33,13 @@ class Tampered(git.GitError):
 
 
 def _walk(dir_fd: int, rel: str, visit) -> None:
-    """Call ``visit(relpath, stat)`` for every entry below ``dir_fd``, never following a
+    """Call ``visit(relpath, entry)`` for every entry below ``dir_fd``, never following a
     symlink (directories are opened ``O_NOFOLLOW`` relative to their parent's descriptor)."""
     with os.scandir(dir_fd) as entries:
         for entry in entries:
             path = f"{rel}{entry.name}"
-            st = entry.stat(follow_symlinks=False)
-            visit(path, st)
-            if stat.S_ISDIR(st.st_mode):
+            visit(path, entry)
+            if entry.is_dir(follow_symlinks=False):
                 fd = os.open(entry.name, _O_DIR, dir_fd=dir_fd)
                 try:
                     _walk(fd, path + "/", visit)
@@ -53,20 +51,22 @@ def audit(gitdir: Path, *, common: Path | None = None) -> list[str]:
     """What makes ``gitdir`` unsafe: a symlink or special file anywhere in it, a file
     hard-linked from elsewhere (outside the object store), alternates, or a ``commondir``
     (allowed only for a worktree's git directory, and only naming ``common``). Empty when
-    git may be run on it."""
+    git may be run on it. Entry types come from the directory listing: only files outside
+    object stores are stat'ed (thousands of loose objects cost no system call each)."""
     problems: list[str] = []
 
-    def visit(path: str, st: os.stat_result) -> None:
-        mode = st.st_mode
-        if stat.S_ISLNK(mode):
+    def visit(path: str, entry: os.DirEntry) -> None:
+        if entry.is_symlink():
             problems.append(f"symlink {path} -> {os.readlink(gitdir / path)}")
-        elif not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        elif entry.is_dir(follow_symlinks=False):
+            return
+        elif not entry.is_file(follow_symlinks=False):
             problems.append(f"special file {path}")
-        elif (stat.S_ISREG(mode) and st.st_nlink > 1 and not path.startswith(_OBJECTS)
-              and f"/{_OBJECTS}" not in path):  # (a submodule's objects under modules/)
-            problems.append(f"{path} is hard-linked to a file elsewhere")
         elif path in ("objects/info/alternates", "objects/info/http-alternates"):
             problems.append(f"{path} borrows objects from another repository")
+        elif (not path.startswith(_OBJECTS) and f"/{_OBJECTS}" not in path
+              and entry.stat(follow_symlinks=False).st_nlink > 1):  # (modules' objects too)
+            problems.append(f"{path} is hard-linked to a file elsewhere")
 
     try:
         top = os.open(gitdir, _O_DIR)
@@ -78,16 +78,21 @@ def audit(gitdir: Path, *, common: Path | None = None) -> list[str]:
         problems.append(f"cannot be walked safely: {exc}")
     finally:
         os.close(top)
+    return problems + commondir_problems(gitdir, common)
+
+
+def commondir_problems(gitdir: Path, common: Path | None) -> list[str]:
+    """A ``commondir`` makes git use another repository's refs and objects: allowed only
+    for a worktree's git directory, naming the slot's own (``common``)."""
     try:
         pointed = (gitdir / "commondir").read_text().strip()
     except FileNotFoundError:
-        pointed = None
+        return []
     except (OSError, UnicodeDecodeError):
         pointed = "?"
-    if pointed is not None and (common is None
-                                or os.path.realpath(gitdir / pointed) != os.path.realpath(common)):
-        problems.append(f"commondir points at another repository ({pointed[:80]})")
-    return problems
+    if common is None or os.path.realpath(gitdir / pointed) != os.path.realpath(common):
+        return [f"commondir points at another repository ({pointed[:80]})"]
+    return []
 
 
 def linked_gitdir(dotgit: Path, inside: Path) -> Path | None:
@@ -202,13 +207,12 @@ def flagged_entries(data: bytes, hash_size: int = 20) -> tuple[list[bytes], list
     skipped: list[bytes] = []
     pos, name = 12, b""
     fixed = 40 + hash_size  # ctime, mtime, dev, ino, mode, uid, gid, size, object id
-    for _ in range(count):
-        start = pos
-        flags = int.from_bytes(data[pos + fixed:pos + fixed + 2], "big")
-        pos += fixed + 2
+    for _ in range(count):  # (20,000 entries: ~6 ms; only when the index changed)
+        flags = (data[pos + fixed] << 8) | data[pos + fixed + 1]
+        start, pos = pos, pos + fixed + 2
         extended = 0
         if flags & EXTENDED:
-            extended = int.from_bytes(data[pos:pos + 2], "big")
+            extended = (data[pos] << 8) | data[pos + 1]
             pos += 2
         if version == 4:
             strip, pos = _varint(data, pos)
@@ -216,8 +220,10 @@ def flagged_entries(data: bytes, hash_size: int = 20) -> tuple[list[bytes], list
             name = name[:len(name) - strip] + data[pos:end]
             pos = end + 1
         else:
-            end = data.index(b"\0", pos)
-            name = data[pos:end]
+            length = flags & 0xFFF
+            end = data.index(b"\0", pos) if length == 0xFFF else pos + length
+            if flags & (ASSUME_VALID | EXTENDED):
+                name = data[pos:end]
             pos = start + ((end - start) // 8 + 1) * 8  # 1-8 NULs pad the entry
         if pos > len(data) - hash_size:
             raise ValueError("truncated index")

@@ -381,3 +381,23 @@ def test_root_cleans_a_slot_that_an_unprivileged_holder_owns(cli, open_root, ups
     repo = restore(upstream, result["rescued"], tmp_path / "restored")
     assert show(repo, "refs/rescued/uncommitted", "notes.txt") == "work"
     assert_fresh_clone_equivalent(slot, upstream, tmp_path)
+
+
+def test_a_nested_repository_made_after_a_clean_cycle_is_found(cli, pool, slot, upstream,
+                                                               tmp_path):
+    """After a cleanup, the next one reads only the directories that changed since (and
+    new ones below them): a repository made deep in an existing directory is still found."""
+    release(cli, slot)
+    again = Path(cli("allocate", "web", "--no-fetch").stdout.strip())
+    assert again == slot
+    inner = slot / "src" / "pkg1" / "inner"
+    inner.mkdir()
+    git(inner, "init", "-q")
+    sha = commit_file(inner, "deep.txt", "deep work\n")
+    os.mkfifo(slot / "src" / "pkg2" / "pipe")
+    result = release(cli, slot)
+    assert result["cleanup"]["nested_saved"] == ["src/pkg1/inner"]
+    assert result["cleanup"]["special_files_removed"] == 1
+    repo = restore(upstream, result["rescued"], tmp_path / "restored")
+    assert git(repo, "rev-parse", "refs/rescued/nested/src/pkg1/inner/HEAD") == sha
+    assert_fresh_clone_equivalent(slot, upstream, tmp_path)
