@@ -274,11 +274,33 @@ def classify_refs(gitdir: Path, mirror: Path) -> tuple[dict[str, str], bool]:
                 for n, sha in git.refs_under(mirror, "refs/heads/").items()}
     expected.update(git.refs_under(mirror, "refs/tags/"))
     slot = git.refs_under(gitdir, "refs/")
+    if _origin_head(gitdir) is not None:
+        slot.pop(ORIGIN_HEAD)  # a symbolic ref, as in a fresh slot (its target is checked)
     extras = {name: sha for name, sha in slot.items()
-              if expected.get(name) != sha and not name.startswith(RESCUE_REFS)
-              and name != "refs/remotes/origin/HEAD"}
+              if expected.get(name) != sha and not name.startswith(RESCUE_REFS)}
     stale = any(slot.get(name) != sha for name, sha in expected.items())
     return extras, stale or any(name in expected for name in extras)
+
+
+ORIGIN_HEAD = "refs/remotes/origin/HEAD"
+
+
+def _origin_head(gitdir: Path) -> str | None:
+    """The branch ``origin/HEAD`` names, when it is the symbolic ref a fresh slot has (as
+    an object id it would hide a holder's commit from the bundle's ``--not --remotes``)."""
+    try:
+        text = (gitdir / ORIGIN_HEAD).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    prefix = "ref: refs/remotes/origin/"
+    return text[len(prefix):].strip() if text.startswith(prefix) else None
+
+
+def restore_origin_head(gitdir: Path, mirror: Path) -> None:
+    """Point ``origin/HEAD`` at the upstream's default branch, as in a fresh slot."""
+    branch = git.mirror_branch(mirror)
+    if _origin_head(gitdir) != branch:
+        slotgit.write_record(gitdir / ORIGIN_HEAD, f"ref: refs/remotes/origin/{branch}\n")
 
 
 def fetch_mirror_refs(tree: Path, mirror: Path) -> None:
@@ -373,6 +395,7 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     _drop_refs(gitdir, st, extras, stashes, report)
     if stale:
         fetch_mirror_refs(tree, mirror)
+    restore_origin_head(gitdir, mirror)
     bundle = start_bundle(tree, rescue_to, saved) if saved else None
     try:  # the bundle is written while the slot is reset and cleaned (-30 ms)
         checkout = _reset(tree, tip, st, untouched, keep_ignored, found, report)
@@ -384,6 +407,7 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
         report.rescued = str(rescue_to)
     if saved:
         git.delete_refs(gitdir, saved)
+        slotgit.remove(gitdir / RESCUE_REFS)  # (the empty directories: a fresh slot has none)
     if checkout or not untouched:
         last.retake_tree(tree)
     last.index = index_identity(gitdir)

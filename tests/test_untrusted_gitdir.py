@@ -401,3 +401,20 @@ def test_a_nested_repository_made_after_a_clean_cycle_is_found(cli, pool, slot, 
     repo = restore(upstream, result["rescued"], tmp_path / "restored")
     assert git(repo, "rev-parse", "refs/rescued/nested/src/pkg1/inner/HEAD") == sha
     assert_fresh_clone_equivalent(slot, upstream, tmp_path)
+
+
+def test_a_remote_ref_pointed_at_the_holders_commit_does_not_hide_it(cli, pool, slot,
+                                                                     upstream, tmp_path):
+    """The bundle leaves out what ``--remotes`` reaches: a holder's commit named by a
+    remote-tracking ref (origin/HEAD, origin/main, a remote of their own) must still be
+    saved, and those refs come back as a fresh slot has them."""
+    sha = commit_file(slot, "w.txt", "work only a remote ref names\n")
+    git(slot, "update-ref", "--no-deref", "refs/remotes/origin/HEAD", sha)
+    git(slot, "update-ref", "refs/remotes/origin/main", sha)
+    git(slot, "update-ref", "refs/remotes/mine/topic", sha)
+    git(slot, "checkout", "-q", "--detach", "HEAD~1")
+    result = release(cli, slot)
+    repo = restore(upstream, result["rescued"], tmp_path / "restored")
+    assert sha in git(repo, "for-each-ref", "--format=%(objectname)", "refs/rescued").split()
+    assert git(slot, "symbolic-ref", "refs/remotes/origin/HEAD") == "refs/remotes/origin/main"
+    assert_fresh_clone_equivalent(slot, upstream, tmp_path)
