@@ -14,12 +14,11 @@ from pathlib import Path
 
 from necropool import git
 
-# What a fresh slot's .git holds at its top (plus cleanup's own temporary index while it
-# runs); anything else a holder left (ORIG_HEAD, rebase state, modules, worktrees, shallow,
-# ...) is removed once the work is saved.
+# What a fresh slot's .git holds at its top; anything else a holder left (ORIG_HEAD,
+# rebase state, modules, worktrees, shallow, ...) is removed once the work is saved.
 FRESH_ENTRIES = frozenset({
     "HEAD", "config", "description", "hooks", "index", "info", "logs", "objects", "refs",
-    "packed-refs", "FETCH_HEAD", "necropool-rescue.index",
+    "packed-refs", "FETCH_HEAD",
 })
 FRESH_HOOKS = frozenset({"README.sample"})
 EXCLUDE = ("# File patterns to ignore; see `git help ignore` for more information.\n"
@@ -143,9 +142,10 @@ def restore(gitdir: Path, expected_config: str) -> list[str]:
 
 def drop_leftovers(gitdir: Path) -> list[str]:
     """Remove what a fresh slot's .git does not have (ORIG_HEAD, COMMIT_EDITMSG, rebase and
-    merge state, submodules' and worktrees' git directories) and every reflog: the next
-    holder must not find the previous one's history. Only once the work is saved."""
-    gone = [n for n in _names(gitdir) if n not in FRESH_ENTRIES and not n.startswith("necropool")]
+    merge state, submodules' and worktrees' git directories, temporary files of an earlier
+    cleanup that was killed) and every reflog: the next holder must not find the previous
+    one's history. Only once the work is saved."""
+    gone = [n for n in _names(gitdir) if n not in FRESH_ENTRIES]
     for name in gone:
         remove(gitdir / name)
     remove(gitdir / "logs")
