@@ -133,7 +133,11 @@ def status(tree: Path, untracked: bool = True) -> Status:
     2,000-file slot, each release)."""
     args = ["status", "--porcelain=v2", "--branch", "-z",
             f"--untracked-files={'normal' if untracked else 'no'}", "--ignored=no"]
-    out = git.run(args, tree).stdout
+    return parse_status(git.run(args, tree).stdout)
+
+
+def parse_status(out: bytes) -> Status:
+    """``git status --porcelain=v2 --branch -z`` as HEAD, branch and counts."""
     head = branch = None
     changed = untracked = 0
     records = out.split(b"\0")

@@ -175,7 +175,7 @@ def read_ref(gitdir: Path, name: str, _depth: int = 0) -> str | None:
     except UnicodeDecodeError:
         return None  # garbage in a loose ref: it resolves to nothing, as for git
     try:
-        with open(gitdir / "packed-refs", errors="replace") as fh:
+        with open(gitdir / "packed-refs", errors="surrogateescape") as fh:
             for line in fh:
                 if line.endswith(f" {name}\n"):
                     return line.split(" ", 1)[0]
@@ -189,6 +189,7 @@ def write_refs(gitdir: Path, refs: dict[str, str]) -> None:
     for name, sha in refs.items():
         path = gitdir / name
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a link to a file elsewhere is replaced, not written
         path.write_text(sha + "\n")
 
 
@@ -200,7 +201,7 @@ def delete_refs(gitdir: Path, names: list[str]) -> None:
         (gitdir / "logs" / name).unlink(missing_ok=True)
     packed = gitdir / "packed-refs"
     try:
-        lines = packed.read_text().splitlines(keepends=True)
+        lines = packed.read_text(errors="surrogateescape").splitlines(keepends=True)
     except FileNotFoundError:
         return
     doomed = {f" {n}\n" for n in names}
@@ -213,7 +214,8 @@ def delete_refs(gitdir: Path, names: list[str]) -> None:
             kept.append(line)
     if len(kept) != len(lines):
         tmp = packed.with_name("packed-refs.necropool")
-        tmp.write_text("".join(kept))
+        tmp.unlink(missing_ok=True)
+        tmp.write_text("".join(kept), errors="surrogateescape")
         os.replace(tmp, packed)
 
 
@@ -232,8 +234,8 @@ def refs_under(gitdir: Path, prefix: str) -> dict[str, str]:
     """Refs whose names start with ``prefix`` (``refs/heads/``, say), loose and packed,
     with their object ids; a loose ref wins over a packed one, as for git."""
     found = {}
-    try:
-        with open(gitdir / "packed-refs") as fh:
+    try:  # ref names are bytes to git: names that are not UTF-8 read as os.fsdecode does
+        with open(gitdir / "packed-refs", errors="surrogateescape") as fh:
             for line in fh:
                 parts = line.split()
                 if len(parts) == 2 and parts[1].startswith(prefix):
