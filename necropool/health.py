@@ -30,8 +30,8 @@ from necropool.proc import Holder
 from necropool.records import Record
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, PoolState, Slot
 
-KINDS = ("long_allocated_slots", "abandoned_slots", "corrupted_slots", "orphaned_locks",
-         "stray_paths", "isolated_slots")
+KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
+         "orphaned_locks", "stray_paths", "isolated_slots")
 
 
 @dataclass
@@ -152,7 +152,7 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
             found.add("abandoned_slots", slot_id=sid, number=number, path=where,
                       evidence=dead, lease_id=lease.lease_id)
         elif lease.expires_at and lease.expires_at < now():
-            found.add("long_allocated_slots", slot_id=sid, number=number, path=where,
+            found.add("expired_leases", slot_id=sid, number=number, path=where,
                       lease_id=lease.lease_id,
                       evidence=f"lease expired at {rfc3339(lease.expires_at)}")
         elif lease.allocated_at < limit:
@@ -417,9 +417,10 @@ def isolate(pool: Pool, number: int, reason: str | None = None) -> dict:
 def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                  recover_corrupted: bool = True, cleanup_orphaned_locks: bool = True,
                  force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
-    """Detect, then heal: abandoned slots released (work saved), corrupted ones recovered or
-    isolated, orphaned locks removed, strays adopted or moved aside. Live holders are never
-    touched; long allocations only with ``force_release_long_allocated``."""
+    """Detect, then heal: abandoned slots and expired leases released (work saved), corrupted
+    ones recovered or isolated, orphaned locks removed, strays adopted or moved aside. Live
+    holders of unexpired leases are never touched; long allocations without a TTL only with
+    ``force_release_long_allocated``."""
     if not dry_run:
         pool.sweep()
         with pool.locked():
@@ -428,7 +429,8 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     current_slots = pool.read_state().slots
     verifier = Verifier()  # one for every repair of this run: shared packs checked once
     result = {"pool": pool.name, "dry_run": dry_run, "long_allocated_released": 0,
-              "abandoned_released": 0, "corrupted_recovered": 0, "corrupted_isolated": 0,
+              "expired_released": 0, "abandoned_released": 0, "corrupted_recovered": 0,
+              "corrupted_isolated": 0,
               "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "slots_adopted": 0,
               "errors": [], "actions": []}
 
@@ -478,13 +480,17 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
         else:
             act("abandoned_released", a.slot_id, "recover (worker dead)", _recover_or_raise,
                 pool, a.number, verifier=verifier)
+    for a in items["expired_leases"]:  # the holder's own promise: reclaim if not renewed
+        if a.number not in corrupted:
+            act("expired_released", a.slot_id, "release (lease expired)", lifecycle.release,
+                pool, a.number, lease_id=a.lease_id, reason="expire", expired_only=True)
     if force_release_long_allocated:
         for a in items["long_allocated_slots"]:
             if a.number not in corrupted:
                 act("long_allocated_released", a.slot_id, "force release", lifecycle.release,
                     pool, a.number, lease_id=a.lease_id, reason="force_release")
     if recover_corrupted:
-        abandoned = {a.number for a in items["abandoned_slots"]}
+        abandoned = {a.number for a in items["abandoned_slots"] + items["expired_leases"]}
         for a in items["corrupted_slots"]:
             if a.number is None:
                 continue
@@ -507,7 +513,8 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
 
 
 def _dead_lease(found: Findings, number: int) -> bool:
-    return any(a.number == number for a in found.items["abandoned_slots"])
+    return any(a.number == number
+               for a in found.items["abandoned_slots"] + found.items["expired_leases"])
 
 
 def _recover_or_raise(pool: Pool, number: int, force: bool = False,

@@ -1,6 +1,8 @@
 """``PoolManager``: the core's public API (the names of ERROR_RECOVERY_GUIDE.md), a thin
 facade over ``pool``, ``lifecycle`` and ``health``. The CLI talks to this and nothing else."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 from necropool import events, lifecycle
@@ -103,6 +105,21 @@ class PoolManager:
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return lifecycle.release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch)
 
+    def renew_slot(self, slot_ref: str, lease_id: str, ttl: float | None = None) -> dict:
+        """Extend a lease by ``ttl`` seconds from now (default: its own TTL)."""
+        pool, number = pools.resolve_slot(self.settings, slot_ref)
+        return pools.describe_slot(pool, lifecycle.renew(pool, number, lease_id, ttl))
+
+    @contextmanager
+    def slot(self, name: str, **allocate_options) -> Iterator[dict]:
+        """``with manager.slot("web", ttl=600) as slot:``: a slot allocated for the block and
+        released (its lease only) when the block ends, also on an exception."""
+        slot = self.allocate_slot(name, **allocate_options)
+        try:
+            yield slot
+        finally:
+            self.release_slot(slot["slot_id"], lease_id=slot["lease_id"])
+
     def run(self, name: str, argv: list[str], stdout=None,
             **allocate_options) -> lifecycle.RunResult:
         return lifecycle.run(self.get_pool(name), argv, stdout=stdout, **allocate_options)
@@ -174,7 +191,7 @@ class PoolManager:
                      force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
         """The guide's counters summed over the pools, plus per-pool details."""
         _check_hours(max_allocation_hours)
-        total = {"long_allocated_released": 0, "abandoned_released": 0,
+        total = {"long_allocated_released": 0, "expired_released": 0, "abandoned_released": 0,
                  "corrupted_recovered": 0, "corrupted_isolated": 0,
                  "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "slots_adopted": 0,
                  "errors": [],

@@ -466,6 +466,7 @@ def describe_slot(pool: Pool, slot: Slot) -> Record:
         "pid": holder.pid if holder else None, "host": holder.host if holder else None,
         "allocated_at": rfc3339(lease.allocated_at) if lease else None,
         "expires_at": rfc3339(lease.expires_at) if lease else None,
+        "ttl_seconds": lease.ttl_seconds if lease else None,
         "metadata": metadata, "current_branch": branch, "current_commit": commit,
         "allocation_count": slot.allocation_count,
         "total_usage_seconds": round(slot.total_usage_seconds, 3),

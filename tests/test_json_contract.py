@@ -12,17 +12,17 @@ from conftest import commit_file
 from necropool.cli.app import COMMANDS
 
 SLOT_KEYS = {"slot_id", "pool", "path", "state", "lease_id", "owner", "pid", "host",
-             "allocated_at", "expires_at", "metadata", "current_branch", "current_commit",
-             "allocation_count", "total_usage_seconds", "last_allocated_at",
+             "allocated_at", "expires_at", "ttl_seconds", "metadata", "current_branch",
+             "current_commit", "allocation_count", "total_usage_seconds", "last_allocated_at",
              "last_released_at", "needs_cleanup", "error", "isolated_at", "isolation_reason",
              "last_rescue"}
 POOL_KEYS = {"pool", "path", "url", "branch", "mirror_commit", "num_slots", "counts",
              "keep_ignored", "fetch_on_allocate", "state_source"}
-DETECT_KEYS = {"long_allocated_slots", "abandoned_slots", "corrupted_slots", "orphaned_locks",
-               "stray_paths", "isolated_slots", "healthy", "count"}
-COUNTERS = {"long_allocated_released", "abandoned_released", "corrupted_recovered",
-            "corrupted_isolated", "orphaned_locks_cleaned", "stray_paths_moved",
-            "slots_adopted"}
+DETECT_KEYS = {"long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
+               "orphaned_locks", "stray_paths", "isolated_slots", "healthy", "count"}
+COUNTERS = {"long_allocated_released", "expired_released", "abandoned_released",
+            "corrupted_recovered", "corrupted_isolated", "orphaned_locks_cleaned",
+            "stray_paths_moved", "slots_adopted"}
 
 
 def one_object(result, code: int = 0) -> dict:
@@ -51,6 +51,7 @@ def test_every_command_speaks_the_documented_json(cli, upstream, root, tmp_path)
     assert run("status", "web-1").keys() >= SLOT_KEYS
     held = run("allocate", "web", "--meta", "task=7", "--ttl", "1h")
     assert held.keys() >= SLOT_KEYS and held["metadata"] == {"task": "7"}
+    assert run("renew", held["slot_id"], "--lease-id", held["lease_id"]).keys() >= SLOT_KEYS
     commit_file(upstream, "new.txt", "upstream moved\n")
     released = run("release", held["slot_id"], "--lease-id", held["lease_id"])
     assert released.keys() >= {"slot_id", "pool", "lease_id", "cleaned", "commit", "cleanup"}

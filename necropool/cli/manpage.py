@@ -39,7 +39,8 @@ DESCRIPTION = [
     state).
     Allocation is a lease with a lease id (a fencing token), an owner, optionally the
     holder's pid (the slot counts as abandoned as soon as that process dies) and an expiry
-    (--ttl).
+    (--ttl): the holder's promise to come back by then, or *renew* the lease; an expired
+    lease is reclaimed by *auto-recover* like an abandoned one (its work saved first).
     Releasing cleans the slot: reset to the tip of the pool branch, untracked and ignored files
     removed, stale git lock files removed.
     Work that would be lost (uncommitted changes, unpushed commits) is saved first, and
@@ -152,11 +153,13 @@ JSON_ERROR = ('{"schema_version": 1, "type": "error", "code": "not_found",\n'
 JSON_CODES = ("code is one of usage (2), failed (3), not_found (4), conflict (5), "
               "unavailable (75), internal (70), interrupted (130).")
 JSON_DETECT = [
-    """*detect* lists anomalies by kind: long_allocated_slots, abandoned_slots, corrupted_slots,
+    """*detect* lists anomalies by kind: long_allocated_slots, expired_leases, abandoned_slots,
+    corrupted_slots,
     orphaned_locks, stray_paths and isolated_slots, each a list of objects with kind, pool,
     evidence and, where they apply, slot_id, path and lease_id;
     plus healthy (true when nothing was found) and count.""",
-    """*auto-recover* reports the counters long_allocated_released, abandoned_released,
+    """*auto-recover* reports the counters long_allocated_released, expired_released,
+    abandoned_released,
     corrupted_recovered, corrupted_isolated, orphaned_locks_cleaned, stray_paths_moved and
     slots_adopted, errors (a list of messages; not empty means exit status 3), dry_run, and
     pools: per pool the same counters, the actions taken (target, action, status, and error or
@@ -224,18 +227,24 @@ COMMAND_NOTES = {
                 "where (rescued)."],
     "run": ["The command runs in the slot, with NECROPOOL_SLOT_ID, NECROPOOL_SLOT_PATH and "
             "NECROPOOL_LEASE_ID set; the slot is released afterwards, also when the command "
-            "fails or is interrupted.",
+            "fails or is interrupted. With --ttl, run renews the lease while the command "
+            "runs, so it is never reclaimed as expired.",
             "Put -- before the command so that its options are not taken for "
             "necropool's."],
     "status": ["--format prometheus prints the counts in the Prometheus text format."],
     "sync": ["The config file declares pools as [pools.NAME] tables (see CONFIGURATION in "
              "*necropool*(1))."],
-    "detect": ["Kinds: long allocated (older than --max-allocation-hours), abandoned "
+    "renew": ["Without --ttl the lease is extended by its own TTL, from now; a lease "
+              "without a TTL needs --ttl. A lease that has expired but was not reclaimed yet "
+              "may be renewed."],
+    "detect": ["Kinds: long allocated (no TTL, older than --max-allocation-hours), expired "
+               "leases (past their --ttl), abandoned "
                "(holder or worker dead), corrupted, orphaned locks, stray paths, isolated "
                "slots."],
-    "auto-recover": ["Abandoned slots are released (their work saved), corrupted ones "
+    "auto-recover": ["Abandoned slots and expired leases are released (their work saved), "
+                     "corrupted ones "
                      "recovered or isolated, orphaned locks removed, stray paths moved aside; "
-                     "long allocations are only reported unless "
+                     "long allocations without a TTL are only reported unless "
                      "--force-release-long-allocated is given.",
                      "Safe to run from cron; --dry-run only says what would be done."],
     "recover": ["Recovery never destroys work silently: changes are saved before a reset."],
@@ -244,6 +253,8 @@ COMMAND_NOTES = {
 COMMAND_EXIT = {
     "allocate": "75 when no slot is free (after --wait, if given).",
     "release": "5 when the slot is not allocated or --lease-id names a stale lease.",
+    "renew": "5 when --lease-id is not the slot's current lease (the message says what became "
+             "of it).",
     "run": "The status of the command (127 when it is not found, 126 when it cannot be "
            "executed); necropool's own failures use the codes of *necropool*(1).",
     "detect": "0 when healthy, 1 when anything is found.",
