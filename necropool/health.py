@@ -442,9 +442,10 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             return None
         try:
             outcome = fn(*args, **kwargs)
-        except NecropoolError as exc:
-            entry.update(status="failed", error=exc.message)
-            result["errors"].append(f"{target}: {action}: {exc.message}")
+        except (NecropoolError, OSError) as exc:  # recorded; the other actions still run
+            message = exc.message if isinstance(exc, NecropoolError) else os_error(exc)
+            entry.update(status="failed", error=message)
+            result["errors"].append(f"{target}: {action}: {message}")
             return None
         entry["status"] = "done"
         if isinstance(outcome, dict):
@@ -510,6 +511,11 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     if not dry_run:
         pool.event("auto_recover", errors=len(result["errors"]), actions=len(result["actions"]))
     return result
+
+
+def os_error(exc: OSError) -> str:
+    """An OSError as one line: what went wrong, and on which path."""
+    return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
 
 
 def _dead_lease(found: Findings, number: int) -> bool:

@@ -205,10 +205,16 @@ class PoolManager:
         total["errors"] += [f"{each}: not a usable pool (left alone): {why}"
                             for each, why in unusable]
         for pool in targets:
-            result = health.auto_recover(
-                pool, max_allocation_hours=max_allocation_hours,
-                recover_corrupted=recover_corrupted, cleanup_orphaned_locks=cleanup_orphaned_locks,
-                force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
+            try:
+                result = health.auto_recover(
+                    pool, max_allocation_hours=max_allocation_hours,
+                    recover_corrupted=recover_corrupted,
+                    cleanup_orphaned_locks=cleanup_orphaned_locks,
+                    force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
+            except (NecropoolError, OSError) as exc:  # one pool's failure stops no other pool
+                why = exc.message if isinstance(exc, NecropoolError) else health.os_error(exc)
+                total["errors"].append(f"{pool.name}: {why}")
+                continue
             for key, value in result.items():
                 if isinstance(value, int) and not isinstance(value, bool):
                     total[key] += value
