@@ -47,7 +47,7 @@ class Anomaly:
     def to_dict(self) -> dict:
         data = {"kind": self.kind, "pool": self.pool, "slot_id": self.slot_id,
                 "path": self.path, "evidence": self.evidence, "lease_id": self.lease_id}
-        return Record({k: v for k, v in data.items() if v is not None})
+        return Record(data)
 
 
 @dataclass
@@ -312,11 +312,8 @@ def recover(pool: Pool, number: int, force: bool = False,
                rescued=rescued)
     result = RecoveryResult(
         slot_id=pool.slot_id(number), pool=pool.name, recovered=ok,
-        state=AVAILABLE if ok else ERROR, previous_state=previous.state, actions=actions)
-    if rescued:
-        result["rescued"] = rescued
-    if not ok:
-        result["error"] = reason
+        state=AVAILABLE if ok else ERROR, previous_state=previous.state, actions=actions,
+        rescued=rescued, error=None if ok else reason)
     return result
 
 
@@ -435,7 +432,8 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
               "errors": [], "actions": []}
 
     def act(counter: str | None, target: str, action: str, fn, *args, **kwargs):
-        entry = {"target": target, "action": action}
+        entry = {"target": target, "action": action, "status": None, "error": None,
+                 "rescued": None, "actions": None}
         result["actions"].append(entry)
         if dry_run:
             entry["status"] = "planned"
@@ -449,7 +447,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             return None
         entry["status"] = "done"
         if isinstance(outcome, dict):
-            entry.update({k: outcome[k] for k in ("rescued", "error", "actions") if k in outcome})
+            entry.update({k: outcome.get(k) for k in ("rescued", "error", "actions")})
         if counter:
             result[counter] += 1
         return outcome
@@ -498,7 +496,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             slot = current_slots.get(a.number)
             if slot is not None and _live_allocation(slot, abandoned):
                 result["actions"].append({"target": a.slot_id, "action": "recover",
-                                          "status": "deferred",
+                                          "status": "deferred", "rescued": None, "actions": None,
                                           "error": "allocated to a live holder: recovered "
                                                    "once released"})
                 continue
@@ -527,7 +525,7 @@ def _recover_or_raise(pool: Pool, number: int, force: bool = False,
                       verifier: Verifier | None = None) -> dict:
     outcome = recover(pool, number, force=force, verifier=verifier)
     if not outcome["recovered"]:
-        raise OperationFailed(outcome.get("error", "recovery failed"))
+        raise OperationFailed(outcome.get("error") or "recovery failed")
     return outcome
 
 

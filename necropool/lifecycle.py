@@ -375,12 +375,13 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
     pool.event(reason, slot_id=pool.slot_id(number), lease_id=lease.lease_id, owner=lease.owner,
                usage_seconds=round((at - lease.allocated_at).total_seconds(), 3))
     result = {"slot_id": pool.slot_id(number), "pool": pool.name, "lease_id": lease.lease_id,
-              "cleaned": False}
+              "cleaned": False, "commit": None, "cleanup": None, "rescued": None,
+              "fetch_error": None}
     if not clean:
         return result
     fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
-    if fetch and (error := update_mirror(pool)):
-        result["fetch_error"] = error
+    if fetch:
+        result["fetch_error"] = update_mirror(pool)
     try:
         tip, report = refresh(pool, slot, rescue_label=lease.lease_id, lease_id=lease.lease_id)
     except (OperationFailed, OSError) as exc:
@@ -396,9 +397,7 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
         # Unlock before the state write: a waiter woken by that write must find the slot
         # free, or it would wait for a further state change that never comes.
         lock.release(unlink=True)
-    result.update(cleaned=True, commit=tip, cleanup=report.to_dict())
-    if report.rescued:
-        result["rescued"] = report.rescued
+    result.update(cleaned=True, commit=tip, cleanup=report.to_dict(), rescued=report.rescued)
     return result
 
 

@@ -96,8 +96,7 @@ class PoolManager:
         grant = lifecycle.allocate(pool, owner=owner, holder=holder, ttl=ttl,
                                    metadata=metadata, wait=wait, fetch=fetch)
         data = pools.describe_slot(pool, grant.slot)
-        if grant.fetch_error:
-            data["fetch_error"] = grant.fetch_error
+        data["fetch_error"] = grant.fetch_error
         return data
 
     def release_slot(self, slot_ref: str, lease_id: str | None = None, cleanup: bool = True,
@@ -161,8 +160,8 @@ class PoolManager:
                 merged[kind].extend(a.to_dict() for a in items)
         for each, why in unusable:
             merged["stray_paths"].append(Record(
-                kind="stray_path", pool=each, evidence=f"not a usable pool: {why}",
-                path=str(pools.pools_dir(self.settings.root) / each)))
+                kind="stray_path", pool=each, slot_id=None, evidence=f"not a usable pool: {why}",
+                path=str(pools.pools_dir(self.settings.root) / each), lease_id=None))
         return merged
 
     def detect_long_allocated_slots(self, max_allocation_hours=None, name=None) -> list[dict]:
