@@ -23,14 +23,17 @@ TOP_KEYS = {
     "root": str,
     "max_allocation_hours": (int, float),
     "stale_lock_hours": (int, float),
+    "stale_mirror_hours": (int, float),
     "lock_timeout": (int, float),
     "git_timeout": (int, float),
     "pools": dict,
 }
 # Upper bounds (also rejecting inf) so that timeouts and date arithmetic cannot overflow.
 LIMITS = {"max_allocation_hours": 876000, "stale_lock_hours": 876000,
+          "stale_mirror_hours": 876000,
           "lock_timeout": 1e9, "git_timeout": 1e9}
-POSITIVE = ("max_allocation_hours", "stale_lock_hours", "lock_timeout", "git_timeout", "num_slots")
+POSITIVE = ("max_allocation_hours", "stale_lock_hours", "stale_mirror_hours", "lock_timeout",
+            "git_timeout", "num_slots")
 FETCH_BACKENDS = ("git", "libgit2")
 
 
@@ -55,6 +58,7 @@ class Settings:
     config_path: Path | None = None
     max_allocation_hours: float = 24.0
     stale_lock_hours: float = 24.0
+    stale_mirror_hours: float = 24.0
     lock_timeout: float = 30.0
     git_timeout: float = 600.0
     pools: dict[str, PoolSpec] = field(default_factory=dict)

@@ -25,13 +25,13 @@ from necropool.layout import (
     write_atomic,
 )
 from necropool.locks import FileLock
-from necropool.pool import Pool, get_slot, resolve_slot
+from necropool.pool import Pool, get_slot, mirror_freshness, resolve_slot
 from necropool.proc import Holder
 from necropool.records import Record
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, PoolState, Slot
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
-         "orphaned_locks", "stray_paths", "isolated_slots")
+         "orphaned_locks", "stray_paths", "isolated_slots", "stale_mirrors")
 
 
 @dataclass
@@ -104,6 +104,8 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
     if mirror_problems:
         found.add("corrupted_slots", path=str(paths.mirror),
                   evidence="mirror: " + "; ".join(mirror_problems[:3]))
+    elif stale := mirror_freshness(pool)[1]:
+        found.add("stale_mirrors", path=str(paths.mirror), evidence=stale)
     abandoned = {a.number for a in found.items["abandoned_slots"]}
     for number in judged:
         slot = current.slots[number]
@@ -259,6 +261,7 @@ def rebuild_mirror(pool: Pool) -> None:
                 os.rename(pool.paths.mirror, old)
             os.rename(tmp, pool.paths.mirror)
             write_atomic(pool.paths.mirror_stamp, f"{time.time()}\n".encode())
+            pool.paths.mirror_failed.unlink(missing_ok=True)
         finally:
             remove_tree(tmp, settings.root)
         remove_tree(old, settings.root)

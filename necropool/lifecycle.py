@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from necropool import git, wakeup
-from necropool.clock import MAX_DURATION, now
+from necropool.clock import MAX_DURATION, now, rfc3339
 from necropool.errors import Conflict, NecropoolError, OperationFailed, TryAgain, UsageError
 from necropool.layout import ensure_inside, write_atomic
 from necropool.locks import FileLock, jitter
@@ -57,11 +57,23 @@ def update_mirror(pool: Pool) -> str | None:
                              backend=pool.definition.fetch_backend)
         except OperationFailed as exc:
             pool.event("fetch_failed", error=exc.message)
+            _note_failure(pool, exc.message)
             return exc.message
         write_atomic(pool.paths.mirror_stamp, f"{started}\n".encode())
+        pool.paths.mirror_failed.unlink(missing_ok=True)
         return None
     finally:
         lock.release()
+
+
+def _note_failure(pool: Pool, message: str) -> None:
+    """Keep the failed fetch's time and error for ``detect`` (stale_mirrors) until a fetch
+    works; best effort, like the event."""
+    import json
+
+    with contextlib.suppress(OSError):
+        write_atomic(pool.paths.mirror_failed, json.dumps(
+            {"time": rfc3339(now()), "error": message}).encode())
 
 
 def _order(slot: Slot) -> tuple:

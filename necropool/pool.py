@@ -478,6 +478,35 @@ def describe_slot(pool: Pool, slot: Slot) -> Record:
     })
 
 
+CLOCK_SLACK = 60  # seconds a fetch stamp may lie ahead of this host's clock
+
+
+def mirror_freshness(pool: Pool) -> tuple[datetime | None, str | None]:
+    """When the mirror last fetched, and why it is stale (None when it is not): its last
+    fetch failed (the upstream is unreachable), its stamp is in the future, or, for a pool
+    that fetches on allocate, it has not fetched for ``stale_mirror_hours``."""
+    import json
+    from datetime import UTC, timedelta
+
+    try:
+        fetched = datetime.fromtimestamp(float(pool.paths.mirror_stamp.read_text()), UTC)
+    except (OSError, ValueError, OverflowError):
+        fetched = None
+    try:
+        failed = json.loads(pool.paths.mirror_failed.read_text())
+        return fetched, f"last fetch failed at {failed['time']}: {failed['error']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    at, hours = now(), pool.settings.stale_mirror_hours
+    if fetched is None:
+        return None, "no record of a fetch (mirror.fetched missing or unreadable)"
+    if fetched > at + timedelta(seconds=CLOCK_SLACK):
+        return fetched, f"last fetch stamped {rfc3339(fetched)}, in the future"
+    if pool.definition.fetch_on_allocate and fetched < at - timedelta(hours=hours):
+        return fetched, f"not fetched since {rfc3339(fetched)} (over {hours:g} h)"
+    return fetched, None
+
+
 def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True) -> dict:
     counts = {s: 0 for s in state.STATES}
     for slot in current.slots.values():
@@ -491,6 +520,8 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True) -> di
         "fetch_on_allocate": pool.definition.fetch_on_allocate,
         "state_source": current.source,
     }
+    fetched, stale = mirror_freshness(pool)
+    data.update(mirror_fetched_at=rfc3339(fetched), mirror_stale=stale)
     if with_slots:
         data["slots"] = [describe_slot(pool, s) for _, s in sorted(current.slots.items())]
     return data

@@ -2,6 +2,7 @@
 (issue 11): each test names the defect it pins down."""
 
 import json
+import time
 
 
 def create(cli, upstream, *names: str, slots: int = 1) -> None:
@@ -33,3 +34,39 @@ def test_auto_recover_carries_on_past_an_action_that_raises_os_error(cli, upstre
     assert (root / "pools" / "a" / ("x" * 240)).is_dir(), "nothing was lost"
 
 
+
+
+def test_an_unreachable_upstream_or_an_old_fetch_is_a_stale_mirror(cli, upstream, root):
+    """Defect 7: with the upstream gone every allocate warns, and detect, status and the
+    metrics say so too; a fetch that works again clears it. A stamp too old or in the future
+    is stale as well."""
+    create(cli, upstream, "web")
+    assert cli("detect").code == 0
+    gone = upstream.with_name("gone")
+    upstream.rename(gone)
+    held = cli("allocate", "web", "--json")
+    assert held.code == 0 and held.json()["fetch_error"], held
+
+    found = cli("detect", "--json")
+    assert found.code == 1, found
+    [stale] = found.json()["stale_mirrors"]
+    assert stale["path"] == str(root / "pools/web/mirror.git")
+    assert stale["evidence"].startswith("last fetch failed at ")
+    status = cli("status", "web", "--json").json()
+    assert status["mirror_stale"] == stale["evidence"]
+    assert "stale mirror" in cli("status").stderr
+    metrics = cli("status", "--format", "prometheus").stdout
+    assert 'necropool_mirror_stale{pool="web"} 1' in metrics
+
+    gone.rename(upstream)
+    assert cli("release", "web-1").code == 0  # fetches: the upstream answers again
+    assert cli("detect").code == 0
+    assert cli("status", "web", "--json").json()["mirror_stale"] is None
+    assert 'necropool_mirror_stale{pool="web"} 0' in cli("status", "--format",
+                                                          "prometheus").stdout
+
+    stamp = root / "pools/web/mirror.fetched"
+    for offset, words in ((2 * 86400, "in the future"), (-2 * 86400, "not fetched since")):
+        stamp.write_text(f"{time.time() + offset}\n")
+        again = cli("detect", "--json")
+        assert again.code == 1 and words in again.json()["stale_mirrors"][0]["evidence"], again

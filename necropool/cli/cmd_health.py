@@ -16,6 +16,7 @@ KIND_TITLES = {
     "orphaned_locks": "orphaned lock",
     "stray_paths": "stray path",
     "isolated_slots": "isolated",
+    "stale_mirrors": "stale mirror",
 }
 
 

@@ -139,6 +139,9 @@ def status(
         out.emit({"pools": pools + broken} if not target else pools[0])
     else:
         out.table(SLOT_COLUMNS, [slot_row(s) for p in pools for s in p["slots"]])
+        for p in pools:
+            if p["mirror_stale"]:
+                out.note(f"warning: pool {p['pool']}: stale mirror: {p['mirror_stale']}")
     if broken:  # shown what could be read; now say what could not (exit 3)
         from necropool.errors import OperationFailed
 

@@ -108,6 +108,8 @@ FILES = [
      "Serialises upstream fetches and mirror rebuilds."),
     ("<root>/pools/<pool>/mirror.fetched",
      "When the mirror last fetched: concurrent allocations share one fetch."),
+    ("<root>/pools/<pool>/mirror.failed",
+     "The last fetch's time and error, until a fetch works: detect reports a stale mirror."),
     ("<root>/pools/<pool>/verified.json",
      "What detect proved about the pack files, so the next run need not walk trees again."),
     ("<root>/pools/<pool>/locks/<slot>.lock",
@@ -129,6 +131,9 @@ CONFIG_TOP = [
     ("root", "The root directory."),
     ("max_allocation_hours", "An allocation older than this is long (default 24)."),
     ("stale_lock_hours", "A lock file older than this is stale (default 24)."),
+    ("stale_mirror_hours", "A mirror of a pool that fetches on allocate and has not fetched "
+                           "for this long is stale (default 24); so is one whose last fetch "
+                           "failed."),
     ("lock_timeout", "Seconds to wait for a pool lock (default 30)."),
     ("git_timeout", "Seconds a git command may run (default 600)."),
 ]
@@ -154,9 +159,8 @@ JSON_CODES = ("code is one of usage (2), failed (3), not_found (4), conflict (5)
               "unavailable (75), internal (70), interrupted (130).")
 JSON_DETECT = [
     """*detect* lists anomalies by kind: long_allocated_slots, expired_leases, abandoned_slots,
-    corrupted_slots,
-    orphaned_locks, stray_paths and isolated_slots, each a list of objects with kind, pool,
-    evidence and, where they apply, slot_id, path and lease_id;
+    corrupted_slots, orphaned_locks, stray_paths, isolated_slots and stale_mirrors, each a list
+    of objects with kind, pool, evidence and, where they apply, slot_id, path and lease_id;
     plus healthy (true when nothing was found) and count.""",
     """*auto-recover* reports the counters long_allocated_released, expired_released,
     abandoned_released,
@@ -240,7 +244,8 @@ COMMAND_NOTES = {
     "detect": ["Kinds: long allocated (no TTL, older than --max-allocation-hours), expired "
                "leases (past their --ttl), abandoned "
                "(holder or worker dead), corrupted, orphaned locks, stray paths, isolated "
-               "slots."],
+               "slots, stale mirrors (last fetch failed, or none for stale_mirror_hours).",
+               "The exit status is 1 as long as the upstream cannot be fetched."],
     "auto-recover": ["Abandoned slots and expired leases are released (their work saved), "
                      "corrupted ones "
                      "recovered or isolated, orphaned locks removed, stray paths moved aside; "
