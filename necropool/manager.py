@@ -198,6 +198,7 @@ class PoolManager:
         from necropool import health
 
         unusable: list = []
+        failures: list[Exception] = []
         targets = self._targets(name, unusable)
         if name and not targets:
             raise NotFound(f"pool {name!r} does not exist")
@@ -211,6 +212,7 @@ class PoolManager:
                     cleanup_orphaned_locks=cleanup_orphaned_locks,
                     force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
             except (NecropoolError, OSError) as exc:  # one pool's failure stops no other pool
+                failures.append(exc)
                 why = exc.message if isinstance(exc, NecropoolError) else health.os_error(exc)
                 total["errors"].append(f"{pool.name}: {why}")
                 continue
@@ -219,4 +221,6 @@ class PoolManager:
                     total[key] += value
             total["errors"] += [f"{pool.name}: {e}" for e in result["errors"]]
             total["pools"].append(result)
+        if failures and not total["pools"]:
+            raise failures[0]  # no pool could even be looked at: a refusal, not a result
         return total
