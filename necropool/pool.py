@@ -69,6 +69,9 @@ class Pool:
         try:
             self.definition = PoolDef.load(self.paths.definition)
         except FileNotFoundError:
+            if os.path.lexists(self.paths.dir):  # there, but not a pool: damaged, not missing
+                raise OperationFailed(f"pool {name!r} is not usable: {self.paths.dir} has no "
+                                      "pool.toml") from None
             raise NotFound(f"pool {name!r} does not exist under {settings.root}") from None
         except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
             raise OperationFailed(f"pool {name!r}: pool.toml is unreadable: {exc}") from None

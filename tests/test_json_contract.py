@@ -120,6 +120,16 @@ def test_every_command_speaks_the_documented_json(cli, upstream, root, tmp_path)
     assert seen == set(COMMANDS), f"commands without a JSON case: {set(COMMANDS) - seen}"
 
 
+def test_an_unreadable_pool_is_the_documented_pair(cli, upstream, root):
+    assert cli("create", "web", upstream, "--slots", "1").code == 0
+    (root / "pools" / "web" / "pool.toml").write_text("not = [toml")
+    for command in ("list", "status"):
+        [entry] = one_object(cli(command, "--json"), 3)["pools"]
+        [line] = [x for x in DOC.splitlines() if x.startswith(f"| `{command}` |")]
+        said = re.search(r"an unreadable pool is `\{([^`]*)\}`", line).group(1)
+        assert entry.keys() == set(re.findall(r'"([a-z_]+)"', said))
+
+
 def test_a_command_interrupted_under_json_reports_it_as_json(cli, upstream):
     """SIGINT while waiting for a slot: exit 130 and one JSON error on stderr."""
     assert cli("create", "web", upstream, "--slots", "1").code == 0

@@ -70,3 +70,23 @@ def test_an_unreachable_upstream_or_an_old_fetch_is_a_stale_mirror(cli, upstream
         stamp.write_text(f"{time.time() + offset}\n")
         again = cli("detect", "--json")
         assert again.code == 1 and words in again.json()["stale_mirrors"][0]["evidence"], again
+
+
+def test_list_and_status_follow_one_rule_for_an_unusable_pool(cli, upstream, root):
+    """Defect 6: a directory under pools/ without pool.toml is not usable (never "does not
+    exist"); list and status both show the readable pools, name it, and exit 3."""
+    create(cli, upstream, "web")
+    (root / "pools" / "half").mkdir()
+    for command in ("list", "status"):
+        result = cli(command, "--json")
+        assert result.code == 3, result
+        entries = {p["pool"]: p for p in result.json()["pools"]}
+        assert "counts" in entries["web"]
+        assert entries["half"].keys() == {"pool", "error"}
+        assert "no pool.toml" in entries["half"]["error"]
+        assert "half" in json.loads(result.stderr)["message"]
+        plain = cli(command)
+        assert plain.code == 3 and "half" in plain.stderr and "web" in plain.stdout, plain
+    named = cli("status", "half")
+    assert named.code == 3 and "not usable" in named.stderr and "does not exist" not in named.stderr
+    assert cli("status", "nosuch").code == 4

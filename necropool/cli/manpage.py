@@ -235,7 +235,11 @@ COMMAND_NOTES = {
             "runs, so it is never reclaimed as expired.",
             "Put -- before the command so that its options are not taken for "
             "necropool's."],
-    "status": ["--format prometheus prints the counts in the Prometheus text format."],
+    "list": ["A pool that cannot be read (a directory under pools/ without a readable "
+             "pool.toml, say) is listed with its error, and the exit status is 3."],
+    "status": ["--format prometheus prints the counts in the Prometheus text format.",
+               "A pool that cannot be read is shown with its error, and the exit status is "
+               "3, as for *list*."],
     "sync": ["The config file declares pools as [pools.NAME] tables (see CONFIGURATION in "
              "*necropool*(1))."],
     "renew": ["Without --ttl the lease is extended by its own TTL, from now; a lease "
