@@ -438,8 +438,10 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
         entry = {"target": target, "action": action, "status": None, "error": None,
                  "rescued": None, "actions": None}
         result["actions"].append(entry)
-        if dry_run:
+        if dry_run:  # counted as planned, so the counters show the plan
             entry["status"] = "planned"
+            if counter:
+                result[counter] += 1
             return None
         try:
             outcome = fn(*args, **kwargs)

@@ -4,6 +4,8 @@
 import json
 import time
 
+from conftest import digest
+
 
 def create(cli, upstream, *names: str, slots: int = 1) -> None:
     for name in names:
@@ -90,3 +92,23 @@ def test_list_and_status_follow_one_rule_for_an_unusable_pool(cli, upstream, roo
     named = cli("status", "half")
     assert named.code == 3 and "not usable" in named.stderr and "does not exist" not in named.stderr
     assert cli("status", "nosuch").code == 4
+
+
+def test_a_dry_run_counts_what_it_plans(cli, upstream, root):
+    """Defect 8: auto-recover --dry-run printed all-zero counters beside its plan."""
+    create(cli, upstream, "web")
+    (root / "pools" / "web" / "slots" / "junk").mkdir()
+    (root / "pools" / "web" / "locks" / "web-9.lock").write_text("")
+    pdir = root / "pools" / "web"
+    before = [digest(pdir / part) for part in ("slots", "locks", "rescued")]
+    planned = cli("auto-recover", "--dry-run", "--json")
+    assert planned.code == 0, planned
+    data = planned.json()
+    assert data["dry_run"] is True
+    assert (data["stray_paths_moved"], data["orphaned_locks_cleaned"]) == (1, 1)
+    assert {a["status"] for a in data["pools"][0]["actions"]} == {"planned"}
+    plain = cli("auto-recover", "--dry-run")
+    assert "planned: " in plain.stderr and "stray_paths_moved=1" in plain.stderr, plain
+    assert [digest(pdir / part) for part in ("slots", "locks", "rescued")] == before
+    done = cli("auto-recover", "--json").json()
+    assert (done["stray_paths_moved"], done["orphaned_locks_cleaned"]) == (1, 1)

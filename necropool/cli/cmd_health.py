@@ -111,7 +111,8 @@ def auto_recover(
         keys = ("abandoned_released", "expired_released", "long_allocated_released",
                 "corrupted_recovered", "corrupted_isolated", "orphaned_locks_cleaned",
                 "stray_paths_moved", "slots_adopted")
-        out.note(", ".join(f"{k}={data[k]}" for k in keys) + f", errors={len(data['errors'])}")
+        out.note(("planned: " if dry_run else "")
+                 + ", ".join(f"{k}={data[k]}" for k in keys) + f", errors={len(data['errors'])}")
     if data["errors"]:
         more = f" (and {len(data['errors']) - 1} more)" if len(data["errors"]) > 1 else ""
         out.error("failed", f"auto-recover: {data['errors'][0]}{more}", 3)
