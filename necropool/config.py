@@ -152,12 +152,16 @@ def load_settings(root: str | None = None, config: str | None = None) -> Setting
         data = parse_config(config_path)
     else:
         config_path = None
-    root_value = root or os.environ.get("NECROPOOL_HOME") or data.pop("root", None)
+    root_value = root or os.environ.get("NECROPOOL_HOME")
+    from_config = not root_value and "root" in data
+    root_value = root_value or data.pop("root", None)
     data.pop("root", None)
     if root_value and "\0" in root_value:
         raise UsageError(f"invalid root {root_value!r}: it contains a NUL byte")
     if root_value:
         root_path = Path(root_value).expanduser()
+        if from_config and config_path is not None:  # the same root from cron and a shell
+            root_path = config_path.absolute().parent / root_path
     else:
         root_path = _xdg("XDG_DATA_HOME", ".local/share") / "necropool"
     if root_path.exists() and not root_path.is_dir():

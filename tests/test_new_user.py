@@ -4,7 +4,7 @@
 import json
 import time
 
-from conftest import digest
+from conftest import digest, run_cli
 
 
 def create(cli, upstream, *names: str, slots: int = 1) -> None:
@@ -112,3 +112,22 @@ def test_a_dry_run_counts_what_it_plans(cli, upstream, root):
     assert [digest(pdir / part) for part in ("slots", "locks", "rescued")] == before
     done = cli("auto-recover", "--json").json()
     assert (done["stray_paths_moved"], done["orphaned_locks_cleaned"]) == (1, 1)
+
+
+def test_a_relative_root_in_the_config_is_relative_to_the_config_file(upstream, tmp_path,
+                                                                      monkeypatch):
+    """Defect 2: cron (cwd /) and a shell (cwd anywhere) must see the same root."""
+    monkeypatch.delenv("NECROPOOL_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "config.toml").write_text('root = "data"\n')
+    env = {"NECROPOOL_CONFIG": str(etc / "config.toml")}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert run_cli("create", "web", upstream, "--slots", "1", env=env, cwd=elsewhere).code == 0
+    assert (etc / "data" / "pools" / "web" / "pool.toml").is_file()
+    assert not (elsewhere / "data").exists()
+    listed = run_cli("list", "--json", env=env, cwd="/")
+    assert [p["pool"] for p in listed.json()["pools"]] == ["web"], listed
+    assert listed.json()["pools"][0]["path"] == str(etc / "data" / "pools" / "web")

@@ -128,7 +128,8 @@ FILES = [
 
 # config file key -> description; checked against necropool.config by the tests
 CONFIG_TOP = [
-    ("root", "The root directory."),
+    ("root", "The root directory; a relative path is taken from the config file's "
+             "directory, not the caller's (so cron and a shell agree)."),
     ("max_allocation_hours", "An allocation older than this is long (default 24)."),
     ("stale_lock_hours", "A lock file older than this is stale (default 24)."),
     ("stale_mirror_hours", "A mirror of a pool that fetches on allocate and has not fetched "
