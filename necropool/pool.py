@@ -420,6 +420,8 @@ def _converge(pool: Pool, spec: PoolSpec) -> dict:
     next cleanup); a new url is refused: the mirror would be of another repository."""
     wanted = {k: getattr(spec, k) for k in POOL_SETTINGS
               if k in spec.declared and getattr(spec, k) is not None}
+    if wanted.get("branch", pool.definition.branch) != pool.definition.branch:
+        _fetch_for_branch(pool, wanted["branch"])
     with pool.locked():
         old = PoolDef.load(pool.paths.definition)
         if spec.url != old.url:
@@ -434,6 +436,20 @@ def _converge(pool: Pool, spec: PoolSpec) -> dict:
     if changed:
         pool.event("update", changed=changed)
     return changed
+
+
+def _fetch_for_branch(pool: Pool, branch: str) -> None:
+    """A branch the config names must exist upstream: when the mirror does not have it yet,
+    fetch first, then decide; the refusal says where it looked."""
+    if git.read_ref(pool.paths.mirror, f"refs/heads/{branch}"):
+        return
+    from necropool.lifecycle import update_mirror
+
+    error = update_mirror(pool)
+    if not git.read_ref(pool.paths.mirror, f"refs/heads/{branch}"):
+        looked = (f"the fetch from {pool.definition.url} failed ({error})" if error else
+                  f"not in {pool.definition.url}, fetched just now into {pool.paths.mirror}")
+        raise OperationFailed(f"branch {branch!r} does not exist upstream: {looked}")
 
 
 def _shrink(pool: Pool, count: int) -> list[str]:

@@ -4,7 +4,7 @@
 import json
 import time
 
-from conftest import digest, run_cli
+from conftest import digest, git, run_cli
 
 
 def create(cli, upstream, *names: str, slots: int = 1) -> None:
@@ -131,3 +131,26 @@ def test_a_relative_root_in_the_config_is_relative_to_the_config_file(upstream, 
     listed = run_cli("list", "--json", env=env, cwd="/")
     assert [p["pool"] for p in listed.json()["pools"]] == ["web"], listed
     assert listed.json()["pools"][0]["path"] == str(etc / "data" / "pools" / "web")
+
+
+def test_sync_fetches_before_refusing_a_branch(cli, upstream, root, tmp_path):
+    """Defect 3: a branch pushed upstream after the pool was made is not yet in the mirror;
+    sync fetches, then decides. A branch that is really missing: the error says where."""
+    create(cli, upstream, "web")
+    git(upstream, "branch", "feature")
+    config = tmp_path / "config.toml"
+    env = {"NECROPOOL_CONFIG": str(config)}
+    config.write_text(f'[pools.web]\nurl = "{upstream}"\nnum_slots = 1\nbranch = "feature"\n')
+    synced = cli("sync", "--json", env=env)
+    assert synced.code == 0, synced
+    [entry] = synced.json()["actions"]
+    assert entry["action"] == "updated" and entry["changed"] == {"branch": ["main", "feature"]}
+
+    config.write_text(f'[pools.web]\nurl = "{upstream}"\nnum_slots = 1\nbranch = "nope"\n')
+    refused = cli("sync", "--json", env=env)
+    assert refused.code == 3, refused
+    [entry] = refused.json()["actions"]
+    assert entry["action"] == "failed"
+    assert "'nope'" in entry["error"] and str(upstream) in entry["error"]
+    assert str(root / "pools/web/mirror.git") in entry["error"]
+    assert cli("status", "web", "--json").json()["branch"] == "feature"
