@@ -154,3 +154,11 @@ def test_sync_fetches_before_refusing_a_branch(cli, upstream, root, tmp_path):
     assert "'nope'" in entry["error"] and str(upstream) in entry["error"]
     assert str(root / "pools/web/mirror.git") in entry["error"]
     assert cli("status", "web", "--json").json()["branch"] == "feature"
+
+
+def test_bare_necropool_prints_the_help(cli):
+    """Defect 4: bare ``necropool`` printed one line of usage and exited 2."""
+    bare = cli()
+    assert bare.code == 0 and bare.stderr == "", bare
+    assert bare.stdout == cli("--help").stdout
+    assert "Commands" in bare.stdout and "auto-recover" in bare.stdout

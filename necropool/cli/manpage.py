@@ -54,7 +54,8 @@ DESCRIPTION = [
 # normalised by _text() as well.
 
 EXIT_STATUS = [
-    ("0", "Success; for *detect*: no anomaly found."),
+    ("0", "Success; for *detect*: no anomaly found. *necropool* without a command prints "
+          "its help on stdout and exits 0."),
     ("1", "*detect* found anomalies."),
     ("2", "Usage or configuration error: a bad name, a bad flag, an invalid config file."),
     ("3", "The operation failed, wholly or partly: a repair failed, a git error, "
