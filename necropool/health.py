@@ -312,7 +312,7 @@ def recover(pool: Pool, number: int, force: bool = False,
         ok, reason, commit = False, str(exc), None
     _finish(pool, number, ok, reason, commit, rescued, lock)
     pool.event("recover", slot_id=pool.slot_id(number), ok=ok, actions=actions, error=reason,
-               rescued=rescued)
+               rescued=rescued, lease_id=previous.lease.lease_id if previous.lease else None)
     result = RecoveryResult(
         slot_id=pool.slot_id(number), pool=pool.name, recovered=ok,
         state=AVAILABLE if ok else ERROR, previous_state=previous.state, actions=actions,

@@ -302,7 +302,8 @@ def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> S
     """Extend a lease by ``ttl`` (default: the lease's own TTL) from now. An expired lease
     nobody has reclaimed yet may be renewed; a wrong or ended one is a conflict that says
     what became of it."""
-    if ttl is not None and not 0 < ttl <= MAX_DURATION:
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
+                            or not 0 < ttl <= MAX_DURATION):
         raise UsageError(f"invalid ttl {ttl!r}: more than 0, at most {MAX_DURATION:g} seconds")
     with pool.transaction() as current:
         slot = get_slot(current, pool, number)
@@ -333,7 +334,7 @@ def _lease_gone(pool: Pool, number: int, lease_id: str) -> str:
         if record.get("lease_id") != lease_id:
             continue
         if record.get("event") in ENDINGS:
-            ended = record
+            ended, rescued = record, record.get("rescued")
         elif record.get("event") == "cleanup" and ended is not None:
             rescued = record.get("rescued")
     if ended is None:
@@ -347,7 +348,8 @@ def _lease_gone(pool: Pool, number: int, lease_id: str) -> str:
 # the events that end a lease, as ``renew`` explains them to a late holder
 ENDINGS = {"release": "was released", "reclaim": "was reclaimed (its holder died)",
            "expire": "expired and was reclaimed by auto-recover",
-           "force_release": "was force-released (allocated too long)"}
+           "force_release": "was force-released (allocated too long)",
+           "recover": "was taken back by recover"}
 
 
 def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool = True,

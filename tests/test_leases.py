@@ -202,3 +202,12 @@ def test_a_renewing_holder_keeps_its_slot_an_unrenewed_one_is_reclaimed(cli, poo
     assert Path(reclaimed[0]["rescued"]).is_file()
     assert slot_of(cli, forgotten["slot_id"])["state"] == "available"
     assert slot_of(cli, renewed["slot_id"])["state"] == "allocated"
+
+
+def test_a_holder_whose_slot_was_recovered_is_told(cli, pool):
+    held = allocate(cli, "--ttl", "1h")
+    Path(held["path"], "work.txt").write_text("mine\n")
+    assert cli("recover", held["slot_id"], "--force").code == 0
+    late = cli("renew", held["slot_id"], "--lease-id", held["lease_id"])
+    assert late.code == 5 and "taken back by recover" in late.stderr, late
+    assert "saved to" in late.stderr
