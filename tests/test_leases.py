@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import digest, git
 from faults import Procs
+from test_lifecycle import allocate, slot_status
 
 from necropool.clock import parse_rfc3339
 from necropool.errors import Conflict, UsageError
@@ -20,18 +21,6 @@ def procs_sleeper():
     started = Procs()
     yield started.sleeper()
     started.kill_all()
-
-
-def allocate(cli, *args) -> dict:
-    result = cli("allocate", "web", "--no-fetch", "--json", *args)
-    assert result.code == 0, result
-    return result.json()
-
-
-def slot_of(cli, slot_id: str) -> dict:
-    result = cli("status", slot_id, "--json")
-    assert result.code == 0, result
-    return result.json()
 
 
 def test_renew_extends_the_lease_by_its_own_ttl_or_a_new_one(cli, pool):
@@ -66,7 +55,7 @@ def test_renew_with_a_wrong_lease_is_a_conflict_that_changes_nothing(cli, pool, 
     free = cli("renew", "web-2", "--lease-id", held["lease_id"])
     assert free.code == 5, free
     assert digest(root / "pools" / "web" / "state.toml") == before
-    assert slot_of(cli, held["slot_id"])["expires_at"] == held["expires_at"]
+    assert slot_status(cli, held["slot_id"])["expires_at"] == held["expires_at"]
 
 
 def test_an_expired_lease_is_reclaimed_with_its_work_saved(cli, pool, upstream, procs_sleeper,
@@ -93,7 +82,7 @@ def test_an_expired_lease_is_reclaimed_with_its_work_saved(cli, pool, upstream, 
     assert action["status"] == "done" and action["action"] == "release (lease expired)"
     bundle = action["rescued"]
     assert Path(bundle).is_file() and held["lease_id"] in bundle
-    assert slot_of(cli, held["slot_id"])["state"] == "available"
+    assert slot_status(cli, held["slot_id"])["state"] == "available"
     assert not (path / "work.txt").exists()
     clone = tmp_path / "restore"
     git(tmp_path, "clone", "-q", str(upstream), str(clone))
@@ -113,11 +102,11 @@ def test_an_allocation_without_ttl_is_only_reported_when_long(cli, pool):
     assert [a["slot_id"] for a in found.json()["long_allocated_slots"]] == [held["slot_id"]]
     gentle = cli("auto-recover", "--max-allocation-hours", "0.00001", "--json")
     assert gentle.code == 0 and gentle.json()["long_allocated_released"] == 0, gentle
-    assert slot_of(cli, held["slot_id"])["lease_id"] == held["lease_id"]
+    assert slot_status(cli, held["slot_id"])["lease_id"] == held["lease_id"]
     forced = cli("auto-recover", "--max-allocation-hours", "0.00001",
                  "--force-release-long-allocated", "--json")
     assert forced.json()["long_allocated_released"] == 1, forced
-    assert slot_of(cli, held["slot_id"])["state"] == "available"
+    assert slot_status(cli, held["slot_id"])["state"] == "available"
 
 
 def test_run_renews_its_own_lease_while_the_command_runs(cli, pool, tmp_path):
@@ -193,15 +182,15 @@ def test_a_renewing_holder_keeps_its_slot_an_unrenewed_one_is_reclaimed(cli, poo
             reclaimed += [a for a in run.json()["pools"][0]["actions"]
                           if a["action"] == "release (lease expired)"]
             assert holder.poll() is None, "the holder's renewals kept succeeding"
-            assert slot_of(cli, renewed["slot_id"])["lease_id"] == renewed["lease_id"]
+            assert slot_status(cli, renewed["slot_id"])["lease_id"] == renewed["lease_id"]
             time.sleep(1)
     finally:
         holder.kill()
         holder.wait()
     assert [a["target"] for a in reclaimed] == [forgotten["slot_id"]]
     assert Path(reclaimed[0]["rescued"]).is_file()
-    assert slot_of(cli, forgotten["slot_id"])["state"] == "available"
-    assert slot_of(cli, renewed["slot_id"])["state"] == "allocated"
+    assert slot_status(cli, forgotten["slot_id"])["state"] == "available"
+    assert slot_status(cli, renewed["slot_id"])["state"] == "allocated"
 
 
 def test_a_holder_whose_slot_was_recovered_is_told(cli, pool):
