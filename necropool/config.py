@@ -23,14 +23,17 @@ TOP_KEYS = {
     "root": str,
     "max_allocation_hours": (int, float),
     "stale_lock_hours": (int, float),
+    "stale_mirror_hours": (int, float),
     "lock_timeout": (int, float),
     "git_timeout": (int, float),
     "pools": dict,
 }
 # Upper bounds (also rejecting inf) so that timeouts and date arithmetic cannot overflow.
 LIMITS = {"max_allocation_hours": 876000, "stale_lock_hours": 876000,
+          "stale_mirror_hours": 876000,
           "lock_timeout": 1e9, "git_timeout": 1e9}
-POSITIVE = ("max_allocation_hours", "stale_lock_hours", "lock_timeout", "git_timeout", "num_slots")
+POSITIVE = ("max_allocation_hours", "stale_lock_hours", "stale_mirror_hours", "lock_timeout",
+            "git_timeout", "num_slots")
 FETCH_BACKENDS = ("git", "libgit2")
 
 
@@ -55,6 +58,7 @@ class Settings:
     config_path: Path | None = None
     max_allocation_hours: float = 24.0
     stale_lock_hours: float = 24.0
+    stale_mirror_hours: float = 24.0
     lock_timeout: float = 30.0
     git_timeout: float = 600.0
     pools: dict[str, PoolSpec] = field(default_factory=dict)
@@ -148,12 +152,16 @@ def load_settings(root: str | None = None, config: str | None = None) -> Setting
         data = parse_config(config_path)
     else:
         config_path = None
-    root_value = root or os.environ.get("NECROPOOL_HOME") or data.pop("root", None)
+    root_value = root or os.environ.get("NECROPOOL_HOME")
+    from_config = not root_value and "root" in data
+    root_value = root_value or data.pop("root", None)
     data.pop("root", None)
     if root_value and "\0" in root_value:
         raise UsageError(f"invalid root {root_value!r}: it contains a NUL byte")
     if root_value:
         root_path = Path(root_value).expanduser()
+        if from_config and config_path is not None:  # the same root from cron and a shell
+            root_path = config_path.absolute().parent / root_path
     else:
         root_path = _xdg("XDG_DATA_HOME", ".local/share") / "necropool"
     if root_path.exists() and not root_path.is_dir():

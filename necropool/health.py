@@ -25,13 +25,13 @@ from necropool.layout import (
     write_atomic,
 )
 from necropool.locks import FileLock
-from necropool.pool import Pool, get_slot, resolve_slot
+from necropool.pool import Pool, get_slot, mirror_freshness, resolve_slot
 from necropool.proc import Holder
 from necropool.records import Record
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, PoolState, Slot
 
-KINDS = ("long_allocated_slots", "abandoned_slots", "corrupted_slots", "orphaned_locks",
-         "stray_paths", "isolated_slots")
+KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
+         "orphaned_locks", "stray_paths", "isolated_slots", "stale_mirrors")
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Anomaly:
     def to_dict(self) -> dict:
         data = {"kind": self.kind, "pool": self.pool, "slot_id": self.slot_id,
                 "path": self.path, "evidence": self.evidence, "lease_id": self.lease_id}
-        return Record({k: v for k, v in data.items() if v is not None})
+        return Record(data)
 
 
 @dataclass
@@ -104,6 +104,8 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
     if mirror_problems:
         found.add("corrupted_slots", path=str(paths.mirror),
                   evidence="mirror: " + "; ".join(mirror_problems[:3]))
+    elif stale := mirror_freshness(pool)[1]:
+        found.add("stale_mirrors", path=str(paths.mirror), evidence=stale)
     abandoned = {a.number for a in found.items["abandoned_slots"]}
     for number in judged:
         slot = current.slots[number]
@@ -152,7 +154,7 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
             found.add("abandoned_slots", slot_id=sid, number=number, path=where,
                       evidence=dead, lease_id=lease.lease_id)
         elif lease.expires_at and lease.expires_at < now():
-            found.add("long_allocated_slots", slot_id=sid, number=number, path=where,
+            found.add("expired_leases", slot_id=sid, number=number, path=where,
                       lease_id=lease.lease_id,
                       evidence=f"lease expired at {rfc3339(lease.expires_at)}")
         elif lease.allocated_at < limit:
@@ -259,6 +261,7 @@ def rebuild_mirror(pool: Pool) -> None:
                 os.rename(pool.paths.mirror, old)
             os.rename(tmp, pool.paths.mirror)
             write_atomic(pool.paths.mirror_stamp, f"{time.time()}\n".encode())
+            pool.paths.mirror_failed.unlink(missing_ok=True)
         finally:
             remove_tree(tmp, settings.root)
         remove_tree(old, settings.root)
@@ -309,14 +312,11 @@ def recover(pool: Pool, number: int, force: bool = False,
         ok, reason, commit = False, str(exc), None
     _finish(pool, number, ok, reason, commit, rescued, lock)
     pool.event("recover", slot_id=pool.slot_id(number), ok=ok, actions=actions, error=reason,
-               rescued=rescued)
+               rescued=rescued, lease_id=previous.lease.lease_id if previous.lease else None)
     result = RecoveryResult(
         slot_id=pool.slot_id(number), pool=pool.name, recovered=ok,
-        state=AVAILABLE if ok else ERROR, previous_state=previous.state, actions=actions)
-    if rescued:
-        result["rescued"] = rescued
-    if not ok:
-        result["error"] = reason
+        state=AVAILABLE if ok else ERROR, previous_state=previous.state, actions=actions,
+        rescued=rescued, error=None if ok else reason)
     return result
 
 
@@ -417,9 +417,10 @@ def isolate(pool: Pool, number: int, reason: str | None = None) -> dict:
 def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                  recover_corrupted: bool = True, cleanup_orphaned_locks: bool = True,
                  force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
-    """Detect, then heal: abandoned slots released (work saved), corrupted ones recovered or
-    isolated, orphaned locks removed, strays adopted or moved aside. Live holders are never
-    touched; long allocations only with ``force_release_long_allocated``."""
+    """Detect, then heal: abandoned slots and expired leases released (work saved), corrupted
+    ones recovered or isolated, orphaned locks removed, strays adopted or moved aside. Live
+    holders of unexpired leases are never touched; long allocations without a TTL only with
+    ``force_release_long_allocated``."""
     if not dry_run:
         pool.sweep()
         with pool.locked():
@@ -428,25 +429,30 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     current_slots = pool.read_state().slots
     verifier = Verifier()  # one for every repair of this run: shared packs checked once
     result = {"pool": pool.name, "dry_run": dry_run, "long_allocated_released": 0,
-              "abandoned_released": 0, "corrupted_recovered": 0, "corrupted_isolated": 0,
+              "expired_released": 0, "abandoned_released": 0, "corrupted_recovered": 0,
+              "corrupted_isolated": 0,
               "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "slots_adopted": 0,
               "errors": [], "actions": []}
 
     def act(counter: str | None, target: str, action: str, fn, *args, **kwargs):
-        entry = {"target": target, "action": action}
+        entry = {"target": target, "action": action, "status": None, "error": None,
+                 "rescued": None, "actions": None}
         result["actions"].append(entry)
-        if dry_run:
+        if dry_run:  # counted as planned, so the counters show the plan
             entry["status"] = "planned"
+            if counter:
+                result[counter] += 1
             return None
         try:
             outcome = fn(*args, **kwargs)
-        except NecropoolError as exc:
-            entry.update(status="failed", error=exc.message)
-            result["errors"].append(f"{target}: {action}: {exc.message}")
+        except (NecropoolError, OSError) as exc:  # recorded; the other actions still run
+            message = exc.message if isinstance(exc, NecropoolError) else os_error(exc)
+            entry.update(status="failed", error=message)
+            result["errors"].append(f"{target}: {action}: {message}")
             return None
         entry["status"] = "done"
         if isinstance(outcome, dict):
-            entry.update({k: outcome[k] for k in ("rescued", "error", "actions") if k in outcome})
+            entry.update({k: outcome.get(k) for k in ("rescued", "error", "actions")})
         if counter:
             result[counter] += 1
         return outcome
@@ -478,20 +484,24 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
         else:
             act("abandoned_released", a.slot_id, "recover (worker dead)", _recover_or_raise,
                 pool, a.number, verifier=verifier)
+    for a in items["expired_leases"]:  # the holder's own promise: reclaim if not renewed
+        if a.number not in corrupted:
+            act("expired_released", a.slot_id, "release (lease expired)", lifecycle.release,
+                pool, a.number, lease_id=a.lease_id, reason="expire", expired_only=True)
     if force_release_long_allocated:
         for a in items["long_allocated_slots"]:
             if a.number not in corrupted:
                 act("long_allocated_released", a.slot_id, "force release", lifecycle.release,
                     pool, a.number, lease_id=a.lease_id, reason="force_release")
     if recover_corrupted:
-        abandoned = {a.number for a in items["abandoned_slots"]}
+        abandoned = {a.number for a in items["abandoned_slots"] + items["expired_leases"]}
         for a in items["corrupted_slots"]:
             if a.number is None:
                 continue
             slot = current_slots.get(a.number)
             if slot is not None and _live_allocation(slot, abandoned):
                 result["actions"].append({"target": a.slot_id, "action": "recover",
-                                          "status": "deferred",
+                                          "status": "deferred", "rescued": None, "actions": None,
                                           "error": "allocated to a live holder: recovered "
                                                    "once released"})
                 continue
@@ -506,15 +516,21 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     return result
 
 
+def os_error(exc: OSError) -> str:
+    """An OSError as one line: what went wrong, and on which path."""
+    return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+
+
 def _dead_lease(found: Findings, number: int) -> bool:
-    return any(a.number == number for a in found.items["abandoned_slots"])
+    return any(a.number == number
+               for a in found.items["abandoned_slots"] + found.items["expired_leases"])
 
 
 def _recover_or_raise(pool: Pool, number: int, force: bool = False,
                       verifier: Verifier | None = None) -> dict:
     outcome = recover(pool, number, force=force, verifier=verifier)
     if not outcome["recovered"]:
-        raise OperationFailed(outcome.get("error", "recovery failed"))
+        raise OperationFailed(outcome.get("error") or "recovery failed")
     return outcome
 
 

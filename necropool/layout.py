@@ -27,6 +27,7 @@ class PoolPaths:
         self.wait_lock = self.dir / "wait.lock"
         self.wake = self.dir / "wake.fifo"
         self.mirror_stamp = self.dir / "mirror.fetched"
+        self.mirror_failed = self.dir / "mirror.failed"  # the last fetch's error, until one works
         self.locks = self.dir / "locks"
         self.mirror = self.dir / "mirror.git"
         self.slots = self.dir / "slots"
@@ -50,8 +51,8 @@ class PoolPaths:
 
     KNOWN = frozenset({
         "pool.toml", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock", "wait.lock",
-        "wake.fifo", "mirror.fetched", "locks", "mirror.git", "slots", "events.jsonl",
-        "events.jsonl.1", "rescued", "verified.json", "records",
+        "wake.fifo", "mirror.fetched", "mirror.failed", "locks", "mirror.git", "slots",
+        "events.jsonl", "events.jsonl.1", "rescued", "verified.json", "records",
     })
 
 

@@ -4,6 +4,7 @@ Transitions happen under the pool lock; long work (cleanup) runs outside it with
 in ``cleaning`` and its slot lock held by the worker, so a crashed worker is visible at once.
 """
 
+import contextlib
 import os
 import signal
 import time
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from necropool import git, wakeup
-from necropool.clock import MAX_DURATION, now
-from necropool.errors import Conflict, OperationFailed, TryAgain, UsageError
+from necropool.clock import MAX_DURATION, now, rfc3339
+from necropool.errors import Conflict, NecropoolError, OperationFailed, TryAgain, UsageError
 from necropool.layout import ensure_inside, write_atomic
 from necropool.locks import FileLock, jitter
 from necropool.pool import Pool, get_slot
@@ -56,11 +57,23 @@ def update_mirror(pool: Pool) -> str | None:
                              backend=pool.definition.fetch_backend)
         except OperationFailed as exc:
             pool.event("fetch_failed", error=exc.message)
+            _note_failure(pool, exc.message)
             return exc.message
         write_atomic(pool.paths.mirror_stamp, f"{started}\n".encode())
+        pool.paths.mirror_failed.unlink(missing_ok=True)
         return None
     finally:
         lock.release()
+
+
+def _note_failure(pool: Pool, message: str) -> None:
+    """Keep the failed fetch's time and error for ``detect`` (stale_mirrors) until a fetch
+    works; best effort, like the event."""
+    import json
+
+    with contextlib.suppress(OSError):
+        write_atomic(pool.paths.mirror_failed, json.dumps(
+            {"time": rfc3339(now()), "error": message}).encode())
 
 
 def _order(slot: Slot) -> tuple:
@@ -84,9 +97,9 @@ def rescue_path(pool: Pool, number: int, label: str):
     return pool.paths.rescued / f"{pool.slot_id(number)}-{stamp}-{label}.bundle"
 
 
-def refresh(pool: Pool, slot: Slot, *, rescue_label: str):
+def refresh(pool: Pool, slot: Slot, *, rescue_label: str, lease_id: str | None = None):
     """Clean a slot we hold to the mirror's tip (outside the pool lock); return the tip and
-    the cleanup's report."""
+    the cleanup's report. ``lease_id``: the lease that ended, named in the event."""
     from necropool import cleanup
 
     started = time.monotonic()
@@ -97,7 +110,7 @@ def refresh(pool: Pool, slot: Slot, *, rescue_label: str):
         branch=pool.definition.branch, tip=tip, keep_ignored=pool.definition.keep_ignored,
         rescue_to=rescue_path(pool, slot.number, rescue_label),
         record=pool.paths.slot_record(slot.number), known_commit=slot.commit)
-    pool.event("cleanup", slot_id=pool.slot_id(slot.number), commit=tip,
+    pool.event("cleanup", slot_id=pool.slot_id(slot.number), lease_id=lease_id, commit=tip,
                duration_seconds=round(time.monotonic() - started, 3), **report.to_dict())
     return tip, report
 
@@ -194,7 +207,7 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
     at = now()
     lease = Lease(lease_id=os.urandom(8).hex(), owner=owner or default_owner(),
                   allocated_at=at, expires_at=at + timedelta(seconds=ttl) if ttl else None,
-                  holder=holder, metadata=metadata)
+                  holder=holder, metadata=metadata, ttl_seconds=ttl or None)
     with pool.locked() as current:
         claimed = _claim_free(pool, current, failed)
         if claimed is None:
@@ -285,21 +298,78 @@ def check_metadata(meta) -> dict[str, str]:
     return meta
 
 
+def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> Slot:
+    """Extend a lease by ``ttl`` (default: the lease's own TTL) from now. An expired lease
+    nobody has reclaimed yet may be renewed; a wrong or ended one is a conflict that says
+    what became of it."""
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
+                            or not 0 < ttl <= MAX_DURATION):
+        raise UsageError(f"invalid ttl {ttl!r}: more than 0, at most {MAX_DURATION:g} seconds")
+    with pool.transaction() as current:
+        slot = get_slot(current, pool, number)
+        lease = slot.lease
+        if slot.state != ALLOCATED or lease is None or lease.lease_id != lease_id:
+            raise Conflict(_lease_gone(pool, number, lease_id))
+        ttl = ttl or lease.ttl_seconds
+        if not ttl:
+            raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
+        lease.ttl_seconds, lease.expires_at = ttl, now() + timedelta(seconds=ttl)
+    pool.event("renew", slot_id=pool.slot_id(number), lease_id=lease_id, ttl_seconds=ttl,
+               expires_at=lease.expires_at)
+    return slot
+
+
+def _expired(lease: Lease | None) -> bool:
+    return bool(lease and lease.expires_at and lease.expires_at < now())
+
+
+def _lease_gone(pool: Pool, number: int, lease_id: str) -> str:
+    """Why ``lease_id`` is not the slot's lease, from the history: who ended it, when, and
+    where the holder's work went."""
+    from necropool import events
+
+    sid = pool.slot_id(number)
+    ended = rescued = None
+    for record in events.read(pool.paths.events):
+        if record.get("lease_id") != lease_id:
+            continue
+        if record.get("event") in ENDINGS:
+            ended, rescued = record, record.get("rescued")
+        elif record.get("event") == "cleanup" and ended is not None:
+            rescued = record.get("rescued")
+    if ended is None:
+        return f"lease {lease_id} is not the current lease of slot {sid}"
+    how = ENDINGS[ended["event"]]
+    saved = (f"; the holder's work was saved to {rescued}" if rescued
+             else "; it held no uncommitted or unpushed work")
+    return f"lease {lease_id} of slot {sid} {how} at {ended['time']}{saved}"
+
+
+# the events that end a lease, as ``renew`` explains them to a late holder
+ENDINGS = {"release": "was released", "reclaim": "was reclaimed (its holder died)",
+           "expire": "expired and was reclaimed by auto-recover",
+           "force_release": "was force-released (allocated too long)",
+           "recover": "was taken back by recover"}
+
+
 def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool = True,
             fetch: bool | None = None, held: FileLock | None = None,
-            reason: str = "release") -> dict:
+            reason: str = "release", expired_only: bool = False) -> dict:
     """End a lease; clean the slot (saving any work first) unless ``clean`` is False.
+    ``expired_only``: only if the lease has expired (judged again under the pool lock).
     The cleanup first fetches the upstream when ``fetch`` (default: the pool's
     ``fetch_on_allocate``), so the slot comes back at the newest tip."""
     lock = None
     try:
         with pool.transaction() as current:
             slot = get_slot(current, pool, number)
+            if lease_id and (slot.lease is None or lease_id != slot.lease.lease_id):
+                raise Conflict("stale " + _lease_gone(pool, number, lease_id))
             if slot.state != ALLOCATED:
                 raise Conflict(f"slot {pool.slot_id(number)} is not allocated (it is {slot.state})")
-            if lease_id and lease_id != slot.lease.lease_id:
-                raise Conflict(f"stale lease {lease_id} for slot {pool.slot_id(number)}: "
-                               "it was released or allocated again")
+            if expired_only and not _expired(slot.lease):
+                raise Conflict(f"lease {slot.lease.lease_id} of slot {pool.slot_id(number)} "
+                               "was renewed since it expired: left to its holder")
             lock = held or pool.slot_lock(number)
             if not lock.held and not lock.try_acquire():
                 raise Conflict(f"slot {pool.slot_id(number)} is held by a running process")
@@ -319,14 +389,15 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
     pool.event(reason, slot_id=pool.slot_id(number), lease_id=lease.lease_id, owner=lease.owner,
                usage_seconds=round((at - lease.allocated_at).total_seconds(), 3))
     result = {"slot_id": pool.slot_id(number), "pool": pool.name, "lease_id": lease.lease_id,
-              "cleaned": False}
+              "cleaned": False, "commit": None, "cleanup": None, "rescued": None,
+              "fetch_error": None}
     if not clean:
         return result
     fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
-    if fetch and (error := update_mirror(pool)):
-        result["fetch_error"] = error
+    if fetch:
+        result["fetch_error"] = update_mirror(pool)
     try:
-        tip, report = refresh(pool, slot, rescue_label=lease.lease_id)
+        tip, report = refresh(pool, slot, rescue_label=lease.lease_id, lease_id=lease.lease_id)
     except (OperationFailed, OSError) as exc:
         fail_slot(pool, number, f"cleanup failed: {exc}")
         lock.release(unlink=True)
@@ -340,9 +411,7 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
         # Unlock before the state write: a waiter woken by that write must find the slot
         # free, or it would wait for a further state change that never comes.
         lock.release(unlink=True)
-    result.update(cleaned=True, commit=tip, cleanup=report.to_dict())
-    if report.rescued:
-        result["rescued"] = report.rescued
+    result.update(cleaned=True, commit=tip, cleanup=report.to_dict(), rescued=report.rescued)
     return result
 
 
@@ -365,6 +434,21 @@ class RunResult:
     release: dict | None = None
     release_error: str | None = None
     spawn_error: str | None = None
+
+
+def _wait_renewing(pool: Pool, grant: Grant, child) -> int:
+    """Wait for the command, renewing its lease every third of its TTL meanwhile, so a
+    command that runs longer than ``--ttl`` is never reclaimed while it lives."""
+    import subprocess
+
+    ttl = grant.lease.ttl_seconds
+    while True:
+        try:
+            return child.wait(timeout=ttl / 3 if ttl else None)
+        except subprocess.TimeoutExpired:
+            # on failure the slot lock we hold keeps the slot ours; the next attempt may succeed
+            with contextlib.suppress(NecropoolError, OSError):
+                renew(pool, grant.number, grant.lease.lease_id)
 
 
 def run(pool: Pool, argv: list[str], stdout=None, **allocate_options) -> RunResult:
@@ -405,7 +489,7 @@ def run(pool: Pool, argv: list[str], stdout=None, **allocate_options) -> RunResu
             else:
                 for signum in pending:
                     child.send_signal(signum)
-                code = child.wait()
+                code = _wait_renewing(pool, grant, child)
                 result.code = 128 - code if code < 0 else code
     finally:
         for sig, handler in previous.items():

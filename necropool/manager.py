@@ -1,6 +1,8 @@
 """``PoolManager``: the core's public API (the names of ERROR_RECOVERY_GUIDE.md), a thin
 facade over ``pool``, ``lifecycle`` and ``health``. The CLI talks to this and nothing else."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 from necropool import events, lifecycle
@@ -94,14 +96,28 @@ class PoolManager:
         grant = lifecycle.allocate(pool, owner=owner, holder=holder, ttl=ttl,
                                    metadata=metadata, wait=wait, fetch=fetch)
         data = pools.describe_slot(pool, grant.slot)
-        if grant.fetch_error:
-            data["fetch_error"] = grant.fetch_error
+        data["fetch_error"] = grant.fetch_error
         return data
 
     def release_slot(self, slot_ref: str, lease_id: str | None = None, cleanup: bool = True,
                      fetch: bool | None = None) -> dict:
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return lifecycle.release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch)
+
+    def renew_slot(self, slot_ref: str, lease_id: str, ttl: float | None = None) -> dict:
+        """Extend a lease by ``ttl`` seconds from now (default: its own TTL)."""
+        pool, number = pools.resolve_slot(self.settings, slot_ref)
+        return pools.describe_slot(pool, lifecycle.renew(pool, number, lease_id, ttl))
+
+    @contextmanager
+    def slot(self, name: str, **allocate_options) -> Iterator[dict]:
+        """``with manager.slot("web", ttl=600) as slot:``: a slot allocated for the block and
+        released (its lease only) when the block ends, also on an exception."""
+        slot = self.allocate_slot(name, **allocate_options)
+        try:
+            yield slot
+        finally:
+            self.release_slot(slot["slot_id"], lease_id=slot["lease_id"])
 
     def run(self, name: str, argv: list[str], stdout=None,
             **allocate_options) -> lifecycle.RunResult:
@@ -144,8 +160,8 @@ class PoolManager:
                 merged[kind].extend(a.to_dict() for a in items)
         for each, why in unusable:
             merged["stray_paths"].append(Record(
-                kind="stray_path", pool=each, evidence=f"not a usable pool: {why}",
-                path=str(pools.pools_dir(self.settings.root) / each)))
+                kind="stray_path", pool=each, slot_id=None, evidence=f"not a usable pool: {why}",
+                path=str(pools.pools_dir(self.settings.root) / each), lease_id=None))
         return merged
 
     def detect_long_allocated_slots(self, max_allocation_hours=None, name=None) -> list[dict]:
@@ -174,7 +190,7 @@ class PoolManager:
                      force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
         """The guide's counters summed over the pools, plus per-pool details."""
         _check_hours(max_allocation_hours)
-        total = {"long_allocated_released": 0, "abandoned_released": 0,
+        total = {"long_allocated_released": 0, "expired_released": 0, "abandoned_released": 0,
                  "corrupted_recovered": 0, "corrupted_isolated": 0,
                  "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "slots_adopted": 0,
                  "errors": [],
@@ -182,19 +198,29 @@ class PoolManager:
         from necropool import health
 
         unusable: list = []
+        failures: list[Exception] = []
         targets = self._targets(name, unusable)
         if name and not targets:
             raise NotFound(f"pool {name!r} does not exist")
         total["errors"] += [f"{each}: not a usable pool (left alone): {why}"
                             for each, why in unusable]
         for pool in targets:
-            result = health.auto_recover(
-                pool, max_allocation_hours=max_allocation_hours,
-                recover_corrupted=recover_corrupted, cleanup_orphaned_locks=cleanup_orphaned_locks,
-                force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
+            try:
+                result = health.auto_recover(
+                    pool, max_allocation_hours=max_allocation_hours,
+                    recover_corrupted=recover_corrupted,
+                    cleanup_orphaned_locks=cleanup_orphaned_locks,
+                    force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
+            except (NecropoolError, OSError) as exc:  # one pool's failure stops no other pool
+                failures.append(exc)
+                why = exc.message if isinstance(exc, NecropoolError) else health.os_error(exc)
+                total["errors"].append(f"{pool.name}: {why}")
+                continue
             for key, value in result.items():
                 if isinstance(value, int) and not isinstance(value, bool):
                     total[key] += value
             total["errors"] += [f"{pool.name}: {e}" for e in result["errors"]]
             total["pools"].append(result)
+        if failures and not total["pools"]:
+            raise failures[0]  # no pool could even be looked at: a refusal, not a result
         return total

@@ -69,6 +69,9 @@ class Pool:
         try:
             self.definition = PoolDef.load(self.paths.definition)
         except FileNotFoundError:
+            if os.path.lexists(self.paths.dir):  # there, but not a pool: damaged, not missing
+                raise OperationFailed(f"pool {name!r} is not usable: {self.paths.dir} has no "
+                                      "pool.toml") from None
             raise NotFound(f"pool {name!r} does not exist under {settings.root}") from None
         except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
             raise OperationFailed(f"pool {name!r}: pool.toml is unreadable: {exc}") from None
@@ -417,6 +420,8 @@ def _converge(pool: Pool, spec: PoolSpec) -> dict:
     next cleanup); a new url is refused: the mirror would be of another repository."""
     wanted = {k: getattr(spec, k) for k in POOL_SETTINGS
               if k in spec.declared and getattr(spec, k) is not None}
+    if wanted.get("branch", pool.definition.branch) != pool.definition.branch:
+        _fetch_for_branch(pool, wanted["branch"])
     with pool.locked():
         old = PoolDef.load(pool.paths.definition)
         if spec.url != old.url:
@@ -431,6 +436,20 @@ def _converge(pool: Pool, spec: PoolSpec) -> dict:
     if changed:
         pool.event("update", changed=changed)
     return changed
+
+
+def _fetch_for_branch(pool: Pool, branch: str) -> None:
+    """A branch the config names must exist upstream: when the mirror does not have it yet,
+    fetch first, then decide; the refusal says where it looked."""
+    if git.read_ref(pool.paths.mirror, f"refs/heads/{branch}"):
+        return
+    from necropool.lifecycle import update_mirror
+
+    error = update_mirror(pool)
+    if not git.read_ref(pool.paths.mirror, f"refs/heads/{branch}"):
+        looked = (f"the fetch from {pool.definition.url} failed ({error})" if error else
+                  f"not in {pool.definition.url}, fetched just now into {pool.paths.mirror}")
+        raise OperationFailed(f"branch {branch!r} does not exist upstream: {looked}")
 
 
 def _shrink(pool: Pool, count: int) -> list[str]:
@@ -466,6 +485,7 @@ def describe_slot(pool: Pool, slot: Slot) -> Record:
         "pid": holder.pid if holder else None, "host": holder.host if holder else None,
         "allocated_at": rfc3339(lease.allocated_at) if lease else None,
         "expires_at": rfc3339(lease.expires_at) if lease else None,
+        "ttl_seconds": lease.ttl_seconds if lease else None,
         "metadata": metadata, "current_branch": branch, "current_commit": commit,
         "allocation_count": slot.allocation_count,
         "total_usage_seconds": round(slot.total_usage_seconds, 3),
@@ -475,6 +495,35 @@ def describe_slot(pool: Pool, slot: Slot) -> Record:
         "isolated_at": rfc3339(slot.isolated_at), "isolation_reason": slot.isolation_reason,
         "last_rescue": slot.last_rescue,
     })
+
+
+CLOCK_SLACK = 60  # seconds a fetch stamp may lie ahead of this host's clock
+
+
+def mirror_freshness(pool: Pool) -> tuple[datetime | None, str | None]:
+    """When the mirror last fetched, and why it is stale (None when it is not): its last
+    fetch failed (the upstream is unreachable), its stamp is in the future, or, for a pool
+    that fetches on allocate, it has not fetched for ``stale_mirror_hours``."""
+    import json
+    from datetime import UTC, timedelta
+
+    try:
+        fetched = datetime.fromtimestamp(float(pool.paths.mirror_stamp.read_text()), UTC)
+    except (OSError, ValueError, OverflowError):
+        fetched = None
+    try:
+        failed = json.loads(pool.paths.mirror_failed.read_text())
+        return fetched, f"last fetch failed at {failed['time']}: {failed['error']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    at, hours = now(), pool.settings.stale_mirror_hours
+    if fetched is None:
+        return None, "no record of a fetch (mirror.fetched missing or unreadable)"
+    if fetched > at + timedelta(seconds=CLOCK_SLACK):
+        return fetched, f"last fetch stamped {rfc3339(fetched)}, in the future"
+    if pool.definition.fetch_on_allocate and fetched < at - timedelta(hours=hours):
+        return fetched, f"not fetched since {rfc3339(fetched)} (over {hours:g} h)"
+    return fetched, None
 
 
 def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True) -> dict:
@@ -490,6 +539,8 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True) -> di
         "fetch_on_allocate": pool.definition.fetch_on_allocate,
         "state_source": current.source,
     }
+    fetched, stale = mirror_freshness(pool)
+    data.update(mirror_fetched_at=rfc3339(fetched), mirror_stale=stale)
     if with_slots:
         data["slots"] = [describe_slot(pool, s) for _, s in sorted(current.slots.items())]
     return data

@@ -40,10 +40,12 @@ class Lease:
     expires_at: datetime | None = None
     holder: Holder | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    ttl_seconds: float | None = None  # what ``renew`` extends by when given no new TTL
 
     def to_dict(self) -> dict:
         data = {"lease_id": self.lease_id, "owner": self.owner, "allocated_at": self.allocated_at,
-                "expires_at": self.expires_at, "metadata": self.metadata}
+                "expires_at": self.expires_at, "ttl_seconds": self.ttl_seconds,
+                "metadata": self.metadata}
         if self.holder:
             data["holder"] = self.holder.to_dict()
         return data
@@ -58,6 +60,7 @@ class Lease:
             expires_at=_time(data["expires_at"]) if "expires_at" in data else None,
             holder=Holder.from_dict(holder) if holder else None,
             metadata={str(k): _str(v) for k, v in data.get("metadata", {}).items()},
+            ttl_seconds=float(data["ttl_seconds"]) if "ttl_seconds" in data else None,
         )
 
 

@@ -120,7 +120,7 @@ def test_releasing_an_untouched_slot_saves_nothing(cli, pool, root, upstream, tm
     slot = allocate_path(cli)
     released = cli("release", "web-1", "--json")
     assert released.code == 0, released
-    assert "rescued" not in released.json()
+    assert released.json()["rescued"] is None
     assert list((root / "pools/web/rescued").iterdir()) == []
     assert_fresh_slot(slot, upstream, git(upstream, "rev-parse", "HEAD"), tmp_path)
 
@@ -240,7 +240,7 @@ def test_a_leftover_save_whose_work_is_upstream_by_now_does_not_block_cleanup(cl
     git(slot, "update-ref", "refs/necropool/rescue/HEAD", "HEAD")
     released = cli("release", "web-1", "--json")
     assert released.code == 0, released
-    assert "rescued" not in released.json()
+    assert released.json()["rescued"] is None
     assert git(slot, "for-each-ref", "refs/necropool") == ""
 
 

@@ -217,14 +217,15 @@ class Terminal:
 PROMPT = b"np-ready> "
 
 
-def _tab_complete(argv: list[str], env: dict, cwd: Path) -> list[list[str]]:
-    """Type each of LINES and <TAB> in an interactive shell; what was offered for each."""
+def _tab_complete(argv: list[str], env: dict, cwd: Path,
+                  lines: tuple[str, ...] | list[str] = LINES) -> list[list[str]]:
+    """Type each of ``lines`` and <TAB> in an interactive shell; what was offered for each."""
     capture = Path(env["NP_CAPTURE"])
     term = Terminal(argv, env, cwd)
     results = []
     try:
         term.expect(PROMPT)
-        for line in LINES:
+        for line in lines:
             capture.unlink(missing_ok=True)
             term.send(line.encode() + b"\t")
             # after the completion, ^U empties the line and a marker command runs; the line
@@ -300,6 +301,20 @@ def test_bash(mode, expected, tmp_path):
     rcfile.write_text("\n".join(rc) + "\n")
     argv = [bash, "--noprofile", "--rcfile", str(rcfile), "-i"]
     assert _tab_complete(argv, env, tmp_path) == expected
+
+
+def test_bash_completes_the_slots_of_a_root_given_with_equals(allocated, root, tmp_path):
+    """bash splits ``--root=DIR`` at the ``=``: the slots of DIR are still what is offered
+    (not command names), whatever NECROPOOL_HOME says."""
+    bash = _need("bash")
+    env = dict(_shell_env(tmp_path), NECROPOOL_HOME=str(tmp_path / "elsewhere"))
+    rcfile = tmp_path / "bashrc"
+    rcfile.write_text("\n".join(["PS1='np-ready> '", "HISTFILE=/dev/null", BASH_CAPTURE,
+                                 f"source {shlex.quote(str(COMPLETIONS / FILES['bash']))}"]))
+    argv = [bash, "--noprofile", "--rcfile", str(rcfile), "-i"]
+    lines = [f"necropool --root={root} release ", f"necropool --root={root} rel"]
+    assert _tab_complete(argv, env, tmp_path, lines) == [allocated, ["release"]]
+    assert values(ask("bash_complete", f"necropool --root = {root} release ", "5")) == allocated
 
 
 @pytest.mark.parametrize("mode", ["fpath", "source"])

@@ -32,8 +32,8 @@ from necropool.errors import TryAgain
 from necropool.integrity import Verifier
 from necropool.locks import is_held
 
-KINDS = ("long_allocated_slots", "abandoned_slots", "corrupted_slots", "orphaned_locks",
-         "stray_paths", "isolated_slots")
+KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
+         "orphaned_locks", "stray_paths", "isolated_slots")
 GUIDE_COUNTERS = ("long_allocated_released", "corrupted_recovered", "corrupted_isolated",
                   "orphaned_locks_cleaned", "errors")
 
@@ -140,7 +140,7 @@ def test_fault_matrix_detected_and_healed_in_one_pass(cli, manager, upstream, pr
     assert ids(d["corrupted_slots"]) == {f"web-{n}" for n in (7, 8, 9, 10, 11, 12, 15)}
     assert all(a.get("slot_id") for a in d["corrupted_slots"]), "the mirror is not broken"
     assert ids(d["abandoned_slots"]) == {"web-3", "web-5"}
-    assert ids(d["long_allocated_slots"]) == {"web-4"}
+    assert ids(d["expired_leases"]) == {"web-4"} and d["long_allocated_slots"] == []
     assert paths(d["orphaned_locks"]) == {str(pdir / "locks" / "web-99.lock"),
                                           str(pdir / "locks" / "web-13.lock"),
                                           str(slot(14) / ".git" / "index.lock")}
@@ -163,8 +163,8 @@ def test_fault_matrix_detected_and_healed_in_one_pass(cli, manager, upstream, pr
     h = healed.json()
     assert h["errors"] == []
     assert (h["corrupted_recovered"], h["corrupted_isolated"], h["abandoned_released"],
-            h["long_allocated_released"], h["orphaned_locks_cleaned"],
-            h["stray_paths_moved"]) == (7, 0, 2, 1, 3, 1)
+            h["expired_released"], h["long_allocated_released"], h["orphaned_locks_cleaned"],
+            h["stray_paths_moved"]) == (7, 0, 2, 1, 0, 3, 1)
 
     after = cli("detect", "--json")
     assert after.code == 0, after
@@ -201,35 +201,6 @@ def test_fault_matrix_detected_and_healed_in_one_pass(cli, manager, upstream, pr
 
     # Every healed slot can be handed out again.
     assert allocate_everything(manager, "web") == fixed
-
-
-def test_expired_lease_reported_but_kept_unless_forced(cli, pool, manager, procs):
-    live = procs.sleeper()
-    with_holder = allocate(cli, "web", "--ttl", "1s", "--pid", live.pid)
-    without = allocate(cli, "web", "--ttl", "1s")
-    time.sleep(1.2)
-
-    found = cli("detect", "--json")
-    assert found.code == 1, found
-    d = found.json()
-    assert ids(d["long_allocated_slots"]) == {with_holder["slot_id"], without["slot_id"]}
-    assert all("expired" in a["evidence"] for a in d["long_allocated_slots"])
-    assert d["abandoned_slots"] == []
-
-    gentle = cli("auto-recover", "--json")
-    assert gentle.code == 0, gentle
-    assert gentle.json()["long_allocated_released"] == 0
-    status = slots_of(manager, "web")
-    for lease in (with_holder, without):
-        assert status[lease["slot_id"]]["state"] == "allocated"
-        assert status[lease["slot_id"]]["lease_id"] == lease["lease_id"]
-    assert cli("detect").code == 1
-
-    forced = cli("auto-recover", "--force-release-long-allocated", "--json")
-    assert forced.code == 0, forced
-    assert forced.json()["long_allocated_released"] == 2
-    assert {s["state"] for s in slots_of(manager, "web").values()} == {"available"}
-    assert cli("detect").code == 0
 
 
 def test_mirror_pack_corrupted_in_place_rebuilds_mirror_and_reclones(cli, pool, manager,

@@ -680,7 +680,7 @@ def test_future_schema_version_is_refused_and_left_untouched(cli, pool, root):
     assert (root / "pools/web/state.toml.bak").read_bytes() == backup
     assert entries(root / "pools/web/slots") == ["1", "2", "3"]
     listed = cli("list", "--json")
-    assert listed.code == 0, listed
+    assert listed.code == 3, listed  # as status: shown with its error, and a failure
     assert "schema_version 2" in listed.json()["pools"][0]["error"]
 
 

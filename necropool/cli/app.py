@@ -19,7 +19,8 @@ COLORS = ("auto", "always", "never")
 COMMANDS = {
     "create": "cmd_pools", "delete": "cmd_pools", "add": "cmd_pools", "remove": "cmd_pools",
     "list": "cmd_pools", "status": "cmd_pools", "sync": "cmd_pools",
-    "allocate": "cmd_slots", "release": "cmd_slots", "run": "cmd_slots", "log": "cmd_slots",
+    "allocate": "cmd_slots", "release": "cmd_slots", "renew": "cmd_slots", "run": "cmd_slots",
+    "log": "cmd_slots",
     "detect": "cmd_health", "recover": "cmd_health", "isolate": "cmd_health",
     "auto-recover": "cmd_health", "completion": "cmd_misc",
 }

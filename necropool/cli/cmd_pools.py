@@ -91,11 +91,13 @@ def remove(
 
 @command("list")
 def list_(json_out: Json = False) -> None:
-    """List pools with their slot counts by state."""
+    """List pools with their slot counts by state (exit 3 when one cannot be read)."""
     out = G.out(json_out)
     items = G.manager().list_pools()
+    broken = [p for p in items if "error" in p]
     if out.json:
         out.emit({"pools": items})
+        _fail_for(broken)
         return
     rows = []
     for p in items:
@@ -107,6 +109,16 @@ def list_(json_out: Json = False) -> None:
                      c["error"], p["branch"], p["url"]])
     out.table(["POOL", "SLOTS", "AVAILABLE", "ALLOCATED", "CLEANING", "ERROR", "BRANCH", "URL"],
               rows)
+    _fail_for(broken)
+
+
+def _fail_for(broken: list[dict]) -> None:
+    """The rule of list and status: show every pool that can be read, then fail (exit 3)
+    naming each one that cannot."""
+    if broken:
+        from necropool.errors import OperationFailed
+
+        raise OperationFailed("; ".join(f"pool {b['pool']}: {b['error']}" for b in broken))
 
 
 @command("status")
@@ -139,10 +151,10 @@ def status(
         out.emit({"pools": pools + broken} if not target else pools[0])
     else:
         out.table(SLOT_COLUMNS, [slot_row(s) for p in pools for s in p["slots"]])
-    if broken:  # shown what could be read; now say what could not (exit 3)
-        from necropool.errors import OperationFailed
-
-        raise OperationFailed("; ".join(f"pool {b['pool']}: {b['error']}" for b in broken))
+        for p in pools:
+            if p["mirror_stale"]:
+                out.note(f"warning: pool {p['pool']}: stale mirror: {p['mirror_stale']}")
+    _fail_for(broken)  # shown what could be read; now say what could not (exit 3)
 
 
 def _all_pools(manager) -> tuple[list[dict], list[dict]]:

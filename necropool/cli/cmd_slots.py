@@ -73,6 +73,28 @@ def release(
     out.note(f"released {data['slot_id']}")
 
 
+@command("renew")
+def renew(
+    slot: AllocatedSlotArg,
+    lease_id: Annotated[str, typer.Option("--lease-id", help="The lease to extend")],
+    ttl: Annotated[str | None, typer.Option(
+        "--ttl", metavar="DURATION",
+        help="Extend to this long from now (default: the lease's own TTL)")] = None,
+    json_out: Json = False,
+) -> None:
+    """Extend a lease (even an expired one nobody has reclaimed yet); exit 5 when the lease
+    is not the slot's current one, saying what became of it."""
+    from necropool.clock import parse_duration
+
+    out = G.out(json_out)
+    data = G.manager().renew_slot(slot, lease_id,
+                                  parse_duration(ttl, "--ttl") if ttl is not None else None)
+    if out.json:
+        out.emit(data)
+    else:
+        out.note(f"renewed {data['slot_id']}: lease expires at {data['expires_at']}")
+
+
 class _RunCommand(TyperCommand):
     """``run POOL [OPTIONS] -- CMD...``: options may follow POOL up to ``--``; without a
     ``--``, everything after POOL is the command (so ``run web make -j4`` works too)."""

@@ -134,6 +134,7 @@ class _Complete(ShellComplete):
             cword = int(os.environ.get("COMP_CWORD", ""))
         except ValueError:
             cword = len(cwords)
+        cwords, cword = self.rejoin(cwords, cword)
         args = cwords[1:cword]
         incomplete = cwords[cword] if 0 < cword < len(cwords) else ""
         return args, incomplete
@@ -149,6 +150,11 @@ class _Complete(ShellComplete):
         obj, incomplete = _resolve_incomplete(ctx, args, incomplete)
         return obj.shell_complete(ctx, incomplete)
 
+    @staticmethod
+    def rejoin(words: list[str], cword: int) -> tuple[list[str], int]:
+        """The words as typed; only bash splits ``--root=DIR`` at the ``=``."""
+        return words, cword
+
     def format_completion(self, item: CompletionItem) -> str:
         help_text = _one_line(item.help)
         return f"{item.value}\t{help_text}" if help_text else str(item.value)
@@ -160,6 +166,23 @@ class BashComplete(_Complete):
 
     def format_completion(self, item: CompletionItem) -> str:
         return str(item.value)
+
+    @staticmethod
+    def rejoin(words: list[str], cword: int) -> tuple[list[str], int]:
+        """Undo bash's split of ``--root=DIR`` into ``--root``, ``=``, ``DIR`` (``=`` is in
+        COMP_WORDBREAKS), keeping the cursor on the same word."""
+        out: list[str] = []
+        where: list[int] = []  # original word -> index in ``out``
+        for i, word in enumerate(words):
+            joins = bool(out) and out[-1].startswith("--") and (
+                (word == "=" and "=" not in out[-1])
+                or (out[-1].endswith("=") and i > 0 and words[i - 1] == "="))
+            if joins:
+                out[-1] += word
+            else:
+                out.append(word)
+            where.append(len(out) - 1)
+        return out, where[cword] if cword < len(words) else len(out)
 
 
 class ZshComplete(_Complete):

@@ -39,7 +39,8 @@ DESCRIPTION = [
     state).
     Allocation is a lease with a lease id (a fencing token), an owner, optionally the
     holder's pid (the slot counts as abandoned as soon as that process dies) and an expiry
-    (--ttl).
+    (--ttl): the holder's promise to come back by then, or *renew* the lease; an expired
+    lease is reclaimed by *auto-recover* like an abandoned one (its work saved first).
     Releasing cleans the slot: reset to the tip of the pool branch, untracked and ignored files
     removed, stale git lock files removed.
     Work that would be lost (uncommitted changes, unpushed commits) is saved first, and
@@ -53,7 +54,8 @@ DESCRIPTION = [
 # normalised by _text() as well.
 
 EXIT_STATUS = [
-    ("0", "Success; for *detect*: no anomaly found."),
+    ("0", "Success; for *detect*: no anomaly found. *necropool* without a command prints "
+          "its help on stdout and exits 0."),
     ("1", "*detect* found anomalies."),
     ("2", "Usage or configuration error: a bad name, a bad flag, an invalid config file."),
     ("3", "The operation failed, wholly or partly: a repair failed, a git error, "
@@ -107,6 +109,8 @@ FILES = [
      "Serialises upstream fetches and mirror rebuilds."),
     ("<root>/pools/<pool>/mirror.fetched",
      "When the mirror last fetched: concurrent allocations share one fetch."),
+    ("<root>/pools/<pool>/mirror.failed",
+     "The last fetch's time and error, until a fetch works: detect reports a stale mirror."),
     ("<root>/pools/<pool>/verified.json",
      "What detect proved about the pack files, so the next run need not walk trees again."),
     ("<root>/pools/<pool>/locks/<slot>.lock",
@@ -130,9 +134,13 @@ FILES = [
 
 # config file key -> description; checked against necropool.config by the tests
 CONFIG_TOP = [
-    ("root", "The root directory."),
+    ("root", "The root directory; a relative path is taken from the config file's "
+             "directory, not the caller's (so cron and a shell agree)."),
     ("max_allocation_hours", "An allocation older than this is long (default 24)."),
     ("stale_lock_hours", "A lock file older than this is stale (default 24)."),
+    ("stale_mirror_hours", "A mirror of a pool that fetches on allocate and has not fetched "
+                           "for this long is stale (default 24); so is one whose last fetch "
+                           "failed."),
     ("lock_timeout", "Seconds to wait for a pool lock (default 30)."),
     ("git_timeout", "Seconds a git command may run (default 600)."),
 ]
@@ -157,11 +165,12 @@ JSON_ERROR = ('{"schema_version": 1, "type": "error", "code": "not_found",\n'
 JSON_CODES = ("code is one of usage (2), failed (3), not_found (4), conflict (5), "
               "unavailable (75), internal (70), interrupted (130).")
 JSON_DETECT = [
-    """*detect* lists anomalies by kind: long_allocated_slots, abandoned_slots, corrupted_slots,
-    orphaned_locks, stray_paths and isolated_slots, each a list of objects with kind, pool,
-    evidence and, where they apply, slot_id, path and lease_id;
+    """*detect* lists anomalies by kind: long_allocated_slots, expired_leases, abandoned_slots,
+    corrupted_slots, orphaned_locks, stray_paths, isolated_slots and stale_mirrors, each a list
+    of objects with kind, pool, evidence and, where they apply, slot_id, path and lease_id;
     plus healthy (true when nothing was found) and count.""",
-    """*auto-recover* reports the counters long_allocated_released, abandoned_released,
+    """*auto-recover* reports the counters long_allocated_released, expired_released,
+    abandoned_released,
     corrupted_recovered, corrupted_isolated, orphaned_locks_cleaned, stray_paths_moved and
     slots_adopted, errors (a list of messages; not empty means exit status 3), dry_run, and
     pools: per pool the same counters, the actions taken (target, action, status, and error or
@@ -229,18 +238,29 @@ COMMAND_NOTES = {
                 "where (rescued)."],
     "run": ["The command runs in the slot, with NECROPOOL_SLOT_ID, NECROPOOL_SLOT_PATH and "
             "NECROPOOL_LEASE_ID set; the slot is released afterwards, also when the command "
-            "fails or is interrupted.",
+            "fails or is interrupted. With --ttl, run renews the lease while the command "
+            "runs, so it is never reclaimed as expired.",
             "Put -- before the command so that its options are not taken for "
             "necropool's."],
-    "status": ["--format prometheus prints the counts in the Prometheus text format."],
+    "list": ["A pool that cannot be read (a directory under pools/ without a readable "
+             "pool.toml, say) is listed with its error, and the exit status is 3."],
+    "status": ["--format prometheus prints the counts in the Prometheus text format.",
+               "A pool that cannot be read is shown with its error, and the exit status is "
+               "3, as for *list*."],
     "sync": ["The config file declares pools as [pools.NAME] tables (see CONFIGURATION in "
              "*necropool*(1))."],
-    "detect": ["Kinds: long allocated (older than --max-allocation-hours), abandoned "
+    "renew": ["Without --ttl the lease is extended by its own TTL, from now; a lease "
+              "without a TTL needs --ttl. A lease that has expired but was not reclaimed yet "
+              "may be renewed."],
+    "detect": ["Kinds: long allocated (no TTL, older than --max-allocation-hours), expired "
+               "leases (past their --ttl), abandoned "
                "(holder or worker dead), corrupted, orphaned locks, stray paths, isolated "
-               "slots."],
-    "auto-recover": ["Abandoned slots are released (their work saved), corrupted ones "
+               "slots, stale mirrors (last fetch failed, or none for stale_mirror_hours).",
+               "The exit status is 1 as long as the upstream cannot be fetched."],
+    "auto-recover": ["Abandoned slots and expired leases are released (their work saved), "
+                     "corrupted ones "
                      "recovered or isolated, orphaned locks removed, stray paths moved aside; "
-                     "long allocations are only reported unless "
+                     "long allocations without a TTL are only reported unless "
                      "--force-release-long-allocated is given.",
                      "Safe to run from cron; --dry-run only says what would be done."],
     "recover": ["Recovery never destroys work silently: changes are saved before a reset."],
@@ -249,6 +269,8 @@ COMMAND_NOTES = {
 COMMAND_EXIT = {
     "allocate": "75 when no slot is free (after --wait, if given).",
     "release": "5 when the slot is not allocated or --lease-id names a stale lease.",
+    "renew": "5 when --lease-id is not the slot's current lease (the message says what became "
+             "of it).",
     "run": "The status of the command (127 when it is not found, 126 when it cannot be "
            "executed); necropool's own failures use the codes of *necropool*(1).",
     "detect": "0 when healthy, 1 when anything is found.",

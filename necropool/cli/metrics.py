@@ -17,6 +17,14 @@ RECOVERY_METRICS = [
     ("necropool_last_auto_recover_errors", "gauge",
      "Actions that failed in the last auto-recover.", "errors"),
 ]
+MIRROR_METRICS = [
+    ("necropool_mirror_stale", "gauge",
+     "1 when the mirror is stale (its last fetch failed, or too old): see detect.",
+     lambda p: int(p["mirror_stale"] is not None)),
+    ("necropool_mirror_last_fetch_timestamp_seconds", "gauge",
+     "When the mirror last fetched from upstream (Unix time).",
+     lambda p: p["mirror_fetched_at"] and parse_rfc3339(p["mirror_fetched_at"]).timestamp()),
+]
 
 
 def _label(value: str) -> str:
@@ -41,6 +49,12 @@ def prometheus(pools: list[dict], recoveries: dict[str, dict | None]) -> str:
             for s in p["slots"]:
                 lines.append(f'{name}{{pool="{_label(p["pool"])}",slot="{s["slot_id"]}"}} '
                              f'{s[key]}')
+    for name, kind, text, key in MIRROR_METRICS:
+        _header(lines, name, kind, text)
+        for p in pools:
+            value = key(p)
+            if value is not None:
+                lines.append(f'{name}{{pool="{_label(p["pool"])}"}} {value}')
     for name, kind, text, key in RECOVERY_METRICS:
         _header(lines, name, kind, text)
         for pool, event in recoveries.items():
