@@ -13,7 +13,7 @@ from pathlib import Path
 
 from necropool import cleanup, events, git, lifecycle
 from necropool.clock import now, rfc3339
-from necropool.errors import Conflict, NecropoolError, OperationFailed
+from necropool.errors import Conflict, OperationFailed, Skipped, explain
 from necropool.integrity import Verifier
 from necropool.layout import (
     PoolPaths,
@@ -54,6 +54,7 @@ class Anomaly:
 class Findings:
     pool: str
     items: dict[str, list[Anomaly]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    judged: PoolState | None = None  # the state the slots were judged in (under the lock)
 
     def add(self, kind: str, **fields) -> None:
         self.items[kind].append(Anomaly(kind=kind.removesuffix("s"), pool=self.pool, **fields))
@@ -97,6 +98,7 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
     with pool.locked() as current:
         judged = _judge_slots(pool, current, hours, found)
         _check_lock_files(pool, current, found)
+    found.judged = current
     if current.source != "state.toml":
         found.add("corrupted_slots", path=str(paths.state),
                   evidence=f"state.toml unreadable; using {current.source}")
@@ -267,24 +269,34 @@ def rebuild_mirror(pool: Pool) -> None:
     pool.event("mirror_rebuilt")
 
 
-def _claim(pool: Pool, number: int, force: bool) -> tuple[Slot, FileLock]:
-    """Take a slot for repair under the pool lock, refusing live holders and workers."""
+def _claim(pool: Pool, number: int, force: bool,
+           judged: Slot | None = None) -> tuple[Slot, FileLock]:
+    """Take a slot for repair under the pool lock, refusing live holders and workers, and
+    (given how it was ``judged``) a slot whose state or lease changed since; then end the
+    processes left running in it."""
     with pool.transaction() as current:
         slot = get_slot(current, pool, number)
+        if judged is not None and not _unchanged(judged, slot):
+            raise Skipped(f"slot {pool.slot_id(number)} changed since it was judged "
+                          f"(now {slot.state}): left alone")
         if slot.state == ALLOCATED and not force and not _holder_dead(slot):
             raise Conflict(f"slot {pool.slot_id(number)} is allocated to a holder that may be "
                            "alive: pass --force to recover it anyway")
         lock = pool.slot_lock(number)
         if not lock.try_acquire():
             raise Conflict(f"slot {pool.slot_id(number)} is held by a live process")
-        running = cleanup.git_processes_in(pool.slot_dir(number))
-        if running:  # a killed holder's git child can outlive it: let it finish first
-            lock.release(unlink=True)
-            raise Conflict(f"slot {pool.slot_id(number)}: git processes still running in it "
-                           f"(pid {', '.join(map(str, running))}); try again when they end")
         previous = Slot(**vars(slot))
         slot.state, slot.worker, slot.lease = CLEANING, Holder.me(), None
+    lifecycle.clear_processes(pool, number, previous, lock, stop=True)
     return previous, lock
+
+
+def _unchanged(judged: Slot, slot: Slot) -> bool:
+    """Same state, same lease and same worker as when judged."""
+    def lease(s: Slot) -> str | None:
+        return s.lease.lease_id if s.lease else None
+
+    return (slot.state, lease(slot), slot.worker) == (judged.state, lease(judged), judged.worker)
 
 
 class RecoveryResult(Record):
@@ -296,17 +308,19 @@ class RecoveryResult(Record):
 
 
 def recover(pool: Pool, number: int, force: bool = False,
-            verifier: Verifier | None = None) -> dict:
-    """The repair ladder: clear locks and clean; verify; re-clone from the mirror (rebuilding
-    the mirror first if it is broken); verify again. Ends ``available`` or ``error``.
-    Passing one ``verifier`` to several recoveries checks each shared pack file once."""
-    previous, lock = _claim(pool, number, force)
+            verifier: Verifier | None = None, judged: Slot | None = None) -> dict:
+    """The repair ladder: end processes left in the slot, clear locks and clean; verify;
+    re-clone from the mirror (rebuilding the mirror first if it is broken); verify again.
+    Ends ``available`` or ``error``. Passing one ``verifier`` to several recoveries checks
+    each shared pack file once; ``judged``, the slot as it was when the repair was decided:
+    if it changed since, nothing is done (``Skipped``)."""
+    previous, lock = _claim(pool, number, force, judged)
     actions: list[str] = []
     rescued = None
     try:
         ok, reason, commit, rescued = _repair(pool, previous, actions, verifier or Verifier())
-    except (NecropoolError, OSError) as exc:
-        ok, reason, commit = False, str(exc), None
+    except Exception as exc:  # whatever went wrong, the slot ends in error, not cleaning
+        ok, reason, commit = False, explain(exc), None
     _finish(pool, number, ok, reason, commit, rescued, lock)
     pool.event("recover", slot_id=pool.slot_id(number), ok=ok, actions=actions, error=reason,
                rescued=rescued)
@@ -358,8 +372,8 @@ def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
             rescued = report.rescued
             actions.append("cleaned" + (f" (work saved to {rescued})" if rescued else ""))
             cleaned = True
-        except (OperationFailed, OSError) as exc:
-            actions.append(f"cleanup failed: {exc}")
+        except Exception as exc:  # the working copy is moved aside whole below
+            actions.append(f"cleanup failed: {explain(exc)}")
     problems = verifier.verify(path)
     if cleaned and not problems:
         return True, None, tip, rescued
@@ -425,7 +439,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
         with pool.locked():
             events.rotate(pool.paths.events)
     found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
-    current_slots = pool.read_state().slots
+    judged = found.judged.slots  # every action re-checks under the lock that it still holds
     verifier = Verifier()  # one for every repair of this run: shared packs checked once
     result = {"pool": pool.name, "dry_run": dry_run, "long_allocated_released": 0,
               "abandoned_released": 0, "corrupted_recovered": 0, "corrupted_isolated": 0,
@@ -440,9 +454,12 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             return None
         try:
             outcome = fn(*args, **kwargs)
-        except NecropoolError as exc:
-            entry.update(status="failed", error=exc.message)
-            result["errors"].append(f"{target}: {action}: {exc.message}")
+        except Skipped as exc:  # the slot changed since it was judged: not an error
+            entry.update(status="skipped", error=exc.message)
+            return None
+        except Exception as exc:  # one action's failure, expected or not, stops no other
+            entry.update(status="failed", error=explain(exc))
+            result["errors"].append(f"{target}: {action}: {explain(exc)}")
             return None
         entry["status"] = "done"
         if isinstance(outcome, dict):
@@ -474,21 +491,21 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             continue
         if a.lease_id:
             act("abandoned_released", a.slot_id, "release (holder dead)", lifecycle.release,
-                pool, a.number, lease_id=a.lease_id, reason="reclaim")
+                pool, a.number, lease_id=a.lease_id, reason="reclaim", stop=True)
         else:
             act("abandoned_released", a.slot_id, "recover (worker dead)", _recover_or_raise,
-                pool, a.number, verifier=verifier)
+                pool, a.number, verifier=verifier, judged=judged.get(a.number))
     if force_release_long_allocated:
         for a in items["long_allocated_slots"]:
             if a.number not in corrupted:
                 act("long_allocated_released", a.slot_id, "force release", lifecycle.release,
-                    pool, a.number, lease_id=a.lease_id, reason="force_release")
+                    pool, a.number, lease_id=a.lease_id, reason="force_release", stop=True)
     if recover_corrupted:
         abandoned = {a.number for a in items["abandoned_slots"]}
         for a in items["corrupted_slots"]:
             if a.number is None:
                 continue
-            slot = current_slots.get(a.number)
+            slot = judged.get(a.number)
             if slot is not None and _live_allocation(slot, abandoned):
                 result["actions"].append({"target": a.slot_id, "action": "recover",
                                           "status": "deferred",
@@ -497,8 +514,9 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                 continue
             outcome = act("corrupted_recovered", a.slot_id, "recover", _recover_or_raise,
                           pool, a.number, force=bool(_dead_lease(found, a.number)),
-                          verifier=verifier)
-            if outcome is None and not dry_run and _isolate_failed(pool, a.number):
+                          verifier=verifier, judged=slot)
+            if (outcome is None and not dry_run and result["actions"][-1]["status"] == "failed"
+                    and _isolate_failed(pool, a.number)):
                 result["corrupted_isolated"] += 1
     result["detected"] = found.to_dict()
     if not dry_run:
@@ -511,8 +529,8 @@ def _dead_lease(found: Findings, number: int) -> bool:
 
 
 def _recover_or_raise(pool: Pool, number: int, force: bool = False,
-                      verifier: Verifier | None = None) -> dict:
-    outcome = recover(pool, number, force=force, verifier=verifier)
+                      verifier: Verifier | None = None, judged: Slot | None = None) -> dict:
+    outcome = recover(pool, number, force=force, verifier=verifier, judged=judged)
     if not outcome["recovered"]:
         raise OperationFailed(outcome.get("error", "recovery failed"))
     return outcome

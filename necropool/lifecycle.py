@@ -10,9 +10,17 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from necropool import git, wakeup
+from necropool import git, proc, wakeup
 from necropool.clock import MAX_DURATION, now
-from necropool.errors import Conflict, OperationFailed, TryAgain, UsageError
+from necropool.errors import (
+    Conflict,
+    NecropoolError,
+    OperationFailed,
+    Skipped,
+    TryAgain,
+    UsageError,
+    explain,
+)
 from necropool.layout import ensure_inside, write_atomic
 from necropool.locks import FileLock, jitter
 from necropool.pool import Pool, get_slot
@@ -212,8 +220,8 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
     if stale:
         try:
             slot.commit = refresh(pool, slot, rescue_label="allocate")[0]
-        except (OperationFailed, OSError) as exc:
-            fail_slot(pool, slot.number, f"cleanup before allocation failed: {exc}")
+        except Exception as exc:  # whatever went wrong, the slot ends in error
+            fail_slot(pool, slot.number, f"cleanup before allocation failed: {explain(exc)}")
             lock.release(unlink=True)
             failed.add(slot.number)
             return None
@@ -286,51 +294,55 @@ def check_metadata(meta) -> dict[str, str]:
 
 def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool = True,
             fetch: bool | None = None, held: FileLock | None = None,
-            reason: str = "release") -> dict:
+            reason: str = "release", stop: bool = False) -> dict:
     """End a lease; clean the slot (saving any work first) unless ``clean`` is False.
     The cleanup first fetches the upstream when ``fetch`` (default: the pool's
-    ``fetch_on_allocate``), so the slot comes back at the newest tip."""
+    ``fetch_on_allocate``), so the slot comes back at the newest tip. Processes still
+    working in the slot (a holder's background jobs) make it refuse, the lease kept,
+    unless ``stop``: then they are ended first (SIGTERM, then SIGKILL)."""
     lock = None
     try:
         with pool.transaction() as current:
             slot = get_slot(current, pool, number)
             if slot.state != ALLOCATED:
-                raise Conflict(f"slot {pool.slot_id(number)} is not allocated (it is {slot.state})")
+                raise Skipped(f"slot {pool.slot_id(number)} is not allocated (it is {slot.state})")
             if lease_id and lease_id != slot.lease.lease_id:
-                raise Conflict(f"stale lease {lease_id} for slot {pool.slot_id(number)}: "
-                               "it was released or allocated again")
+                raise Skipped(f"stale lease {lease_id} for slot {pool.slot_id(number)}: "
+                              "it was released or allocated again")
             lock = held or pool.slot_lock(number)
             if not lock.held and not lock.try_acquire():
                 raise Conflict(f"slot {pool.slot_id(number)} is held by a running process")
+            previous = Slot(**vars(slot))
             lease = slot.lease
             at = now()
             slot.total_usage_seconds += max(0.0, (at - lease.allocated_at).total_seconds())
             slot.last_released_at, slot.lease = at, None
-            if clean:
-                slot.state, slot.worker = CLEANING, Holder.me()
-            else:
-                slot.state, slot.needs_cleanup = AVAILABLE, True
-                lock.release(unlink=True)  # before the write that wakes waiters (see below)
+            slot.state, slot.worker = CLEANING, Holder.me()
     except BaseException:  # e.g. the state write failed: leave no lock file behind
         if lock is not None and lock is not held and lock.held:
             lock.release(unlink=True)
         raise
+    clear_processes(pool, number, previous, lock, stop)
     pool.event(reason, slot_id=pool.slot_id(number), lease_id=lease.lease_id, owner=lease.owner,
                usage_seconds=round((at - lease.allocated_at).total_seconds(), 3))
     result = {"slot_id": pool.slot_id(number), "pool": pool.name, "lease_id": lease.lease_id,
               "cleaned": False}
     if not clean:
+        with pool.transaction() as current:
+            slot = get_slot(current, pool, number)
+            slot.state, slot.worker, slot.needs_cleanup = AVAILABLE, None, True
+            lock.release(unlink=True)  # before the write that wakes waiters (see below)
         return result
     fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
     if fetch and (error := update_mirror(pool)):
         result["fetch_error"] = error
     try:
         tip, report = refresh(pool, slot, rescue_label=lease.lease_id)
-    except (OperationFailed, OSError) as exc:
-        fail_slot(pool, number, f"cleanup failed: {exc}")
+    except Exception as exc:  # whatever went wrong, the slot ends in error, its work intact
+        fail_slot(pool, number, f"cleanup failed: {explain(exc)}")
         lock.release(unlink=True)
         raise OperationFailed(f"slot {pool.slot_id(number)} could not be cleaned and is now "
-                              f"in error until recovered: {exc}") from None
+                              f"in error until recovered: {explain(exc)}") from None
     with pool.transaction() as current:
         slot = get_slot(current, pool, number)
         slot.state, slot.worker, slot.commit, slot.needs_cleanup = AVAILABLE, None, tip, False
@@ -343,6 +355,26 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
     if report.rescued:
         result["rescued"] = report.rescued
     return result
+
+
+def clear_processes(pool: Pool, number: int, previous: Slot, lock: FileLock,
+                     stop: bool) -> None:
+    """With the slot claimed (``cleaning``, its lock held): end the processes still in it
+    when ``stop``; if any remain, give the slot back as it was and refuse."""
+    busy = proc.processes_in(pool.slot_dir(number))
+    if busy and stop:
+        busy = proc.end(busy)
+    if not busy:
+        return
+    with pool.transaction() as current:
+        current.slots[number] = previous
+        lock.release(unlink=True)
+    what = proc.describe(busy)
+    if stop:
+        raise Skipped(f"slot {pool.slot_id(number)}: processes that cannot be ended still run "
+                      f"in it ({what}): left as it was")
+    raise Conflict(f"slot {pool.slot_id(number)}: processes still run in it ({what}): end "
+                   "them, or pass --force to end them and release")
 
 
 def _set_parent_death_signal() -> None:
@@ -370,7 +402,9 @@ def run(pool: Pool, argv: list[str], stdout=None, **allocate_options) -> RunResu
     """Allocate, run ``argv`` in the slot holding its lock, release whatever happens.
     The status is the command's (128+N when signal N ended it; 127/126 when it could not
     be started, as shells report). SIGINT, SIGTERM and SIGHUP are forwarded to it; one that
-    arrives before it starts means it is not started. ``stdout`` redirects its output."""
+    arrives before it starts means it is not started. ``stdout`` redirects its output.
+    The command runs in a session of its own: whatever of it is still running when it ends
+    (or when ``run`` is interrupted) is ended too, before the slot is released."""
     import subprocess
 
     if not argv:
@@ -397,6 +431,7 @@ def run(pool: Pool, argv: list[str], stdout=None, **allocate_options) -> RunResu
         else:
             try:
                 child = subprocess.Popen(argv, cwd=path, env=env, stdout=stdout,
+                                         start_new_session=True,
                                          preexec_fn=_set_parent_death_signal)
             except OSError as exc:
                 result.code = 127 if isinstance(exc, FileNotFoundError) else 126
@@ -407,11 +442,15 @@ def run(pool: Pool, argv: list[str], stdout=None, **allocate_options) -> RunResu
                 code = child.wait()
                 result.code = 128 - code if code < 0 else code
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        try:
+            if child is not None:  # what it left running in the background ends with it
+                proc.end_group(child.pid)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         try:
             result.release = release(pool, grant.number, lease_id=grant.lease.lease_id,
-                                     held=grant.lock)
-        except OperationFailed as exc:
+                                     held=grant.lock, stop=True)
+        except NecropoolError as exc:
             result.release_error = exc.message
     return result
