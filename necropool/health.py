@@ -430,15 +430,18 @@ def isolate(pool: Pool, number: int, reason: str | None = None) -> dict:
 
 def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                  recover_corrupted: bool = True, cleanup_orphaned_locks: bool = True,
-                 force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
+                 force_release_long_allocated: bool = False, dry_run: bool = False,
+                 found: Findings | None = None) -> dict:
     """Detect, then heal: abandoned slots released (work saved), corrupted ones recovered or
     isolated, orphaned locks removed, strays adopted or moved aside. Live holders are never
-    touched; long allocations only with ``force_release_long_allocated``."""
+    touched; long allocations only with ``force_release_long_allocated``. ``found``: act on
+    that earlier judgement instead of detecting now (each action still re-checks it)."""
     if not dry_run:
         pool.sweep()
         with pool.locked():
             events.rotate(pool.paths.events)
-    found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
+    if found is None:
+        found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
     judged = found.judged.slots  # every action re-checks under the lock that it still holds
     verifier = Verifier()  # one for every repair of this run: shared packs checked once
     result = {"pool": pool.name, "dry_run": dry_run, "long_allocated_released": 0,

@@ -99,9 +99,11 @@ class PoolManager:
         return data
 
     def release_slot(self, slot_ref: str, lease_id: str | None = None, cleanup: bool = True,
-                     fetch: bool | None = None) -> dict:
+                     fetch: bool | None = None, stop: bool = False) -> dict:
+        """``stop``: end processes still running in the slot instead of refusing."""
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return lifecycle.release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch)
+        return lifecycle.release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch,
+                                 stop=stop)
 
     def run(self, name: str, argv: list[str], stdout=None,
             **allocate_options) -> lifecycle.RunResult:

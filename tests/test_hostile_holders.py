@@ -1,0 +1,225 @@
+"""Two holders in one slot, and wedged slots: what a careless or killed holder leaves behind
+(background processes, a judgement overtaken by events, lost state files, a cleanup that
+blows up) never reaches the next holder, and never loses work."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import commit_file, git
+from faults import Procs, corrupt_loose_object, kill
+
+from necropool import cleanup, health
+from necropool.config import PoolSpec
+from necropool.proc import processes_in, start_time
+
+
+@pytest.fixture
+def procs():
+    started = Procs()
+    yield started
+    started.kill_all()
+
+
+def wait_for(predicate, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def gone(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while start_time(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return start_time(pid) is None
+
+
+def end_leftover(pidfile: Path) -> None:
+    """Kill what a test's command left running, if the code under test did not."""
+    if pidfile.exists() and pidfile.read_text().strip():
+        pid = int(pidfile.read_text())
+        if start_time(pid) is not None:
+            os.kill(pid, signal.SIGKILL)
+
+
+def slot_state(manager, slot_id: str) -> dict:
+    return manager.slot_status(slot_id)
+
+
+# A writer loop in the background (its own output away from the test's pipes), as a build
+# that starts a daemon or a forgotten `&` would leave it.
+WRITER = "(while :; do echo x >> written.log; sleep 0.05; done) >/dev/null 2>&1 & echo $! > {pid}"
+
+
+# --- the /proc scan --------------------------------------------------------------------------
+
+def test_processes_in_sees_cwd_open_files_and_mappings(tmp_path, procs):
+    inside, outside = tmp_path / "slot", tmp_path / "elsewhere"
+    (inside / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (inside / "data.bin").write_bytes(b"\0" * 4096)
+    by_cwd = procs.start(["sleep", "60"], cwd=inside / "sub")
+    by_fd = procs.start(["sh", "-c", f"exec 3<{inside / 'data.bin'}; exec sleep 60"],
+                        cwd=outside)
+    ready = tmp_path / "mapped"
+    by_map = procs.start([sys.executable, "-c", (
+        "import mmap, sys, time\n"
+        f"f = open({str(inside / 'data.bin')!r}, 'rb')\n"
+        "m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
+        f"f.close(); open({str(ready)!r}, 'w').write('x')\n"
+        "time.sleep(60)\n")], cwd=outside)
+    bystander = procs.start(["sleep", "60"], cwd=outside)
+    wait_for(ready.exists, "the mapping process")
+    wait_for(lambda: by_fd.pid in processes_in(inside), "the open file to show")
+    found = processes_in(inside)
+    assert {by_cwd.pid, by_fd.pid, by_map.pid} <= set(found)
+    assert bystander.pid not in found
+    assert os.getpid() not in processes_in(Path.cwd())  # never the caller or its ancestors
+
+
+# --- run ends its command's leftovers --------------------------------------------------------
+
+def test_run_ends_what_its_command_left_running(cli, pool, manager, tmp_path):
+    pidfile = tmp_path / "bg.pid"
+    try:
+        result = cli("run", "web", "--no-fetch", "--", "sh", "-c",
+                     WRITER.format(pid=pidfile) + "; exit 4")
+        assert result.code == 4, result
+        writer = int(pidfile.read_text())
+        assert gone(writer, timeout=1), "the command's background writer outlived run"
+    finally:
+        end_leftover(pidfile)
+    slot = manager.slot_status("web-1")
+    assert slot["state"] == "available"
+    assert not (Path(slot["path"]) / "written.log").exists()  # cleaned after it stopped
+
+
+@pytest.mark.slow
+def test_leftovers_of_a_killed_run_are_ended_before_the_slot_is_handed_out(
+        cli, pool, manager, tmp_path):
+    pidfile, ready = tmp_path / "bg.pid", tmp_path / "ready"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "necropool", "run", "web", "--no-fetch", "--", "sh", "-c",
+         WRITER.format(pid=pidfile) + f"; echo x > {ready}; sleep 300"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(ready.exists, "run's command")
+        writer = int(pidfile.read_text())
+        kill(run)  # SIGKILL: run ends nothing itself
+        assert start_time(writer) is not None
+        healed = cli("auto-recover", "--json")
+        assert healed.code == 0, healed
+        assert healed.json()["abandoned_released"] == 1
+        assert gone(writer, timeout=1), "auto-recover handed out a slot a writer still uses"
+    finally:
+        end_leftover(pidfile)
+        if run.poll() is None:
+            kill(run)
+    slot = Path(manager.slot_status("web-1")["path"])
+    assert manager.slot_status("web-1")["state"] == "available"
+    assert not (slot / "written.log").exists()
+    assert processes_in(slot) == []
+
+
+# --- release with processes still in the slot ------------------------------------------------
+
+def test_release_refuses_while_processes_work_in_the_slot_unless_forced(cli, pool, manager,
+                                                                        procs):
+    lease = manager.allocate_slot("web", fetch=False)
+    slot = Path(lease["path"])
+    (slot / "work.txt").write_text("in progress\n")
+    worker = procs.start(["sleep", "300"], cwd=slot)
+
+    refused = cli("release", lease["slot_id"])
+    assert refused.code == 5, refused
+    assert f"pid {worker.pid} (sleep)" in refused.stderr and "--force" in refused.stderr
+    after = slot_state(manager, lease["slot_id"])
+    assert (after["state"], after["lease_id"]) == ("allocated", lease["lease_id"])
+    assert (slot / "work.txt").read_text() == "in progress\n"
+    assert worker.poll() is None
+
+    # necropool itself, run from inside the slot (and its ancestors), is not in the way.
+    in_slot = cli("release", ".", "--force", "--json", cwd=slot)
+    assert in_slot.code == 0, in_slot
+    assert worker.wait(timeout=5) == -signal.SIGTERM
+    assert slot_state(manager, lease["slot_id"])["state"] == "available"
+    assert Path(in_slot.json()["rescued"]).is_file()
+
+
+# --- an action re-checks the judgement it was decided on --------------------------------------
+
+def test_a_judgement_overtaken_by_a_new_allocation_touches_nothing(cli, pool, manager, procs):
+    """detect judges web-1 abandoned and corrupted; before auto-recover acts on that, another
+    recover heals it and a live holder gets it: the stale judgement must not take it."""
+    pool_ = manager.get_pool("web")
+    holder = procs.sleeper()
+    lease = manager.allocate_slot("web", pid=holder.pid, fetch=False)
+    assert lease["slot_id"] == "web-1"
+    corrupt_loose_object(Path(lease["path"]))
+    kill(holder)
+    found = health.detect(pool_)  # the judgement
+    assert [a.slot_id for a in found.items["abandoned_slots"]] == ["web-1"]
+
+    assert cli("recover", "web-1").code == 0  # meanwhile: healed by someone else ...
+    live = procs.sleeper()
+    granted = {}  # ... and handed to a live holder
+    for _ in range(3):
+        got = manager.allocate_slot("web", pid=live.pid, fetch=False)
+        granted[got["slot_id"]] = got
+    again = granted["web-1"]
+    (Path(again["path"]) / "new-holder.txt").write_text("mine\n")
+
+    result = health.auto_recover(pool_, found=found)  # acts on the stale judgement
+    mine = [a for a in result["actions"] if a["target"] == "web-1"]
+    assert mine and {a["status"] for a in mine} <= {"skipped", "deferred"}, mine
+    assert any(a["status"] == "skipped" for a in mine), mine
+    assert result["errors"] == []
+    now = slot_state(manager, "web-1")
+    assert (now["state"], now["lease_id"]) == ("allocated", again["lease_id"])
+    assert (Path(again["path"]) / "new-holder.txt").read_text() == "mine\n"
+
+
+# --- wedged: an unexpected error in cleanup --------------------------------------------------
+
+def test_an_unexpected_cleanup_error_leaves_the_slot_in_error_with_its_work(
+        pool, manager, upstream, procs, monkeypatch):
+    """A bug in cleanup (any exception, not only the expected ones) puts the slot in error
+    with the work in place; health then goes on with the other pools."""
+    manager.create_pool(PoolSpec(name="other", url=str(upstream), num_slots=1))
+    lease = manager.allocate_slot("web", fetch=False)
+    slot = Path(lease["path"])
+    commit_file(slot, "local.txt", "local commit\n")
+    (slot / "dirty.txt").write_text("uncommitted\n")
+    holder = procs.sleeper()
+    manager.allocate_slot("other", pid=holder.pid, fetch=False)
+    kill(holder)
+
+    real = cleanup.clean
+
+    def buggy(tree, **kwargs):
+        if "/pools/web/" in str(tree):
+            raise RuntimeError("a bug in cleanup")
+        return real(tree, **kwargs)
+
+    monkeypatch.setattr(cleanup, "clean", buggy)
+    with pytest.raises(Exception) as raised:
+        manager.release_slot(lease["slot_id"])
+    assert "RuntimeError: a bug in cleanup" in str(raised.value)
+    after = slot_state(manager, lease["slot_id"])
+    assert after["state"] == "error" and "a bug in cleanup" in after["error"]
+    assert (slot / "dirty.txt").read_text() == "uncommitted\n"
+    assert git(slot, "log", "-1", "--format=%s") == "change local.txt"
+
+    # auto-recover heals both pools: web-1's cleanup fails again, so its working copy is
+    # moved aside whole (the work with it) and the slot re-cloned.
+    healed = manager.auto_recover()
+    assert healed["abandoned_released"] == 1 and healed["corrupted_recovered"] == 1, healed
+    assert slot_state(manager, "other-1")["state"] == "available"
+    assert slot_state(manager, lease["slot_id"])["state"] == "available"
+    [kept] = manager.get_pool("web").paths.rescued.glob("web-1-*.broken")
+    assert (kept / "dirty.txt").read_text() == "uncommitted\n"
