@@ -223,3 +223,34 @@ def test_an_unexpected_cleanup_error_leaves_the_slot_in_error_with_its_work(
     assert slot_state(manager, lease["slot_id"])["state"] == "available"
     [kept] = manager.get_pool("web").paths.rescued.glob("web-1-*.broken")
     assert (kept / "dirty.txt").read_text() == "uncommitted\n"
+
+
+# --- both state files lost -------------------------------------------------------------------
+
+def test_slots_rebuilt_after_losing_both_state_files_are_isolated_unless_idle(
+        cli, pool, manager, procs, root):
+    """Without a state, a slot a holder may still work in is isolated with its work; only
+    a provably idle one (no process, lock free, tree clean) is recovered and handed out."""
+    working = manager.allocate_slot("web", fetch=False)  # a build still running in it
+    procs.start(["sleep", "300"], cwd=working["path"])
+    edited = manager.allocate_slot("web", fetch=False)  # nothing running, work in the tree
+    (Path(edited["path"]) / "draft.txt").write_text("not saved anywhere else\n")
+    for name in ("state.toml", "state.toml.bak"):
+        (root / "pools/web" / name).unlink()
+
+    found = cli("detect", "web", "--json").json()
+    isolated = {a["slot_id"]: a["evidence"] for a in found["isolated_slots"]}
+    assert set(isolated) == {working["slot_id"], edited["slot_id"]}, found
+    assert "sleep" in isolated[working["slot_id"]]
+    assert "changes" in isolated[edited["slot_id"]]
+
+    healed = cli("auto-recover", "web", "--json")
+    assert healed.code == 0, healed
+    after = {s["slot_id"]: s for s in manager.pool_status("web")["slots"]}
+    idle = ({"web-1", "web-2", "web-3"} - set(isolated)).pop()
+    assert after[idle]["state"] == "available"
+    for slot_id in isolated:
+        assert after[slot_id]["state"] == "error"
+        assert "state rebuilt from disk" in after[slot_id]["isolation_reason"]
+    assert (Path(edited["path"]) / "draft.txt").read_text() == "not saved anywhere else\n"
+    assert manager.pool_status("web")["state_source"] == "state.toml"  # persisted as such
