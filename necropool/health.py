@@ -25,6 +25,7 @@ from necropool.layout import (
     write_atomic,
 )
 from necropool.locks import FileLock
+from necropool.names import check_text
 from necropool.pool import Pool, get_slot, resolve_slot
 from necropool.proc import Holder
 from necropool.records import Record
@@ -412,7 +413,7 @@ def _has_entries(path: Path) -> bool:
 
 def isolate(pool: Pool, number: int, reason: str | None = None) -> dict:
     """Put a slot in ``error`` so it is never allocated until recovered."""
-    reason = reason or "isolated by operator"
+    reason = "isolated by operator" if reason is None else check_text(reason, "reason", 1024)
     with pool.transaction() as current:
         slot = get_slot(current, pool, number)
         if slot.state == CLEANING and not _lock_free(pool.paths.slot_lock(number)):

@@ -23,6 +23,7 @@ from necropool.errors import (
 )
 from necropool.layout import ensure_inside, write_atomic
 from necropool.locks import FileLock, jitter
+from necropool.names import check_text
 from necropool.pool import Pool, get_slot
 from necropool.proc import Holder
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, Lease, PoolState, Slot
@@ -55,8 +56,9 @@ def update_mirror(pool: Pool) -> str | None:
             last = float(pool.paths.mirror_stamp.read_text())
         except (OSError, ValueError):
             last = 0.0
-        if last >= requested:
+        if requested <= last <= time.time():
             return None  # another process started a fetch after we asked: it covers us
+        # (a stamp in the future, from a clock set back or a careless hand, counts as stale)
         started = time.time()
         try:
             ensure_inside(pool.paths.mirror, pool.settings.root)  # a symlink is not fetched into
@@ -123,9 +125,8 @@ def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = No
              fetch: bool | None = None, keep_lock: bool = False) -> Grant:
     """Hand out a free slot under a new lease (policy: ``ALLOCATION_POLICY``)."""
     metadata = check_metadata(metadata or {})
-    if owner is not None and (not owner.strip() or len(owner) > 256
-                              or any(ord(c) < 32 or ord(c) == 127 for c in owner)):
-        raise UsageError(f"invalid owner {owner[:40]!r}: 1-256 printable characters")
+    if owner is not None:
+        check_text(owner, "owner")
     for what, seconds in (("ttl", ttl), ("wait", wait)):
         if seconds is not None and not 0 <= seconds <= MAX_DURATION:
             raise UsageError(f"invalid {what} {seconds!r}: use 0 to {MAX_DURATION:g} seconds")

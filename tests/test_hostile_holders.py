@@ -254,3 +254,13 @@ def test_slots_rebuilt_after_losing_both_state_files_are_isolated_unless_idle(
         assert "state rebuilt from disk" in after[slot_id]["isolation_reason"]
     assert (Path(edited["path"]) / "draft.txt").read_text() == "not saved anywhere else\n"
     assert manager.pool_status("web")["state_source"] == "state.toml"  # persisted as such
+
+
+# --- wedged: a mirror stamp in the future ----------------------------------------------------
+
+def test_a_mirror_stamp_in_the_future_does_not_stop_fetching(pool, manager, upstream, root):
+    stamp = root / "pools/web/mirror.fetched"
+    stamp.write_text(f"{time.time() + 365 * 86400}\n")  # a clock that was set ahead, say
+    newer = commit_file(upstream, "later.txt", "pushed after the pool was made\n")
+    assert manager.allocate_slot("web")["current_commit"] == newer
+    assert float(stamp.read_text()) <= time.time()  # rewritten: the next fetch is not skipped
