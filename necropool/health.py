@@ -380,12 +380,8 @@ def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
         return True, None, tip, rescued
     if os.path.lexists(path):
         if not cleaned and _has_entries(path):  # uncleaned: its .git may hold commits
-            keep = pool.paths.rescued / f"{pool.slot_id(number)}-{now():%Y%m%dT%H%M%SZ}.broken"
-            pool.paths.rescued.mkdir(exist_ok=True)
-            ensure_inside(keep.parent, pool.settings.root)
-            os.rename(path, keep)
-            rescued = str(keep)
-            actions.append(f"moved the broken working copy to {keep}")
+            rescued = lifecycle.move_aside(pool, number)
+            actions.append(f"moved the broken working copy to {rescued}")
         else:
             remove_tree(path, pool.settings.root)
     tmp = pool.paths.slots / temp_name("reclone")

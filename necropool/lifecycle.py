@@ -111,6 +111,28 @@ def refresh(pool: Pool, slot: Slot, *, rescue_label: str | None):
     return tip, report
 
 
+def move_aside(pool: Pool, number: int) -> str:
+    """Move a slot's working copy, whole, under ``rescued/`` (one cleanup could not save
+    from); return where it went."""
+    keep = pool.paths.rescued / f"{pool.slot_id(number)}-{now():%Y%m%dT%H%M%S%fZ}.broken"
+    pool.paths.rescued.mkdir(exist_ok=True)
+    ensure_inside(keep.parent, pool.settings.root)
+    os.rename(pool.checked_slot_dir(number), keep)
+    return str(keep)
+
+
+def save_work(pool: Pool, slot: Slot, label: str) -> str | None:
+    """Save what a holder left in a slot we hold before it is thrown away: its work into a
+    bundle (the cleanup's rescue), or if cleanup fails, the working copy moved aside whole.
+    Returns where it went (None when there was nothing to save)."""
+    if not os.path.isdir(pool.checked_slot_dir(slot.number)):
+        return None
+    try:
+        return refresh(pool, slot, rescue_label=label)[1].rescued
+    except Exception:
+        return move_aside(pool, slot.number)
+
+
 def fail_slot(pool: Pool, number: int, reason: str) -> None:
     """Put a slot we hold into ``error`` with the reason."""
     with pool.transaction() as current:

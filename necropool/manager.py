@@ -46,8 +46,15 @@ class PoolManager:
         pool = pools.create(self.settings, spec, progress)
         return pools.describe_pool(pool, pool.read_state())
 
-    def delete_pool(self, name: str, force: bool = False) -> dict:
-        return pools.delete(self.get_pool(name), force)
+    def delete_pool(self, name: str, force: bool = False, discard_work: bool = False) -> dict:
+        """With ``force``, also the remains of a half-made pool (no ``pool.toml``)."""
+        try:
+            pool = self.get_pool(name)
+        except NecropoolError:
+            if not force:
+                raise
+            return pools.delete_remains(self.settings, name)
+        return pools.delete(pool, force, discard_work)
 
     def add_slots(self, name: str, count: int = 1, progress=None) -> list[str]:
         return pools.add_slots(self.get_pool(name), count, progress)
@@ -56,9 +63,10 @@ class PoolManager:
         """One more slot (the guide's ``add_slot(repo_name)``); returns its id."""
         return self.add_slots(name)[0]
 
-    def remove_slot(self, slot_ref: str, force: bool = False) -> dict:
+    def remove_slot(self, slot_ref: str, force: bool = False,
+                    discard_work: bool = False) -> dict:
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return pools.remove_slot(pool, number, force)
+        return pools.remove_slot(pool, number, force, discard_work)
 
     def list_pools(self) -> list[dict]:
         """Every pool's summary; an unreadable pool is reported, never hidden."""

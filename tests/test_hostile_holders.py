@@ -264,3 +264,69 @@ def test_a_mirror_stamp_in_the_future_does_not_stop_fetching(pool, manager, upst
     newer = commit_file(upstream, "later.txt", "pushed after the pool was made\n")
     assert manager.allocate_slot("web")["current_commit"] == newer
     assert float(stamp.read_text()) <= time.time()  # rewritten: the next fetch is not skipped
+
+
+# --- remove / delete --force save the holders' work -------------------------------------------
+
+def bundle_commits(bundle: Path, upstream: Path, tmp_path: Path) -> set[str]:
+    """The commits a rescue bundle brings back, fetched into a fresh clone."""
+    restore = tmp_path / f"restore-{bundle.stem}"
+    git(tmp_path, "clone", "-q", str(upstream), str(restore))
+    git(restore, "fetch", "-q", str(bundle), "refs/necropool/rescue/*:refs/rescued/*")
+    return set(git(restore, "log", "--format=%H", "--glob=refs/rescued/*").split())
+
+
+def test_remove_force_saves_the_holders_work_unless_discarded(cli, pool, manager, upstream,
+                                                              tmp_path):
+    lease = manager.allocate_slot("web", fetch=False)
+    local = commit_file(Path(lease["path"]), "feature.txt", "the holder's commit\n")
+    removed = cli("remove", lease["slot_id"], "--force", "--json")
+    assert removed.code == 0, removed
+    bundle = Path(removed.json()["rescued"])
+    assert bundle.is_file() and local in bundle_commits(bundle, upstream, tmp_path)
+
+    other = manager.allocate_slot("web", fetch=False)
+    commit_file(Path(other["path"]), "thrown.txt", "away\n")
+    before = set(manager.get_pool("web").paths.rescued.iterdir())
+    discarded = cli("remove", other["slot_id"], "--force", "--discard-work", "--json")
+    assert discarded.code == 0, discarded
+    assert discarded.json()["rescued"] is None
+    assert set(manager.get_pool("web").paths.rescued.iterdir()) == before
+
+
+def test_delete_force_keeps_the_holders_work_outside_the_deleted_pool(cli, pool, manager,
+                                                                      upstream, root, tmp_path):
+    lease = manager.allocate_slot("web", fetch=False)
+    local = commit_file(Path(lease["path"]), "feature.txt", "the holder's commit\n")
+    (Path(lease["path"]) / "draft.txt").write_text("uncommitted\n")
+    deleted = cli("delete", "web", "--force", "--json")
+    assert deleted.code == 0, deleted
+    kept = Path(deleted.json()["rescued"])
+    assert kept.parent == root / "rescued" and not (root / "pools/web").exists()
+    [bundle] = kept.glob("web-1-*.bundle")
+    assert local in bundle_commits(bundle, upstream, tmp_path)
+
+
+# --- half-made pools -------------------------------------------------------------------------
+
+def test_delete_force_removes_the_remains_of_a_half_made_pool(cli, root, upstream, tmp_path):
+    """What an add racing a delete could leave: a pool directory without pool.toml, which
+    create refused and delete could not find."""
+    remains = root / "pools/web"
+    (remains / "slots/.tmp-add0.host.1.2/.git").mkdir(parents=True)
+    (remains / "locks").mkdir()
+    (remains / "pool.lock").touch()
+    refused = cli("create", "web", upstream)
+    assert refused.code == 5 and "delete web --force" in refused.stderr, refused
+    assert cli("delete", "web").code == 4
+    assert cli("delete", "web", "--force").code == 0
+    assert not os.path.lexists(remains)
+    assert cli("create", "web", upstream, "--slots", "1").code == 0
+
+    outside = tmp_path / "outside"  # a symlink in a pool's place: refused, never followed
+    (outside / "slots").mkdir(parents=True)
+    (outside / "keep.txt").write_text("not necropool's\n")
+    (root / "pools/evil").symlink_to(outside)
+    assert cli("delete", "evil", "--force").code == 5
+    assert (root / "pools/evil").is_symlink()
+    assert (outside / "keep.txt").read_text() == "not necropool's\n"
