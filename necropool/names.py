@@ -27,6 +27,20 @@ def parse_slot_id(slot_id: str) -> tuple[str, int]:
     return match.group("pool"), int(match.group("n"))
 
 
+def utf8_safe(text: str) -> str:
+    """``text`` as valid UTF-8: bytes that were not (file names and branch names decoded
+    with surrogate escapes) become ``\\xNN`` escapes, so no state write or print fails."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+
+
 def is_control(c: str) -> bool:
     """C0 and C1 control characters and DEL: what a terminal may act on."""
     return ord(c) < 32 or 127 <= ord(c) < 160

@@ -15,6 +15,7 @@ from pathlib import Path
 from necropool.clock import now
 from necropool.errors import OperationFailed
 from necropool.layout import PoolPaths, write_atomic
+from necropool.names import utf8_safe
 from necropool.proc import Holder
 
 SCHEMA_VERSION = 1
@@ -131,8 +132,12 @@ class PoolState:
 
 
 def _drop_none(data):
+    """Without None values; strings made valid UTF-8 (a message may quote a file name that
+    is not), or writing the state would fail."""
     if isinstance(data, dict):
-        return {k: _drop_none(v) for k, v in data.items() if v is not None}
+        return {utf8_safe(k): _drop_none(v) for k, v in data.items() if v is not None}
+    if isinstance(data, str):
+        return utf8_safe(data)
     return data
 
 

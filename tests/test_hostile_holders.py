@@ -202,8 +202,8 @@ def test_an_unexpected_cleanup_error_leaves_the_slot_in_error_with_its_work(
     real = cleanup.clean
 
     def buggy(tree, **kwargs):
-        if "/pools/web/" in str(tree):
-            raise RuntimeError("a bug in cleanup")
+        if "/pools/web/" in str(tree):  # quoting a file name that is not UTF-8
+            raise RuntimeError("a bug in cleanup at " + os.fsdecode(b"caf\xe9.txt"))
         return real(tree, **kwargs)
 
     monkeypatch.setattr(cleanup, "clean", buggy)
@@ -211,7 +211,8 @@ def test_an_unexpected_cleanup_error_leaves_the_slot_in_error_with_its_work(
         manager.release_slot(lease["slot_id"])
     assert "RuntimeError: a bug in cleanup" in str(raised.value)
     after = slot_state(manager, lease["slot_id"])
-    assert after["state"] == "error" and "a bug in cleanup" in after["error"]
+    assert after["state"] == "error"
+    assert "RuntimeError: a bug in cleanup at caf\\xe9.txt" in after["error"]
     assert (slot / "dirty.txt").read_text() == "uncommitted\n"
     assert git(slot, "log", "-1", "--format=%s") == "change local.txt"
 
@@ -330,3 +331,19 @@ def test_delete_force_removes_the_remains_of_a_half_made_pool(cli, root, upstrea
     assert cli("delete", "evil", "--force").code == 5
     assert (root / "pools/evil").is_symlink()
     assert (outside / "keep.txt").read_text() == "not necropool's\n"
+
+
+def test_a_branch_name_that_is_not_utf8_never_wedges_a_slot(cli, pool, manager, upstream):
+    """Whatever cleanup makes of it, the release ends (cleaned, or in error with the work
+    kept), never in ``cleaning`` with every later recover failing."""
+    lease = manager.allocate_slot("web", fetch=False)
+    slot = Path(lease["path"])
+    local = commit_file(slot, "work.txt", "on an odd branch\n")
+    subprocess.run([b"git", b"branch", b"caf\xe9-\xff", local.encode()], cwd=slot, check=True)
+    released = cli("release", lease["slot_id"])
+    assert released.code in (0, 3) and "Traceback" not in released.stderr, released
+    assert slot_state(manager, lease["slot_id"])["state"] in ("available", "error")
+    for command in (["recover", lease["slot_id"]], ["auto-recover"], ["status"], ["log", "web"]):
+        result = cli(*command)
+        assert result.code in (0, 3) and "Traceback" not in result.stderr, (command, result)
+    assert slot_state(manager, lease["slot_id"])["state"] == "available"

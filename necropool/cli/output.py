@@ -3,7 +3,7 @@
 import os
 import sys
 
-from necropool.names import is_control
+from necropool.names import is_control, utf8_safe
 
 SCHEMA_VERSION = 1
 
@@ -99,7 +99,9 @@ _STYLES = {"available": "green", "allocated": "yellow", "cleaning": "cyan", "err
 
 def escape(text: str, keep: str = "") -> str:
     """``text`` with control characters (but those in ``keep``) shown as escapes, so that a
-    value from the state (lease metadata, say) cannot drive the terminal."""
+    value from the state (lease metadata, say) cannot drive the terminal; bytes that were
+    not UTF-8 are escaped too."""
+    text = utf8_safe(text)
     if not any(is_control(c) and c not in keep for c in text):
         return text
     return "".join(c.encode("unicode_escape").decode() if is_control(c) and c not in keep
