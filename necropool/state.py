@@ -265,7 +265,8 @@ def _busy(paths: PoolPaths, number: int) -> str | None:
         return "its slot lock cannot be tested"
     lock.release()
     try:
-        changes = git.run(["status", "--porcelain", "--ignored", "-z"], path).stdout
+        changes = git.run(["--no-optional-locks", "status", "--porcelain", "--ignored", "-z"],
+                          path).stdout
         refs = git.run(["for-each-ref", "refs/heads", "refs/stash"], path).stdout
     except (OperationFailed, OSError):
         return "its tree cannot be read"

@@ -71,10 +71,10 @@ def test_every_command_speaks_the_documented_json(cli, upstream, root, tmp_path)
     assert healed["pools"][0].keys() >= COUNTERS | {"actions", "detected", "pool"}
     synced = run("sync", env={"NECROPOOL_CONFIG": str(config)})
     assert synced["actions"] == [{"pool": "api", "action": "created", "slots": 1}]
-    assert run("remove", "web-4").keys() == {"slot_id", "pool", "removed"}
+    assert run("remove", "web-4").keys() == {"slot_id", "pool", "removed", "rescued"}
     completion = run("completion", "bash")
     assert completion["shell"] == "bash" and "_NECROPOOL_COMPLETE" in completion["script"]
-    assert run("delete", "api").keys() == {"pool", "deleted", "slots"}
+    assert run("delete", "api").keys() == {"pool", "deleted", "slots", "rescued"}
 
     assert seen == set(COMMANDS), f"commands without a JSON case: {set(COMMANDS) - seen}"
 
