@@ -587,8 +587,8 @@ def _orphan_slot(pool: Pool, path: Path) -> bool:
 def _adopt(pool: Pool, number: int) -> dict:
     """Register a slot directory that has no state entry, then repair it like any other."""
     with pool.transaction() as current:
-        if number in current.slots:
-            raise Conflict(f"slot {pool.slot_id(number)} exists already")
+        if number in current.slots:  # registered since it was judged a stray
+            raise Skipped(f"slot {pool.slot_id(number)} exists already")
         current.slots[number] = Slot(number=number, state=ERROR, created_at=now(),
                                      error="adopted: directory without a state entry")
     pool.event("adopt", slot_id=pool.slot_id(number))
