@@ -85,15 +85,19 @@ def test_processes_in_sees_cwd_open_files_and_mappings(tmp_path, procs):
 # --- run ends its command's leftovers --------------------------------------------------------
 
 def test_run_ends_what_its_command_left_running(cli, pool, manager, tmp_path):
-    pidfile = tmp_path / "bg.pid"
+    pidfile, daemon = tmp_path / "bg.pid", tmp_path / "daemon.pid"
+    escaped = (f"setsid sh -c 'echo $$ > {daemon}; exec sleep 300' >/dev/null 2>&1 & "
+               f"while [ ! -s {daemon} ]; do sleep 0.01; done")  # left its session, not the slot
     try:
         result = cli("run", "web", "--no-fetch", "--", "sh", "-c",
-                     WRITER.format(pid=pidfile) + "; exit 4")
+                     WRITER.format(pid=pidfile) + "; " + escaped + "; exit 4")
         assert result.code == 4, result
         writer = int(pidfile.read_text())
         assert gone(writer, timeout=1), "the command's background writer outlived run"
+        assert gone(int(daemon.read_text()), timeout=1), "a daemon in the slot outlived run"
     finally:
         end_leftover(pidfile)
+        end_leftover(daemon)
     slot = manager.slot_status("web-1")
     assert slot["state"] == "available"
     assert not (Path(slot["path"]) / "written.log").exists()  # cleaned after it stopped
@@ -346,4 +350,19 @@ def test_a_branch_name_that_is_not_utf8_never_wedges_a_slot(cli, pool, manager, 
     for command in (["recover", lease["slot_id"]], ["auto-recover"], ["status"], ["log", "web"]):
         result = cli(*command)
         assert result.code in (0, 3) and "Traceback" not in result.stderr, (command, result)
+    assert slot_state(manager, lease["slot_id"])["state"] == "available"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another user")
+def test_root_auto_recover_ends_an_unprivileged_holders_leftovers(cli, pool, manager, procs):
+    """The way cron runs it: auto-recover as root, the holder's leftovers another user's."""
+    holder = procs.sleeper()
+    lease = manager.allocate_slot("web", pid=holder.pid, fetch=False)
+    leftover = procs.start(["sleep", "300"], cwd=lease["path"], user=65534, group=65534)
+    wait_for(lambda: leftover.pid in processes_in(Path(lease["path"])), "the leftover")
+    kill(holder)
+    healed = cli("auto-recover", "--json")
+    assert healed.code == 0, healed
+    assert healed.json()["abandoned_released"] == 1
+    assert leftover.wait(timeout=5) == -signal.SIGTERM
     assert slot_state(manager, lease["slot_id"])["state"] == "available"
