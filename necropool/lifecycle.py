@@ -231,6 +231,7 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
             return None  # nothing changed: no write, so waiters are not woken for nothing
         slot, lock = claimed
         stale = slot.needs_cleanup or (tip is not None and slot.commit != tip)
+        previous = Slot(**vars(slot))
         if stale:
             slot.state, slot.worker = CLEANING, Holder.me()
         else:
@@ -241,6 +242,11 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
             lock.release(unlink=True)
             raise
     if stale:
+        try:  # what a previous holder left running in it is ended first, or it is skipped
+            clear_processes(pool, slot.number, previous, lock, stop=True)
+        except Skipped:
+            failed.add(slot.number)
+            return None
         try:
             slot.commit = refresh(pool, slot, rescue_label="allocate")[0]
         except Exception as exc:  # whatever went wrong, the slot ends in error

@@ -366,3 +366,19 @@ def test_root_auto_recover_ends_an_unprivileged_holders_leftovers(cli, pool, man
     assert healed.json()["abandoned_released"] == 1
     assert leftover.wait(timeout=5) == -signal.SIGTERM
     assert slot_state(manager, lease["slot_id"])["state"] == "available"
+
+
+def test_a_slot_released_uncleaned_is_cleaned_only_once_its_leftovers_are_ended(
+        cli, pool, manager, procs):
+    """``release --no-cleanup`` leaves the cleanup to the next allocation: a process that
+    went back into the slot meanwhile is ended before that cleanup, not cleaned under."""
+    lease = manager.allocate_slot("web", fetch=False)
+    assert cli("release", lease["slot_id"], "--no-cleanup").code == 0
+    straggler = procs.start(["sleep", "300"], cwd=lease["path"])
+    wait_for(lambda: straggler.pid in processes_in(Path(lease["path"])), "the straggler")
+    for _ in range(3):
+        got = manager.allocate_slot("web", fetch=False)
+        if got["slot_id"] == lease["slot_id"]:
+            break
+    assert got["slot_id"] == lease["slot_id"]
+    assert straggler.wait(timeout=5) == -signal.SIGTERM
