@@ -46,3 +46,17 @@ class TryAgain(NecropoolError):
 
     exit_code = 75
     code = "unavailable"
+
+
+class Skipped(Conflict):
+    """An action not taken because its slot changed since it was judged (or is in use):
+    nothing is wrong, the next run judges afresh."""
+
+
+def explain(exc: BaseException) -> str:
+    """A one-line message for any exception; one necropool did not expect says what it was."""
+    if isinstance(exc, NecropoolError):
+        return exc.message
+    if isinstance(exc, OSError):  # what went wrong, and on which path
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return f"unexpected {type(exc).__name__}: {exc}"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from necropool import cleanup, events, git, lifecycle
 from necropool.clock import now, rfc3339
-from necropool.errors import Conflict, NecropoolError, OperationFailed
+from necropool.errors import Conflict, OperationFailed, Skipped, explain
 from necropool.integrity import Verifier
 from necropool.layout import (
     PoolPaths,
@@ -25,6 +25,7 @@ from necropool.layout import (
     write_atomic,
 )
 from necropool.locks import FileLock
+from necropool.names import check_text
 from necropool.pool import Pool, get_slot, mirror_freshness, resolve_slot
 from necropool.proc import Holder
 from necropool.records import Record
@@ -54,6 +55,7 @@ class Anomaly:
 class Findings:
     pool: str
     items: dict[str, list[Anomaly]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    judged: PoolState | None = None  # the state the slots were judged in (under the lock)
 
     def add(self, kind: str, **fields) -> None:
         self.items[kind].append(Anomaly(kind=kind.removesuffix("s"), pool=self.pool, **fields))
@@ -97,6 +99,7 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
     with pool.locked() as current:
         judged = _judge_slots(pool, current, hours, found)
         _check_lock_files(pool, current, found)
+    found.judged = current
     if current.source != "state.toml":
         found.add("corrupted_slots", path=str(paths.state),
                   evidence=f"state.toml unreadable; using {current.source}")
@@ -270,24 +273,34 @@ def rebuild_mirror(pool: Pool) -> None:
     pool.event("mirror_rebuilt")
 
 
-def _claim(pool: Pool, number: int, force: bool) -> tuple[Slot, FileLock]:
-    """Take a slot for repair under the pool lock, refusing live holders and workers."""
+def _claim(pool: Pool, number: int, force: bool,
+           judged: Slot | None = None) -> tuple[Slot, FileLock]:
+    """Take a slot for repair under the pool lock, refusing live holders and workers, and
+    (given how it was ``judged``) a slot whose state or lease changed since; then end the
+    processes left running in it."""
     with pool.transaction() as current:
         slot = get_slot(current, pool, number)
+        if judged is not None and not _unchanged(judged, slot):
+            raise Skipped(f"slot {pool.slot_id(number)} changed since it was judged "
+                          f"(now {slot.state}): left alone")
         if slot.state == ALLOCATED and not force and not _holder_dead(slot):
             raise Conflict(f"slot {pool.slot_id(number)} is allocated to a holder that may be "
                            "alive: pass --force to recover it anyway")
         lock = pool.slot_lock(number)
         if not lock.try_acquire():
             raise Conflict(f"slot {pool.slot_id(number)} is held by a live process")
-        running = cleanup.git_processes_in(pool.slot_dir(number))
-        if running:  # a killed holder's git child can outlive it: let it finish first
-            lock.release(unlink=True)
-            raise Conflict(f"slot {pool.slot_id(number)}: git processes still running in it "
-                           f"(pid {', '.join(map(str, running))}); try again when they end")
         previous = Slot(**vars(slot))
         slot.state, slot.worker, slot.lease = CLEANING, Holder.me(), None
+    lifecycle.clear_processes(pool, number, previous, lock, stop=True)
     return previous, lock
+
+
+def _unchanged(judged: Slot, slot: Slot) -> bool:
+    """Same state, same lease and same worker as when judged."""
+    def lease(s: Slot) -> str | None:
+        return s.lease.lease_id if s.lease else None
+
+    return (slot.state, lease(slot), slot.worker) == (judged.state, lease(judged), judged.worker)
 
 
 class RecoveryResult(Record):
@@ -299,17 +312,19 @@ class RecoveryResult(Record):
 
 
 def recover(pool: Pool, number: int, force: bool = False,
-            verifier: Verifier | None = None) -> dict:
-    """The repair ladder: clear locks and clean; verify; re-clone from the mirror (rebuilding
-    the mirror first if it is broken); verify again. Ends ``available`` or ``error``.
-    Passing one ``verifier`` to several recoveries checks each shared pack file once."""
-    previous, lock = _claim(pool, number, force)
+            verifier: Verifier | None = None, judged: Slot | None = None) -> dict:
+    """The repair ladder: end processes left in the slot, clear locks and clean; verify;
+    re-clone from the mirror (rebuilding the mirror first if it is broken); verify again.
+    Ends ``available`` or ``error``. Passing one ``verifier`` to several recoveries checks
+    each shared pack file once; ``judged``, the slot as it was when the repair was decided:
+    if it changed since, nothing is done (``Skipped``)."""
+    previous, lock = _claim(pool, number, force, judged)
     actions: list[str] = []
     rescued = None
     try:
         ok, reason, commit, rescued = _repair(pool, previous, actions, verifier or Verifier())
-    except (NecropoolError, OSError) as exc:
-        ok, reason, commit = False, str(exc), None
+    except Exception as exc:  # whatever went wrong, the slot ends in error, not cleaning
+        ok, reason, commit = False, explain(exc), None
     _finish(pool, number, ok, reason, commit, rescued, lock)
     pool.event("recover", slot_id=pool.slot_id(number), ok=ok, actions=actions, error=reason,
                rescued=rescued, lease_id=previous.lease.lease_id if previous.lease else None)
@@ -358,19 +373,15 @@ def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
             rescued = report.rescued
             actions.append("cleaned" + (f" (work saved to {rescued})" if rescued else ""))
             cleaned = True
-        except (OperationFailed, OSError) as exc:
-            actions.append(f"cleanup failed: {exc}")
+        except Exception as exc:  # the working copy is moved aside whole below
+            actions.append(f"cleanup failed: {explain(exc)}")
     problems = verifier.verify(path)
     if cleaned and not problems:
         return True, None, tip, rescued
     if os.path.lexists(path):
         if not cleaned and _has_entries(path):  # uncleaned: its .git may hold commits
-            keep = pool.paths.rescued / f"{pool.slot_id(number)}-{now():%Y%m%dT%H%M%SZ}.broken"
-            pool.paths.rescued.mkdir(exist_ok=True)
-            ensure_inside(keep.parent, pool.settings.root)
-            os.rename(path, keep)
-            rescued = str(keep)
-            actions.append(f"moved the broken working copy to {keep}")
+            rescued = lifecycle.move_aside(pool, number)
+            actions.append(f"moved the broken working copy to {rescued}")
         else:
             remove_tree(path, pool.settings.root)
     tmp = pool.paths.slots / temp_name("reclone")
@@ -398,7 +409,7 @@ def _has_entries(path: Path) -> bool:
 
 def isolate(pool: Pool, number: int, reason: str | None = None) -> dict:
     """Put a slot in ``error`` so it is never allocated until recovered."""
-    reason = reason or "isolated by operator"
+    reason = "isolated by operator" if reason is None else check_text(reason, "reason", 1024)
     with pool.transaction() as current:
         slot = get_slot(current, pool, number)
         if slot.state == CLEANING and not _lock_free(pool.paths.slot_lock(number)):
@@ -416,17 +427,20 @@ def isolate(pool: Pool, number: int, reason: str | None = None) -> dict:
 
 def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                  recover_corrupted: bool = True, cleanup_orphaned_locks: bool = True,
-                 force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
+                 force_release_long_allocated: bool = False, dry_run: bool = False,
+                 found: Findings | None = None) -> dict:
     """Detect, then heal: abandoned slots and expired leases released (work saved), corrupted
     ones recovered or isolated, orphaned locks removed, strays adopted or moved aside. Live
     holders of unexpired leases are never touched; long allocations without a TTL only with
-    ``force_release_long_allocated``."""
+    ``force_release_long_allocated``. ``found``: act on that earlier judgement instead of
+    detecting now (each action still re-checks it)."""
     if not dry_run:
         pool.sweep()
         with pool.locked():
             events.rotate(pool.paths.events)
-    found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
-    current_slots = pool.read_state().slots
+    if found is None:
+        found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
+    judged = found.judged.slots  # every action re-checks under the lock that it still holds
     verifier = Verifier()  # one for every repair of this run: shared packs checked once
     result = {"pool": pool.name, "dry_run": dry_run, "long_allocated_released": 0,
               "expired_released": 0, "abandoned_released": 0, "corrupted_recovered": 0,
@@ -445,10 +459,12 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             return None
         try:
             outcome = fn(*args, **kwargs)
-        except (NecropoolError, OSError) as exc:  # recorded; the other actions still run
-            message = exc.message if isinstance(exc, NecropoolError) else os_error(exc)
-            entry.update(status="failed", error=message)
-            result["errors"].append(f"{target}: {action}: {message}")
+        except Skipped as exc:  # the slot changed since it was judged: not an error
+            entry.update(status="skipped", error=exc.message)
+            return None
+        except Exception as exc:  # one action's failure, expected or not, stops no other
+            entry.update(status="failed", error=explain(exc))
+            result["errors"].append(f"{target}: {action}: {explain(exc)}")
             return None
         entry["status"] = "done"
         if isinstance(outcome, dict):
@@ -480,25 +496,26 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             continue
         if a.lease_id:
             act("abandoned_released", a.slot_id, "release (holder dead)", lifecycle.release,
-                pool, a.number, lease_id=a.lease_id, reason="reclaim")
+                pool, a.number, lease_id=a.lease_id, reason="reclaim", stop=True)
         else:
             act("abandoned_released", a.slot_id, "recover (worker dead)", _recover_or_raise,
-                pool, a.number, verifier=verifier)
+                pool, a.number, verifier=verifier, judged=judged.get(a.number))
     for a in items["expired_leases"]:  # the holder's own promise: reclaim if not renewed
         if a.number not in corrupted:
             act("expired_released", a.slot_id, "release (lease expired)", lifecycle.release,
-                pool, a.number, lease_id=a.lease_id, reason="expire", expired_only=True)
+                pool, a.number, lease_id=a.lease_id, reason="expire", expired_only=True,
+                stop=True)
     if force_release_long_allocated:
         for a in items["long_allocated_slots"]:
             if a.number not in corrupted:
                 act("long_allocated_released", a.slot_id, "force release", lifecycle.release,
-                    pool, a.number, lease_id=a.lease_id, reason="force_release")
+                    pool, a.number, lease_id=a.lease_id, reason="force_release", stop=True)
     if recover_corrupted:
         abandoned = {a.number for a in items["abandoned_slots"] + items["expired_leases"]}
         for a in items["corrupted_slots"]:
             if a.number is None:
                 continue
-            slot = current_slots.get(a.number)
+            slot = judged.get(a.number)
             if slot is not None and _live_allocation(slot, abandoned):
                 result["actions"].append({"target": a.slot_id, "action": "recover",
                                           "status": "deferred", "rescued": None, "actions": None,
@@ -507,18 +524,14 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                 continue
             outcome = act("corrupted_recovered", a.slot_id, "recover", _recover_or_raise,
                           pool, a.number, force=bool(_dead_lease(found, a.number)),
-                          verifier=verifier)
-            if outcome is None and not dry_run and _isolate_failed(pool, a.number):
+                          verifier=verifier, judged=slot)
+            if (outcome is None and not dry_run and result["actions"][-1]["status"] == "failed"
+                    and _isolate_failed(pool, a.number)):
                 result["corrupted_isolated"] += 1
     result["detected"] = found.to_dict()
     if not dry_run:
         pool.event("auto_recover", errors=len(result["errors"]), actions=len(result["actions"]))
     return result
-
-
-def os_error(exc: OSError) -> str:
-    """An OSError as one line: what went wrong, and on which path."""
-    return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
 
 
 def _dead_lease(found: Findings, number: int) -> bool:
@@ -527,8 +540,8 @@ def _dead_lease(found: Findings, number: int) -> bool:
 
 
 def _recover_or_raise(pool: Pool, number: int, force: bool = False,
-                      verifier: Verifier | None = None) -> dict:
-    outcome = recover(pool, number, force=force, verifier=verifier)
+                      verifier: Verifier | None = None, judged: Slot | None = None) -> dict:
+    outcome = recover(pool, number, force=force, verifier=verifier, judged=judged)
     if not outcome["recovered"]:
         raise OperationFailed(outcome.get("error") or "recovery failed")
     return outcome
@@ -585,8 +598,8 @@ def _orphan_slot(pool: Pool, path: Path) -> bool:
 def _adopt(pool: Pool, number: int) -> dict:
     """Register a slot directory that has no state entry, then repair it like any other."""
     with pool.transaction() as current:
-        if number in current.slots:
-            raise Conflict(f"slot {pool.slot_id(number)} exists already")
+        if number in current.slots:  # registered since it was judged a stray
+            raise Skipped(f"slot {pool.slot_id(number)} exists already")
         current.slots[number] = Slot(number=number, state=ERROR, created_at=now(),
                                      error="adopted: directory without a state entry")
     pool.event("adopt", slot_id=pool.slot_id(number))

@@ -60,6 +60,11 @@ def pools_dir(root: Path) -> Path:
     return root / "pools"
 
 
+def kept_dir(root: Path) -> Path:
+    """``<root>/rescued``: work saved from pools that were deleted."""
+    return root / "rescued"
+
+
 def symlink_in(path: Path, root: Path) -> Path | None:
     """The first component of ``path`` below ``root`` that is a symlink, if any."""
     rel = path.relative_to(root)

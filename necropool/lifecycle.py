@@ -11,11 +11,20 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from necropool import git, wakeup
+from necropool import git, proc, wakeup
 from necropool.clock import MAX_DURATION, now, rfc3339
-from necropool.errors import Conflict, NecropoolError, OperationFailed, TryAgain, UsageError
+from necropool.errors import (
+    Conflict,
+    NecropoolError,
+    OperationFailed,
+    Skipped,
+    TryAgain,
+    UsageError,
+    explain,
+)
 from necropool.layout import ensure_inside, write_atomic
 from necropool.locks import FileLock, jitter
+from necropool.names import check_text
 from necropool.pool import Pool, get_slot
 from necropool.proc import Holder
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, Lease, PoolState, Slot
@@ -48,8 +57,9 @@ def update_mirror(pool: Pool) -> str | None:
             last = float(pool.paths.mirror_stamp.read_text())
         except (OSError, ValueError):
             last = 0.0
-        if last >= requested:
+        if requested <= last <= time.time():
             return None  # another process started a fetch after we asked: it covers us
+        # (a stamp in the future, from a clock set back or a careless hand, counts as stale)
         started = time.time()
         try:
             ensure_inside(pool.paths.mirror, pool.settings.root)  # a symlink is not fetched into
@@ -115,6 +125,28 @@ def refresh(pool: Pool, slot: Slot, *, rescue_label: str, lease_id: str | None =
     return tip, report
 
 
+def move_aside(pool: Pool, number: int) -> str:
+    """Move a slot's working copy, whole, under ``rescued/`` (one cleanup could not save
+    from); return where it went."""
+    keep = pool.paths.rescued / f"{pool.slot_id(number)}-{now():%Y%m%dT%H%M%S%fZ}.broken"
+    pool.paths.rescued.mkdir(exist_ok=True)
+    ensure_inside(keep.parent, pool.settings.root)
+    os.rename(pool.checked_slot_dir(number), keep)
+    return str(keep)
+
+
+def save_work(pool: Pool, slot: Slot, label: str) -> str | None:
+    """Save what a holder left in a slot we hold before it is thrown away: its work into a
+    bundle (the cleanup's rescue), or if cleanup fails, the working copy moved aside whole.
+    Returns where it went (None when there was nothing to save)."""
+    if not os.path.isdir(pool.checked_slot_dir(slot.number)):
+        return None
+    try:
+        return refresh(pool, slot, rescue_label=label)[1].rescued
+    except Exception:
+        return move_aside(pool, slot.number)
+
+
 def fail_slot(pool: Pool, number: int, reason: str) -> None:
     """Put a slot we hold into ``error`` with the reason."""
     with pool.transaction() as current:
@@ -129,9 +161,8 @@ def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = No
              fetch: bool | None = None, keep_lock: bool = False) -> Grant:
     """Hand out a free slot under a new lease (policy: ``ALLOCATION_POLICY``)."""
     metadata = check_metadata(metadata or {})
-    if owner is not None and (not owner.strip() or len(owner) > 256
-                              or any(ord(c) < 32 or ord(c) == 127 for c in owner)):
-        raise UsageError(f"invalid owner {owner[:40]!r}: 1-256 printable characters")
+    if owner is not None:
+        check_text(owner, "owner")
     for what, seconds in (("ttl", ttl), ("wait", wait)):
         if seconds is not None and not 0 <= seconds <= MAX_DURATION:
             raise UsageError(f"invalid {what} {seconds!r}: use 0 to {MAX_DURATION:g} seconds")
@@ -214,6 +245,7 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
             return None  # nothing changed: no write, so waiters are not woken for nothing
         slot, lock = claimed
         stale = slot.needs_cleanup or (tip is not None and slot.commit != tip)
+        previous = Slot(**vars(slot))
         if stale:
             slot.state, slot.worker = CLEANING, Holder.me()
         else:
@@ -224,10 +256,15 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
             lock.release(unlink=True)
             raise
     if stale:
+        try:  # what a previous holder left running in it is ended first, or it is skipped
+            clear_processes(pool, slot.number, previous, lock, stop=True)
+        except Skipped:
+            failed.add(slot.number)
+            return None
         try:
             slot.commit = refresh(pool, slot, rescue_label="allocate")[0]
-        except (OperationFailed, OSError) as exc:
-            fail_slot(pool, slot.number, f"cleanup before allocation failed: {exc}")
+        except Exception as exc:  # whatever went wrong, the slot ends in error
+            fail_slot(pool, slot.number, f"cleanup before allocation failed: {explain(exc)}")
             lock.release(unlink=True)
             failed.add(slot.number)
             return None
@@ -354,55 +391,60 @@ ENDINGS = {"release": "was released", "reclaim": "was reclaimed (its holder died
 
 def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool = True,
             fetch: bool | None = None, held: FileLock | None = None,
-            reason: str = "release", expired_only: bool = False) -> dict:
+            reason: str = "release", expired_only: bool = False, stop: bool = False) -> dict:
     """End a lease; clean the slot (saving any work first) unless ``clean`` is False.
     ``expired_only``: only if the lease has expired (judged again under the pool lock).
     The cleanup first fetches the upstream when ``fetch`` (default: the pool's
-    ``fetch_on_allocate``), so the slot comes back at the newest tip."""
+    ``fetch_on_allocate``), so the slot comes back at the newest tip. Processes still
+    working in the slot (a holder's background jobs) make it refuse, the lease kept,
+    unless ``stop``: then they are ended first (SIGTERM, then SIGKILL)."""
     lock = None
     try:
         with pool.transaction() as current:
             slot = get_slot(current, pool, number)
+            # Skipped (a conflict): whoever judged the slot earlier (auto-recover) leaves it
             if lease_id and (slot.lease is None or lease_id != slot.lease.lease_id):
-                raise Conflict("stale " + _lease_gone(pool, number, lease_id))
+                raise Skipped("stale " + _lease_gone(pool, number, lease_id))
             if slot.state != ALLOCATED:
-                raise Conflict(f"slot {pool.slot_id(number)} is not allocated (it is {slot.state})")
+                raise Skipped(f"slot {pool.slot_id(number)} is not allocated (it is {slot.state})")
             if expired_only and not _expired(slot.lease):
-                raise Conflict(f"lease {slot.lease.lease_id} of slot {pool.slot_id(number)} "
-                               "was renewed since it expired: left to its holder")
+                raise Skipped(f"lease {slot.lease.lease_id} of slot {pool.slot_id(number)} "
+                              "was renewed since it expired: left to its holder")
             lock = held or pool.slot_lock(number)
             if not lock.held and not lock.try_acquire():
                 raise Conflict(f"slot {pool.slot_id(number)} is held by a running process")
+            previous = Slot(**vars(slot))
             lease = slot.lease
             at = now()
             slot.total_usage_seconds += max(0.0, (at - lease.allocated_at).total_seconds())
             slot.last_released_at, slot.lease = at, None
-            if clean:
-                slot.state, slot.worker = CLEANING, Holder.me()
-            else:
-                slot.state, slot.needs_cleanup = AVAILABLE, True
-                lock.release(unlink=True)  # before the write that wakes waiters (see below)
+            slot.state, slot.worker = CLEANING, Holder.me()
     except BaseException:  # e.g. the state write failed: leave no lock file behind
         if lock is not None and lock is not held and lock.held:
             lock.release(unlink=True)
         raise
+    clear_processes(pool, number, previous, lock, stop)
     pool.event(reason, slot_id=pool.slot_id(number), lease_id=lease.lease_id, owner=lease.owner,
                usage_seconds=round((at - lease.allocated_at).total_seconds(), 3))
     result = {"slot_id": pool.slot_id(number), "pool": pool.name, "lease_id": lease.lease_id,
               "cleaned": False, "commit": None, "cleanup": None, "rescued": None,
               "fetch_error": None}
     if not clean:
+        with pool.transaction() as current:
+            slot = get_slot(current, pool, number)
+            slot.state, slot.worker, slot.needs_cleanup = AVAILABLE, None, True
+            lock.release(unlink=True)  # before the write that wakes waiters (see below)
         return result
     fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
     if fetch:
         result["fetch_error"] = update_mirror(pool)
     try:
         tip, report = refresh(pool, slot, rescue_label=lease.lease_id, lease_id=lease.lease_id)
-    except (OperationFailed, OSError) as exc:
-        fail_slot(pool, number, f"cleanup failed: {exc}")
+    except Exception as exc:  # whatever went wrong, the slot ends in error, its work intact
+        fail_slot(pool, number, f"cleanup failed: {explain(exc)}")
         lock.release(unlink=True)
         raise OperationFailed(f"slot {pool.slot_id(number)} could not be cleaned and is now "
-                              f"in error until recovered: {exc}") from None
+                              f"in error until recovered: {explain(exc)}") from None
     with pool.transaction() as current:
         slot = get_slot(current, pool, number)
         slot.state, slot.worker, slot.commit, slot.needs_cleanup = AVAILABLE, None, tip, False
@@ -413,6 +455,26 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
         lock.release(unlink=True)
     result.update(cleaned=True, commit=tip, cleanup=report.to_dict(), rescued=report.rescued)
     return result
+
+
+def clear_processes(pool: Pool, number: int, previous: Slot, lock: FileLock,
+                     stop: bool) -> None:
+    """With the slot claimed (``cleaning``, its lock held): end the processes still in it
+    when ``stop``; if any remain, give the slot back as it was and refuse."""
+    busy = proc.processes_in(pool.slot_dir(number))
+    if busy and stop:
+        busy = proc.end(busy)
+    if not busy:
+        return
+    with pool.transaction() as current:
+        current.slots[number] = previous
+        lock.release(unlink=True)
+    what = proc.describe(busy)
+    if stop:
+        raise Skipped(f"slot {pool.slot_id(number)}: processes that cannot be ended still run "
+                      f"in it ({what}): left as it was")
+    raise Conflict(f"slot {pool.slot_id(number)}: processes still run in it ({what}): end "
+                   "them, or pass --force to end them and release")
 
 
 def _set_parent_death_signal() -> None:
@@ -455,7 +517,9 @@ def run(pool: Pool, argv: list[str], stdout=None, **allocate_options) -> RunResu
     """Allocate, run ``argv`` in the slot holding its lock, release whatever happens.
     The status is the command's (128+N when signal N ended it; 127/126 when it could not
     be started, as shells report). SIGINT, SIGTERM and SIGHUP are forwarded to it; one that
-    arrives before it starts means it is not started. ``stdout`` redirects its output."""
+    arrives before it starts means it is not started. ``stdout`` redirects its output.
+    The command runs in a session of its own: whatever of it is still running when it ends
+    (or when ``run`` is interrupted) is ended too, before the slot is released."""
     import subprocess
 
     if not argv:
@@ -482,6 +546,7 @@ def run(pool: Pool, argv: list[str], stdout=None, **allocate_options) -> RunResu
         else:
             try:
                 child = subprocess.Popen(argv, cwd=path, env=env, stdout=stdout,
+                                         start_new_session=True,
                                          preexec_fn=_set_parent_death_signal)
             except OSError as exc:
                 result.code = 127 if isinstance(exc, FileNotFoundError) else 126
@@ -492,11 +557,15 @@ def run(pool: Pool, argv: list[str], stdout=None, **allocate_options) -> RunResu
                 code = _wait_renewing(pool, grant, child)
                 result.code = 128 - code if code < 0 else code
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        try:
+            if child is not None:  # what it left running in the background ends with it
+                proc.end_group(child.pid)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         try:
             result.release = release(pool, grant.number, lease_id=grant.lease.lease_id,
-                                     held=grant.lock)
-        except OperationFailed as exc:
+                                     held=grant.lock, stop=True)
+        except NecropoolError as exc:
             result.release_error = exc.message
     return result

@@ -8,7 +8,7 @@ from datetime import datetime
 from necropool import events, lifecycle
 from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
-from necropool.errors import NecropoolError, NotFound, UsageError
+from necropool.errors import NecropoolError, NotFound, UsageError, explain
 from necropool.proc import Holder
 from necropool.records import Record
 
@@ -48,8 +48,15 @@ class PoolManager:
         pool = pools.create(self.settings, spec, progress)
         return pools.describe_pool(pool, pool.read_state())
 
-    def delete_pool(self, name: str, force: bool = False) -> dict:
-        return pools.delete(self.get_pool(name), force)
+    def delete_pool(self, name: str, force: bool = False, discard_work: bool = False) -> dict:
+        """With ``force``, also the remains of a half-made pool (no ``pool.toml``)."""
+        try:
+            pool = self.get_pool(name)
+        except NecropoolError:
+            if not force:
+                raise
+            return pools.delete_remains(self.settings, name)
+        return pools.delete(pool, force, discard_work)
 
     def add_slots(self, name: str, count: int = 1, progress=None) -> list[str]:
         return pools.add_slots(self.get_pool(name), count, progress)
@@ -58,9 +65,10 @@ class PoolManager:
         """One more slot (the guide's ``add_slot(repo_name)``); returns its id."""
         return self.add_slots(name)[0]
 
-    def remove_slot(self, slot_ref: str, force: bool = False) -> dict:
+    def remove_slot(self, slot_ref: str, force: bool = False,
+                    discard_work: bool = False) -> dict:
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return pools.remove_slot(pool, number, force)
+        return pools.remove_slot(pool, number, force, discard_work)
 
     def list_pools(self) -> list[dict]:
         """Every pool's summary; an unreadable pool is reported, never hidden."""
@@ -100,9 +108,11 @@ class PoolManager:
         return data
 
     def release_slot(self, slot_ref: str, lease_id: str | None = None, cleanup: bool = True,
-                     fetch: bool | None = None) -> dict:
+                     fetch: bool | None = None, stop: bool = False) -> dict:
+        """``stop``: end processes still running in the slot instead of refusing."""
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return lifecycle.release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch)
+        return lifecycle.release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch,
+                                 stop=stop)
 
     def renew_slot(self, slot_ref: str, lease_id: str, ttl: float | None = None) -> dict:
         """Extend a lease by ``ttl`` seconds from now (default: its own TTL)."""
@@ -213,8 +223,7 @@ class PoolManager:
                     force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
             except (NecropoolError, OSError) as exc:  # one pool's failure stops no other pool
                 failures.append(exc)
-                why = exc.message if isinstance(exc, NecropoolError) else health.os_error(exc)
-                total["errors"].append(f"{pool.name}: {why}")
+                total["errors"].append(f"{pool.name}: {explain(exc)}")
                 continue
             for key, value in result.items():
                 if isinstance(value, int) and not isinstance(value, bool):

@@ -27,6 +27,36 @@ def parse_slot_id(slot_id: str) -> tuple[str, int]:
     return match.group("pool"), int(match.group("n"))
 
 
+def utf8_safe(text: str) -> str:
+    """``text`` as valid UTF-8: bytes that were not (file names and branch names decoded
+    with surrogate escapes) become ``\\xNN`` escapes, so no state write or print fails."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+
+
+def is_control(c: str) -> bool:
+    """C0 and C1 control characters and DEL: what a terminal may act on."""
+    return ord(c) < 32 or 127 <= ord(c) < 160
+
+
+def check_text(value: str, what: str, limit: int = 256) -> str:
+    """A free-text value a person gave (an owner, a reason): 1-``limit`` printable
+    characters, no control characters (escape sequences would reach every terminal that
+    shows it)."""
+    if (not isinstance(value, str) or not value.strip() or len(value) > limit
+            or any(is_control(c) for c in value)):
+        raise UsageError(f"invalid {what} {str(value)[:40]!r}: 1-{limit} printable characters, "
+                         "no control characters")
+    return value
+
+
 def check_url(url: str) -> str:
     """Accept local paths and the ordinary transports; refuse options and ``ext::``-style ones."""
     if not isinstance(url, str) or not url.strip():

@@ -18,6 +18,7 @@ from necropool.errors import Conflict, NecropoolError, NotFound, OperationFailed
 from necropool.layout import (
     PoolPaths,
     ensure_inside,
+    kept_dir,
     pools_dir,
     remove_tree,
     sweep_temp,
@@ -211,8 +212,11 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
     ensure_inside(parent, settings.root)
     sweep_temp(parent, settings.root)
     final = parent / spec.name
-    if final.exists() or final.is_symlink():
+    if os.path.lexists(final / "pool.toml"):
         raise Conflict(f"pool {spec.name!r} already exists")
+    if os.path.lexists(final):
+        raise Conflict(f"{final} is in the way: the remains of a half-made pool (no "
+                       f"pool.toml); 'necropool delete {spec.name} --force' removes them")
     tmp = parent / temp_name(spec.name)
     paths = PoolPaths(settings.root, spec.name, directory=tmp)
     try:
@@ -283,7 +287,10 @@ def _live_holders(pool: Pool, current: PoolState) -> list[str]:
     return busy
 
 
-def delete(pool: Pool, force: bool = False) -> dict:
+def delete(pool: Pool, force: bool = False, discard_work: bool = False) -> dict:
+    """Delete a pool. With ``force``, slots in use go too, their holders' work saved first
+    (unless ``discard_work``); saved work (this and earlier rescues) is kept under
+    ``<root>/rescued/``."""
     with pool.locked() as current:
         in_use = [pool.slot_id(n) for n, s in current.slots.items()
                   if s.state in (ALLOCATED, CLEANING)]
@@ -293,10 +300,78 @@ def delete(pool: Pool, force: bool = False) -> dict:
         busy = _live_holders(pool, current)
         if busy:
             raise Conflict(f"slots held by live processes: {', '.join(busy)}")
+        if not discard_work:
+            for slot in current.slots.values():
+                if _has_work(slot):
+                    _save_work(pool, slot)
+        kept = _keep_rescued(pool.settings.root, pool.paths.rescued, pool.name)
         trash = pool.paths.dir.parent / trash_name(pool.name)
         os.rename(pool.paths.dir, trash)
     remove_tree(trash, pool.settings.root)
-    return {"pool": pool.name, "deleted": True, "slots": len(current.slots)}
+    return {"pool": pool.name, "deleted": True, "slots": len(current.slots), "rescued": kept}
+
+
+def delete_remains(settings: Settings, name: str) -> dict:
+    """Remove what a half-made pool left (a directory under ``pools/`` without
+    ``pool.toml``: a create or add interrupted by a delete, say); slot directories or
+    rescued work in it are kept under ``<root>/rescued/``. A symlink or a file in a pool's
+    place is refused, never followed: not necropool's to remove."""
+    check_pool_name(name)
+    parent = pools_dir(settings.root)
+    path = parent / name
+    ensure_inside(parent, settings.root)
+    if not os.path.lexists(path):
+        raise NotFound(f"pool {name!r} does not exist under {settings.root}")
+    if path.is_symlink() or not path.is_dir():
+        raise Conflict(f"{path} is not a pool directory (a symlink or a file): left alone")
+    paths = PoolPaths(settings.root, name)
+    if os.path.lexists(paths.definition):
+        raise Conflict(f"pool {name!r} is a whole pool, not remains")
+    kept = None
+    slots = [e for e in _entries(paths.slots) if e.isdigit()]
+    if slots or _entries(paths.rescued):
+        kept = _keep_rescued(settings.root, path, name, suffix=".remains")
+    else:
+        trash = parent / trash_name(name)
+        os.rename(path, trash)
+        remove_tree(trash, settings.root)
+    return {"pool": name, "deleted": True, "slots": len(slots), "rescued": kept}
+
+
+def _entries(directory: Path) -> list[str]:
+    """The names in a directory that is not a symlink; [] when it is one or is missing."""
+    if directory.is_symlink() or not directory.is_dir():
+        return []
+    return os.listdir(directory)
+
+
+def _keep_rescued(root: Path, source: Path, name: str, suffix: str = "") -> str | None:
+    """Move ``source`` (a pool's ``rescued/``, or what is left of a pool) to
+    ``<root>/rescued/NAME-STAMP``, when it holds anything; return where it went."""
+    if not _entries(source):
+        return None
+    target = kept_dir(root) / f"{name}-{now():%Y%m%dT%H%M%S%fZ}{suffix}"
+    ensure_inside(source, root)
+    ensure_inside(kept_dir(root), root)
+    kept_dir(root).mkdir(exist_ok=True)
+    os.rename(source, target)
+    return str(target)
+
+
+def _has_work(slot: Slot) -> bool:
+    """Whether a slot may hold a holder's work: in use, in error, or released uncleaned."""
+    return slot.state != AVAILABLE or slot.needs_cleanup
+
+
+def _save_work(pool: Pool, slot: Slot) -> str | None:
+    """Save a slot's work before it is removed; nobody else may claim the slot meanwhile
+    (its lock is ours, or the pool lock is held)."""
+    from necropool import lifecycle
+
+    rescued = lifecycle.save_work(pool, slot, f"{slot.state}-removed")
+    if rescued:
+        pool.event("rescue", slot_id=pool.slot_id(slot.number), rescued=rescued)
+    return rescued
 
 
 def _free_number(current: PoolState, pool: Pool) -> int:
@@ -313,7 +388,10 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
     pool.sweep()
     ensure_inside(pool.paths.slots, pool.settings.root)
     added = []
-    temps = [pool.paths.slots / temp_name(f"add{i}") for i in range(count)]
+    # Cloned next to the pools, not inside this one: a delete meanwhile must not find its
+    # pool's directory made again by a clone (a half-made pool, neither created nor deleted).
+    temps = [pools_dir(pool.settings.root) / temp_name(f"{pool.name}.add{i}")
+             for i in range(count)]
 
     def made(tmp: Path, commit: str) -> None:
         with pool.transaction() as current:
@@ -333,7 +411,10 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
     return added
 
 
-def remove_slot(pool: Pool, number: int, force: bool = False) -> dict:
+def remove_slot(pool: Pool, number: int, force: bool = False,
+                discard_work: bool = False) -> dict:
+    """Remove a slot; with ``force`` one in use too, its holder's work saved first (unless
+    ``discard_work``)."""
     pool.sweep()
     with pool.locked() as current:
         slot = get_slot(current, pool, number)
@@ -344,19 +425,25 @@ def remove_slot(pool: Pool, number: int, force: bool = False) -> dict:
         lock = pool.slot_lock(number)
         if not lock.try_acquire():
             raise Conflict(f"slot {pool.slot_id(number)} is held by a live process")
-        try:
+        save = not discard_work and _has_work(slot)
+    rescued = None
+    try:
+        if save:  # under the slot lock: nobody else can claim it meanwhile
+            rescued = _save_work(pool, slot)
+        with pool.locked() as current:
             # State first: a crash before the rename leaves a directory no slot owns (detect
             # reports it, auto-recover moves it aside), never a slot without its directory.
-            del current.slots[number]
+            current.slots.pop(number, None)
             pool.save(current)
             trash = pool.paths.slots / trash_name(str(number))
             if os.path.lexists(slot_dir):
                 os.rename(slot_dir, trash)
-        finally:
-            lock.release(unlink=True)
+    finally:
+        lock.release(unlink=True)
     remove_tree(trash, pool.settings.root)
-    pool.event("remove", slot_id=pool.slot_id(number), state=slot.state)
-    return {"slot_id": pool.slot_id(number), "pool": pool.name, "removed": True}
+    pool.event("remove", slot_id=pool.slot_id(number), state=slot.state, rescued=rescued)
+    return {"slot_id": pool.slot_id(number), "pool": pool.name, "removed": True,
+            "rescued": rescued}
 
 
 def sync(settings: Settings, prune: bool = False, progress: Progress | None = None) -> list[dict]:

@@ -1,6 +1,7 @@
 """Process identity: who holds a slot, and whether that process is provably dead."""
 
 import os
+import time
 from dataclasses import dataclass
 from functools import cache
 
@@ -78,3 +79,129 @@ class Holder:
             start=int(data["start"]) if "start" in data else None,
             boot=str(data.get("boot", "")),
         )
+
+
+# --- processes inside a directory -------------------------------------------------------------
+
+GRACE = 3.0  # seconds between SIGTERM and SIGKILL when ending processes
+
+
+def _ancestors() -> set[int]:
+    """This process and its ancestors (the shell an operator runs necropool from, say)."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                data = fh.read()
+            pid = int(data[data.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
+
+
+def _inside(link: str, prefix: str) -> bool:
+    return link == prefix or link.startswith(prefix + "/")
+
+
+def _uses(pid: str, prefix: str) -> bool:
+    """Whether the process has its working directory, root, an open file or a mapping
+    inside ``prefix``. Unreadable entries (gone, or another user's) count as not inside."""
+    base = f"/proc/{pid}"
+    for name in ("cwd", "root"):
+        try:
+            if _inside(os.readlink(f"{base}/{name}"), prefix):
+                return True
+        except OSError:
+            pass
+    try:
+        fds = os.listdir(f"{base}/fd")
+    except OSError:
+        fds = []
+    for fd in fds:
+        try:
+            if _inside(os.readlink(f"{base}/fd/{fd}"), prefix):
+                return True
+        except OSError:
+            continue
+    try:
+        with open(f"{base}/maps", "rb") as fh:
+            maps = fh.read().decode(errors="surrogateescape")
+    except OSError:
+        return False
+    for line in maps.splitlines():
+        path = line.split(None, 5)[5:]
+        if path and _inside(path[0].removesuffix(" (deleted)"), prefix):
+            return True
+    return False
+
+
+def processes_in(tree) -> list[int]:
+    """Local processes with their working directory, root, an open file or a mapped file
+    inside ``tree`` (a /proc scan), other than this process and its ancestors."""
+    prefix = os.path.realpath(tree)
+    mine = _ancestors()
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return []
+    return sorted(int(p) for p in entries if int(p) not in mine and _uses(p, prefix))
+
+
+def describe(pids: list[int]) -> str:
+    """``pid 12 (sleep), pid 13 (sh)``: for messages naming processes."""
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as fh:
+                name = fh.read().strip()
+        except OSError:
+            name = "?"
+        out.append(f"pid {pid} ({name})")
+    return ", ".join(out)
+
+
+def end(pids: list[int], grace: float = GRACE) -> list[int]:
+    """SIGTERM the processes, SIGKILL those still running after ``grace`` seconds; return
+    the ones that could not be ended (no permission, or stuck in the kernel)."""
+    import signal
+
+    started = {pid: start_time(pid) for pid in pids}
+    alive = {pid for pid, start in started.items() if start is not None}
+
+    def still(pid: int) -> bool:
+        return start_time(pid) == started[pid]
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        for pid in sorted(alive):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                alive.discard(pid)
+            except PermissionError:
+                pass
+        deadline = time.monotonic() + wait
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.02)
+            alive = {pid for pid in alive if still(pid)}
+        if not alive:
+            break
+    return sorted(alive)
+
+
+def end_group(pgid: int, grace: float = GRACE) -> None:
+    """End a whole process group (a command ``run`` started in its own session)."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return

@@ -12,8 +12,10 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
+from necropool.clock import now
 from necropool.errors import OperationFailed
 from necropool.layout import PoolPaths, write_atomic
+from necropool.names import utf8_safe
 from necropool.proc import Holder
 
 SCHEMA_VERSION = 1
@@ -133,8 +135,12 @@ class PoolState:
 
 
 def _drop_none(data):
+    """Without None values; strings made valid UTF-8 (a message may quote a file name that
+    is not), or writing the state would fail."""
     if isinstance(data, dict):
-        return {k: _drop_none(v) for k, v in data.items() if v is not None}
+        return {utf8_safe(k): _drop_none(v) for k, v in data.items() if v is not None}
+    if isinstance(data, str):
+        return utf8_safe(data)
     return data
 
 
@@ -215,7 +221,9 @@ def load(paths: PoolPaths) -> PoolState:
 
 
 def rebuild(paths: PoolPaths, why: str) -> PoolState:
-    """State from what is on disk: every slot directory becomes a slot needing recovery."""
+    """State from what is on disk: every slot directory becomes a slot in ``error``. One
+    provably idle (see ``_idle``) needs recovery; any other may still have a holder at
+    work, so it is isolated, its work left as it is, until an operator recovers it."""
     state = PoolState(source="rebuilt")
     try:
         names = os.listdir(paths.slots)
@@ -224,10 +232,50 @@ def rebuild(paths: PoolPaths, why: str) -> PoolState:
     for name in names:
         if name.isdigit() and int(name) >= 1:
             number = int(name)
-            reason = f"state rebuilt from disk ({why}): run recover"
-            state.slots[number] = Slot(number=number, state=ERROR, error=reason)
-            state.problems[number] = reason
+            busy = _busy(paths, number)
+            if busy is None:
+                reason = f"state rebuilt from disk ({why}): run recover"
+                state.problems[number] = reason
+                state.slots[number] = Slot(number=number, state=ERROR, error=reason)
+            else:
+                reason = (f"state rebuilt from disk ({why}); isolated, as a holder may still "
+                          f"work in it ({busy}): recover it once its work is done")
+                state.slots[number] = Slot(number=number, state=ERROR, error=reason,
+                                           isolated_at=now(),
+                                           isolation_reason=reason)
     return state
+
+
+def _busy(paths: PoolPaths, number: int) -> str | None:
+    """Why a slot may still be in use, or None when it is provably idle: no process in it,
+    its slot lock free, and its tree as a cleanup leaves it (no change, untracked or
+    ignored file, local branch or stash)."""
+    from necropool import git
+    from necropool.locks import FileLock
+    from necropool.proc import describe, processes_in
+
+    path = paths.slot_dir(number)
+    if os.path.islink(path) or not os.path.isdir(path / ".git"):
+        return None  # nothing a holder can work in: recovery re-clones it
+    pids = processes_in(path)
+    if pids:
+        return f"processes in it: {describe(pids)}"
+    lock = FileLock(paths.slot_lock(number))
+    try:
+        if not lock.try_acquire(create=False) and os.path.lexists(lock.path):
+            return "its slot lock is held"
+    except OSError:
+        return "its slot lock cannot be tested"
+    lock.release()
+    try:
+        changes = git.run(["--no-optional-locks", "status", "--porcelain", "--ignored", "-z"],
+                          path).stdout
+        refs = git.run(["for-each-ref", "refs/heads", "refs/stash"], path).stdout
+    except (OperationFailed, OSError):
+        return "its tree cannot be read"
+    if changes or refs:
+        return "its tree has changes, files or local branches"
+    return None
 
 
 def save(paths: PoolPaths, state: PoolState) -> None:

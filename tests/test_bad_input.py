@@ -16,10 +16,12 @@ import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import changes, digest, template_pool
+from faults import set_state_fields
 
 from necropool.config import PoolSpec, load_settings
 from necropool.errors import NecropoolError, UsageError
@@ -269,6 +271,12 @@ CASES = [
     Case("meta-100k", ["allocate", "web", "--meta", "k=" + "x" * 100_000], 2, ("too long",)),
     Case("meta-control-key", ["allocate", "web", "--meta", "a\x1bb=1"], 2,
          ("control characters",)),
+    Case("owner-escape", ["allocate", "web", "--owner", "ci\x1b[2J"], 2, ("invalid owner",)),
+    Case("owner-c1-csi", ["allocate", "web", "--owner", "ci\x9b2J"], 2, ("invalid owner",)),
+    Case("reason-escape", ["isolate", "web-2", "--reason", "disk\x1b]0;pwned\x07"], 2,
+         ("invalid reason", "control characters")),
+    Case("reason-newline", ["isolate", "web-2", "--reason", "ok\nforged: line"], 2,
+         ("invalid reason",)),
     # other options
     Case("color-bogus", ["--color", "sometimes", "list"], 2, ("--color",)),
     Case("format-bogus", ["status", "--format", "xml"], 2, ("--format",)),
@@ -422,6 +430,7 @@ API_CASES = {
     "meta-1mb": lambda m, c: m.allocate_slot("web", metadata={"k": "x" * 2**20}, fetch=False),
     "meta-nul-key": lambda m, c: m.allocate_slot("web", metadata={"a\x00": "b"}, fetch=False),
     "meta-not-str": lambda m, c: m.allocate_slot("web", metadata={"a": 5}, fetch=False),
+    "reason-control": lambda m, c: m.isolate_slot("web-2", reason="a\x1b[31mred"),
     "ttl-huge": lambda m, c: m.allocate_slot("web", ttl=1e30, fetch=False),
     "ttl-negative": lambda m, c: m.allocate_slot("web", ttl=-5, fetch=False),
     "hours-inf": lambda m, c: m.detect_anomalies("web", max_allocation_hours=float("inf")),
@@ -522,3 +531,25 @@ def test_read_only_root_still_answers_read_only_commands(ctx):
         assert changes(before, digest(ctx.root)) == []
     finally:
         make_readonly(ctx.root, False)
+
+
+def test_control_characters_in_state_strings_are_escaped_on_human_output(ctx):
+    """Strings from the state may carry control characters (metadata values are data; an
+    older version or a hand edit may have written an error or reason with them): shown to a
+    person they come out escaped, never as bytes a terminal acts on (title, clear screen)."""
+    manager = PoolManager(load_settings())
+    value = "x\x1b]0;owned\x07y\x9b2J"
+    lease = manager.allocate_slot("web", metadata={"note": value}, fetch=False)
+    set_state_fields(ctx.root / "pools/web", 3, state="error", error=value,
+                     isolation_reason=value, isolated_at=datetime.now(UTC))
+    for args in (["status", "web"], ["status", lease["slot_id"]], ["status", "web-3"],
+                 ["log", "web"]):
+        for color in ("never", "always"):
+            proc = run(["--color", color, *args], ctx.env)
+            assert proc.returncode == 0, proc.stderr
+            shown = proc.stdout.replace("\x1b[", "")  # Rich's own colour codes under always
+            assert "\x1b]" not in shown and "\x07" not in shown and "\x9b" not in shown, args
+    shown = run(["--color", "never", "status", "web-3"], ctx.env).stdout
+    assert "\\x1b]0;owned\\x07y\\x9b2J" in shown, shown
+    data = json.loads(run(["status", lease["slot_id"], "--json"], ctx.env).stdout)
+    assert data["metadata"]["note"] == value  # the data itself is kept as given

@@ -9,6 +9,9 @@ from necropool.cli.params import Json, PoolArg, SlotArg
 from necropool.cli.progress import progress_bar
 from necropool.cli.registry import command
 
+DiscardWork = Annotated[bool, typer.Option(
+    "--discard-work", help="With --force: do not save the holders' work first")]
+
 SLOT_COLUMNS = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "COMMIT", "USES", "PATH"]
 
 
@@ -51,13 +54,21 @@ def create(
 @command("delete")
 def delete(
     pool: PoolArg,
-    force: Annotated[bool, typer.Option("--force", help="Delete even with slots in use")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Delete even with slots in use (their work saved first), or the "
+                        "remains of a half-made pool")] = False,
+    discard_work: DiscardWork = False,
     json_out: Json = False,
 ) -> None:
-    """Delete a pool, its mirror and all its slots."""
+    """Delete a pool, its mirror and all its slots (saved work is kept under ROOT/rescued)."""
     out = G.out(json_out)
-    data = G.manager().delete_pool(pool, force)
-    out.emit(data) if out.json else out.note(f"deleted pool {pool}")
+    data = G.manager().delete_pool(pool, force, discard_work)
+    if out.json:
+        out.emit(data)
+        return
+    if data.get("rescued"):
+        out.note(f"kept saved work in {data['rescued']}")
+    out.note(f"deleted pool {pool}")
 
 
 @command("add")
@@ -80,13 +91,20 @@ def add(
 @command("remove")
 def remove(
     slot: SlotArg,
-    force: Annotated[bool, typer.Option("--force", help="Remove even if allocated")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Remove even if allocated (its work saved first)")] = False,
+    discard_work: DiscardWork = False,
     json_out: Json = False,
 ) -> None:
-    """Remove a slot and its working copy."""
+    """Remove a slot and its working copy (a holder's work is saved to rescued/ first)."""
     out = G.out(json_out)
-    data = G.manager().remove_slot(slot, force)
-    out.emit(data) if out.json else out.note(f"removed slot {data['slot_id']}")
+    data = G.manager().remove_slot(slot, force, discard_work)
+    if out.json:
+        out.emit(data)
+        return
+    if data.get("rescued"):
+        out.note(f"saved the holder's work to {data['rescued']}")
+    out.note(f"removed slot {data['slot_id']}")
 
 
 @command("list")

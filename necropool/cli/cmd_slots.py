@@ -56,12 +56,16 @@ def release(
     no_cleanup: Annotated[bool, typer.Option(
         "--no-cleanup", help="Do not clean now (the next allocate cleans)")] = False,
     no_fetch: NoFetch = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="End processes still running in the slot (SIGTERM, then SIGKILL) "
+                        "instead of refusing")] = False,
     json_out: Json = False,
 ) -> None:
-    """Release a slot and clean it (saving any uncommitted or unpushed work first)."""
+    """Release a slot and clean it (saving any uncommitted or unpushed work first).
+    Refuses (exit 5, naming them) while other processes still work in the slot."""
     out = G.out(json_out)
     data = G.manager().release_slot(slot, lease_id, cleanup=not no_cleanup,
-                                    fetch=False if no_fetch else None)
+                                    fetch=False if no_fetch else None, stop=force)
     if data.get("fetch_error"):
         out.note(f"warning: upstream fetch failed, cleaned to the mirror's tip: "
                  f"{data['fetch_error']}")

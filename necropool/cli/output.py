@@ -3,6 +3,8 @@
 import os
 import sys
 
+from necropool.names import is_control, utf8_safe
+
 SCHEMA_VERSION = 1
 
 
@@ -43,15 +45,16 @@ class Output:
     def note(self, text: str) -> None:
         """Human commentary: stderr, never mixed into data on stdout."""
         if not self.json:
-            sys.stderr.write(text + "\n")
+            sys.stderr.write(escape(text, keep="\n") + "\n")
 
     def table(self, columns: list[str], rows: list[list], title: str | None = None) -> None:
         """A Rich table on a terminal; one tab-separated line per row otherwise (with no
         header), so ``cut -f`` and ``while read`` work."""
-        cells = [["" if v is None else str(v) for v in row] for row in rows]
+        cells = [["" if v is None else escape(str(v).replace("\t", " ").replace("\n", " "))
+                  for v in row] for row in rows]
         if not self.rich:
             for row in cells:
-                self.line("\t".join(c.replace("\t", " ").replace("\n", " ") for c in row))
+                self.line("\t".join(row))
             return
         from rich.table import Table
 
@@ -77,7 +80,7 @@ class Output:
         table.add_column(style="bold")
         table.add_column(overflow="fold")
         for key, value in rows:
-            table.add_row(key, _styled(str(value)))
+            table.add_row(escape(key), _styled(escape(str(value))))
         self.console().print(table)
 
     def error(self, code: str, message: str, exit_code: int) -> None:
@@ -88,16 +91,25 @@ class Output:
                                          "code": code, "message": message,
                                          "exit_code": exit_code}) + "\n")
         else:
-            sys.stderr.write(f"necropool: error: {message}\n")
+            sys.stderr.write(f"necropool: error: {escape(message)}\n")
 
 
 _STYLES = {"available": "green", "allocated": "yellow", "cleaning": "cyan", "error": "red bold"}
 
 
-def _styled(text: str):
-    style = _STYLES.get(text)
-    if not style:
+def escape(text: str, keep: str = "") -> str:
+    """``text`` with control characters (but those in ``keep``) shown as escapes, so that a
+    value from the state (lease metadata, say) cannot drive the terminal; bytes that were
+    not UTF-8 are escaped too."""
+    text = utf8_safe(text)
+    if not any(is_control(c) and c not in keep for c in text):
         return text
+    return "".join(c.encode("unicode_escape").decode() if is_control(c) and c not in keep
+                   else c for c in text)
+
+
+def _styled(text: str):
+    """A cell as Rich text (never parsed as Rich markup), coloured when it is a state."""
     from rich.text import Text
 
-    return Text(text, style=style)
+    return Text(text, style=_STYLES.get(text, ""))
