@@ -72,7 +72,8 @@ class Pool:
         except FileNotFoundError:
             if os.path.lexists(self.paths.dir):  # there, but not a pool: damaged, not missing
                 raise OperationFailed(f"pool {name!r} is not usable: {self.paths.dir} has no "
-                                      "pool.toml") from None
+                                      f"pool.toml (remains of a half-made pool? "
+                                      f"'necropool delete {name} --force' removes them)") from None
             raise NotFound(f"pool {name!r} does not exist under {settings.root}") from None
         except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
             raise OperationFailed(f"pool {name!r}: pool.toml is unreadable: {exc}") from None
