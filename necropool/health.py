@@ -445,6 +445,9 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             return None
         try:
             outcome = fn(*args, **kwargs)
+        except lifecycle.Renewed as exc:  # the holder came back in time: nothing to do
+            entry.update(status="deferred", error=exc.message)
+            return None
         except (NecropoolError, OSError) as exc:  # recorded; the other actions still run
             message = exc.message if isinstance(exc, NecropoolError) else os_error(exc)
             entry.update(status="failed", error=message)
