@@ -459,6 +459,9 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             return None
         try:
             outcome = fn(*args, **kwargs)
+        except lifecycle.Renewed as exc:  # the holder came back in time: nothing to do
+            entry.update(status="deferred", error=exc.message)
+            return None
         except Skipped as exc:  # the slot changed since it was judged: not an error
             entry.update(status="skipped", error=exc.message)
             return None

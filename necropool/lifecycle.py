@@ -356,6 +356,10 @@ def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> S
     return slot
 
 
+class Renewed(Skipped):
+    """The holder renewed the lease between the expiry's detection and its reclaim."""
+
+
 def _expired(lease: Lease | None) -> bool:
     return bool(lease and lease.expires_at and lease.expires_at < now())
 
@@ -408,7 +412,7 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
             if slot.state != ALLOCATED:
                 raise Skipped(f"slot {pool.slot_id(number)} is not allocated (it is {slot.state})")
             if expired_only and not _expired(slot.lease):
-                raise Skipped(f"lease {slot.lease.lease_id} of slot {pool.slot_id(number)} "
+                raise Renewed(f"lease {slot.lease.lease_id} of slot {pool.slot_id(number)} "
                               "was renewed since it expired: left to its holder")
             lock = held or pool.slot_lock(number)
             if not lock.held and not lock.try_acquire():

@@ -200,3 +200,15 @@ def test_a_holder_whose_slot_was_recovered_is_told(cli, pool):
     late = cli("renew", held["slot_id"], "--lease-id", held["lease_id"])
     assert late.code == 5 and "taken back by recover" in late.stderr, late
     assert "saved to" in late.stderr
+
+
+def test_a_lease_renewed_after_detection_is_not_reclaimed(manager, pool):
+    """The reclaim judges the expiry again under the pool lock: a renewal that lands between
+    detect and reclaim wins."""
+    from necropool import lifecycle
+
+    slot = manager.allocate_slot("web", ttl=600, fetch=False)
+    web = manager.get_pool("web")
+    with pytest.raises(lifecycle.Renewed):
+        lifecycle.release(web, 1, lease_id=slot.lease_id, reason="expire", expired_only=True)
+    assert manager.slot_status(slot.slot_id)["lease_id"] == slot.lease_id
