@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from necropool import __version__
+from necropool.cli import complete
 from necropool.cli.context import G
 
 COLORS = ("auto", "always", "never")
@@ -38,7 +39,8 @@ def main_options(
     config: Annotated[str | None, typer.Option(
         "--config", metavar="FILE", help="Config file [env: NECROPOOL_CONFIG]")] = None,
     color: Annotated[str, typer.Option(
-        "--color", metavar="WHEN", help="Colour: auto, always or never")] = "auto",
+        "--color", metavar="WHEN", autocompletion=complete.colors,
+        help="Colour: auto, always or never (the shape of output is --format's)")] = "auto",
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version")] = False,
 ) -> None:
@@ -63,6 +65,30 @@ def command_named(args: list[str]) -> str | None:
             continue
         return arg if arg in COMMANDS else None
     return None
+
+
+def hoist_globals(args: list[str]) -> list[str]:
+    """The command line with global options given after the command name moved before it
+    (``necropool status --color never`` works as ``necropool --color never status``). Only up
+    to a ``--``, and for ``run`` not at all without one: what follows its POOL may be the
+    command's own options."""
+    name = command_named(args)
+    if name is None:
+        return args
+    start = args.index(name) + 1
+    end = args.index("--", start) if "--" in args[start:] else len(args)
+    if name == "run" and end == len(args):
+        return args
+    moved, kept, i = [], [], start
+    while i < end:
+        arg = args[i]
+        if arg in _VALUE_OPTIONS and i + 1 < end:
+            moved += args[i:i + 2]
+            i += 2
+            continue
+        (moved if arg.startswith(tuple(o + "=" for o in _VALUE_OPTIONS)) else kept).append(arg)
+        i += 1
+    return [*moved, *args[:start], *kept, *args[end:]]
 
 
 def build(args: list[str] | None = None) -> typer.Typer:

@@ -4,18 +4,11 @@ from typing import Annotated
 
 import typer
 
+from necropool.cli import complete
 from necropool.cli.context import G
-from necropool.cli.params import Json, PoolArg, SlotArg
+from necropool.cli.params import Format, Json, NoHeaders, PoolArg, SlotArg
 from necropool.cli.progress import progress_bar
 from necropool.cli.registry import command
-
-SLOT_COLUMNS = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "COMMIT", "USES", "PATH"]
-
-
-def slot_row(slot: dict) -> list:
-    commit = (slot.get("current_commit") or "")[:12]
-    return [slot["slot_id"], slot["state"], slot.get("owner"), slot.get("lease_id"),
-            slot.get("allocated_at"), commit, slot.get("allocation_count"), slot["path"]]
 
 
 @command("create")
@@ -90,9 +83,9 @@ def remove(
 
 
 @command("list")
-def list_(json_out: Json = False) -> None:
+def list_(fmt: Format = None, no_headers: NoHeaders = False, json_out: Json = False) -> None:
     """List pools with their slot counts by state."""
-    out = G.out(json_out)
+    out = G.out(json_out, fmt, no_headers)
     items = G.manager().list_pools()
     if out.json:
         out.emit({"pools": items})
@@ -105,40 +98,61 @@ def list_(json_out: Json = False) -> None:
         c = p["counts"]
         rows.append([p["pool"], p["num_slots"], c["available"], c["allocated"], c["cleaning"],
                      c["error"], p["branch"], p["url"]])
+    if not rows:
+        out.hint(NO_POOLS)
+        return
     out.table(["POOL", "SLOTS", "AVAILABLE", "ALLOCATED", "CLEANING", "ERROR", "BRANCH", "URL"],
               rows)
+
+
+NO_POOLS = ("no pools yet: create one with  necropool create POOL URL  "
+            "(or declare [pools.NAME] in the config file and run  necropool sync)")
 
 
 @command("status")
 def status(
     target: Annotated[str | None, typer.Argument(
-        metavar="[POOL|SLOT]", help="A pool name or slot id (default: every pool)")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table or prometheus")] = "table",
+        metavar="[POOL|SLOT]", help="A pool name or slot id (default: every pool)",
+        autocompletion=complete.targets)] = None,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", metavar="FORMAT", autocompletion=complete.status_formats,
+        help="table, tsv, json or prometheus (default: table on a terminal, else tsv "
+             "without headers)")] = None,
+    no_headers: NoHeaders = False,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", metavar="FILE",
+        help="With --format prometheus: write FILE atomically (for the node_exporter "
+             "textfile collector)")] = None,
     json_out: Json = False,
 ) -> None:
     """Show slots and their leases: of every pool, one pool, or one slot."""
     from necropool.errors import UsageError
 
-    out = G.out(json_out)
+    out = G.out(json_out, fmt, no_headers, extra=("prometheus",))
     manager = G.manager()
-    if fmt not in ("table", "prometheus"):
-        raise UsageError(f"invalid --format {fmt!r}: use table or prometheus")
-    if fmt == "prometheus" and json_out:
-        raise UsageError("--format prometheus and --json exclude each other: pick one")
+    if output is not None and fmt != "prometheus":
+        raise UsageError("--output needs --format prometheus")
     if target and ("/" in target or target in (".", "..") or _is_slot(manager, target)):
+        if fmt == "prometheus":
+            raise UsageError("--format prometheus reports pools: name a pool, not a slot")
         data = manager.slot_status(target)
         out.emit(data) if out.json else out.fields(data)
         return
     pools, broken = ([manager.pool_status(target)], []) if target else _all_pools(manager)
     if fmt == "prometheus":
-        from necropool.cli.metrics import prometheus
+        from necropool.cli.metrics import prometheus, write_textfile
 
         recoveries = {p["pool"]: manager.last_event(p["pool"], "auto_recover") for p in pools}
-        out.line(prometheus(pools, recoveries).rstrip("\n"))
+        text = prometheus(pools, recoveries, manager.detect_anomalies(target))
+        write_textfile(output, text) if output else out.line(text.rstrip("\n"))
     elif out.json:
         out.emit({"pools": pools + broken} if not target else pools[0])
+    elif not pools and not broken:
+        out.hint(NO_POOLS)
     else:
-        out.table(SLOT_COLUMNS, [slot_row(s) for p in pools for s in p["slots"]])
+        from necropool.cli.status_view import render
+
+        render(out, pools)
     if broken:  # shown what could be read; now say what could not (exit 3)
         from necropool.errors import OperationFailed
 

@@ -6,29 +6,48 @@ import sys
 SCHEMA_VERSION = 1
 
 
-class Output:
-    """Where and how a command's result is shown."""
+FORMATS = ("table", "tsv", "json")
 
-    def __init__(self, json_mode: bool = False, color: str = "auto"):
-        self.json = json_mode
+
+class Output:
+    """Where and how a command's result is shown. The shape (``fmt``: a Rich table, tab
+    separated lines or JSON) and the colour are chosen apart: ``NO_COLOR`` and
+    ``--color never`` drop colour and nothing else. Without ``--format``, a terminal gets a
+    table and anything else tab-separated lines without the header line."""
+
+    def __init__(self, json_mode: bool = False, color: str = "auto", fmt: str | None = None,
+                 headers: bool = True):
+        self.json = json_mode or fmt == "json"
         self.color = color
+        self.fmt = fmt
+        self.headers = headers
 
     @property
     def rich(self) -> bool:
-        """Rich tables and colour: only on a terminal (or --color always), never with NO_COLOR."""
+        """A table for a person (the shape, not the colour)."""
+        if self.json:
+            return False
+        return self.fmt == "table" if self.fmt else sys.stdout.isatty()
+
+    def colour(self, stream=None) -> bool:
+        """Colour on ``stream`` (stdout by default): never under --json or --color never."""
         if self.json or self.color == "never":
             return False
-        if self.color == "always":
-            return True
-        return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        stream = stream or sys.stdout
+        return self.color == "always" or (stream.isatty() and not os.environ.get("NO_COLOR"))
 
     def console(self, stderr: bool = False):
         from rich.console import Console
 
-        no_color = self.color == "never" or bool(os.environ.get("NO_COLOR"))
-        return Console(stderr=stderr, no_color=no_color,
-                       force_terminal=True if self.color == "always" else None,
-                       highlight=False, soft_wrap=True)
+        colour = self.colour(sys.stderr if stderr else sys.stdout)
+        return Console(stderr=stderr, color_system="auto" if colour else None,
+                       force_terminal=True if colour else None, highlight=False,
+                       soft_wrap=True)
+
+    def hint(self, text: str) -> None:
+        """What to do next, when a table for a person came out empty (on stderr)."""
+        if self.rich:
+            sys.stderr.write(text + "\n")
 
     def emit(self, data: dict) -> None:
         """The one JSON object of a command, on stdout."""
@@ -46,10 +65,13 @@ class Output:
             sys.stderr.write(text + "\n")
 
     def table(self, columns: list[str], rows: list[list], title: str | None = None) -> None:
-        """A Rich table on a terminal; one tab-separated line per row otherwise (with no
-        header), so ``cut -f`` and ``while read`` work."""
+        """A Rich table for a person; otherwise one tab-separated line per row (the header
+        line only with an explicit ``--format tsv`` and no ``--no-headers``), so ``cut -f``
+        and ``while read`` work."""
         cells = [["" if v is None else str(v) for v in row] for row in rows]
         if not self.rich:
+            if self.fmt == "tsv" and self.headers:
+                cells.insert(0, [c.lower() for c in columns])
             for row in cells:
                 self.line("\t".join(c.replace("\t", " ").replace("\n", " ") for c in row))
             return

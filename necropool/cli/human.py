@@ -1,0 +1,46 @@
+"""Values as a person reads them: relative times, sizes, counted nouns, shortened paths."""
+
+from datetime import datetime
+
+from necropool.clock import now, parse_rfc3339
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 slot``, ``2 slots``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def span(seconds: float) -> str:
+    """A duration in its largest whole unit: ``45s``, ``5m``, ``2h``, ``3d``."""
+    seconds = abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def relative(when: str | datetime | None, at: datetime | None = None) -> str:
+    """``5m ago`` for a past time, ``in 2h`` for a future one, ``""`` for none."""
+    if not when:
+        return ""
+    moment = parse_rfc3339(when) if isinstance(when, str) else when
+    delta = (moment - (at or now())).total_seconds()
+    return f"in {span(delta)}" if delta > 0 else f"{span(delta)} ago"
+
+
+def size(count: int | None) -> str:
+    """Bytes with a binary unit: ``512 B``, ``1.5 KiB``, ``20 MiB``."""
+    if count is None:
+        return ""
+    units, value, step = ("B", "KiB", "MiB", "GiB", "TiB"), float(count), 0
+    while value >= 1024 and step < len(units) - 1:
+        value, step = value / 1024, step + 1
+    return f"{count} B" if step == 0 else f"{value:.1f} {units[step]}"
+
+
+def left_cut(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut from the left (the end of a path is the
+    part that tells slots apart)."""
+    if len(text) <= width:
+        return text
+    return "…" + text[len(text) - width + 1:] if width > 1 else text[-width:] if width else ""
