@@ -18,6 +18,7 @@ SLOT_KEYS = {"slot_id", "pool", "path", "state", "lease_id", "owner", "pid", "ho
              "last_rescue"}
 POOL_KEYS = {"pool", "path", "url", "branch", "mirror_commit", "num_slots", "counts",
              "keep_ignored", "fetch_on_allocate", "state_source"}
+STATUS_KEYS = POOL_KEYS | {"slots", "rescued_count", "rescued_bytes", "mirror_fetched_at"}
 DETECT_KEYS = {"long_allocated_slots", "abandoned_slots", "corrupted_slots", "orphaned_locks",
                "stray_paths", "isolated_slots", "healthy", "count"}
 COUNTERS = {"long_allocated_released", "abandoned_released", "corrupted_recovered",
@@ -48,6 +49,7 @@ def test_every_command_speaks_the_documented_json(cli, upstream, root, tmp_path)
     assert run("add", "web").keys() == {"pool", "added"}
     assert run("list")["pools"][0].keys() >= POOL_KEYS
     assert run("status")["pools"][0]["slots"][0].keys() >= SLOT_KEYS
+    assert run("status", "web").keys() == STATUS_KEYS
     assert run("status", "web-1").keys() >= SLOT_KEYS
     held = run("allocate", "web", "--meta", "task=7", "--ttl", "1h")
     assert held.keys() >= SLOT_KEYS and held["metadata"] == {"task": "7"}
@@ -72,6 +74,11 @@ def test_every_command_speaks_the_documented_json(cli, upstream, root, tmp_path)
     synced = run("sync", env={"NECROPOOL_CONFIG": str(config)})
     assert synced["actions"] == [{"pool": "api", "action": "created", "slots": 1}]
     assert run("remove", "web-4").keys() == {"slot_id", "pool", "removed"}
+    seen.add("rescued")
+    rescued = one_object(cli("rescued", "list", "--json"))
+    assert rescued == {"items": [], "total_bytes": 0}
+    pruned = one_object(cli("rescued", "prune", "--json"))
+    assert pruned.keys() == {"dry_run", "older_than_seconds", "items", "freed_bytes"}
     completion = run("completion", "bash")
     assert completion["shell"] == "bash" and "_NECROPOOL_COMPLETE" in completion["script"]
     assert run("delete", "api").keys() == {"pool", "deleted", "slots"}

@@ -22,7 +22,7 @@ COMMANDS = {
     "list": "cmd_pools", "status": "cmd_pools", "sync": "cmd_pools",
     "allocate": "cmd_slots", "release": "cmd_slots", "run": "cmd_slots", "log": "cmd_slots",
     "detect": "cmd_health", "recover": "cmd_health", "isolate": "cmd_health",
-    "auto-recover": "cmd_health", "completion": "cmd_misc",
+    "auto-recover": "cmd_health", "rescued": "cmd_rescued", "completion": "cmd_misc",
 }
 _VALUE_OPTIONS = ("--root", "--config", "--color")
 
@@ -113,7 +113,11 @@ def build(args: list[str] | None = None) -> typer.Typer:
     for name in COMMANDS:
         if name in declared and wanted in (None, name):
             func, settings = declared[name]
-            app.command(name, **settings)(func)
+            if settings.get("group"):
+                extra = {k: v for k, v in settings.items() if k != "group"}
+                app.add_typer(func, name=name, **extra)  # type: ignore[arg-type]
+            else:
+                app.command(name, **settings)(func)
     return app
 
 

@@ -85,3 +85,21 @@ status_formats = choices("table", "tsv", "json", "prometheus")
 colors = choices("auto", "always", "never")
 backends = choices("git", "libgit2")
 shells = choices("bash", "zsh", "fish")
+
+
+def rescued_ids(incomplete: str):
+    """The short ids of what the pools' ``rescued/`` directories hold (names only: no git)."""
+    import re
+
+    root = _root()
+    found = []
+    for name in _pool_names(root) if root else []:
+        try:
+            entries = sorted(os.listdir(root / "pools" / name / "rescued"))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.startswith("."):
+                short = re.sub(r"(-[0-9a-f]{16}|-allocate|-recover)?\.(bundle|broken)$", "", entry)
+                found.append((short, name))
+    return _items(found, incomplete)

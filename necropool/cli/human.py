@@ -5,9 +5,9 @@ from datetime import datetime
 from necropool.clock import now, parse_rfc3339
 
 
-def plural(count: int, noun: str) -> str:
-    """``1 slot``, ``2 slots``."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``1 slot``, ``2 slots`` (``many``: the plural when it is not ``noun + "s"``)."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"
 
 
 def span(seconds: float) -> str:
@@ -44,3 +44,8 @@ def left_cut(text: str, width: int) -> str:
     if len(text) <= width:
         return text
     return "…" + text[len(text) - width + 1:] if width > 1 else text[-width:] if width else ""
+
+
+def right_cut(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut at the end."""
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"

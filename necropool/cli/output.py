@@ -75,14 +75,30 @@ class Output:
             for row in cells:
                 self.line("\t".join(c.replace("\t", " ").replace("\n", " ") for c in row))
             return
+        self.grid(columns, cells, title=title)
+
+    def grid(self, columns: list[str], rows: list[list], *, title: str | None = None,
+             left_cut_last: bool = False) -> None:
+        """Print a Rich table in the house style: a header rule, no borders, one line per
+        row. Every column but the last is as wide as its widest cell; the last gets the rest
+        of the line, cut with an ellipsis (on the left with ``left_cut_last``: paths)."""
+        from rich import box
         from rich.table import Table
 
-        table = Table(title=title, header_style="bold")
-        for column in columns:
-            table.add_column(column, overflow="fold")
-        for row in cells:
-            table.add_row(*(_styled(c) for c in row))
-        self.console().print(table)
+        from necropool.cli.human import left_cut, right_cut
+
+        console = self.console()
+        widths = [max([len(c)] + [len(str(r[i])) for r in rows]) for i, c in enumerate(columns)]
+        room = max(10, console.width - sum(widths[:-1]) - len(columns))
+        table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                      padding=(0, 0), header_style="bold")
+        for column, width in zip(columns, widths, strict=True):
+            table.add_column(column, no_wrap=True, overflow="ellipsis",
+                             width=min(width, room) if column == columns[-1] else width)
+        for row in rows:
+            last = (left_cut if left_cut_last else right_cut)(str(row[-1]), room)
+            table.add_row(*(_styled(c) for c in row[:-1]), _styled(last))
+        console.print(table)
 
     def fields(self, data: dict) -> None:
         """Key/value pairs, one per line (``key<TAB>value`` when plain)."""

@@ -4,7 +4,7 @@ Below ``WIDE`` columns the table is compact (relative times, the lease id's firs
 characters, the path shortened from the left, the owner cut to fit); from ``WIDE`` on it
 shows every column in full. Scripts get ``TSV_COLUMNS`` (full values, RFC 3339 times)."""
 
-from necropool.cli.human import left_cut, plural, relative, size
+from necropool.cli.human import plural, relative, size
 
 WIDE = 150
 # The tab-separated columns, in order (documented in README.md and necropool-status(1)).
@@ -14,7 +14,6 @@ _COMPACT = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "EXPIRES", "PID", "P
 _FULL = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "EXPIRES", "PID", "HOST", "COMMIT",
          "USES", "PATH"]
 _OWNER_MAX = 14
-_STYLES = {"available": "green", "allocated": "yellow", "cleaning": "cyan", "error": "red bold"}
 
 
 def tsv_row(slot: dict) -> list:
@@ -42,34 +41,15 @@ def render(out, pools: list[dict]) -> None:
     if not out.rich:
         out.table(TSV_COLUMNS, [tsv_row(s) for s in slots])
         return
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
     console = out.console()
-    width = console.width
-    full = width >= WIDE
-    columns = _FULL if full else _COMPACT
+    full = console.width >= WIDE
     rows = [_cells(s, full) for s in slots]
     if not full:
-        owner = columns.index("OWNER")
+        owner = _COMPACT.index("OWNER")
         for row in rows:
             if len(row[owner]) > _OWNER_MAX:
                 row[owner] = row[owner][:_OWNER_MAX - 1] + "…"
-        # what is left of the line for the path: each column takes its widest cell plus one
-        # space between columns
-        used = sum(max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns[:-1]))
-        budget = max(10, width - used - (len(columns) - 1) - 1)
-        for row in rows:
-            row[-1] = left_cut(row[-1], budget)
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0),
-                  collapse_padding=True, header_style="bold")
-    for name in columns:
-        table.add_column(name, no_wrap=True, overflow="ellipsis")
-    for row in rows:
-        state = row[1]
-        table.add_row(row[0], Text(state, style=_STYLES.get(state, "")), *row[2:])
-    console.print(table)
+    out.grid(_FULL if full else _COMPACT, rows, left_cut_last=True)
     for s in slots:
         if s["state"] == "error":
             why = s.get("isolation_reason") or s.get("error") or "isolated"
