@@ -1,6 +1,7 @@
 """``PoolManager``: the core's public API (the names of ERROR_RECOVERY_GUIDE.md), a thin
 facade over ``pool``, ``lifecycle`` and ``health``. The CLI talks to this and nothing else."""
 
+from collections.abc import Iterator
 from datetime import datetime
 
 from necropool import events, lifecycle
@@ -127,6 +128,10 @@ class PoolManager:
 
     def log(self, name: str, since: datetime | None = None) -> list[dict]:
         return events.read(self.get_pool(name).paths.events, since)
+
+    def watch_log(self, name: str | None = None, **options) -> Iterator[dict]:
+        """The events of one pool or every pool (see ``events.watch`` for the options)."""
+        return events.watch([pool.paths.events for pool in self._targets(name, [])], **options)
 
     def last_event(self, name: str, event: str) -> dict | None:
         return events.last(self.get_pool(name).paths.events, event)

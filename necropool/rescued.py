@@ -171,7 +171,7 @@ def inspect(pool, items: list[Record]) -> None:
         (scratch / "objects/info/alternates").write_text(f"{pool.paths.mirror}/objects\n")
         for i, item in enumerate(bundles):
             _inspect_one(scratch, f"refs/b/{i}/", item)
-    except OperationFailed:
+    except (OperationFailed, OSError):  # a read-only root, say: the counts stay unknown
         pass
     finally:
         remove_tree(scratch, pool.settings.root)

@@ -85,6 +85,10 @@ status_formats = choices("table", "tsv", "json", "prometheus")
 colors = choices("auto", "always", "never")
 backends = choices("git", "libgit2")
 shells = choices("bash", "zsh", "fish")
+event_kinds = choices("create", "add", "remove", "allocate", "release", "reclaim",
+                      "force_release", "cleanup", "failure", "recover", "isolate",
+                      "mirror_rebuilt", "fetch_failed", "auto_recover", "force_unlock", "adopt",
+                      "update")
 
 
 def rescued_ids(incomplete: str):
