@@ -10,7 +10,6 @@ import sys
 import time
 
 
-
 def test_all_pools_tail_and_kinds(cli, pool, manager, upstream, tmp_path):
     assert cli("create", "api", upstream, "--slots", "1").code == 0
     held = manager.allocate_slot("api", owner="bob", fetch=False)
