@@ -13,9 +13,9 @@ def _hint(message: str) -> str:
     """A usage error, with a pointer where a global option came too late."""
     from necropool.cli.app import _VALUE_OPTIONS
 
-    if message.startswith("No such option: ") and message.split(": ", 1)[1] in (
-            *_VALUE_OPTIONS, "--version"):
-        return f"{message} (a global option: put it before the command name)"
+    option = message.removeprefix("No such option: ").split(" ")[0]
+    if message.startswith("No such option: ") and option in (*_VALUE_OPTIONS, "--version"):
+        return f"No such option: {option} (a global option: put it before the command name)"
     return message
 
 

@@ -93,6 +93,7 @@ def hoist_globals(args: list[str]) -> list[str]:
 
 def build(args: list[str] | None = None) -> typer.Typer:
     """The Typer app with every command, or only the one ``args`` invokes."""
+    from necropool.cli.helpfmt import Command, Group
     from necropool.cli.registry import REGISTERED
 
     wanted = None
@@ -102,6 +103,7 @@ def build(args: list[str] | None = None) -> typer.Typer:
         importlib.import_module(f"necropool.cli.{module}")
     app = typer.Typer(
         name="necropool",
+        cls=Group,
         add_completion=False,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
@@ -115,9 +117,9 @@ def build(args: list[str] | None = None) -> typer.Typer:
             func, settings = declared[name]
             if settings.get("group"):
                 extra = {k: v for k, v in settings.items() if k != "group"}
-                app.add_typer(func, name=name, **extra)  # type: ignore[arg-type]
+                app.add_typer(func, name=name, cls=Group, **extra)  # type: ignore[arg-type]
             else:
-                app.command(name, **settings)(func)
+                app.command(name, **{"cls": Command, **settings})(func)
     return app
 
 

@@ -67,7 +67,8 @@ def recover(
 @command("isolate")
 def isolate(
     slot: SlotArg,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (shown by status)")] = None,
+    reason: Annotated[str | None, typer.Option(
+        "--reason", metavar="TEXT", help="Why (shown by status)")] = None,
     json_out: Json = False,
 ) -> None:
     """Take a slot out of service (state error) until it is recovered."""

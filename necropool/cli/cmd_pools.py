@@ -15,15 +15,17 @@ from necropool.cli.registry import command
 def create(
     pool: PoolArg,
     url: Annotated[str, typer.Argument(metavar="URL", help="Upstream repository URL or path")],
-    slots: Annotated[int, typer.Option("--slots", "-n", min=1, help="Number of slots")] = 3,
-    branch: Annotated[str | None, typer.Option("--branch", "-b",
+    slots: Annotated[int, typer.Option(
+        "--slots", "-n", min=1, metavar="N", help="Number of slots")] = 3,
+    branch: Annotated[str | None, typer.Option("--branch", "-b", metavar="BRANCH",
                                                help="Branch (default: upstream HEAD)")] = None,
     keep_ignored: Annotated[bool, typer.Option(
         "--keep-ignored", help="Keep ignored files (build caches) when cleaning")] = False,
     no_fetch_on_allocate: Annotated[bool, typer.Option(
         "--no-fetch-on-allocate", help="Do not fetch upstream on every allocate")] = False,
     fetch_backend: Annotated[str, typer.Option(
-        "--fetch-backend", help="git (default) or libgit2")] = "git",
+        "--fetch-backend", metavar="BACKEND", autocompletion=complete.backends,
+        help="git (default) or libgit2")] = "git",
     json_out: Json = False,
 ) -> None:
     """Create a pool: a local mirror of URL and N slots cloned from it."""
@@ -56,7 +58,8 @@ def delete(
 @command("add")
 def add(
     pool: PoolArg,
-    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Slots to add")] = 1,
+    count: Annotated[int, typer.Option(
+        "--count", "-n", min=1, metavar="N", help="Slots to add")] = 1,
     json_out: Json = False,
 ) -> None:
     """Add slots to a pool (cloned from its mirror)."""

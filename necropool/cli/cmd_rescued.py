@@ -6,6 +6,7 @@ import typer
 
 from necropool.cli import complete
 from necropool.cli.context import G
+from necropool.cli.helpfmt import Command
 from necropool.cli.human import plural, relative, right_cut, size
 from necropool.cli.params import Format, Json, NoHeaders, OptionalPoolArg
 from necropool.cli.registry import group
@@ -54,7 +55,7 @@ def short_id(item: dict, among: list[dict] | None = None) -> str:
     return name
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_(pool: OptionalPoolArg = None, fmt: Format = None, no_headers: NoHeaders = False,
           json_out: Json = False) -> None:
     """List saved work: bundles of holders' work and moved-aside trees, oldest first."""
@@ -89,7 +90,7 @@ def _tsv_row(item: dict) -> list:
             item["path"]]
 
 
-@app.command("show")
+@app.command("show", cls=Command)
 def show(ident: IdArg, json_out: Json = False) -> None:
     """Show one saved item: where it came from and what it holds."""
     out = G.out(json_out)
@@ -107,7 +108,7 @@ def show(ident: IdArg, json_out: Json = False) -> None:
         out.note(f"restore: necropool rescued restore {short_id(item)} --into DIR")
 
 
-@app.command("restore")
+@app.command("restore", cls=Command)
 def restore(
     ident: IdArg,
     into: Annotated[str | None, typer.Option(
@@ -131,7 +132,7 @@ def restore(
     out.note(f"then: git -C {data['path']} log --oneline {data['refs'][0]}")
 
 
-@app.command("prune")
+@app.command("prune", cls=Command)
 def prune(
     pool: OptionalPoolArg = None,
     older_than: Annotated[str, typer.Option(

@@ -4,10 +4,10 @@ import sys
 from typing import Annotated
 
 import typer
-from typer.core import TyperCommand
 
 from necropool.cli import complete
 from necropool.cli.context import G
+from necropool.cli.helpfmt import Command
 from necropool.cli.params import (
     AllocatedSlotArg,
     Format,
@@ -18,9 +18,10 @@ from necropool.cli.params import (
 )
 from necropool.cli.registry import command
 
-Owner = Annotated[str | None, typer.Option("--owner", help="Who holds the slot (default: $USER)")]
+Owner = Annotated[str | None, typer.Option("--owner", metavar="NAME",
+                                           help="Who holds the slot (default: $USER)")]
 Pid = Annotated[int | None, typer.Option(
-    "--pid", help="Holder process: the slot counts as abandoned as soon as it dies")]
+    "--pid", metavar="PID", help="Holder process: the slot counts as abandoned as soon as it dies")]
 Ttl = Annotated[str | None, typer.Option("--ttl", metavar="DURATION",
                                          help="Lease length (90s, 5m, 2h, 1d)")]
 Meta = Annotated[list[str] | None, typer.Option("--meta", metavar="KEY=VALUE",
@@ -61,7 +62,7 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
 def release(
     slot: AllocatedSlotArg,
     lease_id: Annotated[str | None, typer.Option(
-        "--lease-id", help="Refuse unless this is the current lease")] = None,
+        "--lease-id", metavar="LEASE-ID", help="Refuse unless this is the current lease")] = None,
     no_cleanup: Annotated[bool, typer.Option(
         "--no-cleanup", help="Do not clean now (the next allocate cleans)")] = False,
     no_fetch: NoFetch = False,
@@ -82,7 +83,7 @@ def release(
     out.note(f"released {data['slot_id']}")
 
 
-class _RunCommand(TyperCommand):
+class _RunCommand(Command):
     """``run POOL [OPTIONS] -- CMD...``: options may follow POOL up to ``--``; without a
     ``--``, everything after POOL is the command (so ``run web make -j4`` works too)."""
 
@@ -94,7 +95,7 @@ class _RunCommand(TyperCommand):
 @command("run", cls=_RunCommand, context_settings={"allow_interspersed_args": False})
 def run(
     pool: PoolArg,
-    command: Annotated[list[str], typer.Argument(metavar="-- CMD [ARGS]...",
+    command: Annotated[list[str], typer.Argument(metavar="-- COMMAND [ARG]...",
                                                  help="The command to run in the slot")],
     owner: Owner = None, ttl: Ttl = None, meta: Meta = None, wait: Wait = None,
     no_fetch: NoFetch = False, json_out: Json = False,

@@ -44,10 +44,9 @@ def _slots(states: tuple[str, ...] | None) -> list[tuple[str, str]]:
     return out
 
 
-def _items(found: list[tuple[str, str]], incomplete: str):
-    from typer._click.shell_completion import CompletionItem
-
-    return [CompletionItem(value, help=about or None) for value, about in found
+def _items(found: list[tuple[str, str]], incomplete: str) -> list[tuple[str, str] | str]:
+    """Candidates, with their description (shown by zsh and fish) where there is one."""
+    return [(value, about) if about else value for value, about in found
             if value.startswith(incomplete)]
 
 
