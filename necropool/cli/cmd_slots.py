@@ -96,7 +96,8 @@ class _RunCommand(Command):
 def run(
     pool: PoolArg,
     command: Annotated[list[str], typer.Argument(metavar="-- COMMAND [ARG]...",
-                                                 help="The command to run in the slot")],
+                                                 help="The command to run in the slot",
+                                                 autocompletion=complete.commands)],
     owner: Owner = None, ttl: Ttl = None, meta: Meta = None, wait: Wait = None,
     no_fetch: NoFetch = False, json_out: Json = False,
 ) -> None:

@@ -106,3 +106,22 @@ def rescued_ids(incomplete: str):
                 short = re.sub(r"(-[0-9a-f]{16}|-allocate|-recover)?\.(bundle|broken)$", "", entry)
                 found.append((short, name))
     return _items(found, incomplete)
+
+
+def commands(ctx, incomplete: str) -> list[str]:
+    """``run POOL -- <TAB>``: the programs on PATH for the command's name; nothing (the
+    shell's file names) for its arguments."""
+    if ctx.params.get("command"):
+        return []
+    found = set()
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        try:
+            entries = os.scandir(directory or ".")
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith(incomplete) and os.access(entry.path, os.X_OK) \
+                        and not entry.is_dir():
+                    found.add(entry.name)
+    return sorted(found)
