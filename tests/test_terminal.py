@@ -111,3 +111,57 @@ def test_color_and_shape_are_separate(mixed, tmp_path):
     assert len(piped.stdout.splitlines()[0].split("\t")) == 10
     table = run_cli("status", "web", "--format", "table", "--color", "always")
     assert "SLOT" in table.stdout and "\x1b[" in table.stdout
+
+
+def _stderr_on_terminal(args: list, stdout_too: bool = False) -> tuple[int, str, str]:
+    """Run the CLI with stderr (and with ``stdout_too`` stdout) on a pseudo-terminal:
+    (exit code, stdout, terminal bytes)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "necropool", *map(str, args)],
+                            stdout=slave if stdout_too else subprocess.PIPE, stderr=slave,
+                            stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, COLUMNS="100", TERM="xterm"))
+    os.close(slave)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        assert ready, "the CLI hung"
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    proc.wait(60)
+    return proc.returncode, out, seen.decode(errors="replace")
+
+
+def test_create_shows_its_phase_and_slot_count(upstream, root):
+    code, out, screen = _stderr_on_terminal(["create", "web", upstream, "--slots", "3"])
+    assert code == 0 and out == f"{root / 'pools/web'}\n"
+    assert "creating web: cloning the mirror" in screen
+    assert "creating web: 3/3 slots" in screen
+    assert "created pool web: 3 slots on main" in screen
+    code, _, screen = _stderr_on_terminal(["create", "one", upstream, "--slots", "1"])
+    assert code == 0 and "1/1 slot " in screen and "created pool one: 1 slot on main" in screen
+
+
+def test_empty_listings_say_what_to_do_next(root, tmp_path):
+    config = tmp_path / "empty.toml"
+    config.write_text("max_allocation_hours = 12\n")
+    for args, hint in ((["list"], "necropool create POOL URL"),
+                       (["status"], "necropool create POOL URL"),
+                       (["log"], "no events yet"),
+                       (["rescued", "list"], "nothing rescued"),
+                       (["--config", config, "sync"], "declares no pools")):
+        code, _, screen = _stderr_on_terminal(args, stdout_too=True)
+        assert code == 0 and hint in screen, (args, screen)
+        assert "─" not in screen, (args, screen)  # no empty table
+    piped = run_cli("list")
+    assert piped.code == 0 and piped.stdout == "" and piped.stderr == ""  # scripts: nothing

@@ -6,6 +6,7 @@ import typer
 
 from necropool.cli import complete
 from necropool.cli.context import G
+from necropool.cli.human import plural
 from necropool.cli.params import Format, Json, NoHeaders, PoolArg, SlotArg
 from necropool.cli.progress import progress_bar
 from necropool.cli.registry import command
@@ -34,13 +35,14 @@ def create(
     out = G.out(json_out)
     spec = PoolSpec(name=pool, url=url, num_slots=slots, branch=branch, keep_ignored=keep_ignored,
                     fetch_on_allocate=not no_fetch_on_allocate, fetch_backend=fetch_backend)
-    with progress_bar(out, f"creating {pool}") as tick:
+    with progress_bar(out, f"creating {pool}", "cloning the mirror") as tick:
         data = G.manager().create_pool(spec, tick)
     if out.json:
         out.emit(data)
     else:
         out.line(data["path"])
-        out.note(f"created pool {pool}: {data['num_slots']} slots on {data['branch']}")
+        out.note(f"created pool {pool}: {plural(data['num_slots'], 'slot')} on "
+                 f"{data['branch']}")
 
 
 @command("delete")
@@ -64,7 +66,7 @@ def add(
 ) -> None:
     """Add slots to a pool (cloned from its mirror)."""
     out = G.out(json_out)
-    with progress_bar(out, f"adding to {pool}") as tick:
+    with progress_bar(out, f"adding to {pool}", "cloning") as tick:
         added = G.manager().add_slots(pool, count, tick)
     if out.json:
         out.emit({"pool": pool, "added": added})
@@ -193,6 +195,9 @@ def sync(
         actions = G.manager().sync(prune, tick)
     if out.json:
         out.emit({"actions": actions})
+    elif not actions:
+        out.hint("the config file declares no pools: add a [pools.NAME] table with a url "
+                 "(see necropool(1), CONFIGURATION)")
     else:
         out.table(["POOL", "ACTION", "DETAIL"], [[a["pool"], a["action"], _sync_detail(a)]
                                                  for a in actions])
