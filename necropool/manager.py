@@ -137,11 +137,11 @@ class PoolManager:
         return events.last(self.get_pool(name).paths.events, event)
 
     # --- rescued work -------------------------------------------------------------------------
-    def rescued_list(self, name: str | None = None, inspect: bool = True) -> list[dict]:
+    def rescued_list(self, name: str | None = None, inspect: bool = True) -> list[Record]:
         """What the ``rescued/`` of one pool or every pool holds, oldest first."""
         from necropool import rescued
 
-        items = []
+        items: list[Record] = []
         for pool in self._targets(name, []):
             found = rescued.entries(pool)
             if inspect:

@@ -53,7 +53,8 @@ def _holds_bundles(path: str) -> bool:
 
 def bundle_heads(path: Path) -> tuple[dict[str, str], list[str]]:
     """The refs (name -> sha) and prerequisite commits a bundle's header lists."""
-    heads, prerequisites = {}, []
+    heads: dict[str, str] = {}
+    prerequisites: list[str] = []
     with open(path, "rb") as fh:
         if not fh.readline().startswith(b"# v"):
             raise OperationFailed(f"{path} is not a git bundle")
@@ -88,7 +89,8 @@ class Holders:
         """(lease_id, owner) for a saved item."""
         if label and _LEASE.fullmatch(label):
             return label, self.owners.get(label)
-        before = [r for r in self.releases.get(slot_id or "", []) if r[0] <= rfc3339(when)]
+        stamp = str(rfc3339(when))
+        before = [r for r in self.releases.get(slot_id or "", []) if r[0] <= stamp]
         return (before[-1][1], before[-1][2]) if before else (None, None)
 
 

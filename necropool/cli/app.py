@@ -79,7 +79,9 @@ def hoist_globals(args: list[str]) -> list[str]:
     end = args.index("--", start) if "--" in args[start:] else len(args)
     if name == "run" and end == len(args):
         return args
-    moved, kept, i = [], [], start
+    moved: list[str] = []
+    kept: list[str] = []
+    i = start
     while i < end:
         arg = args[i]
         if arg in _VALUE_OPTIONS and i + 1 < end:

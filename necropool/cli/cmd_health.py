@@ -35,7 +35,7 @@ def detect(
     elif total:
         rows = [[KIND_TITLES[kind], a.get("slot_id") or "", a["pool"], a["evidence"],
                  a.get("path", "")] for kind, items in found.items() for a in items]
-        out.table(["KIND", "SLOT", "POOL", "EVIDENCE", "PATH"], rows)
+        out.table(["KIND", "SLOT", "POOL", "EVIDENCE", "PATH"], rows, left_cut_last=True)
     else:
         out.note("healthy: no anomalies")
     raise typer.Exit(1 if total else 0)

@@ -95,8 +95,10 @@ def rescued_ids(incomplete: str):
     import re
 
     root = _root()
+    if root is None:
+        return []
     found = []
-    for name in _pool_names(root) if root else []:
+    for name in _pool_names(root):
         try:
             entries = sorted(os.listdir(root / "pools" / name / "rescued"))
         except OSError:

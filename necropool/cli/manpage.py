@@ -509,7 +509,7 @@ def _subcommands(command, ctx) -> list[tuple[str, object, object]]:
     return out
 
 
-def _group_sections(name: str, subs) -> list[str]:
+def _group_sections(name: str, subs) -> tuple[list[str], list[str]]:
     """SYNOPSIS lines and a COMMANDS section for a command with subcommands."""
     synopsis = []
     for sub_name, sub, sub_ctx in subs:

@@ -64,7 +64,8 @@ class Output:
         if not self.json:
             sys.stderr.write(text + "\n")
 
-    def table(self, columns: list[str], rows: list[list], title: str | None = None) -> None:
+    def table(self, columns: list[str], rows: list[list], title: str | None = None,
+              left_cut_last: bool = False) -> None:
         """A Rich table for a person; otherwise one tab-separated line per row (the header
         line only with an explicit ``--format tsv`` and no ``--no-headers``), so ``cut -f``
         and ``while read`` work."""
@@ -75,7 +76,7 @@ class Output:
             for row in cells:
                 self.line("\t".join(c.replace("\t", " ").replace("\n", " ") for c in row))
             return
-        self.grid(columns, cells, title=title)
+        self.grid(columns, cells, title=title, left_cut_last=left_cut_last)
 
     def grid(self, columns: list[str], rows: list[list], *, title: str | None = None,
              left_cut_last: bool = False) -> None:
