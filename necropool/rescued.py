@@ -94,19 +94,20 @@ class Holders:
         return (before[-1][1], before[-1][2]) if before else (None, None)
 
 
-def entries(pool) -> list[Record]:
-    """Everything under the pool's ``rescued/``, oldest first."""
+def entries(pool, detail: bool = True) -> list[Record]:
+    """Everything under the pool's ``rescued/``, oldest first; without ``detail``, only
+    what the names and sizes say (no history, no bundle read: what ``status`` needs)."""
     top = pool.paths.rescued
     ensure_inside(top.parent, pool.settings.root)
     if top.is_symlink() or not top.is_dir():
         return []
-    holders = Holders(pool.paths.events)
+    holders = Holders(pool.paths.events) if detail else None
     found: list[Record] = []
     _walk(pool, top, "", holders, found)
     return sorted(found, key=lambda e: (e["created_at"] or "", e["id"]))
 
 
-def _walk(pool, directory: Path, prefix: str, holders: Holders, found: list) -> None:
+def _walk(pool, directory: Path, prefix: str, holders: Holders | None, found: list) -> None:
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         if is_temp(entry.name):
             continue
@@ -126,7 +127,7 @@ def _walk(pool, directory: Path, prefix: str, holders: Holders, found: list) -> 
         found.append(_describe(pool, Path(entry.path), rel, kind, holders))
 
 
-def _describe(pool, path: Path, rel: str, kind: str, holders: Holders) -> Record:
+def _describe(pool, path: Path, rel: str, kind: str, holders: Holders | None) -> Record:
     st = path.lstat()
     name = path.name
     saved, stray = _SAVED.fullmatch(name), _STRAY.fullmatch(name)
@@ -134,14 +135,14 @@ def _describe(pool, path: Path, rel: str, kind: str, holders: Holders) -> Record
     when = _stamp_time(match["stamp"]) if match else datetime.fromtimestamp(st.st_mtime, UTC)
     slot_id = saved["slot"] if saved else None
     label = saved["label"] if saved else None
-    lease_id, owner = holders.of(slot_id, label, when) if slot_id else (None, None)
+    lease_id, owner = holders.of(slot_id, label, when) if holders and slot_id else (None, None)
     item = Record({
         "id": rel, "pool": pool.name, "kind": kind, "path": str(path), "slot_id": slot_id,
         "created_at": rfc3339(when), "label": label, "lease_id": lease_id, "owner": owner,
         "size_bytes": _tree_size(str(path)) if kind == "tree" else st.st_size,
         "refs": None, "branches": None, "commits": None, "uncommitted_files": None,
     })
-    if kind == "bundle":
+    if kind == "bundle" and holders:
         try:
             heads, _ = bundle_heads(path)
         except (OSError, OperationFailed):
@@ -154,7 +155,7 @@ def _describe(pool, path: Path, rel: str, kind: str, holders: Holders) -> Record
 
 def usage(pool) -> tuple[int, int]:
     """(items, bytes) under the pool's ``rescued/``."""
-    items = entries(pool)
+    items = entries(pool, detail=False)
     return len(items), sum(e["size_bytes"] for e in items)
 
 
