@@ -11,12 +11,12 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
 
 
 def span(seconds: float) -> str:
-    """A duration in its largest whole unit: ``45s``, ``5m``, ``2h``, ``3d``."""
+    """A duration in its largest unit, rounded: ``45s``, ``5m``, ``2h``, ``3d``."""
     seconds = abs(seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
+            return f"{round(seconds / size)}{unit}"
+    return f"{round(seconds)}s"
 
 
 def relative(when: str | datetime | None, at: datetime | None = None) -> str:
@@ -25,6 +25,8 @@ def relative(when: str | datetime | None, at: datetime | None = None) -> str:
         return ""
     moment = parse_rfc3339(when) if isinstance(when, str) else when
     delta = (moment - (at or now())).total_seconds()
+    if abs(delta) < 1:
+        return "now"
     return f"in {span(delta)}" if delta > 0 else f"{span(delta)} ago"
 
 
@@ -40,10 +42,13 @@ def size(count: int | None) -> str:
 
 def left_cut(text: str, width: int) -> str:
     """``text`` in at most ``width`` characters, cut from the left (the end of a path is the
-    part that tells slots apart)."""
+    part that tells slots apart), at a ``/`` where there is one: ``…/web/slots/3``."""
     if len(text) <= width:
         return text
-    return "…" + text[len(text) - width + 1:] if width > 1 else text[-width:] if width else ""
+    if width < 2:
+        return text[len(text) - width:]
+    kept = text[len(text) - width + 1:]
+    return "…" + (kept[kept.index("/"):] if "/" in kept[:-1] else kept)
 
 
 def right_cut(text: str, width: int) -> str:
