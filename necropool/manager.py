@@ -22,6 +22,18 @@ def _check_hours(hours) -> None:
                          "and at most 876000")
 
 
+def _fetched_at(pool: pools.Pool) -> str | None:
+    """When the pool's mirror last fetched from upstream (``mirror.fetched``), if known."""
+    from datetime import UTC
+
+    from necropool.clock import rfc3339
+
+    try:
+        return rfc3339(datetime.fromtimestamp(float(pool.paths.mirror_stamp.read_text()), UTC))
+    except (OSError, ValueError, OverflowError):
+        return None
+
+
 class PoolManager:
     def __init__(self, settings: Settings | None = None, *, config: Settings | None = None):
         """``config`` is the guide's name for the same settings."""
@@ -82,8 +94,14 @@ class PoolManager:
         return out
 
     def pool_status(self, name: str) -> dict:
+        """The pool object with its slots and what its ``rescued/`` holds."""
+        from necropool import rescued
+
         pool = self.get_pool(name)
-        return pools.describe_pool(pool, pool.read_state())
+        data = pools.describe_pool(pool, pool.read_state())
+        data["rescued_count"], data["rescued_bytes"] = rescued.usage(pool)
+        data["mirror_fetched_at"] = _fetched_at(pool)
+        return data
 
     def slot_status(self, slot_ref: str) -> dict:
         pool, number = pools.resolve_slot(self.settings, slot_ref)
@@ -136,8 +154,47 @@ class PoolManager:
     def log(self, name: str, since: datetime | None = None) -> list[dict]:
         return events.read(self.get_pool(name).paths.events, since)
 
+    def watch_log(self, name: str | None = None, **options) -> Iterator[dict]:
+        """The events of one pool or every pool (see ``events.watch`` for the options)."""
+        return events.watch([pool.paths.events for pool in self._targets(name, [])], **options)
+
     def last_event(self, name: str, event: str) -> dict | None:
         return events.last(self.get_pool(name).paths.events, event)
+
+    # --- rescued work -------------------------------------------------------------------------
+    def rescued_list(self, name: str | None = None, inspect: bool = True) -> list[Record]:
+        """What the ``rescued/`` of one pool or every pool holds, oldest first."""
+        from necropool import rescued
+
+        items: list[Record] = []
+        for pool in self._targets(name, []):
+            found = rescued.entries(pool)
+            if inspect:
+                rescued.inspect(pool, found)
+            items += found
+        return items
+
+    def rescued_show(self, ident: str) -> dict:
+        from necropool import rescued
+
+        pool, item = rescued.find(self._targets(None, []), ident)
+        rescued.inspect(pool, [item])
+        return item
+
+    def rescued_restore(self, ident: str, into: str | None = None) -> dict:
+        from pathlib import Path
+
+        from necropool import rescued
+
+        pool, item = rescued.find(self._targets(None, []), ident)
+        return rescued.restore(pool, item, Path(into) if into else None)
+
+    def rescued_prune(self, name: str | None, older_than: float, apply: bool) -> list[dict]:
+        """Items older than ``older_than`` seconds, deleted only when ``apply``."""
+        from necropool import rescued
+
+        return [item for pool in self._targets(name, [])
+                for item in rescued.prune(pool, older_than, apply)]
 
     # --- health -------------------------------------------------------------------------------
     def _targets(self, name: str | None, unusable: list | None = None) -> list[pools.Pool]:

@@ -11,6 +11,7 @@ with ``python -m necropool.cli.completion completions``.
 
 import fcntl
 import os
+import re
 import select
 import shlex
 import shutil
@@ -83,11 +84,14 @@ def values(proc: subprocess.CompletedProcess) -> list[str]:
     return sorted(line.split("\t")[0] for line in proc.stdout.splitlines() if line)
 
 
+OWNER = "np-tester"
+
+
 @pytest.fixture
 def allocated(manager, pool) -> list[str]:
     """Two of the three slots of pool 'web' allocated; their ids."""
     for _ in range(2):
-        manager.allocate_slot(pool, fetch=False)
+        manager.allocate_slot(pool, owner=OWNER, fetch=False)
     ids = sorted(s["slot_id"] for s in manager.pool_status(pool)["slots"]
                  if s["state"] == "allocated")
     assert len(ids) == 2
@@ -218,8 +222,9 @@ PROMPT = b"np-ready> "
 
 
 def _tab_complete(argv: list[str], env: dict, cwd: Path,
-                  lines: tuple[str, ...] | list[str] = LINES) -> list[list[str]]:
-    """Type each of ``lines`` and <TAB> in an interactive shell; what was offered for each."""
+                  lines: list[str] = LINES) -> tuple[list[list[str]], str]:
+    """Type each of ``lines`` and <TAB> in an interactive shell; what was offered for each,
+    and what the terminal showed."""
     capture = Path(env["NP_CAPTURE"])
     term = Terminal(argv, env, cwd)
     results = []
@@ -239,7 +244,7 @@ def _tab_complete(argv: list[str], env: dict, cwd: Path,
         term.send(b"exit\r")
     finally:
         term.close()
-    return results
+    return results, term.seen.decode(errors="replace")
 
 
 BASH_CAPTURE = r"""
@@ -271,6 +276,11 @@ compadd() {
     local -a __np_hits
     builtin compadd -A __np_hits "$@"
     (( ${#__np_hits} )) && print -rl -- $__np_hits >> $NP_CAPTURE
+    # the display strings (value and description) _describe hands over with -d ARRAY
+    local __np_i
+    for (( __np_i = 1; __np_i < $#; __np_i++ )); do
+        [[ ${@[__np_i]} == -d ]] && print -rl -- ${(P)${@[__np_i+1]}} >> $NP_CAPTURE.shown
+    done
     builtin compadd "$@"
 }
 """
@@ -281,8 +291,7 @@ def expected(allocated) -> list[list[str]]:
     return [["allocate"], allocated, ["web"]]
 
 
-@pytest.mark.parametrize("mode", ["source", "bash-completion"])
-def test_bash(mode, expected, tmp_path):
+def _bash(mode: str, tmp_path: Path, lines: list[str] = LINES):
     bash = _need("bash")
     env = _shell_env(tmp_path)
     script = COMPLETIONS / FILES["bash"]
@@ -300,7 +309,7 @@ def test_bash(mode, expected, tmp_path):
     rcfile = tmp_path / "bashrc"
     rcfile.write_text("\n".join(rc) + "\n")
     argv = [bash, "--noprofile", "--rcfile", str(rcfile), "-i"]
-    assert _tab_complete(argv, env, tmp_path) == expected
+    return _tab_complete(argv, env, tmp_path, lines)
 
 
 def test_bash_completes_the_slots_of_a_root_given_with_equals(allocated, root, tmp_path):
@@ -313,12 +322,16 @@ def test_bash_completes_the_slots_of_a_root_given_with_equals(allocated, root, t
                                  f"source {shlex.quote(str(COMPLETIONS / FILES['bash']))}"]))
     argv = [bash, "--noprofile", "--rcfile", str(rcfile), "-i"]
     lines = [f"necropool --root={root} release ", f"necropool --root={root} rel"]
-    assert _tab_complete(argv, env, tmp_path, lines) == [allocated, ["release"]]
+    assert _tab_complete(argv, env, tmp_path, lines)[0] == [allocated, ["release"]]
     assert values(ask("bash_complete", f"necropool --root = {root} release ", "5")) == allocated
 
 
-@pytest.mark.parametrize("mode", ["fpath", "source"])
-def test_zsh(mode, expected, tmp_path):
+@pytest.mark.parametrize("mode", ["source", "bash-completion"])
+def test_bash(mode, expected, tmp_path):
+    assert _bash(mode, tmp_path)[0] == expected
+
+
+def _zsh(mode: str, tmp_path: Path, lines: list[str] = LINES):
     zsh = _need("zsh")
     env = _shell_env(tmp_path)
     zdotdir = tmp_path / "zdotdir"
@@ -335,11 +348,21 @@ def test_zsh(mode, expected, tmp_path):
     rc.append(ZSH_CAPTURE)
     (zdotdir / ".zshrc").write_text("\n".join(rc) + "\n")
     env["ZDOTDIR"] = str(zdotdir)
-    assert _tab_complete([zsh, "--no-globalrcs", "-i"], env, tmp_path) == expected
+    return _tab_complete([zsh, "--no-globalrcs", "-i"], env, tmp_path, lines)
 
 
-@pytest.mark.parametrize("mode", ["source", "autoload"])
-def test_fish(mode, expected, tmp_path):
+@pytest.mark.parametrize("mode", ["fpath", "source"])
+def test_zsh(mode, expected, tmp_path):
+    offered, _ = _zsh(mode, tmp_path)
+    assert offered == expected
+    # the slot ids are shown with their state and owner
+    shown = (tmp_path / "cap.shown").read_text().splitlines()
+    # (zsh groups the ids that share a description under one "-- description" line)
+    assert any(re.match(r"(web-1 +)?-- allocated,", line) for line in shown), shown
+
+
+def _fish(mode: str, tmp_path: Path, lines: list[str] = LINES) -> list[list[str]]:
+    """What ``complete -C`` offers for each line: [[value<TAB>description, ...], ...]."""
     fish = _need("fish")
     env = _shell_env(tmp_path)
     script = COMPLETIONS / FILES["fish"]
@@ -351,13 +374,67 @@ def test_fish(mode, expected, tmp_path):
         shutil.copy(script, directory / "necropool.fish")
         setup = f"set -p fish_complete_path {shlex.quote(str(directory))}"
     commands = [setup]
-    for line in LINES:
+    for line in lines:
         commands += [f"complete -C {shlex.quote(line)}", "echo NP-NEXT"]
     proc = subprocess.run([fish, "--no-config", "-c", "; ".join(commands)], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0 and proc.stderr == "", proc
     chunks = proc.stdout.split("NP-NEXT\n")[:-1]
-    offered = [sorted(line.split("\t")[0] for line in chunk.splitlines() if line)
-               for chunk in chunks]
-    assert offered == expected, proc.stdout
+    return [sorted(line for line in chunk.splitlines() if line) for chunk in chunks]
+
+
+@pytest.mark.parametrize("mode", ["source", "autoload"])
+def test_fish(mode, expected, tmp_path):
+    offered = _fish(mode, tmp_path)
+    assert [[c.split("\t")[0] for c in each] for each in offered] == expected
+    assert offered[1] == [f"{slot}\tallocated, {OWNER}" for slot in expected[1]]
+
+
+# ---- values, status targets, and the command after run POOL -- ---------------------------
+
+VALUE_LINES = ["necropool status --format t", "necropool --color n", "necropool completion f",
+               "necropool create x y --fetch-backend l", "necropool run web -- np-stub-",
+               "necropool status w", "necropool log --event clean"]
+
+
+@pytest.fixture
+def values_expected(allocated, tmp_path) -> list[list[str]]:
+    """What VALUE_LINES complete to, with a program 'np-stub-tool' on PATH."""
+    return [["table", "tsv"], ["never"], ["fish"], ["libgit2"], ["np-stub-tool"],
+            ["web", "web-1", "web-2", "web-3"], ["cleanup"]]
+
+
+def _stub_on_path(tmp_path: Path, env: dict | None = None) -> dict:
+    stubs = tmp_path / "stubs"
+    stubs.mkdir(exist_ok=True)
+    tool = stubs / "np-stub-tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    env = env if env is not None else dict(os.environ)
+    env["PATH"] = f"{stubs}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def test_protocol_completes_values_targets_and_commands(values_expected, tmp_path):
+    env = _stub_on_path(tmp_path, {})
+    for line, want in zip(VALUE_LINES, values_expected, strict=True):
+        words = line.split(" ")
+        got = values(ask("bash_complete", line, str(len(words) - 1), PATH=env["PATH"]))
+        assert got == want, line
+    # after the command's name, its arguments are the shell's file names (no candidates)
+    assert ask("bash_complete", "necropool run web -- np-stub-tool ", "4").stdout == ""
+    described = ask("zsh_complete", "necropool status ", "2").stdout.splitlines()
+    assert "web\tpool" in described and f"web-1\tallocated, {OWNER}" in described
+    assert "web-3\tavailable" in described
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_values_in_real_shells(shell, values_expected, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", _stub_on_path(tmp_path)["PATH"])
+    if shell == "fish":
+        offered = [[c.split("\t")[0] for c in each]
+                   for each in _fish("source", tmp_path, VALUE_LINES)]
+    else:
+        offered = (_bash if shell == "bash" else _zsh)("source", tmp_path, VALUE_LINES)[0]
+    assert offered == values_expected

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from necropool.cli import manpage
+from necropool.cli.examples import EXAMPLES
 
 REPO = Path(__file__).resolve().parent.parent
 MAN = REPO / "man"
@@ -65,10 +66,15 @@ def test_every_command_has_a_page_with_its_options():
         page = (MAN / f"necropool-{name}.1").read_text()
         assert f"\\fB{_roff('necropool-' + name)}\\fR(1)" in main
         command = root.get_command(ctx, name)
-        for param in command.get_params(manpage._context(command, name, ctx)):
-            for opt in getattr(param, "opts", []):
-                if opt.startswith("-"):
-                    assert f"\\fB{_roff(opt)}\\fR" in page, (name, opt)
+        sub_ctx = manpage._context(command, name, ctx)
+        # a command with subcommands (rescued) documents theirs on its page
+        subs = [command] + [command.get_command(sub_ctx, n)
+                            for n in getattr(command, "list_commands", lambda c: [])(sub_ctx)]
+        for each in subs:
+            for param in each.get_params(sub_ctx):
+                for opt in getattr(param, "opts", []):
+                    if opt.startswith("-"):
+                        assert f"\\fB{_roff(opt)}\\fR" in page, (name, opt)
 
 
 def test_main_page_has_the_hand_written_sections():
@@ -135,7 +141,7 @@ def test_examples_use_real_commands_and_options():
     ctx = manpage._context(root, "necropool")
     global_opts = {o for p in root.get_params(ctx) for o in getattr(p, "opts", [])}
     texts = [example for _, example in manpage.EXAMPLES]
-    texts += list(manpage.COMMAND_EXAMPLES.values()) + [manpage.COMPLETION_EXAMPLE]
+    texts += list(EXAMPLES.values()) + [manpage.COMPLETION_EXAMPLE]
     texts += [t for notes in manpage.COMMAND_NOTES.values() for t in notes]
     checked = 0
     for text in texts:
@@ -145,6 +151,11 @@ def test_examples_use_real_commands_and_options():
             if command is None:  # prose such as "necropool's", or a page name
                 continue
             sub_ctx = manpage._context(command, name, ctx)
+            if hasattr(command, "get_command") and rest.split():  # rescued list ...
+                name, rest = rest.split()[0], rest.split(None, 1)[1:]
+                rest = rest[0] if rest else ""
+                command = command.get_command(sub_ctx, name)
+                sub_ctx = manpage._context(command, name, sub_ctx)
             known = global_opts | {o for p in command.get_params(sub_ctx)
                                    for o in getattr(p, "opts", [])}
             rest = rest.split(" -- ")[0].split("$(")[0].split(")")[0]

@@ -1,6 +1,7 @@
 """``status --format prometheus`` for the node_exporter textfile collector."""
 
 import json
+import os
 import re
 
 SAMPLE = re.compile(r'([a-z_]+)\{([a-z_]+="[^"]*"(?:,[a-z_]+="[^"]*")*)\} (-?[0-9.e+]+)')
@@ -52,3 +53,57 @@ def test_prometheus_and_json_are_refused_together(cli, pool):
     assert result.code == 2 and result.stdout == ""
     error = json.loads(result.stderr)
     assert error["type"] == "error" and "--format prometheus" in error["message"]
+
+
+def test_prometheus_reports_leases_mirror_rescued_work_and_anomalies(cli, pool, manager, root):
+    held = manager.allocate_slot("web", owner="alice", ttl=3600, fetch=False)
+    (root / "pools/web/slots" / held["slot_id"].split("-")[1] / "notes.txt").write_text("x\n")
+    manager.allocate_slot("web", fetch=False)
+    released = manager.release_slot(held["slot_id"], fetch=False)
+    assert released["rescued"]
+    again = manager.allocate_slot("web", owner="bob", ttl=600, fetch=False)
+    assert cli("isolate", "web-3").code == 0
+    result = cli("status", "--format", "prometheus")
+    assert result.code == 0, result
+    types, samples = parse(result.stdout)
+    assert samples[("necropool_pool_info", f'pool="web",url="{manager.pool_status("web")["url"]}"'
+                    ',branch="main"')] == 1
+    slot = f'pool="web",slot="{again["slot_id"]}"'
+    assert 0 <= samples[("necropool_lease_age_seconds", slot)] < 60
+    assert 500 < samples[("necropool_lease_expires_in_seconds", slot)] <= 600
+    assert 0 <= samples[("necropool_mirror_last_fetch_age_seconds", 'pool="web"')] < 600
+    size = os.path.getsize(released["rescued"])
+    assert samples[("necropool_rescued_bytes", 'pool="web"')] == size
+    assert samples[("necropool_rescued_items", 'pool="web"')] == 1
+    anomalies = {labels: v for (name, labels), v in samples.items()
+                 if name == "necropool_anomalies"}
+    assert anomalies['pool="web",kind="isolated_slots"'] == 1
+    assert anomalies['pool="web",kind="corrupted_slots"'] == 0
+    assert types["necropool_anomalies"] == "gauge"
+
+
+def test_output_file_is_replaced_atomically(cli, pool, tmp_path):
+    target = tmp_path / "textfile" / "necropool.prom"
+    target.parent.mkdir()
+    first = cli("status", "--format", "prometheus", "--output", target)
+    assert first.code == 0 and first.stdout == "", first
+    parse(target.read_text())
+    inode = target.stat().st_ino
+    assert cli("status", "--format", "prometheus", "-o", target).code == 0
+    assert target.stat().st_ino != inode  # a new file renamed over the old, never rewritten
+    assert os.listdir(target.parent) == ["necropool.prom"]  # no temp file left
+    refused = cli("status", "--output", target)
+    assert refused.code == 2 and "--format prometheus" in refused.stderr
+
+
+def test_every_metric_is_documented():
+    from pathlib import Path
+
+    from necropool.cli.metrics import METRICS
+
+    repo = Path(__file__).resolve().parent.parent
+    readme = (repo / "README.md").read_text()
+    page = (repo / "man/necropool-status.1").read_text()
+    for name, _, _ in METRICS:
+        assert f"`{name}`" in readme, name
+        assert f".B {name}" in page, name

@@ -137,13 +137,25 @@ def test_plain_list_and_status_are_tab_separated_lines(cli, pool, manager, upstr
     assert status.code == 0, status
     rows = [line.split("\t") for line in status.stdout.splitlines()]
     assert [r[0] for r in rows] == ["web-1", "web-2", "web-3"]
-    assert all(len(r) == 8 for r in rows)
+    # the documented columns: slot, state, owner, lease, allocated, commit, uses, path,
+    # expires, pid (the last two added after the first eight, which scripts cut)
+    assert all(len(r) == 10 for r in rows)
     assert rows[0][1:4] == ["allocated", "ci-job-7", held["lease_id"]]
+    assert rows[0][4] == held["allocated_at"] and rows[0][8:] == ["", ""]
     assert rows[1][1:4] == ["available", "", ""]
     assert all(tip.startswith(r[5]) and r[5] for r in rows)
     # Paths are never truncated, however long.
     assert [r[7] for r in rows] == [str(root / f"pools/web/slots/{n}") for n in (1, 2, 3)]
     assert cli("status").stdout == status.stdout
+
+    # an explicit --format tsv adds the header line, --no-headers drops it again
+    tsv = cli("status", "web", "--format", "tsv").stdout.splitlines()
+    assert tsv[0].split("\t") == ["slot", "state", "owner", "lease", "allocated", "commit",
+                                  "uses", "path", "expires", "pid"]
+    assert tsv[1:] == status.stdout.splitlines()
+    assert cli("status", "web", "--format", "tsv", "--no-headers").stdout == status.stdout
+    assert cli("list", "--format", "tsv").stdout.splitlines()[0].split("\t")[:2] == [
+        "pool", "slots"]
 
     slot = cli("status", "web-1")
     fields = dict(line.split("\t", 1) for line in slot.stdout.splitlines())

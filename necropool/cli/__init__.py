@@ -9,6 +9,16 @@ def _json_requested(args: list[str]) -> bool:
     return "--json" in head
 
 
+def _hint(message: str) -> str:
+    """A usage error, with a pointer where a global option came too late."""
+    from necropool.cli.app import _VALUE_OPTIONS
+
+    option = message.removeprefix("No such option: ").split(" ")[0]
+    if message.startswith("No such option: ") and option in (*_VALUE_OPTIONS, "--version"):
+        return f"No such option: {option} (a global option: put it before the command name)"
+    return message
+
+
 def _watch_interrupts() -> list[int]:
     """Note SIGINTs that reach necropool itself (``run`` forwards its command's instead)."""
     import signal
@@ -32,9 +42,11 @@ def main(argv: list[str] | None = None) -> None:
         from necropool.cli.completion import answer
 
         sys.exit(answer())
+    from necropool.cli.app import hoist_globals
     from necropool.cli.output import Output
     from necropool.errors import NecropoolError
 
+    args = hoist_globals(args)
     out = Output(_json_requested(args))
     interrupted = _watch_interrupts()
     try:
@@ -59,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # click's usage errors, then genuine bugs
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             code = 2 if exc.exit_code in (1, 2) else exc.exit_code
-            out.error("usage", exc.format_message().splitlines()[0], code)
+            out.error("usage", _hint(exc.format_message().splitlines()[0]), code)
         else:
             out.error("internal", f"internal error: {type(exc).__name__}: {exc}", 70)
             code = 70

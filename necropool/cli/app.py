@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from necropool import __version__
+from necropool.cli import complete
 from necropool.cli.context import G
 
 COLORS = ("auto", "always", "never")
@@ -22,7 +23,7 @@ COMMANDS = {
     "allocate": "cmd_slots", "release": "cmd_slots", "renew": "cmd_slots", "run": "cmd_slots",
     "log": "cmd_slots",
     "detect": "cmd_health", "recover": "cmd_health", "isolate": "cmd_health",
-    "auto-recover": "cmd_health", "completion": "cmd_misc",
+    "auto-recover": "cmd_health", "rescued": "cmd_rescued", "completion": "cmd_misc",
 }
 _VALUE_OPTIONS = ("--root", "--config", "--color")
 
@@ -39,7 +40,8 @@ def main_options(
     config: Annotated[str | None, typer.Option(
         "--config", metavar="FILE", help="Config file [env: NECROPOOL_CONFIG]")] = None,
     color: Annotated[str, typer.Option(
-        "--color", metavar="WHEN", help="Colour: auto, always or never")] = "auto",
+        "--color", metavar="WHEN", autocompletion=complete.colors,
+        help="Colour: auto, always or never (the shape of output is --format's)")] = "auto",
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version")] = False,
 ) -> None:
@@ -66,8 +68,35 @@ def command_named(args: list[str]) -> str | None:
     return None
 
 
+def hoist_globals(args: list[str]) -> list[str]:
+    """The command line with global options given after the command name moved before it
+    (``necropool status --color never`` works as ``necropool --color never status``). Only up
+    to a ``--``, and for ``run`` not at all without one: what follows its POOL may be the
+    command's own options."""
+    name = command_named(args)
+    if name is None:
+        return args
+    start = args.index(name) + 1
+    end = args.index("--", start) if "--" in args[start:] else len(args)
+    if name == "run" and end == len(args):
+        return args
+    moved: list[str] = []
+    kept: list[str] = []
+    i = start
+    while i < end:
+        arg = args[i]
+        if arg in _VALUE_OPTIONS and i + 1 < end:
+            moved += args[i:i + 2]
+            i += 2
+            continue
+        (moved if arg.startswith(tuple(o + "=" for o in _VALUE_OPTIONS)) else kept).append(arg)
+        i += 1
+    return [*moved, *args[:start], *kept, *args[end:]]
+
+
 def build(args: list[str] | None = None) -> typer.Typer:
     """The Typer app with every command, or only the one ``args`` invokes."""
+    from necropool.cli.helpfmt import Command, Group
     from necropool.cli.registry import REGISTERED
 
     wanted = None
@@ -77,6 +106,7 @@ def build(args: list[str] | None = None) -> typer.Typer:
         importlib.import_module(f"necropool.cli.{module}")
     app = typer.Typer(
         name="necropool",
+        cls=Group,
         add_completion=False,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
@@ -88,7 +118,11 @@ def build(args: list[str] | None = None) -> typer.Typer:
     for name in COMMANDS:
         if name in declared and wanted in (None, name):
             func, settings = declared[name]
-            app.command(name, **settings)(func)
+            if settings.get("group"):
+                extra = {k: v for k, v in settings.items() if k != "group"}
+                app.add_typer(func, name=name, cls=Group, **extra)  # type: ignore[arg-type]
+            else:
+                app.command(name, **{"cls": Command, **settings})(func)
     return app
 
 

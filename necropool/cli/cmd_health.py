@@ -37,7 +37,7 @@ def detect(
     elif total:
         rows = [[KIND_TITLES[kind], a.get("slot_id") or "", a["pool"], a["evidence"],
                  a.get("path", "")] for kind, items in found.items() for a in items]
-        out.table(["KIND", "SLOT", "POOL", "EVIDENCE", "PATH"], rows)
+        out.table(["KIND", "SLOT", "POOL", "EVIDENCE", "PATH"], rows, left_cut_last=True)
     else:
         out.note("healthy: no anomalies")
     raise typer.Exit(1 if total else 0)
@@ -69,7 +69,8 @@ def recover(
 @command("isolate")
 def isolate(
     slot: SlotArg,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (shown by status)")] = None,
+    reason: Annotated[str | None, typer.Option(
+        "--reason", metavar="TEXT", help="Why (shown by status)")] = None,
     json_out: Json = False,
 ) -> None:
     """Take a slot out of service (state error) until it is recovered."""

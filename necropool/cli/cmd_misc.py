@@ -4,6 +4,7 @@ from typing import Annotated
 
 import typer
 
+from necropool.cli import complete
 from necropool.cli.context import G
 from necropool.cli.params import Json
 from necropool.cli.registry import command
@@ -13,7 +14,8 @@ SHELLS = ("bash", "zsh", "fish")
 
 @command("completion")
 def completion(
-    shell: Annotated[str, typer.Argument(metavar="SHELL", help="bash, zsh or fish")],
+    shell: Annotated[str, typer.Argument(metavar="SHELL", help="bash, zsh or fish",
+                                              autocompletion=complete.shells)],
     json_out: Json = False,
 ) -> None:
     """Print the completion script for SHELL (see completions/ and the README)."""

@@ -4,36 +4,32 @@ from typing import Annotated
 
 import typer
 
+from necropool.cli import complete
 from necropool.cli.context import G
-from necropool.cli.params import Json, PoolArg, SlotArg
+from necropool.cli.human import plural
+from necropool.cli.params import Format, Json, NoHeaders, PoolArg, SlotArg
 from necropool.cli.progress import progress_bar
 from necropool.cli.registry import command
 
 DiscardWork = Annotated[bool, typer.Option(
     "--discard-work", help="With --force: do not save the holders' work first")]
 
-SLOT_COLUMNS = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "COMMIT", "USES", "PATH"]
-
-
-def slot_row(slot: dict) -> list:
-    commit = (slot.get("current_commit") or "")[:12]
-    return [slot["slot_id"], slot["state"], slot.get("owner"), slot.get("lease_id"),
-            slot.get("allocated_at"), commit, slot.get("allocation_count"), slot["path"]]
-
 
 @command("create")
 def create(
     pool: PoolArg,
     url: Annotated[str, typer.Argument(metavar="URL", help="Upstream repository URL or path")],
-    slots: Annotated[int, typer.Option("--slots", "-n", min=1, help="Number of slots")] = 3,
-    branch: Annotated[str | None, typer.Option("--branch", "-b",
+    slots: Annotated[int, typer.Option(
+        "--slots", "-n", min=1, metavar="N", help="Number of slots")] = 3,
+    branch: Annotated[str | None, typer.Option("--branch", "-b", metavar="BRANCH",
                                                help="Branch (default: upstream HEAD)")] = None,
     keep_ignored: Annotated[bool, typer.Option(
         "--keep-ignored", help="Keep ignored files (build caches) when cleaning")] = False,
     no_fetch_on_allocate: Annotated[bool, typer.Option(
         "--no-fetch-on-allocate", help="Do not fetch upstream on every allocate")] = False,
     fetch_backend: Annotated[str, typer.Option(
-        "--fetch-backend", help="git (default) or libgit2")] = "git",
+        "--fetch-backend", metavar="BACKEND", autocompletion=complete.backends,
+        help="git (default) or libgit2")] = "git",
     json_out: Json = False,
 ) -> None:
     """Create a pool: a local mirror of URL and N slots cloned from it."""
@@ -42,13 +38,14 @@ def create(
     out = G.out(json_out)
     spec = PoolSpec(name=pool, url=url, num_slots=slots, branch=branch, keep_ignored=keep_ignored,
                     fetch_on_allocate=not no_fetch_on_allocate, fetch_backend=fetch_backend)
-    with progress_bar(out, f"creating {pool}") as tick:
+    with progress_bar(out, f"creating {pool}", "cloning the mirror") as tick:
         data = G.manager().create_pool(spec, tick)
     if out.json:
         out.emit(data)
     else:
         out.line(data["path"])
-        out.note(f"created pool {pool}: {data['num_slots']} slots on {data['branch']}")
+        out.note(f"created pool {pool}: {plural(data['num_slots'], 'slot')} on "
+                 f"{data['branch']}")
 
 
 @command("delete")
@@ -74,12 +71,13 @@ def delete(
 @command("add")
 def add(
     pool: PoolArg,
-    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Slots to add")] = 1,
+    count: Annotated[int, typer.Option(
+        "--count", "-n", min=1, metavar="N", help="Slots to add")] = 1,
     json_out: Json = False,
 ) -> None:
     """Add slots to a pool (cloned from its mirror)."""
     out = G.out(json_out)
-    with progress_bar(out, f"adding to {pool}") as tick:
+    with progress_bar(out, f"adding to {pool}", "cloning") as tick:
         added = G.manager().add_slots(pool, count, tick)
     if out.json:
         out.emit({"pool": pool, "added": added})
@@ -108,9 +106,9 @@ def remove(
 
 
 @command("list")
-def list_(json_out: Json = False) -> None:
+def list_(fmt: Format = None, no_headers: NoHeaders = False, json_out: Json = False) -> None:
     """List pools with their slot counts by state (exit 3 when one cannot be read)."""
-    out = G.out(json_out)
+    out = G.out(json_out, fmt, no_headers)
     items = G.manager().list_pools()
     broken = [p for p in items if "error" in p]
     if out.json:
@@ -125,6 +123,9 @@ def list_(json_out: Json = False) -> None:
         c = p["counts"]
         rows.append([p["pool"], p["num_slots"], c["available"], c["allocated"], c["cleaning"],
                      c["error"], p["branch"], p["url"]])
+    if not rows:
+        out.hint(NO_POOLS)
+        return
     out.table(["POOL", "SLOTS", "AVAILABLE", "ALLOCATED", "CLEANING", "ERROR", "BRANCH", "URL"],
               rows)
     _fail_for(broken)
@@ -139,36 +140,54 @@ def _fail_for(broken: list[dict]) -> None:
         raise OperationFailed("; ".join(f"pool {b['pool']}: {b['error']}" for b in broken))
 
 
+NO_POOLS = ("no pools yet: create one with  necropool create POOL URL  "
+            "(or declare [pools.NAME] in the config file and run  necropool sync)")
+
+
 @command("status")
 def status(
     target: Annotated[str | None, typer.Argument(
-        metavar="[POOL|SLOT]", help="A pool name or slot id (default: every pool)")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table or prometheus")] = "table",
+        metavar="[POOL|SLOT]", help="A pool name or slot id (default: every pool)",
+        autocompletion=complete.targets)] = None,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", metavar="FORMAT", autocompletion=complete.status_formats,
+        help="table, tsv, json or prometheus (default: table on a terminal, else tsv "
+             "without headers)")] = None,
+    no_headers: NoHeaders = False,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", metavar="FILE",
+        help="With --format prometheus: write FILE atomically (for the node_exporter "
+             "textfile collector)")] = None,
     json_out: Json = False,
 ) -> None:
     """Show slots and their leases: of every pool, one pool, or one slot."""
     from necropool.errors import UsageError
 
-    out = G.out(json_out)
+    out = G.out(json_out, fmt, no_headers, extra=("prometheus",))
     manager = G.manager()
-    if fmt not in ("table", "prometheus"):
-        raise UsageError(f"invalid --format {fmt!r}: use table or prometheus")
-    if fmt == "prometheus" and json_out:
-        raise UsageError("--format prometheus and --json exclude each other: pick one")
+    if output is not None and fmt != "prometheus":
+        raise UsageError("--output needs --format prometheus")
     if target and ("/" in target or target in (".", "..") or _is_slot(manager, target)):
+        if fmt == "prometheus":
+            raise UsageError("--format prometheus reports pools: name a pool, not a slot")
         data = manager.slot_status(target)
         out.emit(data) if out.json else out.fields(data)
         return
     pools, broken = ([manager.pool_status(target)], []) if target else _all_pools(manager)
     if fmt == "prometheus":
-        from necropool.cli.metrics import prometheus
+        from necropool.cli.metrics import prometheus, write_textfile
 
         recoveries = {p["pool"]: manager.last_event(p["pool"], "auto_recover") for p in pools}
-        out.line(prometheus(pools, recoveries).rstrip("\n"))
+        text = prometheus(pools, recoveries, manager.detect_anomalies(target))
+        write_textfile(output, text) if output else out.line(text.rstrip("\n"))
     elif out.json:
         out.emit({"pools": pools + broken} if not target else pools[0])
+    elif not pools and not broken:
+        out.hint(NO_POOLS)
     else:
-        out.table(SLOT_COLUMNS, [slot_row(s) for p in pools for s in p["slots"]])
+        from necropool.cli.status_view import render
+
+        render(out, pools)
         for p in pools:
             if p["mirror_stale"]:
                 out.note(f"warning: pool {p['pool']}: stale mirror: {p['mirror_stale']}")
@@ -206,6 +225,9 @@ def sync(
         actions = G.manager().sync(prune, tick)
     if out.json:
         out.emit({"actions": actions})
+    elif not actions:
+        out.hint("the config file declares no pools: add a [pools.NAME] table with a url "
+                 "(see necropool(1), CONFIGURATION)")
     else:
         out.table(["POOL", "ACTION", "DETAIL"], [[a["pool"], a["action"], _sync_detail(a)]
                                                  for a in actions])

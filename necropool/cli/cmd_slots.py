@@ -1,17 +1,27 @@
 """Allocation commands: allocate, release, run, log."""
 
+import sys
 from typing import Annotated
 
 import typer
-from typer.core import TyperCommand
 
+from necropool.cli import complete
 from necropool.cli.context import G
-from necropool.cli.params import AllocatedSlotArg, Json, PoolArg
+from necropool.cli.helpfmt import Command
+from necropool.cli.params import (
+    AllocatedSlotArg,
+    Format,
+    Json,
+    NoHeaders,
+    OptionalPoolArg,
+    PoolArg,
+)
 from necropool.cli.registry import command
 
-Owner = Annotated[str | None, typer.Option("--owner", help="Who holds the slot (default: $USER)")]
+Owner = Annotated[str | None, typer.Option("--owner", metavar="NAME",
+                                           help="Who holds the slot (default: $USER)")]
 Pid = Annotated[int | None, typer.Option(
-    "--pid", help="Holder process: the slot counts as abandoned as soon as it dies")]
+    "--pid", metavar="PID", help="Holder process: the slot counts as abandoned as soon as it dies")]
 Ttl = Annotated[str | None, typer.Option("--ttl", metavar="DURATION",
                                          help="Lease length (90s, 5m, 2h, 1d)")]
 Meta = Annotated[list[str] | None, typer.Option("--meta", metavar="KEY=VALUE",
@@ -52,7 +62,7 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
 def release(
     slot: AllocatedSlotArg,
     lease_id: Annotated[str | None, typer.Option(
-        "--lease-id", help="Refuse unless this is the current lease")] = None,
+        "--lease-id", metavar="LEASE-ID", help="Refuse unless this is the current lease")] = None,
     no_cleanup: Annotated[bool, typer.Option(
         "--no-cleanup", help="Do not clean now (the next allocate cleans)")] = False,
     no_fetch: NoFetch = False,
@@ -80,7 +90,8 @@ def release(
 @command("renew")
 def renew(
     slot: AllocatedSlotArg,
-    lease_id: Annotated[str, typer.Option("--lease-id", help="The lease to extend")],
+    lease_id: Annotated[str, typer.Option("--lease-id", metavar="ID",
+                                          help="The lease to extend")],
     ttl: Annotated[str | None, typer.Option(
         "--ttl", metavar="DURATION",
         help="Extend to this long from now (default: the lease's own TTL)")] = None,
@@ -99,7 +110,7 @@ def renew(
         out.note(f"renewed {data['slot_id']}: lease expires at {data['expires_at']}")
 
 
-class _RunCommand(TyperCommand):
+class _RunCommand(Command):
     """``run POOL [OPTIONS] -- CMD...``: options may follow POOL up to ``--``; without a
     ``--``, everything after POOL is the command (so ``run web make -j4`` works too)."""
 
@@ -111,8 +122,9 @@ class _RunCommand(TyperCommand):
 @command("run", cls=_RunCommand, context_settings={"allow_interspersed_args": False})
 def run(
     pool: PoolArg,
-    command: Annotated[list[str], typer.Argument(metavar="-- CMD [ARGS]...",
-                                                 help="The command to run in the slot")],
+    command: Annotated[list[str], typer.Argument(metavar="-- COMMAND [ARG]...",
+                                                 help="The command to run in the slot",
+                                                 autocompletion=complete.commands)],
     owner: Owner = None, ttl: Ttl = None, meta: Meta = None, wait: Wait = None,
     no_fetch: NoFetch = False, json_out: Json = False,
 ) -> None:
@@ -140,27 +152,87 @@ def run(
 
 @command("log")
 def log(
-    pool: PoolArg,
+    pool: OptionalPoolArg = None,
     since: Annotated[str | None, typer.Option(
         "--since", metavar="DURATION", help="Only events newer than this (e.g. 2h)")] = None,
+    tail: Annotated[int | None, typer.Option(
+        "--tail", "-n", metavar="N", min=1, help="Only the last N events")] = None,
+    event: Annotated[list[str] | None, typer.Option(
+        "--event", "-e", metavar="KIND", autocompletion=complete.event_kinds,
+        help="Only events of this kind (repeatable): allocate, release, cleanup, ...")] = None,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep printing events as they happen (Ctrl-C stops)")] = False,
+    fmt: Format = None, no_headers: NoHeaders = False,
     json_out: Json = False,
 ) -> None:
-    """Show the pool's event history (allocations, releases, cleanups, recoveries)."""
+    """Show the event history (allocations, releases, cleanups, recoveries) of one pool or
+    of every pool."""
     from datetime import timedelta
 
     from necropool.clock import now, parse_duration
+    from necropool.errors import UsageError
 
-    out = G.out(json_out)
+    out = G.out(json_out, fmt, no_headers)
+    if follow and out.json:
+        raise UsageError("--follow prints events as they come: use it without --json "
+                         "(each line of --format tsv is one event)")
     cutoff = None
     if since is not None:
         cutoff = now() - timedelta(seconds=parse_duration(since, "--since"))
-    records = G.manager().log(pool, cutoff)
+    records = G.manager().watch_log(pool, since=cutoff, kinds=set(event) if event else None,
+                                    last=tail, follow=follow)
     if out.json:
-        out.emit({"pool": pool, "events": records})
+        out.emit({"pool": pool, "events": list(records)})
         return
-    rows = []
-    for r in records:
-        detail = {k: v for k, v in r.items() if k not in ("time", "event", "pool", "slot_id")}
-        rows.append([r.get("time"), r.get("event"), r.get("slot_id", ""),
-                     " ".join(f"{k}={v}" for k, v in detail.items())])
-    out.table(["TIME", "EVENT", "SLOT", "DETAIL"], rows)
+    if out.fmt == "tsv" and out.headers:
+        out.line("\t".join(c.lower() for c in LOG_COLUMNS))
+    shown = 0
+    try:
+        for record in records:
+            shown += 1
+            out.line(_log_line(record, out))
+            if follow:
+                sys.stdout.flush()
+    except KeyboardInterrupt:  # how --follow is meant to end
+        if not follow:
+            raise
+    if not shown and not follow:
+        out.hint("no events" + (" match" if since or event else " yet"))
+
+
+# the tab-separated columns of 'log', in order
+LOG_COLUMNS = ["TIME", "EVENT", "SLOT", "DETAIL", "POOL"]
+_EVENT_STYLES = {"failure": "red", "isolate": "red", "fetch_failed": "red", "recover": "cyan",
+                 "allocate": "yellow", "release": "green", "reclaim": "magenta",
+                 "force_release": "magenta"}
+
+
+def details(record: dict) -> str:
+    """An event's other fields as ``key=value`` (JSON for lists, objects and strings with
+    spaces)."""
+    import json
+
+    parts = []
+    for key, value in record.items():
+        if key in ("time", "event", "pool", "slot_id"):
+            continue
+        if isinstance(value, str) and value and not any(c.isspace() for c in value):
+            text = value
+        else:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def _log_line(record: dict, out) -> str:
+    cells = [str(record.get("time", "")), str(record.get("event", "")),
+             str(record.get("slot_id", "")), details(record), str(record.get("pool", ""))]
+    if not out.rich:
+        return "\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells)
+    when, kind, slot, detail, pool = cells
+    kind = f"{kind:<13}"
+    if out.colour():
+        style = {"red": 31, "green": 32, "yellow": 33, "magenta": 35, "cyan": 36}.get(
+            _EVENT_STYLES.get(kind.strip(), ""))
+        kind = f"\x1b[{style}m{kind}\x1b[0m" if style else kind
+    return f"{when[:19].replace('T', ' ')} {kind} {slot or pool:<10} {detail}".rstrip()

@@ -21,7 +21,8 @@ def _pool_names(root: Path) -> list[str]:
         return []
 
 
-def _slots(states: tuple[str, ...] | None) -> list[str]:
+def _slots(states: tuple[str, ...] | None) -> list[tuple[str, str]]:
+    """(slot id, "state, owner") of the slots in ``states`` (all when None)."""
     import tomllib
 
     root = _root()
@@ -36,8 +37,17 @@ def _slots(states: tuple[str, ...] | None) -> list[str]:
             continue
         for number, entry in table.items():
             if isinstance(entry, dict) and (states is None or entry.get("state") in states):
-                out.append(f"{name}-{number}")
+                lease = entry.get("lease")
+                owner = lease.get("owner") if isinstance(lease, dict) else None
+                about = ", ".join(str(v) for v in (entry.get("state"), owner) if v)
+                out.append((f"{name}-{number}", about))
     return out
+
+
+def _items(found: list[tuple[str, str]], incomplete: str) -> list[tuple[str, str] | str]:
+    """Candidates, with their description (shown by zsh and fish) where there is one."""
+    return [(value, about) if about else value for value, about in found
+            if value.startswith(incomplete)]
 
 
 def pools(incomplete: str) -> list[str]:
@@ -45,9 +55,75 @@ def pools(incomplete: str) -> list[str]:
     return [n for n in _pool_names(root) if n.startswith(incomplete)] if root else []
 
 
-def slots(incomplete: str) -> list[str]:
-    return [s for s in _slots(None) if s.startswith(incomplete)]
+def slots(incomplete: str):
+    return _items(_slots(None), incomplete)
 
 
-def allocated_slots(incomplete: str) -> list[str]:
-    return [s for s in _slots(("allocated",)) if s.startswith(incomplete)]
+def allocated_slots(incomplete: str):
+    return _items(_slots(("allocated",)), incomplete)
+
+
+def targets(incomplete: str):
+    """``status``: a pool name or a slot id."""
+    root = _root()
+    found = [(n, "pool") for n in _pool_names(root)] if root else []
+    return _items(found + _slots(None), incomplete)
+
+
+def choices(*values: str):
+    """A completer of fixed values."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [v for v in values if v.startswith(incomplete)]
+
+    return complete
+
+
+formats = choices("table", "tsv", "json")
+status_formats = choices("table", "tsv", "json", "prometheus")
+colors = choices("auto", "always", "never")
+backends = choices("git", "libgit2")
+shells = choices("bash", "zsh", "fish")
+event_kinds = choices("create", "add", "remove", "allocate", "release", "reclaim",
+                      "force_release", "cleanup", "failure", "recover", "isolate",
+                      "mirror_rebuilt", "fetch_failed", "auto_recover", "force_unlock", "adopt",
+                      "update")
+
+
+def rescued_ids(incomplete: str):
+    """The short ids of what the pools' ``rescued/`` directories hold (names only: no git)."""
+    import re
+
+    root = _root()
+    if root is None:
+        return []
+    found = []
+    for name in _pool_names(root):
+        try:
+            entries = sorted(os.listdir(root / "pools" / name / "rescued"))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.startswith("."):
+                short = re.sub(r"(-[0-9a-f]{16}|-allocate|-recover)?\.(bundle|broken)$", "", entry)
+                found.append((short, name))
+    return _items(found, incomplete)
+
+
+def commands(ctx, incomplete: str) -> list[str]:
+    """``run POOL -- <TAB>``: the programs on PATH for the command's name; nothing (the
+    shell's file names) for its arguments."""
+    if ctx.params.get("command"):
+        return []
+    found = set()
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        try:
+            entries = os.scandir(directory or ".")
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith(incomplete) and os.access(entry.path, os.X_OK) \
+                        and not entry.is_dir():
+                    found.add(entry.name)
+    return sorted(found)

@@ -20,8 +20,20 @@ class Globals:
             self._manager = PoolManager(load_settings(self.root, self.config))
         return self._manager
 
-    def out(self, json_mode: bool) -> Output:
-        return Output(json_mode, self.color)
+    def out(self, json_mode: bool, fmt: str | None = None, no_headers: bool = False,
+            extra: tuple[str, ...] = ()) -> Output:
+        """The output of a command; ``fmt`` is its ``--format`` (one of FORMATS or
+        ``extra``), ``--json`` the same as ``--format json``."""
+        from necropool.cli.output import FORMATS
+        from necropool.errors import UsageError
+
+        allowed = FORMATS + extra
+        if fmt is not None and fmt not in allowed:
+            raise UsageError(f"invalid --format {fmt!r}: use {', '.join(allowed[:-1])} or "
+                             f"{allowed[-1]}")
+        if json_mode and fmt not in (None, "json"):
+            raise UsageError(f"--format {fmt} and --json exclude each other: pick one")
+        return Output(json_mode, self.color, fmt, not no_headers)
 
 
 G = Globals()

@@ -18,9 +18,10 @@ import sys
 import textwrap
 
 from necropool import __version__
+from necropool.cli.examples import EXAMPLES as COMMAND_EXAMPLES
 
 # Fixed, so that regenerating gives the same bytes; move it forward with the version.
-DATE = "2026-11-29"
+DATE = "2026-12-02"
 SOURCE = f"necropool {__version__}"
 MANUAL = "User Commands"
 
@@ -127,9 +128,9 @@ FILES = [
     ("<root>/pools/<pool>/events.jsonl.1",
      "The previous generation of the history: auto-recover rotates it past 8 MiB."),
     ("<root>/pools/<pool>/rescued/",
-     "Work saved from slots before they were reset (git bundles); nested repositories git "
-     "must not run in (*.nested/) and slots whose .git was tampered with (*.tampered/), "
-     "moved aside whole."),
+     "Work saved from slots before they were reset (git bundles); broken working copies, "
+     "stray paths, nested repositories git must not run in (*.nested/) and slots whose .git "
+     "was tampered with (*.tampered/), moved aside whole (see *necropool-rescued*(1))."),
 ]
 
 # config file key -> description; checked against necropool.config by the tests
@@ -214,8 +215,10 @@ COMPLETION_TEXT = [
     """Completion scripts for bash, zsh and fish are printed by *necropool completion SHELL*
     (committed as completions/necropool.bash, completions/_necropool and
     completions/necropool.fish).
-    They complete command and option names, pool names, and slot ids
-    (*release* offers only allocated slots).""",
+    They complete command and option names, pool names, slot ids (with their state and
+    owner as descriptions in zsh and fish; *release* offers only allocated slots), the
+    values of --format, --color and --fetch-backend, log event kinds, rescued ids, shell
+    names, and after *run POOL --* the commands on PATH.""",
 ]
 COMPLETION_EXAMPLE = ('eval "$(necropool completion bash)"        # ~/.bashrc\n'
                       'necropool completion zsh > ~/.zfunc/_necropool  # a $fpath directory\n'
@@ -244,9 +247,38 @@ COMMAND_NOTES = {
             "necropool's."],
     "list": ["A pool that cannot be read (a directory under pools/ without a readable "
              "pool.toml, say) is listed with its error, and the exit status is 3."],
-    "status": ["--format prometheus prints the counts in the Prometheus text format.",
+    "status": ["On a terminal, a table with one line per slot: below 150 columns compact "
+               "(times relative to now, such as 5m ago or in 2h; the first 8 characters of the "
+               "lease id; the owner and the path shortened), from 150 columns every column in "
+               "full, with the holder's host, the commit and the number of uses. "
+               "The reasons of slots in error, and what rescued/ holds, follow the table.",
+               "--format tsv (the default when stdout is not a terminal, then without the "
+               "header line) prints one line per slot with the tab-separated columns "
+               "slot, state, owner, lease, allocated, commit, uses, path, expires, pid "
+               "(full lease ids, RFC 3339 times, whole paths); --no-headers drops the header "
+               "line. --format json is --json. NO_COLOR and --color never drop colour only, "
+               "never the table.",
                "A pool that cannot be read is shown with its error, and the exit status is "
-               "3, as for *list*."],
+               "3, as for *list*.",
+               "--format prometheus prints the metrics in the Prometheus text format; with "
+               "--output FILE it writes FILE through a temporary file and a rename, as the "
+               "node_exporter textfile collector requires. The metrics:"],
+    "log": ["Without a POOL, the events of every pool, merged by time. Plain output is one "
+            "line per event: time, event, slot, details as key=value (JSON for lists and "
+            "objects), pool, tab-separated when stdout is not a terminal."],
+    "rescued": ["Cleanup saves a holder's uncommitted changes, local branches, unpushed "
+                "commits and stashes in a git bundle "
+                "<slot>-<stamp>-<lease>.bundle under the pool's rescued/ (refs under "
+                "refs/necropool/rescue/), and recovery moves broken working copies aside "
+                "there (<slot>-<stamp>.broken), as auto-recover does with stray paths. "
+                "*rescued list* shows each with its owner and lease (from the pool's "
+                "history), age, size and contents; an ID is the name under rescued/, or any "
+                "unambiguous start of it, such as the short id the table shows.",
+                "*rescued restore* fetches a bundle's refs as refs/rescued/<ID>/... into a "
+                "clone: an existing one (--into DIR), else a new clone of the pool's mirror "
+                "with origin set to the upstream. *rescued prune* is a dry run unless --yes "
+                "is given; it never deletes outside rescued/ and removes a symlink, never "
+                "what it points at."],
     "sync": ["The config file declares pools as [pools.NAME] tables (see CONFIGURATION in "
              "*necropool*(1))."],
     "renew": ["Without --ttl the lease is extended by its own TTL, from now; a lease "
@@ -278,22 +310,6 @@ COMMAND_EXIT = {
                "isolated).",
     "auto-recover": "3 when any action failed (see errors in the JSON output).",
 }
-COMMAND_EXAMPLES = {
-    "allocate": 'cd "$(necropool allocate web --owner ci --ttl 1h --meta job=42)"',
-    "release": 'necropool release web-3\nnecropool release "$PWD" --lease-id "$lease"',
-    "run": "necropool run web -- make test\n"
-           "necropool run web --wait 10m -- sh -c 'echo \"$NECROPOOL_SLOT_ID\"; make'",
-    "status": "necropool status web --json | jq -r '.slots[] | "
-              "select(.state==\"allocated\") | .slot_id'",
-    "detect": "necropool detect --json | jq .count",
-    "auto-recover": "* * * * * necropool auto-recover --json >>/var/log/necropool.json",
-    "completion": COMPLETION_EXAMPLE,
-    "create": "necropool create web https://example.com/org/web.git --slots 8 "
-              "--branch main",
-    "log": "necropool log web --since 2h --json | jq -c '.events[]'",
-}
-
-
 # ---- roff helpers -------------------------------------------------------------------------
 
 def _escape(text: str) -> str:
@@ -456,7 +472,8 @@ def main_page() -> str:
     for text in DESCRIPTION:
         lines += _para(text)
     lines += _options_section("GLOBAL OPTIONS", options, ctx)
-    lines += [".PP", "Global options go before the command name.",
+    lines += [".PP", "Global options go before the command name",
+              "(given after it, before any \\fB\\-\\-\\fR, they are moved there).",
               "Every command also takes \\fB\\-\\-json\\fR (see JSON OUTPUT)",
               "and \\fB\\-h\\fR, \\fB\\-\\-help\\fR."]
     lines += [".SH COMMANDS"]
@@ -500,11 +517,52 @@ def main_page() -> str:
     for text in COMPLETION_TEXT:
         lines += _para(text)
     lines += _verbatim(COMPLETION_EXAMPLE)
-    lines += [".SH EXAMPLES"]
+    lines += [".SH EXAMPLES", *_para("A first session:"), *_verbatim(COMMAND_EXAMPLES[""])]
     for text, example in EXAMPLES:
         lines += _para(text) + _verbatim(example)
     lines += _see_also([f"necropool-{n}(1)" for n in names] + ["git(1)", "jq(1)", "crontab(5)"])
     return _join(lines)
+
+
+def _subcommands(command, ctx) -> list[tuple[str, object, object]]:
+    """(name, command, context) of a group's subcommands, in the order help lists them."""
+    if not hasattr(command, "list_commands"):
+        return []
+    out = []
+    for name in command.list_commands(ctx):
+        sub = command.get_command(ctx, name)
+        out.append((name, sub, _context(sub, name, ctx)))
+    return out
+
+
+def _group_sections(name: str, subs) -> tuple[list[str], list[str]]:
+    """SYNOPSIS lines and a COMMANDS section for a command with subcommands."""
+    synopsis = []
+    for sub_name, sub, sub_ctx in subs:
+        arguments, options = _params(sub, sub_ctx)
+        synopsis += [f".B necropool {_escape(name)} {_escape(sub_name)}",
+                     *[_synopsis_option(p, sub_ctx) for p in options if "--help" not in p.opts],
+                     *[_metavar(_argument_metavar(a, sub_ctx)) for a in arguments], ".br"]
+    body = [".SH COMMANDS"]
+    for sub_name, sub, sub_ctx in subs:
+        arguments, options = _params(sub, sub_ctx)
+        usage = " ".join(_metavar(_argument_metavar(a, sub_ctx)) for a in arguments)
+        body += [".SS", f"\\fB{_escape(name)} {_escape(sub_name)}\\fR {usage}".rstrip(),
+                 *_lines(_escape(sub.help or "")), ".PP", "Arguments and options:"]
+        for param in arguments:
+            body += [".TP", _metavar(_argument_metavar(param, sub_ctx)),
+                     *_lines(_escape(param.help or ""))]
+        for param in options:
+            if "--help" not in param.opts:
+                body += [".TP", _option_term(param, sub_ctx),
+                         *_lines(_escape(_option_help(param, sub_ctx)))]
+    return synopsis[:-1], body
+
+
+def _examples(name: str, subs) -> str:
+    """The examples of a command and of its subcommands (examples.py)."""
+    keys = [name] + [f"{name} {sub_name}" for sub_name, _, _ in subs]
+    return "\n".join(COMMAND_EXAMPLES[k] for k in dict.fromkeys(keys) if k in COMMAND_EXAMPLES)
 
 
 def command_page(name: str) -> str:
@@ -512,6 +570,9 @@ def command_page(name: str) -> str:
     ctx = _context(root, "necropool")
     sub = root.get_command(ctx, name)
     sub_ctx = _context(sub, name, ctx)
+    subs = _subcommands(sub, sub_ctx)
+    if subs:
+        return _group_page(name, sub, subs)
     arguments, options = _params(sub, sub_ctx)
     synopsis = [_synopsis_option(p, sub_ctx) for p in options if "--help" not in p.opts]
     synopsis += [_metavar(_argument_metavar(a, sub_ctx)) for a in arguments]
@@ -525,6 +586,11 @@ def command_page(name: str) -> str:
              *_lines(_escape(sub.help or ""))]
     for text in COMMAND_NOTES.get(name, []):
         lines += _para(text)
+    if name == "status":
+        from necropool.cli.metrics import METRICS
+
+        for metric, kind, text in METRICS:
+            lines += [".TP", f".B {_escape(metric)}", *_lines(_escape(f"{text} ({kind})"))]
     if arguments:
         lines += [".SH ARGUMENTS"]
         for param in arguments:
@@ -537,7 +603,7 @@ def command_page(name: str) -> str:
     lines += [".PP",
               "The global options of \\fBnecropool\\fR(1)",
               "(\\fB\\-\\-root\\fR, \\fB\\-\\-config\\fR, \\fB\\-\\-color\\fR)",
-              "go before the command name."]
+              "go before the command name (after it they work too, before any \\fB\\-\\-\\fR)."]
     lines += [".SH EXIT STATUS"]
     if name in COMMAND_EXIT:
         lines += _lines(_inline(COMMAND_EXIT[name]))
@@ -547,6 +613,28 @@ def command_page(name: str) -> str:
     if name in COMMAND_EXAMPLES:
         lines += [".SH EXAMPLES", *_verbatim(COMMAND_EXAMPLES[name])]
     lines += _see_also(["necropool(1)"])
+    return _join(lines)
+
+
+def _group_page(name: str, group, subs) -> str:
+    synopsis, body = _group_sections(name, subs)
+    lines = [*_header(f"necropool-{name}"),
+             ".SH NAME",
+             *_name_line(f"necropool-{name}", group.help),
+             ".SH SYNOPSIS", *synopsis,
+             ".SH DESCRIPTION",
+             *_lines(_escape(group.help or ""))]
+    for text in COMMAND_NOTES.get(name, []):
+        lines += _para(text)
+    lines += body
+    lines += [".PP", "Each takes \\fB\\-h\\fR, \\fB\\-\\-help\\fR.",
+              "The global options of \\fBnecropool\\fR(1)",
+              "(\\fB\\-\\-root\\fR, \\fB\\-\\-config\\fR, \\fB\\-\\-color\\fR)",
+              "go before the command name (after it they work too).", ".SH EXIT STATUS"]
+    lines += _lines(_inline(COMMAND_EXIT[name])) if name in COMMAND_EXIT else []
+    lines += ["See EXIT STATUS in \\fBnecropool\\fR(1)."]
+    lines += [".SH EXAMPLES", *_verbatim(_examples(name, subs))]
+    lines += _see_also(["necropool(1)", "git-bundle(1)"])
     return _join(lines)
 
 

@@ -1,64 +1,124 @@
-"""``status --format prometheus``: node_exporter textfile-collector format."""
+"""``status --format prometheus``: node_exporter textfile-collector format.
 
-from necropool.clock import parse_rfc3339
+Every metric name, its type and meaning are listed here (README.md and necropool-status(1)
+repeat the list; the tests check they agree)."""
 
-# name, type, help, and where each sample comes from
+import os
+
+from necropool.clock import now, parse_rfc3339
+
+# name, type, help
+POOL_METRICS = [
+    ("necropool_pool_info", "gauge", "Pool settings as labels (url, branch); always 1."),
+    ("necropool_slots", "gauge", "Slots per pool and state."),
+    ("necropool_mirror_last_fetch_age_seconds", "gauge",
+     "Seconds since the pool's mirror last fetched from upstream."),
+    ("necropool_mirror_stale", "gauge",
+     "1 when the mirror is stale (its last fetch failed, or too old): see detect."),
+    ("necropool_rescued_items", "gauge", "Bundles and moved-aside trees under rescued/."),
+    ("necropool_rescued_bytes", "gauge", "Bytes under rescued/."),
+    ("necropool_anomalies", "gauge", "Anomalies found by detect, per kind."),
+]
 SLOT_METRICS = [
-    ("necropool_slot_allocations_total", "counter", "Allocations per slot since creation.",
-     "allocation_count"),
-    ("necropool_slot_usage_seconds_total", "counter", "Seconds each slot has been held.",
-     "total_usage_seconds"),
+    ("necropool_slot_allocations_total", "counter", "Allocations per slot since creation."),
+    ("necropool_slot_usage_seconds_total", "counter", "Seconds each slot has been held."),
+    ("necropool_lease_age_seconds", "gauge", "Seconds since the current lease began."),
+    ("necropool_lease_expires_in_seconds", "gauge",
+     "Seconds until the current lease expires (negative: expired); leases with a TTL only."),
 ]
 RECOVERY_METRICS = [
     ("necropool_last_auto_recover_timestamp_seconds", "gauge",
-     "When auto-recover last ran on the pool (Unix time).", "time"),
+     "When auto-recover last ran on the pool (Unix time)."),
     ("necropool_last_auto_recover_actions", "gauge",
-     "Actions taken by the last auto-recover.", "actions"),
+     "Actions taken by the last auto-recover."),
     ("necropool_last_auto_recover_errors", "gauge",
-     "Actions that failed in the last auto-recover.", "errors"),
+     "Actions that failed in the last auto-recover."),
 ]
-MIRROR_METRICS = [
-    ("necropool_mirror_stale", "gauge",
-     "1 when the mirror is stale (its last fetch failed, or too old): see detect.",
-     lambda p: int(p["mirror_stale"] is not None)),
-    ("necropool_mirror_last_fetch_timestamp_seconds", "gauge",
-     "When the mirror last fetched from upstream (Unix time).",
-     lambda p: p["mirror_fetched_at"] and parse_rfc3339(p["mirror_fetched_at"]).timestamp()),
-]
+METRICS = POOL_METRICS + SLOT_METRICS + RECOVERY_METRICS
 
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _header(lines: list[str], name: str, kind: str, text: str) -> None:
-    lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+def _labels(**labels: str) -> str:
+    return "{" + ",".join(f'{k}="{_label(str(v))}"' for k, v in labels.items()) + "}"
 
 
-def prometheus(pools: list[dict], recoveries: dict[str, dict | None]) -> str:
-    """Gauges per pool and state, per-slot counters, and the last auto-recover's results
-    (``recoveries``: pool -> its last ``auto_recover`` event, or None)."""
-    lines: list[str] = []
-    _header(lines, "necropool_slots", "gauge", "Slots per pool and state.")
+def _seconds(when: str, at) -> float:
+    return round((at - parse_rfc3339(when)).total_seconds(), 3)
+
+
+def _samples(pools: list[dict], recoveries: dict[str, dict | None],
+             anomalies: dict[str, list[dict]] | None) -> dict[str, list[str]]:
+    at = now()
+    out: dict[str, list[str]] = {name: [] for name, _, _ in METRICS}
     for p in pools:
+        pool = p["pool"]
+        info = _labels(pool=pool, url=p["url"], branch=p["branch"])
+        out["necropool_pool_info"].append(f"{info} 1")
         for state, count in p["counts"].items():
-            lines.append(f'necropool_slots{{pool="{_label(p["pool"])}",state="{state}"}} {count}')
-    for name, kind, text, key in SLOT_METRICS:
-        _header(lines, name, kind, text)
-        for p in pools:
-            for s in p["slots"]:
-                lines.append(f'{name}{{pool="{_label(p["pool"])}",slot="{s["slot_id"]}"}} '
-                             f'{s[key]}')
-    for name, kind, text, key in MIRROR_METRICS:
-        _header(lines, name, kind, text)
-        for p in pools:
-            value = key(p)
-            if value is not None:
-                lines.append(f'{name}{{pool="{_label(p["pool"])}"}} {value}')
-    for name, kind, text, key in RECOVERY_METRICS:
-        _header(lines, name, kind, text)
-        for pool, event in recoveries.items():
-            if event is not None:
-                value = parse_rfc3339(event["time"]).timestamp() if key == "time" else event[key]
-                lines.append(f'{name}{{pool="{_label(pool)}"}} {value}')
+            out["necropool_slots"].append(f"{_labels(pool=pool, state=state)} {count}")
+        out["necropool_mirror_stale"].append(
+            f"{_labels(pool=pool)} {int(p.get('mirror_stale') is not None)}")
+        if p.get("mirror_fetched_at"):
+            out["necropool_mirror_last_fetch_age_seconds"].append(
+                f"{_labels(pool=pool)} {_seconds(p['mirror_fetched_at'], at)}")
+        if "rescued_bytes" in p:
+            out["necropool_rescued_items"].append(f"{_labels(pool=pool)} {p['rescued_count']}")
+            out["necropool_rescued_bytes"].append(f"{_labels(pool=pool)} {p['rescued_bytes']}")
+        for s in p["slots"]:
+            slot = _labels(pool=pool, slot=s["slot_id"])
+            out["necropool_slot_allocations_total"].append(f"{slot} {s['allocation_count']}")
+            out["necropool_slot_usage_seconds_total"].append(f"{slot} {s['total_usage_seconds']}")
+            if s.get("allocated_at"):
+                out["necropool_lease_age_seconds"].append(
+                    f"{slot} {_seconds(s['allocated_at'], at)}")
+            if s.get("expires_at"):
+                out["necropool_lease_expires_in_seconds"].append(
+                    f"{slot} {-_seconds(s['expires_at'], at)}")
+    if anomalies is not None:
+        counts = {(p["pool"], kind): 0 for p in pools for kind in anomalies}
+        for kind, items in anomalies.items():
+            for item in items:
+                counts[(item["pool"], kind)] = counts.get((item["pool"], kind), 0) + 1
+        out["necropool_anomalies"] = [f"{_labels(pool=pool, kind=kind)} {n}"
+                                      for (pool, kind), n in sorted(counts.items())]
+    for pool, event in recoveries.items():
+        if event is not None:
+            label = _labels(pool=pool)
+            out["necropool_last_auto_recover_timestamp_seconds"].append(
+                f"{label} {parse_rfc3339(event['time']).timestamp()}")
+            out["necropool_last_auto_recover_actions"].append(f"{label} {event['actions']}")
+            out["necropool_last_auto_recover_errors"].append(f"{label} {event['errors']}")
+    return out
+
+
+def prometheus(pools: list[dict], recoveries: dict[str, dict | None],
+               anomalies: dict[str, list[dict]] | None = None) -> str:
+    """The metrics of ``pools`` (``recoveries``: pool -> its last ``auto_recover`` event or
+    None; ``anomalies``: what detect found, by kind). A metric without samples is left out."""
+    lines: list[str] = []
+    samples = _samples(pools, recoveries, anomalies)
+    for name, kind, text in METRICS:
+        if samples[name]:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            lines += [name + sample for sample in samples[name]]
     return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: str, text: str) -> None:
+    """Write ``path`` as the textfile collector requires: a temp file in the same directory,
+    then a rename, so the collector never reads half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise

@@ -8,29 +8,48 @@ from necropool.names import is_control, utf8_safe
 SCHEMA_VERSION = 1
 
 
-class Output:
-    """Where and how a command's result is shown."""
+FORMATS = ("table", "tsv", "json")
 
-    def __init__(self, json_mode: bool = False, color: str = "auto"):
-        self.json = json_mode
+
+class Output:
+    """Where and how a command's result is shown. The shape (``fmt``: a Rich table, tab
+    separated lines or JSON) and the colour are chosen apart: ``NO_COLOR`` and
+    ``--color never`` drop colour and nothing else. Without ``--format``, a terminal gets a
+    table and anything else tab-separated lines without the header line."""
+
+    def __init__(self, json_mode: bool = False, color: str = "auto", fmt: str | None = None,
+                 headers: bool = True):
+        self.json = json_mode or fmt == "json"
         self.color = color
+        self.fmt = fmt
+        self.headers = headers
 
     @property
     def rich(self) -> bool:
-        """Rich tables and colour: only on a terminal (or --color always), never with NO_COLOR."""
+        """A table for a person (the shape, not the colour)."""
+        if self.json:
+            return False
+        return self.fmt == "table" if self.fmt else sys.stdout.isatty()
+
+    def colour(self, stream=None) -> bool:
+        """Colour on ``stream`` (stdout by default): never under --json or --color never."""
         if self.json or self.color == "never":
             return False
-        if self.color == "always":
-            return True
-        return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        stream = stream or sys.stdout
+        return self.color == "always" or (stream.isatty() and not os.environ.get("NO_COLOR"))
 
     def console(self, stderr: bool = False):
         from rich.console import Console
 
-        no_color = self.color == "never" or bool(os.environ.get("NO_COLOR"))
-        return Console(stderr=stderr, no_color=no_color,
-                       force_terminal=True if self.color == "always" else None,
-                       highlight=False, soft_wrap=True)
+        colour = self.colour(sys.stderr if stderr else sys.stdout)
+        return Console(stderr=stderr, color_system="auto" if colour else None,
+                       force_terminal=True if colour else None, highlight=False,
+                       soft_wrap=True)
+
+    def hint(self, text: str) -> None:
+        """What to do next, when a table for a person came out empty (on stderr)."""
+        if self.rich:
+            sys.stderr.write(text + "\n")
 
     def emit(self, data: dict) -> None:
         """The one JSON object of a command, on stdout."""
@@ -47,23 +66,43 @@ class Output:
         if not self.json:
             sys.stderr.write(escape(text, keep="\n") + "\n")
 
-    def table(self, columns: list[str], rows: list[list], title: str | None = None) -> None:
-        """A Rich table on a terminal; one tab-separated line per row otherwise (with no
-        header), so ``cut -f`` and ``while read`` work."""
+    def table(self, columns: list[str], rows: list[list], title: str | None = None,
+              left_cut_last: bool = False) -> None:
+        """A Rich table for a person; otherwise one tab-separated line per row (the header
+        line only with an explicit ``--format tsv`` and no ``--no-headers``), so ``cut -f``
+        and ``while read`` work."""
         cells = [["" if v is None else escape(str(v).replace("\t", " ").replace("\n", " "))
                   for v in row] for row in rows]
         if not self.rich:
+            if self.fmt == "tsv" and self.headers:
+                cells.insert(0, [c.lower() for c in columns])
             for row in cells:
                 self.line("\t".join(row))
             return
+        self.grid(columns, cells, title=title, left_cut_last=left_cut_last)
+
+    def grid(self, columns: list[str], rows: list[list], *, title: str | None = None,
+             left_cut_last: bool = False) -> None:
+        """Print a Rich table in the house style: a header rule, no borders, one line per
+        row. Every column but the last is as wide as its widest cell; the last gets the rest
+        of the line, cut with an ellipsis (on the left with ``left_cut_last``: paths)."""
+        from rich import box
         from rich.table import Table
 
-        table = Table(title=title, header_style="bold")
-        for column in columns:
-            table.add_column(column, overflow="fold")
-        for row in cells:
-            table.add_row(*(_styled(c) for c in row))
-        self.console().print(table)
+        from necropool.cli.human import left_cut, right_cut
+
+        console = self.console()
+        widths = [max([len(c)] + [len(str(r[i])) for r in rows]) for i, c in enumerate(columns)]
+        room = max(10, console.width - sum(widths[:-1]) - len(columns))
+        table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                      padding=(0, 0), header_style="bold")
+        for column, width in zip(columns, widths, strict=True):
+            table.add_column(column, no_wrap=True, overflow="ellipsis",
+                             width=min(width, room) if column == columns[-1] else width)
+        for row in rows:
+            last = (left_cut if left_cut_last else right_cut)(str(row[-1]), room)
+            table.add_row(*(_styled(c) for c in row[:-1]), _styled(last))
+        console.print(table)
 
     def fields(self, data: dict) -> None:
         """Key/value pairs, one per line (``key<TAB>value`` when plain)."""

@@ -19,3 +19,7 @@ AllocatedSlotArg = Annotated[str, typer.Argument(
 MaxHours = Annotated[float | None, typer.Option(
     "--max-allocation-hours", metavar="H",
     help="Allocations older than this are long (default: config, 24)")]
+Format = Annotated[str | None, typer.Option(
+    "--format", metavar="FORMAT", autocompletion=complete.formats,
+    help="table, tsv or json (default: table on a terminal, else tsv without headers)")]
+NoHeaders = Annotated[bool, typer.Option("--no-headers", help="tsv without its header line")]

@@ -1,21 +1,27 @@
-"""A progress bar on stderr for long commands, shown only on a terminal."""
+"""A progress line on stderr for long commands, shown only on a terminal: the phase, then
+``n/N slots`` as they are cloned."""
 
 import sys
 from contextlib import contextmanager
 
 
 @contextmanager
-def progress_bar(out, label: str):
-    """Yield ``tick(done, total)``; a no-op unless stderr is a terminal and not --json."""
+def progress_bar(out, label: str, phase: str = "starting"):
+    """Yield ``tick(done, total)``; a no-op unless stderr is a terminal and not --json.
+    Until the first tick the line reads ``LABEL: PHASE``."""
     if out.json or not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import Progress
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(console=out.console(stderr=True), transient=True) as progress:
-        task = progress.add_task(label, total=None)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=out.console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"{label}: {phase}", total=None)
 
         def tick(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            slots = "slot" if total == 1 else "slots"
+            progress.update(task, completed=done, total=total,
+                            description=f"{label}: {done}/{total} {slots}")
 
         yield tick

@@ -12,3 +12,8 @@ def command(name: str, **settings):
         return func
 
     return declare
+
+
+def group(name: str, app, **settings) -> None:
+    """Declare a command with subcommands (a Typer app)."""
+    REGISTERED.append((name, app, {"group": True, **settings}))

@@ -1,0 +1,38 @@
+"""How ``--help`` reads: usage lines with man-page placeholders (``POOL``, ``[POOL]``,
+``-- COMMAND [ARG]...``), command summaries never cut, and an Examples section (from
+``examples.py``, as the man pages)."""
+
+from typer.core import TyperCommand, TyperGroup
+
+
+def summary(help_text: str | None) -> str:
+    """The first paragraph of a docstring, on one line."""
+    return " ".join((help_text or "").strip().split("\n\n")[0].split())
+
+
+class _Help:
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return summary(self.help)  # type: ignore[attr-defined]
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
+
+    def format_epilog(self, ctx, formatter) -> None:
+        from necropool.cli.examples import EXAMPLES
+
+        text = EXAMPLES.get(ctx.command_path.partition(" ")[2])
+        if text:
+            formatter.write_paragraph()
+            formatter.write_text("Examples:")
+            with formatter.indentation():
+                for line in text.split("\n"):
+                    formatter.write(f"{'':>{formatter.current_indent}}{line}\n")
+
+
+class Command(_Help, TyperCommand):
+    pass
+
+
+class Group(_Help, TyperGroup):
+    pass

@@ -1,0 +1,66 @@
+"""``status`` for a person: one line per slot whatever the terminal's width.
+
+Below ``WIDE`` columns the table is compact (relative times, the lease id's first 8
+characters, the path shortened from the left, the owner cut to fit); from ``WIDE`` on it
+shows every column in full. Scripts get ``TSV_COLUMNS`` (full values, RFC 3339 times)."""
+
+from necropool.cli.human import plural, relative, size
+
+WIDE = 150
+# The tab-separated columns, in order (documented in README.md and necropool-status(1)).
+TSV_COLUMNS = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "COMMIT", "USES", "PATH",
+               "EXPIRES", "PID"]
+_COMPACT = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "EXPIRES", "PID", "PATH"]
+_FULL = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "EXPIRES", "PID", "HOST", "COMMIT",
+         "USES", "PATH"]
+_OWNER_MAX = 14
+
+
+def tsv_row(slot: dict) -> list:
+    return [slot["slot_id"], slot["state"], slot.get("owner"), slot.get("lease_id"),
+            slot.get("allocated_at"), (slot.get("current_commit") or "")[:12],
+            slot.get("allocation_count"), slot["path"], slot.get("expires_at"), slot.get("pid")]
+
+
+def _cells(slot: dict, full: bool) -> list[str]:
+    lease = slot.get("lease_id") or ""
+    cells = [slot["slot_id"], slot["state"], slot.get("owner") or "",
+             lease if full else lease[:8], relative(slot.get("allocated_at")),
+             relative(slot.get("expires_at")), str(slot.get("pid") or "")]
+    if full:
+        cells += [slot.get("host") or "", (slot.get("current_commit") or "")[:12],
+                  str(slot.get("allocation_count", "")), slot["path"]]
+    else:
+        cells.append(slot["path"])
+    return cells
+
+
+def render(out, pools: list[dict]) -> None:
+    """The slots of ``pools``: a table for a person, tab-separated lines otherwise."""
+    slots = [s for p in pools for s in p["slots"]]
+    if not out.rich:
+        out.table(TSV_COLUMNS, [tsv_row(s) for s in slots])
+        return
+    console = out.console()
+    full = console.width >= WIDE
+    rows = [_cells(s, full) for s in slots]
+    if not full:
+        owner = _COMPACT.index("OWNER")
+        for row in rows:
+            if len(row[owner]) > _OWNER_MAX:
+                row[owner] = row[owner][:_OWNER_MAX - 1] + "…"
+    out.grid(_FULL if full else _COMPACT, rows, left_cut_last=True)
+    for s in slots:
+        if s["state"] == "error":
+            why = s.get("isolation_reason") or s.get("error") or "isolated"
+            _line(console, f"{s['slot_id']}: {why}", "red")
+    for p in pools:
+        if p.get("rescued_count"):
+            _line(console, f"{p['pool']}: rescued/ holds {plural(p['rescued_count'], 'item')}"
+                  f", {size(p['rescued_bytes'])} (necropool rescued list {p['pool']})")
+
+
+def _line(console, text: str, style: str = "") -> None:
+    """One line, cut with an ellipsis at the terminal's edge."""
+    console.print(text, style=style, no_wrap=True, overflow="ellipsis", soft_wrap=False,
+                  markup=False)

@@ -1,0 +1,132 @@
+"""``rescued``: the work cleanup saved is listed with who left it and what it holds, can be
+shown, restored into a clone, and pruned (dry run by default, nothing outside the root, no
+symlink followed)."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import changes, commit_file, digest, git
+
+
+@pytest.fixture
+def saved(cli, pool, manager, root):
+    """web-1 released by 'alice' with a local branch, a commit on it and two changed files;
+    returns (lease, the bundle's path)."""
+    lease = manager.allocate_slot("web", owner="alice", fetch=False)
+    slot = Path(lease["path"])
+    git(slot, "switch", "-q", "-c", "feature")
+    commit_file(slot, "feature.txt", "a commit of the holder\n")
+    (root / "pools/web/slots/1/README").write_text("changed by the holder\n")
+    (root / "pools/web/slots/1/notes.txt").write_text("never added\n")
+    released = manager.release_slot("web-1", lease["lease_id"], fetch=False)
+    return lease, released["rescued"]
+
+
+def test_list_says_who_left_what(cli, saved):
+    lease, bundle = saved
+    data = json.loads(cli("rescued", "list", "--json").stdout)
+    [item] = data["items"]
+    assert item["path"] == bundle and item["kind"] == "bundle" and item["pool"] == "web"
+    assert item["slot_id"] == "web-1"
+    assert (item["owner"], item["lease_id"]) == ("alice", lease["lease_id"])
+    assert item["branches"] == ["feature"] and item["commits"] == 1
+    assert sorted(item["uncommitted_files"]) == ["README", "notes.txt"]
+    assert item["size_bytes"] == os.path.getsize(bundle) == data["total_bytes"]
+    assert item["id"] == os.path.basename(bundle)
+
+    plain = cli("rescued", "list", "web").stdout.splitlines()
+    assert len(plain) == 1
+    cells = plain[0].split("\t")
+    assert cells[0] == item["id"] and cells[3:6] == ["web-1", "alice", lease["lease_id"]]
+    assert cells[8:11] == ["feature", "1", "2"]
+
+    status = json.loads(cli("status", "web", "--json").stdout)
+    assert (status["rescued_count"], status["rescued_bytes"]) == (1, item["size_bytes"])
+
+
+def test_show_and_restore_into_a_new_clone_and_an_existing_one(cli, saved, tmp_path, upstream):
+    _, bundle = saved
+    short = os.path.basename(bundle).split("Z-")[0]  # <slot>-<stamp> without the lease
+    shown = cli("rescued", "show", short, "--json")
+    assert shown.code == 0, shown
+    assert json.loads(shown.stdout)["path"] == bundle
+
+    fresh = tmp_path / "restored"
+    result = cli("rescued", "restore", short, "--into", fresh, "--json")
+    assert result.code == 0, result
+    data = json.loads(result.stdout)
+    assert data["cloned"] is True and data["path"] == str(fresh)
+    space = f"refs/rescued/{short}Z/"
+    assert sorted(data["refs"]) == sorted(space + r for r in ("HEAD", "heads/feature",
+                                                               "uncommitted"))
+    assert git(fresh, "show", f"{space}heads/feature:feature.txt") == "a commit of the holder"
+    assert git(fresh, "show", f"{space}uncommitted:notes.txt") == "never added"
+    assert git(fresh, "remote", "get-url", "origin") == str(upstream)
+
+    clone = tmp_path / "mine"
+    git(tmp_path, "clone", "-q", str(upstream), str(clone))
+    again = cli("rescued", "restore", bundle, "--into", clone)
+    assert again.code == 0, again
+    assert again.stdout.strip() == str(clone)
+    assert git(clone, "show", f"{space}uncommitted:README") == "changed by the holder"
+
+
+def test_what_cannot_be_restored_or_found(cli, saved, root, tmp_path):
+    tree = root / "pools/web/rescued/web-2-20200101T000000Z.broken"
+    tree.mkdir()
+    (tree / "file").write_text("kept\n")
+    refused = cli("rescued", "restore", "web-2-2020", "--into", tmp_path / "x")
+    assert refused.code == 5 and "not a bundle" in refused.stderr
+    assert not (tmp_path / "x").exists()
+    assert cli("rescued", "show", "nothing-like-it").code == 4
+    not_repo = tmp_path / "plain"
+    not_repo.mkdir()
+    assert cli("rescued", "restore", saved[1], "--into", not_repo).code == 5
+
+
+def test_prune_lists_trees_nested_bundles_and_links_and_never_leaves_the_root(
+        cli, saved, root, tmp_path):
+    rescued = root / "pools/web/rescued"
+    _, bundle = saved
+    old_tree = rescued / "web-2-20200101T000000Z.broken"
+    (old_tree / ".git").mkdir(parents=True)
+    (old_tree / "work.c").write_text("int main;\n")
+    nested = rescued / "web-3-nested" / "sub"
+    nested.mkdir(parents=True)
+    old_bundle = nested / "web-3-20200101T000000000000Z-allocate.bundle"
+    shutil.copy(bundle, old_bundle)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("not ours\n")
+    link = rescued / "elsewhere"
+    link.symlink_to(outside)
+    os.utime(link, (1e9, 1e9), follow_symlinks=False)
+
+    listed = json.loads(cli("rescued", "list", "--json").stdout)["items"]
+    kinds = {item["id"]: item["kind"] for item in listed}
+    assert kinds == {old_tree.name: "tree", "web-3-nested/sub/" + old_bundle.name: "bundle",
+                     "elsewhere": "link", os.path.basename(bundle): "bundle"}
+
+    before = digest(root), digest(outside)
+    for dry in (["--older-than", "30d"], ["--older-than", "30d", "--dry-run"]):
+        plan = cli("rescued", "prune", *dry, "--json")
+        assert plan.code == 0, plan
+        data = json.loads(plan.stdout)
+        assert data["dry_run"] is True and data["freed_bytes"] == 0
+        assert len(data["items"]) == 3
+    assert (digest(root), digest(outside)) == before  # a dry run changes nothing
+
+    done = cli("rescued", "prune", "web", "--older-than", "30d", "--yes")
+    assert done.code == 0, done
+    assert sorted(done.stdout.split()) == sorted(
+        str(p) for p in (old_tree, old_bundle, link))
+    assert os.listdir(rescued) == [os.path.basename(bundle)]  # emptied dirs go too
+    assert digest(outside) == before[1]  # the link went, its target stayed
+    assert not changes(before[0], digest(root)) or all(
+        "rescued" in path for path in changes(before[0], digest(root)))
+
+    both = cli("rescued", "prune", "--dry-run", "--yes")
+    assert both.code == 2 and "exclude" in both.stderr
