@@ -64,9 +64,9 @@ def claim(lines):  # who holds what: another live holder of the slot is a double
 ledger_lines(claim)
 token = uuid.uuid4().hex
 (slot / f"work-{token}.txt").write_text(token + "\n")
-with open(tokens, "a") as fh:
-    fh.write(token + "\n")
 action = rng.choice(["release", "release", "symlink", "crash", "crash-with-leftovers"])
+with open(tokens, "a") as fh:
+    fh.write(f"{token} {action}\n")
 if action == "symlink":
     link = slot / ".git" / rng.choice(["refs/necropool", "objects/ee", "config", "logs"])
     subprocess.run(["rm", "-rf", str(link)])
@@ -130,7 +130,10 @@ def test_soak_with_hostile_and_careless_holders(cli, root, upstream, tmp_path):
     assert {s["state"] for s in status["slots"]} == {"available"}, status
     rescued = root / "pools" / "web" / "rescued"
     saved = _saved_tokens(rescued, upstream, tmp_path / "restored")
-    written = set(tokens.read_text().split())
+    log = [line.split() for line in tokens.read_text().splitlines()]
+    written = {token for token, _ in log}
+    kinds = {kind: sum(1 for _, k in log if k == kind) for _, kind in log}
+    print(f"soak: holders' choices {kinds}; {len(saved)} pieces of work found saved")
     assert written and written <= saved, f"{len(written - saved)} holders' work was lost"
     for slot in status["slots"]:
         (tmp_path / slot["slot_id"]).mkdir()
