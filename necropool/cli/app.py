@@ -120,7 +120,7 @@ def build(args: list[str] | None = None) -> typer.Typer:
             func, settings = declared[name]
             if settings.get("group"):
                 extra = {k: v for k, v in settings.items() if k != "group"}
-                app.add_typer(func, name=name, cls=Group, **extra)  # type: ignore[arg-type]
+                app.add_typer(func, name=name, cls=Group, **extra)
             else:
                 app.command(name, **{"cls": Command, **settings})(func)
     return app

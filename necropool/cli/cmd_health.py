@@ -109,11 +109,11 @@ def auto_recover(
         rows = [[p["pool"], a["target"], a["action"], a.get("status"), a.get("error") or
                  a.get("rescued") or ""] for p in data["pools"] for a in p["actions"]]
         out.table(["POOL", "TARGET", "ACTION", "STATUS", "DETAIL"], rows)
-        keys = ("abandoned_released", "expired_released", "long_allocated_released",
-                "corrupted_recovered", "corrupted_isolated", "orphaned_locks_cleaned",
-                "stray_paths_moved", "slots_adopted")
+        from necropool.autorecover import COUNTERS
+
         out.note(("planned: " if dry_run else "")
-                 + ", ".join(f"{k}={data[k]}" for k in keys) + f", errors={len(data['errors'])}")
+                 + ", ".join(f"{k}={data[k]}" for k in COUNTERS)
+                 + f", errors={len(data['errors'])}")
     if data["errors"]:
         more = f" (and {len(data['errors']) - 1} more)" if len(data["errors"]) > 1 else ""
         out.error("failed", f"auto-recover: {data['errors'][0]}{more}", 3)

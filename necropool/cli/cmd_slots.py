@@ -33,7 +33,7 @@ NoFetch = Annotated[bool, typer.Option("--no-fetch", help="Do not fetch upstream
 
 def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
     from necropool.clock import parse_duration
-    from necropool.lifecycle import parse_metadata
+    from necropool.validate import parse_metadata
 
     return {
         "owner": owner,
@@ -146,7 +146,8 @@ def run(
         out.error("failed", result.release_error, code)
     if out.json:
         out.emit({"slot_id": result.slot_id, "pool": pool, "exit_code": result.code,
-                  "release": result.release, "release_error": result.release_error})
+                  "release": result.release.to_dict() if result.release else None,
+                  "release_error": result.release_error})
     raise typer.Exit(code)
 
 

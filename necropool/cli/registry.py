@@ -1,13 +1,16 @@
 """Command registration that defers building: modules declare commands here, and
 ``app.build`` turns only the ones a call needs into Typer commands."""
 
-REGISTERED: list[tuple[str, object, dict]] = []
+from collections.abc import Callable
+from typing import Any
+
+REGISTERED: list[tuple[str, Any, dict]] = []  # a command's function, or a group's Typer app
 
 
-def command(name: str, **settings):
+def command(name: str, **settings: Any) -> Callable[[Callable], Callable]:
     """Declare a CLI command (the decorated function is returned unchanged)."""
 
-    def declare(func):
+    def declare(func: Callable) -> Callable:
         REGISTERED.append((name, func, settings))
         return func
 
