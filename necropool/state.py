@@ -260,7 +260,7 @@ def _busy(paths: PoolPaths, number: int) -> str | None:
     its slot lock free, and its tree as a cleanup leaves it (no change, untracked or
     ignored file, local branch or stash)."""
     from necropool import git
-    from necropool.locks import FileLock
+    from necropool.lockmaint import lock_free
     from necropool.proc import describe, processes_in
 
     path = paths.slot_dir(number)
@@ -269,13 +269,11 @@ def _busy(paths: PoolPaths, number: int) -> str | None:
     pids = processes_in(path)
     if pids:
         return f"processes in it: {describe(pids)}"
-    lock = FileLock(paths.slot_lock(number))
     try:
-        if not lock.try_acquire(create=False) and os.path.lexists(lock.path):
+        if not lock_free(paths.slot_lock(number)):
             return "its slot lock is held"
     except OSError:
         return "its slot lock cannot be tested"
-    lock.release()
     try:
         changes = git.run(["--no-optional-locks", "status", "--porcelain", "--ignored", "-z"],
                           path).stdout
