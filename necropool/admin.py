@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from necropool import events, git, state
+from necropool import events, git, lifecycle, state
 from necropool.clock import now
 from necropool.config import PoolSpec, Settings
 from necropool.errors import Conflict, NotFound, UsageError
@@ -189,8 +189,6 @@ def _has_work(slot: Slot) -> bool:
 def _save_work(pool: Pool, slot: Slot) -> str | None:
     """Save a slot's work before it is removed; nobody else may claim the slot meanwhile
     (its lock is ours, or the pool lock is held)."""
-    from necropool import lifecycle
-
     rescued = lifecycle.save_work(pool, slot, f"{slot.state}-removed")
     if rescued:
         pool.event("rescue", slot_id=pool.slot_id(slot.number), rescued=rescued)

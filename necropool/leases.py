@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from necropool import events
 from necropool.clock import MAX_DURATION, now
 from necropool.errors import Conflict, Skipped, UsageError
 from necropool.pool import Pool, get_slot
@@ -63,8 +64,6 @@ def expired(lease: Lease | None) -> bool:
 def lease_gone(pool: Pool, number: int, lease_id: str) -> str:
     """Why ``lease_id`` is not the slot's lease, from the history: who ended it, when, and
     where the holder's work went."""
-    from necropool import events
-
     sid = pool.slot_id(number)
     ended = rescued = None
     for record in events.read(pool.paths.events):

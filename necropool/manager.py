@@ -1,15 +1,19 @@
 """``PoolManager``: the core's public API (the names of ERROR_RECOVERY_GUIDE.md), a thin
-facade over ``pool``, ``lifecycle`` and ``health``. The CLI talks to this and nothing else."""
+facade over ``pool``/``admin``/``sync``/``views``, ``lifecycle``/``leases``/``runner`` and
+the health modules (``detect``, ``repair``, ``autorecover``, ``lockmaint``). The CLI talks
+to this and nothing else."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from necropool import admin, events, leases, lifecycle, views
 from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
-from necropool.errors import NecropoolError, UsageError, explain
+from necropool.errors import POOL_FAILURES, NecropoolError, UsageError, explain
+from necropool.lockmaint import LockManager
 from necropool.proc import Holder
 from necropool.records import Record
 from necropool.validate import check_hours
@@ -18,27 +22,16 @@ if TYPE_CHECKING:
     from necropool.runner import RunResult
 
 
-def _fetched_at(pool: pools.Pool) -> str | None:
-    """When the pool's mirror last fetched from upstream (``mirror.fetched``), if known."""
-    from datetime import UTC
-
-    from necropool.clock import rfc3339
-
-    try:
-        return rfc3339(datetime.fromtimestamp(float(pool.paths.mirror_stamp.read_text()), UTC))
-    except (OSError, ValueError, OverflowError):
-        return None
-
-
 class PoolManager:
+    # The health, sync, run and rescued modules are imported where they are used: allocate
+    # and release, the commands run most, load none of them (integrity, cleanup, ...).
+
     def __init__(self, settings: Settings | None = None, *, config: Settings | None = None):
         """``config`` is the guide's name for the same settings."""
         self.settings = settings or config or load_settings()
 
     @property
     def lock_manager(self):
-        from necropool.lockmaint import LockManager
-
         return LockManager(self.settings, lambda: self._targets(None, []))
 
     @classmethod
@@ -85,8 +78,8 @@ class PoolManager:
             try:
                 pool = self.get_pool(name)
                 out.append(views.describe_pool(pool, pool.read_state(), with_slots=False))
-            except NecropoolError as exc:
-                out.append({"pool": name, "error": exc.message})
+            except POOL_FAILURES as exc:
+                out.append({"pool": name, "error": explain(exc)})
         return out
 
     def pool_status(self, name: str) -> dict:
@@ -96,7 +89,6 @@ class PoolManager:
         pool = self.get_pool(name)
         data = views.describe_pool(pool, pool.read_state())
         data["rescued_count"], data["rescued_bytes"] = rescued.usage(pool)
-        data["mirror_fetched_at"] = _fetched_at(pool)
         return data
 
     def slot_status(self, slot_ref: str) -> dict:
@@ -182,8 +174,6 @@ class PoolManager:
         return item
 
     def rescued_restore(self, ident: str, into: str | None = None) -> dict:
-        from pathlib import Path
-
         from necropool import rescued
 
         pool, item = rescued.find(self._targets(None, []), ident)
@@ -207,10 +197,10 @@ class PoolManager:
         for each in self.pool_names():
             try:
                 targets.append(self.get_pool(each))
-            except NecropoolError as exc:
+            except POOL_FAILURES as exc:
                 if unusable is None:
                     raise
-                unusable.append((each, exc.message))
+                unusable.append((each, explain(exc)))
         return targets
 
     def detect_anomalies(self, name: str | None = None, max_allocation_hours=None,
@@ -273,7 +263,7 @@ class PoolManager:
                     recover_corrupted=recover_corrupted,
                     cleanup_orphaned_locks=cleanup_orphaned_locks,
                     force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
-            except (NecropoolError, OSError) as exc:  # one pool's failure stops no other pool
+            except POOL_FAILURES as exc:
                 failures.append(exc)
                 errors.append(f"{pool.name}: {explain(exc)}")
                 continue

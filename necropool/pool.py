@@ -76,7 +76,7 @@ class Pool:
     @property
     def slots(self) -> list[Record]:
         """Every slot as ``status`` reports it, by number (the guide's ``pool.slots``)."""
-        from necropool.views import describe_slot
+        from necropool.views import describe_slot  # views imports this module
 
         current = self.read_state()
         return [describe_slot(self, current.slots[n]) for n in sorted(current.slots)]

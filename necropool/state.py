@@ -259,6 +259,7 @@ def _busy(paths: PoolPaths, number: int) -> str | None:
     """Why a slot may still be in use, or None when it is provably idle: no process in it,
     its slot lock free, and its tree as a cleanup leaves it (no change, untracked or
     ignored file, local branch or stash)."""
+    # only a rebuild needs them (lockmaint also imports this module)
     from necropool import git
     from necropool.lockmaint import lock_free
     from necropool.proc import describe, processes_in

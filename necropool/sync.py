@@ -8,8 +8,9 @@ from dataclasses import replace
 from necropool import git
 from necropool.admin import Progress, add_slots, create, delete, remove_slot
 from necropool.config import PoolSpec, Settings, default_config_path
-from necropool.errors import Conflict, NecropoolError, OperationFailed, UsageError
+from necropool.errors import POOL_FAILURES, Conflict, OperationFailed, UsageError
 from necropool.layout import write_atomic
+from necropool.lifecycle import update_mirror
 from necropool.pool import Pool, PoolDef, list_pools
 from necropool.state import AVAILABLE
 from necropool.validate import check_spec
@@ -38,7 +39,7 @@ def _attempt(name: str, step: Callable[..., None], *args) -> dict:
     entry = {"pool": name}
     try:
         step(entry, *args)
-    except (NecropoolError, OSError) as exc:
+    except POOL_FAILURES as exc:
         entry.update(action="failed", error=getattr(exc, "message", None) or str(exc))
     return entry
 
@@ -99,8 +100,6 @@ def _fetch_for_branch(pool: Pool, branch: str) -> None:
     fetch first, then decide; the refusal says where it looked."""
     if git.read_ref(pool.paths.mirror, f"refs/heads/{branch}"):
         return
-    from necropool.lifecycle import update_mirror
-
     error = update_mirror(pool)
     if not git.read_ref(pool.paths.mirror, f"refs/heads/{branch}"):
         looked = (f"the fetch from {pool.definition.url} failed ({error})" if error else

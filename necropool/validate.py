@@ -111,6 +111,7 @@ def check_metadata(meta) -> dict[str, str]:
 
 def check_spec(spec: "PoolSpec") -> "PoolSpec":
     """A pool spec from the config or the API; a local path url is made absolute."""
+    # config imports this module; git only here (the CLI's output imports this module)
     from necropool import git
     from necropool.config import FETCH_BACKENDS
 
