@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from necropool import events, git, lifecycle, state
+from necropool import git, lifecycle
 from necropool.clock import now
 from necropool.config import PoolSpec, Settings
 from necropool.errors import Conflict, NotFound, UsageError
@@ -26,6 +26,7 @@ from necropool.layout import (
 from necropool.lockmaint import lock_free
 from necropool.pool import Pool, PoolDef, get_slot
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot
+from necropool.store_toml import TomlStore
 from necropool.validate import check_pool_name, check_spec
 
 Progress = Callable[[int, int], None]
@@ -70,9 +71,9 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
 
         _clone_slots(paths.mirror, {n: paths.slot_dir(n) for n in range(1, spec.num_slots + 1)},
                      spec.url, branch, made, progress)
-        state.save(paths, new)
-        events.append(paths.events, "create", pool=spec.name, url=spec.url, branch=branch,
-                      slots=spec.num_slots)
+        store = TomlStore(paths, spec.name, settings.lock_timeout)  # not locked: not there yet
+        store.save(new)
+        store.append_event("create", url=spec.url, branch=branch, slots=spec.num_slots)
         try:
             os.rename(tmp, final)
         except OSError:

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from necropool import events
 from necropool.clock import MAX_DURATION, now
 from necropool.errors import Conflict, Skipped, UsageError
 from necropool.pool import Pool, get_slot
@@ -66,7 +65,7 @@ def lease_gone(pool: Pool, number: int, lease_id: str) -> str:
     where the holder's work went."""
     sid = pool.slot_id(number)
     ended = rescued = None
-    for record in events.read(pool.paths.events):
+    for record in pool.store.read_events():
         if record.get("lease_id") != lease_id:
             continue
         if record.get("event") in ENDINGS:

@@ -144,14 +144,14 @@ class PoolManager:
         return run(self.get_pool(name), argv, stdout=stdout, **allocate_options)
 
     def log(self, name: str, since: datetime | None = None) -> list[dict]:
-        return events.read(self.get_pool(name).paths.events, since)
+        return self.get_pool(name).store.read_events(since)
 
     def watch_log(self, name: str | None = None, **options) -> Iterator[dict]:
         """The events of one pool or every pool (see ``events.watch`` for the options)."""
         return events.watch([pool.paths.events for pool in self._targets(name, [])], **options)
 
     def last_event(self, name: str, event: str) -> dict | None:
-        return events.last(self.get_pool(name).paths.events, event)
+        return self.get_pool(name).store.last_event(event)
 
     # --- rescued work -------------------------------------------------------------------------
     def rescued_list(self, name: str | None = None, inspect: bool = True) -> list[Record]:

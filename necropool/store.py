@@ -65,3 +65,7 @@ class Store(Protocol):
     def read_events(self, since: datetime | None = None) -> list[dict]:
         """The pool's history, oldest first (``since``: only events at or after it)."""
         ...
+
+    def last_event(self, name: str) -> dict | None:
+        """The newest event of one kind, if any."""
+        ...

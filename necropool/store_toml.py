@@ -106,3 +106,6 @@ class TomlStore:
 
     def read_events(self, since: datetime | None = None) -> list[dict]:
         return events.read(self.paths.events, since)
+
+    def last_event(self, name: str) -> dict | None:
+        return events.last(self.paths.events, name)

@@ -55,3 +55,5 @@ def test_events_are_appended_and_read_back_in_order(manager, pool):
     store.append_event("note", slot_id=f"{pool}-2", detail="second")
     notes = [e for e in store.read_events() if e["event"] == "note"]
     assert [(e["pool"], e["detail"]) for e in notes] == [(pool, "first"), (pool, "second")]
+    assert store.last_event("note")["detail"] == "second"
+    assert store.last_event("no-such-event") is None
