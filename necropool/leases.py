@@ -9,6 +9,7 @@ from necropool.clock import MAX_DURATION, now
 from necropool.errors import Conflict, Skipped, UsageError
 from necropool.pool import Pool, get_slot
 from necropool.state import ALLOCATED, Lease, Slot
+from necropool.store import LeaseLost
 
 
 @dataclass
@@ -38,17 +39,21 @@ def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> S
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
                             or not 0 < ttl <= MAX_DURATION):
         raise UsageError(f"invalid ttl {ttl!r}: more than 0, at most {MAX_DURATION:g} seconds")
-    with pool.transaction() as current:
-        slot = get_slot(current, pool, number)
-        lease = slot.lease
-        if slot.state != ALLOCATED or lease is None or lease.lease_id != lease_id:
-            raise Conflict(lease_gone(pool, number, lease_id))
-        ttl = ttl or lease.ttl_seconds
-        if not ttl:
-            raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
-        lease.ttl_seconds, lease.expires_at = ttl, now() + timedelta(seconds=ttl)
+    pool.sweep()
+    slot = get_slot(pool.read_state(), pool, number)
+    lease = slot.lease
+    if slot.state != ALLOCATED or lease is None or lease.lease_id != lease_id:
+        raise Conflict(lease_gone(pool, number, lease_id))
+    ttl = ttl or lease.ttl_seconds
+    if not ttl:
+        raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
+    expires_at = now() + timedelta(seconds=ttl)
+    try:  # fenced: the lease may have ended since it was read
+        slot = pool.store.renew(number, lease_id, expires_at, ttl)
+    except LeaseLost:
+        raise Conflict(lease_gone(pool, number, lease_id)) from None
     pool.event("renew", slot_id=pool.slot_id(number), lease_id=lease_id, ttl_seconds=ttl,
-               expires_at=lease.expires_at)
+               expires_at=expires_at)
     return slot
 
 
