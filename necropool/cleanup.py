@@ -94,17 +94,7 @@ def stale_git_locks(tree: Path) -> list[Path]:
     return locks
 
 
-# --- index integrity ------------------------------------------------------------------------
-
-def index_ok(gitdir: Path) -> bool:
-    """The index's signature and trailing SHA-1 (git itself never checks it outside fsck)."""
-    try:
-        return checksum_ok((gitdir / "index").read_bytes())
-    except FileNotFoundError:
-        return True  # no index is a valid (empty) state; checkout rebuilds it
-    except OSError:
-        return False
-
+# --- index checksum (also integrity.index_ok's) ----------------------------------------------
 
 def checksum_ok(data: bytes, hash_size: int = 20) -> bool:
     """An index's trailing checksum (SHA-1, or SHA-256 in a SHA-256 repository)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from necropool.errors import UsageError
-from necropool.names import check_pool_name, check_url
+from necropool.validate import MAX_HOURS, check_pool_name, check_url
 
 POOL_KEYS = {
     "url": str,
@@ -29,8 +29,8 @@ TOP_KEYS = {
     "pools": dict,
 }
 # Upper bounds (also rejecting inf) so that timeouts and date arithmetic cannot overflow.
-LIMITS = {"max_allocation_hours": 876000, "stale_lock_hours": 876000,
-          "stale_mirror_hours": 876000,
+LIMITS = {"max_allocation_hours": MAX_HOURS, "stale_lock_hours": MAX_HOURS,
+          "stale_mirror_hours": MAX_HOURS,
           "lock_timeout": 1e9, "git_timeout": 1e9}
 POSITIVE = ("max_allocation_hours", "stale_lock_hours", "stale_mirror_hours", "lock_timeout",
             "git_timeout", "num_slots")
@@ -146,12 +146,11 @@ def load_settings(root: str | None = None, config: str | None = None) -> Setting
     explicit = config or env_config
     if explicit and "\0" in explicit:
         raise UsageError(f"invalid config path {explicit!r}: it contains a NUL byte")
-    config_path = Path(explicit) if explicit else default_config_path()
+    candidate = Path(explicit) if explicit else default_config_path()
     data: dict = {}
-    if explicit or config_path.exists():
-        data = parse_config(config_path)
-    else:
-        config_path = None
+    config_path: Path | None = None
+    if explicit or candidate.exists():
+        data, config_path = parse_config(candidate), candidate
     root_value = root or os.environ.get("NECROPOOL_HOME")
     from_config = not root_value and "root" in data
     root_value = root_value or data.pop("root", None)

@@ -53,6 +53,11 @@ class Skipped(Conflict):
     nothing is wrong, the next run judges afresh."""
 
 
+# The one rule for commands over several pools: a broken pool never hides the others. A
+# failure of these kinds is reported in that pool's entry, and the next pool goes ahead.
+POOL_FAILURES = (NecropoolError, OSError)
+
+
 def explain(exc: BaseException) -> str:
     """A one-line message for any exception; one necropool did not expect says what it was."""
     if isinstance(exc, NecropoolError):

@@ -139,7 +139,7 @@ def temp_owner_dead(name: str) -> bool:
 
 def sweep_temp(directory: Path, root: Path) -> list[str]:
     """Delete leftovers of dead processes in ``directory``; return their names."""
-    swept = []
+    swept: list[str] = []
     try:
         entries = [e.name for e in os.scandir(directory)]
     except OSError:

@@ -6,7 +6,6 @@ in ``cleaning`` and its slot lock held by the worker, so a crashed worker is vis
 
 import contextlib
 import os
-import signal
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,7 +14,6 @@ from necropool import git, proc, wakeup
 from necropool.clock import MAX_DURATION, now, rfc3339
 from necropool.errors import (
     Conflict,
-    NecropoolError,
     OperationFailed,
     Skipped,
     TryAgain,
@@ -23,11 +21,21 @@ from necropool.errors import (
     explain,
 )
 from necropool.layout import ensure_inside, write_atomic
+from necropool.leases import Release, Renewed, expired, lease_gone
 from necropool.locks import FileLock, jitter
-from necropool.names import check_text
 from necropool.pool import Pool, get_slot
 from necropool.proc import Holder
-from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, Lease, PoolState, Slot
+from necropool.state import (
+    ALLOCATED,
+    AVAILABLE,
+    CLEANING,
+    ERROR,
+    Lease,
+    PoolState,
+    Slot,
+    allocation_order,
+)
+from necropool.validate import check_metadata, check_text
 
 ALLOCATION_POLICY = ("clean slots first, then the most recently released "
                      "(warm build caches), then the lowest number")
@@ -86,13 +94,8 @@ def _note_failure(pool: Pool, message: str) -> None:
             {"time": rfc3339(now()), "error": message}).encode())
 
 
-def _order(slot: Slot) -> tuple:
-    released = slot.last_released_at.timestamp() if slot.last_released_at else 0.0
-    return (slot.needs_cleanup, -released, slot.number)
-
-
 def _claim_free(pool: Pool, current: PoolState, skip: set[int]) -> tuple[Slot, FileLock] | None:
-    for slot in sorted(current.slots.values(), key=_order):
+    for slot in sorted(current.slots.values(), key=allocation_order):
         if slot.state != AVAILABLE or slot.number in skip:
             continue
         lock = pool.slot_lock(slot.number)
@@ -307,95 +310,9 @@ def default_owner() -> str:
         return f"uid{os.getuid()}"
 
 
-def parse_metadata(pairs: list[str]) -> dict[str, str]:
-    meta = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"invalid metadata {pair[:60]!r}: expected KEY=VALUE")
-        if len(pair) > 4096:
-            raise UsageError(f"metadata {key[:40]!r} is too long (limit 4096 characters)")
-        meta[key] = value
-    return check_metadata(meta)
-
-
-def check_metadata(meta) -> dict[str, str]:
-    """Lease metadata as the core accepts it (from the CLI or the API): string keys and
-    values, no control characters in keys, no NUL, each pair at most 4096 characters."""
-    if not isinstance(meta, dict):
-        raise UsageError("invalid metadata: expected a mapping of strings to strings")
-    for key, value in meta.items():
-        if not isinstance(key, str) or not isinstance(value, str) or not key.strip():
-            raise UsageError(f"invalid metadata {str(key)[:40]!r}: keys and values must be "
-                             "strings, keys non-empty")
-        if any(ord(c) < 32 for c in key) or "\0" in value:
-            raise UsageError(f"invalid metadata {key[:40]!r}: control characters are not allowed")
-        if len(key) + len(value) + 1 > 4096:
-            raise UsageError(f"metadata {key[:40]!r} is too long (limit 4096 characters)")
-    return meta
-
-
-def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> Slot:
-    """Extend a lease by ``ttl`` (default: the lease's own TTL) from now. An expired lease
-    nobody has reclaimed yet may be renewed; a wrong or ended one is a conflict that says
-    what became of it."""
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
-                            or not 0 < ttl <= MAX_DURATION):
-        raise UsageError(f"invalid ttl {ttl!r}: more than 0, at most {MAX_DURATION:g} seconds")
-    with pool.transaction() as current:
-        slot = get_slot(current, pool, number)
-        lease = slot.lease
-        if slot.state != ALLOCATED or lease is None or lease.lease_id != lease_id:
-            raise Conflict(_lease_gone(pool, number, lease_id))
-        ttl = ttl or lease.ttl_seconds
-        if not ttl:
-            raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
-        lease.ttl_seconds, lease.expires_at = ttl, now() + timedelta(seconds=ttl)
-    pool.event("renew", slot_id=pool.slot_id(number), lease_id=lease_id, ttl_seconds=ttl,
-               expires_at=lease.expires_at)
-    return slot
-
-
-class Renewed(Skipped):
-    """The holder renewed the lease between the expiry's detection and its reclaim."""
-
-
-def _expired(lease: Lease | None) -> bool:
-    return bool(lease and lease.expires_at and lease.expires_at < now())
-
-
-def _lease_gone(pool: Pool, number: int, lease_id: str) -> str:
-    """Why ``lease_id`` is not the slot's lease, from the history: who ended it, when, and
-    where the holder's work went."""
-    from necropool import events
-
-    sid = pool.slot_id(number)
-    ended = rescued = None
-    for record in events.read(pool.paths.events):
-        if record.get("lease_id") != lease_id:
-            continue
-        if record.get("event") in ENDINGS:
-            ended, rescued = record, record.get("rescued")
-        elif record.get("event") == "cleanup" and ended is not None:
-            rescued = record.get("rescued")
-    if ended is None:
-        return f"lease {lease_id} is not the current lease of slot {sid}"
-    how = ENDINGS[ended["event"]]
-    saved = (f"; the holder's work was saved to {rescued}" if rescued
-             else "; it held no uncommitted or unpushed work")
-    return f"lease {lease_id} of slot {sid} {how} at {ended['time']}{saved}"
-
-
-# the events that end a lease, as ``renew`` explains them to a late holder
-ENDINGS = {"release": "was released", "reclaim": "was reclaimed (its holder died)",
-           "expire": "expired and was reclaimed by auto-recover",
-           "force_release": "was force-released (allocated too long)",
-           "recover": "was taken back by recover"}
-
-
 def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool = True,
             fetch: bool | None = None, held: FileLock | None = None,
-            reason: str = "release", expired_only: bool = False, stop: bool = False) -> dict:
+            reason: str = "release", expired_only: bool = False, stop: bool = False) -> Release:
     """End a lease; clean the slot (saving any work first) unless ``clean`` is False.
     ``expired_only``: only if the lease has expired (judged again under the pool lock).
     The cleanup first fetches the upstream when ``fetch`` (default: the pool's
@@ -408,17 +325,17 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
             slot = get_slot(current, pool, number)
             # Skipped (a conflict): whoever judged the slot earlier (auto-recover) leaves it
             if lease_id and (slot.lease is None or lease_id != slot.lease.lease_id):
-                raise Skipped("stale " + _lease_gone(pool, number, lease_id))
-            if slot.state != ALLOCATED:
+                raise Skipped("stale " + lease_gone(pool, number, lease_id))
+            lease = slot.lease
+            if slot.state != ALLOCATED or lease is None:
                 raise Skipped(f"slot {pool.slot_id(number)} is not allocated (it is {slot.state})")
-            if expired_only and not _expired(slot.lease):
-                raise Renewed(f"lease {slot.lease.lease_id} of slot {pool.slot_id(number)} "
+            if expired_only and not expired(lease):
+                raise Renewed(f"lease {lease.lease_id} of slot {pool.slot_id(number)} "
                               "was renewed since it expired: left to its holder")
             lock = held or pool.slot_lock(number)
             if not lock.held and not lock.try_acquire():
                 raise Conflict(f"slot {pool.slot_id(number)} is held by a running process")
             previous = Slot(**vars(slot))
-            lease = slot.lease
             at = now()
             slot.total_usage_seconds += max(0.0, (at - lease.allocated_at).total_seconds())
             slot.last_released_at, slot.lease = at, None
@@ -430,9 +347,7 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
     clear_processes(pool, number, previous, lock, stop)
     pool.event(reason, slot_id=pool.slot_id(number), lease_id=lease.lease_id, owner=lease.owner,
                usage_seconds=round((at - lease.allocated_at).total_seconds(), 3))
-    result = {"slot_id": pool.slot_id(number), "pool": pool.name, "lease_id": lease.lease_id,
-              "cleaned": False, "commit": None, "cleanup": None, "rescued": None,
-              "fetch_error": None}
+    result = Release(slot_id=pool.slot_id(number), pool=pool.name, lease_id=lease.lease_id)
     if not clean:
         with pool.transaction() as current:
             slot = get_slot(current, pool, number)
@@ -441,7 +356,7 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
         return result
     fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
     if fetch:
-        result["fetch_error"] = update_mirror(pool)
+        result.fetch_error = update_mirror(pool)
     try:
         tip, report = refresh(pool, slot, rescue_label=lease.lease_id, lease_id=lease.lease_id)
     except Exception as exc:  # whatever went wrong, the slot ends in error, its work intact
@@ -457,7 +372,8 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
         # Unlock before the state write: a waiter woken by that write must find the slot
         # free, or it would wait for a further state change that never comes.
         lock.release(unlink=True)
-    result.update(cleaned=True, commit=tip, cleanup=report.to_dict(), rescued=report.rescued)
+    result.cleaned, result.commit, result.rescued = True, tip, report.rescued
+    result.cleanup = report.to_dict()
     return result
 
 
@@ -479,97 +395,3 @@ def clear_processes(pool: Pool, number: int, previous: Slot, lock: FileLock,
                       f"in it ({what}): left as it was")
     raise Conflict(f"slot {pool.slot_id(number)}: processes still run in it ({what}): end "
                    "them, or pass --force to end them and release")
-
-
-def _set_parent_death_signal() -> None:
-    """In the child: get SIGTERM if ``run`` dies, so no command outlives its lease."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-@dataclass
-class RunResult:
-    """How ``run`` ended: the command's status and what became of the slot."""
-
-    code: int
-    slot_id: str
-    release: dict | None = None
-    release_error: str | None = None
-    spawn_error: str | None = None
-
-
-def _wait_renewing(pool: Pool, grant: Grant, child) -> int:
-    """Wait for the command, renewing its lease every third of its TTL meanwhile, so a
-    command that runs longer than ``--ttl`` is never reclaimed while it lives."""
-    import subprocess
-
-    ttl = grant.lease.ttl_seconds
-    while True:
-        try:
-            return child.wait(timeout=ttl / 3 if ttl else None)
-        except subprocess.TimeoutExpired:
-            # on failure the slot lock we hold keeps the slot ours; the next attempt may succeed
-            with contextlib.suppress(NecropoolError, OSError):
-                renew(pool, grant.number, grant.lease.lease_id)
-
-
-def run(pool: Pool, argv: list[str], stdout=None, **allocate_options) -> RunResult:
-    """Allocate, run ``argv`` in the slot holding its lock, release whatever happens.
-    The status is the command's (128+N when signal N ended it; 127/126 when it could not
-    be started, as shells report). SIGINT, SIGTERM and SIGHUP are forwarded to it; one that
-    arrives before it starts means it is not started. ``stdout`` redirects its output.
-    The command runs in a session of its own: whatever of it is still running when it ends
-    (or when ``run`` is interrupted) is ended too, before the slot is released."""
-    import subprocess
-
-    if not argv:
-        raise UsageError("run needs a command after --")
-    grant = allocate(pool, holder=Holder.me(), keep_lock=True, **allocate_options)
-    path = pool.slot_dir(grant.number)
-    result = RunResult(code=0, slot_id=pool.slot_id(grant.number))
-    env = dict(os.environ, NECROPOOL_SLOT_ID=result.slot_id, NECROPOOL_SLOT_PATH=str(path),
-               NECROPOOL_LEASE_ID=grant.lease.lease_id)
-    child = None
-    pending: list[int] = []
-
-    def forward(signum, _frame):
-        if child is None:
-            pending.append(signum)
-        else:
-            child.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        if pending:
-            result.code = 128 + pending[0]
-        else:
-            try:
-                child = subprocess.Popen(argv, cwd=path, env=env, stdout=stdout,
-                                         start_new_session=True,
-                                         preexec_fn=_set_parent_death_signal)
-            except OSError as exc:
-                result.code = 127 if isinstance(exc, FileNotFoundError) else 126
-                result.spawn_error = f"cannot run {argv[0]!r}: {exc.strerror}"
-            else:
-                for signum in pending:
-                    child.send_signal(signum)
-                code = _wait_renewing(pool, grant, child)
-                result.code = 128 - code if code < 0 else code
-    finally:
-        try:
-            if child is not None:  # what it left running in the background ends with it
-                proc.end_group(child.pid)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        try:
-            result.release = release(pool, grant.number, lease_id=grant.lease.lease_id,
-                                     held=grant.lock, stop=True)
-        except NecropoolError as exc:
-            result.release_error = exc.message
-    return result

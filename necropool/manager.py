@@ -1,49 +1,38 @@
 """``PoolManager``: the core's public API (the names of ERROR_RECOVERY_GUIDE.md), a thin
-facade over ``pool``, ``lifecycle`` and ``health``. The CLI talks to this and nothing else."""
+facade over ``pool``/``admin``/``sync``/``views``, ``lifecycle``/``leases``/``runner`` and
+the health modules (``detect``, ``repair``, ``autorecover``, ``lockmaint``). The CLI talks
+to this and nothing else."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from necropool import events, lifecycle
+from necropool import admin, events, leases, lifecycle, views
 from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
-from necropool.errors import NecropoolError, NotFound, UsageError, explain
+from necropool.errors import POOL_FAILURES, NecropoolError, UsageError, explain
+from necropool.lockmaint import LockManager
 from necropool.proc import Holder
 from necropool.records import Record
+from necropool.validate import check_hours
 
-
-def _check_hours(hours) -> None:
-    """``max_allocation_hours`` as a caller gives it: None (the config's) or 0 < h <= 876000
-    (a century; also refuses nan and inf, which would overflow the date arithmetic)."""
-    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, int | float)
-                              or not 0 < hours <= 876000):
-        raise UsageError(f"invalid max_allocation_hours {hours!r}: must be greater than zero "
-                         "and at most 876000")
-
-
-def _fetched_at(pool: pools.Pool) -> str | None:
-    """When the pool's mirror last fetched from upstream (``mirror.fetched``), if known."""
-    from datetime import UTC
-
-    from necropool.clock import rfc3339
-
-    try:
-        return rfc3339(datetime.fromtimestamp(float(pool.paths.mirror_stamp.read_text()), UTC))
-    except (OSError, ValueError, OverflowError):
-        return None
+if TYPE_CHECKING:
+    from necropool.runner import RunResult
 
 
 class PoolManager:
+    # The health, sync, run and rescued modules are imported where they are used: allocate
+    # and release, the commands run most, load none of them (integrity, cleanup, ...).
+
     def __init__(self, settings: Settings | None = None, *, config: Settings | None = None):
         """``config`` is the guide's name for the same settings."""
         self.settings = settings or config or load_settings()
 
     @property
     def lock_manager(self):
-        from necropool import health
-
-        return health.LockManager(self.settings, lambda: self._targets(None, []))
+        return LockManager(self.settings, lambda: self._targets(None, []))
 
     @classmethod
     def from_config_file(cls, root: str | None = None, config: str | None = None):
@@ -57,8 +46,8 @@ class PoolManager:
         return pools.list_pools(self.settings)
 
     def create_pool(self, spec: PoolSpec, progress=None) -> dict:
-        pool = pools.create(self.settings, spec, progress)
-        return pools.describe_pool(pool, pool.read_state())
+        pool = admin.create(self.settings, spec, progress)
+        return views.describe_pool(pool, pool.read_state())
 
     def delete_pool(self, name: str, force: bool = False, discard_work: bool = False) -> dict:
         """With ``force``, also the remains of a half-made pool (no ``pool.toml``)."""
@@ -67,11 +56,11 @@ class PoolManager:
         except NecropoolError:
             if not force:
                 raise
-            return pools.delete_remains(self.settings, name)
-        return pools.delete(pool, force, discard_work)
+            return admin.delete_remains(self.settings, name)
+        return admin.delete(pool, force, discard_work)
 
     def add_slots(self, name: str, count: int = 1, progress=None) -> list[str]:
-        return pools.add_slots(self.get_pool(name), count, progress)
+        return admin.add_slots(self.get_pool(name), count, progress)
 
     def add_slot(self, name: str) -> str:
         """One more slot (the guide's ``add_slot(repo_name)``); returns its id."""
@@ -80,7 +69,7 @@ class PoolManager:
     def remove_slot(self, slot_ref: str, force: bool = False,
                     discard_work: bool = False) -> dict:
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return pools.remove_slot(pool, number, force, discard_work)
+        return admin.remove_slot(pool, number, force, discard_work)
 
     def list_pools(self) -> list[dict]:
         """Every pool's summary; an unreadable pool is reported, never hidden."""
@@ -88,9 +77,9 @@ class PoolManager:
         for name in self.pool_names():
             try:
                 pool = self.get_pool(name)
-                out.append(pools.describe_pool(pool, pool.read_state(), with_slots=False))
-            except NecropoolError as exc:
-                out.append({"pool": name, "error": exc.message})
+                out.append(views.describe_pool(pool, pool.read_state(), with_slots=False))
+            except POOL_FAILURES as exc:
+                out.append({"pool": name, "error": explain(exc)})
         return out
 
     def pool_status(self, name: str) -> dict:
@@ -98,17 +87,18 @@ class PoolManager:
         from necropool import rescued
 
         pool = self.get_pool(name)
-        data = pools.describe_pool(pool, pool.read_state())
+        data = views.describe_pool(pool, pool.read_state())
         data["rescued_count"], data["rescued_bytes"] = rescued.usage(pool)
-        data["mirror_fetched_at"] = _fetched_at(pool)
         return data
 
     def slot_status(self, slot_ref: str) -> dict:
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return pools.describe_slot(pool, pools.get_slot(pool.read_state(), pool, number))
+        return views.describe_slot(pool, pools.get_slot(pool.read_state(), pool, number))
 
     def sync(self, prune: bool = False, progress=None) -> list[dict]:
-        return pools.sync(self.settings, prune, progress)
+        from necropool.sync import sync
+
+        return sync(self.settings, prune, progress)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def allocate_slot(self, name: str, *, owner=None, pid: int | None = None, ttl=None,
@@ -121,7 +111,7 @@ class PoolManager:
         pool = self.get_pool(name)
         grant = lifecycle.allocate(pool, owner=owner, holder=holder, ttl=ttl,
                                    metadata=metadata, wait=wait, fetch=fetch)
-        data = pools.describe_slot(pool, grant.slot)
+        data = views.describe_slot(pool, grant.slot)
         data["fetch_error"] = grant.fetch_error
         return data
 
@@ -130,12 +120,12 @@ class PoolManager:
         """``stop``: end processes still running in the slot instead of refusing."""
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return lifecycle.release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch,
-                                 stop=stop)
+                                 stop=stop).to_dict()
 
     def renew_slot(self, slot_ref: str, lease_id: str, ttl: float | None = None) -> dict:
         """Extend a lease by ``ttl`` seconds from now (default: its own TTL)."""
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return pools.describe_slot(pool, lifecycle.renew(pool, number, lease_id, ttl))
+        return views.describe_slot(pool, leases.renew(pool, number, lease_id, ttl))
 
     @contextmanager
     def slot(self, name: str, **allocate_options) -> Iterator[dict]:
@@ -148,18 +138,20 @@ class PoolManager:
             self.release_slot(slot["slot_id"], lease_id=slot["lease_id"])
 
     def run(self, name: str, argv: list[str], stdout=None,
-            **allocate_options) -> lifecycle.RunResult:
-        return lifecycle.run(self.get_pool(name), argv, stdout=stdout, **allocate_options)
+            **allocate_options) -> "RunResult":
+        from necropool.runner import run
+
+        return run(self.get_pool(name), argv, stdout=stdout, **allocate_options)
 
     def log(self, name: str, since: datetime | None = None) -> list[dict]:
-        return events.read(self.get_pool(name).paths.events, since)
+        return self.get_pool(name).store.read_events(since)
 
     def watch_log(self, name: str | None = None, **options) -> Iterator[dict]:
         """The events of one pool or every pool (see ``events.watch`` for the options)."""
         return events.watch([pool.paths.events for pool in self._targets(name, [])], **options)
 
     def last_event(self, name: str, event: str) -> dict | None:
-        return events.last(self.get_pool(name).paths.events, event)
+        return self.get_pool(name).store.last_event(event)
 
     # --- rescued work -------------------------------------------------------------------------
     def rescued_list(self, name: str | None = None, inspect: bool = True) -> list[Record]:
@@ -182,8 +174,6 @@ class PoolManager:
         return item
 
     def rescued_restore(self, ident: str, into: str | None = None) -> dict:
-        from pathlib import Path
-
         from necropool import rescued
 
         pool, item = rescued.find(self._targets(None, []), ident)
@@ -207,22 +197,22 @@ class PoolManager:
         for each in self.pool_names():
             try:
                 targets.append(self.get_pool(each))
-            except NecropoolError as exc:
+            except POOL_FAILURES as exc:
                 if unusable is None:
                     raise
-                unusable.append((each, exc.message))
+                unusable.append((each, explain(exc)))
         return targets
 
     def detect_anomalies(self, name: str | None = None, max_allocation_hours=None,
-                         deep: bool = False) -> dict:
+                         deep: bool = False) -> dict[str, list[Record]]:
         """``{kind: [anomaly, ...]}`` over one pool or all, with the guide's keys."""
-        from necropool import health
+        from necropool.detect import KINDS, detect
 
-        _check_hours(max_allocation_hours)
-        merged = {k: [] for k in health.KINDS}
-        unusable: list = []
+        check_hours(max_allocation_hours)
+        merged: dict[str, list[Record]] = {k: [] for k in KINDS}
+        unusable: list[tuple[str, str]] = []
         for pool in self._targets(name, unusable):
-            found = health.detect(pool, max_allocation_hours=max_allocation_hours, deep=deep)
+            found = detect(pool, max_allocation_hours=max_allocation_hours, deep=deep)
             for kind, items in found.items.items():
                 merged[kind].extend(a.to_dict() for a in items)
         for each, why in unusable:
@@ -231,62 +221,56 @@ class PoolManager:
                 path=str(pools.pools_dir(self.settings.root) / each), lease_id=None))
         return merged
 
-    def detect_long_allocated_slots(self, max_allocation_hours=None, name=None) -> list[dict]:
+    def detect_long_allocated_slots(self, max_allocation_hours=None, name=None) -> list[Record]:
         return self.detect_anomalies(name, max_allocation_hours)["long_allocated_slots"]
 
-    def detect_corrupted_slots(self, name=None) -> list[dict]:
+    def detect_corrupted_slots(self, name=None) -> list[Record]:
         return self.detect_anomalies(name)["corrupted_slots"]
 
-    def detect_orphaned_locks(self, name=None) -> list[dict]:
+    def detect_orphaned_locks(self, name=None) -> list[Record]:
         return self.detect_anomalies(name)["orphaned_locks"]
 
-    def recover_slot(self, slot_ref: str, force: bool = False) -> dict:
-        from necropool import health
+    def recover_slot(self, slot_ref: str, force: bool = False) -> Record:
+        from necropool.repair import recover
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return health.recover(pool, number, force)
+        return recover(pool, number, force).to_dict()
 
     def isolate_slot(self, slot_ref: str, reason: str | None = None) -> dict:
-        from necropool import health
+        from necropool.repair import isolate
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return health.isolate(pool, number, reason)
+        return isolate(pool, number, reason).to_dict()
 
     def auto_recover(self, name: str | None = None, *, max_allocation_hours=None,
                      recover_corrupted: bool = True, cleanup_orphaned_locks: bool = True,
                      force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
         """The guide's counters summed over the pools, plus per-pool details."""
-        _check_hours(max_allocation_hours)
-        total = {"long_allocated_released": 0, "expired_released": 0, "abandoned_released": 0,
-                 "corrupted_recovered": 0, "corrupted_isolated": 0,
-                 "orphaned_locks_cleaned": 0, "stray_paths_moved": 0, "slots_adopted": 0,
-                 "errors": [],
-                 "dry_run": dry_run, "pools": []}
-        from necropool import health
+        from necropool.autorecover import auto_recover, zero_counters
 
-        unusable: list = []
+        check_hours(max_allocation_hours)
+        counters = zero_counters()
+        errors: list[str] = []
+        results: list[dict] = []
+        unusable: list[tuple[str, str]] = []
         failures: list[Exception] = []
         targets = self._targets(name, unusable)
-        if name and not targets:
-            raise NotFound(f"pool {name!r} does not exist")
-        total["errors"] += [f"{each}: not a usable pool (left alone): {why}"
-                            for each, why in unusable]
+        errors += [f"{each}: not a usable pool (left alone): {why}" for each, why in unusable]
         for pool in targets:
             try:
-                result = health.auto_recover(
+                result = auto_recover(
                     pool, max_allocation_hours=max_allocation_hours,
                     recover_corrupted=recover_corrupted,
                     cleanup_orphaned_locks=cleanup_orphaned_locks,
                     force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
-            except (NecropoolError, OSError) as exc:  # one pool's failure stops no other pool
+            except POOL_FAILURES as exc:
                 failures.append(exc)
-                total["errors"].append(f"{pool.name}: {explain(exc)}")
+                errors.append(f"{pool.name}: {explain(exc)}")
                 continue
-            for key, value in result.items():
-                if isinstance(value, int) and not isinstance(value, bool):
-                    total[key] += value
-            total["errors"] += [f"{pool.name}: {e}" for e in result["errors"]]
-            total["pools"].append(result)
-        if failures and not total["pools"]:
+            for key, value in result.counters.items():
+                counters[key] += value
+            errors += [f"{pool.name}: {e}" for e in result.errors]
+            results.append(result.to_dict())
+        if failures and not results:
             raise failures[0]  # no pool could even be looked at: a refusal, not a result
-        return total
+        return {**counters, "errors": errors, "dry_run": dry_run, "pools": results}

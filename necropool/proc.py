@@ -53,7 +53,9 @@ class Holder:
 
     @classmethod
     def me(cls) -> "Holder":
-        return cls.of(os.getpid())
+        """This process: alive by definition, so identified even where ``/proc`` is not."""
+        pid = os.getpid()
+        return cls(pid=pid, host=hostname(), start=start_time(pid), boot=boot_id())
 
     def is_local(self) -> bool:
         return self.host == hostname()

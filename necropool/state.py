@@ -15,8 +15,8 @@ from pathlib import Path
 from necropool.clock import now
 from necropool.errors import OperationFailed
 from necropool.layout import PoolPaths, write_atomic
-from necropool.names import utf8_safe
 from necropool.proc import Holder
+from necropool.validate import utf8_safe
 
 SCHEMA_VERSION = 1
 
@@ -30,8 +30,9 @@ class SlotState(StrEnum):
     ERROR = "error"
 
 
-AVAILABLE, ALLOCATED, CLEANING, ERROR = (state.value for state in SlotState)
-STATES = (AVAILABLE, ALLOCATED, CLEANING, ERROR)
+AVAILABLE, ALLOCATED, CLEANING, ERROR = (SlotState.AVAILABLE, SlotState.ALLOCATED,
+                                         SlotState.CLEANING, SlotState.ERROR)
+STATES = tuple(SlotState)
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Lease:
 @dataclass
 class Slot:
     number: int
-    state: str = AVAILABLE
+    state: SlotState = AVAILABLE
     created_at: datetime | None = None
     commit: str | None = None  # the commit the slot was last cleaned to
     needs_cleanup: bool = False
@@ -96,9 +97,10 @@ class Slot:
     def from_dict(cls, number: int, data: dict) -> "Slot":
         if not isinstance(data, dict):
             raise ValueError("entry is not a table")
-        state = data.get("state")
-        if state not in STATES:
-            raise ValueError(f"unknown state {state!r}")
+        raw = data.get("state")
+        if raw not in STATES:
+            raise ValueError(f"unknown state {raw!r}")
+        state = SlotState(raw)
         times = ("created_at", "last_allocated_at", "last_released_at", "isolated_at")
         texts = ("commit", "error", "isolation_reason", "last_rescue")
         slot = cls(number=number, state=state)
@@ -118,6 +120,13 @@ class Slot:
         if state == ALLOCATED and slot.lease is None:
             raise ValueError("allocated without a lease")
         return slot
+
+
+def allocation_order(slot: Slot) -> tuple:
+    """Which free slot is handed out first: clean ones first, then the most recently
+    released, then by number."""
+    released = slot.last_released_at.timestamp() if slot.last_released_at else 0.0
+    return (slot.needs_cleanup, -released, slot.number)
 
 
 @dataclass
@@ -250,8 +259,9 @@ def _busy(paths: PoolPaths, number: int) -> str | None:
     """Why a slot may still be in use, or None when it is provably idle: no process in it,
     its slot lock free, and its tree as a cleanup leaves it (no change, untracked or
     ignored file, local branch or stash)."""
+    # only a rebuild needs them (lockmaint also imports this module)
     from necropool import git
-    from necropool.locks import FileLock
+    from necropool.lockmaint import lock_free
     from necropool.proc import describe, processes_in
 
     path = paths.slot_dir(number)
@@ -260,13 +270,11 @@ def _busy(paths: PoolPaths, number: int) -> str | None:
     pids = processes_in(path)
     if pids:
         return f"processes in it: {describe(pids)}"
-    lock = FileLock(paths.slot_lock(number))
     try:
-        if not lock.try_acquire(create=False) and os.path.lexists(lock.path):
+        if not lock_free(paths.slot_lock(number)):
             return "its slot lock is held"
     except OSError:
         return "its slot lock cannot be tested"
-    lock.release()
     try:
         changes = git.run(["--no-optional-locks", "status", "--porcelain", "--ignored", "-z"],
                           path).stdout

@@ -6,7 +6,7 @@ allocated slots.
 bash and zsh run interactively in a pseudo-terminal and get a real <TAB>; what their line
 editor was offered is captured at the lowest level (bash: COMPREPLY of the registered
 function; zsh: the compadd builtin). fish answers ``complete -C``. Regenerate the scripts
-with ``python -m necropool.cli.completion completions``.
+with ``python -m necropool.cli.completion_scripts completions``.
 """
 
 import fcntl
@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from necropool.cli.completion import FILES
+from necropool.cli.completion_scripts import FILES
 
 REPO = Path(__file__).resolve().parent.parent
 COMPLETIONS = REPO / "completions"
 BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
-REGENERATE = "python -m necropool.cli.completion completions"
+REGENERATE = "python -m necropool.cli.completion_scripts completions"
 
 
 # ---- the scripts -------------------------------------------------------------------------
@@ -44,7 +44,7 @@ def test_committed_script_is_what_the_command_prints(shell):
 
 
 def test_regenerating_writes_the_committed_files(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "necropool.cli.completion", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "necropool.cli.completion_scripts", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     for name in FILES.values():
@@ -66,7 +66,7 @@ def test_completion_code_stays_off_the_normal_command_path(root):
                           timeout=60, stdin=subprocess.DEVNULL)
     modules = proc.stdout.rsplit("MODULES", 1)[-1].split()
     assert "necropool.cli.app" in modules, proc
-    assert "necropool.cli.completion" not in modules
+    assert "necropool.cli.completion_scripts" not in modules
     assert "necropool.cli.manpage" not in modules
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import commit_file, git
 from faults import Procs, corrupt_loose_object, kill
 
-from necropool import cleanup, health
+from necropool import autorecover, cleanup, detect
 from necropool.config import PoolSpec
 from necropool.proc import processes_in, start_time
 
@@ -166,7 +166,7 @@ def test_a_judgement_overtaken_by_a_new_allocation_touches_nothing(cli, pool, ma
     assert lease["slot_id"] == "web-1"
     corrupt_loose_object(Path(lease["path"]))
     kill(holder)
-    found = health.detect(pool_)  # the judgement
+    found = detect.detect(pool_)  # the judgement
     assert [a.slot_id for a in found.items["abandoned_slots"]] == ["web-1"]
 
     assert cli("recover", "web-1").code == 0  # meanwhile: healed by someone else ...
@@ -178,7 +178,7 @@ def test_a_judgement_overtaken_by_a_new_allocation_touches_nothing(cli, pool, ma
     again = granted["web-1"]
     (Path(again["path"]) / "new-holder.txt").write_text("mine\n")
 
-    result = health.auto_recover(pool_, found=found)  # acts on the stale judgement
+    result = autorecover.auto_recover(pool_, found=found).to_dict()  # the stale judgement
     mine = [a for a in result["actions"] if a["target"] == "web-1"]
     assert mine and {a["status"] for a in mine} <= {"skipped", "deferred"}, mine
     assert any(a["status"] == "skipped" for a in mine), mine

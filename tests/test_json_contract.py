@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import commit_file
 
 from necropool.cli.app import COMMANDS
-from necropool.health import KINDS
+from necropool.detect import KINDS
 
 DOC = (Path(__file__).parent.parent / "docs" / "json.md").read_text()
 

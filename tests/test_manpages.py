@@ -135,6 +135,7 @@ def test_hand_written_parts_agree_with_the_code():
 def test_examples_use_real_commands_and_options():
     from typer.main import get_command
 
+    from necropool.cli import registry
     from necropool.cli.app import build
 
     root = get_command(build())
@@ -142,7 +143,7 @@ def test_examples_use_real_commands_and_options():
     global_opts = {o for p in root.get_params(ctx) for o in getattr(p, "opts", [])}
     texts = [example for _, example in manpage.EXAMPLES]
     texts += list(EXAMPLES.values()) + [manpage.COMPLETION_EXAMPLE]
-    texts += [t for notes in manpage.COMMAND_NOTES.values() for t in notes]
+    texts += [t for notes in registry.NOTES.values() for t in notes]
     checked = 0
     for text in texts:
         for match in re.finditer(r"necropool ([a-z-]+)([^|\n]*)", text):

@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure becomes a one-line message and a documented exit code."""
     args = sys.argv[1:] if argv is None else argv
     args = args or ["--help"]  # bare ``necropool``: the full help on stdout, exit 0 (as git)
-    if "_NECROPOOL_COMPLETE" in os.environ:  # a completion script asking (see completion.py)
-        from necropool.cli.completion import answer
+    if "_NECROPOOL_COMPLETE" in os.environ:  # a completion script asking (completion_scripts)
+        from necropool.cli.completion_scripts import answer
 
         sys.exit(answer())
     from necropool.cli.app import hoist_globals

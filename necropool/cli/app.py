@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from necropool import __version__
-from necropool.cli import complete
+from necropool.cli import complete_values
 from necropool.cli.context import G
 
 COLORS = ("auto", "always", "never")
@@ -40,7 +40,7 @@ def main_options(
     config: Annotated[str | None, typer.Option(
         "--config", metavar="FILE", help="Config file [env: NECROPOOL_CONFIG]")] = None,
     color: Annotated[str, typer.Option(
-        "--color", metavar="WHEN", autocompletion=complete.colors,
+        "--color", metavar="WHEN", autocompletion=complete_values.colors,
         help="Colour: auto, always or never (the shape of output is --format's)")] = "auto",
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version")] = False,
@@ -120,7 +120,7 @@ def build(args: list[str] | None = None) -> typer.Typer:
             func, settings = declared[name]
             if settings.get("group"):
                 extra = {k: v for k, v in settings.items() if k != "group"}
-                app.add_typer(func, name=name, cls=Group, **extra)  # type: ignore[arg-type]
+                app.add_typer(func, name=name, cls=Group, **extra)
             else:
                 app.command(name, **{"cls": Command, **settings})(func)
     return app

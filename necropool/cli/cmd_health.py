@@ -20,7 +20,18 @@ KIND_TITLES = {
 }
 
 
-@command("detect")
+@command("detect",
+    notes=[
+        "Kinds: long allocated (no TTL, older than --max-allocation-hours), expired leases "
+        "(past their --ttl), abandoned (holder or worker dead), corrupted, orphaned locks, "
+        "stray paths, isolated slots, stale mirrors (last fetch failed, or none for "
+        "stale_mirror_hours).",
+        "The exit status is 1 as long as the upstream cannot be fetched.",
+    ],
+    exit_status=(
+        "0 when healthy, 1 when anything is found."
+    ),
+)
 def detect(
     pool: OptionalPoolArg = None,
     max_allocation_hours: MaxHours = None,
@@ -43,7 +54,15 @@ def detect(
     raise typer.Exit(1 if total else 0)
 
 
-@command("recover")
+@command("recover",
+    notes=[
+        "Recovery never destroys work silently: changes are saved before a reset.",
+    ],
+    exit_status=(
+        "0 when the slot ends available, 3 when it could not be repaired (it is then "
+        "isolated)."
+    ),
+)
 def recover(
     slot: SlotArg,
     force: Annotated[bool, typer.Option(
@@ -82,7 +101,18 @@ def isolate(
         out.note(f"isolated {data['slot_id']}: {data['isolation_reason']}")
 
 
-@command("auto-recover")
+@command("auto-recover",
+    notes=[
+        "Abandoned slots and expired leases are released (their work saved), corrupted ones "
+        "recovered or isolated, orphaned locks removed, stray paths moved aside; long "
+        "allocations without a TTL are only reported unless --force-release-long-allocated is "
+        "given.",
+        "Safe to run from cron; --dry-run only says what would be done.",
+    ],
+    exit_status=(
+        "3 when any action failed (see errors in the JSON output)."
+    ),
+)
 def auto_recover(
     pool: OptionalPoolArg = None,
     max_allocation_hours: MaxHours = None,
@@ -109,11 +139,11 @@ def auto_recover(
         rows = [[p["pool"], a["target"], a["action"], a.get("status"), a.get("error") or
                  a.get("rescued") or ""] for p in data["pools"] for a in p["actions"]]
         out.table(["POOL", "TARGET", "ACTION", "STATUS", "DETAIL"], rows)
-        keys = ("abandoned_released", "expired_released", "long_allocated_released",
-                "corrupted_recovered", "corrupted_isolated", "orphaned_locks_cleaned",
-                "stray_paths_moved", "slots_adopted")
+        from necropool.autorecover import COUNTERS
+
         out.note(("planned: " if dry_run else "")
-                 + ", ".join(f"{k}={data[k]}" for k in keys) + f", errors={len(data['errors'])}")
+                 + ", ".join(f"{k}={data[k]}" for k in COUNTERS)
+                 + f", errors={len(data['errors'])}")
     if data["errors"]:
         more = f" (and {len(data['errors']) - 1} more)" if len(data["errors"]) > 1 else ""
         out.error("failed", f"auto-recover: {data['errors'][0]}{more}", 3)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from necropool.cli import complete
+from necropool.cli import complete_values
 from necropool.cli.context import G
 from necropool.cli.params import Json
 from necropool.cli.registry import command
@@ -12,14 +12,25 @@ from necropool.cli.registry import command
 SHELLS = ("bash", "zsh", "fish")
 
 
-@command("completion")
+COMPLETION_TEXT = [  # for the man pages: what the scripts complete, and where they are
+    """Completion scripts for bash, zsh and fish are printed by *necropool completion SHELL*
+    (committed as completions/necropool.bash, completions/_necropool and
+    completions/necropool.fish).
+    They complete command and option names, pool names, slot ids (with their state and
+    owner as descriptions in zsh and fish; *release* offers only allocated slots), the
+    values of --format, --color and --fetch-backend, log event kinds, rescued ids, shell
+    names, and after *run POOL --* the commands on PATH.""",
+]
+
+
+@command("completion", notes=COMPLETION_TEXT)
 def completion(
     shell: Annotated[str, typer.Argument(metavar="SHELL", help="bash, zsh or fish",
-                                              autocompletion=complete.shells)],
+                                              autocompletion=complete_values.shells)],
     json_out: Json = False,
 ) -> None:
     """Print the completion script for SHELL (see completions/ and the README)."""
-    from necropool.cli.completion import script
+    from necropool.cli.completion_scripts import script
     from necropool.errors import UsageError
 
     if shell not in SHELLS:

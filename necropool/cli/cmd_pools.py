@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from necropool.cli import complete
+from necropool.cli import complete_values
 from necropool.cli.context import G
 from necropool.cli.human import plural
 from necropool.cli.params import Format, Json, NoHeaders, PoolArg, SlotArg
@@ -15,7 +15,12 @@ DiscardWork = Annotated[bool, typer.Option(
     "--discard-work", help="With --force: do not save the holders' work first")]
 
 
-@command("create")
+@command("create",
+    notes=[
+        "The slots are cloned from the mirror with shared objects: each costs about one "
+        "checkout.",
+    ],
+)
 def create(
     pool: PoolArg,
     url: Annotated[str, typer.Argument(metavar="URL", help="Upstream repository URL or path")],
@@ -28,7 +33,7 @@ def create(
     no_fetch_on_allocate: Annotated[bool, typer.Option(
         "--no-fetch-on-allocate", help="Do not fetch upstream on every allocate")] = False,
     fetch_backend: Annotated[str, typer.Option(
-        "--fetch-backend", metavar="BACKEND", autocompletion=complete.backends,
+        "--fetch-backend", metavar="BACKEND", autocompletion=complete_values.backends,
         help="git (default) or libgit2")] = "git",
     json_out: Json = False,
 ) -> None:
@@ -105,7 +110,12 @@ def remove(
     out.note(f"removed slot {data['slot_id']}")
 
 
-@command("list")
+@command("list",
+    notes=[
+        "A pool that cannot be read (a directory under pools/ without a readable pool.toml, "
+        "say) is listed with its error, and the exit status is 3.",
+    ],
+)
 def list_(fmt: Format = None, no_headers: NoHeaders = False, json_out: Json = False) -> None:
     """List pools with their slot counts by state (exit 3 when one cannot be read)."""
     out = G.out(json_out, fmt, no_headers)
@@ -144,13 +154,31 @@ NO_POOLS = ("no pools yet: create one with  necropool create POOL URL  "
             "(or declare [pools.NAME] in the config file and run  necropool sync)")
 
 
-@command("status")
+@command("status",
+    notes=[
+        "On a terminal, a table with one line per slot: below 150 columns compact (times "
+        "relative to now, such as 5m ago or in 2h; the first 8 characters of the lease id; the "
+        "owner and the path shortened), from 150 columns every column in full, with the "
+        "holder's host, the commit and the number of uses. The reasons of slots in error, and "
+        "what rescued/ holds, follow the table.",
+        "--format tsv (the default when stdout is not a terminal, then without the header "
+        "line) prints one line per slot with the tab-separated columns slot, state, owner, "
+        "lease, allocated, commit, uses, path, expires, pid (full lease ids, RFC 3339 times, "
+        "whole paths); --no-headers drops the header line. --format json is --json. NO_COLOR "
+        "and --color never drop colour only, never the table.",
+        "A pool that cannot be read is shown with its error, and the exit status is 3, as for "
+        "*list*.",
+        "--format prometheus prints the metrics in the Prometheus text format; with --output "
+        "FILE it writes FILE through a temporary file and a rename, as the node_exporter "
+        "textfile collector requires. The metrics:",
+    ],
+)
 def status(
     target: Annotated[str | None, typer.Argument(
         metavar="[POOL|SLOT]", help="A pool name or slot id (default: every pool)",
-        autocompletion=complete.targets)] = None,
+        autocompletion=complete_values.targets)] = None,
     fmt: Annotated[str | None, typer.Option(
-        "--format", metavar="FORMAT", autocompletion=complete.status_formats,
+        "--format", metavar="FORMAT", autocompletion=complete_values.status_formats,
         help="table, tsv, json or prometheus (default: table on a terminal, else tsv "
              "without headers)")] = None,
     no_headers: NoHeaders = False,
@@ -212,7 +240,12 @@ def _is_slot(manager, target: str) -> bool:
     return target not in manager.pool_names() and target.rsplit("-", 1)[-1].isdigit()
 
 
-@command("sync")
+@command("sync",
+    notes=[
+        "The config file declares pools as [pools.NAME] tables (see CONFIGURATION in "
+        "*necropool*(1)).",
+    ],
+)
 def sync(
     prune: Annotated[bool, typer.Option(
         "--prune", help="Also shrink pools, and delete pools the config drops")] = False,

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from necropool.cli import complete
+from necropool.cli import complete_values
 from necropool.cli.context import G
 from necropool.cli.helpfmt import Command
 from necropool.cli.human import plural, relative, right_cut, size
@@ -14,11 +14,25 @@ from necropool.cli.registry import group
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 group("rescued", app, help="Manage the work saved from slots before they were reset: list, "
-                           "show, restore and prune the bundles and trees under rescued/.")
+                           "show, restore and prune the bundles and trees under rescued/.",
+    notes=[
+        "Cleanup saves a holder's uncommitted changes, local branches, unpushed commits and "
+        "stashes in a git bundle <slot>-<stamp>-<lease>.bundle under the pool's rescued/ (refs "
+        "under refs/necropool/rescue/), and recovery moves broken working copies aside there "
+        "(<slot>-<stamp>.broken), as auto-recover does with stray paths. *rescued list* shows "
+        "each with its owner and lease (from the pool's history), age, size and contents; an "
+        "ID is the name under rescued/, or any unambiguous start of it, such as the short id "
+        "the table shows.",
+        "*rescued restore* fetches a bundle's refs as refs/rescued/<ID>/... into a clone: an "
+        "existing one (--into DIR), else a new clone of the pool's mirror with origin set to "
+        "the upstream. *rescued prune* is a dry run unless --yes is given; it never deletes "
+        "outside rescued/ and removes a symlink, never what it points at.",
+    ],
+)
 
 IdArg = Annotated[str, typer.Argument(
     metavar="ID", help="An id as 'rescued list' prints it (or its start), POOL/ID, or a path",
-    autocompletion=complete.rescued_ids)]
+    autocompletion=complete_values.rescued_ids)]
 # the tab-separated columns of 'rescued list', in order
 TSV_COLUMNS = ["ID", "POOL", "KIND", "SLOT", "OWNER", "LEASE", "CREATED", "BYTES", "BRANCHES",
                "COMMITS", "UNCOMMITTED", "PATH"]

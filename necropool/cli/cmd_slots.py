@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from necropool.cli import complete
+from necropool.cli import complete_values
 from necropool.cli.context import G
 from necropool.cli.helpfmt import Command
 from necropool.cli.params import (
@@ -33,7 +33,7 @@ NoFetch = Annotated[bool, typer.Option("--no-fetch", help="Do not fetch upstream
 
 def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
     from necropool.clock import parse_duration
-    from necropool.lifecycle import parse_metadata
+    from necropool.validate import parse_metadata
 
     return {
         "owner": owner,
@@ -44,7 +44,18 @@ def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
     }
 
 
-@command("allocate")
+@command("allocate",
+    notes=[
+        'Plain output is the slot path alone on stdout, so *cd "$(necropool allocate web)"* '
+        "works.",
+        "Unless --no-fetch is given (or the pool was created with --no-fetch-on-allocate) the "
+        "mirror is fetched first and the slot is at the current upstream tip.",
+        "--wait blocks, without polling the pool, until a slot frees up.",
+    ],
+    exit_status=(
+        "75 when no slot is free (after --wait, if given)."
+    ),
+)
 def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = None,
              meta: Meta = None, wait: Wait = None, no_fetch: NoFetch = False,
              json_out: Json = False) -> None:
@@ -58,7 +69,17 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
     out.emit(data) if out.json else out.line(data["path"])
 
 
-@command("release")
+@command("release",
+    notes=[
+        "Release resets the slot to the tip of the pool branch (detached), removes untracked "
+        "and ignored files (unless the pool keeps ignored files) and stale git lock files.",
+        "Uncommitted changes and unpushed commits are saved first; the result says where "
+        "(rescued).",
+    ],
+    exit_status=(
+        "5 when the slot is not allocated or --lease-id names a stale lease."
+    ),
+)
 def release(
     slot: AllocatedSlotArg,
     lease_id: Annotated[str | None, typer.Option(
@@ -87,7 +108,16 @@ def release(
     out.note(f"released {data['slot_id']}")
 
 
-@command("renew")
+@command("renew",
+    notes=[
+        "Without --ttl the lease is extended by its own TTL, from now; a lease without a TTL "
+        "needs --ttl. A lease that has expired but was not reclaimed yet may be renewed.",
+    ],
+    exit_status=(
+        "5 when --lease-id is not the slot's current lease (the message says what became of "
+        "it)."
+    ),
+)
 def renew(
     slot: AllocatedSlotArg,
     lease_id: Annotated[str, typer.Option("--lease-id", metavar="ID",
@@ -119,12 +149,24 @@ class _RunCommand(Command):
         return super().parse_args(ctx, args)
 
 
-@command("run", cls=_RunCommand, context_settings={"allow_interspersed_args": False})
+@command("run", cls=_RunCommand, context_settings={"allow_interspersed_args": False},
+    notes=[
+        "The command runs in the slot, with NECROPOOL_SLOT_ID, NECROPOOL_SLOT_PATH and "
+        "NECROPOOL_LEASE_ID set; the slot is released afterwards, also when the command fails "
+        "or is interrupted. With --ttl, run renews the lease while the command runs, so it is "
+        "never reclaimed as expired.",
+        "Put -- before the command so that its options are not taken for necropool's.",
+    ],
+    exit_status=(
+        "The status of the command (127 when it is not found, 126 when it cannot be executed); "
+        "necropool's own failures use the codes of *necropool*(1)."
+    ),
+)
 def run(
     pool: PoolArg,
     command: Annotated[list[str], typer.Argument(metavar="-- COMMAND [ARG]...",
                                                  help="The command to run in the slot",
-                                                 autocompletion=complete.commands)],
+                                                 autocompletion=complete_values.commands)],
     owner: Owner = None, ttl: Ttl = None, meta: Meta = None, wait: Wait = None,
     no_fetch: NoFetch = False, json_out: Json = False,
 ) -> None:
@@ -146,11 +188,18 @@ def run(
         out.error("failed", result.release_error, code)
     if out.json:
         out.emit({"slot_id": result.slot_id, "pool": pool, "exit_code": result.code,
-                  "release": result.release, "release_error": result.release_error})
+                  "release": result.release.to_dict() if result.release else None,
+                  "release_error": result.release_error})
     raise typer.Exit(code)
 
 
-@command("log")
+@command("log",
+    notes=[
+        "Without a POOL, the events of every pool, merged by time. Plain output is one line "
+        "per event: time, event, slot, details as key=value (JSON for lists and objects), "
+        "pool, tab-separated when stdout is not a terminal.",
+    ],
+)
 def log(
     pool: OptionalPoolArg = None,
     since: Annotated[str | None, typer.Option(
@@ -158,7 +207,7 @@ def log(
     tail: Annotated[int | None, typer.Option(
         "--tail", "-n", metavar="N", min=1, help="Only the last N events")] = None,
     event: Annotated[list[str] | None, typer.Option(
-        "--event", "-e", metavar="KIND", autocompletion=complete.event_kinds,
+        "--event", "-e", metavar="KIND", autocompletion=complete_values.event_kinds,
         help="Only events of this kind (repeatable): allocate, release, cleanup, ...")] = None,
     follow: Annotated[bool, typer.Option(
         "--follow", "-f", help="Keep printing events as they happen (Ctrl-C stops)")] = False,

@@ -3,7 +3,7 @@
 import os
 import sys
 
-from necropool.names import is_control, utf8_safe
+from necropool.validate import is_control, utf8_safe
 
 SCHEMA_VERSION = 1
 

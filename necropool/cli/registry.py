@@ -1,19 +1,36 @@
 """Command registration that defers building: modules declare commands here, and
-``app.build`` turns only the ones a call needs into Typer commands."""
+``app.build`` turns only the ones a call needs into Typer commands. A command's man-page
+additions are declared with it (``notes``: paragraphs after its help; ``exit_status``)."""
 
-REGISTERED: list[tuple[str, object, dict]] = []
+from collections.abc import Callable, Sequence
+from typing import Any
+
+REGISTERED: list[tuple[str, Any, dict]] = []  # a command's function, or a group's Typer app
+NOTES: dict[str, list[str]] = {}
+EXIT_STATUS: dict[str, str] = {}
 
 
-def command(name: str, **settings):
+def _document(name: str, notes: Sequence[str], exit_status: str | None) -> None:
+    if notes:
+        NOTES[name] = list(notes)
+    if exit_status:
+        EXIT_STATUS[name] = exit_status
+
+
+def command(name: str, *, notes: Sequence[str] = (), exit_status: str | None = None,
+            **settings: Any) -> Callable[[Callable], Callable]:
     """Declare a CLI command (the decorated function is returned unchanged)."""
+    _document(name, notes, exit_status)
 
-    def declare(func):
+    def declare(func: Callable) -> Callable:
         REGISTERED.append((name, func, settings))
         return func
 
     return declare
 
 
-def group(name: str, app, **settings) -> None:
+def group(name: str, app: Any, *, notes: Sequence[str] = (), exit_status: str | None = None,
+          **settings: Any) -> None:
     """Declare a command with subcommands (a Typer app)."""
+    _document(name, notes, exit_status)
     REGISTERED.append((name, app, {"group": True, **settings}))

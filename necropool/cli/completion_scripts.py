@@ -4,7 +4,7 @@ Built on the vendored click shell-completion machinery (``typer._click.shell_com
 one ``ShellComplete`` subclass per shell gives the script (``source``) and answers it
 (``complete``), and click's context resolution decides what is being completed, so command
 names, option names and the ``autocompletion=`` callbacks of ``params.py`` (pool names and
-slot ids, from ``complete.py``) always follow the commands as they are declared.
+slot ids, from ``complete_values.py``) always follow the commands as they are declared.
 
 Protocol (click 8's): a script runs ``necropool`` with ``_NECROPOOL_COMPLETE=<shell>_complete``,
 ``COMP_WORDS`` (the words typed so far) and ``COMP_CWORD`` (bash, zsh: the index of the word
@@ -14,7 +14,7 @@ before anything else runs. The answer is one candidate per line, ``VALUE`` for b
 (a SLOT may be given as a path, ``create`` takes a URL or a path, ``run`` a command).
 Typer's own completion (``--install-completion``, ``complete_bash`` instructions) is not used.
 
-Regenerate the committed scripts: ``python -m necropool.cli.completion completions``.
+Regenerate the committed scripts: ``python -m necropool.cli.completion_scripts completions``.
 
 Nothing here is imported on the normal command path.
 """

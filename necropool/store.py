@@ -1,0 +1,71 @@
+"""The store interface: everything that reads or writes a pool's state (slots, leases,
+statistics, events) goes through one ``Store``. ``store_toml.TomlStore`` (``state.toml``
+under ``pool.lock``, ``events.jsonl``) is the default; a second backend (a shared ledger)
+is a new module implementing this protocol.
+
+The first three methods are enough for any change; the lease operations are the ones a
+row-level ledger does natively (claim with ``FOR UPDATE SKIP LOCKED``, renew and end
+fenced by the lease id), which the TOML store implements with its transaction.
+"""
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from necropool.errors import Conflict
+from necropool.proc import Holder
+from necropool.state import Lease, PoolState, Slot
+
+
+class LeaseLost(Conflict):
+    """A lease operation fenced out: the lease id is no longer the slot's lease."""
+
+
+class Store(Protocol):
+    def snapshot(self) -> PoolState:
+        """A consistent view of every slot, without taking the lock."""
+        ...
+
+    def locked(self) -> AbstractContextManager[PoolState]:
+        """Hold the state lock for the block and yield the state; nothing is written."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[PoolState]:
+        """Read-modify-write under the lock: what the block changes is saved at its end
+        (not when it raises)."""
+        ...
+
+    def save(self, current: PoolState) -> None:
+        """Write ``current`` (only while holding the lock, inside ``locked``)."""
+        ...
+
+    def claim(self, lease: Lease, take: Callable[[Slot], bool],
+              skip: frozenset[int] = frozenset()) -> Slot | None:
+        """Grant ``lease`` on one available slot not in ``skip``, in allocation order, for
+        which ``take`` (the caller's local claim, e.g. its slot lock) succeeds; None when
+        there is none. Atomic with respect to every other claim."""
+        ...
+
+    def renew(self, number: int, lease_id: str, expires_at: datetime,
+              ttl_seconds: float) -> Slot:
+        """Extend slot ``number``'s lease, fenced: ``LeaseLost`` unless ``lease_id`` is still
+        its lease."""
+        ...
+
+    def end_lease(self, number: int, lease_id: str, worker: Holder | None = None) -> Slot:
+        """End the lease, fenced like ``renew``: its usage counted, the slot ``cleaning`` by
+        ``worker``; returns the slot as it was before."""
+        ...
+
+    def append_event(self, name: str, **fields: Any) -> None:
+        """Add one event to the pool's history."""
+        ...
+
+    def read_events(self, since: datetime | None = None) -> list[dict]:
+        """The pool's history, oldest first (``since``: only events at or after it)."""
+        ...
+
+    def last_event(self, name: str) -> dict | None:
+        """The newest event of one kind, if any."""
+        ...

@@ -1,0 +1,111 @@
+"""The default store: ``state.toml`` (and its ``.bak``) guarded by ``pool.lock``, history in
+``events.jsonl``. Writes are atomic, fsynced and never follow a symlink (``state.save``,
+``layout.write_atomic``); a write that leaves a slot free pokes the wake FIFO of the
+allocation waiter at the head of the queue."""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from necropool import events, state, wakeup
+from necropool.clock import now
+from necropool.errors import NotFound
+from necropool.layout import PoolPaths
+from necropool.locks import FileLock
+from necropool.proc import Holder
+from necropool.state import (
+    ALLOCATED,
+    AVAILABLE,
+    CLEANING,
+    Lease,
+    PoolState,
+    Slot,
+    allocation_order,
+)
+from necropool.store import LeaseLost
+
+
+class TomlStore:
+    """A pool's state in its directory; see ``store.Store`` for the contract."""
+
+    def __init__(self, paths: PoolPaths, name: str, lock_timeout: float):
+        self.paths, self.name, self.lock_timeout = paths, name, lock_timeout
+
+    def snapshot(self) -> PoolState:
+        return state.load(self.paths)  # writes are atomic replaces: no lock needed
+
+    @contextmanager
+    def locked(self) -> Iterator[PoolState]:
+        lock = FileLock(self.paths.pool_lock)
+        try:
+            lock.acquire(self.lock_timeout, f"lock of pool {self.name}")
+        except FileNotFoundError:
+            raise NotFound(f"pool {self.name!r} does not exist") from None
+        try:
+            if not self.paths.definition.exists():
+                raise NotFound(f"pool {self.name!r} does not exist")
+            yield state.load(self.paths)
+        finally:
+            lock.release()
+
+    @contextmanager
+    def transaction(self) -> Iterator[PoolState]:
+        with self.locked() as current:
+            yield current
+            self.save(current)
+
+    def save(self, current: PoolState) -> None:
+        """Waking the waiter only when a slot is free: other writes would make it take the
+        pool lock for nothing."""
+        state.save(self.paths, current)
+        if any(slot.state == AVAILABLE for slot in current.slots.values()):
+            wakeup.poke(self.paths.wake)
+
+    def claim(self, lease: Lease, take: Callable[[Slot], bool],
+              skip: frozenset[int] = frozenset()) -> Slot | None:
+        with self.locked() as current:
+            for slot in sorted(current.slots.values(), key=allocation_order):
+                if slot.state == AVAILABLE and slot.number not in skip and take(slot):
+                    slot.state, slot.lease, slot.worker, slot.error = ALLOCATED, lease, None, None
+                    slot.allocation_count += 1
+                    slot.last_allocated_at = lease.allocated_at
+                    self.save(current)
+                    return slot
+        return None  # nothing changed: no write, so waiters are not woken for nothing
+
+    def _leased(self, current: PoolState, number: int, lease_id: str) -> Slot:
+        slot = current.slots.get(number)
+        if (slot is None or slot.state != ALLOCATED or slot.lease is None
+                or slot.lease.lease_id != lease_id):
+            raise LeaseLost(f"lease {lease_id} is not the current lease of slot "
+                            f"{self.paths.slot_id(number)}")
+        return slot
+
+    def renew(self, number: int, lease_id: str, expires_at: datetime,
+              ttl_seconds: float) -> Slot:
+        with self.transaction() as current:
+            slot = self._leased(current, number, lease_id)
+            assert slot.lease is not None  # checked by _leased
+            slot.lease.expires_at, slot.lease.ttl_seconds = expires_at, ttl_seconds
+        return slot
+
+    def end_lease(self, number: int, lease_id: str, worker: Holder | None = None) -> Slot:
+        with self.transaction() as current:
+            slot = self._leased(current, number, lease_id)
+            previous = Slot(**vars(slot))
+            at = now()
+            slot.total_usage_seconds += max(0.0, (at - previous.lease.allocated_at)
+                                            .total_seconds()) if previous.lease else 0.0
+            slot.last_released_at, slot.lease = at, None
+            slot.state, slot.worker = CLEANING, worker
+        return previous
+
+    def append_event(self, name: str, **fields: Any) -> None:
+        events.append(self.paths.events, name, pool=self.name, **fields)
+
+    def read_events(self, since: datetime | None = None) -> list[dict]:
+        return events.read(self.paths.events, since)
+
+    def last_event(self, name: str) -> dict | None:
+        return events.last(self.paths.events, name)

@@ -1,0 +1,139 @@
+"""Input validation, in one place: pool names, slot ids, upstream URLs, branches, pool specs,
+free text (owners, reasons), lease metadata and hour limits. Each check returns the value or
+raises ``UsageError`` with a one-line message."""
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from necropool.errors import UsageError
+
+if TYPE_CHECKING:
+    from necropool.config import PoolSpec
+
+MAX_HOURS = 876000  # a century: any hours setting or argument; also refuses nan and inf
+
+POOL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_SLOT_ID = re.compile(r"(?P<pool>[a-z0-9][a-z0-9._-]{0,62})-(?P<n>[1-9][0-9]{0,5})")
+_SAFE_SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
+_SCP_LIKE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:[^:].*")
+
+
+def check_pool_name(name: str) -> str:
+    if not isinstance(name, str) or not POOL_NAME.fullmatch(name) or ".." in name:
+        raise UsageError(
+            f"invalid pool name {name!r}: use 1-63 characters a-z 0-9 . _ - "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def parse_slot_id(slot_id: str) -> tuple[str, int]:
+    """Split ``<pool>-<n>`` into its pool name and slot number."""
+    match = _SLOT_ID.fullmatch(slot_id) if isinstance(slot_id, str) else None
+    if not match or ".." in slot_id:
+        raise UsageError(f"invalid slot id {slot_id!r}: expected <pool>-<number>, e.g. web-1")
+    return match.group("pool"), int(match.group("n"))
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` as valid UTF-8: bytes that were not (file names and branch names decoded
+    with surrogate escapes) become ``\\xNN`` escapes, so no state write or print fails."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+
+
+def is_control(c: str) -> bool:
+    """C0 and C1 control characters and DEL: what a terminal may act on."""
+    return ord(c) < 32 or 127 <= ord(c) < 160
+
+
+def check_text(value: str, what: str, limit: int = 256) -> str:
+    """A free-text value a person gave (an owner, a reason): 1-``limit`` printable
+    characters, no control characters (escape sequences would reach every terminal that
+    shows it)."""
+    if (not isinstance(value, str) or not value.strip() or len(value) > limit
+            or any(is_control(c) for c in value)):
+        raise UsageError(f"invalid {what} {str(value)[:40]!r}: 1-{limit} printable characters, "
+                         "no control characters")
+    return value
+
+
+def check_url(url: str) -> str:
+    """Accept local paths and the ordinary transports; refuse options and ``ext::``-style ones."""
+    if not isinstance(url, str) or not url.strip():
+        raise UsageError("invalid URL: it is empty")
+    if url != url.strip() or any(ord(c) < 32 for c in url):
+        raise UsageError(f"invalid URL {url!r}: it contains whitespace or control characters")
+    if url.startswith("-"):
+        raise UsageError(f"invalid URL {url!r}: it must not start with '-'")
+    if url.startswith(_SAFE_SCHEMES) or _SCP_LIKE.fullmatch(url):
+        return url
+    if "::" in url or re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url):
+        raise UsageError(f"refusing URL {url!r}: transport not allowed (use https, ssh, git, file)")
+    return url
+
+
+def parse_metadata(pairs: list[str]) -> dict[str, str]:
+    meta = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"invalid metadata {pair[:60]!r}: expected KEY=VALUE")
+        if len(pair) > 4096:
+            raise UsageError(f"metadata {key[:40]!r} is too long (limit 4096 characters)")
+        meta[key] = value
+    return check_metadata(meta)
+
+
+def check_metadata(meta) -> dict[str, str]:
+    """Lease metadata as the core accepts it (from the CLI or the API): string keys and
+    values, no control characters in keys, no NUL, each pair at most 4096 characters."""
+    if not isinstance(meta, dict):
+        raise UsageError("invalid metadata: expected a mapping of strings to strings")
+    for key, value in meta.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not key.strip():
+            raise UsageError(f"invalid metadata {str(key)[:40]!r}: keys and values must be "
+                             "strings, keys non-empty")
+        if any(ord(c) < 32 for c in key) or "\0" in value:
+            raise UsageError(f"invalid metadata {key[:40]!r}: control characters are not allowed")
+        if len(key) + len(value) + 1 > 4096:
+            raise UsageError(f"metadata {key[:40]!r} is too long (limit 4096 characters)")
+    return meta
+
+
+def check_spec(spec: "PoolSpec") -> "PoolSpec":
+    """A pool spec from the config or the API; a local path url is made absolute."""
+    # config imports this module; git only here (the CLI's output imports this module)
+    from necropool import git
+    from necropool.config import FETCH_BACKENDS
+
+    check_pool_name(spec.name)
+    check_url(spec.url)
+    if spec.num_slots < 1:
+        raise UsageError(f"invalid slot count {spec.num_slots}: must be at least 1")
+    if spec.fetch_backend not in FETCH_BACKENDS:
+        raise UsageError(f"invalid fetch backend {spec.fetch_backend!r}")
+    if spec.branch is not None and (not spec.branch or spec.branch.startswith("-")
+                                    or any(ord(c) < 32 for c in spec.branch)
+                                    or git.run(["check-ref-format", "--branch", spec.branch],
+                                               check=False).returncode != 0):
+        raise UsageError(f"invalid branch name {spec.branch!r}")
+    if "://" not in spec.url and ":" not in spec.url.split("/")[0] and Path(spec.url).exists():
+        spec.url = str(Path(spec.url).resolve())  # a local path: make it absolute
+    return spec
+
+
+def check_hours(hours: object, what: str = "max_allocation_hours") -> None:
+    """Hours as a caller gives them: None (the config's) or 0 < h <= ``MAX_HOURS``."""
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, int | float)
+                              or not 0 < hours <= MAX_HOURS):
+        raise UsageError(f"invalid {what} {hours!r}: must be greater than zero "
+                         f"and at most {MAX_HOURS}")
