@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from necropool import cleanup, events, lifecycle
+from necropool import events, lifecycle, slotgit
 from necropool.clock import now
 from necropool.detect import Anomaly, Findings, detect, holder_dead, live_allocation
 from necropool.errors import Conflict, OperationFailed, Skipped, explain
@@ -231,7 +231,7 @@ def _remove_lock(pool: Pool, anomaly: Anomaly) -> None:
         if slot is None or slot.state == CLEANING or (slot.state == ALLOCATED
                                                       and not holder_dead(slot)):
             raise Conflict(f"{path} is in a slot in use: left for its holder")
-        if path in cleanup.stale_git_locks(pool.slot_dir(slot.number)):
+        if path in slotgit.stale_git_locks(pool.slot_dir(slot.number)):
             path.unlink(missing_ok=True)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from necropool import cleanup, git
+from necropool import git, slotgit
 from necropool.clock import now, rfc3339
 from necropool.integrity import Verifier
 from necropool.layout import PoolPaths, is_temp
@@ -103,7 +103,7 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
                       lease_id=slot.lease.lease_id if slot.lease else None)
         elif slot.state != CLEANING and not live_allocation(slot, abandoned):
             # a live holder's git lock files are its own business (libgit2 writers, say)
-            for lock in cleanup.stale_git_locks(pool.slot_dir(number)):
+            for lock in slotgit.stale_git_locks(pool.slot_dir(number)):
                 found.add("orphaned_locks", slot_id=pool.slot_id(number), number=number,
                           path=str(lock), evidence="git lock file with no git process behind it")
     _find_strays(pool, current, found)

@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 
 from necropool import git
-from necropool.cleanup import checksum_ok
+from necropool.slotgit import checksum_ok
 
 
 def index_ok(gitdir: Path) -> bool:

@@ -243,3 +243,39 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         byte = data[pos]
         value = ((value + 1) << 7) | (byte & 0x7F)
     return value, pos + 1
+
+
+# --- the index checksum (also integrity.index_ok's) ------------------------------------------
+
+def checksum_ok(data: bytes, hash_size: int = 20) -> bool:
+    """An index's trailing checksum (SHA-1, or SHA-256 in a SHA-256 repository)."""
+    import hashlib  # 4 ms of start-up (OpenSSL), paid only when an index changed
+
+    if len(data) < 12 + hash_size or data[:4] != b"DIRC":
+        return False
+    digest = hashlib.sha256 if hash_size == 32 else hashlib.sha1
+    return digest(data[:-hash_size]).digest() == data[-hash_size:]
+
+
+# --- stale git lock files ---------------------------------------------------------------------
+
+GIT_LOCK_NAMES = ("index.lock", "HEAD.lock", "ORIG_HEAD.lock", "FETCH_HEAD.lock",
+                  "packed-refs.lock", "config.lock", "shallow.lock",
+                  "necropool-rescue.index.lock")  # the lock of cleanup's temporary index
+
+def git_lock_files(gitdir: Path) -> list[Path]:
+    """Git's own lock files in a repository (index.lock, HEAD.lock, ref locks, ...)."""
+    found = [gitdir / n for n in GIT_LOCK_NAMES if (gitdir / n).exists()]
+    for dirpath, _dirs, files in os.walk(gitdir / "refs"):
+        found += [Path(dirpath, f) for f in files if f.endswith(".lock")]
+    return found
+
+
+def stale_git_locks(tree: Path) -> list[Path]:
+    """Git lock files while no process works in the slot: left by a killed git."""
+    from necropool.proc import processes_in
+
+    locks = git_lock_files(tree / ".git")
+    if locks and processes_in(tree):
+        return []
+    return locks

@@ -10,9 +10,9 @@ import pytest
 from conftest import commit_file, git
 
 from necropool import git as necrogit
-from necropool.cleanup import checksum_ok, parse_status
 from necropool.nested import ref_part
-from necropool.slotgit import flagged_entries
+from necropool.saving import parse_status
+from necropool.slotgit import checksum_ok, flagged_entries
 
 OID = "1" * 40
 
