@@ -46,9 +46,11 @@ class Grant:
 
 
 def update_mirror(pool: Pool) -> str | None:
-    """Fetch the upstream into the mirror once for all callers waiting at the same time.
-    A failed fetch (after retries) is returned, not raised: slots then go to the mirror's
-    current tip, so an unreachable upstream never stops allocation."""
+    """Fetch the upstream into the mirror once for all callers waiting at the same time
+    (an upstream on a local path whose refs are the mirror's already is not fetched: that
+    check counts as the fetch). A failed fetch (after retries) is returned, not raised:
+    slots then go to the mirror's current tip, so an unreachable upstream never stops
+    allocation."""
     requested = time.time()
     lock = FileLock(pool.paths.mirror_lock)
     lock.acquire(pool.settings.git_timeout, "mirror lock")
@@ -63,8 +65,10 @@ def update_mirror(pool: Pool) -> str | None:
         started = time.time()
         try:
             ensure_inside(pool.paths.mirror, pool.settings.root)  # a symlink is not fetched into
-            git.fetch_mirror(pool.paths.mirror, timeout=pool.settings.git_timeout,
-                             backend=pool.definition.fetch_backend)
+            if not (_local(pool.definition.url) and git.mirror_current(
+                    pool.paths.mirror, timeout=pool.settings.git_timeout)):
+                git.fetch_mirror(pool.paths.mirror, timeout=pool.settings.git_timeout,
+                                 backend=pool.definition.fetch_backend)
         except OperationFailed as exc:
             pool.event("fetch_failed", error=exc.message)
             _note_failure(pool, exc.message)
@@ -74,6 +78,11 @@ def update_mirror(pool: Pool) -> str | None:
         return None
     finally:
         lock.release()
+
+
+def _local(url: str) -> bool:
+    """An upstream on this machine: asking whether it moved is cheaper than fetching."""
+    return url.startswith(("/", "file://"))
 
 
 def _note_failure(pool: Pool, message: str) -> None:
