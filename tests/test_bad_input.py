@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import changes, digest, template_pool
 from faults import set_state_fields
+from helpers import changes, digest, template_pool
 
 from necropool.config import PoolSpec, load_settings
 from necropool.errors import NecropoolError, UsageError

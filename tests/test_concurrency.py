@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import git
+from helpers import git
 
 from necropool.config import PoolSpec
 

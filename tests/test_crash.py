@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import commit_file, git
+from helpers import commit_file, git
 
 from necropool.config import PoolSpec
 from necropool.layout import PoolPaths
