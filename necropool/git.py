@@ -301,10 +301,16 @@ def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
     run_network(["fetch", "--prune", "--quiet", "origin"], mirror, timeout=timeout)
 
 
-def mirror_current(mirror: Path, *, timeout: float) -> bool:
-    """True when the upstream's refs are the mirror's (``ls-remote`` against the refs read
-    from the files): a fetch would bring nothing. Only for an upstream on a local path,
-    where asking costs a third of a fetch that brings nothing; False when it cannot say."""
+def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:
+    """True when the refs of the upstream at ``url``, a local path, are the mirror's: a
+    fetch would bring nothing. A repository whose git directory is plain to see (``.git``
+    or bare) has its refs read from the files, like the mirror's; any other asks
+    ``ls-remote`` (a third of a fetch that brings nothing). False when it cannot say: a
+    difference only costs the fetch that would have happened anyway."""
+    path = Path(url.removeprefix("file://"))
+    for gitdir in (path / ".git", path):
+        if gitdir.is_dir() and (gitdir / "objects").is_dir() and (gitdir / "HEAD").is_file():
+            return refs_under(gitdir, "refs/") == refs_under(mirror, "refs/")
     try:
         out = run(["ls-remote", "origin"], mirror, timeout=timeout).stdout
     except GitError:

@@ -134,6 +134,23 @@ def test_allocate_hands_out_the_current_upstream_tip(cli, pool, upstream):
     assert git(stale["path"], "status", "--porcelain", "--ignored") == ""
 
 
+def test_a_local_upstream_is_fetched_only_when_it_has_moved(cli, pool, upstream, root):
+    """Its refs are read and compared with the mirror's: no fetch when nothing is new, a
+    fetch (and the new tip) as soon as a branch moves or a tag appears."""
+    fetch_head = root / "pools" / "web" / "mirror.git" / "FETCH_HEAD"
+    first = allocate(cli)
+    assert not fetch_head.exists()  # nothing new since create: nothing fetched
+    assert cli("release", first["slot_id"]).code == 0
+    assert not fetch_head.exists()
+    new_tip = commit_file(upstream, "later.txt", "newer\n")
+    assert allocate(cli)["current_commit"] == new_tip
+    assert fetch_head.exists()
+    git(upstream, "tag", "v1")
+    allocate(cli)
+    mirror = root / "pools" / "web" / "mirror.git"
+    assert git(mirror, "rev-parse", "refs/tags/v1") == new_tip
+
+
 def test_an_unreachable_upstream_does_not_stop_allocation(cli, pool, upstream, tmp_path):
     tip = git(upstream, "rev-parse", "HEAD")
     upstream.rename(tmp_path / "moved-away")
