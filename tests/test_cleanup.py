@@ -402,6 +402,7 @@ def add_keeping_mtimes(slot: Path) -> None:
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+@pytest.mark.slow
 def test_a_release_after_any_change_to_the_tree_still_cleans_everything(cli, pool, root):
     """The shortcut for untouched slots (no directory changed since the last cleanup, so no
     walk by git) must never miss a change: each kind of change, alone, after a clean cycle."""

@@ -315,28 +315,28 @@ def test_release_without_cleanup_leaves_the_work_to_the_next_allocate(cli, pool,
 
 # --- statistics and history -------------------------------------------------------------------
 
-def test_usage_statistics_accumulate_over_allocations(cli, pool):
+def test_usage_statistics_accumulate_over_allocations(cli, pool, monkeypatch):
     fresh = slot_status(cli, "web-1")
     assert fresh["allocation_count"] == 0 and fresh["total_usage_seconds"] == 0
     assert fresh["last_allocated_at"] is None and fresh["last_released_at"] is None
 
     first = allocate(cli)
-    time.sleep(0.6)
+    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", "60")  # held for a minute
     assert cli("release", "web-1").code == 0
     after_one = slot_status(cli, "web-1")
     assert after_one["allocation_count"] == 1
-    assert 0.6 <= after_one["total_usage_seconds"] < 5
+    assert 60 <= after_one["total_usage_seconds"] < 65
     assert after_one["last_allocated_at"] == first["allocated_at"]
     assert parse_time(after_one["last_released_at"]) > parse_time(first["allocated_at"])
 
     second = allocate(cli)
     assert second["slot_id"] == "web-1"  # the most recently released slot goes first
     assert second["allocation_count"] == 2
-    time.sleep(0.3)
+    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", "90")  # held for half a minute
     assert cli("release", "web-1").code == 0
     after_two = slot_status(cli, "web-1")
     assert after_two["allocation_count"] == 2
-    assert after_two["total_usage_seconds"] >= after_one["total_usage_seconds"] + 0.3
+    assert after_two["total_usage_seconds"] >= after_one["total_usage_seconds"] + 30
     assert after_two["last_allocated_at"] == second["allocated_at"]
     assert after_two["last_released_at"] > after_one["last_released_at"]
     assert slot_status(cli, "web-2")["allocation_count"] == 0
