@@ -1,7 +1,13 @@
-"""Time helpers: UTC now, RFC 3339 rendering, duration parsing."""
+"""Time helpers: UTC now, RFC 3339 rendering, duration parsing.
 
+Test hook: ``NECROPOOL_CLOCK_OFFSET`` (seconds, may be negative) moves ``now()`` -- and so
+lease expiry, ages and the times recorded -- that far ahead, so that tests need not sleep
+for time to pass. Only ``now()`` honours it (not the monotonic timers, not fetch stamps).
+"""
+
+import os
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from necropool.errors import UsageError
 
@@ -11,6 +17,9 @@ MAX_DURATION = 36500 * 86400  # a century: dates stay representable either side 
 
 
 def now() -> datetime:
+    offset = os.environ.get("NECROPOOL_CLOCK_OFFSET")
+    if offset:
+        return datetime.now(UTC) + timedelta(seconds=float(offset))
     return datetime.now(UTC)
 
 

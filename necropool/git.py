@@ -301,6 +301,28 @@ def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
     run_network(["fetch", "--prune", "--quiet", "origin"], mirror, timeout=timeout)
 
 
+def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:
+    """True when the refs of the upstream at ``url``, a local path, are the mirror's: a
+    fetch would bring nothing. A repository whose git directory is plain to see (``.git``
+    or bare) has its refs read from the files, like the mirror's; any other asks
+    ``ls-remote`` (a third of a fetch that brings nothing). False when it cannot say: a
+    difference only costs the fetch that would have happened anyway."""
+    path = Path(url.removeprefix("file://"))
+    for gitdir in (path / ".git", path):
+        if gitdir.is_dir() and (gitdir / "objects").is_dir() and (gitdir / "HEAD").is_file():
+            return refs_under(gitdir, "refs/") == refs_under(mirror, "refs/")
+    try:
+        out = run(["ls-remote", "origin"], mirror, timeout=timeout).stdout
+    except GitError:
+        return False
+    upstream = {}
+    for line in out.decode(errors="surrogateescape").splitlines():
+        sha, _, name = line.partition("\t")
+        if name.startswith("refs/") and not name.endswith("^{}"):
+            upstream[name] = sha
+    return upstream == refs_under(mirror, "refs/")
+
+
 # --- slots ----------------------------------------------------------------------------------
 
 def slot_config(url: str, object_format: str | None = None) -> str:

@@ -54,17 +54,19 @@ class Grant:
 
 
 def update_mirror(pool: Pool) -> str | None:
-    """Fetch the upstream into the mirror once for all callers waiting at the same time.
-    A failed fetch (after retries) is returned, not raised: slots then go to the mirror's
-    current tip, so an unreachable upstream never stops allocation."""
+    """Bring the mirror up to the upstream, once for all callers waiting at the same time.
+    An upstream on a local path whose refs already are the mirror's is not fetched, and the
+    mirror lock is not taken: that check counts as a fetch. A failed fetch (after retries)
+    is returned, not raised: slots then go to the mirror's current tip, so an unreachable
+    upstream never stops allocation."""
     requested = time.time()
+    if _current(pool):
+        _checked(pool, requested)
+        return None
     lock = FileLock(pool.paths.mirror_lock)
     lock.acquire(pool.settings.git_timeout, "mirror lock")
     try:
-        try:
-            last = float(pool.paths.mirror_stamp.read_text())
-        except (OSError, ValueError):
-            last = 0.0
+        last = _last_fetch(pool)
         if requested <= last <= time.time():
             return None  # another process started a fetch after we asked: it covers us
         # (a stamp in the future, from a clock set back or a careless hand, counts as stale)
@@ -82,6 +84,37 @@ def update_mirror(pool: Pool) -> str | None:
         return None
     finally:
         lock.release()
+
+
+def _last_fetch(pool: Pool) -> float:
+    """When the last fetch (or check) that brought the mirror up to date started."""
+    try:
+        return float(pool.paths.mirror_stamp.read_text())
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _current(pool: Pool) -> bool:
+    """True when the upstream is on a local path and its refs are the mirror's."""
+    url = pool.definition.url
+    if not url.startswith(("/", "file://")):
+        return False
+    try:
+        ensure_inside(pool.paths.mirror, pool.settings.root)
+        return git.mirror_current(pool.paths.mirror, url, timeout=pool.settings.git_timeout)
+    except OperationFailed:
+        return False  # left to the fetch to report
+
+
+def _checked(pool: Pool, started: float) -> None:
+    """The mirror was found current: the fetch stamp moves up (at most once a minute: it
+    tells ``status`` and ``detect`` how fresh the mirror is, in hours) and a failed fetch
+    is forgotten. Best effort: a lost stamp only costs a later fetch."""
+    with contextlib.suppress(OSError):
+        if not 0 <= started - _last_fetch(pool) < 60:
+            write_atomic(pool.paths.mirror_stamp, f"{started}\n".encode())
+        if pool.paths.mirror_failed.exists():
+            pool.paths.mirror_failed.unlink(missing_ok=True)
 
 
 def _note_failure(pool: Pool, message: str) -> None:

@@ -35,18 +35,31 @@ def _alarm(_signum, _frame):
     raise _Alarm
 
 
-def _portalocker():
-    """Import portalocker without its ``__about__``: from 4.x that module resolves the
-    package version through importlib.metadata, 15-30 ms of every command's start-up for
-    a string necropool never reads."""
-    if "portalocker" not in sys.modules and "portalocker.__about__" not in sys.modules:
-        about = types.ModuleType("portalocker.__about__")
-        about.__package_name__ = about.__version__ = "portalocker"
-        about.__author__ = about.__email__ = about.__description__ = about.__url__ = ""
-        sys.modules["portalocker.__about__"] = about
-    import portalocker
+def _portalocker() -> types.ModuleType:
+    """portalocker's lock primitives (``portalocker.portalocker``: ``lock``, ``LockFlags``,
+    ``exceptions``) without running the package's ``__init__``, which imports its Redis
+    lock, its utils (logging, random, tempfile, json) and ``__about__`` (an
+    importlib.metadata lookup): 10-30 ms of every command's start-up for classes necropool
+    never uses. The package shell is registered only while the submodule loads, so a later
+    plain ``import portalocker`` still runs the whole package and shares these modules."""
+    module = sys.modules.get("portalocker.portalocker")
+    if module is not None:
+        return module
+    if "portalocker" in sys.modules:
+        import portalocker.portalocker
 
-    return portalocker
+        return portalocker.portalocker
+    import importlib.util
+
+    spec = importlib.util.find_spec("portalocker")
+    if spec is None:
+        raise ImportError("portalocker is not installed")
+    sys.modules["portalocker"] = importlib.util.module_from_spec(spec)
+    try:
+        import portalocker.portalocker as module
+    finally:
+        del sys.modules["portalocker"]
+    return module
 
 
 class FileLock:
@@ -66,7 +79,7 @@ class FileLock:
             return False
         try:
             pl.lock(fd, pl.LockFlags.EXCLUSIVE | pl.LockFlags.NON_BLOCKING)
-        except pl.LockException:
+        except pl.exceptions.LockException:
             os.close(fd)
             return False
         try:

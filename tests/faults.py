@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 import tomli_w
-from conftest import git
+from helpers import git
 
 # --- processes ------------------------------------------------------------------------------
 

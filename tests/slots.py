@@ -5,7 +5,7 @@ import os
 import stat
 from pathlib import Path
 
-from conftest import git, run_cli
+from helpers import git, run_cli
 
 
 def tree_snapshot(path: Path) -> dict[str, object]:

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import changes, digest, template_pool
 from faults import set_state_fields
+from helpers import changes, digest, template_pool
 
 from necropool.config import PoolSpec, load_settings
 from necropool.errors import NecropoolError, UsageError
@@ -405,6 +405,7 @@ def test_json_errors_are_one_object_on_stderr(case, ctx):
     assert changes(before, digest(ctx.root)) == []
 
 
+@pytest.mark.slow
 def test_ext_and_fd_urls_never_run_anything_even_through_sync(ctx):
     """The marker a malicious URL would create never appears, whichever way it comes in."""
     marker = ctx.tmp / "pwned"

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import commit_file, git
+from helpers import commit_file, git
 from slots import assert_fresh_slot, fresh_clone, restore, show
 
 from necropool.config import PoolSpec
@@ -363,7 +363,7 @@ def test_a_broken_slot_never_makes_git_act_on_a_repository_around_the_root(
         tmp_path, upstream, monkeypatch):
     """A root inside a user's own repository (a dotfiles repo in $HOME, say): cleaning a
     slot whose .git is broken must fail, not reset, clean or write into the outer one."""
-    from conftest import run_cli
+    from helpers import run_cli
 
     outer = tmp_path / "home"
     outer.mkdir()
@@ -402,6 +402,7 @@ def add_keeping_mtimes(slot: Path) -> None:
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+@pytest.mark.slow
 def test_a_release_after_any_change_to_the_tree_still_cleans_everything(cli, pool, root):
     """The shortcut for untouched slots (no directory changed since the last cleanup, so no
     walk by git) must never miss a change: each kind of change, alone, after a clean cycle."""

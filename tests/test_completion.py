@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from necropool.cli.completion_scripts import FILES
 

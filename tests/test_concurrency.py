@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import git
+import pytest
+from helpers import git
 
 from necropool.config import PoolSpec
 
@@ -70,6 +71,7 @@ print(json.dumps(report))
 """
 
 
+@pytest.mark.slow
 def test_many_processes_never_share_or_lose_a_slot(manager, upstream, root):
     manager.create_pool(PoolSpec(name="race", url=str(upstream), num_slots=SLOTS))
     started = time.monotonic()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import commit_file, git
+from helpers import commit_file, git
 
 from necropool.config import PoolSpec
 from necropool.layout import PoolPaths
@@ -392,6 +392,7 @@ class Harness:
                 self.fail(f"release after the healed allocation failed: {out}")
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_breaks_the_pool(root, upstream, manager, tmp_path,
                                                          capsys):
     rng = random.Random(SEED)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import changes, commit_file, digest, git, template_pool
+from helpers import changes, commit_file, digest, git, template_pool
 
 # --- helpers ----------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ import json
 import re
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from necropool.cli.app import COMMANDS
 from necropool.cli.examples import EXAMPLES

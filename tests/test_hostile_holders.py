@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import commit_file, git
 from faults import Procs, corrupt_loose_object, kill
+from helpers import commit_file, git
 
 from necropool import autorecover, cleanup, detect
 from necropool.config import PoolSpec

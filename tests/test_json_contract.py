@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import commit_file
+from helpers import commit_file
 
 from necropool.cli.app import COMMANDS
 from necropool.detect import KINDS

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import digest, git
 from faults import Procs
+from helpers import digest, git
 from test_lifecycle import allocate, slot_status
 
 from necropool.clock import parse_rfc3339
@@ -59,13 +59,13 @@ def test_renew_with_a_wrong_lease_is_a_conflict_that_changes_nothing(cli, pool, 
 
 
 def test_an_expired_lease_is_reclaimed_with_its_work_saved(cli, pool, upstream, procs_sleeper,
-                                                          tmp_path):
+                                                          tmp_path, monkeypatch):
     """A TTL binds even a holder that is alive: the lease is reclaimed like an abandoned one,
     its work bundled first; the late holder is told where it went."""
     held = allocate(cli, "--ttl", "1s", "--pid", procs_sleeper.pid)
     path = Path(held["path"])
     (path / "work.txt").write_text("unsaved\n")
-    time.sleep(1.2)
+    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", "2")  # the TTL has run out
 
     found = cli("detect", "--json")
     assert found.code == 1, found

@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conftest import commit_file, git
+from helpers import commit_file, git
 
 
 def parse_time(text: str) -> datetime:
@@ -132,6 +132,23 @@ def test_allocate_hands_out_the_current_upstream_tip(cli, pool, upstream):
     assert stale["current_commit"] == new_tip != newest
     assert git(stale["path"], "rev-parse", "HEAD") == new_tip
     assert git(stale["path"], "status", "--porcelain", "--ignored") == ""
+
+
+def test_a_local_upstream_is_fetched_only_when_it_has_moved(cli, pool, upstream, root):
+    """Its refs are read and compared with the mirror's: no fetch when nothing is new, a
+    fetch (and the new tip) as soon as a branch moves or a tag appears."""
+    fetch_head = root / "pools" / "web" / "mirror.git" / "FETCH_HEAD"
+    first = allocate(cli)
+    assert not fetch_head.exists()  # nothing new since create: nothing fetched
+    assert cli("release", first["slot_id"]).code == 0
+    assert not fetch_head.exists()
+    new_tip = commit_file(upstream, "later.txt", "newer\n")
+    assert allocate(cli)["current_commit"] == new_tip
+    assert fetch_head.exists()
+    git(upstream, "tag", "v1")
+    allocate(cli)
+    mirror = root / "pools" / "web" / "mirror.git"
+    assert git(mirror, "rev-parse", "refs/tags/v1") == new_tip
 
 
 def test_an_unreachable_upstream_does_not_stop_allocation(cli, pool, upstream, tmp_path):
@@ -298,28 +315,28 @@ def test_release_without_cleanup_leaves_the_work_to_the_next_allocate(cli, pool,
 
 # --- statistics and history -------------------------------------------------------------------
 
-def test_usage_statistics_accumulate_over_allocations(cli, pool):
+def test_usage_statistics_accumulate_over_allocations(cli, pool, monkeypatch):
     fresh = slot_status(cli, "web-1")
     assert fresh["allocation_count"] == 0 and fresh["total_usage_seconds"] == 0
     assert fresh["last_allocated_at"] is None and fresh["last_released_at"] is None
 
     first = allocate(cli)
-    time.sleep(0.6)
+    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", "60")  # held for a minute
     assert cli("release", "web-1").code == 0
     after_one = slot_status(cli, "web-1")
     assert after_one["allocation_count"] == 1
-    assert 0.6 <= after_one["total_usage_seconds"] < 5
+    assert 60 <= after_one["total_usage_seconds"] < 65
     assert after_one["last_allocated_at"] == first["allocated_at"]
     assert parse_time(after_one["last_released_at"]) > parse_time(first["allocated_at"])
 
     second = allocate(cli)
     assert second["slot_id"] == "web-1"  # the most recently released slot goes first
     assert second["allocation_count"] == 2
-    time.sleep(0.3)
+    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", "90")  # held for half a minute
     assert cli("release", "web-1").code == 0
     after_two = slot_status(cli, "web-1")
     assert after_two["allocation_count"] == 2
-    assert after_two["total_usage_seconds"] >= after_one["total_usage_seconds"] + 0.3
+    assert after_two["total_usage_seconds"] >= after_one["total_usage_seconds"] + 30
     assert after_two["last_allocated_at"] == second["allocated_at"]
     assert after_two["last_released_at"] > after_one["last_released_at"]
     assert slot_status(cli, "web-2")["allocation_count"] == 0
@@ -359,10 +376,10 @@ def test_events_record_allocations_releases_and_cleanups(cli, pool, root):
     assert any(r[1] == "release" and "usage_seconds=" in r[3] for r in rows)
 
 
-def test_log_since_shows_only_recent_events(cli, pool, root):
+def test_log_since_shows_only_recent_events(cli, pool, root, monkeypatch):
     allocate(cli)
     assert cli("release", "web-1").code == 0
-    time.sleep(2.5)
+    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", "3")  # what follows happens 3 s later
     recent = allocate(cli)
     log = cli("log", "web", "--since", "2s", "--json")
     assert log.code == 0, log

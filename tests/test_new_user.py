@@ -4,7 +4,7 @@
 import json
 import time
 
-from conftest import digest, git, run_cli
+from helpers import digest, git, run_cli
 
 
 def create(cli, upstream, *names: str, slots: int = 1) -> None:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import commit_file, git
+from helpers import commit_file, git
 
 from necropool import git as necrogit
 from necropool.nested import ref_part

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import commit_file, git
+from helpers import commit_file, git
 
 from necropool.config import PoolSpec
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import changes, commit_file, digest, git
+from helpers import changes, commit_file, digest, git
 
 
 @pytest.fixture

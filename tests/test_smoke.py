@@ -1,6 +1,6 @@
 """End to end: create a pool, allocate, dirty the slot, release, and find it fresh."""
 
-from conftest import commit_file, git
+from helpers import commit_file, git
 
 
 def test_allocate_release_cycle_cleans_and_moves_to_new_tip(cli, upstream):

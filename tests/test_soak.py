@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import changes, digest, git
+from helpers import changes, digest, git
 from slots import assert_fresh_clone_equivalent
 
 HOLDERS = 6

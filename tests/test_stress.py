@@ -19,6 +19,8 @@ import tomllib
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from necropool.config import PoolSpec
 
 WORKERS = 16
@@ -217,6 +219,7 @@ def overlapping_holds(records: list[dict]) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_sixteen_processes_never_double_hold_steal_or_lose_a_slot(manager, upstream, root,
                                                                   tmp_path, capsys):
     manager.create_pool(PoolSpec(name="hot", url=str(upstream), num_slots=SLOTS))

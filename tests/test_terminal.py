@@ -10,13 +10,13 @@ import sys
 import time
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from necropool.proc import Holder
 
 
 @pytest.fixture
-def mixed(manager, upstream):
+def mixed(manager, upstream, monkeypatch):
     """Pool 'web' of 6 slots: available, allocated with a TTL and the holder's pid,
     allocated without a TTL (a long owner name), in error, released without cleanup, and
     allocated with a TTL already run out."""
@@ -31,7 +31,7 @@ def mixed(manager, upstream):
     dirty = manager.allocate_slot("web", owner="bob", fetch=False)
     manager.release_slot(dirty["slot_id"], cleanup=False)
     short = manager.allocate_slot("web", owner="carol", ttl=1, fetch=False)
-    time.sleep(1.2)
+    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", "2")  # the short lease has run out
     return {"held": held, "plain": plain, "broken": broken, "short": short}
 
 

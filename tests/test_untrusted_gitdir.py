@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import GIT_ENV, changes, commit_file, digest, git
+from helpers import GIT_ENV, changes, commit_file, digest, git
 from slots import assert_fresh_clone_equivalent, fresh_slot, restore, show
 
 ALLOW_FILE = ("-c", "protocol.file.allow=always")

@@ -1,0 +1,109 @@
+"""Test helpers: git in temp repositories, a CLI runner that starts ``python -m necropool``
+as a real process, a template pool, and digests that prove a command changed nothing.
+Fixtures are in conftest.py; tests/slots.py and tests/faults.py hold more helpers."""
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from necropool.config import PoolSpec, load_settings
+from necropool.manager import PoolManager
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(cwd, *args, check=True) -> str:
+    env = dict(os.environ, **GIT_ENV)
+    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr}")
+    return proc.stdout.strip()
+
+
+def commit_file(repo: Path, name: str, content: str, message: str | None = None) -> str:
+    path = repo / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    git(repo, "add", name)
+    git(repo, "commit", "-q", "-m", message or f"change {name}")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def template_pool(base: Path) -> dict:
+    """An upstream (README, .gitignore) and under ``base/root`` a pool ``web`` of 3 slots
+    with ``web-1`` allocated to no live process; returns that slot's lease."""
+    upstream = base / "upstream"
+    upstream.mkdir()
+    git(upstream, "init", "-q", "-b", "main")
+    (upstream / "README").write_text("upstream\n")
+    (upstream / ".gitignore").write_text("build/\n")
+    git(upstream, "add", ".")
+    git(upstream, "commit", "-q", "-m", "initial")
+    manager = PoolManager(load_settings(root=str(base / "root")))
+    manager.create_pool(PoolSpec(name="web", url=str(upstream), num_slots=3))
+    lease = manager.allocate_slot("web", owner="tester", fetch=False)
+    (base / "lease").write_text(lease["lease_id"])
+    return lease
+
+
+def digest(top: Path) -> dict[str, tuple]:
+    """Every path under ``top`` (symlinks not followed) with its type, mode and content, to
+    prove that a command changed nothing there."""
+    out: dict[str, tuple] = {}
+    if not os.path.lexists(top):
+        return out
+    st = top.lstat()
+    out["."] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode))
+    if not stat.S_ISDIR(st.st_mode):
+        out["."] += (hashlib.sha256(top.read_bytes()).hexdigest(),)
+        return out
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath, name)
+            st = path.lstat()
+            rel = str(path.relative_to(top))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            elif stat.S_ISFIFO(st.st_mode):  # wake.fifo: reading it would block
+                out[rel] = ("fifo", stat.S_IMODE(st.st_mode))
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode),
+                            hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    """The paths whose entry differs between two digests."""
+    return sorted({k for k in before.keys() | after.keys() if before.get(k) != after.get(k)})
+
+
+class CliResult:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.code = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+    def __repr__(self) -> str:
+        return f"<exit {self.code} stdout={self.stdout[:300]!r} stderr={self.stderr[:300]!r}>"
+
+
+def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> CliResult:
+    """Run ``python -m necropool ARGS`` as a separate process."""
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run([sys.executable, "-m", "necropool", *map(str, args)], env=full_env,
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    return CliResult(proc)
