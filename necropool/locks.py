@@ -42,24 +42,29 @@ def _portalocker() -> types.ModuleType:
     importlib.metadata lookup): 10-30 ms of every command's start-up for classes necropool
     never uses. The package shell is registered only while the submodule loads, so a later
     plain ``import portalocker`` still runs the whole package and shares these modules."""
-    module = sys.modules.get("portalocker.portalocker")
-    if module is not None:
-        return module
-    if "portalocker" in sys.modules:
-        import portalocker.portalocker
-
-        return portalocker.portalocker
+    loaded = sys.modules.get("portalocker.portalocker")
+    if loaded is not None:
+        return loaded
+    import importlib
     import importlib.util
 
+    if "portalocker" in sys.modules:
+        return importlib.import_module("portalocker.portalocker")
     spec = importlib.util.find_spec("portalocker")
     if spec is None:
         raise ImportError("portalocker is not installed")
-    sys.modules["portalocker"] = importlib.util.module_from_spec(spec)
+    shell = importlib.util.module_from_spec(spec)
+    sys.modules["portalocker"] = shell
     try:
-        import portalocker.portalocker as module
+        return importlib.import_module("portalocker.portalocker")
+    except ImportError:  # a portalocker laid out otherwise: the whole package, as usual
+        pass
     finally:
-        del sys.modules["portalocker"]
-    return module
+        if sys.modules.get("portalocker") is shell:
+            del sys.modules["portalocker"]
+    import portalocker
+
+    return portalocker
 
 
 class FileLock:
