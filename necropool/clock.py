@@ -19,7 +19,11 @@ MAX_DURATION = 36500 * 86400  # a century: dates stay representable either side 
 def now() -> datetime:
     offset = os.environ.get("NECROPOOL_CLOCK_OFFSET")
     if offset:
-        return datetime.now(UTC) + timedelta(seconds=float(offset))
+        try:
+            return datetime.now(UTC) + timedelta(seconds=float(offset))
+        except (ValueError, OverflowError):
+            raise UsageError(f"invalid NECROPOOL_CLOCK_OFFSET {offset[:40]!r}: seconds, "
+                             "such as 3600 or -60 (a test hook; unset it)") from None
     return datetime.now(UTC)
 
 

@@ -155,6 +155,10 @@ def home_under_file(c: Ctx) -> None:
     c.env["NECROPOOL_HOME"] = str(c.tmp / "home-file" / "sub")
 
 
+def bad_clock_offset(c: Ctx) -> None:
+    c.env["NECROPOOL_CLOCK_OFFSET"] = "soon"
+
+
 def no_git_on_path(c: Ctx) -> None:
     bin_dir = c.tmp / "bin-without-git"
     bin_dir.mkdir()
@@ -355,6 +359,10 @@ CASES = [
     Case("home-under-file", ["create", "p", "{up}"], 2, ("not a directory",), home_under_file),
     Case("root-flag-is-file", ["--root", "{up}/README", "list"], 2, ("not a directory",)),
     Case("no-git-create", ["create", "p", "{up}"], 3, ("git", "not installed"), no_git_on_path),
+    Case("clock-offset-allocate", ["allocate", "web", "--no-fetch"], 2,
+         ("NECROPOOL_CLOCK_OFFSET",), bad_clock_offset),
+    Case("clock-offset-release", ["release", "web-1"], 2, ("NECROPOOL_CLOCK_OFFSET",),
+         bad_clock_offset),
     Case("no-git-deep-detect", ["detect", "--deep", "web"], 3, ("git",), no_git_on_path),
 ]
 
