@@ -13,8 +13,9 @@ from pathlib import Path
 
 from necropool import git, slotgit
 from necropool.git import GitError
+from necropool.saving import RESCUE_REFS
 
-PREFIX = "refs/necropool/rescue/nested/"
+PREFIX = RESCUE_REFS + "nested/"
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 

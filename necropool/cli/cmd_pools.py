@@ -65,12 +65,7 @@ def delete(
     """Delete a pool, its mirror and all its slots (saved work is kept under ROOT/rescued)."""
     out = G.out(json_out)
     data = G.manager().delete_pool(pool, force, discard_work)
-    if out.json:
-        out.emit(data)
-        return
-    if data.get("rescued"):
-        out.note(f"kept saved work in {data['rescued']}")
-    out.note(f"deleted pool {pool}")
+    out.outcome(data, f"deleted pool {pool}", saved="kept saved work in")
 
 
 @command("add")
@@ -102,12 +97,7 @@ def remove(
     """Remove a slot and its working copy (a holder's work is saved to rescued/ first)."""
     out = G.out(json_out)
     data = G.manager().remove_slot(slot, force, discard_work)
-    if out.json:
-        out.emit(data)
-        return
-    if data.get("rescued"):
-        out.note(f"saved the holder's work to {data['rescued']}")
-    out.note(f"removed slot {data['slot_id']}")
+    out.outcome(data, f"removed slot {data['slot_id']}")
 
 
 @command("list",

@@ -100,12 +100,7 @@ def release(
     if data.get("fetch_error"):
         out.note(f"warning: upstream fetch failed, cleaned to the mirror's tip: "
                  f"{data['fetch_error']}")
-    if out.json:
-        out.emit(data)
-        return
-    if data.get("rescued"):
-        out.note(f"saved the holder's work to {data['rescued']}")
-    out.note(f"released {data['slot_id']}")
+    out.outcome(data, f"released {data['slot_id']}")
 
 
 @command("renew",

@@ -58,6 +58,16 @@ class Output:
         sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, **data}, default=str)
                          + "\n")
 
+    def outcome(self, data: dict, done: str, saved: str = "saved the holder's work to") -> None:
+        """A command's result: the JSON object, or where saved work went (``data["rescued"]``)
+        and what was done, as notes."""
+        if self.json:
+            self.emit(data)
+            return
+        if data.get("rescued"):
+            self.note(f"{saved} {data['rescued']}")
+        self.note(done)
+
     def line(self, text: str) -> None:
         sys.stdout.write(text + "\n")
 
