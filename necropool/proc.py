@@ -106,9 +106,23 @@ def _inside(link: str, prefix: str) -> bool:
     return link == prefix or link.startswith(prefix + "/")
 
 
+def _necropool(base: str) -> bool:
+    """Whether the process is a necropool command (``necropool detect``, ``python -m
+    necropool auto-recover``, ...)."""
+    try:
+        with open(f"{base}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")[:3]
+    except OSError:
+        return False
+    return any(arg == b"necropool" or arg.endswith(b"/necropool") for arg in argv)
+
+
 def _uses(pid: str, prefix: str) -> bool:
     """Whether the process has its working directory, root, an open file or a mapping
-    inside ``prefix``. Unreadable entries (gone, or another user's) count as not inside."""
+    inside ``prefix``. Unreadable entries (gone, or another user's) count as not inside.
+    A necropool command counts by its directories only: the files it has open or mapped
+    in a slot are the integrity checks' reads (detect, auto-recover), never a holder's
+    work, and a release must neither wait for them nor end them."""
     base = f"/proc/{pid}"
     for name in ("cwd", "root"):
         try:
@@ -116,6 +130,8 @@ def _uses(pid: str, prefix: str) -> bool:
                 return True
         except OSError:
             pass
+    if _necropool(base):
+        return False
     try:
         fds = os.listdir(f"{base}/fd")
     except OSError:

@@ -3,6 +3,7 @@
 blows up) never reaches the next holder, and never loses work."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,26 @@ def test_processes_in_sees_cwd_open_files_and_mappings(tmp_path, procs):
     assert {by_cwd.pid, by_fd.pid, by_map.pid} <= set(found)
     assert bystander.pid not in found
     assert os.getpid() not in processes_in(Path.cwd())  # never the caller or its ancestors
+
+
+def test_a_necropool_command_reading_a_slot_is_not_a_holder(tmp_path, procs):
+    """detect and auto-recover read slots' packs and indexes while others release: a
+    release must not refuse (nor end) them; a necropool command working in the slot still
+    counts."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("needs bash for exec -a")
+    inside, outside = tmp_path / "slot", tmp_path / "elsewhere"
+    inside.mkdir()
+    outside.mkdir()
+    (inside / "pack").write_bytes(b"\0" * 64)
+    reader = procs.start([bash, "-c", f"exec 3<{inside / 'pack'}; exec -a necropool sleep 60"],
+                         cwd=outside)
+    worker = procs.start([bash, "-c", "exec -a necropool sleep 60"], cwd=inside)
+    holder = procs.start(["sh", "-c", f"exec 3<{inside / 'pack'}; exec sleep 60"], cwd=outside)
+    wait_for(lambda: holder.pid in processes_in(inside), "the holder's open file to show")
+    wait_for(lambda: worker.pid in processes_in(inside), "the worker's directory to show")
+    assert reader.pid not in processes_in(inside)
 
 
 # --- run ends its command's leftovers --------------------------------------------------------
