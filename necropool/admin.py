@@ -1,6 +1,7 @@
 """Pool administration: create, delete (also a half-made pool's remains), add and remove
 slots. Work found in a slot that goes is saved under ``rescued/`` first."""
 
+import contextlib
 import importlib
 import os
 import threading
@@ -11,7 +12,7 @@ from typing import TypeVar
 from necropool import git, lifecycle
 from necropool.clock import now
 from necropool.config import PoolSpec, Settings
-from necropool.errors import Conflict, NotFound, UsageError
+from necropool.errors import Conflict, NecropoolError, NotFound, UsageError
 from necropool.layout import (
     PoolPaths,
     ensure_inside,
@@ -23,10 +24,11 @@ from necropool.layout import (
     trash_name,
     write_atomic,
 )
+from necropool.ledger import register, unregister
 from necropool.lockmaint import lock_free
-from necropool.pool import Pool, PoolDef, get_slot
+from necropool.pgconn import host_name
+from necropool.pool import Pool, PoolDef, get_slot, open_store
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot
-from necropool.store_toml import TomlStore
 from necropool.validate import check_pool_name, check_spec
 
 Progress = Callable[[int, int], None]
@@ -49,6 +51,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
                        f"pool.toml); 'necropool delete {spec.name} --force' removes them")
     tmp = parent / temp_name(spec.name)
     paths = PoolPaths(settings.root, spec.name, directory=tmp)
+    ledger = settings.ledger_for(spec.name)
     try:
         for directory in (tmp, paths.locks, paths.slots, paths.rescued):
             directory.mkdir()
@@ -64,6 +67,8 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
                              fetch_on_allocate=spec.fetch_on_allocate,
                              fetch_backend=spec.fetch_backend, created_at=now())
         write_atomic(paths.definition, definition.dump())
+        if ledger:  # before the slots are cloned: an unreachable ledger fails fast
+            register(ledger, spec.name, host_name(), str(settings.root), spec.url, branch)
         new = PoolState(source="new")
 
         def made(number: int, commit: str) -> None:
@@ -71,7 +76,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
 
         _clone_slots(paths.mirror, {n: paths.slot_dir(n) for n in range(1, spec.num_slots + 1)},
                      spec.url, branch, made, progress)
-        store = TomlStore(paths, spec.name, settings.lock_timeout)  # not locked: not there yet
+        store = open_store(settings, paths, spec.name)  # not locked: not there yet
         store.save(new)
         store.append_event("create", url=spec.url, branch=branch, slots=spec.num_slots)
         try:
@@ -80,6 +85,9 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
             raise Conflict(f"pool {spec.name!r} already exists") from None
     except BaseException:
         remove_tree(tmp, settings.root)
+        if ledger and not os.path.lexists(final / "pool.toml"):
+            with contextlib.suppress(NecropoolError):
+                unregister(ledger, spec.name, host_name())
         raise
     return Pool(settings, spec.name)
 
@@ -129,6 +137,8 @@ def delete(pool: Pool, force: bool = False, discard_work: bool = False) -> dict:
                 if _has_work(slot):
                     _save_work(pool, slot)
         kept = _keep_rescued(pool.settings.root, pool.paths.rescued, pool.name)
+        if pool.ledger:  # in the same transaction as the lock: gone from both or neither
+            unregister(pool.ledger, pool.name, host_name())
         trash = pool.paths.dir.parent / trash_name(pool.name)
         os.rename(pool.paths.dir, trash)
     remove_tree(trash, pool.settings.root)

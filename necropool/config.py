@@ -18,9 +18,11 @@ POOL_KEYS = {
     "keep_ignored": bool,
     "fetch_on_allocate": bool,
     "fetch_backend": str,
+    "ledger": str,
 }
 TOP_KEYS = {
     "root": str,
+    "ledger": str,
     "max_allocation_hours": (int, float),
     "stale_lock_hours": (int, float),
     "stale_mirror_hours": (int, float),
@@ -48,6 +50,7 @@ class PoolSpec:
     keep_ignored: bool = False
     fetch_on_allocate: bool = True
     fetch_backend: str = "git"
+    ledger: str | None = None  # where its state is kept (``Settings.ledger_for``)
     # The keys the config table gives: ``sync`` converges only those (all keys when built in code).
     declared: frozenset[str] = field(default=frozenset(POOL_KEYS), compare=False, repr=False)
 
@@ -62,6 +65,16 @@ class Settings:
     lock_timeout: float = 30.0
     git_timeout: float = 600.0
     pools: dict[str, PoolSpec] = field(default_factory=dict)
+    ledger: str | None = None  # the config file's top-level ``ledger``
+    ledger_override: str | None = None  # --ledger or NECROPOOL_LEDGER
+
+    def ledger_for(self, pool: str) -> str | None:
+        """Where pool ``pool``'s state is kept: a ``postgresql://`` DSN, or None for the
+        local TOML files (also what ``local`` says). Flag > environment > the pool's table
+        of the config > the config's top level."""
+        spec = self.pools.get(pool)
+        value = self.ledger_override or (spec.ledger if spec else None) or self.ledger
+        return None if value in (None, "", "local") else value
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -107,6 +120,7 @@ def _pool_spec(path: Path, name: str, table) -> PoolSpec:
         if key not in POOL_KEYS:
             _fail(path, f"pools.{name}.{key}", "unknown key")
         _check_type(path, f"pools.{name}.{key}", value, POOL_KEYS[key])
+    _check_ledger_key(path, f"pools.{name}.ledger", table.get("ledger"))
     if "url" not in table:
         _fail(path, f"pools.{name}.url", "missing")
     if table.get("fetch_backend", "git") not in FETCH_BACKENDS:
@@ -135,12 +149,35 @@ def parse_config(path: Path) -> dict:
         if key not in TOP_KEYS:
             _fail(path, key, "unknown key")
         _check_type(path, key, value, TOP_KEYS[key])
+    _check_ledger_key(path, "ledger", data.get("ledger"))
     pools = data.pop("pools", {})
     data["pools"] = {name: _pool_spec(path, name, table) for name, table in pools.items()}
     return data
 
 
-def load_settings(root: str | None = None, config: str | None = None) -> Settings:
+def _check_ledger_key(path: Path, key: str, value: str | None) -> None:
+    try:
+        check_ledger(value, "ledger")
+    except UsageError as exc:
+        _fail(path, key, exc.message)
+
+
+def check_ledger(value: str | None, what: str) -> str | None:
+    """A ledger is ``local`` or a PostgreSQL connection string (URL or key=value)."""
+    if value in (None, "", "local"):
+        return value
+    assert value is not None
+    if "\0" in value or not (value.startswith(("postgresql://", "postgres://"))
+                             or "=" in value):
+        from necropool.pgconn import redact
+
+        raise UsageError(f"invalid {what} {redact(value)[:80]!r}: use 'local' or a PostgreSQL "
+                         "connection string (postgresql://host/db)")
+    return value
+
+
+def load_settings(root: str | None = None, config: str | None = None,
+                  ledger: str | None = None) -> Settings:
     """Resolve the config file and root by precedence and return validated settings."""
     env_config = os.environ.get("NECROPOOL_CONFIG")
     explicit = config or env_config
@@ -173,4 +210,7 @@ def load_settings(root: str | None = None, config: str | None = None) -> Setting
             break
         if os.path.lexists(parent):  # a dangling symlink, or a file in the way
             raise UsageError(f"root {root_path} cannot be created: {parent} is in the way")
-    return Settings(root=root_path.absolute(), config_path=config_path, **data)
+    override = (check_ledger(ledger, "--ledger")
+                or check_ledger(os.environ.get("NECROPOOL_LEDGER"), "NECROPOOL_LEDGER"))
+    return Settings(root=root_path.absolute(), config_path=config_path,
+                    ledger_override=override, **data)

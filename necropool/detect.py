@@ -81,7 +81,7 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
         judged = _judge_slots(pool, current, hours, found)
         _check_lock_files(pool, current, found)
     found.judged = current
-    if current.source != "state.toml":
+    if current.source not in ("state.toml", "ledger"):  # the ledger has no file to lose
         found.add("corrupted_slots", path=str(paths.state),
                   evidence=f"state.toml unreadable; using {current.source}")
     mirror_problems = _verify_mirror(pool, verifier, deep)

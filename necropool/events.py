@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from necropool.clock import now, rfc3339
 
@@ -90,16 +91,23 @@ def _parse(lines: list[bytes], since: datetime | None = None) -> list[dict]:
 
 
 class Tail:
-    """The lines appended to a log since the last look; a rotation (a new file in its
-    place) starts it over from the new file's beginning."""
+    """The lines appended to a log since the last look (the first look: its whole history,
+    the rotated generation first); a rotation (a new file in its place) starts it over from
+    the new file's beginning."""
 
     def __init__(self, path: Path):
         self.path = path
         self.inode: int | None = None
         self.offset = 0
         self.partial = b""
+        self.started = False
 
     def new(self, since: datetime | None = None) -> list[dict]:
+        history = [] if self.started else _parse(_lines(older(self.path)), since)
+        self.started = True
+        return history + self._appended(since)
+
+    def _appended(self, since: datetime | None) -> list[dict]:
         try:
             fh = _open(self.path)
         except OSError:
@@ -116,16 +124,22 @@ class Tail:
         return _parse(lines, since)
 
 
-def watch(paths: list[Path], *, since: datetime | None = None, kinds: set[str] | None = None,
-          last: int | None = None, follow: bool = False, poll: float = 0.5) -> Iterator[dict]:
-    """The events of several logs merged by time (``kinds``: only those events; ``last``:
-    only the newest so many), then, with ``follow``, each new one as it is appended, until
-    the caller stops. Every event is yielded once: the current files are read through the
-    same ``Tail`` that then follows them."""
-    tails = [Tail(path) for path in paths]
+class Source(Protocol):
+    def new(self, since: datetime | None = None) -> list[dict]:
+        """The events not returned before (the first call: the whole history)."""
+        ...
+
+
+def watch(tails: list[Source], *, since: datetime | None = None,
+          kinds: set[str] | None = None, last: int | None = None, follow: bool = False,
+          poll: float = 0.5) -> Iterator[dict]:
+    """The events of several logs (one ``Tail`` each, or a ledger's) merged by time
+    (``kinds``: only those events; ``last``: only the newest so many), then, with
+    ``follow``, each new one as it is appended, until the caller stops. Every event is
+    yielded once: the history is read through the same tail that then follows it."""
     history: list[dict] = []
     for tail in tails:
-        history += _parse(_lines(older(tail.path)), since) + tail.new(since)
+        history += tail.new(since)
     wanted = [r for r in sorted(history, key=lambda r: str(r.get("time")))
               if kinds is None or r.get("event") in kinds]
     yield from wanted[-last:] if last else wanted

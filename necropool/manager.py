@@ -148,7 +148,7 @@ class PoolManager:
 
     def watch_log(self, name: str | None = None, **options) -> Iterator[dict]:
         """The events of one pool or every pool (see ``events.watch`` for the options)."""
-        return events.watch([pool.paths.events for pool in self._targets(name, [])], **options)
+        return events.watch([pool.store.tail() for pool in self._targets(name, [])], **options)
 
     def last_event(self, name: str, event: str) -> dict | None:
         return self.get_pool(name).store.last_event(event)

@@ -67,7 +67,8 @@ class Pool:
             raise NotFound(f"pool {name!r} does not exist under {settings.root}") from None
         except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
             raise OperationFailed(f"pool {name!r}: pool.toml is unreadable: {exc}") from None
-        self.store: Store = TomlStore(self.paths, self.name, settings.lock_timeout)
+        self.ledger = settings.ledger_for(name)
+        self.store: Store = open_store(settings, self.paths, name)
 
     def read_state(self) -> PoolState:
         """A consistent snapshot without the lock."""
@@ -127,6 +128,18 @@ class Pool:
 
     def tip(self) -> str:
         return git.mirror_tip(self.paths.mirror, self.definition.branch)
+
+
+def open_store(settings: Settings, paths: PoolPaths, name: str) -> Store:
+    """The pool's store: the shared ledger its settings name (which records the slots'
+    final paths, even for a pool being made under a temp name), else its TOML files."""
+    ledger = settings.ledger_for(name)
+    if ledger is None:
+        return TomlStore(paths, name, settings.lock_timeout)
+    from necropool.pgconn import host_name
+    from necropool.store_pg import PgStore
+
+    return PgStore(ledger, name, host_name(), PoolPaths(settings.root, name).slot_dir)
 
 
 def get_slot(current: PoolState, pool: Pool, number: int) -> Slot:

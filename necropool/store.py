@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
+from necropool import events
 from necropool.errors import Conflict
 from necropool.proc import Holder
 from necropool.state import Lease, PoolState, Slot
@@ -64,6 +65,10 @@ class Store(Protocol):
 
     def read_events(self, since: datetime | None = None) -> list[dict]:
         """The pool's history, oldest first (``since``: only events at or after it)."""
+        ...
+
+    def tail(self) -> "events.Source":
+        """The pool's history, then what is added to it, for ``events.watch``."""
         ...
 
     def last_event(self, name: str) -> dict | None:

@@ -107,5 +107,8 @@ class TomlStore:
     def read_events(self, since: datetime | None = None) -> list[dict]:
         return events.read(self.paths.events, since)
 
+    def tail(self) -> events.Tail:
+        return events.Tail(self.paths.events)
+
     def last_event(self, name: str) -> dict | None:
         return events.last(self.paths.events, name)

@@ -25,7 +25,7 @@ COMMANDS = {
     "detect": "cmd_health", "recover": "cmd_health", "isolate": "cmd_health",
     "auto-recover": "cmd_health", "rescued": "cmd_rescued", "completion": "cmd_misc",
 }
-_VALUE_OPTIONS = ("--root", "--config", "--color")
+_VALUE_OPTIONS = ("--root", "--config", "--ledger", "--color")
 
 
 def _version(value: bool) -> None:
@@ -39,6 +39,10 @@ def main_options(
         "--root", metavar="DIR", help="Root directory [env: NECROPOOL_HOME]")] = None,
     config: Annotated[str | None, typer.Option(
         "--config", metavar="FILE", help="Config file [env: NECROPOOL_CONFIG]")] = None,
+    ledger: Annotated[str | None, typer.Option(
+        "--ledger", metavar="DSN",
+        help="Where pool state is kept: 'local' or postgresql://... [env: NECROPOOL_LEDGER]")
+    ] = None,
     color: Annotated[str, typer.Option(
         "--color", metavar="WHEN", autocompletion=complete_values.colors,
         help="Colour: auto, always or never (the shape of output is --format's)")] = "auto",
@@ -50,7 +54,7 @@ def main_options(
 
     if color not in COLORS:
         raise UsageError(f"invalid --color {color!r}: use auto, always or never")
-    G.root, G.config, G.color = root, config, color
+    G.root, G.config, G.ledger, G.color = root, config, ledger, color
 
 
 def command_named(args: list[str]) -> str | None:

@@ -9,6 +9,7 @@ from necropool.cli.output import Output
 class Globals:
     root: str | None = None
     config: str | None = None
+    ledger: str | None = None
     color: str = "auto"
     _manager: object = field(default=None, repr=False)
 
@@ -17,7 +18,7 @@ class Globals:
             from necropool.config import load_settings
             from necropool.manager import PoolManager
 
-            self._manager = PoolManager(load_settings(self.root, self.config))
+            self._manager = PoolManager(load_settings(self.root, self.config, self.ledger))
         return self._manager
 
     def out(self, json_mode: bool, fmt: str | None = None, no_headers: bool = False,

@@ -1,0 +1,99 @@
+"""Connections to the PostgreSQL ledger: one per thread and DSN, errors mapped to
+necropool's (a ledger that cannot be reached is exit 75, retryable), and DSNs shown with
+their password masked wherever they appear."""
+
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from necropool.errors import OperationFailed, TryAgain, UsageError
+
+_local = threading.local()  # one connection per thread and DSN
+
+
+class LedgerDown(TryAgain):
+    """The ledger cannot be reached or went away mid-operation: nothing was written that
+    the server did not commit whole; try again."""
+
+
+def connect(dsn: str):
+    """This thread's connection to the ledger at ``dsn`` (autocommit; UTC)."""
+    cache = getattr(_local, "conns", None)
+    if cache is None:
+        cache = _local.conns = {}
+    conn = cache.get(dsn)
+    if conn is not None and not conn.closed and not conn.broken:
+        return conn
+    try:
+        import psycopg
+    except ImportError:
+        raise UsageError("the PostgreSQL ledger needs psycopg: "
+                         "pip install 'necropool[postgres]'") from None
+    with errors(dsn):
+        conn = cache[dsn] = psycopg.connect(dsn, autocommit=True, connect_timeout=10,
+                                            options="-c TimeZone=UTC")
+    return conn
+
+
+@contextmanager
+def errors(dsn: str) -> Iterator[None]:
+    """Database errors as necropool's: unreachable or gone away is ``LedgerDown`` (exit 75,
+    retryable), a serialization failure or deadlock ``TryAgain``, anything else a failure;
+    never with the password in the message."""
+    try:
+        yield
+    except Exception as exc:
+        import psycopg
+        from psycopg import errors as pg
+
+        if not isinstance(exc, psycopg.Error):
+            raise
+        detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else
+                        type(exc).__name__, dsn)
+        where = redact(dsn)
+        if isinstance(exc, pg.SerializationFailure | pg.DeadlockDetected | pg.LockNotAvailable):
+            raise TryAgain(f"ledger {where}: {detail}") from None
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            raise LedgerDown(f"ledger {where} is unavailable: {detail}") from None
+        if isinstance(exc, pg.UndefinedTable):
+            raise OperationFailed(f"ledger {where} has no necropool schema: run "
+                                  "'necropool ledger init'") from None
+        raise OperationFailed(f"ledger {where}: {detail}") from None
+
+
+def host_name() -> str:
+    """This host's name in the ledger: ``NECROPOOL_HOST``, else the node name."""
+    return os.environ.get("NECROPOOL_HOST") or os.uname().nodename
+
+
+def password_of(dsn: str) -> str | None:
+    if "://" in dsn:
+        try:
+            secret = urlsplit(dsn).password
+        except ValueError:
+            return None
+        return unquote(secret) if secret else None
+    found = re.search(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+    return found.group(1).strip("'") if found else None
+
+
+def redact(text: str, dsn: str | None = None) -> str:
+    """``text`` (a DSN, or a message about ``dsn``) with any password masked."""
+    secret = password_of(dsn if dsn is not None else text)
+    if dsn is None and "://" in text:
+        try:
+            parts = urlsplit(text)
+            if parts.password is not None:
+                netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+                netloc += f":{parts.port}" if parts.port else ""
+                text = urlunsplit(parts._replace(netloc=netloc))
+        except ValueError:
+            pass
+    text = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text)
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+

@@ -1,0 +1,357 @@
+"""The shared ledger: pools' state in PostgreSQL, so that the hosts of a fleet share pools
+(``ledger = "postgresql://..."``). One ``PgStore`` is one pool's slots on one host: their
+directories are local, so every change but a lease's is made by the host that owns them.
+
+Locking mirrors the TOML store's: the pool's row in ``hosts`` stands for ``pool.lock``.
+A change of the host's state (``locked``/``transaction``) holds it ``FOR UPDATE``; a claim,
+renew or end of one lease holds it ``FOR SHARE`` and locks its slot row, claims with
+``SKIP LOCKED``, so claims run side by side and never wait on each other. Every change of a
+row bumps its ``generation`` (the fencing token): a write fenced by an older one is refused.
+
+Lease times come from the server's clock (``now()``), never the client's. Times read are
+moved into this client's clock (by the difference measured in the same transaction) and
+moved back when written, so a client whose clock is off judges expiry as the server would.
+"""
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from necropool.clock import now, rfc3339
+from necropool.errors import Conflict, NotFound
+from necropool.pgconn import connect, errors
+from necropool.proc import Holder
+from necropool.state import Lease, PoolState, Slot, SlotState
+from necropool.store import LeaseLost
+
+# Columns of ``slots`` a Slot maps to, besides the key (pool, host, number).
+TIMES = ("allocated_at", "expires_at", "created_at", "last_allocated_at", "last_released_at",
+         "isolated_at")
+COLUMNS = ("path", "state", "lease_id", "owner", "holder_pid", "holder_start", "holder",
+           "allocated_at", "expires_at", "ttl_seconds", "metadata", "worker", "created_at",
+           "commit", "needs_cleanup", "allocation_count", "total_usage_seconds",
+           "last_allocated_at", "last_released_at", "error", "isolated_at", "isolation_reason",
+           "last_rescue")
+# The free slot handed out first: ``state.allocation_order`` in SQL.
+ORDER = "needs_cleanup, last_released_at DESC NULLS LAST, number"
+
+
+def _json(value: Any) -> Any:
+    """A value for a jsonb column (NUL, which jsonb cannot hold, replaced)."""
+    from psycopg.types.json import Jsonb
+
+    if value is None:
+        return None
+    return Jsonb(json.loads(json.dumps(value, default=str).replace("\\u0000", "\\ufffd")))
+
+
+def _text(value: str | None) -> str | None:
+    return value.replace("\0", "\ufffd") if value is not None else None
+
+
+def row_of(slot: Slot, path: Path, shift: timedelta) -> dict[str, Any]:
+    """The column values of ``slot`` (times moved back to the server's clock)."""
+    lease = slot.lease
+    holder = lease.holder if lease else None
+    values: dict[str, Any] = {
+        "path": str(path), "state": str(slot.state),
+        "lease_id": lease.lease_id if lease else None,
+        "owner": _text(lease.owner) if lease else None,
+        "holder_pid": holder.pid if holder else None,
+        "holder_start": holder.start if holder else None,
+        "holder": holder.to_dict() if holder else None,
+        "allocated_at": lease.allocated_at if lease else None,
+        "expires_at": lease.expires_at if lease else None,
+        "ttl_seconds": lease.ttl_seconds if lease else None,
+        "metadata": lease.metadata if lease else None,
+        "worker": slot.worker.to_dict() if slot.worker else None,
+        "created_at": slot.created_at, "commit": slot.commit,
+        "needs_cleanup": slot.needs_cleanup, "allocation_count": slot.allocation_count,
+        "total_usage_seconds": slot.total_usage_seconds,
+        "last_allocated_at": slot.last_allocated_at, "last_released_at": slot.last_released_at,
+        "error": _text(slot.error), "isolated_at": slot.isolated_at,
+        "isolation_reason": _text(slot.isolation_reason), "last_rescue": _text(slot.last_rescue),
+    }
+    for key in TIMES:
+        if values[key] is not None:
+            values[key] = values[key] - shift
+    return values
+
+
+def slot_of(row: dict[str, Any], shift: timedelta) -> Slot:
+    """A row as a Slot, its times moved into this client's clock."""
+    times = {key: row[key].astimezone(UTC) + shift if row[key] is not None else None
+             for key in TIMES}
+    lease = None
+    if row["lease_id"] is not None:
+        lease = Lease(lease_id=row["lease_id"], owner=row["owner"] or "",
+                      allocated_at=times["allocated_at"] or now(),
+                      expires_at=times["expires_at"],
+                      holder=Holder.from_dict(row["holder"]) if row["holder"] else None,
+                      metadata=row["metadata"] or {}, ttl_seconds=row["ttl_seconds"])
+    return Slot(number=row["number"], state=SlotState(row["state"]),
+                created_at=times["created_at"], commit=row["commit"],
+                needs_cleanup=row["needs_cleanup"], lease=lease,
+                worker=Holder.from_dict(row["worker"]) if row["worker"] else None,
+                allocation_count=row["allocation_count"],
+                total_usage_seconds=row["total_usage_seconds"],
+                last_allocated_at=times["last_allocated_at"],
+                last_released_at=times["last_released_at"], error=row["error"],
+                isolated_at=times["isolated_at"], isolation_reason=row["isolation_reason"],
+                last_rescue=row["last_rescue"])
+
+
+class PgStore:
+    """One pool's slots on one host in the ledger; see ``store.Store`` for the contract."""
+
+    def __init__(self, dsn: str, name: str, host: str, slot_dir: Callable[[int], Path]):
+        self.dsn, self.name, self.host, self.slot_dir = dsn, name, host, slot_dir
+        self._loaded: dict[int, tuple[int, dict[str, Any]]] = {}  # number -> generation, row
+        self._shift_now: timedelta | None = None  # set while ``locked``
+
+    def _conn(self):
+        return connect(self.dsn)
+
+    def _shift(self, conn) -> timedelta:
+        """This client's clock minus the server's, measured now."""
+        server = conn.execute("SELECT now()").fetchone()[0]
+        return now() - server
+
+    @contextmanager
+    def _txn(self) -> Iterator[Any]:
+        """A transaction on this thread's connection; dict rows."""
+        conn = self._conn()
+        with errors(self.dsn), conn.transaction():
+            yield conn
+
+    def _rows(self, conn, host: str | None = None) -> list[dict[str, Any]]:
+        from psycopg.rows import dict_row
+
+        cur = conn.cursor(row_factory=dict_row)
+        return cur.execute("SELECT * FROM slots WHERE pool = %s AND host = %s ORDER BY number",
+                           (self.name, host or self.host)).fetchall()
+
+    def _state(self, conn, shift: timedelta) -> PoolState:
+        current = PoolState(source="ledger")
+        self._loaded = {}
+        for row in self._rows(conn):
+            slot = current.slots[row["number"]] = slot_of(row, shift)
+            self._loaded[slot.number] = (row["generation"], row_of(slot, Path(row["path"]),
+                                                                   shift))
+        return current
+
+    def _host_row(self, conn, mode: str, skip_locked: bool = False, host: str | None = None):
+        wait = " SKIP LOCKED" if skip_locked else ""
+        row = conn.execute(f"SELECT host FROM hosts WHERE pool = %s AND host = %s FOR {mode}"
+                           f"{wait}", (self.name, host or self.host)).fetchone()
+        if row is None and not skip_locked:
+            raise NotFound(f"pool {self.name!r} has no slots of host {host or self.host!r} in "
+                           f"the ledger ('necropool ledger import {self.name}' moves a local "
+                           "pool's state there)")
+        return row
+
+    def snapshot(self) -> PoolState:
+        with self._txn() as conn:
+            shift = self._shift(conn)
+            self._host_row(conn, "KEY SHARE")
+            return self._state(conn, shift)
+
+    @contextmanager
+    def locked(self) -> Iterator[PoolState]:
+        with self._txn() as conn:
+            self._shift_now = shift = self._shift(conn)
+            try:
+                self._host_row(conn, "UPDATE")
+                yield self._state(conn, shift)
+            finally:
+                self._shift_now = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[PoolState]:
+        with self.locked() as current:
+            yield current
+            self.save(current)
+
+    def save(self, current: PoolState) -> None:
+        """Write the rows that changed, each fenced by the generation read (the host's row
+        is locked, so a mismatch means a writer that skipped the protocol). Outside
+        ``locked``, in a transaction of its own."""
+        if self._shift_now is None:
+            with self.locked():
+                return self.save(current)
+        conn, shift = self._conn(), self._shift_now
+        with errors(self.dsn):
+            for number in sorted(set(self._loaded) - set(current.slots)):
+                conn.execute("DELETE FROM slots WHERE pool = %s AND host = %s AND number = %s",
+                             (self.name, self.host, number))
+                del self._loaded[number]
+            for number, slot in sorted(current.slots.items()):
+                values = row_of(slot, self.slot_dir(number), shift)
+                if number not in self._loaded:
+                    self._insert(conn, number, values)
+                    self._loaded[number] = (1, values)
+                    continue
+                generation, before = self._loaded[number]
+                changed = {k: v for k, v in values.items() if v != before[k]}
+                if changed:
+                    self._update(conn, number, generation, changed)
+                    self._loaded[number] = (generation + 1, values)
+            conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
+                         (self.name, self.host))
+
+    def _insert(self, conn, number: int, values: dict[str, Any]) -> None:
+        names = ", ".join(f'"{k}"' for k in values)
+        marks = ", ".join(["%s"] * len(values))
+        conn.execute(f"INSERT INTO slots (pool, host, number, {names}) "
+                     f"VALUES (%s, %s, %s, {marks})",
+                     (self.name, self.host, number, *map(_param, values.items())))
+
+    def _update(self, conn, number: int, generation: int, changed: dict[str, Any]) -> None:
+        sets = ", ".join(f'"{k}" = %s' for k in changed)
+        cur = conn.execute(f"UPDATE slots SET {sets}, generation = generation + 1 "
+                           "WHERE pool = %s AND host = %s AND number = %s AND generation = %s",
+                           (*map(_param, changed.items()), self.name, self.host, number,
+                            generation))
+        if cur.rowcount != 1:
+            raise Conflict(f"slot {self.name}-{number} changed in the ledger under this "
+                           "operation (generation fence): try again")
+
+    def claim(self, lease: Lease, take: Callable[[Slot], bool],
+              skip: frozenset[int] = frozenset(), host: str | None = None) -> Slot | None:
+        """One short transaction; ``host``: claim on that host's slots (the lease then
+        has no local claim to take)."""
+        from psycopg.rows import dict_row
+
+        host = host or self.host
+        skipped = set(skip)
+        with self._txn() as conn:
+            shift = self._shift(conn)
+            if self._host_row(conn, "SHARE", skip_locked=host != self.host, host=host) is None:
+                return None  # another host's maintenance holds it: try elsewhere
+            cur = conn.cursor(row_factory=dict_row)
+            while True:
+                row = cur.execute(
+                    "SELECT * FROM slots WHERE pool = %s AND host = %s AND state = 'available'"
+                    f" AND number <> ALL(%s) ORDER BY {ORDER} LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    (self.name, host, list(skipped))).fetchone()
+                if row is None:
+                    return None
+                if take(slot_of(row, shift)):
+                    break
+                skipped.add(row["number"])
+            holder = lease.holder
+            granted = cur.execute(
+                "UPDATE slots SET state = 'allocated', lease_id = %s, owner = %s, "
+                "holder_pid = %s, holder_start = %s, holder = %s, allocated_at = now(), "
+                "expires_at = now() + make_interval(secs => %s), ttl_seconds = %s, "
+                "metadata = %s, worker = NULL, error = NULL, "
+                "allocation_count = allocation_count + 1, last_allocated_at = now(), "
+                "generation = generation + 1 "
+                "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
+                (lease.lease_id, _text(lease.owner), holder.pid if holder else None,
+                 holder.start if holder else None, _json(holder.to_dict() if holder else None),
+                 lease.ttl_seconds, lease.ttl_seconds, _json(lease.metadata), self.name, host,
+                 row["number"])).fetchone()
+            return slot_of(granted, shift)
+
+    def _leased(self, conn, number: int, lease_id: str, host: str) -> dict[str, Any]:
+        from psycopg.rows import dict_row
+
+        self._host_row(conn, "SHARE", host=host)
+        row = conn.cursor(row_factory=dict_row).execute(
+            "SELECT * FROM slots WHERE pool = %s AND host = %s AND number = %s "
+            "AND state = 'allocated' AND lease_id = %s FOR UPDATE",
+            (self.name, host, number, lease_id)).fetchone()
+        if row is None:
+            raise LeaseLost(f"lease {lease_id} is not the current lease of slot "
+                            f"{self.name}-{number}")
+        return row
+
+    def renew(self, number: int, lease_id: str, expires_at: datetime,
+              ttl_seconds: float, host: str | None = None) -> Slot:
+        """The new expiry is the server's ``now()`` plus ``ttl_seconds`` (``expires_at``,
+        the client's idea of it, is not used)."""
+        from psycopg.rows import dict_row
+
+        with self._txn() as conn:
+            shift = self._shift(conn)
+            self._leased(conn, number, lease_id, host or self.host)
+            row = conn.cursor(row_factory=dict_row).execute(
+                "UPDATE slots SET expires_at = now() + make_interval(secs => %s), "
+                "ttl_seconds = %s, generation = generation + 1 "
+                "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
+                (ttl_seconds, ttl_seconds, self.name, host or self.host, number)).fetchone()
+            return slot_of(row, shift)
+
+    def end_lease(self, number: int, lease_id: str, worker: Holder | None = None,
+                  host: str | None = None) -> Slot:
+        with self._txn() as conn:
+            shift = self._shift(conn)
+            host = host or self.host
+            previous = self._leased(conn, number, lease_id, host)
+            conn.execute(
+                "UPDATE slots SET state = 'cleaning', worker = %s, "
+                "total_usage_seconds = total_usage_seconds "
+                "+ greatest(0, extract(epoch FROM now() - allocated_at)), "
+                "last_released_at = now(), lease_id = NULL, owner = NULL, holder_pid = NULL, "
+                "holder_start = NULL, holder = NULL, allocated_at = NULL, expires_at = NULL, "
+                "ttl_seconds = NULL, metadata = NULL, generation = generation + 1 "
+                "WHERE pool = %s AND host = %s AND number = %s",
+                (_json(worker.to_dict() if worker else None), self.name, host, number))
+            return slot_of(previous, shift)
+
+    def append_event(self, name: str, **fields: Any) -> None:
+        with self._txn() as conn:
+            conn.execute("INSERT INTO events (pool, host, name, fields) VALUES (%s, %s, %s, %s)",
+                         (self.name, self.host, name,
+                          _json({k: v for k, v in fields.items() if v is not None})))
+
+    def _events(self, where: str = "", params: tuple = (), order: str = "id",
+                since: datetime | None = None) -> list[dict]:
+        """Events of the pool, each with its ``id`` (the ledger's order)."""
+        with self._txn() as conn:
+            shift = self._shift(conn)
+            if since is not None:
+                where, params = where + " AND at >= %s", (*params, since - shift)
+            rows = conn.execute(f"SELECT id, at, host, name, fields FROM events WHERE pool = %s "
+                                f"{where} ORDER BY {order}", (self.name, *params)).fetchall()
+        return [{"time": rfc3339(at.astimezone(UTC) + shift), "event": name, "pool": self.name,
+                 "host": host, **fields, "id": id_} for id_, at, host, name, fields in rows]
+
+    def read_events(self, since: datetime | None = None) -> list[dict]:
+        return [_public(r) for r in self._events(since=since)]
+
+    def tail(self) -> "LedgerTail":
+        return LedgerTail(self)
+
+    def last_event(self, name: str) -> dict | None:
+        found = self._events("AND name = %s AND host = %s", (name, self.host),
+                             "id DESC LIMIT 1")
+        return _public(found[0]) if found else None
+
+
+class LedgerTail:
+    """The pool's events in the ledger not returned before (an event committed after a
+    later one was read is missed by a follow: ids are taken in order, committed in any)."""
+
+    def __init__(self, store: PgStore):
+        self.store, self.last = store, 0
+
+    def new(self, since: datetime | None = None) -> list[dict]:
+        found = self.store._events("AND id > %s", (self.last,), since=since)
+        if found:
+            self.last = found[-1]["id"]
+        return [_public(r) for r in found]
+
+
+def _public(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "id"}
+
+
+def _param(item: tuple[str, Any]) -> Any:
+    key, value = item
+    return _json(value) if key in ("holder", "metadata", "worker") else value
+
