@@ -24,7 +24,7 @@ from necropool.layout import (
     trash_name,
     write_atomic,
 )
-from necropool.ledger import register, unregister
+from necropool.ledger import mark, register, unregister
 from necropool.lockmaint import lock_free
 from necropool.pgconn import host_name
 from necropool.pool import Pool, PoolDef, get_slot, open_store
@@ -78,6 +78,8 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
                      spec.url, branch, made, progress)
         store = open_store(settings, paths, spec.name)  # not locked: not there yet
         store.save(new)
+        if ledger:
+            mark(paths, ledger)
         store.append_event("create", url=spec.url, branch=branch, slots=spec.num_slots)
         try:
             os.rename(tmp, final)

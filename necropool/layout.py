@@ -22,6 +22,7 @@ class PoolPaths:
         self.definition = self.dir / "pool.toml"
         self.state = self.dir / "state.toml"
         self.state_backup = self.dir / "state.toml.bak"
+        self.in_ledger = self.dir / "ledger"  # the state is in this ledger (DSN, no password)
         self.pool_lock = self.dir / "pool.lock"
         self.mirror_lock = self.dir / "mirror.lock"
         self.wait_lock = self.dir / "wait.lock"

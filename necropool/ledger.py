@@ -3,13 +3,17 @@ versioned, safe to run twice and from two hosts at once), a host's registration 
 slots, moving a pool's state in (``import``) and out (``export``), and the fleet-wide view.
 """
 
-from dataclasses import dataclass
+import contextlib
+import os
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from necropool.clock import now
-from necropool.errors import Conflict, NotFound, OperationFailed
-from necropool.pgconn import connect, errors, redact
+from necropool.config import Settings
+from necropool.errors import Conflict, OperationFailed
+from necropool.layout import PoolPaths, write_atomic
+from necropool.pgconn import connect, errors, host_name, redact
 from necropool.state import ALLOCATED, PoolState, Slot
 
 # Each entry takes the schema from the version before it to its own (index + 1).
@@ -137,10 +141,12 @@ def check_schema(conn, dsn: str) -> None:
                               "'necropool ledger migrate'")
 
 
-def register(dsn: str, pool: str, host: str, root: str, url: str, branch: str) -> None:
+def register(dsn: str, pool: str, host: str, root: str, url: str, branch: str,
+             replace_leased: bool = False) -> None:
     """Enter this host's part of a pool (its slots are then written by its store). A pool
     of the same name elsewhere in the fleet must be of the same repository; this host's
-    leftover rows (a pool deleted while the ledger was away) are replaced unless leased."""
+    leftover rows (a pool deleted while the ledger was away, or an import cut short) are
+    replaced, unless leased and not ``replace_leased``."""
     conn = connect(dsn)
     with errors(dsn), conn.transaction():
         check_schema(conn, dsn)
@@ -153,7 +159,7 @@ def register(dsn: str, pool: str, host: str, root: str, url: str, branch: str) -
                            f"{known[1]}, not {redact(url)} branch {branch}")
         leased = conn.execute("SELECT count(*) FROM slots WHERE pool = %s AND host = %s AND "
                               "state = 'allocated'", (pool, host)).fetchone()[0]
-        if leased:
+        if leased and not replace_leased:
             raise Conflict(f"the ledger holds {leased} lease(s) of pool {pool!r} on host "
                            f"{host!r}: release them before creating it again")
         conn.execute("DELETE FROM hosts WHERE pool = %s AND host = %s", (pool, host))
@@ -206,12 +212,54 @@ def silent_hosts(last_seen: dict[str, datetime], hours: float) -> dict[str, date
     return {h: t for h, t in last_seen.items() if t.timestamp() < limit}
 
 
-def leased(current: PoolState) -> int:
+def mark(paths: PoolPaths, dsn: str) -> None:
+    """Note in the pool's directory that its state is in the ledger ``dsn``: the TOML store
+    then refuses to rebuild a state it does not have."""
+    write_atomic(paths.in_ledger, (redact(dsn) + "\n").encode())
+
+
+def import_pool(settings: Settings, name: str, dsn: str) -> dict[str, Any]:
+    """Move a local pool's state into the ledger, leases and all, under the pool lock (so
+    nothing changes meanwhile); its ``state.toml`` is kept as ``state.toml.imported``."""
+    from necropool.pool import Pool
+    from necropool.store_pg import PgStore
+
+    pool = Pool(replace(settings, ledger_override="local"), name)
+    if os.path.lexists(pool.paths.in_ledger):
+        raise Conflict(f"pool {name!r} is already in a ledger ({redact(dsn)})")
+    with pool.locked() as current:
+        if current.source not in ("state.toml", "state.toml.bak"):
+            raise Conflict(f"pool {name!r}: its state is {current.source}, not a saved one: "
+                           "run 'necropool auto-recover' first")
+        register(dsn, name, host_name(), str(settings.root), pool.definition.url,
+                 pool.definition.branch, replace_leased=True)  # the local state is the truth
+        store = PgStore(dsn, name, host_name(), pool.paths.slot_dir)
+        store.save(current)
+        mark(pool.paths, dsn)
+        os.replace(pool.paths.state, pool.paths.dir / "state.toml.imported")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pool.paths.state_backup)
+    store.append_event("import", host=host_name(), slots=len(current.slots))
+    return {"pool": name, "host": host_name(), "ledger": redact(dsn),
+            "slots": len(current.slots), "leases": _leases(current)}
+
+
+def export_pool(settings: Settings, name: str, dsn: str) -> dict[str, Any]:
+    """Move this host's part of a pool from the ledger back to its ``state.toml``, leases
+    and all, in one ledger transaction that also removes it there."""
+    from necropool.pool import Pool
+    from necropool.store_toml import TomlStore
+
+    pool = Pool(replace(settings, ledger_override=dsn), name)
+    with pool.locked() as current:
+        TomlStore(pool.paths, name, settings.lock_timeout).save(current)
+        unregister(dsn, name, host_name())
+        os.unlink(pool.paths.in_ledger)
+        with contextlib.suppress(FileNotFoundError):  # the state before the import
+            os.unlink(pool.paths.dir / "state.toml.imported")
+    return {"pool": name, "host": host_name(), "ledger": redact(dsn),
+            "slots": len(current.slots), "leases": _leases(current)}
+
+
+def _leases(current: PoolState) -> int:
     return sum(1 for s in current.slots.values() if s.state == ALLOCATED)
-
-
-def require_pool(dsn: str, pool: str) -> None:
-    conn = connect(dsn)
-    with errors(dsn):
-        if conn.execute("SELECT 1 FROM pools WHERE pool = %s", (pool,)).fetchone() is None:
-            raise NotFound(f"pool {pool!r} is not in the ledger {redact(dsn)}")

@@ -153,6 +153,29 @@ class PoolManager:
     def last_event(self, name: str, event: str) -> dict | None:
         return self.get_pool(name).store.last_event(event)
 
+    # --- the shared ledger ---------------------------------------------------------------------
+    def ledger_dsn(self, pool: str | None = None) -> str:
+        """The ledger of ``pool`` (or the one the flag, environment or config names)."""
+        dsn = self.settings.ledger_for(pool or "")
+        if not dsn:
+            raise UsageError("no ledger given: pass --ledger postgresql://..., set "
+                             "NECROPOOL_LEDGER, or set ledger in the config file")
+        return dsn
+
+    def ledger(self, action: str, pool: str | None = None) -> dict:
+        """``init``/``migrate`` (the same: create or update the schema), ``status``,
+        ``import`` or ``export`` (of ``pool``)."""
+        from necropool import ledger
+
+        dsn = self.ledger_dsn(pool)
+        if action in ("init", "migrate"):
+            return ledger.migrate(dsn)
+        if action == "status":
+            return ledger.status(dsn)
+        assert pool is not None
+        move = ledger.import_pool if action == "import" else ledger.export_pool
+        return move(self.settings, pool, dsn)
+
     # --- rescued work -------------------------------------------------------------------------
     def rescued_list(self, name: str | None = None, inspect: bool = True) -> list[Record]:
         """What the ``rescued/`` of one pool or every pool holds, oldest first."""

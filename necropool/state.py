@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from necropool.clock import now
-from necropool.errors import OperationFailed
+from necropool.errors import OperationFailed, UsageError
 from necropool.layout import PoolPaths, write_atomic
 from necropool.proc import Holder
 from necropool.validate import utf8_safe
@@ -226,7 +226,18 @@ def load(paths: PoolPaths) -> PoolState:
             continue
         state.source = path.name
         return state
+    if os.path.lexists(paths.in_ledger):
+        raise UsageError(f"pool {paths.name!r} keeps its state in a shared ledger "
+                         f"({_ledger_of(paths)}): pass --ledger or set NECROPOOL_LEDGER "
+                         f"('necropool ledger export {paths.name}' brings it back here)")
     return rebuild(paths, "; ".join(reasons))
+
+
+def _ledger_of(paths: PoolPaths) -> str:
+    try:
+        return paths.in_ledger.read_text(errors="replace").strip()[:200]
+    except OSError:
+        return "unreadable"
 
 
 def rebuild(paths: PoolPaths, why: str) -> PoolState:

@@ -23,7 +23,8 @@ COMMANDS = {
     "allocate": "cmd_slots", "release": "cmd_slots", "renew": "cmd_slots", "run": "cmd_slots",
     "log": "cmd_slots",
     "detect": "cmd_health", "recover": "cmd_health", "isolate": "cmd_health",
-    "auto-recover": "cmd_health", "rescued": "cmd_rescued", "completion": "cmd_misc",
+    "auto-recover": "cmd_health", "rescued": "cmd_rescued", "ledger": "cmd_ledger",
+    "completion": "cmd_misc",
 }
 _VALUE_OPTIONS = ("--root", "--config", "--ledger", "--color")
 

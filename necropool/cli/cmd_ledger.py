@@ -1,0 +1,85 @@
+"""``ledger``: the shared PostgreSQL ledger (init, migrate, status, import, export)."""
+
+import typer
+
+from necropool.cli.context import G
+from necropool.cli.helpfmt import Command
+from necropool.cli.human import plural
+from necropool.cli.params import Json, PoolArg
+from necropool.cli.registry import group
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+group("ledger", app, help="Manage the shared PostgreSQL ledger that lets the hosts of a fleet "
+                          "share pools: its schema, and moving a pool's state in and out.",
+    notes=[
+        "By default a pool's state is kept in files under its directory. With a ledger "
+        "(--ledger, NECROPOOL_LEDGER, or ledger = \"postgresql://...\" in the config file, at "
+        "the top or in a pool's table) it is kept in PostgreSQL: every host's slots of a pool "
+        "in one place, so that *status*, *list*, *detect* and *log* show the whole fleet and "
+        "*allocate --any-host* takes a free slot on any host. Slots still belong to the host "
+        "whose disk holds them: recovery runs there.",
+        "*ledger init* (or *migrate*) creates or updates the schema; both are safe to run "
+        "twice and from two hosts at once. *ledger import POOL* moves a local pool's state, "
+        "leases included, into the ledger; *ledger export POOL* moves this host's part back.",
+        "A ledger that cannot be reached fails the command with exit status 75 (try again), "
+        "having written nothing. A password in the connection string is never printed.",
+    ],
+)
+
+
+def _show(data: dict, done: str, json_out: bool) -> None:
+    G.out(json_out).outcome(data, done)
+
+
+@app.command("init", cls=Command)
+def init(json_out: Json = False) -> None:
+    """Create the ledger's schema (or bring it up to date)."""
+    data = G.manager().ledger("init")
+    _show(data, f"ledger {data['ledger']}: schema version {data['schema_version']}"
+          + ("" if data["migrated"] else " (already there)"), json_out)
+
+
+@app.command("migrate", cls=Command)
+def migrate(json_out: Json = False) -> None:
+    """Bring the ledger's schema up to this necropool's version."""
+    data = G.manager().ledger("migrate")
+    _show(data, f"ledger {data['ledger']}: schema version {data['was']} -> "
+          f"{data['schema_version']}" if data["migrated"] else
+          f"ledger {data['ledger']}: schema version {data['schema_version']}, up to date",
+          json_out)
+
+
+@app.command("status", cls=Command)
+def status(json_out: Json = False) -> None:
+    """Show the ledger's schema version and the pools it holds."""
+    out = G.out(json_out)
+    data = G.manager().ledger("status")
+    if out.json:
+        out.emit(data)
+        return
+    version = data["schema_version"]
+    out.line(f"ledger {data['ledger']}: " + (
+        "no necropool schema ('necropool ledger init' creates it)" if version is None else
+        f"schema version {version}" + ("" if data["up_to_date"] else
+                                       f" (this necropool has {data['current']})")))
+    if data["pools"]:
+        out.table(["POOL", "HOSTS", "SLOTS", "ALLOCATED", "URL"],
+                  [[p["pool"], p["hosts"], p["slots"], p["allocated"], p["url"]]
+                   for p in data["pools"]])
+
+
+@app.command("import", cls=Command)
+def import_(pool: PoolArg, json_out: Json = False) -> None:
+    """Move a local pool's state (leases included) into the ledger."""
+    data = G.manager().ledger("import", pool)
+    _show(data, f"pool {pool}: {data['slots']} slots of host {data['host']} moved into "
+          f"{data['ledger']} ({plural(data['leases'], 'lease')} kept)", json_out)
+
+
+@app.command("export", cls=Command)
+def export(pool: PoolArg, json_out: Json = False) -> None:
+    """Move this host's part of a pool from the ledger back to its state.toml."""
+    data = G.manager().ledger("export", pool)
+    _show(data, f"pool {pool}: {data['slots']} slots of host {data['host']} moved out of "
+          f"{data['ledger']} ({plural(data['leases'], 'lease')} kept)", json_out)
