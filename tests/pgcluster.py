@@ -7,12 +7,14 @@ PostgreSQL binaries; bench/ scripts import it with ``tests/`` on ``sys.path``).
 The server lives in a private temp directory, listens on 127.0.0.1 only (trust
 authentication), trades durability for speed (fsync, synchronous_commit and
 full_page_writes off) and is stopped, its directory removed, by ``stop()``, on leaving
-the ``with`` block, or at interpreter exit, whichever comes first. As root it runs as
-``user`` (PostgreSQL refuses root) through ``runuser``."""
+the ``with`` block, or at interpreter exit, whichever comes first; a server whose owner was
+killed before it could stop it is stopped by the next ``start()`` of any owner. As root it
+runs as ``user`` (PostgreSQL refuses root) through ``runuser``."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pwd
 import re
@@ -22,6 +24,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from necropool.proc import start_time
+
+PREFIX = "necropool-pg-"
 START_ATTEMPTS = 5
 PORT_IN_USE = ("could not create any TCP/IP sockets", "Address already in use")
 DB_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -103,9 +108,11 @@ class Cluster:
         """Create the temp directory, run initdb and start the server (waiting until it
         accepts connections). On failure everything is removed and ClusterError raised."""
         assert self.base is None, "cluster already started"
-        self.base = Path(tempfile.mkdtemp(prefix="necropool-pg-"))
+        self._reap_orphans()
+        self.base = Path(tempfile.mkdtemp(prefix=PREFIX))
         atexit.register(self.stop)
         try:
+            (self.base / "owner").write_text(f"{os.getpid()} {start_time(os.getpid())}")
             if self._runas:
                 os.chown(self.base, pwd.getpwnam(self.user).pw_uid, -1)
             self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "-E", "UTF8",
@@ -132,14 +139,7 @@ class Cluster:
         atexit.unregister(self.stop)
         if self.base is None:
             return
-        if (self.datadir / "postmaster.pid").exists():
-            for mode in ("fast", "immediate"):
-                try:
-                    self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "30",
-                              "stop")
-                    break
-                except ClusterError:
-                    continue
+        self._stop_server(self.datadir, "fast", "immediate")
         self.running = False
         shutil.rmtree(self.base, ignore_errors=True)
         self.base = None
@@ -165,6 +165,28 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _reap_orphans(self) -> None:
+        """Stop the servers, and remove the directories, of owners that are gone (killed
+        before they could stop them). A directory without an owner file is being set up."""
+        for base in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+            try:
+                pid, start = (base / "owner").read_text().split()
+            except (OSError, ValueError):
+                continue
+            if str(start_time(int(pid))) == start:
+                continue
+            self._stop_server(base / "data", "immediate")
+            shutil.rmtree(base, ignore_errors=True)
+
+    def _stop_server(self, datadir: Path, *modes: str) -> None:
+        """``pg_ctl stop`` in the first of ``modes`` that works; none running is no error."""
+        if not (datadir / "postmaster.pid").exists():
+            return
+        for mode in modes:
+            with contextlib.suppress(ClusterError):
+                self._run("pg_ctl", "-D", str(datadir), "-m", mode, "-w", "-t", "30", "stop")
+                return
 
     def _start_server(self) -> None:
         assert self.base

@@ -1,7 +1,12 @@
 """The throw-away PostgreSQL server of tests/pgcluster.py and its fixtures: a working server,
-a fresh database per test, restart, a taken port, no process left behind."""
+a fresh database per test, restart, a taken port, no process left behind (even when the
+owner is killed)."""
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from helpers import import_or_skip, skip_unless_ci
@@ -67,3 +72,20 @@ def test_taken_port_is_skipped_and_stop_leaves_nothing(pg_cluster):  # skips wit
             pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
     assert cluster.base is None and not base.exists()
     assert start_time(pid) is None  # gone, or a zombie of a PID 1 that does not reap
+
+
+@pytest.mark.slow
+def test_server_of_a_killed_owner_is_stopped_by_the_next_start(pg_cluster, tmp_path):
+    script = ("import sys, time; from pgcluster import Cluster; c = Cluster().start(); "
+              "print(c.base, flush=True); time.sleep(600)")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent)))
+    base = Path(owner.stdout.readline().strip())
+    pid = int((base / "data" / "postmaster.pid").read_text().split()[0])
+    owner.kill()
+    owner.wait()
+    assert start_time(pid) is not None, "killed before it could stop its server"
+    with Cluster():
+        assert not base.exists()
+        assert start_time(pid) is None
+    assert pg_cluster.psql("SELECT 1").strip() == "1", "a live owner's server is left alone"
