@@ -60,7 +60,9 @@ def free_port() -> int:
 class Cluster:
     """One PostgreSQL server in a temp directory; ``start()`` it, or use it as a context
     manager. ``port`` is tried first; when it (or any chosen port) is taken, another free port
-    is tried, so read ``dsn()`` after ``start()`` and ``restart()``."""
+    is tried, so read ``dsn()`` after ``start()`` and ``restart()``. ``settings`` adds or
+    overrides postgresql.conf lines, values as written there (strings quoted: ``"'64MB'"``);
+    the defaults include wal_level minimal with max_wal_senders 0 (no replication)."""
 
     def __init__(self, *, max_connections: int = 100, shared_buffers: str = "32MB",
                  settings: dict[str, str | int] | None = None, port: int | None = None,

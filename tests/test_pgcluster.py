@@ -3,6 +3,7 @@ a fresh database per test, restart, a taken port, no process left behind (even w
 owner is killed)."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def test_restart_cuts_open_connections(pg_cluster, pg_dsn):
 
 
 def test_missing_binaries_name_the_cause(tmp_path):
-    with pytest.raises(ClusterError, match=f"not found in {tmp_path}: initdb, pg_ctl"):
+    with pytest.raises(ClusterError, match=re.escape(f"not found in {tmp_path}: initdb, pg_ctl")):
         Cluster(bindir=tmp_path)
 
 
