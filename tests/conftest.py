@@ -1,10 +1,14 @@
-"""Shared fixtures: real git repositories in temp dirs, a private root, and a CLI runner
-(helpers.run_cli) that starts ``python -m necropool`` as a real process."""
+"""Shared fixtures: real git repositories in temp dirs, a private root, a CLI runner
+(helpers.run_cli) that starts ``python -m necropool`` as a real process, and a throw-away
+PostgreSQL server (tests/pgcluster.py)."""
 
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import git, run_cli
+from helpers import git, run_cli, skip_unless_ci
+from pgcluster import Cluster, ClusterError
 
 from necropool.config import PoolSpec, load_settings
 from necropool.manager import PoolManager
@@ -51,3 +55,26 @@ def pool(manager, upstream) -> str:
 @pytest.fixture
 def cli(root):
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One PostgreSQL server for the session, started when a test first asks for it. Where none
+    can start the test is skipped with the cause (a failure when CI is set)."""
+    try:
+        cluster = Cluster().start()
+    except ClusterError as exc:
+        skip_unless_ci(f"no PostgreSQL server: {exc}")
+    with cluster:
+        yield cluster
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster: Cluster) -> Iterator[str]:
+    """A DSN to a fresh empty database of ``pg_cluster``, dropped after the test."""
+    name = f"test_{next(_databases)}"
+    yield pg_cluster.create_database(name)
+    pg_cluster.drop_database(name)

@@ -1,14 +1,20 @@
 """Test helpers: git in temp repositories, a CLI runner that starts ``python -m necropool``
 as a real process, a template pool, and digests that prove a command changed nothing.
-Fixtures are in conftest.py; tests/slots.py and tests/faults.py hold more helpers."""
+Fixtures are in conftest.py; tests/slots.py and tests/faults.py hold more helpers, and
+tests/pgcluster.py a throw-away PostgreSQL server."""
 
 import hashlib
+import importlib
 import json
 import os
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
+
+import pytest
 
 from necropool.config import PoolSpec, load_settings
 from necropool.manager import PoolManager
@@ -107,3 +113,21 @@ def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> C
                           capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           stdin=subprocess.DEVNULL)
     return CliResult(proc)
+
+
+def in_ci() -> bool:
+    """True where the environment variable CI is set (and not "false" or "0")."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def skip_unless_ci(reason: str) -> NoReturn:
+    """Skip the test for ``reason``; under CI fail instead, because CI must run it."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def import_or_skip(name: str) -> ModuleType:
+    """Import ``name``, skipping the module where it is missing; under CI a missing module is
+    an error."""
+    return importlib.import_module(name) if in_ci() else pytest.importorskip(name)
