@@ -53,7 +53,8 @@ class PoolPaths:
     KNOWN = frozenset({
         "pool.toml", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock", "wait.lock",
         "wake.fifo", "mirror.fetched", "mirror.failed", "locks", "mirror.git", "slots",
-        "events.jsonl", "events.jsonl.1", "rescued", "verified.json", "records",
+        "events.jsonl", "events.jsonl.1", "rescued", "verified.json", "records", "ledger",
+        "state.toml.imported",
     })
 
 

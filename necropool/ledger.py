@@ -233,7 +233,7 @@ def import_pool(settings: Settings, name: str, dsn: str) -> dict[str, Any]:
                            "run 'necropool auto-recover' first")
         register(dsn, name, host_name(), str(settings.root), pool.definition.url,
                  pool.definition.branch, replace_leased=True)  # the local state is the truth
-        store = PgStore(dsn, name, host_name(), pool.paths.slot_dir)
+        store = PgStore(dsn, name, host_name(), pool.paths)
         store.save(current)
         mark(pool.paths, dsn)
         os.replace(pool.paths.state, pool.paths.dir / "state.toml.imported")

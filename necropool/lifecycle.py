@@ -245,12 +245,7 @@ def _others_waiting(queue: FileLock) -> bool:
 
 
 def _state_marker(pool: Pool) -> tuple | None:
-    """Changes whenever the state is written (each write replaces the file)."""
-    try:
-        st = os.stat(pool.paths.state)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns
+    return pool.store.marker()
 
 
 def _wait_for_change(pool: Pool, seen: tuple | None, deadline: float, wake: int | None) -> bool:

@@ -38,6 +38,13 @@ def connect(dsn: str):
     return conn
 
 
+def disconnect() -> None:
+    """Close this thread's connections."""
+    for conn in getattr(_local, "conns", {}).values():
+        conn.close()
+    _local.conns = {}
+
+
 @contextmanager
 def errors(dsn: str) -> Iterator[None]:
     """Database errors as necropool's: unreachable or gone away is ``LedgerDown`` (exit 75,

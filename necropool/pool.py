@@ -139,7 +139,7 @@ def open_store(settings: Settings, paths: PoolPaths, name: str) -> Store:
     from necropool.pgconn import host_name
     from necropool.store_pg import PgStore
 
-    return PgStore(ledger, name, host_name(), PoolPaths(settings.root, name).slot_dir)
+    return PgStore(ledger, name, host_name(), PoolPaths(settings.root, name))
 
 
 def get_slot(current: PoolState, pool: Pool, number: int) -> Slot:

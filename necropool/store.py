@@ -41,6 +41,10 @@ class Store(Protocol):
         """Write ``current`` (only while holding the lock, inside ``locked``)."""
         ...
 
+    def marker(self) -> tuple | None:
+        """A value that changes whenever the state is written (for waiters)."""
+        ...
+
     def claim(self, lease: Lease, take: Callable[[Slot], bool],
               skip: frozenset[int] = frozenset()) -> Slot | None:
         """Grant ``lease`` on one available slot not in ``skip``, in allocation order, for

@@ -20,8 +20,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from necropool import wakeup
 from necropool.clock import now, rfc3339
 from necropool.errors import Conflict, NotFound
+from necropool.layout import PoolPaths
 from necropool.pgconn import connect, errors
 from necropool.proc import Holder
 from necropool.state import Lease, PoolState, Slot, SlotState
@@ -107,8 +109,9 @@ def slot_of(row: dict[str, Any], shift: timedelta) -> Slot:
 class PgStore:
     """One pool's slots on one host in the ledger; see ``store.Store`` for the contract."""
 
-    def __init__(self, dsn: str, name: str, host: str, slot_dir: Callable[[int], Path]):
-        self.dsn, self.name, self.host, self.slot_dir = dsn, name, host, slot_dir
+    def __init__(self, dsn: str, name: str, host: str, paths: PoolPaths):
+        """``paths``: the pool's final paths (recorded in the ledger; its wake FIFO)."""
+        self.dsn, self.name, self.host, self.paths = dsn, name, host, paths
         self._loaded: dict[int, tuple[int, dict[str, Any]]] = {}  # number -> generation, row
         self._shift_now: timedelta | None = None  # set while ``locked``
 
@@ -116,9 +119,10 @@ class PgStore:
         return connect(self.dsn)
 
     def _shift(self, conn) -> timedelta:
-        """This client's clock minus the server's, measured now."""
+        """This client's clock minus the server's, measured now, in whole seconds: what a
+        query's latency adds must not move a time back and forth between two reads."""
         server = conn.execute("SELECT now()").fetchone()[0]
-        return now() - server
+        return timedelta(seconds=round((now() - server).total_seconds()))
 
     @contextmanager
     def _txn(self) -> Iterator[Any]:
@@ -189,7 +193,7 @@ class PgStore:
                              (self.name, self.host, number))
                 del self._loaded[number]
             for number, slot in sorted(current.slots.items()):
-                values = row_of(slot, self.slot_dir(number), shift)
+                values = row_of(slot, self.paths.slot_dir(number), shift)
                 if number not in self._loaded:
                     self._insert(conn, number, values)
                     self._loaded[number] = (1, values)
@@ -201,6 +205,14 @@ class PgStore:
                     self._loaded[number] = (generation + 1, values)
             conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
                          (self.name, self.host))
+        if any(slot.state == SlotState.AVAILABLE for slot in current.slots.values()):
+            wakeup.poke(self.paths.wake)  # this host's waiters; others look every few seconds
+
+    def marker(self) -> tuple:
+        with self._txn() as conn:
+            return tuple(conn.execute(
+                "SELECT count(*), coalesce(sum(generation), 0) FROM slots WHERE pool = %s "
+                "AND host = %s", (self.name, self.host)).fetchone())
 
     def _insert(self, conn, number: int, values: dict[str, Any]) -> None:
         names = ", ".join(f'"{k}"' for k in values)

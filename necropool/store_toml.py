@@ -3,6 +3,7 @@
 ``layout.write_atomic``); a write that leaves a slot free pokes the wake FIFO of the
 allocation waiter at the head of the queue."""
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -61,6 +62,14 @@ class TomlStore:
         state.save(self.paths, current)
         if any(slot.state == AVAILABLE for slot in current.slots.values()):
             wakeup.poke(self.paths.wake)
+
+    def marker(self) -> tuple | None:
+        """Changes whenever the state is written (each write replaces the file)."""
+        try:
+            st = os.stat(self.paths.state)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
 
     def claim(self, lease: Lease, take: Callable[[Slot], bool],
               skip: frozenset[int] = frozenset()) -> Slot | None:

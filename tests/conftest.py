@@ -78,3 +78,42 @@ def pg_dsn(pg_cluster: Cluster) -> Iterator[str]:
     name = f"test_{next(_databases)}"
     yield pg_cluster.create_database(name)
     pg_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def ledger_template(pg_cluster: Cluster) -> str:
+    """A database with necropool's schema, which each test's ledger is a copy of."""
+    from necropool import ledger
+    from necropool.pgconn import disconnect
+
+    ledger.migrate(pg_cluster.create_database("necropool_template"))
+    disconnect()  # a template must have no session open
+    return "necropool_template"
+
+
+@pytest.fixture
+def ledger_dsn(pg_cluster: Cluster, ledger_template: str) -> Iterator[str]:
+    """A fresh ledger (schema made) for this test, dropped after it."""
+    from necropool.pgconn import disconnect
+
+    name = f"ledger_{next(_databases)}"
+    yield pg_cluster.create_database(name, template=ledger_template)
+    disconnect()
+    pg_cluster.drop_database(name)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test marked ``toml_only`` (about the TOML store's own files) runs only there."""
+    items[:] = [i for i in items if not (i.get_closest_marker("toml_only")
+                                         and "[ledger]" in i.nodeid)]
+
+
+@pytest.fixture(params=["local", "ledger"])
+def ledger(request, root, monkeypatch) -> str | None:
+    """Run the test on both backends: pool state in local TOML files, then in a PostgreSQL
+    ledger (``NECROPOOL_LEDGER``, for the test and the processes it starts)."""
+    if request.param == "local":
+        return None
+    dsn = request.getfixturevalue("ledger_dsn")
+    monkeypatch.setenv("NECROPOOL_LEDGER", dsn)
+    return dsn

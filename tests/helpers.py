@@ -131,3 +131,44 @@ def import_or_skip(name: str) -> ModuleType:
     """Import ``name``, skipping the module where it is missing; under CI a missing module is
     an error."""
     return importlib.import_module(name) if in_ci() else pytest.importorskip(name)
+
+
+# --- either backend: local TOML files or a PostgreSQL ledger (NECROPOOL_LEDGER) -------------
+
+
+def saved_state(root: Path, pool: str = "web") -> str:
+    """What the pool's state store holds, to compare before and after: ``state.toml``, or
+    every row the ledger has (slots, hosts, events)."""
+    dsn = os.environ.get("NECROPOOL_LEDGER")
+    if not dsn:
+        return (root / "pools" / pool / "state.toml").read_text()
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return "\n".join(repr(conn.execute(sql).fetchall()) for sql in (
+            "SELECT * FROM slots ORDER BY pool, host, number",
+            "SELECT * FROM hosts ORDER BY pool, host",
+            "SELECT * FROM events ORDER BY id"))
+
+
+LEDGER_TIMES = {"slots": ("allocated_at", "expires_at", "created_at", "last_allocated_at",
+                          "last_released_at", "isolated_at"),
+                "hosts": ("registered_at", "last_seen"), "events": ("at",)}
+
+
+def clock_at(monkeypatch, offset: float) -> None:
+    """Make time pass: what follows happens ``offset`` seconds after the test's start. The
+    clock's test hook (``NECROPOOL_CLOCK_OFFSET``) moves this host's clock; a ledger keeps
+    the server's times (a client's clock cannot age a lease), so there every recorded time
+    is moved into the past by as much as the hook moved on."""
+    before = float(os.environ.get("NECROPOOL_CLOCK_OFFSET", "0"))
+    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", str(offset))
+    dsn = os.environ.get("NECROPOOL_LEDGER")
+    if not dsn or offset == before:
+        return
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        for table, columns in LEDGER_TIMES.items():
+            sets = ", ".join(f"{c} = {c} - make_interval(secs => %(d)s)" for c in columns)
+            conn.execute(f"UPDATE {table} SET {sets}", {"d": offset - before})

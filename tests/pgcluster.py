@@ -153,9 +153,10 @@ class Cluster:
         return self._run("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
                          "-d", self.dsn(dbname), *args, runas=False)
 
-    def create_database(self, name: str) -> str:
-        """A fresh empty database ``name`` (dropped first if it exists); returns its DSN."""
-        self.psql(_drop(name), f"CREATE DATABASE {name} TEMPLATE template0")
+    def create_database(self, name: str, template: str = "template0") -> str:
+        """A fresh database ``name``, a copy of ``template`` (empty by default; dropped first
+        if it exists); returns its DSN."""
+        self.psql(_drop(name), f"CREATE DATABASE {name} TEMPLATE {template}")
         return self.dsn(name)
 
     def drop_database(self, name: str) -> None:

@@ -8,7 +8,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from helpers import commit_file, git
+import pytest
+from helpers import clock_at, commit_file, git, run_cli, saved_state
+
+# Every test twice: state in local TOML files, then in a PostgreSQL ledger.
+pytestmark = pytest.mark.usefixtures("ledger")
 
 
 def parse_time(text: str) -> datetime:
@@ -29,8 +33,10 @@ def slot_status(cli, slot_id: str) -> dict:
 
 
 def events(root: Path, pool: str = "web") -> list[dict]:
-    lines = (root / "pools" / pool / "events.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    """The pool's history as ``log --json`` gives it (from either backend)."""
+    result = run_cli("--root", root, "log", pool, "--json")
+    assert result.code == 0, result
+    return result.json()["events"]
 
 
 def cli_process(*args) -> subprocess.Popen:
@@ -220,10 +226,10 @@ def test_releasing_a_slot_that_is_not_allocated_is_a_conflict(cli, pool, root):
     result = cli("release", "web-2")
     assert result.code == 5, result
     assert "not allocated" in result.stderr
-    state_before = (root / "pools/web/state.toml").read_bytes()
+    state_before = saved_state(root)
     again = cli("release", "web-2", "--json")
     assert again.code == 5 and json.loads(again.stderr)["code"] == "conflict"
-    assert (root / "pools/web/state.toml").read_bytes() == state_before
+    assert saved_state(root) == state_before
 
 
 def test_unknown_pools_and_slots_are_not_found(cli, pool, root, tmp_path):
@@ -321,7 +327,7 @@ def test_usage_statistics_accumulate_over_allocations(cli, pool, monkeypatch):
     assert fresh["last_allocated_at"] is None and fresh["last_released_at"] is None
 
     first = allocate(cli)
-    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", "60")  # held for a minute
+    clock_at(monkeypatch, 60)  # held for a minute
     assert cli("release", "web-1").code == 0
     after_one = slot_status(cli, "web-1")
     assert after_one["allocation_count"] == 1
@@ -332,7 +338,7 @@ def test_usage_statistics_accumulate_over_allocations(cli, pool, monkeypatch):
     second = allocate(cli)
     assert second["slot_id"] == "web-1"  # the most recently released slot goes first
     assert second["allocation_count"] == 2
-    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", "90")  # held for half a minute
+    clock_at(monkeypatch, 90)  # held for half a minute
     assert cli("release", "web-1").code == 0
     after_two = slot_status(cli, "web-1")
     assert after_two["allocation_count"] == 2
@@ -379,7 +385,7 @@ def test_events_record_allocations_releases_and_cleanups(cli, pool, root):
 def test_log_since_shows_only_recent_events(cli, pool, root, monkeypatch):
     allocate(cli)
     assert cli("release", "web-1").code == 0
-    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", "3")  # what follows happens 3 s later
+    clock_at(monkeypatch, 3)  # what follows happens 3 s later
     recent = allocate(cli)
     log = cli("log", "web", "--since", "2s", "--json")
     assert log.code == 0, log
@@ -390,6 +396,7 @@ def test_log_since_shows_only_recent_events(cli, pool, root, monkeypatch):
     assert cli("log", "nosuch").code == 4
 
 
+@pytest.mark.toml_only
 def test_the_history_is_rotated_past_its_limit_and_log_reads_both_generations(cli, pool, root):
     from necropool.events import ROTATE_BYTES
 
