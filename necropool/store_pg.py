@@ -24,11 +24,13 @@ from necropool import wakeup
 from necropool.clock import now, rfc3339
 from necropool.errors import Conflict, NotFound
 from necropool.layout import PoolPaths
+from necropool.ledger import check_schema
 from necropool.pgconn import connect, errors
 from necropool.proc import Holder
 from necropool.state import Lease, PoolState, Slot, SlotState
 from necropool.store import LeaseLost
 
+_CHECKED: set[str] = set()
 # Columns of ``slots`` a Slot maps to, besides the key (pool, host, number).
 TIMES = ("allocated_at", "expires_at", "created_at", "last_allocated_at", "last_released_at",
          "isolated_at")
@@ -116,7 +118,12 @@ class PgStore:
         self._shift_now: timedelta | None = None  # set while ``locked``
 
     def _conn(self):
-        return connect(self.dsn)
+        conn = connect(self.dsn)
+        if self.dsn not in _CHECKED:  # once a process: a schema this version understands
+            with errors(self.dsn):
+                check_schema(conn, self.dsn)
+            _CHECKED.add(self.dsn)
+        return conn
 
     def _shift(self, conn) -> timedelta:
         """This client's clock minus the server's, measured now, in whole seconds: what a

@@ -103,9 +103,17 @@ def ledger_dsn(pg_cluster: Cluster, ledger_template: str) -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(config, items):
-    """A test marked ``toml_only`` (about the TOML store's own files) runs only there."""
-    items[:] = [i for i in items if not (i.get_closest_marker("toml_only")
-                                         and "[ledger]" in i.nodeid)]
+    """Tests run on both backends (fixtures ``ledger``, ``template``: "local" or "ledger")
+    unless marked ``toml_only`` (about the TOML store's own files) or ``ledger_only``."""
+    def wanted(item) -> bool:
+        params = getattr(item, "callspec", None)
+        backends = {v for v in params.params.values() if v in ("local", "ledger")} \
+            if params else set()
+        if item.get_closest_marker("toml_only") and "ledger" in backends:
+            return False
+        return not (item.get_closest_marker("ledger_only") and "local" in backends)
+
+    items[:] = [i for i in items if wanted(i)]
 
 
 @pytest.fixture(params=["local", "ledger"])

@@ -137,7 +137,17 @@ def truncate(path: Path, keep: int = 10) -> None:
 
 
 def set_state_fields(pool_dir: Path, number: int, **fields) -> None:
-    """Edit one slot's table in state.toml in place (atomically), as a careless hand would."""
+    """Edit one slot's table in state.toml in place (atomically), as a careless hand would;
+    or its row, when the pool is in a ledger (``NECROPOOL_LEDGER``)."""
+    dsn = os.environ.get("NECROPOOL_LEDGER")
+    if dsn:
+        import psycopg
+
+        sets = ", ".join(f'"{key}" = %s' for key in fields)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"UPDATE slots SET {sets} WHERE pool = %s AND number = %s",
+                         (*fields.values(), pool_dir.name, number))
+        return
     path = pool_dir / "state.toml"
     data = tomllib.loads(path.read_text())
     data["slots"][str(number)].update(fields)

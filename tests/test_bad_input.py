@@ -9,23 +9,26 @@ allocated); NUL bytes, which argv cannot carry, go through the core API.
 """
 
 import ctypes
+import itertools
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from faults import set_state_fields
-from helpers import changes, digest, template_pool
+from helpers import changes, digest, saved_state, template_pool
 
 from necropool.config import PoolSpec, load_settings
 from necropool.errors import NecropoolError, UsageError
 from necropool.manager import PoolManager
+from necropool.pgconn import disconnect
 
 LONG = "a" * 64
 LOOKALIKE = "w\u0435b"  # Cyrillic e
@@ -35,11 +38,22 @@ MARKERS = ("/tmp/pwned", "/tmp/necropool-pwned")
 # --- the template pool and each test's copy -------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=["local", "ledger"])
+def template(request, tmp_path_factory) -> tuple[Path, str | None]:
+    """The template pool and, on the ledger backend, the database it is kept in (each test
+    gets a copy of both)."""
     base = tmp_path_factory.mktemp("bad-input-template")
-    template_pool(base)
-    return base
+    if request.param == "local":
+        template_pool(base)
+        return base, None
+    cluster = request.getfixturevalue("pg_cluster")
+    name = "bad_input_template"
+    dsn = cluster.create_database(name, template=request.getfixturevalue("ledger_template"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("NECROPOOL_LEDGER", dsn)
+        template_pool(base)
+    disconnect()  # a template must have no session open
+    return base, name
 
 
 @dataclass
@@ -54,21 +68,40 @@ class Ctx:
     def pool_dir(self) -> Path:
         return self.root / "pools" / "web"
 
+    def digest(self) -> dict[str, tuple]:
+        """Every path under the root, and what the ledger holds, if the pool is in one."""
+        found = digest(self.root)
+        if os.environ.get("NECROPOOL_LEDGER"):
+            found["<ledger>"] = (saved_state(self.root),)
+        return found
+
     def fmt(self, text: str) -> str:
         return text.format(root=self.root, up=self.upstream, tmp=self.tmp, lease=self.lease,
                            slot=self.pool_dir / "slots" / "1")
 
 
 @pytest.fixture
-def ctx(template, tmp_path, monkeypatch) -> Ctx:
+def ctx(template, tmp_path, monkeypatch, request) -> Iterator[Ctx]:
+    base, database = template
     root = tmp_path / "root"
-    shutil.copytree(template / "root", root, symlinks=True)
+    shutil.copytree(base / "root", root, symlinks=True)
     monkeypatch.setenv("NECROPOOL_HOME", str(root))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.delenv("NECROPOOL_CONFIG", raising=False)
+    monkeypatch.delenv("NECROPOOL_LEDGER", raising=False)
     for marker in MARKERS:
         assert not os.path.lexists(marker), f"{marker} exists before the test"
-    return Ctx(tmp_path, root, template / "upstream", (template / "lease").read_text())
+    cluster = request.getfixturevalue("pg_cluster") if database else None
+    if cluster and database:
+        name = f"bad_input_{next(COPIES)}"
+        monkeypatch.setenv("NECROPOOL_LEDGER", cluster.create_database(name, database))
+    yield Ctx(tmp_path, root, base / "upstream", (base / "lease").read_text())
+    if cluster:
+        disconnect()
+        cluster.drop_database(name)
+
+
+COPIES = itertools.count(1)
 
 
 
@@ -145,6 +178,24 @@ def bad_entry_state(c: Ctx) -> None:
         path.write_text(text.replace('[slots.2]\nstate = "available"', "[slots.2]\nstate = 5"))
 
 
+def future_ledger(c: Ctx) -> None:
+    """The ledger's schema as a newer necropool would leave it."""
+    import psycopg
+
+    with psycopg.connect(os.environ["NECROPOOL_LEDGER"], autocommit=True) as conn:
+        conn.execute("INSERT INTO necropool_schema (version) VALUES (99)")
+
+
+def ledger_env(value: str):
+    def setup(c: Ctx) -> None:
+        c.env["NECROPOOL_LEDGER"] = value
+    return setup
+
+
+# A ledger nothing listens for, with a password that must never be shown.
+ledger_down = ledger_env("postgresql://necropool:s3cret-pw@127.0.0.1:1/fleet")
+
+
 def home_is_file(c: Ctx) -> None:
     write(c.tmp / "home-file", "not a directory\n")
     c.env["NECROPOOL_HOME"] = str(c.tmp / "home-file")
@@ -175,6 +226,12 @@ class Case:
     words: tuple[str, ...] = ()
     setup: object = None
     out_words: tuple[str, ...] = ()  # for exit 1 (detect): what stdout must name
+    only: str | None = None  # "local" or "ledger": a case about one backend's own storage
+
+    def param(self):
+        """The case as a test parameter, marked to run on its backend only."""
+        marks = {"local": [pytest.mark.toml_only], "ledger": [pytest.mark.ledger_only]}
+        return pytest.param(self, id=self.id, marks=marks.get(self.only or "", []))
 
 
 CASES = [
@@ -340,19 +397,35 @@ CASES = [
          env_config("bogus = 1\n")),
     # state files
     Case("state-truncated", ["detect", "web"], 1, (), truncate_state,
-         out_words=("state.toml unreadable", "state.toml.bak")),
+         out_words=("state.toml unreadable", "state.toml.bak"), only="local"),
     Case("state-garbage", ["detect", "web"], 1, (), garbage_state,
-         out_words=("state.toml unreadable", "rebuilt")),
+         out_words=("state.toml unreadable", "rebuilt"), only="local"),
     Case("state-bad-entry", ["detect", "web"], 1, (), bad_entry_state,
-         out_words=("web-2", "unknown state")),
+         out_words=("web-2", "unknown state"), only="local"),
     Case("state-future-allocate", ["allocate", "web", "--no-fetch"], 3,
-         ("newer necropool", "schema_version 99"), future_state),
-    Case("state-future-release", ["release", "web-1"], 3, ("newer necropool",), future_state),
-    Case("state-future-recover", ["recover", "web-2"], 3, ("newer necropool",), future_state),
+         ("newer necropool", "schema_version 99"), future_state, only="local"),
+    Case("state-future-release", ["release", "web-1"], 3, ("newer necropool",), future_state,
+         only="local"),
+    Case("state-future-recover", ["recover", "web-2"], 3, ("newer necropool",), future_state,
+         only="local"),
     Case("state-future-auto-recover", ["auto-recover", "web"], 3, ("newer necropool",),
-         future_state),
+         future_state, only="local"),
     Case("state-future-remove", ["remove", "web-2", "--force"], 3, ("newer necropool",),
-         future_state),
+         future_state, only="local"),
+    # the ledger
+    Case("ledger-future-allocate", ["allocate", "web", "--no-fetch"], 3,
+         ("schema version 99", "upgrade necropool"), future_ledger, only="ledger"),
+    Case("ledger-future-release", ["release", "web-1"], 3, ("upgrade necropool",),
+         future_ledger, only="ledger"),
+    Case("ledger-future-auto-recover", ["auto-recover", "web"], 3, ("upgrade necropool",),
+         future_ledger, only="ledger"),
+    Case("ledger-down-allocate", ["allocate", "web", "--no-fetch"], 75,
+         ("ledger", "unavailable", "***"), ledger_down),
+    Case("ledger-down-status", ["status", "web"], 75, ("unavailable",), ledger_down),
+    Case("ledger-env-invalid", ["list"], 2, ("NECROPOOL_LEDGER",), ledger_env("mysql://db")),
+    Case("ledger-flag-invalid", ["--ledger", "nonsense", "list"], 2, ("--ledger", "local")),
+    Case("ledger-config-invalid", ["--config", "{tmp}/bad.toml", "list"], 2,
+         ("ledger", "PostgreSQL"), config('ledger = "sqlite:///x"\n')),
     # the root and the environment
     Case("home-is-file", ["list"], 2, ("not a directory",), home_is_file),
     Case("home-is-file-allocate", ["allocate", "web"], 2, ("not a directory",), home_is_file),
@@ -367,11 +440,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [c.param() for c in CASES])
 def test_refused_with_documented_code_and_root_untouched(case, ctx):
     if case.setup:
         case.setup(ctx)
-    before = digest(ctx.root)
+    before = ctx.digest()
     proc = run([ctx.fmt(a) for a in case.args], ctx.env)
     if case.code == 1:  # detect found the damage: reported on stdout, exit 1
         assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
@@ -380,7 +453,8 @@ def test_refused_with_documented_code_and_root_untouched(case, ctx):
             assert word.lower() in proc.stdout.lower(), (word, proc.stdout)
     else:
         check_refusal(proc, case.code, case.words)
-    changed = changes(before, digest(ctx.root))
+    assert "s3cret" not in proc.stdout + proc.stderr, "a ledger's password was shown"
+    changed = changes(before, ctx.digest())
     if case.code == 1:  # detect ran (not a refusal): it may refresh its verification cache
         changed = [c for c in changed if c != "pools/web/verified.json"]
     assert changed == []
@@ -392,12 +466,11 @@ JSON_CASES = ["pool-dotdot", "slot-path-tmp", "url-ext", "ttl-unit", "config-wro
               "no-git-create"]
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.id in JSON_CASES],
-                         ids=[c.id for c in CASES if c.id in JSON_CASES])
+@pytest.mark.parametrize("case", [c.param() for c in CASES if c.id in JSON_CASES])
 def test_json_errors_are_one_object_on_stderr(case, ctx):
     if case.setup:
         case.setup(ctx)
-    before = digest(ctx.root)
+    before = ctx.digest()
     args = [ctx.fmt(a) for a in case.args]
     split = args.index("--") if "--" in args else len(args)
     proc = run([*args[:split], "--json", *args[split:]], ctx.env)
@@ -410,7 +483,7 @@ def test_json_errors_are_one_object_on_stderr(case, ctx):
     assert error["exit_code"] == case.code and error["code"]
     for word in case.words:
         assert word.lower() in error["message"].lower()
-    assert changes(before, digest(ctx.root)) == []
+    assert changes(before, ctx.digest()) == []
 
 
 @pytest.mark.slow
@@ -421,7 +494,7 @@ def test_ext_and_fd_urls_never_run_anything_even_through_sync(ctx):
             f"--upload-pack=touch {marker}", f"-u touch {marker}",
             f"ssh://-oProxyCommand=touch% {marker}/x",
             f"ssh://host/x -oProxyCommand=touch {marker}"]
-    before = digest(ctx.root)
+    before = ctx.digest()
     for url in urls:
         proc = run(["create", "p", "--", url])
         assert proc.returncode in (2, 3), (url, proc)
@@ -430,7 +503,7 @@ def test_ext_and_fd_urls_never_run_anything_even_through_sync(ctx):
         proc = run(["--config", str(ctx.tmp / "sync.toml"), "sync"])
         assert proc.returncode in (2, 3), (url, proc)
         assert not marker.exists(), f"{url!r} ran a command"
-    assert changes(before, digest(ctx.root)) == []
+    assert changes(before, ctx.digest()) == []
     no_marker()
 
 
@@ -463,14 +536,14 @@ API_CASES = {
 
 @pytest.mark.parametrize("name", sorted(API_CASES))
 def test_core_api_refuses_with_usage_error(name, ctx):
-    before = digest(ctx.root)
+    before = ctx.digest()
     manager = PoolManager(load_settings())
     with pytest.raises(NecropoolError) as info:
         API_CASES[name](manager, ctx)
     assert isinstance(info.value, UsageError), repr(info.value)
     assert info.value.exit_code == 2
     assert "\n" not in info.value.message and info.value.message
-    assert changes(before, digest(ctx.root)) == []
+    assert changes(before, ctx.digest()) == []
 
 
 # --- a read-only root -----------------------------------------------------------------------
@@ -518,9 +591,10 @@ READONLY_COMMANDS = [
     ["release", "web-1"],
     ["remove", "web-2"],
     ["recover", "web-2"],
-    ["isolate", "web-3"],
+    # Only state changes (a ledger takes them: nothing to refuse there).
+    pytest.param(["isolate", "web-3"], marks=pytest.mark.toml_only),
     ["add", "web"],
-    ["auto-recover"],
+    pytest.param(["auto-recover"], marks=pytest.mark.toml_only),
     ["create", "p", "{up}"],
     ["delete", "web", "--force"],
 ]
@@ -531,11 +605,11 @@ def test_read_only_root_fails_cleanly(args, ctx):
     preexec = _readonly_runner()
     make_readonly(ctx.root, True)
     try:
-        before = digest(ctx.root)
+        before = ctx.digest()
         proc = run([ctx.fmt(a) for a in args], preexec_fn=preexec)
         check_refusal(proc, 3, ())
         assert "denied" in proc.stderr.lower() or "read-only" in proc.stderr.lower(), proc
-        assert changes(before, digest(ctx.root)) == []
+        assert changes(before, ctx.digest()) == []
     finally:
         make_readonly(ctx.root, False)
 
@@ -544,11 +618,11 @@ def test_read_only_root_still_answers_read_only_commands(ctx):
     preexec = _readonly_runner()
     make_readonly(ctx.root, True)
     try:
-        before = digest(ctx.root)
+        before = ctx.digest()
         for args in (["status", "web"], ["list"], ["log", "web"]):
             proc = run(args, preexec_fn=preexec)
             assert proc.returncode == 0, (args, proc)
-        assert changes(before, digest(ctx.root)) == []
+        assert changes(before, ctx.digest()) == []
     finally:
         make_readonly(ctx.root, False)
 
