@@ -26,8 +26,8 @@ from necropool.layout import (
 )
 from necropool.ledger import mark, register, unregister
 from necropool.lockmaint import lock_free
-from necropool.pgconn import host_name
 from necropool.pool import Pool, PoolDef, get_slot, open_store
+from necropool.proc import hostname
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot
 from necropool.validate import check_pool_name, check_spec
 
@@ -68,7 +68,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
                              fetch_backend=spec.fetch_backend, created_at=now())
         write_atomic(paths.definition, definition.dump())
         if ledger:  # before the slots are cloned: an unreachable ledger fails fast
-            register(ledger, spec.name, host_name(), str(settings.root), spec.url, branch)
+            register(ledger, spec.name, hostname(), str(settings.root), spec.url, branch)
         new = PoolState(source="new")
 
         def made(number: int, commit: str) -> None:
@@ -89,7 +89,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
         remove_tree(tmp, settings.root)
         if ledger and not os.path.lexists(final / "pool.toml"):
             with contextlib.suppress(NecropoolError):
-                unregister(ledger, spec.name, host_name())
+                unregister(ledger, spec.name, hostname())
         raise
     return Pool(settings, spec.name)
 
@@ -140,7 +140,7 @@ def delete(pool: Pool, force: bool = False, discard_work: bool = False) -> dict:
                     _save_work(pool, slot)
         kept = _keep_rescued(pool.settings.root, pool.paths.rescued, pool.name)
         if pool.ledger:  # in the same transaction as the lock: gone from both or neither
-            unregister(pool.ledger, pool.name, host_name())
+            unregister(pool.ledger, pool.name, hostname())
         trash = pool.paths.dir.parent / trash_name(pool.name)
         os.rename(pool.paths.dir, trash)
     remove_tree(trash, pool.settings.root)

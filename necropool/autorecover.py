@@ -171,6 +171,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     result.detected = found.to_dict()
     if not dry_run:
         pool.event("auto_recover", errors=len(result.errors), actions=len(result.actions))
+        pool.store.heartbeat()
     return result
 
 

@@ -26,15 +26,17 @@ TOP_KEYS = {
     "max_allocation_hours": (int, float),
     "stale_lock_hours": (int, float),
     "stale_mirror_hours": (int, float),
+    "silent_host_hours": (int, float),
     "lock_timeout": (int, float),
     "git_timeout": (int, float),
     "pools": dict,
 }
 # Upper bounds (also rejecting inf) so that timeouts and date arithmetic cannot overflow.
 LIMITS = {"max_allocation_hours": MAX_HOURS, "stale_lock_hours": MAX_HOURS,
-          "stale_mirror_hours": MAX_HOURS,
+          "stale_mirror_hours": MAX_HOURS, "silent_host_hours": MAX_HOURS,
           "lock_timeout": 1e9, "git_timeout": 1e9}
-POSITIVE = ("max_allocation_hours", "stale_lock_hours", "stale_mirror_hours", "lock_timeout",
+POSITIVE = ("max_allocation_hours", "stale_lock_hours", "stale_mirror_hours",
+            "silent_host_hours", "lock_timeout",
             "git_timeout", "num_slots")
 FETCH_BACKENDS = ("git", "libgit2")
 
@@ -62,6 +64,7 @@ class Settings:
     max_allocation_hours: float = 24.0
     stale_lock_hours: float = 24.0
     stale_mirror_hours: float = 24.0
+    silent_host_hours: float = 1.0  # a fleet host with no sign of life for this long is reported
     lock_timeout: float = 30.0
     git_timeout: float = 600.0
     pools: dict[str, PoolSpec] = field(default_factory=dict)

@@ -21,7 +21,7 @@ from necropool.state import ALLOCATED, CLEANING, ERROR, PoolState, Slot
 from necropool.views import mirror_freshness
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
-         "orphaned_locks", "stray_paths", "isolated_slots", "stale_mirrors")
+         "orphaned_locks", "stray_paths", "isolated_slots", "stale_mirrors", "silent_hosts")
 
 
 @dataclass
@@ -45,16 +45,19 @@ class Findings:
     pool: str
     items: dict[str, list[Anomaly]] = field(default_factory=lambda: {k: [] for k in KINDS})
     judged: PoolState | None = None  # the state the slots were judged in (under the lock)
+    # Found in the ledger about other hosts' slots and hosts: reported, left to those hosts.
+    elsewhere: dict[str, list[Anomaly]] = field(default_factory=lambda: {k: [] for k in KINDS})
 
-    def add(self, kind: str, **fields) -> None:
-        self.items[kind].append(Anomaly(kind=kind.removesuffix("s"), pool=self.pool, **fields))
+    def add(self, kind: str, *, remote: bool = False, **fields) -> None:
+        to = self.elsewhere if remote else self.items
+        to[kind].append(Anomaly(kind=kind.removesuffix("s"), pool=self.pool, **fields))
 
     @property
     def count(self) -> int:
-        return sum(len(v) for v in self.items.values())
+        return sum(len(v) for v in (*self.items.values(), *self.elsewhere.values()))
 
     def to_dict(self) -> dict[str, list[Record]]:
-        return {k: [a.to_dict() for a in v] for k, v in self.items.items()}
+        return {k: [a.to_dict() for a in v + self.elsewhere[k]] for k, v in self.items.items()}
 
 
 def live_allocation(slot: Slot, abandoned: set[int]) -> bool:
@@ -108,7 +111,41 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
                           path=str(lock), evidence="git lock file with no git process behind it")
     _find_strays(pool, current, found)
     verifier.save()
+    if pool.ledger:
+        _judge_fleet(pool, hours, found)
     return found
+
+
+def _judge_fleet(pool: Pool, hours: float, found: Findings) -> None:
+    """Other hosts' slots as far as the ledger tells (their directories are not here), and
+    hosts silent past ``silent_host_hours``: reported, for those hosts to act on."""
+    from necropool import fleet
+    from necropool.leases import expired
+    from necropool.ledger import silent_hosts
+    from necropool.proc import hostname
+
+    slots, seen = fleet.slots(pool)
+    limit = now() - timedelta(hours=hours)
+    for f in slots:
+        slot, lease = f.slot, f.slot.lease
+        if f.host == hostname():
+            continue
+        sid, there = fleet.slot_id(pool, slot.number, f.host), f"on host {f.host}"
+        if lease and expired(lease):
+            found.add("expired_leases", remote=True, slot_id=sid, path=f.path,
+                      lease_id=lease.lease_id, evidence=f"{there}: lease expired at "
+                      f"{rfc3339(lease.expires_at)}")
+        elif lease and lease.allocated_at < limit:
+            found.add("long_allocated_slots", remote=True, slot_id=sid, path=f.path,
+                      lease_id=lease.lease_id, evidence=f"{there}: allocated since "
+                      f"{rfc3339(lease.allocated_at)}")
+        elif slot.state == ERROR:
+            kind = "isolated_slots" if slot.isolated_at else "corrupted_slots"
+            found.add(kind, remote=True, slot_id=sid, path=f.path,
+                      evidence=f"{there}: {slot.isolation_reason or slot.error or 'in error'}")
+    for host, at in silent_hosts(seen, pool.settings.silent_host_hours).items():
+        found.add("silent_hosts", remote=True, evidence=f"host {host}: no auto-recover or "
+                  f"state change since {rfc3339(at)}")
 
 
 def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) -> list[int]:

@@ -13,7 +13,8 @@ from necropool.clock import now
 from necropool.config import Settings
 from necropool.errors import Conflict, OperationFailed
 from necropool.layout import PoolPaths, write_atomic
-from necropool.pgconn import connect, errors, host_name, redact
+from necropool.pgconn import connect, errors, redact
+from necropool.proc import hostname
 from necropool.state import ALLOCATED, PoolState, Slot
 
 # Each entry takes the schema from the version before it to its own (index + 1).
@@ -231,16 +232,16 @@ def import_pool(settings: Settings, name: str, dsn: str) -> dict[str, Any]:
         if current.source not in ("state.toml", "state.toml.bak"):
             raise Conflict(f"pool {name!r}: its state is {current.source}, not a saved one: "
                            "run 'necropool auto-recover' first")
-        register(dsn, name, host_name(), str(settings.root), pool.definition.url,
+        register(dsn, name, hostname(), str(settings.root), pool.definition.url,
                  pool.definition.branch, replace_leased=True)  # the local state is the truth
-        store = PgStore(dsn, name, host_name(), pool.paths)
+        store = PgStore(dsn, name, hostname(), pool.paths)
         store.save(current)
         mark(pool.paths, dsn)
         os.replace(pool.paths.state, pool.paths.dir / "state.toml.imported")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pool.paths.state_backup)
-    store.append_event("import", host=host_name(), slots=len(current.slots))
-    return {"pool": name, "host": host_name(), "ledger": redact(dsn),
+    store.append_event("import", host=hostname(), slots=len(current.slots))
+    return {"pool": name, "host": hostname(), "ledger": redact(dsn),
             "slots": len(current.slots), "leases": _leases(current)}
 
 
@@ -253,11 +254,11 @@ def export_pool(settings: Settings, name: str, dsn: str) -> dict[str, Any]:
     pool = Pool(replace(settings, ledger_override=dsn), name)
     with pool.locked() as current:
         TomlStore(pool.paths, name, settings.lock_timeout).save(current)
-        unregister(dsn, name, host_name())
+        unregister(dsn, name, hostname())
         os.unlink(pool.paths.in_ledger)
         with contextlib.suppress(FileNotFoundError):  # the state before the import
             os.unlink(pool.paths.dir / "state.toml.imported")
-    return {"pool": name, "host": host_name(), "ledger": redact(dsn),
+    return {"pool": name, "host": hostname(), "ledger": redact(dsn),
             "slots": len(current.slots), "leases": _leases(current)}
 
 

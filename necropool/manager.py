@@ -3,6 +3,7 @@ facade over ``pool``/``admin``/``sync``/``views``, ``lifecycle``/``leases``/``ru
 the health modules (``detect``, ``repair``, ``autorecover``, ``lockmaint``). The CLI talks
 to this and nothing else."""
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 from necropool import admin, events, leases, lifecycle, views
 from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
-from necropool.errors import POOL_FAILURES, NecropoolError, UsageError, explain
+from necropool.errors import POOL_FAILURES, NecropoolError, TryAgain, UsageError, explain
 from necropool.lockmaint import LockManager
 from necropool.proc import Holder
 from necropool.records import Record
@@ -71,28 +72,37 @@ class PoolManager:
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return admin.remove_slot(pool, number, force, discard_work)
 
-    def list_pools(self) -> list[dict]:
-        """Every pool's summary; an unreadable pool is reported, never hidden."""
+    def list_pools(self, host: str | None = None) -> list[dict]:
+        """Every pool's summary (of ``host``'s slots only, for a pool in a ledger); an
+        unreadable pool is reported, never hidden."""
         out = []
         for name in self.pool_names():
             try:
                 pool = self.get_pool(name)
-                out.append(views.describe_pool(pool, pool.read_state(), with_slots=False))
+                out.append(views.describe_pool(pool, pool.read_state(), with_slots=False,
+                                               host=host))
             except POOL_FAILURES as exc:
                 out.append({"pool": name, "error": explain(exc)})
         return out
 
-    def pool_status(self, name: str) -> dict:
-        """The pool object with its slots and what its ``rescued/`` holds."""
+    def pool_status(self, name: str, host: str | None = None) -> dict:
+        """The pool object with its slots (of ``host`` only, for a pool in a ledger) and what
+        its ``rescued/`` holds."""
         from necropool import rescued
 
         pool = self.get_pool(name)
-        data = views.describe_pool(pool, pool.read_state())
+        data = views.describe_pool(pool, pool.read_state(), host=host)
         data["rescued_count"], data["rescued_bytes"] = rescued.usage(pool)
         return data
 
     def slot_status(self, slot_ref: str) -> dict:
-        pool, number = pools.resolve_slot(self.settings, slot_ref)
+        if remote := self._remote(slot_ref):
+            from necropool import fleet
+
+            pool, number, host = remote
+            found = fleet.find(pool, host, number)
+            return views.describe_slot(pool, found.slot, found.host, found.path)
+        pool, number = pools.resolve_slot(self.settings, slot_ref.split("@")[0])
         return views.describe_slot(pool, pools.get_slot(pool.read_state(), pool, number))
 
     def sync(self, prune: bool = False, progress=None) -> list[dict]:
@@ -102,30 +112,75 @@ class PoolManager:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def allocate_slot(self, name: str, *, owner=None, pid: int | None = None, ttl=None,
-                      metadata=None, wait: float = 0, fetch: bool | None = None) -> dict:
+                      metadata=None, wait: float = 0, fetch: bool | None = None,
+                      any_host: bool = False) -> dict:
+        """``any_host``: when this host has no free slot, a clean one of another host of the
+        fleet (its ``slot_host`` and ``path`` say where)."""
         holder = None
         if pid is not None:
             holder = Holder.of(pid)
             if holder is None:
                 raise UsageError(f"no process with pid {pid} on this host")
         pool = self.get_pool(name)
-        grant = lifecycle.allocate(pool, owner=owner, holder=holder, ttl=ttl,
-                                   metadata=metadata, wait=wait, fetch=fetch)
-        data = views.describe_slot(pool, grant.slot)
-        data["fetch_error"] = grant.fetch_error
-        return data
+        deadline = time.monotonic() + (wait or 0)
+        while True:
+            try:
+                grant = lifecycle.allocate(
+                    pool, owner=owner, holder=holder, ttl=ttl, metadata=metadata, fetch=fetch,
+                    wait=min(wait, max(0.0, deadline - time.monotonic()), 1.0) if any_host
+                    else wait)
+            except TryAgain:
+                if not any_host:
+                    raise
+                from necropool import fleet
+
+                remote = fleet.allocate(pool, owner=owner or lifecycle.default_owner(),
+                                        holder=holder, ttl=ttl, metadata=metadata or {})
+                if remote is not None:
+                    return {**views.describe_slot(pool, remote.slot, remote.host, remote.path),
+                            "fetch_error": None}
+                if time.monotonic() >= deadline:
+                    raise
+                fetch = False  # fetched once is enough
+                continue
+            data = views.describe_slot(pool, grant.slot)
+            data["fetch_error"] = grant.fetch_error
+            return data
 
     def release_slot(self, slot_ref: str, lease_id: str | None = None, cleanup: bool = True,
                      fetch: bool | None = None, stop: bool = False) -> dict:
-        """``stop``: end processes still running in the slot instead of refusing."""
+        """``stop``: end processes still running in the slot instead of refusing. A slot of
+        another host (``POOL-N@HOST``) is only given back: its host cleans it."""
+        if remote := self._remote(slot_ref):
+            from necropool import fleet
+
+            pool, number, host = remote
+            return fleet.release(pool, host, number, lease_id)
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return lifecycle.release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch,
                                  stop=stop).to_dict()
 
     def renew_slot(self, slot_ref: str, lease_id: str, ttl: float | None = None) -> dict:
         """Extend a lease by ``ttl`` seconds from now (default: its own TTL)."""
+        if remote := self._remote(slot_ref):
+            from necropool import fleet
+
+            pool, number, host = remote
+            renewed = fleet.renew(pool, host, number, lease_id, ttl)
+            return views.describe_slot(pool, renewed.slot, renewed.host, renewed.path)
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return views.describe_slot(pool, leases.renew(pool, number, lease_id, ttl))
+
+    def _remote(self, slot_ref: str) -> tuple[pools.Pool, int, str] | None:
+        """A slot of another host (``POOL-N@HOST``): its pool, number and host."""
+        if not isinstance(slot_ref, str) or "@" not in slot_ref or "/" in slot_ref:
+            return None
+        from necropool import fleet
+
+        name, number, host = fleet.resolve(slot_ref)
+        if host is None:  # this host, named
+            return None
+        return self.get_pool(name), number, host
 
     @contextmanager
     def slot(self, name: str, **allocate_options) -> Iterator[dict]:
@@ -236,8 +291,8 @@ class PoolManager:
         unusable: list[tuple[str, str]] = []
         for pool in self._targets(name, unusable):
             found = detect(pool, max_allocation_hours=max_allocation_hours, deep=deep)
-            for kind, items in found.items.items():
-                merged[kind].extend(a.to_dict() for a in items)
+            for kind, records in found.to_dict().items():
+                merged[kind].extend(records)
         for each, why in unusable:
             merged["stray_paths"].append(Record(
                 kind="stray_path", pool=each, slot_id=None, evidence=f"not a usable pool: {why}",

@@ -2,7 +2,6 @@
 necropool's (a ledger that cannot be reached is exit 75, retryable), and DSNs shown with
 their password masked wherever they appear."""
 
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -70,10 +69,6 @@ def errors(dsn: str) -> Iterator[None]:
                                   "'necropool ledger init'") from None
         raise OperationFailed(f"ledger {where}: {detail}") from None
 
-
-def host_name() -> str:
-    """This host's name in the ledger: ``NECROPOOL_HOST``, else the node name."""
-    return os.environ.get("NECROPOOL_HOST") or os.uname().nodename
 
 
 def password_of(dsn: str) -> str | None:

@@ -136,10 +136,10 @@ def open_store(settings: Settings, paths: PoolPaths, name: str) -> Store:
     ledger = settings.ledger_for(name)
     if ledger is None:
         return TomlStore(paths, name, settings.lock_timeout)
-    from necropool.pgconn import host_name
+    from necropool.proc import hostname
     from necropool.store_pg import PgStore
 
-    return PgStore(ledger, name, host_name(), PoolPaths(settings.root, name))
+    return PgStore(ledger, name, hostname(), PoolPaths(settings.root, name))
 
 
 def get_slot(current: PoolState, pool: Pool, number: int) -> Slot:

@@ -8,7 +8,9 @@ from functools import cache
 
 @cache
 def hostname() -> str:
-    return os.uname().nodename  # what gethostname() returns, without importing socket
+    """This host's name: ``NECROPOOL_HOST`` (a fleet's name for it, or a simulated host), else
+    what gethostname() returns (without importing socket)."""
+    return os.environ.get("NECROPOOL_HOST") or os.uname().nodename
 
 
 @cache

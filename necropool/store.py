@@ -63,6 +63,11 @@ class Store(Protocol):
         ``worker``; returns the slot as it was before."""
         ...
 
+    def heartbeat(self) -> None:
+        """A sign of life of this host (``auto-recover`` gives one each run), for a fleet
+        view that reports silent hosts."""
+        ...
+
     def append_event(self, name: str, **fields: Any) -> None:
         """Add one event to the pool's history."""
         ...

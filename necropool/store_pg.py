@@ -306,21 +306,29 @@ class PgStore:
             return slot_of(row, shift)
 
     def end_lease(self, number: int, lease_id: str, worker: Holder | None = None,
-                  host: str | None = None) -> Slot:
+                  host: str | None = None, uncleaned: bool = False) -> Slot:
+        """``uncleaned`` (a lease of another host's slot ended from here): the slot goes back
+        free, marked for the cleanup its host does before handing it out again."""
         with self._txn() as conn:
             shift = self._shift(conn)
             host = host or self.host
             previous = self._leased(conn, number, lease_id, host)
             conn.execute(
-                "UPDATE slots SET state = 'cleaning', worker = %s, "
+                "UPDATE slots SET state = %s, needs_cleanup = needs_cleanup OR %s, worker = %s, "
                 "total_usage_seconds = total_usage_seconds "
                 "+ greatest(0, extract(epoch FROM now() - allocated_at)), "
                 "last_released_at = now(), lease_id = NULL, owner = NULL, holder_pid = NULL, "
                 "holder_start = NULL, holder = NULL, allocated_at = NULL, expires_at = NULL, "
                 "ttl_seconds = NULL, metadata = NULL, generation = generation + 1 "
                 "WHERE pool = %s AND host = %s AND number = %s",
-                (_json(worker.to_dict() if worker else None), self.name, host, number))
+                ("available" if uncleaned else "cleaning", uncleaned,
+                 _json(worker.to_dict() if worker else None), self.name, host, number))
             return slot_of(previous, shift)
+
+    def heartbeat(self) -> None:
+        with self._txn() as conn:
+            conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
+                         (self.name, self.host))
 
     def append_event(self, name: str, **fields: Any) -> None:
         with self._txn() as conn:

@@ -110,6 +110,9 @@ class TomlStore:
             slot.state, slot.worker = CLEANING, worker
         return previous
 
+    def heartbeat(self) -> None:
+        """Nothing to record: one host's files have no fleet to report to."""
+
     def append_event(self, name: str, **fields: Any) -> None:
         events.append(self.paths.events, name, pool=self.name, **fields)
 

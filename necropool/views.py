@@ -1,7 +1,8 @@
 """The JSON views of pools and slots (the contract in docs/json.md), and the mirror's
 freshness they report."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from necropool import git
@@ -11,12 +12,17 @@ from necropool.records import Record
 from necropool.state import STATES, PoolState, Slot
 
 
-def describe_slot(pool: Pool, slot: Slot) -> Record:
+def describe_slot(pool: Pool, slot: Slot, host: str | None = None,
+                  path: str | None = None) -> Record:
     """A slot as ``status``/``allocate`` report it (the JSON contract). ``metadata`` is the
     lease's; an isolated slot's carries ``isolated_at`` and ``isolation_reason`` (as the
-    guide reads them)."""
-    path = pool.slot_dir(slot.number)
-    branch, commit = git.read_head(path / ".git")
+    guide reads them). ``host`` and ``path``: a slot of another host in the fleet, shown as
+    the ledger has it (its id ``POOL-N@HOST``; the commit it was last cleaned to)."""
+    from necropool.proc import hostname
+
+    remote = host is not None and host != hostname()
+    where = Path(path) if remote and path else pool.slot_dir(slot.number)
+    branch, commit = (None, slot.commit) if remote else git.read_head(where / ".git")
     lease = slot.lease
     holder = lease.holder if lease else None
     metadata: dict[str, str | None] = dict(lease.metadata) if lease else {}
@@ -24,7 +30,8 @@ def describe_slot(pool: Pool, slot: Slot) -> Record:
         metadata.update(isolated_at=rfc3339(slot.isolated_at),
                         isolation_reason=slot.isolation_reason)
     return Record({
-        "slot_id": pool.slot_id(slot.number), "pool": pool.name, "path": str(path),
+        "slot_id": f"{pool.slot_id(slot.number)}@{host}" if remote else pool.slot_id(slot.number),
+        "pool": pool.name, "path": str(where), "slot_host": host if remote else hostname(),
         "state": slot.state, "lease_id": lease.lease_id if lease else None,
         "owner": lease.owner if lease else None,
         "pid": holder.pid if holder else None, "host": holder.host if holder else None,
@@ -71,21 +78,43 @@ def mirror_freshness(pool: Pool) -> tuple[datetime | None, str | None]:
     return fetched, None
 
 
-def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True) -> dict[str, Any]:
+def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
+                  host: str | None = None) -> dict[str, Any]:
+    """A pool and its slots: with a ledger, every host's (or ``host``'s only), with the
+    hosts' last signs of life."""
+    found: list[tuple[str | None, str | None, Slot]] = [
+        (None, None, s) for _, s in sorted(current.slots.items())]
+    hosts = None
+    if pool.ledger:
+        from necropool import fleet
+
+        slots, seen = fleet.slots(pool, host)
+        found = [(f.host, f.path, f.slot) for f in slots]
+        hosts = describe_hosts(pool, slots, seen)
     counts = {s: 0 for s in STATES}
-    for slot in current.slots.values():
+    for _, _, slot in found:
         counts[slot.state] += 1
     data: dict[str, Any] = {
         "pool": pool.name, "path": str(pool.paths.dir), "url": pool.definition.url,
         "branch": pool.definition.branch, "mirror_commit": git.read_ref(
             pool.paths.mirror, f"refs/heads/{pool.definition.branch}"),
-        "num_slots": len(current.slots), "counts": counts,
+        "num_slots": len(found), "counts": counts,
         "keep_ignored": pool.definition.keep_ignored,
         "fetch_on_allocate": pool.definition.fetch_on_allocate,
         "state_source": current.source,
     }
     fetched, stale = mirror_freshness(pool)
     data.update(mirror_fetched_at=rfc3339(fetched), mirror_stale=stale)
+    if hosts is not None:
+        data["hosts"] = hosts
     if with_slots:
-        data["slots"] = [describe_slot(pool, s) for _, s in sorted(current.slots.items())]
+        data["slots"] = [describe_slot(pool, s, h, p) for h, p, s in found]
     return data
+
+
+def describe_hosts(pool: Pool, slots: list, seen: dict[str, datetime]) -> list[dict]:
+    """Each host of a pool in the fleet: its slots, last sign of life (a state change or an
+    auto-recover), and whether it has been silent past ``silent_host_hours``."""
+    limit = now() - timedelta(hours=pool.settings.silent_host_hours)
+    return [{"host": h, "slots": sum(1 for f in slots if f.host == h),
+             "last_seen": rfc3339(t), "silent": t < limit} for h, t in sorted(seen.items())]

@@ -137,11 +137,13 @@ def import_or_skip(name: str) -> ModuleType:
 
 
 def saved_state(root: Path, pool: str = "web") -> str:
-    """What the pool's state store holds, to compare before and after: ``state.toml``, or
-    every row the ledger has (slots, hosts, events)."""
+    """What the pool's state store holds, to compare before and after: ``state.toml`` (and
+    its inode and mtime), or every row the ledger has (slots, hosts, events)."""
     dsn = os.environ.get("NECROPOOL_LEDGER")
-    if not dsn:
-        return (root / "pools" / pool / "state.toml").read_text()
+    if not dsn:  # a rewrite with the same content is a write all the same
+        path = root / "pools" / pool / "state.toml"
+        st = path.stat()
+        return f"{st.st_ino} {st.st_mtime_ns}\n{path.read_text()}"
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -2,16 +2,18 @@
 is lost, and every slot comes back clean."""
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import git
+from helpers import git, saved_state
 
 from necropool.config import PoolSpec
+
+# Every test twice: state in local TOML files, then in a PostgreSQL ledger.
+pytestmark = pytest.mark.usefixtures("ledger")
 
 WORKERS = 8
 CYCLES = 25
@@ -119,8 +121,7 @@ def test_many_processes_never_share_or_lose_a_slot(manager, upstream, root):
     found = manager.detect_anomalies("race")
     assert all(items == [] for items in found.values()), found
     # The history has every allocation and release, none torn by concurrent appends.
-    lines = (root / "pools/race/events.jsonl").read_text().splitlines()
-    kinds = [json.loads(line)["event"] for line in lines]
+    kinds = [e["event"] for e in manager.log("race")]
     assert kinds.count("allocate") == kinds.count("release") == WORKERS * CYCLES
     rescued = list((root / "pools/race/rescued").iterdir())
     assert len(rescued) == WORKERS * CYCLES // 5
@@ -176,18 +177,15 @@ def test_concurrent_runs_queue_for_slots_and_all_finish(cli, manager, upstream, 
 def test_a_waiting_allocate_does_not_rewrite_the_pool_state(cli, pool, root):
     for _ in range(3):
         assert cli("allocate", "web", "--no-fetch").code == 0
-    state = root / "pools/web/state.toml"
+    before_wait = saved_state(root)
     waiter = subprocess.Popen([sys.executable, "-m", "necropool", "allocate", "web",
                                "--no-fetch", "--wait", "20s"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
-        before = os.stat(state)
-        time.sleep(1.5)
-        after = os.stat(state)
+        time.sleep(2)
         assert waiter.poll() is None
-        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), \
-            "a waiting allocate rewrites state.toml while nothing changes"
+        assert saved_state(root) == before_wait, \
+            "a waiting allocate rewrites the state while nothing changes"
         assert cli("release", "web-3").code == 0
         out, _ = waiter.communicate(timeout=20)
     finally:

@@ -7,7 +7,7 @@ import typer
 from necropool.cli import complete_values
 from necropool.cli.context import G
 from necropool.cli.human import plural
-from necropool.cli.params import Format, Json, NoHeaders, PoolArg, SlotArg
+from necropool.cli.params import Format, Host, Json, NoHeaders, PoolArg, SlotArg
 from necropool.cli.progress import progress_bar
 from necropool.cli.registry import command
 
@@ -106,10 +106,12 @@ def remove(
         "say) is listed with its error, and the exit status is 3.",
     ],
 )
-def list_(fmt: Format = None, no_headers: NoHeaders = False, json_out: Json = False) -> None:
-    """List pools with their slot counts by state (exit 3 when one cannot be read)."""
+def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
+          json_out: Json = False) -> None:
+    """List pools with their slot counts by state (exit 3 when one cannot be read); a pool in
+    a shared ledger counts the slots of every host."""
     out = G.out(json_out, fmt, no_headers)
-    items = G.manager().list_pools()
+    items = G.manager().list_pools(host)
     broken = [p for p in items if "error" in p]
     if out.json:
         out.emit({"pools": items})
@@ -172,6 +174,7 @@ def status(
         help="table, tsv, json or prometheus (default: table on a terminal, else tsv "
              "without headers)")] = None,
     no_headers: NoHeaders = False,
+    host: Host = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", metavar="FILE",
         help="With --format prometheus: write FILE atomically (for the node_exporter "
@@ -191,7 +194,8 @@ def status(
         data = manager.slot_status(target)
         out.emit(data) if out.json else out.fields(data)
         return
-    pools, broken = ([manager.pool_status(target)], []) if target else _all_pools(manager)
+    pools, broken = ([manager.pool_status(target, host)], []) if target else \
+        _all_pools(manager, host)
     if fmt == "prometheus":
         from necropool.cli.metrics import prometheus, write_textfile
 
@@ -209,25 +213,30 @@ def status(
         for p in pools:
             if p["mirror_stale"]:
                 out.note(f"warning: pool {p['pool']}: stale mirror: {p['mirror_stale']}")
+            for h in p.get("hosts") or []:
+                if h["silent"]:
+                    out.note(f"warning: pool {p['pool']}: host {h['host']} silent since "
+                             f"{h['last_seen']} (no auto-recover or state change)")
     _fail_for(broken)  # shown what could be read; now say what could not (exit 3)
 
 
-def _all_pools(manager) -> tuple[list[dict], list[dict]]:
+def _all_pools(manager, host: str | None) -> tuple[list[dict], list[dict]]:
     """Every pool's status; a pool that cannot be read is reported, never hides the others."""
     from necropool.errors import NecropoolError
 
     pools, broken = [], []
     for name in manager.pool_names():
         try:
-            pools.append(manager.pool_status(name))
+            pools.append(manager.pool_status(name, host))
         except NecropoolError as exc:
             broken.append({"pool": name, "error": exc.message})
     return pools, broken
 
 
 def _is_slot(manager, target: str) -> bool:
-    """A name that is not a pool but parses as ``<pool>-<n>`` is a slot id."""
-    return target not in manager.pool_names() and target.rsplit("-", 1)[-1].isdigit()
+    """A name that is not a pool but parses as ``<pool>-<n>[@<host>]`` is a slot id."""
+    return (target not in manager.pool_names()
+            and target.split("@")[0].rsplit("-", 1)[-1].isdigit())
 
 
 @command("sync",

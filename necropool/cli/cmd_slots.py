@@ -51,6 +51,9 @@ def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
         "Unless --no-fetch is given (or the pool was created with --no-fetch-on-allocate) the "
         "mirror is fetched first and the slot is at the current upstream tip.",
         "--wait blocks, without polling the pool, until a slot frees up.",
+        "With a shared ledger, --any-host takes a clean free slot of another host when this "
+        "one has none, and says where: its id is POOL-N@HOST, --json adds slot_host. Its "
+        "directory is on that host; release and renew take the id as it is.",
     ],
     exit_status=(
         "75 when no slot is free (after --wait, if given)."
@@ -58,14 +61,21 @@ def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
 )
 def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = None,
              meta: Meta = None, wait: Wait = None, no_fetch: NoFetch = False,
+             any_host: Annotated[bool, typer.Option(
+                 "--any-host", help="With a shared ledger: a slot of any host when this one "
+                                    "has none free")] = False,
              json_out: Json = False) -> None:
     """Allocate a free slot and print its path (exit 75 when none is free)."""
+    from necropool.proc import hostname
+
     out = G.out(json_out)
     options = _allocate_options(owner, ttl, meta, wait, no_fetch)
-    data = G.manager().allocate_slot(pool, pid=pid, **options)
+    data = G.manager().allocate_slot(pool, pid=pid, any_host=any_host, **options)
     if data.get("fetch_error"):
         out.note(f"warning: upstream fetch failed, slot is at the mirror's tip: "
                  f"{data['fetch_error']}")
+    if data["slot_host"] != hostname():
+        out.note(f"slot {data['slot_id']} is on host {data['slot_host']}: {data['path']}")
     out.emit(data) if out.json else out.line(data["path"])
 
 

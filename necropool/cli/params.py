@@ -23,3 +23,5 @@ Format = Annotated[str | None, typer.Option(
     "--format", metavar="FORMAT", autocompletion=complete_values.formats,
     help="table, tsv or json (default: table on a terminal, else tsv without headers)")]
 NoHeaders = Annotated[bool, typer.Option("--no-headers", help="tsv without its header line")]
+Host = Annotated[str | None, typer.Option(
+    "--host", metavar="HOST", help="With a shared ledger: only this host's slots")]
