@@ -1,0 +1,193 @@
+"""The shared ledger across hosts: two simulated hosts (each its own root and
+``NECROPOOL_HOST``) over one PostgreSQL ledger, through the CLI as separate processes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import clock_at, run_cli
+
+from necropool import ledger
+
+
+def on(host: str, root: Path, dsn: str, *args, extra: dict | None = None):
+    """``necropool ARGS`` run as host ``host``."""
+    env = {"NECROPOOL_HOME": str(root), "NECROPOOL_HOST": host, "NECROPOOL_LEDGER": dsn,
+           **(extra or {})}
+    return run_cli(*args, env=env)
+
+
+@pytest.fixture
+def fleet(ledger_dsn, upstream, tmp_path, monkeypatch):
+    """Pool ``web`` on hosts alpha and beta, 2 slots each."""
+    monkeypatch.delenv("NECROPOOL_CONFIG", raising=False)
+    monkeypatch.setenv("NECROPOOL_LEDGER", ledger_dsn)  # for clock_at
+    roots = {h: tmp_path / h for h in ("alpha", "beta")}
+    for host, root in roots.items():
+        made = on(host, root, ledger_dsn, "create", "web", upstream, "--slots", "2")
+        assert made.code == 0, made
+    return roots, ledger_dsn
+
+
+def test_status_and_list_show_every_host(fleet):
+    roots, dsn = fleet
+    status = on("alpha", roots["alpha"], dsn, "status", "web", "--json")
+    assert status.code == 0, status
+    data = status.json()
+    ids = {s["slot_id"]: s for s in data["slots"]}
+    assert set(ids) == {"web-1", "web-2", "web-1@beta", "web-2@beta"}
+    assert ids["web-1@beta"]["slot_host"] == "beta" and ids["web-1"]["slot_host"] == "alpha"
+    assert ids["web-2@beta"]["path"] == str(roots["beta"] / "pools/web/slots/2")
+    assert data["num_slots"] == 4 and data["counts"]["available"] == 4
+    assert {h["host"] for h in data["hosts"]} == {"alpha", "beta"}
+    only = on("alpha", roots["alpha"], dsn, "status", "web", "--host", "beta", "--json").json()
+    assert {s["slot_id"] for s in only["slots"]} == {"web-1@beta", "web-2@beta"}
+    listed = on("beta", roots["beta"], dsn, "list", "--json").json()["pools"]
+    assert listed[0]["num_slots"] == 4
+    assert on("alpha", roots["alpha"], dsn, "status", "web-2@beta", "--json").json()[
+        "state"] == "available"
+
+
+def test_any_host_takes_another_hosts_slot_and_its_host_cleans_it(fleet):
+    roots, dsn = fleet
+    alpha = roots["alpha"]
+    for _ in range(2):
+        assert on("alpha", alpha, dsn, "allocate", "web", "--no-fetch").code == 0
+    assert on("alpha", alpha, dsn, "allocate", "web", "--no-fetch").code == 75
+    got = on("alpha", alpha, dsn, "allocate", "web", "--no-fetch", "--any-host", "--json")
+    assert got.code == 0, got
+    slot = got.json()
+    assert slot["slot_host"] == "beta" and slot["slot_id"].endswith("@beta")
+    path = Path(slot["path"])
+    assert path.parent == roots["beta"] / "pools/web/slots"
+    (path / "work.txt").write_text("done on alpha's behalf\n")  # the remote holder's work
+    released = on("alpha", alpha, dsn, "release", slot["slot_id"], "--lease-id",
+                  slot["lease_id"], "--json")
+    assert released.code == 0, released
+    seen = on("beta", roots["beta"], dsn, "status", slot["slot_id"].split("@")[0],
+              "--json").json()
+    assert seen["state"] == "available" and seen["needs_cleanup"] is True
+    # beta hands it out again only after cleaning it, the holder's work saved first
+    again = [on("beta", roots["beta"], dsn, "allocate", "web", "--no-fetch", "--json").json()
+             for _ in range(2)]
+    cleaned = next(s for s in again if s["path"] == str(path))
+    assert not (path / "work.txt").exists() and cleaned["needs_cleanup"] is False
+    assert list((roots["beta"] / "pools/web/rescued").iterdir())
+    stale = on("alpha", alpha, dsn, "release", slot["slot_id"], "--lease-id", slot["lease_id"])
+    assert stale.code == 5, stale
+
+
+def test_recovery_acts_on_its_own_host_and_reports_the_rest(fleet, monkeypatch):
+    roots, dsn = fleet
+    held = on("beta", roots["beta"], dsn, "allocate", "web", "--no-fetch", "--ttl", "60",
+              "--json").json()
+    clock_at(monkeypatch, 120)  # the lease ran out (by the server's clock)
+    found = on("alpha", roots["alpha"], dsn, "detect", "--json")
+    assert found.code == 1, found
+    assert [a["slot_id"] for a in found.json()["expired_leases"]] == [
+        held["slot_id"] + "@beta"]
+    assert on("alpha", roots["alpha"], dsn, "auto-recover").code == 0
+    still = on("beta", roots["beta"], dsn, "status", held["slot_id"], "--json").json()
+    assert still["lease_id"] == held["lease_id"], "alpha must not touch beta's slot"
+    assert on("beta", roots["beta"], dsn, "auto-recover").code == 0
+    assert on("beta", roots["beta"], dsn, "status", held["slot_id"], "--json").json()[
+        "state"] == "available"
+
+
+def test_a_silent_host_is_reported(fleet, monkeypatch):
+    roots, dsn = fleet
+    clock_at(monkeypatch, 2 * 3600)  # two hours without a sign of life from either host
+    assert on("alpha", roots["alpha"], dsn, "auto-recover").code == 0  # alpha speaks up
+    found = on("alpha", roots["alpha"], dsn, "detect", "--json").json()
+    assert [a["evidence"].split(":")[0] for a in found["silent_hosts"]] == ["host beta"]
+    status = on("alpha", roots["alpha"], dsn, "status", "web")
+    assert "host beta silent since" in status.stderr
+
+
+@pytest.mark.parametrize("skew", [3600, -3600])
+def test_a_skewed_client_neither_steals_a_live_lease_nor_keeps_an_expired_one(fleet, skew):
+    roots, dsn = fleet
+    beta = roots["beta"]
+    skewed = {"NECROPOOL_CLOCK_OFFSET": str(skew)}
+    live = on("beta", beta, dsn, "allocate", "web", "--no-fetch", "--ttl", "600", "--json",
+              extra=skewed).json()
+    assert on("beta", beta, dsn, "auto-recover", extra=skewed).code == 0
+    assert on("beta", beta, dsn, "status", live["slot_id"], "--json").json()[
+        "lease_id"] == live["lease_id"], "a live lease was taken"
+    short = on("beta", beta, dsn, "allocate", "web", "--no-fetch", "--ttl", "1", "--json",
+               extra=skewed).json()
+    subprocess.run(["sleep", "1.5"], check=True)  # the server's clock passes its expiry
+    assert on("beta", beta, dsn, "auto-recover", extra=skewed).code == 0
+    assert on("beta", beta, dsn, "status", short["slot_id"], "--json").json()[
+        "state"] == "available", "an expired lease was kept"
+
+
+def test_import_and_export_keep_leases(upstream, tmp_path, ledger_dsn, monkeypatch):
+    monkeypatch.delenv("NECROPOOL_LEDGER", raising=False)
+    root = tmp_path / "root"
+    local = {"NECROPOOL_HOME": str(root)}
+    assert run_cli("create", "api", upstream, "--slots", "2", env=local).code == 0
+    lease = run_cli("allocate", "api", "--no-fetch", "--json", env=local).json()
+    moved = run_cli("--ledger", ledger_dsn, "ledger", "import", "api", "--json", env=local)
+    assert moved.code == 0, moved
+    assert moved.json()["leases"] == 1
+    refused = run_cli("status", "api", env=local)  # no ledger given: never a rebuilt state
+    assert refused.code == 2 and "shared ledger" in refused.stderr, refused
+    inside = run_cli("--ledger", ledger_dsn, "status", lease["slot_id"], "--json", env=local)
+    assert inside.json()["lease_id"] == lease["lease_id"]
+    assert run_cli("--ledger", ledger_dsn, "ledger", "export", "api", env=local).code == 0
+    back = run_cli("status", lease["slot_id"], "--json", env=local)
+    assert back.json()["lease_id"] == lease["lease_id"]
+    assert run_cli("release", lease["slot_id"], "--lease-id", lease["lease_id"],
+                   env=local).code == 0
+    assert ledger.status(ledger_dsn)["pools"] == []
+
+
+def test_init_is_safe_twice_and_from_two_processes_at_once(pg_cluster):
+    dsn = pg_cluster.create_database("init_race")
+    procs = [subprocess.Popen([sys.executable, "-m", "necropool", "--ledger", dsn, "ledger",
+                               "init", "--json"], stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(r["migrated"] for r in results) == [False, False, True]
+    assert run_cli("--ledger", dsn, "ledger", "migrate", "--json").json()["migrated"] is False
+    status = run_cli("--ledger", dsn, "ledger", "status", "--json").json()
+    assert status["schema_version"] == ledger.SCHEMA_VERSION and status["up_to_date"]
+
+
+def test_a_password_is_never_shown(pg_cluster, tmp_path):
+    dsn = pg_cluster.dsn("postgres").replace("postgres@", "postgres:hunter2-secret@")
+    for args in (["ledger", "status"], ["ledger", "status", "--json"], ["ledger", "init"]):
+        shown = run_cli("--ledger", dsn, *args, env={"NECROPOOL_HOME": str(tmp_path)})
+        assert shown.code == 0, shown  # trust authentication: the password is not checked
+        assert "hunter2" not in shown.stdout + shown.stderr and "***" in shown.stdout + \
+            shown.stderr
+    down = run_cli("--ledger", "postgresql://u:hunter2-secret@127.0.0.1:1/db", "ledger",
+                   "status")
+    assert down.code == 75 and "hunter2" not in down.stderr and "unavailable" in down.stderr
+
+
+@pytest.mark.slow
+def test_a_ledger_that_goes_away_fails_with_75_and_changes_nothing(upstream, tmp_path):
+    from pgcluster import Cluster
+
+    with Cluster() as cluster:
+        dsn = cluster.dsn("postgres")
+        ledger.migrate(dsn)
+        root = tmp_path / "root"
+        env = {"NECROPOOL_HOME": str(root), "NECROPOOL_LEDGER": dsn}
+        assert run_cli("create", "web", upstream, "--slots", "2", env=env).code == 0
+        held = run_cli("allocate", "web", "--no-fetch", "--json", env=env).json()
+        cluster._run("pg_ctl", "-D", str(cluster.datadir), "-m", "fast", "-w", "stop")
+        for args in (["allocate", "web", "--no-fetch"], ["release", held["slot_id"]],
+                     ["status", "web"], ["auto-recover"]):
+            down = run_cli(*args, env=env)
+            assert down.code == 75 and "unavailable" in down.stderr, (args, down)
+        cluster._start_server()
+        after = run_cli("status", "web", "--json", env=env).json()
+        slots = {s["slot_id"]: s for s in after["slots"]}
+        assert slots[held["slot_id"]]["lease_id"] == held["lease_id"]
+        assert after["counts"] == {"available": 1, "allocated": 1, "cleaning": 0, "error": 0}
