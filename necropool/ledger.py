@@ -103,7 +103,7 @@ def migrate(dsn: str) -> dict[str, Any]:
         for version in range(before + 1, SCHEMA_VERSION + 1):
             conn.execute(MIGRATIONS[version - 1])
             conn.execute("INSERT INTO necropool_schema (version) VALUES (%s)", (version,))
-    return {"ledger": redact(dsn), "schema_version": SCHEMA_VERSION, "was": before,
+    return {"ledger": redact(dsn), "version": SCHEMA_VERSION, "was": before,
             "migrated": before != SCHEMA_VERSION}
 
 
@@ -126,7 +126,7 @@ def status(dsn: str) -> dict[str, Any]:
                 "GROUP BY p.pool, p.url ORDER BY p.pool").fetchall()
             pools = [{"pool": p, "url": redact(u), "hosts": h, "slots": n, "allocated": a}
                      for p, u, h, n, a in rows]
-    return {"ledger": redact(dsn), "schema_version": version, "current": SCHEMA_VERSION,
+    return {"ledger": redact(dsn), "version": version, "current": SCHEMA_VERSION,
             "up_to_date": version == SCHEMA_VERSION, "pools": pools}
 
 

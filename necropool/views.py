@@ -82,9 +82,11 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
                   host: str | None = None) -> dict[str, Any]:
     """A pool and its slots: with a ledger, every host's (or ``host``'s only), with the
     hosts' last signs of life."""
+    from necropool.proc import hostname
+
     found: list[tuple[str | None, str | None, Slot]] = [
         (None, None, s) for _, s in sorted(current.slots.items())]
-    hosts = None
+    hosts = [{"host": hostname(), "slots": len(found), "last_seen": None, "silent": False}]
     if pool.ledger:
         from necropool import fleet
 
@@ -105,8 +107,7 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
     }
     fetched, stale = mirror_freshness(pool)
     data.update(mirror_fetched_at=rfc3339(fetched), mirror_stale=stale)
-    if hosts is not None:
-        data["hosts"] = hosts
+    data["hosts"] = hosts
     if with_slots:
         data["slots"] = [describe_slot(pool, s, h, p) for h, p, s in found]
     return data

@@ -61,7 +61,7 @@ def test_the_document_lists_what_the_code_knows():
     assert row("auto-recover") >= COUNTERS
 
 
-def test_every_command_speaks_the_documented_json(cli, upstream, root, tmp_path):
+def test_every_command_speaks_the_documented_json(cli, upstream, root, tmp_path, pg_cluster):
     """Each object's keys are exactly the documented ones: nothing missing, nothing extra."""
     config = tmp_path / "config.toml"
     config.write_text(f'[pools.api]\nurl = "{upstream}"\nnum_slots = 1\n')
@@ -116,6 +116,16 @@ def test_every_command_speaks_the_documented_json(cli, upstream, root, tmp_path)
     work = run("allocate", "web", "--no-fetch")
     (Path(work["path"]) / "notes.txt").write_text("saved on release\n")
     assert run("release", work["slot_id"])["rescued"]
+    seen.add("ledger")
+    dsn = pg_cluster.create_database("json_contract")
+    for action in ("init", "migrate"):
+        assert one_object(cli("--ledger", dsn, "ledger", action, "--json")).keys() == \
+            documented("| `ledger init`")
+    for action in ("import", "export"):
+        moved = one_object(cli("--ledger", dsn, "ledger", action, "web", "--json"))
+        assert moved.keys() == documented("| `ledger import`") and moved["slots"] == 3
+    status = one_object(cli("--ledger", dsn, "ledger", "status", "--json"))
+    assert status.keys() == row("ledger status") and status["pools"] == []
     seen.add("rescued")
     rescued = one_object(cli("rescued", "list", "--json"))
     assert rescued.keys() == row("rescued list")

@@ -155,7 +155,7 @@ def test_init_is_safe_twice_and_from_two_processes_at_once(pg_cluster):
     assert sorted(r["migrated"] for r in results) == [False, False, True]
     assert run_cli("--ledger", dsn, "ledger", "migrate", "--json").json()["migrated"] is False
     status = run_cli("--ledger", dsn, "ledger", "status", "--json").json()
-    assert status["schema_version"] == ledger.SCHEMA_VERSION and status["up_to_date"]
+    assert status["version"] == ledger.SCHEMA_VERSION and status["up_to_date"]
 
 
 def test_a_password_is_never_shown(pg_cluster, tmp_path):

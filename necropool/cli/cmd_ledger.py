@@ -36,7 +36,7 @@ def _show(data: dict, done: str, json_out: bool) -> None:
 def init(json_out: Json = False) -> None:
     """Create the ledger's schema (or bring it up to date)."""
     data = G.manager().ledger("init")
-    _show(data, f"ledger {data['ledger']}: schema version {data['schema_version']}"
+    _show(data, f"ledger {data['ledger']}: schema version {data['version']}"
           + ("" if data["migrated"] else " (already there)"), json_out)
 
 
@@ -45,8 +45,8 @@ def migrate(json_out: Json = False) -> None:
     """Bring the ledger's schema up to this necropool's version."""
     data = G.manager().ledger("migrate")
     _show(data, f"ledger {data['ledger']}: schema version {data['was']} -> "
-          f"{data['schema_version']}" if data["migrated"] else
-          f"ledger {data['ledger']}: schema version {data['schema_version']}, up to date",
+          f"{data['version']}" if data["migrated"] else
+          f"ledger {data['ledger']}: schema version {data['version']}, up to date",
           json_out)
 
 
@@ -58,7 +58,7 @@ def status(json_out: Json = False) -> None:
     if out.json:
         out.emit(data)
         return
-    version = data["schema_version"]
+    version = data["version"]
     out.line(f"ledger {data['ledger']}: " + (
         "no necropool schema ('necropool ledger init' creates it)" if version is None else
         f"schema version {version}" + ("" if data["up_to_date"] else

@@ -17,6 +17,7 @@ EXAMPLES = {
     "remove": "necropool remove web-4\n"
               "necropool remove web-4 --force   # even if allocated",
     "list": "necropool list\n"
+            "necropool list --host ci-07       # a shared ledger's pools, on one host\n"
             "necropool list --json | jq -r '.pools[] | \"\\(.pool) \\(.counts.available)\"'",
     "status": "necropool status                 # every pool\n"
               "necropool status web-3           # one slot in detail\n"
@@ -28,7 +29,8 @@ EXAMPLES = {
     "sync": "necropool sync            # create or grow the pools of the config file\n"
             "necropool sync --prune    # also shrink them, and delete pools it dropped",
     "allocate": 'cd "$(necropool allocate web --owner ci --ttl 1h --meta job=42)"\n'
-                "necropool allocate web --wait 5m --pid $$ --json",
+                "necropool allocate web --wait 5m --pid $$ --json\n"
+                "necropool allocate web --any-host --json | jq -r '.slot_host, .path'",
     "release": 'necropool release web-3\n'
                'necropool release "$PWD" --lease-id "$lease"\n'
                'necropool release web-3 --force   # ends what the holder left running in it',
@@ -60,6 +62,17 @@ EXAMPLES = {
     "rescued prune": "necropool rescued prune --older-than 30d          # only says what "
                      "would go\n"
                      "necropool rescued prune web --older-than 7d --yes",
+    "ledger": "export NECROPOOL_LEDGER=postgresql://necropool@db.example.com/necropool\n"
+              "necropool ledger init            # once, from any host\n"
+              "necropool ledger import web      # on each host that has pool web\n"
+              "necropool ledger status",
+    "ledger init": "necropool --ledger postgresql://necropool@db.example.com/necropool "
+                   "ledger init",
+    "ledger migrate": "necropool ledger migrate   # after upgrading necropool",
+    "ledger status": "necropool ledger status\n"
+                     "necropool ledger status --json | jq '.pools[] | {pool, hosts}'",
+    "ledger import": "necropool ledger import web",
+    "ledger export": "necropool ledger export web   # back to the pool's state.toml",
     "completion": 'eval "$(necropool completion bash)"        # ~/.bashrc\n'
                   "necropool completion zsh > ~/.zfunc/_necropool  # a $fpath directory\n"
                   "necropool completion fish > ~/.config/fish/completions/necropool.fish",

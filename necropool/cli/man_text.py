@@ -59,6 +59,10 @@ ENVIRONMENT = [
     ("NECROPOOL_HOME", "The root directory (overridden by --root; overrides the config "
                        "file's root)."),
     ("NECROPOOL_CONFIG", "The config file (overridden by --config)."),
+    ("NECROPOOL_LEDGER", "Where pool state is kept: local (the files under the pool) or a "
+                         "PostgreSQL connection string, a ledger the hosts of a fleet share "
+                         "(overridden by --ledger; overrides the config file's ledger)."),
+    ("NECROPOOL_HOST", "This host's name in a shared ledger (default: the node name)."),
     ("XDG_DATA_HOME", "The default root is $XDG_DATA_HOME/necropool "
                       "(~/.local/share/necropool when unset)."),
     ("XDG_CONFIG_HOME", "The default config file is $XDG_CONFIG_HOME/necropool/config.toml "
@@ -84,6 +88,11 @@ FILES = [
      "Slots, leases and statistics (schema-versioned; every write is atomic and durable)."),
     ("<root>/pools/<pool>/state.toml.bak",
      "The last good state; state can also be rebuilt from what is on disk."),
+    ("<root>/pools/<pool>/ledger",
+     "Present when the pool's state is in a shared ledger (its address, password masked): "
+     "then there is no state.toml, and none is rebuilt from disk."),
+    ("<root>/pools/<pool>/state.toml.imported",
+     "The state as it was when *ledger import* moved it into a shared ledger."),
     ("<root>/pools/<pool>/pool.lock",
      "Held only for the read-modify-write of state.toml (milliseconds)."),
     ("<root>/pools/<pool>/wait.lock",
@@ -128,6 +137,11 @@ CONFIG_TOP = [
                            "failed."),
     ("lock_timeout", "Seconds to wait for a pool lock (default 30)."),
     ("git_timeout", "Seconds a git command may run (default 600)."),
+    ("ledger", "Where pool state is kept: local (default) or a PostgreSQL connection string "
+               "(postgresql://host/db) of a ledger the hosts of a fleet share (see "
+               "*necropool-ledger*(1))."),
+    ("silent_host_hours", "A host of a shared ledger with no auto-recover or state change for "
+                          "this long is reported (default 1)."),
 ]
 CONFIG_POOL = [
     ("url", "Upstream repository URL or path (required)."),
@@ -136,6 +150,7 @@ CONFIG_POOL = [
     ("keep_ignored", "Keep ignored files (build caches) when cleaning (default false)."),
     ("fetch_on_allocate", "Fetch upstream on every allocate (default true)."),
     ("fetch_backend", "git (default) or libgit2."),
+    ("ledger", "This pool's ledger, over the top-level one."),
 ]
 
 JSON_TEXT = [
