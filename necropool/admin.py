@@ -24,7 +24,6 @@ from necropool.layout import (
     trash_name,
     write_atomic,
 )
-from necropool.ledger import mark, register, unregister
 from necropool.lockmaint import lock_free
 from necropool.pool import Pool, PoolDef, get_slot, open_store
 from necropool.proc import hostname
@@ -68,6 +67,8 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
                              fetch_backend=spec.fetch_backend, created_at=now())
         write_atomic(paths.definition, definition.dump())
         if ledger:  # before the slots are cloned: an unreachable ledger fails fast
+            from necropool.ledger import register
+
             register(ledger, spec.name, hostname(), str(settings.root), spec.url, branch)
         new = PoolState(source="new")
 
@@ -79,6 +80,8 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
         store = open_store(settings, paths, spec.name)  # not locked: not there yet
         store.save(new)
         if ledger:
+            from necropool.ledger import mark
+
             mark(paths, ledger)
         store.append_event("create", url=spec.url, branch=branch, slots=spec.num_slots)
         try:
@@ -88,6 +91,8 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
     except BaseException:
         remove_tree(tmp, settings.root)
         if ledger and not os.path.lexists(final / "pool.toml"):
+            from necropool.ledger import unregister
+
             with contextlib.suppress(NecropoolError):
                 unregister(ledger, spec.name, hostname())
         raise
@@ -140,6 +145,8 @@ def delete(pool: Pool, force: bool = False, discard_work: bool = False) -> dict:
                     _save_work(pool, slot)
         kept = _keep_rescued(pool.settings.root, pool.paths.rescued, pool.name)
         if pool.ledger:  # in the same transaction as the lock: gone from both or neither
+            from necropool.ledger import unregister
+
             unregister(pool.ledger, pool.name, hostname())
         trash = pool.paths.dir.parent / trash_name(pool.name)
         os.rename(pool.paths.dir, trash)
