@@ -33,10 +33,14 @@ class Anomaly:
     path: str | None = None
     number: int | None = None
     lease_id: str | None = None
+    host: str | None = None  # where it is: another host of a shared ledger, else this one
 
     def to_dict(self) -> Record:
+        from necropool.proc import hostname
+
         data = {"kind": self.kind, "pool": self.pool, "slot_id": self.slot_id,
-                "path": self.path, "evidence": self.evidence, "lease_id": self.lease_id}
+                "path": self.path, "evidence": self.evidence, "lease_id": self.lease_id,
+                "host": self.host or hostname()}
         return Record(data)
 
 
@@ -132,20 +136,21 @@ def _judge_fleet(pool: Pool, hours: float, found: Findings) -> None:
             continue
         sid, there = fleet.slot_id(pool, slot.number, f.host), f"on host {f.host}"
         if lease and expired(lease):
-            found.add("expired_leases", remote=True, slot_id=sid, path=f.path,
+            found.add("expired_leases", remote=True, slot_id=sid, path=f.path, host=f.host,
                       lease_id=lease.lease_id, evidence=f"{there}: lease expired at "
                       f"{rfc3339(lease.expires_at)}")
         elif lease and lease.allocated_at < limit:
             found.add("long_allocated_slots", remote=True, slot_id=sid, path=f.path,
+                      host=f.host,
                       lease_id=lease.lease_id, evidence=f"{there}: allocated since "
                       f"{rfc3339(lease.allocated_at)}")
         elif slot.state == ERROR:
             kind = "isolated_slots" if slot.isolated_at else "corrupted_slots"
-            found.add(kind, remote=True, slot_id=sid, path=f.path,
+            found.add(kind, remote=True, slot_id=sid, path=f.path, host=f.host,
                       evidence=f"{there}: {slot.isolation_reason or slot.error or 'in error'}")
     for host, at in silent_hosts(seen, pool.settings.silent_host_hours).items():
-        found.add("silent_hosts", remote=True, evidence=f"host {host}: no auto-recover or "
-                  f"state change since {rfc3339(at)}")
+        found.add("silent_hosts", remote=True, host=host, evidence=f"host {host}: no "
+                  f"auto-recover or state change since {rfc3339(at)}")
 
 
 def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) -> list[int]:

@@ -15,7 +15,7 @@ from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
 from necropool.errors import POOL_FAILURES, NecropoolError, TryAgain, UsageError, explain
 from necropool.lockmaint import LockManager
-from necropool.proc import Holder
+from necropool.proc import Holder, hostname
 from necropool.records import Record
 from necropool.validate import check_hours
 
@@ -201,9 +201,15 @@ class PoolManager:
     def log(self, name: str, since: datetime | None = None) -> list[dict]:
         return self.get_pool(name).store.read_events(since)
 
-    def watch_log(self, name: str | None = None, **options) -> Iterator[dict]:
-        """The events of one pool or every pool (see ``events.watch`` for the options)."""
-        return events.watch([pool.store.tail() for pool in self._targets(name, [])], **options)
+    def watch_log(self, name: str | None = None, host: str | None = None,
+                  **options) -> Iterator[dict]:
+        """The events of one pool or every pool (see ``events.watch`` for the options); those
+        of ``host`` only, if given (a ledger's events name theirs; the others are this
+        host's)."""
+        found = events.watch([pool.store.tail() for pool in self._targets(name, [])], **options)
+        if host is None:
+            return found
+        return (e for e in found if e.get("host", hostname()) == host)
 
     def last_event(self, name: str, event: str) -> dict | None:
         return self.get_pool(name).store.last_event(event)
@@ -282,8 +288,9 @@ class PoolManager:
         return targets
 
     def detect_anomalies(self, name: str | None = None, max_allocation_hours=None,
-                         deep: bool = False) -> dict[str, list[Record]]:
-        """``{kind: [anomaly, ...]}`` over one pool or all, with the guide's keys."""
+                         deep: bool = False, host: str | None = None) -> dict[str, list[Record]]:
+        """``{kind: [anomaly, ...]}`` over one pool or all, with the guide's keys (those on
+        ``host`` only, if given)."""
         from necropool.detect import KINDS, detect
 
         check_hours(max_allocation_hours)
@@ -292,11 +299,12 @@ class PoolManager:
         for pool in self._targets(name, unusable):
             found = detect(pool, max_allocation_hours=max_allocation_hours, deep=deep)
             for kind, records in found.to_dict().items():
-                merged[kind].extend(records)
+                merged[kind].extend(r for r in records if host in (None, r["host"]))
         for each, why in unusable:
             merged["stray_paths"].append(Record(
                 kind="stray_path", pool=each, slot_id=None, evidence=f"not a usable pool: {why}",
-                path=str(pools.pools_dir(self.settings.root) / each), lease_id=None))
+                path=str(pools.pools_dir(self.settings.root) / each), lease_id=None,
+                host=hostname()))
         return merged
 
     def detect_long_allocated_slots(self, max_allocation_hours=None, name=None) -> list[Record]:

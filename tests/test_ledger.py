@@ -48,6 +48,13 @@ def test_status_and_list_show_every_host(fleet):
     assert listed[0]["num_slots"] == 4
     assert on("alpha", roots["alpha"], dsn, "status", "web-2@beta", "--json").json()[
         "state"] == "available"
+    assert on("alpha", roots["alpha"], dsn, "allocate", "web", "--no-fetch").code == 0
+    metrics = on("beta", roots["beta"], dsn, "status", "--format", "prometheus").stdout
+    assert 'necropool_slots{pool="web",state="allocated"} 1' in metrics
+    assert 'necropool_host_slots{pool="web",host="alpha"} 2' in metrics
+    logged = on("beta", roots["beta"], dsn, "log", "web", "--host", "alpha", "--json").json()
+    assert {e["event"] for e in logged["events"]} == {"create", "allocate"}
+    assert {e["host"] for e in logged["events"]} == {"alpha"}
 
 
 def test_any_host_takes_another_hosts_slot_and_its_host_cleans_it(fleet):
@@ -86,8 +93,9 @@ def test_recovery_acts_on_its_own_host_and_reports_the_rest(fleet, monkeypatch):
     clock_at(monkeypatch, 120)  # the lease ran out (by the server's clock)
     found = on("alpha", roots["alpha"], dsn, "detect", "--json")
     assert found.code == 1, found
-    assert [a["slot_id"] for a in found.json()["expired_leases"]] == [
-        held["slot_id"] + "@beta"]
+    [expired] = found.json()["expired_leases"]
+    assert expired["slot_id"] == held["slot_id"] + "@beta" and expired["host"] == "beta"
+    assert on("alpha", roots["alpha"], dsn, "detect", "--host", "alpha").code == 0
     assert on("alpha", roots["alpha"], dsn, "auto-recover").code == 0
     still = on("beta", roots["beta"], dsn, "status", held["slot_id"], "--json").json()
     assert still["lease_id"] == held["lease_id"], "alpha must not touch beta's slot"

@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from necropool.cli.context import G
-from necropool.cli.params import Json, MaxHours, OptionalPoolArg, SlotArg
+from necropool.cli.params import Host, Json, MaxHours, OptionalPoolArg, SlotArg
 from necropool.cli.registry import command
 
 KIND_TITLES = {
@@ -17,6 +17,7 @@ KIND_TITLES = {
     "stray_paths": "stray path",
     "isolated_slots": "isolated",
     "stale_mirrors": "stale mirror",
+    "silent_hosts": "silent host",
 }
 
 
@@ -37,11 +38,12 @@ def detect(
     max_allocation_hours: MaxHours = None,
     deep: Annotated[bool, typer.Option(
         "--deep", help="Also run 'git fsck --full' (slow on big repositories)")] = False,
+    host: Host = None,
     json_out: Json = False,
 ) -> None:
     """Find anomalies; exit 0 when healthy, 1 when anything is found."""
     out = G.out(json_out)
-    found = G.manager().detect_anomalies(pool, max_allocation_hours, deep)
+    found = G.manager().detect_anomalies(pool, max_allocation_hours, deep, host)
     total = sum(len(v) for v in found.values())
     if out.json:
         out.emit({**found, "healthy": total == 0, "count": total})

@@ -11,6 +11,7 @@ from necropool.cli.helpfmt import Command
 from necropool.cli.params import (
     AllocatedSlotArg,
     Format,
+    Host,
     Json,
     NoHeaders,
     OptionalPoolArg,
@@ -216,6 +217,7 @@ def log(
         help="Only events of this kind (repeatable): allocate, release, cleanup, ...")] = None,
     follow: Annotated[bool, typer.Option(
         "--follow", "-f", help="Keep printing events as they happen (Ctrl-C stops)")] = False,
+    host: Host = None,
     fmt: Format = None, no_headers: NoHeaders = False,
     json_out: Json = False,
 ) -> None:
@@ -233,8 +235,9 @@ def log(
     cutoff = None
     if since is not None:
         cutoff = now() - timedelta(seconds=parse_duration(since, "--since"))
-    records = G.manager().watch_log(pool, since=cutoff, kinds=set(event) if event else None,
-                                    last=tail, follow=follow)
+    records = G.manager().watch_log(pool, host, since=cutoff,
+                                    kinds=set(event) if event else None, last=tail,
+                                    follow=follow)
     if out.json:
         out.emit({"pool": pool, "events": list(records)})
         return

@@ -18,6 +18,10 @@ POOL_METRICS = [
     ("necropool_rescued_items", "gauge", "Bundles and moved-aside trees under rescued/."),
     ("necropool_rescued_bytes", "gauge", "Bytes under rescued/."),
     ("necropool_anomalies", "gauge", "Anomalies found by detect, per kind."),
+    ("necropool_host_slots", "gauge", "Slots per host of the pool (one host unless in a ledger)."),
+    ("necropool_host_last_seen_age_seconds", "gauge",
+     "Seconds since a host of a shared ledger last gave a sign of life (auto-recover, a "
+     "state change)."),
 ]
 SLOT_METRICS = [
     ("necropool_slot_allocations_total", "counter", "Allocations per slot since creation."),
@@ -64,6 +68,12 @@ def _samples(pools: list[dict], recoveries: dict[str, dict | None],
         if p.get("mirror_fetched_at"):
             out["necropool_mirror_last_fetch_age_seconds"].append(
                 f"{_labels(pool=pool)} {_seconds(p['mirror_fetched_at'], at)}")
+        for h in p.get("hosts") or []:
+            host = _labels(pool=pool, host=h["host"])
+            out["necropool_host_slots"].append(f"{host} {h['slots']}")
+            if h["last_seen"]:
+                out["necropool_host_last_seen_age_seconds"].append(
+                    f"{host} {_seconds(h['last_seen'], at)}")
         if "rescued_bytes" in p:
             out["necropool_rescued_items"].append(f"{_labels(pool=pool)} {p['rescued_count']}")
             out["necropool_rescued_bytes"].append(f"{_labels(pool=pool)} {p['rescued_bytes']}")
