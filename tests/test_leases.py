@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 from faults import Procs
-from helpers import digest, git
+from helpers import clock_at, git, saved_state
 from test_lifecycle import allocate, slot_status
 
 from necropool.clock import parse_rfc3339
 from necropool.errors import Conflict, UsageError
+
+# Every test twice: state in local TOML files, then in a PostgreSQL ledger.
+pytestmark = pytest.mark.usefixtures("ledger")
 
 
 @pytest.fixture
@@ -49,12 +52,12 @@ def test_renew_extends_the_lease_by_its_own_ttl_or_a_new_one(cli, pool):
 
 def test_renew_with_a_wrong_lease_is_a_conflict_that_changes_nothing(cli, pool, root):
     held = allocate(cli, "--ttl", "1h")
-    before = digest(root / "pools" / "web" / "state.toml")
+    before = saved_state(root)
     wrong = cli("renew", held["slot_id"], "--lease-id", "0123456789abcdef")
     assert wrong.code == 5 and "not the current lease" in wrong.stderr, wrong
     free = cli("renew", "web-2", "--lease-id", held["lease_id"])
     assert free.code == 5, free
-    assert digest(root / "pools" / "web" / "state.toml") == before
+    assert saved_state(root) == before
     assert slot_status(cli, held["slot_id"])["expires_at"] == held["expires_at"]
 
 
@@ -65,7 +68,7 @@ def test_an_expired_lease_is_reclaimed_with_its_work_saved(cli, pool, upstream, 
     held = allocate(cli, "--ttl", "1s", "--pid", procs_sleeper.pid)
     path = Path(held["path"])
     (path / "work.txt").write_text("unsaved\n")
-    monkeypatch.setenv("NECROPOOL_CLOCK_OFFSET", "2")  # the TTL has run out
+    clock_at(monkeypatch, 2)  # the TTL has run out
 
     found = cli("detect", "--json")
     assert found.code == 1, found

@@ -17,6 +17,9 @@ from necropool.config import PoolSpec
 
 # --- helpers ----------------------------------------------------------------------------------
 
+# Every test twice: state in local TOML files, then in a PostgreSQL ledger.
+pytestmark = pytest.mark.usefixtures("ledger")
+
 
 def entries(directory: Path) -> list[str]:
     """Names in a directory (hidden ones too); [] when it does not exist."""
@@ -613,6 +616,7 @@ def test_sync_without_a_config_file_is_a_usage_error(cli, pool, root):
 # --- durable state ----------------------------------------------------------------------------
 
 
+@pytest.mark.toml_only
 def test_garbage_state_falls_back_to_the_backup(cli, pool, manager, root):
     manager.allocate_slot("web", fetch=False)
     state = root / "pools/web/state.toml"
@@ -629,6 +633,7 @@ def test_garbage_state_falls_back_to_the_backup(cli, pool, manager, root):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "empty", "missing"])
+@pytest.mark.toml_only
 def test_both_state_copies_lost_rebuilds_from_slot_dirs(cli, pool, root, damage):
     for name in ("state.toml", "state.toml.bak"):
         path = root / "pools/web" / name
@@ -651,6 +656,7 @@ def test_both_state_copies_lost_rebuilds_from_slot_dirs(cli, pool, root, damage)
     assert status_json(cli, "web-2")["state"] == "error"
 
 
+@pytest.mark.toml_only
 def test_an_unreadable_slot_entry_is_shown_not_hidden(cli, pool, root):
     for name in ("state.toml", "state.toml.bak"):
         path = root / "pools/web" / name
@@ -662,6 +668,7 @@ def test_an_unreadable_slot_entry_is_shown_not_hidden(cli, pool, root):
     assert [s["state"] for s in data["slots"][1:]] == ["available", "available"]
 
 
+@pytest.mark.toml_only
 def test_future_schema_version_is_refused_and_left_untouched(cli, pool, root):
     state = root / "pools/web/state.toml"
     future = ('schema_version = 2\n\n[slots.1]\nstate = "available"\nshiny = "new"\n\n'
@@ -684,6 +691,7 @@ def test_future_schema_version_is_refused_and_left_untouched(cli, pool, root):
     assert "schema_version 2" in listed.json()["pools"][0]["error"]
 
 
+@pytest.mark.toml_only
 def test_one_unreadable_pool_does_not_hide_the_others(cli, pool, manager, upstream, root):
     manager.create_pool(PoolSpec(name="api", url=str(upstream), num_slots=1))
     (root / "pools/web/state.toml").write_text("schema_version = 9\n")

@@ -13,6 +13,9 @@ from helpers import git
 
 from necropool.proc import start_time
 
+# Every test twice: state in local TOML files, then in a PostgreSQL ledger.
+pytestmark = pytest.mark.usefixtures("ledger")
+
 
 def states(cli, pool_name: str = "web") -> dict[str, str]:
     result = cli("status", pool_name, "--json")
@@ -80,8 +83,7 @@ def test_run_runs_in_the_slot_with_its_lease_in_the_environment(cli, pool, root,
     assert during["state"] == "allocated" and during["lease_id"] == lease_id
     assert during["owner"] == "ci" and during["pid"] is not None
     assert all_available(cli)
-    released = [json.loads(line) for line in
-                (root / "pools/web/events.jsonl").read_text().splitlines()]
+    released = cli("log", "web", "--json").json()["events"]
     assert any(e["event"] == "release" and e["lease_id"] == lease_id for e in released)
 
 
