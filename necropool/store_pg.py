@@ -276,15 +276,22 @@ class PgStore:
                  row["number"])).fetchone()
             return slot_of(granted, shift)
 
-    def _leased(self, conn, number: int, lease_id: str, host: str) -> dict[str, Any]:
+    def _row(self, conn, number: int, host: str) -> dict[str, Any]:
+        """Slot ``number``'s row, locked for this transaction (the host's row shared)."""
         from psycopg.rows import dict_row
 
         self._host_row(conn, "SHARE", host=host)
         row = conn.cursor(row_factory=dict_row).execute(
-            "SELECT * FROM slots WHERE pool = %s AND host = %s AND number = %s "
-            "AND state = 'allocated' AND lease_id = %s FOR UPDATE",
-            (self.name, host, number, lease_id)).fetchone()
+            "SELECT * FROM slots WHERE pool = %s AND host = %s AND number = %s FOR UPDATE",
+            (self.name, host, number)).fetchone()
         if row is None:
+            raise NotFound(f"slot {self.name}-{number} does not exist")
+        return row
+
+    def _leased(self, conn, number: int, lease_id: str | None, host: str) -> dict[str, Any]:
+        """The row, if it has the lease ``lease_id`` (None: any lease); else ``LeaseLost``."""
+        row = self._row(conn, number, host)
+        if row["state"] != "allocated" or lease_id not in (None, row["lease_id"]):
             raise LeaseLost(f"lease {lease_id} is not the current lease of slot "
                             f"{self.name}-{number}")
         return row
@@ -305,14 +312,18 @@ class PgStore:
                 (ttl_seconds, ttl_seconds, self.name, host or self.host, number)).fetchone()
             return slot_of(row, shift)
 
-    def end_lease(self, number: int, lease_id: str, worker: Holder | None = None,
-                  host: str | None = None, uncleaned: bool = False) -> Slot:
+    def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
+                  check: Callable[[Slot], None] | None = None, host: str | None = None,
+                  uncleaned: bool = False) -> Slot:
         """``uncleaned`` (a lease of another host's slot ended from here): the slot goes back
         free, marked for the cleanup its host does before handing it out again."""
         with self._txn() as conn:
             shift = self._shift(conn)
             host = host or self.host
-            previous = self._leased(conn, number, lease_id, host)
+            row = self._leased(conn, number, lease_id, host)
+            previous = slot_of(row, shift)
+            if check is not None:
+                check(previous)
             conn.execute(
                 "UPDATE slots SET state = %s, needs_cleanup = needs_cleanup OR %s, worker = %s, "
                 "total_usage_seconds = total_usage_seconds "
@@ -323,7 +334,24 @@ class PgStore:
                 "WHERE pool = %s AND host = %s AND number = %s",
                 ("available" if uncleaned else "cleaning", uncleaned,
                  _json(worker.to_dict() if worker else None), self.name, host, number))
-            return slot_of(previous, shift)
+            return previous
+
+    def update_slot(self, number: int, change: Callable[[Slot], None]) -> Slot:
+        """One row, locked and fenced by its generation; only the columns ``change`` changed
+        are written."""
+        with self._txn() as conn:
+            shift = self._shift(conn)
+            row = self._row(conn, number, self.host)
+            slot = slot_of(row, shift)
+            before = row_of(slot, self.paths.slot_dir(number), shift)
+            change(slot)
+            values = row_of(slot, self.paths.slot_dir(number), shift)
+            changed = {k: v for k, v in values.items() if v != before[k]}
+            if changed:
+                self._update(conn, number, row["generation"], changed)
+        if slot.state == SlotState.AVAILABLE:
+            wakeup.poke(self.paths.wake)
+        return slot
 
     def heartbeat(self) -> None:
         with self._txn() as conn:
