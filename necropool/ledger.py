@@ -11,7 +11,7 @@ from typing import Any
 
 from necropool.clock import now
 from necropool.config import Settings
-from necropool.errors import Conflict, OperationFailed
+from necropool.errors import Conflict, NotFound, OperationFailed
 from necropool.layout import PoolPaths, write_atomic
 from necropool.pgconn import connect, errors, redact
 from necropool.proc import hostname
@@ -166,6 +166,17 @@ def register(dsn: str, pool: str, host: str, root: str, url: str, branch: str,
         conn.execute("DELETE FROM hosts WHERE pool = %s AND host = %s", (pool, host))
         conn.execute("INSERT INTO hosts (pool, host, root) VALUES (%s, %s, %s)",
                      (pool, host, root))
+
+
+def definition(dsn: str, pool: str) -> tuple[str, str, datetime]:
+    """A pool's url, branch and creation time, as the ledger has them."""
+    conn = connect(dsn)
+    with errors(dsn):
+        row = conn.execute("SELECT url, branch, created_at FROM pools WHERE pool = %s",
+                           (pool,)).fetchone()
+    if row is None:
+        raise NotFound(f"pool {pool!r} is neither here nor in the ledger {redact(dsn)}")
+    return row[0], row[1], row[2].astimezone(UTC)
 
 
 def unregister(dsn: str, pool: str, host: str) -> None:

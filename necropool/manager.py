@@ -13,10 +13,18 @@ from typing import TYPE_CHECKING
 from necropool import admin, events, leases, lifecycle, views
 from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
-from necropool.errors import POOL_FAILURES, NecropoolError, TryAgain, UsageError, explain
+from necropool.errors import (
+    POOL_FAILURES,
+    NecropoolError,
+    NotFound,
+    TryAgain,
+    UsageError,
+    explain,
+)
 from necropool.lockmaint import LockManager
 from necropool.proc import Holder, hostname
 from necropool.records import Record
+from necropool.state import PoolState
 from necropool.validate import check_hours
 
 if TYPE_CHECKING:
@@ -42,6 +50,13 @@ class PoolManager:
     # --- pools --------------------------------------------------------------------------------
     def get_pool(self, name: str) -> pools.Pool:
         return pools.Pool(self.settings, name)
+
+    def fleet_pool(self, name: str) -> pools.Pool:
+        """The pool, also one this host has no slots of but its ledger knows."""
+        try:
+            return self.get_pool(name)
+        except NotFound:
+            return pools.Pool.elsewhere(self.settings, name)
 
     def pool_names(self) -> list[str]:
         return pools.list_pools(self.settings)
@@ -90,8 +105,9 @@ class PoolManager:
         its ``rescued/`` holds."""
         from necropool import rescued
 
-        pool = self.get_pool(name)
-        data = views.describe_pool(pool, pool.read_state(), host=host)
+        pool = self.fleet_pool(name)
+        data = views.describe_pool(pool, pool.read_state() if pool.local else PoolState(),
+                                   host=host)
         data["rescued_count"], data["rescued_bytes"] = rescued.usage(pool)
         return data
 
@@ -121,10 +137,12 @@ class PoolManager:
             holder = Holder.of(pid)
             if holder is None:
                 raise UsageError(f"no process with pid {pid} on this host")
-        pool = self.get_pool(name)
+        pool = self.fleet_pool(name) if any_host else self.get_pool(name)
         deadline = time.monotonic() + (wait or 0)
         while True:
             try:
+                if not pool.local:  # no slot here: only the others
+                    raise TryAgain(f"no free slot in pool {name!r} on any host")
                 grant = lifecycle.allocate(
                     pool, owner=owner, holder=holder, ttl=ttl, metadata=metadata, fetch=fetch,
                     wait=min(wait, max(0.0, deadline - time.monotonic()), 1.0) if any_host
@@ -142,6 +160,8 @@ class PoolManager:
                 if time.monotonic() >= deadline:
                     raise
                 fetch = False  # fetched once is enough
+                if not pool.local:
+                    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
                 continue
             data = views.describe_slot(pool, grant.slot)
             data["fetch_error"] = grant.fetch_error
@@ -180,7 +200,7 @@ class PoolManager:
         name, number, host = fleet.resolve(slot_ref)
         if host is None:  # this host, named
             return None
-        return self.get_pool(name), number, host
+        return self.fleet_pool(name), number, host
 
     @contextmanager
     def slot(self, name: str, **allocate_options) -> Iterator[dict]:

@@ -69,6 +69,24 @@ class Pool:
             raise OperationFailed(f"pool {name!r}: pool.toml is unreadable: {exc}") from None
         self.ledger = settings.ledger_for(name)
         self.store: Store = open_store(settings, self.paths, name)
+        self.local = True  # this host has slots of it
+
+    @classmethod
+    def elsewhere(cls, settings: Settings, name: str) -> "Pool":
+        """A pool of the fleet this host has no slots of, as its ledger defines it (for
+        ``allocate --any-host``, other hosts' slots and the fleet's status)."""
+        ledger = settings.ledger_for(check_pool_name(name))
+        if ledger is None:
+            raise NotFound(f"pool {name!r} does not exist under {settings.root}")
+        from necropool.ledger import definition
+
+        pool = cls.__new__(cls)
+        pool.settings, pool.name, pool.ledger, pool.local = settings, name, ledger, False
+        pool.paths = PoolPaths(settings.root, name)
+        url, branch, created_at = definition(ledger, name)
+        pool.definition = PoolDef(name=name, url=url, branch=branch, created_at=created_at)
+        pool.store = open_store(settings, pool.paths, name)
+        return pool
 
     def read_state(self) -> PoolState:
         """A consistent snapshot without the lock."""

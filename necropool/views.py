@@ -87,6 +87,8 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
     found: list[tuple[str | None, str | None, Slot]] = [
         (None, None, s) for _, s in sorted(current.slots.items())]
     hosts = [{"host": hostname(), "slots": len(found), "last_seen": None, "silent": False}]
+    if not pool.local:
+        current = PoolState(source="ledger")
     if pool.ledger:
         from necropool import fleet
 
@@ -105,7 +107,7 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
         "fetch_on_allocate": pool.definition.fetch_on_allocate,
         "state_source": current.source,
     }
-    fetched, stale = mirror_freshness(pool)
+    fetched, stale = mirror_freshness(pool) if pool.local else (None, None)  # no mirror here
     data.update(mirror_fetched_at=rfc3339(fetched), mirror_stale=stale)
     data["hosts"] = hosts
     if with_slots:

@@ -199,3 +199,18 @@ def test_a_ledger_that_goes_away_fails_with_75_and_changes_nothing(upstream, tmp
         slots = {s["slot_id"]: s for s in after["slots"]}
         assert slots[held["slot_id"]]["lease_id"] == held["lease_id"]
         assert after["counts"] == {"available": 1, "allocated": 1, "cleaning": 0, "error": 0}
+
+
+def test_a_host_without_slots_of_the_pool_allocates_anywhere(fleet, tmp_path):
+    roots, dsn = fleet
+    visitor = tmp_path / "gamma"  # a CI job's machine: no pool of its own
+    assert on("gamma", visitor, dsn, "allocate", "web", "--no-fetch").code == 4
+    got = on("gamma", visitor, dsn, "allocate", "web", "--any-host", "--json")
+    assert got.code == 0, got
+    slot = got.json()
+    assert slot["slot_host"] in ("alpha", "beta") and Path(slot["path"]).is_dir()
+    status = on("gamma", visitor, dsn, "status", "web", "--json").json()
+    assert status["num_slots"] == 4 and status["counts"]["allocated"] == 1
+    assert on("gamma", visitor, dsn, "release", slot["slot_id"], "--lease-id",
+              slot["lease_id"]).code == 0
+    assert on("gamma", visitor, dsn, "allocate", "nosuch", "--any-host").code == 4
