@@ -8,8 +8,8 @@ row-level ledger does natively (claim with ``FOR UPDATE SKIP LOCKED``, renew and
 fenced by the lease id), which the TOML store implements with its transaction.
 """
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -17,6 +17,22 @@ from necropool import events
 from necropool.errors import Conflict
 from necropool.proc import Holder
 from necropool.state import Lease, PoolState, Slot
+
+
+class Transactions:
+    """``transaction`` from a store's ``locked`` and ``save`` (the same for every store)."""
+
+    def locked(self) -> AbstractContextManager[PoolState]:
+        raise NotImplementedError
+
+    def save(self, current: PoolState) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def transaction(self) -> Iterator[PoolState]:
+        with self.locked() as current:
+            yield current
+            self.save(current)
 
 
 class LeaseLost(Conflict):

@@ -28,7 +28,7 @@ from necropool.ledger import check_schema
 from necropool.pgconn import connect, errors
 from necropool.proc import Holder
 from necropool.state import Lease, PoolState, Slot, SlotState
-from necropool.store import LeaseLost
+from necropool.store import LeaseLost, Transactions
 
 _CHECKED: set[str] = set()
 # Columns of ``slots`` a Slot maps to, besides the key (pool, host, number).
@@ -108,7 +108,7 @@ def slot_of(row: dict[str, Any], shift: timedelta) -> Slot:
                 last_rescue=row["last_rescue"])
 
 
-class PgStore:
+class PgStore(Transactions):
     """One pool's slots on one host in the ledger; see ``store.Store`` for the contract."""
 
     def __init__(self, dsn: str, name: str, host: str, paths: PoolPaths):
@@ -179,12 +179,6 @@ class PgStore:
                 yield self._state(conn, shift)
             finally:
                 self._shift_now = None
-
-    @contextmanager
-    def transaction(self) -> Iterator[PoolState]:
-        with self.locked() as current:
-            yield current
-            self.save(current)
 
     def save(self, current: PoolState) -> None:
         """Write the rows that changed, each fenced by the generation read (the host's row

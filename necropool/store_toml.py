@@ -24,10 +24,10 @@ from necropool.state import (
     Slot,
     allocation_order,
 )
-from necropool.store import LeaseLost
+from necropool.store import LeaseLost, Transactions
 
 
-class TomlStore:
+class TomlStore(Transactions):
     """A pool's state in its directory; see ``store.Store`` for the contract."""
 
     def __init__(self, paths: PoolPaths, name: str, lock_timeout: float):
@@ -49,12 +49,6 @@ class TomlStore:
             yield state.load(self.paths)
         finally:
             lock.release()
-
-    @contextmanager
-    def transaction(self) -> Iterator[PoolState]:
-        with self.locked() as current:
-            yield current
-            self.save(current)
 
     def save(self, current: PoolState) -> None:
         """Waking the waiter only when a slot is free: other writes would make it take the
