@@ -1,4 +1,4 @@
-"""The benchmark's quick variant runs to the end (timings are not asserted here)."""
+"""The benchmarks' quick variants run to the end (timings are not asserted here)."""
 
 import json
 import subprocess
@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import import_or_skip, skip_unless_ci
+from pgcluster import ClusterError, find_bindir
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+FLEET = BENCH.with_name("fleet.py")
 
 
 @pytest.mark.slow
@@ -20,3 +23,28 @@ def test_quick_benchmark_completes_every_case(tmp_path):
     for number in ("1 ", "2 ", "3 ", "4 ", "5 ", "6 ", "6b ", "7a ", "7b "):
         assert any(c.startswith(number) for c in cases), (number, cases)
     assert "ratio" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quick_fleet_benchmark_holds_nothing_twice_and_loses_no_lease(tmp_path):
+    import_or_skip("psycopg")
+    try:
+        find_bindir()
+    except ClusterError as exc:
+        skip_unless_ci(f"no PostgreSQL server: {exc}")
+    out = tmp_path / "fleet.json"
+    proc = subprocess.run([sys.executable, str(FLEET), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["violations"] == []
+    for name in ("steady", "chaos", "restart"):
+        phase = report["phases"][name]
+        assert phase["cycles"] > 0, name
+        assert phase["double_holds"] == 0 and phase["lost"] == 0, (name, phase)
+        assert phase["audit"]["states"] == {"available": report["setup"]["slots"]}, name
+    chaos, restart = report["phases"]["chaos"], report["phases"]["restart"]
+    assert chaos["killed"] and chaos["recover_exit_codes"] == [0]
+    assert 75 in restart["exit_codes"]  # clients saw the ledger go away, and retried
+    assert restart["ledger_grants"] == restart["claims_journaled"]
+    assert report["phases"]["floor"]["tps"] > 0
