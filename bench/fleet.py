@@ -31,6 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
+from fleet_worker import alive  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 from repos import GIT_ENV  # noqa: E402
 
@@ -150,7 +151,7 @@ class Fleet:
         totals: dict = {"cycles": 0, "double_holds": 0, "exit_codes": set(), "errors": [],
                         "doubles": []}
         open_leases: list[str] = []
-        claims = 0
+        claims = held_by_killed = 0
         for host, code in codes.items():
             tried, claimed, ended = set(), set(), set()
             for line in (phase / f"{host}.journal").read_text().splitlines():
@@ -159,8 +160,9 @@ class Fleet:
             claims += len(claimed)
             totals["cycles"] += len(ended)
             open_leases += (tried - ended)
-            if code != 0:
-                continue  # killed: its journal is all there is
+            if code != 0:  # killed: its journal is all there is
+                held_by_killed += len(claimed - ended)
+                continue
             data = json.loads((phase / f"{host}.json").read_text())
             for key, values in data.pop("timings_ms").items():
                 timings[key] += values
@@ -171,6 +173,7 @@ class Fleet:
             totals["errors"] += data["errors"]
             totals["doubles"] += data["doubles"]
         totals.update(claims_journaled=claims, claim_samples=len(timings["claim"]),
+                      leases_held_by_killed=held_by_killed,
                       end_lease=percentiles(timings["end"]),
                       release_transaction=percentiles(timings["release"]),
                       exit_codes=sorted(totals["exit_codes"]), errors=totals["errors"][:5],
@@ -194,7 +197,8 @@ class Fleet:
             states[state] = states.get(state, 0) + 1
         half = sum(1 for s, lease, at, *_ in rows
                    if (s == "allocated") != (lease is not None and at is not None))
-        dead = sum(1 for s, _, _, pid, _ in rows if s == "allocated" and not _alive(pid))
+        dead = sum(1 for s, _, _, pid, _ in rows
+                   if s == "allocated" and not (pid is not None and alive(pid)))
         expected = self.cfg["hosts"] * self.cfg["slots"]
         return {"slots": len(rows), "missing": expected - len(rows), "states": states,
                 "half_claimed": half, "allocated_to_dead": dead,
@@ -259,8 +263,10 @@ class Fleet:
         return {"restart_seconds": round(time.perf_counter() - began, 2),
                 "same_port": self.cluster.port == port}
 
-    def floor(self) -> dict:
-        """pgbench with as many clients running the claim SQL, then the release UPDATE."""
+    def floor(self, rate: float | None) -> dict:
+        """pgbench with as many clients running the claim SQL, then the release UPDATE: as
+        fast as it can, or at ``rate`` transactions a second (a schedule: 500 clients that
+        each hold their slot for seconds would otherwise start all at once)."""
         clients = self.cfg["hosts"] * self.cfg["threads"]
         logs = self.work / "pgbench"
         logs.mkdir()
@@ -268,9 +274,9 @@ class Fleet:
         proc = subprocess.run(
             [str(self.cluster.bindir / "pgbench"), "-n", "-c", str(clients), "-j", "2",
              "-T", str(int(self.cfg["seconds"])), "-f", str(HERE / "fleet_claim.sql"),
-             "-D", f"hosts={self.cfg['hosts']}",
-             "-D", f"hold_us={int(self.cfg['hold_ms'] * 1000)}", "-r", "-l",
-             f"--log-prefix={logs}/log", self.dsn], env=env, capture_output=True, text=True)
+             "-D", f"hosts={self.cfg['hosts']}", *(["-R", str(rate)] if rate else []),
+             "-r", "-l", f"--log-prefix={logs}/log", self.dsn],
+            env=env, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"pgbench exited {proc.returncode}: {proc.stderr[-1000:]}")
         tps = float(re.search(r"tps = ([\d.]+)", proc.stdout).group(1))
@@ -281,21 +287,10 @@ class Fleet:
             re.M)]
         release = "UPDATE slots SET state = 'available'"
         claim = sum(ms for ms, sql in statements if not sql.startswith(("\\", release)))
-        return {"clients": clients, "tps": round(tps, 1), "transactions": len(latencies),
+        return {"clients": clients, "rate": rate, "tps": round(tps, 1),
+                "transactions": len(latencies),
                 "claim_statements_avg_ms": round(claim, 2), "statements_avg_ms": statements,
                 "cycle": percentiles(latencies), "audit": self.audit()}
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def violations(report: dict) -> list[str]:
@@ -353,7 +348,9 @@ def main() -> None:
         report["setup"] = fleet.setup()
         report["probe"] = fleet.probe(5 if args.quick else 10)
         report["phases"]["steady"] = fleet.load("steady")
-        report["phases"]["floor"] = fleet.floor()
+        paced = cfg["hold_ms"] >= 100  # then pgbench runs at the allocators' rate
+        report["phases"]["floor"] = fleet.floor(
+            report["phases"]["steady"]["throughput"] if paced else None)
         report["phases"]["chaos"] = fleet.load("chaos", fleet.chaos)
         report["phases"]["restart"] = fleet.load("restart", fleet.restart)
     problems = violations(report)

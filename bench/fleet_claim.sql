@@ -1,10 +1,8 @@
 -- pgbench script for bench/fleet.py: the ledger's claim transaction (as store_pg.PgStore.claim
 -- runs it: clock, host row FOR SHARE, first free slot FOR UPDATE SKIP LOCKED in allocation
 -- order, grant), then the release as one UPDATE. Client c works on host (c % hosts) + 1,
--- as the bench's allocators do (hosts x threads clients: never more claimers than slots),
--- and holds the slot as they do: hold_us x 0.5 to 1.5 (0: no hold).
+-- as the bench's allocators do (hosts x threads clients: never more claimers than slots).
 \set h :client_id % :hosts + 1
-\set hold random(:hold_us / 2, :hold_us * 3 / 2)
 BEGIN;
 SELECT now();
 SELECT host FROM hosts WHERE pool = 'web' AND host = 'host-' || lpad(:h::text, 2, '0')
@@ -18,7 +16,6 @@ UPDATE slots SET state = 'allocated', lease_id = md5(random()::text || clock_tim
   generation = generation + 1
   WHERE pool = 'web' AND host = 'host-' || lpad(:h::text, 2, '0') AND number = :number;
 COMMIT;
-\sleep :hold us
 UPDATE slots SET state = 'available', lease_id = NULL, owner = NULL, holder_pid = NULL,
   allocated_at = NULL, last_released_at = now(), generation = generation + 1
   WHERE pool = 'web' AND host = 'host-' || lpad(:h::text, 2, '0') AND number = :number;
