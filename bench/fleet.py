@@ -2,7 +2,11 @@
 THREADS concurrent allocators (one process per simulated host, one connection per thread)
 on loopback, with its own throw-away PostgreSQL server.
 
-    python bench/fleet.py [--quick] [--json FILE]
+    python bench/fleet.py [--quick] [--json FILE] [--hold-ms MS] [--seconds S]
+
+Closed loop by default (each allocator holds its slot ~5 ms: the ledger saturated); with
+holds of seconds (--hold-ms 10000 --seconds 60) the same allocators offer a paced load and
+pgbench runs at their rate.
 
 Phases: steady load; pgbench running the same claim SQL with as many clients (the floor);
 chaos (10 % of the allocator processes SIGKILLed at random moments, ``necropool
@@ -314,7 +318,7 @@ def table(report: dict) -> str:
     transaction p95; pgbench: its claim statements' average, whole-cycle percentiles."""
     head = ("phase", "cycles", "cyc/s", "claim p50", "p95", "p99", "end p95", "rel p95",
             "double", "lost", "retries")
-    widths = (10, 8, 8, 10, 9, 9, 9, 9, 7, 5, 8)
+    widths = (10, 8, 8, 12, 9, 9, 9, 9, 7, 5, 8)
     rows = [head]
     for name in ("steady", "chaos", "restart"):
         p = report["phases"][name]
