@@ -35,7 +35,23 @@ def _alarm(_signum, _frame):
     raise _Alarm
 
 
+_LOADED: types.ModuleType | None = None
+_LOADING = threading.Lock()
+
+
 def _portalocker() -> types.ModuleType:
+    """portalocker's lock primitives, loaded once per process: a thread that finds another
+    one loading them waits for it (a module half-initialised in ``sys.modules`` has not its
+    names yet)."""
+    global _LOADED
+    if _LOADED is None:
+        with _LOADING:
+            if _LOADED is None:
+                _LOADED = _load_portalocker()
+    return _LOADED
+
+
+def _load_portalocker() -> types.ModuleType:
     """portalocker's lock primitives (``portalocker.portalocker``: ``lock``, ``LockFlags``,
     ``exceptions``) without running the package's ``__init__``, which imports its Redis
     lock, its utils (logging, random, tempfile, json) and ``__about__`` (an

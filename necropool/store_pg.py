@@ -14,6 +14,7 @@ moved back when written, so a client whose clock is off judges expiry as the ser
 """
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -108,14 +109,21 @@ def slot_of(row: dict[str, Any], shift: timedelta) -> Slot:
                 last_rescue=row["last_rescue"])
 
 
+class _InTransaction(threading.local):
+    """What ``locked`` read, for ``save`` to write only what changed (per thread)."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[int, tuple[int, dict[str, Any]]] = {}  # number -> generation, row
+        self.shift: timedelta | None = None  # the clock shift, while ``locked``
+
+
 class PgStore(Transactions):
     """One pool's slots on one host in the ledger; see ``store.Store`` for the contract."""
 
     def __init__(self, dsn: str, name: str, host: str, paths: PoolPaths):
         """``paths``: the pool's final paths (recorded in the ledger; its wake FIFO)."""
         self.dsn, self.name, self.host, self.paths = dsn, name, host, paths
-        self._loaded: dict[int, tuple[int, dict[str, Any]]] = {}  # number -> generation, row
-        self._shift_now: timedelta | None = None  # set while ``locked``
+        self._txn_state = _InTransaction()  # each thread's own: one store serves them all
 
     def _conn(self):
         conn = connect(self.dsn)
@@ -147,11 +155,11 @@ class PgStore(Transactions):
 
     def _state(self, conn, shift: timedelta) -> PoolState:
         current = PoolState(source="ledger")
-        self._loaded = {}
+        self._txn_state.loaded = {}
         for row in self._rows(conn):
             slot = current.slots[row["number"]] = slot_of(row, shift)
-            self._loaded[slot.number] = (row["generation"], row_of(slot, Path(row["path"]),
-                                                                   shift))
+            values = row_of(slot, Path(row["path"]), shift)
+            self._txn_state.loaded[slot.number] = (row["generation"], values)
         return current
 
     def _host_row(self, conn, mode: str, skip_locked: bool = False, host: str | None = None):
@@ -173,37 +181,37 @@ class PgStore(Transactions):
     @contextmanager
     def locked(self) -> Iterator[PoolState]:
         with self._txn() as conn:
-            self._shift_now = shift = self._shift(conn)
+            self._txn_state.shift = shift = self._shift(conn)
             try:
                 self._host_row(conn, "UPDATE")
                 yield self._state(conn, shift)
             finally:
-                self._shift_now = None
+                self._txn_state.shift = None
 
     def save(self, current: PoolState) -> None:
         """Write the rows that changed, each fenced by the generation read (the host's row
         is locked, so a mismatch means a writer that skipped the protocol). Outside
         ``locked``, in a transaction of its own."""
-        if self._shift_now is None:
+        if self._txn_state.shift is None:
             with self.locked():
                 return self.save(current)
-        conn, shift = self._conn(), self._shift_now
+        conn, shift = self._conn(), self._txn_state.shift
         with errors(self.dsn):
-            for number in sorted(set(self._loaded) - set(current.slots)):
+            for number in sorted(set(self._txn_state.loaded) - set(current.slots)):
                 conn.execute("DELETE FROM slots WHERE pool = %s AND host = %s AND number = %s",
                              (self.name, self.host, number))
-                del self._loaded[number]
+                del self._txn_state.loaded[number]
             for number, slot in sorted(current.slots.items()):
                 values = row_of(slot, self.paths.slot_dir(number), shift)
-                if number not in self._loaded:
+                if number not in self._txn_state.loaded:
                     self._insert(conn, number, values)
-                    self._loaded[number] = (1, values)
+                    self._txn_state.loaded[number] = (1, values)
                     continue
-                generation, before = self._loaded[number]
+                generation, before = self._txn_state.loaded[number]
                 changed = {k: v for k, v in values.items() if v != before[k]}
                 if changed:
                     self._update(conn, number, generation, changed)
-                    self._loaded[number] = (generation + 1, values)
+                    self._txn_state.loaded[number] = (generation + 1, values)
             conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
                          (self.name, self.host))
         if any(slot.state == SlotState.AVAILABLE for slot in current.slots.values()):
