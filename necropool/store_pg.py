@@ -109,6 +109,13 @@ def slot_of(row: dict[str, Any], shift: timedelta) -> Slot:
                 last_rescue=row["last_rescue"])
 
 
+def _shift(server_now: datetime) -> timedelta:
+    """This client's clock minus the server's (``server_now`` read just now), in whole
+    seconds: what a query's latency adds must not move a time back and forth between two
+    reads."""
+    return timedelta(seconds=round((now() - server_now).total_seconds()))
+
+
 class _InTransaction(threading.local):
     """What ``locked`` read, for ``save`` to write only what changed (per thread)."""
 
@@ -134,10 +141,7 @@ class PgStore(Transactions):
         return conn
 
     def _shift(self, conn) -> timedelta:
-        """This client's clock minus the server's, measured now, in whole seconds: what a
-        query's latency adds must not move a time back and forth between two reads."""
-        server = conn.execute("SELECT now()").fetchone()[0]
-        return timedelta(seconds=round((now() - server).total_seconds()))
+        return _shift(conn.execute("SELECT now()").fetchone()[0])
 
     @contextmanager
     def _txn(self) -> Iterator[Any]:
@@ -162,28 +166,25 @@ class PgStore(Transactions):
             self._txn_state.loaded[slot.number] = (row["generation"], values)
         return current
 
-    def _host_row(self, conn, mode: str, skip_locked: bool = False, host: str | None = None):
-        wait = " SKIP LOCKED" if skip_locked else ""
-        row = conn.execute(f"SELECT host FROM hosts WHERE pool = %s AND host = %s FOR {mode}"
-                           f"{wait}", (self.name, host or self.host)).fetchone()
-        if row is None and not skip_locked:
-            raise NotFound(f"pool {self.name!r} has no slots of host {host or self.host!r} in "
-                           f"the ledger ('necropool ledger import {self.name}' moves a local "
+    def _lock_host(self, conn, mode: str) -> timedelta:
+        """Lock the host's row (``FOR mode``) and return the clock shift: one round trip."""
+        row = conn.execute(f"SELECT now() FROM hosts WHERE pool = %s AND host = %s FOR {mode}",
+                           (self.name, self.host)).fetchone()
+        if row is None:
+            raise NotFound(f"pool {self.name!r} has no slots of host {self.host!r} in the "
+                           f"ledger ('necropool ledger import {self.name}' moves a local "
                            "pool's state there)")
-        return row
+        return _shift(row[0])
 
     def snapshot(self) -> PoolState:
         with self._txn() as conn:
-            shift = self._shift(conn)
-            self._host_row(conn, "KEY SHARE")
-            return self._state(conn, shift)
+            return self._state(conn, self._lock_host(conn, "KEY SHARE"))
 
     @contextmanager
     def locked(self) -> Iterator[PoolState]:
         with self._txn() as conn:
-            self._txn_state.shift = shift = self._shift(conn)
             try:
-                self._host_row(conn, "UPDATE")
+                self._txn_state.shift = shift = self._lock_host(conn, "UPDATE")
                 yield self._state(conn, shift)
             finally:
                 self._txn_state.shift = None
@@ -248,18 +249,22 @@ class PgStore(Transactions):
 
         host = host or self.host
         skipped = set(skip)
+        # The host's row shared (waiting out its maintenance, but for another host's, which
+        # is skipped: try elsewhere), the first free slot's row taken, the clock read: one
+        # round trip.
+        wait = " SKIP LOCKED" if host != self.host else ""
         with self._txn() as conn:
-            shift = self._shift(conn)
-            if self._host_row(conn, "SHARE", skip_locked=host != self.host, host=host) is None:
-                return None  # another host's maintenance holds it: try elsewhere
             cur = conn.cursor(row_factory=dict_row)
             while True:
                 row = cur.execute(
-                    "SELECT * FROM slots WHERE pool = %s AND host = %s AND state = 'available'"
-                    f" AND number <> ALL(%s) ORDER BY {ORDER} LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s USING (pool, host)"
+                    " WHERE h.pool = %s AND h.host = %s AND s.state = 'available'"
+                    f" AND s.number <> ALL(%s) ORDER BY {ORDER} LIMIT 1"
+                    f" FOR SHARE OF h{wait} FOR UPDATE OF s SKIP LOCKED",
                     (self.name, host, list(skipped))).fetchone()
                 if row is None:
                     return None
+                shift = _shift(row["server_now"])
                 if take(slot_of(row, shift)):
                     break
                 skipped.add(row["number"])
@@ -279,13 +284,14 @@ class PgStore(Transactions):
             return slot_of(granted, shift)
 
     def _row(self, conn, number: int, host: str) -> dict[str, Any]:
-        """Slot ``number``'s row, locked for this transaction (the host's row shared)."""
+        """Slot ``number``'s row, locked for this transaction (the host's row shared), with
+        the server's time (``server_now``): one round trip."""
         from psycopg.rows import dict_row
 
-        self._host_row(conn, "SHARE", host=host)
         row = conn.cursor(row_factory=dict_row).execute(
-            "SELECT * FROM slots WHERE pool = %s AND host = %s AND number = %s FOR UPDATE",
-            (self.name, host, number)).fetchone()
+            "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s USING (pool, host) "
+            "WHERE h.pool = %s AND h.host = %s AND s.number = %s "
+            "FOR SHARE OF h FOR UPDATE OF s", (self.name, host, number)).fetchone()
         if row is None:
             raise NotFound(f"slot {self.name}-{number} does not exist")
         return row
@@ -305,8 +311,7 @@ class PgStore(Transactions):
         from psycopg.rows import dict_row
 
         with self._txn() as conn:
-            shift = self._shift(conn)
-            self._leased(conn, number, lease_id, host or self.host)
+            shift = _shift(self._leased(conn, number, lease_id, host or self.host)["server_now"])
             row = conn.cursor(row_factory=dict_row).execute(
                 "UPDATE slots SET expires_at = now() + make_interval(secs => %s), "
                 "ttl_seconds = %s, generation = generation + 1 "
@@ -320,10 +325,9 @@ class PgStore(Transactions):
         """``uncleaned`` (a lease of another host's slot ended from here): the slot goes back
         free, marked for the cleanup its host does before handing it out again."""
         with self._txn() as conn:
-            shift = self._shift(conn)
             host = host or self.host
             row = self._leased(conn, number, lease_id, host)
-            previous = slot_of(row, shift)
+            previous = slot_of(row, _shift(row["server_now"]))
             if check is not None:
                 check(previous)
             conn.execute(
@@ -342,8 +346,8 @@ class PgStore(Transactions):
         """One row, locked and fenced by its generation; only the columns ``change`` changed
         are written."""
         with self._txn() as conn:
-            shift = self._shift(conn)
             row = self._row(conn, number, self.host)
+            shift = _shift(row["server_now"])
             slot = slot_of(row, shift)
             before = row_of(slot, self.paths.slot_dir(number), shift)
             change(slot)
