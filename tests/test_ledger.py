@@ -214,3 +214,14 @@ def test_a_host_without_slots_of_the_pool_allocates_anywhere(fleet, tmp_path):
     assert on("gamma", visitor, dsn, "release", slot["slot_id"], "--lease-id",
               slot["lease_id"]).code == 0
     assert on("gamma", visitor, dsn, "allocate", "nosuch", "--any-host").code == 4
+
+
+def test_without_psycopg_the_error_names_the_extra(tmp_path):
+    """A Python without psycopg (here: its import made to fail) is told what to install."""
+    code = ("import sys; sys.modules['psycopg'] = None; sys.argv = ['necropool', '--ledger', "
+            "'postgresql://127.0.0.1:1/db', 'ledger', 'status']; "
+            "from necropool.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"NECROPOOL_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2, proc
+    assert "pip install 'necropool[postgres]'" in proc.stderr and "Traceback" not in proc.stderr
