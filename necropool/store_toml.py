@@ -74,10 +74,12 @@ class TomlStore:
                     return slot
         return None  # nothing changed: no write, so waiters are not woken for nothing
 
-    def _leased(self, current: PoolState, number: int, lease_id: str) -> Slot:
+    def _leased(self, current: PoolState, number: int, lease_id: str | None) -> Slot:
         slot = current.slots.get(number)
-        if (slot is None or slot.state != ALLOCATED or slot.lease is None
-                or slot.lease.lease_id != lease_id):
+        if slot is None:
+            raise NotFound(f"slot {self.paths.slot_id(number)} does not exist")
+        if (slot.state != ALLOCATED or slot.lease is None
+                or lease_id not in (None, slot.lease.lease_id)):
             raise LeaseLost(f"lease {lease_id} is not the current lease of slot "
                             f"{self.paths.slot_id(number)}")
         return slot
@@ -90,9 +92,12 @@ class TomlStore:
             slot.lease.expires_at, slot.lease.ttl_seconds = expires_at, ttl_seconds
         return slot
 
-    def end_lease(self, number: int, lease_id: str, worker: Holder | None = None) -> Slot:
+    def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
+                  check: Callable[[Slot], None] | None = None) -> Slot:
         with self.transaction() as current:
             slot = self._leased(current, number, lease_id)
+            if check is not None:
+                check(slot)
             previous = Slot(**vars(slot))
             at = now()
             slot.total_usage_seconds += max(0.0, (at - previous.lease.allocated_at)
@@ -100,6 +105,14 @@ class TomlStore:
             slot.last_released_at, slot.lease = at, None
             slot.state, slot.worker = CLEANING, worker
         return previous
+
+    def update_slot(self, number: int, change: Callable[[Slot], None]) -> Slot:
+        with self.transaction() as current:
+            slot = current.slots.get(number)
+            if slot is None:
+                raise NotFound(f"slot {self.paths.slot_id(number)} does not exist")
+            change(slot)
+        return slot
 
     def append_event(self, name: str, **fields: Any) -> None:
         events.append(self.paths.events, name, pool=self.name, **fields)
