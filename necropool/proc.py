@@ -54,8 +54,7 @@ class Holder:
     @classmethod
     def me(cls) -> "Holder":
         """This process: alive by definition, so identified even where ``/proc`` is not."""
-        pid = os.getpid()
-        return cls(pid=pid, host=hostname(), start=start_time(pid), boot=boot_id())
+        return _me(os.getpid())
 
     def is_local(self) -> bool:
         return self.host == hostname()
@@ -81,6 +80,12 @@ class Holder:
             start=int(data["start"]) if "start" in data else None,
             boot=str(data.get("boot", "")),
         )
+
+
+@cache
+def _me(pid: int) -> Holder:
+    """``Holder.me``, read once per process (a forked child has a pid of its own)."""
+    return Holder(pid=pid, host=hostname(), start=start_time(pid), boot=boot_id())
 
 
 # --- processes inside a directory -------------------------------------------------------------
