@@ -286,9 +286,10 @@ def _busy(paths: PoolPaths, number: int) -> str | None:
     return None
 
 
-def save(paths: PoolPaths, state: PoolState) -> None:
+def save(paths: PoolPaths, state: PoolState, sync_dir: bool = True) -> None:
     """Write both copies atomically and durably; the backup first. One directory fsync
-    makes both renames durable (either copy, old or new, is a whole valid state)."""
+    makes both renames durable (either copy, old or new, is a whole valid state);
+    ``sync_dir=False`` leaves it to the caller (``layout.fsync_dir(paths.dir)``)."""
     data = state.to_toml()
     write_atomic(paths.state_backup, data, sync_dir=False)
-    write_atomic(paths.state, data)
+    write_atomic(paths.state, data, sync_dir=sync_dir)

@@ -11,7 +11,7 @@ from typing import Any
 from necropool import events, state, wakeup
 from necropool.clock import now
 from necropool.errors import NotFound
-from necropool.layout import PoolPaths
+from necropool.layout import PoolPaths, fsync_dir
 from necropool.locks import FileLock
 from necropool.proc import Holder
 from necropool.state import (
@@ -31,12 +31,17 @@ class TomlStore:
 
     def __init__(self, paths: PoolPaths, name: str, lock_timeout: float):
         self.paths, self.name, self.lock_timeout = paths, name, lock_timeout
+        self._saved = False  # by the block ``locked`` runs: its directory is synced after it
 
     def snapshot(self) -> PoolState:
         return state.load(self.paths)  # writes are atomic replaces: no lock needed
 
     @contextmanager
     def locked(self) -> Iterator[PoolState]:
+        """What the block saves is durable when it ends; the directory fsync that makes it
+        so (one of a write's three) comes after the lock is let go, so the next writer does
+        not wait for it. Whoever reads the state meanwhile and acts on it does so through a
+        write of its own, whose directory fsync makes this one durable too."""
         lock = FileLock(self.paths.pool_lock)
         try:
             lock.acquire(self.lock_timeout, f"lock of pool {self.name}")
@@ -47,7 +52,10 @@ class TomlStore:
                 raise NotFound(f"pool {self.name!r} does not exist")
             yield state.load(self.paths)
         finally:
+            saved, self._saved = self._saved, False  # read while no other block can run
             lock.release()
+            if saved:
+                fsync_dir(self.paths.dir)
 
     @contextmanager
     def transaction(self) -> Iterator[PoolState]:
@@ -58,12 +66,19 @@ class TomlStore:
     def save(self, current: PoolState) -> None:
         """Waking the waiter only when a slot is free: other writes would make it take the
         pool lock for nothing."""
-        state.save(self.paths, current)
+        state.save(self.paths, current, sync_dir=False)  # synced by ``locked``
+        self._saved = True
         if any(slot.state == AVAILABLE for slot in current.slots.values()):
             wakeup.poke(self.paths.wake)
 
     def claim(self, lease: Lease, take: Callable[[Slot], bool],
               skip: frozenset[int] = frozenset()) -> Slot | None:
+        """A pool with no slot free is seen without the lock (a waiter woken by a write
+        that freed none, a busy pool's ``allocate``): the lock is for the claims that
+        may succeed."""
+        if not any(s.state == AVAILABLE and s.number not in skip
+                   for s in self.snapshot().slots.values()):
+            return None
         with self.locked() as current:
             for slot in sorted(current.slots.values(), key=allocation_order):
                 if slot.state == AVAILABLE and slot.number not in skip and take(slot):
