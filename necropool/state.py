@@ -37,6 +37,8 @@ STATES = tuple(SlotState)
 
 @dataclass
 class Lease:
+    """A slot's allocation: ``lease_id`` is its fencing token."""
+
     lease_id: str
     owner: str
     allocated_at: datetime
@@ -69,6 +71,8 @@ class Lease:
 
 @dataclass
 class Slot:
+    """One slot's entry in ``state.toml``: its state, lease and statistics."""
+
     number: int
     state: SlotState = AVAILABLE
     created_at: datetime | None = None
@@ -131,6 +135,8 @@ def allocation_order(slot: Slot) -> tuple:
 
 @dataclass
 class PoolState:
+    """Every slot of a pool, and where the state was read from."""
+
     slots: dict[int, Slot] = field(default_factory=dict)
     source: str = "state.toml"  # or "state.toml.bak", "rebuilt", "new"
     problems: dict[int, str] = field(default_factory=dict)  # slot -> why its entry was unreadable
