@@ -286,7 +286,7 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
             fetch: bool | None = None, held: FileLock | None = None,
             reason: str = "release", expired_only: bool = False, stop: bool = False) -> Release:
     """End a lease; clean the slot (saving any work first) unless ``clean`` is False.
-    ``expired_only``: only if the lease has expired (judged again under the pool lock).
+    ``expired_only``: only if the lease has expired (judged again as the store ends it).
     The cleanup first fetches the upstream when ``fetch`` (default: the pool's
     ``fetch_on_allocate``), so the slot comes back at the newest tip. Processes still
     working in the slot (a holder's background jobs) make it refuse, the lease kept,
