@@ -198,7 +198,8 @@ def test_a_waiting_allocate_does_not_rewrite_the_pool_state(cli, pool, root):
     assert Path(out.strip()) == root / "pools/web/slots/3"
 
 
-def test_an_allocator_killed_while_refreshing_a_stale_slot_leaves_it_to_auto_recover(cli, pool):
+def test_an_allocator_killed_while_refreshing_a_stale_slot_leaves_it_to_auto_recover(
+        cli, manager, pool):
     """A stale slot is claimed under a lease held by the allocator while it is refreshed:
     killed then, the allocator leaves an abandoned allocation that auto-recover takes back."""
     first = cli("allocate", "web", "--json").json()
@@ -209,12 +210,16 @@ def test_an_allocator_killed_while_refreshing_a_stale_slot_leaves_it_to_auto_rec
                                 cwd=first["path"])
     allocator = subprocess.Popen([sys.executable, "-m", "necropool", "allocate", "web"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def holder() -> int | None:
+        lease = manager.get_pool(pool).read_state().slots[1].lease
+        return lease.holder.pid if lease and lease.holder else None
+
     try:
         deadline = time.monotonic() + 15
-        while cli("status", "web-1", "--json").json().get("pid") != allocator.pid:
+        while holder() != allocator.pid:
             assert allocator.poll() is None and time.monotonic() < deadline, \
                 "the stale slot was never claimed for the allocator"
-            time.sleep(0.05)
+            time.sleep(0.01)
     finally:
         allocator.kill()
         allocator.wait()
