@@ -207,10 +207,13 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     if saved:
         git.delete_refs(gitdir, saved)
         slotgit.remove(gitdir / RESCUE_REFS)  # (the empty directories: a fresh slot has none)
-    if checkout or not untouched:
+    retake = checkout or not untouched
+    if retake:
         last.retake_tree(tree)
-    last.index = index_identity(gitdir)
-    last.save(record)
+    index = index_identity(gitdir)
+    if retake or index != last.index:  # else the record still says what this one would
+        last.index = index
+        last.save(record)
     return report
 
 

@@ -59,6 +59,8 @@ class PoolSpec:
 
 @dataclass
 class Settings:
+    """Where necropool keeps its pools and how it behaves (flag > env > file > default)."""
+
     root: Path
     config_path: Path | None = None
     max_allocation_hours: float = 24.0

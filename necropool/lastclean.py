@@ -62,8 +62,8 @@ class LastClean:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"at": self.at, "dirs": self.dirs, "index": self.index}, fh)
+        with os.fdopen(fd, "w") as fh:  # dumps: json.dump does without the C encoder
+            fh.write(json.dumps({"at": self.at, "dirs": self.dirs, "index": self.index}))
         os.replace(tmp, path)
 
     def retake_tree(self, tree: Path) -> None:

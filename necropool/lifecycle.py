@@ -1,44 +1,41 @@
 """Allocation lifecycle: allocate, release, run, and the slot refresh they share.
 
-Transitions happen under the pool lock; long work (cleanup) runs outside it with the slot
-in ``cleaning`` and its slot lock held by the worker, so a crashed worker is visible at once.
+Transitions go through the pool's store (``claim``, ``end_lease``, ``update_slot``), never
+holding the whole state; long work (cleanup) runs outside them with the slot claimed
+(``cleaning``, or allocated to this process) and its slot lock held, so a crashed worker is
+visible at once.
 """
 
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from necropool import git, proc, wakeup
-from necropool.clock import MAX_DURATION, now, rfc3339
+from necropool import proc, wakeup
+from necropool.clock import MAX_DURATION, now
 from necropool.errors import (
     Conflict,
+    NotFound,
     OperationFailed,
     Skipped,
     TryAgain,
     UsageError,
     explain,
 )
-from necropool.layout import ensure_inside, write_atomic
+from necropool.layout import ensure_inside
 from necropool.leases import Release, Renewed, expired, lease_gone
 from necropool.locks import FileLock, jitter
+from necropool.mirror import update_mirror
 from necropool.pool import Pool, get_slot
 from necropool.proc import Holder
-from necropool.state import (
-    ALLOCATED,
-    AVAILABLE,
-    CLEANING,
-    ERROR,
-    Lease,
-    PoolState,
-    Slot,
-    allocation_order,
-)
+from necropool.state import AVAILABLE, ERROR, Lease, Slot
+from necropool.store import LeaseLost
 from necropool.validate import check_metadata, check_text
 
-ALLOCATION_POLICY = ("clean slots first, then the most recently released "
-                     "(warm build caches), then the lowest number")
+ALLOCATION_POLICY = ("clean slots at the mirror's tip first (others are refreshed before "
+                     "they are handed out), then the most recently released (warm build "
+                     "caches), then the lowest number")
 
 
 @dataclass
@@ -51,90 +48,6 @@ class Grant:
     slot: Slot  # as recorded when granted
     lock: FileLock | None = None
     fetch_error: str | None = None
-
-
-def update_mirror(pool: Pool) -> str | None:
-    """Bring the mirror up to the upstream, once for all callers waiting at the same time.
-    An upstream on a local path whose refs already are the mirror's is not fetched, and the
-    mirror lock is not taken: that check counts as a fetch. A failed fetch (after retries)
-    is returned, not raised: slots then go to the mirror's current tip, so an unreachable
-    upstream never stops allocation."""
-    requested = time.time()
-    if _current(pool):
-        _checked(pool, requested)
-        return None
-    lock = FileLock(pool.paths.mirror_lock)
-    lock.acquire(pool.settings.git_timeout, "mirror lock")
-    try:
-        last = _last_fetch(pool)
-        if requested <= last <= time.time():
-            return None  # another process started a fetch after we asked: it covers us
-        # (a stamp in the future, from a clock set back or a careless hand, counts as stale)
-        started = time.time()
-        try:
-            ensure_inside(pool.paths.mirror, pool.settings.root)  # a symlink is not fetched into
-            git.fetch_mirror(pool.paths.mirror, timeout=pool.settings.git_timeout,
-                             backend=pool.definition.fetch_backend)
-        except OperationFailed as exc:
-            pool.event("fetch_failed", error=exc.message)
-            _note_failure(pool, exc.message)
-            return exc.message
-        write_atomic(pool.paths.mirror_stamp, f"{started}\n".encode())
-        pool.paths.mirror_failed.unlink(missing_ok=True)
-        return None
-    finally:
-        lock.release()
-
-
-def _last_fetch(pool: Pool) -> float:
-    """When the last fetch (or check) that brought the mirror up to date started."""
-    try:
-        return float(pool.paths.mirror_stamp.read_text())
-    except (OSError, ValueError):
-        return 0.0
-
-
-def _current(pool: Pool) -> bool:
-    """True when the upstream is on a local path and its refs are the mirror's."""
-    url = pool.definition.url
-    if not url.startswith(("/", "file://")):
-        return False
-    try:
-        ensure_inside(pool.paths.mirror, pool.settings.root)
-        return git.mirror_current(pool.paths.mirror, url, timeout=pool.settings.git_timeout)
-    except OperationFailed:
-        return False  # left to the fetch to report
-
-
-def _checked(pool: Pool, started: float) -> None:
-    """The mirror was found current: the fetch stamp moves up (at most once a minute: it
-    tells ``status`` and ``detect`` how fresh the mirror is, in hours) and a failed fetch
-    is forgotten. Best effort: a lost stamp only costs a later fetch."""
-    with contextlib.suppress(OSError):
-        if not 0 <= started - _last_fetch(pool) < 60:
-            write_atomic(pool.paths.mirror_stamp, f"{started}\n".encode())
-        if pool.paths.mirror_failed.exists():
-            pool.paths.mirror_failed.unlink(missing_ok=True)
-
-
-def _note_failure(pool: Pool, message: str) -> None:
-    """Keep the failed fetch's time and error for ``detect`` (stale_mirrors) until a fetch
-    works; best effort, like the event."""
-    import json
-
-    with contextlib.suppress(OSError):
-        write_atomic(pool.paths.mirror_failed, json.dumps(
-            {"time": rfc3339(now()), "error": message}).encode())
-
-
-def _claim_free(pool: Pool, current: PoolState, skip: set[int]) -> tuple[Slot, FileLock] | None:
-    for slot in sorted(current.slots.values(), key=allocation_order):
-        if slot.state != AVAILABLE or slot.number in skip:
-            continue
-        lock = pool.slot_lock(slot.number)
-        if lock.try_acquire():
-            return slot, lock
-    return None
 
 
 def rescue_path(pool: Pool, number: int, label: str):
@@ -184,11 +97,12 @@ def save_work(pool: Pool, slot: Slot, label: str) -> str | None:
 
 
 def fail_slot(pool: Pool, number: int, reason: str) -> None:
-    """Put a slot we hold into ``error`` with the reason."""
-    with pool.transaction() as current:
-        slot = current.slots.get(number)
-        if slot is not None:
-            slot.state, slot.error, slot.worker, slot.lease = ERROR, reason, None, None
+    """Put a slot we hold into ``error`` with the reason (a slot deleted meanwhile stays so)."""
+    def failed(slot: Slot) -> None:
+        slot.state, slot.error, slot.worker, slot.lease = ERROR, reason, None, None
+
+    with contextlib.suppress(NotFound):
+        pool.store.update_slot(number, failed)
     pool.event("failure", slot_id=pool.slot_id(number), error=reason)
 
 
@@ -265,44 +179,40 @@ def _wait_for_change(pool: Pool, seen: tuple | None, deadline: float, wake: int 
 
 
 def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Grant | None:
+    """Claim a free slot through the store: one at the mirror's tip first, handed out as it
+    is, else one to refresh first (see ``_prepare``)."""
     tip = _known_tip(pool)
     at = now()
     lease = Lease(lease_id=os.urandom(8).hex(), owner=owner or default_owner(),
                   allocated_at=at, expires_at=at + timedelta(seconds=ttl) if ttl else None,
                   holder=holder, metadata=metadata, ttl_seconds=ttl or None)
-    with pool.locked() as current:
-        claimed = _claim_free(pool, current, failed)
-        if claimed is None:
-            return None  # nothing changed: no write, so waiters are not woken for nothing
-        slot, lock = claimed
-        stale = slot.needs_cleanup or (tip is not None and slot.commit != tip)
-        previous = Slot(**vars(slot))
-        if stale:
-            slot.state, slot.worker = CLEANING, Holder.me()
-        else:
-            _grant(slot, lease)
-        try:
-            pool.save(current)
-        except BaseException:  # e.g. no space: the claim never happened, leave no lock file
+    taken: list[tuple[FileLock, Slot]] = []  # the slot lock claimed, and the slot before
+
+    def take(slot: Slot) -> bool:
+        lock = pool.slot_lock(slot.number)
+        if lock.try_acquire():
+            taken.append((lock, replace(slot)))
+            return True
+        return False
+
+    skip = frozenset(failed)
+    try:
+        slot = pool.store.claim(lease, lambda s: not _stale(s, tip) and take(s), skip)
+        stale = slot is None
+        if stale:  # held by this process while it is refreshed
+            slot = pool.store.claim(replace(lease, holder=Holder.me()), take, skip)
+    except BaseException:  # e.g. no space: the claim never happened, leave no lock file
+        for lock, _ in taken:
             lock.release(unlink=True)
-            raise
+        raise
+    if slot is None:
+        return None  # nothing changed: no write, so waiters are not woken for nothing
+    lock, before = taken[-1]
     if stale:
-        try:  # what a previous holder left running in it is ended first, or it is skipped
-            clear_processes(pool, slot.number, previous, lock, stop=True)
-        except Skipped:
-            failed.add(slot.number)
+        slot = _prepare(pool, slot, before, lease, lock)
+        if slot is None:
+            failed.add(before.number)
             return None
-        try:
-            slot.commit = refresh(pool, slot, rescue_label="allocate")[0]
-        except Exception as exc:  # whatever went wrong, the slot ends in error
-            fail_slot(pool, slot.number, f"cleanup before allocation failed: {explain(exc)}")
-            lock.release(unlink=True)
-            failed.add(slot.number)
-            return None
-        with pool.transaction() as current:
-            commit, slot = slot.commit, get_slot(current, pool, slot.number)
-            slot.commit, slot.needs_cleanup = commit, False
-            _grant(slot, lease)
     if not keep_lock:
         lock.release(unlink=True)
     pool.event("allocate", slot_id=pool.slot_id(slot.number), lease_id=lease.lease_id,
@@ -310,19 +220,48 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
     return Grant(pool, slot.number, lease, slot, lock if keep_lock else None)
 
 
+def _stale(slot: Slot, tip: str | None) -> bool:
+    """Not as a fresh slot at the mirror's tip: it is refreshed before it is handed out,
+    with or without --no-fetch."""
+    return slot.needs_cleanup or (tip is not None and slot.commit != tip)
+
+
+def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock) -> Slot | None:
+    """Refresh a stale slot claimed under ``lease`` held by this process (its slot lock
+    held too), then hand the lease to its holder; if this process dies meanwhile, ``detect``
+    finds an abandoned allocation and ``auto-recover`` reclaims it. None when the slot
+    cannot be had: given back as it was ``before`` (processes that cannot be ended still
+    run in it), or failed; unlocked either way."""
+    try:  # what a previous holder left running in it is ended first, or it is skipped
+        clear_processes(pool, slot.number, before, lock, stop=True)
+    except Skipped:
+        return None
+    try:
+        commit = refresh(pool, slot, rescue_label="allocate")[0]
+    except Exception as exc:  # whatever went wrong, the slot ends in error
+        fail_slot(pool, slot.number, f"cleanup before allocation failed: {explain(exc)}")
+        lock.release(unlink=True)
+        return None
+
+    def ready(current: Slot) -> None:
+        if current.lease is None or current.lease.lease_id != lease.lease_id:
+            raise LeaseLost(f"slot {pool.slot_id(slot.number)} was taken back meanwhile")
+        current.commit, current.needs_cleanup, current.lease = commit, False, lease
+
+    try:
+        return pool.store.update_slot(slot.number, ready)
+    except LeaseLost:
+        lock.release(unlink=True)
+        return None
+
+
 def _known_tip(pool: Pool) -> str | None:
-    """The mirror's branch tip (after any fetch): a slot behind it is moved up before it is
-    handed out, with or without --no-fetch. None if the mirror cannot say (left to detect)."""
+    """The mirror's branch tip (after any fetch), or None if the mirror cannot say (left to
+    detect)."""
     try:
         return pool.tip()
     except OperationFailed:
         return None
-
-
-def _grant(slot: Slot, lease: Lease) -> None:
-    slot.state, slot.lease, slot.worker, slot.error = ALLOCATED, lease, None, None
-    slot.allocation_count += 1
-    slot.last_allocated_at = lease.allocated_at
 
 
 def default_owner() -> str:
@@ -342,81 +281,89 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
             fetch: bool | None = None, held: FileLock | None = None,
             reason: str = "release", expired_only: bool = False, stop: bool = False) -> Release:
     """End a lease; clean the slot (saving any work first) unless ``clean`` is False.
-    ``expired_only``: only if the lease has expired (judged again under the pool lock).
+    ``expired_only``: only if the lease has expired (judged again as the store ends it).
     The cleanup first fetches the upstream when ``fetch`` (default: the pool's
     ``fetch_on_allocate``), so the slot comes back at the newest tip. Processes still
     working in the slot (a holder's background jobs) make it refuse, the lease kept,
     unless ``stop``: then they are ended first (SIGTERM, then SIGKILL)."""
-    lock = None
+    pool.sweep()  # what a killed command left half-done (the lease ends through the store)
+    lock = held or pool.slot_lock(number)
+
+    def check(slot: Slot) -> None:
+        if expired_only and not expired(slot.lease):
+            assert slot.lease is not None  # end_lease checks on a leased slot
+            raise Renewed(f"lease {slot.lease.lease_id} of slot {pool.slot_id(number)} "
+                          "was renewed since it expired: left to its holder")
+        if not lock.held and not lock.try_acquire():
+            raise Conflict(f"slot {pool.slot_id(number)} is held by a running process")
+
     try:
-        with pool.transaction() as current:
-            slot = get_slot(current, pool, number)
-            # Skipped (a conflict): whoever judged the slot earlier (auto-recover) leaves it
-            if lease_id and (slot.lease is None or lease_id != slot.lease.lease_id):
-                raise Skipped("stale " + lease_gone(pool, number, lease_id))
-            lease = slot.lease
-            if slot.state != ALLOCATED or lease is None:
-                raise Skipped(f"slot {pool.slot_id(number)} is not allocated (it is {slot.state})")
-            if expired_only and not expired(lease):
-                raise Renewed(f"lease {lease.lease_id} of slot {pool.slot_id(number)} "
-                              "was renewed since it expired: left to its holder")
-            lock = held or pool.slot_lock(number)
-            if not lock.held and not lock.try_acquire():
-                raise Conflict(f"slot {pool.slot_id(number)} is held by a running process")
-            previous = Slot(**vars(slot))
-            at = now()
-            slot.total_usage_seconds += max(0.0, (at - lease.allocated_at).total_seconds())
-            slot.last_released_at, slot.lease = at, None
-            slot.state, slot.worker = CLEANING, Holder.me()
+        previous = pool.store.end_lease(number, lease_id, Holder.me(), check)
+    except LeaseLost:  # Skipped (a conflict): whoever judged the slot earlier leaves it
+        if lease_id:
+            raise Skipped("stale " + lease_gone(pool, number, lease_id)) from None
+        state = get_slot(pool.read_state(), pool, number).state
+        raise Skipped(f"slot {pool.slot_id(number)} is not allocated (it is {state})") from None
     except BaseException:  # e.g. the state write failed: leave no lock file behind
-        if lock is not None and lock is not held and lock.held:
+        if lock is not held and lock.held:
             lock.release(unlink=True)
         raise
+    lease, at = previous.lease, now()
+    assert lease is not None  # end_lease ends a lease
     clear_processes(pool, number, previous, lock, stop)
     pool.event(reason, slot_id=pool.slot_id(number), lease_id=lease.lease_id, owner=lease.owner,
                usage_seconds=round((at - lease.allocated_at).total_seconds(), 3))
     result = Release(slot_id=pool.slot_id(number), pool=pool.name, lease_id=lease.lease_id)
     if not clean:
-        with pool.transaction() as current:
-            slot = get_slot(current, pool, number)
-            slot.state, slot.worker, slot.needs_cleanup = AVAILABLE, None, True
-            lock.release(unlink=True)  # before the write that wakes waiters (see below)
+        _give_back(pool, number, lock, needs_cleanup=True)
         return result
     fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
     if fetch:
         result.fetch_error = update_mirror(pool)
     try:
-        tip, report = refresh(pool, slot, rescue_label=lease.lease_id, lease_id=lease.lease_id)
+        tip, report = refresh(pool, previous, rescue_label=lease.lease_id, lease_id=lease.lease_id)
     except Exception as exc:  # whatever went wrong, the slot ends in error, its work intact
         fail_slot(pool, number, f"cleanup failed: {explain(exc)}")
         lock.release(unlink=True)
         raise OperationFailed(f"slot {pool.slot_id(number)} could not be cleaned and is now "
                               f"in error until recovered: {explain(exc)}") from None
-    with pool.transaction() as current:
-        slot = get_slot(current, pool, number)
-        slot.state, slot.worker, slot.commit, slot.needs_cleanup = AVAILABLE, None, tip, False
-        if report.rescued:
-            slot.last_rescue = report.rescued
-        # Unlock before the state write: a waiter woken by that write must find the slot
-        # free, or it would wait for a further state change that never comes.
-        lock.release(unlink=True)
+    _give_back(pool, number, lock, commit=tip, rescued=report.rescued)
     result.cleaned, result.commit, result.rescued = True, tip, report.rescued
     result.cleanup = report.to_dict()
     return result
 
 
+def _give_back(pool: Pool, number: int, lock: FileLock, *, needs_cleanup: bool = False,
+               commit: str | None = None, rescued: str | None = None) -> None:
+    """Make a slot we clean ``available`` again: cleaned to ``commit``, or left as it is
+    (``needs_cleanup``). Unlocked before the state write: a waiter woken by that write
+    must find the slot free, or it would wait for a further change that never comes."""
+    def available(slot: Slot) -> None:
+        slot.state, slot.worker, slot.needs_cleanup = AVAILABLE, None, needs_cleanup
+        if commit:
+            slot.commit = commit
+        if rescued:
+            slot.last_rescue = rescued
+        lock.release(unlink=True)
+
+    pool.store.update_slot(number, available)
+
+
 def clear_processes(pool: Pool, number: int, previous: Slot, lock: FileLock,
                      stop: bool) -> None:
-    """With the slot claimed (``cleaning``, its lock held): end the processes still in it
+    """With the slot claimed (``cleaning``, or allocated to this process; its lock held):
+    end the processes still in it
     when ``stop``; if any remain, give the slot back as it was and refuse."""
     busy = proc.processes_in(pool.slot_dir(number))
     if busy and stop:
         busy = proc.end(busy)
     if not busy:
         return
-    with pool.transaction() as current:
-        current.slots[number] = previous
+    def as_before(slot: Slot) -> None:
+        vars(slot).update(vars(previous))
         lock.release(unlink=True)
+
+    pool.store.update_slot(number, as_before)
     what = proc.describe(busy)
     if stop:
         raise Skipped(f"slot {pool.slot_id(number)}: processes that cannot be ended still run "

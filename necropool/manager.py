@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from necropool import admin, events, leases, lifecycle, views
+from necropool import events, leases, lifecycle, views
 from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
 from necropool.errors import (
@@ -21,7 +21,6 @@ from necropool.errors import (
     UsageError,
     explain,
 )
-from necropool.lockmaint import LockManager
 from necropool.proc import Holder, hostname
 from necropool.records import Record
 from necropool.state import PoolState
@@ -32,8 +31,9 @@ if TYPE_CHECKING:
 
 
 class PoolManager:
-    # The health, sync, run and rescued modules are imported where they are used: allocate
-    # and release, the commands run most, load none of them (integrity, cleanup, ...).
+    # The administration, health, sync, run and rescued modules are imported where they are
+    # used: allocate and release, the commands run most, load none of them (integrity,
+    # cleanup, ...).
 
     def __init__(self, settings: Settings | None = None, *, config: Settings | None = None):
         """``config`` is the guide's name for the same settings."""
@@ -41,6 +41,8 @@ class PoolManager:
 
     @property
     def lock_manager(self):
+        from necropool.lockmaint import LockManager
+
         return LockManager(self.settings, lambda: self._targets(None, []))
 
     @classmethod
@@ -62,11 +64,15 @@ class PoolManager:
         return pools.list_pools(self.settings)
 
     def create_pool(self, spec: PoolSpec, progress=None) -> dict:
+        from necropool import admin
+
         pool = admin.create(self.settings, spec, progress)
         return views.describe_pool(pool, pool.read_state())
 
     def delete_pool(self, name: str, force: bool = False, discard_work: bool = False) -> dict:
         """With ``force``, also the remains of a half-made pool (no ``pool.toml``)."""
+        from necropool import admin
+
         try:
             pool = self.get_pool(name)
         except NecropoolError:
@@ -76,6 +82,8 @@ class PoolManager:
         return admin.delete(pool, force, discard_work)
 
     def add_slots(self, name: str, count: int = 1, progress=None) -> list[str]:
+        from necropool import admin
+
         return admin.add_slots(self.get_pool(name), count, progress)
 
     def add_slot(self, name: str) -> str:
@@ -84,6 +92,8 @@ class PoolManager:
 
     def remove_slot(self, slot_ref: str, force: bool = False,
                     discard_work: bool = False) -> dict:
+        from necropool import admin
+
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return admin.remove_slot(pool, number, force, discard_work)
 

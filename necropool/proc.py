@@ -56,8 +56,7 @@ class Holder:
     @classmethod
     def me(cls) -> "Holder":
         """This process: alive by definition, so identified even where ``/proc`` is not."""
-        pid = os.getpid()
-        return cls(pid=pid, host=hostname(), start=start_time(pid), boot=boot_id())
+        return _me(os.getpid())
 
     def is_local(self) -> bool:
         return self.host == hostname()
@@ -83,6 +82,12 @@ class Holder:
             start=int(data["start"]) if "start" in data else None,
             boot=str(data.get("boot", "")),
         )
+
+
+@cache
+def _me(pid: int) -> Holder:
+    """``Holder.me``, read once per process (a forked child has a pid of its own)."""
+    return Holder(pid=pid, host=hostname(), start=start_time(pid), boot=boot_id())
 
 
 # --- processes inside a directory -------------------------------------------------------------
@@ -119,12 +124,13 @@ def _necropool(base: str) -> bool:
     return any(arg == b"necropool" or arg.endswith(b"/necropool") for arg in argv)
 
 
-def _uses(pid: str, prefix: str) -> bool:
+def _uses(pid: str, prefix: str, raw: bytes) -> bool:
     """Whether the process has its working directory, root, an open file or a mapping
-    inside ``prefix``. Unreadable entries (gone, or another user's) count as not inside.
-    A necropool command counts by its directories only: the files it has open or mapped
-    in a slot are the integrity checks' reads (detect, auto-recover), never a holder's
-    work, and a release must neither wait for them nor end them."""
+    inside ``prefix`` (``raw``: the same, as bytes). Unreadable entries (gone, or another
+    user's) count as not inside. A necropool command counts by its directories only: the
+    files it has open or mapped in a slot are the integrity checks' reads (detect,
+    auto-recover), never a holder's work, and a release must neither wait for them nor
+    end them."""
     base = f"/proc/{pid}"
     for name in ("cwd", "root"):
         try:
@@ -132,8 +138,12 @@ def _uses(pid: str, prefix: str) -> bool:
                 return True
         except OSError:
             pass
-    if _necropool(base):
-        return False
+    return _has_open(base, prefix, raw) and not _necropool(base)
+
+
+def _has_open(base: str, prefix: str, raw: bytes) -> bool:
+    """An open file or a mapped file inside ``prefix``. The mappings (hundreds of lines
+    for a Python process) are parsed only when the path appears in them at all."""
     try:
         fds = os.listdir(f"{base}/fd")
     except OSError:
@@ -146,10 +156,12 @@ def _uses(pid: str, prefix: str) -> bool:
             continue
     try:
         with open(f"{base}/maps", "rb") as fh:
-            maps = fh.read().decode(errors="surrogateescape")
+            maps = fh.read()
     except OSError:
         return False
-    for line in maps.splitlines():
+    if raw not in maps:
+        return False
+    for line in maps.decode(errors="surrogateescape").splitlines():
         path = line.split(None, 5)[5:]
         if path and _inside(path[0].removesuffix(" (deleted)"), prefix):
             return True
@@ -160,12 +172,13 @@ def processes_in(tree) -> list[int]:
     """Local processes with their working directory, root, an open file or a mapped file
     inside ``tree`` (a /proc scan), other than this process and its ancestors."""
     prefix = os.path.realpath(tree)
+    raw = os.fsencode(prefix)
     mine = _ancestors()
     try:
         entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
     except OSError:
         return []
-    return sorted(int(p) for p in entries if int(p) not in mine and _uses(p, prefix))
+    return sorted(int(p) for p in entries if int(p) not in mine and _uses(p, prefix, raw))
 
 
 def describe(pids: list[int]) -> str:

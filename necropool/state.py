@@ -37,6 +37,8 @@ STATES = tuple(SlotState)
 
 @dataclass
 class Lease:
+    """A slot's allocation: ``lease_id`` is its fencing token."""
+
     lease_id: str
     owner: str
     allocated_at: datetime
@@ -69,6 +71,8 @@ class Lease:
 
 @dataclass
 class Slot:
+    """One slot's entry in ``state.toml``: its state, lease and statistics."""
+
     number: int
     state: SlotState = AVAILABLE
     created_at: datetime | None = None
@@ -131,6 +135,8 @@ def allocation_order(slot: Slot) -> tuple:
 
 @dataclass
 class PoolState:
+    """Every slot of a pool, and where the state was read from."""
+
     slots: dict[int, Slot] = field(default_factory=dict)
     source: str = "state.toml"  # or "state.toml.bak", "rebuilt", "new"
     problems: dict[int, str] = field(default_factory=dict)  # slot -> why its entry was unreadable
@@ -297,9 +303,10 @@ def _busy(paths: PoolPaths, number: int) -> str | None:
     return None
 
 
-def save(paths: PoolPaths, state: PoolState) -> None:
+def save(paths: PoolPaths, state: PoolState, sync_dir: bool = True) -> None:
     """Write both copies atomically and durably; the backup first. One directory fsync
-    makes both renames durable (either copy, old or new, is a whole valid state)."""
+    makes both renames durable (either copy, old or new, is a whole valid state);
+    ``sync_dir=False`` leaves it to the caller (``layout.fsync_dir(paths.dir)``)."""
     data = state.to_toml()
     write_atomic(paths.state_backup, data, sync_dir=False)
-    write_atomic(paths.state, data)
+    write_atomic(paths.state, data, sync_dir=sync_dir)

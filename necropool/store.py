@@ -3,9 +3,11 @@ statistics, events) goes through one ``Store``. ``store_toml.TomlStore`` (``stat
 under ``pool.lock``, ``events.jsonl``) is the default; a second backend (a shared ledger)
 is a new module implementing this protocol.
 
-The first three methods are enough for any change; the lease operations are the ones a
-row-level ledger does natively (claim with ``FOR UPDATE SKIP LOCKED``, renew and end
-fenced by the lease id), which the TOML store implements with its transaction.
+The state methods (``snapshot`` to ``save``) are enough for any change; the slot
+operations (``claim``, ``renew``, ``end_lease``, ``update_slot``) are the ones a row-level
+ledger does natively (claim with ``FOR UPDATE SKIP LOCKED``, renew and end fenced by the
+lease id, one row's update), which the TOML store implements with its transaction.
+Allocation and release use only the slot operations: they never hold the whole state.
 """
 
 from collections.abc import Callable, Iterator
@@ -74,9 +76,21 @@ class Store(Protocol):
         its lease."""
         ...
 
-    def end_lease(self, number: int, lease_id: str, worker: Holder | None = None) -> Slot:
-        """End the lease, fenced like ``renew``: its usage counted, the slot ``cleaning`` by
-        ``worker``; returns the slot as it was before."""
+    def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
+                  check: Callable[[Slot], None] | None = None) -> Slot:
+        """End the slot's lease, fenced like ``renew`` (``lease_id`` None: whichever lease
+        it has): its usage counted, the slot ``cleaning`` by ``worker``; returns the slot as
+        it was before. ``check`` (the caller's last word, e.g. its slot lock) sees the
+        leased slot before anything is written and may raise to leave it as it is.
+        ``LeaseLost`` when the slot has no such lease, ``NotFound`` when there is no slot."""
+        ...
+
+    def update_slot(self, number: int, change: Callable[[Slot], None]) -> Slot:
+        """Apply ``change`` to one slot and save it, atomic with respect to every other
+        operation on that slot (what its worker records: cleaned, failed, given back);
+        returns the slot as saved. ``change`` runs before the write: a local lock the write
+        makes moot is released there, so nobody woken by it finds the lock still held.
+        ``NotFound`` when there is no slot."""
         ...
 
     def heartbeat(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from necropool import events, state, wakeup
 from necropool.clock import now
 from necropool.errors import NotFound
-from necropool.layout import PoolPaths
+from necropool.layout import PoolPaths, fsync_dir
 from necropool.locks import FileLock
 from necropool.proc import Holder
 from necropool.state import (
@@ -32,12 +32,17 @@ class TomlStore(Transactions):
 
     def __init__(self, paths: PoolPaths, name: str, lock_timeout: float):
         self.paths, self.name, self.lock_timeout = paths, name, lock_timeout
+        self._saved = False  # by the block ``locked`` runs: its directory is synced after it
 
     def snapshot(self) -> PoolState:
         return state.load(self.paths)  # writes are atomic replaces: no lock needed
 
     @contextmanager
     def locked(self) -> Iterator[PoolState]:
+        """What the block saves is durable when it ends; the directory fsync that makes it
+        so (one of a write's three) comes after the lock is let go, so the next writer does
+        not wait for it. Whoever reads the state meanwhile and acts on it does so through a
+        write of its own, whose directory fsync makes this one durable too."""
         lock = FileLock(self.paths.pool_lock)
         try:
             lock.acquire(self.lock_timeout, f"lock of pool {self.name}")
@@ -48,12 +53,16 @@ class TomlStore(Transactions):
                 raise NotFound(f"pool {self.name!r} does not exist")
             yield state.load(self.paths)
         finally:
+            saved, self._saved = self._saved, False  # read while no other block can run
             lock.release()
+            if saved:
+                fsync_dir(self.paths.dir)
 
     def save(self, current: PoolState) -> None:
         """Waking the waiter only when a slot is free: other writes would make it take the
         pool lock for nothing."""
-        state.save(self.paths, current)
+        state.save(self.paths, current, sync_dir=False)  # synced by ``locked``
+        self._saved = True
         if any(slot.state == AVAILABLE for slot in current.slots.values()):
             wakeup.poke(self.paths.wake)
 
@@ -67,6 +76,12 @@ class TomlStore(Transactions):
 
     def claim(self, lease: Lease, take: Callable[[Slot], bool],
               skip: frozenset[int] = frozenset()) -> Slot | None:
+        """A pool with no slot free is seen without the lock (a waiter woken by a write
+        that freed none, a busy pool's ``allocate``): the lock is for the claims that
+        may succeed."""
+        if not any(s.state == AVAILABLE and s.number not in skip
+                   for s in self.snapshot().slots.values()):
+            return None
         with self.locked() as current:
             for slot in sorted(current.slots.values(), key=allocation_order):
                 if slot.state == AVAILABLE and slot.number not in skip and take(slot):
@@ -77,10 +92,12 @@ class TomlStore(Transactions):
                     return slot
         return None  # nothing changed: no write, so waiters are not woken for nothing
 
-    def _leased(self, current: PoolState, number: int, lease_id: str) -> Slot:
+    def _leased(self, current: PoolState, number: int, lease_id: str | None) -> Slot:
         slot = current.slots.get(number)
-        if (slot is None or slot.state != ALLOCATED or slot.lease is None
-                or slot.lease.lease_id != lease_id):
+        if slot is None:
+            raise NotFound(f"slot {self.paths.slot_id(number)} does not exist")
+        if (slot.state != ALLOCATED or slot.lease is None
+                or lease_id not in (None, slot.lease.lease_id)):
             raise LeaseLost(f"lease {lease_id} is not the current lease of slot "
                             f"{self.paths.slot_id(number)}")
         return slot
@@ -93,9 +110,12 @@ class TomlStore(Transactions):
             slot.lease.expires_at, slot.lease.ttl_seconds = expires_at, ttl_seconds
         return slot
 
-    def end_lease(self, number: int, lease_id: str, worker: Holder | None = None) -> Slot:
+    def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
+                  check: Callable[[Slot], None] | None = None) -> Slot:
         with self.transaction() as current:
             slot = self._leased(current, number, lease_id)
+            if check is not None:
+                check(slot)
             previous = Slot(**vars(slot))
             at = now()
             slot.total_usage_seconds += max(0.0, (at - previous.lease.allocated_at)
@@ -106,6 +126,14 @@ class TomlStore(Transactions):
 
     def heartbeat(self) -> None:
         """Nothing to record: one host's files have no fleet to report to."""
+
+    def update_slot(self, number: int, change: Callable[[Slot], None]) -> Slot:
+        with self.transaction() as current:
+            slot = current.slots.get(number)
+            if slot is None:
+                raise NotFound(f"slot {self.paths.slot_id(number)} does not exist")
+            change(slot)
+        return slot
 
     def append_event(self, name: str, **fields: Any) -> None:
         events.append(self.paths.events, name, pool=self.name, **fields)

@@ -10,7 +10,7 @@ from necropool.admin import Progress, add_slots, create, delete, remove_slot
 from necropool.config import PoolSpec, Settings, default_config_path
 from necropool.errors import POOL_FAILURES, Conflict, OperationFailed, UsageError
 from necropool.layout import write_atomic
-from necropool.lifecycle import update_mirror
+from necropool.mirror import update_mirror
 from necropool.pool import Pool, PoolDef, list_pools
 from necropool.state import AVAILABLE
 from necropool.validate import check_spec

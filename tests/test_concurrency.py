@@ -194,3 +194,37 @@ def test_a_waiting_allocate_does_not_rewrite_the_pool_state(cli, pool, root):
             waiter.wait()
     assert waiter.returncode == 0
     assert Path(out.strip()) == root / "pools/web/slots/3"
+
+
+def test_an_allocator_killed_while_refreshing_a_stale_slot_leaves_it_to_auto_recover(
+        cli, manager, pool):
+    """A stale slot is claimed under a lease held by the allocator while it is refreshed:
+    killed then, the allocator leaves an abandoned allocation that auto-recover takes back."""
+    first = cli("allocate", "web", "--json").json()
+    assert cli("release", "web-1", "--no-cleanup").code == 0  # web-1 now needs a cleanup
+    assert {cli("allocate", "web").code for _ in range(2)} == {0}  # web-2, web-3 taken
+    # A job its holder left behind that ignores SIGTERM: the allocator ends it in 3 s.
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 60"],
+                                cwd=first["path"])
+    allocator = subprocess.Popen([sys.executable, "-m", "necropool", "allocate", "web"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def holder() -> int | None:
+        lease = manager.get_pool(pool).read_state().slots[1].lease
+        return lease.holder.pid if lease and lease.holder else None
+
+    try:
+        deadline = time.monotonic() + 15
+        while holder() != allocator.pid:
+            assert allocator.poll() is None and time.monotonic() < deadline, \
+                "the stale slot was never claimed for the allocator"
+            time.sleep(0.01)
+    finally:
+        allocator.kill()
+        allocator.wait()
+        stubborn.kill()
+        stubborn.wait()
+    found = cli("detect", "web", "--json")
+    assert [a["slot_id"] for a in found.json()["abandoned_slots"]] == ["web-1"], found
+    assert cli("auto-recover", "web").code == 0
+    after = cli("status", "web-1", "--json").json()
+    assert (after["state"], after["needs_cleanup"]) == ("available", False)

@@ -558,8 +558,11 @@ def test_sync_converges_the_settings_its_tables_declare(cli, manager, upstream, 
     assert web["mirror_commit"] == release_tip
     assert (root / "pools/web/pool.toml").read_text().count('branch = "release"') == 1
     assert [s["current_commit"] for s in web["slots"]][1] == release_tip  # added on the new branch
-    held = manager.allocate_slot("web")
-    manager.release_slot(held["slot_id"], held["lease_id"])  # the old slot moves at cleanup
+    # The slot already at the tip is handed out first; the old one is moved up before it is.
+    held = [manager.allocate_slot("web") for _ in range(2)]
+    assert [h["current_commit"] for h in held] == [release_tip, release_tip]
+    for each in held:
+        manager.release_slot(each["slot_id"], each["lease_id"])
     assert {s["current_commit"] for s in status_json(cli, "web")["slots"]} == {release_tip}
 
     assert sync('num_slots = 2\nkeep_ignored = false\nfetch_backend = "git"\n') == {

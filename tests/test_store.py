@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 
 from necropool.clock import now
+from necropool.errors import NotFound
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, Lease
 from necropool.store import LeaseLost
 
@@ -61,3 +62,22 @@ def test_events_are_appended_and_read_back_in_order(manager, pool):
     assert [(e["pool"], e["detail"]) for e in notes] == [(pool, "first"), (pool, "second")]
     assert store.last_event("note")["detail"] == "second"
     assert store.last_event("no-such-event") is None
+
+
+def test_end_lease_checks_first_and_update_slot_changes_one_slot(manager, pool):
+    store = manager.get_pool(pool).store
+    slot = store.claim(new_lease("mine"), take=lambda s: True)
+
+    def refuse(leased):
+        raise RuntimeError(f"not now: {leased.lease.lease_id}")
+
+    with pytest.raises(RuntimeError, match="not now: mine"):
+        store.end_lease(slot.number, None, check=refuse)
+    assert store.snapshot().slots[slot.number].lease.lease_id == "mine", "refused: unchanged"
+    assert store.end_lease(slot.number, None).lease.lease_id == "mine"  # None: whichever
+    with pytest.raises(LeaseLost):
+        store.end_lease(slot.number, None)
+    saved = store.update_slot(slot.number, lambda s: setattr(s, "state", AVAILABLE))
+    assert saved.state == store.snapshot().slots[slot.number].state == AVAILABLE
+    with pytest.raises(NotFound):
+        store.update_slot(99, lambda s: None)

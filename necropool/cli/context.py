@@ -7,6 +7,8 @@ from necropool.cli.output import Output
 
 @dataclass
 class Globals:
+    """The global options of this call."""
+
     root: str | None = None
     config: str | None = None
     ledger: str | None = None
