@@ -203,7 +203,7 @@ def fleet(dsn: str, pool: str, host: str | None = None) -> tuple[list[FleetSlot]
     host's last sign of life, in this client's clock."""
     from psycopg.rows import dict_row
 
-    from necropool.store_pg import slot_of
+    from necropool.ledger_rows import slot_of
 
     conn = connect(dsn)
     with errors(dsn), conn.transaction():

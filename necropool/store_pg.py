@@ -13,7 +13,6 @@ moved into this client's clock (by the difference measured in the same transacti
 moved back when written, so a client whose clock is off judges expiry as the server would.
 """
 
-import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,89 +25,13 @@ from necropool.clock import now, rfc3339
 from necropool.errors import Conflict, NotFound
 from necropool.layout import PoolPaths
 from necropool.ledger import check_schema
+from necropool.ledger_rows import ORDER, json_value, param, row_of, slot_of, text
 from necropool.pgconn import connect, errors
 from necropool.proc import Holder
 from necropool.state import Lease, PoolState, Slot, SlotState
 from necropool.store import LeaseLost, Transactions
 
 _CHECKED: set[str] = set()
-# Columns of ``slots`` a Slot maps to, besides the key (pool, host, number).
-TIMES = ("allocated_at", "expires_at", "created_at", "last_allocated_at", "last_released_at",
-         "isolated_at")
-COLUMNS = ("path", "state", "lease_id", "owner", "holder_pid", "holder_start", "holder",
-           "allocated_at", "expires_at", "ttl_seconds", "metadata", "worker", "created_at",
-           "commit", "needs_cleanup", "allocation_count", "total_usage_seconds",
-           "last_allocated_at", "last_released_at", "error", "isolated_at", "isolation_reason",
-           "last_rescue")
-# The free slot handed out first: ``state.allocation_order`` in SQL.
-ORDER = "needs_cleanup, last_released_at DESC NULLS LAST, number"
-
-
-def _json(value: Any) -> Any:
-    """A value for a jsonb column (NUL, which jsonb cannot hold, replaced)."""
-    from psycopg.types.json import Jsonb
-
-    if value is None:
-        return None
-    return Jsonb(json.loads(json.dumps(value, default=str).replace("\\u0000", "\\ufffd")))
-
-
-def _text(value: str | None) -> str | None:
-    return value.replace("\0", "\ufffd") if value is not None else None
-
-
-def row_of(slot: Slot, path: Path, shift: timedelta) -> dict[str, Any]:
-    """The column values of ``slot`` (times moved back to the server's clock)."""
-    lease = slot.lease
-    holder = lease.holder if lease else None
-    values: dict[str, Any] = {
-        "path": str(path), "state": str(slot.state),
-        "lease_id": lease.lease_id if lease else None,
-        "owner": _text(lease.owner) if lease else None,
-        "holder_pid": holder.pid if holder else None,
-        "holder_start": holder.start if holder else None,
-        "holder": holder.to_dict() if holder else None,
-        "allocated_at": lease.allocated_at if lease else None,
-        "expires_at": lease.expires_at if lease else None,
-        "ttl_seconds": lease.ttl_seconds if lease else None,
-        "metadata": lease.metadata if lease else None,
-        "worker": slot.worker.to_dict() if slot.worker else None,
-        "created_at": slot.created_at, "commit": slot.commit,
-        "needs_cleanup": slot.needs_cleanup, "allocation_count": slot.allocation_count,
-        "total_usage_seconds": slot.total_usage_seconds,
-        "last_allocated_at": slot.last_allocated_at, "last_released_at": slot.last_released_at,
-        "error": _text(slot.error), "isolated_at": slot.isolated_at,
-        "isolation_reason": _text(slot.isolation_reason), "last_rescue": _text(slot.last_rescue),
-    }
-    for key in TIMES:
-        if values[key] is not None:
-            values[key] = values[key] - shift
-    return values
-
-
-def slot_of(row: dict[str, Any], shift: timedelta) -> Slot:
-    """A row as a Slot, its times moved into this client's clock."""
-    times = {key: row[key].astimezone(UTC) + shift if row[key] is not None else None
-             for key in TIMES}
-    lease = None
-    if row["lease_id"] is not None:
-        lease = Lease(lease_id=row["lease_id"], owner=row["owner"] or "",
-                      allocated_at=times["allocated_at"] or now(),
-                      expires_at=times["expires_at"],
-                      holder=Holder.from_dict(row["holder"]) if row["holder"] else None,
-                      metadata=row["metadata"] or {}, ttl_seconds=row["ttl_seconds"])
-    return Slot(number=row["number"], state=SlotState(row["state"]),
-                created_at=times["created_at"], commit=row["commit"],
-                needs_cleanup=row["needs_cleanup"], lease=lease,
-                worker=Holder.from_dict(row["worker"]) if row["worker"] else None,
-                allocation_count=row["allocation_count"],
-                total_usage_seconds=row["total_usage_seconds"],
-                last_allocated_at=times["last_allocated_at"],
-                last_released_at=times["last_released_at"], error=row["error"],
-                isolated_at=times["isolated_at"], isolation_reason=row["isolation_reason"],
-                last_rescue=row["last_rescue"])
-
-
 def _shift(server_now: datetime) -> timedelta:
     """This client's clock minus the server's (``server_now`` read just now), in whole
     seconds: what a query's latency adds must not move a time back and forth between two
@@ -229,13 +152,13 @@ class PgStore(Transactions):
         marks = ", ".join(["%s"] * len(values))
         conn.execute(f"INSERT INTO slots (pool, host, number, {names}) "
                      f"VALUES (%s, %s, %s, {marks})",
-                     (self.name, self.host, number, *map(_param, values.items())))
+                     (self.name, self.host, number, *map(param, values.items())))
 
     def _update(self, conn, number: int, generation: int, changed: dict[str, Any]) -> None:
         sets = ", ".join(f'"{k}" = %s' for k in changed)
         cur = conn.execute(f"UPDATE slots SET {sets}, generation = generation + 1 "
                            "WHERE pool = %s AND host = %s AND number = %s AND generation = %s",
-                           (*map(_param, changed.items()), self.name, self.host, number,
+                           (*map(param, changed.items()), self.name, self.host, number,
                             generation))
         if cur.rowcount != 1:
             raise Conflict(f"slot {self.name}-{number} changed in the ledger under this "
@@ -277,9 +200,9 @@ class PgStore(Transactions):
                 "allocation_count = allocation_count + 1, last_allocated_at = now(), "
                 "generation = generation + 1 "
                 "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
-                (lease.lease_id, _text(lease.owner), holder.pid if holder else None,
-                 holder.start if holder else None, _json(holder.to_dict() if holder else None),
-                 lease.ttl_seconds, lease.ttl_seconds, _json(lease.metadata), self.name, host,
+                (lease.lease_id, text(lease.owner), holder.pid if holder else None,
+                 holder.start if holder else None, json_value(holder.to_dict() if holder else None),
+                 lease.ttl_seconds, lease.ttl_seconds, json_value(lease.metadata), self.name, host,
                  row["number"])).fetchone()
             return slot_of(granted, shift)
 
@@ -339,7 +262,7 @@ class PgStore(Transactions):
                 "ttl_seconds = NULL, metadata = NULL, generation = generation + 1 "
                 "WHERE pool = %s AND host = %s AND number = %s",
                 ("available" if uncleaned else "cleaning", uncleaned,
-                 _json(worker.to_dict() if worker else None), self.name, host, number))
+                 json_value(worker.to_dict() if worker else None), self.name, host, number))
             return previous
 
     def update_slot(self, number: int, change: Callable[[Slot], None]) -> Slot:
@@ -368,7 +291,7 @@ class PgStore(Transactions):
         with self._txn() as conn:
             conn.execute("INSERT INTO events (pool, host, name, fields) VALUES (%s, %s, %s, %s)",
                          (self.name, self.host, name,
-                          _json({k: v for k, v in fields.items() if v is not None})))
+                          json_value({k: v for k, v in fields.items() if v is not None})))
 
     def _events(self, where: str = "", params: tuple = (), order: str = "id",
                 since: datetime | None = None) -> list[dict]:
@@ -410,9 +333,3 @@ class LedgerTail:
 
 def _public(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "id"}
-
-
-def _param(item: tuple[str, Any]) -> Any:
-    key, value = item
-    return _json(value) if key in ("holder", "metadata", "worker") else value
-
