@@ -39,62 +39,14 @@ from necropool.cli.man_text import (
 )
 from necropool.cli.registry import EXIT_STATUS as EXIT_STATUS_NOTES
 from necropool.cli.registry import NOTES
+from necropool.cli.roff import escape, guard, inline, para, text_lines, verbatim
+from necropool.cli.roff import metavar as roff_metavar
 
-# Per-command additions: extra description paragraphs, exit status notes, examples.
-# ---- roff helpers -------------------------------------------------------------------------
-
-def _escape(text: str) -> str:
-    """Literal text to roff: backslashes and hyphens escaped."""
-    return text.replace("\\", "\\e").replace("-", "\\-")
-
-
-def _inline(text: str) -> str:
-    """Hand-written text to roff: escaped, ``*bold*`` and ``<italic>`` applied."""
-    text = _escape(text)
-    text = re.sub(r"\*([^*\s][^*]*?)\*", r"\\fB\1\\fR", text)
-    return re.sub(r"<([A-Za-z][\w.|=\\-]*)>", r"\\fI\1\\fR", text)
-
-
-def _lines(text: str) -> list[str]:
-    """Filled text: each sentence on a new line, lines of at most 78 bytes, none starting
-    with a control character."""
-    flat = re.sub(r"\s+", " ", text).strip()
-    out = []
-    for sentence in re.split(r"(?<=[.;:])\s+(?=[A-Z*(\"<\\])", flat):
-        out += textwrap.wrap(sentence, 78, break_long_words=False, break_on_hyphens=False)
-    return [_guard(line) for line in out]
-
-
-def _guard(line: str) -> str:
-    return "\\&" + line if line[:1] in (".", "'") else line
-
-
-def _para(text: str) -> list[str]:
-    return [".PP", *_lines(_inline(text))]
-
-
-def _verbatim(text: str) -> list[str]:
-    return [".PP", ".RS 4", ".nf", *(_guard(_escape(line)) for line in text.split("\n")),
-            ".fi", ".RE"]
-
-
-def _metavar(text: str) -> str:
-    """A metavar to roff: upper-case words italic, ``--`` bold, the rest literal."""
-    out = []
-    word = r"[A-Z][A-Z0-9_]*(?:-[A-Z0-9_]+)*"
-    for token in re.findall(rf"--|{word}|[^A-Z-]+|-", text):
-        if token == "--":
-            out.append("\\fB\\-\\-\\fR")
-        elif re.fullmatch(word, token):
-            out.append(f"\\fI{_escape(token)}\\fR")
-        else:
-            out.append(_escape(token))
-    return "".join(out)
-
+# ---- page parts ----------------------------------------------------------------------------
 
 def _header(title: str) -> list[str]:
     # no hyphenation, ragged right: option names and paths stay whole
-    return [f'.TH {_escape(title.upper())} 1 "{DATE}" "{_escape(SOURCE)}" "{MANUAL}"',
+    return [f'.TH {escape(title.upper())} 1 "{DATE}" "{escape(SOURCE)}" "{MANUAL}"',
             ".nh", ".ad l"]
 
 
@@ -103,7 +55,7 @@ def _see_also(refs: list[str]) -> list[str]:
     lines = [".SH SEE ALSO"]
     for i, ref in enumerate(refs):
         name, section = ref.rstrip(")").split("(")
-        lines.append(f".BR {_escape(name)} ({section})" + ("," if i < len(refs) - 1 else ""))
+        lines.append(f".BR {escape(name)} ({section})" + ("," if i < len(refs) - 1 else ""))
     return lines
 
 
@@ -135,9 +87,9 @@ def _option_metavar(param, ctx) -> str | None:
 
 def _option_term(param, ctx) -> str:
     names = sorted(param.opts, key=lambda o: (o.startswith("--"), o)) + param.secondary_opts
-    term = ", ".join(f"\\fB{_escape(n)}\\fR" for n in names)
+    term = ", ".join(f"\\fB{escape(n)}\\fR" for n in names)
     metavar = _option_metavar(param, ctx)
-    return f"{term} {_metavar(metavar)}" if metavar else term
+    return f"{term} {roff_metavar(metavar)}" if metavar else term
 
 
 def _option_help(param, ctx) -> str:
@@ -165,14 +117,14 @@ def _argument_metavar(param, ctx) -> str:
 def _options_section(title: str, options, ctx) -> list[str]:
     lines = [f".SH {title}"]
     for param in options:
-        lines += [".TP", _option_term(param, ctx), *_lines(_escape(_option_help(param, ctx)))]
+        lines += [".TP", _option_term(param, ctx), *text_lines(escape(_option_help(param, ctx)))]
     return lines
 
 
 def _synopsis_option(param, ctx) -> str:
     name = sorted(param.opts, key=lambda o: (not o.startswith("--"), o))[0]
     metavar = _option_metavar(param, ctx)
-    text = f"\\fB{_escape(name)}\\fR" + (f" {_metavar(metavar)}" if metavar else "")
+    text = f"\\fB{escape(name)}\\fR" + (f" {roff_metavar(metavar)}" if metavar else "")
     return f"[{text}]"
 
 
@@ -201,7 +153,7 @@ def main_page() -> str:
              "\\fICOMMAND\\fR \\fB\\-\\-help\\fR",
              ".SH DESCRIPTION"]
     for text in DESCRIPTION:
-        lines += _para(text)
+        lines += para(text)
     lines += _options_section("GLOBAL OPTIONS", options, ctx)
     lines += [".PP", "Global options go before the command name",
               "(given after it, before any \\fB\\-\\-\\fR, they are moved there).",
@@ -212,45 +164,45 @@ def main_page() -> str:
         sub = root.get_command(ctx, name)
         sub_ctx = _context(sub, name, ctx)
         arguments, _ = _params(sub, sub_ctx)
-        usage = " ".join(_metavar(_argument_metavar(a, sub_ctx)) for a in arguments)
-        lines += [".TP", f"\\fB{_escape(name)}\\fR {usage}".rstrip(),
-                  *_lines(_escape(_summary(sub.help)) + "."),
-                  f"See \\fBnecropool\\-{_escape(name)}\\fR(1)."]
+        usage = " ".join(roff_metavar(_argument_metavar(a, sub_ctx)) for a in arguments)
+        lines += [".TP", f"\\fB{escape(name)}\\fR {usage}".rstrip(),
+                  *text_lines(escape(_summary(sub.help)) + "."),
+                  f"See \\fBnecropool\\-{escape(name)}\\fR(1)."]
     lines += [".SH EXIT STATUS"]
     for code, text in EXIT_STATUS:
-        lines += [".TP", f".B {code}", *_lines(_inline(text))]
-    lines += _para(EXIT_RUN)
+        lines += [".TP", f".B {code}", *text_lines(inline(text))]
+    lines += para(EXIT_RUN)
     lines += [".SH ENVIRONMENT"]
     for var, text in ENVIRONMENT:
-        lines += [".TP", f".B {_escape(var)}", *_lines(_inline(text))]
-    lines += _para(PRECEDENCE)
+        lines += [".TP", f".B {escape(var)}", *text_lines(inline(text))]
+    lines += para(PRECEDENCE)
     lines += [".SH FILES"]
     for path, text in FILES:
-        lines += [".TP", _inline(path), *_lines(_inline(text))]
+        lines += [".TP", inline(path), *text_lines(inline(text))]
     lines += [".SH CONFIGURATION",
-              *_para("The config file is TOML. Top-level keys:")]
+              *para("The config file is TOML. Top-level keys:")]
     for key, text in CONFIG_TOP:
-        lines += [".TP", f".B {_escape(key)}", *_lines(_inline(text))]
-    lines += _para("A [pools.<name>] table declares a pool for *sync*:")
+        lines += [".TP", f".B {escape(key)}", *text_lines(inline(text))]
+    lines += para("A [pools.<name>] table declares a pool for *sync*:")
     for key, text in CONFIG_POOL:
-        lines += [".TP", f".B {_escape(key)}", *_lines(_inline(text))]
-    lines += _verbatim('root = "/srv/necropool"\nmax_allocation_hours = 12\n\n'
+        lines += [".TP", f".B {escape(key)}", *text_lines(inline(text))]
+    lines += verbatim('root = "/srv/necropool"\nmax_allocation_hours = 12\n\n'
                        '[pools.web]\nurl = "https://example.com/org/web.git"\nnum_slots = 8\n'
                        'keep_ignored = true')
     lines += [".SH JSON OUTPUT"]
     for text in JSON_TEXT:
-        lines += _para(text)
-    lines += _verbatim(JSON_ERROR)
-    lines += _para(JSON_CODES)
+        lines += para(text)
+    lines += verbatim(JSON_ERROR)
+    lines += para(JSON_CODES)
     for text in JSON_DETECT:
-        lines += _para(text)
+        lines += para(text)
     lines += [".SH SHELL COMPLETION"]
     for text in NOTES["completion"]:
-        lines += _para(text)
-    lines += _verbatim(COMPLETION_EXAMPLE)
-    lines += [".SH EXAMPLES", *_para("A first session:"), *_verbatim(COMMAND_EXAMPLES[""])]
+        lines += para(text)
+    lines += verbatim(COMPLETION_EXAMPLE)
+    lines += [".SH EXAMPLES", *para("A first session:"), *verbatim(COMMAND_EXAMPLES[""])]
     for text, example in EXAMPLES:
-        lines += _para(text) + _verbatim(example)
+        lines += para(text) + verbatim(example)
     lines += _see_also([f"necropool-{n}(1)" for n in names] + ["git(1)", "jq(1)", "crontab(5)"])
     return _join(lines)
 
@@ -271,22 +223,22 @@ def _group_sections(name: str, subs) -> tuple[list[str], list[str]]:
     synopsis = []
     for sub_name, sub, sub_ctx in subs:
         arguments, options = _params(sub, sub_ctx)
-        synopsis += [f".B necropool {_escape(name)} {_escape(sub_name)}",
+        synopsis += [f".B necropool {escape(name)} {escape(sub_name)}",
                      *[_synopsis_option(p, sub_ctx) for p in options if "--help" not in p.opts],
-                     *[_metavar(_argument_metavar(a, sub_ctx)) for a in arguments], ".br"]
+                     *[roff_metavar(_argument_metavar(a, sub_ctx)) for a in arguments], ".br"]
     body = [".SH COMMANDS"]
     for sub_name, sub, sub_ctx in subs:
         arguments, options = _params(sub, sub_ctx)
-        usage = " ".join(_metavar(_argument_metavar(a, sub_ctx)) for a in arguments)
-        body += [".SS", f"\\fB{_escape(name)} {_escape(sub_name)}\\fR {usage}".rstrip(),
-                 *_lines(_escape(sub.help or "")), ".PP", "Arguments and options:"]
+        usage = " ".join(roff_metavar(_argument_metavar(a, sub_ctx)) for a in arguments)
+        body += [".SS", f"\\fB{escape(name)} {escape(sub_name)}\\fR {usage}".rstrip(),
+                 *text_lines(escape(sub.help or "")), ".PP", "Arguments and options:"]
         for param in arguments:
-            body += [".TP", _metavar(_argument_metavar(param, sub_ctx)),
-                     *_lines(_escape(param.help or ""))]
+            body += [".TP", roff_metavar(_argument_metavar(param, sub_ctx)),
+                     *text_lines(escape(param.help or ""))]
         for param in options:
             if "--help" not in param.opts:
                 body += [".TP", _option_term(param, sub_ctx),
-                         *_lines(_escape(_option_help(param, sub_ctx)))]
+                         *text_lines(escape(_option_help(param, sub_ctx)))]
     return synopsis[:-1], body
 
 
@@ -306,30 +258,30 @@ def command_page(name: str) -> str:
         return _group_page(name, sub, subs)
     arguments, options = _params(sub, sub_ctx)
     synopsis = [_synopsis_option(p, sub_ctx) for p in options if "--help" not in p.opts]
-    synopsis += [_metavar(_argument_metavar(a, sub_ctx)) for a in arguments]
+    synopsis += [roff_metavar(_argument_metavar(a, sub_ctx)) for a in arguments]
     lines = [*_header(f"necropool-{name}"),
              ".SH NAME",
              *_name_line(f"necropool-{name}", sub.help),
              ".SH SYNOPSIS",
-             f".B necropool {_escape(name)}",
+             f".B necropool {escape(name)}",
              *synopsis,
              ".SH DESCRIPTION",
-             *_lines(_escape(sub.help or ""))]
+             *text_lines(escape(sub.help or ""))]
     for text in NOTES.get(name, []):
-        lines += _para(text)
+        lines += para(text)
     if name == "status":
         from necropool.cli.metrics import METRICS
 
         for metric, kind, text in METRICS:
-            lines += [".TP", f".B {_escape(metric)}", *_lines(_escape(f"{text} ({kind})"))]
+            lines += [".TP", f".B {escape(metric)}", *text_lines(escape(f"{text} ({kind})"))]
     if arguments:
         lines += [".SH ARGUMENTS"]
         for param in arguments:
             help_text = param.help or ""
             if not param.required and "default" not in help_text:
                 help_text += " (optional)"
-            lines += [".TP", _metavar(_argument_metavar(param, sub_ctx)),
-                      *_lines(_escape(help_text))]
+            lines += [".TP", roff_metavar(_argument_metavar(param, sub_ctx)),
+                      *text_lines(escape(help_text))]
     lines += _options_section("OPTIONS", options, sub_ctx)
     lines += [".PP",
               "The global options of \\fBnecropool\\fR(1)",
@@ -337,12 +289,12 @@ def command_page(name: str) -> str:
               "go before the command name (after it they work too, before any \\fB\\-\\-\\fR)."]
     lines += [".SH EXIT STATUS"]
     if name in EXIT_STATUS_NOTES:
-        lines += _lines(_inline(EXIT_STATUS_NOTES[name]))
+        lines += text_lines(inline(EXIT_STATUS_NOTES[name]))
         lines += ["See EXIT STATUS in \\fBnecropool\\fR(1) for the other codes."]
     else:
         lines += ["See EXIT STATUS in \\fBnecropool\\fR(1)."]
     if name in COMMAND_EXAMPLES:
-        lines += [".SH EXAMPLES", *_verbatim(COMMAND_EXAMPLES[name])]
+        lines += [".SH EXAMPLES", *verbatim(COMMAND_EXAMPLES[name])]
     lines += _see_also(["necropool(1)"])
     return _join(lines)
 
@@ -354,24 +306,24 @@ def _group_page(name: str, group, subs) -> str:
              *_name_line(f"necropool-{name}", group.help),
              ".SH SYNOPSIS", *synopsis,
              ".SH DESCRIPTION",
-             *_lines(_escape(group.help or ""))]
+             *text_lines(escape(group.help or ""))]
     for text in NOTES.get(name, []):
-        lines += _para(text)
+        lines += para(text)
     lines += body
     lines += [".PP", "Each takes \\fB\\-h\\fR, \\fB\\-\\-help\\fR.",
               "The global options of \\fBnecropool\\fR(1)",
               "(\\fB\\-\\-root\\fR, \\fB\\-\\-config\\fR, \\fB\\-\\-color\\fR)",
               "go before the command name (after it they work too).", ".SH EXIT STATUS"]
-    lines += _lines(_inline(EXIT_STATUS_NOTES[name])) if name in EXIT_STATUS_NOTES else []
+    lines += text_lines(inline(EXIT_STATUS_NOTES[name])) if name in EXIT_STATUS_NOTES else []
     lines += ["See EXIT STATUS in \\fBnecropool\\fR(1)."]
-    lines += [".SH EXAMPLES", *_verbatim(_examples(name, subs))]
+    lines += [".SH EXAMPLES", *verbatim(_examples(name, subs))]
     lines += _see_also(["necropool(1)", "git-bundle(1)"])
     return _join(lines)
 
 
 def _name_line(page: str, help_text: str | None) -> list[str]:
-    text = f"{_escape(page)} \\- {_escape(_summary(help_text))}"
-    return [_guard(line) for line in textwrap.wrap(text, 78, break_long_words=False,
+    text = f"{escape(page)} \\- {escape(_summary(help_text))}"
+    return [guard(line) for line in textwrap.wrap(text, 78, break_long_words=False,
                                                     break_on_hyphens=False)]
 
 
