@@ -4,7 +4,6 @@ here. Work on a slot's directory (cleanup, recovery) stays with the host whose d
 a lease ended from elsewhere leaves the slot free but marked for cleanup, which its host
 does before handing it out again."""
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -69,10 +68,7 @@ def allocate(pool: Pool, *, owner: str, holder: Holder | None, ttl: float | None
     for f in found:
         if f.host != store.host and f.slot.state == AVAILABLE and not f.slot.needs_cleanup:
             free[f.host] = free.get(f.host, 0) + 1
-    at = now()
-    lease = Lease(lease_id=os.urandom(8).hex(), owner=owner, allocated_at=at,
-                  expires_at=at + timedelta(seconds=ttl) if ttl else None, holder=holder,
-                  metadata=metadata, ttl_seconds=ttl or None)
+    lease = Lease.new(owner, holder, ttl, metadata)
     for host in sorted(free, key=lambda h: (-free[h], h)):
         slot = store.claim(lease, take=lambda s: not s.needs_cleanup, host=host)
         if slot is not None:

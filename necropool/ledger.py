@@ -195,7 +195,6 @@ class FleetSlot:
     host: str
     path: str
     slot: Slot
-    generation: int
 
 
 def fleet(dsn: str, pool: str, host: str | None = None) -> tuple[list[FleetSlot], dict]:
@@ -214,7 +213,7 @@ def fleet(dsn: str, pool: str, host: str | None = None) -> tuple[list[FleetSlot]
             params).fetchall()
         seen = conn.execute(f"SELECT host, last_seen FROM hosts WHERE pool = %s {where}",
                             params).fetchall()
-    slots = [FleetSlot(r["host"], r["path"], slot_of(r, shift), r["generation"]) for r in rows]
+    slots = [FleetSlot(r["host"], r["path"], slot_of(r, shift)) for r in rows]
     return slots, {h: (t.astimezone(UTC) + shift) for h, t in seen}
 
 

@@ -10,7 +10,6 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, replace
-from datetime import timedelta
 
 from necropool import proc, wakeup
 from necropool.clock import MAX_DURATION, now
@@ -182,10 +181,7 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
     """Claim a free slot through the store: one at the mirror's tip first, handed out as it
     is, else one to refresh first (see ``_prepare``)."""
     tip = _known_tip(pool)
-    at = now()
-    lease = Lease(lease_id=os.urandom(8).hex(), owner=owner or default_owner(),
-                  allocated_at=at, expires_at=at + timedelta(seconds=ttl) if ttl else None,
-                  holder=holder, metadata=metadata, ttl_seconds=ttl or None)
+    lease = Lease.new(owner or default_owner(), holder, ttl, metadata)
     taken: list[tuple[FileLock, Slot]] = []  # the slot lock claimed, and the slot before
 
     def take(slot: Slot) -> bool:

@@ -8,7 +8,7 @@ is rebuilt from the slot directories on disk (every slot then needs recovery).
 import os
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
@@ -46,6 +46,15 @@ class Lease:
     holder: Holder | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     ttl_seconds: float | None = None  # what ``renew`` extends by when given no new TTL
+
+    @classmethod
+    def new(cls, owner: str, holder: Holder | None, ttl: float | None,
+            metadata: dict[str, str]) -> "Lease":
+        """A fresh lease from now (a random id; expiring after ``ttl`` seconds if given)."""
+        at = now()
+        return cls(lease_id=os.urandom(8).hex(), owner=owner, allocated_at=at,
+                   expires_at=at + timedelta(seconds=ttl) if ttl else None, holder=holder,
+                   metadata=metadata, ttl_seconds=ttl or None)
 
     def to_dict(self) -> dict:
         data = {"lease_id": self.lease_id, "owner": self.owner, "allocated_at": self.allocated_at,

@@ -57,7 +57,7 @@ def mirror_freshness(pool: Pool) -> tuple[datetime | None, str | None]:
     fetch failed (the upstream is unreachable), its stamp is in the future, or, for a pool
     that fetches on allocate, it has not fetched for ``stale_mirror_hours``."""
     import json
-    from datetime import UTC, timedelta
+    from datetime import UTC
 
     try:
         fetched = datetime.fromtimestamp(float(pool.paths.mirror_stamp.read_text()), UTC)
@@ -118,6 +118,8 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
 def describe_hosts(pool: Pool, slots: list, seen: dict[str, datetime]) -> list[dict]:
     """Each host of a pool in the fleet: its slots, last sign of life (a state change or an
     auto-recover), and whether it has been silent past ``silent_host_hours``."""
-    limit = now() - timedelta(hours=pool.settings.silent_host_hours)
+    from necropool.ledger import silent_hosts
+
+    silent = silent_hosts(seen, pool.settings.silent_host_hours)
     return [{"host": h, "slots": sum(1 for f in slots if f.host == h),
-             "last_seen": rfc3339(t), "silent": t < limit} for h, t in sorted(seen.items())]
+             "last_seen": rfc3339(t), "silent": h in silent} for h, t in sorted(seen.items())]

@@ -1,15 +1,13 @@
 """``ledger``: the shared PostgreSQL ledger (init, migrate, status, import, export)."""
 
-import typer
 
 from necropool.cli.context import G
 from necropool.cli.helpfmt import Command
 from necropool.cli.human import plural
 from necropool.cli.params import Json, PoolArg
-from necropool.cli.registry import group
+from necropool.cli.registry import group, group_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  context_settings={"help_option_names": ["-h", "--help"]})
+app = group_app()
 group("ledger", app, help="Manage the shared PostgreSQL ledger that lets the hosts of a fleet "
                           "share pools: its schema, and moving a pool's state in and out.",
     notes=[

@@ -9,10 +9,9 @@ from necropool.cli.context import G
 from necropool.cli.helpfmt import Command
 from necropool.cli.human import plural, relative, right_cut, size
 from necropool.cli.params import Format, Json, NoHeaders, OptionalPoolArg
-from necropool.cli.registry import group
+from necropool.cli.registry import group, group_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  context_settings={"help_option_names": ["-h", "--help"]})
+app = group_app()
 group("rescued", app, help="Manage the work saved from slots before they were reset: list, "
                            "show, restore and prune the bundles and trees under rescued/.",
     notes=[

@@ -29,6 +29,14 @@ def command(name: str, *, notes: Sequence[str] = (), exit_status: str | None = N
     return declare
 
 
+def group_app() -> Any:
+    """The Typer app of a command with subcommands (``-h`` as ``--help``; no arguments: help)."""
+    import typer
+
+    return typer.Typer(no_args_is_help=True, add_completion=False,
+                       context_settings={"help_option_names": ["-h", "--help"]})
+
+
 def group(name: str, app: Any, *, notes: Sequence[str] = (), exit_status: str | None = None,
           **settings: Any) -> None:
     """Declare a command with subcommands (a Typer app)."""
