@@ -81,14 +81,21 @@ class LastClean:
         repositories cannot exist, and the tree needs no walk."""
         if not self.dirs:
             return None
-        limit, top, changed = self.at - SLACK_NS, str(tree), []
-        for rel in self.dirs:  # plain strings: thousands of stats, no Path objects
-            try:
-                st = os.stat(f"{top}/{rel}" if rel else top, follow_symlinks=False)
-            except OSError:
-                continue  # gone: its parent changed
-            if not stat.S_ISDIR(st.st_mode):
-                continue  # replaced: its parent changed
-            if st.st_ctime_ns >= limit:
-                changed.append(rel)
+        try:
+            top = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None  # not a directory (any more): no record to trust
+        limit, changed, lstat = self.at - SLACK_NS, [], os.stat
+        try:  # thousands of stats: relative to the tree (a third faster), plain strings
+            for rel in self.dirs:
+                try:
+                    st = lstat(rel or ".", dir_fd=top, follow_symlinks=False)
+                except OSError:
+                    continue  # gone: its parent changed
+                if not stat.S_ISDIR(st.st_mode):
+                    continue  # replaced: its parent changed
+                if st.st_ctime_ns >= limit:
+                    changed.append(rel)
+        finally:
+            os.close(top)
         return changed
