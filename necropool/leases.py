@@ -5,11 +5,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from necropool.clock import MAX_DURATION, now
+from necropool.clock import now
 from necropool.errors import Conflict, Skipped, UsageError
 from necropool.pool import Pool, get_slot
 from necropool.state import ALLOCATED, Lease, Slot
 from necropool.store import LeaseLost
+from necropool.validate import check_seconds
 
 
 @dataclass
@@ -36,9 +37,7 @@ def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> S
     """Extend a lease by ``ttl`` (default: the lease's own TTL) from now. An expired lease
     nobody has reclaimed yet may be renewed; a wrong or ended one is a conflict that says
     what became of it."""
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
-                            or not 0 < ttl <= MAX_DURATION):
-        raise UsageError(f"invalid ttl {ttl!r}: more than 0, at most {MAX_DURATION:g} seconds")
+    check_seconds(ttl, "ttl")
     pool.sweep()
     slot = get_slot(pool.read_state(), pool, number)
     lease = slot.lease

@@ -12,14 +12,13 @@ import time
 from dataclasses import dataclass, replace
 
 from necropool import proc, wakeup
-from necropool.clock import MAX_DURATION, now
+from necropool.clock import now
 from necropool.errors import (
     Conflict,
     NotFound,
     OperationFailed,
     Skipped,
     TryAgain,
-    UsageError,
     explain,
 )
 from necropool.layout import ensure_inside
@@ -30,7 +29,7 @@ from necropool.pool import Pool, get_slot
 from necropool.proc import Holder
 from necropool.state import AVAILABLE, ERROR, Lease, Slot
 from necropool.store import LeaseLost
-from necropool.validate import check_metadata, check_text
+from necropool.validate import check_metadata, check_seconds, check_text
 
 ALLOCATION_POLICY = ("clean slots at the mirror's tip first (others are refreshed before "
                      "they are handed out), then the most recently released (warm build "
@@ -112,9 +111,8 @@ def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = No
     metadata = check_metadata(metadata or {})
     if owner is not None:
         check_text(owner, "owner")
-    for what, seconds in (("ttl", ttl), ("wait", wait)):
-        if seconds is not None and not 0 <= seconds <= MAX_DURATION:
-            raise UsageError(f"invalid {what} {seconds!r}: use 0 to {MAX_DURATION:g} seconds")
+    check_seconds(ttl, "ttl")
+    check_seconds(wait, "wait", zero=True)
     pool.sweep()  # what a killed command left half-done (its claim skips ``transaction``)
     fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
     fetch_error = update_mirror(pool) if fetch else None

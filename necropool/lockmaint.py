@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from necropool.config import Settings
 from necropool.locks import FileLock
 from necropool.state import CLEANING
+from necropool.validate import check_hours
 
 if TYPE_CHECKING:
     from necropool.pool import Pool
@@ -35,6 +36,7 @@ class LockManager:
     def detect_stale_locks(self, max_age_hours: float | None = None) -> list[str]:
         """Slot lock files that no live process holds and older than ``max_age_hours``
         (default: the config's ``stale_lock_hours``; 0 for any age)."""
+        check_hours(max_age_hours, "max_age_hours", zero=True)
         if max_age_hours is None:
             max_age_hours = self.settings.stale_lock_hours
         cutoff = time.time() - max_age_hours * 3600 if max_age_hours else None

@@ -6,12 +6,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from necropool.clock import MAX_DURATION
 from necropool.errors import UsageError
 
 if TYPE_CHECKING:
     from necropool.config import PoolSpec
 
-MAX_HOURS = 876000  # a century: any hours setting or argument; also refuses nan and inf
+MAX_HOURS = MAX_DURATION // 3600  # any hours setting or argument
 
 POOL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _SLOT_ID = re.compile(r"(?P<pool>[a-z0-9][a-z0-9._-]{0,62})-(?P<n>[1-9][0-9]{0,5})")
@@ -131,9 +132,25 @@ def check_spec(spec: "PoolSpec") -> "PoolSpec":
     return spec
 
 
-def check_hours(hours: object, what: str = "max_allocation_hours") -> None:
-    """Hours as a caller gives them: None (the config's) or 0 < h <= ``MAX_HOURS``."""
-    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, int | float)
-                              or not 0 < hours <= MAX_HOURS):
-        raise UsageError(f"invalid {what} {hours!r}: must be greater than zero "
-                         f"and at most {MAX_HOURS}")
+def check_hours(hours: object, what: str = "max_allocation_hours", *,
+                zero: bool = False) -> None:
+    """Hours as a caller gives them: None (the config's) or more than 0 (0 too with
+    ``zero``), at most ``MAX_HOURS``."""
+    _check_amount(hours, what, MAX_HOURS, zero, "")
+
+
+def check_seconds(seconds: object, what: str, *, zero: bool = False) -> None:
+    """A duration in seconds as a caller gives it (``ttl``, ``wait``): None, or more than 0
+    (0 too with ``zero``), at most ``clock.MAX_DURATION``."""
+    _check_amount(seconds, what, MAX_DURATION, zero, " seconds")
+
+
+def _check_amount(value: object, what: str, limit: int, zero: bool, unit: str) -> None:
+    """The one rule for amounts of time: a real number (not a bool; nan and inf fail the
+    comparison) in (0, limit], or [0, limit] with ``zero``."""
+    if value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not (value >= 0 if zero else value > 0) or not value <= limit):
+        low = "at least zero" if zero else "greater than zero"
+        raise UsageError(f"invalid {what} {value!r}: must be {low} and at most {limit}{unit}")
