@@ -164,9 +164,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, sync_dir: bool = True, sync: bool = True) -> None:
     """Write ``data`` to ``path`` atomically and durably (temp, fsync, replace, fsync dir;
-    ``sync_dir=False`` leaves the directory to a following write's fsync)."""
+    ``sync_dir=False`` leaves the directory to a following write's fsync; ``sync=False``
+    skips the file's fsync: after a power loss the file may be empty, never half old)."""
     tmp = path.parent / temp_name(path.name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -175,7 +176,8 @@ def write_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)  # replaces a symlink itself, never its target

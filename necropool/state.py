@@ -313,9 +313,12 @@ def _busy(paths: PoolPaths, number: int) -> str | None:
 
 
 def save(paths: PoolPaths, state: PoolState, sync_dir: bool = True) -> None:
-    """Write both copies atomically and durably; the backup first. One directory fsync
-    makes both renames durable (either copy, old or new, is a whole valid state);
-    ``sync_dir=False`` leaves it to the caller (``layout.fsync_dir(paths.dir)``)."""
+    """Write both copies atomically, the backup first; the main file durably (its fsync
+    before the rename: whatever happens, it is a whole valid state, old or new). The backup
+    is for a main file damaged later, not by a crash, so it is not fsynced itself (one
+    fsync less under the pool lock; ext4 with its defaults commits it with the main file):
+    a power loss may leave it empty, and the next write replaces it. One directory fsync
+    makes both renames durable; ``sync_dir=False`` leaves it to the caller."""
     data = state.to_toml()
-    write_atomic(paths.state_backup, data, sync_dir=False)
+    write_atomic(paths.state_backup, data, sync_dir=False, sync=False)
     write_atomic(paths.state, data, sync_dir=sync_dir)
