@@ -258,11 +258,6 @@ def refs_under(gitdir: Path, prefix: str) -> dict[str, str]:
     return found
 
 
-def local_branches(gitdir: Path) -> list[str]:
-    """Names of refs/heads/* (loose and packed)."""
-    return sorted(name[11:] for name in refs_under(gitdir, "refs/heads/"))
-
-
 def mirror_branch(mirror: Path) -> str:
     """The upstream's default branch as the mirror's HEAD names it."""
     branch, _ = read_head(mirror)

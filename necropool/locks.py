@@ -180,12 +180,3 @@ class FileLock:
 
     def __exit__(self, *exc):
         self.release()
-
-
-def is_held(path: Path) -> bool:
-    """True when some process holds the lock on ``path`` (a missing file is not held)."""
-    probe = FileLock(path)
-    if probe.try_acquire(create=False):
-        probe.release()
-        return False
-    return path.exists()

@@ -12,8 +12,6 @@ repaired in place. What is merely not as a fresh slot has it is put back by ``re
 import os
 from pathlib import Path
 
-from necropool import git
-
 # What a fresh slot's .git holds at its top; anything else a holder left (ORIG_HEAD,
 # rebase state, modules, worktrees, shallow, ...) is removed once the work is saved.
 FRESH_ENTRIES = frozenset({
@@ -25,10 +23,6 @@ EXCLUDE = ("# File patterns to ignore; see `git help ignore` for more informatio
            "# Lines that start with '#' are comments.\n")  # what a fresh slot's info/exclude says
 _OBJECTS = "objects/"  # object files may be hard links (a slot's packs are the mirror's)
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-
-
-class Tampered(git.GitError):
-    """The structure of a slot's .git was changed in a way git must not be run on."""
 
 
 def _walk(dir_fd: int, rel: str, visit) -> None:
