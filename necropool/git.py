@@ -6,6 +6,7 @@ and only over the transports in ``ALLOWED_PROTOCOLS``.
 
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,8 +69,6 @@ def git_env(extra: dict | None = None) -> dict:
 def start(args: list[str], cwd: Path | None = None, *, env: dict | None = None,
           stdin: bool = False):
     """Start ``git ARGS`` hardened, in the background; ``wait`` collects it."""
-    import subprocess
-
     cmd = ["git", *HARDENING, *args]
     if cwd is not None:  # ``cwd`` is the repository: a broken one must never make git
         # discover and act on a repository that contains the root (a dotfiles repo, say)
@@ -101,8 +100,6 @@ def wait(proc, args: list[str], *, timeout: float = 600, check: bool = True,
          input: bytes | None = None):
     """Wait for a git process ``start`` began; return the CompletedProcess, or raise
     GitError with git's message when it fails. A timeout or an interrupt stops it."""
-    import subprocess
-
     with proc:
         try:
             stdout, stderr = proc.communicate(input, timeout=timeout)
@@ -121,8 +118,6 @@ def wait(proc, args: list[str], *, timeout: float = 600, check: bool = True,
 def _stop(proc) -> None:
     """End a git process: SIGTERM first, so that git removes its lock files (after SIGKILL
     they stay, and the next git in that repository fails), then SIGKILL after 2 s."""
-    import subprocess
-
     proc.terminate()
     try:
         proc.communicate(timeout=2)
@@ -278,7 +273,7 @@ def mirror_tip(mirror: Path, branch: str) -> str:
 def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git") -> None:
     """Bare mirror of the upstream; never hard-links a local upstream's objects."""
     if backend == "libgit2":
-        import pygit2
+        import pygit2  # lazy: ~40 ms on top of start-up; only backend libgit2
 
         try:
             repo = pygit2.clone_repository(url, str(dest), bare=True)
@@ -293,7 +288,7 @@ def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git") 
 
 def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
     if backend == "libgit2":
-        import pygit2
+        import pygit2  # lazy: ~40 ms on top of start-up; only backend libgit2
 
         try:
             remote = pygit2.Repository(str(mirror)).remotes["origin"]
@@ -353,7 +348,7 @@ def clone_slot(mirror: Path, dest: Path, url: str, branch: str) -> str:
     The mirror's branches become ``refs/remotes/origin/*``: a fresh slot has no local branch.
     Its refs are packed, as ``git clone`` leaves them.
     """
-    import pygit2
+    import pygit2  # lazy: ~40 ms on top of start-up; only (re-)cloning a slot
 
     try:
         repo = pygit2.clone_repository(str(mirror), str(dest / ".git"), bare=True)

@@ -10,6 +10,7 @@ repaired in place. What is merely not as a fresh slot has it is put back by ``re
 """
 
 import os
+import shutil
 from pathlib import Path
 
 # What a fresh slot's .git holds at its top; anything else a holder left (ORIG_HEAD,
@@ -173,8 +174,6 @@ def _names(directory: Path) -> list[str]:
 
 def remove(path: Path) -> None:
     """Delete a file or a whole directory, never following a symlink."""
-    import shutil
-
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
@@ -243,7 +242,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def checksum_ok(data: bytes, hash_size: int = 20) -> bool:
     """An index's trailing checksum (SHA-1, or SHA-256 in a SHA-256 repository)."""
-    import hashlib  # 4 ms of start-up (OpenSSL), paid only when an index changed
+    import hashlib  # lazy: 4 ms of start-up (OpenSSL), paid only when an index changed
 
     if len(data) < 12 + hash_size or data[:4] != b"DIRC":
         return False
