@@ -1,5 +1,7 @@
 """necropool: pools of ready-made git working copies ("slots") for parallel jobs."""
 
+import importlib
+
 __version__ = "0.1.0"
 
 _EXPORTS = {"PoolManager": "necropool.manager", "PoolSpec": "necropool.config",
@@ -9,7 +11,5 @@ _EXPORTS = {"PoolManager": "necropool.manager", "PoolSpec": "necropool.config",
 def __getattr__(name: str):
     """``from necropool import PoolManager`` without importing the core for every command."""
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(name)

@@ -4,6 +4,7 @@ Past ``ROTATE_BYTES`` the log is rotated to ``events.jsonl.1`` (by ``auto-recove
 the pool lock), so one earlier generation is kept and the history never grows without end.
 """
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -19,8 +20,6 @@ def append(path: Path, event: str, **fields) -> None:
     Best effort: the state is the record of truth, and an operation that already happened
     must not be reported as failed because its history line could not be written (a full
     disk, or a symlink planted in place of the log, which detect reports)."""
-    import json
-
     record = {"time": rfc3339(now()), "event": event}
     record.update({k: v for k, v in fields.items() if v is not None})
     line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
@@ -76,8 +75,6 @@ def _lines(path: Path) -> list[bytes]:
 
 
 def _parse(lines: list[bytes], since: datetime | None = None) -> list[dict]:
-    import json
-
     cutoff = rfc3339(since) if since else None
     records = []
     for line in lines:
@@ -164,8 +161,6 @@ def last(path: Path, event: str) -> dict | None:
 
 
 def _last_in(fh, event: str) -> dict | None:
-    import json
-
     size = fh.seek(0, os.SEEK_END)
     span = 1 << 16
     while True:

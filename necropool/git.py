@@ -6,7 +6,9 @@ and only over the transports in ``ALLOWED_PROTOCOLS``.
 
 import os
 import re
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from necropool.errors import OperationFailed
@@ -67,8 +69,6 @@ def git_env(extra: dict | None = None) -> dict:
 def start(args: list[str], cwd: Path | None = None, *, env: dict | None = None,
           stdin: bool = False):
     """Start ``git ARGS`` hardened, in the background; ``wait`` collects it."""
-    import subprocess
-
     cmd = ["git", *HARDENING, *args]
     if cwd is not None:  # ``cwd`` is the repository: a broken one must never make git
         # discover and act on a repository that contains the root (a dotfiles repo, say)
@@ -100,8 +100,6 @@ def wait(proc, args: list[str], *, timeout: float = 600, check: bool = True,
          input: bytes | None = None):
     """Wait for a git process ``start`` began; return the CompletedProcess, or raise
     GitError with git's message when it fails. A timeout or an interrupt stops it."""
-    import subprocess
-
     with proc:
         try:
             stdout, stderr = proc.communicate(input, timeout=timeout)
@@ -120,8 +118,6 @@ def wait(proc, args: list[str], *, timeout: float = 600, check: bool = True,
 def _stop(proc) -> None:
     """End a git process: SIGTERM first, so that git removes its lock files (after SIGKILL
     they stay, and the next git in that repository fails), then SIGKILL after 2 s."""
-    import subprocess
-
     proc.terminate()
     try:
         proc.communicate(timeout=2)
@@ -174,14 +170,36 @@ def read_ref(gitdir: Path, name: str, _depth: int = 0) -> str | None:
         pass
     except UnicodeDecodeError:
         return None  # garbage in a loose ref: it resolves to nothing, as for git
+    return next((oid for ref, oid, _ in parse_packed_refs(_packed(gitdir)) if ref == name), None)
+
+
+def parse_packed_refs(data: bytes) -> Iterator[tuple[str | None, str, bytes]]:
+    """The records of a ``packed-refs`` file, as (ref name, object id, raw bytes); joined,
+    the raw bytes give back ``data``. A ref's record is its ``<oid> <name>`` line and the
+    peeled ``^<oid>`` line after it, if any; the header and any other line (blank, garbage,
+    an orphan ``^``) is a record with no name. Lines end in LF, CRLF or CR (as text mode reads
+    them); names that are not UTF-8 decode as ``os.fsdecode`` does."""
+    name: str | None = None
+    oid, raw = "", b""
+    for line in data.splitlines(keepends=True):
+        if line.startswith(b"^") and name is not None:
+            raw += line  # the peeled value belongs to the ref before it
+            continue
+        if raw:
+            yield name, oid, raw
+        fields = line.split()
+        name, oid, raw = None, "", line
+        if len(fields) == 2 and not line.startswith((b"#", b"^")):
+            oid, name = os.fsdecode(fields[0]), os.fsdecode(fields[1])
+    if raw:
+        yield name, oid, raw
+
+
+def _packed(gitdir: Path) -> bytes:
     try:
-        with open(gitdir / "packed-refs", errors="surrogateescape") as fh:
-            for line in fh:
-                if line.endswith(f" {name}\n"):
-                    return line.split(" ", 1)[0]
+        return (gitdir / "packed-refs").read_bytes()
     except FileNotFoundError:
-        pass
-    return None
+        return b""
 
 
 def write_refs(gitdir: Path, refs: dict[str, str]) -> None:
@@ -199,24 +217,14 @@ def delete_refs(gitdir: Path, names: list[str]) -> None:
     for name in names:
         (gitdir / name).unlink(missing_ok=True)
         (gitdir / "logs" / name).unlink(missing_ok=True)
-    packed = gitdir / "packed-refs"
-    try:
-        lines = packed.read_text(errors="surrogateescape").splitlines(keepends=True)
-    except FileNotFoundError:
-        return
-    doomed = {f" {n}\n" for n in names}
-    kept, skipping = [], False
-    for line in lines:
-        if line.startswith("^") and skipping:
-            continue  # the peeled value of a deleted tag
-        skipping = any(line.endswith(d) for d in doomed)
-        if not skipping:
-            kept.append(line)
-    if len(kept) != len(lines):
-        tmp = packed.with_name("packed-refs.necropool")
+    doomed = set(names)
+    records = list(parse_packed_refs(_packed(gitdir)))
+    kept = [raw for name, _, raw in records if name not in doomed]  # with its peeled line
+    if len(kept) != len(records):
+        tmp = gitdir / "packed-refs.necropool"
         tmp.unlink(missing_ok=True)
-        tmp.write_text("".join(kept), errors="surrogateescape")
-        os.replace(tmp, packed)
+        tmp.write_bytes(b"".join(kept))
+        os.replace(tmp, gitdir / "packed-refs")
 
 
 def read_head(gitdir: Path) -> tuple[str | None, str | None]:
@@ -233,26 +241,16 @@ def read_head(gitdir: Path) -> tuple[str | None, str | None]:
 def refs_under(gitdir: Path, prefix: str) -> dict[str, str]:
     """Refs whose names start with ``prefix`` (``refs/heads/``, say), loose and packed,
     with their object ids; a loose ref wins over a packed one, as for git."""
-    found = {}
-    try:  # ref names are bytes to git: names that are not UTF-8 read as os.fsdecode does
-        with open(gitdir / "packed-refs", errors="surrogateescape") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) == 2 and parts[1].startswith(prefix):
-                    found[parts[1]] = parts[0]
-    except FileNotFoundError:
-        pass
+    found: dict[str, str] = {}
+    for name, oid, _ in parse_packed_refs(_packed(gitdir)):
+        if name is not None and name.startswith(prefix):
+            found.setdefault(name, oid)  # the first of duplicates, as read_ref finds it
     for dirpath, _dirs, files in os.walk(gitdir / prefix):
         for name in files:
             if not name.endswith(".lock"):
                 ref = Path(dirpath, name).relative_to(gitdir).as_posix()
                 found[ref] = read_ref(gitdir, ref) or ""
     return found
-
-
-def local_branches(gitdir: Path) -> list[str]:
-    """Names of refs/heads/* (loose and packed)."""
-    return sorted(name[11:] for name in refs_under(gitdir, "refs/heads/"))
 
 
 def mirror_branch(mirror: Path) -> str:
@@ -275,7 +273,7 @@ def mirror_tip(mirror: Path, branch: str) -> str:
 def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git") -> None:
     """Bare mirror of the upstream; never hard-links a local upstream's objects."""
     if backend == "libgit2":
-        import pygit2
+        import pygit2  # lazy: ~40 ms on top of start-up; only backend libgit2
 
         try:
             repo = pygit2.clone_repository(url, str(dest), bare=True)
@@ -290,7 +288,7 @@ def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git") 
 
 def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
     if backend == "libgit2":
-        import pygit2
+        import pygit2  # lazy: ~40 ms on top of start-up; only backend libgit2
 
         try:
             remote = pygit2.Repository(str(mirror)).remotes["origin"]
@@ -350,7 +348,7 @@ def clone_slot(mirror: Path, dest: Path, url: str, branch: str) -> str:
     The mirror's branches become ``refs/remotes/origin/*``: a fresh slot has no local branch.
     Its refs are packed, as ``git clone`` leaves them.
     """
-    import pygit2
+    import pygit2  # lazy: ~40 ms on top of start-up; only (re-)cloning a slot
 
     try:
         repo = pygit2.clone_repository(str(mirror), str(dest / ".git"), bare=True)

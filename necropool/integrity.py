@@ -125,7 +125,7 @@ class Verifier:
                 if done not in self._used.setdefault(commit, []):
                     self._used[commit].append(done)
                 return []
-        import pygit2
+        import pygit2  # lazy: ~40 ms on top of start-up; only a tree walk
 
         try:
             repo = pygit2.Repository(str(gitdir))
@@ -165,7 +165,7 @@ def _has_loose(objects: Path) -> bool:
 
 def _missing_objects(repo, tree) -> list[str]:
     """Read every tree (hash-checked by libgit2) and check that every blob exists."""
-    import pygit2
+    import pygit2  # lazy: as in _check_tree
 
     missing = []
     odb = repo.odb

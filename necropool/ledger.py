@@ -200,7 +200,7 @@ class FleetSlot:
 def fleet(dsn: str, pool: str, host: str | None = None) -> tuple[list[FleetSlot], dict]:
     """Every slot of ``pool`` (on ``host`` only, if given), by host and number, and each
     host's last sign of life, in this client's clock."""
-    from psycopg.rows import dict_row
+    from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
     from necropool.ledger_rows import slot_of
 

@@ -19,7 +19,7 @@ ORDER = "needs_cleanup, last_released_at DESC NULLS LAST, number"
 
 def json_value(value: Any) -> Any:
     """A value for a jsonb column (NUL, which jsonb cannot hold, replaced)."""
-    from psycopg.types.json import Jsonb
+    from psycopg.types.json import Jsonb  # lazy: as in pgconn.connect
 
     if value is None:
         return None

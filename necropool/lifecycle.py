@@ -263,7 +263,7 @@ def default_owner() -> str:
     user = os.environ.get("USER") or os.environ.get("LOGNAME")
     if user:
         return user
-    import pwd
+    import pwd  # lazy: only without $USER or $LOGNAME; release never loads it
 
     try:
         return pwd.getpwuid(os.getuid()).pw_name

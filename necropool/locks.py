@@ -9,6 +9,8 @@ Protocol:
 - ``mirror.lock`` serialises upstream fetches and mirror rebuilds.
 """
 
+import importlib
+import importlib.util
 import os
 import signal
 import sys
@@ -61,9 +63,6 @@ def _load_portalocker() -> types.ModuleType:
     loaded = sys.modules.get("portalocker.portalocker")
     if loaded is not None:
         return loaded
-    import importlib
-    import importlib.util
-
     if "portalocker" in sys.modules:
         return importlib.import_module("portalocker.portalocker")
     spec = importlib.util.find_spec("portalocker")
@@ -180,12 +179,3 @@ class FileLock:
 
     def __exit__(self, *exc):
         self.release()
-
-
-def is_held(path: Path) -> bool:
-    """True when some process holds the lock on ``path`` (a missing file is not held)."""
-    probe = FileLock(path)
-    if probe.try_acquire(create=False):
-        probe.release()
-        return False
-    return path.exists()

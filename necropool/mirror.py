@@ -3,6 +3,7 @@ the same time, none when a local upstream's refs already are the mirror's, and a
 kept for ``detect`` instead of stopping allocation."""
 
 import contextlib
+import json
 import time
 
 from necropool import git
@@ -80,8 +81,6 @@ def _checked(pool: Pool, started: float) -> None:
 def _note_failure(pool: Pool, message: str) -> None:
     """Keep the failed fetch's time and error for ``detect`` (stale_mirrors) until a fetch
     works; best effort, like the event."""
-    import json
-
     with contextlib.suppress(OSError):
         write_atomic(pool.paths.mirror_failed, json.dumps(
             {"time": rfc3339(now()), "error": message}).encode())

@@ -27,7 +27,7 @@ def connect(dsn: str):
     if conn is not None and not conn.closed and not conn.broken:
         return conn
     try:
-        import psycopg
+        import psycopg  # lazy: ~80 ms; only a PostgreSQL ledger (an optional extra)
     except ImportError:
         raise UsageError("the PostgreSQL ledger needs psycopg: "
                          "pip install 'necropool[postgres]'") from None
@@ -52,7 +52,7 @@ def errors(dsn: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        import psycopg
+        import psycopg  # lazy: as in connect
         from psycopg import errors as pg
 
         if not isinstance(exc, psycopg.Error):

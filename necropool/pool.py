@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from necropool import git
 from necropool.config import Settings
 from necropool.errors import NotFound, OperationFailed, UsageError
@@ -44,8 +46,6 @@ class PoolDef:
         return cls(**fields)
 
     def dump(self) -> bytes:
-        import tomli_w
-
         return tomli_w.dumps({k: v for k, v in asdict(self).items() if v is not None}).encode()
 
 

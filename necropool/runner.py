@@ -2,8 +2,10 @@
 it runs, the slot released whatever happens."""
 
 import contextlib
+import ctypes
 import os
 import signal
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +19,8 @@ from necropool.proc import Holder
 
 def _set_parent_death_signal() -> None:
     """In the child: get SIGTERM if ``run`` dies, so no command outlives its lease."""
-    try:
-        import ctypes
-
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass
@@ -39,8 +37,6 @@ class RunResult:
 def _wait_renewing(pool: Pool, grant: Grant, child) -> int:
     """Wait for the command, renewing its lease every third of its TTL meanwhile, so a
     command that runs longer than ``--ttl`` is never reclaimed while it lives."""
-    import subprocess
-
     ttl = grant.lease.ttl_seconds
     while True:
         try:
@@ -58,8 +54,6 @@ def run(pool: Pool, argv: list[str], stdout: Any = None, **allocate_options: Any
     arrives before it starts means it is not started. ``stdout`` redirects its output.
     The command runs in a session of its own: whatever of it is still running when it ends
     (or when ``run`` is interrupted) is ended too, before the slot is released."""
-    import subprocess
-
     if not argv:
         raise UsageError("run needs a command after --")
     grant = allocate(pool, holder=Holder.me(), keep_lock=True, **allocate_options)

@@ -10,9 +10,8 @@ repaired in place. What is merely not as a fresh slot has it is put back by ``re
 """
 
 import os
+import shutil
 from pathlib import Path
-
-from necropool import git
 
 # What a fresh slot's .git holds at its top; anything else a holder left (ORIG_HEAD,
 # rebase state, modules, worktrees, shallow, ...) is removed once the work is saved.
@@ -25,10 +24,6 @@ EXCLUDE = ("# File patterns to ignore; see `git help ignore` for more informatio
            "# Lines that start with '#' are comments.\n")  # what a fresh slot's info/exclude says
 _OBJECTS = "objects/"  # object files may be hard links (a slot's packs are the mirror's)
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-
-
-class Tampered(git.GitError):
-    """The structure of a slot's .git was changed in a way git must not be run on."""
 
 
 def _walk(dir_fd: int, rel: str, visit) -> None:
@@ -179,8 +174,6 @@ def _names(directory: Path) -> list[str]:
 
 def remove(path: Path) -> None:
     """Delete a file or a whole directory, never following a symlink."""
-    import shutil
-
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
@@ -249,7 +242,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def checksum_ok(data: bytes, hash_size: int = 20) -> bool:
     """An index's trailing checksum (SHA-1, or SHA-256 in a SHA-256 repository)."""
-    import hashlib  # 4 ms of start-up (OpenSSL), paid only when an index changed
+    import hashlib  # lazy: 4 ms of start-up (OpenSSL), paid only when an index changed
 
     if len(data) < 12 + hash_size or data[:4] != b"DIRC":
         return False

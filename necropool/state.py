@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
+import tomli_w
+
 from necropool.clock import now
 from necropool.errors import OperationFailed, UsageError
 from necropool.layout import PoolPaths, write_atomic
@@ -151,8 +153,6 @@ class PoolState:
     problems: dict[int, str] = field(default_factory=dict)  # slot -> why its entry was unreadable
 
     def to_toml(self) -> bytes:
-        import tomli_w
-
         body = {"schema_version": SCHEMA_VERSION,
                 "slots": {str(n): s.to_dict() for n, s in sorted(self.slots.items())}}
         return tomli_w.dumps(body).encode()

@@ -74,7 +74,7 @@ class PgStore(Transactions):
             yield conn
 
     def _rows(self, conn, host: str | None = None) -> list[dict[str, Any]]:
-        from psycopg.rows import dict_row
+        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
         cur = conn.cursor(row_factory=dict_row)
         return cur.execute("SELECT * FROM slots WHERE pool = %s AND host = %s ORDER BY number",
@@ -168,7 +168,7 @@ class PgStore(Transactions):
               skip: frozenset[int] = frozenset(), host: str | None = None) -> Slot | None:
         """One short transaction; ``host``: claim on that host's slots (the lease then
         has no local claim to take)."""
-        from psycopg.rows import dict_row
+        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
         host = host or self.host
         skipped = set(skip)
@@ -209,7 +209,7 @@ class PgStore(Transactions):
     def _row(self, conn, number: int, host: str) -> dict[str, Any]:
         """Slot ``number``'s row, locked for this transaction (the host's row shared), with
         the server's time (``server_now``): one round trip."""
-        from psycopg.rows import dict_row
+        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
         row = conn.cursor(row_factory=dict_row).execute(
             "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s USING (pool, host) "
@@ -231,7 +231,7 @@ class PgStore(Transactions):
               ttl_seconds: float, host: str | None = None) -> Slot:
         """The new expiry is the server's ``now()`` plus ``ttl_seconds`` (``expires_at``,
         the client's idea of it, is not used)."""
-        from psycopg.rows import dict_row
+        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
         with self._txn() as conn:
             shift = _shift(self._leased(conn, number, lease_id, host or self.host)["server_now"])

@@ -1,7 +1,8 @@
 """The JSON views of pools and slots (the contract in docs/json.md), and the mirror's
 freshness they report."""
 
-from datetime import datetime, timedelta
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,6 @@ def mirror_freshness(pool: Pool) -> tuple[datetime | None, str | None]:
     """When the mirror last fetched, and why it is stale (None when it is not): its last
     fetch failed (the upstream is unreachable), its stamp is in the future, or, for a pool
     that fetches on allocate, it has not fetched for ``stale_mirror_hours``."""
-    import json
-    from datetime import UTC
-
     try:
         fetched = datetime.fromtimestamp(float(pool.paths.mirror_stamp.read_text()), UTC)
     except (OSError, ValueError, OverflowError):

@@ -6,6 +6,7 @@ so writes cost a failed ``open`` and waiters cost nothing while they wait.
 """
 
 import os
+import select
 import stat
 from pathlib import Path
 
@@ -32,8 +33,6 @@ def open_for_waiting(path: Path) -> int | None:
 
 def wait(fd: int, timeout: float) -> None:
     """Sleep until a poke or ``timeout`` seconds; swallow the pokes."""
-    import select
-
     readable, _, _ = select.select([fd], [], [], max(0.0, timeout))
     if readable:
         try:

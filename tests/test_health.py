@@ -30,7 +30,7 @@ from helpers import clock_at, commit_file, git
 
 from necropool.errors import TryAgain
 from necropool.integrity import Verifier
-from necropool.locks import is_held
+from necropool.lockmaint import lock_free
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
          "orphaned_locks", "stray_paths", "isolated_slots")
@@ -194,11 +194,11 @@ def test_fault_matrix_detected_and_healed_in_one_pass(cli, manager, upstream, pr
     assert status["web-2"]["lease_id"] == held["lease_id"]
     assert (slot(2) / "README").read_text() == "the live holder's unsaved work\n"
     assert status["web-6"]["state"] == "cleaning" and worker.poll() is None
-    assert is_held(pool.paths.slot_lock(6))
+    assert not lock_free(pool.paths.slot_lock(6))
     assert (slot(6) / "half-cleaned.tmp").exists()
     assert cli("recover", "web-6").code == 5, "a live worker's slot is not taken"
     assert cli("isolate", "web-6").code == 5
-    assert worker.poll() is None and is_held(pool.paths.slot_lock(6))
+    assert worker.poll() is None and not lock_free(pool.paths.slot_lock(6))
 
     # Nothing we did not make was deleted: the stray and the .git-less tree were moved aside.
     rescued = list((pdir / "rescued").iterdir())

@@ -93,6 +93,45 @@ def test_refs_are_read_loose_over_packed_with_peeled_tags_and_symbolic_refs(repo
     assert "^" not in (gitdir / "packed-refs").read_text()  # the peeled line went with it
 
 
+SHA256 = "2" * 64
+PACKED = (b"# pack-refs with: peeled fully-peeled sorted \n"
+          + f"{OID} refs/heads/main\n".encode()
+          + f"{SHA256} refs/tags/v1\n^{OID}\n".encode()  # an annotated tag, peeled
+          + b"\n^" + OID.encode() + b"\n"  # a blank line, then a peeled line of no ref
+          + b"garbage\n" + b"x y z\n" + b"# x refs/heads/comment\n"
+          + f"{OID} refs/heads/crlf\r\n".encode()
+          + OID.encode() + b" refs/heads/caf\xe9\xc2\xa0x\n"  # not UTF-8; a no-break space
+          + f"{OID} refs/heads/last".encode())  # no final newline
+
+
+def test_packed_refs_parse_into_refs_and_keep_every_byte():
+    records = list(necrogit.parse_packed_refs(PACKED))
+    assert b"".join(raw for _, _, raw in records) == PACKED
+    refs = {name: oid for name, oid, _ in records if name is not None}
+    assert refs == {"refs/heads/main": OID, "refs/tags/v1": SHA256,
+                    "refs/heads/crlf": OID, "refs/heads/caf\udce9\u00a0x": OID,
+                    "refs/heads/last": OID}
+    [tag] = [raw for name, _, raw in records if name == "refs/tags/v1"]
+    assert tag.endswith(f"^{OID}\n".encode())  # the peeled line goes with its tag
+    assert [raw for name, _, raw in records if name is None] == [
+        PACKED.split(b"\n")[0] + b"\n", b"\n", b"^" + OID.encode() + b"\n", b"garbage\n",
+        b"x y z\n", b"# x refs/heads/comment\n"]
+    assert list(necrogit.parse_packed_refs(b"")) == []
+
+
+def test_packed_refs_are_read_and_deleted_by_the_same_rule(tmp_path):
+    (tmp_path / "packed-refs").write_bytes(PACKED)
+    assert necrogit.read_ref(tmp_path, "refs/tags/v1") == SHA256
+    assert necrogit.read_ref(tmp_path, "refs/heads/crlf") == OID
+    assert necrogit.read_ref(tmp_path, "refs/heads/comment") is None
+    found = necrogit.refs_under(tmp_path, "refs/heads/")
+    necrogit.delete_refs(tmp_path, list(found) + ["refs/tags/v1"])
+    left = (tmp_path / "packed-refs").read_bytes()
+    assert not list(necrogit.refs_under(tmp_path, "refs/"))
+    assert left.startswith(b"# pack-refs with:") and b"garbage\nx y z\n" in left
+    assert OID.encode() + b" " not in left and SHA256.encode() not in left
+
+
 def test_ref_names_that_are_not_utf8_survive_a_round_trip(repo):
     sha = git(repo, "rev-parse", "HEAD")
     subprocess.run([b"git", b"update-ref", b"refs/heads/caf\xe9", sha.encode()], cwd=repo,

@@ -1,6 +1,7 @@
 """The command-line layer: parses arguments, calls ``PoolManager``, renders results."""
 
 import os
+import signal
 import sys
 
 
@@ -11,7 +12,7 @@ def _json_requested(args: list[str]) -> bool:
 
 def _hint(message: str) -> str:
     """A usage error, with a pointer where a global option came too late."""
-    from necropool.cli.app import _VALUE_OPTIONS
+    from necropool.cli.app import _VALUE_OPTIONS  # lazy: as in main
 
     option = message.removeprefix("No such option: ").split(" ")[0]
     if message.startswith("No such option: ") and option in (*_VALUE_OPTIONS, "--version"):
@@ -21,8 +22,6 @@ def _hint(message: str) -> str:
 
 def _watch_interrupts() -> list[int]:
     """Note SIGINTs that reach necropool itself (``run`` forwards its command's instead)."""
-    import signal
-
     seen: list[int] = []
 
     def on_interrupt(signum, _frame):
@@ -39,9 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     args = args or ["--help"]  # bare ``necropool``: the full help on stdout, exit 0 (as git)
     if "_NECROPOOL_COMPLETE" in os.environ:  # a completion script asking (completion_scripts)
-        from necropool.cli.completion_scripts import answer
+        from necropool.cli.completion_scripts import answer  # lazy: only a completion request
 
         sys.exit(answer())
+    # lazy: every necropool.cli.* import runs this file first; typer and the app load
+    # only when the CLI runs
     from necropool.cli.app import hoist_globals
     from necropool.cli.output import Output
     from necropool.errors import NecropoolError

@@ -8,6 +8,7 @@ from necropool.cli import complete_values
 from necropool.cli.context import G
 from necropool.cli.params import Json
 from necropool.cli.registry import command
+from necropool.errors import UsageError
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -30,8 +31,7 @@ def completion(
     json_out: Json = False,
 ) -> None:
     """Print the completion script for SHELL (see completions/ and the README)."""
-    from necropool.cli.completion_scripts import script
-    from necropool.errors import UsageError
+    from necropool.cli.completion_scripts import script  # lazy: ~2 ms; --help loads this module
 
     if shell not in SHELLS:
         raise UsageError(f"unknown shell {shell!r}: use bash, zsh or fish")

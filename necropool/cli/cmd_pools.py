@@ -10,6 +10,8 @@ from necropool.cli.human import plural
 from necropool.cli.params import Format, Host, Json, NoHeaders, PoolArg, SlotArg
 from necropool.cli.progress import progress_bar
 from necropool.cli.registry import command
+from necropool.config import PoolSpec
+from necropool.errors import NecropoolError, OperationFailed, UsageError
 
 DiscardWork = Annotated[bool, typer.Option(
     "--discard-work", help="With --force: do not save the holders' work first")]
@@ -38,8 +40,6 @@ def create(
     json_out: Json = False,
 ) -> None:
     """Create a pool: a local mirror of URL and N slots cloned from it."""
-    from necropool.config import PoolSpec
-
     out = G.out(json_out)
     spec = PoolSpec(name=pool, url=url, num_slots=slots, branch=branch, keep_ignored=keep_ignored,
                     fetch_on_allocate=not no_fetch_on_allocate, fetch_backend=fetch_backend)
@@ -137,8 +137,6 @@ def _fail_for(broken: list[dict]) -> None:
     """The rule of list and status: show every pool that can be read, then fail (exit 3)
     naming each one that cannot."""
     if broken:
-        from necropool.errors import OperationFailed
-
         raise OperationFailed("; ".join(f"pool {b['pool']}: {b['error']}" for b in broken))
 
 
@@ -182,8 +180,6 @@ def status(
     json_out: Json = False,
 ) -> None:
     """Show slots and their leases: of every pool, one pool, or one slot."""
-    from necropool.errors import UsageError
-
     out = G.out(json_out, fmt, no_headers, extra=("prometheus",))
     manager = G.manager()
     if output is not None and fmt != "prometheus":
@@ -222,8 +218,6 @@ def status(
 
 def _all_pools(manager, host: str | None) -> tuple[list[dict], list[dict]]:
     """Every pool's status; a pool that cannot be read is reported, never hides the others."""
-    from necropool.errors import NecropoolError
-
     pools, broken = [], []
     for name in manager.pool_names():
         try:

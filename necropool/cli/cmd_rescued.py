@@ -1,5 +1,6 @@
 """``rescued``: the work saved from slots before they were reset (list, show, restore, prune)."""
 
+import re
 from typing import Annotated
 
 import typer
@@ -10,6 +11,8 @@ from necropool.cli.helpfmt import Command
 from necropool.cli.human import plural, relative, right_cut, size
 from necropool.cli.params import Format, Json, NoHeaders, OptionalPoolArg
 from necropool.cli.registry import group, group_app
+from necropool.clock import parse_duration
+from necropool.errors import UsageError
 
 app = group_app()
 group("rescued", app, help="Manage the work saved from slots before they were reset: list, "
@@ -55,8 +58,6 @@ def holds(item: dict) -> str:
 def short_id(item: dict, among: list[dict] | None = None) -> str:
     """The id without its lease label and suffix, and without the stamp's microseconds when
     that stays unique ``among`` the items listed: a start of the id, accepted as an ID."""
-    import re
-
     name = item["id"]
     for suffix in (".bundle", ".broken"):
         name = name.removesuffix(suffix)
@@ -158,9 +159,6 @@ def prune(
     json_out: Json = False,
 ) -> None:
     """Delete saved work older than --older-than; without --yes, only say what would go."""
-    from necropool.clock import parse_duration
-    from necropool.errors import UsageError
-
     if dry_run and yes:
         raise UsageError("--dry-run and --yes exclude each other: pick one")
     out = G.out(json_out)

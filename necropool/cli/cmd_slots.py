@@ -1,6 +1,8 @@
 """Allocation commands: allocate, release, run, log."""
 
+import json
 import sys
+from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -18,6 +20,9 @@ from necropool.cli.params import (
     PoolArg,
 )
 from necropool.cli.registry import command
+from necropool.clock import now, parse_duration
+from necropool.errors import UsageError
+from necropool.validate import parse_metadata
 
 Owner = Annotated[str | None, typer.Option("--owner", metavar="NAME",
                                            help="Who holds the slot (default: $USER)")]
@@ -33,9 +38,6 @@ NoFetch = Annotated[bool, typer.Option("--no-fetch", help="Do not fetch upstream
 
 
 def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
-    from necropool.clock import parse_duration
-    from necropool.validate import parse_metadata
-
     return {
         "owner": owner,
         "ttl": parse_duration(ttl, "--ttl") if ttl is not None else None,
@@ -135,8 +137,6 @@ def renew(
 ) -> None:
     """Extend a lease (even an expired one nobody has reclaimed yet); exit 5 when the lease
     is not the slot's current one, saying what became of it."""
-    from necropool.clock import parse_duration
-
     out = G.out(json_out)
     data = G.manager().renew_slot(slot, lease_id,
                                   parse_duration(ttl, "--ttl") if ttl is not None else None)
@@ -180,8 +180,6 @@ def run(
     (3 if it succeeded but the slot could not be cleaned)."""
     out = G.out(json_out)
     options = _allocate_options(owner, ttl, meta, wait, no_fetch)
-    import sys
-
     # under --json, stdout carries our one object: the command's output goes to stderr
     result = G.manager().run(pool, list(command), stdout=sys.stderr if out.json else None,
                              **options)
@@ -223,11 +221,6 @@ def log(
 ) -> None:
     """Show the event history (allocations, releases, cleanups, recoveries) of one pool or
     of every pool."""
-    from datetime import timedelta
-
-    from necropool.clock import now, parse_duration
-    from necropool.errors import UsageError
-
     out = G.out(json_out, fmt, no_headers)
     if follow and out.json:
         raise UsageError("--follow prints events as they come: use it without --json "
@@ -267,8 +260,6 @@ _EVENT_STYLES = {"failure": "red", "isolate": "red", "fetch_failed": "red", "rec
 def details(record: dict) -> str:
     """An event's other fields as ``key=value`` (JSON for lists, objects and strings with
     spaces)."""
-    import json
-
     parts = []
     for key, value in record.items():
         if key in ("time", "event", "pool", "slot_id"):

@@ -1,6 +1,8 @@
 """Dynamic completion of pool names and slot ids: read-only, fast, never failing."""
 
 import os
+import re
+import tomllib
 from pathlib import Path
 
 
@@ -23,8 +25,6 @@ def _pool_names(root: Path) -> list[str]:
 
 def _slots(states: tuple[str, ...] | None) -> list[tuple[str, str]]:
     """(slot id, "state, owner") of the slots in ``states`` (all when None)."""
-    import tomllib
-
     root = _root()
     if root is None:
         return []
@@ -92,8 +92,6 @@ event_kinds = choices("create", "add", "remove", "allocate", "release", "reclaim
 
 def rescued_ids(incomplete: str):
     """The short ids of what the pools' ``rescued/`` directories hold (names only: no git)."""
-    import re
-
     root = _root()
     if root is None:
         return []

@@ -33,6 +33,7 @@ from typer._click.shell_completion import (
     _resolve_incomplete,
     split_arg_string,
 )
+from typer.main import get_command
 
 PROG_NAME = "necropool"
 COMPLETE_VAR = "_NECROPOOL_COMPLETE"
@@ -216,8 +217,6 @@ CLASSES: dict[str, type[_Complete]] = {
 
 
 def _completer(shell: str) -> _Complete:
-    from typer.main import get_command
-
     from necropool.cli.app import build
 
     return CLASSES[shell](get_command(build()), {}, PROG_NAME, COMPLETE_VAR)

@@ -17,6 +17,9 @@ import re
 import sys
 import textwrap
 
+import typer._click as click
+from typer.main import get_command
+
 from necropool.cli.examples import EXAMPLES as COMMAND_EXAMPLES
 from necropool.cli.man_text import (
     COMPLETION_EXAMPLE,
@@ -62,16 +65,12 @@ def _see_also(refs: list[str]) -> list[str]:
 # ---- reading the click commands ------------------------------------------------------------
 
 def _root_command():
-    from typer.main import get_command
-
     from necropool.cli.app import build
 
     return get_command(build())
 
 
 def _context(command, name: str, parent=None):
-    import typer._click as click
-
     settings = dict(command.context_settings or {})
     return click.Context(command, info_name=name, parent=parent, **settings)
 

@@ -1,5 +1,6 @@
 """Rendering: JSON on request, Rich on a terminal, plain tab-separated lines otherwise."""
 
+import json
 import os
 import sys
 
@@ -39,7 +40,7 @@ class Output:
         return self.color == "always" or (stream.isatty() and not os.environ.get("NO_COLOR"))
 
     def console(self, stderr: bool = False):
-        from rich.console import Console
+        from rich.console import Console  # lazy: ~16 ms; only coloured or table output
 
         colour = self.colour(sys.stderr if stderr else sys.stdout)
         return Console(stderr=stderr, color_system="auto" if colour else None,
@@ -53,8 +54,6 @@ class Output:
 
     def emit(self, data: dict) -> None:
         """The one JSON object of a command, on stdout."""
-        import json
-
         sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, **data}, default=str)
                          + "\n")
 
@@ -96,6 +95,7 @@ class Output:
         """Print a Rich table in the house style: a header rule, no borders, one line per
         row. Every column but the last is as wide as its widest cell; the last gets the rest
         of the line, cut with an ellipsis (on the left with ``left_cut_last``: paths)."""
+        # lazy: rich.table and its console cost ~30 ms; allocate and release print none
         from rich import box
         from rich.table import Table
 
@@ -116,14 +116,12 @@ class Output:
 
     def fields(self, data: dict) -> None:
         """Key/value pairs, one per line (``key<TAB>value`` when plain)."""
-        import json
-
         rows = [[k, json.dumps(v) if isinstance(v, dict | list) else v] for k, v in data.items()
                 if v not in (None, {}, [])]
         if not self.rich:
             self.table(["field", "value"], rows)
             return
-        from rich.table import Table
+        from rich.table import Table  # lazy: as in table
 
         table = Table(show_header=False, box=None)
         table.add_column(style="bold")
@@ -134,8 +132,6 @@ class Output:
 
     def error(self, code: str, message: str, exit_code: int) -> None:
         if self.json:
-            import json
-
             sys.stderr.write(json.dumps({"schema_version": SCHEMA_VERSION, "type": "error",
                                          "code": code, "message": message,
                                          "exit_code": exit_code}) + "\n")
@@ -159,6 +155,6 @@ def escape(text: str, keep: str = "") -> str:
 
 def _styled(text: str):
     """A cell as Rich text (never parsed as Rich markup), coloured when it is a state."""
-    from rich.text import Text
+    from rich.text import Text  # lazy: part of rich, as in table
 
     return Text(text, style=_STYLES.get(text, ""))

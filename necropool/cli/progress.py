@@ -12,6 +12,7 @@ def progress_bar(out, label: str, phase: str = "starting"):
     if out.json or not sys.stderr.isatty():
         yield None
         return
+    # lazy: rich.progress costs ~30 ms; only a long job on a terminal shows a bar
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),

@@ -5,6 +5,8 @@ additions are declared with it (``notes``: paragraphs after its help; ``exit_sta
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import typer
+
 REGISTERED: list[tuple[str, Any, dict]] = []  # a command's function, or a group's Typer app
 NOTES: dict[str, list[str]] = {}
 EXIT_STATUS: dict[str, str] = {}
@@ -31,8 +33,6 @@ def command(name: str, *, notes: Sequence[str] = (), exit_status: str | None = N
 
 def group_app() -> Any:
     """The Typer app of a command with subcommands (``-h`` as ``--help``; no arguments: help)."""
-    import typer
-
     return typer.Typer(no_args_is_help=True, add_completion=False,
                        context_settings={"help_option_names": ["-h", "--help"]})
 
