@@ -14,12 +14,11 @@ from necropool import events, leases, lifecycle, views
 from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
 from necropool.errors import (
-    POOL_FAILURES,
     NecropoolError,
     NotFound,
+    PoolStep,
     TryAgain,
     UsageError,
-    explain,
 )
 from necropool.proc import Holder, hostname
 from necropool.records import Record
@@ -102,12 +101,12 @@ class PoolManager:
         unreadable pool is reported, never hidden."""
         out = []
         for name in self.pool_names():
-            try:
+            with PoolStep(name) as step:
                 pool = self.get_pool(name)
                 out.append(views.describe_pool(pool, pool.read_state(), with_slots=False,
                                                host=host))
-            except POOL_FAILURES as exc:
-                out.append({"pool": name, "error": explain(exc)})
+            if step.error:
+                out.append(step.broken())
         return out
 
     def pool_status(self, name: str, host: str | None = None) -> dict:
@@ -301,40 +300,54 @@ class PoolManager:
                 for item in rescued.prune(pool, older_than, apply)]
 
     # --- health -------------------------------------------------------------------------------
-    def _targets(self, name: str | None, unusable: list | None = None) -> list[pools.Pool]:
+    def _targets(self, name: str | None, unusable: list[PoolStep] | None = None
+                 ) -> list[pools.Pool]:
         """The named pool, or every pool. With no name and an ``unusable`` list, a directory
-        under pools/ that does not open as a pool goes there as (name, why) instead of
-        stopping the health checks of every other pool."""
+        under pools/ that does not open as a pool goes there (its failed ``PoolStep``)
+        instead of stopping the command for every other pool."""
         if name:
             return [self.get_pool(name)]
         targets = []
         for each in self.pool_names():
-            try:
+            with PoolStep(each) as step:
                 targets.append(self.get_pool(each))
-            except POOL_FAILURES as exc:
+            if step.exc is not None:
                 if unusable is None:
-                    raise
-                unusable.append((each, explain(exc)))
+                    raise step.exc
+                unusable.append(step)
         return targets
 
     def detect_anomalies(self, name: str | None = None, max_allocation_hours=None,
-                         deep: bool = False, host: str | None = None) -> dict[str, list[Record]]:
+                         deep: bool = False, host: str | None = None) -> dict[str, list]:
         """``{kind: [anomaly, ...]}`` over one pool or all, with the guide's keys (those on
-        ``host`` only, if given)."""
+        ``host`` only, if given), and ``errors``: ``"POOL: why"`` for each pool that could
+        not be checked (as ``auto_recover`` reports them); the others are checked all the
+        same. A directory under pools/ that is not a pool is a stray path."""
         from necropool.detect import KINDS, detect
 
         check_hours(max_allocation_hours)
-        merged: dict[str, list[Record]] = {k: [] for k in KINDS}
-        unusable: list[tuple[str, str]] = []
+        merged: dict[str, list] = {k: [] for k in KINDS}
+        unusable: list[PoolStep] = []
+        failed: list[PoolStep] = []
+        checked = 0
         for pool in self._targets(name, unusable):
-            found = detect(pool, max_allocation_hours=max_allocation_hours, deep=deep)
+            with PoolStep(pool.name) as step:
+                found = detect(pool, max_allocation_hours=max_allocation_hours, deep=deep)
+            if step.error:
+                failed.append(step)
+                continue
+            checked += 1
             for kind, records in found.to_dict().items():
                 merged[kind].extend(r for r in records if host in (None, r["host"]))
-        for each, why in unusable:
+        if failed and not checked and failed[0].exc:
+            raise failed[0].exc  # no pool could even be looked at: a refusal, not a result
+        for each in unusable:
             merged["stray_paths"].append(Record(
-                kind="stray_path", pool=each, slot_id=None, evidence=f"not a usable pool: {why}",
-                path=str(pools.pools_dir(self.settings.root) / each), lease_id=None,
+                kind="stray_path", pool=each.pool, slot_id=None,
+                evidence=f"not a usable pool: {each.error}",
+                path=str(pools.pools_dir(self.settings.root) / each.pool), lease_id=None,
                 host=hostname()))
+        merged["errors"] = [f"{each.pool}: {each.error}" for each in failed]
         return merged
 
     def detect_long_allocated_slots(self, max_allocation_hours=None, name=None) -> list[Record]:
@@ -368,20 +381,21 @@ class PoolManager:
         counters = zero_counters()
         errors: list[str] = []
         results: list[dict] = []
-        unusable: list[tuple[str, str]] = []
-        failures: list[Exception] = []
+        unusable: list[PoolStep] = []
+        failures: list[BaseException] = []
         targets = self._targets(name, unusable)
-        errors += [f"{each}: not a usable pool (left alone): {why}" for each, why in unusable]
+        errors += [f"{each.pool}: not a usable pool (left alone): {each.error}"
+                   for each in unusable]
         for pool in targets:
-            try:
+            with PoolStep(pool.name) as step:
                 result = auto_recover(
                     pool, max_allocation_hours=max_allocation_hours,
                     recover_corrupted=recover_corrupted,
                     cleanup_orphaned_locks=cleanup_orphaned_locks,
                     force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
-            except POOL_FAILURES as exc:
-                failures.append(exc)
-                errors.append(f"{pool.name}: {explain(exc)}")
+            if step.exc is not None:
+                failures.append(step.exc)
+                errors.append(f"{pool.name}: {step.error}")
                 continue
             for key, value in result.counters.items():
                 counters[key] += value

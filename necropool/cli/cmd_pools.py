@@ -182,7 +182,7 @@ def status(
     json_out: Json = False,
 ) -> None:
     """Show slots and their leases: of every pool, one pool, or one slot."""
-    from necropool.errors import UsageError
+    from necropool.errors import OperationFailed, UsageError
 
     out = G.out(json_out, fmt, no_headers, extra=("prometheus",))
     manager = G.manager()
@@ -196,11 +196,14 @@ def status(
         return
     pools, broken = ([manager.pool_status(target, host)], []) if target else \
         _all_pools(manager, host)
+    unchecked: list[str] = []  # pools detect could not check (prometheus)
     if fmt == "prometheus":
         from necropool.cli.metrics import prometheus, write_textfile
 
         recoveries = {p["pool"]: manager.last_event(p["pool"], "auto_recover") for p in pools}
-        text = prometheus(pools, recoveries, manager.detect_anomalies(target))
+        found = manager.detect_anomalies(target)
+        unchecked = found.pop("errors")
+        text = prometheus(pools, recoveries, found)
         write_textfile(output, text) if output else out.line(text.rstrip("\n"))
     elif out.json:
         out.emit({"pools": pools + broken} if not target else pools[0])
@@ -218,18 +221,20 @@ def status(
                     out.note(f"warning: pool {p['pool']}: host {h['host']} silent since "
                              f"{h['last_seen']} (no auto-recover or state change)")
     _fail_for(broken)  # shown what could be read; now say what could not (exit 3)
+    if unchecked:
+        raise OperationFailed(f"detect: {'; '.join(unchecked)}")
 
 
 def _all_pools(manager, host: str | None) -> tuple[list[dict], list[dict]]:
     """Every pool's status; a pool that cannot be read is reported, never hides the others."""
-    from necropool.errors import NecropoolError
+    from necropool.errors import PoolStep
 
     pools, broken = [], []
     for name in manager.pool_names():
-        try:
+        with PoolStep(name) as step:
             pools.append(manager.pool_status(name, host))
-        except NecropoolError as exc:
-            broken.append({"pool": name, "error": exc.message})
+        if step.error:
+            broken.append(step.broken())
     return pools, broken
 
 
