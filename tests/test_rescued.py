@@ -25,7 +25,8 @@ def saved(cli, pool, manager, root):
     return lease, released["rescued"]
 
 
-def test_list_says_who_left_what(cli, saved):
+def test_list_says_who_left_what(ledger, cli, saved):
+    """On both backends: the owner comes from the pool's history, which a ledger keeps."""
     lease, bundle = saved
     data = json.loads(cli("rescued", "list", "--json").stdout)
     [item] = data["items"]
