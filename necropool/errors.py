@@ -83,6 +83,12 @@ class PoolStep:
         return {"pool": self.pool, "error": self.error}
 
 
+def fail_for(broken: list[dict]) -> None:
+    """After showing what could be read: fail (exit 3) naming each pool that could not."""
+    if broken:
+        raise OperationFailed("; ".join(f"pool {b['pool']}: {b['error']}" for b in broken))
+
+
 def explain(exc: BaseException) -> str:
     """A one-line message for any exception; one necropool did not expect says what it was."""
     if isinstance(exc, NecropoolError):

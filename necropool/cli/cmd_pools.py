@@ -10,6 +10,7 @@ from necropool.cli.human import plural
 from necropool.cli.params import Format, Host, Json, NoHeaders, PoolArg, SlotArg
 from necropool.cli.progress import progress_bar
 from necropool.cli.registry import command
+from necropool.errors import fail_for
 
 DiscardWork = Annotated[bool, typer.Option(
     "--discard-work", help="With --force: do not save the holders' work first")]
@@ -115,7 +116,7 @@ def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
     broken = [p for p in items if "error" in p]
     if out.json:
         out.emit({"pools": items})
-        _fail_for(broken)
+        fail_for(broken)
         return
     rows = []
     for p in items:
@@ -130,16 +131,7 @@ def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
         return
     out.table(["POOL", "SLOTS", "AVAILABLE", "ALLOCATED", "CLEANING", "ERROR", "BRANCH", "URL"],
               rows)
-    _fail_for(broken)
-
-
-def _fail_for(broken: list[dict]) -> None:
-    """The rule of list and status: show every pool that can be read, then fail (exit 3)
-    naming each one that cannot."""
-    if broken:
-        from necropool.errors import OperationFailed
-
-        raise OperationFailed("; ".join(f"pool {b['pool']}: {b['error']}" for b in broken))
+    fail_for(broken)
 
 
 NO_POOLS = ("no pools yet: create one with  necropool create POOL URL  "
@@ -220,7 +212,7 @@ def status(
                 if h["silent"]:
                     out.note(f"warning: pool {p['pool']}: host {h['host']} silent since "
                              f"{h['last_seen']} (no auto-recover or state change)")
-    _fail_for(broken)  # shown what could be read; now say what could not (exit 3)
+    fail_for(broken)  # shown what could be read; now say what could not (exit 3)
     if unchecked:
         raise OperationFailed(f"detect: {'; '.join(unchecked)}")
 
