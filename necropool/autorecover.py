@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from necropool import events, lifecycle, slotgit
+from necropool import lifecycle, slotgit
 from necropool.clock import now
 from necropool.detect import Anomaly, Findings, detect, holder_dead, live_allocation
 from necropool.errors import Conflict, OperationFailed, Skipped, explain
@@ -74,8 +74,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     detecting now (each action still re-checks it)."""
     if not dry_run:
         pool.sweep()
-        with pool.locked():
-            events.rotate(pool.paths.events)
+        pool.store.rotate_events()
     if found is None:
         found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
     judged = found.judged.slots if found.judged else {}  # every action re-checks it

@@ -58,6 +58,37 @@ class Skipped(Conflict):
 POOL_FAILURES = (NecropoolError, OSError)
 
 
+class PoolStep:
+    """One pool's part of a command over several pools, under the rule above: ``with
+    PoolStep(name) as step:`` ends the block on a failure of ``POOL_FAILURES`` without
+    raising it, keeping it as ``step.exc`` and its one-line ``step.error``; the caller
+    reports it (``step.broken()``, or ``"NAME: error"``) and goes on with the next pool."""
+
+    def __init__(self, pool: str):
+        self.pool = pool
+        self.exc: BaseException | None = None
+        self.error: str | None = None
+
+    def __enter__(self) -> "PoolStep":
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> bool:
+        if not isinstance(exc, POOL_FAILURES):
+            return False
+        self.exc, self.error = exc, explain(exc)
+        return True
+
+    def broken(self) -> dict:
+        """The pool's entry as ``list`` and ``status`` report a broken pool."""
+        return {"pool": self.pool, "error": self.error}
+
+
+def fail_for(broken: list[dict]) -> None:
+    """After showing what could be read: fail (exit 3) naming each pool that could not."""
+    if broken:
+        raise OperationFailed("; ".join(f"pool {b['pool']}: {b['error']}" for b in broken))
+
+
 def explain(exc: BaseException) -> str:
     """A one-line message for any exception; one necropool did not expect says what it was."""
     if isinstance(exc, NecropoolError):

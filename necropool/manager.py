@@ -1,7 +1,7 @@
 """``PoolManager``: the core's public API (the names of ERROR_RECOVERY_GUIDE.md), a thin
 facade over ``pool``/``admin``/``sync``/``views``, ``lifecycle``/``leases``/``runner`` and
-the health modules (``detect``, ``repair``, ``autorecover``, ``lockmaint``). The CLI talks
-to this and nothing else."""
+the health modules (``detect``, ``repair``, ``autorecover``, ``lockmaint``); ``walk`` runs
+the commands over several pools. The CLI talks to this and nothing else."""
 
 import time
 from collections.abc import Iterator
@@ -10,16 +10,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from necropool import events, leases, lifecycle, views
+from necropool import events, leases, lifecycle, views, walk
 from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
 from necropool.errors import (
-    POOL_FAILURES,
     NecropoolError,
     NotFound,
+    PoolStep,
     TryAgain,
     UsageError,
-    explain,
 )
 from necropool.proc import Holder, hostname
 from necropool.records import Record
@@ -43,7 +42,7 @@ class PoolManager:
     def lock_manager(self):
         from necropool.lockmaint import LockManager
 
-        return LockManager(self.settings, lambda: self._targets(None, []))
+        return LockManager(self.settings, lambda: walk.targets(self.settings, None, []))
 
     @classmethod
     def from_config_file(cls, root: str | None = None, config: str | None = None):
@@ -102,12 +101,12 @@ class PoolManager:
         unreadable pool is reported, never hidden."""
         out = []
         for name in self.pool_names():
-            try:
+            with PoolStep(name) as step:
                 pool = self.get_pool(name)
                 out.append(views.describe_pool(pool, pool.read_state(), with_slots=False,
                                                host=host))
-            except POOL_FAILURES as exc:
-                out.append({"pool": name, "error": explain(exc)})
+            if step.error:
+                out.append(step.broken())
         return out
 
     def pool_status(self, name: str, host: str | None = None) -> dict:
@@ -232,11 +231,12 @@ class PoolManager:
         return self.get_pool(name).store.read_events(since)
 
     def watch_log(self, name: str | None = None, host: str | None = None,
-                  **options) -> Iterator[dict]:
+                  broken: list[dict] | None = None, **options) -> Iterator[dict]:
         """The events of one pool or every pool (see ``events.watch`` for the options); those
         of ``host`` only, if given (a ledger's events name theirs; the others are this
-        host's)."""
-        found = events.watch([pool.store.tail() for pool in self._targets(name, [])], **options)
+        host's). ``broken``: as for ``rescued_list``."""
+        found = events.watch(walk.each(self.settings, name, broken,
+                                       lambda pool: [pool.store.tail()]), **options)
         if host is None:
             return found
         return (e for e in found if e.get("host", hostname()) == host)
@@ -268,73 +268,82 @@ class PoolManager:
         return move(self.settings, pool, dsn)
 
     # --- rescued work -------------------------------------------------------------------------
-    def rescued_list(self, name: str | None = None, inspect: bool = True) -> list[Record]:
-        """What the ``rescued/`` of one pool or every pool holds, oldest first."""
+    def rescued_list(self, name: str | None = None, inspect: bool = True,
+                     broken: list[dict] | None = None) -> list[Record]:
+        """What the ``rescued/`` of one pool or every pool holds, oldest first. With a
+        ``broken`` list, a pool that cannot be read goes there (``{"pool", "error"}``) and
+        the others are listed; without one, it raises."""
         from necropool import rescued
 
-        items: list[Record] = []
-        for pool in self._targets(name, []):
+        def listed(pool: pools.Pool) -> list[Record]:
             found = rescued.entries(pool)
             if inspect:
                 rescued.inspect(pool, found)
-            items += found
-        return items
+            return found
+
+        return walk.each(self.settings, name, broken, listed)
 
     def rescued_show(self, ident: str) -> dict:
         from necropool import rescued
 
-        pool, item = rescued.find(self._targets(None, []), ident)
+        pool, item = self._rescued_find(ident)
         rescued.inspect(pool, [item])
         return item
 
     def rescued_restore(self, ident: str, into: str | None = None) -> dict:
         from necropool import rescued
 
-        pool, item = rescued.find(self._targets(None, []), ident)
+        pool, item = self._rescued_find(ident)
         return rescued.restore(pool, item, Path(into) if into else None)
 
-    def rescued_prune(self, name: str | None, older_than: float, apply: bool) -> list[dict]:
-        """Items older than ``older_than`` seconds, deleted only when ``apply``."""
+    def _rescued_find(self, ident: str) -> tuple[object, Record]:
+        """The item among every pool's; not found, the pools that could not be searched are
+        named."""
         from necropool import rescued
 
-        return [item for pool in self._targets(name, [])
-                for item in rescued.prune(pool, older_than, apply)]
+        broken: list[dict] = []
+        try:
+            return rescued.find(walk.targets(self.settings, None, broken), ident)
+        except NotFound as exc:
+            if not broken:
+                raise
+            raise NotFound(exc.message + "; not searched: " + "; ".join(
+                f"pool {b['pool']}: {b['error']}" for b in broken)) from None
+
+    def rescued_prune(self, name: str | None, older_than: float, apply: bool,
+                      broken: list[dict] | None = None) -> list[Record]:
+        """Items older than ``older_than`` seconds, deleted only when ``apply``; ``broken``:
+        as for ``rescued_list``."""
+        from necropool import rescued
+
+        return walk.each(self.settings, name, broken,
+                         lambda pool: rescued.prune(pool, older_than, apply))
 
     # --- health -------------------------------------------------------------------------------
-    def _targets(self, name: str | None, unusable: list | None = None) -> list[pools.Pool]:
-        """The named pool, or every pool. With no name and an ``unusable`` list, a directory
-        under pools/ that does not open as a pool goes there as (name, why) instead of
-        stopping the health checks of every other pool."""
-        if name:
-            return [self.get_pool(name)]
-        targets = []
-        for each in self.pool_names():
-            try:
-                targets.append(self.get_pool(each))
-            except POOL_FAILURES as exc:
-                if unusable is None:
-                    raise
-                unusable.append((each, explain(exc)))
-        return targets
-
     def detect_anomalies(self, name: str | None = None, max_allocation_hours=None,
-                         deep: bool = False, host: str | None = None) -> dict[str, list[Record]]:
+                         deep: bool = False, host: str | None = None) -> dict[str, list]:
         """``{kind: [anomaly, ...]}`` over one pool or all, with the guide's keys (those on
-        ``host`` only, if given)."""
+        ``host`` only, if given), and ``errors``: ``"POOL: why"`` for each pool that could
+        not be checked (as ``auto_recover`` reports them); the others are checked all the
+        same. A directory under pools/ that is not a pool is a stray path."""
         from necropool.detect import KINDS, detect
 
         check_hours(max_allocation_hours)
-        merged: dict[str, list[Record]] = {k: [] for k in KINDS}
-        unusable: list[tuple[str, str]] = []
-        for pool in self._targets(name, unusable):
-            found = detect(pool, max_allocation_hours=max_allocation_hours, deep=deep)
+        merged: dict[str, list] = {k: [] for k in KINDS}
+        unusable: list[dict] = []
+        errors: list[str] = []
+        targets = walk.targets(self.settings, name, unusable)
+        for found in walk.checked(targets, lambda pool: detect(
+                pool, max_allocation_hours=max_allocation_hours, deep=deep), errors):
             for kind, records in found.to_dict().items():
                 merged[kind].extend(r for r in records if host in (None, r["host"]))
-        for each, why in unusable:
+        for each in unusable:
             merged["stray_paths"].append(Record(
-                kind="stray_path", pool=each, slot_id=None, evidence=f"not a usable pool: {why}",
-                path=str(pools.pools_dir(self.settings.root) / each), lease_id=None,
+                kind="stray_path", pool=each["pool"], slot_id=None,
+                evidence=f"not a usable pool: {each['error']}",
+                path=str(pools.pools_dir(self.settings.root) / each["pool"]), lease_id=None,
                 host=hostname()))
+        merged["errors"] = errors
         return merged
 
     def detect_long_allocated_slots(self, max_allocation_hours=None, name=None) -> list[Record]:
@@ -366,27 +375,20 @@ class PoolManager:
 
         check_hours(max_allocation_hours)
         counters = zero_counters()
-        errors: list[str] = []
-        results: list[dict] = []
-        unusable: list[tuple[str, str]] = []
-        failures: list[Exception] = []
-        targets = self._targets(name, unusable)
-        errors += [f"{each}: not a usable pool (left alone): {why}" for each, why in unusable]
-        for pool in targets:
-            try:
-                result = auto_recover(
-                    pool, max_allocation_hours=max_allocation_hours,
-                    recover_corrupted=recover_corrupted,
-                    cleanup_orphaned_locks=cleanup_orphaned_locks,
-                    force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
-            except POOL_FAILURES as exc:
-                failures.append(exc)
-                errors.append(f"{pool.name}: {explain(exc)}")
-                continue
+        unusable: list[dict] = []
+        targets = walk.targets(self.settings, name, unusable)
+        errors = [f"{each['pool']}: not a usable pool (left alone): {each['error']}"
+                  for each in unusable]
+
+        def recovered(pool: pools.Pool) -> dict:
+            result = auto_recover(
+                pool, max_allocation_hours=max_allocation_hours,
+                recover_corrupted=recover_corrupted, cleanup_orphaned_locks=cleanup_orphaned_locks,
+                force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
             for key, value in result.counters.items():
                 counters[key] += value
-            errors += [f"{pool.name}: {e}" for e in result.errors]
-            results.append(result.to_dict())
-        if failures and not results:
-            raise failures[0]  # no pool could even be looked at: a refusal, not a result
+            errors.extend(f"{pool.name}: {e}" for e in result.errors)
+            return result.to_dict()
+
+        results = walk.checked(targets, recovered, errors)
         return {**counters, "errors": errors, "dry_run": dry_run, "pools": results}

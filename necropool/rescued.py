@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from necropool import events, git
+from necropool import git
 from necropool.clock import now, rfc3339
 from necropool.errors import Conflict, NotFound, OperationFailed, UsageError
 from necropool.layout import ensure_inside, is_temp, remove_tree, temp_name
@@ -71,13 +71,14 @@ def bundle_heads(path: Path) -> tuple[dict[str, str], list[str]]:
 
 
 class Holders:
-    """Who held a slot, from the pool's history: lease id -> owner, and each slot's releases
-    in order (the holder whose work an ``allocate``/``recover`` cleanup saved)."""
+    """Who held a slot, from the pool's history (its store's events, oldest first): lease id
+    -> owner, and each slot's releases in order (the holder whose work an
+    ``allocate``/``recover`` cleanup saved)."""
 
-    def __init__(self, log: Path):
+    def __init__(self, history: list[dict]):
         self.owners: dict[str, str] = {}
         self.releases: dict[str, list[tuple[str, str, str | None]]] = {}
-        for record in events.read(log):
+        for record in history:
             lease = record.get("lease_id")
             if lease and record.get("owner"):
                 self.owners[lease] = record["owner"]
@@ -101,7 +102,7 @@ def entries(pool, detail: bool = True) -> list[Record]:
     ensure_inside(top.parent, pool.settings.root)
     if top.is_symlink() or not top.is_dir():
         return []
-    holders = Holders(pool.paths.events) if detail else None
+    holders = Holders(pool.store.read_events()) if detail else None
     found: list[Record] = []
     _walk(pool, top, "", holders, found)
     return sorted(found, key=lambda e: (e["created_at"] or "", e["id"]))

@@ -113,3 +113,7 @@ class Store(Protocol):
     def last_event(self, name: str) -> dict | None:
         """The newest event of one kind, if any."""
         ...
+
+    def rotate_events(self) -> None:
+        """Keep the history from growing without end (``auto-recover`` asks each run)."""
+        ...

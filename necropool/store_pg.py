@@ -308,6 +308,10 @@ class PgStore(Transactions):
     def read_events(self, since: datetime | None = None) -> list[dict]:
         return [_public(r) for r in self._events(since=since)]
 
+    def rotate_events(self) -> None:
+        """Nothing: the ledger's ``events`` table is the fleet's history, kept whole (bounding
+        it is for whoever runs the database)."""
+
     def tail(self) -> "LedgerTail":
         return LedgerTail(self)
 

@@ -146,3 +146,9 @@ class TomlStore(Transactions):
 
     def last_event(self, name: str) -> dict | None:
         return events.last(self.paths.events, name)
+
+    def rotate_events(self) -> None:
+        """``events.jsonl`` past ``events.ROTATE_BYTES`` becomes ``events.jsonl.1``, under
+        the pool lock."""
+        with self.locked():
+            events.rotate(self.paths.events)

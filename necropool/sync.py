@@ -8,7 +8,7 @@ from dataclasses import replace
 from necropool import git
 from necropool.admin import Progress, add_slots, create, delete, remove_slot
 from necropool.config import PoolSpec, Settings, default_config_path
-from necropool.errors import POOL_FAILURES, Conflict, OperationFailed, UsageError
+from necropool.errors import Conflict, OperationFailed, PoolStep, UsageError
 from necropool.layout import write_atomic
 from necropool.mirror import update_mirror
 from necropool.pool import Pool, PoolDef, list_pools
@@ -37,10 +37,10 @@ def _attempt(name: str, step: Callable[..., None], *args) -> dict:
     """Run one pool's sync step, which fills in its action entry; a failure is recorded there
     (after whatever the step had already done) instead of ending the run."""
     entry = {"pool": name}
-    try:
+    with PoolStep(name) as attempt:
         step(entry, *args)
-    except POOL_FAILURES as exc:
-        entry.update(action="failed", error=getattr(exc, "message", None) or str(exc))
+    if attempt.error:
+        entry.update(action="failed", error=attempt.error)
     return entry
 
 

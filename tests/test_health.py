@@ -668,6 +668,34 @@ def test_a_broken_pool_does_not_stop_the_health_of_the_others(cli, pool, manager
     assert cli("detect", pool).code == 0
 
 
+def test_a_pool_that_cannot_be_checked_is_named_and_the_others_still_are(
+        cli, pool, manager, upstream):
+    """One rule for every command over several pools: detect, like auto-recover, checks the
+    healthy pool, names the one it could not check, and exits 3 (a partial failure)."""
+    from necropool.config import PoolSpec
+
+    manager.create_pool(PoolSpec(name="api", url=str(upstream), num_slots=1))
+    orphan = manager.get_pool(pool).paths.locks / "web-99.lock"
+    orphan.write_text("")
+    locks = manager.get_pool("api").paths.locks
+    shutil.rmtree(locks)
+    locks.write_text("not a directory\n")
+
+    found = cli("detect", "--json")
+    assert found.code == 3, found
+    d = found.json()
+    assert paths(d["orphaned_locks"]) == {str(orphan)}
+    [error] = d["errors"]
+    assert error.startswith("api: ") and str(locks) in error and d["healthy"] is False
+    assert "api:" in json.loads(found.stderr)["message"]
+    assert manager.detect_anomalies()["errors"] == [error]
+
+    alone = cli("detect", "api")
+    assert alone.code == 3 and str(locks) in alone.stderr
+    assert len(alone.stderr.strip().splitlines()) == 1
+    assert cli("auto-recover", "--json").code == 3, "the same exit status as auto-recover"
+
+
 @pytest.mark.toml_only
 def test_slot_directory_without_state_entry_is_adopted(cli, pool, manager, root):
     """A crash between an add's rename and its state write leaves a slot the state does not

@@ -57,7 +57,7 @@ def one_object(result, code: int = 0) -> dict:
 def test_the_document_lists_what_the_code_knows():
     assert {"slot_id", "lease_id", "expires_at", "ttl_seconds", "last_rescue"} <= SLOT_KEYS
     assert {"pool", "counts", "state_source", "slots"} <= POOL_KEYS
-    assert row("detect") == set(KINDS) | {"healthy", "count"}
+    assert row("detect") == set(KINDS) | {"healthy", "count", "errors"}
     assert row("auto-recover") >= COUNTERS
 
 

@@ -25,7 +25,8 @@ def saved(cli, pool, manager, root):
     return lease, released["rescued"]
 
 
-def test_list_says_who_left_what(cli, saved):
+def test_list_says_who_left_what(ledger, cli, saved):
+    """On both backends: the owner comes from the pool's history, which a ledger keeps."""
     lease, bundle = saved
     data = json.loads(cli("rescued", "list", "--json").stdout)
     [item] = data["items"]
@@ -130,3 +131,25 @@ def test_prune_lists_trees_nested_bundles_and_links_and_never_leaves_the_root(
 
     both = cli("rescued", "prune", "--dry-run", "--yes")
     assert both.code == 2 and "exclude" in both.stderr
+
+
+def test_a_pool_that_cannot_be_read_is_named_and_the_others_still_searched(
+        cli, saved, root, manager):
+    """The rule of list and status for every command over several pools: what can be read
+    is shown, then the command fails (exit 3) naming the pool that cannot."""
+    from necropool.errors import NecropoolError
+
+    _, bundle = saved
+    (root / "pools" / "junk").mkdir()
+    for command in (["rescued", "list"], ["rescued", "prune"], ["log"]):
+        result = cli(*command, "--json")
+        assert result.code == 3, result
+        assert "pool junk:" in json.loads(result.stderr)["message"]
+    assert [i["path"] for i in cli("rescued", "list", "--json").json()["items"]] == [bundle]
+    assert {e["pool"] for e in cli("log", "--json").json()["events"]} == {"web"}
+    assert cli("rescued", "show", os.path.basename(bundle)).code == 0
+    missing = cli("rescued", "show", "nothing-like-it")
+    assert missing.code == 4 and "not searched: pool junk" in missing.stderr
+    with pytest.raises(NecropoolError, match="junk"):  # the API never drops it silently
+        manager.rescued_list()
+    assert len(manager.rescued_list("web")) == 1

@@ -28,9 +28,11 @@ KIND_TITLES = {
         "stray paths, isolated slots, stale mirrors (last fetch failed, or none for "
         "stale_mirror_hours).",
         "The exit status is 1 as long as the upstream cannot be fetched.",
+        "A pool that cannot be checked (its locks/ replaced by a file, say) is named in "
+        "errors; the other pools are checked all the same, and the exit status is 3.",
     ],
     exit_status=(
-        "0 when healthy, 1 when anything is found."
+        "0 when healthy, 1 when anything is found, 3 when a pool could not be checked."
     ),
 )
 def detect(
@@ -41,19 +43,25 @@ def detect(
     host: Host = None,
     json_out: Json = False,
 ) -> None:
-    """Find anomalies; exit 0 when healthy, 1 when anything is found."""
+    """Find anomalies; exit 0 when healthy, 1 when anything is found, 3 when a pool could
+    not be checked."""
     out = G.out(json_out)
     found = G.manager().detect_anomalies(pool, max_allocation_hours, deep, host)
+    errors = found.pop("errors")
     total = sum(len(v) for v in found.values())
     if out.json:
-        out.emit({**found, "healthy": total == 0, "count": total})
+        out.emit({**found, "healthy": total == 0 and not errors, "count": total,
+                  "errors": errors})
     elif total:
         rows = [[KIND_TITLES[kind], a.get("slot_id") or "", a["pool"], a["evidence"],
                  a.get("path", "")] for kind, items in found.items() for a in items]
         out.table(["KIND", "SLOT", "POOL", "EVIDENCE", "PATH"], rows, left_cut_last=True)
-    else:
+    elif not errors:
         out.note("healthy: no anomalies")
-    raise typer.Exit(1 if total else 0)
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        out.error("failed", f"detect: {errors[0]}{more}", 3)
+    raise typer.Exit(3 if errors else 1 if total else 0)
 
 
 @command("recover",

@@ -11,7 +11,7 @@ from necropool.cli.params import Format, Host, Json, NoHeaders, PoolArg, SlotArg
 from necropool.cli.progress import progress_bar
 from necropool.cli.registry import command
 from necropool.config import PoolSpec
-from necropool.errors import NecropoolError, OperationFailed, UsageError
+from necropool.errors import OperationFailed, PoolStep, UsageError, fail_for
 
 DiscardWork = Annotated[bool, typer.Option(
     "--discard-work", help="With --force: do not save the holders' work first")]
@@ -115,7 +115,7 @@ def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
     broken = [p for p in items if "error" in p]
     if out.json:
         out.emit({"pools": items})
-        _fail_for(broken)
+        fail_for(broken)
         return
     rows = []
     for p in items:
@@ -130,14 +130,7 @@ def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
         return
     out.table(["POOL", "SLOTS", "AVAILABLE", "ALLOCATED", "CLEANING", "ERROR", "BRANCH", "URL"],
               rows)
-    _fail_for(broken)
-
-
-def _fail_for(broken: list[dict]) -> None:
-    """The rule of list and status: show every pool that can be read, then fail (exit 3)
-    naming each one that cannot."""
-    if broken:
-        raise OperationFailed("; ".join(f"pool {b['pool']}: {b['error']}" for b in broken))
+    fail_for(broken)
 
 
 NO_POOLS = ("no pools yet: create one with  necropool create POOL URL  "
@@ -192,11 +185,14 @@ def status(
         return
     pools, broken = ([manager.pool_status(target, host)], []) if target else \
         _all_pools(manager, host)
+    unchecked: list[str] = []  # pools detect could not check (prometheus)
     if fmt == "prometheus":
         from necropool.cli.metrics import prometheus, write_textfile
 
         recoveries = {p["pool"]: manager.last_event(p["pool"], "auto_recover") for p in pools}
-        text = prometheus(pools, recoveries, manager.detect_anomalies(target))
+        found = manager.detect_anomalies(target)
+        unchecked = found.pop("errors")
+        text = prometheus(pools, recoveries, found)
         write_textfile(output, text) if output else out.line(text.rstrip("\n"))
     elif out.json:
         out.emit({"pools": pools + broken} if not target else pools[0])
@@ -213,17 +209,19 @@ def status(
                 if h["silent"]:
                     out.note(f"warning: pool {p['pool']}: host {h['host']} silent since "
                              f"{h['last_seen']} (no auto-recover or state change)")
-    _fail_for(broken)  # shown what could be read; now say what could not (exit 3)
+    fail_for(broken)  # shown what could be read; now say what could not (exit 3)
+    if unchecked:
+        raise OperationFailed(f"detect: {'; '.join(unchecked)}")
 
 
 def _all_pools(manager, host: str | None) -> tuple[list[dict], list[dict]]:
     """Every pool's status; a pool that cannot be read is reported, never hides the others."""
     pools, broken = [], []
     for name in manager.pool_names():
-        try:
+        with PoolStep(name) as step:
             pools.append(manager.pool_status(name, host))
-        except NecropoolError as exc:
-            broken.append({"pool": name, "error": exc.message})
+        if step.error:
+            broken.append(step.broken())
     return pools, broken
 
 

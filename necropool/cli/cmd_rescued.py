@@ -12,7 +12,7 @@ from necropool.cli.human import plural, relative, right_cut, size
 from necropool.cli.params import Format, Json, NoHeaders, OptionalPoolArg
 from necropool.cli.registry import group, group_app
 from necropool.clock import parse_duration
-from necropool.errors import UsageError
+from necropool.errors import UsageError, fail_for
 
 app = group_app()
 group("rescued", app, help="Manage the work saved from slots before they were reset: list, "
@@ -74,16 +74,22 @@ def list_(pool: OptionalPoolArg = None, fmt: Format = None, no_headers: NoHeader
           json_out: Json = False) -> None:
     """List saved work: bundles of holders' work and moved-aside trees, oldest first."""
     out = G.out(json_out, fmt, no_headers)
-    items = G.manager().rescued_list(pool)
+    broken: list[dict] = []
+    items = G.manager().rescued_list(pool, broken=broken)
     if out.json:
         out.emit({"items": items, "total_bytes": sum(i["size_bytes"] for i in items)})
-        return
-    if not items:
-        out.hint("nothing rescued: no slot held work when it was cleaned")
-        return
-    if not out.rich:
+    elif not items:
+        if not broken:
+            out.hint("nothing rescued: no slot held work when it was cleaned")
+    elif not out.rich:
         out.table(TSV_COLUMNS, [_tsv_row(i) for i in items])
-        return
+    else:
+        _grid(out, items)
+    fail_for(broken)  # listed what could be read; now say what could not (exit 3)
+
+
+def _grid(out, items: list[dict]) -> None:
+    """The items on a terminal: every column when it is wide enough."""
     if out.console().width >= WIDE:
         out.grid(["ID", "POOL", "OWNER", "LEASE", "SAVED", "SIZE", "HOLDS"],
                  [[i["id"], i["pool"], i["owner"] or "", i["lease_id"] or "",
@@ -163,16 +169,18 @@ def prune(
         raise UsageError("--dry-run and --yes exclude each other: pick one")
     out = G.out(json_out)
     seconds = parse_duration(older_than, "--older-than")
-    items = G.manager().rescued_prune(pool, seconds, apply=yes)
+    broken: list[dict] = []
+    items = G.manager().rescued_prune(pool, seconds, apply=yes, broken=broken)
     total = sum(i["size_bytes"] for i in items)
     if out.json:
         out.emit({"dry_run": not yes, "older_than_seconds": seconds, "items": items,
                   "freed_bytes": total if yes else 0})
-        return
-    for item in items:
-        out.line(item["path"])
-    if yes:
-        out.note(f"deleted {plural(len(items), 'item')}, {size(total)}")
     else:
-        out.note(f"would delete {plural(len(items), 'item')}, {size(total)} "
-                 f"(a dry run: pass --yes to delete)")
+        for item in items:
+            out.line(item["path"])
+        if yes:
+            out.note(f"deleted {plural(len(items), 'item')}, {size(total)}")
+        else:
+            out.note(f"would delete {plural(len(items), 'item')}, {size(total)} "
+                     f"(a dry run: pass --yes to delete)")
+    fail_for(broken)

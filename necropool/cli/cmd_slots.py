@@ -21,7 +21,7 @@ from necropool.cli.params import (
 )
 from necropool.cli.registry import command
 from necropool.clock import now, parse_duration
-from necropool.errors import UsageError
+from necropool.errors import UsageError, fail_for
 from necropool.validate import parse_metadata
 
 Owner = Annotated[str | None, typer.Option("--owner", metavar="NAME",
@@ -228,11 +228,13 @@ def log(
     cutoff = None
     if since is not None:
         cutoff = now() - timedelta(seconds=parse_duration(since, "--since"))
-    records = G.manager().watch_log(pool, host, since=cutoff,
+    broken: list[dict] = []
+    records = G.manager().watch_log(pool, host, broken, since=cutoff,
                                     kinds=set(event) if event else None, last=tail,
                                     follow=follow)
     if out.json:
         out.emit({"pool": pool, "events": list(records)})
+        fail_for(broken)
         return
     if out.fmt == "tsv" and out.headers:
         out.line("\t".join(c.lower() for c in LOG_COLUMNS))
@@ -246,8 +248,9 @@ def log(
     except KeyboardInterrupt:  # how --follow is meant to end
         if not follow:
             raise
-    if not shown and not follow:
+    if not shown and not follow and not broken:
         out.hint("no events" + (" match" if since or event else " yet"))
+    fail_for(broken)  # shown every other pool's events; now say which could not be read
 
 
 # the tab-separated columns of 'log', in order

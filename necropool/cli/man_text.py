@@ -44,7 +44,7 @@ EXIT_STATUS = [
     ("1", "*detect* found anomalies."),
     ("2", "Usage or configuration error: a bad name, a bad flag, an invalid config file."),
     ("3", "The operation failed, wholly or partly: a repair failed, a git error, "
-          "*auto-recover* had errors."),
+          "*auto-recover* had errors, *detect* could not check a pool."),
     ("4", "The pool or slot does not exist."),
     ("5", "Conflict: the slot is in the wrong state for the operation, the lease id is stale, "
           "the pool exists already."),
