@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -113,6 +114,19 @@ def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> C
                           capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           stdin=subprocess.DEVNULL)
     return CliResult(proc)
+
+
+def wait_until_queued(pool_dir: Path, waiter: subprocess.Popen, timeout: float = 30) -> None:
+    """Return once the ``allocate --wait`` running as ``waiter`` waits for a slot: it holds
+    the pool's allocation queue lock (wait.lock), which it takes only after finding none
+    free. Fails when the waiter exits first or does not get there within ``timeout``."""
+    from necropool.lockmaint import lock_free
+
+    deadline = time.monotonic() + timeout
+    while lock_free(pool_dir / "wait.lock"):
+        assert waiter.poll() is None, ("the waiter exited", waiter.communicate())
+        assert time.monotonic() < deadline, "allocate --wait never began waiting"
+        time.sleep(0.01)
 
 
 def in_ci() -> bool:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import git, saved_state
+from helpers import git, saved_state, wait_until_queued
 
 from necropool.config import PoolSpec
 
@@ -182,7 +182,8 @@ def test_a_waiting_allocate_does_not_rewrite_the_pool_state(cli, pool, root):
                                "--no-fetch", "--wait", "20s"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2)
+        wait_until_queued(root / "pools/web", waiter)
+        time.sleep(0.5)  # a while of waiting (without the FIFO it would look every 10 ms)
         assert waiter.poll() is None
         assert saved_state(root) == before_wait, \
             "a waiting allocate rewrites the state while nothing changes"

@@ -12,11 +12,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import changes, commit_file, digest, git, template_pool
+from helpers import changes, commit_file, digest, git, template_pool, wait_until_queued
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -449,7 +448,7 @@ def test_a_wake_fifo_symlink_is_neither_followed_nor_needed(env):
         waiter = subprocess.Popen([sys.executable, "-m", "necropool", "allocate", "web",
                                    "--no-fetch", "--wait", "20s"], text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(1)
+        wait_until_queued(env["pool"], waiter)
         assert run("release", "web-2", "--no-fetch").returncode == 0
         out, err = waiter.communicate(timeout=30)
         assert waiter.returncode == 0, err

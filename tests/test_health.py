@@ -479,13 +479,13 @@ def test_healthy_pools_are_never_reported(cli, upstream, manager, procs):
 
 # --- the guide's core API --------------------------------------------------------------------
 
-def test_guide_api_names_and_result_keys(pool, manager, procs):
+def test_guide_api_names_and_result_keys(pool, manager, procs, monkeypatch):
     p = manager.get_pool(pool)
     lease = manager.allocate_slot(pool, fetch=False)
     shutil.rmtree(p.slot_dir(2) / ".git")
     orphan = p.paths.locks / "web-99.lock"
     orphan.write_text("")
-    time.sleep(0.5)
+    clock_at(monkeypatch, 2)  # the allocation is 2 s old: long, against 0.0001 h (0.36 s)
 
     anomalies = manager.detect_anomalies(max_allocation_hours=24)
     assert {"long_allocated_slots", "corrupted_slots", "orphaned_locks"} <= anomalies.keys()

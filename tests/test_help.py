@@ -6,11 +6,21 @@ import re
 
 import pytest
 from helpers import run_cli
+from typer.main import get_command
 
-from necropool.cli.app import COMMANDS
-from necropool.cli.examples import EXAMPLES
+from necropool.cli.app import build
+from necropool.cli.registry import EXAMPLES
 
-PATHS = sorted({*COMMANDS, *(k for k in EXAMPLES if k)})
+
+def every_command_path() -> list[str]:
+    """Every command and subcommand, as typed after ``necropool``."""
+    paths = []
+    for name, command in get_command(build()).commands.items():
+        paths += [name, *(f"{name} {sub}" for sub in getattr(command, "commands", {}))]
+    return sorted(paths)
+
+
+PATHS = every_command_path()
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import commit_file
+from helpers import commit_file, wait_until_queued
 
 from necropool.cli.app import COMMANDS
 from necropool.detect import KINDS
@@ -150,7 +150,7 @@ def test_an_unreadable_pool_is_the_documented_pair(cli, upstream, root):
         assert entry.keys() == set(re.findall(r'"([a-z_]+)"', said))
 
 
-def test_a_command_interrupted_under_json_reports_it_as_json(cli, upstream):
+def test_a_command_interrupted_under_json_reports_it_as_json(cli, root, upstream):
     """SIGINT while waiting for a slot: exit 130 and one JSON error on stderr."""
     assert cli("create", "web", upstream, "--slots", "1").code == 0
     assert cli("allocate", "web").code == 0
@@ -158,9 +158,7 @@ def test_a_command_interrupted_under_json_reports_it_as_json(cli, upstream):
                                "--wait", "30s", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        import time
-
-        time.sleep(1.0)
+        wait_until_queued(root / "pools/web", waiter)
         waiter.send_signal(signal.SIGINT)
         out, err = waiter.communicate(timeout=20)
     finally:

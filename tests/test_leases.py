@@ -112,6 +112,7 @@ def test_an_allocation_without_ttl_is_only_reported_when_long(cli, pool):
     assert slot_status(cli, held["slot_id"])["state"] == "available"
 
 
+@pytest.mark.slow
 def test_run_renews_its_own_lease_while_the_command_runs(cli, pool, tmp_path):
     """``run --ttl 1s`` of a 3 s command: auto-recover runs meanwhile and never finds it
     expired."""

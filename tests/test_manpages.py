@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from necropool.cli import manpage
-from necropool.cli.examples import EXAMPLES
+from necropool.cli.registry import EXAMPLES
 
 REPO = Path(__file__).resolve().parent.parent
 MAN = REPO / "man"
@@ -142,7 +142,7 @@ def test_examples_use_real_commands_and_options():
     ctx = manpage._context(root, "necropool")
     global_opts = {o for p in root.get_params(ctx) for o in getattr(p, "opts", [])}
     texts = [example for _, example in manpage.EXAMPLES]
-    texts += list(EXAMPLES.values()) + [manpage.COMPLETION_EXAMPLE]
+    texts += list(EXAMPLES.values())
     texts += [t for notes in registry.NOTES.values() for t in notes]
     checked = 0
     for text in texts:

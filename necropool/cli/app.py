@@ -14,6 +14,7 @@ import typer
 from necropool import __version__
 from necropool.cli import complete_values
 from necropool.cli.context import G
+from necropool.cli.registry import document
 
 COLORS = ("auto", "always", "never")
 # command -> the module that declares it, in the order help lists them
@@ -33,6 +34,15 @@ def _version(value: bool) -> None:
     if value:
         print(f"necropool {__version__}")
         raise typer.Exit()
+
+
+document("", examples=(  # necropool itself: the first session
+    'necropool create web https://example.com/org/web.git --slots 4\n'
+    'cd "$(necropool allocate web --owner alice --ttl 2h)"\n'
+    'necropool release "$PWD"\n'
+    'necropool run web -- make test\n'
+    'necropool status'
+))
 
 
 def main_options(

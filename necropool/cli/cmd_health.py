@@ -34,6 +34,10 @@ KIND_TITLES = {
     exit_status=(
         "0 when healthy, 1 when anything is found, 3 when a pool could not be checked."
     ),
+    examples=(
+        "necropool detect\n"
+        "necropool detect --json | jq .count"
+    ),
 )
 def detect(
     pool: OptionalPoolArg = None,
@@ -72,6 +76,10 @@ def detect(
         "0 when the slot ends available, 3 when it could not be repaired (it is then "
         "isolated)."
     ),
+    examples=(
+        "necropool recover web-3\n"
+        "necropool recover web-3 --force   # even if its holder may be alive"
+    ),
 )
 def recover(
     slot: SlotArg,
@@ -95,7 +103,7 @@ def recover(
     raise typer.Exit(0 if data["recovered"] else 3)
 
 
-@command("isolate")
+@command("isolate", examples='necropool isolate web-3 --reason "disk errors"')
 def isolate(
     slot: SlotArg,
     reason: Annotated[str | None, typer.Option(
@@ -121,6 +129,10 @@ def isolate(
     ],
     exit_status=(
         "3 when any action failed (see errors in the JSON output)."
+    ),
+    examples=(
+        "necropool auto-recover --dry-run\n"
+        "* * * * * necropool auto-recover --json >>/var/log/necropool.json"
     ),
 )
 def auto_recover(

@@ -2,10 +2,9 @@
 
 
 from necropool.cli.context import G
-from necropool.cli.helpfmt import Command
 from necropool.cli.human import plural
 from necropool.cli.params import Json, PoolArg
-from necropool.cli.registry import group, group_app
+from necropool.cli.registry import group, group_app, subcommand
 
 app = group_app()
 group("ledger", app, help="Manage the shared PostgreSQL ledger that lets the hosts of a fleet "
@@ -23,6 +22,12 @@ group("ledger", app, help="Manage the shared PostgreSQL ledger that lets the hos
         "A ledger that cannot be reached fails the command with exit status 75 (try again), "
         "having written nothing. A password in the connection string is never printed.",
     ],
+    examples=(
+        "export NECROPOOL_LEDGER=postgresql://necropool@db.example.com/necropool\n"
+        "necropool ledger init            # once, from any host\n"
+        "necropool ledger import web      # on each host that has pool web\n"
+        "necropool ledger status"
+    ),
 )
 
 
@@ -30,7 +35,9 @@ def _show(data: dict, done: str, json_out: bool) -> None:
     G.out(json_out).outcome(data, done)
 
 
-@app.command("init", cls=Command)
+@subcommand(app, "init",
+    examples="necropool --ledger postgresql://necropool@db.example.com/necropool ledger init",
+)
 def init(json_out: Json = False) -> None:
     """Create the ledger's schema (or bring it up to date)."""
     data = G.manager().ledger("init")
@@ -38,7 +45,7 @@ def init(json_out: Json = False) -> None:
           + ("" if data["migrated"] else " (already there)"), json_out)
 
 
-@app.command("migrate", cls=Command)
+@subcommand(app, "migrate", examples="necropool ledger migrate   # after upgrading necropool")
 def migrate(json_out: Json = False) -> None:
     """Bring the ledger's schema up to this necropool's version."""
     data = G.manager().ledger("migrate")
@@ -48,7 +55,12 @@ def migrate(json_out: Json = False) -> None:
           json_out)
 
 
-@app.command("status", cls=Command)
+@subcommand(app, "status",
+    examples=(
+        "necropool ledger status\n"
+        "necropool ledger status --json | jq '.pools[] | {pool, hosts}'"
+    ),
+)
 def status(json_out: Json = False) -> None:
     """Show the ledger's schema version and the pools it holds."""
     out = G.out(json_out)
@@ -67,7 +79,7 @@ def status(json_out: Json = False) -> None:
                    for p in data["pools"]])
 
 
-@app.command("import", cls=Command)
+@subcommand(app, "import", examples="necropool ledger import web")
 def import_(pool: PoolArg, json_out: Json = False) -> None:
     """Move a local pool's state (leases included) into the ledger."""
     data = G.manager().ledger("import", pool)
@@ -75,7 +87,7 @@ def import_(pool: PoolArg, json_out: Json = False) -> None:
           f"{data['ledger']} ({plural(data['leases'], 'lease')} kept)", json_out)
 
 
-@app.command("export", cls=Command)
+@subcommand(app, "export", examples="necropool ledger export web   # back to the pool's state.toml")
 def export(pool: PoolArg, json_out: Json = False) -> None:
     """Move this host's part of a pool from the ledger back to its state.toml."""
     data = G.manager().ledger("export", pool)

@@ -24,7 +24,14 @@ COMPLETION_TEXT = [  # for the man pages: what the scripts complete, and where t
 ]
 
 
-@command("completion", notes=COMPLETION_TEXT)
+@command("completion",
+    notes=COMPLETION_TEXT,
+    examples=(
+        'eval "$(necropool completion bash)"        # ~/.bashrc\n'
+        "necropool completion zsh > ~/.zfunc/_necropool  # a $fpath directory\n"
+        "necropool completion fish > ~/.config/fish/completions/necropool.fish"
+    ),
+)
 def completion(
     shell: Annotated[str, typer.Argument(metavar="SHELL", help="bash, zsh or fish",
                                               autocompletion=complete_values.shells)],

@@ -22,6 +22,10 @@ DiscardWork = Annotated[bool, typer.Option(
         "The slots are cloned from the mirror with shared objects: each costs about one "
         "checkout.",
     ],
+    examples=(
+        "necropool create web https://example.com/org/web.git --slots 8 --branch main\n"
+        "necropool create docs ~/src/docs -n 2 --keep-ignored"
+    ),
 )
 def create(
     pool: PoolArg,
@@ -53,7 +57,12 @@ def create(
                  f"{data['branch']}")
 
 
-@command("delete")
+@command("delete",
+    examples=(
+        "necropool delete web\n"
+        "necropool delete web --force   # even with slots allocated"
+    ),
+)
 def delete(
     pool: PoolArg,
     force: Annotated[bool, typer.Option(
@@ -68,7 +77,7 @@ def delete(
     out.outcome(data, f"deleted pool {pool}", saved="kept saved work in")
 
 
-@command("add")
+@command("add", examples="necropool add web --count 4")
 def add(
     pool: PoolArg,
     count: Annotated[int, typer.Option(
@@ -86,7 +95,12 @@ def add(
             out.line(slot_id)
 
 
-@command("remove")
+@command("remove",
+    examples=(
+        "necropool remove web-4\n"
+        "necropool remove web-4 --force   # even if allocated"
+    ),
+)
 def remove(
     slot: SlotArg,
     force: Annotated[bool, typer.Option(
@@ -105,6 +119,11 @@ def remove(
         "A pool that cannot be read (a directory under pools/ without a readable pool.toml, "
         "say) is listed with its error, and the exit status is 3.",
     ],
+    examples=(
+        "necropool list\n"
+        "necropool list --host ci-07       # a shared ledger's pools, on one host\n"
+        "necropool list --json | jq -r '.pools[] | \"\\(.pool) \\(.counts.available)\"'"
+    ),
 )
 def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
           json_out: Json = False) -> None:
@@ -155,6 +174,15 @@ NO_POOLS = ("no pools yet: create one with  necropool create POOL URL  "
         "FILE it writes FILE through a temporary file and a rename, as the node_exporter "
         "textfile collector requires. The metrics:",
     ],
+    examples=(
+        "necropool status                 # every pool\n"
+        "necropool status web-3           # one slot in detail\n"
+        "necropool status web --format tsv --no-headers | cut -f1,2\n"
+        "necropool status --format prometheus \\\n"
+        "    --output /var/lib/node_exporter/necropool.prom\n"
+        "necropool status web --json | jq -r '.slots[] | select(.state==\"allocated\") "
+        "| .slot_id'"
+    ),
 )
 def status(
     target: Annotated[str | None, typer.Argument(
@@ -236,6 +264,10 @@ def _is_slot(manager, target: str) -> bool:
         "The config file declares pools as [pools.NAME] tables (see CONFIGURATION in "
         "*necropool*(1)).",
     ],
+    examples=(
+        "necropool sync            # create or grow the pools of the config file\n"
+        "necropool sync --prune    # also shrink them, and delete pools it dropped"
+    ),
 )
 def sync(
     prune: Annotated[bool, typer.Option(

@@ -7,10 +7,9 @@ import typer
 
 from necropool.cli import complete_values
 from necropool.cli.context import G
-from necropool.cli.helpfmt import Command
 from necropool.cli.human import plural, relative, right_cut, size
 from necropool.cli.params import Format, Json, NoHeaders, OptionalPoolArg
-from necropool.cli.registry import group, group_app
+from necropool.cli.registry import group, group_app, subcommand
 from necropool.clock import parse_duration
 from necropool.errors import UsageError, fail_for
 
@@ -30,6 +29,12 @@ group("rescued", app, help="Manage the work saved from slots before they were re
         "the upstream. *rescued prune* is a dry run unless --yes is given; it never deletes "
         "outside rescued/ and removes a symlink, never what it points at.",
     ],
+    examples=(
+        "necropool rescued list\n"
+        "necropool rescued show web-1-20261201T101500\n"
+        "necropool rescued restore web-1-20261201T101500 --into ~/src/web\n"
+        "necropool rescued prune --older-than 30d --yes"
+    ),
 )
 
 IdArg = Annotated[str, typer.Argument(
@@ -69,7 +74,12 @@ def short_id(item: dict, among: list[dict] | None = None) -> str:
     return name
 
 
-@app.command("list", cls=Command)
+@subcommand(app, "list",
+    examples=(
+        "necropool rescued list\n"
+        "necropool rescued list web --json | jq '.total_bytes'"
+    ),
+)
 def list_(pool: OptionalPoolArg = None, fmt: Format = None, no_headers: NoHeaders = False,
           json_out: Json = False) -> None:
     """List saved work: bundles of holders' work and moved-aside trees, oldest first."""
@@ -110,7 +120,7 @@ def _tsv_row(item: dict) -> list:
             item["path"]]
 
 
-@app.command("show", cls=Command)
+@subcommand(app, "show", examples="necropool rescued show web-1-20261201T101500")
 def show(ident: IdArg, json_out: Json = False) -> None:
     """Show one saved item: where it came from and what it holds."""
     out = G.out(json_out)
@@ -128,7 +138,12 @@ def show(ident: IdArg, json_out: Json = False) -> None:
         out.note(f"restore: necropool rescued restore {short_id(item)} --into DIR")
 
 
-@app.command("restore", cls=Command)
+@subcommand(app, "restore",
+    examples=(
+        "necropool rescued restore web-1-20261201T101500   # a new clone, ./web-1-...\n"
+        "necropool rescued restore web-1-20261201T101500 --into ~/src/web"
+    ),
+)
 def restore(
     ident: IdArg,
     into: Annotated[str | None, typer.Option(
@@ -152,7 +167,12 @@ def restore(
     out.note(f"then: git -C {data['path']} log --oneline {data['refs'][0]}")
 
 
-@app.command("prune", cls=Command)
+@subcommand(app, "prune",
+    examples=(
+        "necropool rescued prune --older-than 30d          # only says what would go\n"
+        "necropool rescued prune web --older-than 7d --yes"
+    ),
+)
 def prune(
     pool: OptionalPoolArg = None,
     older_than: Annotated[str, typer.Option(

@@ -61,6 +61,11 @@ def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
     exit_status=(
         "75 when no slot is free (after --wait, if given)."
     ),
+    examples=(
+        'cd "$(necropool allocate web --owner ci --ttl 1h --meta job=42)"\n'
+        "necropool allocate web --wait 5m --pid $$ --json\n"
+        "necropool allocate web --any-host --json | jq -r '.slot_host, .path'"
+    ),
 )
 def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = None,
              meta: Meta = None, wait: Wait = None, no_fetch: NoFetch = False,
@@ -91,6 +96,11 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
     ],
     exit_status=(
         "5 when the slot is not allocated or --lease-id names a stale lease."
+    ),
+    examples=(
+        'necropool release web-3\n'
+        'necropool release "$PWD" --lease-id "$lease"\n'
+        'necropool release web-3 --force   # ends what the holder left running in it'
     ),
 )
 def release(
@@ -124,6 +134,10 @@ def release(
     exit_status=(
         "5 when --lease-id is not the slot's current lease (the message says what became of "
         "it)."
+    ),
+    examples=(
+        'necropool renew "$PWD" --lease-id "$NECROPOOL_LEASE_ID"    # by its own TTL\n'
+        'necropool renew web-3 --lease-id "$lease" --ttl 2h'
     ),
 )
 def renew(
@@ -167,6 +181,10 @@ class _RunCommand(Command):
         "The status of the command (127 when it is not found, 126 when it cannot be executed); "
         "necropool's own failures use the codes of *necropool*(1)."
     ),
+    examples=(
+        "necropool run web -- make test\n"
+        "necropool run web --wait 10m -- sh -c 'echo \"$NECROPOOL_SLOT_ID\"; make'"
+    ),
 )
 def run(
     pool: PoolArg,
@@ -203,6 +221,12 @@ def run(
         "per event: time, event, slot, details as key=value (JSON for lists and objects), "
         "pool, tab-separated when stdout is not a terminal.",
     ],
+    examples=(
+        "necropool log --tail 20          # the last events of every pool\n"
+        "necropool log web --since 2h --event release\n"
+        "necropool log --follow\n"
+        "necropool log web --json | jq -c '.events[]'"
+    ),
 )
 def log(
     pool: OptionalPoolArg = None,

@@ -1,8 +1,10 @@
 """How ``--help`` reads: usage lines with man-page placeholders (``POOL``, ``[POOL]``,
-``-- COMMAND [ARG]...``), command summaries never cut, and an Examples section (from
-``examples.py``, as the man pages)."""
+``-- COMMAND [ARG]...``), command summaries never cut, and an Examples section (the
+examples declared with the command, as the man pages)."""
 
 from typer.core import TyperCommand, TyperGroup
+
+from necropool.cli.registry import EXAMPLES
 
 
 def summary(help_text: str | None) -> str:
@@ -19,8 +21,6 @@ class _Help:
         return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
 
     def format_epilog(self, ctx, formatter) -> None:
-        from necropool.cli.examples import EXAMPLES
-
         text = EXAMPLES.get(ctx.command_path.partition(" ")[2])
         if text:
             formatter.write_paragraph()

@@ -1,8 +1,10 @@
 """The hand-written text of the man pages (``manpage`` renders it): the sections a parser
 cannot know. Inline markup: ``*word*`` is bold, ``<word>`` italic. Each command's own
-additions are declared with the command (``registry``: ``notes``, ``exit_status``)."""
+additions are declared with the command (``registry``: ``notes``, ``exit_status``,
+``examples``)."""
 
 from necropool import __version__
+from necropool.autorecover import COUNTERS
 
 # Fixed, so that regenerating gives the same bytes; move it forward with the version.
 DATE = "2026-12-02"
@@ -169,12 +171,10 @@ JSON_DETECT = [
     corrupted_slots, orphaned_locks, stray_paths, isolated_slots and stale_mirrors, each a list
     of objects with kind, pool, evidence and, where they apply, slot_id, path and lease_id;
     plus healthy (true when nothing was found) and count.""",
-    """*auto-recover* reports the counters long_allocated_released, expired_released,
-    abandoned_released,
-    corrupted_recovered, corrupted_isolated, orphaned_locks_cleaned, stray_paths_moved and
-    slots_adopted, errors (a list of messages; not empty means exit status 3), dry_run, and
-    pools: per pool the same counters, the actions taken (target, action, status, and error or
-    rescued) and what was detected.""",
+    f"""*auto-recover* reports the counters {", ".join(COUNTERS[:-1])} and {COUNTERS[-1]},
+    errors (a list of messages; not empty means exit status 3), dry_run, and pools: per pool
+    the same counters, the actions taken (target, action, status, and error or rescued) and
+    what was detected.""",
 ]
 
 EXAMPLES = [
@@ -209,7 +209,3 @@ EXAMPLES = [
      "tail -n 1 /var/log/necropool.json | jq '{corrupted_recovered, corrupted_isolated,\n"
      "  orphaned_locks_cleaned, long_allocated_released, errors}'"),
 ]
-
-COMPLETION_EXAMPLE = ('eval "$(necropool completion bash)"        # ~/.bashrc\n'
-                      'necropool completion zsh > ~/.zfunc/_necropool  # a $fpath directory\n'
-                      'necropool completion fish > ~/.config/fish/completions/necropool.fish')

@@ -2,8 +2,9 @@
 
 Synopses, arguments and options come from the click parameters of the commands, so they
 follow the code; the sections a parser cannot know (exit status, environment, files, JSON
-output, examples) are in ``man_text``, each command's notes with its declaration. The output
-is deterministic: the date in ``.TH`` is ``man_text.DATE``, not the day of the run.
+output, the main page's examples) are in ``man_text``, each command's notes and examples
+with its declaration. The output is deterministic: the date in ``.TH`` is ``man_text.DATE``,
+not the day of the run.
 
 Regenerate the committed pages: ``python -m necropool.cli.manpage man``
 
@@ -20,9 +21,7 @@ import textwrap
 import typer._click as click
 from typer.main import get_command
 
-from necropool.cli.examples import EXAMPLES as COMMAND_EXAMPLES
 from necropool.cli.man_text import (
-    COMPLETION_EXAMPLE,
     CONFIG_POOL,
     CONFIG_TOP,
     DATE,
@@ -40,6 +39,7 @@ from necropool.cli.man_text import (
     PRECEDENCE,
     SOURCE,
 )
+from necropool.cli.registry import EXAMPLES as COMMAND_EXAMPLES
 from necropool.cli.registry import EXIT_STATUS as EXIT_STATUS_NOTES
 from necropool.cli.registry import NOTES
 from necropool.cli.roff import escape, guard, inline, para, text_lines, verbatim
@@ -198,7 +198,7 @@ def main_page() -> str:
     lines += [".SH SHELL COMPLETION"]
     for text in NOTES["completion"]:
         lines += para(text)
-    lines += verbatim(COMPLETION_EXAMPLE)
+    lines += verbatim(COMMAND_EXAMPLES["completion"])
     lines += [".SH EXAMPLES", *para("A first session:"), *verbatim(COMMAND_EXAMPLES[""])]
     for text, example in EXAMPLES:
         lines += para(text) + verbatim(example)
@@ -242,7 +242,7 @@ def _group_sections(name: str, subs) -> tuple[list[str], list[str]]:
 
 
 def _examples(name: str, subs) -> str:
-    """The examples of a command and of its subcommands (examples.py)."""
+    """The examples of a command and of its subcommands."""
     keys = [name] + [f"{name} {sub_name}" for sub_name, _, _ in subs]
     return "\n".join(COMMAND_EXAMPLES[k] for k in dict.fromkeys(keys) if k in COMMAND_EXAMPLES)
 

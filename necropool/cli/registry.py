@@ -1,6 +1,9 @@
 """Command registration that defers building: modules declare commands here, and
 ``app.build`` turns only the ones a call needs into Typer commands. A command's man-page
-additions are declared with it (``notes``: paragraphs after its help; ``exit_status``)."""
+additions are declared with it (``notes``: paragraphs after its help; ``exit_status``), and
+so are its ``examples``: shell text, one command per line, a ``#`` comment saying what a line
+does where that is not obvious; the Examples of ``--help`` and the EXAMPLES of the man pages.
+Keys are command paths without ``necropool`` (``""`` is ``necropool`` itself)."""
 
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,19 +13,24 @@ import typer
 REGISTERED: list[tuple[str, Any, dict]] = []  # a command's function, or a group's Typer app
 NOTES: dict[str, list[str]] = {}
 EXIT_STATUS: dict[str, str] = {}
+EXAMPLES: dict[str, str] = {}
 
 
-def _document(name: str, notes: Sequence[str], exit_status: str | None) -> None:
+def document(name: str, *, notes: Sequence[str] = (), exit_status: str | None = None,
+             examples: str | None = None) -> None:
+    """Record the man-page notes, exit status and examples of the command path ``name``."""
     if notes:
         NOTES[name] = list(notes)
     if exit_status:
         EXIT_STATUS[name] = exit_status
+    if examples:
+        EXAMPLES[name] = examples
 
 
 def command(name: str, *, notes: Sequence[str] = (), exit_status: str | None = None,
-            **settings: Any) -> Callable[[Callable], Callable]:
+            examples: str | None = None, **settings: Any) -> Callable[[Callable], Callable]:
     """Declare a CLI command (the decorated function is returned unchanged)."""
-    _document(name, notes, exit_status)
+    document(name, notes=notes, exit_status=exit_status, examples=examples)
 
     def declare(func: Callable) -> Callable:
         REGISTERED.append((name, func, settings))
@@ -38,7 +46,17 @@ def group_app() -> Any:
 
 
 def group(name: str, app: Any, *, notes: Sequence[str] = (), exit_status: str | None = None,
-          **settings: Any) -> None:
+          examples: str | None = None, **settings: Any) -> None:
     """Declare a command with subcommands (a Typer app)."""
-    _document(name, notes, exit_status)
+    document(name, notes=notes, exit_status=exit_status, examples=examples)
     REGISTERED.append((name, app, {"group": True, **settings}))
+
+
+def subcommand(app: Any, name: str, *, examples: str | None = None,
+               **settings: Any) -> Callable[[Callable], Callable]:
+    """Declare a subcommand of the group whose Typer app is ``app`` (a decorator)."""
+    from necropool.cli.helpfmt import Command
+
+    parent = next(group_name for group_name, item, _ in REGISTERED if item is app)
+    document(f"{parent} {name}", examples=examples)
+    return app.command(name, cls=Command, **settings)
