@@ -82,6 +82,34 @@ def test_prometheus_reports_leases_mirror_rescued_work_and_anomalies(cli, pool, 
     assert types["necropool_anomalies"] == "gauge"
 
 
+def test_a_pool_that_cannot_be_checked_is_a_failed_check_not_zero_anomalies(
+        cli, pool, manager, upstream, tmp_path):
+    """An alert on anomalies must not go quiet because detect could not look: the pool is
+    flagged, its anomaly samples are left out, the others are reported, and the file is
+    still written (exit 3 names the pool)."""
+    import shutil
+
+    from necropool.config import PoolSpec
+
+    manager.create_pool(PoolSpec(name="api", url=str(upstream), num_slots=1))
+    locks = manager.get_pool("api").paths.locks
+    shutil.rmtree(locks)
+    locks.write_text("not a directory\n")
+    assert cli("isolate", "web-2").code == 0
+    target = tmp_path / "necropool.prom"
+
+    result = cli("status", "--format", "prometheus", "--output", target)
+    assert result.code == 3 and "api" in result.stderr, result
+    types, samples = parse(target.read_text())
+    assert types["necropool_pool_check_failed"] == "gauge"
+    assert samples[("necropool_pool_check_failed", 'pool="api"')] == 1
+    assert samples[("necropool_pool_check_failed", 'pool="web"')] == 0
+    assert samples[("necropool_anomalies", 'pool="web",kind="isolated_slots"')] == 1
+    assert not any(name == "necropool_anomalies" and 'pool="api"' in labels
+                   for name, labels in samples)
+    assert samples[("necropool_slots", 'pool="api",state="available"')] == 1
+
+
 def test_output_file_is_replaced_atomically(cli, pool, tmp_path):
     target = tmp_path / "textfile" / "necropool.prom"
     target.parent.mkdir()

@@ -219,8 +219,9 @@ def status(
 
         recoveries = {p["pool"]: manager.last_event(p["pool"], "auto_recover") for p in pools}
         found = manager.detect_anomalies(target)
-        unchecked = found.pop("errors")
-        text = prometheus(pools, recoveries, found)
+        unchecked = found.pop("errors")  # "POOL: why" (a pool name has no colon)
+        failed = frozenset([b["pool"] for b in broken] + [e.split(":", 1)[0] for e in unchecked])
+        text = prometheus(pools, recoveries, found, failed)
         write_textfile(output, text) if output else out.line(text.rstrip("\n"))
     elif out.json:
         out.emit({"pools": pools + broken} if not target else pools[0])

@@ -17,7 +17,11 @@ POOL_METRICS = [
      "1 when the mirror is stale (its last fetch failed, or too old): see detect."),
     ("necropool_rescued_items", "gauge", "Bundles and moved-aside trees under rescued/."),
     ("necropool_rescued_bytes", "gauge", "Bytes under rescued/."),
-    ("necropool_anomalies", "gauge", "Anomalies found by detect, per kind."),
+    ("necropool_anomalies", "gauge",
+     "Anomalies found by detect, per kind (absent for a pool it could not check)."),
+    ("necropool_pool_check_failed", "gauge",
+     "1 when the pool could not be read or checked (its other metrics are then missing or "
+     "stale: see the command's error), else 0."),
     ("necropool_host_slots", "gauge", "Slots per host of the pool (one host unless in a ledger)."),
     ("necropool_host_last_seen_age_seconds", "gauge",
      "Seconds since a host of a shared ledger last gave a sign of life (auto-recover, a "
@@ -54,9 +58,12 @@ def _seconds(when: str, at) -> float:
 
 
 def _samples(pools: list[dict], recoveries: dict[str, dict | None],
-             anomalies: dict[str, list[dict]] | None) -> dict[str, list[str]]:
+             anomalies: dict[str, list[dict]] | None,
+             failed: frozenset[str]) -> dict[str, list[str]]:
     at = now()
     out: dict[str, list[str]] = {name: [] for name, _, _ in METRICS}
+    for pool in sorted({p["pool"] for p in pools} | failed):
+        out["necropool_pool_check_failed"].append(f"{_labels(pool=pool)} {int(pool in failed)}")
     for p in pools:
         pool = p["pool"]
         info = _labels(pool=pool, url=p["url"], branch=p["branch"])
@@ -88,7 +95,8 @@ def _samples(pools: list[dict], recoveries: dict[str, dict | None],
                 out["necropool_lease_expires_in_seconds"].append(
                     f"{slot} {-_seconds(s['expires_at'], at)}")
     if anomalies is not None:
-        counts = {(p["pool"], kind): 0 for p in pools for kind in anomalies}
+        counts = {(p["pool"], kind): 0 for p in pools for kind in anomalies
+                  if p["pool"] not in failed}  # not checked: unknown, not zero
         for kind, items in anomalies.items():
             for item in items:
                 counts[(item["pool"], kind)] = counts.get((item["pool"], kind), 0) + 1
@@ -105,11 +113,13 @@ def _samples(pools: list[dict], recoveries: dict[str, dict | None],
 
 
 def prometheus(pools: list[dict], recoveries: dict[str, dict | None],
-               anomalies: dict[str, list[dict]] | None = None) -> str:
+               anomalies: dict[str, list[dict]] | None = None,
+               failed: frozenset[str] = frozenset()) -> str:
     """The metrics of ``pools`` (``recoveries``: pool -> its last ``auto_recover`` event or
-    None; ``anomalies``: what detect found, by kind). A metric without samples is left out."""
+    None; ``anomalies``: what detect found, by kind; ``failed``: the pools that could not be
+    read or checked). A metric without samples is left out."""
     lines: list[str] = []
-    samples = _samples(pools, recoveries, anomalies)
+    samples = _samples(pools, recoveries, anomalies, failed)
     for name, kind, text in METRICS:
         if samples[name]:
             lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
