@@ -14,6 +14,7 @@ moved back when written, so a client whose clock is off judges expiry as the ser
 """
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -322,17 +323,29 @@ class PgStore(Transactions):
 
 
 class LedgerTail:
-    """The pool's events in the ledger not returned before (an event committed after a
-    later one was read is missed by a follow: ids are taken in order, committed in any)."""
+    """The pool's events in the ledger not returned before, each once. An event's id is
+    taken when it is inserted but the event shows when its transaction commits, so a later
+    id can show first: the ids seen in the last ``SETTLE`` seconds are kept and the range
+    below them asked again, so an event committed up to that long after a later one is
+    still returned (necropool's transactions last milliseconds)."""
+
+    SETTLE = 30.0
 
     def __init__(self, store: PgStore):
-        self.store, self.last = store, 0
+        self.store = store
+        self.floor = 0  # every event up to this id has been returned or never will show
+        self.seen: dict[int, float] = {}  # ids above the floor returned, when first seen
 
     def new(self, since: datetime | None = None) -> list[dict]:
-        found = self.store._events("AND id > %s", (self.last,), since=since)
-        if found:
-            self.last = found[-1]["id"]
-        return [_public(r) for r in found]
+        found = self.store._events("AND id > %s", (self.floor,), since=since)
+        at = time.monotonic()
+        fresh = [r for r in found if r["id"] not in self.seen]
+        self.seen.update((r["id"], at) for r in fresh)
+        settled = [i for i, when in self.seen.items() if at - when >= self.SETTLE]
+        if settled:
+            self.floor = max(settled)
+            self.seen = {i: when for i, when in self.seen.items() if i > self.floor}
+        return [_public(r) for r in fresh]
 
 
 def _public(record: dict) -> dict:

@@ -225,3 +225,26 @@ def test_without_psycopg_the_error_names_the_extra(tmp_path):
                           env={"NECROPOOL_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2, proc
     assert "pip install 'necropool[postgres]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_follow_returns_an_event_committed_after_a_later_one(fleet, monkeypatch):
+    """Ids are taken at insert, events show at commit: ``log --follow`` on a ledger must not
+    skip the event whose transaction committed after a later id was read, nor repeat one."""
+    import psycopg
+
+    from necropool.config import load_settings
+    from necropool.manager import PoolManager
+
+    roots, dsn = fleet
+    monkeypatch.setenv("NECROPOOL_HOME", str(roots["alpha"]))
+    monkeypatch.setenv("NECROPOOL_HOST", "alpha")
+    tail = PoolManager(load_settings()).get_pool("web").store.tail()
+    assert {e["event"] for e in tail.new()} == {"create"}
+    insert = "INSERT INTO events (pool, host, name, fields) VALUES ('web', 'alpha', %s, '{}')"
+    with psycopg.connect(dsn) as slow, psycopg.connect(dsn, autocommit=True) as quick:
+        slow.execute(insert, ("slow",))  # its id is taken; it commits later
+        quick.execute(insert, ("quick",))
+        assert [e["event"] for e in tail.new()] == ["quick"]
+        slow.commit()
+        assert [e["event"] for e in tail.new()] == ["slow"]
+    assert tail.new() == []
