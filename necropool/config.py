@@ -81,6 +81,14 @@ class Settings:
         value = self.ledger_override or (spec.ledger if spec else None) or self.ledger
         return None if value in (None, "", "local") else value
 
+    @property
+    def fleet_ledger(self) -> str | None:
+        """The ledger of the pools the config file does not name (the flag, the environment
+        or the top-level ``ledger``): where ``list`` looks for pools this host has no slots
+        of."""
+        value = self.ledger_override or self.ledger
+        return None if value in (None, "", "local") else value
+
 
 def _xdg(var: str, fallback: str) -> Path:
     value = os.environ.get(var)

@@ -130,6 +130,14 @@ def status(dsn: str) -> dict[str, Any]:
             "up_to_date": version == SCHEMA_VERSION, "pools": pools}
 
 
+def pool_names(dsn: str) -> list[str]:
+    """The pools the ledger defines."""
+    conn = connect(dsn)
+    with errors(dsn), conn.transaction():
+        check_schema(conn, dsn)
+        return [name for (name,) in conn.execute("SELECT pool FROM pools ORDER BY pool")]
+
+
 def check_schema(conn, dsn: str) -> None:
     version = _version(conn)
     if version is None:

@@ -22,7 +22,6 @@ from necropool.errors import (
 )
 from necropool.proc import Holder, hostname
 from necropool.records import Record
-from necropool.state import PoolState
 from necropool.validate import check_hours
 
 if TYPE_CHECKING:
@@ -97,14 +96,18 @@ class PoolManager:
         return admin.remove_slot(pool, number, force, discard_work)
 
     def list_pools(self, host: str | None = None) -> list[dict]:
-        """Every pool's summary (of ``host``'s slots only, for a pool in a ledger); an
-        unreadable pool is reported, never hidden."""
-        out = []
-        for name in self.pool_names():
+        """Every pool's summary (of ``host``'s slots only, for a pool in a ledger), with the
+        pools of the fleet's ledger this host has no slots of; an unreadable pool is
+        reported, never hidden."""
+        names = self.pool_names()
+        if dsn := self.settings.fleet_ledger:
+            from necropool import ledger
+
+            names = sorted({*names, *ledger.pool_names(dsn)})
+        out: list[dict] = []
+        for name in names:
             with PoolStep(name) as step:
-                pool = self.get_pool(name)
-                out.append(views.describe_pool(pool, pool.read_state(), with_slots=False,
-                                               host=host))
+                out.append(views.summary(self.fleet_pool(name), host, with_slots=False))
             if step.error:
                 out.append(step.broken())
         return out
@@ -115,8 +118,7 @@ class PoolManager:
         from necropool import rescued
 
         pool = self.fleet_pool(name)
-        data = views.describe_pool(pool, pool.read_state() if pool.local else PoolState(),
-                                   host=host)
+        data = views.summary(pool, host)
         data["rescued_count"], data["rescued_bytes"] = rescued.usage(pool)
         return data
 

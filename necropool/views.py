@@ -76,6 +76,13 @@ def mirror_freshness(pool: Pool) -> tuple[datetime | None, str | None]:
     return fetched, None
 
 
+def summary(pool: Pool, host: str | None = None, with_slots: bool = True) -> dict[str, Any]:
+    """``describe_pool`` of the pool's state, or for a pool only other hosts of the fleet
+    have slots of, of the ledger's alone."""
+    return describe_pool(pool, pool.read_state() if pool.local else PoolState(),
+                         with_slots=with_slots, host=host)
+
+
 def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
                   host: str | None = None) -> dict[str, Any]:
     """A pool and its slots: with a ledger, every host's (or ``host``'s only), with the

@@ -214,6 +214,12 @@ def test_a_host_without_slots_of_the_pool_allocates_anywhere(fleet, tmp_path):
     assert on("gamma", visitor, dsn, "release", slot["slot_id"], "--lease-id",
               slot["lease_id"]).code == 0
     assert on("gamma", visitor, dsn, "allocate", "nosuch", "--any-host").code == 4
+    listed = on("gamma", visitor, dsn, "list", "--json")
+    assert listed.code == 0, listed
+    [web] = listed.json()["pools"]  # the fleet's pool, though gamma has no slots of it
+    assert web["pool"] == "web" and web["num_slots"] == 4 and web["counts"]["available"] == 4
+    assert on("gamma", visitor, dsn, "--ledger", "local", "list", "--json").json()[
+        "pools"] == []
 
 
 def test_without_psycopg_the_error_names_the_extra(tmp_path):
