@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from necropool import lifecycle, slotgit
+from necropool import lifecycle, rescued, slotgit
 from necropool.clock import now
 from necropool.detect import Anomaly, Findings, detect, holder_dead, live_allocation
 from necropool.errors import Conflict, OperationFailed, Skipped, explain
@@ -23,7 +23,7 @@ from necropool.state import ALLOCATED, AVAILABLE, CLEANING, ERROR, Slot
 
 COUNTERS = ("long_allocated_released", "expired_released", "abandoned_released",
             "corrupted_recovered", "corrupted_isolated", "orphaned_locks_cleaned",
-            "stray_paths_moved", "slots_adopted")
+            "stray_paths_moved", "slots_adopted", "rescued_pruned")
 
 
 def zero_counters() -> dict[str, int]:
@@ -167,6 +167,10 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             if (outcome is None and not dry_run and result.actions[-1].status == "failed"
                     and _isolate_failed(pool, number)):
                 result.counters["corrupted_isolated"] += 1
+    if days := pool.settings.rescued_retention_days:
+        for item in rescued.prune(pool, days * 86400, apply=False):
+            act("rescued_pruned", item["path"], f"delete rescued work older than {days:g} days",
+                rescued.discard, pool, [item])
     result.detected = found.to_dict()
     if not dry_run:
         pool.event("auto_recover", errors=len(result.errors), actions=len(result.actions))

@@ -27,6 +27,7 @@ TOP_KEYS = {
     "stale_lock_hours": (int, float),
     "stale_mirror_hours": (int, float),
     "silent_host_hours": (int, float),
+    "rescued_retention_days": (int, float),
     "lock_timeout": (int, float),
     "git_timeout": (int, float),
     "pools": dict,
@@ -34,9 +35,9 @@ TOP_KEYS = {
 # Upper bounds (also rejecting inf) so that timeouts and date arithmetic cannot overflow.
 LIMITS = {"max_allocation_hours": MAX_HOURS, "stale_lock_hours": MAX_HOURS,
           "stale_mirror_hours": MAX_HOURS, "silent_host_hours": MAX_HOURS,
-          "lock_timeout": 1e9, "git_timeout": 1e9}
+          "rescued_retention_days": MAX_HOURS / 24, "lock_timeout": 1e9, "git_timeout": 1e9}
 POSITIVE = ("max_allocation_hours", "stale_lock_hours", "stale_mirror_hours",
-            "silent_host_hours", "lock_timeout",
+            "silent_host_hours", "rescued_retention_days", "lock_timeout",
             "git_timeout", "num_slots")
 FETCH_BACKENDS = ("git", "libgit2")
 
@@ -67,6 +68,7 @@ class Settings:
     stale_lock_hours: float = 24.0
     stale_mirror_hours: float = 24.0
     silent_host_hours: float = 1.0  # a fleet host with no sign of life for this long is reported
+    rescued_retention_days: float | None = None  # auto-recover deletes older rescued work
     lock_timeout: float = 30.0
     git_timeout: float = 600.0
     pools: dict[str, PoolSpec] = field(default_factory=dict)

@@ -254,10 +254,15 @@ def prune(pool, older_than: float, apply: bool) -> list[Record]:
     cutoff = rfc3339(datetime.fromtimestamp(now().timestamp() - older_than, UTC))
     old = [e for e in entries(pool) if e["created_at"] < cutoff]
     if apply:
-        for item in old:
-            remove_tree(Path(item["path"]), pool.settings.root)
-        _drop_empty_dirs(pool, {Path(e["path"]).parent for e in old})
+        discard(pool, old)
     return old
+
+
+def discard(pool, items: list[Record]) -> None:
+    """Delete the items (``entries``'), and the directories that leaves empty."""
+    for item in items:
+        remove_tree(Path(item["path"]), pool.settings.root)
+    _drop_empty_dirs(pool, {Path(e["path"]).parent for e in items})
 
 
 def _drop_empty_dirs(pool, directories: set[Path]) -> None:

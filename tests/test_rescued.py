@@ -153,3 +153,33 @@ def test_a_pool_that_cannot_be_read_is_named_and_the_others_still_searched(
     with pytest.raises(NecropoolError, match="junk"):  # the API never drops it silently
         manager.rescued_list()
     assert len(manager.rescued_list("web")) == 1
+
+
+def test_auto_recover_deletes_rescued_work_past_the_retention(cli, saved, root, tmp_path,
+                                                              monkeypatch):
+    """Opt-in (``rescued_retention_days``): the cron job keeps rescued/ from filling the disk;
+    work younger than the retention stays, and a dry run only counts."""
+    _, bundle = saved
+    old = root / "pools/web/rescued" / "web-2-20200101T000000Z.broken"
+    (old / ".git").mkdir(parents=True)
+    (old / "work.c").write_text("int main;\n")
+    assert cli("auto-recover", "--json").json()["rescued_pruned"] == 0  # not configured: kept
+    assert old.is_dir()
+
+    config = tmp_path / "config.toml"
+    config.write_text("rescued_retention_days = 30\n")
+    monkeypatch.setenv("NECROPOOL_CONFIG", str(config))
+    plan = cli("auto-recover", "--dry-run", "--json")
+    assert plan.code == 0 and plan.json()["rescued_pruned"] == 1, plan
+    assert old.is_dir()
+    done = cli("auto-recover", "--json")
+    assert done.code == 0, done
+    data = done.json()
+    assert data["rescued_pruned"] == 1 and not old.exists() and Path(bundle).is_file()
+    [action] = [a for p in data["pools"] for a in p["actions"] if a["target"] == str(old)]
+    assert action["status"] == "done" and "30 days" in action["action"]
+    assert cli("auto-recover", "--json").json()["rescued_pruned"] == 0
+
+    config.write_text("rescued_retention_days = -1\n")
+    refused = cli("auto-recover")
+    assert refused.code == 2 and "rescued_retention_days" in refused.stderr

@@ -144,6 +144,8 @@ CONFIG_TOP = [
                "*necropool-ledger*(1))."),
     ("silent_host_hours", "A host of a shared ledger with no auto-recover or state change for "
                           "this long is reported (default 1)."),
+    ("rescued_retention_days", "auto-recover deletes rescued work older than this many days "
+                               "(default: unset, kept until rescued prune)."),
 ]
 CONFIG_POOL = [
     ("url", "Upstream repository URL or path (required)."),
