@@ -53,5 +53,7 @@ def poke(path: Path) -> None:
             os.write(fd, b"\0")
     except BlockingIOError:
         pass  # the pipe is full of pokes: the waiter will wake anyway
+    except BrokenPipeError:
+        pass  # the waiter closed its end since we opened ours: nobody left to wake
     finally:
         os.close(fd)

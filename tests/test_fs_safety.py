@@ -472,3 +472,26 @@ def test_a_users_file_that_looks_like_a_temp_name_is_never_swept(env):
     no_traceback(run("auto-recover"))
     moved = list((env["pool"] / "rescued").glob("stray-slots-.tmp-notes-*"))
     assert [m.read_text() for m in moved] == ["mine\n"]
+
+
+def test_a_state_write_survives_the_waiter_leaving_as_it_is_woken(tmp_path):
+    """A write pokes the head waiter's FIFO; the waiter may close it between the poke's open
+    and its write (its allocation timed out, or got a slot): that is nobody to wake, not a
+    failed release (it was: BrokenPipeError)."""
+    from necropool import wakeup
+
+    fifo = tmp_path / "wake.fifo"
+    os.mkfifo(fifo, 0o600)
+    waiters = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        "end = time.monotonic() + 1.5\n"
+        "while time.monotonic() < end:\n"
+        "    os.close(os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK))\n"), str(fifo)])
+    pokes = 0
+    try:
+        while waiters.poll() is None:
+            wakeup.poke(fifo)
+            pokes += 1
+    finally:
+        waiters.wait()
+    assert waiters.returncode == 0 and pokes > 1000
