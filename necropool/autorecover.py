@@ -168,7 +168,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                     and _isolate_failed(pool, number)):
                 result.counters["corrupted_isolated"] += 1
     if days := pool.settings.rescued_retention_days:
-        for item in rescued.prune(pool, days * 86400, apply=False):
+        for item in rescued.older(pool, days * 86400, detail=False):  # no history read
             act("rescued_pruned", item["path"], f"delete rescued work older than {days:g} days",
                 rescued.discard, pool, [item])
     result.detected = found.to_dict()

@@ -80,16 +80,19 @@ class Settings:
         local TOML files (also what ``local`` says). Flag > environment > the pool's table
         of the config > the config's top level."""
         spec = self.pools.get(pool)
-        value = self.ledger_override or (spec.ledger if spec else None) or self.ledger
-        return None if value in (None, "", "local") else value
+        return _remote(self.ledger_override or (spec.ledger if spec else None) or self.ledger)
 
     @property
     def fleet_ledger(self) -> str | None:
         """The ledger of the pools the config file does not name (the flag, the environment
         or the top-level ``ledger``): where ``list`` looks for pools this host has no slots
         of."""
-        value = self.ledger_override or self.ledger
-        return None if value in (None, "", "local") else value
+        return _remote(self.ledger_override or self.ledger)
+
+
+def _remote(ledger: str | None) -> str | None:
+    """A ledger setting as a DSN, or None for the local files (also what ``local`` says)."""
+    return None if ledger in (None, "", "local") else ledger
 
 
 def _xdg(var: str, fallback: str) -> Path:

@@ -86,7 +86,12 @@ class PoolStep:
 def fail_for(broken: list[dict]) -> None:
     """After showing what could be read: fail (exit 3) naming each pool that could not."""
     if broken:
-        raise OperationFailed("; ".join(f"pool {b['pool']}: {b['error']}" for b in broken))
+        raise OperationFailed(named(broken))
+
+
+def named(broken: list[dict]) -> str:
+    """``pool NAME: why; ...`` for the ``{"pool", "error"}`` entries of broken pools."""
+    return "; ".join(f"pool {b['pool']}: {b['error']}" for b in broken)
 
 
 def explain(exc: BaseException) -> str:

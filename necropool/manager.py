@@ -19,6 +19,7 @@ from necropool.errors import (
     PoolStep,
     TryAgain,
     UsageError,
+    named,
 )
 from necropool.proc import Holder, hostname
 from necropool.records import Record
@@ -309,8 +310,7 @@ class PoolManager:
         except NotFound as exc:
             if not broken:
                 raise
-            raise NotFound(exc.message + "; not searched: " + "; ".join(
-                f"pool {b['pool']}: {b['error']}" for b in broken)) from None
+            raise NotFound(f"{exc.message}; not searched: {named(broken)}") from None
 
     def rescued_prune(self, name: str | None, older_than: float, apply: bool,
                       broken: list[dict] | None = None) -> list[Record]:

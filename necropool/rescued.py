@@ -251,11 +251,16 @@ def restore(pool, item: Record, into: Path | None) -> dict:
 def prune(pool, older_than: float, apply: bool) -> list[Record]:
     """The items older than ``older_than`` seconds; deleted only when ``apply``. Each is
     removed without following a symlink (a link goes, its target stays)."""
-    cutoff = rfc3339(datetime.fromtimestamp(now().timestamp() - older_than, UTC))
-    old = [e for e in entries(pool) if e["created_at"] < cutoff]
+    old = older(pool, older_than)
     if apply:
         discard(pool, old)
     return old
+
+
+def older(pool, seconds: float, detail: bool = True) -> list[Record]:
+    """The items saved more than ``seconds`` ago (``detail``: as for ``entries``)."""
+    cutoff = rfc3339(datetime.fromtimestamp(now().timestamp() - seconds, UTC))
+    return [e for e in entries(pool, detail) if e["created_at"] < cutoff]
 
 
 def discard(pool, items: list[Record]) -> None:
