@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from necropool import git, lifecycle
 from necropool.clock import now
-from necropool.config import PoolSpec, Settings
+from necropool.config import PoolSpec, Settings, check_spec
 from necropool.errors import Conflict, NecropoolError, NotFound, UsageError
 from necropool.layout import (
     PoolPaths,
@@ -28,7 +28,7 @@ from necropool.lockmaint import lock_free
 from necropool.pool import Pool, PoolDef, get_slot, open_store
 from necropool.proc import hostname
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot
-from necropool.validate import check_pool_name, check_spec
+from necropool.validate import check_pool_name
 
 Progress = Callable[[int, int], None]
 Key = TypeVar("Key")

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from necropool.errors import UsageError
-from necropool.validate import MAX_HOURS, check_pool_name, check_url
+from necropool.redact import redact
+from necropool.validate import MAX_HOURS, check_pool_name, check_refname, check_url
 
 POOL_KEYS = {
     "url": str,
@@ -93,6 +94,21 @@ class Settings:
 def _remote(ledger: str | None) -> str | None:
     """A ledger setting as a DSN, or None for the local files (also what ``local`` says)."""
     return None if ledger in (None, "", "local") else ledger
+
+
+def check_spec(spec: PoolSpec) -> PoolSpec:
+    """A pool spec from the config or the API; a local path url is made absolute."""
+    check_pool_name(spec.name)
+    check_url(spec.url)
+    if spec.num_slots < 1:
+        raise UsageError(f"invalid slot count {spec.num_slots}: must be at least 1")
+    if spec.fetch_backend not in FETCH_BACKENDS:
+        raise UsageError(f"invalid fetch backend {spec.fetch_backend!r}")
+    if spec.branch is not None:
+        check_refname(spec.branch, branch=True)
+    if "://" not in spec.url and ":" not in spec.url.split("/")[0] and Path(spec.url).exists():
+        spec.url = str(Path(spec.url).resolve())  # a local path: make it absolute
+    return spec
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -187,8 +203,6 @@ def check_ledger(value: str | None, what: str) -> str | None:
     assert value is not None
     if "\0" in value or not (value.startswith(("postgresql://", "postgres://"))
                              or "=" in value):
-        from necropool.pgconn import redact
-
         raise UsageError(f"invalid {what} {redact(value)[:80]!r}: use 'local' or a PostgreSQL "
                          "connection string (postgresql://host/db)")
     return value

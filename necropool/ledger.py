@@ -13,8 +13,9 @@ from necropool.clock import now
 from necropool.config import Settings
 from necropool.errors import Conflict, NotFound, OperationFailed
 from necropool.layout import PoolPaths, write_atomic
-from necropool.pgconn import connect, errors, redact
+from necropool.pgconn import connect, errors
 from necropool.proc import hostname
+from necropool.redact import redact
 from necropool.state import ALLOCATED, PoolState, Slot
 
 # Each entry takes the schema from the version before it to its own (index + 1).

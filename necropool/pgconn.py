@@ -1,14 +1,12 @@
 """Connections to the PostgreSQL ledger: one per thread and DSN, errors mapped to
-necropool's (a ledger that cannot be reached is exit 75, retryable), and DSNs shown with
-their password masked wherever they appear."""
+necropool's (a ledger that cannot be reached is exit 75, retryable)."""
 
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from necropool.errors import OperationFailed, TryAgain, UsageError
+from necropool.redact import redact
 
 _local = threading.local()  # one connection per thread and DSN
 
@@ -68,34 +66,3 @@ def errors(dsn: str) -> Iterator[None]:
             raise OperationFailed(f"ledger {where} has no necropool schema: run "
                                   "'necropool ledger init'") from None
         raise OperationFailed(f"ledger {where}: {detail}") from None
-
-
-
-def password_of(dsn: str) -> str | None:
-    if "://" in dsn:
-        try:
-            secret = urlsplit(dsn).password
-        except ValueError:
-            return None
-        return unquote(secret) if secret else None
-    found = re.search(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
-    return found.group(1).strip("'") if found else None
-
-
-def redact(text: str, dsn: str | None = None) -> str:
-    """``text`` (a DSN, or a message about ``dsn``) with any password masked."""
-    secret = password_of(dsn if dsn is not None else text)
-    if dsn is None and "://" in text:
-        try:
-            parts = urlsplit(text)
-            if parts.password is not None:
-                netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-                netloc += f":{parts.port}" if parts.port else ""
-                text = urlunsplit(parts._replace(netloc=netloc))
-        except ValueError:
-            pass
-    text = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text)
-    if secret:
-        text = text.replace(secret, "***")
-    return text
-

@@ -7,13 +7,12 @@ from dataclasses import replace
 
 from necropool import git
 from necropool.admin import Progress, add_slots, create, delete, remove_slot
-from necropool.config import PoolSpec, Settings, default_config_path
+from necropool.config import PoolSpec, Settings, check_spec, default_config_path
 from necropool.errors import Conflict, OperationFailed, PoolStep, UsageError
 from necropool.layout import write_atomic
 from necropool.mirror import update_mirror
 from necropool.pool import Pool, PoolDef, list_pools
 from necropool.state import AVAILABLE
-from necropool.validate import check_spec
 
 
 def sync(settings: Settings, prune: bool = False, progress: Progress | None = None) -> list[dict]:

@@ -1,16 +1,11 @@
-"""Input validation, in one place: pool names, slot ids, upstream URLs, branches, pool specs,
+"""Input validation, in one place: pool names, slot ids, upstream URLs, ref names,
 free text (owners, reasons), lease metadata and hour limits. Each check returns the value or
 raises ``UsageError`` with a one-line message."""
 
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from necropool.clock import MAX_DURATION
 from necropool.errors import UsageError
-
-if TYPE_CHECKING:
-    from necropool.config import PoolSpec
 
 MAX_HOURS = MAX_DURATION // 3600  # any hours setting or argument
 
@@ -110,26 +105,21 @@ def check_metadata(meta) -> dict[str, str]:
     return meta
 
 
-def check_spec(spec: "PoolSpec") -> "PoolSpec":
-    """A pool spec from the config or the API; a local path url is made absolute."""
-    # config imports this module; git only here (the CLI's output imports this module)
-    from necropool import git
-    from necropool.config import FETCH_BACKENDS
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
 
-    check_pool_name(spec.name)
-    check_url(spec.url)
-    if spec.num_slots < 1:
-        raise UsageError(f"invalid slot count {spec.num_slots}: must be at least 1")
-    if spec.fetch_backend not in FETCH_BACKENDS:
-        raise UsageError(f"invalid fetch backend {spec.fetch_backend!r}")
-    if spec.branch is not None and (not spec.branch or spec.branch.startswith("-")
-                                    or any(ord(c) < 32 for c in spec.branch)
-                                    or git.run(["check-ref-format", "--branch", spec.branch],
-                                               check=False).returncode != 0):
-        raise UsageError(f"invalid branch name {spec.branch!r}")
-    if "://" not in spec.url and ":" not in spec.url.split("/")[0] and Path(spec.url).exists():
-        spec.url = str(Path(spec.url).resolve())  # a local path: make it absolute
-    return spec
+
+def check_refname(name: str, *, branch: bool = False) -> str:
+    """``name`` if it is a well-formed ref name by git's rules (``git check-ref-format``),
+    checked here without running git: names read from a slot or the mirror are data, and
+    must never become a path that leaves ``refs/``. ``branch`` checks a short branch name
+    (``main``) instead of a full one (``refs/heads/main``)."""
+    bad = (not isinstance(name, str) or not name or name == "@" or name.startswith("/")
+           or name.endswith(("/", ".")) or _REF_FORBIDDEN.search(name) is not None
+           or any(part.startswith(".") or part.endswith(".lock") for part in name.split("/"))
+           or (branch and (name.startswith("-") or name == "HEAD")))
+    if bad:
+        raise UsageError(f"invalid {'branch' if branch else 'ref'} name {name!r}")
+    return name
 
 
 def check_hours(hours: object, what: str = "max_allocation_hours", *,
