@@ -24,7 +24,7 @@ from necropool.layout import (
     trash_name,
     write_atomic,
 )
-from necropool.lockmaint import lock_free
+from necropool.locks import lock_free
 from necropool.pool import Pool, PoolDef, get_slot, open_store
 from necropool.proc import hostname
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot

@@ -14,7 +14,7 @@ from necropool import git, slotgit
 from necropool.clock import now, rfc3339
 from necropool.integrity import Verifier
 from necropool.layout import PoolPaths, is_temp
-from necropool.lockmaint import lock_free
+from necropool.locks import lock_free
 from necropool.pool import Pool
 from necropool.records import Record
 from necropool.state import ALLOCATED, CLEANING, ERROR, PoolState, Slot

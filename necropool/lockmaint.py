@@ -1,4 +1,4 @@
-"""Lock maintenance: the one probe for "is this lock held", and the guide's ``lock_manager``
+"""Lock maintenance: the guide's ``lock_manager``
 API over the slot lock files of every pool of a root."""
 
 import os
@@ -8,22 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from necropool.config import Settings
-from necropool.locks import FileLock
+from necropool.locks import FileLock, lock_free
 from necropool.state import CLEANING
 from necropool.validate import check_hours
 
 if TYPE_CHECKING:
     from necropool.pool import Pool
-
-
-def lock_free(path: Path) -> bool:
-    """Whether no live process holds the lock file at ``path`` (a missing file is free).
-    Never creates the file."""
-    probe = FileLock(path)
-    if probe.try_acquire(create=False):
-        probe.release()
-        return True
-    return not path.exists()
 
 
 class LockManager:

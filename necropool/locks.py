@@ -179,3 +179,13 @@ class FileLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def lock_free(path: Path) -> bool:
+    """Whether no live process holds the lock file at ``path`` (a missing file is free).
+    Never creates the file."""
+    probe = FileLock(path)
+    if probe.try_acquire(create=False):
+        probe.release()
+        return True
+    return not path.exists()

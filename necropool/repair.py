@@ -15,8 +15,7 @@ from necropool.detect import holder_dead
 from necropool.errors import Conflict, OperationFailed, Skipped, explain
 from necropool.integrity import Verifier
 from necropool.layout import remove_tree, temp_name, trash_name, write_atomic
-from necropool.lockmaint import lock_free
-from necropool.locks import FileLock
+from necropool.locks import FileLock, lock_free
 from necropool.pool import Pool, get_slot
 from necropool.proc import Holder
 from necropool.records import Record

@@ -287,7 +287,7 @@ def _busy(paths: PoolPaths, number: int) -> str | None:
     ignored file, local branch or stash)."""
     # only a rebuild needs them (lockmaint also imports this module)
     from necropool import git
-    from necropool.lockmaint import lock_free
+    from necropool.locks import lock_free
     from necropool.proc import describe, processes_in
 
     path = paths.slot_dir(number)

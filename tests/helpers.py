@@ -120,7 +120,7 @@ def wait_until_queued(pool_dir: Path, waiter: subprocess.Popen, timeout: float =
     """Return once the ``allocate --wait`` running as ``waiter`` waits for a slot: it holds
     the pool's allocation queue lock (wait.lock), which it takes only after finding none
     free. Fails when the waiter exits first or does not get there within ``timeout``."""
-    from necropool.lockmaint import lock_free
+    from necropool.locks import lock_free
 
     deadline = time.monotonic() + timeout
     while lock_free(pool_dir / "wait.lock"):

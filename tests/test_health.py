@@ -30,7 +30,7 @@ from helpers import clock_at, commit_file, git
 
 from necropool.errors import TryAgain
 from necropool.integrity import Verifier
-from necropool.lockmaint import lock_free
+from necropool.locks import lock_free
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
          "orphaned_locks", "stray_paths", "isolated_slots")
