@@ -25,9 +25,10 @@ from necropool.layout import (
     write_atomic,
 )
 from necropool.locks import lock_free
-from necropool.pool import Pool, PoolDef, get_slot, open_store
+from necropool.pool import Pool, PoolDef, get_slot
 from necropool.proc import hostname
 from necropool.state import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot
+from necropool.store_open import open_store
 from necropool.validate import check_pool_name
 
 Progress = Callable[[int, int], None]
@@ -67,7 +68,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
                              fetch_backend=spec.fetch_backend, created_at=now())
         write_atomic(paths.definition, definition.dump())
         if ledger:  # before the slots are cloned: an unreachable ledger fails fast
-            from necropool.ledger import register
+            from necropool.ledger_hosts import register
 
             register(ledger, spec.name, hostname(), str(settings.root), spec.url, branch)
         new = PoolState(source="new")
@@ -80,7 +81,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
         store = open_store(settings, paths, spec.name)  # not locked: not there yet
         store.save(new)
         if ledger:
-            from necropool.ledger import mark
+            from necropool.ledger_hosts import mark
 
             mark(paths, ledger)
         store.append_event("create", url=spec.url, branch=branch, slots=spec.num_slots)
@@ -91,7 +92,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
     except BaseException:
         remove_tree(tmp, settings.root)
         if ledger and not os.path.lexists(final / "pool.toml"):
-            from necropool.ledger import unregister
+            from necropool.ledger_hosts import unregister
 
             with contextlib.suppress(NecropoolError):
                 unregister(ledger, spec.name, hostname())
@@ -146,7 +147,7 @@ def delete(pool: Pool, force: bool = False, discard_work: bool = False) -> dict:
                     _save_work(pool, slot)
         kept = _keep_rescued(pool.settings.root, pool.paths.rescued, pool.name)
         if pool.ledger:  # in the same transaction as the lock: gone from both or neither
-            from necropool.ledger import unregister
+            from necropool.ledger_hosts import unregister
 
             unregister(pool.ledger, pool.name, hostname())
         trash = pool.paths.dir.parent / trash_name(pool.name)

@@ -15,10 +15,10 @@ from necropool.clock import now, rfc3339
 from necropool.integrity import Verifier
 from necropool.layout import PoolPaths, is_temp
 from necropool.locks import lock_free
+from necropool.mirror import mirror_freshness
 from necropool.pool import Pool
 from necropool.records import Record
 from necropool.state import ALLOCATED, CLEANING, ERROR, PoolState, Slot
-from necropool.views import mirror_freshness
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
          "orphaned_locks", "stray_paths", "isolated_slots", "stale_mirrors", "silent_hosts")
@@ -125,7 +125,7 @@ def _judge_fleet(pool: Pool, hours: float, found: Findings) -> None:
     hosts silent past ``silent_host_hours``: reported, for those hosts to act on."""
     from necropool import fleet
     from necropool.leases import expired
-    from necropool.ledger import silent_hosts
+    from necropool.ledger_hosts import silent_hosts
     from necropool.proc import hostname
 
     slots, seen = fleet.slots(pool)

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from necropool.clock import now
 from necropool.errors import Conflict, NotFound, UsageError
-from necropool.ledger import FleetSlot, fleet
+from necropool.ledger_hosts import FleetSlot, fleet
 from necropool.pool import Pool
 from necropool.proc import Holder, hostname
 from necropool.state import ALLOCATED, AVAILABLE, Lease, Slot

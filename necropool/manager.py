@@ -102,9 +102,9 @@ class PoolManager:
         reported, never hidden."""
         names = self.pool_names()
         if dsn := self.settings.fleet_ledger:
-            from necropool import ledger
+            from necropool import ledger_schema
 
-            names = sorted({*names, *ledger.pool_names(dsn)})
+            names = sorted({*names, *ledger_schema.pool_names(dsn)})
         out: list[dict] = []
         for name in names:
             with PoolStep(name) as step:
@@ -259,15 +259,15 @@ class PoolManager:
     def ledger(self, action: str, pool: str | None = None) -> dict:
         """``init``/``migrate`` (the same: create or update the schema), ``status``,
         ``import`` or ``export`` (of ``pool``)."""
-        from necropool import ledger
+        from necropool import ledger_schema, ledger_transfer
 
         dsn = self.ledger_dsn(pool)
         if action in ("init", "migrate"):
-            return ledger.migrate(dsn)
+            return ledger_schema.migrate(dsn)
         if action == "status":
-            return ledger.status(dsn)
+            return ledger_schema.status(dsn)
         assert pool is not None
-        move = ledger.import_pool if action == "import" else ledger.export_pool
+        move = ledger_transfer.import_pool if action == "import" else ledger_transfer.export_pool
         return move(self.settings, pool, dsn)
 
     # --- rescued work -------------------------------------------------------------------------

@@ -5,6 +5,7 @@ kept for ``detect`` instead of stopping allocation."""
 import contextlib
 import json
 import time
+from datetime import UTC, datetime, timedelta
 
 from necropool import git
 from necropool.clock import now, rfc3339
@@ -84,3 +85,29 @@ def _note_failure(pool: Pool, message: str) -> None:
     with contextlib.suppress(OSError):
         write_atomic(pool.paths.mirror_failed, json.dumps(
             {"time": rfc3339(now()), "error": message}).encode())
+
+
+CLOCK_SLACK = 60  # seconds a fetch stamp may lie ahead of this host's clock
+
+
+def mirror_freshness(pool: Pool) -> tuple[datetime | None, str | None]:
+    """When the mirror last fetched, and why it is stale (None when it is not): its last
+    fetch failed (the upstream is unreachable), its stamp is in the future, or, for a pool
+    that fetches on allocate, it has not fetched for ``stale_mirror_hours``."""
+    try:
+        fetched = datetime.fromtimestamp(float(pool.paths.mirror_stamp.read_text()), UTC)
+    except (OSError, ValueError, OverflowError):
+        fetched = None
+    try:
+        failed = json.loads(pool.paths.mirror_failed.read_text())
+        return fetched, f"last fetch failed at {failed['time']}: {failed['error']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    at, hours = now(), pool.settings.stale_mirror_hours
+    if fetched is None:
+        return None, "no record of a fetch (mirror.fetched missing or unreadable)"
+    if fetched > at + timedelta(seconds=CLOCK_SLACK):
+        return fetched, f"last fetch stamped {rfc3339(fetched)}, in the future"
+    if pool.definition.fetch_on_allocate and fetched < at - timedelta(hours=hours):
+        return fetched, f"not fetched since {rfc3339(fetched)} (over {hours:g} h)"
+    return fetched, None

@@ -15,14 +15,16 @@ from typing import Any
 import tomli_w
 
 from necropool import git
+from necropool.clock import rfc3339
 from necropool.config import Settings
 from necropool.errors import NotFound, OperationFailed, UsageError
 from necropool.layout import PoolPaths, ensure_inside, pools_dir, sweep_temp
 from necropool.locks import FileLock
+from necropool.proc import hostname
 from necropool.records import Record
 from necropool.state import PoolState, Slot
 from necropool.store import Store
-from necropool.store_toml import TomlStore
+from necropool.store_open import open_store
 from necropool.validate import check_pool_name, parse_slot_id
 
 
@@ -78,7 +80,7 @@ class Pool:
         ledger = settings.ledger_for(check_pool_name(name))
         if ledger is None:
             raise NotFound(f"pool {name!r} does not exist under {settings.root}")
-        from necropool.ledger import definition
+        from necropool.ledger_hosts import definition
 
         pool = cls.__new__(cls)
         pool.settings, pool.name, pool.ledger, pool.local = settings, name, ledger, False
@@ -95,8 +97,6 @@ class Pool:
     @property
     def slots(self) -> list[Record]:
         """Every slot as ``status`` reports it, by number (the guide's ``pool.slots``)."""
-        from necropool.views import describe_slot  # views imports this module
-
         current = self.read_state()
         return [describe_slot(self, current.slots[n]) for n in sorted(current.slots)]
 
@@ -148,16 +148,39 @@ class Pool:
         return git.mirror_tip(self.paths.mirror, self.definition.branch)
 
 
-def open_store(settings: Settings, paths: PoolPaths, name: str) -> Store:
-    """The pool's store: the shared ledger its settings name (which records the slots'
-    final paths, even for a pool being made under a temp name), else its TOML files."""
-    ledger = settings.ledger_for(name)
-    if ledger is None:
-        return TomlStore(paths, name, settings.lock_timeout)
-    from necropool.proc import hostname
-    from necropool.store_pg import PgStore
-
-    return PgStore(ledger, name, hostname(), PoolPaths(settings.root, name))
+def describe_slot(pool: "Pool", slot: Slot, host: str | None = None,
+                  path: str | None = None) -> Record:
+    """A slot as ``status``/``allocate`` report it (the JSON contract). ``metadata`` is the
+    lease's; an isolated slot's carries ``isolated_at`` and ``isolation_reason`` (as the
+    guide reads them). ``host`` and ``path``: a slot of another host in the fleet, shown as
+    the ledger has it (its id ``POOL-N@HOST``; the commit it was last cleaned to)."""
+    remote = host is not None and host != hostname()
+    where = Path(path) if remote and path else pool.slot_dir(slot.number)
+    branch, commit = (None, slot.commit) if remote else git.read_head(where / ".git")
+    lease = slot.lease
+    holder = lease.holder if lease else None
+    metadata: dict[str, str | None] = dict(lease.metadata) if lease else {}
+    if slot.isolated_at:
+        metadata.update(isolated_at=rfc3339(slot.isolated_at),
+                        isolation_reason=slot.isolation_reason)
+    return Record({
+        "slot_id": f"{pool.slot_id(slot.number)}@{host}" if remote else pool.slot_id(slot.number),
+        "pool": pool.name, "path": str(where), "slot_host": host if remote else hostname(),
+        "state": slot.state, "lease_id": lease.lease_id if lease else None,
+        "owner": lease.owner if lease else None,
+        "pid": holder.pid if holder else None, "host": holder.host if holder else None,
+        "allocated_at": rfc3339(lease.allocated_at) if lease else None,
+        "expires_at": rfc3339(lease.expires_at) if lease else None,
+        "ttl_seconds": lease.ttl_seconds if lease else None,
+        "metadata": metadata, "current_branch": branch, "current_commit": commit,
+        "allocation_count": slot.allocation_count,
+        "total_usage_seconds": round(slot.total_usage_seconds, 3),
+        "last_allocated_at": rfc3339(slot.last_allocated_at),
+        "last_released_at": rfc3339(slot.last_released_at),
+        "needs_cleanup": slot.needs_cleanup, "error": slot.error,
+        "isolated_at": rfc3339(slot.isolated_at), "isolation_reason": slot.isolation_reason,
+        "last_rescue": slot.last_rescue,
+    })
 
 
 def get_slot(current: PoolState, pool: Pool, number: int) -> Slot:

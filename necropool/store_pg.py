@@ -25,8 +25,8 @@ from necropool import wakeup
 from necropool.clock import now, rfc3339
 from necropool.errors import Conflict, NotFound
 from necropool.layout import PoolPaths
-from necropool.ledger import check_schema
 from necropool.ledger_rows import ORDER, json_value, param, row_of, slot_of, text
+from necropool.ledger_schema import check_schema
 from necropool.pgconn import connect, errors
 from necropool.proc import Holder
 from necropool.state import Lease, PoolState, Slot, SlotState

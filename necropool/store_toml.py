@@ -1,5 +1,5 @@
 """The default store: ``state.toml`` (and its ``.bak``) guarded by ``pool.lock``, history in
-``events.jsonl``. Writes are atomic, fsynced and never follow a symlink (``state.save``,
+``events.jsonl``. Writes are atomic, fsynced and never follow a symlink (``statefile.save``,
 ``layout.write_atomic``); a write that leaves a slot free pokes the wake FIFO of the
 allocation waiter at the head of the queue."""
 
@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from necropool import events, state, wakeup
+from necropool import events, statefile, wakeup
 from necropool.clock import now
 from necropool.errors import NotFound
 from necropool.layout import PoolPaths, fsync_dir
@@ -35,7 +35,7 @@ class TomlStore(Transactions):
         self._saved = False  # by the block ``locked`` runs: its directory is synced after it
 
     def snapshot(self) -> PoolState:
-        return state.load(self.paths)  # writes are atomic replaces: no lock needed
+        return statefile.load(self.paths)  # writes are atomic replaces: no lock needed
 
     @contextmanager
     def locked(self) -> Iterator[PoolState]:
@@ -51,7 +51,7 @@ class TomlStore(Transactions):
         try:
             if not self.paths.definition.exists():
                 raise NotFound(f"pool {self.name!r} does not exist")
-            yield state.load(self.paths)
+            yield statefile.load(self.paths)
         finally:
             saved, self._saved = self._saved, False  # read while no other block can run
             lock.release()
@@ -61,7 +61,7 @@ class TomlStore(Transactions):
     def save(self, current: PoolState) -> None:
         """Waking the waiter only when a slot is free: other writes would make it take the
         pool lock for nothing."""
-        state.save(self.paths, current, sync_dir=False)  # synced by ``locked``
+        statefile.save(self.paths, current, sync_dir=False)  # synced by ``locked``
         self._saved = True
         if any(slot.state == AVAILABLE for slot in current.slots.values()):
             wakeup.poke(self.paths.wake)

@@ -94,7 +94,7 @@ def pg_dsn(pg_cluster: Cluster) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def ledger_template(pg_cluster: Cluster) -> str:
     """A database with necropool's schema, which each test's ledger is a copy of."""
-    from necropool import ledger
+    from necropool import ledger_schema as ledger
     from necropool.pgconn import disconnect
 
     ledger.migrate(pg_cluster.create_database("necropool_template"))

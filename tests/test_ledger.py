@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import clock_at, run_cli
 
-from necropool import ledger
+from necropool import ledger_schema as ledger
 
 
 def on(host: str, root: Path, dsn: str, *args, extra: dict | None = None):

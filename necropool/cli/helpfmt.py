@@ -4,7 +4,7 @@ examples declared with the command, as the man pages)."""
 
 from typer.core import TyperCommand, TyperGroup
 
-from necropool.cli.registry import EXAMPLES
+EXAMPLES: dict[str, str] = {}  # command path -> its examples (declared through the registry)
 
 
 def summary(help_text: str | None) -> str:

@@ -10,10 +10,11 @@ from typing import Any
 
 import typer
 
+from necropool.cli.helpfmt import EXAMPLES, Command
+
 REGISTERED: list[tuple[str, Any, dict]] = []  # a command's function, or a group's Typer app
 NOTES: dict[str, list[str]] = {}
 EXIT_STATUS: dict[str, str] = {}
-EXAMPLES: dict[str, str] = {}
 
 
 def document(name: str, *, notes: Sequence[str] = (), exit_status: str | None = None,
@@ -55,8 +56,6 @@ def group(name: str, app: Any, *, notes: Sequence[str] = (), exit_status: str | 
 def subcommand(app: Any, name: str, *, examples: str | None = None,
                **settings: Any) -> Callable[[Callable], Callable]:
     """Declare a subcommand of the group whose Typer app is ``app`` (a decorator)."""
-    from necropool.cli.helpfmt import Command
-
     parent = next(group_name for group_name, item, _ in REGISTERED if item is app)
     document(f"{parent} {name}", examples=examples)
     return app.command(name, cls=Command, **settings)
