@@ -268,15 +268,16 @@ def cycles(args: argparse.Namespace) -> dict:
 def probe(args: argparse.Namespace) -> dict:
     """Single-client cost of one cycle through the real lifecycle (``allocate`` without
     fetch, ``release`` with ``clean=False``) and through the store as the bench does."""
-    from necropool import lifecycle
+    from necropool.lease_allocate import allocate
+    from necropool.lease_release import release
 
     journal = os.open(os.devnull, os.O_WRONLY)
     allocator = Allocator(journal, 0)
     pool, timings = allocator.pool, {"lifecycle_ms": [], "store_ms": []}
     for _ in range(args.cycles):
         started = time.perf_counter()
-        grant = lifecycle.allocate(pool, holder=allocator.me, fetch=False)
-        lifecycle.release(pool, grant.number, lease_id=grant.lease.lease_id, clean=False)
+        grant = allocate(pool, holder=allocator.me, fetch=False)
+        release(pool, grant.number, lease_id=grant.lease.lease_id, clean=False)
         timings["lifecycle_ms"].append((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
         slot, lease = allocator.claim()

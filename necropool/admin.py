@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from necropool import git, lifecycle
+from necropool import git
 from necropool.clock import now
 from necropool.config import PoolSpec, Settings, check_spec
 from necropool.errors import Conflict, NecropoolError, NotFound, UsageError
@@ -24,6 +24,7 @@ from necropool.layout import (
     trash_name,
     write_atomic,
 )
+from necropool.lease_refresh import save_work
 from necropool.locks import lock_free
 from necropool.pool import Pool, PoolDef, get_slot
 from necropool.proc import hostname
@@ -211,7 +212,7 @@ def _has_work(slot: Slot) -> bool:
 def _save_work(pool: Pool, slot: Slot) -> str | None:
     """Save a slot's work before it is removed; nobody else may claim the slot meanwhile
     (its lock is ours, or the pool lock is held)."""
-    rescued = lifecycle.save_work(pool, slot, f"{slot.state}-removed")
+    rescued = save_work(pool, slot, f"{slot.state}-removed")
     if rescued:
         pool.event("rescue", slot_id=pool.slot_id(slot.number), rescued=rescued)
     return rescued

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from necropool import lifecycle, rescued, slotgit
+from necropool import rescued, slotgit
 from necropool.clock import now
 from necropool.detect import Anomaly, Findings, detect, holder_dead, live_allocation
 from necropool.errors import Conflict, OperationFailed, Skipped, explain
 from necropool.integrity import Verifier
 from necropool.layout import PoolPaths, ensure_inside
-from necropool.leases import Release
+from necropool.lease_release import release
+from necropool.leases import Release, Renewed
 from necropool.locks import FileLock
 from necropool.pool import Pool
 from necropool.records import Record
@@ -92,7 +93,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             return None
         try:
             outcome = fn(*args, **kwargs)
-        except lifecycle.Renewed as exc:  # the holder came back in time: nothing to do
+        except Renewed as exc:  # the holder came back in time: nothing to do
             entry.status, entry.error = "deferred", exc.message
             return None
         except Skipped as exc:  # the slot changed since it was judged: not an error
@@ -136,21 +137,21 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
             continue
         if a.lease_id:
             act("abandoned_released", str(a.slot_id), "release (holder dead)",
-                lifecycle.release, pool, number, lease_id=a.lease_id, reason="reclaim",
+                release, pool, number, lease_id=a.lease_id, reason="reclaim",
                 stop=True)
         else:
             act("abandoned_released", str(a.slot_id), "recover (worker dead)",
                 _recover_or_raise, pool, number, verifier=verifier, judged=judged.get(number))
     for a, number in _numbered(items["expired_leases"]):  # the holder's own promise
         if number not in corrupted:
-            act("expired_released", str(a.slot_id), "release (lease expired)", lifecycle.release,
+            act("expired_released", str(a.slot_id), "release (lease expired)", release,
                 pool, number, lease_id=a.lease_id, reason="expire", expired_only=True,
                 stop=True)
     if force_release_long_allocated:
         for a, number in _numbered(items["long_allocated_slots"]):
             if number not in corrupted:
                 act("long_allocated_released", str(a.slot_id), "force release",
-                    lifecycle.release, pool, number, lease_id=a.lease_id,
+                    release, pool, number, lease_id=a.lease_id,
                     reason="force_release", stop=True)
     if recover_corrupted:
         abandoned = {n for _, n in _numbered(items["abandoned_slots"] + items["expired_leases"])}

@@ -1,5 +1,5 @@
 """``PoolManager``: the core's public API (the names of ERROR_RECOVERY_GUIDE.md), a thin
-facade over ``pool``/``admin``/``sync``/``views``, ``lifecycle``/``leases``/``runner`` and
+facade over ``pool``/``admin``/``sync``/``views``, the lease modules and
 the health modules (``detect``, ``repair``, ``autorecover``, ``lockmaint``); ``walk`` runs
 the commands over several pools. The CLI talks to this and nothing else."""
 
@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from necropool import events, leases, lifecycle, views, walk
+from necropool import events, leases, views, walk
 from necropool import pool as pools
 from necropool.config import PoolSpec, Settings, load_settings
 from necropool.errors import (
@@ -21,6 +21,8 @@ from necropool.errors import (
     UsageError,
     named,
 )
+from necropool.lease_allocate import allocate, default_owner
+from necropool.lease_release import release
 from necropool.proc import Holder, hostname
 from necropool.records import Record
 from necropool.validate import check_hours
@@ -155,7 +157,7 @@ class PoolManager:
             try:
                 if not pool.local:  # no slot here: only the others
                     raise TryAgain(f"no free slot in pool {name!r} on any host")
-                grant = lifecycle.allocate(
+                grant = allocate(
                     pool, owner=owner, holder=holder, ttl=ttl, metadata=metadata, fetch=fetch,
                     wait=min(wait, max(0.0, deadline - time.monotonic()), 1.0) if any_host
                     else wait)
@@ -164,7 +166,7 @@ class PoolManager:
                     raise
                 from necropool import fleet
 
-                remote = fleet.allocate(pool, owner=owner or lifecycle.default_owner(),
+                remote = fleet.allocate(pool, owner=owner or default_owner(),
                                         holder=holder, ttl=ttl, metadata=metadata or {})
                 if remote is not None:
                     return {**views.describe_slot(pool, remote.slot, remote.host, remote.path),
@@ -189,7 +191,7 @@ class PoolManager:
             pool, number, host = remote
             return fleet.release(pool, host, number, lease_id)
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return lifecycle.release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch,
+        return release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch,
                                  stop=stop).to_dict()
 
     def renew_slot(self, slot_ref: str, lease_id: str, ttl: float | None = None) -> dict:

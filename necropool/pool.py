@@ -1,7 +1,7 @@
 """Pools: their definition (``pool.toml``), paths, and transactions over their state
 (through the pool's ``Store``). Administration is in ``admin``, config convergence in
-``sync``, the JSON views in ``views``; slot lifecycle in ``lifecycle``; health in
-``detect``, ``repair`` and ``autorecover``."""
+``sync``, the JSON views in ``views``; allocation and release in the lease modules; health
+in ``detect``, ``repair`` and ``autorecover``."""
 
 import os
 import tomllib

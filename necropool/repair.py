@@ -9,12 +9,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from necropool import git, lifecycle
+from necropool import git
 from necropool.clock import now, rfc3339
 from necropool.detect import holder_dead
 from necropool.errors import Conflict, OperationFailed, Skipped, explain
 from necropool.integrity import Verifier
 from necropool.layout import remove_tree, temp_name, trash_name, write_atomic
+from necropool.lease_refresh import clear_processes, move_aside, refresh
 from necropool.locks import FileLock, lock_free
 from necropool.pool import Pool, get_slot
 from necropool.proc import Holder
@@ -66,7 +67,7 @@ def _claim(pool: Pool, number: int, force: bool,
             raise Conflict(f"slot {pool.slot_id(number)} is held by a live process")
         previous = Slot(**vars(slot))
         slot.state, slot.worker, slot.lease = CLEANING, Holder.me(), None
-    lifecycle.clear_processes(pool, number, previous, lock, stop=True)
+    clear_processes(pool, number, previous, lock, stop=True)
     return previous, lock
 
 
@@ -180,7 +181,7 @@ def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
     cleaned = False
     if (path / ".git").is_dir():
         try:
-            tip, report = lifecycle.refresh(pool, slot, rescue_label=label)
+            tip, report = refresh(pool, slot, rescue_label=label)
             rescued = report.rescued
             actions.append("cleaned" + (f" (work saved to {rescued})" if rescued else ""))
             cleaned = True
@@ -191,7 +192,7 @@ def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
         return True, None, tip, rescued
     if os.path.lexists(path):
         if not cleaned and _has_entries(path):  # uncleaned: its .git may hold commits
-            rescued = lifecycle.move_aside(pool, number)
+            rescued = move_aside(pool, number)
             actions.append(f"moved the broken working copy to {rescued}")
         else:
             remove_tree(path, pool.settings.root)

@@ -11,8 +11,9 @@ from typing import Any
 
 from necropool import proc
 from necropool.errors import NecropoolError, UsageError
+from necropool.lease_allocate import Grant, allocate
+from necropool.lease_release import release
 from necropool.leases import Release, renew
-from necropool.lifecycle import Grant, allocate, release
 from necropool.pool import Pool
 from necropool.proc import Holder
 

@@ -209,10 +209,11 @@ def test_a_holder_whose_slot_was_recovered_is_told(cli, pool):
 def test_a_lease_renewed_after_detection_is_not_reclaimed(manager, pool):
     """The reclaim judges the expiry again under the pool lock: a renewal that lands between
     detect and reclaim wins."""
-    from necropool import lifecycle
+    from necropool.lease_release import release
+    from necropool.leases import Renewed
 
     slot = manager.allocate_slot("web", ttl=600, fetch=False)
     web = manager.get_pool("web")
-    with pytest.raises(lifecycle.Renewed):
-        lifecycle.release(web, 1, lease_id=slot.lease_id, reason="expire", expired_only=True)
+    with pytest.raises(Renewed):
+        release(web, 1, lease_id=slot.lease_id, reason="expire", expired_only=True)
     assert manager.slot_status(slot.slot_id)["lease_id"] == slot.lease_id
