@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from necropool.manager import PoolManager
+from necropool.manager.facade import PoolManager
 
 
 def main(pool: str, cycles: int, fetch: bool) -> None:

@@ -39,7 +39,7 @@ from fleet_worker import alive  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 from repos import GIT_ENV  # noqa: E402
 
-from necropool import ledger_schema as ledger  # noqa: E402
+from necropool.store.pg import schema as ledger  # noqa: E402
 
 PYTHON = sys.executable
 WORKER = [PYTHON, str(HERE / "fleet_worker.py")]

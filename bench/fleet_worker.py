@@ -29,14 +29,14 @@ import threading
 import time
 from pathlib import Path
 
-from necropool.clock import now
-from necropool.config import load_settings
-from necropool.errors import TryAgain
-from necropool.locks import _portalocker
-from necropool.pool import Pool
-from necropool.proc import Holder
-from necropool.state import AVAILABLE, CLEANING, Lease, Slot
-from necropool.store import LeaseLost
+from necropool.ground.clock import now
+from necropool.ground.config import load_settings
+from necropool.ground.errors import TryAgain
+from necropool.ground.locks import _portalocker
+from necropool.ground.proc import Holder
+from necropool.pool.pool import Pool
+from necropool.store.base import LeaseLost
+from necropool.store.model import AVAILABLE, CLEANING, Lease, Slot
 
 POOL = "web"
 MARKER = ".bench-holder-"
@@ -268,8 +268,8 @@ def cycles(args: argparse.Namespace) -> dict:
 def probe(args: argparse.Namespace) -> dict:
     """Single-client cost of one cycle through the real lifecycle (``allocate`` without
     fetch, ``release`` with ``clean=False``) and through the store as the bench does."""
-    from necropool.lease_allocate import allocate
-    from necropool.lease_release import release
+    from necropool.lease.allocate import allocate
+    from necropool.lease.release import release
 
     journal = os.open(os.devnull, os.O_WRONLY)
     allocator = Allocator(journal, 0)

@@ -26,7 +26,7 @@ PYTHON = sys.executable
 # reader and writer, the lock library (as necropool loads it, without the metadata lookup
 # of its __about__) and json for the event log.
 FIXED_LIBS = ("import typer, tomllib, tomli_w, json; "
-              "from necropool.locks import _portalocker; _portalocker()")
+              "from necropool.ground.locks import _portalocker; _portalocker()")
 NECROPOOL = [PYTHON, "-m", "necropool"]
 TYPER_FLOOR = [PYTHON, str(Path(__file__).resolve().parent / "typer_floor.py")]
 

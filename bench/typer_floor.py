@@ -12,7 +12,7 @@ from typing import Annotated
 import tomli_w  # noqa: F401  (the state writer)
 import typer
 
-from necropool.locks import _portalocker
+from necropool.ground.locks import _portalocker
 
 _portalocker()  # the lock library, loaded as necropool loads it
 

@@ -4,8 +4,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"PoolManager": "necropool.manager", "PoolSpec": "necropool.config",
-            "SlotState": "necropool.state"}
+_EXPORTS = {"PoolManager": "necropool.manager.facade", "PoolSpec": "necropool.ground.config",
+            "SlotState": "necropool.store.model"}
 
 
 def __getattr__(name: str):

@@ -10,8 +10,8 @@ import pytest
 from helpers import git, run_cli, skip_unless_ci
 from pgcluster import Cluster, ClusterError
 
-from necropool.config import PoolSpec, load_settings
-from necropool.manager import PoolManager
+from necropool.ground.config import PoolSpec, load_settings
+from necropool.manager.facade import PoolManager
 
 
 def pytest_sessionstart(session) -> None:
@@ -94,8 +94,8 @@ def pg_dsn(pg_cluster: Cluster) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def ledger_template(pg_cluster: Cluster) -> str:
     """A database with necropool's schema, which each test's ledger is a copy of."""
-    from necropool import ledger_schema as ledger
-    from necropool.pgconn import disconnect
+    from necropool.store.pg import schema as ledger
+    from necropool.store.pg.connect import disconnect
 
     ledger.migrate(pg_cluster.create_database("necropool_template"))
     disconnect()  # a template must have no session open
@@ -105,7 +105,7 @@ def ledger_template(pg_cluster: Cluster) -> str:
 @pytest.fixture
 def ledger_dsn(pg_cluster: Cluster, ledger_template: str) -> Iterator[str]:
     """A fresh ledger (schema made) for this test, dropped after it."""
-    from necropool.pgconn import disconnect
+    from necropool.store.pg.connect import disconnect
 
     name = f"ledger_{next(_databases)}"
     yield pg_cluster.create_database(name, template=ledger_template)

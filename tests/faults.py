@@ -64,10 +64,10 @@ def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 _WORKER = r"""
 import sys, time
-from necropool.config import load_settings
-from necropool.pool import Pool
-from necropool.proc import Holder
-from necropool.state import AVAILABLE, CLEANING
+from necropool.ground.config import load_settings
+from necropool.pool.pool import Pool
+from necropool.ground.proc import Holder
+from necropool.store.model import AVAILABLE, CLEANING
 
 pool = Pool(load_settings(), sys.argv[1])
 number = int(sys.argv[2])

@@ -17,8 +17,8 @@ from typing import NoReturn
 
 import pytest
 
-from necropool.config import PoolSpec, load_settings
-from necropool.manager import PoolManager
+from necropool.ground.config import PoolSpec, load_settings
+from necropool.manager.facade import PoolManager
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
@@ -120,7 +120,7 @@ def wait_until_queued(pool_dir: Path, waiter: subprocess.Popen, timeout: float =
     """Return once the ``allocate --wait`` running as ``waiter`` waits for a slot: it holds
     the pool's allocation queue lock (wait.lock), which it takes only after finding none
     free. Fails when the waiter exits first or does not get there within ``timeout``."""
-    from necropool.locks import lock_free
+    from necropool.ground.locks import lock_free
 
     deadline = time.monotonic() + timeout
     while lock_free(pool_dir / "wait.lock"):

@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from necropool.proc import start_time
+from necropool.ground.proc import start_time
 
 PREFIX = "necropool-pg-"
 START_ATTEMPTS = 5

@@ -25,10 +25,10 @@ import pytest
 from faults import set_state_fields
 from helpers import changes, digest, saved_state, template_pool
 
-from necropool.config import PoolSpec, load_settings
-from necropool.errors import NecropoolError, UsageError
-from necropool.manager import PoolManager
-from necropool.pgconn import disconnect
+from necropool.ground.config import PoolSpec, load_settings
+from necropool.ground.errors import NecropoolError, UsageError
+from necropool.manager.facade import PoolManager
+from necropool.store.pg.connect import disconnect
 
 LONG = "a" * 64
 LOOKALIKE = "w\u0435b"  # Cyrillic e

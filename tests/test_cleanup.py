@@ -13,7 +13,7 @@ import pytest
 from helpers import commit_file, git
 from slots import assert_fresh_slot, fresh_clone, restore, show
 
-from necropool.config import PoolSpec
+from necropool.ground.config import PoolSpec
 
 
 def allocate_path(cli, pool_name: str = "web") -> Path:

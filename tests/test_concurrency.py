@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import git, saved_state, wait_until_queued
 
-from necropool.config import PoolSpec
+from necropool.ground.config import PoolSpec
 
 # Every test twice: state in local TOML files, then in a PostgreSQL ledger.
 pytestmark = pytest.mark.usefixtures("ledger")
@@ -24,8 +24,8 @@ SLOTS = 4
 WORKER = r"""
 import json, os, random, sys, time
 from pathlib import Path
-from necropool.config import load_settings
-from necropool.manager import PoolManager
+from necropool.ground.config import load_settings
+from necropool.manager.facade import PoolManager
 
 root, pool, worker, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 manager = PoolManager(load_settings(root=root))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
-from necropool.config import load_settings
+from necropool.ground.config import load_settings
 
 
 def write(path: Path, text: str) -> Path:

@@ -35,8 +35,8 @@ from pathlib import Path
 import pytest
 from helpers import commit_file, git
 
-from necropool.config import PoolSpec
-from necropool.layout import PoolPaths
+from necropool.ground.config import PoolSpec
+from necropool.ground.layout import PoolPaths
 
 TRIALS = int(os.environ.get("NECROPOOL_CRASH_TRIALS", "200"))
 SEED = int(os.environ.get("NECROPOOL_CRASH_SEED", str(time.time_ns() % 2**32)))
@@ -434,7 +434,7 @@ def test_leftovers_are_swept_on_a_host_with_a_dotted_name(monkeypatch, tmp_path)
     """Temp names carry the owner's host, pid and start time; a fully qualified host name
     (dots) must not stop necropool from recognising its own dead processes' leftovers, nor
     make it touch a live process's or another host's."""
-    from necropool import layout, proc
+    from necropool.ground import layout, proc
 
     monkeypatch.setattr(proc, "hostname", lambda: "build-7.ci.example.com")
     monkeypatch.setattr(layout, "hostname", proc.hostname)

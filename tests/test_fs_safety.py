@@ -478,7 +478,7 @@ def test_a_state_write_survives_the_waiter_leaving_as_it_is_woken(tmp_path):
     """A write pokes the head waiter's FIFO; the waiter may close it between the poke's open
     and its write (its allocation timed out, or got a slot): that is nobody to wake, not a
     failed release (it was: BrokenPipeError)."""
-    from necropool import wakeup
+    from necropool.ground import wakeup
 
     fifo = tmp_path / "wake.fifo"
     os.mkfifo(fifo, 0o600)

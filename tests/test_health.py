@@ -28,9 +28,9 @@ from faults import (
 )
 from helpers import clock_at, commit_file, git
 
-from necropool.errors import TryAgain
-from necropool.integrity import Verifier
-from necropool.locks import lock_free
+from necropool.ground.errors import TryAgain
+from necropool.ground.locks import lock_free
+from necropool.slot.integrity import Verifier
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
          "orphaned_locks", "stray_paths", "isolated_slots")
@@ -672,7 +672,7 @@ def test_a_pool_that_cannot_be_checked_is_named_and_the_others_still_are(
         cli, pool, manager, upstream):
     """One rule for every command over several pools: detect, like auto-recover, checks the
     healthy pool, names the one it could not check, and exits 3 (a partial failure)."""
-    from necropool.config import PoolSpec
+    from necropool.ground.config import PoolSpec
 
     manager.create_pool(PoolSpec(name="api", url=str(upstream), num_slots=1))
     orphan = manager.get_pool(pool).paths.locks / "web-99.lock"

@@ -14,9 +14,10 @@ import pytest
 from faults import Procs, corrupt_loose_object, kill
 from helpers import commit_file, git
 
-from necropool import autorecover, cleanup, detect
-from necropool.config import PoolSpec
-from necropool.proc import processes_in, start_time
+from necropool.ground.config import PoolSpec
+from necropool.ground.proc import processes_in, start_time
+from necropool.health import autorecover, detect
+from necropool.slot import cleanup
 
 
 @pytest.fixture

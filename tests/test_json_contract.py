@@ -12,7 +12,7 @@ from pathlib import Path
 from helpers import commit_file, wait_until_queued
 
 from necropool.cli.app import COMMANDS
-from necropool.detect import KINDS
+from necropool.health.detect import KINDS
 
 DOC = (Path(__file__).parent.parent / "docs" / "json.md").read_text()
 

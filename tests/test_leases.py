@@ -11,8 +11,8 @@ from faults import Procs
 from helpers import clock_at, git, saved_state
 from test_lifecycle import allocate, slot_status
 
-from necropool.clock import parse_rfc3339
-from necropool.errors import Conflict, UsageError
+from necropool.ground.clock import parse_rfc3339
+from necropool.ground.errors import Conflict, UsageError
 
 # Every test twice: state in local TOML files, then in a PostgreSQL ledger.
 pytestmark = pytest.mark.usefixtures("ledger")
@@ -159,7 +159,7 @@ def test_api_renew_and_the_slot_context_manager(manager, pool):
 
 _HOLDER = r"""
 import sys, time
-from necropool.manager import PoolManager
+from necropool.manager.facade import PoolManager
 manager = PoolManager()
 slot_id, lease_id = sys.argv[1], sys.argv[2]
 print("ready", flush=True)
@@ -209,8 +209,8 @@ def test_a_holder_whose_slot_was_recovered_is_told(cli, pool):
 def test_a_lease_renewed_after_detection_is_not_reclaimed(manager, pool):
     """The reclaim judges the expiry again under the pool lock: a renewal that lands between
     detect and reclaim wins."""
-    from necropool.lease_release import release
-    from necropool.leases import Renewed
+    from necropool.lease.release import release
+    from necropool.lease.renew import Renewed
 
     slot = manager.allocate_slot("web", ttl=600, fetch=False)
     web = manager.get_pool("web")

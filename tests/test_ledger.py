@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import clock_at, run_cli
 
-from necropool import ledger_schema as ledger
+from necropool.store.pg import schema as ledger
 
 
 def on(host: str, root: Path, dsn: str, *args, extra: dict | None = None):
@@ -238,8 +238,8 @@ def test_follow_returns_an_event_committed_after_a_later_one(fleet, monkeypatch)
     skip the event whose transaction committed after a later id was read, nor repeat one."""
     import psycopg
 
-    from necropool.config import load_settings
-    from necropool.manager import PoolManager
+    from necropool.ground.config import load_settings
+    from necropool.manager.facade import PoolManager
 
     roots, dsn = fleet
     monkeypatch.setenv("NECROPOOL_HOME", str(roots["alpha"]))

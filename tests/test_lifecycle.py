@@ -397,7 +397,7 @@ def test_log_since_shows_only_recent_events(cli, pool, root, monkeypatch):
 
 @pytest.mark.toml_only
 def test_the_history_is_rotated_past_its_limit_and_log_reads_both_generations(cli, pool, root):
-    from necropool.events import ROTATE_BYTES
+    from necropool.store.events import ROTATE_BYTES
 
     log = root / "pools" / "web" / "events.jsonl"
     assert cli("allocate", "web", "--no-fetch", "--owner", "before-rotation").code == 0

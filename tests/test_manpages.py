@@ -112,8 +112,8 @@ def test_hyphens_are_escaped():
 
 
 def test_hand_written_parts_agree_with_the_code():
-    from necropool import config, errors
-    from necropool.layout import PoolPaths
+    from necropool.ground import config, errors
+    from necropool.ground.layout import PoolPaths
 
     named = set()
     for path, _ in manpage.FILES:

@@ -89,7 +89,7 @@ def test_a_pool_that_cannot_be_checked_is_a_failed_check_not_zero_anomalies(
     still written (exit 3 names the pool)."""
     import shutil
 
-    from necropool.config import PoolSpec
+    from necropool.ground.config import PoolSpec
 
     manager.create_pool(PoolSpec(name="api", url=str(upstream), num_slots=1))
     locks = manager.get_pool("api").paths.locks

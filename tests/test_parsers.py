@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import commit_file, git
 
-from necropool import git as necrogit
-from necropool.nested import ref_part
-from necropool.saving import parse_status
-from necropool.slotgit import checksum_ok, flagged_entries
+from necropool.git import commands as necrogit
+from necropool.slot.gitdir import checksum_ok, flagged_entries
+from necropool.slot.nested import ref_part
+from necropool.slot.saving import parse_status
 
 OID = "1" * 40
 

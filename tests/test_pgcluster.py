@@ -13,7 +13,7 @@ import pytest
 from helpers import import_or_skip, skip_unless_ci
 from pgcluster import Cluster, ClusterError
 
-from necropool.proc import start_time
+from necropool.ground.proc import start_time
 
 psycopg = import_or_skip("psycopg")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import commit_file, git
 
-from necropool.config import PoolSpec
+from necropool.ground.config import PoolSpec
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ def test_leftovers_of_a_crashed_create_are_swept(cli, upstream, root):
     """A create killed mid-way leaves a temp dir named after its (now dead) process; the
     next create removes it, and it never shows up as a pool."""
     (root / "pools").mkdir(parents=True)
-    code = ("import os, sys; from necropool.layout import temp_name; "
+    code = ("import os, sys; from necropool.ground.layout import temp_name; "
             "d = os.path.join(sys.argv[1], temp_name('web')); "
             "os.makedirs(os.path.join(d, 'mirror.git')); print(d)")
     left = subprocess.run([sys.executable, "-c", code, str(root / "pools")],

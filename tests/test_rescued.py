@@ -137,7 +137,7 @@ def test_a_pool_that_cannot_be_read_is_named_and_the_others_still_searched(
         cli, saved, root, manager):
     """The rule of list and status for every command over several pools: what can be read
     is shown, then the command fails (exit 3) naming the pool that cannot."""
-    from necropool.errors import NecropoolError
+    from necropool.ground.errors import NecropoolError
 
     _, bundle = saved
     (root / "pools" / "junk").mkdir()

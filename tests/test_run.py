@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import git
 
-from necropool.proc import start_time
+from necropool.ground.proc import start_time
 
 # Every test twice: state in local TOML files, then in a PostgreSQL ledger.
 pytestmark = pytest.mark.usefixtures("ledger")

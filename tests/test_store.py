@@ -5,10 +5,10 @@ from datetime import timedelta
 
 import pytest
 
-from necropool.clock import now
-from necropool.errors import NotFound
-from necropool.state import ALLOCATED, AVAILABLE, CLEANING, Lease
-from necropool.store import LeaseLost
+from necropool.ground.clock import now
+from necropool.ground.errors import NotFound
+from necropool.store.base import LeaseLost
+from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, Lease
 
 pytestmark = pytest.mark.usefixtures("ledger")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from necropool.config import PoolSpec
+from necropool.ground.config import PoolSpec
 
 WORKERS = 16
 DURATION = float(os.environ.get("NECROPOOL_STRESS_SECONDS", "25"))
@@ -74,12 +74,12 @@ def still_mine(path, who):
 """
 
 WORKER = _COMMON + r"""
-from necropool.errors import NecropoolError, TryAgain
+from necropool.ground.errors import NecropoolError, TryAgain
 
 pool, deadline, mode, seed = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 rng = random.Random(seed)
 if mode == "api":
-    from necropool.manager import PoolManager
+    from necropool.manager.facade import PoolManager
     manager = PoolManager()
 
 

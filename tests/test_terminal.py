@@ -12,7 +12,7 @@ import time
 import pytest
 from helpers import run_cli
 
-from necropool.proc import Holder
+from necropool.ground.proc import Holder
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def mixed(manager, upstream, monkeypatch):
     """Pool 'web' of 6 slots: available, allocated with a TTL and the holder's pid,
     allocated without a TTL (a long owner name), in error, released without cleanup, and
     allocated with a TTL already run out."""
-    from necropool.config import PoolSpec
+    from necropool.ground.config import PoolSpec
 
     manager.create_pool(PoolSpec(name="web", url=str(upstream), num_slots=6))
     held = manager.allocate_slot("web", owner="alice", ttl=7200, pid=os.getpid(), fetch=False)

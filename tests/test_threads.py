@@ -7,7 +7,7 @@ import sys
 FIRST_LOCKS = r"""
 import sys, tempfile, threading
 from pathlib import Path
-from necropool.locks import FileLock
+from necropool.ground.locks import FileLock
 
 tmp = Path(tempfile.mkdtemp())
 errors = []

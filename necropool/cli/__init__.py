@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     # only when the CLI runs
     from necropool.cli.app import hoist_globals
     from necropool.cli.output import Output
-    from necropool.errors import NecropoolError
+    from necropool.ground.errors import NecropoolError
 
     args = hoist_globals(args)
     out = Output(_json_requested(args))

@@ -19,13 +19,14 @@ from necropool.cli.registry import document
 COLORS = ("auto", "always", "never")
 # command -> the module that declares it, in the order help lists them
 COMMANDS = {
-    "create": "cmd_pools", "delete": "cmd_pools", "add": "cmd_pools", "remove": "cmd_pools",
-    "list": "cmd_pools", "status": "cmd_pools", "sync": "cmd_pools",
-    "allocate": "cmd_slots", "release": "cmd_slots", "renew": "cmd_slots", "run": "cmd_slots",
-    "log": "cmd_slots",
-    "detect": "cmd_health", "recover": "cmd_health", "isolate": "cmd_health",
-    "auto-recover": "cmd_health", "rescued": "cmd_rescued", "ledger": "cmd_ledger",
-    "completion": "cmd_misc",
+    "create": "commands.pools", "delete": "commands.pools", "add": "commands.pools",
+    "remove": "commands.pools", "list": "commands.pools", "status": "commands.pools",
+    "sync": "commands.pools",
+    "allocate": "commands.slots", "release": "commands.slots", "renew": "commands.slots",
+    "run": "commands.slots", "log": "commands.slots",
+    "detect": "commands.health", "recover": "commands.health", "isolate": "commands.health",
+    "auto-recover": "commands.health", "rescued": "commands.rescued", "ledger": "commands.ledger",
+    "completion": "commands.misc",
 }
 _VALUE_OPTIONS = ("--root", "--config", "--ledger", "--color")
 
@@ -61,7 +62,7 @@ def main_options(
         "--version", callback=_version, is_eager=True, help="Print the version")] = False,
 ) -> None:
     """Pools of ready-made git working copies for parallel agents and CI jobs."""
-    from necropool.errors import UsageError
+    from necropool.ground.errors import UsageError
 
     if color not in COLORS:
         raise UsageError(f"invalid --color {color!r}: use auto, always or never")

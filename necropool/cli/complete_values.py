@@ -8,7 +8,7 @@ from pathlib import Path
 
 def _root() -> Path | None:
     try:
-        from necropool.config import load_settings
+        from necropool.ground.config import load_settings
 
         return load_settings().root
     except Exception:

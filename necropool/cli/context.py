@@ -17,8 +17,8 @@ class Globals:
 
     def manager(self):
         if self._manager is None:
-            from necropool.config import load_settings
-            from necropool.manager import PoolManager
+            from necropool.ground.config import load_settings
+            from necropool.manager.facade import PoolManager
 
             self._manager = PoolManager(load_settings(self.root, self.config, self.ledger))
         return self._manager
@@ -28,7 +28,7 @@ class Globals:
         """The output of a command; ``fmt`` is its ``--format`` (one of FORMATS or
         ``extra``), ``--json`` the same as ``--format json``."""
         from necropool.cli.output import FORMATS
-        from necropool.errors import UsageError
+        from necropool.ground.errors import UsageError
 
         allowed = FORMATS + extra
         if fmt is not None and fmt not in allowed:

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from necropool.clock import now, parse_rfc3339
+from necropool.ground.clock import now, parse_rfc3339
 
 
 def plural(count: int, noun: str, many: str | None = None) -> str:

@@ -4,7 +4,7 @@ additions are declared with the command (``registry``: ``notes``, ``exit_status`
 ``examples``)."""
 
 from necropool import __version__
-from necropool.autorecover import COUNTERS
+from necropool.health.autorecover import COUNTERS
 
 # Fixed, so that regenerating gives the same bytes; move it forward with the version.
 DATE = "2026-12-02"
@@ -80,7 +80,7 @@ PRECEDENCE = ("Precedence for every setting: command-line flag, then environment
               "file, then default.")
 
 # (path, description); <root> and <pool> are placeholders. The names under a pool directory
-# are checked against necropool.layout.PoolPaths.KNOWN by the tests.
+# are checked against necropool.ground.layout.PoolPaths.KNOWN by the tests.
 FILES = [
     ("$XDG_CONFIG_HOME/necropool/config.toml",
      "The config file: settings and the pools that *sync* creates (see CONFIGURATION)."),
@@ -128,7 +128,7 @@ FILES = [
      "was tampered with (*.tampered/), moved aside whole (see *necropool-rescued*(1))."),
 ]
 
-# config file key -> description; checked against necropool.config by the tests
+# config file key -> description; checked against necropool.ground.config by the tests
 CONFIG_TOP = [
     ("root", "The root directory; a relative path is taken from the config file's "
              "directory, not the caller's (so cron and a shell agree)."),

@@ -5,7 +5,7 @@ repeat the list; the tests check they agree)."""
 
 import os
 
-from necropool.clock import now, parse_rfc3339
+from necropool.ground.clock import now, parse_rfc3339
 
 # name, type, help
 POOL_METRICS = [

@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from necropool.validate import is_control, utf8_safe
+from necropool.ground.validate import is_control, utf8_safe
 
 SCHEMA_VERSION = 1
 

@@ -1,0 +1,1 @@
+"""Administration: creating, growing, shrinking and deleting pools; config sync."""

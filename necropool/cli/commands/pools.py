@@ -1,0 +1,301 @@
+"""Pool administration commands: create, delete, add, remove, list, status, sync."""
+
+from typing import Annotated
+
+import typer
+
+from necropool.cli import complete_values
+from necropool.cli.context import G
+from necropool.cli.human import plural
+from necropool.cli.params import Format, Host, Json, NoHeaders, PoolArg, SlotArg
+from necropool.cli.progress import progress_bar
+from necropool.cli.registry import command
+from necropool.ground.config import PoolSpec
+from necropool.ground.errors import OperationFailed, PoolStep, UsageError, fail_for
+
+DiscardWork = Annotated[bool, typer.Option(
+    "--discard-work", help="With --force: do not save the holders' work first")]
+
+
+@command("create",
+    notes=[
+        "The slots are cloned from the mirror with shared objects: each costs about one "
+        "checkout.",
+    ],
+    examples=(
+        "necropool create web https://example.com/org/web.git --slots 8 --branch main\n"
+        "necropool create docs ~/src/docs -n 2 --keep-ignored"
+    ),
+)
+def create(
+    pool: PoolArg,
+    url: Annotated[str, typer.Argument(metavar="URL", help="Upstream repository URL or path")],
+    slots: Annotated[int, typer.Option(
+        "--slots", "-n", min=1, metavar="N", help="Number of slots")] = 3,
+    branch: Annotated[str | None, typer.Option("--branch", "-b", metavar="BRANCH",
+                                               help="Branch (default: upstream HEAD)")] = None,
+    keep_ignored: Annotated[bool, typer.Option(
+        "--keep-ignored", help="Keep ignored files (build caches) when cleaning")] = False,
+    no_fetch_on_allocate: Annotated[bool, typer.Option(
+        "--no-fetch-on-allocate", help="Do not fetch upstream on every allocate")] = False,
+    fetch_backend: Annotated[str, typer.Option(
+        "--fetch-backend", metavar="BACKEND", autocompletion=complete_values.backends,
+        help="git (default) or libgit2")] = "git",
+    json_out: Json = False,
+) -> None:
+    """Create a pool: a local mirror of URL and N slots cloned from it."""
+    out = G.out(json_out)
+    spec = PoolSpec(name=pool, url=url, num_slots=slots, branch=branch, keep_ignored=keep_ignored,
+                    fetch_on_allocate=not no_fetch_on_allocate, fetch_backend=fetch_backend)
+    with progress_bar(out, f"creating {pool}", "cloning the mirror") as tick:
+        data = G.manager().create_pool(spec, tick)
+    if out.json:
+        out.emit(data)
+    else:
+        out.line(data["path"])
+        out.note(f"created pool {pool}: {plural(data['num_slots'], 'slot')} on "
+                 f"{data['branch']}")
+
+
+@command("delete",
+    examples=(
+        "necropool delete web\n"
+        "necropool delete web --force   # even with slots allocated"
+    ),
+)
+def delete(
+    pool: PoolArg,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Delete even with slots in use (their work saved first), or the "
+                        "remains of a half-made pool")] = False,
+    discard_work: DiscardWork = False,
+    json_out: Json = False,
+) -> None:
+    """Delete a pool, its mirror and all its slots (saved work is kept under ROOT/rescued)."""
+    out = G.out(json_out)
+    data = G.manager().delete_pool(pool, force, discard_work)
+    out.outcome(data, f"deleted pool {pool}", saved="kept saved work in")
+
+
+@command("add", examples="necropool add web --count 4")
+def add(
+    pool: PoolArg,
+    count: Annotated[int, typer.Option(
+        "--count", "-n", min=1, metavar="N", help="Slots to add")] = 1,
+    json_out: Json = False,
+) -> None:
+    """Add slots to a pool (cloned from its mirror)."""
+    out = G.out(json_out)
+    with progress_bar(out, f"adding to {pool}", "cloning") as tick:
+        added = G.manager().add_slots(pool, count, tick)
+    if out.json:
+        out.emit({"pool": pool, "added": added})
+    else:
+        for slot_id in added:
+            out.line(slot_id)
+
+
+@command("remove",
+    examples=(
+        "necropool remove web-4\n"
+        "necropool remove web-4 --force   # even if allocated"
+    ),
+)
+def remove(
+    slot: SlotArg,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Remove even if allocated (its work saved first)")] = False,
+    discard_work: DiscardWork = False,
+    json_out: Json = False,
+) -> None:
+    """Remove a slot and its working copy (a holder's work is saved to rescued/ first)."""
+    out = G.out(json_out)
+    data = G.manager().remove_slot(slot, force, discard_work)
+    out.outcome(data, f"removed slot {data['slot_id']}")
+
+
+@command("list",
+    notes=[
+        "A pool that cannot be read (a directory under pools/ without a readable pool.toml, "
+        "say) is listed with its error, and the exit status is 3.",
+    ],
+    examples=(
+        "necropool list\n"
+        "necropool list --host ci-07       # a shared ledger's pools, on one host\n"
+        "necropool list --json | jq -r '.pools[] | \"\\(.pool) \\(.counts.available)\"'"
+    ),
+)
+def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
+          json_out: Json = False) -> None:
+    """List pools with their slot counts by state (exit 3 when one cannot be read); a pool in
+    a shared ledger counts the slots of every host."""
+    out = G.out(json_out, fmt, no_headers)
+    items = G.manager().list_pools(host)
+    broken = [p for p in items if "error" in p]
+    if out.json:
+        out.emit({"pools": items})
+        fail_for(broken)
+        return
+    rows = []
+    for p in items:
+        if "error" in p:
+            rows.append([p["pool"], "", "", "", "", "", "", p["error"]])
+            continue
+        c = p["counts"]
+        rows.append([p["pool"], p["num_slots"], c["available"], c["allocated"], c["cleaning"],
+                     c["error"], p["branch"], p["url"]])
+    if not rows:
+        out.hint(NO_POOLS)
+        return
+    out.table(["POOL", "SLOTS", "AVAILABLE", "ALLOCATED", "CLEANING", "ERROR", "BRANCH", "URL"],
+              rows)
+    fail_for(broken)
+
+
+NO_POOLS = ("no pools yet: create one with  necropool create POOL URL  "
+            "(or declare [pools.NAME] in the config file and run  necropool sync)")
+
+
+@command("status",
+    notes=[
+        "On a terminal, a table with one line per slot: below 150 columns compact (times "
+        "relative to now, such as 5m ago or in 2h; the first 8 characters of the lease id; the "
+        "owner and the path shortened), from 150 columns every column in full, with the "
+        "holder's host, the commit and the number of uses. The reasons of slots in error, and "
+        "what rescued/ holds, follow the table.",
+        "--format tsv (the default when stdout is not a terminal, then without the header "
+        "line) prints one line per slot with the tab-separated columns slot, state, owner, "
+        "lease, allocated, commit, uses, path, expires, pid (full lease ids, RFC 3339 times, "
+        "whole paths); --no-headers drops the header line. --format json is --json. NO_COLOR "
+        "and --color never drop colour only, never the table.",
+        "A pool that cannot be read is shown with its error, and the exit status is 3, as for "
+        "*list*.",
+        "--format prometheus prints the metrics in the Prometheus text format; with --output "
+        "FILE it writes FILE through a temporary file and a rename, as the node_exporter "
+        "textfile collector requires. The metrics:",
+    ],
+    examples=(
+        "necropool status                 # every pool\n"
+        "necropool status web-3           # one slot in detail\n"
+        "necropool status web --format tsv --no-headers | cut -f1,2\n"
+        "necropool status --format prometheus \\\n"
+        "    --output /var/lib/node_exporter/necropool.prom\n"
+        "necropool status web --json | jq -r '.slots[] | select(.state==\"allocated\") "
+        "| .slot_id'"
+    ),
+)
+def status(
+    target: Annotated[str | None, typer.Argument(
+        metavar="[POOL|SLOT]", help="A pool name or slot id (default: every pool)",
+        autocompletion=complete_values.targets)] = None,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", metavar="FORMAT", autocompletion=complete_values.status_formats,
+        help="table, tsv, json or prometheus (default: table on a terminal, else tsv "
+             "without headers)")] = None,
+    no_headers: NoHeaders = False,
+    host: Host = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", metavar="FILE",
+        help="With --format prometheus: write FILE atomically (for the node_exporter "
+             "textfile collector)")] = None,
+    json_out: Json = False,
+) -> None:
+    """Show slots and their leases: of every pool, one pool, or one slot."""
+    out = G.out(json_out, fmt, no_headers, extra=("prometheus",))
+    manager = G.manager()
+    if output is not None and fmt != "prometheus":
+        raise UsageError("--output needs --format prometheus")
+    if target and ("/" in target or target in (".", "..") or _is_slot(manager, target)):
+        if fmt == "prometheus":
+            raise UsageError("--format prometheus reports pools: name a pool, not a slot")
+        data = manager.slot_status(target)
+        out.emit(data) if out.json else out.fields(data)
+        return
+    pools, broken = ([manager.pool_status(target, host)], []) if target else \
+        _all_pools(manager, host)
+    unchecked: list[str] = []  # pools detect could not check (prometheus)
+    if fmt == "prometheus":
+        from necropool.cli.metrics import prometheus, write_textfile
+
+        recoveries = {p["pool"]: manager.last_event(p["pool"], "auto_recover") for p in pools}
+        found = manager.detect_anomalies(target)
+        unchecked = found.pop("errors")  # "POOL: why" (a pool name has no colon)
+        failed = frozenset([b["pool"] for b in broken] + [e.split(":", 1)[0] for e in unchecked])
+        text = prometheus(pools, recoveries, found, failed)
+        write_textfile(output, text) if output else out.line(text.rstrip("\n"))
+    elif out.json:
+        out.emit({"pools": pools + broken} if not target else pools[0])
+    elif not pools and not broken:
+        out.hint(NO_POOLS)
+    else:
+        from necropool.cli.status_view import render
+
+        render(out, pools)
+        for p in pools:
+            if p["mirror_stale"]:
+                out.note(f"warning: pool {p['pool']}: stale mirror: {p['mirror_stale']}")
+            for h in p.get("hosts") or []:
+                if h["silent"]:
+                    out.note(f"warning: pool {p['pool']}: host {h['host']} silent since "
+                             f"{h['last_seen']} (no auto-recover or state change)")
+    fail_for(broken)  # shown what could be read; now say what could not (exit 3)
+    if unchecked:
+        raise OperationFailed(f"detect: {'; '.join(unchecked)}")
+
+
+def _all_pools(manager, host: str | None) -> tuple[list[dict], list[dict]]:
+    """Every pool's status; a pool that cannot be read is reported, never hides the others."""
+    pools, broken = [], []
+    for name in manager.pool_names():
+        with PoolStep(name) as step:
+            pools.append(manager.pool_status(name, host))
+        if step.error:
+            broken.append(step.broken())
+    return pools, broken
+
+
+def _is_slot(manager, target: str) -> bool:
+    """A name that is not a pool but parses as ``<pool>-<n>[@<host>]`` is a slot id."""
+    return (target not in manager.pool_names()
+            and target.split("@")[0].rsplit("-", 1)[-1].isdigit())
+
+
+@command("sync",
+    notes=[
+        "The config file declares pools as [pools.NAME] tables (see CONFIGURATION in "
+        "*necropool*(1)).",
+    ],
+    examples=(
+        "necropool sync            # create or grow the pools of the config file\n"
+        "necropool sync --prune    # also shrink them, and delete pools it dropped"
+    ),
+)
+def sync(
+    prune: Annotated[bool, typer.Option(
+        "--prune", help="Also shrink pools, and delete pools the config drops")] = False,
+    json_out: Json = False,
+) -> None:
+    """Create or grow the pools declared in the config file's [pools.NAME] tables and update
+    their settings; exit 3 when any pool failed."""
+    out = G.out(json_out)
+    with progress_bar(out, "syncing") as tick:
+        actions = G.manager().sync(prune, tick)
+    if out.json:
+        out.emit({"actions": actions})
+    elif not actions:
+        out.hint("the config file declares no pools: add a [pools.NAME] table with a url "
+                 "(see necropool(1), CONFIGURATION)")
+    else:
+        out.table(["POOL", "ACTION", "DETAIL"], [[a["pool"], a["action"], _sync_detail(a)]
+                                                 for a in actions])
+    failed = [f"{a['pool']}: {a['error']}" for a in actions if a["action"] == "failed"]
+    if failed:
+        out.error("failed", f"sync: {'; '.join(failed)}", 3)
+    raise typer.Exit(3 if failed else 0)
+
+
+def _sync_detail(action: dict) -> str:
+    """A sync entry in words: its slots, the settings it changed, its error."""
+    slots = action.get("added") or action.get("removed") or action.get("slots")
+    changes = [f"{key} {old} -> {new}" for key, (old, new) in action.get("changed", {}).items()]
+    return "; ".join(str(part) for part in (slots, *changes, action.get("error")) if part)

@@ -1,0 +1,313 @@
+"""Allocation commands: allocate, release, run, log."""
+
+import json
+import sys
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+from necropool.cli import complete_values
+from necropool.cli.context import G
+from necropool.cli.helpfmt import Command
+from necropool.cli.params import (
+    AllocatedSlotArg,
+    Format,
+    Host,
+    Json,
+    NoHeaders,
+    OptionalPoolArg,
+    PoolArg,
+)
+from necropool.cli.registry import command
+from necropool.ground.clock import now, parse_duration
+from necropool.ground.errors import UsageError, fail_for
+from necropool.ground.validate import parse_metadata
+
+Owner = Annotated[str | None, typer.Option("--owner", metavar="NAME",
+                                           help="Who holds the slot (default: $USER)")]
+Pid = Annotated[int | None, typer.Option(
+    "--pid", metavar="PID", help="Holder process: the slot counts as abandoned as soon as it dies")]
+Ttl = Annotated[str | None, typer.Option("--ttl", metavar="DURATION",
+                                         help="Lease length (90s, 5m, 2h, 1d)")]
+Meta = Annotated[list[str] | None, typer.Option("--meta", metavar="KEY=VALUE",
+                                                help="Metadata for the lease (repeatable)")]
+Wait = Annotated[str | None, typer.Option("--wait", metavar="DURATION",
+                                          help="Wait up to this long for a free slot")]
+NoFetch = Annotated[bool, typer.Option("--no-fetch", help="Do not fetch upstream first")]
+
+
+def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
+    return {
+        "owner": owner,
+        "ttl": parse_duration(ttl, "--ttl") if ttl is not None else None,
+        "metadata": parse_metadata(meta or []),
+        "wait": parse_duration(wait, "--wait") if wait is not None else 0,
+        "fetch": False if no_fetch else None,
+    }
+
+
+@command("allocate",
+    notes=[
+        'Plain output is the slot path alone on stdout, so *cd "$(necropool allocate web)"* '
+        "works.",
+        "Unless --no-fetch is given (or the pool was created with --no-fetch-on-allocate) the "
+        "mirror is fetched first and the slot is at the current upstream tip.",
+        "--wait blocks, without polling the pool, until a slot frees up.",
+        "With a shared ledger, --any-host takes a clean free slot of another host when this "
+        "one has none, and says where: its id is POOL-N@HOST, --json adds slot_host. Its "
+        "directory is on that host; release and renew take the id as it is.",
+    ],
+    exit_status=(
+        "75 when no slot is free (after --wait, if given)."
+    ),
+    examples=(
+        'cd "$(necropool allocate web --owner ci --ttl 1h --meta job=42)"\n'
+        "necropool allocate web --wait 5m --pid $$ --json\n"
+        "necropool allocate web --any-host --json | jq -r '.slot_host, .path'"
+    ),
+)
+def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = None,
+             meta: Meta = None, wait: Wait = None, no_fetch: NoFetch = False,
+             any_host: Annotated[bool, typer.Option(
+                 "--any-host", help="With a shared ledger: a slot of any host when this one "
+                                    "has none free")] = False,
+             json_out: Json = False) -> None:
+    """Allocate a free slot and print its path (exit 75 when none is free)."""
+    from necropool.ground.proc import hostname
+
+    out = G.out(json_out)
+    options = _allocate_options(owner, ttl, meta, wait, no_fetch)
+    data = G.manager().allocate_slot(pool, pid=pid, any_host=any_host, **options)
+    if data.get("fetch_error"):
+        out.note(f"warning: upstream fetch failed, slot is at the mirror's tip: "
+                 f"{data['fetch_error']}")
+    if data["slot_host"] != hostname():
+        out.note(f"slot {data['slot_id']} is on host {data['slot_host']}: {data['path']}")
+    out.emit(data) if out.json else out.line(data["path"])
+
+
+@command("release",
+    notes=[
+        "Release resets the slot to the tip of the pool branch (detached), removes untracked "
+        "and ignored files (unless the pool keeps ignored files) and stale git lock files.",
+        "Uncommitted changes and unpushed commits are saved first; the result says where "
+        "(rescued).",
+    ],
+    exit_status=(
+        "5 when the slot is not allocated or --lease-id names a stale lease."
+    ),
+    examples=(
+        'necropool release web-3\n'
+        'necropool release "$PWD" --lease-id "$lease"\n'
+        'necropool release web-3 --force   # ends what the holder left running in it'
+    ),
+)
+def release(
+    slot: AllocatedSlotArg,
+    lease_id: Annotated[str | None, typer.Option(
+        "--lease-id", metavar="LEASE-ID", help="Refuse unless this is the current lease")] = None,
+    no_cleanup: Annotated[bool, typer.Option(
+        "--no-cleanup", help="Do not clean now (the next allocate cleans)")] = False,
+    no_fetch: NoFetch = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="End processes still running in the slot (SIGTERM, then SIGKILL) "
+                        "instead of refusing")] = False,
+    json_out: Json = False,
+) -> None:
+    """Release a slot and clean it (saving any uncommitted or unpushed work first).
+    Refuses (exit 5, naming them) while other processes still work in the slot."""
+    out = G.out(json_out)
+    data = G.manager().release_slot(slot, lease_id, cleanup=not no_cleanup,
+                                    fetch=False if no_fetch else None, stop=force)
+    if data.get("fetch_error"):
+        out.note(f"warning: upstream fetch failed, cleaned to the mirror's tip: "
+                 f"{data['fetch_error']}")
+    out.outcome(data, f"released {data['slot_id']}")
+
+
+@command("renew",
+    notes=[
+        "Without --ttl the lease is extended by its own TTL, from now; a lease without a TTL "
+        "needs --ttl. A lease that has expired but was not reclaimed yet may be renewed.",
+    ],
+    exit_status=(
+        "5 when --lease-id is not the slot's current lease (the message says what became of "
+        "it)."
+    ),
+    examples=(
+        'necropool renew "$PWD" --lease-id "$NECROPOOL_LEASE_ID"    # by its own TTL\n'
+        'necropool renew web-3 --lease-id "$lease" --ttl 2h'
+    ),
+)
+def renew(
+    slot: AllocatedSlotArg,
+    lease_id: Annotated[str, typer.Option("--lease-id", metavar="ID",
+                                          help="The lease to extend")],
+    ttl: Annotated[str | None, typer.Option(
+        "--ttl", metavar="DURATION",
+        help="Extend to this long from now (default: the lease's own TTL)")] = None,
+    json_out: Json = False,
+) -> None:
+    """Extend a lease (even an expired one nobody has reclaimed yet); exit 5 when the lease
+    is not the slot's current one, saying what became of it."""
+    out = G.out(json_out)
+    data = G.manager().renew_slot(slot, lease_id,
+                                  parse_duration(ttl, "--ttl") if ttl is not None else None)
+    if out.json:
+        out.emit(data)
+    else:
+        out.note(f"renewed {data['slot_id']}: lease expires at {data['expires_at']}")
+
+
+class _RunCommand(Command):
+    """``run POOL [OPTIONS] -- CMD...``: options may follow POOL up to ``--``; without a
+    ``--``, everything after POOL is the command (so ``run web make -j4`` works too)."""
+
+    def parse_args(self, ctx, args):
+        ctx.allow_interspersed_args = "--" in args
+        return super().parse_args(ctx, args)
+
+
+@command("run", cls=_RunCommand, context_settings={"allow_interspersed_args": False},
+    notes=[
+        "The command runs in the slot, with NECROPOOL_SLOT_ID, NECROPOOL_SLOT_PATH and "
+        "NECROPOOL_LEASE_ID set; the slot is released afterwards, also when the command fails "
+        "or is interrupted. With --ttl, run renews the lease while the command runs, so it is "
+        "never reclaimed as expired.",
+        "Put -- before the command so that its options are not taken for necropool's.",
+    ],
+    exit_status=(
+        "The status of the command (127 when it is not found, 126 when it cannot be executed); "
+        "necropool's own failures use the codes of *necropool*(1)."
+    ),
+    examples=(
+        "necropool run web -- make test\n"
+        "necropool run web --wait 10m -- sh -c 'echo \"$NECROPOOL_SLOT_ID\"; make'"
+    ),
+)
+def run(
+    pool: PoolArg,
+    command: Annotated[list[str], typer.Argument(metavar="-- COMMAND [ARG]...",
+                                                 help="The command to run in the slot",
+                                                 autocompletion=complete_values.commands)],
+    owner: Owner = None, ttl: Ttl = None, meta: Meta = None, wait: Wait = None,
+    no_fetch: NoFetch = False, json_out: Json = False,
+) -> None:
+    """Run a command in a freshly allocated slot, release it afterwards, exit with its status
+    (3 if it succeeded but the slot could not be cleaned)."""
+    out = G.out(json_out)
+    options = _allocate_options(owner, ttl, meta, wait, no_fetch)
+    # under --json, stdout carries our one object: the command's output goes to stderr
+    result = G.manager().run(pool, list(command), stdout=sys.stderr if out.json else None,
+                             **options)
+    # A command that succeeded in a slot that could not be released is a partial failure
+    # (3); a command that failed keeps its own status, the more useful signal to a CI step.
+    code = 3 if result.release_error and result.code == 0 else result.code
+    if result.spawn_error:
+        out.error("spawn", result.spawn_error, code)
+    if result.release_error:
+        out.error("failed", result.release_error, code)
+    if out.json:
+        out.emit({"slot_id": result.slot_id, "pool": pool, "exit_code": result.code,
+                  "release": result.release.to_dict() if result.release else None,
+                  "release_error": result.release_error})
+    raise typer.Exit(code)
+
+
+@command("log",
+    notes=[
+        "Without a POOL, the events of every pool, merged by time. Plain output is one line "
+        "per event: time, event, slot, details as key=value (JSON for lists and objects), "
+        "pool, tab-separated when stdout is not a terminal.",
+    ],
+    examples=(
+        "necropool log --tail 20          # the last events of every pool\n"
+        "necropool log web --since 2h --event release\n"
+        "necropool log --follow\n"
+        "necropool log web --json | jq -c '.events[]'"
+    ),
+)
+def log(
+    pool: OptionalPoolArg = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="DURATION", help="Only events newer than this (e.g. 2h)")] = None,
+    tail: Annotated[int | None, typer.Option(
+        "--tail", "-n", metavar="N", min=1, help="Only the last N events")] = None,
+    event: Annotated[list[str] | None, typer.Option(
+        "--event", "-e", metavar="KIND", autocompletion=complete_values.event_kinds,
+        help="Only events of this kind (repeatable): allocate, release, cleanup, ...")] = None,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep printing events as they happen (Ctrl-C stops)")] = False,
+    host: Host = None,
+    fmt: Format = None, no_headers: NoHeaders = False,
+    json_out: Json = False,
+) -> None:
+    """Show the event history (allocations, releases, cleanups, recoveries) of one pool or
+    of every pool."""
+    out = G.out(json_out, fmt, no_headers)
+    if follow and out.json:
+        raise UsageError("--follow prints events as they come: use it without --json "
+                         "(each line of --format tsv is one event)")
+    cutoff = None
+    if since is not None:
+        cutoff = now() - timedelta(seconds=parse_duration(since, "--since"))
+    broken: list[dict] = []
+    records = G.manager().watch_log(pool, host, broken, since=cutoff,
+                                    kinds=set(event) if event else None, last=tail,
+                                    follow=follow)
+    if out.json:
+        out.emit({"pool": pool, "events": list(records)})
+        fail_for(broken)
+        return
+    if out.fmt == "tsv" and out.headers:
+        out.line("\t".join(c.lower() for c in LOG_COLUMNS))
+    shown = 0
+    try:
+        for record in records:
+            shown += 1
+            out.line(_log_line(record, out))
+            if follow:
+                sys.stdout.flush()
+    except KeyboardInterrupt:  # how --follow is meant to end
+        if not follow:
+            raise
+    if not shown and not follow and not broken:
+        out.hint("no events" + (" match" if since or event else " yet"))
+    fail_for(broken)  # shown every other pool's events; now say which could not be read
+
+
+# the tab-separated columns of 'log', in order
+LOG_COLUMNS = ["TIME", "EVENT", "SLOT", "DETAIL", "POOL"]
+_EVENT_STYLES = {"failure": "red", "isolate": "red", "fetch_failed": "red", "recover": "cyan",
+                 "allocate": "yellow", "release": "green", "reclaim": "magenta",
+                 "force_release": "magenta"}
+
+
+def details(record: dict) -> str:
+    """An event's other fields as ``key=value`` (JSON for lists, objects and strings with
+    spaces)."""
+    parts = []
+    for key, value in record.items():
+        if key in ("time", "event", "pool", "slot_id"):
+            continue
+        if isinstance(value, str) and value and not any(c.isspace() for c in value):
+            text = value
+        else:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def _log_line(record: dict, out) -> str:
+    cells = [str(record.get("time", "")), str(record.get("event", "")),
+             str(record.get("slot_id", "")), details(record), str(record.get("pool", ""))]
+    if not out.rich:
+        return "\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells)
+    when, kind, slot, detail, pool = cells
+    kind = f"{kind:<13}"
+    if out.colour():
+        style = {"red": 31, "green": 32, "yellow": 33, "magenta": 35, "cyan": 36}.get(
+            _EVENT_STYLES.get(kind.strip(), ""))
+        kind = f"\x1b[{style}m{kind}\x1b[0m" if style else kind
+    return f"{when[:19].replace('T', ' ')} {kind} {slot or pool:<10} {detail}".rstrip()

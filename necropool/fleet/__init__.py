@@ -1,0 +1,1 @@
+"""The fleet: other hosts' slots through the ledger, and moving a pool in and out of it."""

@@ -1,0 +1,1 @@
+"""Git itself: the hardened git CLI and the ref and object files read directly."""

@@ -1,0 +1,376 @@
+"""Git operations through the git CLI (hardened) and, where it pays, pygit2 (imported lazily).
+
+Every git call runs without hooks, fsmonitor, terminal prompts or inherited GIT_* redirection,
+and only over the transports in ``ALLOWED_PROTOCOLS``.
+"""
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from necropool.ground.errors import OperationFailed
+
+ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
+HARDENING = (
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "core.fsmonitor=false",
+    "-c", "protocol.ext.allow=never",
+    "-c", "core.sshCommand=ssh -o BatchMode=yes -o ConnectTimeout=30",
+    "-c", "gc.autoDetach=false",
+    "-c", "advice.detachedHead=false",
+)
+# compiled (and cached by ``re``) at the first failure: 0.6 ms of every start-up otherwise
+_TRANSIENT = (
+    r"could not resolve host|connection (timed out|reset|refused)|timed out|early eof|"
+    r"remote end hung up|rpc failed|temporarily unavailable|tls|ssl|50[234]"
+)
+_INHERITED = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+              "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_COMMON_DIR",
+              "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_EXTERNAL_DIFF",
+              "GIT_SSH", "GIT_SSH_COMMAND", "GIT_PROXY_COMMAND", "GIT_ASKPASS", "SSH_ASKPASS")
+RETRY_DELAYS = (1.0, 3.0)  # three tries in all
+SLOT_ISOLATION = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
+                  "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.excludesFile",
+                  "GIT_CONFIG_VALUE_0": os.devnull}
+
+
+class GitError(OperationFailed):
+    """A git command failed; ``stderr`` holds its last words."""
+
+    def __init__(self, message: str, stderr: str = ""):
+        super().__init__(message, stderr=stderr)
+        self.stderr = stderr
+
+    @property
+    def transient(self) -> bool:
+        # Quoted text is a path or URL: a repository called 'openssl' is not a TLS error.
+        text = re.sub(r"'[^'\n]*'", "''", self.stderr or self.message)
+        return bool(re.search(_TRANSIENT, text, re.IGNORECASE))
+
+
+def git_env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in _INHERITED}
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GCM_INTERACTIVE="never",
+        GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
+        LC_ALL="C",
+        GIT_NO_REPLACE_OBJECTS="1",  # a holder's refs/replace/* never changes what we see
+        GIT_AUTHOR_NAME="necropool", GIT_AUTHOR_EMAIL="necropool@localhost",
+        GIT_COMMITTER_NAME="necropool", GIT_COMMITTER_EMAIL="necropool@localhost",
+    )
+    env.update(extra or {})
+    return env
+
+
+def start(args: list[str], cwd: Path | None = None, *, env: dict | None = None,
+          stdin: bool = False):
+    """Start ``git ARGS`` hardened, in the background; ``wait`` collects it."""
+    cmd = ["git", *HARDENING, *args]
+    if cwd is not None:  # ``cwd`` is the repository: a broken one must never make git
+        # discover and act on a repository that contains the root (a dotfiles repo, say)
+        env = {"GIT_CEILING_DIRECTORIES": str(Path(cwd).absolute().parent),
+               **_repository_env(Path(cwd)), **(env or {})}
+    try:
+        return subprocess.Popen(cmd, cwd=cwd, env=git_env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise GitError("git is not installed or not on PATH") from None
+
+
+def _repository_env(cwd: Path) -> dict[str, str]:
+    """Name the repository at ``cwd`` outright rather than have git discover it: a pool
+    made by one user and healed by root's cron stays workable (git refuses to discover a
+    repository another user owns), and its config cannot run code by then: cleanup puts
+    a slot's config back before running git there. In a working copy no user or system
+    config applies either: what counts as the holder's work never depends on whose global
+    excludes file is read."""
+    if os.path.isdir(cwd / ".git") and not os.path.islink(cwd / ".git"):
+        return {"GIT_DIR": str(cwd / ".git"), "GIT_WORK_TREE": str(cwd), **SLOT_ISOLATION}
+    if os.path.isdir(cwd / "objects") and os.path.isfile(cwd / "HEAD"):
+        return {"GIT_DIR": str(cwd)}  # a bare repository: the mirror
+    return {}
+
+
+def wait(proc, args: list[str], *, timeout: float = 600, check: bool = True,
+         input: bytes | None = None):
+    """Wait for a git process ``start`` began; return the CompletedProcess, or raise
+    GitError with git's message when it fails. A timeout or an interrupt stops it."""
+    with proc:
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            raise GitError(f"git {args[0]} timed out after {timeout:g}s", "timed out") from None
+        except BaseException:
+            _stop(proc)
+            raise
+    if check and proc.returncode != 0:
+        message = stderr.decode(errors="replace").strip()
+        raise GitError(f"git {args[0]} failed: {_summary(message, proc.returncode)}", message)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _stop(proc) -> None:
+    """End a git process: SIGTERM first, so that git removes its lock files (after SIGKILL
+    they stay, and the next git in that repository fails), then SIGKILL after 2 s."""
+    proc.terminate()
+    try:
+        proc.communicate(timeout=2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
+def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,
+        env: dict | None = None, check: bool = True,
+        input: bytes | None = None):
+    """Run ``git ARGS`` hardened; return the CompletedProcess, or raise GitError with git's
+    message when it fails."""
+    proc = start(args, cwd, env=env, stdin=input is not None)
+    return wait(proc, args, timeout=timeout, check=check, input=input)
+
+
+def _summary(stderr: str, returncode: int) -> str:
+    """The line of git's stderr that says what went wrong: the first ``fatal:`` or
+    ``error:`` line (later lines are often generic advice), else the last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line
+    return lines[-1] if lines else f"exit status {returncode}"
+
+
+def run_network(args: list[str], cwd: Path | None = None, *, timeout: float) -> None:
+    """Run a git command that talks to the upstream: up to 3 tries for transient failures."""
+    for attempt in range(len(RETRY_DELAYS) + 1):
+        try:
+            run(args, cwd, timeout=timeout)
+            return
+        except GitError as exc:
+            if not exc.transient or attempt == len(RETRY_DELAYS):
+                raise
+            time.sleep(RETRY_DELAYS[attempt])
+
+
+# --- refs, read straight from the files (no process) --------------------------------------
+
+def read_ref(gitdir: Path, name: str, _depth: int = 0) -> str | None:
+    """The object id a ref names (loose file first, then packed-refs), or None."""
+    try:
+        value = (gitdir / name).read_text().strip()
+        if value.startswith("ref: "):  # symbolic: follow, as git does, at most 5 levels
+            return read_ref(gitdir, value[5:], _depth + 1) if _depth < 5 else None
+        return value or None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        pass
+    except UnicodeDecodeError:
+        return None  # garbage in a loose ref: it resolves to nothing, as for git
+    return next((oid for ref, oid, _ in parse_packed_refs(_packed(gitdir)) if ref == name), None)
+
+
+def parse_packed_refs(data: bytes) -> Iterator[tuple[str | None, str, bytes]]:
+    """The records of a ``packed-refs`` file, as (ref name, object id, raw bytes); joined,
+    the raw bytes give back ``data``. A ref's record is its ``<oid> <name>`` line and the
+    peeled ``^<oid>`` line after it, if any; the header and any other line (blank, garbage,
+    an orphan ``^``) is a record with no name. Lines end in LF, CRLF or CR (as text mode reads
+    them); names that are not UTF-8 decode as ``os.fsdecode`` does."""
+    name: str | None = None
+    oid, raw = "", b""
+    for line in data.splitlines(keepends=True):
+        if line.startswith(b"^") and name is not None:
+            raw += line  # the peeled value belongs to the ref before it
+            continue
+        if raw:
+            yield name, oid, raw
+        fields = line.split()
+        name, oid, raw = None, "", line
+        if len(fields) == 2 and not line.startswith((b"#", b"^")):
+            oid, name = os.fsdecode(fields[0]), os.fsdecode(fields[1])
+    if raw:
+        yield name, oid, raw
+
+
+def _packed(gitdir: Path) -> bytes:
+    try:
+        return (gitdir / "packed-refs").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def write_refs(gitdir: Path, refs: dict[str, str]) -> None:
+    """Create loose refs directly (no process); only for a repository nobody else is using."""
+    for name, sha in refs.items():
+        path = gitdir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a link to a file elsewhere is replaced, not written
+        path.write_text(sha + "\n")
+
+
+def delete_refs(gitdir: Path, names: list[str]) -> None:
+    """Delete refs (loose, packed, and their reflogs) directly; only for a repository
+    nobody else is using (a slot we hold)."""
+    for name in names:
+        (gitdir / name).unlink(missing_ok=True)
+        (gitdir / "logs" / name).unlink(missing_ok=True)
+    doomed = set(names)
+    records = list(parse_packed_refs(_packed(gitdir)))
+    kept = [raw for name, _, raw in records if name not in doomed]  # with its peeled line
+    if len(kept) != len(records):
+        tmp = gitdir / "packed-refs.necropool"
+        tmp.unlink(missing_ok=True)
+        tmp.write_bytes(b"".join(kept))
+        os.replace(tmp, gitdir / "packed-refs")
+
+
+def read_head(gitdir: Path) -> tuple[str | None, str | None]:
+    """(branch or None when detached, commit) of a repository's HEAD, without a process."""
+    try:
+        value = (gitdir / "HEAD").read_text().strip()
+    except (OSError, UnicodeDecodeError):  # unreadable or binary garbage: no HEAD
+        return None, None
+    if value.startswith("ref: refs/heads/"):
+        return value[16:], read_ref(gitdir, value[5:])
+    return None, value or None
+
+
+def refs_under(gitdir: Path, prefix: str) -> dict[str, str]:
+    """Refs whose names start with ``prefix`` (``refs/heads/``, say), loose and packed,
+    with their object ids; a loose ref wins over a packed one, as for git."""
+    found: dict[str, str] = {}
+    for name, oid, _ in parse_packed_refs(_packed(gitdir)):
+        if name is not None and name.startswith(prefix):
+            found.setdefault(name, oid)  # the first of duplicates, as read_ref finds it
+    for dirpath, _dirs, files in os.walk(gitdir / prefix):
+        for name in files:
+            if not name.endswith(".lock"):
+                ref = Path(dirpath, name).relative_to(gitdir).as_posix()
+                found[ref] = read_ref(gitdir, ref) or ""
+    return found
+
+
+def mirror_branch(mirror: Path) -> str:
+    """The upstream's default branch as the mirror's HEAD names it."""
+    branch, _ = read_head(mirror)
+    if not branch:
+        raise GitError(f"cannot tell the default branch of {mirror}: pass --branch")
+    return branch
+
+
+def mirror_tip(mirror: Path, branch: str) -> str:
+    tip = read_ref(mirror, f"refs/heads/{branch}")
+    if not tip:
+        raise GitError(f"branch {branch!r} does not exist upstream")
+    return tip
+
+
+# --- the mirror -----------------------------------------------------------------------------
+
+def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git") -> None:
+    """Bare mirror of the upstream; never hard-links a local upstream's objects."""
+    if backend == "libgit2":
+        import pygit2  # lazy: ~40 ms on top of start-up; only backend libgit2
+
+        try:
+            repo = pygit2.clone_repository(url, str(dest), bare=True)
+            repo.config["remote.origin.fetch"] = "+refs/*:refs/*"
+            repo.config["remote.origin.mirror"] = True
+        except pygit2.GitError as exc:
+            raise GitError(f"clone of {url} failed: {exc}", str(exc)) from None
+        return
+    run_network(["clone", "--mirror", "--no-local", "--quiet", "--", url, str(dest)],
+                timeout=timeout)
+
+
+def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
+    if backend == "libgit2":
+        import pygit2  # lazy: ~40 ms on top of start-up; only backend libgit2
+
+        try:
+            remote = pygit2.Repository(str(mirror)).remotes["origin"]
+            remote.fetch(["+refs/heads/*:refs/heads/*"], prune=pygit2.enums.FetchPrune.PRUNE)
+        except pygit2.GitError as exc:
+            raise GitError(f"fetch failed: {exc}", str(exc)) from None
+        return
+    run_network(["fetch", "--prune", "--quiet", "origin"], mirror, timeout=timeout)
+
+
+def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:
+    """True when the refs of the upstream at ``url``, a local path, are the mirror's: a
+    fetch would bring nothing. A repository whose git directory is plain to see (``.git``
+    or bare) has its refs read from the files, like the mirror's; any other asks
+    ``ls-remote`` (a third of a fetch that brings nothing). False when it cannot say: a
+    difference only costs the fetch that would have happened anyway."""
+    path = Path(url.removeprefix("file://"))
+    for gitdir in (path / ".git", path):
+        if gitdir.is_dir() and (gitdir / "objects").is_dir() and (gitdir / "HEAD").is_file():
+            return refs_under(gitdir, "refs/") == refs_under(mirror, "refs/")
+    try:
+        out = run(["ls-remote", "origin"], mirror, timeout=timeout).stdout
+    except GitError:
+        return False
+    upstream = {}
+    for line in out.decode(errors="surrogateescape").splitlines():
+        sha, _, name = line.partition("\t")
+        if name.startswith("refs/") and not name.endswith("^{}"):
+            upstream[name] = sha
+    return upstream == refs_under(mirror, "refs/")
+
+
+# --- slots ----------------------------------------------------------------------------------
+
+def slot_config(url: str, object_format: str | None = None) -> str:
+    """The canonical .git/config of a slot; cleanup restores it if a holder changed it."""
+    version = 1 if object_format else 0
+    lines = ["[core]", f"\trepositoryformatversion = {version}", "\tfilemode = true",
+             "\tbare = false", "\tlogallrefupdates = true"]
+    if object_format:
+        lines += ["[extensions]", f"\tobjectformat = {object_format}"]
+    lines += ['[remote "origin"]', f"\turl = {_quote(url)}",
+              "\tfetch = +refs/heads/*:refs/remotes/origin/*"]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def clone_slot(mirror: Path, dest: Path, url: str, branch: str) -> str:
+    """Clone a slot from the mirror with HEAD detached at the branch tip; return that commit.
+
+    pygit2 clones the repository by plain path, so the mirror's pack files are hard-linked
+    (a slot costs its working tree); the git CLI then checks the tree out, measured 1.5x
+    faster than libgit2's checkout here, and its index needs no refresh by the first holder.
+    The mirror's branches become ``refs/remotes/origin/*``: a fresh slot has no local branch.
+    Its refs are packed, as ``git clone`` leaves them.
+    """
+    import pygit2  # lazy: ~40 ms on top of start-up; only (re-)cloning a slot
+
+    try:
+        repo = pygit2.clone_repository(str(mirror), str(dest / ".git"), bare=True)
+        for name in list(repo.references):
+            if name.startswith("refs/heads/"):
+                target = repo.references[name].target
+                repo.references.create(f"refs/remotes/origin/{name[11:]}", target, force=True)
+                repo.references.delete(name)
+        tip = str(repo.references[f"refs/remotes/origin/{branch}"].target)
+        repo.free()
+    except (pygit2.GitError, KeyError, ValueError) as exc:
+        raise GitError(f"cloning a slot from the mirror failed: {exc}", str(exc)) from None
+    (dest / ".git" / "config").write_text(slot_config(url, object_format(mirror)))
+    run(["pack-refs", "--all"], dest)  # as a clone has them: one file, not one per tag
+    run(["checkout", "-f", "-q", "--detach", tip], dest)
+    return tip
+
+
+def object_format(gitdir: Path) -> str | None:
+    try:
+        text = (gitdir / "config").read_text()
+    except OSError:
+        return None
+    match = re.search(r"objectformat\s*=\s*(\S+)", text, re.IGNORECASE)
+    return match.group(1) if match else None

@@ -1,0 +1,52 @@
+"""Time helpers: UTC now, RFC 3339 rendering, duration parsing.
+
+Test hook: ``NECROPOOL_CLOCK_OFFSET`` (seconds, may be negative) moves ``now()`` -- and so
+lease expiry, ages and the times recorded -- that far ahead, so that tests need not sleep
+for time to pass. Only ``now()`` honours it (not the monotonic timers, not fetch stamps).
+"""
+
+import os
+import re
+from datetime import UTC, datetime, timedelta
+
+from necropool.ground.errors import UsageError
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 36500 * 86400  # a century: dates stay representable either side of now
+
+
+def now() -> datetime:
+    offset = os.environ.get("NECROPOOL_CLOCK_OFFSET")
+    if offset:
+        try:
+            return datetime.now(UTC) + timedelta(seconds=float(offset))
+        except (ValueError, OverflowError):
+            raise UsageError(f"invalid NECROPOOL_CLOCK_OFFSET {offset[:40]!r}: seconds, "
+                             "such as 3600 or -60 (a test hook; unset it)") from None
+    return datetime.now(UTC)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """Render an aware datetime as ``2026-01-02T03:04:05.123Z`` (None stays None)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """The inverse of ``rfc3339``."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Parse ``90s``, ``5m``, ``2h``, ``1d`` or plain seconds into positive seconds."""
+    match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if not match:
+        raise UsageError(f"invalid {what} {text!r}: use e.g. 90s, 5m, 2h, 1d or plain seconds")
+    seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    if seconds <= 0:
+        raise UsageError(f"invalid {what} {text!r}: must be greater than zero")
+    if seconds > MAX_DURATION:
+        raise UsageError(f"invalid {what} {text!r}: too long (at most 36500d)")
+    return seconds

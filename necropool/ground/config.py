@@ -1,0 +1,248 @@
+"""Settings: where the root and config file are, and what the config file may say.
+
+Precedence for every setting: flag > environment > config file > default.
+"""
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from necropool.ground.errors import UsageError
+from necropool.ground.redact import redact
+from necropool.ground.validate import MAX_HOURS, check_pool_name, check_refname, check_url
+
+POOL_KEYS = {
+    "url": str,
+    "num_slots": int,
+    "branch": str,
+    "keep_ignored": bool,
+    "fetch_on_allocate": bool,
+    "fetch_backend": str,
+    "ledger": str,
+}
+TOP_KEYS = {
+    "root": str,
+    "ledger": str,
+    "max_allocation_hours": (int, float),
+    "stale_lock_hours": (int, float),
+    "stale_mirror_hours": (int, float),
+    "silent_host_hours": (int, float),
+    "rescued_retention_days": (int, float),
+    "lock_timeout": (int, float),
+    "git_timeout": (int, float),
+    "pools": dict,
+}
+# Upper bounds (also rejecting inf) so that timeouts and date arithmetic cannot overflow.
+LIMITS = {"max_allocation_hours": MAX_HOURS, "stale_lock_hours": MAX_HOURS,
+          "stale_mirror_hours": MAX_HOURS, "silent_host_hours": MAX_HOURS,
+          "rescued_retention_days": MAX_HOURS / 24, "lock_timeout": 1e9, "git_timeout": 1e9}
+POSITIVE = ("max_allocation_hours", "stale_lock_hours", "stale_mirror_hours",
+            "silent_host_hours", "rescued_retention_days", "lock_timeout",
+            "git_timeout", "num_slots")
+FETCH_BACKENDS = ("git", "libgit2")
+
+
+@dataclass
+class PoolSpec:
+    """A pool as the config file declares it (for ``sync``) or ``create`` asks for it."""
+
+    name: str
+    url: str
+    num_slots: int = 3
+    branch: str | None = None
+    keep_ignored: bool = False
+    fetch_on_allocate: bool = True
+    fetch_backend: str = "git"
+    ledger: str | None = None  # where its state is kept (``Settings.ledger_for``)
+    # The keys the config table gives: ``sync`` converges only those (all keys when built in code).
+    declared: frozenset[str] = field(default=frozenset(POOL_KEYS), compare=False, repr=False)
+
+
+@dataclass
+class Settings:
+    """Where necropool keeps its pools and how it behaves (flag > env > file > default)."""
+
+    root: Path
+    config_path: Path | None = None
+    max_allocation_hours: float = 24.0
+    stale_lock_hours: float = 24.0
+    stale_mirror_hours: float = 24.0
+    silent_host_hours: float = 1.0  # a fleet host with no sign of life for this long is reported
+    rescued_retention_days: float | None = None  # auto-recover deletes older rescued work
+    lock_timeout: float = 30.0
+    git_timeout: float = 600.0
+    pools: dict[str, PoolSpec] = field(default_factory=dict)
+    ledger: str | None = None  # the config file's top-level ``ledger``
+    ledger_override: str | None = None  # --ledger or NECROPOOL_LEDGER
+
+    def ledger_for(self, pool: str) -> str | None:
+        """Where pool ``pool``'s state is kept: a ``postgresql://`` DSN, or None for the
+        local TOML files (also what ``local`` says). Flag > environment > the pool's table
+        of the config > the config's top level."""
+        spec = self.pools.get(pool)
+        return _remote(self.ledger_override or (spec.ledger if spec else None) or self.ledger)
+
+    @property
+    def fleet_ledger(self) -> str | None:
+        """The ledger of the pools the config file does not name (the flag, the environment
+        or the top-level ``ledger``): where ``list`` looks for pools this host has no slots
+        of."""
+        return _remote(self.ledger_override or self.ledger)
+
+
+def _remote(ledger: str | None) -> str | None:
+    """A ledger setting as a DSN, or None for the local files (also what ``local`` says)."""
+    return None if ledger in (None, "", "local") else ledger
+
+
+def check_spec(spec: PoolSpec) -> PoolSpec:
+    """A pool spec from the config or the API; a local path url is made absolute."""
+    check_pool_name(spec.name)
+    check_url(spec.url)
+    if spec.num_slots < 1:
+        raise UsageError(f"invalid slot count {spec.num_slots}: must be at least 1")
+    if spec.fetch_backend not in FETCH_BACKENDS:
+        raise UsageError(f"invalid fetch backend {spec.fetch_backend!r}")
+    if spec.branch is not None:
+        check_refname(spec.branch, branch=True)
+    if "://" not in spec.url and ":" not in spec.url.split("/")[0] and Path(spec.url).exists():
+        spec.url = str(Path(spec.url).resolve())  # a local path: make it absolute
+    return spec
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
+
+
+def default_config_path() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "necropool" / "config.toml"
+
+
+def _fail(path: Path, key: str, reason: str):
+    raise UsageError(f"invalid config {path}: {key}: {reason}")
+
+
+def _check_type(path: Path, key: str, value, expected) -> None:
+    if isinstance(value, bool) and expected is not bool:
+        _fail(path, key, f"expected {_type_name(expected)}, got a boolean")
+    if not isinstance(value, expected):
+        _fail(path, key, f"expected {_type_name(expected)}, got {type(value).__name__}")
+    if isinstance(value, float) and value != value:
+        _fail(path, key, "expected a number, got nan")
+    if key in LIMITS and value > LIMITS[key]:
+        _fail(path, key, f"must be at most {LIMITS[key]:g}")
+    if key.rsplit(".", 1)[-1] in POSITIVE and value <= 0:
+        _fail(path, key, "must be greater than zero")
+
+
+def _type_name(expected) -> str:
+    if isinstance(expected, tuple):
+        return "a number"
+    return {str: "a string", int: "an integer", bool: "a boolean", dict: "a table"}[expected]
+
+
+def _pool_spec(path: Path, name: str, table) -> PoolSpec:
+    if not isinstance(table, dict):
+        _fail(path, f"pools.{name}", "expected a table")
+    try:
+        check_pool_name(name)
+    except UsageError as exc:
+        _fail(path, f"pools.{name}", exc.message)
+    for key, value in table.items():
+        if key not in POOL_KEYS:
+            _fail(path, f"pools.{name}.{key}", "unknown key")
+        _check_type(path, f"pools.{name}.{key}", value, POOL_KEYS[key])
+    _check_ledger_key(path, f"pools.{name}.ledger", table.get("ledger"))
+    if "url" not in table:
+        _fail(path, f"pools.{name}.url", "missing")
+    if table.get("fetch_backend", "git") not in FETCH_BACKENDS:
+        _fail(path, f"pools.{name}.fetch_backend", f"must be one of {', '.join(FETCH_BACKENDS)}")
+    try:
+        check_url(table["url"])
+    except UsageError as exc:
+        _fail(path, f"pools.{name}.url", exc.message)
+    return PoolSpec(name=name, declared=frozenset(table), **table)
+
+
+def parse_config(path: Path) -> dict:
+    """Read and validate a config file; return its settings as a plain dict."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"config file {path} is a directory") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"invalid config {path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+    for key, value in data.items():
+        if key not in TOP_KEYS:
+            _fail(path, key, "unknown key")
+        _check_type(path, key, value, TOP_KEYS[key])
+    _check_ledger_key(path, "ledger", data.get("ledger"))
+    pools = data.pop("pools", {})
+    data["pools"] = {name: _pool_spec(path, name, table) for name, table in pools.items()}
+    return data
+
+
+def _check_ledger_key(path: Path, key: str, value: str | None) -> None:
+    try:
+        check_ledger(value, "ledger")
+    except UsageError as exc:
+        _fail(path, key, exc.message)
+
+
+def check_ledger(value: str | None, what: str) -> str | None:
+    """A ledger is ``local`` or a PostgreSQL connection string (URL or key=value)."""
+    if value in (None, "", "local"):
+        return value
+    assert value is not None
+    if "\0" in value or not (value.startswith(("postgresql://", "postgres://"))
+                             or "=" in value):
+        raise UsageError(f"invalid {what} {redact(value)[:80]!r}: use 'local' or a PostgreSQL "
+                         "connection string (postgresql://host/db)")
+    return value
+
+
+def load_settings(root: str | None = None, config: str | None = None,
+                  ledger: str | None = None) -> Settings:
+    """Resolve the config file and root by precedence and return validated settings."""
+    env_config = os.environ.get("NECROPOOL_CONFIG")
+    explicit = config or env_config
+    if explicit and "\0" in explicit:
+        raise UsageError(f"invalid config path {explicit!r}: it contains a NUL byte")
+    candidate = Path(explicit) if explicit else default_config_path()
+    data: dict = {}
+    config_path: Path | None = None
+    if explicit or candidate.exists():
+        data, config_path = parse_config(candidate), candidate
+    root_value = root or os.environ.get("NECROPOOL_HOME")
+    from_config = not root_value and "root" in data
+    root_value = root_value or data.pop("root", None)
+    data.pop("root", None)
+    if root_value and "\0" in root_value:
+        raise UsageError(f"invalid root {root_value!r}: it contains a NUL byte")
+    if root_value:
+        root_path = Path(root_value).expanduser()
+        if from_config and config_path is not None:  # the same root from cron and a shell
+            root_path = config_path.absolute().parent / root_path
+    else:
+        root_path = _xdg("XDG_DATA_HOME", ".local/share") / "necropool"
+    if root_path.exists() and not root_path.is_dir():
+        raise UsageError(f"root {root_path} is not a directory")
+    for parent in root_path.absolute().parents:  # the root's nearest existing ancestor
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"root {root_path} cannot be created: "
+                                 f"{parent} is not a directory")
+            break
+        if os.path.lexists(parent):  # a dangling symlink, or a file in the way
+            raise UsageError(f"root {root_path} cannot be created: {parent} is in the way")
+    override = (check_ledger(ledger, "--ledger")
+                or check_ledger(os.environ.get("NECROPOOL_LEDGER"), "NECROPOOL_LEDGER"))
+    return Settings(root=root_path.absolute(), config_path=config_path,
+                    ledger_override=override, **data)

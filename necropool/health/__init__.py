@@ -1,0 +1,1 @@
+"""Health: detect, repair (recover, isolate), auto-recover and lock maintenance."""

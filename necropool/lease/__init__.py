@@ -1,0 +1,1 @@
+"""Leases: allocate, release, renew and run, and the slot refresh they share."""

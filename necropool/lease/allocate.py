@@ -1,0 +1,204 @@
+"""Allocation: a free slot handed out under a new lease, waiting in a queue when none is.
+
+The claim goes through the pool's store (``claim``, ``update_slot``), never holding the
+whole state; a stale slot is refreshed outside it, claimed by this process with its slot
+lock held, so a crashed allocator is visible at once.
+"""
+
+import os
+import time
+from dataclasses import dataclass, replace
+
+from necropool.ground import wakeup
+from necropool.ground.errors import OperationFailed, Skipped, TryAgain, explain
+from necropool.ground.locks import FileLock, jitter
+from necropool.ground.proc import Holder
+from necropool.ground.validate import check_metadata, check_seconds, check_text
+from necropool.lease.refresh import clear_processes, fail_slot, refresh
+from necropool.pool.mirror import update_mirror
+from necropool.pool.pool import Pool
+from necropool.store.base import LeaseLost
+from necropool.store.model import Lease, Slot
+
+ALLOCATION_POLICY = ("clean slots at the mirror's tip first (others are refreshed before "
+                     "they are handed out), then the most recently released (warm build "
+                     "caches), then the lowest number")
+
+
+@dataclass
+class Grant:
+    """A slot handed out; ``lock`` is still held only for ``run``."""
+
+    pool: Pool
+    number: int
+    lease: Lease
+    slot: Slot  # as recorded when granted
+    lock: FileLock | None = None
+    fetch_error: str | None = None
+
+
+def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = None,
+             ttl: float | None = None, metadata: dict | None = None, wait: float = 0,
+             fetch: bool | None = None, keep_lock: bool = False) -> Grant:
+    """Hand out a free slot under a new lease (policy: ``ALLOCATION_POLICY``)."""
+    metadata = check_metadata(metadata or {})
+    if owner is not None:
+        check_text(owner, "owner")
+    check_seconds(ttl, "ttl")
+    check_seconds(wait, "wait", zero=True)
+    pool.sweep()  # what a killed command left half-done (its claim skips ``transaction``)
+    fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
+    fetch_error = update_mirror(pool) if fetch else None
+    deadline = time.monotonic() + wait
+    failed: set[int] = set()
+    queue = FileLock(pool.paths.wait_lock)  # held by the waiter at the head of the queue
+    wake = None  # the head's end of the wake-up FIFO
+    none_free = TryAgain(f"no free slot in pool {pool.name!r}"
+                         + (f" after waiting {wait:g}s" if wait else ""))
+    try:
+        while True:
+            seen = _state_marker(pool)
+            if queue.held or wait <= 0 or not _others_waiting(queue):
+                grant = _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed)
+                if grant is not None:
+                    grant.fetch_error = fetch_error
+                    return grant
+            if wait <= 0:
+                raise none_free
+            if not queue.held:
+                try:  # join the queue: the kernel wakes waiters in turn
+                    queue.acquire(max(0.0, deadline - time.monotonic()), "allocation queue")
+                except TryAgain:
+                    raise none_free from None
+                wake = wakeup.open_for_waiting(pool.paths.wake)
+                continue
+            if not _wait_for_change(pool, seen, deadline, wake):
+                raise none_free
+    finally:
+        if wake is not None:
+            os.close(wake)
+        queue.release()
+
+
+def _others_waiting(queue: FileLock) -> bool:
+    """True when another allocation is already waiting: then we queue behind it."""
+    if queue.try_acquire():
+        queue.release()
+        return False
+    return True
+
+
+def _state_marker(pool: Pool) -> tuple | None:
+    return pool.store.marker()
+
+
+def _wait_for_change(pool: Pool, seen: tuple | None, deadline: float, wake: int | None) -> bool:
+    """Sleep until the state changes (a release, say) or the deadline passes, woken through
+    the FIFO that every state write pokes (and checking every 5 s all the same); without the
+    FIFO, a stat every 10 ms at most. Never the pool lock: waiters cost the pool nothing."""
+    delay = 0.002
+    while (remaining := deadline - time.monotonic()) > 0:
+        if wake is not None:
+            wakeup.wait(wake, min(5.0, remaining))
+        else:
+            time.sleep(min(delay * jitter(), remaining))
+            delay = min(delay * 1.5, 0.01)
+        if _state_marker(pool) != seen:
+            return True
+    return False
+
+
+def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Grant | None:
+    """Claim a free slot through the store: one at the mirror's tip first, handed out as it
+    is, else one to refresh first (see ``_prepare``)."""
+    tip = _known_tip(pool)
+    lease = Lease.new(owner or default_owner(), holder, ttl, metadata)
+    taken: list[tuple[FileLock, Slot]] = []  # the slot lock claimed, and the slot before
+
+    def take(slot: Slot) -> bool:
+        lock = pool.slot_lock(slot.number)
+        if lock.try_acquire():
+            taken.append((lock, replace(slot)))
+            return True
+        return False
+
+    skip = frozenset(failed)
+    try:
+        slot = pool.store.claim(lease, lambda s: not _stale(s, tip) and take(s), skip)
+        stale = slot is None
+        if stale:  # held by this process while it is refreshed
+            slot = pool.store.claim(replace(lease, holder=Holder.me()), take, skip)
+    except BaseException:  # e.g. no space: the claim never happened, leave no lock file
+        for lock, _ in taken:
+            lock.release(unlink=True)
+        raise
+    if slot is None:
+        return None  # nothing changed: no write, so waiters are not woken for nothing
+    lock, before = taken[-1]
+    if stale:
+        slot = _prepare(pool, slot, before, lease, lock)
+        if slot is None:
+            failed.add(before.number)
+            return None
+    if not keep_lock:
+        lock.release(unlink=True)
+    pool.event("allocate", slot_id=pool.slot_id(slot.number), lease_id=lease.lease_id,
+               owner=lease.owner, pid=holder.pid if holder else None)
+    return Grant(pool, slot.number, lease, slot, lock if keep_lock else None)
+
+
+def _stale(slot: Slot, tip: str | None) -> bool:
+    """Not as a fresh slot at the mirror's tip: it is refreshed before it is handed out,
+    with or without --no-fetch."""
+    return slot.needs_cleanup or (tip is not None and slot.commit != tip)
+
+
+def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock) -> Slot | None:
+    """Refresh a stale slot claimed under ``lease`` held by this process (its slot lock
+    held too), then hand the lease to its holder; if this process dies meanwhile, ``detect``
+    finds an abandoned allocation and ``auto-recover`` reclaims it. None when the slot
+    cannot be had: given back as it was ``before`` (processes that cannot be ended still
+    run in it), or failed; unlocked either way."""
+    try:  # what a previous holder left running in it is ended first, or it is skipped
+        clear_processes(pool, slot.number, before, lock, stop=True)
+    except Skipped:
+        return None
+    try:
+        commit = refresh(pool, slot, rescue_label="allocate")[0]
+    except Exception as exc:  # whatever went wrong, the slot ends in error
+        fail_slot(pool, slot.number, f"cleanup before allocation failed: {explain(exc)}")
+        lock.release(unlink=True)
+        return None
+
+    def ready(current: Slot) -> None:
+        if current.lease is None or current.lease.lease_id != lease.lease_id:
+            raise LeaseLost(f"slot {pool.slot_id(slot.number)} was taken back meanwhile")
+        current.commit, current.needs_cleanup, current.lease = commit, False, lease
+
+    try:
+        return pool.store.update_slot(slot.number, ready)
+    except LeaseLost:
+        lock.release(unlink=True)
+        return None
+
+
+def _known_tip(pool: Pool) -> str | None:
+    """The mirror's branch tip (after any fetch), or None if the mirror cannot say (left to
+    detect)."""
+    try:
+        return pool.tip()
+    except OperationFailed:
+        return None
+
+
+def default_owner() -> str:
+    """$USER, else the account name of this process's user."""
+    user = os.environ.get("USER") or os.environ.get("LOGNAME")
+    if user:
+        return user
+    import pwd  # lazy: only without $USER or $LOGNAME; release never loads it
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid{os.getuid()}"

@@ -1,0 +1,94 @@
+"""The slot work that allocate, release and repair share: a slot we hold refreshed to the
+mirror's tip (its holder's work saved first), moved aside whole, failed, or cleared of the
+processes still running in it."""
+
+import contextlib
+import os
+import time
+
+from necropool.ground import proc
+from necropool.ground.clock import now
+from necropool.ground.errors import Conflict, NotFound, Skipped
+from necropool.ground.layout import ensure_inside
+from necropool.ground.locks import FileLock
+from necropool.pool.pool import Pool
+from necropool.store.model import ERROR, Slot
+
+
+def rescue_path(pool: Pool, number: int, label: str):
+    ensure_inside(pool.paths.rescued, pool.settings.root)  # never write through a symlink
+    stamp = now().strftime("%Y%m%dT%H%M%S%fZ")
+    return pool.paths.rescued / f"{pool.slot_id(number)}-{stamp}-{label}.bundle"
+
+
+def refresh(pool: Pool, slot: Slot, *, rescue_label: str, lease_id: str | None = None):
+    """Clean a slot we hold to the mirror's tip (outside the pool lock); return the tip and
+    the cleanup's report. ``lease_id``: the lease that ended, named in the event."""
+    from necropool.slot import cleanup
+
+    started = time.monotonic()
+    tip = pool.tip()
+    ensure_inside(pool.paths.records, pool.settings.root)
+    report = cleanup.clean(
+        pool.checked_slot_dir(slot.number), mirror=pool.paths.mirror, url=pool.definition.url,
+        branch=pool.definition.branch, tip=tip, keep_ignored=pool.definition.keep_ignored,
+        rescue_to=rescue_path(pool, slot.number, rescue_label),
+        record=pool.paths.slot_record(slot.number), known_commit=slot.commit)
+    pool.event("cleanup", slot_id=pool.slot_id(slot.number), lease_id=lease_id, commit=tip,
+               duration_seconds=round(time.monotonic() - started, 3), **report.to_dict())
+    return tip, report
+
+
+def move_aside(pool: Pool, number: int) -> str:
+    """Move a slot's working copy, whole, under ``rescued/`` (one cleanup could not save
+    from); return where it went."""
+    keep = pool.paths.rescued / f"{pool.slot_id(number)}-{now():%Y%m%dT%H%M%S%fZ}.broken"
+    pool.paths.rescued.mkdir(exist_ok=True)
+    ensure_inside(keep.parent, pool.settings.root)
+    os.rename(pool.checked_slot_dir(number), keep)
+    return str(keep)
+
+
+def save_work(pool: Pool, slot: Slot, label: str) -> str | None:
+    """Save what a holder left in a slot we hold before it is thrown away: its work into a
+    bundle (the cleanup's rescue), or if cleanup fails, the working copy moved aside whole.
+    Returns where it went (None when there was nothing to save)."""
+    if not os.path.isdir(pool.checked_slot_dir(slot.number)):
+        return None
+    try:
+        return refresh(pool, slot, rescue_label=label)[1].rescued
+    except Exception:
+        return move_aside(pool, slot.number)
+
+
+def fail_slot(pool: Pool, number: int, reason: str) -> None:
+    """Put a slot we hold into ``error`` with the reason (a slot deleted meanwhile stays so)."""
+    def failed(slot: Slot) -> None:
+        slot.state, slot.error, slot.worker, slot.lease = ERROR, reason, None, None
+
+    with contextlib.suppress(NotFound):
+        pool.store.update_slot(number, failed)
+    pool.event("failure", slot_id=pool.slot_id(number), error=reason)
+
+
+def clear_processes(pool: Pool, number: int, previous: Slot, lock: FileLock,
+                     stop: bool) -> None:
+    """With the slot claimed (``cleaning``, or allocated to this process; its lock held):
+    end the processes still in it
+    when ``stop``; if any remain, give the slot back as it was and refuse."""
+    busy = proc.processes_in(pool.slot_dir(number))
+    if busy and stop:
+        busy = proc.end(busy)
+    if not busy:
+        return
+    def as_before(slot: Slot) -> None:
+        vars(slot).update(vars(previous))
+        lock.release(unlink=True)
+
+    pool.store.update_slot(number, as_before)
+    what = proc.describe(busy)
+    if stop:
+        raise Skipped(f"slot {pool.slot_id(number)}: processes that cannot be ended still run "
+                      f"in it ({what}): left as it was")
+    raise Conflict(f"slot {pool.slot_id(number)}: processes still run in it ({what}): end "
+                   "them, or pass --force to end them and release")

@@ -1,0 +1,85 @@
+"""Release: a lease ended through the pool's store, then the slot cleaned (its holder's work
+saved first) outside the pool lock, with its slot lock held, and given back."""
+
+from necropool.ground.clock import now
+from necropool.ground.errors import Conflict, OperationFailed, Skipped, explain
+from necropool.ground.locks import FileLock
+from necropool.ground.proc import Holder
+from necropool.lease.refresh import clear_processes, fail_slot, refresh
+from necropool.lease.renew import Release, Renewed, expired, lease_gone
+from necropool.pool.mirror import update_mirror
+from necropool.pool.pool import Pool, get_slot
+from necropool.store.base import LeaseLost
+from necropool.store.model import AVAILABLE, Slot
+
+
+def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool = True,
+            fetch: bool | None = None, held: FileLock | None = None,
+            reason: str = "release", expired_only: bool = False, stop: bool = False) -> Release:
+    """End a lease; clean the slot (saving any work first) unless ``clean`` is False.
+    ``expired_only``: only if the lease has expired (judged again as the store ends it).
+    The cleanup first fetches the upstream when ``fetch`` (default: the pool's
+    ``fetch_on_allocate``), so the slot comes back at the newest tip. Processes still
+    working in the slot (a holder's background jobs) make it refuse, the lease kept,
+    unless ``stop``: then they are ended first (SIGTERM, then SIGKILL)."""
+    pool.sweep()  # what a killed command left half-done (the lease ends through the store)
+    lock = held or pool.slot_lock(number)
+
+    def check(slot: Slot) -> None:
+        if expired_only and not expired(slot.lease):
+            assert slot.lease is not None  # end_lease checks on a leased slot
+            raise Renewed(f"lease {slot.lease.lease_id} of slot {pool.slot_id(number)} "
+                          "was renewed since it expired: left to its holder")
+        if not lock.held and not lock.try_acquire():
+            raise Conflict(f"slot {pool.slot_id(number)} is held by a running process")
+
+    try:
+        previous = pool.store.end_lease(number, lease_id, Holder.me(), check)
+    except LeaseLost:  # Skipped (a conflict): whoever judged the slot earlier leaves it
+        if lease_id:
+            raise Skipped("stale " + lease_gone(pool, number, lease_id)) from None
+        state = get_slot(pool.read_state(), pool, number).state
+        raise Skipped(f"slot {pool.slot_id(number)} is not allocated (it is {state})") from None
+    except BaseException:  # e.g. the state write failed: leave no lock file behind
+        if lock is not held and lock.held:
+            lock.release(unlink=True)
+        raise
+    lease, at = previous.lease, now()
+    assert lease is not None  # end_lease ends a lease
+    clear_processes(pool, number, previous, lock, stop)
+    pool.event(reason, slot_id=pool.slot_id(number), lease_id=lease.lease_id, owner=lease.owner,
+               usage_seconds=round((at - lease.allocated_at).total_seconds(), 3))
+    result = Release(slot_id=pool.slot_id(number), pool=pool.name, lease_id=lease.lease_id)
+    if not clean:
+        _give_back(pool, number, lock, needs_cleanup=True)
+        return result
+    fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
+    if fetch:
+        result.fetch_error = update_mirror(pool)
+    try:
+        tip, report = refresh(pool, previous, rescue_label=lease.lease_id, lease_id=lease.lease_id)
+    except Exception as exc:  # whatever went wrong, the slot ends in error, its work intact
+        fail_slot(pool, number, f"cleanup failed: {explain(exc)}")
+        lock.release(unlink=True)
+        raise OperationFailed(f"slot {pool.slot_id(number)} could not be cleaned and is now "
+                              f"in error until recovered: {explain(exc)}") from None
+    _give_back(pool, number, lock, commit=tip, rescued=report.rescued)
+    result.cleaned, result.commit, result.rescued = True, tip, report.rescued
+    result.cleanup = report.to_dict()
+    return result
+
+
+def _give_back(pool: Pool, number: int, lock: FileLock, *, needs_cleanup: bool = False,
+               commit: str | None = None, rescued: str | None = None) -> None:
+    """Make a slot we clean ``available`` again: cleaned to ``commit``, or left as it is
+    (``needs_cleanup``). Unlocked before the state write: a waiter woken by that write
+    must find the slot free, or it would wait for a further change that never comes."""
+    def available(slot: Slot) -> None:
+        slot.state, slot.worker, slot.needs_cleanup = AVAILABLE, None, needs_cleanup
+        if commit:
+            slot.commit = commit
+        if rescued:
+            slot.last_rescue = rescued
+        lock.release(unlink=True)
+
+    pool.store.update_slot(number, available)

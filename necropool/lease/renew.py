@@ -1,0 +1,91 @@
+"""Leases: renewing one, why a lease is gone (for the holder that comes back late), and
+``Release``, what ending one did."""
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from necropool.ground.clock import now
+from necropool.ground.errors import Conflict, Skipped, UsageError
+from necropool.ground.validate import check_seconds
+from necropool.pool.pool import Pool, get_slot
+from necropool.store.base import LeaseLost
+from necropool.store.model import ALLOCATED, Lease, Slot
+
+
+@dataclass
+class Release:
+    """What ``release`` did: the slot cleaned to ``commit`` (unless not asked to), the work
+    it saved, the upstream fetch's error if it failed (the slot is cleaned regardless)."""
+
+    slot_id: str
+    pool: str
+    lease_id: str
+    cleaned: bool = False
+    commit: str | None = None
+    cleanup: dict[str, Any] | None = None
+    rescued: str | None = None
+    fetch_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"slot_id": self.slot_id, "pool": self.pool, "lease_id": self.lease_id,
+                "cleaned": self.cleaned, "commit": self.commit, "cleanup": self.cleanup,
+                "rescued": self.rescued, "fetch_error": self.fetch_error}
+
+
+def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> Slot:
+    """Extend a lease by ``ttl`` (default: the lease's own TTL) from now. An expired lease
+    nobody has reclaimed yet may be renewed; a wrong or ended one is a conflict that says
+    what became of it."""
+    check_seconds(ttl, "ttl")
+    pool.sweep()
+    slot = get_slot(pool.read_state(), pool, number)
+    lease = slot.lease
+    if slot.state != ALLOCATED or lease is None or lease.lease_id != lease_id:
+        raise Conflict(lease_gone(pool, number, lease_id))
+    ttl = ttl or lease.ttl_seconds
+    if not ttl:
+        raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
+    expires_at = now() + timedelta(seconds=ttl)
+    try:  # fenced: the lease may have ended since it was read
+        slot = pool.store.renew(number, lease_id, expires_at, ttl)
+    except LeaseLost:
+        raise Conflict(lease_gone(pool, number, lease_id)) from None
+    pool.event("renew", slot_id=pool.slot_id(number), lease_id=lease_id, ttl_seconds=ttl,
+               expires_at=expires_at)
+    return slot
+
+
+class Renewed(Skipped):
+    """The holder renewed the lease between the expiry's detection and its reclaim."""
+
+
+def expired(lease: Lease | None) -> bool:
+    return bool(lease and lease.expires_at and lease.expires_at < now())
+
+
+def lease_gone(pool: Pool, number: int, lease_id: str) -> str:
+    """Why ``lease_id`` is not the slot's lease, from the history: who ended it, when, and
+    where the holder's work went."""
+    sid = pool.slot_id(number)
+    ended = rescued = None
+    for record in pool.store.read_events():
+        if record.get("lease_id") != lease_id:
+            continue
+        if record.get("event") in ENDINGS:
+            ended, rescued = record, record.get("rescued")
+        elif record.get("event") == "cleanup" and ended is not None:
+            rescued = record.get("rescued")
+    if ended is None:
+        return f"lease {lease_id} is not the current lease of slot {sid}"
+    how = ENDINGS[ended["event"]]
+    saved = (f"; the holder's work was saved to {rescued}" if rescued
+             else "; it held no uncommitted or unpushed work")
+    return f"lease {lease_id} of slot {sid} {how} at {ended['time']}{saved}"
+
+
+# the events that end a lease, as ``renew`` explains them to a late holder
+ENDINGS = {"release": "was released", "reclaim": "was reclaimed (its holder died)",
+           "expire": "expired and was reclaimed by auto-recover",
+           "force_release": "was force-released (allocated too long)",
+           "recover": "was taken back by recover"}

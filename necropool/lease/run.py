@@ -1,0 +1,104 @@
+"""``run``: a command in a freshly allocated slot, holding its lock, its lease renewed while
+it runs, the slot released whatever happens."""
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from necropool.ground import proc
+from necropool.ground.errors import NecropoolError, UsageError
+from necropool.ground.proc import Holder
+from necropool.lease.allocate import Grant, allocate
+from necropool.lease.release import release
+from necropool.lease.renew import Release, renew
+from necropool.pool.pool import Pool
+
+
+def _set_parent_death_signal() -> None:
+    """In the child: get SIGTERM if ``run`` dies, so no command outlives its lease."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class RunResult:
+    """How ``run`` ended: the command's status and what became of the slot."""
+
+    code: int
+    slot_id: str
+    release: Release | None = None
+    release_error: str | None = None
+    spawn_error: str | None = None
+
+
+def _wait_renewing(pool: Pool, grant: Grant, child) -> int:
+    """Wait for the command, renewing its lease every third of its TTL meanwhile, so a
+    command that runs longer than ``--ttl`` is never reclaimed while it lives."""
+    ttl = grant.lease.ttl_seconds
+    while True:
+        try:
+            return child.wait(timeout=ttl / 3 if ttl else None)
+        except subprocess.TimeoutExpired:
+            # on failure the slot lock we hold keeps the slot ours; the next attempt may succeed
+            with contextlib.suppress(NecropoolError, OSError):
+                renew(pool, grant.number, grant.lease.lease_id)
+
+
+def run(pool: Pool, argv: list[str], stdout: Any = None, **allocate_options: Any) -> RunResult:
+    """Allocate, run ``argv`` in the slot holding its lock, release whatever happens.
+    The status is the command's (128+N when signal N ended it; 127/126 when it could not
+    be started, as shells report). SIGINT, SIGTERM and SIGHUP are forwarded to it; one that
+    arrives before it starts means it is not started. ``stdout`` redirects its output.
+    The command runs in a session of its own: whatever of it is still running when it ends
+    (or when ``run`` is interrupted) is ended too, before the slot is released."""
+    if not argv:
+        raise UsageError("run needs a command after --")
+    grant = allocate(pool, holder=Holder.me(), keep_lock=True, **allocate_options)
+    path = pool.slot_dir(grant.number)
+    result = RunResult(code=0, slot_id=pool.slot_id(grant.number))
+    env = dict(os.environ, NECROPOOL_SLOT_ID=result.slot_id, NECROPOOL_SLOT_PATH=str(path),
+               NECROPOOL_LEASE_ID=grant.lease.lease_id)
+    child = None
+    pending: list[int] = []
+
+    def forward(signum, _frame):
+        if child is None:
+            pending.append(signum)
+        else:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        if pending:
+            result.code = 128 + pending[0]
+        else:
+            try:
+                child = subprocess.Popen(argv, cwd=path, env=env, stdout=stdout,
+                                         start_new_session=True,
+                                         preexec_fn=_set_parent_death_signal)
+            except OSError as exc:
+                result.code = 127 if isinstance(exc, FileNotFoundError) else 126
+                result.spawn_error = f"cannot run {argv[0]!r}: {exc.strerror}"
+            else:
+                for signum in pending:
+                    child.send_signal(signum)
+                code = _wait_renewing(pool, grant, child)
+                result.code = 128 - code if code < 0 else code
+    finally:
+        try:
+            if child is not None:  # what it left running in the background ends with it
+                proc.end_group(child.pid)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        try:
+            result.release = release(pool, grant.number, lease_id=grant.lease.lease_id,
+                                     held=grant.lock, stop=True)
+        except NecropoolError as exc:
+            result.release_error = exc.message
+    return result

@@ -1,0 +1,60 @@
+"""Commands over several pools, under the one rule of ``errors.PoolStep``: a pool that does
+not open, or whose step fails, is reported and never hides the others."""
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from necropool.ground.config import Settings
+from necropool.ground.errors import PoolStep
+from necropool.pool.pool import Pool, list_pools
+
+T = TypeVar("T")
+
+
+def targets(settings: Settings, name: str | None, broken: list[dict] | None) -> list[Pool]:
+    """The named pool, or every pool. With no name and a ``broken`` list, a pool that does
+    not open goes there (``{"pool", "error"}``) instead of stopping the others; without
+    the list, it raises."""
+    if name:
+        return [Pool(settings, name)]
+    found = []
+    for each in list_pools(settings):
+        with PoolStep(each) as step:
+            found.append(Pool(settings, each))
+        if step.exc is not None:
+            if broken is None:
+                raise step.exc
+            broken.append(step.broken())
+    return found
+
+
+def each(settings: Settings, name: str | None, broken: list[dict] | None,
+         step: Callable[[Pool], list[T]]) -> list[T]:
+    """What ``step`` returns for the named pool, or for every pool, joined; a pool that fails
+    goes to ``broken`` as for ``targets`` (a named pool's failure is raised)."""
+    out: list[T] = []
+    for pool in targets(settings, name, broken):
+        with PoolStep(pool.name) as attempt:
+            out += step(pool)
+        if attempt.exc is not None:
+            if name or broken is None:
+                raise attempt.exc
+            broken.append(attempt.broken())
+    return out
+
+
+def checked(pools: list[Pool], step: Callable[[Pool], T], errors: list[str]) -> list[T]:
+    """What ``step`` returns for each pool; a pool whose step fails is named in ``errors``
+    (``"POOL: why"``, as the health commands report it) and the others go ahead. When no
+    pool could even be looked at, the failure is raised: a refusal, not a result."""
+    done: list[T] = []
+    first: BaseException | None = None
+    for pool in pools:
+        with PoolStep(pool.name) as attempt:
+            done.append(step(pool))
+        if attempt.exc is not None:
+            first = first or attempt.exc
+            errors.append(f"{pool.name}: {attempt.error}")
+    if first is not None and not done:
+        raise first
+    return done

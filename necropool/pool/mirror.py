@@ -1,0 +1,113 @@
+"""Keeping a pool's mirror up to date with its upstream: one fetch for every caller waiting at
+the same time, none when a local upstream's refs already are the mirror's, and a failed fetch
+kept for ``detect`` instead of stopping allocation."""
+
+import contextlib
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+from necropool.git import commands as git
+from necropool.ground.clock import now, rfc3339
+from necropool.ground.errors import OperationFailed
+from necropool.ground.layout import ensure_inside, write_atomic
+from necropool.ground.locks import FileLock
+from necropool.pool.pool import Pool
+
+
+def update_mirror(pool: Pool) -> str | None:
+    """Bring the mirror up to the upstream, once for all callers waiting at the same time.
+    An upstream on a local path whose refs already are the mirror's is not fetched, and the
+    mirror lock is not taken: that check counts as a fetch. A failed fetch (after retries)
+    is returned, not raised: slots then go to the mirror's current tip, so an unreachable
+    upstream never stops allocation."""
+    requested = time.time()
+    if _current(pool):
+        _checked(pool, requested)
+        return None
+    lock = FileLock(pool.paths.mirror_lock)
+    lock.acquire(pool.settings.git_timeout, "mirror lock")
+    try:
+        last = _last_fetch(pool)
+        if requested <= last <= time.time():
+            return None  # another process started a fetch after we asked: it covers us
+        # (a stamp in the future, from a clock set back or a careless hand, counts as stale)
+        started = time.time()
+        try:
+            ensure_inside(pool.paths.mirror, pool.settings.root)  # a symlink is not fetched into
+            git.fetch_mirror(pool.paths.mirror, timeout=pool.settings.git_timeout,
+                             backend=pool.definition.fetch_backend)
+        except OperationFailed as exc:
+            pool.event("fetch_failed", error=exc.message)
+            _note_failure(pool, exc.message)
+            return exc.message
+        write_atomic(pool.paths.mirror_stamp, f"{started}\n".encode())
+        pool.paths.mirror_failed.unlink(missing_ok=True)
+        return None
+    finally:
+        lock.release()
+
+
+def _last_fetch(pool: Pool) -> float:
+    """When the last fetch (or check) that brought the mirror up to date started."""
+    try:
+        return float(pool.paths.mirror_stamp.read_text())
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _current(pool: Pool) -> bool:
+    """True when the upstream is on a local path and its refs are the mirror's."""
+    url = pool.definition.url
+    if not url.startswith(("/", "file://")):
+        return False
+    try:
+        ensure_inside(pool.paths.mirror, pool.settings.root)
+        return git.mirror_current(pool.paths.mirror, url, timeout=pool.settings.git_timeout)
+    except OperationFailed:
+        return False  # left to the fetch to report
+
+
+def _checked(pool: Pool, started: float) -> None:
+    """The mirror was found current: the fetch stamp moves up (at most once a minute: it
+    tells ``status`` and ``detect`` how fresh the mirror is, in hours) and a failed fetch
+    is forgotten. Best effort: a lost stamp only costs a later fetch."""
+    with contextlib.suppress(OSError):
+        if not 0 <= started - _last_fetch(pool) < 60:
+            write_atomic(pool.paths.mirror_stamp, f"{started}\n".encode())
+        if pool.paths.mirror_failed.exists():
+            pool.paths.mirror_failed.unlink(missing_ok=True)
+
+
+def _note_failure(pool: Pool, message: str) -> None:
+    """Keep the failed fetch's time and error for ``detect`` (stale_mirrors) until a fetch
+    works; best effort, like the event."""
+    with contextlib.suppress(OSError):
+        write_atomic(pool.paths.mirror_failed, json.dumps(
+            {"time": rfc3339(now()), "error": message}).encode())
+
+
+CLOCK_SLACK = 60  # seconds a fetch stamp may lie ahead of this host's clock
+
+
+def mirror_freshness(pool: Pool) -> tuple[datetime | None, str | None]:
+    """When the mirror last fetched, and why it is stale (None when it is not): its last
+    fetch failed (the upstream is unreachable), its stamp is in the future, or, for a pool
+    that fetches on allocate, it has not fetched for ``stale_mirror_hours``."""
+    try:
+        fetched = datetime.fromtimestamp(float(pool.paths.mirror_stamp.read_text()), UTC)
+    except (OSError, ValueError, OverflowError):
+        fetched = None
+    try:
+        failed = json.loads(pool.paths.mirror_failed.read_text())
+        return fetched, f"last fetch failed at {failed['time']}: {failed['error']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    at, hours = now(), pool.settings.stale_mirror_hours
+    if fetched is None:
+        return None, "no record of a fetch (mirror.fetched missing or unreadable)"
+    if fetched > at + timedelta(seconds=CLOCK_SLACK):
+        return fetched, f"last fetch stamped {rfc3339(fetched)}, in the future"
+    if pool.definition.fetch_on_allocate and fetched < at - timedelta(hours=hours):
+        return fetched, f"not fetched since {rfc3339(fetched)} (over {hours:g} h)"
+    return fetched, None

@@ -1,0 +1,285 @@
+"""Bringing a slot back to a fresh state at the pool's tip, saving the holder's work first.
+
+The slot, ``.git`` included, is untrusted input: its git directory is audited before git is
+run there (a tampered one is moved aside whole and the slot re-cloned), its metadata is put
+back as a fresh slot has it before the work is judged, and everything a fresh slot does not
+have (refs of every kind, nested repositories, submodules, worktrees) is saved before it is
+discarded. The git CLI does the work (measured 2-10x faster than libgit2 for
+status/checkout/clean); each step runs only when the slot needs it, so an untouched slot
+costs a ``git status`` of its tracked files.
+"""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from necropool.git import commands as git
+from necropool.git.commands import GitError
+from necropool.ground.layout import temp_name
+from necropool.slot import gitdir as slotgit
+from necropool.slot import nested
+from necropool.slot.lastclean import LastClean, index_identity
+from necropool.slot.saving import (
+    RESCUE_REFS,
+    Snapshot,
+    Status,
+    finish_bundle,
+    save_refs,
+    set_aside_earlier_save,
+    start_bundle,
+    stash_entries,
+    status,
+)
+
+
+@dataclass
+class Report:
+    """What a cleanup found and did."""
+
+    changed: int = 0
+    untracked: int = 0
+    ignored: int = 0
+    moved_from: str | None = None
+    branches_deleted: list[str] = field(default_factory=list)
+    stashes_deleted: int = 0
+    refs_deleted: list[str] = field(default_factory=list)
+    git_locks_removed: list[str] = field(default_factory=list)
+    config_restored: bool = False
+    restored: list[str] = field(default_factory=list)
+    index_rebuilt: bool = False
+    nested_saved: list[str] = field(default_factory=list)
+    moved_aside: list[str] = field(default_factory=list)
+    special_files_removed: int = 0
+    leftovers_removed: list[str] = field(default_factory=list)
+    tampered: list[str] = field(default_factory=list)
+    recloned: bool = False
+    rescued: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v not in (None, [], False, 0)}
+
+
+def printable(name: str) -> str:
+    """A name read from the slot (bytes that need not be UTF-8) fit for output."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+# --- refs -------------------------------------------------------------------------------------
+
+def classify_refs(gitdir: Path, mirror: Path) -> tuple[dict[str, str], bool]:
+    """(every ref a fresh slot would not have as it is, whether the slot's copies of the
+    mirror's branches and tags need a fetch). A fresh slot has the mirror's branches as
+    ``refs/remotes/origin/*`` and its tags; anything else, or any of those moved, may hold
+    the holder's work."""
+    expected = {f"refs/remotes/origin/{n[11:]}": sha
+                for n, sha in git.refs_under(mirror, "refs/heads/").items()}
+    expected.update(git.refs_under(mirror, "refs/tags/"))
+    slot = git.refs_under(gitdir, "refs/")
+    if _origin_head(gitdir) is not None:
+        slot.pop(ORIGIN_HEAD)  # a symbolic ref, as in a fresh slot (its target is checked)
+    extras = {name: sha for name, sha in slot.items()
+              if expected.get(name) != sha and not name.startswith(RESCUE_REFS)}
+    stale = any(slot.get(name) != sha for name, sha in expected.items())
+    return extras, stale or any(name in expected for name in extras)
+
+
+ORIGIN_HEAD = "refs/remotes/origin/HEAD"
+
+
+def _origin_head(gitdir: Path) -> str | None:
+    """The branch ``origin/HEAD`` names, when it is the symbolic ref a fresh slot has (as
+    an object id it would hide a holder's commit from the bundle's ``--not --remotes``)."""
+    try:
+        text = (gitdir / ORIGIN_HEAD).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    prefix = "ref: refs/remotes/origin/"
+    return text[len(prefix):].strip() if text.startswith(prefix) else None
+
+
+def restore_origin_head(gitdir: Path, mirror: Path) -> None:
+    """Point ``origin/HEAD`` at the upstream's default branch, as in a fresh slot."""
+    branch = git.mirror_branch(mirror)
+    if _origin_head(gitdir) != branch:
+        slotgit.write_record(gitdir / ORIGIN_HEAD, f"ref: refs/remotes/origin/{branch}\n")
+
+
+def fetch_mirror_refs(tree: Path, mirror: Path) -> None:
+    """Make the slot's ``refs/remotes/origin/*`` and tags those of the mirror."""
+    git.run(["fetch", "--no-tags", "--prune", "--quiet", str(mirror),
+             "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"], tree)
+
+
+# --- the index ------------------------------------------------------------------------------
+
+def check_index(tree: Path, hash_size: int) -> bool:
+    """Rebuild the index from HEAD when it is missing, damaged, or has entries whose changes
+    git would not look at (assume-unchanged, skip-worktree, intent-to-add): the holder's
+    work must be judged against HEAD, or a damaged index "saves" false deletions and flags
+    hide real edits. Returns True when it was rebuilt."""
+    gitdir = tree / ".git"
+    try:
+        data = (gitdir / "index").read_bytes()
+        hidden, skipped = slotgit.flagged_entries(data, hash_size)
+        if slotgit.checksum_ok(data, hash_size) and not hidden and not skipped:
+            return False
+    except FileNotFoundError:
+        skipped = []
+    except (OSError, ValueError, IndexError):
+        skipped = []
+    (gitdir / "index").unlink(missing_ok=True)
+    git.run(["read-tree", "HEAD"], tree)
+    absent = [p for p in skipped if not os.path.lexists(os.path.join(os.fsencode(tree), p))]
+    if absent:  # left out by a sparse checkout, not deleted by the holder
+        git.run(["checkout-index", "-f", "-z", "--stdin"], tree, input=b"\0".join(absent))
+    return True
+
+
+# --- the whole cleanup ----------------------------------------------------------------------
+
+def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ignored: bool,
+          rescue_to: Path, record: Path, known_commit: str | None = None) -> Report:
+    """Make ``tree`` equal a fresh slot at ``tip``, saving the holder's work to a bundle at
+    ``rescue_to`` (when there is any; nested repositories git must not be run on go beside
+    it, a tampered slot whole). ``record`` (outside the slot) remembers what this cleanup
+    left. Raises GitError when the slot cannot be cleaned; saved work not yet in a bundle
+    then stays in the slot's refs, and the next cleanup bundles it."""
+    gitdir = tree / ".git"
+    if tree.is_symlink():
+        raise GitError(f"{tree} is a symlink: refusing to clean what it points at")
+    problems = (slotgit.audit(gitdir) if gitdir.is_dir() and not gitdir.is_symlink()
+                else [".git is not a directory"])
+    if problems:
+        return replace_tampered(tree, mirror=mirror, url=url, branch=branch, tip=tip,
+                                aside=_beside(rescue_to, ".tampered"), problems=problems,
+                                record=record)
+    report = Report()
+    object_format = git.object_format(mirror)
+    report.restored = slotgit.restore(gitdir, git.slot_config(url, object_format))
+    report.config_restored = "config" in report.restored
+    for lock in slotgit.stale_git_locks(tree):
+        lock.unlink(missing_ok=True)
+        report.git_locks_removed.append(str(lock.relative_to(tree)))
+    earlier = set_aside_earlier_save(gitdir)
+    last = LastClean.load(record)
+    if not last.index_unchanged(gitdir):
+        report.index_rebuilt = check_index(tree, 32 if object_format == "sha256" else 20)
+
+    # Ignored files are counted from what ``git clean`` removes: asking status for them too
+    # costs a slower walk of the tree (measured 16 ms against 10 on 2,000 files). When no
+    # directory changed since the last cleanup there is nothing untracked to find at all:
+    # status checks tracked files only (8 ms) and ``git clean`` is skipped (11 ms). When
+    # one did, the holder most likely left files: adding them begins beside the status.
+    changed = last.changed_dirs(tree)
+    touched = changed != []
+    untouched = not keep_ignored and not touched
+    snapshot = Snapshot(tree) if touched else None
+    try:
+        st = status(tree, untracked=not untouched)
+        if st.head is None:
+            raise GitError(f"{tree}: HEAD does not resolve to a commit")
+        found = nested.walk(tree, changed, frozenset(last.dirs)) if touched else nested.Found(
+            [], [])
+        extras, stale = classify_refs(gitdir, mirror)
+        stashes = stash_entries(tree) if "refs/stash" in extras else []
+        saved = list(earlier) + list(save_refs(
+            tree, st, extras, with_head=st.head not in (tip, known_commit), stashes=stashes,
+            snapshot=snapshot))
+    finally:
+        if snapshot:
+            snapshot.discard()
+    if found.repos or (gitdir / "modules").exists() or (gitdir / "worktrees").exists():
+        kept = nested.save(tree, found.repos, _beside(rescue_to, ".nested"))
+        saved += kept.refs
+        report.nested_saved = [printable(p) for p in kept.paths]
+        report.moved_aside = kept.moved
+    _drop_refs(gitdir, st, extras, stashes, report)
+    if stale:
+        fetch_mirror_refs(tree, mirror)
+    restore_origin_head(gitdir, mirror)
+    bundle = start_bundle(tree, rescue_to, saved) if saved else None
+    try:  # the bundle is written while the slot is reset and cleaned (-30 ms)
+        checkout = _reset(tree, tip, st, untouched, keep_ignored, found, report)
+    except BaseException:  # this error (or Ctrl-C) is the one to report; the saved refs
+        if bundle:         # stay in the slot for the next cleanup
+            git.wait(*bundle, check=False)
+        raise
+    if bundle and finish_bundle(bundle, saved):
+        report.rescued = str(rescue_to)
+    if saved:
+        git.delete_refs(gitdir, saved)
+        slotgit.remove(gitdir / RESCUE_REFS)  # (the empty directories: a fresh slot has none)
+    retake = checkout or not untouched
+    if retake:
+        last.retake_tree(tree)
+    index = index_identity(gitdir)
+    if retake or index != last.index:  # else the record still says what this one would
+        last.index = index
+        last.save(record)
+    return report
+
+
+def _beside(rescue_to: Path, suffix: str) -> Path:
+    return rescue_to.with_name(rescue_to.name.removesuffix(".bundle") + suffix)
+
+
+def _drop_refs(gitdir: Path, st: Status, extras: dict[str, str], stashes: list[str],
+               report: Report) -> None:
+    """Delete the refs a fresh slot does not have as they are (saved by now; moved copies
+    of the mirror's refs come back with the fetch), HEAD detached first so that it never
+    names a deleted branch."""
+    if st.branch:
+        slotgit.write_record(gitdir / "HEAD", f"{st.head}\n")
+    git.delete_refs(gitdir, list(extras))
+    report.branches_deleted = [printable(n[11:]) for n in extras if n.startswith("refs/heads/")]
+    report.stashes_deleted = len(stashes)
+    report.refs_deleted = [printable(n) for n in extras
+                           if not n.startswith(("refs/heads/", "refs/remotes/origin/"))
+                           and n != "refs/stash"]
+
+
+def _reset(tree: Path, tip: str, st: Status, untouched: bool, keep_ignored: bool,
+           found: nested.Found, report: Report) -> bool:
+    """Check out ``tip`` detached, empty the saved nested repositories, remove what git does
+    not track and what a fresh slot's .git does not have. Returns whether it checked out."""
+    checkout = bool(st.head != tip or st.branch or st.changed or report.index_rebuilt)
+    if checkout:
+        git.run(["checkout", "-f", "-q", "--detach", tip], tree)
+        if st.head != tip:
+            report.moved_from = st.head
+    for path in found.repos:
+        if path.is_dir() and not path.is_symlink():
+            nested.empty(path)
+    for path in found.special:
+        path.unlink(missing_ok=True)
+    report.special_files_removed = len(found.special)
+    removed = 0
+    if not untouched:  # status never reports the empty directories a holder made
+        removed = git.run(["clean", "-ffdx" if not keep_ignored else "-ffd"],
+                          tree).stdout.count(b"Removing ")
+    report.leftovers_removed = slotgit.drop_leftovers(tree / ".git")
+    report.changed, report.untracked = st.changed, st.untracked
+    report.ignored = max(0, removed - st.untracked)
+    return checkout
+
+
+def replace_tampered(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, aside: Path,
+                     problems: list[str], record: Path) -> Report:
+    """Move a slot whose .git was tampered with aside whole (everything in it is kept, and
+    git is never run on it) and put a fresh clone of the mirror in its place."""
+    tmp = tree.parent / temp_name("reclone")
+    try:
+        commit = git.clone_slot(mirror, tmp, url, branch)
+        if commit != tip:
+            git.run(["checkout", "-f", "-q", "--detach", tip], tmp)
+    except BaseException:
+        slotgit.remove(tmp)
+        raise
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tree, aside)
+    os.rename(tmp, tree)
+    last = LastClean()
+    last.retake_tree(tree)
+    last.index = index_identity(tree / ".git")
+    last.save(record)
+    return Report(tampered=[printable(p) for p in problems], recloned=True, rescued=str(aside))

@@ -1,0 +1,1 @@
+"""The PostgreSQL ledger as a store: connections, schema, host registration, rows."""

@@ -1,0 +1,140 @@
+"""The PostgreSQL ledger's schema: created and migrated by necropool, versioned, safe to run
+twice and from two hosts at once; what the ledger holds, by pool."""
+
+from typing import Any
+
+from necropool.ground.errors import OperationFailed
+from necropool.ground.redact import redact
+from necropool.store.pg.connect import connect, errors
+
+# Each entry takes the schema from the version before it to its own (index + 1).
+MIGRATIONS = (
+    """
+    CREATE TABLE pools (
+        pool text PRIMARY KEY,
+        url text NOT NULL,
+        branch text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE hosts (
+        pool text NOT NULL REFERENCES pools ON DELETE CASCADE,
+        host text NOT NULL,
+        root text NOT NULL,
+        registered_at timestamptz NOT NULL DEFAULT now(),
+        last_seen timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (pool, host)
+    );
+    CREATE TABLE slots (
+        pool text NOT NULL,
+        host text NOT NULL,
+        number integer NOT NULL CHECK (number >= 1),
+        path text NOT NULL,
+        state text NOT NULL CHECK (state IN ('available', 'allocated', 'cleaning', 'error')),
+        generation bigint NOT NULL DEFAULT 1,
+        lease_id text UNIQUE,
+        owner text,
+        holder_pid integer,
+        holder_start bigint,
+        holder jsonb,
+        allocated_at timestamptz,
+        expires_at timestamptz,
+        ttl_seconds double precision,
+        metadata jsonb,
+        worker jsonb,
+        created_at timestamptz,
+        "commit" text,
+        needs_cleanup boolean NOT NULL DEFAULT false,
+        allocation_count integer NOT NULL DEFAULT 0,
+        total_usage_seconds double precision NOT NULL DEFAULT 0,
+        last_allocated_at timestamptz,
+        last_released_at timestamptz,
+        error text,
+        isolated_at timestamptz,
+        isolation_reason text,
+        last_rescue text,
+        PRIMARY KEY (pool, host, number),
+        FOREIGN KEY (pool, host) REFERENCES hosts ON DELETE CASCADE,
+        CHECK ((state = 'allocated') = (lease_id IS NOT NULL AND allocated_at IS NOT NULL))
+    );
+    CREATE INDEX slots_free ON slots (pool, host) WHERE state = 'available';
+    CREATE TABLE events (
+        id bigserial PRIMARY KEY,
+        pool text NOT NULL,
+        host text NOT NULL,
+        at timestamptz NOT NULL DEFAULT now(),
+        name text NOT NULL,
+        fields jsonb NOT NULL
+    );
+    CREATE INDEX events_pool ON events (pool, id);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+_MIGRATION_LOCK = 0x6E6563726F  # pg_advisory_xact_lock key: one migrator at a time
+
+
+def _version(conn) -> int | None:
+    """The ledger's schema version; None before ``init``."""
+    if conn.execute("SELECT to_regclass('necropool_schema')").fetchone()[0] is None:
+        return None
+    row = conn.execute("SELECT max(version) FROM necropool_schema").fetchone()
+    return row[0] or 0
+
+
+def migrate(dsn: str) -> dict[str, Any]:
+    """Create or bring the schema up to this version's; a no-op when it is current."""
+    conn = connect(dsn)
+    with errors(dsn), conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS necropool_schema (version integer PRIMARY "
+                     "KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        before = _version(conn) or 0
+        if before > SCHEMA_VERSION:
+            raise OperationFailed(newer(dsn, before))
+        for version in range(before + 1, SCHEMA_VERSION + 1):
+            conn.execute(MIGRATIONS[version - 1])
+            conn.execute("INSERT INTO necropool_schema (version) VALUES (%s)", (version,))
+    return {"ledger": redact(dsn), "version": SCHEMA_VERSION, "was": before,
+            "migrated": before != SCHEMA_VERSION}
+
+
+def newer(dsn: str, version: int) -> str:
+    return (f"ledger {redact(dsn)} has schema version {version}, newer than this necropool's "
+            f"{SCHEMA_VERSION}: upgrade necropool")
+
+
+def status(dsn: str) -> dict[str, Any]:
+    """The schema version and what the ledger holds, by pool."""
+    conn = connect(dsn)
+    with errors(dsn), conn.transaction():
+        version = _version(conn)
+        pools: list[dict[str, Any]] = []
+        if version:
+            rows = conn.execute(
+                "SELECT p.pool, p.url, count(DISTINCT h.host), count(s.number), "
+                "count(s.number) FILTER (WHERE s.state = 'allocated') FROM pools p "
+                "LEFT JOIN hosts h USING (pool) LEFT JOIN slots s USING (pool, host) "
+                "GROUP BY p.pool, p.url ORDER BY p.pool").fetchall()
+            pools = [{"pool": p, "url": redact(u), "hosts": h, "slots": n, "allocated": a}
+                     for p, u, h, n, a in rows]
+    return {"ledger": redact(dsn), "version": version, "current": SCHEMA_VERSION,
+            "up_to_date": version == SCHEMA_VERSION, "pools": pools}
+
+
+def pool_names(dsn: str) -> list[str]:
+    """The pools the ledger defines."""
+    conn = connect(dsn)
+    with errors(dsn), conn.transaction():
+        check_schema(conn, dsn)
+        return [name for (name,) in conn.execute("SELECT pool FROM pools ORDER BY pool")]
+
+
+def check_schema(conn, dsn: str) -> None:
+    version = _version(conn)
+    if version is None:
+        raise OperationFailed(f"ledger {redact(dsn)} has no necropool schema: run "
+                              "'necropool ledger init'")
+    if version > SCHEMA_VERSION:
+        raise OperationFailed(newer(dsn, version))
+    if version < SCHEMA_VERSION:
+        raise OperationFailed(f"ledger {redact(dsn)} has schema version {version}: run "
+                              "'necropool ledger migrate'")

@@ -1,0 +1,352 @@
+"""The shared ledger: pools' state in PostgreSQL, so that the hosts of a fleet share pools
+(``ledger = "postgresql://..."``). One ``PgStore`` is one pool's slots on one host: their
+directories are local, so every change but a lease's is made by the host that owns them.
+
+Locking mirrors the TOML store's: the pool's row in ``hosts`` stands for ``pool.lock``.
+A change of the host's state (``locked``/``transaction``) holds it ``FOR UPDATE``; a claim,
+renew or end of one lease holds it ``FOR SHARE`` and locks its slot row, claims with
+``SKIP LOCKED``, so claims run side by side and never wait on each other. Every change of a
+row bumps its ``generation`` (the fencing token): a write fenced by an older one is refused.
+
+Lease times come from the server's clock (``now()``), never the client's. Times read are
+moved into this client's clock (by the difference measured in the same transaction) and
+moved back when written, so a client whose clock is off judges expiry as the server would.
+"""
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from necropool.ground import wakeup
+from necropool.ground.clock import now, rfc3339
+from necropool.ground.errors import Conflict, NotFound
+from necropool.ground.layout import PoolPaths
+from necropool.ground.proc import Holder
+from necropool.store.base import LeaseLost, Transactions
+from necropool.store.model import Lease, PoolState, Slot, SlotState
+from necropool.store.pg.connect import connect, errors
+from necropool.store.pg.rows import ORDER, json_value, param, row_of, slot_of, text
+from necropool.store.pg.schema import check_schema
+
+_CHECKED: set[str] = set()
+def _shift(server_now: datetime) -> timedelta:
+    """This client's clock minus the server's (``server_now`` read just now), in whole
+    seconds: what a query's latency adds must not move a time back and forth between two
+    reads."""
+    return timedelta(seconds=round((now() - server_now).total_seconds()))
+
+
+class _InTransaction(threading.local):
+    """What ``locked`` read, for ``save`` to write only what changed (per thread)."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[int, tuple[int, dict[str, Any]]] = {}  # number -> generation, row
+        self.shift: timedelta | None = None  # the clock shift, while ``locked``
+
+
+class PgStore(Transactions):
+    """One pool's slots on one host in the ledger; see ``store.Store`` for the contract."""
+
+    def __init__(self, dsn: str, name: str, host: str, paths: PoolPaths):
+        """``paths``: the pool's final paths (recorded in the ledger; its wake FIFO)."""
+        self.dsn, self.name, self.host, self.paths = dsn, name, host, paths
+        self._txn_state = _InTransaction()  # each thread's own: one store serves them all
+
+    def _conn(self):
+        conn = connect(self.dsn)
+        if self.dsn not in _CHECKED:  # once a process: a schema this version understands
+            with errors(self.dsn):
+                check_schema(conn, self.dsn)
+            _CHECKED.add(self.dsn)
+        return conn
+
+    def _shift(self, conn) -> timedelta:
+        return _shift(conn.execute("SELECT now()").fetchone()[0])
+
+    @contextmanager
+    def _txn(self) -> Iterator[Any]:
+        """A transaction on this thread's connection; dict rows."""
+        conn = self._conn()
+        with errors(self.dsn), conn.transaction():
+            yield conn
+
+    def _rows(self, conn, host: str | None = None) -> list[dict[str, Any]]:
+        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
+
+        cur = conn.cursor(row_factory=dict_row)
+        return cur.execute("SELECT * FROM slots WHERE pool = %s AND host = %s ORDER BY number",
+                           (self.name, host or self.host)).fetchall()
+
+    def _state(self, conn, shift: timedelta) -> PoolState:
+        current = PoolState(source="ledger")
+        self._txn_state.loaded = {}
+        for row in self._rows(conn):
+            slot = current.slots[row["number"]] = slot_of(row, shift)
+            values = row_of(slot, Path(row["path"]), shift)
+            self._txn_state.loaded[slot.number] = (row["generation"], values)
+        return current
+
+    def _lock_host(self, conn, mode: str) -> timedelta:
+        """Lock the host's row (``FOR mode``) and return the clock shift: one round trip."""
+        row = conn.execute(f"SELECT now() FROM hosts WHERE pool = %s AND host = %s FOR {mode}",
+                           (self.name, self.host)).fetchone()
+        if row is None:
+            raise NotFound(f"pool {self.name!r} has no slots of host {self.host!r} in the "
+                           f"ledger ('necropool ledger import {self.name}' moves a local "
+                           "pool's state there)")
+        return _shift(row[0])
+
+    def snapshot(self) -> PoolState:
+        with self._txn() as conn:
+            return self._state(conn, self._lock_host(conn, "KEY SHARE"))
+
+    @contextmanager
+    def locked(self) -> Iterator[PoolState]:
+        with self._txn() as conn:
+            try:
+                self._txn_state.shift = shift = self._lock_host(conn, "UPDATE")
+                yield self._state(conn, shift)
+            finally:
+                self._txn_state.shift = None
+
+    def save(self, current: PoolState) -> None:
+        """Write the rows that changed, each fenced by the generation read (the host's row
+        is locked, so a mismatch means a writer that skipped the protocol). Outside
+        ``locked``, in a transaction of its own."""
+        if self._txn_state.shift is None:
+            with self.locked():
+                return self.save(current)
+        conn, shift = self._conn(), self._txn_state.shift
+        with errors(self.dsn):
+            for number in sorted(set(self._txn_state.loaded) - set(current.slots)):
+                conn.execute("DELETE FROM slots WHERE pool = %s AND host = %s AND number = %s",
+                             (self.name, self.host, number))
+                del self._txn_state.loaded[number]
+            for number, slot in sorted(current.slots.items()):
+                values = row_of(slot, self.paths.slot_dir(number), shift)
+                if number not in self._txn_state.loaded:
+                    self._insert(conn, number, values)
+                    self._txn_state.loaded[number] = (1, values)
+                    continue
+                generation, before = self._txn_state.loaded[number]
+                changed = {k: v for k, v in values.items() if v != before[k]}
+                if changed:
+                    self._update(conn, number, generation, changed)
+                    self._txn_state.loaded[number] = (generation + 1, values)
+            conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
+                         (self.name, self.host))
+        if any(slot.state == SlotState.AVAILABLE for slot in current.slots.values()):
+            wakeup.poke(self.paths.wake)  # this host's waiters; others look every few seconds
+
+    def marker(self) -> tuple:
+        with self._txn() as conn:
+            return tuple(conn.execute(
+                "SELECT count(*), coalesce(sum(generation), 0) FROM slots WHERE pool = %s "
+                "AND host = %s", (self.name, self.host)).fetchone())
+
+    def _insert(self, conn, number: int, values: dict[str, Any]) -> None:
+        names = ", ".join(f'"{k}"' for k in values)
+        marks = ", ".join(["%s"] * len(values))
+        conn.execute(f"INSERT INTO slots (pool, host, number, {names}) "
+                     f"VALUES (%s, %s, %s, {marks})",
+                     (self.name, self.host, number, *map(param, values.items())))
+
+    def _update(self, conn, number: int, generation: int, changed: dict[str, Any]) -> None:
+        sets = ", ".join(f'"{k}" = %s' for k in changed)
+        cur = conn.execute(f"UPDATE slots SET {sets}, generation = generation + 1 "
+                           "WHERE pool = %s AND host = %s AND number = %s AND generation = %s",
+                           (*map(param, changed.items()), self.name, self.host, number,
+                            generation))
+        if cur.rowcount != 1:
+            raise Conflict(f"slot {self.name}-{number} changed in the ledger under this "
+                           "operation (generation fence): try again")
+
+    def claim(self, lease: Lease, take: Callable[[Slot], bool],
+              skip: frozenset[int] = frozenset(), host: str | None = None) -> Slot | None:
+        """One short transaction; ``host``: claim on that host's slots (the lease then
+        has no local claim to take)."""
+        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
+
+        host = host or self.host
+        skipped = set(skip)
+        # The host's row shared (waiting out its maintenance, but for another host's, which
+        # is skipped: try elsewhere), the first free slot's row taken, the clock read: one
+        # round trip.
+        wait = " SKIP LOCKED" if host != self.host else ""
+        with self._txn() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            while True:
+                row = cur.execute(
+                    "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s USING (pool, host)"
+                    " WHERE h.pool = %s AND h.host = %s AND s.state = 'available'"
+                    f" AND s.number <> ALL(%s) ORDER BY {ORDER} LIMIT 1"
+                    f" FOR SHARE OF h{wait} FOR UPDATE OF s SKIP LOCKED",
+                    (self.name, host, list(skipped))).fetchone()
+                if row is None:
+                    return None
+                shift = _shift(row["server_now"])
+                if take(slot_of(row, shift)):
+                    break
+                skipped.add(row["number"])
+            holder = lease.holder
+            granted = cur.execute(
+                "UPDATE slots SET state = 'allocated', lease_id = %s, owner = %s, "
+                "holder_pid = %s, holder_start = %s, holder = %s, allocated_at = now(), "
+                "expires_at = now() + make_interval(secs => %s), ttl_seconds = %s, "
+                "metadata = %s, worker = NULL, error = NULL, "
+                "allocation_count = allocation_count + 1, last_allocated_at = now(), "
+                "generation = generation + 1 "
+                "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
+                (lease.lease_id, text(lease.owner), holder.pid if holder else None,
+                 holder.start if holder else None, json_value(holder.to_dict() if holder else None),
+                 lease.ttl_seconds, lease.ttl_seconds, json_value(lease.metadata), self.name, host,
+                 row["number"])).fetchone()
+            return slot_of(granted, shift)
+
+    def _row(self, conn, number: int, host: str) -> dict[str, Any]:
+        """Slot ``number``'s row, locked for this transaction (the host's row shared), with
+        the server's time (``server_now``): one round trip."""
+        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
+
+        row = conn.cursor(row_factory=dict_row).execute(
+            "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s USING (pool, host) "
+            "WHERE h.pool = %s AND h.host = %s AND s.number = %s "
+            "FOR SHARE OF h FOR UPDATE OF s", (self.name, host, number)).fetchone()
+        if row is None:
+            raise NotFound(f"slot {self.name}-{number} does not exist")
+        return row
+
+    def _leased(self, conn, number: int, lease_id: str | None, host: str) -> dict[str, Any]:
+        """The row, if it has the lease ``lease_id`` (None: any lease); else ``LeaseLost``."""
+        row = self._row(conn, number, host)
+        if row["state"] != "allocated" or lease_id not in (None, row["lease_id"]):
+            raise LeaseLost(f"lease {lease_id} is not the current lease of slot "
+                            f"{self.name}-{number}")
+        return row
+
+    def renew(self, number: int, lease_id: str, expires_at: datetime,
+              ttl_seconds: float, host: str | None = None) -> Slot:
+        """The new expiry is the server's ``now()`` plus ``ttl_seconds`` (``expires_at``,
+        the client's idea of it, is not used)."""
+        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
+
+        with self._txn() as conn:
+            shift = _shift(self._leased(conn, number, lease_id, host or self.host)["server_now"])
+            row = conn.cursor(row_factory=dict_row).execute(
+                "UPDATE slots SET expires_at = now() + make_interval(secs => %s), "
+                "ttl_seconds = %s, generation = generation + 1 "
+                "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
+                (ttl_seconds, ttl_seconds, self.name, host or self.host, number)).fetchone()
+            return slot_of(row, shift)
+
+    def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
+                  check: Callable[[Slot], None] | None = None, host: str | None = None,
+                  uncleaned: bool = False) -> Slot:
+        """``uncleaned`` (a lease of another host's slot ended from here): the slot goes back
+        free, marked for the cleanup its host does before handing it out again."""
+        with self._txn() as conn:
+            host = host or self.host
+            row = self._leased(conn, number, lease_id, host)
+            previous = slot_of(row, _shift(row["server_now"]))
+            if check is not None:
+                check(previous)
+            conn.execute(
+                "UPDATE slots SET state = %s, needs_cleanup = needs_cleanup OR %s, worker = %s, "
+                "total_usage_seconds = total_usage_seconds "
+                "+ greatest(0, extract(epoch FROM now() - allocated_at)), "
+                "last_released_at = now(), lease_id = NULL, owner = NULL, holder_pid = NULL, "
+                "holder_start = NULL, holder = NULL, allocated_at = NULL, expires_at = NULL, "
+                "ttl_seconds = NULL, metadata = NULL, generation = generation + 1 "
+                "WHERE pool = %s AND host = %s AND number = %s",
+                ("available" if uncleaned else "cleaning", uncleaned,
+                 json_value(worker.to_dict() if worker else None), self.name, host, number))
+            return previous
+
+    def update_slot(self, number: int, change: Callable[[Slot], None]) -> Slot:
+        """One row, locked and fenced by its generation; only the columns ``change`` changed
+        are written."""
+        with self._txn() as conn:
+            row = self._row(conn, number, self.host)
+            shift = _shift(row["server_now"])
+            slot = slot_of(row, shift)
+            before = row_of(slot, self.paths.slot_dir(number), shift)
+            change(slot)
+            values = row_of(slot, self.paths.slot_dir(number), shift)
+            changed = {k: v for k, v in values.items() if v != before[k]}
+            if changed:
+                self._update(conn, number, row["generation"], changed)
+        if slot.state == SlotState.AVAILABLE:
+            wakeup.poke(self.paths.wake)
+        return slot
+
+    def heartbeat(self) -> None:
+        with self._txn() as conn:
+            conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
+                         (self.name, self.host))
+
+    def append_event(self, name: str, **fields: Any) -> None:
+        with self._txn() as conn:
+            conn.execute("INSERT INTO events (pool, host, name, fields) VALUES (%s, %s, %s, %s)",
+                         (self.name, self.host, name,
+                          json_value({k: v for k, v in fields.items() if v is not None})))
+
+    def _events(self, where: str = "", params: tuple = (), order: str = "id",
+                since: datetime | None = None) -> list[dict]:
+        """Events of the pool, each with its ``id`` (the ledger's order)."""
+        with self._txn() as conn:
+            shift = self._shift(conn)
+            if since is not None:
+                where, params = where + " AND at >= %s", (*params, since - shift)
+            rows = conn.execute(f"SELECT id, at, host, name, fields FROM events WHERE pool = %s "
+                                f"{where} ORDER BY {order}", (self.name, *params)).fetchall()
+        return [{"time": rfc3339(at.astimezone(UTC) + shift), "event": name, "pool": self.name,
+                 "host": host, **fields, "id": id_} for id_, at, host, name, fields in rows]
+
+    def read_events(self, since: datetime | None = None) -> list[dict]:
+        return [_public(r) for r in self._events(since=since)]
+
+    def rotate_events(self) -> None:
+        """Nothing: the ledger's ``events`` table is the fleet's history, kept whole (bounding
+        it is for whoever runs the database)."""
+
+    def tail(self) -> "LedgerTail":
+        return LedgerTail(self)
+
+    def last_event(self, name: str) -> dict | None:
+        found = self._events("AND name = %s AND host = %s", (name, self.host),
+                             "id DESC LIMIT 1")
+        return _public(found[0]) if found else None
+
+
+class LedgerTail:
+    """The pool's events in the ledger not returned before, each once. An event's id is
+    taken when it is inserted but the event shows when its transaction commits, so a later
+    id can show first: the ids seen in the last ``SETTLE`` seconds are kept and the range
+    below them asked again, so an event committed up to that long after a later one is
+    still returned (necropool's transactions last milliseconds)."""
+
+    SETTLE = 30.0
+
+    def __init__(self, store: PgStore):
+        self.store = store
+        self.floor = 0  # every event up to this id has been returned or never will show
+        self.seen: dict[int, float] = {}  # ids above the floor returned, when first seen
+
+    def new(self, since: datetime | None = None) -> list[dict]:
+        found = self.store._events("AND id > %s", (self.floor,), since=since)
+        at = time.monotonic()
+        fresh = [r for r in found if r["id"] not in self.seen]
+        self.seen.update((r["id"], at) for r in fresh)
+        settled = [i for i, when in self.seen.items() if at - when >= self.SETTLE]
+        if settled:
+            self.floor = max(settled)
+            self.seen = {i: when for i, when in self.seen.items() if i > self.floor}
+        return [_public(r) for r in fresh]
+
+
+def _public(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "id"}
