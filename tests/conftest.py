@@ -3,6 +3,7 @@
 PostgreSQL server (tests/pgcluster.py)."""
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def pytest_sessionstart(session) -> None:
     import necropool
 
     compileall.compile_dir(Path(necropool.__file__).parent, quiet=2)
+    # The clock's test hook (NECROPOOL_CLOCK_OFFSET) works only where this switch is set:
+    # here, for the suite and every process it starts; never in production.
+    os.environ["NECROPOOL_TEST_HOOKS"] = "1"
 
 
 @pytest.fixture

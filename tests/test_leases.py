@@ -50,6 +50,18 @@ def test_renew_extends_the_lease_by_its_own_ttl_or_a_new_one(cli, pool):
     assert given["ttl_seconds"] == 600 and given["expires_at"] is not None
 
 
+@pytest.mark.toml_only
+def test_a_clock_offset_leaked_into_production_moves_nothing(cli, pool):
+    held = allocate(cli, "--ttl", "1m")
+    leaked = {"NECROPOOL_CLOCK_OFFSET": "7200", "NECROPOOL_TEST_HOOKS": ""}
+    found = cli("detect", "--json", env=leaked)
+    assert found.code == 0 and found.json()["expired_leases"] == [], found
+    assert cli("auto-recover", "--json", env=leaked).json()["expired_released"] == 0
+    assert slot_status(cli, held["slot_id"])["lease_id"] == held["lease_id"]
+    hooked = cli("detect", "--json", env={"NECROPOOL_CLOCK_OFFSET": "7200"})
+    assert [a["slot_id"] for a in hooked.json()["expired_leases"]] == [held["slot_id"]]
+
+
 def test_renew_with_a_wrong_lease_is_a_conflict_that_changes_nothing(cli, pool, root):
     held = allocate(cli, "--ttl", "1h")
     before = saved_state(root)

@@ -2,7 +2,9 @@
 
 Test hook: ``NECROPOOL_CLOCK_OFFSET`` (seconds, may be negative) moves ``now()`` -- and so
 lease expiry, ages and the times recorded -- that far ahead, so that tests need not sleep
-for time to pass. Only ``now()`` honours it (not the monotonic timers, not fetch stamps).
+for time to pass. Only ``now()`` honours it (not the monotonic timers, not fetch stamps),
+and only while ``NECROPOOL_TEST_HOOKS=1`` is set too: an offset leaked into a production
+environment (cron's, say) would otherwise expire live leases and end their holders.
 """
 
 import os
@@ -17,8 +19,9 @@ MAX_DURATION = 36500 * 86400  # a century: dates stay representable either side 
 
 
 def now() -> datetime:
+    """The current UTC time (moved by the test hook above, only where tests enable it)."""
     offset = os.environ.get("NECROPOOL_CLOCK_OFFSET")
-    if offset:
+    if offset and os.environ.get("NECROPOOL_TEST_HOOKS") == "1":
         try:
             return datetime.now(UTC) + timedelta(seconds=float(offset))
         except (ValueError, OverflowError):
