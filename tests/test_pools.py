@@ -91,6 +91,27 @@ def test_create_makes_independent_slots_detached_at_tip(cli, upstream, root):
                           capture_output=True).returncode != 0
 
 
+def _git_version() -> tuple[int, ...]:
+    out = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout
+    return tuple(int(p) for p in out.split()[2].split(".")[:2])
+
+
+@pytest.mark.skipif(_git_version() < (2, 45), reason="reftable needs git 2.45 or newer")
+def test_a_git_that_defaults_to_reftable_still_makes_pools_with_ref_files(cli, upstream,
+                                                                           tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[init]\n\tdefaultRefFormat = reftable\n")
+    env = {"HOME": str(home), "GIT_DEFAULT_REF_FORMAT": "reftable"}
+    assert cli("create", "rt", str(upstream), "--slots", "1", env=env).code == 0
+    slot = Path(cli("allocate", "rt", "--no-fetch", env=env).stdout.strip())
+    for gitdir in (slot.parent.parent / "mirror.git", slot / ".git"):
+        config = (gitdir / "config").read_text().lower()
+        assert "reftable" not in config and not (gitdir / "reftable").exists()
+    tip = git(upstream, "rev-parse", "HEAD")
+    assert cli("status", "rt-1", "--json", env=env).json()["current_commit"] == tip
+
+
 def test_slot_keeps_working_when_the_mirror_is_gone(cli, upstream, root):
     assert cli("create", "web", upstream, "--slots", "1").code == 0
     slot = root / "pools/web/slots/1"
