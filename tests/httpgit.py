@@ -241,21 +241,25 @@ class _Handler(BaseHTTPRequestHandler):
         # The body is read before any answer, a 401 included, so the connection stays usable.
         body = self._read_chunked() if chunked else self.rfile.read(
             int(self.headers.get("Content-Length") or 0))
-        if not self.server._authorized(auth_header):
-            status = 401
-            payload = b"authentication required\n"
-            self.send_response(status)
-            self.send_header("WWW-Authenticate", f'Basic realm="{self.server.realm}"')
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+        if self.server._authorized(auth_header):
+            status, headers, payload = self._run_backend(urllib.parse.unquote(path), query, body,
+                                                         encoding)
         else:
-            status = self._run_backend(urllib.parse.unquote(path), query, body, encoding)
+            status, payload = 401, b"authentication required\n"
+            headers = [("WWW-Authenticate", f'Basic realm="{self.server.realm}"'),
+                       ("Content-Type", "text/plain")]
+        # Recorded before the answer is sent: a client that has its answer has been counted.
         self.server._record(Request(
             method=self.command, path=path, query=query, authorized=auth_header is not None,
             status=status, gzip=(encoding or "").lower() in ("gzip", "x-gzip"),
             chunked=chunked))
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
     def _read_chunked(self) -> bytes:
         parts: list[bytes] = []
@@ -270,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.readline(1024)  # the CRLF after the chunk
 
     def _run_backend(self, path_info: str, query: str, body: bytes,
-                     encoding: str | None) -> int:
+                     encoding: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("GIT_", "HTTP_")) and k not in _PROXY_VARS}
         env.update({
@@ -299,17 +303,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             proc = subprocess.run([self.server.backend], input=body, capture_output=True,
                                   env=env, timeout=_CGI_TIMEOUT)
-            status, headers, payload = _parse_cgi(proc.stdout)
+            return _parse_cgi(proc.stdout)
         except (subprocess.TimeoutExpired, ValueError) as exc:
-            status, headers, payload = 500, [("Content-Type", "text/plain")], f"{exc}\n".encode()
-        self.send_response(status)
-        for name, value in headers:
-            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-        return status
+            return 500, [("Content-Type", "text/plain")], f"{exc}\n".encode()
 
 
 def _parse_cgi(output: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
