@@ -137,6 +137,7 @@ def test_gzip_request_body(server: HttpGitServer, tmp_path: Path) -> None:
     assert git(tmp_path / "clone", "rev-parse", "origin/b59")
 
 
+@pytest.mark.slow  # 1-5 s: 3000 commits and refs
 def test_chunked_request_body(server: HttpGitServer, tmp_path: Path) -> None:
     _branches(server.root / "repo.git", 3000)  # ~150 kB of wants: more than http.postBuffer
     proc = run_git("-c", "http.postBuffer=131072", "clone", "-q", "--no-checkout",

@@ -192,11 +192,10 @@ def test_stall_at_holds_the_request_then_delivers(proxy: Proxy, echo: Echo) -> N
 def test_stall_after_holds_the_reply_then_delivers(proxy: Proxy, echo: Echo) -> None:
     proxy.stall_after(1, 0.4)
     with connect(proxy) as sock:
-        sent = time.monotonic()
         assert exchange(sock, b"slow\n") == b"slow\n"
         replied = time.monotonic()
-    assert echo.wait_for(b"slow\n") - sent < 0.3
-    assert replied - sent >= 0.35
+    # Held after the server had it (lower bounds only: no flakiness on a loaded machine).
+    assert replied - echo.wait_for(b"slow\n") >= 0.35
     assert proxy.fired == [(1, "stall-after")]
 
 
