@@ -205,6 +205,8 @@ def test_a_hook_planted_in_the_slot_does_not_run(abi, policy, inside):
 
     result = run_confined(git, inside, "commit", "-q", "-m", "m", policy=policy)
     assert not (inside / "hook-ran").exists(), result
+    # git refuses to commit when it cannot run the hook: a failure, never a bypass.
+    assert result.returncode != 0 and "Permission denied" in result.stderr
     git(inside, "commit", "-q", "-m", "m")  # the control: unconfined, the hook runs
     assert (inside / "hook-ran").exists()
 
@@ -309,6 +311,9 @@ def test_a_child_that_dies_without_a_result(policy):
     assert caught.value.status == -signal.SIGKILL
     with pytest.raises(ConfinedChildError, match="status 3"):
         run_confined(os._exit, 3, policy=policy)
+    with pytest.raises(ConfinedChildError, match=r"sys.exit\(4\)") as caught:
+        run_confined(sys.exit, 4, policy=policy)  # not a SystemExit that would end us too
+    assert caught.value.status == 4
 
 
 def test_setup_failures_are_raised_with_a_clear_message(abi, tmp_path):
@@ -415,3 +420,18 @@ def test_what_the_work_leaves_running_is_killed(policy):
 
     leftover = run_confined(leave_behind, policy=policy)
     assert not Path(f"/proc/{leftover}").exists()
+
+
+# --- ABI handling ----------------------------------------------------------------------------
+
+
+def test_the_rights_handled_follow_the_abi():
+    reads = confine.FS_READ_FILE | confine.FS_READ_DIR
+    later = {2: confine.FS_REFER, 3: confine.FS_TRUNCATE, 5: confine.FS_IOCTL_DEV}
+    for abi in range(1, 8):
+        handled = confine.handled_access(abi)
+        assert handled & reads == 0  # reading stays allowed everywhere
+        assert handled & confine.FS_EXECUTE and handled & confine.FS_WRITE_FILE
+        for since, right in later.items():
+            assert bool(handled & right) == (abi >= since), (abi, since)
+    assert confine.abi_version() >= 0
