@@ -508,11 +508,10 @@ def _child(wfd: int, fn: Callable[..., Any], args: tuple[object, ...],
                 os._exit(75)  # the parent died before the death signal was armed
             message: tuple[str, Any, str] = ("ok", fn(*args), "")
         except SystemExit as exc:  # re-raised in the parent it would end the parent too
-            code = exc.code if isinstance(exc.code, int) else 1
+            wanted = exc.code if isinstance(exc.code, int) else 1
             message = ("err", ConfinedChildError(
                 f"the confined child (pid {os.getpid()}) called sys.exit({exc.code!r})",
-                os.getpid(), code), traceback.format_exc())
-            code = 0
+                os.getpid(), wanted), traceback.format_exc())
         except BaseException as exc:
             message = ("err", exc, traceback.format_exc())
         _sweep()
