@@ -67,7 +67,6 @@ def test_completion_code_stays_off_the_normal_command_path(root):
     modules = proc.stdout.rsplit("MODULES", 1)[-1].split()
     assert "necropool.cli.app" in modules, proc
     assert "necropool.cli.completion_scripts" not in modules
-    assert "necropool.cli.manpage" not in modules
 
 
 # ---- the protocol, without a shell --------------------------------------------------------

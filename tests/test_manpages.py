@@ -2,7 +2,7 @@
 (mandoc and groff find nothing), ``man -l`` renders them, and the hand-written parts agree
 with the code (files, config keys, error codes, the options used in examples).
 
-Regenerate with ``python -m necropool.cli.manpage man``.
+Regenerate with ``python -m tools.manpage man``.
 """
 
 import os
@@ -14,19 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from necropool.cli import manpage
 from necropool.cli.registry import EXAMPLES
+from tools import manpage
 
 REPO = Path(__file__).resolve().parent.parent
 MAN = REPO / "man"
-REGENERATE = "python -m necropool.cli.manpage man"
+REGENERATE = "python -m tools.manpage man"
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     """The pages written by the documented command into a fresh directory."""
     out = tmp_path_factory.mktemp("man")
-    proc = subprocess.run([sys.executable, "-m", "necropool.cli.manpage", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "tools.manpage", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return out

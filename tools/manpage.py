@@ -6,11 +6,11 @@ output, the main page's examples) are in ``man_text``, each command's notes and 
 with its declaration. The output is deterministic: the date in ``.TH`` is ``man_text.DATE``,
 not the day of the run.
 
-Regenerate the committed pages: ``python -m necropool.cli.manpage man``
+Regenerate the committed pages, from the repository root: ``python -m tools.manpage man``
 
 Inline markup in the hand-written text: ``*word*`` is bold, ``<word>`` italic; everything
-else is taken literally (hyphens become ``-``). Nothing here is imported on the normal
-command path.
+else is taken literally (hyphens become ``-``). A build-time tool: not part of the installed
+package.
 """
 
 import os
@@ -18,10 +18,13 @@ import re
 import sys
 import textwrap
 
-import typer._click as click
+import typer
 from typer.main import get_command
 
-from necropool.cli.man_text import (
+from necropool.cli.registry import EXAMPLES as COMMAND_EXAMPLES
+from necropool.cli.registry import EXIT_STATUS as EXIT_STATUS_NOTES
+from necropool.cli.registry import NOTES
+from tools.man_text import (
     CONFIG_POOL,
     CONFIG_TOP,
     DATE,
@@ -39,11 +42,8 @@ from necropool.cli.man_text import (
     PRECEDENCE,
     SOURCE,
 )
-from necropool.cli.registry import EXAMPLES as COMMAND_EXAMPLES
-from necropool.cli.registry import EXIT_STATUS as EXIT_STATUS_NOTES
-from necropool.cli.registry import NOTES
-from necropool.cli.roff import escape, guard, inline, para, text_lines, verbatim
-from necropool.cli.roff import metavar as roff_metavar
+from tools.roff import escape, guard, inline, para, text_lines, verbatim
+from tools.roff import metavar as roff_metavar
 
 # ---- page parts ----------------------------------------------------------------------------
 
@@ -72,7 +72,7 @@ def _root_command():
 
 def _context(command, name: str, parent=None):
     settings = dict(command.context_settings or {})
-    return click.Context(command, info_name=name, parent=parent, **settings)
+    return typer.Context(command, info_name=name, parent=parent, **settings)
 
 
 def _option_metavar(param, ctx) -> str | None:

@@ -1,0 +1,2 @@
+"""Build-time tools, not shipped in the package: the man page generator (``python -m
+tools.manpage man`` from the repository root)."""
