@@ -1,10 +1,12 @@
 """Shell completion: the scripts ``necropool completion SHELL`` prints, and the answers to them.
 
-Built on the vendored click shell-completion machinery (``typer._click.shell_completion``):
-one ``ShellComplete`` subclass per shell gives the script (``source``) and answers it
-(``complete``), and click's context resolution decides what is being completed, so command
-names, option names and the ``autocompletion=`` callbacks of ``params.py`` (pool names and
-slot ids, from ``complete_values.py``) always follow the commands as they are declared.
+Built on the public surface of the Typer commands (``make_context``, ``make_parser``,
+``resolve_command``, ``get_params`` and each object's ``shell_complete``), never on typer's
+private copy of click: one ``_Complete`` subclass per shell gives the script (``source``)
+and answers it (``complete``), and the commands' own parsing decides what is being
+completed, so command names, option names and the ``autocompletion=`` callbacks of
+``params.py`` (pool names and slot ids, from ``complete_values.py``) always follow the
+commands as they are declared.
 
 Protocol (click 8's): a script runs ``necropool`` with ``_NECROPOOL_COMPLETE=<shell>_complete``,
 ``COMP_WORDS`` (the words typed so far) and ``COMP_CWORD`` (bash, zsh: the index of the word
@@ -22,17 +24,12 @@ Nothing here is imported on the normal command path.
 import io
 import os
 import re
+import shlex
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
-from typer._click.shell_completion import (
-    CompletionItem,
-    ShellComplete,
-    _resolve_context,
-    _resolve_incomplete,
-    split_arg_string,
-)
+from typer.core import TyperGroup
 from typer.main import get_command
 
 PROG_NAME = "necropool"
@@ -122,12 +119,96 @@ def _one_line(text: str | None) -> str:
     return re.sub(r"\s+", " ", text or "").strip()
 
 
-class _Complete(ShellComplete):
-    """Common part: the script variables, and completion with the global options applied."""
+def split_arg_string(string: str) -> list[str]:
+    """The words of a command line as a shell would split them; an unclosed quote at the end
+    (the word being typed) keeps its partial word."""
+    lex = shlex.shlex(string, posix=True)
+    lex.whitespace_split = True
+    lex.commenters = ""
+    out: list[str] = []
+    try:
+        out.extend(lex)
+    except ValueError:
+        out.append(lex.token)
+    return out
 
-    def source_vars(self) -> dict[str, Any]:
-        return {"complete_func": self.func_name, "complete_var": self.complete_var,
-                "prog_name": self.prog_name}
+
+def _rest(command: Any, ctx: Any, args: list[str]) -> list[str]:
+    """What follows a command's own options in ``args``: for a group, its subcommand and
+    that one's words (the command's parser stops at the first positional word)."""
+    return list(command.make_parser(ctx).parse_args(list(args))[1])
+
+
+def resolve_context(cli: Any, prog_name: str, args: list[str]) -> Any:
+    """The context of the innermost command ``args`` name, its parameters parsed
+    resiliently (no callback, no prompt, no error)."""
+    ctx = cli.make_context(prog_name, list(args), resilient_parsing=True)
+    rest = _rest(cli, ctx, args)
+    while rest and isinstance(ctx.command, TyperGroup):
+        name, command, rest = ctx.command.resolve_command(ctx, rest)
+        if command is None:
+            break
+        words = list(rest)
+        ctx = command.make_context(name, list(words), parent=ctx, resilient_parsing=True)
+        rest = _rest(command, ctx, words)
+    return ctx
+
+
+def _option_start(value: str) -> bool:
+    return value[:1] == "-"
+
+
+def _given(ctx: Any, name: str | None) -> bool:
+    source = ctx.get_parameter_source(name) if name else None
+    return getattr(source, "name", None) == "COMMANDLINE"
+
+
+def resolve_incomplete(ctx: Any, args: list[str], incomplete: str) -> tuple[Any, str]:
+    """What completes ``incomplete``: an option taking a value just typed, the first
+    argument still open, or the command itself (its option or subcommand names)."""
+    if incomplete == "=":
+        incomplete = ""
+    elif "=" in incomplete and _option_start(incomplete):
+        name, _, incomplete = incomplete.partition("=")
+        args = [*args, name]
+    if "--" not in args and _option_start(incomplete):
+        return ctx.command, incomplete
+    params = ctx.command.get_params(ctx)
+    last = next((a for a in reversed(args[-1:]) if _option_start(a)), None)
+    for param in params:
+        if (param.param_type_name == "option" and not (param.is_flag or param.count)
+                and last is not None and last in param.opts):
+            return param, incomplete
+    for param in params:
+        if param.param_type_name == "argument" and (param.nargs == -1
+                                                    or not _given(ctx, param.name)):
+            return param, incomplete
+    return ctx.command, incomplete
+
+
+class _Complete:
+    """Common part: the script (its variables), and the answer to it, with the global
+    options on the line applied."""
+
+    name = ""
+    source_template = ""
+
+    def __init__(self, cli: Any, prog_name: str, complete_var: str) -> None:
+        self.cli, self.prog_name, self.complete_var = cli, prog_name, complete_var
+
+    @property
+    def func_name(self) -> str:
+        return f"_{self.prog_name}_completion"
+
+    def source(self) -> str:
+        return self.source_template % {"complete_func": self.func_name,
+                                       "complete_var": self.complete_var,
+                                       "prog_name": self.prog_name}
+
+    def complete(self) -> str:
+        args, incomplete = self.get_completion_args()
+        return "\n".join(self.format_completion(item)
+                         for item in self.get_completions(args, incomplete))
 
     def get_completion_args(self) -> tuple[list[str], str]:
         cwords = split_arg_string(os.environ.get("COMP_WORDS", ""))
@@ -140,23 +221,23 @@ class _Complete(ShellComplete):
         incomplete = cwords[cword] if 0 < cword < len(cwords) else ""
         return args, incomplete
 
-    def get_completions(self, args: list[str], incomplete: str) -> list[CompletionItem]:
-        ctx = _resolve_context(self.cli, self.ctx_args, self.prog_name, args)
+    def get_completions(self, args: list[str], incomplete: str) -> list[Any]:
+        ctx = resolve_context(self.cli, self.prog_name, args)
         # `necropool --root DIR release <TAB>` completes the slots of DIR: the flags win
         # over the environment, as they do when the command runs.
         top = ctx.find_root().params
         for option, var in (("root", "NECROPOOL_HOME"), ("config", "NECROPOOL_CONFIG")):
             if top.get(option):
                 os.environ[var] = top[option]
-        obj, incomplete = _resolve_incomplete(ctx, args, incomplete)
-        return obj.shell_complete(ctx, incomplete)
+        obj, incomplete = resolve_incomplete(ctx, args, incomplete)
+        return list(obj.shell_complete(ctx, incomplete))
 
     @staticmethod
     def rejoin(words: list[str], cword: int) -> tuple[list[str], int]:
         """The words as typed; only bash splits ``--root=DIR`` at the ``=``."""
         return words, cword
 
-    def format_completion(self, item: CompletionItem) -> str:
+    def format_completion(self, item: Any) -> str:
         help_text = _one_line(item.help)
         return f"{item.value}\t{help_text}" if help_text else str(item.value)
 
@@ -165,7 +246,7 @@ class BashComplete(_Complete):
     name = "bash"
     source_template = BASH_SCRIPT
 
-    def format_completion(self, item: CompletionItem) -> str:
+    def format_completion(self, item: Any) -> str:
         return str(item.value)
 
     @staticmethod
@@ -219,12 +300,12 @@ CLASSES: dict[str, type[_Complete]] = {
 def _completer(shell: str) -> _Complete:
     from necropool.cli.app import build
 
-    return CLASSES[shell](get_command(build()), {}, PROG_NAME, COMPLETE_VAR)
+    return CLASSES[shell](get_command(build()), PROG_NAME, COMPLETE_VAR)
 
 
 def script(shell: str) -> str:
     """The completion script for ``shell`` (bash, zsh or fish)."""
-    return CLASSES[shell](None, {}, PROG_NAME, COMPLETE_VAR).source()  # type: ignore[arg-type]
+    return CLASSES[shell](None, PROG_NAME, COMPLETE_VAR).source()
 
 
 def answer() -> int:
