@@ -3,13 +3,17 @@ as a real process, a template pool, and digests that prove a command changed not
 Fixtures are in conftest.py; tests/slots.py and tests/faults.py hold more helpers, and
 tests/pgcluster.py a throw-away PostgreSQL server."""
 
+import contextlib
 import hashlib
 import importlib
+import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -107,10 +111,80 @@ class CliResult:
         return f"<exit {self.code} stdout={self.stdout[:300]!r} stderr={self.stderr[:300]!r}>"
 
 
-def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> CliResult:
-    """Run ``python -m necropool ARGS`` as a separate process."""
+# Commands run inside the test's own process by default: a new interpreter costs ~0.1 s of
+# start-up, and the suite runs thousands of commands. Those whose process is part of what is
+# tested (``run`` and its signals, waiting, following, completion requests), a call from a
+# thread other than the main one, and every call when NECROPOOL_TEST_SUBPROCESS=1 is set,
+# start ``python -m necropool`` as a real process.
+_OWN_PROCESS = frozenset({"run", "completion"})
+_OWN_PROCESS_FLAGS = frozenset({"--wait", "--follow", "-f", "--version"})
+
+
+def _in_process(args: list[str], env: dict | None) -> bool:
+    if os.environ.get("NECROPOOL_TEST_SUBPROCESS") == "1":
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if env and "_NECROPOOL_COMPLETE" in env:
+        return False
+    head = args[: args.index("--")] if "--" in args else args
+    words = {a.partition("=")[0] for a in head}
+    return not (words & _OWN_PROCESS or words & _OWN_PROCESS_FLAGS)
+
+
+def _run_in_process(args: list[str], env: dict | None, cwd) -> CliResult:
+    """``main(args)`` in this process with the environment, directory, standard streams and
+    signal handlers of a fresh process, all put back afterwards."""
+    from necropool.cli import main
+    from necropool.ground import proc
+    from necropool.store.pg.connect import disconnect
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_sigint = signal.getsignal(signal.SIGINT)
+    out, err = io.StringIO(), io.StringIO()
+    code: object = 0
+    # what a process learns of itself once: this host's name (NECROPOOL_HOST) and holder
+    proc.hostname.cache_clear()
+    proc._me.cache_clear()
+    try:
+        os.environ.update(env or {})
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                _stdin(io.StringIO()):
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        disconnect()  # no ledger connection outlives the command, as with a process
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        signal.signal(signal.SIGINT, saved_sigint)
+    code = 0 if code is None else code if isinstance(code, int) else 1
+    return CliResult(subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue()))
+
+
+@contextlib.contextmanager
+def _stdin(stream: io.StringIO):
+    saved, sys.stdin = sys.stdin, stream
+    try:
+        yield
+    finally:
+        sys.stdin = saved
+
+
+def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120,
+            in_process: bool | None = None) -> CliResult:
+    """Run the CLI with ``ARGS``: in this process where nothing depends on it having a
+    process of its own (see ``_in_process``), else as ``python -m necropool`` in a new one;
+    ``in_process`` forces either."""
+    argv = [str(a) for a in args]
+    if in_process if in_process is not None else _in_process(argv, env):
+        return _run_in_process(argv, env, cwd)
     full_env = dict(os.environ, **(env or {}))
-    proc = subprocess.run([sys.executable, "-m", "necropool", *map(str, args)], env=full_env,
+    proc = subprocess.run([sys.executable, "-m", "necropool", *argv], env=full_env,
                           capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           stdin=subprocess.DEVNULL)
     return CliResult(proc)

@@ -110,9 +110,11 @@ def test_an_expired_lease_is_reclaimed_with_its_work_saved(cli, pool, upstream, 
     assert cli("detect").code == 0
 
 
-def test_an_allocation_without_ttl_is_only_reported_when_long(cli, pool):
+def test_an_allocation_without_ttl_is_only_reported_when_long(cli, pool, monkeypatch):
     held = allocate(cli)
-    found = cli("detect", "--max-allocation-hours", "0.00001", "--json")
+    assert cli("detect", "--max-allocation-hours", "0.001").code == 0  # 3.6 s: not yet
+    clock_at(monkeypatch, 10)
+    found = cli("detect", "--max-allocation-hours", "0.001", "--json")
     assert found.code == 1 and found.json()["expired_leases"] == []
     assert [a["slot_id"] for a in found.json()["long_allocated_slots"]] == [held["slot_id"]]
     gentle = cli("auto-recover", "--max-allocation-hours", "0.00001", "--json")

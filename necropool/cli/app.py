@@ -66,7 +66,7 @@ def main_options(
 
     if color not in COLORS:
         raise UsageError(f"invalid --color {color!r}: use auto, always or never")
-    G.root, G.config, G.ledger, G.color = root, config, ledger, color
+    G.begin(root, config, ledger, color)
 
 
 def command_named(args: list[str]) -> str | None:

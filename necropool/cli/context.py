@@ -15,6 +15,13 @@ class Globals:
     color: str = "auto"
     _manager: object = field(default=None, repr=False)
 
+    def begin(self, root: str | None, config: str | None, ledger: str | None,
+              color: str) -> None:
+        """This call's options; a manager built for an earlier call in the same process (a
+        program that runs ``main`` more than once) is dropped."""
+        self.root, self.config, self.ledger, self.color = root, config, ledger, color
+        self._manager = None
+
     def manager(self):
         if self._manager is None:
             from necropool.ground.config import load_settings

@@ -60,7 +60,8 @@ def git_env(extra: dict | None = None) -> dict:
         LC_ALL="C",
         GIT_NO_REPLACE_OBJECTS="1",  # a holder's refs/replace/* never changes what we see
         # refs are read from their files (read_ref, refs_under): a repository git makes for
-        # us must keep them there, whatever a user's init.defaultRefFormat says (reftable)
+        # us must keep them there, whatever a user's init.defaultRefFormat says (reftable);
+        # git ranks this variable above that setting
         GIT_DEFAULT_REF_FORMAT="files",
         GIT_AUTHOR_NAME="necropool", GIT_AUTHOR_EMAIL="necropool@localhost",
         GIT_COMMITTER_NAME="necropool", GIT_COMMITTER_EMAIL="necropool@localhost",
@@ -285,8 +286,8 @@ def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git") 
         except pygit2.GitError as exc:
             raise GitError(f"clone of {url} failed: {exc}", str(exc)) from None
         return
-    run_network(["-c", "init.defaultRefFormat=files", "clone", "--mirror", "--no-local",
-                 "--quiet", "--", url, str(dest)], timeout=timeout)
+    run_network(["clone", "--mirror", "--no-local", "--quiet", "--", url, str(dest)],
+                timeout=timeout)
 
 
 def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
