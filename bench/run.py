@@ -227,7 +227,7 @@ class Bench:
     def case_create(self):
         """Both sides create their copies in turn, alternating which goes first, and nothing
         is deleted until every rep is timed: on this kind of disk, creating files right after
-        deleting many is several times slower, whichever side comes next (GIT_FACTS)."""
+        deleting many is several times slower, whichever side comes next (ARCHITECTURE.md)."""
         ours, floor = [], []
         reps = max(2, self.reps // 3)
 

@@ -1,6 +1,6 @@
-"""Adversarial input: every case exits with the code DESIGN.md documents, says what is wrong
-in one line on stderr (never a traceback), and leaves the root byte-for-byte as it was
-(every path, its content and mode; nothing excluded, not even ``events.jsonl``: a refused
+"""Adversarial input: every case exits with the code of README.md's exit-code table, says
+what is wrong in one line on stderr (never a traceback), and leaves the root byte-for-byte
+as it was (every path, its content and mode; nothing excluded, not even ``events.jsonl``: a refused
 request logs nothing). The one exception: a ``detect`` that reports damage (exit 1, not a
 refusal) may refresh its own verification cache, ``verified.json``.
 

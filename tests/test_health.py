@@ -391,7 +391,7 @@ def test_recover_that_cannot_succeed_isolates_the_slot(cli, pool, manager, upstr
     assert found.code == 1
     assert ids(found.json()["isolated_slots"]) == {"web-1"}
 
-    # The guide's idiom `if manager.recover_slot(...)` must see the failure.
+    # The health API's idiom `if manager.recover_slot(...)` must see the failure.
     outcome = manager.recover_slot("web-2")
     assert not outcome and outcome["recovered"] is False
     assert slots_of(manager, pool)["web-2"]["state"] == "error"
@@ -477,7 +477,7 @@ def test_healthy_pools_are_never_reported(cli, upstream, manager, procs):
     assert all(status[x["slot_id"]]["lease_id"] == x["lease_id"] for x in leases)
 
 
-# --- the guide's core API --------------------------------------------------------------------
+# --- the health API --------------------------------------------------------------------
 
 def test_guide_api_names_and_result_keys(pool, manager, procs, monkeypatch):
     p = manager.get_pool(pool)
@@ -532,7 +532,7 @@ def test_guide_api_names_and_result_keys(pool, manager, procs, monkeypatch):
 
 
 def test_the_guides_own_snippets_run_as_written(pool, manager):
-    """ERROR_RECOVERY_GUIDE.md's examples: isolated slots found through ``pool.slots`` and
+    """The health API's documented idioms: isolated slots found through ``pool.slots`` and
     ``SlotState``, their metadata, attribute access on detections, ``add_slot``."""
     from necropool import PoolManager, SlotState
 

@@ -1,5 +1,5 @@
 """Results of the core API: plain dicts (the JSON contract) that also read as attributes,
-so both ``slot["state"]`` and the guide's ``slot.state`` work."""
+so both ``slot["state"]`` and the health API's ``slot.state`` work."""
 
 
 class Record(dict):

@@ -1,10 +1,12 @@
-"""Auto-recover: detect, then heal what was found, each action re-checked under the pool
-lock; one action's failure stops no other. ``AutoRecovery`` is its typed result and
-``COUNTERS`` the one list of its counters (the manager sums them, the CLI prints them)."""
+"""Auto-recover: detect, then ``plan`` the steps that heal what was found, then ``apply``
+them, each re-checked under the pool lock as it runs; one step's failure stops no other.
+``AutoRecovery`` is its typed result and ``COUNTERS`` the one list of its counters (the
+manager sums them, the CLI prints them)."""
 
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,22 @@ class AutoRecovery:
                 "detected": self.detected}
 
 
+@dataclass
+class Step:
+    """One planned action: what ``run`` does to ``target``, counted in ``counter`` when it
+    is done. ``status`` set beforehand: decided without acting (``deferred``). A failed step
+    with ``on_failure`` runs it, and counts ``failure_counter`` when it returns True."""
+
+    counter: str | None
+    target: str
+    action: str
+    run: Callable[[], Any] | None = None
+    status: str | None = None
+    error: str | None = None
+    on_failure: Callable[[], bool] | None = None
+    failure_counter: str | None = None
+
+
 def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
                  recover_corrupted: bool = True, cleanup_orphaned_locks: bool = True,
                  force_release_long_allocated: bool = False, dry_run: bool = False,
@@ -79,105 +97,131 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
         pool.store.rotate_events()
     if found is None:
         found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
-    judged = found.judged.slots if found.judged else {}  # every action re-checks it
-    verifier = Verifier()  # one for every repair of this run: shared packs checked once
-    result = AutoRecovery(pool=pool.name, dry_run=dry_run)
-
-    def act(counter: str | None, target: str, action: str, fn: Callable[..., Any],
-            *args: Any, **kwargs: Any) -> Any:
-        entry = Action(target, action)
-        result.actions.append(entry)
-        if dry_run:  # counted as planned, so the counters show the plan
-            entry.status = "planned"
-            if counter:
-                result.counters[counter] += 1
-            return None
-        try:
-            outcome = fn(*args, **kwargs)
-        except Renewed as exc:  # the holder came back in time: nothing to do
-            entry.status, entry.error = "deferred", exc.message
-            return None
-        except Skipped as exc:  # the slot changed since it was judged: not an error
-            entry.status, entry.error = "skipped", exc.message
-            return None
-        except Exception as exc:  # one action's failure, expected or not, stops no other
-            entry.status, entry.error = "failed", explain(exc)
-            result.errors.append(f"{target}: {action}: {explain(exc)}")
-            return None
-        entry.status = "done"
-        if isinstance(outcome, Recovery):
-            entry.rescued, entry.error, entry.actions = (outcome.rescued, outcome.error,
-                                                         outcome.actions)
-        elif isinstance(outcome, Release):
-            entry.rescued = outcome.rescued
-        if counter:
-            result.counters[counter] += 1
-        return outcome
-
-    items = found.items
-    corrupted = {a.number for a in items["corrupted_slots"] if a.number is not None}
-    mirror_broken = any(a.path == str(pool.paths.mirror) for a in items["corrupted_slots"])
-    if any(a.path == str(pool.paths.state) for a in items["corrupted_slots"]):
-        act(None, "state.toml", "rewrite from the last good state", _rewrite_state, pool)
-    for a in items["stray_paths"]:
-        where = str(a.path)
-        path = Path(where)
-        if _orphan_slot(pool, path):  # a slot whose state entry was lost (crash in add)
-            act("slots_adopted", where, "adopt as a slot and recover", _adopt, pool,
-                int(path.name))
-            continue
-        action = "move aside" if os.path.lexists(path) else "recreate"
-        act("stray_paths_moved", where, action, _move_stray, pool, path)
-    if recover_corrupted and mirror_broken:
-        act(None, "mirror", "rebuild mirror from upstream", rebuild_mirror, pool)
-    if cleanup_orphaned_locks:
-        for a in items["orphaned_locks"]:
-            act("orphaned_locks_cleaned", str(a.path), "remove stale lock", _remove_lock, pool, a)
-    for a, number in _numbered(items["abandoned_slots"]):
-        if number in corrupted:
-            continue
-        if a.lease_id:
-            act("abandoned_released", str(a.slot_id), "release (holder dead)",
-                release, pool, number, lease_id=a.lease_id, reason="reclaim",
-                stop=True)
-        else:
-            act("abandoned_released", str(a.slot_id), "recover (worker dead)",
-                _recover_or_raise, pool, number, verifier=verifier, judged=judged.get(number))
-    for a, number in _numbered(items["expired_leases"]):  # the holder's own promise
-        if number not in corrupted:
-            act("expired_released", str(a.slot_id), "release (lease expired)", release,
-                pool, number, lease_id=a.lease_id, reason="expire", expired_only=True,
-                stop=True)
-    if force_release_long_allocated:
-        for a, number in _numbered(items["long_allocated_slots"]):
-            if number not in corrupted:
-                act("long_allocated_released", str(a.slot_id), "force release",
-                    release, pool, number, lease_id=a.lease_id,
-                    reason="force_release", stop=True)
-    if recover_corrupted:
-        abandoned = {n for _, n in _numbered(items["abandoned_slots"] + items["expired_leases"])}
-        for a, number in _numbered(items["corrupted_slots"]):
-            slot = judged.get(number)
-            if slot is not None and live_allocation(slot, abandoned):
-                result.actions.append(Action(str(a.slot_id), "recover", status="deferred",
-                                             error="allocated to a live holder: recovered "
-                                                   "once released"))
-                continue
-            outcome = act("corrupted_recovered", str(a.slot_id), "recover", _recover_or_raise,
-                          pool, number, force=bool(_dead_lease(found, number)),
-                          verifier=verifier, judged=slot)
-            if (outcome is None and not dry_run and result.actions[-1].status == "failed"
-                    and _isolate_failed(pool, number)):
-                result.counters["corrupted_isolated"] += 1
-    if days := pool.settings.rescued_retention_days:
-        for item in rescued.older(pool, days * 86400, detail=False):  # no history read
-            act("rescued_pruned", item["path"], f"delete rescued work older than {days:g} days",
-                rescued.discard, pool, [item])
+    steps = plan(pool, found, recover_corrupted=recover_corrupted,
+                 cleanup_orphaned_locks=cleanup_orphaned_locks,
+                 force_release_long_allocated=force_release_long_allocated)
+    result = apply(pool, steps, dry_run=dry_run)
     result.detected = found.to_dict()
     if not dry_run:
         pool.event("auto_recover", errors=len(result.errors), actions=len(result.actions))
         pool.store.heartbeat()
     return result
+
+
+def plan(pool: Pool, found: Findings, *, recover_corrupted: bool = True,
+         cleanup_orphaned_locks: bool = True,
+         force_release_long_allocated: bool = False) -> list[Step]:
+    """The steps that heal what ``found`` holds, in order; nothing is done here. Each step
+    re-checks, as it runs, that its slot is still as it was judged."""
+    judged = found.judged.slots if found.judged else {}
+    verifier = Verifier()  # one for every repair of this run: shared packs checked once
+    steps: list[Step] = []
+
+    def step(counter: str | None, target: str, action: str, fn: Callable[..., Any],
+             *args: Any, **kwargs: Any) -> Step:
+        steps.append(Step(counter, target, action, partial(fn, *args, **kwargs)))
+        return steps[-1]
+
+    items = found.items
+    corrupted = {a.number for a in items["corrupted_slots"] if a.number is not None}
+    mirror_broken = any(a.path == str(pool.paths.mirror) for a in items["corrupted_slots"])
+    if any(a.path == str(pool.paths.state) for a in items["corrupted_slots"]):
+        step(None, "state.toml", "rewrite from the last good state", _rewrite_state, pool)
+    for a in items["stray_paths"]:
+        path = Path(str(a.path))
+        if _orphan_slot(pool, path):  # a slot whose state entry was lost (crash in add)
+            step("slots_adopted", str(path), "adopt as a slot and recover", _adopt, pool,
+                 int(path.name))
+        else:
+            action = "move aside" if os.path.lexists(path) else "recreate"
+            step("stray_paths_moved", str(path), action, _move_stray, pool, path)
+    if recover_corrupted and mirror_broken:
+        step(None, "mirror", "rebuild mirror from upstream", rebuild_mirror, pool)
+    if cleanup_orphaned_locks:
+        for a in items["orphaned_locks"]:
+            step("orphaned_locks_cleaned", str(a.path), "remove stale lock", _remove_lock,
+                 pool, a)
+    for a, number in _numbered(items["abandoned_slots"]):
+        if number in corrupted:
+            continue
+        if a.lease_id:
+            step("abandoned_released", str(a.slot_id), "release (holder dead)", release,
+                 pool, number, lease_id=a.lease_id, reason="reclaim", stop=True)
+        else:
+            step("abandoned_released", str(a.slot_id), "recover (worker dead)",
+                 _recover_or_raise, pool, number, verifier=verifier, judged=judged.get(number))
+    for a, number in _numbered(items["expired_leases"]):  # the holder's own promise
+        if number not in corrupted:
+            step("expired_released", str(a.slot_id), "release (lease expired)", release,
+                 pool, number, lease_id=a.lease_id, reason="expire", expired_only=True,
+                 stop=True)
+    if force_release_long_allocated:
+        for a, number in _numbered(items["long_allocated_slots"]):
+            if number not in corrupted:
+                step("long_allocated_released", str(a.slot_id), "force release", release,
+                     pool, number, lease_id=a.lease_id, reason="force_release", stop=True)
+    if recover_corrupted:
+        abandoned = {n for _, n in _numbered(items["abandoned_slots"] + items["expired_leases"])}
+        for a, number in _numbered(items["corrupted_slots"]):
+            slot = judged.get(number)
+            if slot is not None and live_allocation(slot, abandoned):
+                steps.append(Step(None, str(a.slot_id), "recover", status="deferred",
+                                  error="allocated to a live holder: recovered once released"))
+                continue
+            repair = step("corrupted_recovered", str(a.slot_id), "recover", _recover_or_raise,
+                          pool, number, force=bool(_dead_lease(found, number)),
+                          verifier=verifier, judged=slot)
+            repair.on_failure = partial(_isolate_failed, pool, number)
+            repair.failure_counter = "corrupted_isolated"
+    if days := pool.settings.rescued_retention_days:
+        for item in rescued.older(pool, days * 86400, detail=False):  # no history read
+            step("rescued_pruned", item["path"], f"delete rescued work older than {days:g} days",
+                 rescued.discard, pool, [item])
+    return steps
+
+
+def apply(pool: Pool, steps: list[Step], *, dry_run: bool = False) -> AutoRecovery:
+    """Run the steps in order (with ``dry_run``, only count them as planned); one step's
+    failure stops no other."""
+    result = AutoRecovery(pool=pool.name, dry_run=dry_run)
+    for planned in steps:
+        entry = Action(planned.target, planned.action, planned.status, planned.error)
+        result.actions.append(entry)
+        if entry.status is not None or planned.run is None:
+            continue
+        if dry_run:  # counted as planned, so the counters show the plan
+            entry.status = "planned"
+        else:
+            _run(planned, entry, result)
+        if planned.counter and entry.status in ("planned", "done"):
+            result.counters[planned.counter] += 1
+    return result
+
+
+def _run(planned: Step, entry: Action, result: AutoRecovery) -> None:
+    """Do one step, recording its outcome in ``entry`` (and ``result``'s errors)."""
+    assert planned.run is not None
+    try:
+        outcome = planned.run()
+    except Renewed as exc:  # the holder came back in time: nothing to do
+        entry.status, entry.error = "deferred", exc.message
+        return
+    except Skipped as exc:  # the slot changed since it was judged: not an error
+        entry.status, entry.error = "skipped", exc.message
+        return
+    except Exception as exc:  # one action's failure, expected or not, stops no other
+        entry.status, entry.error = "failed", explain(exc)
+        result.errors.append(f"{planned.target}: {planned.action}: {explain(exc)}")
+        if planned.on_failure is not None and planned.on_failure() \
+                and planned.failure_counter:
+            result.counters[planned.failure_counter] += 1
+        return
+    entry.status = "done"
+    if isinstance(outcome, Recovery):
+        entry.rescued, entry.error, entry.actions = (outcome.rescued, outcome.error,
+                                                     outcome.actions)
+    elif isinstance(outcome, Release):
+        entry.rescued = outcome.rescued
 
 
 def _numbered(anomalies: list[Anomaly]) -> list[tuple[Anomaly, int]]:

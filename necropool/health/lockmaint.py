@@ -1,4 +1,4 @@
-"""Lock maintenance: the guide's ``lock_manager``
+"""Lock maintenance: the health API's ``lock_manager``
 API over the slot lock files of every pool of a root."""
 
 import os
@@ -65,7 +65,7 @@ class LockManager:
 
     def force_unlock(self, slot: "str | Pool", number: int | None = None) -> bool:
         """Remove a slot's lock file even if held: the holder's lock stops guarding anything.
-        ``slot`` is a slot id or path (the guide's ``force_unlock(slot_id)``), or a pool
+        ``slot`` is a slot id or path (the health API's ``force_unlock(slot_id)``), or a pool
         with ``number``. False when there was no lock file."""
         from necropool.pool.pool import resolve_slot
 

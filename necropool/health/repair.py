@@ -80,7 +80,7 @@ def _unchanged(judged: Slot, slot: Slot) -> bool:
 
 
 class _Truthy(Record):
-    """A recovery as a dict, false when the slot was not recovered, so the guide's
+    """A recovery as a dict, false when the slot was not recovered, so the health API's
     ``success = manager.recover_slot(...)`` / ``if success:`` idiom holds."""
 
     def __bool__(self) -> bool:

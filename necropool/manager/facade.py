@@ -1,7 +1,7 @@
-"""``PoolManager``: the core's public API (the names of ERROR_RECOVERY_GUIDE.md), a thin
-facade over ``pool``/``admin``/``sync``/``views``, the lease modules and
-the health modules (``detect``, ``repair``, ``autorecover``, ``lockmaint``); ``walk`` runs
-the commands over several pools. The CLI talks to this and nothing else."""
+"""``PoolManager``: the core's public API, a thin facade over the floors below (pools and
+their administration, leases, health, the fleet); its health methods keep the names of the
+original request (ARCHITECTURE.md, Health). ``walk`` runs the commands over several pools.
+The CLI talks to this and nothing else."""
 
 import time
 from collections.abc import Iterator
@@ -39,7 +39,7 @@ class PoolManager:
     # cleanup, ...).
 
     def __init__(self, settings: Settings | None = None, *, config: Settings | None = None):
-        """``config`` is the guide's name for the same settings."""
+        """``config`` is the health API's name for the same settings."""
         self.settings = settings or config or load_settings()
 
     @property
@@ -90,7 +90,7 @@ class PoolManager:
         return admin.add_slots(self.get_pool(name), count, progress)
 
     def add_slot(self, name: str) -> str:
-        """One more slot (the guide's ``add_slot(repo_name)``); returns its id."""
+        """One more slot (the health API's ``add_slot(repo_name)``); returns its id."""
         return self.add_slots(name)[0]
 
     def remove_slot(self, slot_ref: str, force: bool = False,
@@ -329,7 +329,7 @@ class PoolManager:
     # --- health -------------------------------------------------------------------------------
     def detect_anomalies(self, name: str | None = None, max_allocation_hours=None,
                          deep: bool = False, host: str | None = None) -> dict[str, list]:
-        """``{kind: [anomaly, ...]}`` over one pool or all, with the guide's keys (those on
+        """``{kind: [anomaly, ...]}`` over one pool or all, with the health API's keys (those on
         ``host`` only, if given), and ``errors``: ``"POOL: why"`` for each pool that could
         not be checked (as ``auto_recover`` reports them); the others are checked all the
         same. A directory under pools/ that is not a pool is a stray path."""
@@ -377,7 +377,7 @@ class PoolManager:
     def auto_recover(self, name: str | None = None, *, max_allocation_hours=None,
                      recover_corrupted: bool = True, cleanup_orphaned_locks: bool = True,
                      force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
-        """The guide's counters summed over the pools, plus per-pool details."""
+        """The health API's counters summed over the pools, plus per-pool details."""
         from necropool.health.autorecover import auto_recover, zero_counters
 
         check_hours(max_allocation_hours)

@@ -96,7 +96,7 @@ class Pool:
 
     @property
     def slots(self) -> list[Record]:
-        """Every slot as ``status`` reports it, by number (the guide's ``pool.slots``)."""
+        """Every slot as ``status`` reports it, by number (the health API's ``pool.slots``)."""
         current = self.read_state()
         return [describe_slot(self, current.slots[n]) for n in sorted(current.slots)]
 
@@ -152,7 +152,7 @@ def describe_slot(pool: "Pool", slot: Slot, host: str | None = None,
                   path: str | None = None) -> Record:
     """A slot as ``status``/``allocate`` report it (the JSON contract). ``metadata`` is the
     lease's; an isolated slot's carries ``isolated_at`` and ``isolation_reason`` (as the
-    guide reads them). ``host`` and ``path``: a slot of another host in the fleet, shown as
+    health API reads them). ``host`` and ``path``: a slot of another host in the fleet, shown as
     the ledger has it (its id ``POOL-N@HOST``; the commit it was last cleaned to)."""
     remote = host is not None and host != hostname()
     where = Path(path) if remote and path else pool.slot_dir(slot.number)

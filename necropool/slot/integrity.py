@@ -1,8 +1,9 @@
 """Repository integrity ("fsck") that costs well under a second per slot.
 
-Measured (GIT_FACTS): checking each pack's trailing SHA-1, hashing loose objects and reading
-HEAD's trees with libgit2's strict hash checks catches what ``git fsck --full`` does on the
-objects a checkout depends on, at ~1/100 of its cost. Hard-linked packs are checked once
+Measured (ARCHITECTURE.md, facts the design rests on): checking each pack's trailing
+SHA-1, hashing loose objects and reading HEAD's trees with libgit2's strict hash checks
+catches what ``git fsck --full`` does on the objects a checkout depends on, at ~1/100 of
+its cost. Hard-linked packs are checked once
 per inode, and a tree already proven complete over the same packs is not walked again.
 """
 
