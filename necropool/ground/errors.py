@@ -1,5 +1,8 @@
 """Exceptions of the core; each carries the exit code the CLI reports."""
 
+from types import TracebackType
+from typing import Any
+
 
 class NecropoolError(Exception):
     """Base error: ``code`` is a stable machine-readable name, ``exit_code`` the CLI status."""
@@ -7,7 +10,7 @@ class NecropoolError(Exception):
     exit_code = 3
     code = "failed"
 
-    def __init__(self, message: str, **details):
+    def __init__(self, message: str, **details: object):
         super().__init__(message)
         self.message = message
         self.details = details
@@ -72,24 +75,25 @@ class PoolStep:
     def __enter__(self) -> "PoolStep":
         return self
 
-    def __exit__(self, kind, exc, traceback) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> bool:
         if not isinstance(exc, POOL_FAILURES):
             return False
         self.exc, self.error = exc, explain(exc)
         return True
 
-    def broken(self) -> dict:
+    def broken(self) -> dict[str, str | None]:
         """The pool's entry as ``list`` and ``status`` report a broken pool."""
         return {"pool": self.pool, "error": self.error}
 
 
-def fail_for(broken: list[dict]) -> None:
+def fail_for(broken: list[dict[str, Any]]) -> None:
     """After showing what could be read: fail (exit 3) naming each pool that could not."""
     if broken:
         raise OperationFailed(named(broken))
 
 
-def named(broken: list[dict]) -> str:
+def named(broken: list[dict[str, Any]]) -> str:
     """``pool NAME: why; ...`` for the ``{"pool", "error"}`` entries of broken pools."""
     return "; ".join(f"pool {b['pool']}: {b['error']}" for b in broken)
 
