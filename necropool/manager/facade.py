@@ -6,9 +6,10 @@ the commands over several pools. The CLI talks to this and nothing else."""
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from necropool.ground.config import PoolSpec, Settings, load_settings
 from necropool.ground.errors import (
@@ -23,7 +24,7 @@ from necropool.ground.proc import Holder, hostname
 from necropool.ground.results import Record
 from necropool.ground.validate import check_hours
 from necropool.lease import renew as leases
-from necropool.lease.allocate import allocate, default_owner
+from necropool.lease.allocate import AllocateRequest, allocate, default_owner
 from necropool.lease.release import release
 from necropool.manager import views, walk
 from necropool.pool import pool as pools
@@ -143,39 +144,46 @@ class PoolManager:
         return sync(self.settings, prune, progress)
 
     # --- lifecycle ----------------------------------------------------------------------------
-    def allocate_slot(self, name: str, *, owner=None, pid: int | None = None, ttl=None,
-                      metadata=None, wait: float = 0, fetch: bool | None = None,
-                      any_host: bool = False) -> dict:
-        """``any_host``: when this host has no free slot, a clean one of another host of the
-        fleet (its ``slot_host`` and ``path`` say where)."""
-        holder = None
+    def allocate_slot(self, name: str, request: AllocateRequest | None = None, *,
+                      owner: str | None = None, pid: int | None = None,
+                      ttl: float | None = None, metadata: dict[str, str] | None = None,
+                      wait: float = 0, fetch: bool | None = None,
+                      any_host: bool = False) -> dict[str, Any]:
+        """A slot under a new lease: as ``request`` asks, or as the keywords do (the guide's
+        form). ``pid``: the holder process (either way). ``any_host``: when this host has no
+        free slot, a clean one of another host of the fleet (its ``slot_host`` and ``path``
+        say where)."""
+        if request is None:
+            request = AllocateRequest(owner=owner, ttl=ttl, metadata=metadata or {}, wait=wait,
+                                      fetch=fetch, any_host=any_host)
         if pid is not None:
             holder = Holder.of(pid)
             if holder is None:
                 raise UsageError(f"no process with pid {pid} on this host")
-        pool = self.fleet_pool(name) if any_host else self.get_pool(name)
-        deadline = time.monotonic() + (wait or 0)
+            request = replace(request, holder=holder)
+        pool = self.fleet_pool(name) if request.any_host else self.get_pool(name)
+        deadline = time.monotonic() + request.wait
         while True:
             try:
                 if not pool.local:  # no slot here: only the others
                     raise TryAgain(f"no free slot in pool {name!r} on any host")
-                grant = allocate(
-                    pool, owner=owner, holder=holder, ttl=ttl, metadata=metadata, fetch=fetch,
-                    wait=min(wait, max(0.0, deadline - time.monotonic()), 1.0) if any_host
-                    else wait)
+                grant = allocate(pool, replace(
+                    request, wait=min(request.wait, max(0.0, deadline - time.monotonic()), 1.0))
+                    if request.any_host else request)
             except TryAgain:
-                if not any_host:
+                if not request.any_host:
                     raise
                 from necropool.fleet import remote as fleet
 
-                remote = fleet.allocate(pool, owner=owner or default_owner(),
-                                        holder=holder, ttl=ttl, metadata=metadata or {})
+                remote = fleet.allocate(pool, owner=request.owner or default_owner(),
+                                        holder=request.holder, ttl=request.ttl,
+                                        metadata=request.metadata)
                 if remote is not None:
                     return {**views.describe_slot(pool, remote.slot, remote.host, remote.path),
                             "fetch_error": None}
                 if time.monotonic() >= deadline:
                     raise
-                fetch = False  # fetched once is enough
+                request = replace(request, fetch=False)  # fetched once is enough
                 if not pool.local:
                     time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
                 continue
@@ -219,20 +227,32 @@ class PoolManager:
         return self.fleet_pool(name), number, host
 
     @contextmanager
-    def slot(self, name: str, **allocate_options) -> Iterator[dict]:
+    def slot(self, name: str, request: AllocateRequest | None = None, *,
+             owner: str | None = None, pid: int | None = None, ttl: float | None = None,
+             metadata: dict[str, str] | None = None, wait: float = 0,
+             fetch: bool | None = None, any_host: bool = False) -> Iterator[dict[str, Any]]:
         """``with manager.slot("web", ttl=600) as slot:``: a slot allocated for the block and
         released (its lease only) when the block ends, also on an exception."""
-        slot = self.allocate_slot(name, **allocate_options)
+        slot = self.allocate_slot(name, request, owner=owner, pid=pid, ttl=ttl,
+                                  metadata=metadata, wait=wait, fetch=fetch,
+                                  any_host=any_host)
         try:
             yield slot
         finally:
             self.release_slot(slot["slot_id"], lease_id=slot["lease_id"])
 
-    def run(self, name: str, argv: list[str], stdout=None,
-            **allocate_options) -> "RunResult":
+    def run(self, name: str, argv: list[str], stdout: IO[Any] | None = None,
+            request: AllocateRequest | None = None, *, owner: str | None = None,
+            ttl: float | None = None, metadata: dict[str, str] | None = None,
+            wait: float = 0, fetch: bool | None = None) -> "RunResult":
+        """``argv`` in a slot allocated as ``request`` (or the keywords) asks, held by this
+        process; see ``lease.run``."""
         from necropool.lease.run import run
 
-        return run(self.get_pool(name), argv, stdout=stdout, **allocate_options)
+        if request is None:
+            request = AllocateRequest(owner=owner, ttl=ttl, metadata=metadata or {}, wait=wait,
+                                      fetch=fetch)
+        return run(self.get_pool(name), argv, request, stdout=stdout)
 
     def log(self, name: str, since: datetime | None = None) -> list[dict]:
         return self.get_pool(name).store.read_events(since)

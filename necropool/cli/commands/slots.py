@@ -3,7 +3,7 @@
 import json
 import sys
 from datetime import timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,6 +24,9 @@ from necropool.ground.clock import now, parse_duration
 from necropool.ground.errors import UsageError, fail_for
 from necropool.ground.validate import parse_metadata
 
+if TYPE_CHECKING:
+    from necropool.lease.allocate import AllocateRequest
+
 Owner = Annotated[str | None, typer.Option("--owner", metavar="NAME",
                                            help="Who holds the slot (default: $USER)")]
 Pid = Annotated[int | None, typer.Option(
@@ -37,14 +40,18 @@ Wait = Annotated[str | None, typer.Option("--wait", metavar="DURATION",
 NoFetch = Annotated[bool, typer.Option("--no-fetch", help="Do not fetch upstream first")]
 
 
-def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
-    return {
-        "owner": owner,
-        "ttl": parse_duration(ttl, "--ttl") if ttl is not None else None,
-        "metadata": parse_metadata(meta or []),
-        "wait": parse_duration(wait, "--wait") if wait is not None else 0,
-        "fetch": False if no_fetch else None,
-    }
+def _request(owner: str | None, ttl: str | None, meta: list[str] | None, wait: str | None,
+             no_fetch: bool, any_host: bool = False) -> "AllocateRequest":
+    from necropool.lease.allocate import AllocateRequest  # lazy: the core loads per command
+
+    return AllocateRequest(
+        owner=owner,
+        ttl=parse_duration(ttl, "--ttl") if ttl is not None else None,
+        metadata=parse_metadata(meta or []),
+        wait=parse_duration(wait, "--wait") if wait is not None else 0,
+        fetch=False if no_fetch else None,
+        any_host=any_host,
+    )
 
 
 @command("allocate",
@@ -77,8 +84,8 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
     from necropool.ground.proc import hostname
 
     out = G.out(json_out)
-    options = _allocate_options(owner, ttl, meta, wait, no_fetch)
-    data = G.manager().allocate_slot(pool, pid=pid, any_host=any_host, **options)
+    request = _request(owner, ttl, meta, wait, no_fetch, any_host)
+    data = G.manager().allocate_slot(pool, request, pid=pid)
     if data.get("fetch_error"):
         out.note(f"warning: upstream fetch failed, slot is at the mirror's tip: "
                  f"{data['fetch_error']}")
@@ -197,10 +204,9 @@ def run(
     """Run a command in a freshly allocated slot, release it afterwards, exit with its status
     (3 if it succeeded but the slot could not be cleaned)."""
     out = G.out(json_out)
-    options = _allocate_options(owner, ttl, meta, wait, no_fetch)
+    request = _request(owner, ttl, meta, wait, no_fetch)
     # under --json, stdout carries our one object: the command's output goes to stderr
-    result = G.manager().run(pool, list(command), stdout=sys.stderr if out.json else None,
-                             **options)
+    result = G.manager().run(pool, list(command), sys.stderr if out.json else None, request)
     # A command that succeeded in a slot that could not be released is a partial failure
     # (3); a command that failed keeps its own status, the more useful signal to a CI step.
     code = 3 if result.release_error and result.code == 0 else result.code
