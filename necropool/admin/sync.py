@@ -4,6 +4,7 @@ entry and the other pools still go ahead."""
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from necropool.admin.pools import Progress, add_slots, create, delete, remove_slot
 from necropool.git import commands as git
@@ -15,7 +16,8 @@ from necropool.pool.pool import Pool, PoolDef, list_pools
 from necropool.store.model import AVAILABLE
 
 
-def sync(settings: Settings, prune: bool = False, progress: Progress | None = None) -> list[dict]:
+def sync(settings: Settings, prune: bool = False,
+         progress: Progress | None = None) -> list[dict[str, Any]]:
     """Create or grow the pools the config file declares and converge their settings; shrink
     or delete only with prune. One entry per pool; a pool that fails is reported in its entry
     (``"action": "failed"``) and the other pools still go ahead."""
@@ -32,10 +34,10 @@ def sync(settings: Settings, prune: bool = False, progress: Progress | None = No
     return actions
 
 
-def _attempt(name: str, step: Callable[..., None], *args) -> dict:
+def _attempt(name: str, step: Callable[..., None], *args: object) -> dict[str, Any]:
     """Run one pool's sync step, which fills in its action entry; a failure is recorded there
     (after whatever the step had already done) instead of ending the run."""
-    entry = {"pool": name}
+    entry: dict[str, Any] = {"pool": name}
     with PoolStep(name) as attempt:
         step(entry, *args)
     if attempt.error:
@@ -43,7 +45,7 @@ def _attempt(name: str, step: Callable[..., None], *args) -> dict:
     return entry
 
 
-def _sync_pool(entry: dict, settings: Settings, spec: PoolSpec, exists: bool, prune: bool,
+def _sync_pool(entry: dict[str, Any], settings: Settings, spec: PoolSpec, exists: bool, prune: bool,
                progress: Progress | None) -> None:
     if not exists:
         create(settings, spec, progress)
@@ -62,7 +64,7 @@ def _sync_pool(entry: dict, settings: Settings, spec: PoolSpec, exists: bool, pr
         entry.update(action="updated" if changed else "unchanged", slots=have)
 
 
-def _drop_pool(entry: dict, settings: Settings, name: str) -> None:
+def _drop_pool(entry: dict[str, Any], settings: Settings, name: str) -> None:
     delete(Pool(settings, name))
     entry["action"] = "deleted"
 
@@ -70,7 +72,7 @@ def _drop_pool(entry: dict, settings: Settings, name: str) -> None:
 POOL_SETTINGS = ("branch", "keep_ignored", "fetch_on_allocate", "fetch_backend")
 
 
-def _converge(pool: Pool, spec: PoolSpec) -> dict:
+def _converge(pool: Pool, spec: PoolSpec) -> dict[str, Any]:
     """Rewrite ``pool.toml`` with the settings the spec declares; return what changed as
     ``{key: [old, new]}``. A new branch must exist in the mirror (slots move to it at their
     next cleanup); a new url is refused: the mirror would be of another repository."""
