@@ -5,7 +5,8 @@ a lease ended from elsewhere leaves the slot free but marked for cleanup, which 
 does before handing it out again."""
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from necropool.ground.clock import now
 from necropool.ground.errors import Conflict, NotFound, UsageError
@@ -43,7 +44,7 @@ def store_of(pool: Pool) -> PgStore:
     return pool.store
 
 
-def slots(pool: Pool, host: str | None = None) -> tuple[list[FleetSlot], dict]:
+def slots(pool: Pool, host: str | None = None) -> tuple[list[FleetSlot], dict[str, datetime]]:
     """Every slot of the pool in the fleet (on ``host`` only, if given), and each host's
     last sign of life."""
     return fleet(store_of(pool).dsn, pool.name, host)
@@ -59,7 +60,7 @@ class Remote:
 
 
 def allocate(pool: Pool, *, owner: str, holder: Holder | None, ttl: float | None,
-             metadata: dict) -> Remote | None:
+             metadata: dict[str, str]) -> Remote | None:
     """A lease on a free, clean slot of another host (the host with most such slots first);
     None when there is none."""
     store = store_of(pool)
@@ -86,7 +87,7 @@ def find(pool: Pool, host: str, number: int) -> FleetSlot:
     raise NotFound(f"slot {slot_id(pool, number, host)} does not exist")
 
 
-def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict:
+def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict[str, Any]:
     """End the lease of another host's slot (the current one, unless ``lease_id`` names
     it): the slot is free again, marked for cleanup by its own host."""
     sid = slot_id(pool, number, host)
