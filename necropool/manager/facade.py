@@ -22,6 +22,7 @@ from necropool.ground.errors import (
 )
 from necropool.ground.proc import Holder, hostname
 from necropool.ground.results import Record
+from necropool.ground.slotref import SlotRef
 from necropool.ground.validate import check_hours
 from necropool.lease import renew as leases
 from necropool.lease.allocate import AllocateRequest, allocate, default_owner
@@ -128,14 +129,15 @@ class PoolManager:
         data["rescued_count"], data["rescued_bytes"] = rescued.usage(pool)
         return data
 
-    def slot_status(self, slot_ref: str) -> dict:
-        if remote := self._remote(slot_ref):
+    def slot_status(self, slot_ref: str) -> dict[str, Any]:
+        ref = SlotRef.parse(slot_ref)
+        if remote := self._remote(ref):
             from necropool.fleet import remote as fleet
 
             pool, number, host = remote
             found = fleet.find(pool, host, number)
             return views.describe_slot(pool, found.slot, found.host, found.path)
-        pool, number = pools.resolve_slot(self.settings, slot_ref.split("@")[0])
+        pool, number = pools.resolve_slot(self.settings, ref)
         return views.describe_slot(pool, pools.get_slot(pool.read_state(), pool, number))
 
     def sync(self, prune: bool = False, progress=None) -> list[dict]:
@@ -195,36 +197,33 @@ class PoolManager:
                      fetch: bool | None = None, stop: bool = False) -> dict:
         """``stop``: end processes still running in the slot instead of refusing. A slot of
         another host (``POOL-N@HOST``) is only given back: its host cleans it."""
-        if remote := self._remote(slot_ref):
+        ref = SlotRef.parse(slot_ref)
+        if remote := self._remote(ref):
             from necropool.fleet import remote as fleet
 
             pool, number, host = remote
             return fleet.release(pool, host, number, lease_id)
-        pool, number = pools.resolve_slot(self.settings, slot_ref)
+        pool, number = pools.resolve_slot(self.settings, ref)
         return release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch,
                                  stop=stop).to_dict()
 
     def renew_slot(self, slot_ref: str, lease_id: str, ttl: float | None = None) -> dict:
         """Extend a lease by ``ttl`` seconds from now (default: its own TTL)."""
-        if remote := self._remote(slot_ref):
+        ref = SlotRef.parse(slot_ref)
+        if remote := self._remote(ref):
             from necropool.fleet import remote as fleet
 
             pool, number, host = remote
             renewed = fleet.renew(pool, host, number, lease_id, ttl)
             return views.describe_slot(pool, renewed.slot, renewed.host, renewed.path)
-        pool, number = pools.resolve_slot(self.settings, slot_ref)
+        pool, number = pools.resolve_slot(self.settings, ref)
         return views.describe_slot(pool, leases.renew(pool, number, lease_id, ttl))
 
-    def _remote(self, slot_ref: str) -> tuple[pools.Pool, int, str] | None:
+    def _remote(self, ref: SlotRef) -> tuple[pools.Pool, int, str] | None:
         """A slot of another host (``POOL-N@HOST``): its pool, number and host."""
-        if not isinstance(slot_ref, str) or "@" not in slot_ref or "/" in slot_ref:
+        if ref.host is None:
             return None
-        from necropool.fleet import remote as fleet
-
-        name, number, host = fleet.resolve(slot_ref)
-        if host is None:  # this host, named
-            return None
-        return self.fleet_pool(name), number, host
+        return self.fleet_pool(ref.pool), ref.number, ref.host
 
     @contextmanager
     def slot(self, name: str, request: AllocateRequest | None = None, *,

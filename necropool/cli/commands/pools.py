@@ -12,6 +12,7 @@ from necropool.cli.progress import progress_bar
 from necropool.cli.registry import command
 from necropool.ground.config import PoolSpec
 from necropool.ground.errors import OperationFailed, PoolStep, UsageError, fail_for
+from necropool.ground.slotref import SlotRef
 
 DiscardWork = Annotated[bool, typer.Option(
     "--discard-work", help="With --force: do not save the holders' work first")]
@@ -256,8 +257,7 @@ def _all_pools(manager, host: str | None) -> tuple[list[dict], list[dict]]:
 
 def _is_slot(manager, target: str) -> bool:
     """A name that is not a pool but parses as ``<pool>-<n>[@<host>]`` is a slot id."""
-    return (target not in manager.pool_names()
-            and target.split("@")[0].rsplit("-", 1)[-1].isdigit())
+    return target not in manager.pool_names() and SlotRef.looks_like(target)
 
 
 @command("sync",
