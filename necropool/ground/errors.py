@@ -1,7 +1,9 @@
 """Exceptions of the core; each carries the exit code the CLI reports."""
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Generic, Never, TypeVar
 
 
 class NecropoolError(Exception):
@@ -61,11 +63,25 @@ class Skipped(Conflict):
 POOL_FAILURES = (NecropoolError, OSError)
 
 
+T_co = TypeVar("T_co", covariant=True)
+
+
+@dataclass(frozen=True)
+class PoolOutcome(Generic[T_co]):
+    """One pool's part of a command over several pools, as the core reports it: what it
+    gave (``result``) or, when it failed, why (``error``, one line; ``result`` is then what
+    was done before the failure, if anything). Only the CLI turns it into text or JSON."""
+
+    pool: str
+    result: T_co | None = None
+    error: str | None = None
+
+
 class PoolStep:
     """One pool's part of a command over several pools, under the rule above: ``with
     PoolStep(name) as step:`` ends the block on a failure of ``POOL_FAILURES`` without
     raising it, keeping it as ``step.exc`` and its one-line ``step.error``; the caller
-    reports it (``step.broken()``, or ``"NAME: error"``) and goes on with the next pool."""
+    reports it (``step.failure()``) and goes on with the next pool."""
 
     def __init__(self, pool: str):
         self.pool = pool
@@ -82,20 +98,20 @@ class PoolStep:
         self.exc, self.error = exc, explain(exc)
         return True
 
-    def broken(self) -> dict[str, str | None]:
-        """The pool's entry as ``list`` and ``status`` report a broken pool."""
-        return {"pool": self.pool, "error": self.error}
+    def failure(self) -> PoolOutcome[Never]:
+        """The pool's outcome after the block failed."""
+        return PoolOutcome(self.pool, error=self.error)
 
 
-def fail_for(broken: list[dict[str, Any]]) -> None:
+def fail_for(broken: Sequence[PoolOutcome[object]]) -> None:
     """After showing what could be read: fail (exit 3) naming each pool that could not."""
     if broken:
         raise OperationFailed(named(broken))
 
 
-def named(broken: list[dict[str, Any]]) -> str:
-    """``pool NAME: why; ...`` for the ``{"pool", "error"}`` entries of broken pools."""
-    return "; ".join(f"pool {b['pool']}: {b['error']}" for b in broken)
+def named(broken: Sequence[PoolOutcome[object]]) -> str:
+    """``pool NAME: why; ...`` for the pools that failed."""
+    return "; ".join(f"pool {b.pool}: {b.error}" for b in broken)
 
 
 def explain(exc: BaseException) -> str:

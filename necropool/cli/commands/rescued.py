@@ -11,7 +11,7 @@ from necropool.cli.human import plural, relative, right_cut, size
 from necropool.cli.params import Format, Json, NoHeaders, OptionalPoolArg
 from necropool.cli.registry import group, group_app, subcommand
 from necropool.ground.clock import parse_duration
-from necropool.ground.errors import UsageError, fail_for
+from necropool.ground.errors import PoolOutcome, UsageError, fail_for
 
 app = group_app()
 group("rescued", app, help="Manage the work saved from slots before they were reset: list, "
@@ -84,7 +84,7 @@ def list_(pool: OptionalPoolArg = None, fmt: Format = None, no_headers: NoHeader
           json_out: Json = False) -> None:
     """List saved work: bundles of holders' work and moved-aside trees, oldest first."""
     out = G.out(json_out, fmt, no_headers)
-    broken: list[dict] = []
+    broken: list[PoolOutcome[object]] = []
     items = G.manager().rescued_list(pool, broken=broken)
     if out.json:
         out.emit({"items": items, "total_bytes": sum(i["size_bytes"] for i in items)})
@@ -189,7 +189,7 @@ def prune(
         raise UsageError("--dry-run and --yes exclude each other: pick one")
     out = G.out(json_out)
     seconds = parse_duration(older_than, "--older-than")
-    broken: list[dict] = []
+    broken: list[PoolOutcome[object]] = []
     items = G.manager().rescued_prune(pool, seconds, apply=yes, broken=broken)
     total = sum(i["size_bytes"] for i in items)
     if out.json:

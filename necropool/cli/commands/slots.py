@@ -21,7 +21,7 @@ from necropool.cli.params import (
 )
 from necropool.cli.registry import command
 from necropool.ground.clock import now, parse_duration
-from necropool.ground.errors import UsageError, fail_for
+from necropool.ground.errors import PoolOutcome, UsageError, fail_for
 from necropool.ground.validate import parse_metadata
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ def log(
     cutoff = None
     if since is not None:
         cutoff = now() - timedelta(seconds=parse_duration(since, "--since"))
-    broken: list[dict] = []
+    broken: list[PoolOutcome[object]] = []
     records = G.manager().watch_log(pool, host, broken, since=cutoff,
                                     kinds=set(event) if event else None, last=tail,
                                     follow=follow)
