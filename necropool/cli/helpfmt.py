@@ -2,6 +2,7 @@
 ``-- COMMAND [ARG]...``), command summaries never cut, and an Examples section (the
 examples declared with the command, as the man pages)."""
 
+import typer._click as click
 from typer.core import TyperCommand, TyperGroup
 
 EXAMPLES: dict[str, str] = {}  # command path -> its examples (declared through the registry)
@@ -16,11 +17,11 @@ class _Help:
     def get_short_help_str(self, limit: int = 45) -> str:
         return summary(self.help)  # type: ignore[attr-defined]
 
-    def collect_usage_pieces(self, ctx) -> list[str]:
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
         pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]
         return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
 
-    def format_epilog(self, ctx, formatter) -> None:
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         text = EXAMPLES.get(ctx.command_path.partition(" ")[2])
         if text:
             formatter.write_paragraph()

@@ -6,10 +6,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+import typer._click as click
 
 from necropool.cli import complete_values
 from necropool.cli.context import G
 from necropool.cli.helpfmt import Command
+from necropool.cli.output import Output
 from necropool.cli.params import (
     AllocatedSlotArg,
     Format,
@@ -26,6 +28,7 @@ from necropool.ground.validate import parse_metadata
 
 if TYPE_CHECKING:
     from necropool.lease.allocate import AllocateRequest
+    from necropool.store import events
 
 Owner = Annotated[str | None, typer.Option("--owner", metavar="NAME",
                                            help="Who holds the slot (default: $USER)")]
@@ -171,7 +174,7 @@ class _RunCommand(Command):
     """``run POOL [OPTIONS] -- CMD...``: options may follow POOL up to ``--``; without a
     ``--``, everything after POOL is the command (so ``run web make -j4`` works too)."""
 
-    def parse_args(self, ctx, args):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.allow_interspersed_args = "--" in args
         return super().parse_args(ctx, args)
 
@@ -290,7 +293,7 @@ _EVENT_STYLES = {"failure": "red", "isolate": "red", "fetch_failed": "red", "rec
                  "force_release": "magenta"}
 
 
-def details(record: dict) -> str:
+def details(record: "events.Event") -> str:
     """An event's other fields as ``key=value`` (JSON for lists, objects and strings with
     spaces)."""
     parts = []
@@ -305,7 +308,7 @@ def details(record: dict) -> str:
     return " ".join(parts)
 
 
-def _log_line(record: dict, out) -> str:
+def _log_line(record: "events.Event", out: Output) -> str:
     cells = [str(record.get("time", "")), str(record.get("event", "")),
              str(record.get("slot_id", "")), details(record), str(record.get("pool", ""))]
     if not out.rich:
