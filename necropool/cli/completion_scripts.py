@@ -224,6 +224,7 @@ def _completer(shell: str) -> _Complete:
 
 def script(shell: str) -> str:
     """The completion script for ``shell`` (bash, zsh or fish)."""
+    # the script needs no command: Typer types the argument as required all the same
     return CLASSES[shell](None, {}, PROG_NAME, COMPLETE_VAR).source()  # type: ignore[arg-type]
 
 

@@ -14,11 +14,12 @@ def summary(help_text: str | None) -> str:
 
 
 class _Help:
+    # A mixin for Typer's command classes: ``help`` and the ``super()`` calls are theirs.
     def get_short_help_str(self, limit: int = 45) -> str:
-        return summary(self.help)  # type: ignore[attr-defined]
+        return summary(self.help)  # type: ignore[attr-defined]  # the mixin: Typer's
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
-        pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]
+        pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]  # the mixin: Typer's
         return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
