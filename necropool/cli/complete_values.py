@@ -5,10 +5,8 @@ import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import typer._click as click
+import typer._click as click  # loaded with typer already; Typer reads the ctx annotation
 
 
 def _root() -> Path | None:
@@ -113,7 +111,7 @@ def rescued_ids(incomplete: str) -> list[tuple[str, str] | str]:
     return _items(found, incomplete)
 
 
-def commands(ctx: "click.Context", incomplete: str) -> list[str]:
+def commands(ctx: click.Context, incomplete: str) -> list[str]:
     """``run POOL -- <TAB>``: the programs on PATH for the command's name; nothing (the
     shell's file names) for its arguments."""
     if ctx.params.get("command"):
