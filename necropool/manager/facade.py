@@ -4,19 +4,18 @@ the health modules (``detect``, ``repair``, ``autorecover``, ``lockmaint``); ``w
 the commands over several pools. The CLI talks to this and nothing else."""
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Self
 
 from necropool.ground.config import PoolSpec, Settings, load_settings
 from necropool.ground.errors import (
     NecropoolError,
     NotFound,
     PoolOutcome,
-    PoolStep,
     TryAgain,
     UsageError,
     named,
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
     from necropool.admin.pools import Progress
     from necropool.health.lockmaint import LockManager
     from necropool.lease.run import RunResult
-
-T = TypeVar("T")
 
 
 class PoolManager:
@@ -119,20 +116,14 @@ class PoolManager:
             from necropool.store.pg import schema as ledger_schema
 
             names = sorted({*names, *ledger_schema.pool_names(dsn)})
-        return [self._each(name, lambda name: views.summary(self.fleet_pool(name), host,
-                                                            with_slots=False))
+        return [walk.outcome(name, lambda name: views.summary(self.fleet_pool(name), host,
+                                                              with_slots=False))
                 for name in names]
 
     def pool_statuses(self, host: str | None = None) -> list[PoolOutcome[dict[str, Any]]]:
         """``pool_status`` of every pool; an unreadable pool is reported, never hidden."""
-        return [self._each(name, lambda name: self.pool_status(name, host))
+        return [walk.outcome(name, lambda name: self.pool_status(name, host))
                 for name in self.pool_names()]
-
-    @staticmethod
-    def _each(name: str, step: Callable[[str], T]) -> PoolOutcome[T]:
-        with PoolStep(name) as attempt:
-            return PoolOutcome(name, step(name))
-        return attempt.failure()
 
     def pool_status(self, name: str, host: str | None = None) -> dict[str, Any]:
         """The pool object with its slots (of ``host`` only, for a pool in a ledger) and what

@@ -15,6 +15,13 @@ T = TypeVar("T")
 Broken = list[PoolOutcome[object]]
 
 
+def outcome(name: str, step: Callable[[str], T]) -> PoolOutcome[T]:
+    """``step(name)`` as the pool's outcome: its result, or the failure that stopped it."""
+    with PoolStep(name) as attempt:
+        return PoolOutcome(name, step(name))
+    return attempt.failure()
+
+
 def targets(settings: Settings, name: str | None, broken: Broken | None) -> list[Pool]:
     """The named pool, or every pool. With no name and a ``broken`` list, a pool that does
     not open goes there instead of stopping the others; without the list, it raises."""
