@@ -268,7 +268,7 @@ def cycles(args: argparse.Namespace) -> dict:
 def probe(args: argparse.Namespace) -> dict:
     """Single-client cost of one cycle through the real lifecycle (``allocate`` without
     fetch, ``release`` with ``clean=False``) and through the store as the bench does."""
-    from necropool.lease.allocate import allocate
+    from necropool.lease.allocate import AllocateRequest, allocate
     from necropool.lease.release import release
 
     journal = os.open(os.devnull, os.O_WRONLY)
@@ -276,7 +276,7 @@ def probe(args: argparse.Namespace) -> dict:
     pool, timings = allocator.pool, {"lifecycle_ms": [], "store_ms": []}
     for _ in range(args.cycles):
         started = time.perf_counter()
-        grant = allocate(pool, holder=allocator.me, fetch=False)
+        grant = allocate(pool, AllocateRequest(holder=allocator.me, fetch=False))
         release(pool, grant.number, lease_id=grant.lease.lease_id, clean=False)
         timings["lifecycle_ms"].append((time.perf_counter() - started) * 1000)
         started = time.perf_counter()

@@ -1,6 +1,7 @@
 """necropool: pools of ready-made git working copies ("slots") for parallel jobs."""
 
 import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -8,7 +9,7 @@ _EXPORTS = {"PoolManager": "necropool.manager.facade", "PoolSpec": "necropool.gr
             "SlotState": "necropool.store.model"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     """``from necropool import PoolManager`` without importing the core for every command."""
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)

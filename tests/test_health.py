@@ -688,7 +688,8 @@ def test_a_pool_that_cannot_be_checked_is_named_and_the_others_still_are(
     [error] = d["errors"]
     assert error.startswith("api: ") and str(locks) in error and d["healthy"] is False
     assert "api:" in json.loads(found.stderr)["message"]
-    assert manager.detect_anomalies()["errors"] == [error]
+    [outcome] = manager.detect_anomalies()["errors"]  # the API's: the pool and its error
+    assert (outcome.pool, f"api: {outcome.error}") == ("api", error)
 
     alone = cli("detect", "api")
     assert alone.code == 3 and str(locks) in alone.stderr

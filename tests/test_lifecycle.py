@@ -196,6 +196,25 @@ def test_release_by_slot_id_slot_path_and_a_path_inside_the_slot(cli, pool, root
     assert states == {"web-1": "available", "web-2": "available", "web-3": "available"}
 
 
+def test_a_slot_id_with_this_hosts_name_is_the_local_slot_and_another_hosts_is_refused(
+        cli, pool, root):
+    """``web-1@HOST`` names HOST's slot web-1: with this host's own name, every command takes
+    it as the local slot; the commands that work on the slot's directory refuse another
+    host's (exit 2), changing nothing."""
+    from necropool.ground.proc import hostname
+
+    held = allocate(cli)
+    mine = f"{held['slot_id']}@{hostname()}"
+    assert slot_status(cli, mine)["lease_id"] == held["lease_id"]
+    before = saved_state(root)
+    for command in ("recover", "isolate", "remove"):
+        refused = cli(command, f"{held['slot_id']}@elsewhere")
+        assert refused.code == 2 and "is on host elsewhere" in refused.stderr, refused
+    assert saved_state(root) == before
+    released = cli("release", mine, "--lease-id", held["lease_id"])
+    assert released.code == 0 and f"released {held['slot_id']}" in released.stderr, released
+
+
 def test_a_stale_lease_id_is_refused_and_changes_nothing(cli, pool, root):
     first = allocate(cli)
     assert cli("release", "web-1", "--lease-id", first["lease_id"]).code == 0

@@ -17,11 +17,13 @@ import os
 import re
 import sys
 import textwrap
+from typing import Any
 
 import typer
+from typer.core import TyperArgument, TyperGroup, TyperOption
 from typer.main import get_command
 
-from necropool.cli.registry import EXAMPLES as COMMAND_EXAMPLES
+from necropool.cli.helpfmt import EXAMPLES as COMMAND_EXAMPLES
 from necropool.cli.registry import EXIT_STATUS as EXIT_STATUS_NOTES
 from necropool.cli.registry import NOTES
 from tools.man_text import (
@@ -45,6 +47,9 @@ from tools.man_text import (
 from tools.roff import escape, guard, inline, para, text_lines, verbatim
 from tools.roff import metavar as roff_metavar
 
+# typer's click classes are private; only their public methods are used here
+Command = Any
+
 # ---- page parts ----------------------------------------------------------------------------
 
 def _header(title: str) -> list[str]:
@@ -64,34 +69,44 @@ def _see_also(refs: list[str]) -> list[str]:
 
 # ---- reading the click commands ------------------------------------------------------------
 
-def _root_command():
+def _root_command() -> TyperGroup:
     from necropool.cli.app import build
 
-    return get_command(build())
+    root = get_command(build())
+    assert isinstance(root, TyperGroup)  # necropool has commands
+    return root
 
 
-def _context(command, name: str, parent=None):
+def _sub(group: TyperGroup, ctx: typer.Context, name: str) -> Command:
+    """The command ``name`` of ``group`` (one ``list_commands`` named)."""
+    command = group.get_command(ctx, name)
+    assert command is not None, name
+    return command
+
+
+def _context(command: Command, name: str,
+             parent: typer.Context | None = None) -> typer.Context:
     settings = dict(command.context_settings or {})
     return typer.Context(command, info_name=name, parent=parent, **settings)
 
 
-def _option_metavar(param, ctx) -> str | None:
+def _option_metavar(param: TyperOption, ctx: typer.Context) -> str | None:
     if param.is_flag or param.count:
         return None
     if param.metavar:
         return param.metavar
-    longest = max(param.opts, key=len)
+    longest: str = max(param.opts, key=len)
     return longest.lstrip("-").upper()
 
 
-def _option_term(param, ctx) -> str:
+def _option_term(param: TyperOption, ctx: typer.Context) -> str:
     names = sorted(param.opts, key=lambda o: (o.startswith("--"), o)) + param.secondary_opts
     term = ", ".join(f"\\fB{escape(n)}\\fR" for n in names)
     metavar = _option_metavar(param, ctx)
     return f"{term} {roff_metavar(metavar)}" if metavar else term
 
 
-def _option_help(param, ctx) -> str:
+def _option_help(param: TyperOption, ctx: typer.Context) -> str:
     record = param.get_help_record(ctx)
     text = record[1] if record else (param.help or "")
     if getattr(param, "multiple", False) and "repeat" not in text.lower():
@@ -99,28 +114,30 @@ def _option_help(param, ctx) -> str:
     return text
 
 
-def _params(command, ctx):
-    arguments = [p for p in command.get_params(ctx) if p.param_type_name == "argument"]
+def _params(command: Command,
+            ctx: typer.Context) -> tuple[list[TyperArgument], list[TyperOption]]:
+    arguments = [p for p in command.get_params(ctx) if isinstance(p, TyperArgument)]
     options = [p for p in command.get_params(ctx)
-               if p.param_type_name == "option" and not getattr(p, "hidden", False)]
+               if isinstance(p, TyperOption) and not getattr(p, "hidden", False)]
     return arguments, options
 
 
-def _argument_metavar(param, ctx) -> str:
-    metavar = param.metavar or param.name.upper()
+def _argument_metavar(param: TyperArgument, ctx: typer.Context) -> str:
+    metavar: str = param.metavar or (param.name or "").upper()
     if param.nargs == -1 and not metavar.endswith("..."):
         metavar += "..."
     return metavar
 
 
-def _options_section(title: str, options, ctx) -> list[str]:
+def _options_section(title: str, options: list[TyperOption],
+                     ctx: typer.Context) -> list[str]:
     lines = [f".SH {title}"]
     for param in options:
         lines += [".TP", _option_term(param, ctx), *text_lines(escape(_option_help(param, ctx)))]
     return lines
 
 
-def _synopsis_option(param, ctx) -> str:
+def _synopsis_option(param: TyperOption, ctx: typer.Context) -> str:
     name = sorted(param.opts, key=lambda o: (not o.startswith("--"), o))[0]
     metavar = _option_metavar(param, ctx)
     text = f"\\fB{escape(name)}\\fR" + (f" {roff_metavar(metavar)}" if metavar else "")
@@ -133,7 +150,7 @@ def command_names() -> list[str]:
     """The visible commands, in the order help lists them."""
     root = _root_command()
     ctx = _context(root, "necropool")
-    return [n for n in root.list_commands(ctx) if not root.get_command(ctx, n).hidden]
+    return [n for n in root.list_commands(ctx) if not _sub(root, ctx, n).hidden]
 
 
 def main_page() -> str:
@@ -160,7 +177,7 @@ def main_page() -> str:
               "and \\fB\\-h\\fR, \\fB\\-\\-help\\fR."]
     lines += [".SH COMMANDS"]
     for name in names:
-        sub = root.get_command(ctx, name)
+        sub = _sub(root, ctx, name)
         sub_ctx = _context(sub, name, ctx)
         arguments, _ = _params(sub, sub_ctx)
         usage = " ".join(roff_metavar(_argument_metavar(a, sub_ctx)) for a in arguments)
@@ -206,18 +223,21 @@ def main_page() -> str:
     return _join(lines)
 
 
-def _subcommands(command, ctx) -> list[tuple[str, object, object]]:
+Subcommands = list[tuple[str, Command, typer.Context]]
+
+
+def _subcommands(command: Command, ctx: typer.Context) -> Subcommands:
     """(name, command, context) of a group's subcommands, in the order help lists them."""
-    if not hasattr(command, "list_commands"):
+    if not isinstance(command, TyperGroup):
         return []
     out = []
     for name in command.list_commands(ctx):
-        sub = command.get_command(ctx, name)
+        sub = _sub(command, ctx, name)
         out.append((name, sub, _context(sub, name, ctx)))
     return out
 
 
-def _group_sections(name: str, subs) -> tuple[list[str], list[str]]:
+def _group_sections(name: str, subs: Subcommands) -> tuple[list[str], list[str]]:
     """SYNOPSIS lines and a COMMANDS section for a command with subcommands."""
     synopsis = []
     for sub_name, sub, sub_ctx in subs:
@@ -231,17 +251,17 @@ def _group_sections(name: str, subs) -> tuple[list[str], list[str]]:
         usage = " ".join(roff_metavar(_argument_metavar(a, sub_ctx)) for a in arguments)
         body += [".SS", f"\\fB{escape(name)} {escape(sub_name)}\\fR {usage}".rstrip(),
                  *text_lines(escape(sub.help or "")), ".PP", "Arguments and options:"]
-        for param in arguments:
-            body += [".TP", roff_metavar(_argument_metavar(param, sub_ctx)),
-                     *text_lines(escape(param.help or ""))]
-        for param in options:
-            if "--help" not in param.opts:
-                body += [".TP", _option_term(param, sub_ctx),
-                         *text_lines(escape(_option_help(param, sub_ctx)))]
+        for argument in arguments:
+            body += [".TP", roff_metavar(_argument_metavar(argument, sub_ctx)),
+                     *text_lines(escape(argument.help or ""))]
+        for option in options:
+            if "--help" not in option.opts:
+                body += [".TP", _option_term(option, sub_ctx),
+                         *text_lines(escape(_option_help(option, sub_ctx)))]
     return synopsis[:-1], body
 
 
-def _examples(name: str, subs) -> str:
+def _examples(name: str, subs: Subcommands) -> str:
     """The examples of a command and of its subcommands."""
     keys = [name] + [f"{name} {sub_name}" for sub_name, _, _ in subs]
     return "\n".join(COMMAND_EXAMPLES[k] for k in dict.fromkeys(keys) if k in COMMAND_EXAMPLES)
@@ -250,7 +270,7 @@ def _examples(name: str, subs) -> str:
 def command_page(name: str) -> str:
     root = _root_command()
     ctx = _context(root, "necropool")
-    sub = root.get_command(ctx, name)
+    sub = _sub(root, ctx, name)
     sub_ctx = _context(sub, name, ctx)
     subs = _subcommands(sub, sub_ctx)
     if subs:
@@ -298,7 +318,7 @@ def command_page(name: str) -> str:
     return _join(lines)
 
 
-def _group_page(name: str, group, subs) -> str:
+def _group_page(name: str, group: Command, subs: Subcommands) -> str:
     synopsis, body = _group_sections(name, subs)
     lines = [*_header(f"necropool-{name}"),
              ".SH NAME",

@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from necropool.git import commands as git
 from necropool.ground.clock import now
@@ -129,7 +129,7 @@ def _live_holders(pool: Pool, current: PoolState) -> list[str]:
     return [pool.slot_id(n) for n in current.slots if not lock_free(pool.paths.slot_lock(n))]
 
 
-def delete(pool: Pool, force: bool = False, discard_work: bool = False) -> dict:
+def delete(pool: Pool, force: bool = False, discard_work: bool = False) -> dict[str, Any]:
     """Delete a pool. With ``force``, slots in use go too, their holders' work saved first
     (unless ``discard_work``); saved work (this and earlier rescues) is kept under
     ``<root>/rescued/``."""
@@ -157,7 +157,7 @@ def delete(pool: Pool, force: bool = False, discard_work: bool = False) -> dict:
     return {"pool": pool.name, "deleted": True, "slots": len(current.slots), "rescued": kept}
 
 
-def delete_remains(settings: Settings, name: str) -> dict:
+def delete_remains(settings: Settings, name: str) -> dict[str, Any]:
     """Remove what a half-made pool left (a directory under ``pools/`` without
     ``pool.toml``: a create or add interrupted by a delete, say); slot directories or
     rescued work in it are kept under ``<root>/rescued/``. A symlink or a file in a pool's
@@ -256,7 +256,7 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
 
 
 def remove_slot(pool: Pool, number: int, force: bool = False,
-                discard_work: bool = False) -> dict:
+                discard_work: bool = False) -> dict[str, Any]:
     """Remove a slot; with ``force`` one in use too, its holder's work saved first (unless
     ``discard_work``)."""
     pool.sweep()

@@ -4,21 +4,23 @@ entry and the other pools still go ahead."""
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from necropool.admin.pools import Progress, add_slots, create, delete, remove_slot
 from necropool.git import commands as git
 from necropool.ground.config import PoolSpec, Settings, check_spec, default_config_path
-from necropool.ground.errors import Conflict, OperationFailed, PoolStep, UsageError
+from necropool.ground.errors import Conflict, OperationFailed, PoolOutcome, PoolStep, UsageError
 from necropool.ground.layout import write_atomic
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool, PoolDef, list_pools
 from necropool.store.model import AVAILABLE
 
 
-def sync(settings: Settings, prune: bool = False, progress: Progress | None = None) -> list[dict]:
+def sync(settings: Settings, prune: bool = False,
+         progress: Progress | None = None) -> list[PoolOutcome[dict[str, Any]]]:
     """Create or grow the pools the config file declares and converge their settings; shrink
-    or delete only with prune. One entry per pool; a pool that fails is reported in its entry
-    (``"action": "failed"``) and the other pools still go ahead."""
+    or delete only with prune. One outcome per pool, its entry as the result; a pool that
+    fails has its error too (and what was done before) and the other pools still go ahead."""
     if settings.config_path is None:
         # Without a config file nothing is declared: ``--prune`` would delete every pool.
         raise UsageError(f"sync needs a config file with [pools.NAME] tables: there is none "
@@ -32,18 +34,17 @@ def sync(settings: Settings, prune: bool = False, progress: Progress | None = No
     return actions
 
 
-def _attempt(name: str, step: Callable[..., None], *args) -> dict:
-    """Run one pool's sync step, which fills in its action entry; a failure is recorded there
-    (after whatever the step had already done) instead of ending the run."""
-    entry = {"pool": name}
+def _attempt(name: str, step: Callable[..., None],
+             *args: object) -> PoolOutcome[dict[str, Any]]:
+    """Run one pool's sync step, which fills in its action entry; a failure is reported with
+    whatever the step had already done instead of ending the run."""
+    entry: dict[str, Any] = {"pool": name}
     with PoolStep(name) as attempt:
         step(entry, *args)
-    if attempt.error:
-        entry.update(action="failed", error=attempt.error)
-    return entry
+    return PoolOutcome(name, entry, attempt.error)
 
 
-def _sync_pool(entry: dict, settings: Settings, spec: PoolSpec, exists: bool, prune: bool,
+def _sync_pool(entry: dict[str, Any], settings: Settings, spec: PoolSpec, exists: bool, prune: bool,
                progress: Progress | None) -> None:
     if not exists:
         create(settings, spec, progress)
@@ -62,7 +63,7 @@ def _sync_pool(entry: dict, settings: Settings, spec: PoolSpec, exists: bool, pr
         entry.update(action="updated" if changed else "unchanged", slots=have)
 
 
-def _drop_pool(entry: dict, settings: Settings, name: str) -> None:
+def _drop_pool(entry: dict[str, Any], settings: Settings, name: str) -> None:
     delete(Pool(settings, name))
     entry["action"] = "deleted"
 
@@ -70,7 +71,7 @@ def _drop_pool(entry: dict, settings: Settings, name: str) -> None:
 POOL_SETTINGS = ("branch", "keep_ignored", "fetch_on_allocate", "fetch_backend")
 
 
-def _converge(pool: Pool, spec: PoolSpec) -> dict:
+def _converge(pool: Pool, spec: PoolSpec) -> dict[str, Any]:
     """Rewrite ``pool.toml`` with the settings the spec declares; return what changed as
     ``{key: [old, new]}``. A new branch must exist in the mirror (slots move to it at their
     next cleanup); a new url is refused: the mirror would be of another repository."""

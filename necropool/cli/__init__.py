@@ -3,6 +3,8 @@
 import os
 import signal
 import sys
+from types import FrameType
+from typing import NoReturn
 
 
 def _json_requested(args: list[str]) -> bool:
@@ -24,7 +26,7 @@ def _watch_interrupts() -> list[int]:
     """Note SIGINTs that reach necropool itself (``run`` forwards its command's instead)."""
     seen: list[int] = []
 
-    def on_interrupt(signum, _frame):
+    def on_interrupt(signum: int, _frame: FrameType | None) -> NoReturn:
         seen.append(signum)
         raise KeyboardInterrupt
 

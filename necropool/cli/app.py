@@ -134,15 +134,14 @@ def build(args: list[str] | None = None) -> typer.Typer:
     for name in COMMANDS:
         if name in declared and wanted in (None, name):
             func, settings = declared[name]
-            if settings.get("group"):
-                extra = {k: v for k, v in settings.items() if k != "group"}
-                app.add_typer(func, name=name, cls=Group, **extra)
+            if isinstance(func, typer.Typer):  # a group
+                app.add_typer(func, name=name, cls=Group, **settings)
             else:
                 app.command(name, **{"cls": Command, **settings})(func)
     return app
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> typer.Typer:
     if name == "app":  # the full application, for completion and man page generation
         return build()
     raise AttributeError(name)

@@ -3,7 +3,10 @@
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+
+import typer
 
 
 def _root() -> Path | None:
@@ -55,22 +58,22 @@ def pools(incomplete: str) -> list[str]:
     return [n for n in _pool_names(root) if n.startswith(incomplete)] if root else []
 
 
-def slots(incomplete: str):
+def slots(incomplete: str) -> list[tuple[str, str] | str]:
     return _items(_slots(None), incomplete)
 
 
-def allocated_slots(incomplete: str):
+def allocated_slots(incomplete: str) -> list[tuple[str, str] | str]:
     return _items(_slots(("allocated",)), incomplete)
 
 
-def targets(incomplete: str):
+def targets(incomplete: str) -> list[tuple[str, str] | str]:
     """``status``: a pool name or a slot id."""
     root = _root()
     found = [(n, "pool") for n in _pool_names(root)] if root else []
     return _items(found + _slots(None), incomplete)
 
 
-def choices(*values: str):
+def choices(*values: str) -> Callable[[str], list[str]]:
     """A completer of fixed values."""
 
     def complete(incomplete: str) -> list[str]:
@@ -90,7 +93,7 @@ event_kinds = choices("create", "add", "remove", "allocate", "release", "reclaim
                       "update")
 
 
-def rescued_ids(incomplete: str):
+def rescued_ids(incomplete: str) -> list[tuple[str, str] | str]:
     """The short ids of what the pools' ``rescued/`` directories hold (names only: no git)."""
     root = _root()
     if root is None:
@@ -108,7 +111,7 @@ def rescued_ids(incomplete: str):
     return _items(found, incomplete)
 
 
-def commands(ctx, incomplete: str) -> list[str]:
+def commands(ctx: typer.Context, incomplete: str) -> list[str]:
     """``run POOL -- <TAB>``: the programs on PATH for the command's name; nothing (the
     shell's file names) for its arguments."""
     if ctx.params.get("command"):

@@ -1,8 +1,12 @@
 """Options shared by every command (root, config, colour) and the lazily built manager."""
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from necropool.cli.output import Output
+
+if TYPE_CHECKING:  # the core is imported when a command first needs it (start-up stays lean)
+    from necropool.manager.facade import PoolManager
 
 
 @dataclass
@@ -13,7 +17,7 @@ class Globals:
     config: str | None = None
     ledger: str | None = None
     color: str = "auto"
-    _manager: object = field(default=None, repr=False)
+    _manager: "PoolManager | None" = field(default=None, repr=False)
 
     def begin(self, root: str | None, config: str | None, ledger: str | None,
               color: str) -> None:
@@ -22,7 +26,7 @@ class Globals:
         self.root, self.config, self.ledger, self.color = root, config, ledger, color
         self._manager = None
 
-    def manager(self):
+    def manager(self) -> "PoolManager":
         if self._manager is None:
             from necropool.ground.config import load_settings
             from necropool.manager.facade import PoolManager

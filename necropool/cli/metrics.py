@@ -4,6 +4,8 @@ Every metric name, its type and meaning are listed here (README.md and necropool
 repeat the list; the tests check they agree)."""
 
 import os
+from datetime import datetime
+from typing import Any
 
 from necropool.ground.clock import now, parse_rfc3339
 
@@ -53,12 +55,12 @@ def _labels(**labels: str) -> str:
     return "{" + ",".join(f'{k}="{_label(str(v))}"' for k, v in labels.items()) + "}"
 
 
-def _seconds(when: str, at) -> float:
+def _seconds(when: str, at: datetime) -> float:
     return round((at - parse_rfc3339(when)).total_seconds(), 3)
 
 
-def _samples(pools: list[dict], recoveries: dict[str, dict | None],
-             anomalies: dict[str, list[dict]] | None,
+def _samples(pools: list[dict[str, Any]], recoveries: dict[str, dict[str, Any] | None],
+             anomalies: dict[str, list[Any]] | None,
              failed: frozenset[str]) -> dict[str, list[str]]:
     at = now()
     out: dict[str, list[str]] = {name: [] for name, _, _ in METRICS}
@@ -112,8 +114,8 @@ def _samples(pools: list[dict], recoveries: dict[str, dict | None],
     return out
 
 
-def prometheus(pools: list[dict], recoveries: dict[str, dict | None],
-               anomalies: dict[str, list[dict]] | None = None,
+def prometheus(pools: list[dict[str, Any]], recoveries: dict[str, dict[str, Any] | None],
+               anomalies: dict[str, list[Any]] | None = None,
                failed: frozenset[str] = frozenset()) -> str:
     """The metrics of ``pools`` (``recoveries``: pool -> its last ``auto_recover`` event or
     None; ``anomalies``: what detect found, by kind; ``failed``: the pools that could not be

@@ -3,6 +3,12 @@
 import json
 import os
 import sys
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # rich is imported only for a table or colour (~16-30 ms)
+    from rich.console import Console
+    from rich.text import Text
 
 from necropool.ground.validate import is_control, utf8_safe
 
@@ -32,14 +38,14 @@ class Output:
             return False
         return self.fmt == "table" if self.fmt else sys.stdout.isatty()
 
-    def colour(self, stream=None) -> bool:
+    def colour(self, stream: IO[str] | None = None) -> bool:
         """Colour on ``stream`` (stdout by default): never under --json or --color never."""
         if self.json or self.color == "never":
             return False
         stream = stream or sys.stdout
         return self.color == "always" or (stream.isatty() and not os.environ.get("NO_COLOR"))
 
-    def console(self, stderr: bool = False):
+    def console(self, stderr: bool = False) -> "Console":
         from rich.console import Console  # lazy: ~16 ms; only coloured or table output
 
         colour = self.colour(sys.stderr if stderr else sys.stdout)
@@ -52,12 +58,13 @@ class Output:
         if self.rich:
             sys.stderr.write(text + "\n")
 
-    def emit(self, data: dict) -> None:
+    def emit(self, data: dict[str, Any]) -> None:
         """The one JSON object of a command, on stdout."""
         sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, **data}, default=str)
                          + "\n")
 
-    def outcome(self, data: dict, done: str, saved: str = "saved the holder's work to") -> None:
+    def outcome(self, data: dict[str, Any], done: str,
+                saved: str = "saved the holder's work to") -> None:
         """A command's result: the JSON object, or where saved work went (``data["rescued"]``)
         and what was done, as notes."""
         if self.json:
@@ -75,7 +82,7 @@ class Output:
         if not self.json:
             sys.stderr.write(escape(text, keep="\n") + "\n")
 
-    def table(self, columns: list[str], rows: list[list], title: str | None = None,
+    def table(self, columns: list[str], rows: Sequence[Sequence[object]], title: str | None = None,
               left_cut_last: bool = False) -> None:
         """A Rich table for a person; otherwise one tab-separated line per row (the header
         line only with an explicit ``--format tsv`` and no ``--no-headers``), so ``cut -f``
@@ -90,7 +97,7 @@ class Output:
             return
         self.grid(columns, cells, title=title, left_cut_last=left_cut_last)
 
-    def grid(self, columns: list[str], rows: list[list], *, title: str | None = None,
+    def grid(self, columns: list[str], rows: Sequence[Sequence[str]], *, title: str | None = None,
              left_cut_last: bool = False) -> None:
         """Print a Rich table in the house style: a header rule, no borders, one line per
         row. Every column but the last is as wide as its widest cell; the last gets the rest
@@ -114,7 +121,7 @@ class Output:
             table.add_row(*(_styled(c) for c in row[:-1]), _styled(last))
         console.print(table)
 
-    def fields(self, data: dict) -> None:
+    def fields(self, data: dict[str, Any]) -> None:
         """Key/value pairs, one per line (``key<TAB>value`` when plain)."""
         rows = [[k, json.dumps(v) if isinstance(v, dict | list) else v] for k, v in data.items()
                 if v not in (None, {}, [])]
@@ -153,7 +160,7 @@ def escape(text: str, keep: str = "") -> str:
                    else c for c in text)
 
 
-def _styled(text: str):
+def _styled(text: str) -> "Text":
     """A cell as Rich text (never parsed as Rich markup), coloured when it is a state."""
     from rich.text import Text  # lazy: part of rich, as in table
 

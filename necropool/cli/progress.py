@@ -2,11 +2,19 @@
 ``n/N slots`` as they are cloned."""
 
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from necropool.cli.output import Output
+
+# ``tick(done, total)``: slots made so far, of how many
+Tick = Callable[[int, int], None]
 
 
 @contextmanager
-def progress_bar(out, label: str, phase: str = "starting"):
+def progress_bar(out: "Output", label: str, phase: str = "starting") -> Iterator[Tick | None]:
     """Yield ``tick(done, total)``; a no-op unless stderr is a terminal and not --json.
     Until the first tick the line reads ``LABEL: PHASE``."""
     if out.json or not sys.stderr.isatty():

@@ -6,13 +6,16 @@ does where that is not obvious; the Examples of ``--help`` and the EXAMPLES of t
 Keys are command paths without ``necropool`` (``""`` is ``necropool`` itself)."""
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 
 from necropool.cli.helpfmt import EXAMPLES, Command
 
-REGISTERED: list[tuple[str, Any, dict]] = []  # a command's function, or a group's Typer app
+F = TypeVar("F", bound=Callable[..., Any])
+
+# a command's function, or a group's Typer app, with its settings
+REGISTERED: list[tuple[str, Callable[..., Any] | typer.Typer, dict[str, Any]]] = []
 NOTES: dict[str, list[str]] = {}
 EXIT_STATUS: dict[str, str] = {}
 
@@ -29,32 +32,32 @@ def document(name: str, *, notes: Sequence[str] = (), exit_status: str | None = 
 
 
 def command(name: str, *, notes: Sequence[str] = (), exit_status: str | None = None,
-            examples: str | None = None, **settings: Any) -> Callable[[Callable], Callable]:
+            examples: str | None = None, **settings: Any) -> Callable[[F], F]:
     """Declare a CLI command (the decorated function is returned unchanged)."""
     document(name, notes=notes, exit_status=exit_status, examples=examples)
 
-    def declare(func: Callable) -> Callable:
+    def declare(func: F) -> F:
         REGISTERED.append((name, func, settings))
         return func
 
     return declare
 
 
-def group_app() -> Any:
+def group_app() -> typer.Typer:
     """The Typer app of a command with subcommands (``-h`` as ``--help``; no arguments: help)."""
     return typer.Typer(no_args_is_help=True, add_completion=False,
                        context_settings={"help_option_names": ["-h", "--help"]})
 
 
-def group(name: str, app: Any, *, notes: Sequence[str] = (), exit_status: str | None = None,
+def group(name: str, app: typer.Typer, *, notes: Sequence[str] = (), exit_status: str | None = None,
           examples: str | None = None, **settings: Any) -> None:
     """Declare a command with subcommands (a Typer app)."""
     document(name, notes=notes, exit_status=exit_status, examples=examples)
-    REGISTERED.append((name, app, {"group": True, **settings}))
+    REGISTERED.append((name, app, settings))
 
 
-def subcommand(app: Any, name: str, *, examples: str | None = None,
-               **settings: Any) -> Callable[[Callable], Callable]:
+def subcommand(app: typer.Typer, name: str, *, examples: str | None = None,
+               **settings: Any) -> Callable[[F], F]:
     """Declare a subcommand of the group whose Typer app is ``app`` (a decorator)."""
     parent = next(group_name for group_name, item, _ in REGISTERED if item is app)
     document(f"{parent} {name}", examples=examples)

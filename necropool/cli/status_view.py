@@ -4,7 +4,14 @@ Below ``WIDE`` columns the table is compact (relative times, the lease id's firs
 characters, the path shortened from the left, the owner cut to fit); from ``WIDE`` on it
 shows every column in full. Scripts get ``TSV_COLUMNS`` (full values, RFC 3339 times)."""
 
+from typing import TYPE_CHECKING, Any
+
 from necropool.cli.human import plural, relative, size
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from necropool.cli.output import Output
 
 WIDE = 150
 # The tab-separated columns, in order (documented in README.md and necropool-status(1)).
@@ -16,13 +23,13 @@ _FULL = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "EXPIRES", "PID", "HOST
 _OWNER_MAX = 14
 
 
-def tsv_row(slot: dict) -> list:
+def tsv_row(slot: dict[str, Any]) -> list[object]:
     return [slot["slot_id"], slot["state"], slot.get("owner"), slot.get("lease_id"),
             slot.get("allocated_at"), (slot.get("current_commit") or "")[:12],
             slot.get("allocation_count"), slot["path"], slot.get("expires_at"), slot.get("pid")]
 
 
-def _cells(slot: dict, full: bool) -> list[str]:
+def _cells(slot: dict[str, Any], full: bool) -> list[str]:
     lease = slot.get("lease_id") or ""
     cells = [slot["slot_id"], slot["state"], slot.get("owner") or "",
              lease if full else lease[:8], relative(slot.get("allocated_at")),
@@ -35,7 +42,7 @@ def _cells(slot: dict, full: bool) -> list[str]:
     return cells
 
 
-def render(out, pools: list[dict]) -> None:
+def render(out: "Output", pools: list[dict[str, Any]]) -> None:
     """The slots of ``pools``: a table for a person, tab-separated lines otherwise."""
     slots = [s for p in pools for s in p["slots"]]
     if not out.rich:
@@ -60,7 +67,7 @@ def render(out, pools: list[dict]) -> None:
                   f", {size(p['rescued_bytes'])} (necropool rescued list {p['pool']})")
 
 
-def _line(console, text: str, style: str = "") -> None:
+def _line(console: "Console", text: str, style: str = "") -> None:
     """One line, cut with an ellipsis at the terminal's edge."""
     console.print(text, style=style, no_wrap=True, overflow="ellipsis", soft_wrap=False,
                   markup=False)

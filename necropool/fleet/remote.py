@@ -5,35 +5,23 @@ a lease ended from elsewhere leaves the slot free but marked for cleanup, which 
 does before handing it out again."""
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from necropool.ground.clock import now
 from necropool.ground.errors import Conflict, NotFound, UsageError
-from necropool.ground.proc import Holder, hostname
-from necropool.ground.validate import parse_slot_id
+from necropool.ground.proc import Holder
+from necropool.ground.slotref import SlotRef
 from necropool.pool.pool import Pool
 from necropool.store.base import LeaseLost
 from necropool.store.model import ALLOCATED, AVAILABLE, Lease, Slot
 from necropool.store.pg.hosts import FleetSlot, fleet
 from necropool.store.pg.store import PgStore
 
-HOST_SEP = "@"
-
-
-def split_ref(ref: str) -> tuple[str, str | None]:
-    """``web-3@host`` into the slot id and the host (None: no host named)."""
-    if isinstance(ref, str) and HOST_SEP in ref and "/" not in ref:
-        slot_id, host = ref.rsplit(HOST_SEP, 1)
-        if not host or any(c.isspace() or c in "/\0" for c in host):
-            raise UsageError(f"invalid slot {ref!r}: expected <pool>-<number>[@<host>]")
-        return slot_id, host
-    return ref, None
-
 
 def slot_id(pool: Pool, number: int, host: str) -> str:
     """A slot's id as the fleet shows it: with its host when that is not this one."""
-    local = pool.slot_id(number)
-    return local if host == hostname() else f"{local}{HOST_SEP}{host}"
+    return str(SlotRef.of(pool.name, number, host))
 
 
 def store_of(pool: Pool) -> PgStore:
@@ -43,7 +31,7 @@ def store_of(pool: Pool) -> PgStore:
     return pool.store
 
 
-def slots(pool: Pool, host: str | None = None) -> tuple[list[FleetSlot], dict]:
+def slots(pool: Pool, host: str | None = None) -> tuple[list[FleetSlot], dict[str, datetime]]:
     """Every slot of the pool in the fleet (on ``host`` only, if given), and each host's
     last sign of life."""
     return fleet(store_of(pool).dsn, pool.name, host)
@@ -59,7 +47,7 @@ class Remote:
 
 
 def allocate(pool: Pool, *, owner: str, holder: Holder | None, ttl: float | None,
-             metadata: dict) -> Remote | None:
+             metadata: dict[str, str]) -> Remote | None:
     """A lease on a free, clean slot of another host (the host with most such slots first);
     None when there is none."""
     store = store_of(pool)
@@ -86,7 +74,7 @@ def find(pool: Pool, host: str, number: int) -> FleetSlot:
     raise NotFound(f"slot {slot_id(pool, number, host)} does not exist")
 
 
-def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict:
+def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict[str, Any]:
     """End the lease of another host's slot (the current one, unless ``lease_id`` names
     it): the slot is free again, marked for cleanup by its own host."""
     sid = slot_id(pool, number, host)
@@ -124,9 +112,3 @@ def renew(pool: Pool, host: str, number: int, lease_id: str, ttl: float | None) 
                        f"{slot_id(pool, number, host)}") from None
     return Remote(host, found.path, slot)
 
-
-def resolve(pool_ref: str) -> tuple[str, int, str | None]:
-    """``web-3@host``: pool name, number and host (None for this host)."""
-    ref, host = split_ref(pool_ref)
-    name, number = parse_slot_id(ref)
-    return name, number, None if host in (None, hostname()) else host

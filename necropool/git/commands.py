@@ -51,7 +51,7 @@ class GitError(OperationFailed):
         return bool(re.search(_TRANSIENT, text, re.IGNORECASE))
 
 
-def git_env(extra: dict | None = None) -> dict:
+def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _INHERITED}
     env.update(
         GIT_TERMINAL_PROMPT="0",
@@ -70,8 +70,8 @@ def git_env(extra: dict | None = None) -> dict:
     return env
 
 
-def start(args: list[str], cwd: Path | None = None, *, env: dict | None = None,
-          stdin: bool = False):
+def start(args: list[str], cwd: Path | None = None, *, env: dict[str, str] | None = None,
+          stdin: bool = False) -> subprocess.Popen[bytes]:
     """Start ``git ARGS`` hardened, in the background; ``wait`` collects it."""
     cmd = ["git", *HARDENING, *args]
     if cwd is not None:  # ``cwd`` is the repository: a broken one must never make git
@@ -100,8 +100,8 @@ def _repository_env(cwd: Path) -> dict[str, str]:
     return {}
 
 
-def wait(proc, args: list[str], *, timeout: float = 600, check: bool = True,
-         input: bytes | None = None):
+def wait(proc: subprocess.Popen[bytes], args: list[str], *, timeout: float = 600,
+         check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """Wait for a git process ``start`` began; return the CompletedProcess, or raise
     GitError with git's message when it fails. A timeout or an interrupt stops it."""
     with proc:
@@ -119,7 +119,7 @@ def wait(proc, args: list[str], *, timeout: float = 600, check: bool = True,
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def _stop(proc) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     """End a git process: SIGTERM first, so that git removes its lock files (after SIGKILL
     they stay, and the next git in that repository fails), then SIGKILL after 2 s."""
     proc.terminate()
@@ -131,8 +131,8 @@ def _stop(proc) -> None:
 
 
 def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,
-        env: dict | None = None, check: bool = True,
-        input: bytes | None = None):
+        env: dict[str, str] | None = None, check: bool = True,
+        input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run ``git ARGS`` hardened; return the CompletedProcess, or raise GitError with git's
     message when it fails."""
     proc = start(args, cwd, env=env, stdin=input is not None)

@@ -7,12 +7,13 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 from necropool.ground.errors import UsageError
 from necropool.ground.redact import redact
 from necropool.ground.validate import MAX_HOURS, check_pool_name, check_refname, check_url
 
-POOL_KEYS = {
+POOL_KEYS: dict[str, type] = {
     "url": str,
     "num_slots": int,
     "branch": str,
@@ -21,7 +22,7 @@ POOL_KEYS = {
     "fetch_backend": str,
     "ledger": str,
 }
-TOP_KEYS = {
+TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "root": str,
     "ledger": str,
     "max_allocation_hours": (int, float),
@@ -120,30 +121,33 @@ def default_config_path() -> Path:
     return _xdg("XDG_CONFIG_HOME", ".config") / "necropool" / "config.toml"
 
 
-def _fail(path: Path, key: str, reason: str):
+def _fail(path: Path, key: str, reason: str) -> NoReturn:
     raise UsageError(f"invalid config {path}: {key}: {reason}")
 
 
-def _check_type(path: Path, key: str, value, expected) -> None:
+def _check_type(path: Path, key: str, value: Any,
+                expected: type | tuple[type, ...]) -> None:
     if isinstance(value, bool) and expected is not bool:
         _fail(path, key, f"expected {_type_name(expected)}, got a boolean")
     if not isinstance(value, expected):
         _fail(path, key, f"expected {_type_name(expected)}, got {type(value).__name__}")
     if isinstance(value, float) and value != value:
         _fail(path, key, "expected a number, got nan")
+    if not isinstance(value, int | float):
+        return
     if key in LIMITS and value > LIMITS[key]:
         _fail(path, key, f"must be at most {LIMITS[key]:g}")
     if key.rsplit(".", 1)[-1] in POSITIVE and value <= 0:
         _fail(path, key, "must be greater than zero")
 
 
-def _type_name(expected) -> str:
+def _type_name(expected: type | tuple[type, ...]) -> str:
     if isinstance(expected, tuple):
         return "a number"
     return {str: "a string", int: "an integer", bool: "a boolean", dict: "a table"}[expected]
 
 
-def _pool_spec(path: Path, name: str, table) -> PoolSpec:
+def _pool_spec(path: Path, name: str, table: object) -> PoolSpec:
     if not isinstance(table, dict):
         _fail(path, f"pools.{name}", "expected a table")
     try:
@@ -166,7 +170,7 @@ def _pool_spec(path: Path, name: str, table) -> PoolSpec:
     return PoolSpec(name=name, declared=frozenset(table), **table)
 
 
-def parse_config(path: Path) -> dict:
+def parse_config(path: Path) -> dict[str, Any]:
     """Read and validate a config file; return its settings as a plain dict."""
     try:
         with open(path, "rb") as fh:
@@ -216,7 +220,7 @@ def load_settings(root: str | None = None, config: str | None = None,
     if explicit and "\0" in explicit:
         raise UsageError(f"invalid config path {explicit!r}: it contains a NUL byte")
     candidate = Path(explicit) if explicit else default_config_path()
-    data: dict = {}
+    data: dict[str, Any] = {}
     config_path: Path | None = None
     if explicit or candidate.exists():
         data, config_path = parse_config(candidate), candidate

@@ -1,5 +1,10 @@
 """Exceptions of the core; each carries the exit code the CLI reports."""
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Generic, Never, TypeVar
+
 
 class NecropoolError(Exception):
     """Base error: ``code`` is a stable machine-readable name, ``exit_code`` the CLI status."""
@@ -7,7 +12,7 @@ class NecropoolError(Exception):
     exit_code = 3
     code = "failed"
 
-    def __init__(self, message: str, **details):
+    def __init__(self, message: str, **details: object):
         super().__init__(message)
         self.message = message
         self.details = details
@@ -58,11 +63,25 @@ class Skipped(Conflict):
 POOL_FAILURES = (NecropoolError, OSError)
 
 
+T_co = TypeVar("T_co", covariant=True)
+
+
+@dataclass(frozen=True)
+class PoolOutcome(Generic[T_co]):
+    """One pool's part of a command over several pools, as the core reports it: what it
+    gave (``result``) or, when it failed, why (``error``, one line; ``result`` is then what
+    was done before the failure, if anything). Only the CLI turns it into text or JSON."""
+
+    pool: str
+    result: T_co | None = None
+    error: str | None = None
+
+
 class PoolStep:
     """One pool's part of a command over several pools, under the rule above: ``with
     PoolStep(name) as step:`` ends the block on a failure of ``POOL_FAILURES`` without
     raising it, keeping it as ``step.exc`` and its one-line ``step.error``; the caller
-    reports it (``step.broken()``, or ``"NAME: error"``) and goes on with the next pool."""
+    reports it (``step.failure()``) and goes on with the next pool."""
 
     def __init__(self, pool: str):
         self.pool = pool
@@ -72,26 +91,27 @@ class PoolStep:
     def __enter__(self) -> "PoolStep":
         return self
 
-    def __exit__(self, kind, exc, traceback) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> bool:
         if not isinstance(exc, POOL_FAILURES):
             return False
         self.exc, self.error = exc, explain(exc)
         return True
 
-    def broken(self) -> dict:
-        """The pool's entry as ``list`` and ``status`` report a broken pool."""
-        return {"pool": self.pool, "error": self.error}
+    def failure(self) -> PoolOutcome[Never]:
+        """The pool's outcome after the block failed."""
+        return PoolOutcome(self.pool, error=self.error)
 
 
-def fail_for(broken: list[dict]) -> None:
+def fail_for(broken: Sequence[PoolOutcome[object]]) -> None:
     """After showing what could be read: fail (exit 3) naming each pool that could not."""
     if broken:
         raise OperationFailed(named(broken))
 
 
-def named(broken: list[dict]) -> str:
-    """``pool NAME: why; ...`` for the ``{"pool", "error"}`` entries of broken pools."""
-    return "; ".join(f"pool {b['pool']}: {b['error']}" for b in broken)
+def named(broken: Sequence[PoolOutcome[object]]) -> str:
+    """``pool NAME: why; ...`` for the pools that failed."""
+    return "; ".join(f"pool {b.pool}: {b.error}" for b in broken)
 
 
 def explain(exc: BaseException) -> str:

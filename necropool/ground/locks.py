@@ -18,6 +18,8 @@ import threading
 import time
 import types
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn, Self
 
 from necropool.ground.errors import TryAgain
 
@@ -33,7 +35,7 @@ class _Alarm(Exception):
     """The timer of a blocking lock wait ran out."""
 
 
-def _alarm(_signum, _frame):
+def _alarm(_signum: int, _frame: FrameType | None) -> NoReturn:
     raise _Alarm
 
 
@@ -174,10 +176,10 @@ class FileLock:
     def held(self) -> bool:
         return self.fd is not None
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 

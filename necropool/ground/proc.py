@@ -4,6 +4,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 
 @cache
@@ -70,12 +71,13 @@ class Holder:
         current = start_time(self.pid)
         return current is None or (self.start is not None and current != self.start)
 
-    def to_dict(self) -> dict:
-        data = {"pid": self.pid, "host": self.host, "start": self.start, "boot": self.boot}
-        return {k: v for k, v in data.items() if v not in (None, "")}
+    def to_dict(self) -> dict[str, int | str]:
+        data: dict[str, int | str | None] = {"pid": self.pid, "host": self.host,
+                                             "start": self.start, "boot": self.boot}
+        return {k: v for k, v in data.items() if v is not None and v != ""}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Holder":
+    def from_dict(cls, data: dict[str, Any]) -> "Holder":
         return cls(
             pid=int(data["pid"]),
             host=str(data["host"]),
@@ -180,7 +182,7 @@ def _read_all(path: str) -> bytes:
         os.close(fd)
 
 
-def processes_in(tree) -> list[int]:
+def processes_in(tree: str | os.PathLike[str]) -> list[int]:
     """Local processes with their working directory, root, an open file or a mapped file
     inside ``tree`` (a /proc scan), other than this process and its ancestors."""
     prefix = os.path.realpath(tree)

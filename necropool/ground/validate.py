@@ -89,7 +89,7 @@ def parse_metadata(pairs: list[str]) -> dict[str, str]:
     return check_metadata(meta)
 
 
-def check_metadata(meta) -> dict[str, str]:
+def check_metadata(meta: object) -> dict[str, str]:
     """Lease metadata as the core accepts it (from the CLI or the API): string keys and
     values, no control characters in keys, no NUL, each pair at most 4096 characters."""
     if not isinstance(meta, dict):

@@ -45,7 +45,7 @@ class Action:
     rescued: str | None = None
     actions: list[str] | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "action": self.action, "status": self.status,
                 "error": self.error, "rescued": self.rescued, "actions": self.actions}
 
@@ -61,7 +61,7 @@ class AutoRecovery:
     actions: list[Action] = field(default_factory=list)
     detected: dict[str, list[Record]] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"pool": self.pool, "dry_run": self.dry_run, **self.counters,
                 "errors": self.errors, "actions": [a.to_dict() for a in self.actions],
                 "detected": self.detected}

@@ -53,9 +53,13 @@ class Findings:
     # Found in the ledger about other hosts' slots and hosts: reported, left to those hosts.
     elsewhere: dict[str, list[Anomaly]] = field(default_factory=lambda: {k: [] for k in KINDS})
 
-    def add(self, kind: str, *, remote: bool = False, **fields) -> None:
+    def add(self, kind: str, *, evidence: str, remote: bool = False, slot_id: str | None = None,
+            path: str | None = None, number: int | None = None, lease_id: str | None = None,
+            host: str | None = None) -> None:
         to = self.elsewhere if remote else self.items
-        to[kind].append(Anomaly(kind=kind.removesuffix("s"), pool=self.pool, **fields))
+        to[kind].append(Anomaly(kind=kind.removesuffix("s"), pool=self.pool, evidence=evidence,
+                                slot_id=slot_id, path=path, number=number, lease_id=lease_id,
+                                host=host))
 
     @property
     def count(self) -> int:

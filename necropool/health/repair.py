@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from necropool.git import commands as git
 from necropool.ground.clock import now, rfc3339
@@ -119,7 +120,7 @@ class Isolation:
     isolated_at: str | None
     isolation_reason: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"slot_id": self.slot_id, "pool": self.pool, "state": ERROR,
                 "previous_state": self.previous_state, "isolated_at": self.isolated_at,
                 "isolation_reason": self.isolation_reason}
@@ -147,7 +148,8 @@ def recover(pool: Pool, number: int, force: bool = False,
                     error=None if ok else reason)
 
 
-def _finish(pool, number, ok, reason, commit, rescued, lock: FileLock) -> None:
+def _finish(pool: Pool, number: int, ok: bool, reason: str | None, commit: str | None,
+            rescued: str | None, lock: FileLock) -> None:
     """Record the outcome and let go of the slot: the lock first, inside the transaction,
     so a waiter woken by this write finds the slot free."""
     with pool.transaction() as current:
@@ -166,7 +168,8 @@ def _finish(pool, number, ok, reason, commit, rescued, lock: FileLock) -> None:
             slot.last_rescue = rescued
 
 
-def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
+def _repair(pool: Pool, slot: Slot, actions: list[str],
+            verifier: Verifier) -> tuple[bool, str | None, str | None, str | None]:
     """Returns (ok, reason, commit, rescued). The verifier's cache is keyed by inode, size
     and mtime, so a rebuilt mirror's new packs are checked afresh."""
     number, path = slot.number, pool.checked_slot_dir(slot.number)

@@ -7,7 +7,7 @@ lock held, so a crashed allocator is visible at once.
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from necropool.ground import wakeup
 from necropool.ground.errors import OperationFailed, Skipped, TryAgain, explain
@@ -17,12 +17,35 @@ from necropool.ground.validate import check_metadata, check_seconds, check_text
 from necropool.lease.refresh import clear_processes, fail_slot, refresh
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool
-from necropool.store.base import LeaseLost
+from necropool.store.base import LeaseLost, Marker
 from necropool.store.model import Lease, Slot
 
 ALLOCATION_POLICY = ("clean slots at the mirror's tip first (others are refreshed before "
                      "they are handed out), then the most recently released (warm build "
                      "caches), then the lowest number")
+
+
+@dataclass(frozen=True)
+class AllocateRequest:
+    """What an allocation asks for, checked once when made, the same from the API, the CLI
+    and ``run``: who holds the slot (``holder``: a process whose death abandons it), for how
+    long, with which metadata, how long to wait for one, whether to fetch first (None: the
+    pool's setting), and whether a slot of another host of the fleet will do."""
+
+    owner: str | None = None
+    holder: Holder | None = None
+    ttl: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    wait: float = 0
+    fetch: bool | None = None
+    any_host: bool = False
+
+    def __post_init__(self) -> None:
+        check_metadata(self.metadata)
+        if self.owner is not None:
+            check_text(self.owner, "owner")
+        check_seconds(self.ttl, "ttl")
+        check_seconds(self.wait, "wait", zero=True)
 
 
 @dataclass
@@ -37,17 +60,12 @@ class Grant:
     fetch_error: str | None = None
 
 
-def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = None,
-             ttl: float | None = None, metadata: dict | None = None, wait: float = 0,
-             fetch: bool | None = None, keep_lock: bool = False) -> Grant:
-    """Hand out a free slot under a new lease (policy: ``ALLOCATION_POLICY``)."""
-    metadata = check_metadata(metadata or {})
-    if owner is not None:
-        check_text(owner, "owner")
-    check_seconds(ttl, "ttl")
-    check_seconds(wait, "wait", zero=True)
+def allocate(pool: Pool, request: AllocateRequest, *, keep_lock: bool = False) -> Grant:
+    """Hand out a free slot of this host under a new lease (policy: ``ALLOCATION_POLICY``);
+    ``request.any_host`` is the caller's to act on."""
+    wait = request.wait
     pool.sweep()  # what a killed command left half-done (its claim skips ``transaction``)
-    fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
+    fetch = pool.definition.fetch_on_allocate if request.fetch is None else request.fetch
     fetch_error = update_mirror(pool) if fetch else None
     deadline = time.monotonic() + wait
     failed: set[int] = set()
@@ -59,7 +77,7 @@ def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = No
         while True:
             seen = _state_marker(pool)
             if queue.held or wait <= 0 or not _others_waiting(queue):
-                grant = _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed)
+                grant = _try_allocate(pool, request, keep_lock, failed)
                 if grant is not None:
                     grant.fetch_error = fetch_error
                     return grant
@@ -88,11 +106,12 @@ def _others_waiting(queue: FileLock) -> bool:
     return True
 
 
-def _state_marker(pool: Pool) -> tuple | None:
+def _state_marker(pool: Pool) -> Marker | None:
     return pool.store.marker()
 
 
-def _wait_for_change(pool: Pool, seen: tuple | None, deadline: float, wake: int | None) -> bool:
+def _wait_for_change(pool: Pool, seen: Marker | None, deadline: float,
+                     wake: int | None) -> bool:
     """Sleep until the state changes (a release, say) or the deadline passes, woken through
     the FIFO that every state write pokes (and checking every 5 s all the same); without the
     FIFO, a stat every 10 ms at most. Never the pool lock: waiters cost the pool nothing."""
@@ -108,11 +127,13 @@ def _wait_for_change(pool: Pool, seen: tuple | None, deadline: float, wake: int 
     return False
 
 
-def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Grant | None:
+def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
+                  failed: set[int]) -> Grant | None:
     """Claim a free slot through the store: one at the mirror's tip first, handed out as it
     is, else one to refresh first (see ``_prepare``)."""
     tip = _known_tip(pool)
-    lease = Lease.new(owner or default_owner(), holder, ttl, metadata)
+    holder = request.holder
+    lease = Lease.new(request.owner or default_owner(), holder, request.ttl, request.metadata)
     taken: list[tuple[FileLock, Slot]] = []  # the slot lock claimed, and the slot before
 
     def take(slot: Slot) -> bool:

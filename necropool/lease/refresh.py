@@ -5,6 +5,8 @@ processes still running in it."""
 import contextlib
 import os
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from necropool.ground import proc
 from necropool.ground.clock import now
@@ -14,14 +16,18 @@ from necropool.ground.locks import FileLock
 from necropool.pool.pool import Pool
 from necropool.store.model import ERROR, Slot
 
+if TYPE_CHECKING:
+    from necropool.slot.cleanup import Report as CleanReport
 
-def rescue_path(pool: Pool, number: int, label: str):
+
+def rescue_path(pool: Pool, number: int, label: str) -> Path:
     ensure_inside(pool.paths.rescued, pool.settings.root)  # never write through a symlink
     stamp = now().strftime("%Y%m%dT%H%M%S%fZ")
     return pool.paths.rescued / f"{pool.slot_id(number)}-{stamp}-{label}.bundle"
 
 
-def refresh(pool: Pool, slot: Slot, *, rescue_label: str, lease_id: str | None = None):
+def refresh(pool: Pool, slot: Slot, *, rescue_label: str,
+            lease_id: str | None = None) -> tuple[str, "CleanReport"]:
     """Clean a slot we hold to the mirror's tip (outside the pool lock); return the tip and
     the cleanup's report. ``lease_id``: the lease that ended, named in the event."""
     from necropool.slot import cleanup

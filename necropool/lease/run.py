@@ -6,13 +6,14 @@ import ctypes
 import os
 import signal
 import subprocess
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from types import FrameType
+from typing import IO, Any
 
 from necropool.ground import proc
 from necropool.ground.errors import NecropoolError, UsageError
 from necropool.ground.proc import Holder
-from necropool.lease.allocate import Grant, allocate
+from necropool.lease.allocate import AllocateRequest, Grant, allocate
 from necropool.lease.release import release
 from necropool.lease.renew import Release, renew
 from necropool.pool.pool import Pool
@@ -35,7 +36,7 @@ class RunResult:
     spawn_error: str | None = None
 
 
-def _wait_renewing(pool: Pool, grant: Grant, child) -> int:
+def _wait_renewing(pool: Pool, grant: Grant, child: subprocess.Popen[bytes]) -> int:
     """Wait for the command, renewing its lease every third of its TTL meanwhile, so a
     command that runs longer than ``--ttl`` is never reclaimed while it lives."""
     ttl = grant.lease.ttl_seconds
@@ -48,7 +49,8 @@ def _wait_renewing(pool: Pool, grant: Grant, child) -> int:
                 renew(pool, grant.number, grant.lease.lease_id)
 
 
-def run(pool: Pool, argv: list[str], stdout: Any = None, **allocate_options: Any) -> RunResult:
+def run(pool: Pool, argv: list[str], request: AllocateRequest,
+        stdout: IO[Any] | None = None) -> RunResult:
     """Allocate, run ``argv`` in the slot holding its lock, release whatever happens.
     The status is the command's (128+N when signal N ended it; 127/126 when it could not
     be started, as shells report). SIGINT, SIGTERM and SIGHUP are forwarded to it; one that
@@ -57,15 +59,15 @@ def run(pool: Pool, argv: list[str], stdout: Any = None, **allocate_options: Any
     (or when ``run`` is interrupted) is ended too, before the slot is released."""
     if not argv:
         raise UsageError("run needs a command after --")
-    grant = allocate(pool, holder=Holder.me(), keep_lock=True, **allocate_options)
+    grant = allocate(pool, replace(request, holder=Holder.me()), keep_lock=True)
     path = pool.slot_dir(grant.number)
     result = RunResult(code=0, slot_id=pool.slot_id(grant.number))
     env = dict(os.environ, NECROPOOL_SLOT_ID=result.slot_id, NECROPOOL_SLOT_PATH=str(path),
                NECROPOOL_LEASE_ID=grant.lease.lease_id)
-    child = None
+    child: subprocess.Popen[bytes] | None = None
     pending: list[int] = []
 
-    def forward(signum, _frame):
+    def forward(signum: int, _frame: FrameType | None) -> None:
         if child is None:
             pending.append(signum)
         else:

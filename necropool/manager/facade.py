@@ -6,30 +6,35 @@ The CLI talks to this and nothing else."""
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, Self
 
 from necropool.ground.config import PoolSpec, Settings, load_settings
 from necropool.ground.errors import (
     NecropoolError,
     NotFound,
-    PoolStep,
+    PoolOutcome,
     TryAgain,
     UsageError,
     named,
 )
+from necropool.ground.layout import pools_dir
 from necropool.ground.proc import Holder, hostname
 from necropool.ground.results import Record
+from necropool.ground.slotref import SlotRef
 from necropool.ground.validate import check_hours
 from necropool.lease import renew as leases
-from necropool.lease.allocate import allocate, default_owner
+from necropool.lease.allocate import AllocateRequest, allocate, default_owner
 from necropool.lease.release import release
 from necropool.manager import views, walk
 from necropool.pool import pool as pools
 from necropool.store import events
 
 if TYPE_CHECKING:
+    from necropool.admin.pools import Progress
+    from necropool.health.lockmaint import LockManager
     from necropool.lease.run import RunResult
 
 
@@ -43,13 +48,13 @@ class PoolManager:
         self.settings = settings or config or load_settings()
 
     @property
-    def lock_manager(self):
+    def lock_manager(self) -> "LockManager":
         from necropool.health.lockmaint import LockManager
 
         return LockManager(self.settings, lambda: walk.targets(self.settings, None, []))
 
     @classmethod
-    def from_config_file(cls, root: str | None = None, config: str | None = None):
+    def from_config_file(cls, root: str | None = None, config: str | None = None) -> Self:
         return cls(load_settings(root, config))
 
     # --- pools --------------------------------------------------------------------------------
@@ -66,13 +71,14 @@ class PoolManager:
     def pool_names(self) -> list[str]:
         return pools.list_pools(self.settings)
 
-    def create_pool(self, spec: PoolSpec, progress=None) -> dict:
+    def create_pool(self, spec: PoolSpec, progress: "Progress | None" = None) -> dict[str, Any]:
         from necropool.admin import pools as admin
 
         pool = admin.create(self.settings, spec, progress)
         return views.describe_pool(pool, pool.read_state())
 
-    def delete_pool(self, name: str, force: bool = False, discard_work: bool = False) -> dict:
+    def delete_pool(self, name: str, force: bool = False,
+                    discard_work: bool = False) -> dict[str, Any]:
         """With ``force``, also the remains of a half-made pool (no ``pool.toml``)."""
         from necropool.admin import pools as admin
 
@@ -84,7 +90,8 @@ class PoolManager:
             return admin.delete_remains(self.settings, name)
         return admin.delete(pool, force, discard_work)
 
-    def add_slots(self, name: str, count: int = 1, progress=None) -> list[str]:
+    def add_slots(self, name: str, count: int = 1,
+                  progress: "Progress | None" = None) -> list[str]:
         from necropool.admin import pools as admin
 
         return admin.add_slots(self.get_pool(name), count, progress)
@@ -94,13 +101,13 @@ class PoolManager:
         return self.add_slots(name)[0]
 
     def remove_slot(self, slot_ref: str, force: bool = False,
-                    discard_work: bool = False) -> dict:
+                    discard_work: bool = False) -> dict[str, Any]:
         from necropool.admin import pools as admin
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return admin.remove_slot(pool, number, force, discard_work)
 
-    def list_pools(self, host: str | None = None) -> list[dict]:
+    def list_pools(self, host: str | None = None) -> list[PoolOutcome[dict[str, Any]]]:
         """Every pool's summary (of ``host``'s slots only, for a pool in a ledger), with the
         pools of the fleet's ledger this host has no slots of; an unreadable pool is
         reported, never hidden."""
@@ -109,15 +116,16 @@ class PoolManager:
             from necropool.store.pg import schema as ledger_schema
 
             names = sorted({*names, *ledger_schema.pool_names(dsn)})
-        out: list[dict] = []
-        for name in names:
-            with PoolStep(name) as step:
-                out.append(views.summary(self.fleet_pool(name), host, with_slots=False))
-            if step.error:
-                out.append(step.broken())
-        return out
+        return [walk.outcome(name, lambda name: views.summary(self.fleet_pool(name), host,
+                                                              with_slots=False))
+                for name in names]
 
-    def pool_status(self, name: str, host: str | None = None) -> dict:
+    def pool_statuses(self, host: str | None = None) -> list[PoolOutcome[dict[str, Any]]]:
+        """``pool_status`` of every pool; an unreadable pool is reported, never hidden."""
+        return [walk.outcome(name, lambda name: self.pool_status(name, host))
+                for name in self.pool_names()]
+
+    def pool_status(self, name: str, host: str | None = None) -> dict[str, Any]:
         """The pool object with its slots (of ``host`` only, for a pool in a ledger) and what
         its ``rescued/`` holds."""
         from necropool.pool import rescued
@@ -127,128 +135,150 @@ class PoolManager:
         data["rescued_count"], data["rescued_bytes"] = rescued.usage(pool)
         return data
 
-    def slot_status(self, slot_ref: str) -> dict:
-        if remote := self._remote(slot_ref):
+    def slot_status(self, slot_ref: str) -> dict[str, Any]:
+        ref = SlotRef.parse(slot_ref)
+        if remote := self._remote(ref):
             from necropool.fleet import remote as fleet
 
             pool, number, host = remote
             found = fleet.find(pool, host, number)
-            return views.describe_slot(pool, found.slot, found.host, found.path)
-        pool, number = pools.resolve_slot(self.settings, slot_ref.split("@")[0])
-        return views.describe_slot(pool, pools.get_slot(pool.read_state(), pool, number))
+            return pools.describe_slot(pool, found.slot, found.host, found.path)
+        pool, number = pools.resolve_slot(self.settings, ref)
+        return pools.describe_slot(pool, pools.get_slot(pool.read_state(), pool, number))
 
-    def sync(self, prune: bool = False, progress=None) -> list[dict]:
+    def sync(self, prune: bool = False,
+             progress: "Progress | None" = None) -> list[PoolOutcome[dict[str, Any]]]:
         from necropool.admin.sync import sync
 
         return sync(self.settings, prune, progress)
 
     # --- lifecycle ----------------------------------------------------------------------------
-    def allocate_slot(self, name: str, *, owner=None, pid: int | None = None, ttl=None,
-                      metadata=None, wait: float = 0, fetch: bool | None = None,
-                      any_host: bool = False) -> dict:
-        """``any_host``: when this host has no free slot, a clean one of another host of the
-        fleet (its ``slot_host`` and ``path`` say where)."""
-        holder = None
+    def allocate_slot(self, name: str, request: AllocateRequest | None = None, *,
+                      owner: str | None = None, pid: int | None = None,
+                      ttl: float | None = None, metadata: dict[str, str] | None = None,
+                      wait: float = 0, fetch: bool | None = None,
+                      any_host: bool = False) -> dict[str, Any]:
+        """A slot under a new lease: as ``request`` asks, or as the keywords do (the health API's
+        form). ``pid``: the holder process (either way). ``any_host``: when this host has no
+        free slot, a clean one of another host of the fleet (its ``slot_host`` and ``path``
+        say where)."""
+        if request is None:
+            request = AllocateRequest(owner=owner, ttl=ttl, metadata=metadata or {}, wait=wait,
+                                      fetch=fetch, any_host=any_host)
         if pid is not None:
             holder = Holder.of(pid)
             if holder is None:
                 raise UsageError(f"no process with pid {pid} on this host")
-        pool = self.fleet_pool(name) if any_host else self.get_pool(name)
-        deadline = time.monotonic() + (wait or 0)
+            request = replace(request, holder=holder)
+        pool = self.fleet_pool(name) if request.any_host else self.get_pool(name)
+        deadline = time.monotonic() + request.wait
         while True:
             try:
                 if not pool.local:  # no slot here: only the others
                     raise TryAgain(f"no free slot in pool {name!r} on any host")
-                grant = allocate(
-                    pool, owner=owner, holder=holder, ttl=ttl, metadata=metadata, fetch=fetch,
-                    wait=min(wait, max(0.0, deadline - time.monotonic()), 1.0) if any_host
-                    else wait)
+                grant = allocate(pool, replace(
+                    request, wait=min(request.wait, max(0.0, deadline - time.monotonic()), 1.0))
+                    if request.any_host else request)
             except TryAgain:
-                if not any_host:
+                if not request.any_host:
                     raise
                 from necropool.fleet import remote as fleet
 
-                remote = fleet.allocate(pool, owner=owner or default_owner(),
-                                        holder=holder, ttl=ttl, metadata=metadata or {})
+                remote = fleet.allocate(pool, owner=request.owner or default_owner(),
+                                        holder=request.holder, ttl=request.ttl,
+                                        metadata=request.metadata)
                 if remote is not None:
-                    return {**views.describe_slot(pool, remote.slot, remote.host, remote.path),
+                    return {**pools.describe_slot(pool, remote.slot, remote.host, remote.path),
                             "fetch_error": None}
                 if time.monotonic() >= deadline:
                     raise
-                fetch = False  # fetched once is enough
+                request = replace(request, fetch=False)  # fetched once is enough
                 if not pool.local:
                     time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
                 continue
-            data = views.describe_slot(pool, grant.slot)
+            data = pools.describe_slot(pool, grant.slot)
             data["fetch_error"] = grant.fetch_error
             return data
 
     def release_slot(self, slot_ref: str, lease_id: str | None = None, cleanup: bool = True,
-                     fetch: bool | None = None, stop: bool = False) -> dict:
+                     fetch: bool | None = None, stop: bool = False) -> dict[str, Any]:
         """``stop``: end processes still running in the slot instead of refusing. A slot of
         another host (``POOL-N@HOST``) is only given back: its host cleans it."""
-        if remote := self._remote(slot_ref):
+        ref = SlotRef.parse(slot_ref)
+        if remote := self._remote(ref):
             from necropool.fleet import remote as fleet
 
             pool, number, host = remote
             return fleet.release(pool, host, number, lease_id)
-        pool, number = pools.resolve_slot(self.settings, slot_ref)
+        pool, number = pools.resolve_slot(self.settings, ref)
         return release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch,
                                  stop=stop).to_dict()
 
-    def renew_slot(self, slot_ref: str, lease_id: str, ttl: float | None = None) -> dict:
+    def renew_slot(self, slot_ref: str, lease_id: str,
+                   ttl: float | None = None) -> dict[str, Any]:
         """Extend a lease by ``ttl`` seconds from now (default: its own TTL)."""
-        if remote := self._remote(slot_ref):
+        ref = SlotRef.parse(slot_ref)
+        if remote := self._remote(ref):
             from necropool.fleet import remote as fleet
 
             pool, number, host = remote
             renewed = fleet.renew(pool, host, number, lease_id, ttl)
-            return views.describe_slot(pool, renewed.slot, renewed.host, renewed.path)
-        pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return views.describe_slot(pool, leases.renew(pool, number, lease_id, ttl))
+            return pools.describe_slot(pool, renewed.slot, renewed.host, renewed.path)
+        pool, number = pools.resolve_slot(self.settings, ref)
+        return pools.describe_slot(pool, leases.renew(pool, number, lease_id, ttl))
 
-    def _remote(self, slot_ref: str) -> tuple[pools.Pool, int, str] | None:
+    def _remote(self, ref: SlotRef) -> tuple[pools.Pool, int, str] | None:
         """A slot of another host (``POOL-N@HOST``): its pool, number and host."""
-        if not isinstance(slot_ref, str) or "@" not in slot_ref or "/" in slot_ref:
+        if ref.host is None:
             return None
-        from necropool.fleet import remote as fleet
-
-        name, number, host = fleet.resolve(slot_ref)
-        if host is None:  # this host, named
-            return None
-        return self.fleet_pool(name), number, host
+        return self.fleet_pool(ref.pool), ref.number, ref.host
 
     @contextmanager
-    def slot(self, name: str, **allocate_options) -> Iterator[dict]:
+    def slot(self, name: str, request: AllocateRequest | None = None, *,
+             owner: str | None = None, pid: int | None = None, ttl: float | None = None,
+             metadata: dict[str, str] | None = None, wait: float = 0,
+             fetch: bool | None = None, any_host: bool = False) -> Iterator[dict[str, Any]]:
         """``with manager.slot("web", ttl=600) as slot:``: a slot allocated for the block and
         released (its lease only) when the block ends, also on an exception."""
-        slot = self.allocate_slot(name, **allocate_options)
+        slot = self.allocate_slot(name, request, owner=owner, pid=pid, ttl=ttl,
+                                  metadata=metadata, wait=wait, fetch=fetch,
+                                  any_host=any_host)
         try:
             yield slot
         finally:
             self.release_slot(slot["slot_id"], lease_id=slot["lease_id"])
 
-    def run(self, name: str, argv: list[str], stdout=None,
-            **allocate_options) -> "RunResult":
+    def run(self, name: str, argv: list[str], stdout: IO[Any] | None = None,
+            request: AllocateRequest | None = None, *, owner: str | None = None,
+            ttl: float | None = None, metadata: dict[str, str] | None = None,
+            wait: float = 0, fetch: bool | None = None) -> "RunResult":
+        """``argv`` in a slot allocated as ``request`` (or the keywords) asks, held by this
+        process; see ``lease.run``."""
         from necropool.lease.run import run
 
-        return run(self.get_pool(name), argv, stdout=stdout, **allocate_options)
+        if request is None:
+            request = AllocateRequest(owner=owner, ttl=ttl, metadata=metadata or {}, wait=wait,
+                                      fetch=fetch)
+        return run(self.get_pool(name), argv, request, stdout=stdout)
 
-    def log(self, name: str, since: datetime | None = None) -> list[dict]:
+    def log(self, name: str, since: datetime | None = None) -> list[events.Event]:
         return self.get_pool(name).store.read_events(since)
 
     def watch_log(self, name: str | None = None, host: str | None = None,
-                  broken: list[dict] | None = None, **options) -> Iterator[dict]:
+                  broken: walk.Broken | None = None, *, since: datetime | None = None,
+                  kinds: set[str] | None = None, last: int | None = None,
+                  follow: bool = False) -> Iterator[events.Event]:
         """The events of one pool or every pool (see ``events.watch`` for the options); those
         of ``host`` only, if given (a ledger's events name theirs; the others are this
         host's). ``broken``: as for ``rescued_list``."""
         found = events.watch(walk.each(self.settings, name, broken,
-                                       lambda pool: [pool.store.tail()]), **options)
+                                       lambda pool: [pool.store.tail()]),
+                             since=since, kinds=kinds, last=last, follow=follow)
         if host is None:
             return found
         return (e for e in found if e.get("host", hostname()) == host)
 
-    def last_event(self, name: str, event: str) -> dict | None:
+    def last_event(self, name: str, event: str) -> events.Event | None:
         return self.get_pool(name).store.last_event(event)
 
     # --- the shared ledger ---------------------------------------------------------------------
@@ -260,7 +290,7 @@ class PoolManager:
                              "NECROPOOL_LEDGER, or set ledger in the config file")
         return dsn
 
-    def ledger(self, action: str, pool: str | None = None) -> dict:
+    def ledger(self, action: str, pool: str | None = None) -> dict[str, Any]:
         """``init``/``migrate`` (the same: create or update the schema), ``status``,
         ``import`` or ``export`` (of ``pool``)."""
         from necropool.fleet import transfer as ledger_transfer
@@ -277,9 +307,9 @@ class PoolManager:
 
     # --- rescued work -------------------------------------------------------------------------
     def rescued_list(self, name: str | None = None, inspect: bool = True,
-                     broken: list[dict] | None = None) -> list[Record]:
+                     broken: walk.Broken | None = None) -> list[Record]:
         """What the ``rescued/`` of one pool or every pool holds, oldest first. With a
-        ``broken`` list, a pool that cannot be read goes there (``{"pool", "error"}``) and
+        ``broken`` list, a pool that cannot be read goes there (its ``PoolOutcome``) and
         the others are listed; without one, it raises."""
         from necropool.pool import rescued
 
@@ -291,25 +321,25 @@ class PoolManager:
 
         return walk.each(self.settings, name, broken, listed)
 
-    def rescued_show(self, ident: str) -> dict:
+    def rescued_show(self, ident: str) -> Record:
         from necropool.pool import rescued
 
         pool, item = self._rescued_find(ident)
         rescued.inspect(pool, [item])
         return item
 
-    def rescued_restore(self, ident: str, into: str | None = None) -> dict:
+    def rescued_restore(self, ident: str, into: str | None = None) -> dict[str, Any]:
         from necropool.pool import rescued
 
         pool, item = self._rescued_find(ident)
         return rescued.restore(pool, item, Path(into) if into else None)
 
-    def _rescued_find(self, ident: str) -> tuple[object, Record]:
+    def _rescued_find(self, ident: str) -> tuple[pools.Pool, Record]:
         """The item among every pool's; not found, the pools that could not be searched are
         named."""
         from necropool.pool import rescued
 
-        broken: list[dict] = []
+        broken: walk.Broken = []
         try:
             return rescued.find(walk.targets(self.settings, None, broken), ident)
         except NotFound as exc:
@@ -318,7 +348,7 @@ class PoolManager:
             raise NotFound(f"{exc.message}; not searched: {named(broken)}") from None
 
     def rescued_prune(self, name: str | None, older_than: float, apply: bool,
-                      broken: list[dict] | None = None) -> list[Record]:
+                      broken: walk.Broken | None = None) -> list[Record]:
         """Items older than ``older_than`` seconds, deleted only when ``apply``; ``broken``:
         as for ``rescued_list``."""
         from necropool.pool import rescued
@@ -327,18 +357,19 @@ class PoolManager:
                          lambda pool: rescued.prune(pool, older_than, apply))
 
     # --- health -------------------------------------------------------------------------------
-    def detect_anomalies(self, name: str | None = None, max_allocation_hours=None,
-                         deep: bool = False, host: str | None = None) -> dict[str, list]:
+    def detect_anomalies(self, name: str | None = None,
+                         max_allocation_hours: float | None = None, deep: bool = False,
+                         host: str | None = None) -> dict[str, list[Any]]:
         """``{kind: [anomaly, ...]}`` over one pool or all, with the health API's keys (those on
-        ``host`` only, if given), and ``errors``: ``"POOL: why"`` for each pool that could
+        ``host`` only, if given), and ``errors``: a ``PoolOutcome`` for each pool that could
         not be checked (as ``auto_recover`` reports them); the others are checked all the
         same. A directory under pools/ that is not a pool is a stray path."""
         from necropool.health.detect import KINDS, detect
 
         check_hours(max_allocation_hours)
-        merged: dict[str, list] = {k: [] for k in KINDS}
-        unusable: list[dict] = []
-        errors: list[str] = []
+        merged: dict[str, list[Any]] = {k: [] for k in KINDS}
+        unusable: walk.Broken = []
+        errors: walk.Broken = []
         targets = walk.targets(self.settings, name, unusable)
         for found in walk.checked(targets, lambda pool: detect(
                 pool, max_allocation_hours=max_allocation_hours, deep=deep), errors):
@@ -346,20 +377,21 @@ class PoolManager:
                 merged[kind].extend(r for r in records if host in (None, r["host"]))
         for each in unusable:
             merged["stray_paths"].append(Record(
-                kind="stray_path", pool=each["pool"], slot_id=None,
-                evidence=f"not a usable pool: {each['error']}",
-                path=str(pools.pools_dir(self.settings.root) / each["pool"]), lease_id=None,
+                kind="stray_path", pool=each.pool, slot_id=None,
+                evidence=f"not a usable pool: {each.error}",
+                path=str(pools_dir(self.settings.root) / each.pool), lease_id=None,
                 host=hostname()))
         merged["errors"] = errors
         return merged
 
-    def detect_long_allocated_slots(self, max_allocation_hours=None, name=None) -> list[Record]:
+    def detect_long_allocated_slots(self, max_allocation_hours: float | None = None,
+                                    name: str | None = None) -> list[Record]:
         return self.detect_anomalies(name, max_allocation_hours)["long_allocated_slots"]
 
-    def detect_corrupted_slots(self, name=None) -> list[Record]:
+    def detect_corrupted_slots(self, name: str | None = None) -> list[Record]:
         return self.detect_anomalies(name)["corrupted_slots"]
 
-    def detect_orphaned_locks(self, name=None) -> list[Record]:
+    def detect_orphaned_locks(self, name: str | None = None) -> list[Record]:
         return self.detect_anomalies(name)["orphaned_locks"]
 
     def recover_slot(self, slot_ref: str, force: bool = False) -> Record:
@@ -368,33 +400,38 @@ class PoolManager:
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return recover(pool, number, force).to_dict()
 
-    def isolate_slot(self, slot_ref: str, reason: str | None = None) -> dict:
+    def isolate_slot(self, slot_ref: str, reason: str | None = None) -> dict[str, Any]:
         from necropool.health.repair import isolate
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return isolate(pool, number, reason).to_dict()
 
-    def auto_recover(self, name: str | None = None, *, max_allocation_hours=None,
+    def auto_recover(self, name: str | None = None, *,
+                     max_allocation_hours: float | None = None,
                      recover_corrupted: bool = True, cleanup_orphaned_locks: bool = True,
-                     force_release_long_allocated: bool = False, dry_run: bool = False) -> dict:
-        """The health API's counters summed over the pools, plus per-pool details."""
+                     force_release_long_allocated: bool = False,
+                     dry_run: bool = False) -> dict[str, Any]:
+        """The health API's counters summed over the pools, plus per-pool details; ``errors``: a
+        ``PoolOutcome`` for each failure, in order (a pool not usable, an action that
+        failed, a pool that could not be done)."""
         from necropool.health.autorecover import auto_recover, zero_counters
 
         check_hours(max_allocation_hours)
         counters = zero_counters()
-        unusable: list[dict] = []
+        unusable: walk.Broken = []
         targets = walk.targets(self.settings, name, unusable)
-        errors = [f"{each['pool']}: not a usable pool (left alone): {each['error']}"
-                  for each in unusable]
+        errors: walk.Broken = [
+            PoolOutcome(each.pool, error=f"not a usable pool (left alone): {each.error}")
+            for each in unusable]
 
-        def recovered(pool: pools.Pool) -> dict:
+        def recovered(pool: pools.Pool) -> dict[str, Any]:
             result = auto_recover(
                 pool, max_allocation_hours=max_allocation_hours,
                 recover_corrupted=recover_corrupted, cleanup_orphaned_locks=cleanup_orphaned_locks,
                 force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
             for key, value in result.counters.items():
                 counters[key] += value
-            errors.extend(f"{pool.name}: {e}" for e in result.errors)
+            errors.extend(PoolOutcome(pool.name, error=e) for e in result.errors)
             return result.to_dict()
 
         results = walk.checked(targets, recovered, errors)

@@ -1,13 +1,16 @@
 """The JSON views of pools (the contract in docs/json.md); a slot's is ``pool.describe_slot``."""
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from necropool.git import commands as git
 from necropool.ground.clock import rfc3339
 from necropool.pool.mirror import mirror_freshness
 from necropool.pool.pool import Pool, describe_slot
 from necropool.store.model import STATES, PoolState, Slot
+
+if TYPE_CHECKING:
+    from necropool.store.pg.hosts import FleetSlot
 
 
 def summary(pool: Pool, host: str | None = None, with_slots: bool = True) -> dict[str, Any]:
@@ -54,7 +57,8 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
     return data
 
 
-def describe_hosts(pool: Pool, slots: list, seen: dict[str, datetime]) -> list[dict]:
+def describe_hosts(pool: Pool, slots: "list[FleetSlot]",
+                   seen: dict[str, datetime]) -> list[dict[str, Any]]:
     """Each host of a pool in the fleet: its slots, last sign of life (a state change or an
     auto-recover), and whether it has been silent past ``silent_host_hours``."""
     from necropool.store.pg.hosts import silent_hosts

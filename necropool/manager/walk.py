@@ -5,30 +5,40 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from necropool.ground.config import Settings
-from necropool.ground.errors import PoolStep
+from necropool.ground.errors import PoolOutcome, PoolStep
 from necropool.pool.pool import Pool, list_pools
 
 T = TypeVar("T")
 
 
-def targets(settings: Settings, name: str | None, broken: list[dict] | None) -> list[Pool]:
+# The pools a command over several pools could not do, each with its error.
+Broken = list[PoolOutcome[object]]
+
+
+def outcome(name: str, step: Callable[[str], T]) -> PoolOutcome[T]:
+    """``step(name)`` as the pool's outcome: its result, or the failure that stopped it."""
+    with PoolStep(name) as attempt:
+        return PoolOutcome(name, step(name))
+    return attempt.failure()
+
+
+def targets(settings: Settings, name: str | None, broken: Broken | None) -> list[Pool]:
     """The named pool, or every pool. With no name and a ``broken`` list, a pool that does
-    not open goes there (``{"pool", "error"}``) instead of stopping the others; without
-    the list, it raises."""
+    not open goes there instead of stopping the others; without the list, it raises."""
     if name:
         return [Pool(settings, name)]
-    found = []
+    found: list[Pool] = []
     for each in list_pools(settings):
         with PoolStep(each) as step:
             found.append(Pool(settings, each))
         if step.exc is not None:
             if broken is None:
                 raise step.exc
-            broken.append(step.broken())
+            broken.append(step.failure())
     return found
 
 
-def each(settings: Settings, name: str | None, broken: list[dict] | None,
+def each(settings: Settings, name: str | None, broken: Broken | None,
          step: Callable[[Pool], list[T]]) -> list[T]:
     """What ``step`` returns for the named pool, or for every pool, joined; a pool that fails
     goes to ``broken`` as for ``targets`` (a named pool's failure is raised)."""
@@ -39,14 +49,14 @@ def each(settings: Settings, name: str | None, broken: list[dict] | None,
         if attempt.exc is not None:
             if name or broken is None:
                 raise attempt.exc
-            broken.append(attempt.broken())
+            broken.append(attempt.failure())
     return out
 
 
-def checked(pools: list[Pool], step: Callable[[Pool], T], errors: list[str]) -> list[T]:
-    """What ``step`` returns for each pool; a pool whose step fails is named in ``errors``
-    (``"POOL: why"``, as the health commands report it) and the others go ahead. When no
-    pool could even be looked at, the failure is raised: a refusal, not a result."""
+def checked(pools: list[Pool], step: Callable[[Pool], T], broken: Broken) -> list[T]:
+    """What ``step`` returns for each pool; a pool whose step fails goes to ``broken`` and
+    the others go ahead. When no pool could even be looked at, the failure is raised: a
+    refusal, not a result."""
     done: list[T] = []
     first: BaseException | None = None
     for pool in pools:
@@ -54,7 +64,7 @@ def checked(pools: list[Pool], step: Callable[[Pool], T], errors: list[str]) -> 
             done.append(step(pool))
         if attempt.exc is not None:
             first = first or attempt.exc
-            errors.append(f"{pool.name}: {attempt.error}")
+            broken.append(attempt.failure())
     if first is not None and not done:
         raise first
     return done

@@ -22,7 +22,8 @@ from necropool.ground.layout import PoolPaths, ensure_inside, pools_dir, sweep_t
 from necropool.ground.locks import FileLock
 from necropool.ground.proc import hostname
 from necropool.ground.results import Record
-from necropool.ground.validate import check_pool_name, parse_slot_id
+from necropool.ground.slotref import SlotRef
+from necropool.ground.validate import check_pool_name
 from necropool.store.base import Store
 from necropool.store.model import PoolState, Slot
 from necropool.store.open import open_store
@@ -190,24 +191,24 @@ def get_slot(current: PoolState, pool: Pool, number: int) -> Slot:
     return slot
 
 
-def resolve_slot(settings: Settings, ref: str) -> tuple[Pool, int]:
-    """A slot id (``web-3``) or any path inside a slot's directory."""
-    if not isinstance(ref, str) or "\0" in ref:
-        raise UsageError(f"invalid slot {ref!r}: expected a slot id or a path in a slot")
-    if "/" in ref or ref in (".", ".."):
-        path = Path(ref).absolute().resolve()
+def resolve_slot(settings: Settings, slot: SlotRef | str) -> tuple[Pool, int]:
+    """A slot of this host: by id (``web-3``) or any path inside its directory."""
+    ref = slot if isinstance(slot, SlotRef) else SlotRef.parse(slot)
+    if ref.remote:
+        raise UsageError(f"slot {ref} is on host {ref.host}: run this there")
+    if ref.path is not None:
+        path = Path(ref.path).absolute().resolve()
         try:
             rel = path.relative_to(pools_dir(settings.root).resolve())
         except ValueError:
-            raise UsageError(f"{ref!r} is not inside a slot under {settings.root}") from None
+            raise UsageError(f"{ref.path!r} is not inside a slot under {settings.root}") from None
         if not path.exists():
-            raise NotFound(f"no such path {ref!r}")
+            raise NotFound(f"no such path {ref.path!r}")
         parts = rel.parts
         if len(parts) < 3 or parts[1] != "slots" or not parts[2].isdigit():
-            raise UsageError(f"{ref!r} is not inside a slot under {settings.root}")
+            raise UsageError(f"{ref.path!r} is not inside a slot under {settings.root}")
         return Pool(settings, parts[0]), int(parts[2])
-    name, number = parse_slot_id(ref)
-    return Pool(settings, name), number
+    return Pool(settings, ref.pool), ref.number
 
 
 def list_pools(settings: Settings) -> list[str]:

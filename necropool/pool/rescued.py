@@ -10,12 +10,16 @@ import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from necropool.git import commands as git
 from necropool.ground.clock import now, rfc3339
 from necropool.ground.errors import Conflict, NotFound, OperationFailed, UsageError
 from necropool.ground.layout import ensure_inside, is_temp, remove_tree, temp_name
 from necropool.ground.results import Record
+
+if TYPE_CHECKING:
+    from necropool.pool.pool import Pool
 
 RESCUE_REFS = "refs/necropool/rescue/"
 _STAMP = r"(?P<stamp>\d{8}T\d{6}(?:\d{6})?Z)"
@@ -75,7 +79,7 @@ class Holders:
     -> owner, and each slot's releases in order (the holder whose work an
     ``allocate``/``recover`` cleanup saved)."""
 
-    def __init__(self, history: list[dict]):
+    def __init__(self, history: list[dict[str, Any]]):
         self.owners: dict[str, str] = {}
         self.releases: dict[str, list[tuple[str, str, str | None]]] = {}
         for record in history:
@@ -86,7 +90,8 @@ class Holders:
                 self.releases.setdefault(record.get("slot_id", ""), []).append(
                     (str(record.get("time")), lease, record.get("owner")))
 
-    def of(self, slot_id: str | None, label: str | None, when: datetime):
+    def of(self, slot_id: str | None, label: str | None,
+           when: datetime) -> tuple[str | None, str | None]:
         """(lease_id, owner) for a saved item."""
         if label and _LEASE.fullmatch(label):
             return label, self.owners.get(label)
@@ -95,7 +100,7 @@ class Holders:
         return (before[-1][1], before[-1][2]) if before else (None, None)
 
 
-def entries(pool, detail: bool = True) -> list[Record]:
+def entries(pool: "Pool", detail: bool = True) -> list[Record]:
     """Everything under the pool's ``rescued/``, oldest first; without ``detail``, only
     what the names and sizes say (no history, no bundle read: what ``status`` needs)."""
     top = pool.paths.rescued
@@ -108,7 +113,8 @@ def entries(pool, detail: bool = True) -> list[Record]:
     return sorted(found, key=lambda e: (e["created_at"] or "", e["id"]))
 
 
-def _walk(pool, directory: Path, prefix: str, holders: Holders | None, found: list) -> None:
+def _walk(pool: "Pool", directory: Path, prefix: str, holders: Holders | None,
+          found: list[Record]) -> None:
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         if is_temp(entry.name):
             continue
@@ -128,7 +134,7 @@ def _walk(pool, directory: Path, prefix: str, holders: Holders | None, found: li
         found.append(_describe(pool, Path(entry.path), rel, kind, holders))
 
 
-def _describe(pool, path: Path, rel: str, kind: str, holders: Holders | None) -> Record:
+def _describe(pool: "Pool", path: Path, rel: str, kind: str, holders: Holders | None) -> Record:
     st = path.lstat()
     name = path.name
     saved, stray = _SAVED.fullmatch(name), _STRAY.fullmatch(name)
@@ -154,13 +160,13 @@ def _describe(pool, path: Path, rel: str, kind: str, holders: Holders | None) ->
     return item
 
 
-def usage(pool) -> tuple[int, int]:
+def usage(pool: "Pool") -> tuple[int, int]:
     """(items, bytes) under the pool's ``rescued/``."""
     items = entries(pool, detail=False)
     return len(items), sum(e["size_bytes"] for e in items)
 
 
-def inspect(pool, items: list[Record]) -> None:
+def inspect(pool: "Pool", items: list[Record]) -> None:
     """Fill in ``commits`` (saved commits not upstream) and ``uncommitted_files`` of the
     bundles among ``items``: they are read into a scratch repository that borrows the
     mirror's objects (the bundles' prerequisites), created in the pool directory and
@@ -203,7 +209,7 @@ def _inspect_one(scratch: Path, space: str, item: Record) -> None:
         item["uncommitted_files"] = listed.stdout.decode(errors="replace").splitlines()
 
 
-def find(pools: list, ident: str) -> tuple[object, Record]:
+def find(pools: list["Pool"], ident: str) -> tuple["Pool", Record]:
     """The item named ``ident``: its id as ``list`` prints it (or an unambiguous start of
     it), ``POOL/ID``, or its path."""
     if not ident or "\0" in ident:
@@ -224,7 +230,7 @@ def find(pools: list, ident: str) -> tuple[object, Record]:
     raise NotFound(f"no rescued work {ident!r} (see necropool rescued list)")
 
 
-def restore(pool, item: Record, into: Path | None) -> dict:
+def restore(pool: "Pool", item: Record, into: Path | None) -> dict[str, Any]:
     """Fetch a bundle's saved refs as ``refs/rescued/<slot>-<stamp>/...`` into the git
     repository ``into``; when ``into`` does not exist, clone it first (from the pool's
     mirror, ``origin`` set to the upstream URL)."""
@@ -248,7 +254,7 @@ def restore(pool, item: Record, into: Path | None) -> dict:
             "refs": [space + n for n in item["refs"]]}
 
 
-def prune(pool, older_than: float, apply: bool) -> list[Record]:
+def prune(pool: "Pool", older_than: float, apply: bool) -> list[Record]:
     """The items older than ``older_than`` seconds; deleted only when ``apply``. Each is
     removed without following a symlink (a link goes, its target stays)."""
     old = older(pool, older_than)
@@ -257,20 +263,20 @@ def prune(pool, older_than: float, apply: bool) -> list[Record]:
     return old
 
 
-def older(pool, seconds: float, detail: bool = True) -> list[Record]:
+def older(pool: "Pool", seconds: float, detail: bool = True) -> list[Record]:
     """The items saved more than ``seconds`` ago (``detail``: as for ``entries``)."""
     cutoff = rfc3339(datetime.fromtimestamp(now().timestamp() - seconds, UTC))
     return [e for e in entries(pool, detail) if e["created_at"] < cutoff]
 
 
-def discard(pool, items: list[Record]) -> None:
+def discard(pool: "Pool", items: list[Record]) -> None:
     """Delete the items (``entries``'), and the directories that leaves empty."""
     for item in items:
         remove_tree(Path(item["path"]), pool.settings.root)
     _drop_empty_dirs(pool, {Path(e["path"]).parent for e in items})
 
 
-def _drop_empty_dirs(pool, directories: set[Path]) -> None:
+def _drop_empty_dirs(pool: "Pool", directories: set[Path]) -> None:
     """Remove directories (below ``rescued/``) that pruning left empty."""
     top = pool.paths.rescued
     for directory in sorted(directories, key=lambda p: len(p.parts), reverse=True):

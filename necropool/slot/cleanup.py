@@ -55,7 +55,7 @@ class Report:
     recloned: bool = False
     rescued: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {k: v for k, v in vars(self).items() if v not in (None, [], False, 0)}
 
 

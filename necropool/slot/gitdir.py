@@ -11,6 +11,7 @@ repaired in place. What is merely not as a fresh slot has it is put back by ``re
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 # What a fresh slot's .git holds at its top; anything else a holder left (ORIG_HEAD,
@@ -26,7 +27,7 @@ _OBJECTS = "objects/"  # object files may be hard links (a slot's packs are the 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def _walk(dir_fd: int, rel: str, visit) -> None:
+def _walk(dir_fd: int, rel: str, visit: Callable[[str, os.DirEntry[str]], None]) -> None:
     """Call ``visit(relpath, entry)`` for every entry below ``dir_fd``, never following a
     symlink (directories are opened ``O_NOFOLLOW`` relative to their parent's descriptor)."""
     with os.scandir(dir_fd) as entries:
@@ -49,7 +50,7 @@ def audit(gitdir: Path, *, common: Path | None = None) -> list[str]:
     object stores are stat'ed (thousands of loose objects cost no system call each)."""
     problems: list[str] = []
 
-    def visit(path: str, entry: os.DirEntry) -> None:
+    def visit(path: str, entry: os.DirEntry[str]) -> None:
         if entry.is_symlink():
             problems.append(f"symlink {path} -> {os.readlink(gitdir / path)}")
         elif entry.is_dir(follow_symlinks=False):

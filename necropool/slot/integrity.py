@@ -13,9 +13,16 @@ import json
 import os
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from necropool.git import commands as git
 from necropool.slot.gitdir import checksum_ok
+
+if TYPE_CHECKING:  # pygit2 costs ~40 ms to import: only the tree walk loads it
+    import pygit2
+
+# A pack file as (st_dev, st_ino, st_size, st_mtime_ns): it never changes in place.
+PackKey = tuple[int, int, int, int]
 
 
 def index_ok(gitdir: Path) -> bool:
@@ -40,11 +47,11 @@ class Verifier:
     """
 
     def __init__(self, cache: Path | None = None):
-        self._packs: dict[tuple, str | None] = {}
-        self._complete: dict[str, list[frozenset]] = {}  # commit -> pack sets proven
+        self._packs: dict[PackKey, str | None] = {}
+        self._complete: dict[str, list[frozenset[PackKey]]] = {}  # commit -> pack sets proven
         self._cache = cache
-        self._used: dict[str, list[frozenset]] = {}
-        self._loaded: dict[str, list[frozenset]] = {}
+        self._used: dict[str, list[frozenset[PackKey]]] = {}
+        self._loaded: dict[str, list[frozenset[PackKey]]] = {}
         if cache is not None:
             self._loaded = _load_cache(cache)
             self._complete = {k: list(v) for k, v in self._loaded.items()}
@@ -73,8 +80,8 @@ class Verifier:
             self._packs[key] = _trailer_problem(path)
         return self._packs[key]
 
-    def pack_keys(self, objects: Path) -> frozenset:
-        keys = set()
+    def pack_keys(self, objects: Path) -> frozenset[PackKey]:
+        keys: set[PackKey] = set()
         for pack in (objects / "pack").glob("*.pack"):
             st = pack.stat()
             keys.add((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
@@ -146,11 +153,12 @@ class Verifier:
         return []
 
 
-def _same(a: dict, b: dict) -> bool:
+def _same(a: dict[str, list[frozenset[PackKey]]],
+          b: dict[str, list[frozenset[PackKey]]]) -> bool:
     return a.keys() == b.keys() and all(set(a[k]) == set(b[k]) for k in a)
 
 
-def _load_cache(path: Path) -> dict[str, list[frozenset]]:
+def _load_cache(path: Path) -> dict[str, list[frozenset[PackKey]]]:
     try:
         data = json.loads(path.read_bytes())["complete"]
         return {str(commit): [frozenset(tuple(k) for k in packs) for packs in sets]
@@ -164,7 +172,7 @@ def _has_loose(objects: Path) -> bool:
                for e in os.scandir(objects) if e.is_dir())
 
 
-def _missing_objects(repo, tree) -> list[str]:
+def _missing_objects(repo: "pygit2.Repository", tree: "pygit2.Tree") -> list[str]:
     """Read every tree (hash-checked by libgit2) and check that every blob exists."""
     import pygit2  # lazy: as in _check_tree
 
@@ -177,7 +185,7 @@ def _missing_objects(repo, tree) -> list[str]:
             if entry.filemode == pygit2.enums.FileMode.COMMIT:
                 continue  # a submodule's commit lives in another repository
             if entry.type_str == "tree":
-                stack.append(repo[entry.id])
+                stack.append(cast("pygit2.Tree", repo[entry.id]))  # its type_str says so
             elif not odb.exists(entry.id):
                 missing.append(str(entry.id))
     return missing

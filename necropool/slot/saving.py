@@ -5,6 +5,7 @@ beside the pool (``git fetch BUNDLE 'refs/necropool/rescue/*:refs/rescued/*'`` r
 
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,9 @@ def stash_entries(tree: Path) -> list[str]:
     out = git.run(["rev-list", "--walk-reflogs", "refs/stash"], tree, check=False).stdout
     return out.decode().split() or [top]
 
+
+# A bundle being written: its git process and the arguments it was started with.
+Bundle = tuple[subprocess.Popen[bytes], list[str]]
 
 RESCUE_REFS = "refs/necropool/rescue/"  # the bundle's ref names; restore with
 # ``git fetch BUNDLE 'refs/necropool/rescue/*:refs/rescued/*'``
@@ -137,7 +141,7 @@ def save_refs(tree: Path, st: Status, extras: dict[str, str], with_head: bool,
     return refs
 
 
-def start_bundle(tree: Path, dest: Path, refs: list[str]):
+def start_bundle(tree: Path, dest: Path, refs: list[str]) -> Bundle:
     """Start writing the saved refs to a bundle at ``dest`` (in the background: nothing a
     cleanup does afterwards touches the saved objects or refs)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +149,7 @@ def start_bundle(tree: Path, dest: Path, refs: list[str]):
     return git.start(args, tree), args
 
 
-def finish_bundle(bundle, refs: list[str]) -> bool:
+def finish_bundle(bundle: Bundle, refs: list[str]) -> bool:
     """Wait for the bundle; False when git wrote none because every saved commit is
     already upstream (a leftover ref whose work was pushed since, say)."""
     try:

@@ -20,6 +20,9 @@ from necropool.ground.proc import Holder
 from necropool.store import events
 from necropool.store.model import Lease, PoolState, Slot
 
+# Opaque: a value that changes whenever a pool's state is written (compared, never read).
+Marker = tuple[object, ...]
+
 
 class Transactions:
     """``transaction`` from a store's ``locked`` and ``save`` (the same for every store)."""
@@ -59,7 +62,7 @@ class Store(Protocol):
         """Write ``current`` (only while holding the lock, inside ``locked``)."""
         ...
 
-    def marker(self) -> tuple | None:
+    def marker(self) -> Marker | None:
         """A value that changes whenever the state is written (for waiters)."""
         ...
 
@@ -102,7 +105,7 @@ class Store(Protocol):
         """Add one event to the pool's history."""
         ...
 
-    def read_events(self, since: datetime | None = None) -> list[dict]:
+    def read_events(self, since: datetime | None = None) -> list[events.Event]:
         """The pool's history, oldest first (``since``: only events at or after it)."""
         ...
 
@@ -110,7 +113,7 @@ class Store(Protocol):
         """The pool's history, then what is added to it, for ``events.watch``."""
         ...
 
-    def last_event(self, name: str) -> dict | None:
+    def last_event(self, name: str) -> events.Event | None:
         """The newest event of one kind, if any."""
         ...
 

@@ -10,12 +10,15 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Any, Protocol
 
 from necropool.ground.clock import now, rfc3339
 
+# One event as recorded: a JSON object (``time``, ``event``, then the event's own fields).
+Event = dict[str, Any]
 
-def append(path: Path, event: str, **fields) -> None:
+
+def append(path: Path, event: str, **fields: Any) -> None:
     """Append one event (a single O_APPEND write, so concurrent writers never interleave).
     Best effort: the state is the record of truth, and an operation that already happened
     must not be reported as failed because its history line could not be written (a full
@@ -55,12 +58,12 @@ def rotate(path: Path) -> bool:
     return True
 
 
-def read(path: Path, since: datetime | None = None) -> list[dict]:
+def read(path: Path, since: datetime | None = None) -> list[Event]:
     """Events in order, the rotated generation first; a damaged line is skipped."""
     return _parse(_lines(older(path)) + _lines(path), since)
 
 
-def _open(path: Path):
+def _open(path: Path) -> IO[bytes]:
     """The log for reading, never through a symlink planted in its place (detect reports
     that; the history reads as empty meanwhile)."""
     return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
@@ -74,7 +77,7 @@ def _lines(path: Path) -> list[bytes]:
         return []
 
 
-def _parse(lines: list[bytes], since: datetime | None = None) -> list[dict]:
+def _parse(lines: list[bytes], since: datetime | None = None) -> list[Event]:
     cutoff = rfc3339(since) if since else None
     records = []
     for line in lines:
@@ -99,12 +102,12 @@ class Tail:
         self.partial = b""
         self.started = False
 
-    def new(self, since: datetime | None = None) -> list[dict]:
+    def new(self, since: datetime | None = None) -> list[Event]:
         history = [] if self.started else _parse(_lines(older(self.path)), since)
         self.started = True
         return history + self._appended(since)
 
-    def _appended(self, since: datetime | None) -> list[dict]:
+    def _appended(self, since: datetime | None) -> list[Event]:
         try:
             fh = _open(self.path)
         except OSError:
@@ -122,19 +125,19 @@ class Tail:
 
 
 class Source(Protocol):
-    def new(self, since: datetime | None = None) -> list[dict]:
+    def new(self, since: datetime | None = None) -> list[Event]:
         """The events not returned before (the first call: the whole history)."""
         ...
 
 
 def watch(tails: list[Source], *, since: datetime | None = None,
           kinds: set[str] | None = None, last: int | None = None, follow: bool = False,
-          poll: float = 0.5) -> Iterator[dict]:
+          poll: float = 0.5) -> Iterator[Event]:
     """The events of several logs (one ``Tail`` each, or a ledger's) merged by time
     (``kinds``: only those events; ``last``: only the newest so many), then, with
     ``follow``, each new one as it is appended, until the caller stops. Every event is
     yielded once: the history is read through the same tail that then follows it."""
-    history: list[dict] = []
+    history: list[Event] = []
     for tail in tails:
         history += tail.new(since)
     wanted = [r for r in sorted(history, key=lambda r: str(r.get("time")))
@@ -147,7 +150,7 @@ def watch(tails: list[Source], *, since: datetime | None = None,
                     if kinds is None or r.get("event") in kinds)
 
 
-def last(path: Path, event: str) -> dict | None:
+def last(path: Path, event: str) -> Event | None:
     """The newest event of one kind, read from the end of the log (which only grows)."""
     for part in (path, older(path)):
         try:
@@ -160,7 +163,7 @@ def last(path: Path, event: str) -> dict | None:
     return None
 
 
-def _last_in(fh, event: str) -> dict | None:
+def _last_in(fh: IO[bytes], event: str) -> Event | None:
     size = fh.seek(0, os.SEEK_END)
     span = 1 << 16
     while True:

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import tomli_w
 
@@ -50,16 +51,17 @@ class Lease:
                    expires_at=at + timedelta(seconds=ttl) if ttl else None, holder=holder,
                    metadata=metadata, ttl_seconds=ttl or None)
 
-    def to_dict(self) -> dict:
-        data = {"lease_id": self.lease_id, "owner": self.owner, "allocated_at": self.allocated_at,
-                "expires_at": self.expires_at, "ttl_seconds": self.ttl_seconds,
-                "metadata": self.metadata}
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "lease_id": self.lease_id, "owner": self.owner, "allocated_at": self.allocated_at,
+            "expires_at": self.expires_at, "ttl_seconds": self.ttl_seconds,
+            "metadata": self.metadata}
         if self.holder:
             data["holder"] = self.holder.to_dict()
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Lease":
+    def from_dict(cls, data: dict[str, Any]) -> "Lease":
         holder = data.get("holder")
         return cls(
             lease_id=_str(data["lease_id"]),
@@ -92,7 +94,7 @@ class Slot:
     isolation_reason: str | None = None
     last_rescue: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in vars(self).items() if k not in ("number", "lease", "worker")}
         if self.lease:
             data["lease"] = self.lease.to_dict()
@@ -101,7 +103,7 @@ class Slot:
         return _drop_none(data)
 
     @classmethod
-    def from_dict(cls, number: int, data: dict) -> "Slot":
+    def from_dict(cls, number: int, data: object) -> "Slot":
         if not isinstance(data, dict):
             raise ValueError("entry is not a table")
         raw = data.get("state")
@@ -129,7 +131,7 @@ class Slot:
         return slot
 
 
-def allocation_order(slot: Slot) -> tuple:
+def allocation_order(slot: Slot) -> tuple[bool, float, int]:
     """Which free slot is handed out first: clean ones first, then the most recently
     released, then by number."""
     released = slot.last_released_at.timestamp() if slot.last_released_at else 0.0
@@ -150,23 +152,27 @@ class PoolState:
         return tomli_w.dumps(body).encode()
 
 
-def _drop_none(data):
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
     """Without None values; strings made valid UTF-8 (a message may quote a file name that
     is not), or writing the state would fail."""
-    if isinstance(data, dict):
-        return {utf8_safe(k): _drop_none(v) for k, v in data.items() if v is not None}
-    if isinstance(data, str):
-        return utf8_safe(data)
-    return data
+    return {utf8_safe(k): _safe(v) for k, v in data.items() if v is not None}
 
 
-def _str(value) -> str:
+def _safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _drop_none(value)
+    if isinstance(value, str):
+        return utf8_safe(value)
+    return value
+
+
+def _str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {type(value).__name__}")
     return value
 
 
-def _time(value) -> datetime:
+def _time(value: object) -> datetime:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError(f"expected a UTC time, got {value!r}")
     return value

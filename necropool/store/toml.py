@@ -16,7 +16,7 @@ from necropool.ground.layout import PoolPaths, fsync_dir
 from necropool.ground.locks import FileLock
 from necropool.ground.proc import Holder
 from necropool.store import events, statefile
-from necropool.store.base import LeaseLost, Transactions
+from necropool.store.base import LeaseLost, Marker, Transactions
 from necropool.store.model import (
     ALLOCATED,
     AVAILABLE,
@@ -67,7 +67,7 @@ class TomlStore(Transactions):
         if any(slot.state == AVAILABLE for slot in current.slots.values()):
             wakeup.poke(self.paths.wake)
 
-    def marker(self) -> tuple | None:
+    def marker(self) -> Marker | None:
         """Changes whenever the state is written (each write replaces the file)."""
         try:
             st = os.stat(self.paths.state)
@@ -139,13 +139,13 @@ class TomlStore(Transactions):
     def append_event(self, name: str, **fields: Any) -> None:
         events.append(self.paths.events, name, pool=self.name, **fields)
 
-    def read_events(self, since: datetime | None = None) -> list[dict]:
+    def read_events(self, since: datetime | None = None) -> list[events.Event]:
         return events.read(self.paths.events, since)
 
     def tail(self) -> events.Tail:
         return events.Tail(self.paths.events)
 
-    def last_event(self, name: str) -> dict | None:
+    def last_event(self, name: str) -> events.Event | None:
         return events.last(self.paths.events, name)
 
     def rotate_events(self) -> None:

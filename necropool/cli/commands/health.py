@@ -4,6 +4,7 @@ from typing import Annotated
 
 import typer
 
+from necropool.cli import outcomes
 from necropool.cli.context import G
 from necropool.cli.params import Host, Json, MaxHours, OptionalPoolArg, SlotArg
 from necropool.cli.registry import command
@@ -51,7 +52,7 @@ def detect(
     not be checked."""
     out = G.out(json_out)
     found = G.manager().detect_anomalies(pool, max_allocation_hours, deep, host)
-    errors = found.pop("errors")
+    errors = outcomes.lines(found.pop("errors"))
     total = sum(len(v) for v in found.values())
     if out.json:
         out.emit({**found, "healthy": total == 0 and not errors, "count": total,
@@ -155,6 +156,7 @@ def auto_recover(
         recover_corrupted=not no_recover_corrupted,
         cleanup_orphaned_locks=not no_cleanup_orphaned_locks,
         force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
+    data = {**data, "errors": outcomes.lines(data["errors"])}
     if out.json:
         out.emit(data)
     else:

@@ -1,6 +1,8 @@
 """``ledger``: the shared PostgreSQL ledger (init, migrate, status, import, export)."""
 
 
+from typing import Any
+
 from necropool.cli.context import G
 from necropool.cli.human import plural
 from necropool.cli.params import Json, PoolArg
@@ -31,7 +33,7 @@ group("ledger", app, help="Manage the shared PostgreSQL ledger that lets the hos
 )
 
 
-def _show(data: dict, done: str, json_out: bool) -> None:
+def _show(data: dict[str, Any], done: str, json_out: bool) -> None:
     G.out(json_out).outcome(data, done)
 
 

@@ -1,17 +1,21 @@
 """Pool administration commands: create, delete, add, remove, list, status, sync."""
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from necropool.cli import complete_values
+from necropool.cli import complete_values, outcomes
 from necropool.cli.context import G
 from necropool.cli.human import plural
 from necropool.cli.params import Format, Host, Json, NoHeaders, PoolArg, SlotArg
 from necropool.cli.progress import progress_bar
 from necropool.cli.registry import command
 from necropool.ground.config import PoolSpec
-from necropool.ground.errors import OperationFailed, PoolStep, UsageError, fail_for
+from necropool.ground.errors import OperationFailed, PoolOutcome, UsageError, fail_for
+from necropool.ground.slotref import SlotRef
+
+if TYPE_CHECKING:
+    from necropool.manager.facade import PoolManager
 
 DiscardWork = Annotated[bool, typer.Option(
     "--discard-work", help="With --force: do not save the holders' work first")]
@@ -131,16 +135,17 @@ def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
     a shared ledger counts the slots of every host."""
     out = G.out(json_out, fmt, no_headers)
     items = G.manager().list_pools(host)
-    broken = [p for p in items if "error" in p]
+    broken = outcomes.split(items)[1]
     if out.json:
-        out.emit({"pools": items})
+        out.emit({"pools": [outcomes.entry(i) for i in items]})
         fail_for(broken)
         return
-    rows = []
-    for p in items:
-        if "error" in p:
-            rows.append([p["pool"], "", "", "", "", "", "", p["error"]])
+    rows: list[list[object]] = []
+    for item in items:
+        if item.result is None:
+            rows.append([item.pool, "", "", "", "", "", "", item.error])
             continue
+        p = item.result
         c = p["counts"]
         rows.append([p["pool"], p["num_slots"], c["available"], c["allocated"], c["cleaning"],
                      c["error"], p["branch"], p["url"]])
@@ -212,19 +217,20 @@ def status(
         out.emit(data) if out.json else out.fields(data)
         return
     pools, broken = ([manager.pool_status(target, host)], []) if target else \
-        _all_pools(manager, host)
-    unchecked: list[str] = []  # pools detect could not check (prometheus)
+        outcomes.split(manager.pool_statuses(host))
+    unchecked: list[PoolOutcome[object]] = []  # pools detect could not check (prometheus)
     if fmt == "prometheus":
         from necropool.cli.metrics import prometheus, write_textfile
 
         recoveries = {p["pool"]: manager.last_event(p["pool"], "auto_recover") for p in pools}
         found = manager.detect_anomalies(target)
-        unchecked = found.pop("errors")  # "POOL: why" (a pool name has no colon)
-        failed = frozenset([b["pool"] for b in broken] + [e.split(":", 1)[0] for e in unchecked])
+        unchecked = found.pop("errors")
+        failed = frozenset(o.pool for o in [*broken, *unchecked])
         text = prometheus(pools, recoveries, found, failed)
         write_textfile(output, text) if output else out.line(text.rstrip("\n"))
     elif out.json:
-        out.emit({"pools": pools + broken} if not target else pools[0])
+        out.emit({"pools": pools + [outcomes.entry(b) for b in broken]} if not target
+                 else pools[0])
     elif not pools and not broken:
         out.hint(NO_POOLS)
     else:
@@ -240,24 +246,12 @@ def status(
                              f"{h['last_seen']} (no auto-recover or state change)")
     fail_for(broken)  # shown what could be read; now say what could not (exit 3)
     if unchecked:
-        raise OperationFailed(f"detect: {'; '.join(unchecked)}")
+        raise OperationFailed(f"detect: {'; '.join(outcomes.lines(unchecked))}")
 
 
-def _all_pools(manager, host: str | None) -> tuple[list[dict], list[dict]]:
-    """Every pool's status; a pool that cannot be read is reported, never hides the others."""
-    pools, broken = [], []
-    for name in manager.pool_names():
-        with PoolStep(name) as step:
-            pools.append(manager.pool_status(name, host))
-        if step.error:
-            broken.append(step.broken())
-    return pools, broken
-
-
-def _is_slot(manager, target: str) -> bool:
+def _is_slot(manager: "PoolManager", target: str) -> bool:
     """A name that is not a pool but parses as ``<pool>-<n>[@<host>]`` is a slot id."""
-    return (target not in manager.pool_names()
-            and target.split("@")[0].rsplit("-", 1)[-1].isdigit())
+    return target not in manager.pool_names() and SlotRef.looks_like(target)
 
 
 @command("sync",
@@ -279,7 +273,7 @@ def sync(
     their settings; exit 3 when any pool failed."""
     out = G.out(json_out)
     with progress_bar(out, "syncing") as tick:
-        actions = G.manager().sync(prune, tick)
+        actions = [_sync_entry(o) for o in G.manager().sync(prune, tick)]
     if out.json:
         out.emit({"actions": actions})
     elif not actions:
@@ -294,7 +288,16 @@ def sync(
     raise typer.Exit(3 if failed else 0)
 
 
-def _sync_detail(action: dict) -> str:
+def _sync_entry(outcome: PoolOutcome[dict[str, Any]]) -> dict[str, Any]:
+    """A pool's sync entry: what was done, and for a pool that failed ``"action": "failed"``
+    with its error."""
+    done = outcome.result or {"pool": outcome.pool}
+    if outcome.error is None:
+        return done
+    return {**done, "action": "failed", "error": outcome.error}
+
+
+def _sync_detail(action: dict[str, Any]) -> str:
     """A sync entry in words: its slots, the settings it changed, its error."""
     slots = action.get("added") or action.get("removed") or action.get("slots")
     changes = [f"{key} {old} -> {new}" for key, (old, new) in action.get("changed", {}).items()]

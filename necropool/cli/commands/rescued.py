@@ -1,17 +1,19 @@
 """``rescued``: the work saved from slots before they were reset (list, show, restore, prune)."""
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from necropool.cli import complete_values
 from necropool.cli.context import G
 from necropool.cli.human import plural, relative, right_cut, size
+from necropool.cli.output import Output
 from necropool.cli.params import Format, Json, NoHeaders, OptionalPoolArg
 from necropool.cli.registry import group, group_app, subcommand
 from necropool.ground.clock import parse_duration
-from necropool.ground.errors import UsageError, fail_for
+from necropool.ground.errors import PoolOutcome, UsageError, fail_for
+from necropool.ground.results import Record
 
 app = group_app()
 group("rescued", app, help="Manage the work saved from slots before they were reset: list, "
@@ -46,7 +48,7 @@ TSV_COLUMNS = ["ID", "POOL", "KIND", "SLOT", "OWNER", "LEASE", "CREATED", "BYTES
 WIDE = 150
 
 
-def holds(item: dict) -> str:
+def holds(item: dict[str, Any]) -> str:
     """What an item holds, in words."""
     if item["kind"] != "bundle":
         return {"tree": "moved-aside tree", "link": "symlink"}.get(item["kind"], "file")
@@ -60,10 +62,10 @@ def holds(item: dict) -> str:
     return ", ".join(parts)
 
 
-def short_id(item: dict, among: list[dict] | None = None) -> str:
+def short_id(item: dict[str, Any], among: list[Record] | None = None) -> str:
     """The id without its lease label and suffix, and without the stamp's microseconds when
     that stays unique ``among`` the items listed: a start of the id, accepted as an ID."""
-    name = item["id"]
+    name: str = item["id"]
     for suffix in (".bundle", ".broken"):
         name = name.removesuffix(suffix)
     label = item.get("label")
@@ -84,7 +86,7 @@ def list_(pool: OptionalPoolArg = None, fmt: Format = None, no_headers: NoHeader
           json_out: Json = False) -> None:
     """List saved work: bundles of holders' work and moved-aside trees, oldest first."""
     out = G.out(json_out, fmt, no_headers)
-    broken: list[dict] = []
+    broken: list[PoolOutcome[object]] = []
     items = G.manager().rescued_list(pool, broken=broken)
     if out.json:
         out.emit({"items": items, "total_bytes": sum(i["size_bytes"] for i in items)})
@@ -98,7 +100,7 @@ def list_(pool: OptionalPoolArg = None, fmt: Format = None, no_headers: NoHeader
     fail_for(broken)  # listed what could be read; now say what could not (exit 3)
 
 
-def _grid(out, items: list[dict]) -> None:
+def _grid(out: Output, items: list[Record]) -> None:
     """The items on a terminal: every column when it is wide enough."""
     if out.console().width >= WIDE:
         out.grid(["ID", "POOL", "OWNER", "LEASE", "SAVED", "SIZE", "HOLDS"],
@@ -112,7 +114,7 @@ def _grid(out, items: list[dict]) -> None:
              "details: necropool rescued show ID")
 
 
-def _tsv_row(item: dict) -> list:
+def _tsv_row(item: dict[str, Any]) -> list[object]:
     return [item["id"], item["pool"], item["kind"], item["slot_id"], item["owner"],
             item["lease_id"], item["created_at"], item["size_bytes"],
             ",".join(item["branches"] or []), item["commits"],
@@ -189,7 +191,7 @@ def prune(
         raise UsageError("--dry-run and --yes exclude each other: pick one")
     out = G.out(json_out)
     seconds = parse_duration(older_than, "--older-than")
-    broken: list[dict] = []
+    broken: list[PoolOutcome[object]] = []
     items = G.manager().rescued_prune(pool, seconds, apply=yes, broken=broken)
     total = sum(i["size_bytes"] for i in items)
     if out.json:

@@ -3,13 +3,14 @@
 import json
 import sys
 from datetime import timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from necropool.cli import complete_values
 from necropool.cli.context import G
 from necropool.cli.helpfmt import Command
+from necropool.cli.output import Output
 from necropool.cli.params import (
     AllocatedSlotArg,
     Format,
@@ -21,8 +22,12 @@ from necropool.cli.params import (
 )
 from necropool.cli.registry import command
 from necropool.ground.clock import now, parse_duration
-from necropool.ground.errors import UsageError, fail_for
+from necropool.ground.errors import PoolOutcome, UsageError, fail_for
 from necropool.ground.validate import parse_metadata
+
+if TYPE_CHECKING:
+    from necropool.lease.allocate import AllocateRequest
+    from necropool.store import events
 
 Owner = Annotated[str | None, typer.Option("--owner", metavar="NAME",
                                            help="Who holds the slot (default: $USER)")]
@@ -37,14 +42,18 @@ Wait = Annotated[str | None, typer.Option("--wait", metavar="DURATION",
 NoFetch = Annotated[bool, typer.Option("--no-fetch", help="Do not fetch upstream first")]
 
 
-def _allocate_options(owner, ttl, meta, wait, no_fetch) -> dict:
-    return {
-        "owner": owner,
-        "ttl": parse_duration(ttl, "--ttl") if ttl is not None else None,
-        "metadata": parse_metadata(meta or []),
-        "wait": parse_duration(wait, "--wait") if wait is not None else 0,
-        "fetch": False if no_fetch else None,
-    }
+def _request(owner: str | None, ttl: str | None, meta: list[str] | None, wait: str | None,
+             no_fetch: bool, any_host: bool = False) -> "AllocateRequest":
+    from necropool.lease.allocate import AllocateRequest  # lazy: the core loads per command
+
+    return AllocateRequest(
+        owner=owner,
+        ttl=parse_duration(ttl, "--ttl") if ttl is not None else None,
+        metadata=parse_metadata(meta or []),
+        wait=parse_duration(wait, "--wait") if wait is not None else 0,
+        fetch=False if no_fetch else None,
+        any_host=any_host,
+    )
 
 
 @command("allocate",
@@ -77,8 +86,8 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
     from necropool.ground.proc import hostname
 
     out = G.out(json_out)
-    options = _allocate_options(owner, ttl, meta, wait, no_fetch)
-    data = G.manager().allocate_slot(pool, pid=pid, any_host=any_host, **options)
+    request = _request(owner, ttl, meta, wait, no_fetch, any_host)
+    data = G.manager().allocate_slot(pool, request, pid=pid)
     if data.get("fetch_error"):
         out.note(f"warning: upstream fetch failed, slot is at the mirror's tip: "
                  f"{data['fetch_error']}")
@@ -164,7 +173,7 @@ class _RunCommand(Command):
     """``run POOL [OPTIONS] -- CMD...``: options may follow POOL up to ``--``; without a
     ``--``, everything after POOL is the command (so ``run web make -j4`` works too)."""
 
-    def parse_args(self, ctx, args):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's click Context
         ctx.allow_interspersed_args = "--" in args
         return super().parse_args(ctx, args)
 
@@ -197,10 +206,9 @@ def run(
     """Run a command in a freshly allocated slot, release it afterwards, exit with its status
     (3 if it succeeded but the slot could not be cleaned)."""
     out = G.out(json_out)
-    options = _allocate_options(owner, ttl, meta, wait, no_fetch)
+    request = _request(owner, ttl, meta, wait, no_fetch)
     # under --json, stdout carries our one object: the command's output goes to stderr
-    result = G.manager().run(pool, list(command), stdout=sys.stderr if out.json else None,
-                             **options)
+    result = G.manager().run(pool, list(command), sys.stderr if out.json else None, request)
     # A command that succeeded in a slot that could not be released is a partial failure
     # (3); a command that failed keeps its own status, the more useful signal to a CI step.
     code = 3 if result.release_error and result.code == 0 else result.code
@@ -252,7 +260,7 @@ def log(
     cutoff = None
     if since is not None:
         cutoff = now() - timedelta(seconds=parse_duration(since, "--since"))
-    broken: list[dict] = []
+    broken: list[PoolOutcome[object]] = []
     records = G.manager().watch_log(pool, host, broken, since=cutoff,
                                     kinds=set(event) if event else None, last=tail,
                                     follow=follow)
@@ -284,7 +292,7 @@ _EVENT_STYLES = {"failure": "red", "isolate": "red", "fetch_failed": "red", "rec
                  "force_release": "magenta"}
 
 
-def details(record: dict) -> str:
+def details(record: "events.Event") -> str:
     """An event's other fields as ``key=value`` (JSON for lists, objects and strings with
     spaces)."""
     parts = []
@@ -299,7 +307,7 @@ def details(record: dict) -> str:
     return " ".join(parts)
 
 
-def _log_line(record: dict, out) -> str:
+def _log_line(record: "events.Event", out: Output) -> str:
     cells = [str(record.get("time", "")), str(record.get("event", "")),
              str(record.get("slot_id", "")), details(record), str(record.get("pool", ""))]
     if not out.rich:

@@ -4,9 +4,18 @@ necropool's (a ledger that cannot be reached is exit 75, retryable)."""
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from necropool.ground.errors import OperationFailed, TryAgain, UsageError
 from necropool.ground.redact import redact
+
+if TYPE_CHECKING:  # psycopg is an optional extra, imported only when a ledger is used
+    import psycopg
+    from psycopg.rows import TupleRow
+
+    Connection: TypeAlias = psycopg.Connection[TupleRow]
+
+Row = TypeVar("Row")
 
 _local = threading.local()  # one connection per thread and DSN
 
@@ -16,9 +25,9 @@ class LedgerDown(TryAgain):
     the server did not commit whole; try again."""
 
 
-def connect(dsn: str):
+def connect(dsn: str) -> "Connection":
     """This thread's connection to the ledger at ``dsn`` (autocommit; UTC)."""
-    cache = getattr(_local, "conns", None)
+    cache: dict[str, Connection] | None = getattr(_local, "conns", None)
     if cache is None:
         cache = _local.conns = {}
     conn = cache.get(dsn)
@@ -33,6 +42,15 @@ def connect(dsn: str):
         conn = cache[dsn] = psycopg.connect(dsn, autocommit=True, connect_timeout=10,
                                             options="-c TimeZone=UTC")
     return conn
+
+
+def one(cursor: "psycopg.Cursor[Row]") -> Row:
+    """The row of a statement that always returns one (``SELECT now()``, an aggregate, an
+    ``UPDATE ... RETURNING`` of a row locked in the same transaction)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise OperationFailed("the ledger returned no row where one is certain")
+    return row
 
 
 def disconnect() -> None:

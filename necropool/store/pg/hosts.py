@@ -9,7 +9,7 @@ from necropool.ground.errors import Conflict, NotFound
 from necropool.ground.layout import PoolPaths, write_atomic
 from necropool.ground.redact import redact
 from necropool.store.model import Slot
-from necropool.store.pg.connect import connect, errors
+from necropool.store.pg.connect import connect, errors, one
 from necropool.store.pg.schema import check_schema
 
 
@@ -24,13 +24,13 @@ def register(dsn: str, pool: str, host: str, root: str, url: str, branch: str,
         check_schema(conn, dsn)
         conn.execute("INSERT INTO pools (pool, url, branch) VALUES (%s, %s, %s) "
                      "ON CONFLICT (pool) DO NOTHING", (pool, url, branch))
-        known = conn.execute("SELECT url, branch FROM pools WHERE pool = %s FOR SHARE",
-                             (pool,)).fetchone()
+        known = one(conn.execute("SELECT url, branch FROM pools WHERE pool = %s FOR SHARE",
+                                 (pool,)))
         if tuple(known) != (url, branch):
             raise Conflict(f"pool {pool!r} in the ledger is of {redact(known[0])} branch "
                            f"{known[1]}, not {redact(url)} branch {branch}")
-        leased = conn.execute("SELECT count(*) FROM slots WHERE pool = %s AND host = %s AND "
-                              "state = 'allocated'", (pool, host)).fetchone()[0]
+        leased = one(conn.execute("SELECT count(*) FROM slots WHERE pool = %s AND host = %s "
+                                  "AND state = 'allocated'", (pool, host)))[0]
         if leased and not replace_leased:
             raise Conflict(f"the ledger holds {leased} lease(s) of pool {pool!r} on host "
                            f"{host!r}: release them before creating it again")
@@ -68,7 +68,8 @@ class FleetSlot:
     slot: Slot
 
 
-def fleet(dsn: str, pool: str, host: str | None = None) -> tuple[list[FleetSlot], dict]:
+def fleet(dsn: str, pool: str,
+          host: str | None = None) -> tuple[list[FleetSlot], dict[str, datetime]]:
     """Every slot of ``pool`` (on ``host`` only, if given), by host and number, and each
     host's last sign of life, in this client's clock."""
     from psycopg.rows import dict_row  # lazy: as in pgconn.connect
@@ -77,7 +78,7 @@ def fleet(dsn: str, pool: str, host: str | None = None) -> tuple[list[FleetSlot]
 
     conn = connect(dsn)
     with errors(dsn), conn.transaction():
-        shift = now() - conn.execute("SELECT now()").fetchone()[0]
+        shift = now() - one(conn.execute("SELECT now()"))[0]
         where, params = ("AND host = %s", (pool, host)) if host else ("", (pool,))
         rows = conn.cursor(row_factory=dict_row).execute(
             f"SELECT * FROM slots WHERE pool = %s {where} ORDER BY host, number",

@@ -1,11 +1,14 @@
 """The PostgreSQL ledger's schema: created and migrated by necropool, versioned, safe to run
 twice and from two hosts at once; what the ledger holds, by pool."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from necropool.ground.errors import OperationFailed
 from necropool.ground.redact import redact
-from necropool.store.pg.connect import connect, errors
+from necropool.store.pg.connect import connect, errors, one
+
+if TYPE_CHECKING:
+    from necropool.store.pg.connect import Connection
 
 # Each entry takes the schema from the version before it to its own (index + 1).
 MIGRATIONS = (
@@ -72,12 +75,12 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x6E6563726F  # pg_advisory_xact_lock key: one migrator at a time
 
 
-def _version(conn) -> int | None:
+def _version(conn: "Connection") -> int | None:
     """The ledger's schema version; None before ``init``."""
-    if conn.execute("SELECT to_regclass('necropool_schema')").fetchone()[0] is None:
+    if one(conn.execute("SELECT to_regclass('necropool_schema')"))[0] is None:
         return None
-    row = conn.execute("SELECT max(version) FROM necropool_schema").fetchone()
-    return row[0] or 0
+    row = one(conn.execute("SELECT max(version) FROM necropool_schema"))
+    return int(row[0] or 0)
 
 
 def migrate(dsn: str) -> dict[str, Any]:
@@ -128,7 +131,7 @@ def pool_names(dsn: str) -> list[str]:
         return [name for (name,) in conn.execute("SELECT pool FROM pools ORDER BY pool")]
 
 
-def check_schema(conn, dsn: str) -> None:
+def check_schema(conn: "Connection", dsn: str) -> None:
     version = _version(conn)
     if version is None:
         raise OperationFailed(f"ledger {redact(dsn)} has no necropool schema: run "

@@ -19,18 +19,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from necropool.ground import wakeup
 from necropool.ground.clock import now, rfc3339
 from necropool.ground.errors import Conflict, NotFound
 from necropool.ground.layout import PoolPaths
 from necropool.ground.proc import Holder
-from necropool.store.base import LeaseLost, Transactions
+from necropool.store import events
+from necropool.store.base import LeaseLost, Marker, Transactions
 from necropool.store.model import Lease, PoolState, Slot, SlotState
-from necropool.store.pg.connect import connect, errors
+from necropool.store.pg.connect import connect, errors, one
 from necropool.store.pg.rows import ORDER, json_value, param, row_of, slot_of, text
 from necropool.store.pg.schema import check_schema
+
+if TYPE_CHECKING:
+    from necropool.store.pg.connect import Connection
 
 _CHECKED: set[str] = set()
 def _shift(server_now: datetime) -> timedelta:
@@ -56,7 +60,7 @@ class PgStore(Transactions):
         self.dsn, self.name, self.host, self.paths = dsn, name, host, paths
         self._txn_state = _InTransaction()  # each thread's own: one store serves them all
 
-    def _conn(self):
+    def _conn(self) -> "Connection":
         conn = connect(self.dsn)
         if self.dsn not in _CHECKED:  # once a process: a schema this version understands
             with errors(self.dsn):
@@ -64,24 +68,24 @@ class PgStore(Transactions):
             _CHECKED.add(self.dsn)
         return conn
 
-    def _shift(self, conn) -> timedelta:
-        return _shift(conn.execute("SELECT now()").fetchone()[0])
+    def _shift(self, conn: "Connection") -> timedelta:
+        return _shift(one(conn.execute("SELECT now()"))[0])
 
     @contextmanager
-    def _txn(self) -> Iterator[Any]:
+    def _txn(self) -> Iterator["Connection"]:
         """A transaction on this thread's connection; dict rows."""
         conn = self._conn()
         with errors(self.dsn), conn.transaction():
             yield conn
 
-    def _rows(self, conn, host: str | None = None) -> list[dict[str, Any]]:
+    def _rows(self, conn: "Connection", host: str | None = None) -> list[dict[str, Any]]:
         from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
         cur = conn.cursor(row_factory=dict_row)
         return cur.execute("SELECT * FROM slots WHERE pool = %s AND host = %s ORDER BY number",
                            (self.name, host or self.host)).fetchall()
 
-    def _state(self, conn, shift: timedelta) -> PoolState:
+    def _state(self, conn: "Connection", shift: timedelta) -> PoolState:
         current = PoolState(source="ledger")
         self._txn_state.loaded = {}
         for row in self._rows(conn):
@@ -90,7 +94,7 @@ class PgStore(Transactions):
             self._txn_state.loaded[slot.number] = (row["generation"], values)
         return current
 
-    def _lock_host(self, conn, mode: str) -> timedelta:
+    def _lock_host(self, conn: "Connection", mode: str) -> timedelta:
         """Lock the host's row (``FOR mode``) and return the clock shift: one round trip."""
         row = conn.execute(f"SELECT now() FROM hosts WHERE pool = %s AND host = %s FOR {mode}",
                            (self.name, self.host)).fetchone()
@@ -142,20 +146,21 @@ class PgStore(Transactions):
         if any(slot.state == SlotState.AVAILABLE for slot in current.slots.values()):
             wakeup.poke(self.paths.wake)  # this host's waiters; others look every few seconds
 
-    def marker(self) -> tuple:
+    def marker(self) -> Marker:
         with self._txn() as conn:
-            return tuple(conn.execute(
+            return one(conn.execute(
                 "SELECT count(*), coalesce(sum(generation), 0) FROM slots WHERE pool = %s "
-                "AND host = %s", (self.name, self.host)).fetchone())
+                "AND host = %s", (self.name, self.host)))
 
-    def _insert(self, conn, number: int, values: dict[str, Any]) -> None:
+    def _insert(self, conn: "Connection", number: int, values: dict[str, Any]) -> None:
         names = ", ".join(f'"{k}"' for k in values)
         marks = ", ".join(["%s"] * len(values))
         conn.execute(f"INSERT INTO slots (pool, host, number, {names}) "
                      f"VALUES (%s, %s, %s, {marks})",
                      (self.name, self.host, number, *map(param, values.items())))
 
-    def _update(self, conn, number: int, generation: int, changed: dict[str, Any]) -> None:
+    def _update(self, conn: "Connection", number: int, generation: int,
+                changed: dict[str, Any]) -> None:
         sets = ", ".join(f'"{k}" = %s' for k in changed)
         cur = conn.execute(f"UPDATE slots SET {sets}, generation = generation + 1 "
                            "WHERE pool = %s AND host = %s AND number = %s AND generation = %s",
@@ -204,10 +209,10 @@ class PgStore(Transactions):
                 (lease.lease_id, text(lease.owner), holder.pid if holder else None,
                  holder.start if holder else None, json_value(holder.to_dict() if holder else None),
                  lease.ttl_seconds, lease.ttl_seconds, json_value(lease.metadata), self.name, host,
-                 row["number"])).fetchone()
-            return slot_of(granted, shift)
+                 row["number"]))
+            return slot_of(one(granted), shift)
 
-    def _row(self, conn, number: int, host: str) -> dict[str, Any]:
+    def _row(self, conn: "Connection", number: int, host: str) -> dict[str, Any]:
         """Slot ``number``'s row, locked for this transaction (the host's row shared), with
         the server's time (``server_now``): one round trip."""
         from psycopg.rows import dict_row  # lazy: as in pgconn.connect
@@ -220,7 +225,8 @@ class PgStore(Transactions):
             raise NotFound(f"slot {self.name}-{number} does not exist")
         return row
 
-    def _leased(self, conn, number: int, lease_id: str | None, host: str) -> dict[str, Any]:
+    def _leased(self, conn: "Connection", number: int, lease_id: str | None,
+                host: str) -> dict[str, Any]:
         """The row, if it has the lease ``lease_id`` (None: any lease); else ``LeaseLost``."""
         row = self._row(conn, number, host)
         if row["state"] != "allocated" or lease_id not in (None, row["lease_id"]):
@@ -240,8 +246,8 @@ class PgStore(Transactions):
                 "UPDATE slots SET expires_at = now() + make_interval(secs => %s), "
                 "ttl_seconds = %s, generation = generation + 1 "
                 "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
-                (ttl_seconds, ttl_seconds, self.name, host or self.host, number)).fetchone()
-            return slot_of(row, shift)
+                (ttl_seconds, ttl_seconds, self.name, host or self.host, number))
+            return slot_of(one(row), shift)
 
     def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
                   check: Callable[[Slot], None] | None = None, host: str | None = None,
@@ -294,8 +300,8 @@ class PgStore(Transactions):
                          (self.name, self.host, name,
                           json_value({k: v for k, v in fields.items() if v is not None})))
 
-    def _events(self, where: str = "", params: tuple = (), order: str = "id",
-                since: datetime | None = None) -> list[dict]:
+    def _events(self, where: str = "", params: tuple[object, ...] = (), order: str = "id",
+                since: datetime | None = None) -> list[events.Event]:
         """Events of the pool, each with its ``id`` (the ledger's order)."""
         with self._txn() as conn:
             shift = self._shift(conn)
@@ -306,7 +312,7 @@ class PgStore(Transactions):
         return [{"time": rfc3339(at.astimezone(UTC) + shift), "event": name, "pool": self.name,
                  "host": host, **fields, "id": id_} for id_, at, host, name, fields in rows]
 
-    def read_events(self, since: datetime | None = None) -> list[dict]:
+    def read_events(self, since: datetime | None = None) -> list[events.Event]:
         return [_public(r) for r in self._events(since=since)]
 
     def rotate_events(self) -> None:
@@ -316,7 +322,7 @@ class PgStore(Transactions):
     def tail(self) -> "LedgerTail":
         return LedgerTail(self)
 
-    def last_event(self, name: str) -> dict | None:
+    def last_event(self, name: str) -> events.Event | None:
         found = self._events("AND name = %s AND host = %s", (name, self.host),
                              "id DESC LIMIT 1")
         return _public(found[0]) if found else None
@@ -336,7 +342,7 @@ class LedgerTail:
         self.floor = 0  # every event up to this id has been returned or never will show
         self.seen: dict[int, float] = {}  # ids above the floor returned, when first seen
 
-    def new(self, since: datetime | None = None) -> list[dict]:
+    def new(self, since: datetime | None = None) -> list[events.Event]:
         found = self.store._events("AND id > %s", (self.floor,), since=since)
         at = time.monotonic()
         fresh = [r for r in found if r["id"] not in self.seen]
@@ -348,5 +354,5 @@ class LedgerTail:
         return [_public(r) for r in fresh]
 
 
-def _public(record: dict) -> dict:
+def _public(record: events.Event) -> events.Event:
     return {k: v for k, v in record.items() if k != "id"}
