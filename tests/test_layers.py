@@ -1,5 +1,6 @@
 """The layer contract of ARCHITECTURE.md, checked over the package's source: each floor
-imports only the floors below it (or its own), and no import circle anywhere."""
+imports only the floors below it (or its own), no import circle anywhere, and every import
+deferred into a function says why (start-up cost, or an optional extra)."""
 
 import ast
 import shutil
@@ -52,13 +53,19 @@ def imports(root: Path) -> list[Import]:
             else:
                 continue
             lazy = id(node) in deferred
-            line, above = lines[node.lineno - 1], lines[node.lineno - 2].strip()
-            reason = "#" in line or above.startswith("#")
+            reason = "#" in lines[node.lineno - 1] or _headed(lines, node.lineno - 1)
             for target in dict.fromkeys(targets):
                 ours = target.split(".")[0] == root.name
                 if (ours and target != source) or (lazy and not ours):
                     found.append(Import(source, target, node.lineno, lazy, reason))
     return found
+
+
+def _headed(lines: list[str], index: int) -> bool:
+    """Whether the block of imports holding line ``index`` starts under a comment."""
+    while index > 0 and lines[index - 1].strip().startswith(("from ", "import ")):
+        index -= 1
+    return index > 0 and lines[index - 1].strip().startswith("#")
 
 
 def upward(found: list[Import]) -> list[str]:
@@ -119,12 +126,23 @@ def test_no_import_circle():
     assert circles(imports(PACKAGE)) == []
 
 
+def test_every_deferred_import_says_why():
+    unexplained = [f"{i.source}:{i.line} {i.target}" for i in imports(PACKAGE)
+                   if i.lazy and not i.reason]
+    assert unexplained == []
+
+
+
+
 def test_the_checks_catch_a_planted_upward_import_and_circle(tmp_path):
     copy = tmp_path / PACKAGE.name
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     clock = copy / "ground" / "clock.py"
-    clock.write_text(clock.read_text() + "\nfrom necropool.lease import renew  # planted\n")
+    clock.write_text(clock.read_text() + "\nfrom necropool.lease import renew  # planted\n"
+                     "\n\ndef planted():\n    import json\n    return json\n")
     found = imports(copy)
+    assert [(i.target, i.reason) for i in found
+            if i.source == "necropool.ground.clock" and i.lazy] == [("json", False)]
     assert any("necropool.ground.clock:" in v and "necropool.lease.renew" in v
                for v in upward(found))
     assert any("necropool.ground.clock" in c and "necropool.lease.renew" in c

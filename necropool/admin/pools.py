@@ -69,7 +69,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
                              fetch_backend=spec.fetch_backend, created_at=now())
         write_atomic(paths.definition, definition.dump())
         if ledger:  # before the slots are cloned: an unreachable ledger fails fast
-            from necropool.store.pg.hosts import register
+            from necropool.store.pg.hosts import register  # lazy: a PostgreSQL ledger only
 
             register(ledger, spec.name, hostname(), str(settings.root), spec.url, branch)
         new = PoolState(source="new")
@@ -82,7 +82,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
         store = open_store(settings, paths, spec.name)  # not locked: not there yet
         store.save(new)
         if ledger:
-            from necropool.store.pg.hosts import mark
+            from necropool.store.pg.hosts import mark  # lazy: a PostgreSQL ledger only
 
             mark(paths, ledger)
         store.append_event("create", url=spec.url, branch=branch, slots=spec.num_slots)
@@ -93,7 +93,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
     except BaseException:
         remove_tree(tmp, settings.root)
         if ledger and not os.path.lexists(final / "pool.toml"):
-            from necropool.store.pg.hosts import unregister
+            from necropool.store.pg.hosts import unregister  # lazy: a PostgreSQL ledger only
 
             with contextlib.suppress(NecropoolError):
                 unregister(ledger, spec.name, hostname())
@@ -148,7 +148,7 @@ def delete(pool: Pool, force: bool = False, discard_work: bool = False) -> dict[
                     _save_work(pool, slot)
         kept = _keep_rescued(pool.settings.root, pool.paths.rescued, pool.name)
         if pool.ledger:  # in the same transaction as the lock: gone from both or neither
-            from necropool.store.pg.hosts import unregister
+            from necropool.store.pg.hosts import unregister  # lazy: a PostgreSQL ledger only
 
             unregister(pool.ledger, pool.name, hostname())
         trash = pool.paths.dir.parent / trash_name(pool.name)

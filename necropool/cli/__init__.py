@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Output(_json_requested(args))
     interrupted = _watch_interrupts()
     try:
+        # lazy: necropool.cli loads nothing until a command runs
         from necropool.cli.app import build
 
         code = build(args)(args=args, prog_name="necropool", standalone_mode=False)

@@ -62,6 +62,7 @@ def main_options(
         "--version", callback=_version, is_eager=True, help="Print the version")] = False,
 ) -> None:
     """Pools of ready-made git working copies for parallel agents and CI jobs."""
+    # lazy: necropool.cli loads nothing until a command runs
     from necropool.ground.errors import UsageError
 
     if color not in COLORS:
@@ -112,6 +113,7 @@ def hoist_globals(args: list[str]) -> list[str]:
 
 def build(args: list[str] | None = None) -> typer.Typer:
     """The Typer app with every command, or only the one ``args`` invokes."""
+    # lazy: necropool.cli loads nothing until a command runs
     from necropool.cli.helpfmt import Command, Group
     from necropool.cli.registry import REGISTERED
 

@@ -11,6 +11,7 @@ import typer
 
 def _root() -> Path | None:
     try:
+        # lazy: necropool.cli loads nothing until a command runs
         from necropool.ground.config import load_settings
 
         return load_settings().root

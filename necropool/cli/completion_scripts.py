@@ -298,7 +298,7 @@ CLASSES: dict[str, type[_Complete]] = {
 
 
 def _completer(shell: str) -> _Complete:
-    from necropool.cli.app import build
+    from necropool.cli.app import build  # lazy: necropool.cli loads nothing until a command runs
 
     return CLASSES[shell](get_command(build()), PROG_NAME, COMPLETE_VAR)
 

@@ -28,6 +28,7 @@ class Globals:
 
     def manager(self) -> "PoolManager":
         if self._manager is None:
+            # lazy: necropool.cli loads nothing until a command runs
             from necropool.ground.config import load_settings
             from necropool.manager.facade import PoolManager
 
@@ -38,6 +39,7 @@ class Globals:
             extra: tuple[str, ...] = ()) -> Output:
         """The output of a command; ``fmt`` is its ``--format`` (one of FORMATS or
         ``extra``), ``--json`` the same as ``--format json``."""
+        # lazy: necropool.cli loads nothing until a command runs
         from necropool.cli.output import FORMATS
         from necropool.ground.errors import UsageError
 

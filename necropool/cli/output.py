@@ -104,9 +104,9 @@ class Output:
         of the line, cut with an ellipsis (on the left with ``left_cut_last``: paths)."""
         # lazy: rich.table and its console cost ~30 ms; allocate and release print none
         from rich import box
-        from rich.table import Table
+        from rich.table import Table  # lazy: as above
 
-        from necropool.cli.human import left_cut, right_cut
+        from necropool.cli.human import left_cut, right_cut  # lazy: as in table
 
         console = self.console()
         widths = [max([len(c)] + [len(str(r[i])) for r in rows]) for i, c in enumerate(columns)]

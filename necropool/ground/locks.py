@@ -79,7 +79,7 @@ def _load_portalocker() -> types.ModuleType:
     finally:
         if sys.modules.get("portalocker") is shell:
             del sys.modules["portalocker"]
-    import portalocker
+    import portalocker  # lazy: see _portalocker
 
     return portalocker
 

@@ -1,6 +1,7 @@
 """Process identity: who holds a slot, and whether that process is provably dead."""
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -211,7 +212,6 @@ def describe(pids: list[int]) -> str:
 def end(pids: list[int], grace: float = GRACE) -> list[int]:
     """SIGTERM the processes, SIGKILL those still running after ``grace`` seconds; return
     the ones that could not be ended (no permission, or stuck in the kernel)."""
-    import signal
 
     started = {pid: start_time(pid) for pid in pids}
     alive = {pid for pid, start in started.items() if start is not None}
@@ -238,7 +238,6 @@ def end(pids: list[int], grace: float = GRACE) -> list[int]:
 
 def end_group(pgid: int, grace: float = GRACE) -> None:
     """End a whole process group (a command ``run`` started in its own session)."""
-    import signal
 
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
         try:

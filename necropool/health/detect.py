@@ -14,6 +14,7 @@ from necropool.git import commands as git
 from necropool.ground.clock import now, rfc3339
 from necropool.ground.layout import PoolPaths, is_temp
 from necropool.ground.locks import lock_free
+from necropool.ground.proc import hostname
 from necropool.ground.results import Record
 from necropool.pool.mirror import mirror_freshness
 from necropool.pool.pool import Pool
@@ -37,7 +38,6 @@ class Anomaly:
     host: str | None = None  # where it is: another host of a shared ledger, else this one
 
     def to_dict(self) -> Record:
-        from necropool.ground.proc import hostname
 
         data = {"kind": self.kind, "pool": self.pool, "slot_id": self.slot_id,
                 "path": self.path, "evidence": self.evidence, "lease_id": self.lease_id,
@@ -128,10 +128,9 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
 def _judge_fleet(pool: Pool, hours: float, found: Findings) -> None:
     """Other hosts' slots as far as the ledger tells (their directories are not here), and
     hosts silent past ``silent_host_hours``: reported, for those hosts to act on."""
-    from necropool.fleet import remote as fleet
-    from necropool.ground.proc import hostname
-    from necropool.lease.renew import expired
-    from necropool.store.pg.hosts import silent_hosts
+    from necropool.fleet import remote as fleet  # lazy: a pool in a ledger only
+    from necropool.lease.renew import expired  # lazy: as fleet
+    from necropool.store.pg.hosts import silent_hosts  # lazy: a PostgreSQL ledger only
 
     slots, seen = fleet.slots(pool)
     limit = now() - timedelta(hours=hours)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from necropool.ground.config import Settings
 from necropool.ground.locks import FileLock, lock_free
 from necropool.ground.validate import check_hours
+from necropool.pool.pool import resolve_slot
 from necropool.store.model import CLEANING
 
 if TYPE_CHECKING:
@@ -67,7 +68,6 @@ class LockManager:
         """Remove a slot's lock file even if held: the holder's lock stops guarding anything.
         ``slot`` is a slot id or path (the health API's ``force_unlock(slot_id)``), or a pool
         with ``number``. False when there was no lock file."""
-        from necropool.pool.pool import resolve_slot
 
         if isinstance(slot, str):
             pool, number = resolve_slot(self.settings, slot)

@@ -30,7 +30,7 @@ def refresh(pool: Pool, slot: Slot, *, rescue_label: str,
             lease_id: str | None = None) -> tuple[str, "CleanReport"]:
     """Clean a slot we hold to the mirror's tip (outside the pool lock); return the tip and
     the cleanup's report. ``lease_id``: the lease that ended, named in the event."""
-    from necropool.slot import cleanup
+    from necropool.slot import cleanup  # lazy: handing out a clean slot never loads it
 
     started = time.monotonic()
     tip = pool.tip()

@@ -49,6 +49,7 @@ class PoolManager:
 
     @property
     def lock_manager(self) -> "LockManager":
+        # lazy: allocate and release load no health module
         from necropool.health.lockmaint import LockManager
 
         return LockManager(self.settings, lambda: walk.targets(self.settings, None, []))
@@ -72,6 +73,7 @@ class PoolManager:
         return pools.list_pools(self.settings)
 
     def create_pool(self, spec: PoolSpec, progress: "Progress | None" = None) -> dict[str, Any]:
+        # lazy: allocate and release load no admin module
         from necropool.admin import pools as admin
 
         pool = admin.create(self.settings, spec, progress)
@@ -80,6 +82,7 @@ class PoolManager:
     def delete_pool(self, name: str, force: bool = False,
                     discard_work: bool = False) -> dict[str, Any]:
         """With ``force``, also the remains of a half-made pool (no ``pool.toml``)."""
+        # lazy: allocate and release load no admin module
         from necropool.admin import pools as admin
 
         try:
@@ -92,6 +95,7 @@ class PoolManager:
 
     def add_slots(self, name: str, count: int = 1,
                   progress: "Progress | None" = None) -> list[str]:
+        # lazy: allocate and release load no admin module
         from necropool.admin import pools as admin
 
         return admin.add_slots(self.get_pool(name), count, progress)
@@ -102,6 +106,7 @@ class PoolManager:
 
     def remove_slot(self, slot_ref: str, force: bool = False,
                     discard_work: bool = False) -> dict[str, Any]:
+        # lazy: allocate and release load no admin module
         from necropool.admin import pools as admin
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
@@ -113,7 +118,7 @@ class PoolManager:
         reported, never hidden."""
         names = self.pool_names()
         if dsn := self.settings.fleet_ledger:
-            from necropool.store.pg import schema as ledger_schema
+            from necropool.store.pg import schema as ledger_schema  # lazy: a PostgreSQL ledger only
 
             names = sorted({*names, *ledger_schema.pool_names(dsn)})
         return [walk.outcome(name, lambda name: views.summary(self.fleet_pool(name), host,
@@ -128,6 +133,7 @@ class PoolManager:
     def pool_status(self, name: str, host: str | None = None) -> dict[str, Any]:
         """The pool object with its slots (of ``host`` only, for a pool in a ledger) and what
         its ``rescued/`` holds."""
+        # lazy: allocate and release never read rescued work
         from necropool.pool import rescued
 
         pool = self.fleet_pool(name)
@@ -138,7 +144,7 @@ class PoolManager:
     def slot_status(self, slot_ref: str) -> dict[str, Any]:
         ref = SlotRef.parse(slot_ref)
         if remote := self._remote(ref):
-            from necropool.fleet import remote as fleet
+            from necropool.fleet import remote as fleet  # lazy: a pool in a ledger only
 
             pool, number, host = remote
             found = fleet.find(pool, host, number)
@@ -148,7 +154,7 @@ class PoolManager:
 
     def sync(self, prune: bool = False,
              progress: "Progress | None" = None) -> list[PoolOutcome[dict[str, Any]]]:
-        from necropool.admin.sync import sync
+        from necropool.admin.sync import sync  # lazy: allocate and release load no admin module
 
         return sync(self.settings, prune, progress)
 
@@ -182,7 +188,7 @@ class PoolManager:
             except TryAgain:
                 if not request.any_host:
                     raise
-                from necropool.fleet import remote as fleet
+                from necropool.fleet import remote as fleet  # lazy: a pool in a ledger only
 
                 remote = fleet.allocate(pool, owner=request.owner or default_owner(),
                                         holder=request.holder, ttl=request.ttl,
@@ -206,7 +212,7 @@ class PoolManager:
         another host (``POOL-N@HOST``) is only given back: its host cleans it."""
         ref = SlotRef.parse(slot_ref)
         if remote := self._remote(ref):
-            from necropool.fleet import remote as fleet
+            from necropool.fleet import remote as fleet  # lazy: a pool in a ledger only
 
             pool, number, host = remote
             return fleet.release(pool, host, number, lease_id)
@@ -219,7 +225,7 @@ class PoolManager:
         """Extend a lease by ``ttl`` seconds from now (default: its own TTL)."""
         ref = SlotRef.parse(slot_ref)
         if remote := self._remote(ref):
-            from necropool.fleet import remote as fleet
+            from necropool.fleet import remote as fleet  # lazy: a pool in a ledger only
 
             pool, number, host = remote
             renewed = fleet.renew(pool, host, number, lease_id, ttl)
@@ -254,7 +260,7 @@ class PoolManager:
             wait: float = 0, fetch: bool | None = None) -> "RunResult":
         """``argv`` in a slot allocated as ``request`` (or the keywords) asks, held by this
         process; see ``lease.run``."""
-        from necropool.lease.run import run
+        from necropool.lease.run import run  # lazy: only run needs it
 
         if request is None:
             request = AllocateRequest(owner=owner, ttl=ttl, metadata=metadata or {}, wait=wait,
@@ -293,8 +299,8 @@ class PoolManager:
     def ledger(self, action: str, pool: str | None = None) -> dict[str, Any]:
         """``init``/``migrate`` (the same: create or update the schema), ``status``,
         ``import`` or ``export`` (of ``pool``)."""
-        from necropool.fleet import transfer as ledger_transfer
-        from necropool.store.pg import schema as ledger_schema
+        from necropool.fleet import transfer as ledger_transfer  # lazy: ledger import/export only
+        from necropool.store.pg import schema as ledger_schema  # lazy: a PostgreSQL ledger only
 
         dsn = self.ledger_dsn(pool)
         if action in ("init", "migrate"):
@@ -311,6 +317,7 @@ class PoolManager:
         """What the ``rescued/`` of one pool or every pool holds, oldest first. With a
         ``broken`` list, a pool that cannot be read goes there (its ``PoolOutcome``) and
         the others are listed; without one, it raises."""
+        # lazy: allocate and release never read rescued work
         from necropool.pool import rescued
 
         def listed(pool: pools.Pool) -> list[Record]:
@@ -322,6 +329,7 @@ class PoolManager:
         return walk.each(self.settings, name, broken, listed)
 
     def rescued_show(self, ident: str) -> Record:
+        # lazy: allocate and release never read rescued work
         from necropool.pool import rescued
 
         pool, item = self._rescued_find(ident)
@@ -329,6 +337,7 @@ class PoolManager:
         return item
 
     def rescued_restore(self, ident: str, into: str | None = None) -> dict[str, Any]:
+        # lazy: allocate and release never read rescued work
         from necropool.pool import rescued
 
         pool, item = self._rescued_find(ident)
@@ -337,6 +346,7 @@ class PoolManager:
     def _rescued_find(self, ident: str) -> tuple[pools.Pool, Record]:
         """The item among every pool's; not found, the pools that could not be searched are
         named."""
+        # lazy: allocate and release never read rescued work
         from necropool.pool import rescued
 
         broken: walk.Broken = []
@@ -351,6 +361,7 @@ class PoolManager:
                       broken: walk.Broken | None = None) -> list[Record]:
         """Items older than ``older_than`` seconds, deleted only when ``apply``; ``broken``:
         as for ``rescued_list``."""
+        # lazy: allocate and release never read rescued work
         from necropool.pool import rescued
 
         return walk.each(self.settings, name, broken,
@@ -364,6 +375,7 @@ class PoolManager:
         ``host`` only, if given), and ``errors``: a ``PoolOutcome`` for each pool that could
         not be checked (as ``auto_recover`` reports them); the others are checked all the
         same. A directory under pools/ that is not a pool is a stray path."""
+        # lazy: allocate and release load no health module
         from necropool.health.detect import KINDS, detect
 
         check_hours(max_allocation_hours)
@@ -395,12 +407,14 @@ class PoolManager:
         return self.detect_anomalies(name)["orphaned_locks"]
 
     def recover_slot(self, slot_ref: str, force: bool = False) -> Record:
+        # lazy: allocate and release load no health module
         from necropool.health.repair import recover
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
         return recover(pool, number, force).to_dict()
 
     def isolate_slot(self, slot_ref: str, reason: str | None = None) -> dict[str, Any]:
+        # lazy: allocate and release load no health module
         from necropool.health.repair import isolate
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
@@ -414,6 +428,7 @@ class PoolManager:
         """The health API's counters summed over the pools, plus per-pool details; ``errors``: a
         ``PoolOutcome`` for each failure, in order (a pool not usable, an action that
         failed, a pool that could not be done)."""
+        # lazy: allocate and release load no health module
         from necropool.health.autorecover import auto_recover, zero_counters
 
         check_hours(max_allocation_hours)

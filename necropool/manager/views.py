@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from necropool.git import commands as git
 from necropool.ground.clock import rfc3339
+from necropool.ground.proc import hostname
 from necropool.pool.mirror import mirror_freshness
 from necropool.pool.pool import Pool, describe_slot
 from necropool.store.model import STATES, PoolState, Slot
@@ -24,7 +25,6 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
                   host: str | None = None) -> dict[str, Any]:
     """A pool and its slots: with a ledger, every host's (or ``host``'s only), with the
     hosts' last signs of life."""
-    from necropool.ground.proc import hostname
 
     found: list[tuple[str | None, str | None, Slot]] = [
         (None, None, s) for _, s in sorted(current.slots.items())]
@@ -32,7 +32,7 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
     if not pool.local:
         current = PoolState(source="ledger")
     if pool.ledger:
-        from necropool.fleet import remote as fleet
+        from necropool.fleet import remote as fleet  # lazy: a pool in a ledger only
 
         slots, seen = fleet.slots(pool, host)
         found = [(f.host, f.path, f.slot) for f in slots]
@@ -61,7 +61,7 @@ def describe_hosts(pool: Pool, slots: "list[FleetSlot]",
                    seen: dict[str, datetime]) -> list[dict[str, Any]]:
     """Each host of a pool in the fleet: its slots, last sign of life (a state change or an
     auto-recover), and whether it has been silent past ``silent_host_hours``."""
-    from necropool.store.pg.hosts import silent_hosts
+    from necropool.store.pg.hosts import silent_hosts  # lazy: a PostgreSQL ledger only
 
     silent = silent_hosts(seen, pool.settings.silent_host_hours)
     return [{"host": h, "slots": sum(1 for f in slots if f.host == h),

@@ -81,7 +81,7 @@ class Pool:
         ledger = settings.ledger_for(check_pool_name(name))
         if ledger is None:
             raise NotFound(f"pool {name!r} does not exist under {settings.root}")
-        from necropool.store.pg.hosts import definition
+        from necropool.store.pg.hosts import definition  # lazy: a PostgreSQL ledger only
 
         pool = cls.__new__(cls)
         pool.settings, pool.name, pool.ledger, pool.local = settings, name, ledger, False

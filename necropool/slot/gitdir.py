@@ -14,6 +14,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from necropool.ground.proc import processes_in
+
 # What a fresh slot's .git holds at its top; anything else a holder left (ORIG_HEAD,
 # rebase state, modules, worktrees, shallow, ...) is removed once the work is saved.
 FRESH_ENTRIES = frozenset({
@@ -267,7 +269,6 @@ def git_lock_files(gitdir: Path) -> list[Path]:
 
 def stale_git_locks(tree: Path) -> list[Path]:
     """Git lock files while no process works in the slot: left by a killed git."""
-    from necropool.ground.proc import processes_in
 
     locks = git_lock_files(tree / ".git")
     if locks and processes_in(tree):

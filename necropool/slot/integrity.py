@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from necropool.git import commands as git
+from necropool.ground.layout import write_atomic
 from necropool.slot.gitdir import checksum_ok
 
 if TYPE_CHECKING:  # pygit2 costs ~40 ms to import: only the tree walk loads it
@@ -60,7 +61,6 @@ class Verifier:
         """Keep what this run proved or relied on (nothing else) for the next run."""
         if self._cache is None or _same(self._used, self._loaded):
             return
-        from necropool.ground.layout import write_atomic
 
         data = {commit: [sorted(list(k) for k in packs) for packs in sets]
                 for commit, sets in self._used.items()}

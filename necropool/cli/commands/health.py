@@ -163,6 +163,7 @@ def auto_recover(
         rows = [[p["pool"], a["target"], a["action"], a.get("status"), a.get("error") or
                  a.get("rescued") or ""] for p in data["pools"] for a in p["actions"]]
         out.table(["POOL", "TARGET", "ACTION", "STATUS", "DETAIL"], rows)
+        # lazy: allocate and release load no health module
         from necropool.health.autorecover import COUNTERS
 
         out.note(("planned: " if dry_run else "")

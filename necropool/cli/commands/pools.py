@@ -220,7 +220,7 @@ def status(
         outcomes.split(manager.pool_statuses(host))
     unchecked: list[PoolOutcome[object]] = []  # pools detect could not check (prometheus)
     if fmt == "prometheus":
-        from necropool.cli.metrics import prometheus, write_textfile
+        from necropool.cli.metrics import prometheus, write_textfile  # lazy: only --prometheus
 
         recoveries = {p["pool"]: manager.last_event(p["pool"], "auto_recover") for p in pools}
         found = manager.detect_anomalies(target)
@@ -234,7 +234,7 @@ def status(
     elif not pools and not broken:
         out.hint(NO_POOLS)
     else:
-        from necropool.cli.status_view import render
+        from necropool.cli.status_view import render  # lazy: only status on a terminal
 
         render(out, pools)
         for p in pools:

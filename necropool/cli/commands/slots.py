@@ -23,6 +23,7 @@ from necropool.cli.params import (
 from necropool.cli.registry import command
 from necropool.ground.clock import now, parse_duration
 from necropool.ground.errors import PoolOutcome, UsageError, fail_for
+from necropool.ground.proc import hostname
 from necropool.ground.validate import parse_metadata
 
 if TYPE_CHECKING:
@@ -83,7 +84,6 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
                                     "has none free")] = False,
              json_out: Json = False) -> None:
     """Allocate a free slot and print its path (exit 75 when none is free)."""
-    from necropool.ground.proc import hostname
 
     out = G.out(json_out)
     request = _request(owner, ttl, meta, wait, no_fetch, any_host)

@@ -69,7 +69,7 @@ def errors(dsn: str) -> Iterator[None]:
         yield
     except Exception as exc:
         import psycopg  # lazy: as in connect
-        from psycopg import errors as pg
+        from psycopg import errors as pg  # lazy: as in connect
 
         if not isinstance(exc, psycopg.Error):
             raise

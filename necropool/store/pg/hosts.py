@@ -74,7 +74,7 @@ def fleet(dsn: str, pool: str,
     host's last sign of life, in this client's clock."""
     from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
-    from necropool.store.pg.rows import slot_of
+    from necropool.store.pg.rows import slot_of  # lazy: as in pgconn.connect
 
     conn = connect(dsn)
     with errors(dsn), conn.transaction():
