@@ -55,7 +55,7 @@ class PoolPaths:
         "pool.toml", "state", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock",
         "wait.lock", "wake.fifo", "mirror.fetched", "mirror.failed", "locks", "mirror.git", "slots",
         "events.jsonl", "events.jsonl.1", "rescued", "verified.json", "records", "ledger",
-        "state.toml.imported",
+        "state.toml.imported", "state.imported",
     })
 
 

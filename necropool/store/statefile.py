@@ -37,7 +37,7 @@ from typing import Any
 import tomli_w
 
 from necropool.ground.errors import OperationFailed, UsageError
-from necropool.ground.layout import PoolPaths, fsync_dir, write_atomic
+from necropool.ground.layout import PoolPaths, fsync_dir, remove_tree, write_atomic
 from necropool.store.model import ERROR, SCHEMA_VERSION, PoolState, Slot
 from necropool.store.rebuild import rebuild, rebuilt_slot
 
@@ -267,3 +267,25 @@ def convert(paths: PoolPaths) -> None:
     fsync_dir(paths.state_dir)
     write_copies(paths.state, STUB)
     fsync_dir(paths.dir)
+
+
+def set_aside(paths: PoolPaths) -> None:
+    """Keep the state files as ``*.imported`` once a ledger holds the state: ``state/``
+    first, so that no moment shows it without the stub that says how to read it (and a
+    pool marked as in a ledger with no state here refuses to be read without it)."""
+    aside = paths.dir / f"{paths.state_dir.name}.imported"
+    discard_aside(paths)
+    if _is_dir(paths.state_dir):
+        os.replace(paths.state_dir, aside)
+    if os.path.lexists(paths.state):
+        os.replace(paths.state, paths.dir / f"{paths.state.name}.imported")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(paths.state_backup)
+    fsync_dir(paths.dir)
+
+
+def discard_aside(paths: PoolPaths) -> None:
+    """Delete what ``set_aside`` kept (the state is back here, or moved again)."""
+    remove_tree(paths.dir / f"{paths.state_dir.name}.imported", paths.root)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(paths.dir / f"{paths.state.name}.imported")
