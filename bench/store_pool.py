@@ -35,30 +35,40 @@ def make_pool(work: Path, slots: int) -> TomlStore:
     return store
 
 
-def lease_cycles(work: Path, slots: int, cycles: int) -> dict[str, float]:
-    """Median milliseconds of ``claim``, ``end_lease`` and ``update_slot`` (the slot made
-    available again, as a release's cleanup ends) over ``cycles`` cycles, and of all three
-    as ``transaction``."""
-    store = make_pool(work, slots)
-    times: dict[str, list[float]] = {"claim": [], "end_lease": [], "update_slot": []}
+def lease_cycles(work: Path, sizes: tuple[int, ...], cycles: int) -> dict[int, dict[str, float]]:
+    """For a pool of each size: the median milliseconds of ``claim``, ``end_lease`` and
+    ``update_slot`` (the slot made available again, as a release's cleanup ends) over
+    ``cycles`` cycles, of all three as ``transaction``, and the CPU milliseconds of a
+    transaction (``cpu``: what the store computes, without waiting for the disk). The
+    pools take turns, cycle by cycle, so that a busy machine weighs on each alike."""
+    stores = {size: make_pool(work / f"pool{size}", size) for size in sizes}
+    ops = ("claim", "end_lease", "update_slot")
+    times = {size: {op: [] for op in ops} for size in sizes}
+    cpu = dict.fromkeys(sizes, 0.0)
 
     def available(slot: Slot) -> None:
         slot.state, slot.worker = AVAILABLE, None
 
     for _ in range(cycles):
-        lease = Lease.new("bench", Holder.me(), 600.0, {})
-        start = time.perf_counter()
-        slot = store.claim(lease, lambda s: True)
-        claimed = time.perf_counter()
-        assert slot is not None
-        store.end_lease(slot.number, lease.lease_id)
-        ended = time.perf_counter()
-        store.update_slot(slot.number, available)
-        done = time.perf_counter()
-        times["claim"].append(claimed - start)
-        times["end_lease"].append(ended - claimed)
-        times["update_slot"].append(done - ended)
-    result = {op: statistics.median(t) * 1000 for op, t in times.items()}
-    result["transaction"] = statistics.median(
-        [t for op in ("claim", "end_lease", "update_slot") for t in times[op]]) * 1000
+        for size, store in stores.items():
+            lease = Lease.new("bench", Holder.me(), 600.0, {})
+            cpu_start, start = time.process_time(), time.perf_counter()
+            slot = store.claim(lease, lambda s: True)
+            claimed = time.perf_counter()
+            assert slot is not None
+            store.end_lease(slot.number, lease.lease_id)
+            ended = time.perf_counter()
+            store.update_slot(slot.number, available)
+            done = time.perf_counter()
+            cpu[size] += time.process_time() - cpu_start
+            spans = (claimed - start, ended - claimed, done - ended)
+            for op, elapsed in zip(ops, spans, strict=True):
+                times[size][op].append(elapsed)
+    result = {}
+    for size in sizes:
+        row = {op: statistics.median(t) * 1000 for op, t in times[size].items()}
+        row["transaction"] = statistics.median(
+            [t for op in ops for t in times[size][op]]) * 1000
+        row["cpu"] = cpu[size] * 1000 / (3 * cycles)
+        result[size] = {k: round(v, 2) for k, v in row.items()}
     return result

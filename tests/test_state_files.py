@@ -10,7 +10,8 @@ import tomli_w
 from helpers import slot_entries, slot_files, state_files
 
 from necropool.ground.clock import now
-from necropool.store.model import ALLOCATED, AVAILABLE, Lease
+from necropool.store import freelist
+from necropool.store.model import ALLOCATED, AVAILABLE, Lease, Slot
 
 
 def new_lease(lease_id: str) -> Lease:
@@ -83,6 +84,10 @@ def test_a_slot_whose_two_copies_are_lost_is_rebuilt_alone(manager, pool, root, 
     assert shown[held["slot_id"]]["state"] == "allocated"
 
 
+def listed(free) -> list[int]:
+    return [int(entry.rsplit(" ", 1)[1]) for entry in free.read_text().splitlines()[1:]]
+
+
 def test_the_free_list_is_a_hint_the_slot_files_decide(manager, pool, root):
     store = manager.get_pool(pool).store
     free = root / "pools" / pool / "state" / "free"
@@ -90,11 +95,14 @@ def test_the_free_list_is_a_hint_the_slot_files_decide(manager, pool, root):
     boot = free.read_text().splitlines()[0]
     # A list that names the leased slot first (a process killed between two writes): the
     # claim reads that slot's file, passes it over and drops it from the list.
-    free.write_text(f"{boot}\n{first.number} 0 9999999999.0\n"
-                    + "".join(f"{n} 0 0.0\n" for n in (1, 2, 3) if n != first.number))
+    ahead = Slot(number=first.number, state=AVAILABLE, last_released_at=now())
+    others = [Slot(number=n, state=AVAILABLE) for n in (1, 2, 3) if n != first.number]
+    lines = [freelist.line(s).decode() for s in (ahead, *others)]
+    free.write_text("\n".join([boot, *lines, ""]))
+    assert listed(free)[0] == first.number
     second = store.claim(new_lease("b"), take=lambda s: True)
     assert second is not None and second.number != first.number
-    assert f"\n{first.number} " not in free.read_text()
+    assert listed(free) == [n for n in (1, 2, 3) if n not in (first.number, second.number)]
     # A list from another boot (a power loss may have lost its last write) is not trusted:
     # this one says nothing is free, yet the last free slot is found.
     free.write_text("boot 00000000-0000-0000-0000-000000000000\n")
@@ -104,7 +112,25 @@ def test_the_free_list_is_a_hint_the_slot_files_decide(manager, pool, root):
     states = {n: s.state for n, s in store.snapshot().slots.items()}
     assert states == {1: ALLOCATED, 2: ALLOCATED, 3: ALLOCATED}
     store.update_slot(first.number, lambda s: setattr(s, "state", AVAILABLE))
-    assert free.read_text().splitlines()[1].split()[0] == str(first.number)
+    assert listed(free) == [first.number]
+
+
+def test_the_free_list_keeps_allocation_order(manager, pool, root):
+    """Clean slots first, the most recently released first, then by number."""
+    store = manager.get_pool(pool).store
+    for lease_id in ("a", "b", "c"):
+        slot = store.claim(new_lease(lease_id), take=lambda s: True)
+        store.end_lease(slot.number, lease_id)
+    store.update_slot(2, lambda s: setattr(s, "state", AVAILABLE))
+    store.update_slot(3, lambda s: (setattr(s, "state", AVAILABLE),
+                                    setattr(s, "needs_cleanup", True)))
+    store.update_slot(1, lambda s: setattr(s, "state", AVAILABLE))
+    free = root / "pools" / pool / "state" / "free"
+    assert listed(free) == [2, 1, 3]  # released in the order 1, 2, 3
+    store.update_slot(1, lambda s: setattr(s, "last_released_at", now()))
+    assert listed(free) == [1, 2, 3]
+    assert [store.claim(new_lease(f"l{i}"), take=lambda s: True).number
+            for i in range(3)] == [1, 2, 3]
 
 
 def test_no_temporary_file_is_left_in_the_state_directory(manager, pool, root):

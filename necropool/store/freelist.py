@@ -1,5 +1,5 @@
-"""Which slots are free (``state/free``), with what orders them, so that a claim reads one
-short file and the files of the slots it considers rather than every slot's file.
+"""Which slots are free (``state/free``), in allocation order, so that a claim reads one
+short file and the file of the slot it takes rather than every slot's file.
 
 The list is a hint; the slot files are the truth. It is kept a superset of the free slots:
 a slot enters it before its file says ``available`` and leaves it only after its file says
@@ -11,20 +11,27 @@ more fsync under the pool lock per transaction, the list records the boot it was
 in: a list from another boot, or missing, or unreadable, is rebuilt from every slot file
 (once, under the lock, ``TomlStore``).
 
-Format: ``boot <id>``, then one line per free slot: ``<n> <needs_cleanup 0|1> <released>``
-(epoch seconds of its last release, 0 when never).
+Format: ``boot <id>``, then one line per free slot, ``<key> <n>``, sorted. The key is
+``model.allocation_order`` written so that byte order is allocation order (whether the
+slot needs a cleanup, the time of its last release counted down from a far future, its
+number, each of fixed width): keeping the list sorted is a binary search over bytes, and a
+claim parses only the lines it considers, usually the first. With 500 slots free, a
+transaction's work on the list stays in the tens of microseconds.
 """
 
+import bisect
 import functools
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from necropool.ground.layout import PoolPaths, write_atomic
-from necropool.store.model import AVAILABLE, Slot, allocation_key
+from necropool.store.model import AVAILABLE, Slot
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-
-Free = dict[int, tuple[bool, float]]  # slot -> (needs_cleanup, released)
+_FAR = 10**17 - 1  # microseconds since 1970: year 5138
+_FORMAT = re.compile(rb"boot \S+\n(?:[01]\d{27} \d+\n)*")
 
 
 @functools.cache
@@ -40,44 +47,63 @@ def path(paths: PoolPaths) -> Path:
     return paths.state_dir / "free"
 
 
-def read(paths: PoolPaths) -> Free | None:
+def line(slot: Slot) -> bytes:
+    released = slot.last_released_at.timestamp() if slot.last_released_at else 0.0
+    countdown = _FAR - max(0, min(_FAR, round(released * 1_000_000)))
+    return b"%d%017d%010d %d" % (slot.needs_cleanup, countdown, slot.number, slot.number)
+
+
+@dataclass
+class FreeList:
+    """The lines of the list, sorted."""
+
+    lines: list[bytes]
+
+    def first_outside(self, skip: frozenset[int]) -> int | None:
+        """The first free slot not in ``skip``, parsing no further."""
+        for entry in self.lines:
+            number = int(entry.rsplit(b" ", 1)[1])
+            if number not in skip:
+                return number
+        return None
+
+    def without(self, number: int) -> "FreeList":
+        """Every line of slot ``number`` gone (a list left by a crash may hold two)."""
+        tail = b" %d" % number
+        return FreeList([entry for entry in self.lines if not entry.endswith(tail)])
+
+    def updated(self, slots: list[Slot]) -> "FreeList":
+        """These slots' lines as their state says: in the list if free, else not."""
+        result = self
+        for slot in slots:
+            result = result.without(slot.number)
+            if slot.state == AVAILABLE:
+                bisect.insort(result.lines, line(slot))
+        return result
+
+def of(slots: list[Slot]) -> FreeList:
+    """The list as it is for these slots."""
+    return FreeList(sorted(line(s) for s in slots if s.state == AVAILABLE))
+
+
+def read(paths: PoolPaths) -> FreeList | None:
     """The list, or None when it cannot be trusted (missing, unreadable, another boot's)."""
     try:
         fd = os.open(path(paths), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as fh:
-        lines = fh.read().decode(errors="replace").splitlines()
+        data = fh.read()
     boot = boot_id()
-    if not lines or boot is None or lines[0] != f"boot {boot}":
+    if boot is None or not _FORMAT.fullmatch(data):
         return None
-    free: Free = {}
-    try:
-        for line in lines[1:]:
-            number, needs_cleanup, released = line.split()
-            free[int(number)] = (needs_cleanup == "1", float(released))
-    except ValueError:
+    lines = data.split(b"\n")
+    if lines[0] != b"boot " + boot.encode():
         return None
-    return free
+    return FreeList(lines[1:-1])
 
 
-def write(paths: PoolPaths, free: Free) -> None:
+def write(paths: PoolPaths, free: FreeList) -> None:
     """Atomically, without an fsync (see the module's docstring)."""
-    lines = [f"boot {boot_id()}"]
-    lines += [f"{n} {int(needs)} {released!r}" for n, (needs, released) in sorted(free.items())]
-    write_atomic(path(paths), ("\n".join(lines) + "\n").encode(), sync_dir=False, sync=False)
-
-
-def entry(slot: Slot) -> tuple[bool, float]:
-    return slot.needs_cleanup, (slot.last_released_at.timestamp()
-                                if slot.last_released_at else 0.0)
-
-
-def of(slots: list[Slot]) -> Free:
-    """The list as it is for these slots."""
-    return {s.number: entry(s) for s in slots if s.state == AVAILABLE}
-
-
-def in_order(free: Free) -> list[int]:
-    """The free slots in allocation order (``model.allocation_order``)."""
-    return sorted(free, key=lambda n: allocation_key(n, *free[n]))
+    data = b"\n".join([b"boot " + (boot_id() or "none").encode(), *free.lines, b""])
+    write_atomic(path(paths), data, sync_dir=False, sync=False)

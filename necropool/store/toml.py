@@ -100,30 +100,33 @@ class TomlStore(Transactions):
         self._entries = {n: s.to_dict() for n, s in current.slots.items()}
 
     def _write(self, changed: dict[int, Slot], gone: set[int],
-               final: freelist.Free | None = None) -> None:
+               final: freelist.FreeList | None = None,
+               listed: freelist.FreeList | None = None) -> None:
         """Write the ``changed`` slots and remove the ``gone`` ones, the free list a
         superset of the free slots all along (``freelist``): grown before the slot files,
         trimmed after them. ``final``: the whole list after the write, when the caller
-        knows it; otherwise it is the list on disk (rebuilt if it cannot be trusted) with
-        these slots' changes. Waking the waiter only when a slot is free: other writes
-        would make it take the pool lock for nothing."""
+        knows it; otherwise it is the list on disk (``listed``, if the caller just read
+        it; rebuilt if it cannot be trusted) with these slots' changes. Waking the waiter
+        only when a slot is free: other writes would make it take the pool lock for
+        nothing."""
         self._make_state_dir()
-        before = freelist.read(self.paths)
-        after = dict(self._free_from_files() if before is None else before)
-        after.update(freelist.of(list(changed.values())))
-        if after != before:
-            freelist.write(self.paths, after)
+        before = listed if listed is not None else freelist.read(self.paths)
+        grown = (before if before is not None else self._free_from_files()).updated(
+            [s for s in changed.values() if s.state == AVAILABLE])
+        if grown != before:
+            freelist.write(self.paths, grown)
         for number in gone:
             statefile.remove_copies(statefile.slot_file(self.paths, number))
         for slot in changed.values():
             statefile.write_slot(self.paths, slot)
         self._saved = True
         if final is None:
-            final = {n: e for n, e in after.items() if n not in gone and (
-                n not in changed or changed[n].state == AVAILABLE)}
-        if final != after:
+            final = grown.updated([s for s in changed.values() if s.state != AVAILABLE])
+            for number in gone:
+                final = final.without(number)
+        if final != grown:
             freelist.write(self.paths, final)
-        if final:
+        if final.lines:
             wakeup.poke(self.paths.wake)
 
     def _make_state_dir(self) -> None:
@@ -135,7 +138,7 @@ class TomlStore(Transactions):
                 raise OperationFailed(f"refusing to write the state through "
                                       f"{self.paths.state_dir}: not a directory") from None
 
-    def _free_from_files(self) -> freelist.Free:
+    def _free_from_files(self) -> freelist.FreeList:
         """The free list from every slot file (when it cannot be trusted: O(pool))."""
         slots = [read.slot for n in statefile.slot_numbers(self.paths)
                  if (read := statefile.read_slot(self.paths, n)) is not None]
@@ -161,8 +164,13 @@ class TomlStore(Transactions):
                 read = statefile.read_slot(self.paths, number)
                 if read is None:
                     raise NotFound(f"slot {self.paths.slot_id(number)} does not exist")
+                listed = freelist.of([read.slot])
                 yield read.slot
-                self._write({number: read.slot}, set())
+                if freelist.of([read.slot]) == listed:  # its line in the list stays as it is
+                    statefile.write_slot(self.paths, read.slot)
+                    self._saved = True
+                else:
+                    self._write({number: read.slot}, set())
             else:
                 current, self._entries = statefile.load(self.paths)
                 slot = current.slots.get(number)
@@ -178,7 +186,8 @@ class TomlStore(Transactions):
         may succeed. Under it, the free list gives the candidates in allocation order and
         only their files are read."""
         free = freelist.read(self.paths)
-        if free is not None and not set(free) - skip and statefile.version(self.paths):
+        if free is not None and free.first_outside(skip) is None and statefile.version(
+                self.paths):
             return None
         with self._lock():
             if statefile.version(self.paths) is not None:
@@ -198,18 +207,17 @@ class TomlStore(Transactions):
         if free is None:
             free = self._free_from_files()
             freelist.write(self.paths, free)
-        for number in freelist.in_order(free):
-            if number in skip:
-                continue
+        while (number := free.first_outside(skip)) is not None:
             read = statefile.read_slot(self.paths, number)
             if read is None or read.slot.state != AVAILABLE:
-                del free[number]  # left by a process killed between two writes
+                free = free.without(number)  # left by a process killed between two writes
                 freelist.write(self.paths, free)
                 continue
             if take(read.slot):
                 _grant(read.slot, lease)
-                self._write({number: read.slot}, set())
+                self._write({number: read.slot}, set(), listed=free)
                 return read.slot
+            skip = skip | {number}
         return None
 
     def _leased(self, slot: Slot, lease_id: str | None) -> Slot:
