@@ -126,8 +126,9 @@ def slot_file(paths: PoolPaths, number: int) -> Path:
 
 
 def version(paths: PoolPaths) -> str | None:
-    """Whether the state is in ``state/``: ``"ok"``; ``"damaged"`` when it is but neither
-    copy of the stub in ``state.toml`` can be read (the next whole write rewrites it); None
+    """Whether the state is in ``state/``: ``"ok"``; ``"damaged"`` when it is but the stub
+    in ``state.toml`` cannot be read, only its copy or neither (a whole write, as
+    ``auto-recover`` makes, rewrites it); None
     when it is not there yet (a schema 1 ``state.toml``, a new pool) or lost. A newer
     schema in ``state.toml`` is refused (``StateError``)."""
     found, main, _ = _read_copies(paths.state)
