@@ -113,7 +113,8 @@ FILES = [
     ("<root>/pools/<pool>/wait.lock",
      "The queue of allocations waiting for a free slot (allocate --wait)."),
     ("<root>/pools/<pool>/wake.fifo",
-     "Every state write wakes the waiter at the head of that queue through it (no polling)."),
+     "A state write that frees a slot wakes the waiter at the head of that queue through "
+     "it (no polling)."),
     ("<root>/pools/<pool>/mirror.lock",
      "Serialises upstream fetches and mirror rebuilds."),
     ("<root>/pools/<pool>/mirror.fetched",

@@ -8,8 +8,8 @@ costs what it costs at 5). ``locked`` and ``save`` read every slot and write tho
 changed, for the rarer changes of the whole pool (add, remove, repair, recover).
 
 Writes are atomic, fsynced and never follow a symlink (``statefile.write_copies``,
-``layout.write_atomic``); a write that leaves a slot free pokes the wake FIFO of the
-allocation waiter at the head of the queue. A pool still in a schema 1 ``state.toml`` is
+``layout.write_atomic``); a write that frees a slot pokes the wake FIFO of the allocation
+waiter at the head of the queue. A pool still in a schema 1 ``state.toml`` is
 read from it and converted by its first write."""
 
 import os
