@@ -137,7 +137,7 @@ def truncate(path: Path, keep: int = 10) -> None:
 
 
 def set_state_fields(pool_dir: Path, number: int, **fields) -> None:
-    """Edit one slot's table in state.toml in place (atomically), as a careless hand would;
+    """Edit one slot's state file in place (atomically), as a careless hand would;
     or its row, when the pool is in a ledger (``NECROPOOL_LEDGER``)."""
     dsn = os.environ.get("NECROPOOL_LEDGER")
     if dsn:
@@ -148,9 +148,9 @@ def set_state_fields(pool_dir: Path, number: int, **fields) -> None:
             conn.execute(f"UPDATE slots SET {sets} WHERE pool = %s AND number = %s",
                          (*fields.values(), pool_dir.name, number))
         return
-    path = pool_dir / "state.toml"
+    path = pool_dir / "state" / f"{number}.toml"
     data = tomllib.loads(path.read_text())
-    data["slots"][str(number)].update(fields)
+    data["slot"].update(fields)
     tmp = path.with_name("edit.tmp")
     tmp.write_bytes(tomli_w.dumps(data).encode())
     os.replace(tmp, path)

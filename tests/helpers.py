@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -224,14 +225,33 @@ def import_or_skip(name: str) -> ModuleType:
 # --- either backend: local TOML files or a PostgreSQL ledger (NECROPOOL_LEDGER) -------------
 
 
+def state_files(pool_dir: Path) -> list[Path]:
+    """Every file of a pool's TOML state: ``state.toml`` (the schema stub) and ``state/``
+    (each slot's file, their copies, the free list)."""
+    directory = pool_dir / "state"
+    return sorted([*(p for p in (pool_dir / "state.toml", pool_dir / "state.toml.bak")
+                     if p.exists()), *(directory.iterdir() if directory.exists() else ())])
+
+
+def slot_entries(pool_dir: Path) -> dict[int, dict]:
+    """Each slot's entry as its file in ``state/`` holds it, by number."""
+    return {int(p.stem): tomllib.loads(p.read_text())["slot"]
+            for p in (pool_dir / "state").glob("*.toml")}
+
+
+def slot_files(pool_dir: Path, number: int) -> list[Path]:
+    """Both copies of one slot's state file."""
+    main = pool_dir / "state" / f"{number}.toml"
+    return [main, main.with_name(main.name + ".bak")]
+
+
 def saved_state(root: Path, pool: str = "web") -> str:
-    """What the pool's state store holds, to compare before and after: ``state.toml`` (and
-    its inode and mtime), or every row the ledger has (slots, hosts, events)."""
+    """What the pool's state store holds, to compare before and after: its state files
+    (with their inodes and mtimes), or every row the ledger has (slots, hosts, events)."""
     dsn = os.environ.get("NECROPOOL_LEDGER")
     if not dsn:  # a rewrite with the same content is a write all the same
-        path = root / "pools" / pool / "state.toml"
-        st = path.stat()
-        return f"{st.st_ino} {st.st_mtime_ns}\n{path.read_text()}"
+        return "\n".join(f"{path.name} {path.stat().st_ino} {path.stat().st_mtime_ns}\n"
+                         f"{path.read_text()}" for path in state_files(root / "pools" / pool))
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from faults import set_state_fields
-from helpers import changes, digest, saved_state, template_pool
+from helpers import changes, digest, saved_state, slot_files, state_files, template_pool
 
 from necropool.ground.config import PoolSpec, load_settings
 from necropool.ground.errors import NecropoolError, UsageError
@@ -155,27 +155,27 @@ def env_config(text: str):
 
 
 def truncate_state(c: Ctx) -> None:
-    data = (c.pool_dir / "state.toml").read_bytes()
-    (c.pool_dir / "state.toml").write_bytes(data[: len(data) // 2])
+    path = slot_files(c.pool_dir, 1)[0]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
 
 
 def garbage_state(c: Ctx) -> None:
-    for name in ("state.toml", "state.toml.bak"):
-        (c.pool_dir / name).write_bytes(b"\x00\xff\xfe garbage [[[ = \n" * 10)
+    for path in state_files(c.pool_dir):
+        path.write_bytes(b"\x00\xff\xfe garbage [[[ = \n" * 10)
 
 
 def future_state(c: Ctx) -> None:
     for name in ("state.toml", "state.toml.bak"):
         path = c.pool_dir / name
-        path.write_text(path.read_text().replace("schema_version = 1", "schema_version = 99"))
+        path.write_text(path.read_text().replace("schema_version = 2", "schema_version = 99"))
 
 
 def bad_entry_state(c: Ctx) -> None:
-    for name in ("state.toml", "state.toml.bak"):
-        path = c.pool_dir / name
+    for path in slot_files(c.pool_dir, 2):
         text = path.read_text()
-        assert '[slots.2]\nstate = "available"' in text
-        path.write_text(text.replace('[slots.2]\nstate = "available"', "[slots.2]\nstate = 5"))
+        assert '[slot]\nstate = "available"' in text
+        path.write_text(text.replace('[slot]\nstate = "available"', "[slot]\nstate = 5"))
 
 
 def future_ledger(c: Ctx) -> None:
@@ -397,9 +397,9 @@ CASES = [
          env_config("bogus = 1\n")),
     # state files
     Case("state-truncated", ["detect", "web"], 1, (), truncate_state,
-         out_words=("state.toml unreadable", "state.toml.bak"), only="local"),
+         out_words=("state files unreadable", "state.toml.bak"), only="local"),
     Case("state-garbage", ["detect", "web"], 1, (), garbage_state,
-         out_words=("state.toml unreadable", "rebuilt"), only="local"),
+         out_words=("state files unreadable", "rebuilt"), only="local"),
     Case("state-bad-entry", ["detect", "web"], 1, (), bad_entry_state,
          out_words=("web-2", "unknown state"), only="local"),
     Case("state-future-allocate", ["allocate", "web", "--no-fetch"], 3,

@@ -129,6 +129,7 @@ def test_root_flag_on_the_line_is_honoured(allocated, tmp_path):
 
 def test_completion_never_fails_loudly(allocated, root):
     (root / "pools" / "web" / "state.toml").write_text("this is [not toml")
+    (root / "pools" / "web" / "state" / "1.toml").write_text("this is [not toml")
     for words, cword in [("necropool release ", "2"), ("necropool al", "x"),
                          ('necropool "unterminated', "1"), ("necropool --version ", "2"),
                          ("necropool --config /nonexistent/config.toml release ", "4"),

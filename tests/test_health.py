@@ -26,7 +26,7 @@ from faults import (
     tree_digest,
     truncate,
 )
-from helpers import clock_at, commit_file, git
+from helpers import clock_at, commit_file, git, slot_files
 
 from necropool.ground.errors import TryAgain
 from necropool.ground.locks import lock_free
@@ -603,7 +603,9 @@ def test_corrupted_slot_of_a_live_holder_is_left_to_its_holder(cli, pool, manage
 @pytest.mark.toml_only
 def test_damaged_pool_files_are_reported_and_repaired(cli, pool, manager, upstream):
     p = manager.get_pool(pool)
-    p.paths.state.write_text("slots = [[[ not toml\n")  # the backup copy is still good
+    p.paths.state.write_text("slots = [[[ not toml\n")  # the backup copies are still good
+    slot_file = slot_files(p.paths.dir, 2)[0]
+    slot_file.write_text("state = [[[ not toml\n")
     shutil.rmtree(p.paths.locks)
     shutil.rmtree(p.paths.mirror)
 
@@ -619,6 +621,7 @@ def test_damaged_pool_files_are_reported_and_repaired(cli, pool, manager, upstre
     assert p.paths.locks.is_dir()
     assert Verifier().verify(p.paths.mirror, bare=True, branch="main") == []
     assert "schema_version" in p.paths.state.read_text()
+    assert "[slot]" in slot_file.read_text()
     assert allocate_everything(manager, pool) == {"web-1", "web-2", "web-3"}
 
 
@@ -701,15 +704,8 @@ def test_a_pool_that_cannot_be_checked_is_named_and_the_others_still_are(
 def test_slot_directory_without_state_entry_is_adopted(cli, pool, manager, root):
     """A crash between an add's rename and its state write leaves a slot the state does not
     know: auto-recover registers it again instead of leaving a stray clone."""
-    import tomllib
-
-    import tomli_w
-
-    state_file = root / "pools" / "web" / "state.toml"
-    data = tomllib.loads(state_file.read_text())
-    del data["slots"]["3"]
-    for name in ("state.toml", "state.toml.bak"):
-        (root / "pools" / "web" / name).write_text(tomli_w.dumps(data))
+    for path in slot_files(root / "pools" / "web", 3):
+        path.unlink()
     assert "web-3" not in slots_of(manager, pool)
 
     found = cli("detect", "--json").json()

@@ -262,8 +262,7 @@ def test_slots_rebuilt_after_losing_both_state_files_are_isolated_unless_idle(
     procs.start(["sleep", "300"], cwd=working["path"])
     edited = manager.allocate_slot("web", fetch=False)  # nothing running, work in the tree
     (Path(edited["path"]) / "draft.txt").write_text("not saved anywhere else\n")
-    for name in ("state.toml", "state.toml.bak"):
-        (root / "pools/web" / name).unlink()
+    shutil.rmtree(root / "pools/web/state")
 
     found = cli("detect", "web", "--json").json()
     isolated = {a["slot_id"]: a["evidence"] for a in found["isolated_slots"]}

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import commit_file, git
+from helpers import commit_file, git, slot_files, state_files
 
 from necropool.ground.config import PoolSpec
 
@@ -643,7 +643,7 @@ def test_sync_without_a_config_file_is_a_usage_error(cli, pool, root):
 @pytest.mark.toml_only
 def test_garbage_state_falls_back_to_the_backup(cli, pool, manager, root):
     manager.allocate_slot("web", fetch=False)
-    state = root / "pools/web/state.toml"
+    state = slot_files(root / "pools/web", 1)[0]
     state.write_text("this is [not toml\x00")
     data = status_json(cli, "web")
     assert data["state_source"] == "state.toml.bak"
@@ -659,8 +659,9 @@ def test_garbage_state_falls_back_to_the_backup(cli, pool, manager, root):
 @pytest.mark.parametrize("damage", ["garbage", "empty", "missing"])
 @pytest.mark.toml_only
 def test_both_state_copies_lost_rebuilds_from_slot_dirs(cli, pool, root, damage):
-    for name in ("state.toml", "state.toml.bak"):
-        path = root / "pools/web" / name
+    if damage == "missing":
+        shutil.rmtree(root / "pools/web/state")
+    for path in state_files(root / "pools/web"):
         if damage == "garbage":
             path.write_bytes(b"\xff\xfe garbage = = =")
         elif damage == "empty":
@@ -682,8 +683,7 @@ def test_both_state_copies_lost_rebuilds_from_slot_dirs(cli, pool, root, damage)
 
 @pytest.mark.toml_only
 def test_an_unreadable_slot_entry_is_shown_not_hidden(cli, pool, root):
-    for name in ("state.toml", "state.toml.bak"):
-        path = root / "pools/web" / name
+    for path in slot_files(root / "pools/web", 1):
         path.write_text(path.read_text().replace('state = "available"', 'state = "bogus"', 1))
     data = status_json(cli, "web")
     assert [s["slot_id"] for s in data["slots"]] == ["web-1", "web-2", "web-3"]
@@ -695,24 +695,23 @@ def test_an_unreadable_slot_entry_is_shown_not_hidden(cli, pool, root):
 @pytest.mark.toml_only
 def test_future_schema_version_is_refused_and_left_untouched(cli, pool, root):
     state = root / "pools/web/state.toml"
-    future = ('schema_version = 2\n\n[slots.1]\nstate = "available"\nshiny = "new"\n\n'
+    future = ('schema_version = 3\n\n[slots.1]\nstate = "available"\nshiny = "new"\n\n'
               '[slots.2]\nstate = "teleporting"\n')
     state.write_text(future)
-    stamp = state.stat().st_mtime_ns
-    backup = (root / "pools/web/state.toml.bak").read_bytes()
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in state_files(root / "pools/web")}
     for args in (["status", "web"], ["status", "web-1"], ["add", "web"], ["remove", "web-2"],
                  ["allocate", "web", "--no-fetch"]):
         result = cli(*args)
         assert result.code == 3, (args, result)
-        assert "schema_version 2" in result.stderr and "newer" in result.stderr, result
+        assert "schema_version 3" in result.stderr and "newer" in result.stderr, result
         assert len(result.stderr.splitlines()) == 1
     assert state.read_text() == future
-    assert state.stat().st_mtime_ns == stamp
-    assert (root / "pools/web/state.toml.bak").read_bytes() == backup
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in state_files(root / "pools/web")} == before
     assert entries(root / "pools/web/slots") == ["1", "2", "3"]
     listed = cli("list", "--json")
     assert listed.code == 3, listed  # as status: shown with its error, and a failure
-    assert "schema_version 2" in listed.json()["pools"][0]["error"]
+    assert "schema_version 3" in listed.json()["pools"][0]["error"]
 
 
 @pytest.mark.toml_only

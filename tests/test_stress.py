@@ -15,11 +15,11 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from helpers import slot_entries
 
 from necropool.ground.config import PoolSpec
 
@@ -274,13 +274,12 @@ def test_sixteen_processes_never_double_hold_steal_or_lose_a_slot(manager, upstr
                 and not found.get("long_allocated_slots"), f"detect blamed a live holder: {r}"
 
     # nothing lost: every slot back, available, clean and healthy
-    state = tomllib.loads((root / "pools" / "hot" / "state.toml").read_text())
-    slots = state["slots"]
-    assert sorted(slots) == [str(n) for n in range(1, SLOTS + 1)]
+    slots = slot_entries(root / "pools" / "hot")
+    assert sorted(slots) == list(range(1, SLOTS + 1))
     assert {s["state"] for s in slots.values()} == {"available"}, slots
     assert sum(s.get("allocation_count", 0) for s in slots.values()) == len(grants)
     for n in slots:
-        assert not (root / "pools" / "hot" / "slots" / n / MARK).exists()
+        assert not (root / "pools" / "hot" / "slots" / str(n) / MARK).exists()
     detect = subprocess.run([sys.executable, "-m", "necropool", "detect"], capture_output=True,
                             text=True)
     assert detect.returncode == 0, detect.stdout + detect.stderr

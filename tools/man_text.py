@@ -86,21 +86,35 @@ FILES = [
      "The config file: settings and the pools that *sync* creates (see CONFIGURATION)."),
     ("<root>/pools/<pool>/", "One pool."),
     ("<root>/pools/<pool>/pool.toml", "The pool definition: url, branch, options."),
+    ("<root>/pools/<pool>/state/<n>.toml",
+     "Slot n's state, lease and statistics, and its identical copy <n>.toml.bak (every "
+     "write is atomic and durable; a damaged file falls back to its copy; a slot whose "
+     "copies are both lost is rebuilt from its directory)."),
+    ("<root>/pools/<pool>/state/free",
+     "Which slots are free, in allocation order (a hint: rebuilt from the slot files after "
+     "a reboot)."),
     ("<root>/pools/<pool>/state.toml",
-     "Slots, leases and statistics (schema-versioned; every write is atomic and durable)."),
+     "The state's schema version (with a copy, state.toml.bak); a schema 1 file (every "
+     "slot in one file, as earlier versions wrote it) is read as it is and converted by "
+     "the first write."),
     ("<root>/pools/<pool>/state.toml.bak",
-     "The last good state; state can also be rebuilt from what is on disk."),
+     "The copy of state.toml; with state/ lost too, the state is rebuilt from what is on "
+     "disk."),
     ("<root>/pools/<pool>/ledger",
      "Present when the pool's state is in a shared ledger (its address, password masked): "
-     "then there is no state.toml, and none is rebuilt from disk."),
+     "then there are no state files, and none is rebuilt from disk."),
+    ("<root>/pools/<pool>/state.imported/",
+     "The state as it was when *ledger import* moved it into a shared ledger (with "
+     "state.toml.imported)."),
     ("<root>/pools/<pool>/state.toml.imported",
-     "The state as it was when *ledger import* moved it into a shared ledger."),
+     "The schema file as it was when *ledger import* moved the state into a ledger."),
     ("<root>/pools/<pool>/pool.lock",
-     "Held only for the read-modify-write of state.toml (milliseconds)."),
+     "Held only while a state write reads and writes the slots it changes (milliseconds)."),
     ("<root>/pools/<pool>/wait.lock",
      "The queue of allocations waiting for a free slot (allocate --wait)."),
     ("<root>/pools/<pool>/wake.fifo",
-     "Every state write wakes the waiter at the head of that queue through it (no polling)."),
+     "A state write that frees a slot wakes the waiter at the head of that queue through "
+     "it (no polling)."),
     ("<root>/pools/<pool>/mirror.lock",
      "Serialises upstream fetches and mirror rebuilds."),
     ("<root>/pools/<pool>/mirror.fetched",

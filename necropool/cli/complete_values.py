@@ -34,18 +34,39 @@ def _slots(states: tuple[str, ...] | None) -> list[tuple[str, str]]:
         return []
     out = []
     for name in _pool_names(root):
-        try:
-            with open(root / "pools" / name / "state.toml", "rb") as fh:
-                table = tomllib.load(fh).get("slots", {})
-        except (OSError, ValueError):
-            continue
-        for number, entry in table.items():
+        for number, entry in _entries(root / "pools" / name).items():
             if isinstance(entry, dict) and (states is None or entry.get("state") in states):
                 lease = entry.get("lease")
                 owner = lease.get("owner") if isinstance(lease, dict) else None
                 about = ", ".join(str(v) for v in (entry.get("state"), owner) if v)
                 out.append((f"{name}-{number}", about))
     return out
+
+
+def _entries(pool_dir: Path) -> dict[str, object]:
+    """Each slot's entry by number, as the state files hold them (a file per slot in
+    ``state/``, or every slot in a ``state.toml`` not yet converted); unreadable ones
+    left out."""
+    try:
+        names = sorted(os.listdir(pool_dir / "state"), key=lambda n: (len(n), n))
+    except OSError:
+        names = []
+    found: dict[str, object] = {}
+    for name in names:
+        if name.endswith(".toml") and name[:-5].isdigit():
+            try:
+                with open(pool_dir / "state" / name, "rb") as fh:
+                    found[name[:-5]] = tomllib.load(fh).get("slot")
+            except (OSError, ValueError):
+                continue
+    if found:
+        return found
+    try:
+        with open(pool_dir / "state.toml", "rb") as fh:
+            table = tomllib.load(fh).get("slots", {})
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
 
 
 def _items(found: list[tuple[str, str]], incomplete: str) -> list[tuple[str, str] | str]:

@@ -1,7 +1,6 @@
 """Moving a pool's state between this host's files and the ledger: ``ledger import`` and
 ``ledger export``, leases and all."""
 
-import contextlib
 import os
 from dataclasses import replace
 from typing import Any
@@ -11,6 +10,7 @@ from necropool.ground.errors import Conflict
 from necropool.ground.proc import hostname
 from necropool.ground.redact import redact
 from necropool.pool.pool import Pool
+from necropool.store import statefile
 from necropool.store.model import ALLOCATED, PoolState
 from necropool.store.pg.hosts import mark, register, unregister
 from necropool.store.pg.store import PgStore
@@ -19,7 +19,7 @@ from necropool.store.toml import TomlStore
 
 def import_pool(settings: Settings, name: str, dsn: str) -> dict[str, Any]:
     """Move a local pool's state into the ledger, leases and all, under the pool lock (so
-    nothing changes meanwhile); its ``state.toml`` is kept as ``state.toml.imported``."""
+    nothing changes meanwhile); its state files are kept as ``*.imported``."""
     pool = Pool(replace(settings, ledger_override="local"), name)
     if os.path.lexists(pool.paths.in_ledger):
         raise Conflict(f"pool {name!r} is already in a ledger ({redact(dsn)})")
@@ -32,24 +32,21 @@ def import_pool(settings: Settings, name: str, dsn: str) -> dict[str, Any]:
         store = PgStore(dsn, name, hostname(), pool.paths)
         store.save(current)
         mark(pool.paths, dsn)
-        os.replace(pool.paths.state, pool.paths.dir / "state.toml.imported")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(pool.paths.state_backup)
+        statefile.set_aside(pool.paths)
     store.append_event("import", host=hostname(), slots=len(current.slots))
     return {"pool": name, "host": hostname(), "ledger": redact(dsn),
             "slots": len(current.slots), "leases": _leases(current)}
 
 
 def export_pool(settings: Settings, name: str, dsn: str) -> dict[str, Any]:
-    """Move this host's part of a pool from the ledger back to its ``state.toml``, leases
+    """Move this host's part of a pool from the ledger back to its state files, leases
     and all, in one ledger transaction that also removes it there."""
     pool = Pool(replace(settings, ledger_override=dsn), name)
     with pool.locked() as current:
         TomlStore(pool.paths, name, settings.lock_timeout).save(current)
         unregister(dsn, name, hostname())
         os.unlink(pool.paths.in_ledger)
-        with contextlib.suppress(FileNotFoundError):  # the state before the import
-            os.unlink(pool.paths.dir / "state.toml.imported")
+        statefile.discard_aside(pool.paths)  # the state before the import
     return {"pool": name, "host": hostname(), "ledger": redact(dsn),
             "slots": len(current.slots), "leases": _leases(current)}
 

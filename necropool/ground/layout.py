@@ -20,7 +20,8 @@ class PoolPaths:
         self.name = name
         self.dir = directory or root / "pools" / name
         self.definition = self.dir / "pool.toml"
-        self.state = self.dir / "state.toml"
+        self.state_dir = self.dir / "state"  # a file per slot (store.statefile)
+        self.state = self.dir / "state.toml"  # schema 1, converted; then a stub for old versions
         self.state_backup = self.dir / "state.toml.bak"
         self.in_ledger = self.dir / "ledger"  # the state is in this ledger (DSN, no password)
         self.pool_lock = self.dir / "pool.lock"
@@ -51,10 +52,10 @@ class PoolPaths:
         return self.records / f"{number}.json"
 
     KNOWN = frozenset({
-        "pool.toml", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock", "wait.lock",
-        "wake.fifo", "mirror.fetched", "mirror.failed", "locks", "mirror.git", "slots",
+        "pool.toml", "state", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock",
+        "wait.lock", "wake.fifo", "mirror.fetched", "mirror.failed", "locks", "mirror.git", "slots",
         "events.jsonl", "events.jsonl.1", "rescued", "verified.json", "records", "ledger",
-        "state.toml.imported",
+        "state.toml.imported", "state.imported",
     })
 
 

@@ -1,8 +1,8 @@
 """File locks (portalocker over flock): the pool lock, slot locks, the mirror lock.
 
 Protocol:
-- ``pool.lock`` guards each read-modify-write of ``state.toml`` and is held for
-  milliseconds. Every slot lock is taken or tested while holding it.
+- ``pool.lock`` guards each read-modify-write of the state (``store.statefile``) and is
+  held for milliseconds. Every slot lock is taken or tested while holding it.
 - ``locks/<slot>.lock`` exists only while a live process holds it (a cleaning worker,
   a repair, ``run``'s holder); the holder unlinks it before unlocking. After locking, the
   path is re-checked to still name the locked inode, so an unlink cannot split a lock.

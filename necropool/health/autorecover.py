@@ -257,7 +257,7 @@ def _isolate_failed(pool: Pool, number: int) -> bool:
 
 
 def _rewrite_state(pool: Pool) -> None:
-    """Write the state loaded from the backup (or rebuilt) back as ``state.toml``."""
+    """Write back what was read from a backup copy or rebuilt (and the schema stub)."""
     with pool.transaction():
         pass
 

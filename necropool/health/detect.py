@@ -95,7 +95,7 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
     found.judged = current
     if current.source not in ("state.toml", "ledger"):  # the ledger has no file to lose
         found.add("corrupted_slots", path=str(paths.state),
-                  evidence=f"state.toml unreadable; using {current.source}")
+                  evidence=f"state files unreadable; using {current.source}")
     mirror_problems = _verify_mirror(pool, verifier, deep)
     if mirror_problems:
         found.add("corrupted_slots", path=str(paths.mirror),

@@ -121,7 +121,8 @@ class Pool:
     def sweep(self) -> None:
         """Finish deleting what dead processes left half-done (temp clones, trash, temp files;
         also a killed ``create``'s or ``delete``'s, next to the pools)."""
-        for directory in (self.paths.dir, self.paths.slots, pools_dir(self.settings.root)):
+        for directory in (self.paths.dir, self.paths.state_dir, self.paths.slots,
+                          pools_dir(self.settings.root)):
             sweep_temp(directory, self.settings.root)
 
     def slot_id(self, number: int) -> str:

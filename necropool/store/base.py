@@ -1,12 +1,13 @@
 """The store interface: everything that reads or writes a pool's state (slots, leases,
-statistics, events) goes through one ``Store``. ``store_toml.TomlStore`` (``state.toml``
-under ``pool.lock``, ``events.jsonl``) is the default; a second backend (a shared ledger)
-is a new module implementing this protocol.
+statistics, events) goes through one ``Store``. ``toml.TomlStore`` (a file per slot under
+``pool.lock``, ``events.jsonl``) is the default; a second backend (a shared ledger) is a
+new module implementing this protocol.
 
 The state methods (``snapshot`` to ``save``) are enough for any change; the slot
 operations (``claim``, ``renew``, ``end_lease``, ``update_slot``) are the ones a row-level
 ledger does natively (claim with ``FOR UPDATE SKIP LOCKED``, renew and end fenced by the
-lease id, one row's update), which the TOML store implements with its transaction.
+lease id, one row's update), and the TOML store with the one slot's file (and its list of
+free slots): neither reads the whole pool for them.
 Allocation and release use only the slot operations: they never hold the whole state.
 """
 

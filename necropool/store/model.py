@@ -1,5 +1,5 @@
 """The state model of a pool: slots, their states and leases, and their TOML form
-(``state.toml``, schema-versioned). Reading and writing the file is ``statefile``."""
+(schema-versioned). Reading and writing the files is ``statefile``."""
 
 import os
 from dataclasses import dataclass, field
@@ -7,13 +7,11 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-import tomli_w
-
 from necropool.ground.clock import now
 from necropool.ground.proc import Holder
 from necropool.ground.validate import utf8_safe
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: one state.toml for every slot; 2: a file per slot (statefile)
 
 
 class SlotState(StrEnum):
@@ -76,7 +74,7 @@ class Lease:
 
 @dataclass
 class Slot:
-    """One slot's entry in ``state.toml``: its state, lease and statistics."""
+    """One slot's entry in the state: its state, lease and statistics."""
 
     number: int
     state: SlotState = AVAILABLE
@@ -135,7 +133,13 @@ def allocation_order(slot: Slot) -> tuple[bool, float, int]:
     """Which free slot is handed out first: clean ones first, then the most recently
     released, then by number."""
     released = slot.last_released_at.timestamp() if slot.last_released_at else 0.0
-    return (slot.needs_cleanup, -released, slot.number)
+    return allocation_key(slot.number, slot.needs_cleanup, released)
+
+
+def allocation_key(number: int, needs_cleanup: bool, released: float) -> tuple[bool, float, int]:
+    """``allocation_order`` from what the free list keeps of a slot (``released``: epoch
+    seconds, 0 when never released)."""
+    return (needs_cleanup, -released, number)
 
 
 @dataclass
@@ -143,13 +147,8 @@ class PoolState:
     """Every slot of a pool, and where the state was read from."""
 
     slots: dict[int, Slot] = field(default_factory=dict)
-    source: str = "state.toml"  # or "state.toml.bak", "rebuilt", "new"
+    source: str = "state.toml"  # or "state.toml.bak", "rebuilt", "new" (statefile.SOURCES)
     problems: dict[int, str] = field(default_factory=dict)  # slot -> why its entry was unreadable
-
-    def to_toml(self) -> bytes:
-        body = {"schema_version": SCHEMA_VERSION,
-                "slots": {str(n): s.to_dict() for n, s in sorted(self.slots.items())}}
-        return tomli_w.dumps(body).encode()
 
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:

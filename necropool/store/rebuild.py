@@ -1,5 +1,5 @@
-"""A pool's state rebuilt from what is on disk, when both copies of ``state.toml`` are lost:
-no slot is handed out that a holder may still be using."""
+"""A pool's state rebuilt from what is on disk, when both copies of its state (or of one
+slot's file) are lost: no slot is handed out that a holder may still be using."""
 
 import os
 
@@ -13,9 +13,8 @@ from necropool.store.model import ERROR, PoolState, Slot
 
 
 def rebuild(paths: PoolPaths, why: str) -> PoolState:
-    """State from what is on disk: every slot directory becomes a slot in ``error``. One
-    provably idle (see ``_idle``) needs recovery; any other may still have a holder at
-    work, so it is isolated, its work left as it is, until an operator recovers it."""
+    """State from what is on disk: every slot directory becomes a slot in ``error``
+    (``rebuilt_slot``)."""
     state = PoolState(source="rebuilt")
     try:
         names = os.listdir(paths.slots)
@@ -23,19 +22,25 @@ def rebuild(paths: PoolPaths, why: str) -> PoolState:
         names = []
     for name in names:
         if name.isdigit() and int(name) >= 1:
-            number = int(name)
-            busy = _busy(paths, number)
-            if busy is None:
-                reason = f"state rebuilt from disk ({why}): run recover"
-                state.problems[number] = reason
-                state.slots[number] = Slot(number=number, state=ERROR, error=reason)
-            else:
-                reason = (f"state rebuilt from disk ({why}); isolated, as a holder may still "
-                          f"work in it ({busy}): recover it once its work is done")
-                state.slots[number] = Slot(number=number, state=ERROR, error=reason,
-                                           isolated_at=now(),
-                                           isolation_reason=reason)
+            slot = rebuilt_slot(paths, int(name), why)
+            state.slots[slot.number] = slot
+            if slot.isolated_at is None:
+                state.problems[slot.number] = slot.error or why
     return state
+
+
+def rebuilt_slot(paths: PoolPaths, number: int, why: str) -> Slot:
+    """A slot whose state is lost, in ``error``. One provably idle (see ``_busy``) needs
+    recovery; any other may still have a holder at work, so it is isolated, its work left
+    as it is, until an operator recovers it."""
+    busy = _busy(paths, number)
+    if busy is None:
+        return Slot(number=number, state=ERROR,
+                    error=f"state rebuilt from disk ({why}): run recover")
+    reason = (f"state rebuilt from disk ({why}); isolated, as a holder may still "
+              f"work in it ({busy}): recover it once its work is done")
+    return Slot(number=number, state=ERROR, error=reason, isolated_at=now(),
+                isolation_reason=reason)
 
 
 def _busy(paths: PoolPaths, number: int) -> str | None:

@@ -1,9 +1,19 @@
-"""The default store: ``state.toml`` (and its ``.bak``) guarded by ``pool.lock``, history in
-``events.jsonl``. Writes are atomic, fsynced and never follow a symlink (``statefile.save``,
-``layout.write_atomic``); a write that leaves a slot free pokes the wake FIFO of the
-allocation waiter at the head of the queue."""
+"""The default store: a file per slot in ``state/`` (``statefile``) and the list of free
+slots (``freelist``), guarded by ``pool.lock``; history in ``events.jsonl``.
+
+A lease transaction (``claim``, ``renew``, ``end_lease``, ``update_slot``) reads and writes
+only the slot it changes (and the free list when the slot enters or leaves it): its cost
+does not grow with the pool (``bench/run.py --only store``: one transaction at 1,000 slots
+costs what it costs at 5). ``locked`` and ``save`` read every slot and write those that
+changed, for the rarer changes of the whole pool (add, remove, repair, recover).
+
+Writes are atomic, fsynced and never follow a symlink (``statefile.write_copies``,
+``layout.write_atomic``); a write that frees a slot pokes the wake FIFO of the allocation
+waiter at the head of the queue. A pool still in a schema 1 ``state.toml`` is
+read from it and converted by its first write."""
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -11,11 +21,11 @@ from typing import Any
 
 from necropool.ground import wakeup
 from necropool.ground.clock import now
-from necropool.ground.errors import NotFound
+from necropool.ground.errors import NotFound, OperationFailed
 from necropool.ground.layout import PoolPaths, fsync_dir
 from necropool.ground.locks import FileLock
 from necropool.ground.proc import Holder
-from necropool.store import events, statefile
+from necropool.store import events, freelist, statefile
 from necropool.store.base import LeaseLost, Marker, Transactions
 from necropool.store.model import (
     ALLOCATED,
@@ -33,13 +43,16 @@ class TomlStore(Transactions):
 
     def __init__(self, paths: PoolPaths, name: str, lock_timeout: float):
         self.paths, self.name, self.lock_timeout = paths, name, lock_timeout
-        self._saved = False  # by the block ``locked`` runs: its directory is synced after it
+        self._saved = False  # by the block ``_lock`` runs: its directory is synced after it
+        self._entries: statefile.Entries | None = None  # what ``locked`` read, for ``save``
 
     def snapshot(self) -> PoolState:
-        return statefile.load(self.paths)  # writes are atomic replaces: no lock needed
+        """Each slot as its last write left it (writes are atomic replaces: no lock
+        needed); a change of several slots at once may be seen half made."""
+        return statefile.load(self.paths)[0]
 
     @contextmanager
-    def locked(self) -> Iterator[PoolState]:
+    def _lock(self) -> Iterator[None]:
         """What the block saves is durable when it ends; the directory fsync that makes it
         so (one of a write's three) comes after the lock is let go, so the next writer does
         not wait for it. Whoever reads the state meanwhile and acts on it does so through a
@@ -52,69 +65,180 @@ class TomlStore(Transactions):
         try:
             if not self.paths.definition.exists():
                 raise NotFound(f"pool {self.name!r} does not exist")
-            yield statefile.load(self.paths)
+            yield
         finally:
             saved, self._saved = self._saved, False  # read while no other block can run
+            self._entries = None
             lock.release()
             if saved:
-                fsync_dir(self.paths.dir)
+                fsync_dir(self.paths.state_dir)
+
+    @contextmanager
+    def locked(self) -> Iterator[PoolState]:
+        with self._lock():
+            current, self._entries = statefile.load(self.paths)
+            yield current
 
     def save(self, current: PoolState) -> None:
-        """Waking the waiter only when a slot is free: other writes would make it take the
-        pool lock for nothing."""
-        statefile.save(self.paths, current, sync_dir=False)  # synced by ``locked``
+        """The slots that differ from what ``locked`` read, and the files of the slots
+        that are gone; outside ``locked`` (a new pool, one brought back from a ledger),
+        and when the state was not read from ``state/``, every slot: that write converts
+        a schema 1 ``state.toml`` (or a rebuilt state) to ``state/``."""
+        entries = self._entries
+        full = entries is None or statefile.version(self.paths) != "ok"
+        if full:
+            changed = dict(current.slots)
+            gone = set(statefile.slot_numbers(self.paths)) - set(current.slots)
+        else:
+            assert entries is not None  # not full
+            changed = {n: s for n, s in current.slots.items()
+                       if entries.get(n) is None or entries[n] != s.to_dict()}
+            gone = set(entries) - set(current.slots)
+        self._write(changed, gone, freelist.of(list(current.slots.values())))
+        if full:
+            statefile.convert(self.paths)
+        self._entries = {n: s.to_dict() for n, s in current.slots.items()}
+
+    def _write(self, changed: dict[int, Slot], gone: set[int],
+               final: freelist.FreeList | None = None,
+               listed: freelist.FreeList | None = None) -> None:
+        """Write the ``changed`` slots and remove the ``gone`` ones, the free list a
+        superset of the free slots all along (``freelist``): grown before the slot files,
+        trimmed after them. ``final``: the whole list after the write, when the caller
+        knows it; otherwise it is the list on disk (``listed``, if the caller just read
+        it; rebuilt if it cannot be trusted) with these slots' changes. Waking the waiter
+        only when a slot is free: other writes would make it take the pool lock for
+        nothing."""
+        self._make_state_dir()
+        before = listed if listed is not None else freelist.read(self.paths)
+        grown = (before if before is not None else self._free_from_files()).updated(
+            [s for s in changed.values() if s.state == AVAILABLE])
+        if grown != before:
+            freelist.write(self.paths, grown)
+        for number in gone:
+            statefile.remove_copies(statefile.slot_file(self.paths, number))
+        for slot in changed.values():
+            statefile.write_slot(self.paths, slot)
         self._saved = True
-        if any(slot.state == AVAILABLE for slot in current.slots.values()):
+        if final is None:
+            final = grown.updated([s for s in changed.values() if s.state != AVAILABLE])
+            for number in gone:
+                final = final.without(number)
+        if final != grown:
+            freelist.write(self.paths, final)
+        if final.lines:
             wakeup.poke(self.paths.wake)
 
-    def marker(self) -> Marker | None:
-        """Changes whenever the state is written (each write replaces the file)."""
+    def _make_state_dir(self) -> None:
+        """``state/``, made if missing; never a symlink planted in its place."""
         try:
-            st = os.stat(self.paths.state)
+            os.mkdir(self.paths.state_dir, 0o755)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(self.paths.state_dir).st_mode):
+                raise OperationFailed(f"refusing to write the state through "
+                                      f"{self.paths.state_dir}: not a directory") from None
+
+    def _free_from_files(self) -> freelist.FreeList:
+        """The free list from every slot file (when it cannot be trusted: O(pool))."""
+        slots = [read.slot for n in statefile.slot_numbers(self.paths)
+                 if (read := statefile.read_slot(self.paths, n)) is not None]
+        return freelist.of(slots)
+
+    def marker(self) -> Marker | None:
+        """Changes whenever a slot becomes free (or stops being free): each such write
+        replaces the free list. Waiters wait for a free slot; other writes do not concern
+        them."""
+        try:
+            st = os.stat(freelist.path(self.paths))
         except OSError:
             return None
         return st.st_ino, st.st_mtime_ns
+
+    @contextmanager
+    def _one(self, number: int) -> Iterator[Slot]:
+        """Slot ``number`` under the lock, written when the block ends (not when it
+        raises): its file alone, or, for a pool not yet in ``state/``, the whole state
+        (which converts it)."""
+        with self._lock():
+            if statefile.version(self.paths) is not None:
+                read = statefile.read_slot(self.paths, number)
+                if read is None:
+                    raise NotFound(f"slot {self.paths.slot_id(number)} does not exist")
+                listed = freelist.of([read.slot])
+                yield read.slot
+                if freelist.of([read.slot]) == listed:  # its line in the list stays as it is
+                    statefile.write_slot(self.paths, read.slot)
+                    self._saved = True
+                else:
+                    self._write({number: read.slot}, set())
+            else:
+                current, self._entries = statefile.load(self.paths)
+                slot = current.slots.get(number)
+                if slot is None:
+                    raise NotFound(f"slot {self.paths.slot_id(number)} does not exist")
+                yield slot
+                self.save(current)
 
     def claim(self, lease: Lease, take: Callable[[Slot], bool],
               skip: frozenset[int] = frozenset()) -> Slot | None:
         """A pool with no slot free is seen without the lock (a waiter woken by a write
         that freed none, a busy pool's ``allocate``): the lock is for the claims that
-        may succeed."""
-        if not any(s.state == AVAILABLE and s.number not in skip
-                   for s in self.snapshot().slots.values()):
+        may succeed. Under it, the free list gives the candidates in allocation order and
+        only their files are read."""
+        free = freelist.read(self.paths)
+        if free is not None and free.first_outside(skip) is None and statefile.version(
+                self.paths):
             return None
-        with self.locked() as current:
+        with self._lock():
+            if statefile.version(self.paths) is not None:
+                return self._claim_free(lease, take, skip)
+            current, self._entries = statefile.load(self.paths)
             for slot in sorted(current.slots.values(), key=allocation_order):
                 if slot.state == AVAILABLE and slot.number not in skip and take(slot):
-                    slot.state, slot.lease, slot.worker, slot.error = ALLOCATED, lease, None, None
-                    slot.allocation_count += 1
-                    slot.last_allocated_at = lease.allocated_at
+                    _grant(slot, lease)
                     self.save(current)
                     return slot
-        return None  # nothing changed: no write, so waiters are not woken for nothing
+            return None  # nothing changed: no write, so waiters are not woken for nothing
 
-    def _leased(self, current: PoolState, number: int, lease_id: str | None) -> Slot:
-        slot = current.slots.get(number)
-        if slot is None:
-            raise NotFound(f"slot {self.paths.slot_id(number)} does not exist")
+    def _claim_free(self, lease: Lease, take: Callable[[Slot], bool],
+                    skip: frozenset[int]) -> Slot | None:
+        self._make_state_dir()
+        free = freelist.read(self.paths)
+        if free is None:
+            free = self._free_from_files()
+            freelist.write(self.paths, free)
+        while (number := free.first_outside(skip)) is not None:
+            read = statefile.read_slot(self.paths, number)
+            if read is None or read.slot.state != AVAILABLE:
+                free = free.without(number)  # left by a process killed between two writes
+                freelist.write(self.paths, free)
+                continue
+            if take(read.slot):
+                _grant(read.slot, lease)
+                self._write({number: read.slot}, set(), listed=free)
+                return read.slot
+            skip = skip | {number}
+        return None
+
+    def _leased(self, slot: Slot, lease_id: str | None) -> Slot:
         if (slot.state != ALLOCATED or slot.lease is None
                 or lease_id not in (None, slot.lease.lease_id)):
             raise LeaseLost(f"lease {lease_id} is not the current lease of slot "
-                            f"{self.paths.slot_id(number)}")
+                            f"{self.paths.slot_id(slot.number)}")
         return slot
 
     def renew(self, number: int, lease_id: str, expires_at: datetime,
               ttl_seconds: float) -> Slot:
-        with self.transaction() as current:
-            slot = self._leased(current, number, lease_id)
-            assert slot.lease is not None  # checked by _leased
-            slot.lease.expires_at, slot.lease.ttl_seconds = expires_at, ttl_seconds
+        with self._one(number) as slot:
+            lease = self._leased(slot, lease_id).lease
+            assert lease is not None  # checked by _leased
+            lease.expires_at, lease.ttl_seconds = expires_at, ttl_seconds
         return slot
 
     def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
                   check: Callable[[Slot], None] | None = None) -> Slot:
-        with self.transaction() as current:
-            slot = self._leased(current, number, lease_id)
+        with self._one(number) as slot:
+            self._leased(slot, lease_id)
             if check is not None:
                 check(slot)
             previous = Slot(**vars(slot))
@@ -129,10 +253,7 @@ class TomlStore(Transactions):
         """Nothing to record: one host's files have no fleet to report to."""
 
     def update_slot(self, number: int, change: Callable[[Slot], None]) -> Slot:
-        with self.transaction() as current:
-            slot = current.slots.get(number)
-            if slot is None:
-                raise NotFound(f"slot {self.paths.slot_id(number)} does not exist")
+        with self._one(number) as slot:
             change(slot)
         return slot
 
@@ -151,5 +272,11 @@ class TomlStore(Transactions):
     def rotate_events(self) -> None:
         """``events.jsonl`` past ``events.ROTATE_BYTES`` becomes ``events.jsonl.1``, under
         the pool lock."""
-        with self.locked():
+        with self._lock():
             events.rotate(self.paths.events)
+
+
+def _grant(slot: Slot, lease: Lease) -> None:
+    slot.state, slot.lease, slot.worker, slot.error = ALLOCATED, lease, None, None
+    slot.allocation_count += 1
+    slot.last_allocated_at = lease.allocated_at

@@ -89,9 +89,9 @@ def import_(pool: PoolArg, json_out: Json = False) -> None:
           f"{data['ledger']} ({plural(data['leases'], 'lease')} kept)", json_out)
 
 
-@subcommand(app, "export", examples="necropool ledger export web   # back to the pool's state.toml")
+@subcommand(app, "export", examples="necropool ledger export web   # back to the pool's files")
 def export(pool: PoolArg, json_out: Json = False) -> None:
-    """Move this host's part of a pool from the ledger back to its state.toml."""
+    """Move this host's part of a pool from the ledger back to its state files."""
     data = G.manager().ledger("export", pool)
     _show(data, f"pool {pool}: {data['slots']} slots of host {data['host']} moved out of "
           f"{data['ledger']} ({plural(data['leases'], 'lease')} kept)", json_out)
