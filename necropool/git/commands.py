@@ -11,7 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from necropool.ground.errors import OperationFailed
+from necropool.ground.errors import OperationFailed, UsageError
+from necropool.ground.validate import check_refname
 
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
 HARDENING = (
@@ -159,8 +160,29 @@ def run_network(args: list[str], cwd: Path | None = None, *, timeout: float) -> 
 
 # --- refs, read straight from the files (no process) --------------------------------------
 
+def valid_ref(name: str) -> bool:
+    """Whether ``name`` (read from a file a holder may have written) is a well-formed ref
+    name: only such a name may become a path under a git directory."""
+    try:
+        check_refname(name)
+    except UsageError:
+        return False
+    return True
+
+
+def ref_path(gitdir: Path, name: str) -> Path:
+    """The loose file of the ref ``name``; a malformed name (``refs/heads/../../x``) is
+    refused, so no path outside ``refs/`` is ever built from one."""
+    if not valid_ref(name):
+        raise GitError(f"refusing malformed ref name {name[:120]!r}")
+    return gitdir / name
+
+
 def read_ref(gitdir: Path, name: str, _depth: int = 0) -> str | None:
-    """The object id a ref names (loose file first, then packed-refs), or None."""
+    """The object id a ref names (loose file first, then packed-refs), or None (also for a
+    malformed name, or a symbolic ref whose target is one)."""
+    if not valid_ref(name):
+        return None
     try:
         value = (gitdir / name).read_text().strip()
         if value.startswith("ref: "):  # symbolic: follow, as git does, at most 5 levels
@@ -205,7 +227,7 @@ def _packed(gitdir: Path) -> bytes:
 def write_refs(gitdir: Path, refs: dict[str, str]) -> None:
     """Create loose refs directly (no process); only for a repository nobody else is using."""
     for name, sha in refs.items():
-        path = gitdir / name
+        path = ref_path(gitdir, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # a link to a file elsewhere is replaced, not written
         path.write_text(sha + "\n")
@@ -215,8 +237,8 @@ def delete_refs(gitdir: Path, names: list[str]) -> None:
     """Delete refs (loose, packed, and their reflogs) directly; only for a repository
     nobody else is using (a slot we hold)."""
     for name in names:
-        (gitdir / name).unlink(missing_ok=True)
-        (gitdir / "logs" / name).unlink(missing_ok=True)
+        ref_path(gitdir, name).unlink(missing_ok=True)
+        ref_path(gitdir / "logs", name).unlink(missing_ok=True)
     doomed = set(names)
     records = list(parse_packed_refs(_packed(gitdir)))
     kept = [raw for name, _, raw in records if name not in doomed]  # with its peeled line
@@ -233,22 +255,25 @@ def read_head(gitdir: Path) -> tuple[str | None, str | None]:
         value = (gitdir / "HEAD").read_text().strip()
     except (OSError, UnicodeDecodeError):  # unreadable or binary garbage: no HEAD
         return None, None
-    if value.startswith("ref: refs/heads/"):
+    if value.startswith("ref: "):
+        if not value.startswith("ref: refs/heads/") or not valid_ref(value[5:]):
+            return None, None  # a HEAD git would not accept: it names no commit
         return value[16:], read_ref(gitdir, value[5:])
     return None, value or None
 
 
 def refs_under(gitdir: Path, prefix: str) -> dict[str, str]:
     """Refs whose names start with ``prefix`` (``refs/heads/``, say), loose and packed,
-    with their object ids; a loose ref wins over a packed one, as for git."""
+    with their object ids; a loose ref wins over a packed one, as for git. Malformed names
+    (which git would not accept either) are left out."""
     found: dict[str, str] = {}
     for name, oid, _ in parse_packed_refs(_packed(gitdir)):
-        if name is not None and name.startswith(prefix):
+        if name is not None and name.startswith(prefix) and valid_ref(name):
             found.setdefault(name, oid)  # the first of duplicates, as read_ref finds it
     for dirpath, _dirs, files in os.walk(gitdir / prefix):
         for name in files:
-            if not name.endswith(".lock"):
-                ref = Path(dirpath, name).relative_to(gitdir).as_posix()
+            ref = Path(dirpath, name).relative_to(gitdir).as_posix()
+            if valid_ref(ref):  # (a ``.lock`` file is not a ref)
                 found[ref] = read_ref(gitdir, ref) or ""
     return found
 

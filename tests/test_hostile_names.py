@@ -1,0 +1,71 @@
+"""Names a holder writes into files are data, never paths: a ref name in ``packed-refs`` or a
+``ref:`` target in HEAD that climbs out of ``refs/`` makes necropool neither delete, create
+nor read a file outside the slot; the slot counts as tampered (moved aside whole, re-cloned)."""
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import changes, commit_file, digest, git
+from slots import assert_fresh_clone_equivalent
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    """A canary tree outside the root: a file a climbing ref name points at, and a secret."""
+    top = tmp_path / "outside"
+    top.mkdir()
+    (top / "victim").write_text("do not touch\n")
+    (top / "secret").write_text("TOP-SECRET-CONTENT\n")
+    return top
+
+
+@pytest.fixture
+def slot(cli, pool) -> Path:
+    result = cli("allocate", "web", "--no-fetch")
+    assert result.code == 0, result
+    return Path(result.stdout.strip())
+
+
+def climbing(gitdir: Path, target: Path, prefix: str = "refs/heads/") -> str:
+    """A ref name that, taken as a path under ``gitdir``, is ``target``."""
+    up = "../" * prefix.count("/")
+    return f"{prefix}{up}{os.path.relpath(target, gitdir)}"
+
+
+def test_a_packed_ref_climbing_out_of_refs_deletes_and_creates_nothing(cli, slot, outside,
+                                                                       upstream, tmp_path):
+    git(slot, "checkout", "-q", "-b", "feature")
+    sha = commit_file(slot, "feature.txt", "committed work\n")
+    git(slot, "pack-refs", "--all")
+    git(slot, "checkout", "-q", "--detach")  # (git itself reads packed-refs less then)
+    gitdir = slot / ".git"
+    with open(gitdir / "packed-refs", "a") as fh:
+        fh.write(f"{sha} {climbing(gitdir, outside / 'victim')}\n")
+        fh.write(f"{sha} {climbing(gitdir, outside / 'planted')}\n")
+    before = digest(outside)
+    result = cli("release", slot, "--json")
+    assert changes(before, digest(outside)) == [], "a file outside the root was touched"
+    assert result.code == 0, result
+    cleanup = result.json()["cleanup"]
+    assert cleanup["recloned"] is True, cleanup
+    assert any("malformed ref name" in p for p in cleanup["tampered"]), cleanup
+    aside = Path(result.json()["rescued"])
+    packed = (aside / ".git" / "packed-refs").read_text()
+    assert f"{sha} refs/heads/feature\n" in packed, "the holder's commit was lost"
+    assert_fresh_clone_equivalent(slot, upstream, tmp_path)
+
+
+def test_a_head_naming_a_file_outside_is_never_read_out(cli, slot, outside, upstream,
+                                                        tmp_path):
+    gitdir = slot / ".git"
+    (gitdir / "HEAD").write_text(f"ref: {climbing(gitdir, outside / 'secret')}\n")
+    for args in (("status", "web", "--json"), ("status", "web-1", "--json"), ("status", "web")):
+        shown = cli(*args)
+        assert "TOP-SECRET" not in shown.stdout + shown.stderr, args
+    result = cli("release", slot, "--json")
+    assert result.code == 0, result
+    assert any("HEAD names a malformed ref" in p for p in result.json()["cleanup"]["tampered"])
+    assert (outside / "secret").read_text() == "TOP-SECRET-CONTENT\n"
+    assert_fresh_clone_equivalent(slot, upstream, tmp_path)
+
