@@ -69,3 +69,60 @@ def test_a_head_naming_a_file_outside_is_never_read_out(cli, slot, outside, upst
     assert (outside / "secret").read_text() == "TOP-SECRET-CONTENT\n"
     assert_fresh_clone_equivalent(slot, upstream, tmp_path)
 
+
+
+# --- the mirror's config is necropool's, not whoever wrote it last ------------------------------
+
+PROGRAM_KEYS = {  # (key, value running a program that leaves a marker)
+    "uploadpack": ('remote "origin"', "uploadpack", "touch {marker}; git-upload-pack"),
+    "credential helper": ("credential", "helper", "!touch {marker}; echo"),
+    "ssh command": ("core", "sshCommand", "touch {marker}; ssh"),
+    "fsmonitor": ("core", "fsmonitor", "touch {marker}; echo"),
+    "hooks path": ("core", "hooksPath", "{hooks}"),
+    "ext allowed": ("protocol", "allow", "always"),
+}
+
+
+@pytest.mark.parametrize("key", PROGRAM_KEYS)
+def test_a_program_named_in_the_mirrors_config_never_runs(cli, pool, root, upstream, tmp_path,
+                                                          key):
+    marker = tmp_path / "marker"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    for hook in ("reference-transaction", "post-update", "pre-auto-gc"):
+        (hooks / hook).write_text(f"#!/bin/sh\ntouch {marker}\n")
+        (hooks / hook).chmod(0o755)
+    mirror = root / "pools" / "web" / "mirror.git"
+    canonical = (mirror / "config").read_text()
+    section, name, value = PROGRAM_KEYS[key]
+    planted = f"[{section}]\n\t{name} = \"{value.format(marker=marker, hooks=hooks)}\"\n"
+    if key == "ext allowed":  # the upstream's URL rewritten to a command
+        planted += f"[url \"ext::sh -c touch% {marker}\"]\n\tinsteadOf = {upstream}\n"
+    with open(mirror / "config", "a") as fh:
+        fh.write(planted)
+    new = commit_file(upstream, "new.txt", "new upstream work\n")  # so that allocate fetches
+    grant = cli("allocate", "web", "--json")
+    assert not marker.exists(), "a program named in the mirror's config ran"
+    assert grant.code == 0, grant
+    assert grant.json().get("fetch_error") is None, grant.json()
+    assert grant.json()["current_commit"] == new
+    assert (mirror / "config").read_text() == canonical
+    events = cli("log", "web", "--event", "mirror_config_restored", "--json").json()["events"]
+    assert len(events) == 1
+
+
+def test_an_upload_pack_written_back_just_before_the_fetch_still_never_runs(pool, root,
+                                                                            upstream, tmp_path):
+    """A holder racing the put-back (its key back in the config just before git starts):
+    git on the mirror overrides every key that names a program."""
+    from necropool.git import commands
+
+    marker = tmp_path / "marker"
+    mirror = root / "pools" / "web" / "mirror.git"
+    with open(mirror / "config", "a") as fh:
+        fh.write(f'[remote "origin"]\n\tuploadpack = "touch {marker}; git-upload-pack"\n'
+                 f'[credential]\n\thelper = "!touch {marker}; echo"\n')
+    new = commit_file(upstream, "new.txt", "new upstream work\n")
+    commands.fetch_mirror(mirror, timeout=60)
+    assert not marker.exists(), "the mirror's upload-pack command ran"
+    assert commands.read_ref(mirror, "refs/heads/main") == new

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from necropool.ground.errors import OperationFailed, UsageError
+from necropool.ground.layout import write_atomic
 from necropool.ground.validate import check_refname
 
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
@@ -33,9 +34,26 @@ _INHERITED = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTOR
               "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_EXTERNAL_DIFF",
               "GIT_SSH", "GIT_SSH_COMMAND", "GIT_PROXY_COMMAND", "GIT_ASKPASS", "SSH_ASKPASS")
 RETRY_DELAYS = (1.0, 3.0)  # three tries in all
-SLOT_ISOLATION = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
-                  "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.excludesFile",
-                  "GIT_CONFIG_VALUE_0": os.devnull}
+_NO_USER_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+def _config_env(pairs: dict[str, str]) -> dict[str, str]:
+    """``pairs`` as git's environment config (``GIT_CONFIG_COUNT``): like ``-c``, they
+    override every config file, the repository's included."""
+    env = {"GIT_CONFIG_COUNT": str(len(pairs))}
+    for i, (key, value) in enumerate(pairs.items()):
+        env.update({f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value})
+    return env
+
+
+SLOT_ISOLATION = {**_NO_USER_CONFIG, **_config_env({"core.excludesFile": os.devnull})}
+# The mirror sits in the pool, within a holder's reach: besides its config being put back
+# before each fetch (``mirror_config``), the keys that name a program are overridden, in
+# case one is written back meanwhile (the proxy by the variable, which git lets win; the
+# upload-pack, where the first value wins, by ``UPLOAD_PACK`` on the command line).
+MIRROR_ISOLATION = {**_NO_USER_CONFIG, "GIT_PROXY_COMMAND": "", **_config_env({
+    "credential.helper": "", "core.askPass": ""})}
+UPLOAD_PACK = "--upload-pack=git-upload-pack"
 
 
 class GitError(OperationFailed):
@@ -93,7 +111,7 @@ def _repository_env(cwd: Path) -> dict[str, str]:
     if os.path.isdir(cwd / ".git") and not os.path.islink(cwd / ".git"):
         return {"GIT_DIR": str(cwd / ".git"), "GIT_WORK_TREE": str(cwd), **SLOT_ISOLATION}
     if os.path.isdir(cwd / "objects") and os.path.isfile(cwd / "HEAD"):
-        return {"GIT_DIR": str(cwd)}  # a bare repository: the mirror
+        return {"GIT_DIR": str(cwd), **MIRROR_ISOLATION}  # a bare repository: the mirror
     return {}
 
 
@@ -146,11 +164,12 @@ def _summary(stderr: str, returncode: int) -> str:
     return lines[-1] if lines else f"exit status {returncode}"
 
 
-def run_network(args: list[str], cwd: Path | None = None, *, timeout: float) -> None:
+def run_network(args: list[str], cwd: Path | None = None, *, timeout: float,
+                env: dict | None = None) -> None:
     """Run a git command that talks to the upstream: up to 3 tries for transient failures."""
     for attempt in range(len(RETRY_DELAYS) + 1):
         try:
-            run(args, cwd, timeout=timeout)
+            run(args, cwd, timeout=timeout, env=env)
             return
         except GitError as exc:
             if not exc.transient or attempt == len(RETRY_DELAYS):
@@ -308,7 +327,7 @@ def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git") 
             raise GitError(f"clone of {url} failed: {exc}", str(exc)) from None
         return
     run_network(["clone", "--mirror", "--no-local", "--quiet", "--", url, str(dest)],
-                timeout=timeout)
+                timeout=timeout, env=MIRROR_ISOLATION)
 
 
 def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
@@ -321,7 +340,7 @@ def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
         except pygit2.GitError as exc:
             raise GitError(f"fetch failed: {exc}", str(exc)) from None
         return
-    run_network(["fetch", "--prune", "--quiet", "origin"], mirror, timeout=timeout)
+    run_network(["fetch", UPLOAD_PACK, "--prune", "--quiet", "origin"], mirror, timeout=timeout)
 
 
 def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:
@@ -335,7 +354,7 @@ def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:
         if gitdir.is_dir() and (gitdir / "objects").is_dir() and (gitdir / "HEAD").is_file():
             return refs_under(gitdir, "refs/") == refs_under(mirror, "refs/")
     try:
-        out = run(["ls-remote", "origin"], mirror, timeout=timeout).stdout
+        out = run(["ls-remote", UPLOAD_PACK, "origin"], mirror, timeout=timeout).stdout
     except GitError:
         return False
     upstream = {}
@@ -350,13 +369,43 @@ def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:
 
 def slot_config(url: str, object_format: str | None = None) -> str:
     """The canonical .git/config of a slot; cleanup restores it if a holder changed it."""
+    return _config(["\tbare = false", "\tlogallrefupdates = true"], object_format,
+                   [f"\turl = {_quote(url)}", "\tfetch = +refs/heads/*:refs/remotes/origin/*"])
+
+
+def mirror_config(url: str, object_format: str | None = None) -> str:
+    """The canonical config of a pool's mirror (what ``clone --mirror`` writes), put back
+    before each fetch: no key a holder added there is ever obeyed."""
+    return _config(["\tbare = true"], object_format,
+                   [f"\turl = {_quote(url)}", "\tfetch = +refs/*:refs/*", "\tmirror = true"])
+
+
+def put_back_mirror_config(mirror: Path, url: str, branch: str) -> bool:
+    """Make the mirror's config ``mirror_config`` again (atomically: concurrent callers
+    write the same text); True when it had been changed. Its object format is told by
+    the branch's object id, not by the config being replaced."""
+    tip = read_ref(mirror, f"refs/heads/{branch}") or ""
+    expected = mirror_config(url, "sha256" if len(tip) == 64 else None).encode()
+    try:
+        fd = os.open(mirror / "config", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            if fh.read() == expected:
+                return False
+    except OSError:
+        pass  # missing, or a symlink: replaced all the same
+    try:
+        write_atomic(mirror / "config", expected)
+    except OSError as exc:
+        raise GitError(f"cannot put back {mirror / 'config'}: {exc.strerror}") from None
+    return True
+
+
+def _config(core: list[str], object_format: str | None, origin: list[str]) -> str:
     version = 1 if object_format else 0
-    lines = ["[core]", f"\trepositoryformatversion = {version}", "\tfilemode = true",
-             "\tbare = false", "\tlogallrefupdates = true"]
+    lines = ["[core]", f"\trepositoryformatversion = {version}", "\tfilemode = true", *core]
     if object_format:
         lines += ["[extensions]", f"\tobjectformat = {object_format}"]
-    lines += ['[remote "origin"]', f"\turl = {_quote(url)}",
-              "\tfetch = +refs/heads/*:refs/remotes/origin/*"]
+    lines += ['[remote "origin"]', *origin]
     return "\n".join(lines) + "\n"
 
 
