@@ -1,9 +1,12 @@
 """Process identity: who holds a slot, and whether that process is provably dead."""
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 
 @cache
@@ -113,24 +116,13 @@ def _inside(link: str, prefix: str) -> bool:
     return link == prefix or link.startswith(prefix + "/")
 
 
-def _necropool(base: str) -> bool:
-    """Whether the process is a necropool command (``necropool detect``, ``python -m
-    necropool auto-recover``, ...)."""
-    try:
-        with open(f"{base}/cmdline", "rb") as fh:
-            argv = fh.read().split(b"\0")[:3]
-    except OSError:
-        return False
-    return any(arg == b"necropool" or arg.endswith(b"/necropool") for arg in argv)
-
-
-def _uses(pid: str, prefix: str, raw: bytes) -> bool:
+def _uses(pid: str, prefix: str, raw: bytes, readers: set[int]) -> bool:
     """Whether the process has its working directory, root, an open file or a mapping
     inside ``prefix`` (``raw``: the same, as bytes). Unreadable entries (gone, or another
-    user's) count as not inside. A necropool command counts by its directories only: the
-    files it has open or mapped in a slot are the integrity checks' reads (detect,
-    auto-recover), never a holder's work, and a release must neither wait for them nor
-    end them."""
+    user's) count as not inside. A necropool reader (``readers``: it holds the pool's
+    readers lock, see ``reading``) counts by its directories only: the files it has open
+    or mapped in a slot are the integrity checks' reads (detect, auto-recover), never a
+    holder's work, and a release must neither wait for them nor end them."""
     base = f"/proc/{pid}"
     for name in ("cwd", "root"):
         try:
@@ -138,7 +130,7 @@ def _uses(pid: str, prefix: str, raw: bytes) -> bool:
                 return True
         except OSError:
             pass
-    return _has_open(base, prefix, raw) and not _necropool(base)
+    return int(pid) not in readers and _has_open(base, prefix, raw)
 
 
 def _has_open(base: str, prefix: str, raw: bytes) -> bool:
@@ -180,17 +172,62 @@ def _read_all(path: str) -> bytes:
         os.close(fd)
 
 
-def processes_in(tree) -> list[int]:
+def processes_in(tree, readers: Path | None = None) -> list[int]:
     """Local processes with their working directory, root, an open file or a mapped file
-    inside ``tree`` (a /proc scan), other than this process and its ancestors."""
+    inside ``tree`` (a /proc scan), other than this process and its ancestors (told by
+    pid and start time: nothing a holder can name itself). Holders of a lock on
+    ``readers`` (the pool's readers lock) count by their directories only."""
     prefix = os.path.realpath(tree)
     raw = os.fsencode(prefix)
     mine = _ancestors()
+    exempt = lock_holders(readers) if readers is not None else set()
     try:
         entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
     except OSError:
         return []
-    return sorted(int(p) for p in entries if int(p) not in mine and _uses(p, prefix, raw))
+    return sorted(int(p) for p in entries
+                  if int(p) not in mine and _uses(p, prefix, raw, exempt))
+
+
+@contextlib.contextmanager
+def reading(readers: Path) -> Iterator[None]:
+    """Mark this process, while it reads a pool's slots (integrity checks), as necropool's
+    own: a shared lock on the pool's ``readers`` file, which the kernel lists with this
+    pid (a holder can name its process anything; it cannot put this pid on that lock
+    without the pool's files). Unmarked where the file cannot be opened."""
+    import fcntl  # lazy: only the integrity checks take it
+
+    try:
+        fd = os.open(readers, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_holders(path: Path) -> set[int]:
+    """The pids holding a lock on ``path``, as ``/proc/locks`` lists them (waiters, shown
+    with ``->``, are not holders). Matched by inode number: a file system's device number
+    there is not always the one ``stat`` gives (btrfs)."""
+    try:
+        inode = os.stat(path, follow_symlinks=False).st_ino
+        data = _read_all("/proc/locks")
+    except OSError:
+        return set()
+    suffix = f":{inode}".encode()
+    holders = set()
+    for line in data.splitlines():
+        fields = line.split()
+        if b"->" in fields:
+            continue
+        for i, field in enumerate(fields[1:], 1):
+            if field.endswith(suffix) and field.count(b":") == 2 and fields[i - 1].isdigit():
+                holders.add(int(fields[i - 1]))
+    return holders
 
 
 def describe(pids: list[int]) -> str:
@@ -233,20 +270,3 @@ def end(pids: list[int], grace: float = GRACE) -> list[int]:
             break
     return sorted(alive)
 
-
-def end_group(pgid: int, grace: float = GRACE) -> None:
-    """End a whole process group (a command ``run`` started in its own session)."""
-    import signal
-
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            time.sleep(0.02)
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                return
