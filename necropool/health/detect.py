@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from necropool.git import commands as git
+from necropool.ground import proc
 from necropool.ground.clock import now, rfc3339
 from necropool.ground.layout import PoolPaths, is_temp
 from necropool.ground.locks import lock_free
@@ -99,6 +100,17 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
     elif stale := mirror_freshness(pool)[1]:
         found.add("stale_mirrors", path=str(paths.mirror), evidence=stale)
     abandoned = {a.number for a in found.items["abandoned_slots"] if a.number is not None}
+    with proc.reading(paths.readers):  # (a release meanwhile neither waits for nor ends us)
+        _verify_slots(pool, current, judged, abandoned, verifier, deep, found)
+    _find_strays(pool, current, found)
+    verifier.save()
+    if pool.ledger:
+        _judge_fleet(pool, hours, found)
+    return found
+
+
+def _verify_slots(pool: Pool, current: PoolState, judged: list[int], abandoned: set[int],
+                  verifier: Verifier, deep: bool, found: Findings) -> None:
     for number in judged:
         slot = current.slots[number]
         problems = [current.problems[number]] if number in current.problems else []
@@ -114,11 +126,6 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
             for lock in slotgit.stale_git_locks(pool.slot_dir(number)):
                 found.add("orphaned_locks", slot_id=pool.slot_id(number), number=number,
                           path=str(lock), evidence="git lock file with no git process behind it")
-    _find_strays(pool, current, found)
-    verifier.save()
-    if pool.ledger:
-        _judge_fleet(pool, hours, found)
-    return found
 
 
 def _judge_fleet(pool: Pool, hours: float, found: Findings) -> None:
