@@ -2,13 +2,18 @@
 hid: double-forked, in a session of its own, its directory outside the slot) before the slot
 is released; a process counts as necropool's only by who it is, never by its name."""
 
+import json
 import os
+import shutil
+import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from helpers import skip_unless_ci
 
 
 def processes_with(marker: str) -> list[int]:
@@ -74,3 +79,70 @@ def test_a_holder_renamed_necropool_still_blocks_the_release(cli, pool):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_stopped_run_is_deferred_not_failed(cli, pool, tmp_path):
+    """A ``run`` stopped (SIGSTOP) past its TTL still holds its slot's lock: auto-recover
+    leaves it for later and succeeds, rather than failing every cron run."""
+    started = tmp_path / "started"
+    run = subprocess.Popen([sys.executable, "-m", "necropool", "run", "web", "--ttl", "60",
+                            "--", "sh", "-c", f"touch {started}; exec sleep 60"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), "the command did not start"
+        run.send_signal(signal.SIGSTOP)
+        healed = cli("auto-recover", "--json", env={"NECROPOOL_CLOCK_OFFSET": "600"})
+        assert healed.code == 0, healed
+        [action] = [a for p in healed.json()["pools"] for a in p["actions"]
+                    if a["target"] == "web-1"]
+        assert action["status"] == "deferred", action
+        assert cli("status", "web-1", "--json").json()["state"] == "allocated"
+    finally:
+        run.send_signal(signal.SIGCONT)
+        run.terminate()
+        run.wait(timeout=30)
+
+
+def test_a_dead_holder_that_named_another_host_is_reclaimed_on_a_local_pool(cli, pool):
+    """A pool kept in this host's files has every holder here: a ``NECROPOOL_HOST`` the
+    holder set (spoofed, or the host renamed since) does not keep a dead one's slot."""
+    holder = subprocess.Popen(["sleep", "600"])
+    grant = cli("allocate", "web", "--no-fetch", "--pid", holder.pid, "--json",
+                env={"NECROPOOL_HOST": "somewhere-else"})
+    holder.kill()
+    holder.wait()
+    assert grant.code == 0, grant
+    healed = cli("auto-recover", "--json")
+    assert healed.code == 0, healed
+    assert healed.json()["abandoned_released"] == 1, healed.json()
+    assert cli("status", grant.json()["slot_id"], "--json").json()["state"] == "available"
+
+
+def test_a_holder_in_another_pid_namespace_is_never_judged_dead_by_pid(cli, pool, tmp_path):
+    """A holder in a container (its own pid namespace) records pid 1 there: here pid 1 is
+    init, with another start time, and a judge by pid would reclaim a live holder's slot."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        skip_unless_ci("needs root and unshare(1) for a pid namespace")
+    grant_file = tmp_path / "grant.json"
+    inside = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+         f'"$0" -m necropool allocate web --no-fetch --pid $$ --json > {grant_file}; '
+         "exec sleep 60", sys.executable])
+    try:
+        deadline = time.monotonic() + 30
+        while not (text := grant_file.read_text() if grant_file.exists() else "").endswith(
+                "\n"):  # (the whole object written)
+            assert time.monotonic() < deadline and inside.poll() is None, "no grant"
+            time.sleep(0.05)
+        grant = json.loads(text)
+        assert grant["pid"] == 1
+        healed = cli("auto-recover", "--json")
+        assert healed.code == 0, healed
+        assert healed.json()["abandoned_released"] == 0, "a live holder's slot was reclaimed"
+        assert cli("status", grant["slot_id"], "--json").json()["state"] == "allocated"
+    finally:
+        inside.kill()
+        inside.wait()

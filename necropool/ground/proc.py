@@ -47,6 +47,7 @@ class Holder:
     host: str
     start: int | None = None
     boot: str = ""
+    pidns: str = ""  # its pid namespace (``pid:[4026531836]``): its pid means nothing elsewhere
 
     @classmethod
     def of(cls, pid: int) -> "Holder | None":
@@ -54,7 +55,7 @@ class Holder:
         start = start_time(pid)
         if start is None:
             return None
-        return cls(pid=pid, host=hostname(), start=start, boot=boot_id())
+        return cls(pid=pid, host=hostname(), start=start, boot=boot_id(), pidns=pid_namespace(pid))
 
     @classmethod
     def me(cls) -> "Holder":
@@ -64,17 +65,21 @@ class Holder:
     def is_local(self) -> bool:
         return self.host == hostname()
 
-    def is_dead(self) -> bool:
-        """True only when provably dead: local, and gone or replaced (pid reuse, reboot)."""
-        if not self.is_local():
+    def is_dead(self, here: bool = False) -> bool:
+        """True only when provably dead: local (or known to be ``here`` whatever host it
+        recorded), and gone or replaced (pid reuse, reboot)."""
+        if not here and not self.is_local():
             return False
         if self.boot and boot_id() and self.boot != boot_id():
             return True
+        if self.pidns and self.pidns != pid_namespace("self"):  # (a container's process:
+            return False  # its pid names another process here, or none)
         current = start_time(self.pid)
         return current is None or (self.start is not None and current != self.start)
 
     def to_dict(self) -> dict:
-        data = {"pid": self.pid, "host": self.host, "start": self.start, "boot": self.boot}
+        data = {"pid": self.pid, "host": self.host, "start": self.start, "boot": self.boot,
+                "pidns": self.pidns}
         return {k: v for k, v in data.items() if v not in (None, "")}
 
     @classmethod
@@ -84,13 +89,24 @@ class Holder:
             host=str(data["host"]),
             start=int(data["start"]) if "start" in data else None,
             boot=str(data.get("boot", "")),
+            pidns=str(data.get("pidns", "")),
         )
 
 
 @cache
 def _me(pid: int) -> Holder:
     """``Holder.me``, read once per process (a forked child has a pid of its own)."""
-    return Holder(pid=pid, host=hostname(), start=start_time(pid), boot=boot_id())
+    return Holder(pid=pid, host=hostname(), start=start_time(pid), boot=boot_id(),
+                  pidns=pid_namespace("self"))
+
+
+def pid_namespace(pid: int | str) -> str:
+    """The pid namespace of a process (``self``: this one), or "" where it cannot be read
+    (gone, or another user's)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return ""
 
 
 # --- processes inside a directory -------------------------------------------------------------

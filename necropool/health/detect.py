@@ -71,9 +71,12 @@ def live_allocation(slot: Slot, abandoned: set[int]) -> bool:
     return slot.state == ALLOCATED and slot.number not in abandoned
 
 
-def holder_dead(slot: Slot) -> str | None:
+def holder_dead(pool: Pool, slot: Slot) -> str | None:
+    """Why the slot's holder is provably gone, or None. A pool whose state only this host's
+    files hold has its holders here, whatever host they recorded (``NECROPOOL_HOST``
+    spoofed, or renamed since)."""
     holder = slot.lease.holder if slot.lease else None
-    if holder and holder.is_dead():
+    if holder and holder.is_dead(here=not pool.ledger):
         return f"holder pid {holder.pid} on {holder.host} is no longer running"
     return None
 
@@ -184,7 +187,7 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
             continue
         lease = slot.lease
         assert lease is not None  # an allocated entry without one is read as in error
-        dead = holder_dead(slot) if free else None
+        dead = holder_dead(pool, slot) if free else None
         if dead:
             found.add("abandoned_slots", slot_id=sid, number=number, path=where,
                       evidence=dead, lease_id=lease.lease_id)
