@@ -239,6 +239,47 @@ def parse_packed_refs(data: bytes) -> Iterator[tuple[str | None, str, bytes]]:
         yield name, oid, raw
 
 
+# What any malformed name in packed-refs shows (a superset: a match only costs checking each
+# name): git's forbidden characters (a peeled line's ``^`` starts its line), ``..``, ``@{``,
+# ``//``, a part starting with a dot or ending in ``.lock``, a name starting with ``/`` or
+# ending in ``/`` or ``.``, ``@`` alone. Checking 5,000 names one by one costs ~100 ms.
+_FORBIDDEN = bytes([*range(0x09), 0x0b, 0x0c, *range(0x0e, 0x20), 0x7f]) + b"~:?*[\\^"
+_ALLOWED = bytes(b for b in range(256) if b not in _FORBIDDEN)
+_SUSPECT = (b"..", b"@{", b"//", b"/.", b" .", b" /", b".lock", b"/\n", b".\n", b" @\n", b"/\r",
+            b".\r", b" @\r", b" \n", b"\t\n", b" \r", b"\t\r")
+
+
+def _suspect(data: bytes) -> bool:
+    """Whether a ``packed-refs`` file (its header aside) may hold a malformed name: a
+    superset (a match only costs checking each name, ~100 ms for 5,000), found by scans
+    at C speed: git's forbidden characters (a peeled line's ``^`` starts its line), ``..``,
+    ``@{``, ``//``, a part starting with a dot or ending in ``.lock``, a name starting with
+    ``/`` or ending in ``/`` or ``.``, ``@`` alone, trailing blanks."""
+    body = data[data.find(b"\n") + 1:] if data.startswith(b"#") else data
+    odd = body.translate(None, _ALLOWED)
+    if odd.strip(b"^") or odd.count(b"^") != body.count(b"\n^") + body.startswith(b"^"):
+        return True
+    tail = body.rstrip(b"\r\n")[-2:]
+    return any(s in body for s in _SUSPECT) or tail.endswith((b"/", b".")) or tail == b" @"
+
+
+def packed_names(data: bytes) -> Iterator[tuple[str, str]]:
+    """The (name, object id) of each well-formed ref of a ``packed-refs`` file; names are
+    checked one by one only when the file is ``_suspect``."""
+    check = _suspect(data)
+    for name, oid, _ in parse_packed_refs(data):
+        if name is not None and (not check or valid_ref(name)):
+            yield name, oid
+
+
+def malformed_packed(data: bytes) -> list[str]:
+    """The malformed ref names of a ``packed-refs`` file."""
+    if not _suspect(data):
+        return []
+    return [name for name, _, _ in parse_packed_refs(data)
+            if name is not None and not valid_ref(name)]
+
+
 def _packed(gitdir: Path) -> bytes:
     try:
         return (gitdir / "packed-refs").read_bytes()
@@ -329,8 +370,8 @@ def refs_under(gitdir: Path, prefix: str) -> dict[str, str]:
     with their object ids; a loose ref wins over a packed one, as for git. Malformed names
     (which git would not accept either) are left out."""
     found: dict[str, str] = {}
-    for name, oid, _ in parse_packed_refs(_packed(gitdir)):
-        if name is not None and name.startswith(prefix) and valid_ref(name):
+    for name, oid in packed_names(_packed(gitdir)):
+        if name.startswith(prefix):
             found.setdefault(name, oid)  # the first of duplicates, as read_ref finds it
     for dirpath, _dirs, files in os.walk(gitdir / prefix):
         for name in files:

@@ -83,8 +83,7 @@ def audit(gitdir: Path, *, common: Path | None = None) -> list[str]:
 def ref_problems(gitdir: Path) -> list[str]:
     """Malformed ref names in ``packed-refs`` and as HEAD's target: git would refuse them,
     and a name like ``refs/heads/../../x`` must never reach code that builds paths."""
-    packed = git.parse_packed_refs(_read_bytes(gitdir / "packed-refs") or b"")
-    bad = [name for name, _, _ in packed if name is not None and not git.valid_ref(name)]
+    bad = git.malformed_packed(_read_bytes(gitdir / "packed-refs") or b"")
     problems = [f"malformed ref name {name[:120]!r} in packed-refs" for name in bad[:3]]
     head = (_read(gitdir / "HEAD") or "").strip()
     if head.startswith("ref:") and not (head.startswith("ref: refs/")
