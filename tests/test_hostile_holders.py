@@ -84,10 +84,10 @@ def test_processes_in_sees_cwd_open_files_and_mappings(tmp_path, procs):
     assert os.getpid() not in processes_in(Path.cwd())  # never the caller or its ancestors
 
 
-def test_a_necropool_command_reading_a_slot_is_not_a_holder(tmp_path, procs):
-    """detect and auto-recover read slots' packs and indexes while others release: a
-    release must not refuse (nor end) them; a necropool command working in the slot still
-    counts."""
+def test_a_necropool_reader_is_told_by_its_lock_not_by_its_name(tmp_path, procs):
+    """detect and auto-recover read slots' packs and indexes while others release, holding
+    the pool's readers lock: a release must not refuse (nor end) them; one working in the
+    slot still counts, and so does a holder that only calls itself necropool."""
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("needs bash for exec -a")
@@ -95,13 +95,19 @@ def test_a_necropool_command_reading_a_slot_is_not_a_holder(tmp_path, procs):
     inside.mkdir()
     outside.mkdir()
     (inside / "pack").write_bytes(b"\0" * 64)
-    reader = procs.start([bash, "-c", f"exec 3<{inside / 'pack'}; exec -a necropool sleep 60"],
-                         cwd=outside)
+    readers = tmp_path / "readers.lock"
+    reader = procs.start([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from necropool.ground import proc\n"
+        f"f = open({str(inside / 'pack')!r}, 'rb')\n"
+        f"with proc.reading(Path({str(readers)!r})): time.sleep(60)\n")], cwd=outside)
+    renamed = procs.start([bash, "-c", f"exec 3<{inside / 'pack'}; exec -a necropool sleep 60"],
+                          cwd=outside)
     worker = procs.start([bash, "-c", "exec -a necropool sleep 60"], cwd=inside)
-    holder = procs.start(["sh", "-c", f"exec 3<{inside / 'pack'}; exec sleep 60"], cwd=outside)
-    wait_for(lambda: holder.pid in processes_in(inside), "the holder's open file to show")
-    wait_for(lambda: worker.pid in processes_in(inside), "the worker's directory to show")
-    assert reader.pid not in processes_in(inside)
+    wait_for(lambda: reader.pid in processes_in(inside), "the reader's open file to show")
+    wait_for(lambda: reader.pid not in processes_in(inside, readers), "the reader's lock")
+    found = processes_in(inside, readers)
+    assert renamed.pid in found, "a process named necropool passed for necropool"
+    assert worker.pid in found
 
 
 # --- run ends its command's leftovers --------------------------------------------------------

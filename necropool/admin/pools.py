@@ -63,6 +63,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
         write_atomic(paths.mirror_stamp, f"{now().timestamp()}\n".encode())
         branch = spec.branch or git.mirror_branch(paths.mirror)
         git.mirror_tip(paths.mirror, branch)
+        git.put_back_mirror_config(paths.mirror, spec.url, branch)  # the one it will keep
         definition = PoolDef(name=spec.name, url=spec.url, branch=branch,
                              keep_ignored=spec.keep_ignored,
                              fetch_on_allocate=spec.fetch_on_allocate,

@@ -111,8 +111,8 @@ backends = choices("git", "libgit2")
 shells = choices("bash", "zsh", "fish")
 event_kinds = choices("create", "add", "remove", "allocate", "release", "reclaim",
                       "force_release", "cleanup", "failure", "recover", "isolate",
-                      "mirror_rebuilt", "fetch_failed", "auto_recover", "force_unlock", "adopt",
-                      "update")
+                      "mirror_rebuilt", "mirror_config_restored", "fetch_failed", "auto_recover",
+                      "force_unlock", "adopt", "update")
 
 
 def rescued_ids(incomplete: str) -> list[tuple[str, str] | str]:

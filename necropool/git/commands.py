@@ -4,14 +4,18 @@ Every git call runs without hooks, fsmonitor, terminal prompts or inherited GIT_
 and only over the transports in ``ALLOWED_PROTOCOLS``.
 """
 
+import contextlib
 import os
 import re
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
-from necropool.ground.errors import OperationFailed
+from necropool.ground.errors import OperationFailed, UsageError
+from necropool.ground.layout import write_atomic
+from necropool.ground.validate import check_refname
 
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
 HARDENING = (
@@ -32,9 +36,26 @@ _INHERITED = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTOR
               "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_EXTERNAL_DIFF",
               "GIT_SSH", "GIT_SSH_COMMAND", "GIT_PROXY_COMMAND", "GIT_ASKPASS", "SSH_ASKPASS")
 RETRY_DELAYS = (1.0, 3.0)  # three tries in all
-SLOT_ISOLATION = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
-                  "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.excludesFile",
-                  "GIT_CONFIG_VALUE_0": os.devnull}
+_NO_USER_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+def _config_env(pairs: dict[str, str]) -> dict[str, str]:
+    """``pairs`` as git's environment config (``GIT_CONFIG_COUNT``): like ``-c``, they
+    override every config file, the repository's included."""
+    env = {"GIT_CONFIG_COUNT": str(len(pairs))}
+    for i, (key, value) in enumerate(pairs.items()):
+        env.update({f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value})
+    return env
+
+
+SLOT_ISOLATION = {**_NO_USER_CONFIG, **_config_env({"core.excludesFile": os.devnull})}
+# The mirror sits in the pool, within a holder's reach: besides its config being put back
+# before each fetch (``mirror_config``), the keys that name a program are overridden, in
+# case one is written back meanwhile (the proxy by the variable, which git lets win; the
+# upload-pack, where the first value wins, by ``UPLOAD_PACK`` on the command line).
+MIRROR_ISOLATION = {**_NO_USER_CONFIG, "GIT_PROXY_COMMAND": "", **_config_env({
+    "credential.helper": "", "core.askPass": ""})}
+UPLOAD_PACK = "--upload-pack=git-upload-pack"
 
 
 class GitError(OperationFailed):
@@ -71,17 +92,18 @@ def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start(args: list[str], cwd: Path | None = None, *, env: dict[str, str] | None = None,
-          stdin: bool = False) -> subprocess.Popen[bytes]:
-    """Start ``git ARGS`` hardened, in the background; ``wait`` collects it."""
+          stdin: bool | IO[bytes] = False) -> subprocess.Popen[bytes]:
+    """Start ``git ARGS`` hardened, in the background; ``wait`` collects it. ``stdin``:
+    True for a pipe ``wait`` writes to, or a file git reads."""
     cmd = ["git", *HARDENING, *args]
     if cwd is not None:  # ``cwd`` is the repository: a broken one must never make git
         # discover and act on a repository that contains the root (a dotfiles repo, say)
         env = {"GIT_CEILING_DIRECTORIES": str(Path(cwd).absolute().parent),
                **_repository_env(Path(cwd)), **(env or {})}
+    source = subprocess.PIPE if stdin is True else stdin or subprocess.DEVNULL
     try:
         return subprocess.Popen(cmd, cwd=cwd, env=git_env(env), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE,
-                                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
+                                stderr=subprocess.PIPE, stdin=source)
     except FileNotFoundError:
         raise GitError("git is not installed or not on PATH") from None
 
@@ -96,7 +118,7 @@ def _repository_env(cwd: Path) -> dict[str, str]:
     if os.path.isdir(cwd / ".git") and not os.path.islink(cwd / ".git"):
         return {"GIT_DIR": str(cwd / ".git"), "GIT_WORK_TREE": str(cwd), **SLOT_ISOLATION}
     if os.path.isdir(cwd / "objects") and os.path.isfile(cwd / "HEAD"):
-        return {"GIT_DIR": str(cwd)}  # a bare repository: the mirror
+        return {"GIT_DIR": str(cwd), **MIRROR_ISOLATION}  # a bare repository: the mirror
     return {}
 
 
@@ -149,11 +171,12 @@ def _summary(stderr: str, returncode: int) -> str:
     return lines[-1] if lines else f"exit status {returncode}"
 
 
-def run_network(args: list[str], cwd: Path | None = None, *, timeout: float) -> None:
+def run_network(args: list[str], cwd: Path | None = None, *, timeout: float,
+                env: dict[str, str] | None = None) -> None:
     """Run a git command that talks to the upstream: up to 3 tries for transient failures."""
     for attempt in range(len(RETRY_DELAYS) + 1):
         try:
-            run(args, cwd, timeout=timeout)
+            run(args, cwd, timeout=timeout, env=env)
             return
         except GitError as exc:
             if not exc.transient or attempt == len(RETRY_DELAYS):
@@ -163,8 +186,29 @@ def run_network(args: list[str], cwd: Path | None = None, *, timeout: float) -> 
 
 # --- refs, read straight from the files (no process) --------------------------------------
 
+def valid_ref(name: str) -> bool:
+    """Whether ``name`` (read from a file a holder may have written) is a well-formed ref
+    name: only such a name may become a path under a git directory."""
+    try:
+        check_refname(name)
+    except UsageError:
+        return False
+    return True
+
+
+def ref_path(gitdir: Path | str, name: str) -> str:
+    """The loose file of the ref ``name``; a malformed name (``refs/heads/../../x``) is
+    refused, so no path outside ``refs/`` is ever built from one."""
+    if not valid_ref(name):
+        raise GitError(f"refusing malformed ref name {name[:120]!r}")
+    return os.path.join(gitdir, name)  # (a string: 100,000 refs cost no pathlib objects)
+
+
 def read_ref(gitdir: Path, name: str, _depth: int = 0) -> str | None:
-    """The object id a ref names (loose file first, then packed-refs), or None."""
+    """The object id a ref names (loose file first, then packed-refs), or None (also for a
+    malformed name, or a symbolic ref whose target is one)."""
+    if not valid_ref(name):
+        return None
     try:
         value = (gitdir / name).read_text().strip()
         if value.startswith("ref: "):  # symbolic: follow, as git does, at most 5 levels
@@ -199,6 +243,47 @@ def parse_packed_refs(data: bytes) -> Iterator[tuple[str | None, str, bytes]]:
         yield name, oid, raw
 
 
+# What any malformed name in packed-refs shows (a superset: a match only costs checking each
+# name): git's forbidden characters (a peeled line's ``^`` starts its line), ``..``, ``@{``,
+# ``//``, a part starting with a dot or ending in ``.lock``, a name starting with ``/`` or
+# ending in ``/`` or ``.``, ``@`` alone. Checking 5,000 names one by one costs ~100 ms.
+_FORBIDDEN = bytes([*range(0x09), 0x0b, 0x0c, *range(0x0e, 0x20), 0x7f]) + b"~:?*[\\^"
+_ALLOWED = bytes(b for b in range(256) if b not in _FORBIDDEN)
+_SUSPECT = (b"..", b"@{", b"//", b"/.", b" .", b" /", b".lock", b"/\n", b".\n", b" @\n", b"/\r",
+            b".\r", b" @\r", b" \n", b"\t\n", b" \r", b"\t\r")
+
+
+def _suspect(data: bytes) -> bool:
+    """Whether a ``packed-refs`` file (its header aside) may hold a malformed name: a
+    superset (a match only costs checking each name, ~100 ms for 5,000), found by scans
+    at C speed: git's forbidden characters (a peeled line's ``^`` starts its line), ``..``,
+    ``@{``, ``//``, a part starting with a dot or ending in ``.lock``, a name starting with
+    ``/`` or ending in ``/`` or ``.``, ``@`` alone, trailing blanks."""
+    body = data[data.find(b"\n") + 1:] if data.startswith(b"#") else data
+    odd = body.translate(None, _ALLOWED)
+    if odd.strip(b"^") or odd.count(b"^") != body.count(b"\n^") + body.startswith(b"^"):
+        return True
+    tail = body.rstrip(b"\r\n")[-2:]
+    return any(s in body for s in _SUSPECT) or tail.endswith((b"/", b".")) or tail == b" @"
+
+
+def packed_names(data: bytes) -> Iterator[tuple[str, str]]:
+    """The (name, object id) of each well-formed ref of a ``packed-refs`` file; names are
+    checked one by one only when the file is ``_suspect``."""
+    check = _suspect(data)
+    for name, oid, _ in parse_packed_refs(data):
+        if name is not None and (not check or valid_ref(name)):
+            yield name, oid
+
+
+def malformed_packed(data: bytes) -> list[str]:
+    """The malformed ref names of a ``packed-refs`` file."""
+    if not _suspect(data):
+        return []
+    return [name for name, _, _ in parse_packed_refs(data)
+            if name is not None and not valid_ref(name)]
+
+
 def _packed(gitdir: Path) -> bytes:
     try:
         return (gitdir / "packed-refs").read_bytes()
@@ -206,29 +291,69 @@ def _packed(gitdir: Path) -> bytes:
         return b""
 
 
+PACK_ABOVE = 100  # more refs than this go into packed-refs (a file each: 0.5 ms apiece here)
+
+
 def write_refs(gitdir: Path, refs: dict[str, str]) -> None:
-    """Create loose refs directly (no process); only for a repository nobody else is using."""
+    """Create refs directly (no process), loose or, when many, packed; only for a
+    repository nobody else is using."""
+    if len(refs) > PACK_ABOVE:
+        _write_packed(gitdir, refs)
+        return
+    made: set[str] = set()
     for name, sha in refs.items():
-        path = gitdir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)  # a link to a file elsewhere is replaced, not written
-        path.write_text(sha + "\n")
+        path = ref_path(gitdir, name)
+        parent = os.path.dirname(path)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a link to a file elsewhere is replaced, not written through
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(sha + "\n")
+
+
+def _write_packed(gitdir: Path, refs: dict[str, str]) -> None:
+    """Add ``refs`` to packed-refs (replacing any of those names, loose or packed), which
+    stays sorted by name; its peeled lines are kept, but no longer claimed complete."""
+    for name in _loose(gitdir) & refs.keys():
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(ref_path(gitdir, name))
+    records = [(os.fsencode(name), raw if raw.endswith(b"\n") else raw + b"\n")
+               for name, _, raw in parse_packed_refs(_packed(gitdir))
+               if name is not None and name not in refs]
+    records += [(os.fsencode(name), f"{sha} {name}\n".encode(errors="surrogateescape"))
+                for name, sha in refs.items()]
+    records.sort(key=lambda record: record[0])
+    _replace_packed(gitdir, b"# pack-refs with: sorted \n" + b"".join(r for _, r in records))
+
+
+def _loose(top: Path) -> set[str]:
+    """The names of the files under ``top``/refs (loose refs, or reflogs)."""
+    return {os.path.relpath(os.path.join(dirpath, name), top)
+            for dirpath, _dirs, files in os.walk(top / "refs") for name in files}
+
+
+def _replace_packed(gitdir: Path, data: bytes) -> None:
+    tmp = gitdir / "packed-refs.necropool"
+    tmp.unlink(missing_ok=True)
+    tmp.write_bytes(data)
+    os.replace(tmp, gitdir / "packed-refs")
 
 
 def delete_refs(gitdir: Path, names: list[str]) -> None:
     """Delete refs (loose, packed, and their reflogs) directly; only for a repository
     nobody else is using (a slot we hold)."""
-    for name in names:
-        (gitdir / name).unlink(missing_ok=True)
-        (gitdir / "logs" / name).unlink(missing_ok=True)
     doomed = set(names)
+    for place in (gitdir, gitdir / "logs"):  # (only the loose files there are: of 100,000
+        for name in _loose(place) & doomed:  # names, most are packed)
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(ref_path(place, name))
     records = list(parse_packed_refs(_packed(gitdir)))
     kept = [raw for name, _, raw in records if name not in doomed]  # with its peeled line
     if len(kept) != len(records):
-        tmp = gitdir / "packed-refs.necropool"
-        tmp.unlink(missing_ok=True)
-        tmp.write_bytes(b"".join(kept))
-        os.replace(tmp, gitdir / "packed-refs")
+        _replace_packed(gitdir, b"".join(kept))
 
 
 def read_head(gitdir: Path) -> tuple[str | None, str | None]:
@@ -237,22 +362,25 @@ def read_head(gitdir: Path) -> tuple[str | None, str | None]:
         value = (gitdir / "HEAD").read_text().strip()
     except (OSError, UnicodeDecodeError):  # unreadable or binary garbage: no HEAD
         return None, None
-    if value.startswith("ref: refs/heads/"):
+    if value.startswith("ref: "):
+        if not value.startswith("ref: refs/heads/") or not valid_ref(value[5:]):
+            return None, None  # a HEAD git would not accept: it names no commit
         return value[16:], read_ref(gitdir, value[5:])
     return None, value or None
 
 
 def refs_under(gitdir: Path, prefix: str) -> dict[str, str]:
     """Refs whose names start with ``prefix`` (``refs/heads/``, say), loose and packed,
-    with their object ids; a loose ref wins over a packed one, as for git."""
+    with their object ids; a loose ref wins over a packed one, as for git. Malformed names
+    (which git would not accept either) are left out."""
     found: dict[str, str] = {}
-    for name, oid, _ in parse_packed_refs(_packed(gitdir)):
-        if name is not None and name.startswith(prefix):
+    for name, oid in packed_names(_packed(gitdir)):
+        if name.startswith(prefix):
             found.setdefault(name, oid)  # the first of duplicates, as read_ref finds it
     for dirpath, _dirs, files in os.walk(gitdir / prefix):
         for name in files:
-            if not name.endswith(".lock"):
-                ref = Path(dirpath, name).relative_to(gitdir).as_posix()
+            ref = Path(dirpath, name).relative_to(gitdir).as_posix()
+            if valid_ref(ref):  # (a ``.lock`` file is not a ref)
                 found[ref] = read_ref(gitdir, ref) or ""
     return found
 
@@ -287,7 +415,7 @@ def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git") 
             raise GitError(f"clone of {url} failed: {exc}", str(exc)) from None
         return
     run_network(["clone", "--mirror", "--no-local", "--quiet", "--", url, str(dest)],
-                timeout=timeout)
+                timeout=timeout, env=MIRROR_ISOLATION)
 
 
 def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
@@ -300,7 +428,7 @@ def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
         except pygit2.GitError as exc:
             raise GitError(f"fetch failed: {exc}", str(exc)) from None
         return
-    run_network(["fetch", "--prune", "--quiet", "origin"], mirror, timeout=timeout)
+    run_network(["fetch", UPLOAD_PACK, "--prune", "--quiet", "origin"], mirror, timeout=timeout)
 
 
 def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:
@@ -314,7 +442,7 @@ def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:
         if gitdir.is_dir() and (gitdir / "objects").is_dir() and (gitdir / "HEAD").is_file():
             return refs_under(gitdir, "refs/") == refs_under(mirror, "refs/")
     try:
-        out = run(["ls-remote", "origin"], mirror, timeout=timeout).stdout
+        out = run(["ls-remote", UPLOAD_PACK, "origin"], mirror, timeout=timeout).stdout
     except GitError:
         return False
     upstream = {}
@@ -329,13 +457,43 @@ def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:
 
 def slot_config(url: str, object_format: str | None = None) -> str:
     """The canonical .git/config of a slot; cleanup restores it if a holder changed it."""
+    return _config(["\tbare = false", "\tlogallrefupdates = true"], object_format,
+                   [f"\turl = {_quote(url)}", "\tfetch = +refs/heads/*:refs/remotes/origin/*"])
+
+
+def mirror_config(url: str, object_format: str | None = None) -> str:
+    """The canonical config of a pool's mirror (what ``clone --mirror`` writes), put back
+    before each fetch: no key a holder added there is ever obeyed."""
+    return _config(["\tbare = true"], object_format,
+                   [f"\turl = {_quote(url)}", "\tfetch = +refs/*:refs/*", "\tmirror = true"])
+
+
+def put_back_mirror_config(mirror: Path, url: str, branch: str) -> bool:
+    """Make the mirror's config ``mirror_config`` again (atomically: concurrent callers
+    write the same text); True when it had been changed. Its object format is told by
+    the branch's object id, not by the config being replaced."""
+    tip = read_ref(mirror, f"refs/heads/{branch}") or ""
+    expected = mirror_config(url, "sha256" if len(tip) == 64 else None).encode()
+    try:
+        fd = os.open(mirror / "config", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            if fh.read() == expected:
+                return False
+    except OSError:
+        pass  # missing, or a symlink: replaced all the same
+    try:
+        write_atomic(mirror / "config", expected)
+    except OSError as exc:
+        raise GitError(f"cannot put back {mirror / 'config'}: {exc.strerror}") from None
+    return True
+
+
+def _config(core: list[str], object_format: str | None, origin: list[str]) -> str:
     version = 1 if object_format else 0
-    lines = ["[core]", f"\trepositoryformatversion = {version}", "\tfilemode = true",
-             "\tbare = false", "\tlogallrefupdates = true"]
+    lines = ["[core]", f"\trepositoryformatversion = {version}", "\tfilemode = true", *core]
     if object_format:
         lines += ["[extensions]", f"\tobjectformat = {object_format}"]
-    lines += ['[remote "origin"]', f"\turl = {_quote(url)}",
-              "\tfetch = +refs/heads/*:refs/remotes/origin/*"]
+    lines += ['[remote "origin"]', *origin]
     return "\n".join(lines) + "\n"
 
 

@@ -443,9 +443,10 @@ def kill_orphans(sig: int = signal.SIGKILL, *, keep: Collection[int] = (),
     return pids
 
 
-def _sweep() -> None:
-    """In the child, after ``fn``: kill every descendant still alive, round after round
-    (killing one orphans its children onto us), so no process of the work outlives it. One
+def sweep_orphans() -> None:
+    """In a subreaper (the confined child after ``fn``, ``run`` after its command): kill
+    every descendant still alive, round after round (killing one orphans its children onto
+    us), so no process of the work outlives it. One
     that does not die within a second (uninterruptible sleep) is not waited for again."""
     stuck: set[int] = set()
     for _ in range(64):
@@ -514,7 +515,7 @@ def _child(wfd: int, fn: Callable[..., Any], args: tuple[object, ...],
                 os.getpid(), wanted), traceback.format_exc())
         except BaseException as exc:
             message = ("err", exc, traceback.format_exc())
-        _sweep()
+        sweep_orphans()
         _flush_std()
         data = _encode(message)
         _write_all(wfd, _HEADER.pack(len(data)) + data)

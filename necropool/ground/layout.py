@@ -27,6 +27,7 @@ class PoolPaths:
         self.pool_lock = self.dir / "pool.lock"
         self.mirror_lock = self.dir / "mirror.lock"
         self.wait_lock = self.dir / "wait.lock"
+        self.readers = self.dir / "readers.lock"  # held shared by necropool reading slots
         self.wake = self.dir / "wake.fifo"
         self.mirror_stamp = self.dir / "mirror.fetched"
         self.mirror_failed = self.dir / "mirror.failed"  # the last fetch's error, until one works
@@ -55,7 +56,7 @@ class PoolPaths:
         "pool.toml", "state", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock",
         "wait.lock", "wake.fifo", "mirror.fetched", "mirror.failed", "locks", "mirror.git", "slots",
         "events.jsonl", "events.jsonl.1", "rescued", "verified.json", "records", "ledger",
-        "state.toml.imported", "state.imported",
+        "state.toml.imported", "state.imported", "readers.lock",
     })
 
 

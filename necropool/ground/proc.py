@@ -1,10 +1,13 @@
 """Process identity: who holds a slot, and whether that process is provably dead."""
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 
@@ -46,6 +49,7 @@ class Holder:
     host: str
     start: int | None = None
     boot: str = ""
+    pidns: str = ""  # its pid namespace (``pid:[4026531836]``): its pid means nothing elsewhere
 
     @classmethod
     def of(cls, pid: int) -> "Holder | None":
@@ -53,7 +57,7 @@ class Holder:
         start = start_time(pid)
         if start is None:
             return None
-        return cls(pid=pid, host=hostname(), start=start, boot=boot_id())
+        return cls(pid=pid, host=hostname(), start=start, boot=boot_id(), pidns=pid_namespace(pid))
 
     @classmethod
     def me(cls) -> "Holder":
@@ -63,18 +67,22 @@ class Holder:
     def is_local(self) -> bool:
         return self.host == hostname()
 
-    def is_dead(self) -> bool:
-        """True only when provably dead: local, and gone or replaced (pid reuse, reboot)."""
-        if not self.is_local():
+    def is_dead(self, here: bool = False) -> bool:
+        """True only when provably dead: local (or known to be ``here`` whatever host it
+        recorded), and gone or replaced (pid reuse, reboot)."""
+        if not here and not self.is_local():
             return False
         if self.boot and boot_id() and self.boot != boot_id():
             return True
+        if self.pidns and self.pidns != pid_namespace("self"):  # (a container's process:
+            return False  # its pid names another process here, or none)
         current = start_time(self.pid)
         return current is None or (self.start is not None and current != self.start)
 
     def to_dict(self) -> dict[str, int | str]:
         data: dict[str, int | str | None] = {"pid": self.pid, "host": self.host,
-                                             "start": self.start, "boot": self.boot}
+                                             "start": self.start, "boot": self.boot,
+                                             "pidns": self.pidns}
         return {k: v for k, v in data.items() if v is not None and v != ""}
 
     @classmethod
@@ -84,13 +92,24 @@ class Holder:
             host=str(data["host"]),
             start=int(data["start"]) if "start" in data else None,
             boot=str(data.get("boot", "")),
+            pidns=str(data.get("pidns", "")),
         )
 
 
 @cache
 def _me(pid: int) -> Holder:
     """``Holder.me``, read once per process (a forked child has a pid of its own)."""
-    return Holder(pid=pid, host=hostname(), start=start_time(pid), boot=boot_id())
+    return Holder(pid=pid, host=hostname(), start=start_time(pid), boot=boot_id(),
+                  pidns=pid_namespace("self"))
+
+
+def pid_namespace(pid: int | str) -> str:
+    """The pid namespace of a process (``self``: this one), or "" where it cannot be read
+    (gone, or another user's)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return ""
 
 
 # --- processes inside a directory -------------------------------------------------------------
@@ -116,24 +135,13 @@ def _inside(link: str, prefix: str) -> bool:
     return link == prefix or link.startswith(prefix + "/")
 
 
-def _necropool(base: str) -> bool:
-    """Whether the process is a necropool command (``necropool detect``, ``python -m
-    necropool auto-recover``, ...)."""
-    try:
-        with open(f"{base}/cmdline", "rb") as fh:
-            argv = fh.read().split(b"\0")[:3]
-    except OSError:
-        return False
-    return any(arg == b"necropool" or arg.endswith(b"/necropool") for arg in argv)
-
-
-def _uses(pid: str, prefix: str, raw: bytes) -> bool:
+def _uses(pid: str, prefix: str, raw: bytes, readers: set[int]) -> bool:
     """Whether the process has its working directory, root, an open file or a mapping
     inside ``prefix`` (``raw``: the same, as bytes). Unreadable entries (gone, or another
-    user's) count as not inside. A necropool command counts by its directories only: the
-    files it has open or mapped in a slot are the integrity checks' reads (detect,
-    auto-recover), never a holder's work, and a release must neither wait for them nor
-    end them."""
+    user's) count as not inside. A necropool reader (``readers``: it holds the pool's
+    readers lock, see ``reading``) counts by its directories only: the files it has open
+    or mapped in a slot are the integrity checks' reads (detect, auto-recover), never a
+    holder's work, and a release must neither wait for them nor end them."""
     base = f"/proc/{pid}"
     for name in ("cwd", "root"):
         try:
@@ -141,7 +149,7 @@ def _uses(pid: str, prefix: str, raw: bytes) -> bool:
                 return True
         except OSError:
             pass
-    return _has_open(base, prefix, raw) and not _necropool(base)
+    return int(pid) not in readers and _has_open(base, prefix, raw)
 
 
 def _has_open(base: str, prefix: str, raw: bytes) -> bool:
@@ -183,17 +191,62 @@ def _read_all(path: str) -> bytes:
         os.close(fd)
 
 
-def processes_in(tree: str | os.PathLike[str]) -> list[int]:
+def processes_in(tree: str | os.PathLike[str], readers: Path | None = None) -> list[int]:
     """Local processes with their working directory, root, an open file or a mapped file
-    inside ``tree`` (a /proc scan), other than this process and its ancestors."""
+    inside ``tree`` (a /proc scan), other than this process and its ancestors (told by
+    pid and start time: nothing a holder can name itself). Holders of a lock on
+    ``readers`` (the pool's readers lock) count by their directories only."""
     prefix = os.path.realpath(tree)
     raw = os.fsencode(prefix)
     mine = _ancestors()
+    exempt = lock_holders(readers) if readers is not None else set()
     try:
         entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
     except OSError:
         return []
-    return sorted(int(p) for p in entries if int(p) not in mine and _uses(p, prefix, raw))
+    return sorted(int(p) for p in entries
+                  if int(p) not in mine and _uses(p, prefix, raw, exempt))
+
+
+@contextlib.contextmanager
+def reading(readers: Path) -> Iterator[None]:
+    """Mark this process, while it reads a pool's slots (integrity checks), as necropool's
+    own: a shared lock on the pool's ``readers`` file, which the kernel lists with this
+    pid (a holder can name its process anything; it cannot put this pid on that lock
+    without the pool's files). Unmarked where the file cannot be opened."""
+    import fcntl  # lazy: only the integrity checks take it
+
+    try:
+        fd = os.open(readers, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_holders(path: Path) -> set[int]:
+    """The pids holding a lock on ``path``, as ``/proc/locks`` lists them (waiters, shown
+    with ``->``, are not holders). Matched by inode number: a file system's device number
+    there is not always the one ``stat`` gives (btrfs)."""
+    try:
+        inode = os.stat(path, follow_symlinks=False).st_ino
+        data = _read_all("/proc/locks")
+    except OSError:
+        return set()
+    suffix = f":{inode}".encode()
+    holders = set()
+    for line in data.splitlines():
+        fields = line.split()
+        if b"->" in fields:
+            continue
+        for i, field in enumerate(fields[1:], 1):
+            if field.endswith(suffix) and field.count(b":") == 2 and fields[i - 1].isdigit():
+                holders.add(int(fields[i - 1]))
+    return holders
 
 
 def describe(pids: list[int]) -> str:
@@ -235,19 +288,3 @@ def end(pids: list[int], grace: float = GRACE) -> list[int]:
             break
     return sorted(alive)
 
-
-def end_group(pgid: int, grace: float = GRACE) -> None:
-    """End a whole process group (a command ``run`` started in its own session)."""
-
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            time.sleep(0.02)
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                return

@@ -18,7 +18,7 @@ from necropool.ground.results import Record
 from necropool.health.detect import Anomaly, Findings, detect, holder_dead, live_allocation
 from necropool.health.repair import Recovery, rebuild_mirror, recover
 from necropool.lease.release import release
-from necropool.lease.renew import Release, Renewed
+from necropool.lease.renew import Busy, Release, Renewed
 from necropool.pool import rescued
 from necropool.pool.pool import Pool
 from necropool.slot import gitdir as slotgit
@@ -203,8 +203,8 @@ def _run(planned: Step, entry: Action, result: AutoRecovery) -> None:
     assert planned.run is not None
     try:
         outcome = planned.run()
-    except Renewed as exc:  # the holder came back in time: nothing to do
-        entry.status, entry.error = "deferred", exc.message
+    except (Renewed, Busy) as exc:  # the holder came back in time, or lives on (its lock
+        entry.status, entry.error = "deferred", exc.message  # held): not yet
         return
     except Skipped as exc:  # the slot changed since it was judged: not an error
         entry.status, entry.error = "skipped", exc.message
@@ -279,7 +279,7 @@ def _remove_lock(pool: Pool, anomaly: Anomaly) -> None:
             return
         slot = current.slots.get(anomaly.number) if anomaly.number else None
         if slot is None or slot.state == CLEANING or (slot.state == ALLOCATED
-                                                      and not holder_dead(slot)):
+                                                      and not holder_dead(pool, slot)):
             raise Conflict(f"{path} is in a slot in use: left for its holder")
         if path in slotgit.stale_git_locks(pool.slot_dir(slot.number)):
             path.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from necropool.git import commands as git
+from necropool.ground import proc
 from necropool.ground.clock import now, rfc3339
 from necropool.ground.layout import PoolPaths, is_temp
 from necropool.ground.locks import lock_free
@@ -74,9 +75,12 @@ def live_allocation(slot: Slot, abandoned: set[int]) -> bool:
     return slot.state == ALLOCATED and slot.number not in abandoned
 
 
-def holder_dead(slot: Slot) -> str | None:
+def holder_dead(pool: Pool, slot: Slot) -> str | None:
+    """Why the slot's holder is provably gone, or None. A pool whose state only this host's
+    files hold has its holders here, whatever host they recorded (``NECROPOOL_HOST``
+    spoofed, or renamed since)."""
     holder = slot.lease.holder if slot.lease else None
-    if holder and holder.is_dead():
+    if holder and holder.is_dead(here=not pool.ledger):
         return f"holder pid {holder.pid} on {holder.host} is no longer running"
     return None
 
@@ -103,6 +107,17 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
     elif stale := mirror_freshness(pool)[1]:
         found.add("stale_mirrors", path=str(paths.mirror), evidence=stale)
     abandoned = {a.number for a in found.items["abandoned_slots"] if a.number is not None}
+    with proc.reading(paths.readers):  # (a release meanwhile neither waits for nor ends us)
+        _verify_slots(pool, current, judged, abandoned, verifier, deep, found)
+    _find_strays(pool, current, found)
+    verifier.save()
+    if pool.ledger:
+        _judge_fleet(pool, hours, found)
+    return found
+
+
+def _verify_slots(pool: Pool, current: PoolState, judged: list[int], abandoned: set[int],
+                  verifier: Verifier, deep: bool, found: Findings) -> None:
     for number in judged:
         slot = current.slots[number]
         problems = [current.problems[number]] if number in current.problems else []
@@ -118,11 +133,6 @@ def detect(pool: Pool, *, max_allocation_hours: float | None = None, deep: bool 
             for lock in slotgit.stale_git_locks(pool.slot_dir(number)):
                 found.add("orphaned_locks", slot_id=pool.slot_id(number), number=number,
                           path=str(lock), evidence="git lock file with no git process behind it")
-    _find_strays(pool, current, found)
-    verifier.save()
-    if pool.ledger:
-        _judge_fleet(pool, hours, found)
-    return found
 
 
 def _judge_fleet(pool: Pool, hours: float, found: Findings) -> None:
@@ -180,7 +190,7 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
             continue
         lease = slot.lease
         assert lease is not None  # an allocated entry without one is read as in error
-        dead = holder_dead(slot) if free else None
+        dead = holder_dead(pool, slot) if free else None
         if dead:
             found.add("abandoned_slots", slot_id=sid, number=number, path=where,
                       evidence=dead, lease_id=lease.lease_id)

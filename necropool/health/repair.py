@@ -60,7 +60,7 @@ def _claim(pool: Pool, number: int, force: bool,
         if judged is not None and not _unchanged(judged, slot):
             raise Skipped(f"slot {pool.slot_id(number)} changed since it was judged "
                           f"(now {slot.state}): left alone")
-        if slot.state == ALLOCATED and not force and not holder_dead(slot):
+        if slot.state == ALLOCATED and not force and not holder_dead(pool, slot):
             raise Conflict(f"slot {pool.slot_id(number)} is allocated to a holder that may be "
                            "alive: pass --force to recover it anyway")
         lock = pool.slot_lock(number)

@@ -82,7 +82,7 @@ def clear_processes(pool: Pool, number: int, previous: Slot, lock: FileLock,
     """With the slot claimed (``cleaning``, or allocated to this process; its lock held):
     end the processes still in it
     when ``stop``; if any remain, give the slot back as it was and refuse."""
-    busy = proc.processes_in(pool.slot_dir(number))
+    busy = proc.processes_in(pool.slot_dir(number), pool.paths.readers)
     if busy and stop:
         busy = proc.end(busy)
     if not busy:

@@ -2,11 +2,11 @@
 saved first) outside the pool lock, with its slot lock held, and given back."""
 
 from necropool.ground.clock import now
-from necropool.ground.errors import Conflict, OperationFailed, Skipped, explain
+from necropool.ground.errors import OperationFailed, Skipped, explain
 from necropool.ground.locks import FileLock
 from necropool.ground.proc import Holder
 from necropool.lease.refresh import clear_processes, fail_slot, refresh
-from necropool.lease.renew import Release, Renewed, expired, lease_gone
+from necropool.lease.renew import Busy, Release, Renewed, expired, lease_gone
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool, get_slot
 from necropool.store.base import LeaseLost
@@ -31,7 +31,7 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
             raise Renewed(f"lease {slot.lease.lease_id} of slot {pool.slot_id(number)} "
                           "was renewed since it expired: left to its holder")
         if not lock.held and not lock.try_acquire():
-            raise Conflict(f"slot {pool.slot_id(number)} is held by a running process")
+            raise Busy(f"slot {pool.slot_id(number)} is held by a running process")
 
     try:
         previous = pool.store.end_lease(number, lease_id, Holder.me(), check)

@@ -60,6 +60,11 @@ class Renewed(Skipped):
     """The holder renewed the lease between the expiry's detection and its reclaim."""
 
 
+class Busy(Skipped):
+    """The slot's lock is held by a live process (a stopped ``run``, say): not reclaimed
+    while it lives, and nothing is wrong meanwhile."""
+
+
 def expired(lease: Lease | None) -> bool:
     return bool(lease and lease.expires_at and lease.expires_at < now())
 

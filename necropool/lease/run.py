@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, replace
 from types import FrameType
 from typing import IO, Any
@@ -23,6 +24,34 @@ def _set_parent_death_signal() -> None:
     """In the child: get SIGTERM if ``run`` dies, so no command outlives its lease."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _become_subreaper() -> None:
+    """Make ``run`` the subreaper of the command's descendants: one that double-forks and
+    leaves the session (a daemon, with its directory anywhere) is still ours to end."""
+    from necropool.ground import confine  # lazy: ctypes and Landlock's tables, only for run
+
+    with contextlib.suppress(OSError, AttributeError):  # (no prctl: the group only)
+        confine.set_child_subreaper()
+
+
+def _end_descendants(pgid: int) -> None:
+    """End whatever the command left running: its process group and, found as our
+    children (we are their subreaper), those that left it; SIGTERM first, SIGKILL to what
+    is alive after ``proc.GRACE`` seconds. Once the command is gone every descendant still
+    alive is a child of ours or a descendant of one, so no children means none is left."""
+    from necropool.ground import confine  # lazy: as in _become_subreaper
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    confine.kill_orphans(signal.SIGTERM, wait=0)
+    deadline = time.monotonic() + proc.GRACE
+    while confine.children() and time.monotonic() < deadline:
+        confine.kill_orphans(0, wait=0)  # (signal 0: only reaps those that have ended)
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)  # (where there is no subreaper: the group at least)
+    confine.sweep_orphans()
 
 
 @dataclass
@@ -55,8 +84,9 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
     The status is the command's (128+N when signal N ended it; 127/126 when it could not
     be started, as shells report). SIGINT, SIGTERM and SIGHUP are forwarded to it; one that
     arrives before it starts means it is not started. ``stdout`` redirects its output.
-    The command runs in a session of its own: whatever of it is still running when it ends
-    (or when ``run`` is interrupted) is ended too, before the slot is released."""
+    The command runs in a session of its own, with ``run`` as its subreaper: whatever of it
+    is still running when it ends (or when ``run`` is interrupted), double-forked or in a
+    session of its own, is ended too, before the slot is released."""
     if not argv:
         raise UsageError("run needs a command after --")
     grant = allocate(pool, replace(request, holder=Holder.me()), keep_lock=True)
@@ -80,6 +110,7 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
             result.code = 128 + pending[0]
         else:
             try:
+                _become_subreaper()
                 child = subprocess.Popen(argv, cwd=path, env=env, stdout=stdout,
                                          start_new_session=True,
                                          preexec_fn=_set_parent_death_signal)
@@ -94,7 +125,7 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
     finally:
         try:
             if child is not None:  # what it left running in the background ends with it
-                proc.end_group(child.pid)
+                _end_descendants(child.pid)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -35,6 +35,7 @@ def update_mirror(pool: Pool) -> str | None:
         started = time.time()
         try:
             ensure_inside(pool.paths.mirror, pool.settings.root)  # a symlink is not fetched into
+            _own_config(pool)
             git.fetch_mirror(pool.paths.mirror, timeout=pool.settings.git_timeout,
                              backend=pool.definition.fetch_backend)
         except OperationFailed as exc:
@@ -46,6 +47,15 @@ def update_mirror(pool: Pool) -> str | None:
         return None
     finally:
         lock.release()
+
+
+def _own_config(pool: Pool) -> None:
+    """Put the mirror's config back as necropool wrote it before git runs there: the
+    mirror is within a holder's reach, and a key added to its config (an upload-pack
+    command, a credential helper) would run at the next fetch."""
+    if git.put_back_mirror_config(pool.paths.mirror, pool.definition.url,
+                                  pool.definition.branch):
+        pool.event("mirror_config_restored")
 
 
 def _last_fetch(pool: Pool) -> float:
@@ -63,6 +73,7 @@ def _current(pool: Pool) -> bool:
         return False
     try:
         ensure_inside(pool.paths.mirror, pool.settings.root)
+        _own_config(pool)  # (``ls-remote`` may run there)
         return git.mirror_current(pool.paths.mirror, url, timeout=pool.settings.git_timeout)
     except OperationFailed:
         return False  # left to the fetch to report

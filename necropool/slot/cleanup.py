@@ -175,9 +175,8 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     untouched = not keep_ignored and not touched
     snapshot = Snapshot(tree) if touched else None
     try:
-        st = status(tree, untracked=not untouched)
-        if st.head is None:
-            raise GitError(f"{tree}: HEAD does not resolve to a commit")
+        st = status(tree, untracked=not untouched)  # (no head: an unborn branch, whose
+        # files are saved as a commit of their own)
         found = nested.walk(tree, changed, frozenset(last.dirs)) if touched else nested.Found(
             [], [])
         extras, stale = classify_refs(gitdir, mirror)
@@ -188,8 +187,9 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     finally:
         if snapshot:
             snapshot.discard()
-    if found.repos or (gitdir / "modules").exists() or (gitdir / "worktrees").exists():
-        kept = nested.save(tree, found.repos, _beside(rescue_to, ".nested"))
+    if (found.repos or found.deep or (gitdir / "modules").exists()
+            or (gitdir / "worktrees").exists()):
+        kept = nested.save(tree, found.repos, _beside(rescue_to, ".nested"), found.deep)
         saved += kept.refs
         report.nested_saved = [printable(p) for p in kept.paths]
         report.moved_aside = kept.moved
@@ -200,6 +200,8 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     bundle = start_bundle(tree, rescue_to, saved) if saved else None
     try:  # the bundle is written while the slot is reset and cleaned (-30 ms)
         checkout = _reset(tree, tip, st, untouched, keep_ignored, found, report)
+        if keep_ignored and touched:  # (a new link changed its directory)
+            _drop_links_out(tree)
     except BaseException:  # this error (or Ctrl-C) is the one to report; the saved refs
         if bundle:         # stay in the slot for the next cleanup
             git.wait(*bundle, check=False)
@@ -228,7 +230,7 @@ def _drop_refs(gitdir: Path, st: Status, extras: dict[str, str], stashes: list[s
     """Delete the refs a fresh slot does not have as they are (saved by now; moved copies
     of the mirror's refs come back with the fetch), HEAD detached first so that it never
     names a deleted branch."""
-    if st.branch:
+    if st.branch and st.head:  # (an unborn branch has no ref to delete)
         slotgit.write_record(gitdir / "HEAD", f"{st.head}\n")
     git.delete_refs(gitdir, list(extras))
     report.branches_deleted = [printable(n[11:]) for n in extras if n.startswith("refs/heads/")]
@@ -261,6 +263,19 @@ def _reset(tree: Path, tip: str, st: Status, untouched: bool, keep_ignored: bool
     report.changed, report.untracked = st.changed, st.untracked
     report.ignored = max(0, removed - st.untracked)
     return checkout
+
+
+def _drop_links_out(tree: Path) -> None:
+    """Remove the ignored symlinks a ``keep_ignored`` slot would hand on that lead out of
+    it: the next holder would write through them."""
+    out = git.run(["ls-files", "-z", "--others", "--ignored", "--exclude-standard"],
+                  tree).stdout
+    top = os.path.realpath(tree)
+    for rel in filter(None, out.split(b"\0")):
+        path = os.path.join(os.fsencode(tree), rel)
+        if os.path.islink(path) and not os.path.realpath(path).startswith(
+                os.fsencode(top) + b"/"):
+            os.unlink(path)
 
 
 def replace_tampered(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, aside: Path,

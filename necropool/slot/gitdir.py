@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from necropool.git import commands as git
 from necropool.ground.proc import processes_in
 
 # What a fresh slot's .git holds at its top; anything else a holder left (ORIG_HEAD,
@@ -46,7 +47,8 @@ def _walk(dir_fd: int, rel: str, visit: Callable[[str, os.DirEntry[str]], None])
 
 def audit(gitdir: Path, *, common: Path | None = None) -> list[str]:
     """What makes ``gitdir`` unsafe: a symlink or special file anywhere in it, a file
-    hard-linked from elsewhere (outside the object store), alternates, or a ``commondir``
+    hard-linked from elsewhere (outside the object store), alternates, a malformed ref name
+    (loose, packed or HEAD's target: names are data, never paths), or a ``commondir``
     (allowed only for a worktree's git directory, and only naming ``common``). Empty when
     git may be run on it. Entry types come from the directory listing: only files outside
     object stores are stat'ed (thousands of loose objects cost no system call each)."""
@@ -64,6 +66,8 @@ def audit(gitdir: Path, *, common: Path | None = None) -> list[str]:
         elif (not path.startswith(_OBJECTS) and f"/{_OBJECTS}" not in path
               and entry.stat(follow_symlinks=False).st_nlink > 1):  # (modules' objects too)
             problems.append(f"{path} is hard-linked to a file elsewhere")
+        elif path.startswith("refs/") and not path.endswith(".lock") and not git.valid_ref(path):
+            problems.append(f"malformed ref name {path[:120]!r}")
 
     try:
         top = os.open(gitdir, _O_DIR)
@@ -75,7 +79,19 @@ def audit(gitdir: Path, *, common: Path | None = None) -> list[str]:
         problems.append(f"cannot be walked safely: {exc}")
     finally:
         os.close(top)
-    return problems + commondir_problems(gitdir, common)
+    return problems + ref_problems(gitdir) + commondir_problems(gitdir, common)
+
+
+def ref_problems(gitdir: Path) -> list[str]:
+    """Malformed ref names in ``packed-refs`` and as HEAD's target: git would refuse them,
+    and a name like ``refs/heads/../../x`` must never reach code that builds paths."""
+    bad = git.malformed_packed(_read_bytes(gitdir / "packed-refs") or b"")
+    problems = [f"malformed ref name {name[:120]!r} in packed-refs" for name in bad[:3]]
+    head = (_read(gitdir / "HEAD") or "").strip()
+    if head.startswith("ref:") and not (head.startswith("ref: refs/")
+                                        and git.valid_ref(head[5:])):
+        problems.append(f"HEAD names a malformed ref ({head[:120]!r})")
+    return problems
 
 
 def commondir_problems(gitdir: Path, common: Path | None) -> list[str]:
@@ -160,12 +176,17 @@ def write_record(path: Path, text: str) -> None:
 
 
 def _read(path: Path) -> str | None:
+    data = _read_bytes(path)
+    return None if data is None else data.decode(errors="surrogateescape")
+
+
+def _read_bytes(path: Path) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as fh:
-        return fh.read().decode(errors="surrogateescape")
+        return fh.read()
 
 
 def _names(directory: Path) -> list[str]:

@@ -8,7 +8,7 @@ git must not be run on (symlinks, links out of the slot) is moved aside whole.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from necropool.git import commands as git
@@ -20,12 +20,20 @@ PREFIX = RESCUE_REFS + "nested/"
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 
+# A directory whose path is longer is moved aside whole: git cannot open what lies below
+# it (PATH_MAX, 4096 bytes, bounds every path a system call takes), and saves or removes
+# none of it; it itself is short enough to be renamed (its parent is within this, its name
+# at most 255 bytes).
+DEEP = 3584
+
+
 @dataclass
 class Found:
     """What a walk of a working tree found besides git's own business."""
 
     repos: list[Path]  # directories holding a ``.git`` entry, deepest first
     special: list[Path]  # FIFOs, sockets, devices: git neither tracks nor removes them
+    deep: list[Path] = field(default_factory=list)  # directories past ``DEEP``, not read
 
 
 def walk(tree: Path, tops: list[str] | None = None, known: frozenset[str] = frozenset()) -> Found:
@@ -33,11 +41,14 @@ def walk(tree: Path, tops: list[str] | None = None, known: frozenset[str] = froz
     from directory entry types alone: no stat, no symlink followed. With ``tops`` (the
     directories that changed since the last cleanup, which found none), only those are
     read, and the directories below them that are not in ``known`` (new ones)."""
-    repos, special = [], []
+    repos, special, deep = [], [], []
     stack = [tree / rel if rel else tree for rel in (tops if tops is not None else [""])]
     base = len(str(tree)) + 1
     while stack:
         top = stack.pop()
+        if len(os.fsencode(top)) > DEEP:
+            deep.append(top)
+            continue
         with os.scandir(top) as entries:
             for entry in entries:
                 if entry.name == ".git":
@@ -49,7 +60,7 @@ def walk(tree: Path, tops: list[str] | None = None, known: frozenset[str] = froz
                 elif not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
                     special.append(Path(entry.path))
     repos.sort(key=lambda p: len(p.parts), reverse=True)
-    return Found(repos, special)
+    return Found(repos, special, deep)
 
 
 def ref_part(text: str) -> str:
@@ -74,12 +85,15 @@ class Saved:
     moved: list[str]  # nested repositories moved aside whole
 
 
-def save(tree: Path, found: list[Path], aside: Path) -> Saved:
+def save(tree: Path, found: list[Path], aside: Path, deep: list[Path]) -> Saved:
     """Save the work of every nested repository, submodule and worktree of the slot at
     ``tree``: refs in the slot, or the directory moved under ``aside`` when git must not
-    be run on it. Module and worktree git directories with no working tree are saved too."""
+    be run on it. Module and worktree git directories with no working tree are saved too,
+    and ``deep`` directories (past ``DEEP``) are moved aside whole."""
     gitdir = tree / ".git"
     out = Saved([], [], [])
+    for i, path in enumerate(deep):
+        out.moved.append(_move_aside(path, aside, f"deep-{i}"))
     covered: set[Path] = set()
     for path in found:
         rel = path.relative_to(tree).as_posix()
