@@ -1,14 +1,28 @@
 """Connections to the PostgreSQL ledger: one per thread and DSN, errors mapped to
-necropool's (a ledger that cannot be reached is exit 75, retryable)."""
+necropool's (a ledger that cannot be reached is exit 75, retryable), and every wait on it
+bounded by ``ledger_timeout``.
 
+The bound holds on both ends of a link that stalls or breaks: each transaction sets
+``statement_timeout``, ``lock_timeout`` and ``idle_in_transaction_session_timeout`` with
+``SET LOCAL`` in its ``BEGIN`` round trip (so the server drops a stalled client's row locks,
+and a transaction-mode PgBouncer sees no session state), TCP keepalives and
+``tcp_user_timeout`` bound a dead peer, and a watchdog shuts this client's socket when a
+transaction outlives the bound (a stall the kernel keeps acknowledging). No statement is
+prepared (PgBouncer's transaction mode cannot keep them)."""
+
+import os
+import socket
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from typing import Any
 
 from necropool.ground.errors import OperationFailed, TryAgain, UsageError
 from necropool.ground.redact import redact
 
 _local = threading.local()  # one connection per thread and DSN
+DEFAULT_BOUND = 10.0
+_bound = DEFAULT_BOUND  # seconds: the longest wait on the ledger (``configure``)
 
 
 class LedgerDown(TryAgain):
@@ -16,8 +30,19 @@ class LedgerDown(TryAgain):
     the server did not commit whole; try again."""
 
 
-def connect(dsn: str):
-    """This thread's connection to the ledger at ``dsn`` (autocommit; UTC)."""
+def configure(seconds: float) -> None:
+    """Set the bound of every wait on the ledger (the ``ledger_timeout`` setting)."""
+    global _bound
+    _bound = seconds
+
+
+def bound() -> float:
+    return _bound
+
+
+def connect(dsn: str) -> Any:
+    """This thread's connection to the ledger at ``dsn`` (autocommit: ``transaction``
+    begins each one)."""
     cache = getattr(_local, "conns", None)
     if cache is None:
         cache = _local.conns = {}
@@ -29,9 +54,13 @@ def connect(dsn: str):
     except ImportError:
         raise UsageError("the PostgreSQL ledger needs psycopg: "
                          "pip install 'necropool[postgres]'") from None
+    idle = max(1, int(_bound / 2))
     with errors(dsn):
-        conn = cache[dsn] = psycopg.connect(dsn, autocommit=True, connect_timeout=10,
-                                            options="-c TimeZone=UTC")
+        conn = cache[dsn] = psycopg.connect(
+            dsn, autocommit=True, prepare_threshold=None, application_name="necropool",
+            connect_timeout=max(2, round(_bound)), keepalives=1, keepalives_idle=idle,
+            keepalives_interval=max(1, idle // 3), keepalives_count=3,
+            tcp_user_timeout=int(_bound * 1000))
     return conn
 
 
@@ -43,10 +72,64 @@ def disconnect() -> None:
 
 
 @contextmanager
+def transaction(dsn: str) -> Iterator[Any]:
+    """A transaction on this thread's connection, every wait in it bounded (see above);
+    rolled back when the block raises."""
+    conn = connect(dsn)
+    ms = int(_bound * 1000)
+    with errors(dsn), _watchdog(conn):
+        conn.execute(f"BEGIN; SET LOCAL TimeZone = 'UTC'; SET LOCAL statement_timeout = {ms}; "
+                     f"SET LOCAL lock_timeout = {ms}; "
+                     f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
+        try:
+            yield conn
+        except BaseException:
+            if not conn.broken and not conn.closed:
+                with suppress(Exception):
+                    conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+class _Watchdog:
+    """Shuts the connection's socket when the bound runs out: a read waiting for a reply
+    that never comes then fails (``LedgerDown``) instead of hanging."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn, self.fired = conn, False
+        self.timer = threading.Timer(_bound, self.fire)
+        self.timer.daemon = True
+
+    def fire(self) -> None:
+        self.fired = True
+        with suppress(Exception):
+            sock = socket.socket(fileno=os.dup(self.conn.pgconn.socket))
+            with sock:
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@contextmanager
+def _watchdog(conn: Any) -> Iterator[None]:
+    dog = _Watchdog(conn)
+    dog.timer.start()
+    try:
+        yield
+    except Exception as exc:
+        if dog.fired:
+            import psycopg  # lazy: as in connect
+
+            raise psycopg.OperationalError(f"no answer within {_bound:g}s "
+                                           "(ledger_timeout)") from exc
+        raise
+    finally:
+        dog.timer.cancel()
+
+
+@contextmanager
 def errors(dsn: str) -> Iterator[None]:
     """Database errors as necropool's: unreachable or gone away is ``LedgerDown`` (exit 75,
-    retryable), a serialization failure or deadlock ``TryAgain``, anything else a failure;
-    never with the password in the message."""
+    retryable), a serialization failure, deadlock or lock or statement timeout ``TryAgain``,
+    anything else a failure; never with the password in the message."""
     try:
         yield
     except Exception as exc:
@@ -58,9 +141,11 @@ def errors(dsn: str) -> Iterator[None]:
         detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else
                         type(exc).__name__, dsn)
         where = redact(dsn)
-        if isinstance(exc, pg.SerializationFailure | pg.DeadlockDetected | pg.LockNotAvailable):
+        if isinstance(exc, pg.SerializationFailure | pg.DeadlockDetected | pg.LockNotAvailable
+                      | pg.QueryCanceled):
             raise TryAgain(f"ledger {where}: {detail}") from None
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError
+                      | pg.IdleInTransactionSessionTimeout):
             raise LedgerDown(f"ledger {where} is unavailable: {detail}") from None
         if isinstance(exc, pg.UndefinedTable):
             raise OperationFailed(f"ledger {where} has no necropool schema: run "

@@ -9,7 +9,7 @@ from necropool.ground.errors import Conflict, NotFound
 from necropool.ground.layout import PoolPaths, write_atomic
 from necropool.ground.redact import redact
 from necropool.store.model import Slot
-from necropool.store.pg.connect import connect, errors
+from necropool.store.pg.connect import transaction
 from necropool.store.pg.schema import check_schema
 
 
@@ -19,8 +19,7 @@ def register(dsn: str, pool: str, host: str, root: str, url: str, branch: str,
     of the same name elsewhere in the fleet must be of the same repository; this host's
     leftover rows (a pool deleted while the ledger was away, or an import cut short) are
     replaced, unless leased and not ``replace_leased``."""
-    conn = connect(dsn)
-    with errors(dsn), conn.transaction():
+    with transaction(dsn) as conn:
         check_schema(conn, dsn)
         conn.execute("INSERT INTO pools (pool, url, branch) VALUES (%s, %s, %s) "
                      "ON CONFLICT (pool) DO NOTHING", (pool, url, branch))
@@ -41,8 +40,7 @@ def register(dsn: str, pool: str, host: str, root: str, url: str, branch: str,
 
 def definition(dsn: str, pool: str) -> tuple[str, str, datetime]:
     """A pool's url, branch and creation time, as the ledger has them."""
-    conn = connect(dsn)
-    with errors(dsn):
+    with transaction(dsn) as conn:
         row = conn.execute("SELECT url, branch, created_at FROM pools WHERE pool = %s",
                            (pool,)).fetchone()
     if row is None:
@@ -52,8 +50,7 @@ def definition(dsn: str, pool: str) -> tuple[str, str, datetime]:
 
 def unregister(dsn: str, pool: str, host: str) -> None:
     """Remove this host's part of a pool (and the pool, when no host is left)."""
-    conn = connect(dsn)
-    with errors(dsn), conn.transaction():
+    with transaction(dsn) as conn:
         conn.execute("DELETE FROM hosts WHERE pool = %s AND host = %s", (pool, host))
         conn.execute("DELETE FROM pools p WHERE pool = %s AND NOT EXISTS "
                      "(SELECT 1 FROM hosts h WHERE h.pool = p.pool)", (pool,))
@@ -75,8 +72,7 @@ def fleet(dsn: str, pool: str, host: str | None = None) -> tuple[list[FleetSlot]
 
     from necropool.store.pg.rows import slot_of
 
-    conn = connect(dsn)
-    with errors(dsn), conn.transaction():
+    with transaction(dsn) as conn:
         shift = now() - conn.execute("SELECT now()").fetchone()[0]
         where, params = ("AND host = %s", (pool, host)) if host else ("", (pool,))
         rows = conn.cursor(row_factory=dict_row).execute(
