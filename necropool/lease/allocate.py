@@ -57,7 +57,7 @@ def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = No
                          + (f" after waiting {wait:g}s" if wait else ""))
     try:
         while True:
-            seen = _state_marker(pool)
+            seen = _state_marker(pool) if wait > 0 else None  # no wait: no round trip
             if queue.held or wait <= 0 or not _others_waiting(queue):
                 grant = _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed)
                 if grant is not None:

@@ -337,21 +337,22 @@ class PgStore(Transactions):
     def update_slot(self, number: int, change: Callable[[Slot], None],
                     note: Note | None = None) -> Slot:
         """One row, locked and fenced by its generation; only the columns ``change`` changed
-        are written. Its worker's write: when the answer was lost and the row's generation
-        has not moved, it is made again (``change`` runs twice; the changes made here are
-        idempotent)."""
+        are written. Its worker's write: when the link broke and the row's generation has
+        not moved (or the row was never read), it is made again once (``change`` runs
+        twice; the changes made here are idempotent)."""
         for attempt in (1, 2):
             seen: list[int] = []
             try:
                 slot = self._update_slot(number, change, note, seen)
                 break
             except LedgerDown:
-                if attempt == 2 or not seen:
+                if attempt == 2:
                     raise
-                row = self._settled(number, self.host)
-                if row["generation"] != seen[0]:
-                    slot = slot_of(row, _shift(row["server_now"]))
-                    break
+                if seen:
+                    row = self._settled(number, self.host)
+                    if row["generation"] != seen[0]:
+                        slot = slot_of(row, _shift(row["server_now"]))
+                        break
         if slot.state == SlotState.AVAILABLE:
             wakeup.poke(self.paths.wake)
         return slot
