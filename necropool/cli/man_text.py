@@ -170,7 +170,8 @@ JSON_CODES = ("code is one of usage (2), failed (3), not_found (4), conflict (5)
               "unavailable (75), internal (70), interrupted (130).")
 JSON_DETECT = [
     """*detect* lists anomalies by kind: long_allocated_slots, expired_leases, abandoned_slots,
-    corrupted_slots, orphaned_locks, stray_paths, isolated_slots and stale_mirrors, each a list
+    corrupted_slots, orphaned_locks, stray_paths, isolated_slots, stale_mirrors and
+    busy_free_slots, each a list
     of objects with kind, pool, evidence and, where they apply, slot_id, path and lease_id;
     plus healthy (true when nothing was found) and count.""",
     f"""*auto-recover* reports the counters {", ".join(COUNTERS[:-1])} and {COUNTERS[-1]},

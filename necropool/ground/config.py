@@ -10,7 +10,13 @@ from pathlib import Path
 
 from necropool.ground.errors import UsageError
 from necropool.ground.redact import redact
-from necropool.ground.validate import MAX_HOURS, check_pool_name, check_refname, check_url
+from necropool.ground.validate import (
+    MAX_HOURS,
+    check_host_name,
+    check_pool_name,
+    check_refname,
+    check_url,
+)
 
 POOL_KEYS = {
     "url": str,
@@ -247,6 +253,8 @@ def load_settings(root: str | None = None, config: str | None = None,
             raise UsageError(f"root {root_path} cannot be created: {parent} is in the way")
     override = (check_ledger(ledger, "--ledger")
                 or check_ledger(os.environ.get("NECROPOOL_LEDGER"), "NECROPOOL_LEDGER"))
+    if host := os.environ.get("NECROPOOL_HOST"):
+        check_host_name(host)
     if (timeout := os.environ.get("NECROPOOL_LEDGER_TIMEOUT")) is not None:
         data["ledger_timeout"] = check_ledger_timeout(timeout)
     return Settings(root=root_path.absolute(), config_path=config_path,
