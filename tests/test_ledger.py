@@ -279,6 +279,9 @@ def test_a_release_from_another_host_needs_the_lease_and_never_ends_its_holder(f
         done = on("alpha", roots["alpha"], dsn, "release", remote_id, "--lease-id",
                   held["lease_id"])
         assert done.code == 0, done
+        late = on("beta", beta, dsn, "renew", held["slot_id"], "--lease-id", held["lease_id"],
+                  "--ttl", "1h")
+        assert late.code == 5 and "host beta saves the holder's work" in late.stderr, late
         for _ in range(2):  # the other slot, then none: never the busy one
             got = on("beta", beta, dsn, "allocate", "web", "--no-fetch", "--json")
             assert got.code in (0, 75) and (got.code == 75 or got.json()["path"] != str(path))

@@ -110,7 +110,8 @@ def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict:
                                  slot_host=host))]
 
     try:
-        store_of(pool).end_lease(number, lease_id, host=host, uncleaned=True, note=noted)
+        store_of(pool).end_lease(number, lease_id, Holder.me(), host=host, uncleaned=True,
+                                 note=noted)
     except LeaseLost:
         if was_released(store_of(pool), lease_id):  # retried after a lost answer: done
             return _released_result(pool, sid, lease_id)

@@ -175,7 +175,7 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
                       evidence=slot.isolation_reason or slot.error or "isolated")
             continue
         to_verify.append(number)
-        if slot.state == AVAILABLE and slot.needs_cleanup:
+        if slot.state == AVAILABLE and slot.worker and not slot.worker.is_local():
             _judge_handed_back(pool, number, found)
         if slot.state != ALLOCATED:
             continue
@@ -198,9 +198,9 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
 
 
 def _judge_handed_back(pool: Pool, number: int, found: "Findings") -> None:
-    """A slot free but not yet cleaned (released with --no-cleanup, or from another host)
-    in which processes still run: its holder may be at work. Allocation leaves it alone
-    (never ends them); reported so that someone looks."""
+    """A slot released from another host, not yet cleaned, in which processes still run:
+    its holder may be at work. Allocation leaves it alone (never ends them); reported so
+    that someone looks."""
     busy = proc.processes_in(pool.slot_dir(number))
     if busy:
         found.add("busy_free_slots", slot_id=pool.slot_id(number), number=number,

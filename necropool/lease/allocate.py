@@ -163,9 +163,12 @@ def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock,
     finds an abandoned allocation and ``auto-recover`` reclaims it. None when the slot
     cannot be had: given back as it was ``before`` (processes that cannot be ended still
     run in it), or failed; unlocked either way."""
-    try:  # a process still in it (a holder a remote release ignored) is left alone
-        clear_processes(pool, slot.number, before, lock, stop=False)
-    except Conflict:
+    # What a previous holder left running in it is ended first, or the slot is skipped; but
+    # after a release from another host the holder may be at work still: it is left alone.
+    remote = before.worker is not None and not before.worker.is_local()
+    try:
+        clear_processes(pool, slot.number, before, lock, stop=not remote)
+    except Conflict:  # and Skipped: processes that cannot be ended
         return None
     try:
         commit, _, cleaned = refresh(pool, slot, rescue_label="allocate")

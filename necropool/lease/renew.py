@@ -82,8 +82,13 @@ def lease_gone(pool: Pool, number: int, lease_id: str) -> str:
     if ended is None:
         return f"lease {lease_id} is not the current lease of slot {sid}"
     how = ENDINGS[ended["event"]]
-    saved = (f"; the holder's work was saved to {rescued}" if rescued
-             else "; it held no uncommitted or unpushed work")
+    if rescued:
+        saved = f"; the holder's work was saved to {rescued}"
+    elif ended.get("slot_host"):  # ended from another host: cleaned when its host next can
+        saved = (f"; host {ended['slot_host']} saves the holder's work under rescued/ "
+                 "when it next cleans the slot")
+    else:
+        saved = "; it held no uncommitted or unpushed work"
     return f"lease {lease_id} of slot {sid} {how} at {ended['time']}{saved}"
 
 

@@ -296,7 +296,8 @@ class PgStore(Transactions):
                   check: Callable[[Slot], None] | None = None, note: Note | None = None,
                   host: str | None = None, uncleaned: bool = False) -> Slot:
         """``uncleaned`` (a lease of another host's slot ended from here): the slot goes back
-        free, marked for the cleanup its host does before handing it out again. An end whose
+        free, marked for the cleanup its host does before handing it out again, ``worker``
+        (this process, on another host than the slot's) saying who ended it. An end whose
         answer was lost is settled by its event (written with it): the lease gone and the
         event there, it was made."""
         host = host or self.host
