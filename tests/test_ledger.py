@@ -82,11 +82,8 @@ def test_any_host_takes_another_hosts_slot_and_its_host_cleans_it(fleet):
     cleaned = next(s for s in again if s["path"] == str(path))
     assert not (path / "work.txt").exists() and cleaned["needs_cleanup"] is False
     assert list((roots["beta"] / "pools/web/rescued").iterdir())
-    # the holder's release, repeated (as after a lost answer), is done, not stale
-    again = on("alpha", alpha, dsn, "release", slot["slot_id"], "--lease-id", slot["lease_id"])
-    assert again.code == 0, again
-    other = on("alpha", alpha, dsn, "release", slot["slot_id"], "--lease-id", "0" * 32)
-    assert other.code == 5, other
+    stale = on("alpha", alpha, dsn, "release", slot["slot_id"], "--lease-id", slot["lease_id"])
+    assert stale.code == 5, stale
 
 
 def test_recovery_acts_on_its_own_host_and_reports_the_rest(fleet, monkeypatch):
@@ -276,9 +273,10 @@ def test_a_release_from_another_host_needs_the_lease_and_never_ends_its_holder(f
         assert len(bare.stderr.strip().splitlines()) == 1
         assert on("beta", beta, dsn, "status", held["slot_id"], "--json").json()[
             "lease_id"] == held["lease_id"]
-        done = on("alpha", roots["alpha"], dsn, "release", remote_id, "--lease-id",
-                  held["lease_id"])
-        assert done.code == 0, done
+        for _ in range(2):  # the same release repeated (its answer lost, say): done
+            done = on("alpha", roots["alpha"], dsn, "release", remote_id, "--lease-id",
+                      held["lease_id"])
+            assert done.code == 0, done
         late = on("beta", beta, dsn, "renew", held["slot_id"], "--lease-id", held["lease_id"],
                   "--ttl", "1h")
         assert late.code == 5 and "host beta saves the holder's work" in late.stderr, late

@@ -100,7 +100,7 @@ def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict:
                          "lease id (--lease-id), or release it on its own host")
     current = find(pool, host, number).slot
     if current.state != ALLOCATED or current.lease is None:
-        if was_released(store_of(pool), lease_id):
+        if was_released(store_of(pool), lease_id):  # repeated, nobody's lease since: done
             return _released_result(pool, sid, lease_id)
         raise Conflict(f"slot {sid} is not allocated (it is {current.state})")
 
@@ -113,8 +113,6 @@ def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict:
         store_of(pool).end_lease(number, lease_id, Holder.me(), host=host, uncleaned=True,
                                  note=noted)
     except LeaseLost:
-        if was_released(store_of(pool), lease_id):  # retried after a lost answer: done
-            return _released_result(pool, sid, lease_id)
         raise Conflict(f"stale lease {lease_id} of slot {sid}: it is no longer its lease") \
             from None
     return _released_result(pool, sid, lease_id)

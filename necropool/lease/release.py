@@ -10,7 +10,7 @@ from necropool.lease.renew import Release, Renewed, expired, lease_gone, was_rel
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool, get_slot
 from necropool.store.base import Event, LeaseLost
-from necropool.store.model import AVAILABLE, Slot
+from necropool.store.model import ALLOCATED, AVAILABLE, Slot
 
 
 def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool = True,
@@ -44,12 +44,13 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
     try:
         previous = pool.store.end_lease(number, lease_id, Holder.me(), check, note=noted)
     except LeaseLost:  # Skipped (a conflict): whoever judged the slot earlier leaves it
-        if lease_id and reason == "release" and was_released(pool.store, lease_id):
-            # this release, retried after its answer was lost: it is done
+        state = get_slot(pool.read_state(), pool, number).state
+        if (lease_id and reason == "release" and state != ALLOCATED
+                and was_released(pool.store, lease_id)):
+            # this release repeated (its answer lost), nobody else's lease since: it is done
             return Release(slot_id=pool.slot_id(number), pool=pool.name, lease_id=lease_id)
         if lease_id:
             raise Skipped("stale " + lease_gone(pool, number, lease_id)) from None
-        state = get_slot(pool.read_state(), pool, number).state
         raise Skipped(f"slot {pool.slot_id(number)} is not allocated (it is {state})") from None
     except BaseException:  # e.g. the state write failed: leave no lock file behind
         if lock is not held and lock.held:

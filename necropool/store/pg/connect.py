@@ -10,9 +10,11 @@ and a transaction-mode PgBouncer sees no session state), TCP keepalives and
 transaction outlives the bound (a stall the kernel keeps acknowledging). No statement is
 prepared (PgBouncer's transaction mode cannot keep them)."""
 
+import itertools
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -92,37 +94,81 @@ def transaction(dsn: str) -> Iterator[Any]:
 
 
 class _Watchdog:
-    """Shuts the connection's socket when the bound runs out: a read waiting for a reply
-    that never comes then fails (``LedgerDown``) instead of hanging."""
+    """One thread per process that shuts a connection's socket when its transaction
+    outlives the bound: a read waiting for a reply that never comes then fails
+    (``LedgerDown``) instead of hanging. It sleeps until the earliest deadline armed and is
+    woken only when it had none, so short transactions cost it no wake-up."""
 
-    def __init__(self, conn: Any) -> None:
-        self.conn, self.fired = conn, False
-        self.timer = threading.Timer(_bound, self.fire)
-        self.timer.daemon = True
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.armed: dict[int, tuple[float, Any]] = {}  # token -> (deadline, connection)
+        self.fired: set[int] = set()
+        self.tokens = itertools.count()
+        self.thread: threading.Thread | None = None
+        self.until: float | None = None  # when the thread wakes next (None: when woken)
 
-    def fire(self) -> None:
-        self.fired = True
-        with suppress(Exception):
-            sock = socket.socket(fileno=os.dup(self.conn.pgconn.socket))
-            with sock:
-                sock.shutdown(socket.SHUT_RDWR)
+    def arm(self, conn: Any) -> int:
+        with self.cond:
+            token = next(self.tokens)
+            deadline = time.monotonic() + _bound
+            self.armed[token] = (deadline, conn)
+            if self.thread is None or not self.thread.is_alive():  # first, or forked
+                self.thread = threading.Thread(target=self._run, name="ledger-watchdog",
+                                               daemon=True)
+                self.thread.start()
+            elif self.until is None or deadline < self.until:
+                self.cond.notify()
+        return token
+
+    def disarm(self, token: int) -> bool:
+        """Whether the bound ran out (the socket was shut)."""
+        with self.cond:
+            self.armed.pop(token, None)
+            if token in self.fired:
+                self.fired.discard(token)
+                return True
+            return False
+
+    def _run(self) -> None:
+        with self.cond:
+            while True:
+                at = time.monotonic()
+                for token, (deadline, conn) in list(self.armed.items()):
+                    if deadline <= at:
+                        del self.armed[token]
+                        self.fired.add(token)
+                        _shut(conn)
+                self.until = min((d for d, _ in self.armed.values()), default=None)
+                self.cond.wait(None if self.until is None else self.until - at)
+
+
+def _shut(conn: Any) -> None:
+    with suppress(Exception):
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        with sock:
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+_dog = _Watchdog()
 
 
 @contextmanager
 def _watchdog(conn: Any) -> Iterator[None]:
-    dog = _Watchdog(conn)
-    dog.timer.start()
+    """The block's waits on ``conn`` bounded; a connection the watchdog shut is closed, so
+    the next ``connect`` makes a new one."""
+    token = _dog.arm(conn)
     try:
         yield
-    except Exception as exc:
-        if dog.fired:
+    except BaseException as exc:
+        if _dog.disarm(token):
             import psycopg  # lazy: as in connect
 
+            conn.close()
             raise psycopg.OperationalError(f"no answer within {_bound:g}s "
                                            "(ledger_timeout)") from exc
         raise
-    finally:
-        dog.timer.cancel()
+    if _dog.disarm(token):  # shut just as the block ended
+        conn.close()
 
 
 @contextmanager
