@@ -14,8 +14,8 @@ from necropool.ground.validate import parse_slot_id
 from necropool.lease.renew import was_released
 from necropool.pool.pool import Pool
 from necropool.store.base import Event, LeaseLost
-from necropool.store.model import ALLOCATED, AVAILABLE, Lease, Slot
-from necropool.store.pg.hosts import FleetSlot, fleet
+from necropool.store.model import ALLOCATED, Lease, Slot
+from necropool.store.pg.hosts import FleetSlot, fleet, free_elsewhere, slot_path
 from necropool.store.pg.store import PgStore
 
 HOST_SEP = "@"
@@ -64,11 +64,7 @@ def allocate(pool: Pool, *, owner: str, holder: Holder | None, ttl: float | None
     """A lease on a free, clean slot of another host (the host with most such slots first);
     None when there is none."""
     store = store_of(pool)
-    found, _ = slots(pool)
-    free: dict[str, int] = {}
-    for f in found:
-        if f.host != store.host and f.slot.state == AVAILABLE and not f.slot.needs_cleanup:
-            free[f.host] = free.get(f.host, 0) + 1
+    free = free_elsewhere(store.dsn, pool.name, store.host)
     lease = Lease.new(owner, holder, ttl, metadata)
     for host in sorted(free, key=lambda h: (-free[h], h)):
         def noted(slot: Slot, host: str = host) -> list[Event]:
@@ -77,8 +73,7 @@ def allocate(pool: Pool, *, owner: str, holder: Holder | None, ttl: float | None
 
         slot = store.claim(lease, take=lambda s: not s.needs_cleanup, host=host, note=noted)
         if slot is not None:
-            path = next(f.path for f in found if f.host == host and f.slot.number == slot.number)
-            return Remote(host, path, slot)
+            return Remote(host, slot_path(store.dsn, pool.name, host, slot.number), slot)
     return None
 
 

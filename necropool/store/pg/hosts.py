@@ -84,6 +84,25 @@ def fleet(dsn: str, pool: str, host: str | None = None) -> tuple[list[FleetSlot]
     return slots, {h: (t.astimezone(UTC) + shift) for h, t in seen}
 
 
+def free_elsewhere(dsn: str, pool: str, host: str) -> dict[str, int]:
+    """How many free, clean slots each other host of ``pool`` has (counted in SQL, through
+    the claim's index: not the whole fleet read)."""
+    with transaction(dsn) as conn:
+        return dict(conn.execute(
+            "SELECT host, count(*) FROM slots WHERE pool = %s AND host <> %s AND "
+            "state = 'available' AND NOT needs_cleanup GROUP BY host", (pool, host)).fetchall())
+
+
+def slot_path(dsn: str, pool: str, host: str, number: int) -> str:
+    """Where a host's slot is on its disk, as the ledger has it."""
+    with transaction(dsn) as conn:
+        row = conn.execute("SELECT path FROM slots WHERE pool = %s AND host = %s AND "
+                           "number = %s", (pool, host, number)).fetchone()
+    if row is None:
+        raise NotFound(f"slot {pool}-{number}@{host} does not exist")
+    return str(row[0])
+
+
 def silent_hosts(last_seen: dict[str, datetime], hours: float) -> dict[str, datetime]:
     """Hosts with no sign of life (a state change, an auto-recover) for ``hours``."""
     limit = now().timestamp() - hours * 3600

@@ -61,22 +61,18 @@ class PgStore(Transactions):
         self.dsn, self.name, self.host, self.paths = dsn, name, host, paths
         self._txn_state = _InTransaction()  # each thread's own: one store serves them all
 
-    def _conn(self):
-        conn = connect(self.dsn)
-        if self.dsn not in _CHECKED:  # once a process: a schema this version understands
-            with errors(self.dsn):
-                check_schema(conn, self.dsn)
-            _CHECKED.add(self.dsn)
-        return conn
 
     def _shift(self, conn) -> timedelta:
         return _shift(conn.execute("SELECT now()").fetchone()[0])
 
     @contextmanager
     def _txn(self) -> Iterator[Any]:
-        """A transaction on this thread's connection, its waits bounded."""
-        self._conn()
+        """A transaction on this thread's connection, its waits bounded; the first of the
+        process checks that the schema is one this version understands."""
         with transaction(self.dsn) as conn:
+            if self.dsn not in _CHECKED:
+                check_schema(conn, self.dsn)
+                _CHECKED.add(self.dsn)
             yield conn
 
     def _rows(self, conn, host: str | None = None) -> list[dict[str, Any]]:
@@ -125,7 +121,7 @@ class PgStore(Transactions):
         if self._txn_state.shift is None:
             with self.locked():
                 return self.save(current)
-        conn, shift = self._conn(), self._txn_state.shift
+        conn, shift = connect(self.dsn), self._txn_state.shift  # ``locked``'s transaction
         with errors(self.dsn):
             for number in sorted(set(self._txn_state.loaded) - set(current.slots)):
                 conn.execute("DELETE FROM slots WHERE pool = %s AND host = %s AND number = %s",
