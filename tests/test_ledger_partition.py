@@ -29,7 +29,7 @@ from necropool.manager.facade import PoolManager
 pytestmark = [pytest.mark.slow, pytest.mark.ledger_only]
 
 BOUND = 2.0  # NECROPOOL_LEDGER_TIMEOUT of the faulted commands (seconds)
-MARGIN = 3.0  # process start-up and exit on a loaded machine
+MARGIN = 2.0  # seconds: settling a lost answer, and a loaded machine's noise
 
 
 @dataclass
@@ -152,6 +152,7 @@ def test_release_answers_true_and_a_retry_is_done(link, fault):
             assert link.events(lease)[:2] == ["allocate", "release"]
         else:  # 75: nothing was written
             assert lease in link.leases() and link.events(lease) == ["allocate"], result
+        assert not any(r["state"] == "error" for r in link.rows().values()), result
         again = link.manager.release_slot(grant["slot_id"], lease, fetch=False)
         assert again["lease_id"] == lease and lease not in link.leases()
 
@@ -219,28 +220,34 @@ def test_auto_recover_reclaims_truly_at_every_round_trip(link, fault):
 
 def test_a_stalled_link_fails_within_the_bound(link):
     """A round trip held (the server never hears of it, or its answer never comes back):
-    the command gives up after ``ledger_timeout`` with exit 75 and its answer is true; the
-    ledger's row locks are let go (the next command succeeds at once)."""
-    grant = link.manager.allocate_slot("web", ttl=3600, fetch=False)
-    link.free_all()
-    cases = [(["allocate", "web", "--no-fetch", "--json"], (5, 7)),
-             (["renew", grant["slot_id"], "--lease-id", "LEASE", "--ttl", "3h"], (6, 8)),
-             (["release", grant["slot_id"], "--lease-id", "LEASE", "--no-fetch"], (6, 8))]
-    for args, ks in cases:
-        for k in ks:
+    the command gives up after ``ledger_timeout`` with exit 75 (its run without the stall,
+    plus the bound, plus a margin) and its answer is true; the ledger's row locks are let
+    go (the next command succeeds at once)."""
+    bound = 1.0
+    commands = {"allocate": lambda g: ["allocate", "web", "--no-fetch", "--json"],
+                "renew": lambda g: ["renew", g["slot_id"], "--lease-id", g["lease_id"],
+                                    "--ttl", "3h"],
+                "release": lambda g: ["release", g["slot_id"], "--lease-id", g["lease_id"],
+                                      "--no-fetch"]}
+    for name, argv in commands.items():
+        grant = link.manager.allocate_slot("web", ttl=3600, fetch=False)
+        start = link.proxy.round_trips
+        clean, usual = link.run(*argv(grant), bound=bound)
+        assert clean.code == 0, clean
+        count = link.proxy.round_trips - start
+        link.free_all()
+        for k in (count // 2, count - 1):
             for reply in (False, True):
-                fresh = link.manager.allocate_slot("web", ttl=3600, fetch=False)
-                argv = [a.replace("LEASE", fresh["lease_id"]) for a in args]
-                argv = [a.replace(grant["slot_id"], fresh["slot_id"]) for a in argv]
+                grant = link.manager.allocate_slot("web", ttl=3600, fetch=False)
                 link.proxy.stall_at(link.proxy.round_trips + k, reply=reply)
-                result, took = link.run(*argv, bound=1.0)
+                result, took = link.run(*argv(grant), bound=bound)
                 link.proxy.reset()
-                assert took < 1.0 * 2 + MARGIN, (argv, k, reply, took, result)
-                assert result.code in (0, 75), (argv, k, reply, result)
-                if argv[0] == "release":
-                    assert (fresh["lease_id"] in link.leases()) == (result.code == 75)
-                if argv[0] == "allocate" and result.code == 75:
-                    assert link.leases() == {fresh["lease_id"]}
+                assert took < usual + bound + MARGIN, (name, k, reply, took, usual, result)
+                assert result.code in (0, 75), (name, k, reply, result)
+                if name == "release":
+                    assert (grant["lease_id"] in link.leases()) == (result.code == 75)
+                if name == "allocate" and result.code == 75:
+                    assert link.leases() == {grant["lease_id"]}
                 link.free_all()
     assert link.run("allocate", "web", "--no-fetch")[0].code == 0  # nothing left locked
     assert json.loads(link.run("status", "web", "--json")[0].stdout)["counts"][

@@ -6,15 +6,11 @@ The bound holds on both ends of a link that stalls or breaks: each transaction s
 ``statement_timeout``, ``lock_timeout`` and ``idle_in_transaction_session_timeout`` with
 ``SET LOCAL`` in its ``BEGIN`` round trip (so the server drops a stalled client's row locks,
 and a transaction-mode PgBouncer sees no session state), TCP keepalives and
-``tcp_user_timeout`` bound a dead peer, and a watchdog shuts this client's socket when a
-transaction outlives the bound (a stall the kernel keeps acknowledging). No statement is
-prepared (PgBouncer's transaction mode cannot keep them)."""
+``tcp_user_timeout`` bound a dead peer, and each wait of this client for a reply is bounded
+too (a stall the kernel keeps acknowledging). No statement is prepared (PgBouncer's
+transaction mode cannot keep them)."""
 
-import itertools
-import os
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -25,6 +21,7 @@ from necropool.ground.redact import redact
 _local = threading.local()  # one connection per thread and DSN
 DEFAULT_BOUND = 10.0
 _bound = DEFAULT_BOUND  # seconds: the longest wait on the ledger (``configure``)
+HOLD = 600.0  # seconds a ``hold`` transaction may stay idle between statements
 
 
 class LedgerDown(TryAgain):
@@ -52,13 +49,13 @@ def connect(dsn: str) -> Any:
     if conn is not None and not conn.closed and not conn.broken:
         return conn
     try:
-        import psycopg  # lazy: ~80 ms; only a PostgreSQL ledger (an optional extra)
+        connection = _connection_class()
     except ImportError:
         raise UsageError("the PostgreSQL ledger needs psycopg: "
                          "pip install 'necropool[postgres]'") from None
     idle = max(1, int(_bound / 2))
     with errors(dsn):
-        conn = cache[dsn] = psycopg.connect(
+        conn = cache[dsn] = connection.connect(
             dsn, autocommit=True, prepare_threshold=None, application_name="necropool",
             connect_timeout=max(2, round(_bound)), keepalives=1, keepalives_idle=idle,
             keepalives_interval=max(1, idle // 3), keepalives_count=3,
@@ -74,15 +71,24 @@ def disconnect() -> None:
 
 
 @contextmanager
-def transaction(dsn: str) -> Iterator[Any]:
+def transaction(dsn: str, hold: bool = False) -> Iterator[Any]:
     """A transaction on this thread's connection, every wait in it bounded (see above);
-    rolled back when the block raises."""
+    rolled back when the block raises. Inside this thread's transaction already (a pool
+    held ``locked`` while its host's part is unregistered, say), a savepoint of it.
+    ``hold``: the block may work locally for a while (a pool's maintenance under its lock,
+    saving a slot's work, say): the server waits up to ``HOLD`` seconds between its
+    statements instead of the bound."""
     conn = connect(dsn)
+    if conn.info.transaction_status.name != "IDLE":
+        with errors(dsn), conn.transaction():
+            yield conn
+        return
     ms = int(_bound * 1000)
-    with errors(dsn), _watchdog(conn):
+    idle = int(max(_bound, HOLD) * 1000) if hold else ms
+    with errors(dsn):
         conn.execute(f"BEGIN; SET LOCAL TimeZone = 'UTC'; SET LOCAL statement_timeout = {ms}; "
                      f"SET LOCAL lock_timeout = {ms}; "
-                     f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
+                     f"SET LOCAL idle_in_transaction_session_timeout = {idle}")
         try:
             yield conn
         except BaseException:
@@ -93,82 +99,30 @@ def transaction(dsn: str) -> Iterator[Any]:
         conn.execute("COMMIT")
 
 
-class _Watchdog:
-    """One thread per process that shuts a connection's socket when its transaction
-    outlives the bound: a read waiting for a reply that never comes then fails
-    (``LedgerDown``) instead of hanging. It sleeps until the earliest deadline armed and is
-    woken only when it had none, so short transactions cost it no wake-up."""
+def _connection_class() -> Any:
+    """psycopg's connection, each wait on the server bounded by ``ledger_timeout``: a
+    reply that never comes (a link that stalls, a proxy that holds it) fails the wait with
+    ``LedgerDown`` instead of hanging, and the connection, its state unknown, is closed
+    (the next ``connect`` makes a new one)."""
+    global _Bounded
+    if _Bounded is None:
+        import psycopg  # lazy: ~80 ms; only a PostgreSQL ledger (an optional extra)
 
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.armed: dict[int, tuple[float, Any]] = {}  # token -> (deadline, connection)
-        self.fired: set[int] = set()
-        self.tokens = itertools.count()
-        self.thread: threading.Thread | None = None
-        self.until: float | None = None  # when the thread wakes next (None: when woken)
+        class Bounded(psycopg.Connection[Any]):
+            def wait(self, gen: Any, interval: float = 0.1,
+                     timeout: float | None = None) -> Any:
+                try:
+                    return super().wait(gen, interval, _bound if timeout is None else timeout)
+                except psycopg.errors._WaitTimeout:
+                    self.close()
+                    raise psycopg.OperationalError(f"no answer within {_bound:g}s "
+                                                   "(ledger_timeout)") from None
 
-    def arm(self, conn: Any) -> int:
-        with self.cond:
-            token = next(self.tokens)
-            deadline = time.monotonic() + _bound
-            self.armed[token] = (deadline, conn)
-            if self.thread is None or not self.thread.is_alive():  # first, or forked
-                self.thread = threading.Thread(target=self._run, name="ledger-watchdog",
-                                               daemon=True)
-                self.thread.start()
-            elif self.until is None or deadline < self.until:
-                self.cond.notify()
-        return token
-
-    def disarm(self, token: int) -> bool:
-        """Whether the bound ran out (the socket was shut)."""
-        with self.cond:
-            self.armed.pop(token, None)
-            if token in self.fired:
-                self.fired.discard(token)
-                return True
-            return False
-
-    def _run(self) -> None:
-        with self.cond:
-            while True:
-                at = time.monotonic()
-                for token, (deadline, conn) in list(self.armed.items()):
-                    if deadline <= at:
-                        del self.armed[token]
-                        self.fired.add(token)
-                        _shut(conn)
-                self.until = min((d for d, _ in self.armed.values()), default=None)
-                self.cond.wait(None if self.until is None else self.until - at)
+        _Bounded = Bounded
+    return _Bounded
 
 
-def _shut(conn: Any) -> None:
-    with suppress(Exception):
-        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
-        with sock:
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-_dog = _Watchdog()
-
-
-@contextmanager
-def _watchdog(conn: Any) -> Iterator[None]:
-    """The block's waits on ``conn`` bounded; a connection the watchdog shut is closed, so
-    the next ``connect`` makes a new one."""
-    token = _dog.arm(conn)
-    try:
-        yield
-    except BaseException as exc:
-        if _dog.disarm(token):
-            import psycopg  # lazy: as in connect
-
-            conn.close()
-            raise psycopg.OperationalError(f"no answer within {_bound:g}s "
-                                           "(ledger_timeout)") from exc
-        raise
-    if _dog.disarm(token):  # shut just as the block ended
-        conn.close()
+_Bounded: Any = None
 
 
 @contextmanager

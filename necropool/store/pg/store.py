@@ -66,10 +66,11 @@ class PgStore(Transactions):
         return _shift(conn.execute("SELECT now()").fetchone()[0])
 
     @contextmanager
-    def _txn(self) -> Iterator[Any]:
-        """A transaction on this thread's connection, its waits bounded; the first of the
-        process checks that the schema is one this version understands."""
-        with transaction(self.dsn) as conn:
+    def _txn(self, hold: bool = False) -> Iterator[Any]:
+        """A transaction on this thread's connection, its waits bounded (``hold``: see
+        ``connect.transaction``); the first of the process checks that the schema is one
+        this version understands."""
+        with transaction(self.dsn, hold) as conn:
             if self.dsn not in _CHECKED:
                 check_schema(conn, self.dsn)
                 _CHECKED.add(self.dsn)
@@ -107,7 +108,8 @@ class PgStore(Transactions):
 
     @contextmanager
     def locked(self) -> Iterator[PoolState]:
-        with self._txn() as conn:
+        """Held while its caller works on the pool (saving a slot's work, say): ``hold``."""
+        with self._txn(hold=True) as conn:
             try:
                 self._txn_state.shift = shift = self._lock_host(conn, "UPDATE")
                 yield self._state(conn, shift)
