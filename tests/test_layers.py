@@ -62,9 +62,12 @@ def imports(root: Path) -> list[Import]:
 
 
 def _headed(lines: list[str], index: int) -> bool:
-    """Whether the block of imports holding line ``index`` starts under a comment."""
+    """Whether the block of imports holding line ``index`` says why: a comment above it, or
+    on one of its lines."""
     while index > 0 and lines[index - 1].strip().startswith(("from ", "import ")):
         index -= 1
+        if "#" in lines[index]:
+            return True
     return index > 0 and lines[index - 1].strip().startswith("#")
 
 

@@ -254,3 +254,77 @@ def test_follow_returns_an_event_committed_after_a_later_one(fleet, monkeypatch)
         slow.commit()
         assert [e["event"] for e in tail.new()] == ["slow"]
     assert tail.new() == []
+
+
+def test_a_release_from_another_host_needs_the_lease_and_never_ends_its_holder(fleet):
+    """alpha ends beta's lease (with its id: without, exit 2, nothing changed); beta's
+    holder still works in the slot, so beta neither ends it nor hands the slot out, and
+    detect on beta reports it; once the holder is gone the slot is cleaned, its work saved."""
+    roots, dsn = fleet
+    beta = roots["beta"]
+    held = on("beta", beta, dsn, "allocate", "web", "--no-fetch", "--json").json()
+    path = Path(held["path"])
+    (path / "work.txt").write_text("beta's holder at work\n")
+    holder = subprocess.Popen(["sleep", "60"], cwd=path)
+    try:
+        remote_id = f"{held['slot_id']}@beta"
+        bare = on("alpha", roots["alpha"], dsn, "release", remote_id)
+        assert bare.code == 2 and "lease id" in bare.stderr, bare
+        assert len(bare.stderr.strip().splitlines()) == 1
+        assert on("beta", beta, dsn, "status", held["slot_id"], "--json").json()[
+            "lease_id"] == held["lease_id"]
+        for _ in range(2):  # the same release repeated (its answer lost, say): done
+            done = on("alpha", roots["alpha"], dsn, "release", remote_id, "--lease-id",
+                      held["lease_id"])
+            assert done.code == 0, done
+        late = on("beta", beta, dsn, "renew", held["slot_id"], "--lease-id", held["lease_id"],
+                  "--ttl", "1h")
+        assert late.code == 5 and "host beta saves the holder's work" in late.stderr, late
+        for _ in range(2):  # the other slot, then none: never the busy one
+            got = on("beta", beta, dsn, "allocate", "web", "--no-fetch", "--json")
+            assert got.code in (0, 75) and (got.code == 75 or got.json()["path"] != str(path))
+        assert holder.poll() is None and (path / "work.txt").exists()
+        found = on("beta", beta, dsn, "detect", "--json")
+        assert found.code == 1, found
+        [busy] = found.json()["busy_free_slots"]
+        assert busy["slot_id"] == held["slot_id"] and str(holder.pid) in busy["evidence"]
+    finally:
+        holder.kill()
+        holder.wait()
+    again = on("beta", beta, dsn, "allocate", "web", "--no-fetch", "--json")
+    assert again.code == 0 and again.json()["path"] == str(path), again
+    assert not (path / "work.txt").exists()
+    assert list((beta / "pools/web/rescued").iterdir())
+
+
+def test_init_and_migrate_are_no_ops_for_a_role_without_ddl_rights(pg_cluster, root,
+                                                                  ledger_template):
+    dsn = pg_cluster.create_database("dml_only", template=ledger_template)
+    pg_cluster.psql("DROP ROLE IF EXISTS necropool_dml",
+                    "CREATE ROLE necropool_dml LOGIN")
+    pg_cluster.psql("REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public "
+                    "TO necropool_dml", "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public "
+                    "TO necropool_dml", dbname="dml_only")
+    dml = dsn.replace("postgres@", "necropool_dml@")
+    for action in ("init", "migrate"):
+        done = run_cli("--ledger", dml, "ledger", action, "--json")
+        assert done.code == 0 and done.json()["migrated"] is False, done
+    pg_cluster.drop_database("dml_only")
+
+
+@pytest.mark.parametrize("env", [{"NECROPOOL_HOST": "bad host"}, {"NECROPOOL_HOST": "a/b"},
+                                 {"NECROPOOL_HOST": "h@x"}, {"NECROPOOL_LEDGER_TIMEOUT": "0"},
+                                 {"NECROPOOL_LEDGER_TIMEOUT": "soon"},
+                                 {"NECROPOOL_LEDGER_TIMEOUT": "inf"}])
+def test_a_bad_host_name_or_ledger_timeout_is_a_usage_error(root, env):
+    bad = run_cli("list", env=env)
+    assert bad.code == 2 and len(bad.stderr.strip().splitlines()) == 1, bad
+    assert next(iter(env)) in bad.stderr and not root.exists()
+
+
+def test_ledger_timeout_in_the_config_is_checked(root, tmp_path):
+    config = tmp_path / "config.toml"
+    for value, code in (("0", 2), ("-1", 2), ('"10"', 2), ("2.5", 0)):
+        config.write_text(f"ledger_timeout = {value}\n")
+        assert run_cli("--config", config, "list").code == code, value

@@ -241,6 +241,18 @@ def test_a_stale_lease_id_is_refused_and_changes_nothing(cli, pool, root):
     assert cli("release", "web-1", "--lease-id", second["lease_id"]).code == 0
 
 
+def test_a_release_repeated_before_anyone_else_holds_the_slot_is_done(cli, pool, root):
+    """As after a lost answer: the holder cannot tell its release happened, so it asks
+    again; until the slot has another lease, that is success, not a stale lease."""
+    held = allocate(cli)
+    for _ in range(2):
+        again = cli("release", held["slot_id"], "--lease-id", held["lease_id"], "--json")
+        assert again.code == 0 and again.json()["lease_id"] == held["lease_id"], again
+    assert [e["event"] for e in events(root)].count("release") == 1
+    never = cli("release", held["slot_id"], "--lease-id", "0123456789abcdef")
+    assert never.code == 5, never
+
+
 def test_releasing_a_slot_that_is_not_allocated_is_a_conflict(cli, pool, root):
     result = cli("release", "web-2")
     assert result.code == 5, result

@@ -64,7 +64,10 @@ ENVIRONMENT = [
     ("NECROPOOL_LEDGER", "Where pool state is kept: local (the files under the pool) or a "
                          "PostgreSQL connection string, a ledger the hosts of a fleet share "
                          "(overridden by --ledger; overrides the config file's ledger)."),
-    ("NECROPOOL_HOST", "This host's name in a shared ledger (default: the node name)."),
+    ("NECROPOOL_HOST", "This host's name in a shared ledger (default: the node name): letters, "
+                       "digits, '.', '_' and '-'."),
+    ("NECROPOOL_LEDGER_TIMEOUT", "Seconds any command waits on the ledger at most (overrides "
+                                 "the config file's ledger_timeout)."),
     ("XDG_DATA_HOME", "The default root is $XDG_DATA_HOME/necropool "
                       "(~/.local/share/necropool when unset)."),
     ("XDG_CONFIG_HOME", "The default config file is $XDG_CONFIG_HOME/necropool/config.toml "
@@ -156,6 +159,8 @@ CONFIG_TOP = [
     ("ledger", "Where pool state is kept: local (default) or a PostgreSQL connection string "
                "(postgresql://host/db) of a ledger the hosts of a fleet share (see "
                "*necropool-ledger*(1))."),
+    ("ledger_timeout", "Seconds any command waits on the ledger at most, then exit 75 "
+                       "(default 10; connecting may take as long again)."),
     ("silent_host_hours", "A host of a shared ledger with no auto-recover or state change for "
                           "this long is reported (default 1)."),
     ("rescued_retention_days", "auto-recover deletes rescued work older than this many days "
@@ -184,7 +189,8 @@ JSON_CODES = ("code is one of usage (2), failed (3), not_found (4), conflict (5)
               "unavailable (75), internal (70), interrupted (130).")
 JSON_DETECT = [
     """*detect* lists anomalies by kind: long_allocated_slots, expired_leases, abandoned_slots,
-    corrupted_slots, orphaned_locks, stray_paths, isolated_slots and stale_mirrors, each a list
+    corrupted_slots, orphaned_locks, stray_paths, isolated_slots, stale_mirrors and
+    busy_free_slots, each a list
     of objects with kind, pool, evidence and, where they apply, slot_id, path and lease_id;
     plus healthy (true when nothing was found) and count.""",
     f"""*auto-recover* reports the counters {", ".join(COUNTERS[:-1])} and {COUNTERS[-1]},

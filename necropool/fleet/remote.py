@@ -12,10 +12,11 @@ from necropool.ground.clock import now
 from necropool.ground.errors import Conflict, NotFound, UsageError
 from necropool.ground.proc import Holder
 from necropool.ground.slotref import SlotRef
+from necropool.lease.renew import was_released
 from necropool.pool.pool import Pool
-from necropool.store.base import LeaseLost
-from necropool.store.model import ALLOCATED, AVAILABLE, Lease, Slot
-from necropool.store.pg.hosts import FleetSlot, fleet
+from necropool.store.base import Event, LeaseLost
+from necropool.store.model import ALLOCATED, Lease, Slot
+from necropool.store.pg.hosts import FleetSlot, fleet, free_elsewhere, slot_path
 from necropool.store.pg.store import PgStore
 
 
@@ -51,19 +52,16 @@ def allocate(pool: Pool, *, owner: str, holder: Holder | None, ttl: float | None
     """A lease on a free, clean slot of another host (the host with most such slots first);
     None when there is none."""
     store = store_of(pool)
-    found, _ = slots(pool)
-    free: dict[str, int] = {}
-    for f in found:
-        if f.host != store.host and f.slot.state == AVAILABLE and not f.slot.needs_cleanup:
-            free[f.host] = free.get(f.host, 0) + 1
+    free = free_elsewhere(store.dsn, pool.name, store.host)
     lease = Lease.new(owner, holder, ttl, metadata)
     for host in sorted(free, key=lambda h: (-free[h], h)):
-        slot = store.claim(lease, take=lambda s: not s.needs_cleanup, host=host)
+        def noted(slot: Slot, host: str = host) -> list[Event]:
+            return [("allocate", dict(slot_id=slot_id(pool, slot.number, host),
+                                      lease_id=lease.lease_id, owner=owner, slot_host=host))]
+
+        slot = store.claim(lease, take=lambda s: not s.needs_cleanup, host=host, note=noted)
         if slot is not None:
-            path = next(f.path for f in found if f.host == host and f.slot.number == slot.number)
-            store.append_event("allocate", slot_id=slot_id(pool, slot.number, host),
-                               lease_id=lease.lease_id, owner=owner, slot_host=host)
-            return Remote(host, path, slot)
+            return Remote(host, slot_path(store.dsn, pool.name, host, slot.number), slot)
     return None
 
 
@@ -75,21 +73,35 @@ def find(pool: Pool, host: str, number: int) -> FleetSlot:
 
 
 def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict[str, Any]:
-    """End the lease of another host's slot (the current one, unless ``lease_id`` names
-    it): the slot is free again, marked for cleanup by its own host."""
+    """End the lease ``lease_id`` of another host's slot: the slot is free again, marked
+    for cleanup by its own host, which applies its own rules there (work saved, a process
+    still in the slot left alone). Only the lease's holder can name it: no lease id, no
+    release from afar (the holder may be working; only its host can tell)."""
     sid = slot_id(pool, number, host)
+    if not lease_id:
+        raise UsageError(f"slot {sid} is on another host: releasing it from here needs its "
+                         "lease id (--lease-id), or release it on its own host")
     current = find(pool, host, number).slot
     if current.state != ALLOCATED or current.lease is None:
+        if was_released(store_of(pool), lease_id):  # repeated, nobody's lease since: done
+            return _released_result(pool, sid, lease_id)
         raise Conflict(f"slot {sid} is not allocated (it is {current.state})")
-    lease_id = lease_id or current.lease.lease_id
+
+    def noted(ended: Slot) -> list[Event]:
+        return [("release", dict(slot_id=sid, lease_id=lease_id,
+                                 owner=ended.lease.owner if ended.lease else None,
+                                 slot_host=host))]
+
     try:
-        ended = store_of(pool).end_lease(number, lease_id, host=host, uncleaned=True)
+        store_of(pool).end_lease(number, lease_id, Holder.me(), host=host, uncleaned=True,
+                                 note=noted)
     except LeaseLost:
         raise Conflict(f"stale lease {lease_id} of slot {sid}: it is no longer its lease") \
             from None
-    store_of(pool).append_event("release", slot_id=sid, lease_id=lease_id,
-                                owner=ended.lease.owner if ended.lease else None,
-                                slot_host=host)
+    return _released_result(pool, sid, lease_id)
+
+
+def _released_result(pool: Pool, sid: str, lease_id: str) -> dict[str, Any]:
     return {"slot_id": sid, "pool": pool.name, "lease_id": lease_id, "cleaned": False,
             "commit": None, "cleanup": None, "rescued": None, "fetch_error": None}
 

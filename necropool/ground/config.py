@@ -11,7 +11,13 @@ from typing import Any, NoReturn
 
 from necropool.ground.errors import UsageError
 from necropool.ground.redact import redact
-from necropool.ground.validate import MAX_HOURS, check_pool_name, check_refname, check_url
+from necropool.ground.validate import (
+    MAX_HOURS,
+    check_host_name,
+    check_pool_name,
+    check_refname,
+    check_url,
+)
 
 POOL_KEYS: dict[str, type] = {
     "url": str,
@@ -32,15 +38,17 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "rescued_retention_days": (int, float),
     "lock_timeout": (int, float),
     "git_timeout": (int, float),
+    "ledger_timeout": (int, float),
     "pools": dict,
 }
 # Upper bounds (also rejecting inf) so that timeouts and date arithmetic cannot overflow.
 LIMITS = {"max_allocation_hours": MAX_HOURS, "stale_lock_hours": MAX_HOURS,
           "stale_mirror_hours": MAX_HOURS, "silent_host_hours": MAX_HOURS,
-          "rescued_retention_days": MAX_HOURS / 24, "lock_timeout": 1e9, "git_timeout": 1e9}
+          "rescued_retention_days": MAX_HOURS / 24, "lock_timeout": 1e9, "git_timeout": 1e9,
+          "ledger_timeout": 86400}
 POSITIVE = ("max_allocation_hours", "stale_lock_hours", "stale_mirror_hours",
             "silent_host_hours", "rescued_retention_days", "lock_timeout",
-            "git_timeout", "num_slots")
+            "git_timeout", "ledger_timeout", "num_slots")
 FETCH_BACKENDS = ("git", "libgit2")
 
 
@@ -73,6 +81,7 @@ class Settings:
     rescued_retention_days: float | None = None  # auto-recover deletes older rescued work
     lock_timeout: float = 30.0
     git_timeout: float = 600.0
+    ledger_timeout: float = 10.0  # seconds: the longest any command waits on the ledger
     pools: dict[str, PoolSpec] = field(default_factory=dict)
     ledger: str | None = None  # the config file's top-level ``ledger``
     ledger_override: str | None = None  # --ledger or NECROPOOL_LEDGER
@@ -248,5 +257,21 @@ def load_settings(root: str | None = None, config: str | None = None,
             raise UsageError(f"root {root_path} cannot be created: {parent} is in the way")
     override = (check_ledger(ledger, "--ledger")
                 or check_ledger(os.environ.get("NECROPOOL_LEDGER"), "NECROPOOL_LEDGER"))
+    if host := os.environ.get("NECROPOOL_HOST"):
+        check_host_name(host)
+    if (timeout := os.environ.get("NECROPOOL_LEDGER_TIMEOUT")) is not None:
+        data["ledger_timeout"] = check_ledger_timeout(timeout)
     return Settings(root=root_path.absolute(), config_path=config_path,
                     ledger_override=override, **data)
+
+
+def check_ledger_timeout(value: str) -> float:
+    """NECROPOOL_LEDGER_TIMEOUT: seconds, as the config file's ``ledger_timeout`` allows."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= LIMITS["ledger_timeout"]:
+        raise UsageError(f"invalid NECROPOOL_LEDGER_TIMEOUT {value[:40]!r}: expected seconds "
+                         f"> 0 and at most {LIMITS['ledger_timeout']:g}")
+    return seconds

@@ -12,6 +12,7 @@ MAX_HOURS = MAX_DURATION // 3600  # any hours setting or argument
 POOL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _SLOT_ID = re.compile(r"(?P<pool>[a-z0-9][a-z0-9._-]{0,62})-(?P<n>[1-9][0-9]{0,5})")
 _SAFE_SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252}[A-Za-z0-9])?")
 _SCP_LIKE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:[^:].*")
 
 
@@ -21,6 +22,15 @@ def check_pool_name(name: str) -> str:
             f"invalid pool name {name!r}: use 1-63 characters a-z 0-9 . _ - "
             "starting with a letter or digit"
         )
+    return name
+
+
+def check_host_name(name: str) -> str:
+    """A host's name in a fleet (``NECROPOOL_HOST``): hostname-like, as slot ids name it
+    (``web-3@NAME``) and the ledger keys its slots."""
+    if not HOST_NAME.fullmatch(name):
+        raise UsageError(f"invalid NECROPOOL_HOST {name[:80]!r}: expected a host name "
+                         "(letters, digits, '.', '_' and '-', at most 254 characters)")
     return name
 
 

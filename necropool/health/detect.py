@@ -21,10 +21,11 @@ from necropool.pool.mirror import mirror_freshness
 from necropool.pool.pool import Pool
 from necropool.slot import gitdir as slotgit
 from necropool.slot.integrity import Verifier
-from necropool.store.model import ALLOCATED, CLEANING, ERROR, PoolState, Slot
+from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, PoolState, Slot
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
-         "orphaned_locks", "stray_paths", "isolated_slots", "stale_mirrors", "silent_hosts")
+         "orphaned_locks", "stray_paths", "isolated_slots", "stale_mirrors", "silent_hosts",
+         "busy_free_slots")
 
 
 @dataclass
@@ -186,6 +187,8 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
                       evidence=slot.isolation_reason or slot.error or "isolated")
             continue
         to_verify.append(number)
+        if slot.state == AVAILABLE and slot.worker and not slot.worker.is_local():
+            _judge_handed_back(pool, number, found)
         if slot.state != ALLOCATED:
             continue
         lease = slot.lease
@@ -204,6 +207,18 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
                       evidence=f"allocated since {rfc3339(lease.allocated_at)} "
                                f"(over {hours:g} h)")
     return to_verify
+
+
+def _judge_handed_back(pool: Pool, number: int, found: "Findings") -> None:
+    """A slot released from another host, not yet cleaned, in which processes still run:
+    its holder may be at work. Allocation leaves it alone (never ends them); reported so
+    that someone looks."""
+    busy = proc.processes_in(pool.slot_dir(number))
+    if busy:
+        found.add("busy_free_slots", slot_id=pool.slot_id(number), number=number,
+                  path=str(pool.slot_dir(number)),
+                  evidence=f"free, yet processes still run in it ({proc.describe(busy)}): "
+                           "not handed out until they end")
 
 
 def _check_lock_files(pool: Pool, current: PoolState, found: Findings) -> None:

@@ -184,12 +184,14 @@ def _repair(pool: Pool, slot: Slot, actions: list[str],
     cleaned = False
     if (path / ".git").is_dir():
         try:
-            tip, report = refresh(pool, slot, rescue_label=label)
+            tip, report, event = refresh(pool, slot, rescue_label=label)
             rescued = report.rescued
             actions.append("cleaned" + (f" (work saved to {rescued})" if rescued else ""))
             cleaned = True
         except Exception as exc:  # the working copy is moved aside whole below
             actions.append(f"cleanup failed: {explain(exc)}")
+        else:
+            pool.event(event[0], **event[1])
     problems = verifier.verify(path)
     if cleaned and not problems:
         return True, None, tip, rescued

@@ -10,14 +10,14 @@ import time
 from dataclasses import dataclass, field, replace
 
 from necropool.ground import wakeup
-from necropool.ground.errors import OperationFailed, Skipped, TryAgain, explain
+from necropool.ground.errors import Conflict, OperationFailed, TryAgain, explain
 from necropool.ground.locks import FileLock, jitter
 from necropool.ground.proc import Holder
 from necropool.ground.validate import check_metadata, check_seconds, check_text
 from necropool.lease.refresh import clear_processes, fail_slot, refresh
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool
-from necropool.store.base import LeaseLost, Marker
+from necropool.store.base import Event, LeaseLost, Marker, Note
 from necropool.store.model import Lease, Slot
 
 ALLOCATION_POLICY = ("clean slots at the mirror's tip first (others are refreshed before "
@@ -75,7 +75,7 @@ def allocate(pool: Pool, request: AllocateRequest, *, keep_lock: bool = False) -
                          + (f" after waiting {wait:g}s" if wait else ""))
     try:
         while True:
-            seen = _state_marker(pool)
+            seen = _state_marker(pool) if wait > 0 else None  # no wait: no round trip
             if queue.held or wait <= 0 or not _others_waiting(queue):
                 grant = _try_allocate(pool, request, keep_lock, failed)
                 if grant is not None:
@@ -143,9 +143,14 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
             return True
         return False
 
+    def noted(slot: Slot) -> list[Event]:
+        return [("allocate", dict(slot_id=pool.slot_id(slot.number), lease_id=lease.lease_id,
+                                  owner=lease.owner, pid=holder.pid if holder else None))]
+
     skip = frozenset(failed)
     try:
-        slot = pool.store.claim(lease, lambda s: not _stale(s, tip) and take(s), skip)
+        slot = pool.store.claim(lease, lambda s: not _stale(s, tip) and take(s), skip,
+                                note=noted)
         stale = slot is None
         if stale:  # held by this process while it is refreshed
             slot = pool.store.claim(replace(lease, holder=Holder.me()), take, skip)
@@ -157,14 +162,12 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
         return None  # nothing changed: no write, so waiters are not woken for nothing
     lock, before = taken[-1]
     if stale:
-        slot = _prepare(pool, slot, before, lease, lock)
+        slot = _prepare(pool, slot, before, lease, lock, noted)
         if slot is None:
             failed.add(before.number)
             return None
     if not keep_lock:
         lock.release(unlink=True)
-    pool.event("allocate", slot_id=pool.slot_id(slot.number), lease_id=lease.lease_id,
-               owner=lease.owner, pid=holder.pid if holder else None)
     return Grant(pool, slot.number, lease, slot, lock if keep_lock else None)
 
 
@@ -174,18 +177,22 @@ def _stale(slot: Slot, tip: str | None) -> bool:
     return slot.needs_cleanup or (tip is not None and slot.commit != tip)
 
 
-def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock) -> Slot | None:
+def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock,
+             noted: Note) -> Slot | None:
     """Refresh a stale slot claimed under ``lease`` held by this process (its slot lock
     held too), then hand the lease to its holder; if this process dies meanwhile, ``detect``
     finds an abandoned allocation and ``auto-recover`` reclaims it. None when the slot
     cannot be had: given back as it was ``before`` (processes that cannot be ended still
     run in it), or failed; unlocked either way."""
-    try:  # what a previous holder left running in it is ended first, or it is skipped
-        clear_processes(pool, slot.number, before, lock, stop=True)
-    except Skipped:
+    # What a previous holder left running in it is ended first, or the slot is skipped; but
+    # after a release from another host the holder may be at work still: it is left alone.
+    remote = before.worker is not None and not before.worker.is_local()
+    try:
+        clear_processes(pool, slot.number, before, lock, stop=not remote)
+    except Conflict:  # and Skipped: processes that cannot be ended
         return None
     try:
-        commit = refresh(pool, slot, rescue_label="allocate")[0]
+        commit, _, cleaned = refresh(pool, slot, rescue_label="allocate")
     except Exception as exc:  # whatever went wrong, the slot ends in error
         fail_slot(pool, slot.number, f"cleanup before allocation failed: {explain(exc)}")
         lock.release(unlink=True)
@@ -197,10 +204,16 @@ def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock)
         current.commit, current.needs_cleanup, current.lease = commit, False, lease
 
     try:
-        return pool.store.update_slot(slot.number, ready)
+        return pool.store.update_slot(slot.number, ready,
+                                      lambda granted: [cleaned, *noted(granted)])
     except LeaseLost:
         lock.release(unlink=True)
         return None
+    except TryAgain as exc:  # the lease stands, held by this process: not "nothing written"
+        lock.release(unlink=True)
+        raise OperationFailed(f"slot {pool.slot_id(slot.number)} was cleaned for lease "
+                              f"{lease.lease_id} but the ledger did not record it handed out "
+                              f"({exc.message}); auto-recover takes it back") from None
 
 
 def _known_tip(pool: Pool) -> str | None:

@@ -14,10 +14,12 @@ from necropool.ground.errors import Conflict, NotFound, Skipped
 from necropool.ground.layout import ensure_inside
 from necropool.ground.locks import FileLock
 from necropool.pool.pool import Pool
+from necropool.store.base import Event
 from necropool.store.model import ERROR, Slot
 
-if TYPE_CHECKING:
-    from necropool.slot.cleanup import Report as CleanReport
+if TYPE_CHECKING:  # the cleanup is imported when a slot is cleaned, not on start-up
+    from necropool.slot.cleanup import Report
+
 
 
 def rescue_path(pool: Pool, number: int, label: str) -> Path:
@@ -27,9 +29,11 @@ def rescue_path(pool: Pool, number: int, label: str) -> Path:
 
 
 def refresh(pool: Pool, slot: Slot, *, rescue_label: str,
-            lease_id: str | None = None) -> tuple[str, "CleanReport"]:
-    """Clean a slot we hold to the mirror's tip (outside the pool lock); return the tip and
-    the cleanup's report. ``lease_id``: the lease that ended, named in the event."""
+            lease_id: str | None = None) -> tuple[str, "Report", Event]:
+    """Clean a slot we hold to the mirror's tip (outside the pool lock); return the tip,
+    the cleanup's report and its event, which the caller records with the slot's next
+    write (a history that cannot be written never fails the cleanup). ``lease_id``: the
+    lease that ended, named in the event."""
     from necropool.slot import cleanup  # lazy: handing out a clean slot never loads it
 
     started = time.monotonic()
@@ -40,9 +44,9 @@ def refresh(pool: Pool, slot: Slot, *, rescue_label: str,
         branch=pool.definition.branch, tip=tip, keep_ignored=pool.definition.keep_ignored,
         rescue_to=rescue_path(pool, slot.number, rescue_label),
         record=pool.paths.slot_record(slot.number), known_commit=slot.commit)
-    pool.event("cleanup", slot_id=pool.slot_id(slot.number), lease_id=lease_id, commit=tip,
-               duration_seconds=round(time.monotonic() - started, 3), **report.to_dict())
-    return tip, report
+    return tip, report, ("cleanup", dict(
+        slot_id=pool.slot_id(slot.number), lease_id=lease_id, commit=tip,
+        duration_seconds=round(time.monotonic() - started, 3), **report.to_dict()))
 
 
 def move_aside(pool: Pool, number: int) -> str:
@@ -62,9 +66,11 @@ def save_work(pool: Pool, slot: Slot, label: str) -> str | None:
     if not os.path.isdir(pool.checked_slot_dir(slot.number)):
         return None
     try:
-        return refresh(pool, slot, rescue_label=label)[1].rescued
+        _, report, cleaned = refresh(pool, slot, rescue_label=label)
     except Exception:
         return move_aside(pool, slot.number)
+    pool.event(cleaned[0], **cleaned[1])
+    return report.rescued
 
 
 def fail_slot(pool: Pool, number: int, reason: str) -> None:
@@ -75,6 +81,18 @@ def fail_slot(pool: Pool, number: int, reason: str) -> None:
     with contextlib.suppress(NotFound):
         pool.store.update_slot(number, failed)
     pool.event("failure", slot_id=pool.slot_id(number), error=reason)
+
+
+def refuse_busy(pool: Pool, number: int) -> None:
+    """Refuse (``Conflict``) while processes still work in the slot."""
+    if busy := proc.processes_in(pool.slot_dir(number)):
+        raise _busy(pool, number, busy)
+
+
+def _busy(pool: Pool, number: int, busy: list[int]) -> Conflict:
+    return Conflict(f"slot {pool.slot_id(number)}: processes still run in it "
+                    f"({proc.describe(busy)}): end them, or pass --force to end them "
+                    "and release")
 
 
 def clear_processes(pool: Pool, number: int, previous: Slot, lock: FileLock,
@@ -92,9 +110,7 @@ def clear_processes(pool: Pool, number: int, previous: Slot, lock: FileLock,
         lock.release(unlink=True)
 
     pool.store.update_slot(number, as_before)
-    what = proc.describe(busy)
     if stop:
         raise Skipped(f"slot {pool.slot_id(number)}: processes that cannot be ended still run "
-                      f"in it ({what}): left as it was")
-    raise Conflict(f"slot {pool.slot_id(number)}: processes still run in it ({what}): end "
-                   "them, or pass --force to end them and release")
+                      f"in it ({proc.describe(busy)}): left as it was")
+    raise _busy(pool, number, busy)

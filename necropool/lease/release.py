@@ -2,15 +2,15 @@
 saved first) outside the pool lock, with its slot lock held, and given back."""
 
 from necropool.ground.clock import now
-from necropool.ground.errors import OperationFailed, Skipped, explain
+from necropool.ground.errors import OperationFailed, Skipped, TryAgain, explain
 from necropool.ground.locks import FileLock
 from necropool.ground.proc import Holder
-from necropool.lease.refresh import clear_processes, fail_slot, refresh
-from necropool.lease.renew import Busy, Release, Renewed, expired, lease_gone
+from necropool.lease.refresh import clear_processes, fail_slot, refresh, refuse_busy
+from necropool.lease.renew import Busy, Release, Renewed, expired, lease_gone, was_released
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool, get_slot
-from necropool.store.base import LeaseLost
-from necropool.store.model import AVAILABLE, Slot
+from necropool.store.base import Event, LeaseLost
+from necropool.store.model import ALLOCATED, AVAILABLE, Slot
 
 
 def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool = True,
@@ -32,23 +32,34 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
                           "was renewed since it expired: left to its holder")
         if not lock.held and not lock.try_acquire():
             raise Busy(f"slot {pool.slot_id(number)} is held by a running process")
+        if not stop:  # refused before anything is written
+            refuse_busy(pool, number)
+
+    def noted(previous: Slot) -> list[Event]:
+        assert previous.lease is not None  # end_lease ends a lease
+        used = (now() - previous.lease.allocated_at).total_seconds()
+        return [(reason, dict(slot_id=pool.slot_id(number), lease_id=previous.lease.lease_id,
+                              owner=previous.lease.owner, usage_seconds=round(used, 3)))]
 
     try:
-        previous = pool.store.end_lease(number, lease_id, Holder.me(), check)
+        previous = pool.store.end_lease(number, lease_id, Holder.me(), check, note=noted)
     except LeaseLost:  # Skipped (a conflict): whoever judged the slot earlier leaves it
+        state = get_slot(pool.read_state(), pool, number).state
+        if (lease_id and reason == "release" and state != ALLOCATED
+                and was_released(pool.store, lease_id)):
+            # this release repeated (its answer lost), nobody else's lease since: it is done
+            return Release(slot_id=pool.slot_id(number), pool=pool.name, lease_id=lease_id)
         if lease_id:
             raise Skipped("stale " + lease_gone(pool, number, lease_id)) from None
-        state = get_slot(pool.read_state(), pool, number).state
         raise Skipped(f"slot {pool.slot_id(number)} is not allocated (it is {state})") from None
     except BaseException:  # e.g. the state write failed: leave no lock file behind
         if lock is not held and lock.held:
             lock.release(unlink=True)
         raise
-    lease, at = previous.lease, now()
+    lease = previous.lease
     assert lease is not None  # end_lease ends a lease
-    clear_processes(pool, number, previous, lock, stop)
-    pool.event(reason, slot_id=pool.slot_id(number), lease_id=lease.lease_id, owner=lease.owner,
-               usage_seconds=round((at - lease.allocated_at).total_seconds(), 3))
+    if stop:
+        clear_processes(pool, number, previous, lock, stop)
     result = Release(slot_id=pool.slot_id(number), pool=pool.name, lease_id=lease.lease_id)
     if not clean:
         _give_back(pool, number, lock, needs_cleanup=True)
@@ -57,23 +68,27 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
     if fetch:
         result.fetch_error = update_mirror(pool)
     try:
-        tip, report = refresh(pool, previous, rescue_label=lease.lease_id, lease_id=lease.lease_id)
+        tip, report, cleaned = refresh(pool, previous, rescue_label=lease.lease_id,
+                                       lease_id=lease.lease_id)
     except Exception as exc:  # whatever went wrong, the slot ends in error, its work intact
         fail_slot(pool, number, f"cleanup failed: {explain(exc)}")
         lock.release(unlink=True)
         raise OperationFailed(f"slot {pool.slot_id(number)} could not be cleaned and is now "
                               f"in error until recovered: {explain(exc)}") from None
-    _give_back(pool, number, lock, commit=tip, rescued=report.rescued)
+    _give_back(pool, number, lock, commit=tip, rescued=report.rescued, event=cleaned)
     result.cleaned, result.commit, result.rescued = True, tip, report.rescued
     result.cleanup = report.to_dict()
     return result
 
 
 def _give_back(pool: Pool, number: int, lock: FileLock, *, needs_cleanup: bool = False,
-               commit: str | None = None, rescued: str | None = None) -> None:
+               commit: str | None = None, rescued: str | None = None,
+               event: Event | None = None) -> None:
     """Make a slot we clean ``available`` again: cleaned to ``commit``, or left as it is
-    (``needs_cleanup``). Unlocked before the state write: a waiter woken by that write
-    must find the slot free, or it would wait for a further change that never comes."""
+    (``needs_cleanup``), recording ``event`` (the cleanup's) with it. Unlocked before the
+    state write: a waiter woken by that write must find the slot free, or it would wait for
+    a further change that never comes. The lease has ended by then: a ledger gone away is
+    not "nothing written" (75) but a release left for auto-recover to finish."""
     def available(slot: Slot) -> None:
         slot.state, slot.worker, slot.needs_cleanup = AVAILABLE, None, needs_cleanup
         if commit:
@@ -82,4 +97,9 @@ def _give_back(pool: Pool, number: int, lock: FileLock, *, needs_cleanup: bool =
             slot.last_rescue = rescued
         lock.release(unlink=True)
 
-    pool.store.update_slot(number, available)
+    try:
+        pool.store.update_slot(number, available, (lambda _: [event]) if event else None)
+    except TryAgain as exc:
+        raise OperationFailed(f"the lease of slot {pool.slot_id(number)} ended, but the slot "
+                              f"could not be recorded free ({exc.message}): auto-recover "
+                              "finishes it") from None

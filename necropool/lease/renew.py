@@ -9,7 +9,7 @@ from necropool.ground.clock import now
 from necropool.ground.errors import Conflict, Skipped, UsageError
 from necropool.ground.validate import check_seconds
 from necropool.pool.pool import Pool, get_slot
-from necropool.store.base import LeaseLost
+from necropool.store.base import LeaseLost, Store
 from necropool.store.model import ALLOCATED, Lease, Slot
 
 
@@ -47,13 +47,12 @@ def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> S
     if not ttl:
         raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
     expires_at = now() + timedelta(seconds=ttl)
+    event = ("renew", dict(slot_id=pool.slot_id(number), lease_id=lease_id, ttl_seconds=ttl,
+                           expires_at=expires_at))
     try:  # fenced: the lease may have ended since it was read
-        slot = pool.store.renew(number, lease_id, expires_at, ttl)
+        return pool.store.renew(number, lease_id, expires_at, ttl, note=lambda _: [event])
     except LeaseLost:
         raise Conflict(lease_gone(pool, number, lease_id)) from None
-    pool.event("renew", slot_id=pool.slot_id(number), lease_id=lease_id, ttl_seconds=ttl,
-               expires_at=expires_at)
-    return slot
 
 
 class Renewed(Skipped):
@@ -69,14 +68,18 @@ def expired(lease: Lease | None) -> bool:
     return bool(lease and lease.expires_at and lease.expires_at < now())
 
 
+def was_released(store: Store, lease_id: str) -> bool:
+    """True when the history has the lease ended by a release (its holder's): a release
+    retried after its answer was lost is then done, not stale."""
+    return any(e.get("event") == "release" for e in store.lease_events(lease_id))
+
+
 def lease_gone(pool: Pool, number: int, lease_id: str) -> str:
     """Why ``lease_id`` is not the slot's lease, from the history: who ended it, when, and
     where the holder's work went."""
     sid = pool.slot_id(number)
     ended = rescued = None
-    for record in pool.store.read_events():
-        if record.get("lease_id") != lease_id:
-            continue
+    for record in pool.store.lease_events(lease_id):
         if record.get("event") in ENDINGS:
             ended, rescued = record, record.get("rescued")
         elif record.get("event") == "cleanup" and ended is not None:
@@ -84,8 +87,13 @@ def lease_gone(pool: Pool, number: int, lease_id: str) -> str:
     if ended is None:
         return f"lease {lease_id} is not the current lease of slot {sid}"
     how = ENDINGS[ended["event"]]
-    saved = (f"; the holder's work was saved to {rescued}" if rescued
-             else "; it held no uncommitted or unpushed work")
+    if rescued:
+        saved = f"; the holder's work was saved to {rescued}"
+    elif ended.get("slot_host"):  # ended from another host: cleaned when its host next can
+        saved = (f"; host {ended['slot_host']} saves the holder's work under rescued/ "
+                 "when it next cleans the slot")
+    else:
+        saved = "; it held no uncommitted or unpushed work"
     return f"lease {lease_id} of slot {sid} {how} at {ended['time']}{saved}"
 
 

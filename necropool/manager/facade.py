@@ -31,6 +31,7 @@ from necropool.lease.release import release
 from necropool.manager import views, walk
 from necropool.pool import pool as pools
 from necropool.store import events
+from necropool.store.pg import connect as ledger_link
 
 if TYPE_CHECKING:
     from necropool.admin.pools import Progress
@@ -46,6 +47,7 @@ class PoolManager:
     def __init__(self, settings: Settings | None = None, *, config: Settings | None = None):
         """``config`` is the health API's name for the same settings."""
         self.settings = settings or config or load_settings()
+        ledger_link.configure(self.settings.ledger_timeout)
 
     @property
     def lock_manager(self) -> "LockManager":

@@ -41,6 +41,13 @@ class Transactions:
             self.save(current)
 
 
+# The events a decision records, made from the slot it was taken on (a claimed slot's id is
+# known only then): each a name and fields. The store writes them with the decision, in one
+# transaction: a decision is in the history exactly when it was made.
+Event = tuple[str, dict[str, Any]]
+Note = Callable[[Slot], list[Event]]
+
+
 class LeaseLost(Conflict):
     """A lease operation fenced out: the lease id is no longer the slot's lease."""
 
@@ -68,20 +75,22 @@ class Store(Protocol):
         ...
 
     def claim(self, lease: Lease, take: Callable[[Slot], bool],
-              skip: frozenset[int] = frozenset()) -> Slot | None:
+              skip: frozenset[int] = frozenset(), note: Note | None = None) -> Slot | None:
         """Grant ``lease`` on one available slot not in ``skip``, in allocation order, for
         which ``take`` (the caller's local claim, e.g. its slot lock) succeeds; None when
-        there is none. Atomic with respect to every other claim."""
+        there is none. Atomic with respect to every other claim. ``note`` (here and below):
+        the event recorded with the change."""
         ...
 
     def renew(self, number: int, lease_id: str, expires_at: datetime,
-              ttl_seconds: float) -> Slot:
+              ttl_seconds: float, note: Note | None = None) -> Slot:
         """Extend slot ``number``'s lease, fenced: ``LeaseLost`` unless ``lease_id`` is still
         its lease."""
         ...
 
     def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
-                  check: Callable[[Slot], None] | None = None) -> Slot:
+                  check: Callable[[Slot], None] | None = None,
+                  note: Note | None = None) -> Slot:
         """End the slot's lease, fenced like ``renew`` (``lease_id`` None: whichever lease
         it has): its usage counted, the slot ``cleaning`` by ``worker``; returns the slot as
         it was before. ``check`` (the caller's last word, e.g. its slot lock) sees the
@@ -89,7 +98,8 @@ class Store(Protocol):
         ``LeaseLost`` when the slot has no such lease, ``NotFound`` when there is no slot."""
         ...
 
-    def update_slot(self, number: int, change: Callable[[Slot], None]) -> Slot:
+    def update_slot(self, number: int, change: Callable[[Slot], None],
+                    note: Note | None = None) -> Slot:
         """Apply ``change`` to one slot and save it, atomic with respect to every other
         operation on that slot (what its worker records: cleaned, failed, given back);
         returns the slot as saved. ``change`` runs before the write: a local lock the write
@@ -116,6 +126,10 @@ class Store(Protocol):
 
     def last_event(self, name: str) -> events.Event | None:
         """The newest event of one kind, if any."""
+        ...
+
+    def lease_events(self, lease_id: str) -> list[dict[str, Any]]:
+        """The pool's events of one lease, oldest first (what a late holder is told)."""
         ...
 
     def rotate_events(self) -> None:

@@ -13,6 +13,9 @@ def open_store(settings: Settings, paths: PoolPaths, name: str) -> Store:
     ledger = settings.ledger_for(name)
     if ledger is None:
         return TomlStore(paths, name, settings.lock_timeout)
-    from necropool.store.pg.store import PgStore  # lazy: the PostgreSQL ledger only
+    # lazy: the PostgreSQL ledger only
+    from necropool.store.pg.connect import configure
+    from necropool.store.pg.store import PgStore
 
+    configure(settings.ledger_timeout)
     return PgStore(ledger, name, hostname(), PoolPaths(settings.root, name))

@@ -26,7 +26,7 @@ from necropool.ground.layout import PoolPaths, fsync_dir
 from necropool.ground.locks import FileLock
 from necropool.ground.proc import Holder
 from necropool.store import events, freelist, statefile
-from necropool.store.base import LeaseLost, Marker, Transactions
+from necropool.store.base import LeaseLost, Marker, Note, Transactions
 from necropool.store.model import (
     ALLOCATED,
     AVAILABLE,
@@ -180,7 +180,7 @@ class TomlStore(Transactions):
                 self.save(current)
 
     def claim(self, lease: Lease, take: Callable[[Slot], bool],
-              skip: frozenset[int] = frozenset()) -> Slot | None:
+              skip: frozenset[int] = frozenset(), note: Note | None = None) -> Slot | None:
         """A pool with no slot free is seen without the lock (a waiter woken by a write
         that freed none, a busy pool's ``allocate``): the lock is for the claims that
         may succeed. Under it, the free list gives the candidates in allocation order and
@@ -191,12 +191,16 @@ class TomlStore(Transactions):
             return None
         with self._lock():
             if statefile.version(self.paths) is not None:
-                return self._claim_free(lease, take, skip)
+                claimed = self._claim_free(lease, take, skip)
+                if claimed is not None:
+                    self._note(note, claimed)
+                return claimed
             current, self._entries = statefile.load(self.paths)
             for slot in sorted(current.slots.values(), key=allocation_order):
                 if slot.state == AVAILABLE and slot.number not in skip and take(slot):
                     _grant(slot, lease)
                     self.save(current)
+                    self._note(note, slot)
                     return slot
             return None  # nothing changed: no write, so waiters are not woken for nothing
 
@@ -228,15 +232,17 @@ class TomlStore(Transactions):
         return slot
 
     def renew(self, number: int, lease_id: str, expires_at: datetime,
-              ttl_seconds: float) -> Slot:
+              ttl_seconds: float, note: Note | None = None) -> Slot:
         with self._one(number) as slot:
             lease = self._leased(slot, lease_id).lease
             assert lease is not None  # checked by _leased
             lease.expires_at, lease.ttl_seconds = expires_at, ttl_seconds
+        self._note(note, slot)
         return slot
 
     def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
-                  check: Callable[[Slot], None] | None = None) -> Slot:
+                  check: Callable[[Slot], None] | None = None,
+                  note: Note | None = None) -> Slot:
         with self._one(number) as slot:
             self._leased(slot, lease_id)
             if check is not None:
@@ -247,15 +253,24 @@ class TomlStore(Transactions):
                                             .total_seconds()) if previous.lease else 0.0
             slot.last_released_at, slot.lease = at, None
             slot.state, slot.worker = CLEANING, worker
+        self._note(note, previous)
         return previous
 
     def heartbeat(self) -> None:
         """Nothing to record: one host's files have no fleet to report to."""
 
-    def update_slot(self, number: int, change: Callable[[Slot], None]) -> Slot:
+    def update_slot(self, number: int, change: Callable[[Slot], None],
+                    note: Note | None = None) -> Slot:
         with self._one(number) as slot:
             change(slot)
+        self._note(note, slot)
         return slot
+
+    def _note(self, note: Note | None, slot: Slot) -> None:
+        """The event of a change just saved (appended after the state: what the history
+        says happened, happened)."""
+        for name, fields in note(slot) if note is not None else []:
+            self.append_event(name, **fields)
 
     def append_event(self, name: str, **fields: Any) -> None:
         events.append(self.paths.events, name, pool=self.name, **fields)
@@ -268,6 +283,9 @@ class TomlStore(Transactions):
 
     def last_event(self, name: str) -> events.Event | None:
         return events.last(self.paths.events, name)
+
+    def lease_events(self, lease_id: str) -> list[dict[str, Any]]:
+        return [r for r in self.read_events() if r.get("lease_id") == lease_id]
 
     def rotate_events(self) -> None:
         """``events.jsonl`` past ``events.ROTATE_BYTES`` becomes ``events.jsonl.1``, under

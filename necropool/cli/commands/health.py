@@ -19,6 +19,7 @@ KIND_TITLES = {
     "isolated_slots": "isolated",
     "stale_mirrors": "stale mirror",
     "silent_hosts": "silent host",
+    "busy_free_slots": "busy free slot",
 }
 
 
@@ -27,7 +28,8 @@ KIND_TITLES = {
         "Kinds: long allocated (no TTL, older than --max-allocation-hours), expired leases "
         "(past their --ttl), abandoned (holder or worker dead), corrupted, orphaned locks, "
         "stray paths, isolated slots, stale mirrors (last fetch failed, or none for "
-        "stale_mirror_hours).",
+        "stale_mirror_hours), busy free slots (released from another host, processes still "
+        "in them: left alone).",
         "The exit status is 1 as long as the upstream cannot be fetched.",
         "A pool that cannot be checked (its locks/ replaced by a file, say) is named in "
         "errors; the other pools are checked all the same, and the exit status is 3.",

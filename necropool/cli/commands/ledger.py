@@ -22,7 +22,11 @@ group("ledger", app, help="Manage the shared PostgreSQL ledger that lets the hos
         "twice and from two hosts at once. *ledger import POOL* moves a local pool's state, "
         "leases included, into the ledger; *ledger export POOL* moves this host's part back.",
         "A ledger that cannot be reached fails the command with exit status 75 (try again), "
-        "having written nothing. A password in the connection string is never printed.",
+        "having written nothing: when the link breaks after a request was sent, the command "
+        "asks the ledger what became of it before answering. No command waits on the ledger "
+        "longer than ledger_timeout (config; NECROPOOL_LEDGER_TIMEOUT; default 10 seconds). "
+        "A password in the connection string is never printed. PgBouncer in transaction "
+        "mode may stand in front of the server (no session state, no prepared statements).",
     ],
     examples=(
         "export NECROPOOL_LEDGER=postgresql://necropool@db.example.com/necropool\n"

@@ -102,9 +102,13 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
         "and ignored files (unless the pool keeps ignored files) and stale git lock files.",
         "Uncommitted changes and unpushed commits are saved first; the result says where "
         "(rescued).",
+        "Releasing another host's slot of a shared ledger (POOL-N@HOST) needs --lease-id; "
+        "that host cleans it before handing it out again. The same release repeated (say, "
+        "after its answer was lost) succeeds.",
     ],
     exit_status=(
-        "5 when the slot is not allocated or --lease-id names a stale lease."
+        "2 when another host's slot is named without --lease-id; 5 when the slot is not "
+        "allocated or --lease-id names a stale lease."
     ),
     examples=(
         'necropool release web-3\n'

@@ -9,7 +9,7 @@ from necropool.ground.errors import Conflict, NotFound
 from necropool.ground.layout import PoolPaths, write_atomic
 from necropool.ground.redact import redact
 from necropool.store.model import Slot
-from necropool.store.pg.connect import connect, errors, one
+from necropool.store.pg.connect import one, transaction
 from necropool.store.pg.schema import check_schema
 
 
@@ -19,8 +19,7 @@ def register(dsn: str, pool: str, host: str, root: str, url: str, branch: str,
     of the same name elsewhere in the fleet must be of the same repository; this host's
     leftover rows (a pool deleted while the ledger was away, or an import cut short) are
     replaced, unless leased and not ``replace_leased``."""
-    conn = connect(dsn)
-    with errors(dsn), conn.transaction():
+    with transaction(dsn) as conn:
         check_schema(conn, dsn)
         conn.execute("INSERT INTO pools (pool, url, branch) VALUES (%s, %s, %s) "
                      "ON CONFLICT (pool) DO NOTHING", (pool, url, branch))
@@ -41,8 +40,7 @@ def register(dsn: str, pool: str, host: str, root: str, url: str, branch: str,
 
 def definition(dsn: str, pool: str) -> tuple[str, str, datetime]:
     """A pool's url, branch and creation time, as the ledger has them."""
-    conn = connect(dsn)
-    with errors(dsn):
+    with transaction(dsn) as conn:
         row = conn.execute("SELECT url, branch, created_at FROM pools WHERE pool = %s",
                            (pool,)).fetchone()
     if row is None:
@@ -52,8 +50,7 @@ def definition(dsn: str, pool: str) -> tuple[str, str, datetime]:
 
 def unregister(dsn: str, pool: str, host: str) -> None:
     """Remove this host's part of a pool (and the pool, when no host is left)."""
-    conn = connect(dsn)
-    with errors(dsn), conn.transaction():
+    with transaction(dsn) as conn:
         conn.execute("DELETE FROM hosts WHERE pool = %s AND host = %s", (pool, host))
         conn.execute("DELETE FROM pools p WHERE pool = %s AND NOT EXISTS "
                      "(SELECT 1 FROM hosts h WHERE h.pool = p.pool)", (pool,))
@@ -74,10 +71,9 @@ def fleet(dsn: str, pool: str,
     host's last sign of life, in this client's clock."""
     from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
-    from necropool.store.pg.rows import slot_of  # lazy: as in pgconn.connect
+    from necropool.store.pg.rows import slot_of  # lazy: with psycopg's rows, above
 
-    conn = connect(dsn)
-    with errors(dsn), conn.transaction():
+    with transaction(dsn) as conn:
         shift = now() - one(conn.execute("SELECT now()"))[0]
         where, params = ("AND host = %s", (pool, host)) if host else ("", (pool,))
         rows = conn.cursor(row_factory=dict_row).execute(
@@ -87,6 +83,25 @@ def fleet(dsn: str, pool: str,
                             params).fetchall()
     slots = [FleetSlot(r["host"], r["path"], slot_of(r, shift)) for r in rows]
     return slots, {h: (t.astimezone(UTC) + shift) for h, t in seen}
+
+
+def free_elsewhere(dsn: str, pool: str, host: str) -> dict[str, int]:
+    """How many free, clean slots each other host of ``pool`` has (counted in SQL, through
+    the claim's index: not the whole fleet read)."""
+    with transaction(dsn) as conn:
+        return dict(conn.execute(
+            "SELECT host, count(*) FROM slots WHERE pool = %s AND host <> %s AND "
+            "state = 'available' AND NOT needs_cleanup GROUP BY host", (pool, host)).fetchall())
+
+
+def slot_path(dsn: str, pool: str, host: str, number: int) -> str:
+    """Where a host's slot is on its disk, as the ledger has it."""
+    with transaction(dsn) as conn:
+        row = conn.execute("SELECT path FROM slots WHERE pool = %s AND host = %s AND "
+                           "number = %s", (pool, host, number)).fetchone()
+    if row is None:
+        raise NotFound(f"slot {pool}-{number}@{host} does not exist")
+    return str(row[0])
 
 
 def silent_hosts(last_seen: dict[str, datetime], hours: float) -> dict[str, datetime]:

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from necropool.ground.errors import OperationFailed
 from necropool.ground.redact import redact
-from necropool.store.pg.connect import connect, errors, one
+from necropool.store.pg.connect import one, transaction
 
 if TYPE_CHECKING:
     from necropool.store.pg.connect import Connection
@@ -70,6 +70,15 @@ MIGRATIONS = (
     );
     CREATE INDEX events_pool ON events (pool, id);
     """,
+    # The claim served by an index in allocation order (``rows.ORDER``); a lease's history
+    # (a lost answer settled, a late holder told) without reading the pool's.
+    """
+    CREATE INDEX slots_claim ON slots
+        (pool, host, needs_cleanup, last_released_at DESC NULLS LAST, number)
+        WHERE state = 'available';
+    DROP INDEX slots_free;
+    CREATE INDEX events_lease ON events (pool, (fields->>'lease_id'));
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x6E6563726F  # pg_advisory_xact_lock key: one migrator at a time
@@ -80,13 +89,18 @@ def _version(conn: "Connection") -> int | None:
     if one(conn.execute("SELECT to_regclass('necropool_schema')"))[0] is None:
         return None
     row = one(conn.execute("SELECT max(version) FROM necropool_schema"))
-    return int(row[0] or 0)
+    return row[0] or 0
 
 
 def migrate(dsn: str) -> dict[str, Any]:
-    """Create or bring the schema up to this version's; a no-op when it is current."""
-    conn = connect(dsn)
-    with errors(dsn), conn.transaction():
+    """Create or bring the schema up to this version's; a no-op when it is current (read
+    first: a role without DDL rights may run it then)."""
+    with transaction(dsn) as conn:
+        before = _version(conn)
+    if before == SCHEMA_VERSION:
+        return {"ledger": redact(dsn), "version": SCHEMA_VERSION, "was": before,
+                "migrated": False}
+    with transaction(dsn) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute("CREATE TABLE IF NOT EXISTS necropool_schema (version integer PRIMARY "
                      "KEY, applied_at timestamptz NOT NULL DEFAULT now())")
@@ -107,8 +121,7 @@ def newer(dsn: str, version: int) -> str:
 
 def status(dsn: str) -> dict[str, Any]:
     """The schema version and what the ledger holds, by pool."""
-    conn = connect(dsn)
-    with errors(dsn), conn.transaction():
+    with transaction(dsn) as conn:
         version = _version(conn)
         pools: list[dict[str, Any]] = []
         if version:
@@ -125,8 +138,7 @@ def status(dsn: str) -> dict[str, Any]:
 
 def pool_names(dsn: str) -> list[str]:
     """The pools the ledger defines."""
-    conn = connect(dsn)
-    with errors(dsn), conn.transaction():
+    with transaction(dsn) as conn:
         check_schema(conn, dsn)
         return [name for (name,) in conn.execute("SELECT pool FROM pools ORDER BY pool")]
 

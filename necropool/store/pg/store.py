@@ -8,6 +8,11 @@ renew or end of one lease holds it ``FOR SHARE`` and locks its slot row, claims 
 ``SKIP LOCKED``, so claims run side by side and never wait on each other. Every change of a
 row bumps its ``generation`` (the fencing token): a write fenced by an older one is refused.
 
+Each decision (a claim, a renewal, the end of a lease, a slot given back) commits with its
+event in one transaction. When the link breaks before the answer arrives, the store asks
+the ledger what became of it before answering (the slot's row locked: the transaction that
+was cut is over by then): done, or nothing written (``LedgerDown``, exit 75).
+
 Lease times come from the server's clock (``now()``), never the client's. Times read are
 moved into this client's clock (by the difference measured in the same transaction) and
 moved back when written, so a client whose clock is off judges expiry as the server would.
@@ -26,10 +31,9 @@ from necropool.ground.clock import now, rfc3339
 from necropool.ground.errors import Conflict, NotFound
 from necropool.ground.layout import PoolPaths
 from necropool.ground.proc import Holder
-from necropool.store import events
-from necropool.store.base import LeaseLost, Marker, Transactions
+from necropool.store.base import LeaseLost, Marker, Note, Transactions
 from necropool.store.model import Lease, PoolState, Slot, SlotState
-from necropool.store.pg.connect import connect, errors, one
+from necropool.store.pg.connect import LedgerDown, connect, errors, one, transaction
 from necropool.store.pg.rows import ORDER, json_value, param, row_of, slot_of, text
 from necropool.store.pg.schema import check_schema
 
@@ -60,22 +64,19 @@ class PgStore(Transactions):
         self.dsn, self.name, self.host, self.paths = dsn, name, host, paths
         self._txn_state = _InTransaction()  # each thread's own: one store serves them all
 
-    def _conn(self) -> "Connection":
-        conn = connect(self.dsn)
-        if self.dsn not in _CHECKED:  # once a process: a schema this version understands
-            with errors(self.dsn):
-                check_schema(conn, self.dsn)
-            _CHECKED.add(self.dsn)
-        return conn
 
     def _shift(self, conn: "Connection") -> timedelta:
         return _shift(one(conn.execute("SELECT now()"))[0])
 
     @contextmanager
-    def _txn(self) -> Iterator["Connection"]:
-        """A transaction on this thread's connection; dict rows."""
-        conn = self._conn()
-        with errors(self.dsn), conn.transaction():
+    def _txn(self, hold: bool = False) -> Iterator[Any]:
+        """A transaction on this thread's connection, its waits bounded (``hold``: see
+        ``connect.transaction``); the first of the process checks that the schema is one
+        this version understands."""
+        with transaction(self.dsn, hold) as conn:
+            if self.dsn not in _CHECKED:
+                check_schema(conn, self.dsn)
+                _CHECKED.add(self.dsn)
             yield conn
 
     def _rows(self, conn: "Connection", host: str | None = None) -> list[dict[str, Any]]:
@@ -110,7 +111,8 @@ class PgStore(Transactions):
 
     @contextmanager
     def locked(self) -> Iterator[PoolState]:
-        with self._txn() as conn:
+        """Held while its caller works on the pool (saving a slot's work, say): ``hold``."""
+        with self._txn(hold=True) as conn:
             try:
                 self._txn_state.shift = shift = self._lock_host(conn, "UPDATE")
                 yield self._state(conn, shift)
@@ -124,7 +126,7 @@ class PgStore(Transactions):
         if self._txn_state.shift is None:
             with self.locked():
                 return self.save(current)
-        conn, shift = self._conn(), self._txn_state.shift
+        conn, shift = connect(self.dsn), self._txn_state.shift  # ``locked``'s transaction
         with errors(self.dsn):
             for number in sorted(set(self._txn_state.loaded) - set(current.slots)):
                 conn.execute("DELETE FROM slots WHERE pool = %s AND host = %s AND number = %s",
@@ -148,9 +150,9 @@ class PgStore(Transactions):
 
     def marker(self) -> Marker:
         with self._txn() as conn:
-            return one(conn.execute(
+            return tuple(conn.execute(
                 "SELECT count(*), coalesce(sum(generation), 0) FROM slots WHERE pool = %s "
-                "AND host = %s", (self.name, self.host)))
+                "AND host = %s", (self.name, self.host)).fetchone())
 
     def _insert(self, conn: "Connection", number: int, values: dict[str, Any]) -> None:
         names = ", ".join(f'"{k}"' for k in values)
@@ -171,46 +173,75 @@ class PgStore(Transactions):
                            "operation (generation fence): try again")
 
     def claim(self, lease: Lease, take: Callable[[Slot], bool],
-              skip: frozenset[int] = frozenset(), host: str | None = None) -> Slot | None:
+              skip: frozenset[int] = frozenset(), note: Note | None = None,
+              host: str | None = None) -> Slot | None:
         """One short transaction; ``host``: claim on that host's slots (the lease then
         has no local claim to take)."""
         from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
         host = host or self.host
         skipped = set(skip)
+        chosen: list[dict[str, Any]] = []  # the row taken, once the server named it
         # The host's row shared (waiting out its maintenance, but for another host's, which
         # is skipped: try elsewhere), the first free slot's row taken, the clock read: one
         # round trip.
         wait = " SKIP LOCKED" if host != self.host else ""
+        try:
+            with self._txn() as conn:
+                cur = conn.cursor(row_factory=dict_row)
+                while True:
+                    row = cur.execute(
+                        "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s "
+                        "USING (pool, host) WHERE h.pool = %s AND h.host = %s "
+                        f"AND s.state = 'available' AND s.number <> ALL(%s) ORDER BY {ORDER} "
+                        f"LIMIT 1 FOR SHARE OF h{wait} FOR UPDATE OF s SKIP LOCKED",
+                        (self.name, host, list(skipped))).fetchone()
+                    if row is None:
+                        return None
+                    shift = _shift(row["server_now"])
+                    if take(slot_of(row, shift)):
+                        break
+                    skipped.add(row["number"])
+                chosen.append(row)
+                holder = lease.holder
+                granted = slot_of(cur.execute(
+                    "UPDATE slots SET state = 'allocated', lease_id = %s, owner = %s, "
+                    "holder_pid = %s, holder_start = %s, holder = %s, allocated_at = now(), "
+                    "expires_at = now() + make_interval(secs => %s), ttl_seconds = %s, "
+                    "metadata = %s, worker = NULL, error = NULL, "
+                    "allocation_count = allocation_count + 1, last_allocated_at = now(), "
+                    "generation = generation + 1 "
+                    "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
+                    (lease.lease_id, text(lease.owner), holder.pid if holder else None,
+                     holder.start if holder else None,
+                     json_value(holder.to_dict() if holder else None), lease.ttl_seconds,
+                     lease.ttl_seconds, json_value(lease.metadata), self.name, host,
+                     row["number"])).fetchone(), shift)
+                self._note(conn, note, granted, host)
+                return granted
+        except LedgerDown:
+            if not chosen:  # nothing was asked to change
+                raise
+            now_row = self._settled(chosen[0]["number"], host)
+            if now_row["lease_id"] != lease.lease_id:
+                raise
+            return slot_of(now_row, _shift(now_row["server_now"]))
+
+    def _settled(self, number: int, host: str) -> dict[str, Any]:
+        """Slot ``number``'s row once a transaction that changed it lost its link: locked,
+        so that transaction has ended (committed, or rolled back by the server)."""
         with self._txn() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            while True:
-                row = cur.execute(
-                    "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s USING (pool, host)"
-                    " WHERE h.pool = %s AND h.host = %s AND s.state = 'available'"
-                    f" AND s.number <> ALL(%s) ORDER BY {ORDER} LIMIT 1"
-                    f" FOR SHARE OF h{wait} FOR UPDATE OF s SKIP LOCKED",
-                    (self.name, host, list(skipped))).fetchone()
-                if row is None:
-                    return None
-                shift = _shift(row["server_now"])
-                if take(slot_of(row, shift)):
-                    break
-                skipped.add(row["number"])
-            holder = lease.holder
-            granted = cur.execute(
-                "UPDATE slots SET state = 'allocated', lease_id = %s, owner = %s, "
-                "holder_pid = %s, holder_start = %s, holder = %s, allocated_at = now(), "
-                "expires_at = now() + make_interval(secs => %s), ttl_seconds = %s, "
-                "metadata = %s, worker = NULL, error = NULL, "
-                "allocation_count = allocation_count + 1, last_allocated_at = now(), "
-                "generation = generation + 1 "
-                "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
-                (lease.lease_id, text(lease.owner), holder.pid if holder else None,
-                 holder.start if holder else None, json_value(holder.to_dict() if holder else None),
-                 lease.ttl_seconds, lease.ttl_seconds, json_value(lease.metadata), self.name, host,
-                 row["number"]))
-            return slot_of(one(granted), shift)
+            return self._row(conn, number, host)
+
+    def _note(self, conn: Any, note: Note | None, slot: Slot, host: str) -> None:
+        """Write the decision's event in its transaction."""
+        for name, fields in note(slot) if note is not None else []:
+            self._insert_event(conn, name, fields)
+
+    def _insert_event(self, conn: Any, name: str, fields: dict[str, Any]) -> None:
+        conn.execute("INSERT INTO events (pool, host, name, fields) VALUES (%s, %s, %s, %s)",
+                     (self.name, self.host, name,
+                      json_value({k: v for k, v in fields.items() if v is not None})))
 
     def _row(self, conn: "Connection", number: int, host: str) -> dict[str, Any]:
         """Slot ``number``'s row, locked for this transaction (the host's row shared), with
@@ -235,46 +266,103 @@ class PgStore(Transactions):
         return row
 
     def renew(self, number: int, lease_id: str, expires_at: datetime,
-              ttl_seconds: float, host: str | None = None) -> Slot:
+              ttl_seconds: float, note: Note | None = None, host: str | None = None) -> Slot:
         """The new expiry is the server's ``now()`` plus ``ttl_seconds`` (``expires_at``,
-        the client's idea of it, is not used)."""
+        the client's idea of it, is not used). A renewal whose answer was lost is settled
+        by the row's generation: moved on under the same lease, it was made."""
         from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
-        with self._txn() as conn:
-            shift = _shift(self._leased(conn, number, lease_id, host or self.host)["server_now"])
-            row = conn.cursor(row_factory=dict_row).execute(
-                "UPDATE slots SET expires_at = now() + make_interval(secs => %s), "
-                "ttl_seconds = %s, generation = generation + 1 "
-                "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
-                (ttl_seconds, ttl_seconds, self.name, host or self.host, number))
-            return slot_of(one(row), shift)
+        host = host or self.host
+        seen: list[dict[str, Any]] = []
+        try:
+            with self._txn() as conn:
+                seen.append(self._leased(conn, number, lease_id, host))
+                shift = _shift(seen[0]["server_now"])
+                row = conn.cursor(row_factory=dict_row).execute(
+                    "UPDATE slots SET expires_at = now() + make_interval(secs => %s), "
+                    "ttl_seconds = %s, generation = generation + 1 "
+                    "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
+                    (ttl_seconds, ttl_seconds, self.name, host, number)).fetchone()
+                renewed = slot_of(row, shift)
+                self._note(conn, note, renewed, host)
+                return renewed
+        except LedgerDown:
+            if not seen:
+                raise
+            now_row = self._settled(number, host)
+            if (now_row["lease_id"] != lease_id
+                    or now_row["generation"] == seen[0]["generation"]):
+                raise
+            return slot_of(now_row, _shift(now_row["server_now"]))
 
     def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
-                  check: Callable[[Slot], None] | None = None, host: str | None = None,
-                  uncleaned: bool = False) -> Slot:
+                  check: Callable[[Slot], None] | None = None, note: Note | None = None,
+                  host: str | None = None, uncleaned: bool = False) -> Slot:
         """``uncleaned`` (a lease of another host's slot ended from here): the slot goes back
-        free, marked for the cleanup its host does before handing it out again."""
-        with self._txn() as conn:
-            host = host or self.host
-            row = self._leased(conn, number, lease_id, host)
-            previous = slot_of(row, _shift(row["server_now"]))
-            if check is not None:
-                check(previous)
-            conn.execute(
-                "UPDATE slots SET state = %s, needs_cleanup = needs_cleanup OR %s, worker = %s, "
-                "total_usage_seconds = total_usage_seconds "
-                "+ greatest(0, extract(epoch FROM now() - allocated_at)), "
-                "last_released_at = now(), lease_id = NULL, owner = NULL, holder_pid = NULL, "
-                "holder_start = NULL, holder = NULL, allocated_at = NULL, expires_at = NULL, "
-                "ttl_seconds = NULL, metadata = NULL, generation = generation + 1 "
-                "WHERE pool = %s AND host = %s AND number = %s",
-                ("available" if uncleaned else "cleaning", uncleaned,
-                 json_value(worker.to_dict() if worker else None), self.name, host, number))
+        free, marked for the cleanup its host does before handing it out again, ``worker``
+        (this process, on another host than the slot's) saying who ended it. An end whose
+        answer was lost is settled by its event (written with it): the lease gone and the
+        event there, it was made."""
+        host = host or self.host
+        seen: list[dict[str, Any]] = []
+        try:
+            with self._txn() as conn:
+                row = self._leased(conn, number, lease_id, host)
+                previous = slot_of(row, _shift(row["server_now"]))
+                if check is not None:
+                    check(previous)
+                seen.append(row)
+                conn.execute(
+                    "UPDATE slots SET state = %s, needs_cleanup = needs_cleanup OR %s, "
+                    "worker = %s, total_usage_seconds = total_usage_seconds "
+                    "+ greatest(0, extract(epoch FROM now() - allocated_at)), "
+                    "last_released_at = now(), lease_id = NULL, owner = NULL, "
+                    "holder_pid = NULL, holder_start = NULL, holder = NULL, "
+                    "allocated_at = NULL, expires_at = NULL, ttl_seconds = NULL, "
+                    "metadata = NULL, generation = generation + 1 "
+                    "WHERE pool = %s AND host = %s AND number = %s",
+                    ("available" if uncleaned else "cleaning", uncleaned,
+                     json_value(worker.to_dict() if worker else None), self.name, host,
+                     number))
+                self._note(conn, note, previous, host)
+                return previous
+        except LedgerDown:
+            if not seen or note is None:
+                raise
+            ended = seen[0]["lease_id"]
+            if self._settled(number, host)["lease_id"] == ended:
+                raise  # rolled back: nothing written
+            name = note(previous)[0][0]
+            if not any(e["event"] == name for e in self.lease_events(ended)):
+                raise LeaseLost(f"lease {ended} of slot {self.name}-{number} was ended "
+                                "by another operation meanwhile") from None
             return previous
 
-    def update_slot(self, number: int, change: Callable[[Slot], None]) -> Slot:
+    def update_slot(self, number: int, change: Callable[[Slot], None],
+                    note: Note | None = None) -> Slot:
         """One row, locked and fenced by its generation; only the columns ``change`` changed
-        are written."""
+        are written. Its worker's write: when the link broke and the row's generation has
+        not moved (or the row was never read), it is made again once (``change`` runs
+        twice; the changes made here are idempotent)."""
+        for attempt in (1, 2):
+            seen: list[int] = []
+            try:
+                slot = self._update_slot(number, change, note, seen)
+                break
+            except LedgerDown:
+                if attempt == 2:
+                    raise
+                if seen:
+                    row = self._settled(number, self.host)
+                    if row["generation"] != seen[0]:
+                        slot = slot_of(row, _shift(row["server_now"]))
+                        break
+        if slot.state == SlotState.AVAILABLE:
+            wakeup.poke(self.paths.wake)
+        return slot
+
+    def _update_slot(self, number: int, change: Callable[[Slot], None], note: Note | None,
+                     seen: list[int]) -> Slot:
         with self._txn() as conn:
             row = self._row(conn, number, self.host)
             shift = _shift(row["server_now"])
@@ -283,10 +371,10 @@ class PgStore(Transactions):
             change(slot)
             values = row_of(slot, self.paths.slot_dir(number), shift)
             changed = {k: v for k, v in values.items() if v != before[k]}
+            seen.append(row["generation"])
             if changed:
                 self._update(conn, number, row["generation"], changed)
-        if slot.state == SlotState.AVAILABLE:
-            wakeup.poke(self.paths.wake)
+            self._note(conn, note, slot, self.host)
         return slot
 
     def heartbeat(self) -> None:
@@ -296,12 +384,10 @@ class PgStore(Transactions):
 
     def append_event(self, name: str, **fields: Any) -> None:
         with self._txn() as conn:
-            conn.execute("INSERT INTO events (pool, host, name, fields) VALUES (%s, %s, %s, %s)",
-                         (self.name, self.host, name,
-                          json_value({k: v for k, v in fields.items() if v is not None})))
+            self._insert_event(conn, name, fields)
 
-    def _events(self, where: str = "", params: tuple[object, ...] = (), order: str = "id",
-                since: datetime | None = None) -> list[events.Event]:
+    def _events(self, where: str = "", params: tuple[Any, ...] = (), order: str = "id",
+                since: datetime | None = None) -> list[dict[str, Any]]:
         """Events of the pool, each with its ``id`` (the ledger's order)."""
         with self._txn() as conn:
             shift = self._shift(conn)
@@ -312,7 +398,7 @@ class PgStore(Transactions):
         return [{"time": rfc3339(at.astimezone(UTC) + shift), "event": name, "pool": self.name,
                  "host": host, **fields, "id": id_} for id_, at, host, name, fields in rows]
 
-    def read_events(self, since: datetime | None = None) -> list[events.Event]:
+    def read_events(self, since: datetime | None = None) -> list[dict[str, Any]]:
         return [_public(r) for r in self._events(since=since)]
 
     def rotate_events(self) -> None:
@@ -322,10 +408,14 @@ class PgStore(Transactions):
     def tail(self) -> "LedgerTail":
         return LedgerTail(self)
 
-    def last_event(self, name: str) -> events.Event | None:
+    def last_event(self, name: str) -> dict[str, Any] | None:
         found = self._events("AND name = %s AND host = %s", (name, self.host),
                              "id DESC LIMIT 1")
         return _public(found[0]) if found else None
+
+    def lease_events(self, lease_id: str) -> list[dict[str, Any]]:
+        """Through the index on the lease id: never the pool's whole history."""
+        return [_public(r) for r in self._events("AND fields->>'lease_id' = %s", (lease_id,))]
 
 
 class LedgerTail:
@@ -342,7 +432,7 @@ class LedgerTail:
         self.floor = 0  # every event up to this id has been returned or never will show
         self.seen: dict[int, float] = {}  # ids above the floor returned, when first seen
 
-    def new(self, since: datetime | None = None) -> list[events.Event]:
+    def new(self, since: datetime | None = None) -> list[dict[str, Any]]:
         found = self.store._events("AND id > %s", (self.floor,), since=since)
         at = time.monotonic()
         fresh = [r for r in found if r["id"] not in self.seen]
@@ -354,5 +444,5 @@ class LedgerTail:
         return [_public(r) for r in fresh]
 
 
-def _public(record: events.Event) -> events.Event:
+def _public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "id"}
