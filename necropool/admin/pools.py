@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from necropool.git import commands as git
+from necropool.git import credentials
 from necropool.ground.clock import now
 from necropool.ground.config import PoolSpec, Settings, check_spec
 from necropool.ground.errors import Conflict, NecropoolError, NotFound, UsageError
@@ -26,6 +27,7 @@ from necropool.ground.layout import (
 )
 from necropool.ground.locks import lock_free
 from necropool.ground.proc import hostname
+from necropool.ground.redact import split_upstream
 from necropool.ground.validate import check_pool_name
 from necropool.lease.refresh import save_work
 from necropool.pool.pool import Pool, PoolDef, get_slot
@@ -50,20 +52,25 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
     if os.path.lexists(final):
         raise Conflict(f"{final} is in the way: the remains of a half-made pool (no "
                        f"pool.toml); 'necropool delete {spec.name} --force' removes them")
+    url, credential = split_upstream(spec.url)
+    if credential is not None:
+        credentials.encode(*credential)  # bad input refused before anything is made
     tmp = parent / temp_name(spec.name)
     paths = PoolPaths(settings.root, spec.name, directory=tmp)
     ledger = settings.ledger_for(spec.name)
     try:
         for directory in (tmp, paths.locks, paths.slots, paths.rescued):
             directory.mkdir()
+        if credential is not None:
+            credentials.write(paths.credentials, *credential)
         # pygit2 (100-140 ms to import) loads while git clones the mirror
         threading.Thread(target=importlib.import_module, args=("pygit2",)).start()
-        git.clone_mirror(spec.url, paths.mirror, timeout=settings.git_timeout,
-                         backend=spec.fetch_backend)
+        git.clone_mirror(url, paths.mirror, timeout=settings.git_timeout,
+                         backend=spec.fetch_backend, credentials=paths.credentials)
         write_atomic(paths.mirror_stamp, f"{now().timestamp()}\n".encode())
         branch = spec.branch or git.mirror_branch(paths.mirror)
         git.mirror_tip(paths.mirror, branch)
-        definition = PoolDef(name=spec.name, url=spec.url, branch=branch,
+        definition = PoolDef(name=spec.name, url=url, branch=branch,
                              keep_ignored=spec.keep_ignored,
                              fetch_on_allocate=spec.fetch_on_allocate,
                              fetch_backend=spec.fetch_backend, created_at=now())
@@ -71,21 +78,21 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
         if ledger:  # before the slots are cloned: an unreachable ledger fails fast
             from necropool.store.pg.hosts import register
 
-            register(ledger, spec.name, hostname(), str(settings.root), spec.url, branch)
+            register(ledger, spec.name, hostname(), str(settings.root), url, branch)
         new = PoolState(source="new")
 
         def made(number: int, commit: str) -> None:
             new.slots[number] = Slot(number=number, created_at=now(), commit=commit)
 
         _clone_slots(paths.mirror, {n: paths.slot_dir(n) for n in range(1, spec.num_slots + 1)},
-                     spec.url, branch, made, progress)
+                     url, branch, made, progress)
         store = open_store(settings, paths, spec.name)  # not locked: not there yet
         store.save(new)
         if ledger:
             from necropool.store.pg.hosts import mark
 
             mark(paths, ledger)
-        store.append_event("create", url=spec.url, branch=branch, slots=spec.num_slots)
+        store.append_event("create", url=url, branch=branch, slots=spec.num_slots)
         try:
             os.rename(tmp, final)
         except OSError:

@@ -7,9 +7,11 @@ from dataclasses import replace
 
 from necropool.admin.pools import Progress, add_slots, create, delete, remove_slot
 from necropool.git import commands as git
+from necropool.git import credentials
 from necropool.ground.config import PoolSpec, Settings, check_spec, default_config_path
 from necropool.ground.errors import Conflict, OperationFailed, PoolStep, UsageError
 from necropool.ground.layout import write_atomic
+from necropool.ground.redact import split_upstream
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool, PoolDef, list_pools
 from necropool.store.model import AVAILABLE
@@ -80,13 +82,17 @@ def _converge(pool: Pool, spec: PoolSpec) -> dict:
         _fetch_for_branch(pool, wanted["branch"])
     with pool.locked():
         old = PoolDef.load(pool.paths.definition)
-        if spec.url != old.url:
-            raise Conflict(f"pool {pool.name!r} mirrors {old.url}, the config says {spec.url}: "
-                           "delete and re-create the pool to change its url")
+        url, credential = split_upstream(spec.url)
+        if url != pool.definition.url:
+            raise Conflict(f"pool {pool.name!r} mirrors {pool.definition.url}, the config says "
+                           f"{url}: delete and re-create the pool to change its url")
         changed = {k: [getattr(old, k), v] for k, v in wanted.items() if getattr(old, k) != v}
+        if credential is not None and credentials.read(pool.paths.credentials) != credential:
+            credentials.write(pool.paths.credentials, *credential)  # a token rotated
+            changed["credentials"] = ["***", "***"]
         if "branch" in changed:
             git.mirror_tip(pool.paths.mirror, wanted["branch"])
-        if changed:
+        if wanted.keys() & changed.keys():
             pool.definition = replace(old, **wanted)
             write_atomic(pool.paths.definition, pool.definition.dump())
     if changed:

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+from necropool.ground.redact import redact
 from necropool.ground.validate import is_control, utf8_safe
 
 SCHEMA_VERSION = 1
@@ -73,7 +74,7 @@ class Output:
     def note(self, text: str) -> None:
         """Human commentary: stderr, never mixed into data on stdout."""
         if not self.json:
-            sys.stderr.write(escape(text, keep="\n") + "\n")
+            sys.stderr.write(escape(redact(text), keep="\n") + "\n")
 
     def table(self, columns: list[str], rows: list[list], title: str | None = None,
               left_cut_last: bool = False) -> None:
@@ -131,6 +132,7 @@ class Output:
         self.console().print(table)
 
     def error(self, code: str, message: str, exit_code: int) -> None:
+        message = redact(message)  # the last guard: a message may quote any URL or DSN
         if self.json:
             sys.stderr.write(json.dumps({"schema_version": SCHEMA_VERSION, "type": "error",
                                          "code": code, "message": message,

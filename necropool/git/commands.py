@@ -10,7 +10,10 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from necropool.git.credentials import helper_env as credentials_helper_env
+from necropool.git.credentials import read as read_credentials
 from necropool.ground.errors import OperationFailed
 
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
@@ -145,11 +148,14 @@ def _summary(stderr: str, returncode: int) -> str:
     return lines[-1] if lines else f"exit status {returncode}"
 
 
-def run_network(args: list[str], cwd: Path | None = None, *, timeout: float) -> None:
-    """Run a git command that talks to the upstream: up to 3 tries for transient failures."""
+def run_network(args: list[str], cwd: Path | None = None, *, timeout: float,
+                credentials: Path | None = None) -> None:
+    """Run a git command that talks to the upstream: up to 3 tries for transient failures;
+    ``credentials``: the pool's credential file, if it has one."""
+    env = credentials_helper_env(credentials)
     for attempt in range(len(RETRY_DELAYS) + 1):
         try:
-            run(args, cwd, timeout=timeout)
+            run(args, cwd, timeout=timeout, env=env)
             return
         except GitError as exc:
             if not exc.transient or attempt == len(RETRY_DELAYS):
@@ -270,33 +276,46 @@ def mirror_tip(mirror: Path, branch: str) -> str:
 
 # --- the mirror -----------------------------------------------------------------------------
 
-def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git") -> None:
+def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git",
+                 credentials: Path | None = None) -> None:
     """Bare mirror of the upstream; never hard-links a local upstream's objects."""
     if backend == "libgit2":
         import pygit2  # lazy: ~40 ms on top of start-up; only backend libgit2
 
         try:
-            repo = pygit2.clone_repository(url, str(dest), bare=True)
+            repo = pygit2.clone_repository(url, str(dest), bare=True,
+                                           callbacks=_callbacks(pygit2, credentials))
             repo.config["remote.origin.fetch"] = "+refs/*:refs/*"
             repo.config["remote.origin.mirror"] = True
         except pygit2.GitError as exc:
             raise GitError(f"clone of {url} failed: {exc}", str(exc)) from None
         return
     run_network(["clone", "--mirror", "--no-local", "--quiet", "--", url, str(dest)],
-                timeout=timeout)
+                timeout=timeout, credentials=credentials)
 
 
-def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
+def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git",
+                 credentials: Path | None = None) -> None:
     if backend == "libgit2":
         import pygit2  # lazy: ~40 ms on top of start-up; only backend libgit2
 
         try:
             remote = pygit2.Repository(str(mirror)).remotes["origin"]
-            remote.fetch(["+refs/heads/*:refs/heads/*"], prune=pygit2.enums.FetchPrune.PRUNE)
+            remote.fetch(["+refs/heads/*:refs/heads/*"], prune=pygit2.enums.FetchPrune.PRUNE,
+                         callbacks=_callbacks(pygit2, credentials))
         except pygit2.GitError as exc:
             raise GitError(f"fetch failed: {exc}", str(exc)) from None
         return
-    run_network(["fetch", "--prune", "--quiet", "origin"], mirror, timeout=timeout)
+    run_network(["fetch", "--prune", "--quiet", "origin"], mirror, timeout=timeout,
+                credentials=credentials)
+
+
+def _callbacks(pygit2: Any, credentials: Path | None) -> Any:
+    """libgit2's way to the credential file: a user name and password when it asks."""
+    found = read_credentials(credentials) if credentials is not None else None
+    if found is None:
+        return None
+    return pygit2.RemoteCallbacks(credentials=pygit2.UserPass(*found))
 
 
 def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:

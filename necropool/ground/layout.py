@@ -36,6 +36,7 @@ class PoolPaths:
         self.rescued = self.dir / "rescued"
         self.verified = self.dir / "verified.json"
         self.records = self.dir / "records"
+        self.credentials = self.dir / "credentials"  # the upstream's, owner-only
 
     def slot_id(self, number: int) -> str:
         return f"{self.name}-{number}"
@@ -54,7 +55,7 @@ class PoolPaths:
         "pool.toml", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock", "wait.lock",
         "wake.fifo", "mirror.fetched", "mirror.failed", "locks", "mirror.git", "slots",
         "events.jsonl", "events.jsonl.1", "rescued", "verified.json", "records", "ledger",
-        "state.toml.imported",
+        "state.toml.imported", "credentials",
     })
 
 

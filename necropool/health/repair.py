@@ -32,7 +32,8 @@ def rebuild_mirror(pool: Pool) -> None:
         tmp = pool.paths.dir / temp_name("mirror")
         try:
             git.clone_mirror(pool.definition.url, tmp, timeout=settings.git_timeout,
-                             backend=pool.definition.fetch_backend)
+                             backend=pool.definition.fetch_backend,
+                             credentials=pool.paths.credentials)
             if Verifier().verify(tmp, bare=True, branch=pool.definition.branch):
                 raise OperationFailed("the rebuilt mirror does not verify either")
             old = pool.paths.dir / trash_name("old-mirror")

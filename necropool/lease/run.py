@@ -12,6 +12,7 @@ from typing import Any
 from necropool.ground import proc
 from necropool.ground.errors import NecropoolError, UsageError
 from necropool.ground.proc import Holder
+from necropool.ground.redact import redact
 from necropool.lease.allocate import Grant, allocate
 from necropool.lease.release import release
 from necropool.lease.renew import Release, renew
@@ -62,6 +63,8 @@ def run(pool: Pool, argv: list[str], stdout: Any = None, **allocate_options: Any
     result = RunResult(code=0, slot_id=pool.slot_id(grant.number))
     env = dict(os.environ, NECROPOOL_SLOT_ID=result.slot_id, NECROPOOL_SLOT_PATH=str(path),
                NECROPOOL_LEASE_ID=grant.lease.lease_id)
+    if "NECROPOOL_LEDGER" in env:  # the ledger is named to the command, its password is not
+        env["NECROPOOL_LEDGER"] = redact(env["NECROPOOL_LEDGER"])
     child = None
     pending: list[int] = []
 
