@@ -6,6 +6,7 @@ and only over the transports in ``ALLOWED_PROTOCOLS``.
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -38,6 +39,19 @@ RETRY_DELAYS = (1.0, 3.0)  # three tries in all
 SLOT_ISOLATION = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
                   "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.excludesFile",
                   "GIT_CONFIG_VALUE_0": os.devnull}
+
+
+class GitMissing(OperationFailed):
+    """git cannot be run at all (not installed, not on PATH): an environment fault, refused
+    before anything changes, never blamed on a slot."""
+
+
+def require() -> None:
+    """Refuse a command that needs git where there is none, before it touches a lease or a
+    slot: its first git call failing half-way would leave the slot in ``error``."""
+    if shutil.which("git") is None:
+        raise GitMissing("cannot run git: it is not installed or not on PATH "
+                         f"(PATH={os.environ.get('PATH', '')}); nothing was changed")
 
 
 class GitError(OperationFailed):
@@ -138,14 +152,21 @@ def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,
     return wait(proc, args, timeout=timeout, check=check, input=input)
 
 
+# git's stock advice after a failed fetch or push: true of every failure, it names no cause
+_ADVICE = ("please make sure you have the correct access rights", "and the repository exists")
+CAUSE_LINES = 4
+
+
 def _summary(stderr: str, returncode: int) -> str:
-    """The line of git's stderr that says what went wrong: the first ``fatal:`` or
-    ``error:`` line (later lines are often generic advice), else the last line."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith(("fatal:", "error:")):
-            return line
-    return lines[-1] if lines else f"exit status {returncode}"
+    """What went wrong, in git's words: its first ``fatal:`` or ``error:`` line with the few
+    lines before it that name the cause (``Permission denied (publickey)``, ``Connection
+    timed out``), else its last few lines; hints and stock advice are dropped."""
+    lines = [line.strip() for line in stderr.replace("\r", "\n").splitlines()]
+    meaningful = [line for line in lines if line and not line.startswith("hint:")
+                  and not line.lower().rstrip(".").startswith(_ADVICE)]
+    end = next((i + 1 for i, line in enumerate(meaningful)
+                if line.startswith(("fatal:", "error:"))), len(meaningful))
+    return "; ".join(meaningful[max(0, end - CAUSE_LINES):end]) or f"exit status {returncode}"
 
 
 def run_network(args: list[str], cwd: Path | None = None, *, timeout: float,
@@ -158,8 +179,10 @@ def run_network(args: list[str], cwd: Path | None = None, *, timeout: float,
             run(args, cwd, timeout=timeout, env=env)
             return
         except GitError as exc:
-            if not exc.transient or attempt == len(RETRY_DELAYS):
+            if not exc.transient:
                 raise
+            if attempt == len(RETRY_DELAYS):
+                raise GitError(f"{exc.message} (tried {attempt + 1} times)", exc.stderr) from None
             time.sleep(RETRY_DELAYS[attempt])
 
 

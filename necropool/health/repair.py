@@ -133,6 +133,7 @@ def recover(pool: Pool, number: int, force: bool = False,
     Ends ``available`` or ``error``. Passing one ``verifier`` to several recoveries checks
     each shared pack file once; ``judged``, the slot as it was when the repair was decided:
     if it changed since, nothing is done (``Skipped``)."""
+    git.require()
     previous, lock = _claim(pool, number, force, judged)
     actions: list[str] = []
     rescued = None

@@ -9,6 +9,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 
+from necropool.git import commands as git
 from necropool.ground import wakeup
 from necropool.ground.errors import OperationFailed, Skipped, TryAgain, explain
 from necropool.ground.locks import FileLock, jitter
@@ -46,6 +47,7 @@ def allocate(pool: Pool, *, owner: str | None = None, holder: Holder | None = No
         check_text(owner, "owner")
     check_seconds(ttl, "ttl")
     check_seconds(wait, "wait", zero=True)
+    git.require()  # a slot to clean first must not go to error for want of git
     pool.sweep()  # what a killed command left half-done (its claim skips ``transaction``)
     fetch = pool.definition.fetch_on_allocate if fetch is None else fetch
     fetch_error = update_mirror(pool) if fetch else None
