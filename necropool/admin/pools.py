@@ -38,9 +38,11 @@ Progress = Callable[[int, int], None]
 Key = TypeVar("Key")
 
 
-def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None) -> Pool:
+def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
+           managed_by: str | None = None) -> Pool:
     """Build the pool in a temp directory and rename it into place: a failure or an
-    interrupt leaves nothing behind, and a concurrent create of the same name loses cleanly."""
+    interrupt leaves nothing behind, and a concurrent create of the same name loses cleanly.
+    ``managed_by``: what made it (``sync``), recorded in ``pool.toml``."""
     check_spec(spec)
     parent = pools_dir(settings.root)
     parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +75,8 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
         definition = PoolDef(name=spec.name, url=url, branch=branch,
                              keep_ignored=spec.keep_ignored,
                              fetch_on_allocate=spec.fetch_on_allocate,
-                             fetch_backend=spec.fetch_backend, created_at=now())
+                             fetch_backend=spec.fetch_backend, created_at=now(),
+                             managed_by=managed_by)
         write_atomic(paths.definition, definition.dump())
         if ledger:  # before the slots are cloned: an unreachable ledger fails fast
             from necropool.store.pg.hosts import register
@@ -226,10 +229,18 @@ def _save_work(pool: Pool, slot: Slot) -> str | None:
 
 
 def _free_number(current: PoolState, pool: Pool) -> int:
+    return free_numbers(current, pool, 1)[0]
+
+
+def free_numbers(current: PoolState, pool: Pool, count: int) -> list[int]:
+    """The ``count`` lowest numbers neither registered nor on disk: those new slots get."""
+    numbers: list[int] = []
     number = 1
-    while number in current.slots or os.path.lexists(pool.slot_dir(number)):
+    while len(numbers) < count:
+        if number not in current.slots and not os.path.lexists(pool.slot_dir(number)):
+            numbers.append(number)
         number += 1
-    return number
+    return numbers
 
 
 def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[str]:

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from necropool.ground.clock import now, rfc3339
 from necropool.ground.config import PoolSpec, Settings, load_settings
 from necropool.ground.errors import (
     NecropoolError,
@@ -63,8 +64,11 @@ class PoolManager:
         except NotFound:
             return pools.Pool.elsewhere(self.settings, name)
 
-    def pool_names(self) -> list[str]:
-        return pools.list_pools(self.settings)
+    def pool_names(self, required: bool = False) -> list[str]:
+        """The pools under the root; ``required``: none is an error (NotFound, naming the
+        root), for the commands over every pool that must not read as "all is well"."""
+        names = pools.list_pools(self.settings)
+        return walk.required(self.settings, names) if required else names
 
     def create_pool(self, spec: PoolSpec, progress=None) -> dict:
         from necropool.admin import pools as admin
@@ -110,6 +114,7 @@ class PoolManager:
 
             names = sorted({*names, *ledger_schema.pool_names(dsn)})
         out: list[dict] = []
+        walk.required(self.settings, names)
         for name in names:
             with PoolStep(name) as step:
                 out.append(views.summary(self.fleet_pool(name), host, with_slots=False))
@@ -137,10 +142,10 @@ class PoolManager:
         pool, number = pools.resolve_slot(self.settings, slot_ref.split("@")[0])
         return views.describe_slot(pool, pools.get_slot(pool.read_state(), pool, number))
 
-    def sync(self, prune: bool = False, progress=None) -> list[dict]:
+    def sync(self, prune: bool = False, progress=None, dry_run: bool = False) -> list[dict]:
         from necropool.admin.sync import sync
 
-        return sync(self.settings, prune, progress)
+        return sync(self.settings, prune, progress, dry_run)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def allocate_slot(self, name: str, *, owner=None, pid: int | None = None, ttl=None,
@@ -336,6 +341,7 @@ class PoolManager:
         from necropool.health.detect import KINDS, detect
 
         check_hours(max_allocation_hours)
+        self.pool_names(required=name is None)
         merged: dict[str, list] = {k: [] for k in KINDS}
         unusable: list[dict] = []
         errors: list[str] = []
@@ -381,6 +387,8 @@ class PoolManager:
         from necropool.health.autorecover import auto_recover, zero_counters
 
         check_hours(max_allocation_hours)
+        self.pool_names(required=name is None)
+        at = rfc3339(now())  # when the run began: a cron log line says when it was
         counters = zero_counters()
         unusable: list[dict] = []
         targets = walk.targets(self.settings, name, unusable)
@@ -398,4 +406,4 @@ class PoolManager:
             return result.to_dict()
 
         results = walk.checked(targets, recovered, errors)
-        return {**counters, "errors": errors, "dry_run": dry_run, "pools": results}
+        return {**counters, "errors": errors, "dry_run": dry_run, "at": at, "pools": results}

@@ -47,6 +47,7 @@ class PoolDef:
     fetch_on_allocate: bool = True
     fetch_backend: str = "git"
     created_at: datetime | None = None
+    managed_by: str | None = None  # "sync": made by sync, which alone may prune it
 
     @classmethod
     def load(cls, path: Path) -> "PoolDef":
