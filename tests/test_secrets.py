@@ -167,3 +167,21 @@ def test_run_passes_no_ledger_password(ledger_dsn: str, upstream: Path, root: Pa
     assert ran.code == 0, ran
     assert "hunter2" not in ran.stdout + ran.stderr
     assert ran.stdout.strip() == dsn.replace("hunter2secret", "***")
+
+
+@pytest.mark.parametrize("url_form", ["token_as_user", "libgit2"])
+def test_fetching_works_with_a_bare_token_and_with_libgit2(
+        tmp_path: Path, upstream: Path, root: Path, server: HttpGitServer, url_form: str) -> None:
+    """A forge's token given as the user name (no password); the libgit2 backend."""
+    if url_form == "token_as_user":
+        server.user, server.token = TOKEN, ""
+        url, backend = server.url("repo").replace(f"{TOKEN}:@", f"{TOKEN}@"), "git"
+    else:
+        url, backend = server.url("repo"), "libgit2"
+    no_token(run_cli("create", "web", url, "--slots", "1", "--fetch-backend", backend))
+    new_head = commit_file(upstream, "NEW", "new\n")
+    git(upstream, "push", "-q", str(server.root / "repo.git"), "main")
+    slot = run_cli("allocate", "web", "--json")
+    no_token(slot)
+    assert slot.json()["current_commit"] == new_head
+    assert files_with_token(root) == [root / "pools" / "web" / "credentials"]
