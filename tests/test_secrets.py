@@ -110,18 +110,20 @@ def test_wrong_token_fails_clearly_without_showing_it(server: HttpGitServer, roo
 def test_a_pool_with_the_token_in_pool_toml_is_migrated_on_first_use(
         server: HttpGitServer, root: Path, upstream: Path) -> None:
     """A pool made before the credential file: its URL with the token in pool.toml, the
-    mirror's config and the slots' configs."""
+    mirror's config, the slots' configs and its history (never rewritten, never shown)."""
     no_token(run_cli("create", "web", server.url("repo"), "--slots", "2"))
     pool = root / "pools" / "web"
     clean, secret = server.url("repo", with_credentials=False), server.url("repo")
     (pool / "credentials").unlink()
     for config in (pool / "pool.toml", pool / "mirror.git" / "config",
-                   *pool.glob("slots/*/.git/config")):
+                   *pool.glob("slots/*/.git/config"), pool / "events.jsonl"):
         config.write_text(config.read_text().replace(clean, secret))
-    assert len(files_with_token(root)) == 4
+    assert len(files_with_token(root)) == 5
 
     no_token(run_cli("list"))
-    assert files_with_token(root) == [pool / "credentials"]
+    assert sorted(files_with_token(root)) == [pool / "credentials", pool / "events.jsonl"]
+    for args in (["log"], ["log", "--json"], ["log", "web", "--format", "tsv"]):
+        no_token(run_cli(*args))
     assert stat.S_IMODE((pool / "credentials").stat().st_mode) == 0o600
     new_head = commit_file(upstream, "NEW", "new\n")
     git(upstream, "push", "-q", str(server.root / "repo.git"), "main")

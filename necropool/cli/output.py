@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+from typing import Any
 
 from necropool.ground.redact import redact
 from necropool.ground.validate import is_control, utf8_safe
@@ -54,9 +55,9 @@ class Output:
             sys.stderr.write(text + "\n")
 
     def emit(self, data: dict) -> None:
-        """The one JSON object of a command, on stdout."""
-        sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, **data}, default=str)
-                         + "\n")
+        """The one JSON object of a command, on stdout (its text with secrets masked)."""
+        sys.stdout.write(json.dumps(_redacted({"schema_version": SCHEMA_VERSION, **data}),
+                                    default=str) + "\n")
 
     def outcome(self, data: dict, done: str, saved: str = "saved the holder's work to") -> None:
         """A command's result: the JSON object, or where saved work went (``data["rescued"]``)
@@ -69,7 +70,9 @@ class Output:
         self.note(done)
 
     def line(self, text: str) -> None:
-        sys.stdout.write(text + "\n")
+        """One line on stdout (every table, tsv, log and metrics line comes this way); any
+        URL's password or token in it masked, also from history written before it was."""
+        sys.stdout.write(redact(text) + "\n")
 
     def note(self, text: str) -> None:
         """Human commentary: stderr, never mixed into data on stdout."""
@@ -103,6 +106,7 @@ class Output:
         from necropool.cli.human import left_cut, right_cut
 
         console = self.console()
+        rows = [[redact(str(cell)) for cell in row] for row in rows]
         widths = [max([len(c)] + [len(str(r[i])) for r in rows]) for i, c in enumerate(columns)]
         room = max(10, console.width - sum(widths[:-1]) - len(columns))
         table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
@@ -128,7 +132,7 @@ class Output:
         table.add_column(style="bold")
         table.add_column(overflow="fold")
         for key, value in rows:
-            table.add_row(escape(key), _styled(escape(str(value))))
+            table.add_row(escape(key), _styled(escape(redact(str(value)))))
         self.console().print(table)
 
     def error(self, code: str, message: str, exit_code: int) -> None:
@@ -139,6 +143,18 @@ class Output:
                                          "exit_code": exit_code}) + "\n")
         else:
             sys.stderr.write(f"necropool: error: {escape(message)}\n")
+
+
+def _redacted(value: Any) -> Any:
+    """A JSON value with every string's secrets masked (never the JSON text: masking must not
+    eat a quote)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
 
 
 _STYLES = {"available": "green", "allocated": "yellow", "cleaning": "cyan", "error": "red bold"}

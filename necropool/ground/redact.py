@@ -39,9 +39,9 @@ def split_upstream(url: str) -> tuple[str, tuple[str, str] | None]:
 
 
 def _mask(url: str) -> str:
-    """One URL with its password masked (``user:***@``), or its whole userinfo where the user
-    name may be a token; a URL Python cannot parse (an unclosed ``[``, a bad port) has all
-    between ``://`` and the last ``@`` masked."""
+    """One URL with its password masked (``user:***@``), or its whole userinfo (``***@``)
+    where the user name may be a token too; a URL Python cannot parse (an unclosed ``[``,
+    a bad port) has all between ``://`` and the last ``@`` masked."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
@@ -53,10 +53,10 @@ def _mask(url: str) -> str:
     if found is None:
         return url
     head, userinfo, rest = found
+    if head[:-3].lower() in TOKEN_SCHEMES:
+        return f"{head}***@{rest}"
     user, colon, _ = userinfo.partition(":")
-    if colon:
-        return f"{head}{user}:***@{rest}"
-    return f"{head}***@{rest}" if head[:-3].lower() in TOKEN_SCHEMES else url
+    return f"{head}{user}:***@{rest}" if colon else url
 
 
 def _secrets(dsn: str) -> list[str]:
