@@ -48,8 +48,9 @@ def read(path: Path) -> tuple[str, str] | None:
 def helper_env(path: Path | None) -> dict[str, str]:
     """git configuration, by environment, that answers git's request for the upstream's
     credential from the file and from no other helper (a user's store or keychain neither
-    gives another one nor learns this one). Empty when there is no file."""
-    if path is None or not os.path.isfile(path):
+    gives another one nor learns this one). Empty when there is no file (or a symlink in its
+    place: what it points at is never sent upstream)."""
+    if path is None or os.path.islink(path) or not os.path.isfile(path):
         return {}
     helper = f'!f() {{ test "$1" = get && cat {shlex.quote(str(path))}; }}; f'
     return {"GIT_CONFIG_COUNT": "2",
