@@ -6,7 +6,7 @@ in ``detect``, ``repair`` and ``autorecover``."""
 import os
 import tomllib
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -81,8 +81,9 @@ class Pool:
         url, moved = migrate(self.paths, self.definition.url, settings.root)
         if url != self.definition.url:  # a credential in the URL: never kept in memory either
             self.definition.url = url
-            if moved:
-                write_atomic(self.paths.definition, self.definition.dump())
+            if moved:  # best effort: a failed rewrite is redone by the next use
+                with suppress(OSError):
+                    write_atomic(self.paths.definition, self.definition.dump())
         self.ledger = settings.ledger_for(name)
         self.store: Store = open_store(settings, self.paths, name)
         self.local = True  # this host has slots of it
