@@ -116,9 +116,13 @@ def test_json_paths_are_absolute_with_a_relative_root(cli, upstream, tmp_path):
     assert status["pools"][0]["slots"][0]["path"] == str(tmp_path / "rel-root/pools/web/slots/1")
 
 
-def test_json_empty_results_are_still_one_object(cli, root):
-    assert check_json_contract(cli("list", "--json")) == {"schema_version": 1, "pools": []}
-    assert check_json_contract(cli("status", "--json")) == {"schema_version": 1, "pools": []}
+def test_json_no_pools_is_one_error_object(cli, root):
+    """A root without pools (a typo, cron without NECROPOOL_HOME) is an error, not []."""
+    for args in (["list", "--json"], ["status", "--json"]):
+        result = cli(*args)
+        assert result.code == 4 and result.stdout == "", result
+        error = json.loads(result.stderr)
+        assert error["code"] == "not_found" and str(root) in error["message"]
 
 
 # --- plain output for scripts (stdout is not a terminal) --------------------------------------

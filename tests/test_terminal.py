@@ -155,13 +155,15 @@ def test_create_shows_its_phase_and_slot_count(upstream, root):
 def test_empty_listings_say_what_to_do_next(root, tmp_path):
     config = tmp_path / "empty.toml"
     config.write_text("max_allocation_hours = 12\n")
-    for args, hint in ((["list"], "necropool create POOL URL"),
-                       (["status"], "necropool create POOL URL"),
-                       (["log"], "no events yet"),
-                       (["rescued", "list"], "nothing rescued"),
-                       (["--config", config, "sync"], "declares no pools")):
+    (root / "pools").mkdir(parents=True)
+    # no pool at all: list and status fail (exit 4), naming the root and what to do
+    for args, hint, status in ((["list"], "necropool create POOL URL", 4),
+                               (["status"], "necropool create POOL URL", 4),
+                               (["log"], "no events yet", 0),
+                               (["rescued", "list"], "nothing rescued", 0),
+                               (["--config", config, "sync"], "declares no pools", 0)):
         code, _, screen = _stderr_on_terminal(args, stdout_too=True)
-        assert code == 0 and hint in screen, (args, screen)
+        assert code == status and hint in screen, (args, screen)
         assert "─" not in screen, (args, screen)  # no empty table
     piped = run_cli("list")
-    assert piped.code == 0 and piped.stdout == "" and piped.stderr == ""  # scripts: nothing
+    assert piped.code == 4 and piped.stdout == "" and str(root) in piped.stderr

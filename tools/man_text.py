@@ -46,8 +46,10 @@ EXIT_STATUS = [
     ("1", "*detect* found anomalies."),
     ("2", "Usage or configuration error: a bad name, a bad flag, an invalid config file."),
     ("3", "The operation failed, wholly or partly: a repair failed, a git error, "
-          "*auto-recover* had errors, *detect* could not check a pool."),
-    ("4", "The pool or slot does not exist."),
+          "*auto-recover* had errors, *detect* could not check a pool; git cannot be run at "
+          "all (refused before anything changed)."),
+    ("4", "The pool or slot does not exist; *list*, *status*, *detect* and *auto-recover* "
+          "over every pool: the root does not exist or holds no pool."),
     ("5", "Conflict: the slot is in the wrong state for the operation, the lease id is stale, "
           "the pool exists already."),
     ("70", "Internal error (a bug); a one-line message is printed, never a traceback."),
@@ -88,7 +90,8 @@ FILES = [
     ("$XDG_CONFIG_HOME/necropool/config.toml",
      "The config file: settings and the pools that *sync* creates (see CONFIGURATION)."),
     ("<root>/pools/<pool>/", "One pool."),
-    ("<root>/pools/<pool>/pool.toml", "The pool definition: url, branch, options."),
+    ("<root>/pools/<pool>/pool.toml", "The pool definition: url (without credentials), "
+     "branch, options, and managed_by = \"sync\" for a pool sync made."),
     ("<root>/pools/<pool>/state/<n>.toml",
      "Slot n's state, lease and statistics, and its identical copy <n>.toml.bak (every "
      "write is atomic and durable; a damaged file falls back to its copy; a slot whose "
@@ -118,6 +121,12 @@ FILES = [
     ("<root>/pools/<pool>/wake.fifo",
      "A state write that frees a slot wakes the waiter at the head of that queue through "
      "it (no polling)."),
+    ("<root>/pools/<pool>/credentials",
+     "The user and token of the upstream URL (mode 0600), read by the mirror's fetches "
+     "alone through a git credential helper; the URL is stored and shown without them."),
+    ("<root>/pools/<pool>/readers.lock",
+     "Held shared by every detect that reads the slots' pack files: a process known to be "
+     "necropool's own by its lock (in /proc/locks), not by its name."),
     ("<root>/pools/<pool>/mirror.lock",
      "Serialises upstream fetches and mirror rebuilds."),
     ("<root>/pools/<pool>/mirror.fetched",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from necropool.git import commands as git
+from necropool.git import credentials
 from necropool.ground.clock import now
 from necropool.ground.config import PoolSpec, Settings, check_spec
 from necropool.ground.errors import Conflict, NecropoolError, NotFound, UsageError
@@ -26,6 +27,7 @@ from necropool.ground.layout import (
 )
 from necropool.ground.locks import lock_free
 from necropool.ground.proc import hostname
+from necropool.ground.redact import split_upstream
 from necropool.ground.validate import check_pool_name
 from necropool.lease.refresh import save_work
 from necropool.pool.pool import Pool, PoolDef, get_slot
@@ -36,9 +38,11 @@ Progress = Callable[[int, int], None]
 Key = TypeVar("Key")
 
 
-def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None) -> Pool:
+def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
+           managed_by: str | None = None) -> Pool:
     """Build the pool in a temp directory and rename it into place: a failure or an
-    interrupt leaves nothing behind, and a concurrent create of the same name loses cleanly."""
+    interrupt leaves nothing behind, and a concurrent create of the same name loses cleanly.
+    ``managed_by``: what made it (``sync``), recorded in ``pool.toml``."""
     check_spec(spec)
     parent = pools_dir(settings.root)
     parent.mkdir(parents=True, exist_ok=True)
@@ -50,43 +54,49 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
     if os.path.lexists(final):
         raise Conflict(f"{final} is in the way: the remains of a half-made pool (no "
                        f"pool.toml); 'necropool delete {spec.name} --force' removes them")
+    url, credential = split_upstream(spec.url)
+    if credential is not None:
+        credentials.encode(*credential)  # bad input refused before anything is made
     tmp = parent / temp_name(spec.name)
     paths = PoolPaths(settings.root, spec.name, directory=tmp)
     ledger = settings.ledger_for(spec.name)
     try:
         for directory in (tmp, paths.locks, paths.slots, paths.rescued):
             directory.mkdir()
+        if credential is not None:
+            credentials.write(paths.credentials, *credential)
         # pygit2 (100-140 ms to import) loads while git clones the mirror
         threading.Thread(target=importlib.import_module, args=("pygit2",)).start()
-        git.clone_mirror(spec.url, paths.mirror, timeout=settings.git_timeout,
-                         backend=spec.fetch_backend)
+        git.clone_mirror(url, paths.mirror, timeout=settings.git_timeout,
+                         backend=spec.fetch_backend, credentials=paths.credentials)
         write_atomic(paths.mirror_stamp, f"{now().timestamp()}\n".encode())
         branch = spec.branch or git.mirror_branch(paths.mirror)
         git.mirror_tip(paths.mirror, branch)
-        git.put_back_mirror_config(paths.mirror, spec.url, branch)  # the one it will keep
-        definition = PoolDef(name=spec.name, url=spec.url, branch=branch,
+        git.put_back_mirror_config(paths.mirror, url, branch)  # the one it will keep
+        definition = PoolDef(name=spec.name, url=url, branch=branch,
                              keep_ignored=spec.keep_ignored,
                              fetch_on_allocate=spec.fetch_on_allocate,
-                             fetch_backend=spec.fetch_backend, created_at=now())
+                             fetch_backend=spec.fetch_backend, created_at=now(),
+                             managed_by=managed_by)
         write_atomic(paths.definition, definition.dump())
         if ledger:  # before the slots are cloned: an unreachable ledger fails fast
             from necropool.store.pg.hosts import register  # lazy: a PostgreSQL ledger only
 
-            register(ledger, spec.name, hostname(), str(settings.root), spec.url, branch)
+            register(ledger, spec.name, hostname(), str(settings.root), url, branch)
         new = PoolState(source="new")
 
         def made(number: int, commit: str) -> None:
             new.slots[number] = Slot(number=number, created_at=now(), commit=commit)
 
         _clone_slots(paths.mirror, {n: paths.slot_dir(n) for n in range(1, spec.num_slots + 1)},
-                     spec.url, branch, made, progress)
+                     url, branch, made, progress)
         store = open_store(settings, paths, spec.name)  # not locked: not there yet
         store.save(new)
         if ledger:
             from necropool.store.pg.hosts import mark  # lazy: a PostgreSQL ledger only
 
             mark(paths, ledger)
-        store.append_event("create", url=spec.url, branch=branch, slots=spec.num_slots)
+        store.append_event("create", url=url, branch=branch, slots=spec.num_slots)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -220,10 +230,18 @@ def _save_work(pool: Pool, slot: Slot) -> str | None:
 
 
 def _free_number(current: PoolState, pool: Pool) -> int:
+    return free_numbers(current, pool, 1)[0]
+
+
+def free_numbers(current: PoolState, pool: Pool, count: int) -> list[int]:
+    """The ``count`` lowest numbers neither registered nor on disk: those new slots get."""
+    numbers: list[int] = []
     number = 1
-    while number in current.slots or os.path.lexists(pool.slot_dir(number)):
+    while len(numbers) < count:
+        if number not in current.slots and not os.path.lexists(pool.slot_dir(number)):
+            numbers.append(number)
         number += 1
-    return number
+    return numbers
 
 
 def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[str]:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:  # rich is imported only for a table or colour (~16-30 ms)
     from rich.console import Console
     from rich.text import Text
 
+from necropool.ground.redact import redact
 from necropool.ground.validate import is_control, utf8_safe
 
 SCHEMA_VERSION = 1
@@ -59,9 +60,9 @@ class Output:
             sys.stderr.write(text + "\n")
 
     def emit(self, data: dict[str, Any]) -> None:
-        """The one JSON object of a command, on stdout."""
-        sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, **data}, default=str)
-                         + "\n")
+        """The one JSON object of a command, on stdout (its text with secrets masked)."""
+        sys.stdout.write(json.dumps(_redacted({"schema_version": SCHEMA_VERSION, **data}),
+                                    default=str) + "\n")
 
     def outcome(self, data: dict[str, Any], done: str,
                 saved: str = "saved the holder's work to") -> None:
@@ -75,12 +76,14 @@ class Output:
         self.note(done)
 
     def line(self, text: str) -> None:
-        sys.stdout.write(text + "\n")
+        """One line on stdout (every table, tsv, log and metrics line comes this way); any
+        URL's password or token in it masked, also from history written before it was."""
+        sys.stdout.write(redact(text) + "\n")
 
     def note(self, text: str) -> None:
         """Human commentary: stderr, never mixed into data on stdout."""
         if not self.json:
-            sys.stderr.write(escape(text, keep="\n") + "\n")
+            sys.stderr.write(escape(redact(text), keep="\n") + "\n")
 
     def table(self, columns: list[str], rows: Sequence[Sequence[object]], title: str | None = None,
               left_cut_last: bool = False) -> None:
@@ -109,6 +112,7 @@ class Output:
         from necropool.cli.human import left_cut, right_cut  # lazy: as in table
 
         console = self.console()
+        rows = [[redact(str(cell)) for cell in row] for row in rows]
         widths = [max([len(c)] + [len(str(r[i])) for r in rows]) for i, c in enumerate(columns)]
         room = max(10, console.width - sum(widths[:-1]) - len(columns))
         table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
@@ -134,16 +138,29 @@ class Output:
         table.add_column(style="bold")
         table.add_column(overflow="fold")
         for key, value in rows:
-            table.add_row(escape(key), _styled(escape(str(value))))
+            table.add_row(escape(key), _styled(escape(redact(str(value)))))
         self.console().print(table)
 
     def error(self, code: str, message: str, exit_code: int) -> None:
+        message = redact(message)  # the last guard: a message may quote any URL or DSN
         if self.json:
             sys.stderr.write(json.dumps({"schema_version": SCHEMA_VERSION, "type": "error",
                                          "code": code, "message": message,
                                          "exit_code": exit_code}) + "\n")
         else:
             sys.stderr.write(f"necropool: error: {escape(message)}\n")
+
+
+def _redacted(value: Any) -> Any:
+    """A JSON value with every string's secrets masked (never the JSON text: masking must not
+    eat a quote)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
 
 
 _STYLES = {"available": "green", "allocated": "yellow", "cleaning": "cyan", "error": "red bold"}

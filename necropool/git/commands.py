@@ -7,12 +7,15 @@ and only over the transports in ``ALLOWED_PROTOCOLS``.
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from necropool.git.credentials import helper as credential_helper
+from necropool.git.credentials import read as read_credentials
 from necropool.ground.errors import OperationFailed, UsageError
 from necropool.ground.layout import write_atomic
 from necropool.ground.validate import check_refname
@@ -39,23 +42,44 @@ RETRY_DELAYS = (1.0, 3.0)  # three tries in all
 _NO_USER_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
 
 
-def _config_env(pairs: dict[str, str]) -> dict[str, str]:
-    """``pairs`` as git's environment config (``GIT_CONFIG_COUNT``): like ``-c``, they
-    override every config file, the repository's included."""
+def _config_env(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """``pairs`` as git's environment config (``GIT_CONFIG_COUNT``), in order: like ``-c``,
+    they override every config file, the repository's included."""
     env = {"GIT_CONFIG_COUNT": str(len(pairs))}
-    for i, (key, value) in enumerate(pairs.items()):
+    for i, (key, value) in enumerate(pairs):
         env.update({f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value})
     return env
 
 
-SLOT_ISOLATION = {**_NO_USER_CONFIG, **_config_env({"core.excludesFile": os.devnull})}
+SLOT_ISOLATION = {**_NO_USER_CONFIG, **_config_env([("core.excludesFile", os.devnull)])}
 # The mirror sits in the pool, within a holder's reach: besides its config being put back
 # before each fetch (``mirror_config``), the keys that name a program are overridden, in
 # case one is written back meanwhile (the proxy by the variable, which git lets win; the
 # upload-pack, where the first value wins, by ``UPLOAD_PACK`` on the command line).
-MIRROR_ISOLATION = {**_NO_USER_CONFIG, "GIT_PROXY_COMMAND": "", **_config_env({
-    "credential.helper": "", "core.askPass": ""})}
+_MIRROR_CONFIG = [("credential.helper", ""), ("core.askPass", "")]
+MIRROR_ISOLATION = {**_NO_USER_CONFIG, "GIT_PROXY_COMMAND": "", **_config_env(_MIRROR_CONFIG)}
 UPLOAD_PACK = "--upload-pack=git-upload-pack"
+
+
+def mirror_env(credentials: Path | None = None) -> dict[str, str]:
+    """``MIRROR_ISOLATION`` for a command that talks to the upstream, with the pool's
+    credential file (``git.credentials``) as the one credential helper, if it has one."""
+    helper = credential_helper(credentials)
+    pairs = _MIRROR_CONFIG + ([("credential.helper", helper)] if helper else [])
+    return {**MIRROR_ISOLATION, **_config_env(pairs)}
+
+
+class GitMissing(OperationFailed):
+    """git cannot be run at all (not installed, not on PATH): an environment fault, refused
+    before anything changes, never blamed on a slot."""
+
+
+def require() -> None:
+    """Refuse a command that needs git where there is none, before it touches a lease or a
+    slot: its first git call failing half-way would leave the slot in ``error``."""
+    if shutil.which("git") is None:
+        raise GitMissing("cannot run git: it is not installed or not on PATH "
+                         f"(PATH={os.environ.get('PATH', '')}); nothing was changed")
 
 
 class GitError(OperationFailed):
@@ -161,14 +185,21 @@ def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,
     return wait(proc, args, timeout=timeout, check=check, input=input)
 
 
+# git's stock advice after a failed fetch or push: true of every failure, it names no cause
+_ADVICE = ("please make sure you have the correct access rights", "and the repository exists")
+CAUSE_LINES = 4
+
+
 def _summary(stderr: str, returncode: int) -> str:
-    """The line of git's stderr that says what went wrong: the first ``fatal:`` or
-    ``error:`` line (later lines are often generic advice), else the last line."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith(("fatal:", "error:")):
-            return line
-    return lines[-1] if lines else f"exit status {returncode}"
+    """What went wrong, in git's words: its first ``fatal:`` or ``error:`` line with the few
+    lines before it that name the cause (``Permission denied (publickey)``, ``Connection
+    timed out``), else its last few lines; hints and stock advice are dropped."""
+    lines = [line.strip() for line in stderr.replace("\r", "\n").splitlines()]
+    meaningful = [line for line in lines if line and not line.startswith("hint:")
+                  and not line.lower().rstrip(".").startswith(_ADVICE)]
+    end = next((i + 1 for i, line in enumerate(meaningful)
+                if line.startswith(("fatal:", "error:"))), len(meaningful))
+    return "; ".join(meaningful[max(0, end - CAUSE_LINES):end]) or f"exit status {returncode}"
 
 
 def run_network(args: list[str], cwd: Path | None = None, *, timeout: float,
@@ -179,8 +210,10 @@ def run_network(args: list[str], cwd: Path | None = None, *, timeout: float,
             run(args, cwd, timeout=timeout, env=env)
             return
         except GitError as exc:
-            if not exc.transient or attempt == len(RETRY_DELAYS):
+            if not exc.transient:
                 raise
+            if attempt == len(RETRY_DELAYS):
+                raise GitError(f"{exc.message} (tried {attempt + 1} times)", exc.stderr) from None
             time.sleep(RETRY_DELAYS[attempt])
 
 
@@ -402,33 +435,46 @@ def mirror_tip(mirror: Path, branch: str) -> str:
 
 # --- the mirror -----------------------------------------------------------------------------
 
-def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git") -> None:
+def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git",
+                 credentials: Path | None = None) -> None:
     """Bare mirror of the upstream; never hard-links a local upstream's objects."""
     if backend == "libgit2":
         import pygit2  # lazy: ~40 ms on top of start-up; only backend libgit2
 
         try:
-            repo = pygit2.clone_repository(url, str(dest), bare=True)
+            repo = pygit2.clone_repository(url, str(dest), bare=True,
+                                           callbacks=_callbacks(pygit2, credentials))
             repo.config["remote.origin.fetch"] = "+refs/*:refs/*"
             repo.config["remote.origin.mirror"] = True
         except pygit2.GitError as exc:
             raise GitError(f"clone of {url} failed: {exc}", str(exc)) from None
         return
     run_network(["clone", "--mirror", "--no-local", "--quiet", "--", url, str(dest)],
-                timeout=timeout, env=MIRROR_ISOLATION)
+                timeout=timeout, env=mirror_env(credentials))
 
 
-def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git") -> None:
+def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git",
+                 credentials: Path | None = None) -> None:
     if backend == "libgit2":
         import pygit2  # lazy: ~40 ms on top of start-up; only backend libgit2
 
         try:
             remote = pygit2.Repository(str(mirror)).remotes["origin"]
-            remote.fetch(["+refs/heads/*:refs/heads/*"], prune=pygit2.enums.FetchPrune.PRUNE)
+            remote.fetch(["+refs/heads/*:refs/heads/*"], prune=pygit2.enums.FetchPrune.PRUNE,
+                         callbacks=_callbacks(pygit2, credentials))
         except pygit2.GitError as exc:
             raise GitError(f"fetch failed: {exc}", str(exc)) from None
         return
-    run_network(["fetch", UPLOAD_PACK, "--prune", "--quiet", "origin"], mirror, timeout=timeout)
+    run_network(["fetch", UPLOAD_PACK, "--prune", "--quiet", "origin"], mirror, timeout=timeout,
+                env=mirror_env(credentials))
+
+
+def _callbacks(pygit2: Any, credentials: Path | None) -> Any:
+    """libgit2's way to the credential file: a user name and password when it asks."""
+    found = read_credentials(credentials) if credentials is not None else None
+    if found is None:
+        return None
+    return pygit2.RemoteCallbacks(credentials=pygit2.UserPass(*found))
 
 
 def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:

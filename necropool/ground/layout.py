@@ -38,6 +38,7 @@ class PoolPaths:
         self.rescued = self.dir / "rescued"
         self.verified = self.dir / "verified.json"
         self.records = self.dir / "records"
+        self.credentials = self.dir / "credentials"  # the upstream's, owner-only
 
     def slot_id(self, number: int) -> str:
         return f"{self.name}-{number}"
@@ -56,7 +57,7 @@ class PoolPaths:
         "pool.toml", "state", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock",
         "wait.lock", "wake.fifo", "mirror.fetched", "mirror.failed", "locks", "mirror.git", "slots",
         "events.jsonl", "events.jsonl.1", "rescued", "verified.json", "records", "ledger",
-        "state.toml.imported", "state.imported", "readers.lock",
+        "state.toml.imported", "state.imported", "readers.lock", "credentials",
     })
 
 

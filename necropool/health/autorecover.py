@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from necropool.git import commands as git
 from necropool.ground.clock import now
 from necropool.ground.errors import Conflict, OperationFailed, Skipped, explain
 from necropool.ground.layout import PoolPaths, ensure_inside
@@ -93,6 +94,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     ``force_release_long_allocated``. ``found``: act on that earlier judgement instead of
     detecting now (each action still re-checks it)."""
     if not dry_run:
+        git.require()  # without git every slot would be found corrupted and isolated
         pool.sweep()
         pool.store.rotate_events()
     if found is None:

@@ -33,7 +33,8 @@ def rebuild_mirror(pool: Pool) -> None:
         tmp = pool.paths.dir / temp_name("mirror")
         try:
             git.clone_mirror(pool.definition.url, tmp, timeout=settings.git_timeout,
-                             backend=pool.definition.fetch_backend)
+                             backend=pool.definition.fetch_backend,
+                             credentials=pool.paths.credentials)
             if Verifier().verify(tmp, bare=True, branch=pool.definition.branch):
                 raise OperationFailed("the rebuilt mirror does not verify either")
             old = pool.paths.dir / trash_name("old-mirror")
@@ -133,6 +134,7 @@ def recover(pool: Pool, number: int, force: bool = False,
     Ends ``available`` or ``error``. Passing one ``verifier`` to several recoveries checks
     each shared pack file once; ``judged``, the slot as it was when the repair was decided:
     if it changed since, nothing is done (``Skipped``)."""
+    git.require()
     previous, lock = _claim(pool, number, force, judged)
     actions: list[str] = []
     rescued = None

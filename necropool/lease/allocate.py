@@ -9,6 +9,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 
+from necropool.git import commands as git
 from necropool.ground import wakeup
 from necropool.ground.errors import Conflict, OperationFailed, TryAgain, explain
 from necropool.ground.locks import FileLock, jitter
@@ -63,6 +64,7 @@ class Grant:
 def allocate(pool: Pool, request: AllocateRequest, *, keep_lock: bool = False) -> Grant:
     """Hand out a free slot of this host under a new lease (policy: ``ALLOCATION_POLICY``);
     ``request.any_host`` is the caller's to act on."""
+    git.require()  # a slot to clean first must not go to error for want of git
     wait = request.wait
     pool.sweep()  # what a killed command left half-done (its claim skips ``transaction``)
     fetch = pool.definition.fetch_on_allocate if request.fetch is None else request.fetch

@@ -1,6 +1,7 @@
 """Release: a lease ended through the pool's store, then the slot cleaned (its holder's work
 saved first) outside the pool lock, with its slot lock held, and given back."""
 
+from necropool.git import commands as git
 from necropool.ground.clock import now
 from necropool.ground.errors import OperationFailed, Skipped, TryAgain, explain
 from necropool.ground.locks import FileLock
@@ -22,6 +23,8 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
     ``fetch_on_allocate``), so the slot comes back at the newest tip. Processes still
     working in the slot (a holder's background jobs) make it refuse, the lease kept,
     unless ``stop``: then they are ended first (SIGTERM, then SIGKILL)."""
+    if clean:
+        git.require()
     pool.sweep()  # what a killed command left half-done (the lease ends through the store)
     lock = held or pool.slot_lock(number)
 

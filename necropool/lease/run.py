@@ -14,6 +14,7 @@ from typing import IO, Any
 from necropool.ground import proc
 from necropool.ground.errors import NecropoolError, UsageError
 from necropool.ground.proc import Holder
+from necropool.ground.redact import redact
 from necropool.lease.allocate import AllocateRequest, Grant, allocate
 from necropool.lease.release import release
 from necropool.lease.renew import Release, renew
@@ -94,6 +95,8 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
     result = RunResult(code=0, slot_id=pool.slot_id(grant.number))
     env = dict(os.environ, NECROPOOL_SLOT_ID=result.slot_id, NECROPOOL_SLOT_PATH=str(path),
                NECROPOOL_LEASE_ID=grant.lease.lease_id)
+    if "NECROPOOL_LEDGER" in env:  # the ledger is named to the command, its password is not
+        env["NECROPOOL_LEDGER"] = redact(env["NECROPOOL_LEDGER"])
     child: subprocess.Popen[bytes] | None = None
     pending: list[int] = []
 

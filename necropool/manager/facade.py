@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
 
+from necropool.ground.clock import now, rfc3339
 from necropool.ground.config import PoolSpec, Settings, load_settings
 from necropool.ground.errors import (
     NecropoolError,
@@ -71,8 +72,11 @@ class PoolManager:
         except NotFound:
             return pools.Pool.elsewhere(self.settings, name)
 
-    def pool_names(self) -> list[str]:
-        return pools.list_pools(self.settings)
+    def pool_names(self, required: bool = False) -> list[str]:
+        """The pools under the root; ``required``: none is an error (NotFound, naming the
+        root), for the commands over every pool that must not read as "all is well"."""
+        names = pools.list_pools(self.settings)
+        return walk.required(self.settings, names) if required else names
 
     def create_pool(self, spec: PoolSpec, progress: "Progress | None" = None) -> dict[str, Any]:
         # lazy: allocate and release load no admin module
@@ -123,6 +127,7 @@ class PoolManager:
             from necropool.store.pg import schema as ledger_schema  # lazy: a PostgreSQL ledger only
 
             names = sorted({*names, *ledger_schema.pool_names(dsn)})
+        walk.required(self.settings, names)
         return [walk.outcome(name, lambda name: views.summary(self.fleet_pool(name), host,
                                                               with_slots=False))
                 for name in names]
@@ -130,7 +135,7 @@ class PoolManager:
     def pool_statuses(self, host: str | None = None) -> list[PoolOutcome[dict[str, Any]]]:
         """``pool_status`` of every pool; an unreadable pool is reported, never hidden."""
         return [walk.outcome(name, lambda name: self.pool_status(name, host))
-                for name in self.pool_names()]
+                for name in self.pool_names(required=True)]
 
     def pool_status(self, name: str, host: str | None = None) -> dict[str, Any]:
         """The pool object with its slots (of ``host`` only, for a pool in a ledger) and what
@@ -154,11 +159,11 @@ class PoolManager:
         pool, number = pools.resolve_slot(self.settings, ref)
         return pools.describe_slot(pool, pools.get_slot(pool.read_state(), pool, number))
 
-    def sync(self, prune: bool = False,
-             progress: "Progress | None" = None) -> list[PoolOutcome[dict[str, Any]]]:
+    def sync(self, prune: bool = False, progress: "Progress | None" = None,
+             dry_run: bool = False) -> list[PoolOutcome[dict[str, Any]]]:
         from necropool.admin.sync import sync  # lazy: allocate and release load no admin module
 
-        return sync(self.settings, prune, progress)
+        return sync(self.settings, prune, progress, dry_run)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def allocate_slot(self, name: str, request: AllocateRequest | None = None, *,
@@ -381,6 +386,7 @@ class PoolManager:
         from necropool.health.detect import KINDS, detect
 
         check_hours(max_allocation_hours)
+        self.pool_names(required=name is None)
         merged: dict[str, list[Any]] = {k: [] for k in KINDS}
         unusable: walk.Broken = []
         errors: walk.Broken = []
@@ -434,6 +440,8 @@ class PoolManager:
         from necropool.health.autorecover import auto_recover, zero_counters
 
         check_hours(max_allocation_hours)
+        self.pool_names(required=name is None)
+        at = rfc3339(now())  # when the run began: a cron log line says when it was
         counters = zero_counters()
         unusable: walk.Broken = []
         targets = walk.targets(self.settings, name, unusable)
@@ -452,4 +460,4 @@ class PoolManager:
             return result.to_dict()
 
         results = walk.checked(targets, recovered, errors)
-        return {**counters, "errors": errors, "dry_run": dry_run, "pools": results}
+        return {**counters, "errors": errors, "dry_run": dry_run, "at": at, "pools": results}

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from necropool.ground.config import Settings
-from necropool.ground.errors import PoolOutcome, PoolStep
+from necropool.ground.errors import NotFound, PoolOutcome, PoolStep
 from necropool.pool.pool import Pool, list_pools
 
 T = TypeVar("T")
@@ -20,6 +20,18 @@ def outcome(name: str, step: Callable[[str], T]) -> PoolOutcome[T]:
     with PoolStep(name) as attempt:
         return PoolOutcome(name, step(name))
     return attempt.failure()
+
+
+def required(settings: Settings, names: list[str]) -> list[str]:
+    """``names``, unless there are none: a command over every pool refuses a root without
+    pools (a typo, or cron without NECROPOOL_HOME) rather than report that all is well."""
+    if names:
+        return names
+    why = ("it does not exist (set NECROPOOL_HOME, --root, or root in the config file)"
+           if not settings.root.is_dir() else
+           "it holds none yet: create one with  necropool create POOL URL  (or declare "
+           "[pools.NAME] in the config file and run  necropool sync)")
+    raise NotFound(f"no pools under {settings.root}: {why}")
 
 
 def targets(settings: Settings, name: str | None, broken: Broken | None) -> list[Pool]:

@@ -37,7 +37,8 @@ def update_mirror(pool: Pool) -> str | None:
             ensure_inside(pool.paths.mirror, pool.settings.root)  # a symlink is not fetched into
             _own_config(pool)
             git.fetch_mirror(pool.paths.mirror, timeout=pool.settings.git_timeout,
-                             backend=pool.definition.fetch_backend)
+                             backend=pool.definition.fetch_backend,
+                             credentials=pool.paths.credentials)
         except OperationFailed as exc:
             pool.event("fetch_failed", error=exc.message)
             _note_failure(pool, exc.message)

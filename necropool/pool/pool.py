@@ -6,7 +6,7 @@ in ``detect``, ``repair`` and ``autorecover``."""
 import os
 import tomllib
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,12 +18,20 @@ from necropool.git import commands as git
 from necropool.ground.clock import rfc3339
 from necropool.ground.config import Settings
 from necropool.ground.errors import NotFound, OperationFailed, UsageError
-from necropool.ground.layout import PoolPaths, ensure_inside, pools_dir, sweep_temp
+from necropool.ground.layout import (
+    PoolPaths,
+    ensure_inside,
+    pools_dir,
+    sweep_temp,
+    write_atomic,
+)
 from necropool.ground.locks import FileLock
 from necropool.ground.proc import hostname
+from necropool.ground.redact import redact, split_upstream
 from necropool.ground.results import Record
 from necropool.ground.slotref import SlotRef
 from necropool.ground.validate import check_pool_name
+from necropool.pool.upstream import migrate
 from necropool.store.base import Store
 from necropool.store.model import PoolState, Slot
 from necropool.store.open import open_store
@@ -40,6 +48,7 @@ class PoolDef:
     fetch_on_allocate: bool = True
     fetch_backend: str = "git"
     created_at: datetime | None = None
+    managed_by: str | None = None  # "sync": made by sync, which alone may prune it
 
     @classmethod
     def load(cls, path: Path) -> "PoolDef":
@@ -70,6 +79,12 @@ class Pool:
             raise NotFound(f"pool {name!r} does not exist under {settings.root}") from None
         except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
             raise OperationFailed(f"pool {name!r}: pool.toml is unreadable: {exc}") from None
+        url, moved = migrate(self.paths, self.definition.url, settings.root)
+        if url != self.definition.url:  # a credential in the URL: never kept in memory either
+            self.definition.url = url
+            if moved:  # best effort: a failed rewrite is redone by the next use
+                with suppress(OSError):
+                    write_atomic(self.paths.definition, self.definition.dump())
         self.ledger = settings.ledger_for(name)
         self.store: Store = open_store(settings, self.paths, name)
         self.local = True  # this host has slots of it
@@ -87,7 +102,8 @@ class Pool:
         pool.settings, pool.name, pool.ledger, pool.local = settings, name, ledger, False
         pool.paths = PoolPaths(settings.root, name)
         url, branch, created_at = definition(ledger, name)
-        pool.definition = PoolDef(name=name, url=url, branch=branch, created_at=created_at)
+        pool.definition = PoolDef(name=name, url=split_upstream(url)[0], branch=branch,
+                                  created_at=created_at)
         pool.store = open_store(settings, pool.paths, name)
         return pool
 
@@ -144,7 +160,10 @@ class Pool:
         return path
 
     def event(self, name: str, **fields: Any) -> None:
-        self.store.append_event(name, **fields)
+        """Append to the pool's history; text fields (errors quoting git or the ledger) with
+        any URL's password or token masked."""
+        self.store.append_event(name, **{key: redact(value) if isinstance(value, str) else value
+                                         for key, value in fields.items()})
 
     def tip(self) -> str:
         return git.mirror_tip(self.paths.mirror, self.definition.branch)

@@ -149,16 +149,9 @@ def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
         c = p["counts"]
         rows.append([p["pool"], p["num_slots"], c["available"], c["allocated"], c["cleaning"],
                      c["error"], p["branch"], p["url"]])
-    if not rows:
-        out.hint(NO_POOLS)
-        return
     out.table(["POOL", "SLOTS", "AVAILABLE", "ALLOCATED", "CLEANING", "ERROR", "BRANCH", "URL"],
               rows)
     fail_for(broken)
-
-
-NO_POOLS = ("no pools yet: create one with  necropool create POOL URL  "
-            "(or declare [pools.NAME] in the config file and run  necropool sync)")
 
 
 @command("status",
@@ -231,8 +224,6 @@ def status(
     elif out.json:
         out.emit({"pools": pools + [outcomes.entry(b) for b in broken]} if not target
                  else pools[0])
-    elif not pools and not broken:
-        out.hint(NO_POOLS)
     else:
         from necropool.cli.status_view import render  # lazy: only status on a terminal
 
@@ -258,30 +249,40 @@ def _is_slot(manager: "PoolManager", target: str) -> bool:
     notes=[
         "The config file declares pools as [pools.NAME] tables (see CONFIGURATION in "
         "*necropool*(1)).",
+        "A pool sync creates has managed_by = \"sync\" in its pool.toml: --prune deletes "
+        "only such pools when the config no longer declares them, never one made with "
+        "*create*. --dry-run reports the same actions (in JSON with \"dry_run\": true) and "
+        "changes nothing.",
     ],
     examples=(
-        "necropool sync            # create or grow the pools of the config file\n"
-        "necropool sync --prune    # also shrink them, and delete pools it dropped"
+        "necropool sync                      # create or grow the pools of the config file\n"
+        "necropool sync --prune --dry-run    # what pruning would shrink and delete\n"
+        "necropool sync --prune              # also shrink them, and delete pools it dropped"
     ),
 )
 def sync(
     prune: Annotated[bool, typer.Option(
-        "--prune", help="Also shrink pools, and delete pools the config drops")] = False,
+        "--prune", help="Also shrink pools, and delete the pools sync made that the config "
+                        "drops (never a pool made with create)")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Report what would be done, do nothing")] = False,
     json_out: Json = False,
 ) -> None:
     """Create or grow the pools declared in the config file's [pools.NAME] tables and update
     their settings; exit 3 when any pool failed."""
     out = G.out(json_out)
     with progress_bar(out, "syncing") as tick:
-        actions = [_sync_entry(o) for o in G.manager().sync(prune, tick)]
+        actions = [_sync_entry(o) for o in G.manager().sync(prune, tick, dry_run)]
     if out.json:
-        out.emit({"actions": actions})
+        out.emit({"actions": actions, "dry_run": dry_run})
     elif not actions:
         out.hint("the config file declares no pools: add a [pools.NAME] table with a url "
                  "(see necropool(1), CONFIGURATION)")
     else:
         out.table(["POOL", "ACTION", "DETAIL"], [[a["pool"], a["action"], _sync_detail(a)]
                                                  for a in actions])
+        if dry_run:
+            out.note("dry run: nothing was changed")
     failed = [f"{a['pool']}: {a['error']}" for a in actions if a["action"] == "failed"]
     if failed:
         out.error("failed", f"sync: {'; '.join(failed)}", 3)

@@ -185,9 +185,10 @@ class _RunCommand(Command):
 @command("run", cls=_RunCommand, context_settings={"allow_interspersed_args": False},
     notes=[
         "The command runs in the slot, with NECROPOOL_SLOT_ID, NECROPOOL_SLOT_PATH and "
-        "NECROPOOL_LEASE_ID set; the slot is released afterwards, also when the command fails "
-        "or is interrupted. With --ttl, run renews the lease while the command runs, so it is "
-        "never reclaimed as expired.",
+        "NECROPOOL_LEASE_ID set (and NECROPOOL_LEDGER, if set, with its password masked: no "
+        "secret of necropool's reaches the command); the slot is released afterwards, also "
+        "when the command fails or is interrupted. With --ttl, run renews the lease while the "
+        "command runs, so it is never reclaimed as expired.",
         "Put -- before the command so that its options are not taken for necropool's.",
     ],
     exit_status=(
