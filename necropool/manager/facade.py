@@ -125,7 +125,16 @@ class PoolManager:
         pool = self.fleet_pool(name)
         data = views.summary(pool, host)
         data["rescued_count"], data["rescued_bytes"] = rescued.usage(pool)
+        data["confinement"] = self.confinement()
         return data
+
+    @staticmethod
+    def confinement() -> str:
+        """What confines the work on slots on this host (``landlock ABI N``, or ``none``
+        and why)."""
+        from necropool.slot import confined  # lazy: ctypes, for status and detect only
+
+        return confined.describe()
 
     def slot_status(self, slot_ref: str) -> dict:
         if remote := self._remote(slot_ref):
