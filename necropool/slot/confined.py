@@ -6,7 +6,9 @@ Where the kernel has no Landlock the work runs in this process, unconfined: ``de
 says so (``status`` and ``detect`` show it), and the audit of ``.git`` through directory
 descriptors remains the only guard."""
 
+import functools
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -31,5 +33,19 @@ def run(fn: Callable[..., T], *args: object, write: Iterable[Path]) -> T:
     Without Landlock, ``fn`` runs here."""
     if confine.abi_version() == 0:
         return fn(*args)
-    policy = confine.Policy(write=tuple(os.fspath(p) for p in write))
+    policy = confine.Policy(write=tuple(os.fspath(p) for p in write), execute=_programs())
     return confine.run_confined(fn, *args, policy=policy)
+
+
+@functools.cache
+def _programs() -> tuple[str, ...]:
+    """Where programs may be run from: the system's directories, and git's wherever it is.
+    Not this Python's (slot work runs none; root's may be in /root, which the pool's owner
+    cannot open)."""
+    dirs = [d for d in confine.SYSTEM_EXECUTE if os.path.isdir(d)]
+    found = shutil.which("git")
+    if found:
+        home = os.path.dirname(os.path.realpath(found))
+        if not any(home == d or home.startswith(d + "/") for d in map(os.path.realpath, dirs)):
+            dirs.append(home)
+    return tuple(dirs)
