@@ -15,7 +15,7 @@ from pathlib import Path
 
 from necropool.git import commands as git
 from necropool.git.commands import GitError
-from necropool.ground.layout import temp_name
+from necropool.ground.layout import make_private, temp_name
 from necropool.slot import confined, nested
 from necropool.slot import gitdir as slotgit
 from necropool.slot.lastclean import LastClean, index_identity
@@ -224,6 +224,7 @@ def _clean_confined(tree: Path, mirror: Path, url: str, tip: str, keep_ignored: 
             git.wait(*bundle, check=False)
         raise
     if bundle and finish_bundle(bundle, saved):
+        make_private(rescue_to)
         report.rescued = str(rescue_to)
     if saved:
         git.delete_refs(gitdir, saved)
@@ -290,7 +291,7 @@ def replace_tampered(tree: Path, *, mirror: Path, url: str, branch: str, tip: st
     tmp, _ = fresh_clone(mirror, tree.parent, url, branch, tip)
     aside.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.rename(tree, aside)
-    os.chmod(aside, 0o700, follow_symlinks=False)
+    make_private(aside)
     os.rename(tmp, tree)
     last = LastClean()
     last.retake_tree(tree)
