@@ -1,6 +1,7 @@
 """Connections to the PostgreSQL ledger: one per thread and DSN, errors mapped to
 necropool's (a ledger that cannot be reached is exit 75, retryable)."""
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,6 +10,18 @@ from necropool.ground.errors import OperationFailed, TryAgain, UsageError
 from necropool.ground.redact import redact
 
 _local = threading.local()  # one connection per thread and DSN
+_inherited: list[object] = []
+
+
+def _forget_in_child() -> None:
+    """A forked child (root's work as a pool's owner) must not speak on its parent's
+    connections, one socket for two speakers, nor finalize them, which would end the
+    parent's session: it keeps them aside, unused, and connects afresh."""
+    _inherited.append(getattr(_local, "conns", None))
+    _local.conns = {}
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class LedgerDown(TryAgain):
