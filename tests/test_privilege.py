@@ -136,13 +136,13 @@ def as_owner(fn: Callable[..., Any], *args: Any) -> Any:
     return run_as(OWNER, fn, *args)
 
 
-@pytest.fixture
-def scene(upstream, monkeypatch) -> Iterator[Scene]:
+@contextlib.contextmanager
+def made_scene(upstream: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scene]:
     base = Path(tempfile.mkdtemp(prefix="necropool-privilege-", dir="/tmp"))
     base.chmod(0o755)  # the owner must reach its pool; root's canary stays root's
     try:
+        monkeypatch.setenv("NECROPOOL_HOME", str(base / "home"))
         s = Scene(base)
-        monkeypatch.setenv("NECROPOOL_HOME", str(s.home))
         repo = base / "upstream"
         shutil.copytree(upstream, repo, symlinks=True)
         s.markers.mkdir()
@@ -156,6 +156,12 @@ def scene(upstream, monkeypatch) -> Iterator[Scene]:
         yield s
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def scene(upstream, monkeypatch) -> Iterator[Scene]:
+    with made_scene(upstream, monkeypatch) as s:
+        yield s
 
 
 def plant_hostile_things(s: Scene, slot: Path) -> None:
@@ -258,6 +264,20 @@ def test_root_reading_a_pool_creates_nothing_in_it(scene):
     assert s.root_owned() == []
     assert as_owner(lambda: PoolManager.from_config_file(root=str(s.home))
                     .allocate_slot("web")["state"]) == "allocated"
+
+
+def test_root_works_as_the_owner_on_a_pool_in_a_ledger(ledger_dsn, upstream, monkeypatch):
+    """The owner's child connects to the ledger afresh (never on root's connection)."""
+    monkeypatch.setenv("NECROPOOL_LEDGER", ledger_dsn)
+    with made_scene(upstream, monkeypatch) as s:
+        for _ in range(3):
+            lease = s.manager.allocate_slot("web")
+            s.holder(f"cd {lease['path']} && echo work > work.txt")
+            assert s.manager.slot_status(lease["slot_id"])["state"] == "allocated"
+            released = s.manager.release_slot(lease["slot_id"], lease["lease_id"])
+            assert released["cleaned"] and released["rescued"], released
+        assert s.manager.pool_status("web")["state_source"] == "ledger"
+        assert s.root_owned() == []
 
 
 # --- private by default -----------------------------------------------------------------------
