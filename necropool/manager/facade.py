@@ -114,7 +114,7 @@ class PoolManager:
             if not force:
                 raise
             return admin.delete_remains(self.settings, name)
-        return self._owned(pool, admin.delete, pool, force, discard_work)
+        return admin.delete(pool, force, discard_work)  # also writes beside the pool
 
     def add_slots(self, name: str, count: int = 1, progress=None) -> list[str]:
         from necropool.admin import pools as admin
