@@ -108,6 +108,9 @@ class ConfinedChildError(ChildProcessError):
         self.pid = pid
         self.status = status  # as os.waitstatus_to_exitcode: negative for a signal
 
+    def __reduce__(self) -> tuple[type["ConfinedChildError"], tuple[str, int, int]]:
+        return type(self), (str(self.args[0]), self.pid, self.status)
+
 
 # --- ctypes ------------------------------------------------------------------------------
 
@@ -442,10 +445,14 @@ def kill_orphans(sig: int = signal.SIGKILL, *, keep: Collection[int] = (),
 
 def _sweep() -> None:
     """In the child, after ``fn``: kill every descendant still alive, round after round
-    (killing one orphans its children onto us), so no process of the work outlives it."""
+    (killing one orphans its children onto us), so no process of the work outlives it. One
+    that does not die within a second (uninterruptible sleep) is not waited for again."""
+    stuck: set[int] = set()
     for _ in range(64):
-        if not kill_orphans(signal.SIGKILL, wait=1.0):
+        killed = kill_orphans(signal.SIGKILL, keep=stuck, wait=1.0)
+        if not killed:
             return
+        stuck |= set(children()) & set(killed)
 
 
 # --- run_confined --------------------------------------------------------------------------
@@ -500,6 +507,11 @@ def _child(wfd: int, fn: Callable[..., Any], args: tuple[object, ...],
             if os.getppid() != parent:
                 os._exit(75)  # the parent died before the death signal was armed
             message: tuple[str, Any, str] = ("ok", fn(*args), "")
+        except SystemExit as exc:  # re-raised in the parent it would end the parent too
+            wanted = exc.code if isinstance(exc.code, int) else 1
+            message = ("err", ConfinedChildError(
+                f"the confined child (pid {os.getpid()}) called sys.exit({exc.code!r})",
+                os.getpid(), wanted), traceback.format_exc())
         except BaseException as exc:
             message = ("err", exc, traceback.format_exc())
         _sweep()
@@ -585,9 +597,10 @@ def run_confined(fn: Callable[..., T], *args: object, policy: Policy | None,
     process group and is its descendants' subreaper: when ``fn`` returns every descendant
     still alive is killed, and when we are interrupted (KeyboardInterrupt), time out
     (TimeoutError) or the child ends, its group is killed. A child that ends without a
-    result (a signal, os._exit) raises ConfinedChildError. Safe from a threaded parent:
-    the child runs only ``fn`` and leaves by os._exit; ``fn`` must not need a lock that
-    another thread held at the fork. What ``fn`` returns is unpickled here: run untrusted
+    result (a signal, os._exit) or calls sys.exit raises ConfinedChildError. The child is
+    killed (SIGKILL) if the thread that called us dies. Safe from a threaded parent: the
+    child runs only ``fn`` and leaves by os._exit; ``fn`` must not need a lock that another
+    thread held at the fork. What ``fn`` returns is unpickled here: run untrusted
     code only in ``fn``'s subprocesses, never in ``fn``'s own interpreter. The environment
     (HOME, TMPDIR) is the caller's to set; a TMPDIR must be beneath ``policy.write``."""
     who = _as_identity(user)
@@ -607,8 +620,8 @@ def run_confined(fn: Callable[..., T], *args: object, policy: Policy | None,
     if pid == 0:
         os.close(rfd)
         _child(wfd, fn, args, policy, who, parent)
-    os.close(wfd)
     try:
+        os.close(wfd)
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # as the child does: whichever runs first
         data = _receive(rfd, pid, deadline)
