@@ -35,7 +35,7 @@ def table_fields(heading: str) -> set[str]:
 
 SLOT_KEYS = table_fields("## The slot object")
 POOL_KEYS = table_fields("### The pool object")
-STATUS_ONLY = {"rescued_count", "rescued_bytes"}  # what status adds to the pool object
+STATUS_ONLY = {"rescued_count", "rescued_bytes", "confinement"}  # status adds to the pool object
 COUNTERS = {"long_allocated_released", "expired_released", "abandoned_released",
             "corrupted_recovered", "corrupted_isolated", "orphaned_locks_cleaned",
             "stray_paths_moved", "slots_adopted"}
@@ -57,7 +57,7 @@ def one_object(result, code: int = 0) -> dict:
 def test_the_document_lists_what_the_code_knows():
     assert {"slot_id", "lease_id", "expires_at", "ttl_seconds", "last_rescue"} <= SLOT_KEYS
     assert {"pool", "counts", "state_source", "slots"} <= POOL_KEYS
-    assert row("detect") == set(KINDS) | {"healthy", "count", "errors"}
+    assert row("detect") == set(KINDS) | {"healthy", "count", "errors", "confinement"}
     assert row("auto-recover") >= COUNTERS
 
 

@@ -339,6 +339,9 @@ def test_root_reclaims_an_unprivileged_holders_slot_safely(cli, open_root, upstr
 
     nobody = pwd.getpwnam("nobody")
     assert cli("create", "web", upstream, "--slots", "2").code == 0
+    for directory in (open_root / "pools", open_root / "pools" / "web",
+                      open_root / "pools" / "web" / "slots"):
+        directory.chmod(0o711)  # private by default: opened for holders of another uid
     grant = dead_holders_grant(cli)
     slot, lease = Path(grant["path"]), grant["lease_id"]
     for path in [slot, *slot.rglob("*")]:

@@ -19,6 +19,7 @@ from necropool.ground.layout import (
     ensure_inside,
     kept_dir,
     pools_dir,
+    private_dir,
     remove_tree,
     sweep_temp,
     temp_name,
@@ -45,7 +46,8 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
     ``managed_by``: what made it (``sync``), recorded in ``pool.toml``."""
     check_spec(spec)
     parent = pools_dir(settings.root)
-    parent.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.root)
+    private_dir(parent)
     ensure_inside(parent, settings.root)
     sweep_temp(parent, settings.root)
     final = parent / spec.name
@@ -62,7 +64,8 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
     ledger = settings.ledger_for(spec.name)
     try:
         for directory in (tmp, paths.locks, paths.slots, paths.rescued):
-            directory.mkdir()
+            directory.mkdir(mode=0o700)
+        os.chmod(tmp, 0o700)  # whatever the umask: the pool is its owner's alone
         if credential is not None:
             credentials.write(paths.credentials, *credential)
         # pygit2 (100-140 ms to import) loads while git clones the mirror
@@ -210,7 +213,7 @@ def _keep_rescued(root: Path, source: Path, name: str, suffix: str = "") -> str 
     target = kept_dir(root) / f"{name}-{now():%Y%m%dT%H%M%S%fZ}{suffix}"
     ensure_inside(source, root)
     ensure_inside(kept_dir(root), root)
-    kept_dir(root).mkdir(exist_ok=True)
+    kept_dir(root).mkdir(mode=0o700, exist_ok=True)
     os.rename(source, target)
     return str(target)
 

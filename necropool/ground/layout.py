@@ -3,6 +3,7 @@ follow a symlink out of the root."""
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from necropool.ground.errors import OperationFailed
@@ -68,6 +69,25 @@ def pools_dir(root: Path) -> Path:
 def kept_dir(root: Path) -> Path:
     """``<root>/rescued``: work saved from pools that were deleted."""
     return root / "rescued"
+
+
+def private_dir(path: Path) -> None:
+    """Make the directory ``path`` (its parents as usual) so that only its owner may enter
+    it, whatever the umask; one that exists is left as it is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o700)
+
+
+def make_private(path: Path) -> None:
+    """Owner-only access to something moved aside under ``rescued/`` (a symlink is left as
+    it is: its own mode means nothing)."""
+    st = os.lstat(path)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(path, 0o700 if stat.S_ISDIR(st.st_mode) else 0o600, follow_symlinks=False)
 
 
 def symlink_in(path: Path, root: Path) -> Path | None:
@@ -174,7 +194,7 @@ def write_atomic(path: Path, data: bytes, sync_dir: bool = True, sync: bool = Tr
     tmp = path.parent / temp_name(path.name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(tmp, flags, 0o644)
+        fd = os.open(tmp, flags, 0o600)  # a pool's files are its owner's alone
         try:
             view = memoryview(data)
             while view:

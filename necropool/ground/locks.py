@@ -94,7 +94,7 @@ class FileLock:
     def _try_once(self, create: bool) -> bool:
         pl = _portalocker()
         try:
-            fd = os.open(self.path, _OPEN_FLAGS | (os.O_CREAT if create else 0), 0o644)
+            fd = os.open(self.path, _OPEN_FLAGS | (os.O_CREAT if create else 0), 0o600)
         except FileNotFoundError:
             if create:
                 raise
@@ -144,7 +144,7 @@ class FileLock:
         previous = signal.signal(signal.SIGALRM, _alarm)
         try:
             while (remaining := deadline - time.monotonic()) > 0:
-                fd = os.open(self.path, _OPEN_FLAGS | os.O_CREAT, 0o644)
+                fd = os.open(self.path, _OPEN_FLAGS | os.O_CREAT, 0o600)
                 try:
                     signal.setitimer(signal.ITIMER_REAL, remaining)
                     try:

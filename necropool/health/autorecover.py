@@ -13,7 +13,7 @@ from typing import Any
 from necropool.git import commands as git
 from necropool.ground.clock import now
 from necropool.ground.errors import Conflict, OperationFailed, Skipped, explain
-from necropool.ground.layout import PoolPaths, ensure_inside
+from necropool.ground.layout import PoolPaths, ensure_inside, make_private
 from necropool.ground.locks import FileLock
 from necropool.ground.results import Record
 from necropool.health.detect import Anomaly, Findings, detect, holder_dead, live_allocation
@@ -318,5 +318,6 @@ def _move_stray(pool: Pool, path: Path) -> None:
         target = pool.paths.rescued / f"stray-{'-'.join(rel.parts)}-{now():%Y%m%dT%H%M%S%fZ}"
         ensure_inside(target.parent, pool.settings.root)
         os.rename(path, target)
+        make_private(target)
     for directory in (pool.paths.locks, pool.paths.slots, pool.paths.rescued):
         directory.mkdir(exist_ok=True)

@@ -21,6 +21,7 @@ from necropool.ground.validate import check_text
 from necropool.health.detect import holder_dead
 from necropool.lease.refresh import clear_processes, move_aside, refresh
 from necropool.pool.pool import Pool, get_slot
+from necropool.slot.cleanup import fresh_clone
 from necropool.slot.integrity import Verifier
 from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, Slot, SlotState
 
@@ -203,12 +204,14 @@ def _repair(pool: Pool, slot: Slot, actions: list[str],
             actions.append(f"moved the broken working copy to {rescued}")
         else:
             remove_tree(path, pool.settings.root)
-    tmp = pool.paths.slots / temp_name("reclone")
     try:
-        commit = git.clone_slot(pool.paths.mirror, tmp, pool.definition.url,
-                                pool.definition.branch)
-        os.rename(tmp, path)
+        tmp, commit = fresh_clone(pool.paths.mirror, pool.paths.slots, pool.definition.url,
+                                  pool.definition.branch)
     except (OperationFailed, OSError) as exc:
+        return False, f"re-clone failed: {exc}", None, rescued
+    try:
+        os.rename(tmp, path)
+    except OSError as exc:
         remove_tree(tmp, pool.settings.root)
         return False, f"re-clone failed: {exc}", None, rescued
     actions.append("re-cloned from the mirror")

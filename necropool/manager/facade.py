@@ -3,13 +3,16 @@ their administration, leases, health, the fleet); its health methods keep the na
 original request (ARCHITECTURE.md, Health). ``walk`` runs the commands over several pools.
 The CLI talks to this and nothing else."""
 
+import contextlib
+import functools
+import importlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
 from necropool.ground.clock import now, rfc3339
 from necropool.ground.config import PoolSpec, Settings, load_settings
@@ -22,6 +25,7 @@ from necropool.ground.errors import (
     named,
 )
 from necropool.ground.layout import pools_dir
+from necropool.ground.owner import owner_of, run_as
 from necropool.ground.proc import Holder, hostname
 from necropool.ground.results import Record
 from necropool.ground.slotref import SlotRef
@@ -32,12 +36,28 @@ from necropool.lease.release import release
 from necropool.manager import views, walk
 from necropool.pool import pool as pools
 from necropool.store import events
+from necropool.store.model import Slot
 from necropool.store.pg import connect as ledger_link
 
 if TYPE_CHECKING:
     from necropool.admin.pools import Progress
     from necropool.health.lockmaint import LockManager
     from necropool.lease.run import RunResult
+
+T = TypeVar("T")
+# What work on a pool may import as it goes (the modules imported where they are used, and
+# what they load in turn), loaded before root's child becomes the pool's owner.
+_OWNER_WORK = (
+    "necropool.admin.pools", "necropool.health.autorecover", "necropool.health.lockmaint",
+    "necropool.pool.rescued", "necropool.slot.cleanup", "necropool.slot.integrity",
+    "necropool.store.pg.store", "concurrent.futures", "portalocker", "psycopg", "pygit2",
+)
+
+
+def _allocated(pool: pools.Pool, request: AllocateRequest) -> tuple[Slot, str | None]:
+    """``allocate``'s slot and fetch error (its grant holds the pool, which stays here)."""
+    grant = allocate(pool, request)
+    return grant.slot, grant.fetch_error
 
 
 class PoolManager:
@@ -49,6 +69,18 @@ class PoolManager:
         """``config`` is the health API's name for the same settings."""
         self.settings = settings or config or load_settings()
         ledger_link.configure(self.settings.ledger_timeout)
+
+    @staticmethod
+    def _owned(pool: pools.Pool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on ``pool`` as its owner: run as root on another user's
+        pool, in a child that became that user (``owner``)."""
+        who = owner_of(pool.paths.dir)
+        if who is None:
+            return fn(*args, **kwargs)
+        for module in _OWNER_WORK:  # before the child becomes a user who may not read them
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module)
+        return run_as(who, functools.partial(fn, *args, **kwargs))
 
     @property
     def lock_manager(self) -> "LockManager":
@@ -97,14 +129,15 @@ class PoolManager:
             if not force:
                 raise
             return admin.delete_remains(self.settings, name)
-        return admin.delete(pool, force, discard_work)
+        return admin.delete(pool, force, discard_work)  # also writes beside the pool
 
     def add_slots(self, name: str, count: int = 1,
                   progress: "Progress | None" = None) -> list[str]:
         # lazy: allocate and release load no admin module
         from necropool.admin import pools as admin
 
-        return admin.add_slots(self.get_pool(name), count, progress)
+        pool = self.get_pool(name)
+        return self._owned(pool, admin.add_slots, pool, count, progress)
 
     def add_slot(self, name: str) -> str:
         """One more slot (the health API's ``add_slot(repo_name)``); returns its id."""
@@ -116,7 +149,7 @@ class PoolManager:
         from necropool.admin import pools as admin
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return admin.remove_slot(pool, number, force, discard_work)
+        return self._owned(pool, admin.remove_slot, pool, number, force, discard_work)
 
     def list_pools(self, host: str | None = None) -> list[PoolOutcome[dict[str, Any]]]:
         """Every pool's summary (of ``host``'s slots only, for a pool in a ledger), with the
@@ -146,7 +179,16 @@ class PoolManager:
         pool = self.fleet_pool(name)
         data = views.summary(pool, host)
         data["rescued_count"], data["rescued_bytes"] = rescued.usage(pool)
+        data["confinement"] = self.confinement()
         return data
+
+    @staticmethod
+    def confinement() -> str:
+        """What confines the work on slots on this host (``landlock ABI N``, or ``none``
+        and why)."""
+        from necropool.slot import confined  # lazy: ctypes, for status and detect only
+
+        return confined.describe()
 
     def slot_status(self, slot_ref: str) -> dict[str, Any]:
         ref = SlotRef.parse(slot_ref)
@@ -189,7 +231,7 @@ class PoolManager:
             try:
                 if not pool.local:  # no slot here: only the others
                     raise TryAgain(f"no free slot in pool {name!r} on any host")
-                grant = allocate(pool, replace(
+                slot, fetch_error = self._owned(pool, _allocated, pool, replace(
                     request, wait=min(request.wait, max(0.0, deadline - time.monotonic()), 1.0))
                     if request.any_host else request)
             except TryAgain:
@@ -209,8 +251,8 @@ class PoolManager:
                 if not pool.local:
                     time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
                 continue
-            data = pools.describe_slot(pool, grant.slot)
-            data["fetch_error"] = grant.fetch_error
+            data = pools.describe_slot(pool, slot)
+            data["fetch_error"] = fetch_error
             return data
 
     def release_slot(self, slot_ref: str, lease_id: str | None = None, cleanup: bool = True,
@@ -224,8 +266,8 @@ class PoolManager:
             pool, number, host = remote
             return fleet.release(pool, host, number, lease_id)
         pool, number = pools.resolve_slot(self.settings, ref)
-        return release(pool, number, lease_id=lease_id, clean=cleanup, fetch=fetch,
-                                 stop=stop).to_dict()
+        return self._owned(pool, release, pool, number, lease_id=lease_id, clean=cleanup,
+                           fetch=fetch, stop=stop).to_dict()
 
     def renew_slot(self, slot_ref: str, lease_id: str,
                    ttl: float | None = None) -> dict[str, Any]:
@@ -238,7 +280,8 @@ class PoolManager:
             renewed = fleet.renew(pool, host, number, lease_id, ttl)
             return pools.describe_slot(pool, renewed.slot, renewed.host, renewed.path)
         pool, number = pools.resolve_slot(self.settings, ref)
-        return pools.describe_slot(pool, leases.renew(pool, number, lease_id, ttl))
+        return pools.describe_slot(pool, self._owned(pool, leases.renew, pool, number,
+                                                     lease_id, ttl))
 
     def _remote(self, ref: SlotRef) -> tuple[pools.Pool, int, str] | None:
         """A slot of another host (``POOL-N@HOST``): its pool, number and host."""
@@ -329,19 +372,24 @@ class PoolManager:
 
         def listed(pool: pools.Pool) -> list[Record]:
             found = rescued.entries(pool)
-            if inspect:
+            if inspect:  # in a scratch repository in the pool's directory
                 rescued.inspect(pool, found)
             return found
 
-        return walk.each(self.settings, name, broken, listed)
+        return walk.each(self.settings, name, broken,
+                         lambda pool: self._owned(pool, listed, pool))
 
     def rescued_show(self, ident: str) -> Record:
         # lazy: allocate and release never read rescued work
         from necropool.pool import rescued
 
         pool, item = self._rescued_find(ident)
-        rescued.inspect(pool, [item])
-        return item
+
+        def inspected() -> Record:
+            rescued.inspect(pool, [item])
+            return item
+
+        return self._owned(pool, inspected)
 
     def rescued_restore(self, ident: str, into: str | None = None) -> dict[str, Any]:
         # lazy: allocate and release never read rescued work
@@ -371,8 +419,8 @@ class PoolManager:
         # lazy: allocate and release never read rescued work
         from necropool.pool import rescued
 
-        return walk.each(self.settings, name, broken,
-                         lambda pool: rescued.prune(pool, older_than, apply))
+        return walk.each(self.settings, name, broken, lambda pool: self._owned(
+            pool, rescued.prune, pool, older_than, apply))
 
     # --- health -------------------------------------------------------------------------------
     def detect_anomalies(self, name: str | None = None,
@@ -391,8 +439,9 @@ class PoolManager:
         unusable: walk.Broken = []
         errors: walk.Broken = []
         targets = walk.targets(self.settings, name, unusable)
-        for found in walk.checked(targets, lambda pool: detect(
-                pool, max_allocation_hours=max_allocation_hours, deep=deep), errors):
+        for found in walk.checked(targets, lambda pool: self._owned(
+                pool, detect, pool, max_allocation_hours=max_allocation_hours, deep=deep),
+                errors):
             for kind, records in found.to_dict().items():
                 merged[kind].extend(r for r in records if host in (None, r["host"]))
         for each in unusable:
@@ -419,14 +468,14 @@ class PoolManager:
         from necropool.health.repair import recover
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return recover(pool, number, force).to_dict()
+        return self._owned(pool, recover, pool, number, force).to_dict()
 
     def isolate_slot(self, slot_ref: str, reason: str | None = None) -> dict[str, Any]:
         # lazy: allocate and release load no health module
         from necropool.health.repair import isolate
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return isolate(pool, number, reason).to_dict()
+        return self._owned(pool, isolate, pool, number, reason).to_dict()
 
     def auto_recover(self, name: str | None = None, *,
                      max_allocation_hours: float | None = None,
@@ -450,8 +499,8 @@ class PoolManager:
             for each in unusable]
 
         def recovered(pool: pools.Pool) -> dict[str, Any]:
-            result = auto_recover(
-                pool, max_allocation_hours=max_allocation_hours,
+            result = self._owned(
+                pool, auto_recover, pool, max_allocation_hours=max_allocation_hours,
                 recover_corrupted=recover_corrupted, cleanup_orphaned_locks=cleanup_orphaned_locks,
                 force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
             for key, value in result.counters.items():

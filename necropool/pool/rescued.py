@@ -17,6 +17,7 @@ from necropool.ground.clock import now, rfc3339
 from necropool.ground.errors import Conflict, NotFound, OperationFailed, UsageError
 from necropool.ground.layout import ensure_inside, is_temp, remove_tree, temp_name
 from necropool.ground.results import Record
+from necropool.slot import confined
 
 if TYPE_CHECKING:
     from necropool.pool.pool import Pool
@@ -233,7 +234,7 @@ def find(pools: list["Pool"], ident: str) -> tuple["Pool", Record]:
 def restore(pool: "Pool", item: Record, into: Path | None) -> dict[str, Any]:
     """Fetch a bundle's saved refs as ``refs/rescued/<slot>-<stamp>/...`` into the git
     repository ``into``; when ``into`` does not exist, clone it first (from the pool's
-    mirror, ``origin`` set to the upstream URL)."""
+    mirror, ``origin`` set to the upstream URL). git runs in a child confined to ``into``."""
     if item["kind"] != "bundle" or not item["refs"]:
         raise Conflict(f"{item['id']} is a {item['kind']}, not a bundle of saved refs: "
                        f"copy what you need from {item['path']}")
@@ -242,16 +243,29 @@ def restore(pool: "Pool", item: Record, into: Path | None) -> dict[str, Any]:
     target = Path(into or stem).absolute()
     cloned = not os.path.lexists(target)
     if cloned:
-        git.run(["clone", "-q", "--no-hardlinks", str(pool.paths.mirror), str(target)])
-        git.run(["remote", "set-url", "origin", pool.definition.url], target)
+        target.mkdir(parents=True)  # made here, so that the confinement's rule can name it
     elif not (target / ".git").exists() and not (target / "HEAD").is_file():
         raise Conflict(f"{target} exists and is not a git repository: name a clone of the "
                        "upstream or a path that does not exist")
     space = f"refs/rescued/{stem}/"
-    git.run(["fetch", "-q", "--no-tags", "--no-write-fetch-head", item["path"],
-             f"+{RESCUE_REFS}*:{space}*"], target)
+    try:
+        confined.run(_fetch_saved, pool.paths.mirror, pool.definition.url, item["path"],
+                     target, space, cloned, write=(target.resolve(),))
+    except BaseException:
+        if cloned:
+            remove_tree(target, target.parent)
+        raise
     return {"id": item["id"], "pool": pool.name, "path": str(target), "cloned": cloned,
             "refs": [space + n for n in item["refs"]]}
+
+
+def _fetch_saved(mirror: Path, url: str, bundle: str, target: Path, space: str,
+                 clone: bool) -> None:
+    if clone:
+        git.run(["clone", "-q", "--no-hardlinks", str(mirror), str(target)])
+        git.run(["remote", "set-url", "origin", url], target)
+    git.run(["fetch", "-q", "--no-tags", "--no-write-fetch-head", bundle,
+             f"+{RESCUE_REFS}*:{space}*"], target)
 
 
 def prune(pool: "Pool", older_than: float, apply: bool) -> list[Record]:

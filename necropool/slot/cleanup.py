@@ -15,9 +15,9 @@ from pathlib import Path
 
 from necropool.git import commands as git
 from necropool.git.commands import GitError
-from necropool.ground.layout import temp_name
+from necropool.ground.layout import make_private, temp_name
+from necropool.slot import confined, nested
 from necropool.slot import gitdir as slotgit
-from necropool.slot import nested
 from necropool.slot.lastclean import LastClean, index_identity
 from necropool.slot.saving import (
     RESCUE_REFS,
@@ -143,16 +143,35 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     ``rescue_to`` (when there is any; nested repositories git must not be run on go beside
     it, a tampered slot whole). ``record`` (outside the slot) remembers what this cleanup
     left. Raises GitError when the slot cannot be cleaned; saved work not yet in a bundle
-    then stays in the slot's refs, and the next cleanup bundles it."""
-    gitdir = tree / ".git"
+    then stays in the slot's refs, and the next cleanup bundles it.
+
+    The audit and the whole cleanup run in a child the kernel lets write only beneath the
+    slot, ``rescue_to``'s directory and ``record``'s (``confined.run``): a holder renaming
+    things meanwhile cannot steer a write, a delete or a program run outside them. Moving a
+    tampered slot aside (a rename in the pool's directories) is done here, its re-clone
+    confined too."""
     if tree.is_symlink():
         raise GitError(f"{tree} is a symlink: refusing to clean what it points at")
+    for directory in (rescue_to.parent, record.parent):  # a rule needs them to exist
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    report = confined.run(_clean_confined, tree, mirror, url, tip, keep_ignored, rescue_to,
+                          record, known_commit, write=(tree, rescue_to.parent, record.parent))
+    if report.tampered:
+        return replace_tampered(tree, mirror=mirror, url=url, branch=branch, tip=tip,
+                                aside=_beside(rescue_to, ".tampered"), problems=report.tampered,
+                                record=record)
+    return report
+
+
+def _clean_confined(tree: Path, mirror: Path, url: str, tip: str, keep_ignored: bool,
+                    rescue_to: Path, record: Path, known_commit: str | None) -> Report:
+    """``clean``'s work inside the confinement; a slot whose ``.git`` fails the audit is
+    left as it is and reported ``tampered``."""
+    gitdir = tree / ".git"
     problems = (slotgit.audit(gitdir) if gitdir.is_dir() and not gitdir.is_symlink()
                 else [".git is not a directory"])
     if problems:
-        return replace_tampered(tree, mirror=mirror, url=url, branch=branch, tip=tip,
-                                aside=_beside(rescue_to, ".tampered"), problems=problems,
-                                record=record)
+        return Report(tampered=problems)
     report = Report()
     object_format = git.object_format(mirror)
     report.restored = slotgit.restore(gitdir, git.slot_config(url, object_format))
@@ -207,6 +226,7 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
             git.wait(*bundle, check=False)
         raise
     if bundle and finish_bundle(bundle, saved):
+        make_private(rescue_to)
         report.rescued = str(rescue_to)
     if saved:
         git.delete_refs(gitdir, saved)
@@ -281,20 +301,39 @@ def _drop_links_out(tree: Path) -> None:
 def replace_tampered(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, aside: Path,
                      problems: list[str], record: Path) -> Report:
     """Move a slot whose .git was tampered with aside whole (everything in it is kept, and
-    git is never run on it) and put a fresh clone of the mirror in its place."""
-    tmp = tree.parent / temp_name("reclone")
-    try:
-        commit = git.clone_slot(mirror, tmp, url, branch)
-        if commit != tip:
-            git.run(["checkout", "-f", "-q", "--detach", tip], tmp)
-    except BaseException:
-        slotgit.remove(tmp)
-        raise
-    aside.parent.mkdir(parents=True, exist_ok=True)
+    git is never run on it; only its owner may enter it) and put a fresh clone of the
+    mirror in its place."""
+    tmp, _ = fresh_clone(mirror, tree.parent, url, branch, tip)
+    aside.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.rename(tree, aside)
+    make_private(aside)
     os.rename(tmp, tree)
     last = LastClean()
     last.retake_tree(tree)
     last.index = index_identity(tree / ".git")
     last.save(record)
     return Report(tampered=[printable(p) for p in problems], recloned=True, rescued=str(aside))
+
+
+def fresh_clone(mirror: Path, where: Path, url: str, branch: str,
+                tip: str | None = None) -> tuple[Path, str]:
+    """A new slot in a temp directory made in ``where``, cloned from the mirror (at ``tip``,
+    else the branch's tip) by a child confined to it and to the mirror's objects, which the
+    clone hard-links; returns it and its commit. On failure nothing is left."""
+    tmp = where / temp_name("reclone")
+    tmp.mkdir()
+    try:
+        commit = confined.run(_clone, mirror, tmp, url, branch, tip,
+                              write=(tmp, mirror / "objects"))
+    except BaseException:
+        slotgit.remove(tmp)
+        raise
+    return tmp, commit
+
+
+def _clone(mirror: Path, dest: Path, url: str, branch: str, tip: str | None) -> str:
+    commit = git.clone_slot(mirror, dest, url, branch)
+    if tip is not None and commit != tip:
+        git.run(["checkout", "-f", "-q", "--detach", tip], dest)
+        return tip
+    return commit

@@ -61,7 +61,7 @@ class LastClean:
         path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as fh:  # dumps: json.dump does without the C encoder
             fh.write(json.dumps({"at": self.at, "dirs": self.dirs, "index": self.index}))
         os.replace(tmp, path)

@@ -198,7 +198,7 @@ def _save_history(tree: Path, gd: Path | None, prefix: str) -> list[str]:
 def _move_aside(path: Path, aside: Path, rel: str) -> str:
     """Move a nested repository (or git directory) out of the slot, whole."""
     dest = aside / ref_part(rel).replace("/", "__")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.rename(path, dest)
     return str(dest)
 

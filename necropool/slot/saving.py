@@ -167,9 +167,11 @@ def start_bundle(tree: Path, dest: Path, refs: list[str]) -> Bundle:
     cleanup does afterwards touches the saved objects or refs)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     args = ["bundle", "create", "-q", str(dest), "--stdin", "--not", "--remotes"]
-    with tempfile.TemporaryFile() as names:  # (on the command line, 100,000 refs exceed
+    # The refs go on stdin (100,000 refs exceed the kernel's limit on arguments), from a
+    # file beside the bundle: the confined cleanup may write there, not in /tmp.
+    with tempfile.TemporaryFile(dir=dest.parent) as names:
         names.write("".join(f"{ref}\n" for ref in refs).encode(errors="surrogateescape"))
-        names.seek(0)                        # the kernel's limit on arguments)
+        names.seek(0)
         return git.start(args, tree, stdin=names), args
 
 

@@ -28,7 +28,7 @@ def append(path: Path, event: str, **fields: Any) -> None:
     line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644)
+                     0o600)
     except OSError:
         return
     try:

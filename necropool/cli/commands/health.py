@@ -53,18 +53,23 @@ def detect(
     """Find anomalies; exit 0 when healthy, 1 when anything is found, 3 when a pool could
     not be checked."""
     out = G.out(json_out)
-    found = G.manager().detect_anomalies(pool, max_allocation_hours, deep, host)
+    manager = G.manager()
+    found = manager.detect_anomalies(pool, max_allocation_hours, deep, host)
     errors = outcomes.lines(found.pop("errors"))
     total = sum(len(v) for v in found.values())
+    confinement = manager.confinement()
     if out.json:
         out.emit({**found, "healthy": total == 0 and not errors, "count": total,
-                  "errors": errors})
-    elif total:
-        rows = [[KIND_TITLES[kind], a.get("slot_id") or "", a["pool"], a["evidence"],
-                 a.get("path", "")] for kind, items in found.items() for a in items]
-        out.table(["KIND", "SLOT", "POOL", "EVIDENCE", "PATH"], rows, left_cut_last=True)
-    elif not errors:
-        out.note("healthy: no anomalies")
+                  "errors": errors, "confinement": confinement})
+    else:
+        if confinement.startswith("none"):
+            out.note(f"warning: slot work is not confined by the kernel: {confinement}")
+        if total:
+            rows = [[KIND_TITLES[kind], a.get("slot_id") or "", a["pool"], a["evidence"],
+                     a.get("path", "")] for kind, items in found.items() for a in items]
+            out.table(["KIND", "SLOT", "POOL", "EVIDENCE", "PATH"], rows, left_cut_last=True)
+        elif not errors:
+            out.note("healthy: no anomalies")
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         out.error("failed", f"detect: {errors[0]}{more}", 3)

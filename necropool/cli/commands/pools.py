@@ -228,6 +228,9 @@ def status(
         from necropool.cli.status_view import render  # lazy: only status on a terminal
 
         render(out, pools)
+        if pools and pools[0]["confinement"].startswith("none"):
+            out.note(f"warning: slot work is not confined by the kernel: "
+                     f"{pools[0]['confinement']}")
         for p in pools:
             if p["mirror_stale"]:
                 out.note(f"warning: pool {p['pool']}: stale mirror: {p['mirror_stale']}")

@@ -10,6 +10,7 @@ and a transaction-mode PgBouncer sees no session state), TCP keepalives and
 too (a stall the kernel keeps acknowledging). No statement is prepared (PgBouncer's
 transaction mode cannot keep them)."""
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -27,6 +28,18 @@ _local = threading.local()  # one connection per thread and DSN
 DEFAULT_BOUND = 10.0
 _bound = DEFAULT_BOUND  # seconds: the longest wait on the ledger (``configure``)
 HOLD = 600.0  # seconds a ``hold`` transaction may stay idle between statements
+_inherited: list[object] = []
+
+
+def _forget_in_child() -> None:
+    """A forked child (root's work as a pool's owner) must not speak on its parent's
+    connections, one socket for two speakers, nor finalize them, which would end the
+    parent's session: it keeps them aside, unused, and connects afresh."""
+    _inherited.append(getattr(_local, "conns", None))
+    _local.conns = {}
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class LedgerDown(TryAgain):

@@ -1,0 +1,51 @@
+"""Slot work in a forked child the kernel confines (Landlock): it may write only beneath
+the directories its step names and execute only the system's programs, so whatever a
+holder renames while the work runs, no write, delete or program run lands outside them.
+
+Where the kernel has no Landlock the work runs in this process, unconfined: ``describe``
+says so (``status`` and ``detect`` show it), and the audit of ``.git`` through directory
+descriptors remains the only guard."""
+
+import functools
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+from necropool.ground import confine
+
+T = TypeVar("T")
+
+
+def describe() -> str:
+    """What confines slot work on this kernel, as ``status`` and ``detect`` report it."""
+    try:
+        abi = confine.abi_version()
+    except OSError as exc:  # Landlock refused (a seccomp filter, say): run() fails closed
+        return f"none (Landlock refused: {exc.strerror})"
+    return f"landlock ABI {abi}" if abi else "none (kernel without Landlock)"
+
+
+def run(fn: Callable[..., T], *args: object, write: Iterable[Path]) -> T:
+    """``fn(*args)`` in a child that may write only beneath ``write`` (existing directories,
+    none of them a symlink); its value or exception comes back here, so both must pickle.
+    Without Landlock, ``fn`` runs here."""
+    if confine.abi_version() == 0:
+        return fn(*args)
+    policy = confine.Policy(write=tuple(os.fspath(p) for p in write), execute=_programs())
+    return confine.run_confined(fn, *args, policy=policy)
+
+
+@functools.cache
+def _programs() -> tuple[str, ...]:
+    """Where programs may be run from: the system's directories, and git's wherever it is.
+    Not this Python's (slot work runs none; root's may be in /root, which the pool's owner
+    cannot open)."""
+    dirs = [d for d in confine.SYSTEM_EXECUTE if os.path.isdir(d)]
+    found = shutil.which("git")
+    if found:
+        home = os.path.dirname(os.path.realpath(found))
+        if not any(home == d or home.startswith(d + "/") for d in map(os.path.realpath, dirs)):
+            dirs.append(home)
+    return tuple(dirs)
