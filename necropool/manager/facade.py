@@ -283,13 +283,23 @@ class PoolManager:
         the others are listed; without one, it raises."""
         from necropool.pool import rescued
 
-        def listed(pool: pools.Pool) -> list[Record]:
+        def listed(pool) -> list[Record]:
             found = rescued.entries(pool)
             if inspect:
                 rescued.inspect(pool, found)
             return found
 
-        return walk.each(self.settings, name, broken, listed)
+        return self._rescued_each(name, broken, listed)
+
+    def _rescued_each(self, name: str | None, broken: list[dict] | None, step) -> list[Record]:
+        """``walk.each`` over the pools, then over the deleted pools whose work
+        ``<root>/rescued/`` keeps (those of that name only, when one is named)."""
+        from necropool.pool import rescued
+
+        gone = [d for d in rescued.deleted_pools(self.settings) if name in (None, d.name)]
+        only_gone = bool(name and gone and name not in self.pool_names())
+        live = [] if only_gone else walk.each(self.settings, name, broken, step)
+        return live + [item for pool in gone for item in step(pool)]
 
     def rescued_show(self, ident: str) -> dict:
         from necropool.pool import rescued
@@ -298,11 +308,12 @@ class PoolManager:
         rescued.inspect(pool, [item])
         return item
 
-    def rescued_restore(self, ident: str, into: str | None = None) -> dict:
+    def rescued_restore(self, ident: str, into: str | None = None,
+                        checkout: bool = False) -> dict:
         from necropool.pool import rescued
 
         pool, item = self._rescued_find(ident)
-        return rescued.restore(pool, item, Path(into) if into else None)
+        return rescued.restore(pool, item, Path(into) if into else None, checkout)
 
     def _rescued_find(self, ident: str) -> tuple[object, Record]:
         """The item among every pool's; not found, the pools that could not be searched are
@@ -311,7 +322,8 @@ class PoolManager:
 
         broken: list[dict] = []
         try:
-            return rescued.find(walk.targets(self.settings, None, broken), ident)
+            return rescued.find([*walk.targets(self.settings, None, broken),
+                                 *rescued.deleted_pools(self.settings)], ident)
         except NotFound as exc:
             if not broken:
                 raise
@@ -323,8 +335,8 @@ class PoolManager:
         as for ``rescued_list``."""
         from necropool.pool import rescued
 
-        return walk.each(self.settings, name, broken,
-                         lambda pool: rescued.prune(pool, older_than, apply))
+        return self._rescued_each(name, broken,
+                                  lambda pool: rescued.prune(pool, older_than, apply))
 
     # --- health -------------------------------------------------------------------------------
     def detect_anomalies(self, name: str | None = None, max_allocation_hours=None,

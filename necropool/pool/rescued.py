@@ -13,9 +13,11 @@ from pathlib import Path
 
 from necropool.git import commands as git
 from necropool.ground.clock import now, rfc3339
+from necropool.ground.config import Settings
 from necropool.ground.errors import Conflict, NotFound, OperationFailed, UsageError
-from necropool.ground.layout import ensure_inside, is_temp, remove_tree, temp_name
+from necropool.ground.layout import ensure_inside, is_temp, kept_dir, remove_tree, temp_name
 from necropool.ground.results import Record
+from necropool.pool import put_back
 
 RESCUE_REFS = "refs/necropool/rescue/"
 _STAMP = r"(?P<stamp>\d{8}T\d{6}(?:\d{6})?Z)"
@@ -95,6 +97,41 @@ class Holders:
         return (before[-1][1], before[-1][2]) if before else (None, None)
 
 
+class _KeptPaths:
+    """A deleted pool's stand-in for ``PoolPaths``: its items live (and are pruned) under
+    ``<root>/rescued/``, where inspecting them happens too; its mirror is gone."""
+
+    def __init__(self, root: Path):
+        self.rescued = self.dir = kept_dir(root)
+        self.mirror: Path | None = None
+
+
+class Deleted:
+    """The work of a deleted pool, kept under ``<root>/rescued/<pool>-<stamp>/`` (its whole
+    remains with ``.remains``), read like a pool's ``rescued/``: the ids start with that
+    directory's name; there is no mirror to restore from nor history to name holders."""
+
+    definition = None
+
+    def __init__(self, settings: Settings, top: Path):
+        self.settings, self.top = settings, top
+        found = _KEPT.fullmatch(top.name)
+        self.name = found["pool"] if found else top.name
+        self.paths = _KeptPaths(settings.root)
+
+
+_KEPT = re.compile(r"(?P<pool>.+)-\d{8}T\d{12}Z(?:\.remains)?")
+
+
+def deleted_pools(settings: Settings) -> list[Deleted]:
+    """The deleted pools whose work ``<root>/rescued/`` keeps (never through a symlink)."""
+    top = kept_dir(settings.root)
+    if top.is_symlink() or not top.is_dir():
+        return []
+    return [Deleted(settings, Path(e.path)) for e in sorted(os.scandir(top), key=lambda e: e.name)
+            if e.is_dir(follow_symlinks=False) and _KEPT.fullmatch(e.name)]
+
+
 def entries(pool, detail: bool = True) -> list[Record]:
     """Everything under the pool's ``rescued/``, oldest first; without ``detail``, only
     what the names and sizes say (no history, no bundle read: what ``status`` needs)."""
@@ -102,9 +139,13 @@ def entries(pool, detail: bool = True) -> list[Record]:
     ensure_inside(top.parent, pool.settings.root)
     if top.is_symlink() or not top.is_dir():
         return []
-    holders = Holders(pool.store.read_events()) if detail else None
+    deleted = isinstance(pool, Deleted)
+    holders = Holders([] if deleted else pool.store.read_events()) if detail else None
     found: list[Record] = []
-    _walk(pool, top, "", holders, found)
+    if deleted:
+        _walk(pool, pool.top, pool.top.name + "/", holders, found)
+    else:
+        _walk(pool, top, "", holders, found)
     return sorted(found, key=lambda e: (e["created_at"] or "", e["id"]))
 
 
@@ -142,6 +183,7 @@ def _describe(pool, path: Path, rel: str, kind: str, holders: Holders | None) ->
         "created_at": rfc3339(when), "label": label, "lease_id": lease_id, "owner": owner,
         "size_bytes": _tree_size(str(path)) if kind == "tree" else st.st_size,
         "refs": None, "branches": None, "commits": None, "uncommitted_files": None,
+        "deleted": isinstance(pool, Deleted),
     })
     if kind == "bundle" and holders:
         try:
@@ -172,7 +214,8 @@ def inspect(pool, items: list[Record]) -> None:
     ensure_inside(scratch.parent, pool.settings.root)
     try:
         git.run(["init", "-q", "--bare", str(scratch)])
-        (scratch / "objects/info/alternates").write_text(f"{pool.paths.mirror}/objects\n")
+        if pool.paths.mirror:  # (a deleted pool's bundles cannot be read without it)
+            (scratch / "objects/info/alternates").write_text(f"{pool.paths.mirror}/objects\n")
         for i, item in enumerate(bundles):
             _inspect_one(scratch, f"refs/b/{i}/", item)
     except (OperationFailed, OSError):  # a read-only root, say: the counts stay unknown
@@ -188,8 +231,8 @@ def _inspect_one(scratch: Path, space: str, item: Record) -> None:
                        f"+{RESCUE_REFS}*:{space}*"], scratch, check=False)
     if fetched.returncode != 0:
         return
-    tips = [space + n for n in item["refs"]
-            if not n.rsplit("/", 1)[-1].startswith(_NOT_COMMITS)]
+    tips = [space + n for n in item["refs"]  # (``on/BRANCH`` only says where HEAD was)
+            if not n.rsplit("/", 1)[-1].startswith(_NOT_COMMITS) and not n.startswith("on/")]
     counted = git.run(["rev-list", "--count", *tips, "--not", *prerequisites, "--"], scratch,
                       check=False) if tips else None
     item["commits"] = int(counted.stdout) if counted and counted.returncode == 0 else 0
@@ -224,10 +267,11 @@ def find(pools: list, ident: str) -> tuple[object, Record]:
     raise NotFound(f"no rescued work {ident!r} (see necropool rescued list)")
 
 
-def restore(pool, item: Record, into: Path | None) -> dict:
+def restore(pool, item: Record, into: Path | None, checkout: bool = False) -> dict:
     """Fetch a bundle's saved refs as ``refs/rescued/<slot>-<stamp>/...`` into the git
     repository ``into``; when ``into`` does not exist, clone it first (from the pool's
-    mirror, ``origin`` set to the upstream URL)."""
+    mirror, ``origin`` set to the upstream URL). With ``checkout``, also put the holder's
+    state back there (``checkout.put_back``)."""
     if item["kind"] != "bundle" or not item["refs"]:
         raise Conflict(f"{item['id']} is a {item['kind']}, not a bundle of saved refs: "
                        f"copy what you need from {item['path']}")
@@ -235,17 +279,28 @@ def restore(pool, item: Record, into: Path | None) -> dict:
     stem = name.rsplit("-", 1)[0] if item["label"] else name
     target = Path(into or stem).absolute()
     cloned = not os.path.lexists(target)
+    if cloned and pool.definition is None:
+        raise UsageError(f"{item['id']} is from a deleted pool, whose mirror is gone: name a "
+                         "clone of its upstream with --into")
+    if not cloned and not (target / ".git").exists() and not (target / "HEAD").is_file():
+        raise Conflict(f"{target} exists and is not a git repository: name a clone of the "
+                       "upstream or a path that does not exist")
+    if checkout and not cloned:
+        put_back.check_clean(target)
+        heads, _ = bundle_heads(Path(item["path"]))
+        put_back.check_branch(target, item["path"],
+                              {n[len(RESCUE_REFS):]: sha for n, sha in heads.items()})
     if cloned:
         git.run(["clone", "-q", "--no-hardlinks", str(pool.paths.mirror), str(target)])
         git.run(["remote", "set-url", "origin", pool.definition.url], target)
-    elif not (target / ".git").exists() and not (target / "HEAD").is_file():
-        raise Conflict(f"{target} exists and is not a git repository: name a clone of the "
-                       "upstream or a path that does not exist")
     space = f"refs/rescued/{stem}/"
     git.run(["fetch", "-q", "--no-tags", "--no-write-fetch-head", item["path"],
              f"+{RESCUE_REFS}*:{space}*"], target)
-    return {"id": item["id"], "pool": pool.name, "path": str(target), "cloned": cloned,
-            "refs": [space + n for n in item["refs"]]}
+    done = {"id": item["id"], "pool": pool.name, "path": str(target), "cloned": cloned,
+            "refs": [space + n for n in item["refs"]], "checkout": None}
+    if checkout:
+        done["checkout"] = put_back.checkout(target, space, item["refs"])
+    return done
 
 
 def prune(pool, older_than: float, apply: bool) -> list[Record]:

@@ -114,19 +114,23 @@ class Snapshot:
 def save_refs(tree: Path, st: Status, extras: dict[str, str], with_head: bool,
               stashes: list[str], snapshot: Snapshot | None) -> dict[str, str]:
     """Record the holder's work as refs under ``RESCUE_REFS`` in the slot: uncommitted
-    changes (as a commit over HEAD, from ``snapshot`` when one was started), HEAD, and every
-    ref a fresh slot does not have (``heads/NAME``, ``tags/NAME``, ``stash``, ``stash-1``,
-    ..., else the ref's full name). Objects and refs stay in the slot until the bundle is
-    written; the bundle leaves out what is upstream already."""
+    changes (as a commit over HEAD, from ``snapshot`` when one was started), HEAD, the
+    branch HEAD was on when either is saved (``on/BRANCH``, a commit over HEAD: a bundle
+    leaves out a ref to an upstream commit), and every ref a fresh slot does not have
+    (``heads/NAME``, ``tags/NAME``, ``stash``, ``stash-1``, ..., else the ref's full name).
+    Objects and refs stay in the slot until the bundle is written; the bundle leaves out
+    what is upstream already."""
     refs: dict[str, str] = {}
     if st.changed or st.untracked:
         wtree = (snapshot or Snapshot(tree)).tree_id()
-        parents = ["-p", st.head] if st.head else []
-        msg = "necropool: uncommitted changes saved before cleanup"
-        refs[RESCUE_REFS + "uncommitted"] = git.run(
-            ["commit-tree", wtree, *parents, "-m", msg], tree).stdout.decode().strip()
+        refs[RESCUE_REFS + "uncommitted"] = _commit_worktree(tree, wtree, st.head)
     if with_head and st.head:
         refs[RESCUE_REFS + "HEAD"] = st.head
+    if st.branch and st.head and refs:
+        refs[RESCUE_REFS + "on/" + st.branch] = git.run(
+            ["commit-tree", f"{st.head}^{{tree}}", "-p", st.head,
+             "-m", "necropool: HEAD was on this branch, at this commit's parent"],
+            tree).stdout.decode().strip()
     for name, sha in extras.items():
         if name != "refs/stash" and sha:
             short = name[5:] if name.startswith(("refs/heads/", "refs/tags/")) else name
@@ -135,6 +139,22 @@ def save_refs(tree: Path, st: Status, extras: dict[str, str], with_head: bool,
         refs[RESCUE_REFS + "stash" + (f"-{i}" if i else "")] = sha
     git.write_refs(tree / ".git", refs)
     return refs
+
+
+def _commit_worktree(tree: Path, wtree: str, head: str | None) -> str:
+    """The working tree ``wtree`` as a commit over HEAD whose second parent, as in ``git
+    stash``, holds the index: what was staged, and (a file in neither HEAD nor the index)
+    what was untracked, so that ``rescued restore --checkout`` can put both back. An index
+    git cannot write as a tree (a merge left in conflict) leaves the second parent out:
+    the changes then come back unstaged."""
+    parents = ["-p", head] if head else []
+    msg = "necropool: uncommitted changes saved before cleanup"
+    index = git.run(["write-tree"], tree, check=False)
+    if index.returncode == 0 and head:
+        staged = git.run(["commit-tree", index.stdout.decode().strip(), *parents,
+                          "-m", "necropool: the index saved before cleanup"], tree)
+        parents += ["-p", staged.stdout.decode().strip()]
+    return git.run(["commit-tree", wtree, *parents, "-m", msg], tree).stdout.decode().strip()
 
 
 def start_bundle(tree: Path, dest: Path, refs: list[str]):
