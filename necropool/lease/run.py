@@ -6,6 +6,8 @@ import ctypes
 import os
 import signal
 import subprocess
+import termios
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,53 @@ def _set_parent_death_signal() -> None:
     """In the child: get SIGTERM if ``run`` dies, so no command outlives its lease."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Terminal:
+    """The terminal on standard input, lent to the command when ``run`` is in its foreground:
+    the command leads a process group of its own (which ``run`` ends at the end) that is the
+    terminal's foreground group, so it can open ``/dev/tty``, prompt and read (ssh, sudo,
+    credential helpers, ``bash -i``); the terminal and its modes come back afterwards.
+    Without one, the command gets a session of its own, without a terminal."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.modes: list[Any] | None = None
+        with contextlib.suppress(OSError):
+            if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
+                self.fd, self.modes = 0, termios.tcgetattr(0)
+
+    def options(self) -> dict[str, Any]:
+        """Popen's options: a group of its own in the foreground, else a session."""
+        return {"process_group": 0} if self.fd is not None else {"start_new_session": True}
+
+    def lend(self, pgid: int) -> None:
+        """Make ``pgid`` the foreground group (called in the child and in ``run``: whichever
+        comes first wins the race with the command's first read)."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                _quietly(os.tcsetpgrp, self.fd, pgid)
+
+    def take_back(self) -> None:
+        """The terminal back to ``run``'s group, in the modes it was lent in."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError, termios.error):
+                _quietly(os.tcsetpgrp, self.fd, os.getpgrp())
+                _quietly(termios.tcsetattr, self.fd, termios.TCSADRAIN, self.modes)
+
+
+def _quietly(call: Callable[..., None], *args: Any) -> None:
+    """Call with SIGTTOU blocked: a background group may then set the terminal."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        call(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _in_child(terminal: Terminal) -> None:
+    _set_parent_death_signal()
+    terminal.lend(os.getpid())
 
 
 @dataclass
@@ -53,8 +102,9 @@ def run(pool: Pool, argv: list[str], stdout: Any = None, **allocate_options: Any
     The status is the command's (128+N when signal N ended it; 127/126 when it could not
     be started, as shells report). SIGINT, SIGTERM and SIGHUP are forwarded to it; one that
     arrives before it starts means it is not started. ``stdout`` redirects its output.
-    The command runs in a session of its own: whatever of it is still running when it ends
-    (or when ``run`` is interrupted) is ended too, before the slot is released."""
+    The command runs in a session of its own, or with the terminal (``Terminal``) in a
+    process group of its own: whatever of that is still running when it ends (or when
+    ``run`` is interrupted) is ended too, before the slot is released."""
     if not argv:
         raise UsageError("run needs a command after --")
     grant = allocate(pool, holder=Holder.me(), keep_lock=True, **allocate_options)
@@ -64,6 +114,7 @@ def run(pool: Pool, argv: list[str], stdout: Any = None, **allocate_options: Any
                NECROPOOL_LEASE_ID=grant.lease.lease_id)
     child = None
     pending: list[int] = []
+    terminal = Terminal()
 
     def forward(signum, _frame):
         if child is None:
@@ -79,12 +130,13 @@ def run(pool: Pool, argv: list[str], stdout: Any = None, **allocate_options: Any
         else:
             try:
                 child = subprocess.Popen(argv, cwd=path, env=env, stdout=stdout,
-                                         start_new_session=True,
-                                         preexec_fn=_set_parent_death_signal)
+                                         preexec_fn=lambda: _in_child(terminal),
+                                         **terminal.options())
             except OSError as exc:
                 result.code = 127 if isinstance(exc, FileNotFoundError) else 126
                 result.spawn_error = f"cannot run {argv[0]!r}: {exc.strerror}"
             else:
+                terminal.lend(child.pid)
                 for signum in pending:
                     child.send_signal(signum)
                 code = _wait_renewing(pool, grant, child)
@@ -94,6 +146,7 @@ def run(pool: Pool, argv: list[str], stdout: Any = None, **allocate_options: Any
             if child is not None:  # what it left running in the background ends with it
                 proc.end_group(child.pid)
         finally:
+            terminal.take_back()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         try:

@@ -175,6 +175,10 @@ class _RunCommand(Command):
         "NECROPOOL_LEASE_ID set; the slot is released afterwards, also when the command fails "
         "or is interrupted. With --ttl, run renews the lease while the command runs, so it is "
         "never reclaimed as expired.",
+        "When standard input is a terminal and run is in its foreground, the command gets "
+        "the terminal (its process group in the foreground: /dev/tty, password prompts, ssh, "
+        "sudo and bash -i work); otherwise it runs in a session of its own. Either way, what "
+        "it left running in its group is ended before the slot is released.",
         "Put -- before the command so that its options are not taken for necropool's.",
     ],
     exit_status=(
