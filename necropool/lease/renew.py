@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from necropool.ground.clock import now
+from necropool.ground.clock import now, rfc3339
 from necropool.ground.errors import Conflict, Skipped, UsageError
 from necropool.ground.validate import check_seconds
 from necropool.pool.pool import Pool, get_slot
@@ -52,7 +52,7 @@ def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> S
     except LeaseLost:
         raise Conflict(lease_gone(pool, number, lease_id)) from None
     pool.event("renew", slot_id=pool.slot_id(number), lease_id=lease_id, ttl_seconds=ttl,
-               expires_at=expires_at)
+               expires_at=rfc3339(expires_at))
     return slot
 
 

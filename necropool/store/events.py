@@ -14,6 +14,11 @@ from typing import Protocol
 
 from necropool.ground.clock import now, rfc3339
 
+# every kind of event necropool writes (``log --event`` takes these)
+KINDS = ("create", "import", "add", "remove", "allocate", "renew", "release", "reclaim",
+         "expire", "force_release", "cleanup", "failure", "rescue", "recover", "isolate",
+         "adopt", "mirror_rebuilt", "fetch_failed", "auto_recover", "force_unlock", "update")
+
 
 def append(path: Path, event: str, **fields) -> None:
     """Append one event (a single O_APPEND write, so concurrent writers never interleave).

@@ -22,7 +22,9 @@ from necropool.cli.params import (
 from necropool.cli.registry import command
 from necropool.ground.clock import now, parse_duration
 from necropool.ground.errors import UsageError, fail_for
+from necropool.ground.suggest import did_you_mean
 from necropool.ground.validate import parse_metadata
+from necropool.store import events
 
 Owner = Annotated[str | None, typer.Option("--owner", metavar="NAME",
                                            help="Who holds the slot (default: $USER)")]
@@ -229,7 +231,8 @@ def run(
         "necropool log --tail 20          # the last events of every pool\n"
         "necropool log web --since 2h --event release\n"
         "necropool log --follow\n"
-        "necropool log web --json | jq -c '.events[]'"
+        "necropool log web --json | jq -c '.events[]'\n"
+        "necropool log --follow --json | jq -c 'select(.event==\"release\")'"
     ),
 )
 def log(
@@ -240,9 +243,11 @@ def log(
         "--tail", "-n", metavar="N", min=1, help="Only the last N events")] = None,
     event: Annotated[list[str] | None, typer.Option(
         "--event", "-e", metavar="KIND", autocompletion=complete_values.event_kinds,
-        help="Only events of this kind (repeatable): allocate, release, cleanup, ...")] = None,
+        help="Only events of this kind (repeatable): allocate, renew, release, expire, "
+             "cleanup, ...")] = None,
     follow: Annotated[bool, typer.Option(
-        "--follow", "-f", help="Keep printing events as they happen (Ctrl-C stops)")] = False,
+        "--follow", "-f", help="Keep printing events as they happen (Ctrl-C stops); with "
+                               "--json, one JSON object per line")] = False,
     host: Host = None,
     fmt: Format = None, no_headers: NoHeaders = False,
     json_out: Json = False,
@@ -250,9 +255,11 @@ def log(
     """Show the event history (allocations, releases, cleanups, recoveries) of one pool or
     of every pool."""
     out = G.out(json_out, fmt, no_headers)
-    if follow and out.json:
-        raise UsageError("--follow prints events as they come: use it without --json "
-                         "(each line of --format tsv is one event)")
+    for kind in event or []:
+        if kind not in events.KINDS:
+            raise UsageError(f"unknown event kind {kind!r}"
+                             + (did_you_mean(kind, events.KINDS)
+                                or f" (kinds: {', '.join(events.KINDS)})"))
     cutoff = None
     if since is not None:
         cutoff = now() - timedelta(seconds=parse_duration(since, "--since"))
@@ -260,6 +267,10 @@ def log(
     records = G.manager().watch_log(pool, host, broken, since=cutoff,
                                     kinds=set(event) if event else None, last=tail,
                                     follow=follow)
+    if out.json and follow:
+        _json_lines(records)
+        fail_for(broken)
+        return
     if out.json:
         out.emit({"pool": pool, "events": list(records)})
         fail_for(broken)
@@ -279,6 +290,17 @@ def log(
     if not shown and not follow and not broken:
         out.hint("no events" + (" match" if since or event else " yet"))
     fail_for(broken)  # shown every other pool's events; now say which could not be read
+
+
+def _json_lines(records) -> None:
+    """``log --follow --json``: each event as one JSON object on a line of its own, written
+    as it happens (JSON lines, for programs that watch the pools)."""
+    try:
+        for record in records:
+            sys.stdout.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # how --follow is meant to end
+        pass
 
 
 # the tab-separated columns of 'log', in order
