@@ -103,7 +103,7 @@ def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict:
                                 owner=ended.lease.owner if ended.lease else None,
                                 slot_host=host)
     return {"slot_id": sid, "pool": pool.name, "lease_id": lease_id, "cleaned": False,
-            "commit": None, "cleanup": None, "rescued": None, "fetch_error": None}
+            "commit": None, "cleanup": None, "rescued": None, "fetch_error": None, "ended": []}
 
 
 def renew(pool: Pool, host: str, number: int, lease_id: str, ttl: float | None) -> Remote:

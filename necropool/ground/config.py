@@ -10,6 +10,7 @@ from pathlib import Path
 
 from necropool.ground.errors import UsageError
 from necropool.ground.redact import redact
+from necropool.ground.suggest import did_you_mean
 from necropool.ground.validate import MAX_HOURS, check_pool_name, check_refname, check_url
 
 POOL_KEYS = {
@@ -152,7 +153,7 @@ def _pool_spec(path: Path, name: str, table) -> PoolSpec:
         _fail(path, f"pools.{name}", exc.message)
     for key, value in table.items():
         if key not in POOL_KEYS:
-            _fail(path, f"pools.{name}.{key}", "unknown key")
+            _fail(path, f"pools.{name}.{key}", "unknown key" + did_you_mean(key, POOL_KEYS))
         _check_type(path, f"pools.{name}.{key}", value, POOL_KEYS[key])
     _check_ledger_key(path, f"pools.{name}.ledger", table.get("ledger"))
     if "url" not in table:
@@ -181,7 +182,7 @@ def parse_config(path: Path) -> dict:
         raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
     for key, value in data.items():
         if key not in TOP_KEYS:
-            _fail(path, key, "unknown key")
+            _fail(path, key, "unknown key" + did_you_mean(key, TOP_KEYS))
         _check_type(path, key, value, TOP_KEYS[key])
     _check_ledger_key(path, "ledger", data.get("ledger"))
     pools = data.pop("pools", {})

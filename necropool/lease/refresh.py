@@ -72,15 +72,17 @@ def fail_slot(pool: Pool, number: int, reason: str) -> None:
 
 
 def clear_processes(pool: Pool, number: int, previous: Slot, lock: FileLock,
-                     stop: bool) -> None:
+                     stop: bool) -> list[str]:
     """With the slot claimed (``cleaning``, or allocated to this process; its lock held):
     end the processes still in it
-    when ``stop``; if any remain, give the slot back as it was and refuse."""
+    when ``stop``; if any remain, give the slot back as it was and refuse. Returns the
+    processes it ended (``pid 12 (sleep)``)."""
     busy = proc.processes_in(pool.slot_dir(number))
+    named = {pid: proc.describe([pid]) for pid in busy}  # (read before they are gone)
     if busy and stop:
         busy = proc.end(busy)
     if not busy:
-        return
+        return list(named.values())
     def as_before(slot: Slot) -> None:
         vars(slot).update(vars(previous))
         lock.release(unlink=True)

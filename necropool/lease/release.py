@@ -46,10 +46,12 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
         raise
     lease, at = previous.lease, now()
     assert lease is not None  # end_lease ends a lease
-    clear_processes(pool, number, previous, lock, stop)
+    ended = clear_processes(pool, number, previous, lock, stop)
     pool.event(reason, slot_id=pool.slot_id(number), lease_id=lease.lease_id, owner=lease.owner,
-               usage_seconds=round((at - lease.allocated_at).total_seconds(), 3))
-    result = Release(slot_id=pool.slot_id(number), pool=pool.name, lease_id=lease.lease_id)
+               usage_seconds=round((at - lease.allocated_at).total_seconds(), 3),
+               ended=ended or None)
+    result = Release(slot_id=pool.slot_id(number), pool=pool.name, lease_id=lease.lease_id,
+                     ended=ended)
     if not clean:
         _give_back(pool, number, lock, needs_cleanup=True)
         return result

@@ -1,7 +1,7 @@
 """Leases: renewing one, why a lease is gone (for the holder that comes back late), and
 ``Release``, what ending one did."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -26,11 +26,12 @@ class Release:
     cleanup: dict[str, Any] | None = None
     rescued: str | None = None
     fetch_error: str | None = None
+    ended: list[str] = field(default_factory=list)  # processes --force ended
 
     def to_dict(self) -> dict[str, Any]:
         return {"slot_id": self.slot_id, "pool": self.pool, "lease_id": self.lease_id,
                 "cleaned": self.cleaned, "commit": self.commit, "cleanup": self.cleanup,
-                "rescued": self.rescued, "fetch_error": self.fetch_error}
+                "rescued": self.rescued, "fetch_error": self.fetch_error, "ended": self.ended}
 
 
 def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> Slot:

@@ -22,6 +22,7 @@ from necropool.ground.layout import PoolPaths, ensure_inside, pools_dir, sweep_t
 from necropool.ground.locks import FileLock
 from necropool.ground.proc import hostname
 from necropool.ground.results import Record
+from necropool.ground.suggest import did_you_mean
 from necropool.ground.validate import check_pool_name, parse_slot_id
 from necropool.store.base import Store
 from necropool.store.model import PoolState, Slot
@@ -66,7 +67,8 @@ class Pool:
                 raise OperationFailed(f"pool {name!r} is not usable: {self.paths.dir} has no "
                                       f"pool.toml (remains of a half-made pool? "
                                       f"'necropool delete {name} --force' removes them)") from None
-            raise NotFound(f"pool {name!r} does not exist under {settings.root}") from None
+            raise NotFound(f"pool {name!r} does not exist under {settings.root}"
+                           + did_you_mean(name, list_pools(settings))) from None
         except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
             raise OperationFailed(f"pool {name!r}: pool.toml is unreadable: {exc}") from None
         self.ledger = settings.ledger_for(name)
@@ -79,7 +81,8 @@ class Pool:
         ``allocate --any-host``, other hosts' slots and the fleet's status)."""
         ledger = settings.ledger_for(check_pool_name(name))
         if ledger is None:
-            raise NotFound(f"pool {name!r} does not exist under {settings.root}")
+            raise NotFound(f"pool {name!r} does not exist under {settings.root}"
+                           + did_you_mean(name, list_pools(settings)))
         from necropool.store.pg.hosts import definition
 
         pool = cls.__new__(cls)

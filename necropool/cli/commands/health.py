@@ -50,7 +50,7 @@ def detect(
     """Find anomalies; exit 0 when healthy, 1 when anything is found, 3 when a pool could
     not be checked."""
     out = G.out(json_out)
-    found = G.manager().detect_anomalies(pool, max_allocation_hours, deep, host)
+    found = G.manager().detect_anomalies(pool, max_allocation_hours, deep, G.host(host, pool))
     errors = found.pop("errors")
     total = sum(len(v) for v in found.values())
     if out.json:

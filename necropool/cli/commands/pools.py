@@ -1,5 +1,6 @@
 """Pool administration commands: create, delete, add, remove, list, status, sync."""
 
+import json
 from typing import Annotated
 
 import typer
@@ -53,8 +54,8 @@ def create(
         out.emit(data)
     else:
         out.line(data["path"])
-        out.note(f"created pool {pool}: {plural(data['num_slots'], 'slot')} on "
-                 f"{data['branch']}")
+        fleet = f" ({data['num_slots']} in the fleet)" if data["num_slots"] != slots else ""
+        out.note(f"created pool {pool}: {plural(slots, 'slot')}{fleet} on {data['branch']}")
 
 
 @command("delete",
@@ -130,7 +131,7 @@ def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
     """List pools with their slot counts by state (exit 3 when one cannot be read); a pool in
     a shared ledger counts the slots of every host."""
     out = G.out(json_out, fmt, no_headers)
-    items = G.manager().list_pools(host)
+    items = G.manager().list_pools(G.host(host))
     broken = [p for p in items if "error" in p]
     if out.json:
         out.emit({"pools": items})
@@ -211,6 +212,7 @@ def status(
         data = manager.slot_status(target)
         out.emit(data) if out.json else out.fields(data)
         return
+    host = G.host(host, target)
     pools, broken = ([manager.pool_status(target, host)], []) if target else \
         _all_pools(manager, host)
     unchecked: list[str] = []  # pools detect could not check (prometheus)
@@ -297,5 +299,13 @@ def sync(
 def _sync_detail(action: dict) -> str:
     """A sync entry in words: its slots, the settings it changed, its error."""
     slots = action.get("added") or action.get("removed") or action.get("slots")
-    changes = [f"{key} {old} -> {new}" for key, (old, new) in action.get("changed", {}).items()]
-    return "; ".join(str(part) for part in (slots, *changes, action.get("error")) if part)
+    changes = [f"{key} {_word(old)} -> {_word(new)}"
+               for key, (old, new) in action.get("changed", {}).items()]
+    return "; ".join(_word(part) for part in (slots, *changes, action.get("error")) if part)
+
+
+def _word(value: object) -> str:
+    """A value as the config file spells it (``true``, ``null``), a list as ``a, b``."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)

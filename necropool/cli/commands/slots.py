@@ -125,6 +125,8 @@ def release(
     if data.get("fetch_error"):
         out.note(f"warning: upstream fetch failed, cleaned to the mirror's tip: "
                  f"{data['fetch_error']}")
+    if data.get("ended") and not out.json:
+        out.note(f"ended {', '.join(data['ended'])}")
     out.outcome(data, f"released {data['slot_id']}")
 
 
@@ -264,7 +266,7 @@ def log(
     if since is not None:
         cutoff = now() - timedelta(seconds=parse_duration(since, "--since"))
     broken: list[dict] = []
-    records = G.manager().watch_log(pool, host, broken, since=cutoff,
+    records = G.manager().watch_log(pool, G.host(host, pool), broken, since=cutoff,
                                     kinds=set(event) if event else None, last=tail,
                                     follow=follow)
     if out.json and follow:
