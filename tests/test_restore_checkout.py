@@ -127,7 +127,7 @@ def test_work_of_a_deleted_pool_is_listed_shown_and_restored(cli, pool, manager,
     assert item["pool"] == "web" and item["kind"] == "bundle" and item["deleted"] is True
     assert item["id"].startswith(kept[0] + "/web-1-")
     # (feature is at the upstream's tip: only where HEAD was is saved)
-    assert sorted(item["refs"]) == ["on/feature", "uncommitted"], item
+    assert sorted(item["refs"]) == ["index", "on/feature", "uncommitted"], item
     assert cli("rescued", "list", "web", "--json").stdout == cli("rescued", "list",
                                                                  "--json").stdout
     shown = cli("rescued", "show", item["id"][:len(kept[0]) + 20], "--json")

@@ -68,14 +68,13 @@ def checkout(target: Path, space: str, names: list[str]) -> dict:
         branch = None
         git.run(["checkout", "-q", "--detach", commit], target)
     if uncommitted:
-        _write_uncommitted(target, uncommitted)
+        _write_uncommitted(target, uncommitted, space + "index" if "index" in names else None)
     return {"branch": branch, "commit": commit, "uncommitted": bool(uncommitted)}
 
 
-def _write_uncommitted(target: Path, ref: str) -> None:
-    """The saved working tree into the files, then the saved index (the commit's second
-    parent; a save made before the index was kept has none: all comes back unstaged)."""
+def _write_uncommitted(target: Path, ref: str, index: str | None) -> None:
+    """The saved working tree into the files, then the saved index over it (HEAD's when
+    nothing was staged): what is in neither comes back untracked."""
     git.run(["read-tree", "-m", "-u", "HEAD", ref], target)
-    parents = git.run(["rev-list", "--parents", "-n", "1", ref], target).stdout.split()
-    git.run(["read-tree", parents[2].decode() if len(parents) > 2 else "HEAD"], target)
+    git.run(["read-tree", index or "HEAD"], target)
     git.run(["update-index", "-q", "--refresh"], target, check=False)

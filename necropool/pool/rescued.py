@@ -232,7 +232,8 @@ def _inspect_one(scratch: Path, space: str, item: Record) -> None:
     if fetched.returncode != 0:
         return
     tips = [space + n for n in item["refs"]  # (``on/BRANCH`` only says where HEAD was)
-            if not n.rsplit("/", 1)[-1].startswith(_NOT_COMMITS) and not n.startswith("on/")]
+            if not n.rsplit("/", 1)[-1].startswith(_NOT_COMMITS) and not n.startswith("on/")
+            and n != "index"]
     counted = git.run(["rev-list", "--count", *tips, "--not", *prerequisites, "--"], scratch,
                       check=False) if tips else None
     item["commits"] = int(counted.stdout) if counted and counted.returncode == 0 else 0

@@ -114,7 +114,8 @@ class Snapshot:
 def save_refs(tree: Path, st: Status, extras: dict[str, str], with_head: bool,
               stashes: list[str], snapshot: Snapshot | None) -> dict[str, str]:
     """Record the holder's work as refs under ``RESCUE_REFS`` in the slot: uncommitted
-    changes (as a commit over HEAD, from ``snapshot`` when one was started), HEAD, the
+    changes (as a commit over HEAD, from ``snapshot`` when one was started), what of them
+    was staged (``index``, a commit over HEAD), HEAD, the
     branch HEAD was on when either is saved (``on/BRANCH``, a commit over HEAD: a bundle
     leaves out a ref to an upstream commit), and every ref a fresh slot does not have
     (``heads/NAME``, ``tags/NAME``, ``stash``, ``stash-1``, ..., else the ref's full name).
@@ -123,7 +124,13 @@ def save_refs(tree: Path, st: Status, extras: dict[str, str], with_head: bool,
     refs: dict[str, str] = {}
     if st.changed or st.untracked:
         wtree = (snapshot or Snapshot(tree)).tree_id()
-        refs[RESCUE_REFS + "uncommitted"] = _commit_worktree(tree, wtree, st.head)
+        parents = ["-p", st.head] if st.head else []
+        msg = "necropool: uncommitted changes saved before cleanup"
+        refs[RESCUE_REFS + "uncommitted"] = git.run(
+            ["commit-tree", wtree, *parents, "-m", msg], tree).stdout.decode().strip()
+        staged = _commit_index(tree, st.head) if st.changed and st.head else None
+        if staged:
+            refs[RESCUE_REFS + "index"] = staged
     if with_head and st.head:
         refs[RESCUE_REFS + "HEAD"] = st.head
     if st.branch and st.head and refs:
@@ -141,20 +148,20 @@ def save_refs(tree: Path, st: Status, extras: dict[str, str], with_head: bool,
     return refs
 
 
-def _commit_worktree(tree: Path, wtree: str, head: str | None) -> str:
-    """The working tree ``wtree`` as a commit over HEAD whose second parent, as in ``git
-    stash``, holds the index: what was staged, and (a file in neither HEAD nor the index)
-    what was untracked, so that ``rescued restore --checkout`` can put both back. An index
-    git cannot write as a tree (a merge left in conflict) leaves the second parent out:
-    the changes then come back unstaged."""
-    parents = ["-p", head] if head else []
-    msg = "necropool: uncommitted changes saved before cleanup"
+def _commit_index(tree: Path, head: str) -> str | None:
+    """What the holder had staged, as a commit over HEAD (None when nothing was): with it,
+    ``rescued restore --checkout`` puts staged changes back staged, and tells untracked
+    files (in neither HEAD nor the index) from unstaged ones. An index git cannot write as
+    a tree (a merge left in conflict) is not kept: its changes come back unstaged."""
+    if git.run(["diff-index", "--cached", "--quiet", head, "--"], tree,
+               check=False).returncode == 0:
+        return None
     index = git.run(["write-tree"], tree, check=False)
-    if index.returncode == 0 and head:
-        staged = git.run(["commit-tree", index.stdout.decode().strip(), *parents,
-                          "-m", "necropool: the index saved before cleanup"], tree)
-        parents += ["-p", staged.stdout.decode().strip()]
-    return git.run(["commit-tree", wtree, *parents, "-m", msg], tree).stdout.decode().strip()
+    if index.returncode != 0:
+        return None
+    return git.run(["commit-tree", index.stdout.decode().strip(), "-p", head,
+                    "-m", "necropool: the index saved before cleanup"],
+                   tree).stdout.decode().strip()
 
 
 def start_bundle(tree: Path, dest: Path, refs: list[str]):
