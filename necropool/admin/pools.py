@@ -64,7 +64,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
         branch = spec.branch or git.mirror_branch(paths.mirror)
         git.mirror_tip(paths.mirror, branch)
         definition = PoolDef(name=spec.name, url=spec.url, branch=branch,
-                             keep_ignored=spec.keep_ignored,
+                             keep_ignored=spec.keep_ignored, keep=list(spec.keep),
                              fetch_on_allocate=spec.fetch_on_allocate,
                              fetch_backend=spec.fetch_backend, created_at=now())
         write_atomic(paths.definition, definition.dump())

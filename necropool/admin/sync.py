@@ -67,7 +67,7 @@ def _drop_pool(entry: dict, settings: Settings, name: str) -> None:
     entry["action"] = "deleted"
 
 
-POOL_SETTINGS = ("branch", "keep_ignored", "fetch_on_allocate", "fetch_backend")
+POOL_SETTINGS = ("branch", "keep_ignored", "keep", "fetch_on_allocate", "fetch_backend")
 
 
 def _converge(pool: Pool, spec: PoolSpec) -> dict:

@@ -32,6 +32,7 @@ def refresh(pool: Pool, slot: Slot, *, rescue_label: str, lease_id: str | None =
     report = cleanup.clean(
         pool.checked_slot_dir(slot.number), mirror=pool.paths.mirror, url=pool.definition.url,
         branch=pool.definition.branch, tip=tip, keep_ignored=pool.definition.keep_ignored,
+        keep=pool.definition.keep,
         rescue_to=rescue_path(pool, slot.number, rescue_label),
         record=pool.paths.slot_record(slot.number), known_commit=slot.commit)
     pool.event("cleanup", slot_id=pool.slot_id(slot.number), lease_id=lease_id, commit=tip,

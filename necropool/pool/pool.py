@@ -7,7 +7,7 @@ import os
 import tomllib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ class PoolDef:
     url: str
     branch: str
     keep_ignored: bool = False
+    keep: list[str] = field(default_factory=list)
     fetch_on_allocate: bool = True
     fetch_backend: str = "git"
     created_at: datetime | None = None

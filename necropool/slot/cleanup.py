@@ -138,10 +138,12 @@ def check_index(tree: Path, hash_size: int) -> bool:
 # --- the whole cleanup ----------------------------------------------------------------------
 
 def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ignored: bool,
-          rescue_to: Path, record: Path, known_commit: str | None = None) -> Report:
+          rescue_to: Path, record: Path, known_commit: str | None = None,
+          keep: list[str] | None = None) -> Report:
     """Make ``tree`` equal a fresh slot at ``tip``, saving the holder's work to a bundle at
     ``rescue_to`` (when there is any; nested repositories git must not be run on go beside
-    it, a tampered slot whole). ``record`` (outside the slot) remembers what this cleanup
+    it, a tampered slot whole); ignored files go too, but those ``keep`` matches (unless
+    ``keep_ignored`` keeps them all). ``record`` (outside the slot) remembers what this cleanup
     left. Raises GitError when the slot cannot be cleaned; saved work not yet in a bundle
     then stays in the slot's refs, and the next cleanup bundles it."""
     gitdir = tree / ".git"
@@ -172,7 +174,7 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     # one did, the holder most likely left files: adding them begins beside the status.
     changed = last.changed_dirs(tree)
     touched = changed != []
-    untouched = not keep_ignored and not touched
+    untouched = not (keep_ignored or keep) and not touched
     snapshot = Snapshot(tree) if touched else None
     try:
         st = status(tree, untracked=not untouched)
@@ -199,7 +201,7 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     restore_origin_head(gitdir, mirror)
     bundle = start_bundle(tree, rescue_to, saved) if saved else None
     try:  # the bundle is written while the slot is reset and cleaned (-30 ms)
-        checkout = _reset(tree, tip, st, untouched, keep_ignored, found, report)
+        checkout = _reset(tree, tip, st, untouched, keep_ignored, found, report, keep or [])
     except BaseException:  # this error (or Ctrl-C) is the one to report; the saved refs
         if bundle:         # stay in the slot for the next cleanup
             git.wait(*bundle, check=False)
@@ -239,7 +241,7 @@ def _drop_refs(gitdir: Path, st: Status, extras: dict[str, str], stashes: list[s
 
 
 def _reset(tree: Path, tip: str, st: Status, untouched: bool, keep_ignored: bool,
-           found: nested.Found, report: Report) -> bool:
+           found: nested.Found, report: Report, keep: list[str]) -> bool:
     """Check out ``tip`` detached, empty the saved nested repositories, remove what git does
     not track and what a fresh slot's .git does not have. Returns whether it checked out."""
     checkout = bool(st.head != tip or st.branch or st.changed or report.index_rebuilt)
@@ -254,13 +256,48 @@ def _reset(tree: Path, tip: str, st: Status, untouched: bool, keep_ignored: bool
         path.unlink(missing_ok=True)
     report.special_files_removed = len(found.special)
     removed = 0
-    if not untouched:  # status never reports the empty directories a holder made
+    if not untouched and keep and not keep_ignored:
+        removed = _clean_keeping(tree, keep)
+    elif not untouched:  # status never reports the empty directories a holder made
         removed = git.run(["clean", "-ffdx" if not keep_ignored else "-ffd"],
                           tree).stdout.count(b"Removing ")
     report.leftovers_removed = slotgit.drop_leftovers(tree / ".git")
     report.changed, report.untracked = st.changed, st.untracked
     report.ignored = max(0, removed - st.untracked)
     return checkout
+
+
+def _clean_keeping(tree: Path, keep: list[str]) -> int:
+    """Remove what git does not track, ignored files too except those the ``keep`` patterns
+    match (build caches), and, in what is kept, every symlink that leads out of the slot.
+    Returns how many entries went. The patterns are un-ignored for the second pass, with
+    all below a kept directory (an ignored ``*.o`` inside ``target/`` stays too)."""
+    removed = git.run(["clean", "-ffd"], tree).stdout.count(b"Removing ")
+    spared: list[str] = []
+    for pattern in keep:
+        spared += ["-e", f"!{pattern}"]
+        if pattern.endswith("/"):
+            inside = pattern if "/" in pattern.rstrip("/") else f"**/{pattern}"
+            spared += ["-e", f"!{inside}**"]
+    removed += git.run(["clean", "-ffdX", *spared], tree).stdout.count(b"Removing ")
+    kept = git.run(["ls-files", "-z", "--others", "--ignored", "--exclude-standard",
+                    "--directory"], tree).stdout.split(b"\0")
+    for rel in filter(None, kept):
+        removed += _drop_links_out(tree, os.path.join(os.fsencode(tree), rel.rstrip(b"/")))
+    return removed
+
+
+def _drop_links_out(tree: Path, top: bytes) -> int:
+    """Remove the symlinks at or below ``top`` (never followed) that resolve outside
+    ``tree``: a kept cache must not lead the next holder's writes elsewhere."""
+    inside = os.path.realpath(os.fsencode(tree)) + b"/"
+    links = [top] if os.path.islink(top) else [
+        os.path.join(here, name) for here, dirs, files in os.walk(top)
+        for name in dirs + files if os.path.islink(os.path.join(here, name))]
+    out = [link for link in links if not os.path.realpath(link).startswith(inside)]
+    for link in out:
+        os.unlink(link)
+    return len(out)
 
 
 def replace_tampered(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, aside: Path,

@@ -37,6 +37,10 @@ def create(
                                                help="Branch (default: upstream HEAD)")] = None,
     keep_ignored: Annotated[bool, typer.Option(
         "--keep-ignored", help="Keep ignored files (build caches) when cleaning")] = False,
+    keep: Annotated[list[str] | None, typer.Option(
+        "--keep", metavar="PATTERN",
+        help="Keep the ignored paths this gitignore-style pattern matches when cleaning, "
+             "such as node_modules/ (repeatable); other ignored files go")] = None,
     no_fetch_on_allocate: Annotated[bool, typer.Option(
         "--no-fetch-on-allocate", help="Do not fetch upstream on every allocate")] = False,
     fetch_backend: Annotated[str, typer.Option(
@@ -47,7 +51,8 @@ def create(
     """Create a pool: a local mirror of URL and N slots cloned from it."""
     out = G.out(json_out)
     spec = PoolSpec(name=pool, url=url, num_slots=slots, branch=branch, keep_ignored=keep_ignored,
-                    fetch_on_allocate=not no_fetch_on_allocate, fetch_backend=fetch_backend)
+                    keep=list(keep or []), fetch_on_allocate=not no_fetch_on_allocate,
+                    fetch_backend=fetch_backend)
     with progress_bar(out, f"creating {pool}", "cloning the mirror") as tick:
         data = G.manager().create_pool(spec, tick)
     if out.json:
