@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+from necropool.ground.clock import jsonable
 from necropool.ground.validate import is_control, utf8_safe
 
 SCHEMA_VERSION = 1
@@ -55,7 +56,7 @@ class Output:
 
     def emit(self, data: dict) -> None:
         """The one JSON object of a command, on stdout."""
-        sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, **data}, default=str)
+        sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, **data}, default=jsonable)
                          + "\n")
 
     def outcome(self, data: dict, done: str, saved: str = "saved the holder's work to") -> None:

@@ -20,7 +20,7 @@ from necropool.cli.params import (
     PoolArg,
 )
 from necropool.cli.registry import command
-from necropool.ground.clock import now, parse_duration
+from necropool.ground.clock import jsonable, now, parse_duration
 from necropool.ground.errors import UsageError, fail_for
 from necropool.ground.suggest import did_you_mean
 from necropool.ground.validate import parse_metadata
@@ -299,7 +299,7 @@ def _json_lines(records) -> None:
     as it happens (JSON lines, for programs that watch the pools)."""
     try:
         for record in records:
-            sys.stdout.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+            sys.stdout.write(json.dumps(record, default=jsonable, separators=(",", ":")) + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:  # how --follow is meant to end
         pass
