@@ -53,9 +53,10 @@ def test_the_cleanup_entry_cannot_save_outside_its_directories(manager, pool, tm
     outside.mkdir()
     p.paths.records.mkdir(exist_ok=True)
     with pytest.raises(Exception) as raised:
-        confined.run(cleanup._clean_confined, slot, p.paths.mirror, p.definition.url, p.tip(),
-                     False, outside / "stolen.bundle", p.paths.slot_record(1), None,
-                     write=(slot,))
+        confined.run(cleanup._clean_confined, slot, cleanup.Target(
+            mirror=p.paths.mirror, url=p.definition.url, branch=p.definition.branch,
+            tip=p.tip(), rescue_to=outside / "stolen.bundle", record=p.paths.slot_record(1)),
+            write=(slot,))
     assert "Permission denied" in str(raised.value)
     assert list(outside.iterdir()) == []
     saved = git(slot, "for-each-ref", "--format=%(refname)", "refs/necropool/rescue/")

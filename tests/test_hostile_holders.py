@@ -233,10 +233,10 @@ def test_an_unexpected_cleanup_error_leaves_the_slot_in_error_with_its_work(
 
     real = cleanup.clean
 
-    def buggy(tree, **kwargs):
+    def buggy(tree, target):
         if "/pools/web/" in str(tree):  # quoting a file name that is not UTF-8
             raise RuntimeError("a bug in cleanup at " + os.fsdecode(b"caf\xe9.txt"))
-        return real(tree, **kwargs)
+        return real(tree, target)
 
     monkeypatch.setattr(cleanup, "clean", buggy)
     with pytest.raises(Exception) as raised:

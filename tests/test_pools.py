@@ -599,7 +599,7 @@ def test_sync_converges_the_settings_its_tables_declare(cli, manager, upstream, 
         {"keep_ignored": [True, False]}]
     write_config(config, f'[pools.web]\nurl = "{upstream}"\nnum_slots = 2\nkeep_ignored = true\n')
     plain = cli("--config", config, "sync")
-    assert plain.stdout.splitlines() == ["web\tupdated\t2; keep_ignored False -> True"]
+    assert plain.stdout.splitlines() == ["web\tupdated\t2; keep_ignored false -> true"]
 
 
 def test_sync_never_applies_a_new_url_or_a_missing_branch(cli, pool, manager, upstream, root,

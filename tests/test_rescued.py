@@ -61,7 +61,7 @@ def test_show_and_restore_into_a_new_clone_and_an_existing_one(cli, saved, tmp_p
     data = json.loads(result.stdout)
     assert data["cloned"] is True and data["path"] == str(fresh)
     space = f"refs/rescued/{short}Z/"
-    assert sorted(data["refs"]) == sorted(space + r for r in ("HEAD", "heads/feature",
+    assert sorted(data["refs"]) == sorted(space + r for r in ("HEAD", "heads/feature", "on/feature",
                                                                "uncommitted"))
     assert git(fresh, "show", f"{space}heads/feature:feature.txt") == "a commit of the holder"
     assert git(fresh, "show", f"{space}uncommitted:notes.txt") == "never added"

@@ -78,8 +78,8 @@ def test_status_at_80_columns_is_one_line_per_slot(mixed, tmp_path, root):
     assert "ago" in short.split("carol", 1)[1]  # an expired lease: its end is in the past
     assert "ci-job-123456…" in rows[mixed["plain"]["slot_id"]]
     assert rows[mixed["broken"]["slot_id"]].split()[1] == "error"
-    assert all(line.rstrip().endswith(f"slots/{line.split()[0].split('-')[1]}")
-               for line in rows.values())
+    assert all(line.rstrip().endswith(f"web/slots/{line.split()[0].split('-')[1]}")
+               for line in rows.values())  # the pool's name too, whatever the root's length
     assert any(line.split()[1] == "available" for line in rows.values())
     assert any("…" in line for line in rows.values())  # the long root: paths cut on the left
     # the reason of the slot in error, on its own line below the table
@@ -167,3 +167,18 @@ def test_empty_listings_say_what_to_do_next(root, tmp_path):
         assert "─" not in screen, (args, screen)  # no empty table
     piped = run_cli("list")
     assert piped.code == 4 and piped.stdout == "" and str(root) in piped.stderr
+
+
+def test_status_at_80_columns_names_the_pool_in_the_path(manager, upstream, tmp_path, root):
+    """A longer pool name and owner: the owner gives up room so that the path still shows
+    ``POOL/slots/N``, never only ``…/slots/N``."""
+    from necropool.ground.config import PoolSpec
+
+    manager.create_pool(PoolSpec(name="frontend", url=str(upstream), num_slots=2))
+    manager.allocate_slot("frontend", owner="ci-job-1234567-build-and-test", ttl=7200,
+                          pid=os.getpid(), fetch=False)
+    screen = _tmux_status(tmp_path, 80, "frontend")
+    print("\n".join(screen))
+    rows = [line for line in screen if line.startswith("frontend-")]
+    assert len(rows) == 2 and all(len(line) <= 80 for line in screen)
+    assert all(line.endswith(f"frontend/slots/{line.split()[0][-1]}") for line in rows)

@@ -180,6 +180,9 @@ CONFIG_POOL = [
     ("num_slots", "Number of slots (default 3)."),
     ("branch", "Branch (default: the upstream HEAD)."),
     ("keep_ignored", "Keep ignored files (build caches) when cleaning (default false)."),
+    ("keep", "Ignored paths kept when cleaning, as gitignore-style patterns such as "
+             "[\"node_modules/\", \".venv/\"]; other ignored files go, and a symlink in "
+             "them that leads out of the slot goes too (default none)."),
     ("fetch_on_allocate", "Fetch upstream on every allocate (default true)."),
     ("fetch_backend", "git (default) or libgit2."),
     ("ledger", "This pool's ledger, over the top-level one."),

@@ -167,6 +167,9 @@ def main_page() -> str:
              ".br",
              ".B necropool",
              "\\fICOMMAND\\fR \\fB\\-\\-help\\fR",
+             ".br",
+             ".B necropool help",
+             "[\\fICOMMAND\\fR]...",
              ".SH DESCRIPTION"]
     for text in DESCRIPTION:
         lines += para(text)

@@ -77,7 +77,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
         git.mirror_tip(paths.mirror, branch)
         git.put_back_mirror_config(paths.mirror, url, branch)  # the one it will keep
         definition = PoolDef(name=spec.name, url=url, branch=branch,
-                             keep_ignored=spec.keep_ignored,
+                             keep_ignored=spec.keep_ignored, keep=list(spec.keep),
                              fetch_on_allocate=spec.fetch_on_allocate,
                              fetch_backend=spec.fetch_backend, created_at=now(),
                              managed_by=managed_by)

@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(answer())
     # lazy: every necropool.cli.* import runs this file first; typer and the app load
     # only when the CLI runs
-    from necropool.cli.app import hoist_globals
+    from necropool.cli.app import help_alias, hoist_globals
     from necropool.cli.output import Output
     from necropool.ground.errors import NecropoolError
 
-    args = hoist_globals(args)
+    args = hoist_globals(help_alias(args))
     out = Output(_json_requested(args))
     interrupted = _watch_interrupts()
     try:

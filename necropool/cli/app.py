@@ -29,6 +29,7 @@ COMMANDS = {
     "completion": "commands.misc",
 }
 _VALUE_OPTIONS = ("--root", "--config", "--ledger", "--color")
+_FLAG_OPTIONS = ("--quiet", "-q")  # global flags, also taken after the command name
 
 
 def _version(value: bool) -> None:
@@ -58,6 +59,9 @@ def main_options(
     color: Annotated[str, typer.Option(
         "--color", metavar="WHEN", autocompletion=complete_values.colors,
         help="Colour: auto, always or never (the shape of output is --format's)")] = "auto",
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print no notes, hints or progress on stderr: only the result "
+                              "and errors")] = False,
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version")] = False,
 ) -> None:
@@ -67,7 +71,7 @@ def main_options(
 
     if color not in COLORS:
         raise UsageError(f"invalid --color {color!r}: use auto, always or never")
-    G.begin(root, config, ledger, color)
+    G.begin(root, config, ledger, color, quiet)
 
 
 def command_named(args: list[str]) -> str | None:
@@ -106,9 +110,20 @@ def hoist_globals(args: list[str]) -> list[str]:
             moved += args[i:i + 2]
             i += 2
             continue
-        (moved if arg.startswith(tuple(o + "=" for o in _VALUE_OPTIONS)) else kept).append(arg)
+        (moved if arg.startswith(tuple(o + "=" for o in _VALUE_OPTIONS)) or arg in _FLAG_OPTIONS
+         else kept).append(arg)
         i += 1
     return [*moved, *args[:start], *kept, *args[end:]]
+
+
+def help_alias(args: list[str]) -> list[str]:
+    """``necropool help [COMMAND...]`` as ``necropool [COMMAND...] --help`` (as git has it)."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in _VALUE_OPTIONS else 1
+    if i < len(args) and args[i] == "help":
+        return [*args[:i], *args[i + 1:], "--help"]
+    return args
 
 
 def build(args: list[str] | None = None) -> typer.Typer:

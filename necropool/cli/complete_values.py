@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from necropool.store.events import KINDS
+
 
 def _root() -> Path | None:
     try:
@@ -109,10 +111,7 @@ status_formats = choices("table", "tsv", "json", "prometheus")
 colors = choices("auto", "always", "never")
 backends = choices("git", "libgit2")
 shells = choices("bash", "zsh", "fish")
-event_kinds = choices("create", "add", "remove", "allocate", "release", "reclaim",
-                      "force_release", "cleanup", "failure", "recover", "isolate",
-                      "mirror_rebuilt", "mirror_config_restored", "fetch_failed", "auto_recover",
-                      "force_unlock", "adopt", "update")
+event_kinds = choices(*KINDS)
 
 
 def rescued_ids(incomplete: str) -> list[tuple[str, str] | str]:

@@ -42,13 +42,16 @@ def size(count: int | None) -> str:
 
 def left_cut(text: str, width: int) -> str:
     """``text`` in at most ``width`` characters, cut from the left (the end of a path is the
-    part that tells slots apart), at a ``/`` where there is one: ``…/web/slots/3``."""
+    part that tells slots apart), at a ``/`` where there is one: ``…/web/slots/3``; where
+    that no longer holds the last three parts whole, those alone (``web/slots/3``)."""
     if len(text) <= width:
         return text
     if width < 2:
         return text[len(text) - width:]
     kept = text[len(text) - width + 1:]
-    return "…" + (kept[kept.index("/"):] if "/" in kept[:-1] else kept)
+    cut = "…" + (kept[kept.index("/"):] if "/" in kept[:-1] else kept)
+    tail = "/".join(text.split("/")[-3:])  # ``web/slots/3``: which pool, not only which slot
+    return tail if len(cut) < len(tail) + 2 and len(tail) <= width else cut
 
 
 def right_cut(text: str, width: int) -> str:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:  # rich is imported only for a table or colour (~16-30 ms)
     from rich.console import Console
     from rich.text import Text
 
+from necropool.ground.clock import jsonable
 from necropool.ground.redact import redact
 from necropool.ground.validate import is_control, utf8_safe
 
@@ -26,11 +27,12 @@ class Output:
     table and anything else tab-separated lines without the header line."""
 
     def __init__(self, json_mode: bool = False, color: str = "auto", fmt: str | None = None,
-                 headers: bool = True):
+                 headers: bool = True, quiet: bool = False):
         self.json = json_mode or fmt == "json"
         self.color = color
         self.fmt = fmt
         self.headers = headers
+        self.quiet = quiet  # --quiet: no notes, hints or progress on stderr, only errors
 
     @property
     def rich(self) -> bool:
@@ -56,13 +58,13 @@ class Output:
 
     def hint(self, text: str) -> None:
         """What to do next, when a table for a person came out empty (on stderr)."""
-        if self.rich:
+        if self.rich and not self.quiet:
             sys.stderr.write(text + "\n")
 
     def emit(self, data: dict[str, Any]) -> None:
         """The one JSON object of a command, on stdout (its text with secrets masked)."""
         sys.stdout.write(json.dumps(_redacted({"schema_version": SCHEMA_VERSION, **data}),
-                                    default=str) + "\n")
+                                    default=jsonable) + "\n")
 
     def outcome(self, data: dict[str, Any], done: str,
                 saved: str = "saved the holder's work to") -> None:
@@ -82,7 +84,7 @@ class Output:
 
     def note(self, text: str) -> None:
         """Human commentary: stderr, never mixed into data on stdout."""
-        if not self.json:
+        if not self.json and not self.quiet:
             sys.stderr.write(escape(redact(text), keep="\n") + "\n")
 
     def table(self, columns: list[str], rows: Sequence[Sequence[object]], title: str | None = None,
@@ -116,7 +118,7 @@ class Output:
         widths = [max([len(c)] + [len(str(r[i])) for r in rows]) for i, c in enumerate(columns)]
         room = max(10, console.width - sum(widths[:-1]) - len(columns))
         table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                      padding=(0, 0), header_style="bold")
+                      padding=(0, 0), header_style="bold", show_header=self.headers)
         for column, width in zip(columns, widths, strict=True):
             table.add_column(column, no_wrap=True, overflow="ellipsis",
                              width=min(width, room) if column == columns[-1] else width)
@@ -127,8 +129,8 @@ class Output:
 
     def fields(self, data: dict[str, Any]) -> None:
         """Key/value pairs, one per line (``key<TAB>value`` when plain)."""
-        rows = [[k, json.dumps(v) if isinstance(v, dict | list) else v] for k, v in data.items()
-                if v not in (None, {}, [])]
+        rows = [[k, json.dumps(v) if isinstance(v, dict | list | bool) else v]
+                for k, v in data.items() if v is not None and v != {} and v != []]
         if not self.rich:
             self.table(["field", "value"], rows)
             return

@@ -15,9 +15,10 @@ Tick = Callable[[int, int], None]
 
 @contextmanager
 def progress_bar(out: "Output", label: str, phase: str = "starting") -> Iterator[Tick | None]:
-    """Yield ``tick(done, total)``; a no-op unless stderr is a terminal and not --json.
+    """Yield ``tick(done, total)``; a no-op unless stderr is a terminal and neither --json
+    nor --quiet was given.
     Until the first tick the line reads ``LABEL: PHASE``."""
-    if out.json or not sys.stderr.isatty():
+    if out.json or out.quiet or not sys.stderr.isatty():
         yield None
         return
     # lazy: rich.progress costs ~30 ms; only a long job on a terminal shows a bar

@@ -42,6 +42,18 @@ def _cells(slot: dict[str, Any], full: bool) -> list[str]:
     return cells
 
 
+def _short_of(rows: list[list[str]], width: int, owner_max: int) -> int:
+    """How many columns the compact table lacks to show every path's last three parts
+    (``web/slots/1``: the pool as well as the slot), the owner cut to ``owner_max``: the
+    owner gives them up first."""
+    owner = _COMPACT.index("OWNER")
+    widths = [max([len(c)] + [min(len(r[i]), owner_max) if i == owner else len(r[i])
+                              for r in rows]) for i, c in enumerate(_COMPACT[:-1])]
+    room = width - sum(widths) - len(_COMPACT)
+    need = max([len("/".join(r[-1].split("/")[-3:])) for r in rows], default=0)
+    return max(0, need - room)
+
+
 def render(out: "Output", pools: list[dict[str, Any]]) -> None:
     """The slots of ``pools``: a table for a person, tab-separated lines otherwise."""
     slots = [s for p in pools for s in p["slots"]]
@@ -53,9 +65,10 @@ def render(out: "Output", pools: list[dict[str, Any]]) -> None:
     rows = [_cells(s, full) for s in slots]
     if not full:
         owner = _COMPACT.index("OWNER")
+        fit = max(6, _OWNER_MAX - _short_of(rows, console.width, _OWNER_MAX))
         for row in rows:
-            if len(row[owner]) > _OWNER_MAX:
-                row[owner] = row[owner][:_OWNER_MAX - 1] + "…"
+            if len(row[owner]) > fit:
+                row[owner] = row[owner][:fit - 1] + "…"
     out.grid(_FULL if full else _COMPACT, rows, left_cut_last=True)
     for s in slots:
         if s["state"] == "error":

@@ -103,7 +103,7 @@ def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict[st
 
 def _released_result(pool: Pool, sid: str, lease_id: str) -> dict[str, Any]:
     return {"slot_id": sid, "pool": pool.name, "lease_id": lease_id, "cleaned": False,
-            "commit": None, "cleanup": None, "rescued": None, "fetch_error": None}
+            "commit": None, "cleanup": None, "rescued": None, "fetch_error": None, "ended": []}
 
 
 def renew(pool: Pool, host: str, number: int, lease_id: str, ttl: float | None) -> Remote:

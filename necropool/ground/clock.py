@@ -37,6 +37,12 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def jsonable(value: object) -> str:
+    """``json.dumps``'s ``default``: a datetime in RFC 3339 (as every time necropool prints),
+    anything else as its string."""
+    return rfc3339(value) or "" if isinstance(value, datetime) else str(value)
+
+
 def parse_rfc3339(text: str) -> datetime:
     """The inverse of ``rfc3339``."""
     return datetime.fromisoformat(text.replace("Z", "+00:00"))

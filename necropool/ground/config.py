@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from necropool.ground.errors import UsageError
 from necropool.ground.redact import redact
+from necropool.ground.suggest import did_you_mean
 from necropool.ground.validate import (
     MAX_HOURS,
     check_host_name,
@@ -24,6 +25,7 @@ POOL_KEYS: dict[str, type] = {
     "num_slots": int,
     "branch": str,
     "keep_ignored": bool,
+    "keep": list,
     "fetch_on_allocate": bool,
     "fetch_backend": str,
     "ledger": str,
@@ -61,6 +63,7 @@ class PoolSpec:
     num_slots: int = 3
     branch: str | None = None
     keep_ignored: bool = False
+    keep: list[str] = field(default_factory=list)  # ignored paths cleanup leaves (gitignore)
     fetch_on_allocate: bool = True
     fetch_backend: str = "git"
     ledger: str | None = None  # where its state is kept (``Settings.ledger_for``)
@@ -106,9 +109,19 @@ def _remote(ledger: str | None) -> str | None:
     return None if ledger in (None, "", "local") else ledger
 
 
+def check_keep(patterns: list[str]) -> None:
+    """``keep``: gitignore-style patterns of ignored paths, each a line of its own."""
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern.strip() or pattern.startswith(("!", "#")) \
+                or any(c in pattern for c in "\0\n\r"):
+            raise UsageError(f"invalid keep pattern {pattern!r}: a gitignore-style pattern such "
+                             "as 'node_modules/' (no '!', '#' or line break)")
+
+
 def check_spec(spec: PoolSpec) -> PoolSpec:
     """A pool spec from the config or the API; a local path url is made absolute."""
     check_pool_name(spec.name)
+    check_keep(spec.keep)
     check_url(spec.url)
     if spec.num_slots < 1:
         raise UsageError(f"invalid slot count {spec.num_slots}: must be at least 1")
@@ -153,7 +166,8 @@ def _check_type(path: Path, key: str, value: Any,
 def _type_name(expected: type | tuple[type, ...]) -> str:
     if isinstance(expected, tuple):
         return "a number"
-    return {str: "a string", int: "an integer", bool: "a boolean", dict: "a table"}[expected]
+    return {str: "a string", int: "an integer", bool: "a boolean", dict: "a table",
+            list: "a list of patterns"}[expected]
 
 
 def _pool_spec(path: Path, name: str, table: object) -> PoolSpec:
@@ -165,8 +179,12 @@ def _pool_spec(path: Path, name: str, table: object) -> PoolSpec:
         _fail(path, f"pools.{name}", exc.message)
     for key, value in table.items():
         if key not in POOL_KEYS:
-            _fail(path, f"pools.{name}.{key}", "unknown key")
+            _fail(path, f"pools.{name}.{key}", "unknown key" + did_you_mean(key, POOL_KEYS))
         _check_type(path, f"pools.{name}.{key}", value, POOL_KEYS[key])
+    try:
+        check_keep(table.get("keep", []))
+    except UsageError as exc:
+        _fail(path, f"pools.{name}.keep", exc.message)
     _check_ledger_key(path, f"pools.{name}.ledger", table.get("ledger"))
     if "url" not in table:
         _fail(path, f"pools.{name}.url", "missing")
@@ -194,7 +212,7 @@ def parse_config(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
     for key, value in data.items():
         if key not in TOP_KEYS:
-            _fail(path, key, "unknown key")
+            _fail(path, key, "unknown key" + did_you_mean(key, TOP_KEYS))
         _check_type(path, key, value, TOP_KEYS[key])
     _check_ledger_key(path, "ledger", data.get("ledger"))
     pools = data.pop("pools", {})

@@ -39,11 +39,12 @@ def refresh(pool: Pool, slot: Slot, *, rescue_label: str,
     started = time.monotonic()
     tip = pool.tip()
     ensure_inside(pool.paths.records, pool.settings.root)
-    report = cleanup.clean(
-        pool.checked_slot_dir(slot.number), mirror=pool.paths.mirror, url=pool.definition.url,
-        branch=pool.definition.branch, tip=tip, keep_ignored=pool.definition.keep_ignored,
-        rescue_to=rescue_path(pool, slot.number, rescue_label),
-        record=pool.paths.slot_record(slot.number), known_commit=slot.commit)
+    report = cleanup.clean(pool.checked_slot_dir(slot.number), cleanup.Target(
+        mirror=pool.paths.mirror, url=pool.definition.url, branch=pool.definition.branch,
+        tip=tip, rescue_to=rescue_path(pool, slot.number, rescue_label),
+        record=pool.paths.slot_record(slot.number),
+        keep_ignored=pool.definition.keep_ignored, keep=tuple(pool.definition.keep),
+        known_commit=slot.commit))
     return tip, report, ("cleanup", dict(
         slot_id=pool.slot_id(slot.number), lease_id=lease_id, commit=tip,
         duration_seconds=round(time.monotonic() - started, 3), **report.to_dict()))
@@ -97,15 +98,18 @@ def _busy(pool: Pool, number: int, busy: list[int]) -> Conflict:
 
 
 def clear_processes(pool: Pool, number: int, previous: Slot, lock: FileLock,
-                     stop: bool) -> None:
+                     stop: bool) -> list[str]:
     """With the slot claimed (``cleaning``, or allocated to this process; its lock held):
     end the processes still in it
-    when ``stop``; if any remain, give the slot back as it was and refuse."""
+    when ``stop``; if any remain, give the slot back as it was and refuse. Returns the
+    processes it ended (``pid 12 (sleep)``)."""
     busy = proc.processes_in(pool.slot_dir(number), pool.paths.readers)
+    named = {pid: proc.describe([pid]) for pid in busy}  # (read before they are gone)
     if busy and stop:
         busy = proc.end(busy)
     if not busy:
-        return
+        return list(named.values())
+
     def as_before(slot: Slot) -> None:
         vars(slot).update(vars(previous))
         lock.release(unlink=True)

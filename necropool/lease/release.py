@@ -2,6 +2,7 @@
 saved first) outside the pool lock, with its slot lock held, and given back."""
 
 from necropool.git import commands as git
+from necropool.ground import proc
 from necropool.ground.clock import now
 from necropool.ground.errors import OperationFailed, Skipped, TryAgain, explain
 from necropool.ground.locks import FileLock
@@ -41,8 +42,12 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
     def noted(previous: Slot) -> list[Event]:
         assert previous.lease is not None  # end_lease ends a lease
         used = (now() - previous.lease.allocated_at).total_seconds()
-        return [(reason, dict(slot_id=pool.slot_id(number), lease_id=previous.lease.lease_id,
-                              owner=previous.lease.owner, usage_seconds=round(used, 3)))]
+        fields = dict(slot_id=pool.slot_id(number), lease_id=previous.lease.lease_id,
+                      owner=previous.lease.owner, usage_seconds=round(used, 3))
+        if stop:  # what --force is about to end, named while they live
+            fields["ended"] = [proc.describe([pid]) for pid in proc.processes_in(
+                pool.slot_dir(number), pool.paths.readers)] or None
+        return [(reason, fields)]
 
     try:
         previous = pool.store.end_lease(number, lease_id, Holder.me(), check, note=noted)
@@ -61,9 +66,9 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
         raise
     lease = previous.lease
     assert lease is not None  # end_lease ends a lease
-    if stop:
-        clear_processes(pool, number, previous, lock, stop)
-    result = Release(slot_id=pool.slot_id(number), pool=pool.name, lease_id=lease.lease_id)
+    ended = clear_processes(pool, number, previous, lock, stop) if stop else []
+    result = Release(slot_id=pool.slot_id(number), pool=pool.name, lease_id=lease.lease_id,
+                     ended=ended)
     if not clean:
         _give_back(pool, number, lock, needs_cleanup=True)
         return result

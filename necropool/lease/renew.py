@@ -1,11 +1,11 @@
 """Leases: renewing one, why a lease is gone (for the holder that comes back late), and
 ``Release``, what ending one did."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from necropool.ground.clock import now
+from necropool.ground.clock import now, rfc3339
 from necropool.ground.errors import Conflict, Skipped, UsageError
 from necropool.ground.validate import check_seconds
 from necropool.pool.pool import Pool, get_slot
@@ -26,11 +26,12 @@ class Release:
     cleanup: dict[str, Any] | None = None
     rescued: str | None = None
     fetch_error: str | None = None
+    ended: list[str] = field(default_factory=list)  # processes --force ended
 
     def to_dict(self) -> dict[str, Any]:
         return {"slot_id": self.slot_id, "pool": self.pool, "lease_id": self.lease_id,
                 "cleaned": self.cleaned, "commit": self.commit, "cleanup": self.cleanup,
-                "rescued": self.rescued, "fetch_error": self.fetch_error}
+                "rescued": self.rescued, "fetch_error": self.fetch_error, "ended": self.ended}
 
 
 def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> Slot:
@@ -48,7 +49,7 @@ def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> S
         raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
     expires_at = now() + timedelta(seconds=ttl)
     event = ("renew", dict(slot_id=pool.slot_id(number), lease_id=lease_id, ttl_seconds=ttl,
-                           expires_at=expires_at))
+                           expires_at=rfc3339(expires_at)))
     try:  # fenced: the lease may have ended since it was read
         return pool.store.renew(number, lease_id, expires_at, ttl, note=lambda _: [event])
     except LeaseLost:

@@ -6,7 +6,9 @@ import ctypes
 import os
 import signal
 import subprocess
+import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import FrameType
 from typing import IO, Any
@@ -53,6 +55,51 @@ def _end_descendants(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)  # (where there is no subreaper: the group at least)
     confine.sweep_orphans()
+class Terminal:
+    """The terminal on standard input, lent to the command when ``run`` is in its foreground:
+    the command leads a process group of its own (which ``run`` ends at the end) that is the
+    terminal's foreground group, so it can open ``/dev/tty``, prompt and read (ssh, sudo,
+    credential helpers, ``bash -i``); the terminal and its modes come back afterwards.
+    Without one, the command gets a session of its own, without a terminal."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.modes: list[Any] | None = None
+        with contextlib.suppress(OSError):
+            if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
+                self.fd, self.modes = 0, termios.tcgetattr(0)
+
+    def options(self) -> dict[str, Any]:
+        """Popen's options: a group of its own in the foreground, else a session."""
+        return {"process_group": 0} if self.fd is not None else {"start_new_session": True}
+
+    def lend(self, pgid: int) -> None:
+        """Make ``pgid`` the foreground group (called in the child and in ``run``: whichever
+        comes first wins the race with the command's first read)."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                _quietly(os.tcsetpgrp, self.fd, pgid)
+
+    def take_back(self) -> None:
+        """The terminal back to ``run``'s group, in the modes it was lent in."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError, termios.error):
+                _quietly(os.tcsetpgrp, self.fd, os.getpgrp())
+                _quietly(termios.tcsetattr, self.fd, termios.TCSADRAIN, self.modes)
+
+
+def _quietly(call: Callable[..., None], *args: Any) -> None:
+    """Call with SIGTTOU blocked: a background group may then set the terminal."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        call(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _in_child(terminal: Terminal) -> None:
+    _set_parent_death_signal()
+    terminal.lend(os.getpid())
 
 
 @dataclass
@@ -85,9 +132,10 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
     The status is the command's (128+N when signal N ended it; 127/126 when it could not
     be started, as shells report). SIGINT, SIGTERM and SIGHUP are forwarded to it; one that
     arrives before it starts means it is not started. ``stdout`` redirects its output.
-    The command runs in a session of its own, with ``run`` as its subreaper: whatever of it
-    is still running when it ends (or when ``run`` is interrupted), double-forked or in a
-    session of its own, is ended too, before the slot is released."""
+    The command runs in a session of its own, or with the terminal (``Terminal``) in a
+    process group of its own, with ``run`` as its subreaper: whatever of it is still
+    running when it ends (or when ``run`` is interrupted), double-forked or in a session of
+    its own, is ended too, before the slot is released."""
     if not argv:
         raise UsageError("run needs a command after --")
     grant = allocate(pool, replace(request, holder=Holder.me()), keep_lock=True)
@@ -99,6 +147,7 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
         env["NECROPOOL_LEDGER"] = redact(env["NECROPOOL_LEDGER"])
     child: subprocess.Popen[bytes] | None = None
     pending: list[int] = []
+    terminal = Terminal()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         if child is None:
@@ -115,12 +164,13 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
             try:
                 _become_subreaper()
                 child = subprocess.Popen(argv, cwd=path, env=env, stdout=stdout,
-                                         start_new_session=True,
-                                         preexec_fn=_set_parent_death_signal)
+                                         preexec_fn=lambda: _in_child(terminal),
+                                         **terminal.options())
             except OSError as exc:
                 result.code = 127 if isinstance(exc, FileNotFoundError) else 126
                 result.spawn_error = f"cannot run {argv[0]!r}: {exc.strerror}"
             else:
+                terminal.lend(child.pid)
                 for signum in pending:
                     child.send_signal(signum)
                 code = _wait_renewing(pool, grant, child)
@@ -130,6 +180,7 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
             if child is not None:  # what it left running in the background ends with it
                 _end_descendants(child.pid)
         finally:
+            terminal.take_back()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         try:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from necropool.admin.pools import Progress
     from necropool.health.lockmaint import LockManager
     from necropool.lease.run import RunResult
+    from necropool.pool.rescued import Deleted
 
 T = TypeVar("T")
 # What work on a pool may import as it goes (the modules imported where they are used, and
@@ -71,7 +72,8 @@ class PoolManager:
         ledger_link.configure(self.settings.ledger_timeout)
 
     @staticmethod
-    def _owned(pool: pools.Pool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _owned(pool: "pools.Pool | Deleted", fn: Callable[..., T], *args: Any,
+               **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on ``pool`` as its owner: run as root on another user's
         pool, in a child that became that user (``owner``)."""
         who = owner_of(pool.paths.dir)
@@ -370,14 +372,25 @@ class PoolManager:
         # lazy: allocate and release never read rescued work
         from necropool.pool import rescued
 
-        def listed(pool: pools.Pool) -> list[Record]:
+        def listed(pool: "pools.Pool | Deleted") -> list[Record]:
             found = rescued.entries(pool)
             if inspect:  # in a scratch repository in the pool's directory
                 rescued.inspect(pool, found)
             return found
 
-        return walk.each(self.settings, name, broken,
-                         lambda pool: self._owned(pool, listed, pool))
+        return self._rescued_each(name, broken, lambda pool: self._owned(pool, listed, pool))
+
+    def _rescued_each(self, name: str | None, broken: walk.Broken | None,
+                      step: Callable[[Any], list[Record]]) -> list[Record]:
+        """``walk.each`` over the pools, then over the deleted pools whose work
+        ``<root>/rescued/`` keeps (those of that name only, when one is named)."""
+        # lazy: allocate and release never read rescued work
+        from necropool.pool import rescued
+
+        gone = [d for d in rescued.deleted_pools(self.settings) if name in (None, d.name)]
+        only_gone = bool(name and gone and name not in self.pool_names())
+        live = [] if only_gone else walk.each(self.settings, name, broken, step)
+        return live + [item for pool in gone for item in step(pool)]
 
     def rescued_show(self, ident: str) -> Record:
         # lazy: allocate and release never read rescued work
@@ -391,14 +404,15 @@ class PoolManager:
 
         return self._owned(pool, inspected)
 
-    def rescued_restore(self, ident: str, into: str | None = None) -> dict[str, Any]:
+    def rescued_restore(self, ident: str, into: str | None = None,
+                        checkout: bool = False) -> dict[str, Any]:
         # lazy: allocate and release never read rescued work
         from necropool.pool import rescued
 
         pool, item = self._rescued_find(ident)
-        return rescued.restore(pool, item, Path(into) if into else None)
+        return rescued.restore(pool, item, Path(into) if into else None, checkout)
 
-    def _rescued_find(self, ident: str) -> tuple[pools.Pool, Record]:
+    def _rescued_find(self, ident: str) -> tuple["pools.Pool | Deleted", Record]:
         """The item among every pool's; not found, the pools that could not be searched are
         named."""
         # lazy: allocate and release never read rescued work
@@ -406,7 +420,8 @@ class PoolManager:
 
         broken: walk.Broken = []
         try:
-            return rescued.find(walk.targets(self.settings, None, broken), ident)
+            return rescued.find([*walk.targets(self.settings, None, broken),
+                                 *rescued.deleted_pools(self.settings)], ident)
         except NotFound as exc:
             if not broken:
                 raise
@@ -419,7 +434,7 @@ class PoolManager:
         # lazy: allocate and release never read rescued work
         from necropool.pool import rescued
 
-        return walk.each(self.settings, name, broken, lambda pool: self._owned(
+        return self._rescued_each(name, broken, lambda pool: self._owned(
             pool, rescued.prune, pool, older_than, apply))
 
     # --- health -------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
             pool.paths.mirror, f"refs/heads/{pool.definition.branch}"),
         "num_slots": len(found), "counts": counts,
         "keep_ignored": pool.definition.keep_ignored,
+        "keep": pool.definition.keep,
         "fetch_on_allocate": pool.definition.fetch_on_allocate,
         "state_source": current.source,
     }

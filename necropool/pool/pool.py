@@ -7,7 +7,7 @@ import os
 import tomllib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from necropool.ground.proc import hostname
 from necropool.ground.redact import redact, split_upstream
 from necropool.ground.results import Record
 from necropool.ground.slotref import SlotRef
+from necropool.ground.suggest import did_you_mean
 from necropool.ground.validate import check_pool_name
 from necropool.pool.upstream import migrate
 from necropool.store.base import Store
@@ -45,6 +46,7 @@ class PoolDef:
     url: str
     branch: str
     keep_ignored: bool = False
+    keep: list[str] = field(default_factory=list)
     fetch_on_allocate: bool = True
     fetch_backend: str = "git"
     created_at: datetime | None = None
@@ -76,7 +78,8 @@ class Pool:
                 raise OperationFailed(f"pool {name!r} is not usable: {self.paths.dir} has no "
                                       f"pool.toml (remains of a half-made pool? "
                                       f"'necropool delete {name} --force' removes them)") from None
-            raise NotFound(f"pool {name!r} does not exist under {settings.root}") from None
+            raise NotFound(f"pool {name!r} does not exist under {settings.root}"
+                           + did_you_mean(name, list_pools(settings))) from None
         except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
             raise OperationFailed(f"pool {name!r}: pool.toml is unreadable: {exc}") from None
         url, moved = migrate(self.paths, self.definition.url, settings.root)
@@ -95,7 +98,8 @@ class Pool:
         ``allocate --any-host``, other hosts' slots and the fleet's status)."""
         ledger = settings.ledger_for(check_pool_name(name))
         if ledger is None:
-            raise NotFound(f"pool {name!r} does not exist under {settings.root}")
+            raise NotFound(f"pool {name!r} does not exist under {settings.root}"
+                           + did_you_mean(name, list_pools(settings)))
         from necropool.store.pg.hosts import definition  # lazy: a PostgreSQL ledger only
 
         pool = cls.__new__(cls)

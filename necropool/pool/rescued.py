@@ -8,15 +8,18 @@ listed (and pruned) as itself."""
 
 import os
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from necropool.git import commands as git
 from necropool.ground.clock import now, rfc3339
+from necropool.ground.config import Settings
 from necropool.ground.errors import Conflict, NotFound, OperationFailed, UsageError
-from necropool.ground.layout import ensure_inside, is_temp, remove_tree, temp_name
+from necropool.ground.layout import ensure_inside, is_temp, kept_dir, remove_tree, temp_name
 from necropool.ground.results import Record
+from necropool.pool import put_back
 from necropool.slot import confined
 
 if TYPE_CHECKING:
@@ -101,20 +104,60 @@ class Holders:
         return (before[-1][1], before[-1][2]) if before else (None, None)
 
 
-def entries(pool: "Pool", detail: bool = True) -> list[Record]:
+class _KeptPaths:
+    """A deleted pool's stand-in for ``PoolPaths``: its items live (and are pruned) under
+    ``<root>/rescued/``, where inspecting them happens too; its mirror is gone."""
+
+    def __init__(self, root: Path):
+        self.rescued = self.dir = kept_dir(root)
+        self.mirror: Path | None = None
+
+
+class Deleted:
+    """The work of a deleted pool, kept under ``<root>/rescued/<pool>-<stamp>/`` (its whole
+    remains with ``.remains``), read like a pool's ``rescued/``: the ids start with that
+    directory's name; there is no mirror to restore from nor history to name holders."""
+
+    definition = None
+
+    def __init__(self, settings: Settings, top: Path):
+        self.settings, self.top = settings, top
+        found = _KEPT.fullmatch(top.name)
+        self.name = found["pool"] if found else top.name
+        self.paths = _KeptPaths(settings.root)
+
+
+_KEPT = re.compile(r"(?P<pool>.+)-\d{8}T\d{12}Z(?:\.remains)?")
+
+
+def deleted_pools(settings: Settings) -> list[Deleted]:
+    """The deleted pools whose work ``<root>/rescued/`` keeps (never through a symlink)."""
+    top = kept_dir(settings.root)
+    if top.is_symlink() or not top.is_dir():
+        return []
+    return [Deleted(settings, Path(e.path)) for e in sorted(os.scandir(top), key=lambda e: e.name)
+            if e.is_dir(follow_symlinks=False) and _KEPT.fullmatch(e.name)]
+
+
+def entries(pool: "Pool | Deleted", detail: bool = True) -> list[Record]:
     """Everything under the pool's ``rescued/``, oldest first; without ``detail``, only
     what the names and sizes say (no history, no bundle read: what ``status`` needs)."""
     top = pool.paths.rescued
     ensure_inside(top.parent, pool.settings.root)
     if top.is_symlink() or not top.is_dir():
         return []
-    holders = Holders(pool.store.read_events()) if detail else None
+    holders = None
+    if detail:
+        holders = Holders([] if isinstance(pool, Deleted) else pool.store.read_events())
     found: list[Record] = []
-    _walk(pool, top, "", holders, found)
+    if isinstance(pool, Deleted):
+        _walk(pool, pool.top, pool.top.name + "/", holders, found)
+    else:
+        _walk(pool, top, "", holders, found)
     return sorted(found, key=lambda e: (e["created_at"] or "", e["id"]))
 
 
-def _walk(pool: "Pool", directory: Path, prefix: str, holders: Holders | None,
+def _walk(pool: "Pool | Deleted", directory: Path, prefix: str, holders: Holders | None,
           found: list[Record]) -> None:
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         if is_temp(entry.name):
@@ -135,7 +178,8 @@ def _walk(pool: "Pool", directory: Path, prefix: str, holders: Holders | None,
         found.append(_describe(pool, Path(entry.path), rel, kind, holders))
 
 
-def _describe(pool: "Pool", path: Path, rel: str, kind: str, holders: Holders | None) -> Record:
+def _describe(pool: "Pool | Deleted", path: Path, rel: str, kind: str,
+              holders: Holders | None) -> Record:
     st = path.lstat()
     name = path.name
     saved, stray = _SAVED.fullmatch(name), _STRAY.fullmatch(name)
@@ -149,6 +193,7 @@ def _describe(pool: "Pool", path: Path, rel: str, kind: str, holders: Holders | 
         "created_at": rfc3339(when), "label": label, "lease_id": lease_id, "owner": owner,
         "size_bytes": _tree_size(str(path)) if kind == "tree" else st.st_size,
         "refs": None, "branches": None, "commits": None, "uncommitted_files": None,
+        "deleted": isinstance(pool, Deleted),
     })
     if kind == "bundle" and holders:
         try:
@@ -167,7 +212,7 @@ def usage(pool: "Pool") -> tuple[int, int]:
     return len(items), sum(e["size_bytes"] for e in items)
 
 
-def inspect(pool: "Pool", items: list[Record]) -> None:
+def inspect(pool: "Pool | Deleted", items: list[Record]) -> None:
     """Fill in ``commits`` (saved commits not upstream) and ``uncommitted_files`` of the
     bundles among ``items``: they are read into a scratch repository that borrows the
     mirror's objects (the bundles' prerequisites), created in the pool directory and
@@ -179,7 +224,8 @@ def inspect(pool: "Pool", items: list[Record]) -> None:
     ensure_inside(scratch.parent, pool.settings.root)
     try:
         git.run(["init", "-q", "--bare", str(scratch)])
-        (scratch / "objects/info/alternates").write_text(f"{pool.paths.mirror}/objects\n")
+        if pool.paths.mirror:  # (a deleted pool's bundles cannot be read without it)
+            (scratch / "objects/info/alternates").write_text(f"{pool.paths.mirror}/objects\n")
         for i, item in enumerate(bundles):
             _inspect_one(scratch, f"refs/b/{i}/", item)
     except (OperationFailed, OSError):  # a read-only root, say: the counts stay unknown
@@ -195,8 +241,9 @@ def _inspect_one(scratch: Path, space: str, item: Record) -> None:
                        f"+{RESCUE_REFS}*:{space}*"], scratch, check=False)
     if fetched.returncode != 0:
         return
-    tips = [space + n for n in item["refs"]
-            if not n.rsplit("/", 1)[-1].startswith(_NOT_COMMITS)]
+    tips = [space + n for n in item["refs"]  # (``on/BRANCH`` only says where HEAD was)
+            if not n.rsplit("/", 1)[-1].startswith(_NOT_COMMITS) and not n.startswith("on/")
+            and n != "index"]
     counted = git.run(["rev-list", "--count", *tips, "--not", *prerequisites, "--"], scratch,
                       check=False) if tips else None
     item["commits"] = int(counted.stdout) if counted and counted.returncode == 0 else 0
@@ -210,7 +257,7 @@ def _inspect_one(scratch: Path, space: str, item: Record) -> None:
         item["uncommitted_files"] = listed.stdout.decode(errors="replace").splitlines()
 
 
-def find(pools: list["Pool"], ident: str) -> tuple["Pool", Record]:
+def find(pools: Sequence["Pool | Deleted"], ident: str) -> tuple["Pool | Deleted", Record]:
     """The item named ``ident``: its id as ``list`` prints it (or an unambiguous start of
     it), ``POOL/ID``, or its path."""
     if not ident or "\0" in ident:
@@ -231,10 +278,12 @@ def find(pools: list["Pool"], ident: str) -> tuple["Pool", Record]:
     raise NotFound(f"no rescued work {ident!r} (see necropool rescued list)")
 
 
-def restore(pool: "Pool", item: Record, into: Path | None) -> dict[str, Any]:
+def restore(pool: "Pool | Deleted", item: Record, into: Path | None,
+            checkout: bool = False) -> dict[str, Any]:
     """Fetch a bundle's saved refs as ``refs/rescued/<slot>-<stamp>/...`` into the git
     repository ``into``; when ``into`` does not exist, clone it first (from the pool's
-    mirror, ``origin`` set to the upstream URL). git runs in a child confined to ``into``."""
+    mirror, ``origin`` set to the upstream URL). With ``checkout``, also put the holder's
+    state back there (``put_back.checkout``). git runs in a child confined to ``into``."""
     if item["kind"] != "bundle" or not item["refs"]:
         raise Conflict(f"{item['id']} is a {item['kind']}, not a bundle of saved refs: "
                        f"copy what you need from {item['path']}")
@@ -242,24 +291,38 @@ def restore(pool: "Pool", item: Record, into: Path | None) -> dict[str, Any]:
     stem = name.rsplit("-", 1)[0] if item["label"] else name
     target = Path(into or stem).absolute()
     cloned = not os.path.lexists(target)
-    if cloned:
-        target.mkdir(parents=True)  # made here, so that the confinement's rule can name it
-    elif not (target / ".git").exists() and not (target / "HEAD").is_file():
+    if cloned and pool.definition is None:
+        raise UsageError(f"{item['id']} is from a deleted pool, whose mirror is gone: name a "
+                         "clone of its upstream with --into")
+    if not cloned and not (target / ".git").exists() and not (target / "HEAD").is_file():
         raise Conflict(f"{target} exists and is not a git repository: name a clone of the "
                        "upstream or a path that does not exist")
+    if checkout and not cloned:
+        put_back.check_clean(target)
+        heads, _ = bundle_heads(Path(item["path"]))
+        put_back.check_branch(target, item["path"],
+                              {n[len(RESCUE_REFS):]: sha for n, sha in heads.items()})
+    if cloned:
+        target.mkdir(parents=True)  # made here, so that the confinement's rule can name it
     space = f"refs/rescued/{stem}/"
+    url = pool.definition.url if pool.definition is not None else ""
+    done: dict[str, Any] = {"id": item["id"], "pool": pool.name, "path": str(target),
+                            "cloned": cloned, "refs": [space + n for n in item["refs"]],
+                            "checkout": None}
     try:
-        confined.run(_fetch_saved, pool.paths.mirror, pool.definition.url, item["path"],
-                     target, space, cloned, write=(target.resolve(),))
+        confined.run(_fetch_saved, pool.paths.mirror, url, item["path"], target, space, cloned,
+                     write=(target.resolve(),))
+        if checkout:
+            done["checkout"] = confined.run(put_back.checkout, target, space, item["refs"],
+                                            write=(target.resolve(),))
     except BaseException:
         if cloned:
             remove_tree(target, target.parent)
         raise
-    return {"id": item["id"], "pool": pool.name, "path": str(target), "cloned": cloned,
-            "refs": [space + n for n in item["refs"]]}
+    return done
 
 
-def _fetch_saved(mirror: Path, url: str, bundle: str, target: Path, space: str,
+def _fetch_saved(mirror: Path | None, url: str, bundle: str, target: Path, space: str,
                  clone: bool) -> None:
     if clone:
         git.run(["clone", "-q", "--no-hardlinks", str(mirror), str(target)])
@@ -268,7 +331,7 @@ def _fetch_saved(mirror: Path, url: str, bundle: str, target: Path, space: str,
              f"+{RESCUE_REFS}*:{space}*"], target)
 
 
-def prune(pool: "Pool", older_than: float, apply: bool) -> list[Record]:
+def prune(pool: "Pool | Deleted", older_than: float, apply: bool) -> list[Record]:
     """The items older than ``older_than`` seconds; deleted only when ``apply``. Each is
     removed without following a symlink (a link goes, its target stays)."""
     old = older(pool, older_than)
@@ -277,20 +340,20 @@ def prune(pool: "Pool", older_than: float, apply: bool) -> list[Record]:
     return old
 
 
-def older(pool: "Pool", seconds: float, detail: bool = True) -> list[Record]:
+def older(pool: "Pool | Deleted", seconds: float, detail: bool = True) -> list[Record]:
     """The items saved more than ``seconds`` ago (``detail``: as for ``entries``)."""
     cutoff = rfc3339(datetime.fromtimestamp(now().timestamp() - seconds, UTC))
     return [e for e in entries(pool, detail) if e["created_at"] < cutoff]
 
 
-def discard(pool: "Pool", items: list[Record]) -> None:
+def discard(pool: "Pool | Deleted", items: list[Record]) -> None:
     """Delete the items (``entries``'), and the directories that leaves empty."""
     for item in items:
         remove_tree(Path(item["path"]), pool.settings.root)
     _drop_empty_dirs(pool, {Path(e["path"]).parent for e in items})
 
 
-def _drop_empty_dirs(pool: "Pool", directories: set[Path]) -> None:
+def _drop_empty_dirs(pool: "Pool | Deleted", directories: set[Path]) -> None:
     """Remove directories (below ``rescued/``) that pruning left empty."""
     top = pool.paths.rescued
     for directory in sorted(directories, key=lambda p: len(p.parts), reverse=True):

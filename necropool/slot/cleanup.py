@@ -137,36 +137,56 @@ def check_index(tree: Path, hash_size: int) -> bool:
 
 # --- the whole cleanup ----------------------------------------------------------------------
 
-def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ignored: bool,
-          rescue_to: Path, record: Path, known_commit: str | None = None) -> Report:
-    """Make ``tree`` equal a fresh slot at ``tip``, saving the holder's work to a bundle at
-    ``rescue_to`` (when there is any; nested repositories git must not be run on go beside
-    it, a tampered slot whole). ``record`` (outside the slot) remembers what this cleanup
-    left. Raises GitError when the slot cannot be cleaned; saved work not yet in a bundle
-    then stays in the slot's refs, and the next cleanup bundles it.
+@dataclass(frozen=True)
+class Target:
+    """What a cleanup brings a slot to, and where it keeps what it finds: the mirror and
+    ``tip`` (of ``branch``) the slot is reset to, with origin at ``url``; ``rescue_to``, the
+    bundle for the holder's work (nested repositories and a tampered slot go beside it);
+    ``record``, outside the slot, what this cleanup left for the next one. Ignored files
+    go, but those ``keep`` matches (all, with ``keep_ignored``). ``known_commit``: the
+    commit the slot was last cleaned to. Plain data: it crosses to the confined child."""
+
+    mirror: Path
+    url: str
+    branch: str
+    tip: str
+    rescue_to: Path
+    record: Path
+    keep_ignored: bool = False
+    keep: tuple[str, ...] = ()
+    known_commit: str | None = None
+
+
+def clean(tree: Path, target: Target) -> Report:
+    """Make ``tree`` equal a fresh slot at ``target.tip``, saving the holder's work first
+    (``Target``). Raises GitError when the slot cannot be cleaned; saved work not yet in a
+    bundle then stays in the slot's refs, and the next cleanup bundles it.
 
     The audit and the whole cleanup run in a child the kernel lets write only beneath the
-    slot, ``rescue_to``'s directory and ``record``'s (``confined.run``): a holder renaming
+    slot, the bundle's directory and the record's (``confined.run``): a holder renaming
     things meanwhile cannot steer a write, a delete or a program run outside them. Moving a
     tampered slot aside (a rename in the pool's directories) is done here, its re-clone
     confined too."""
     if tree.is_symlink():
         raise GitError(f"{tree} is a symlink: refusing to clean what it points at")
-    for directory in (rescue_to.parent, record.parent):  # a rule needs them to exist
+    for directory in (target.rescue_to.parent, target.record.parent):  # a rule needs them
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    report = confined.run(_clean_confined, tree, mirror, url, tip, keep_ignored, rescue_to,
-                          record, known_commit, write=(tree, rescue_to.parent, record.parent))
+    report = confined.run(_clean_confined, tree, target,
+                          write=(tree, target.rescue_to.parent, target.record.parent))
     if report.tampered:
-        return replace_tampered(tree, mirror=mirror, url=url, branch=branch, tip=tip,
-                                aside=_beside(rescue_to, ".tampered"), problems=report.tampered,
-                                record=record)
+        return replace_tampered(tree, mirror=target.mirror, url=target.url,
+                                branch=target.branch, tip=target.tip,
+                                aside=_beside(target.rescue_to, ".tampered"),
+                                problems=report.tampered, record=target.record)
     return report
 
 
-def _clean_confined(tree: Path, mirror: Path, url: str, tip: str, keep_ignored: bool,
-                    rescue_to: Path, record: Path, known_commit: str | None) -> Report:
+def _clean_confined(tree: Path, target: Target) -> Report:
     """``clean``'s work inside the confinement; a slot whose ``.git`` fails the audit is
     left as it is and reported ``tampered``."""
+    mirror, url, tip, keep_ignored = target.mirror, target.url, target.tip, target.keep_ignored
+    rescue_to, record, keep = target.rescue_to, target.record, list(target.keep)
+    known_commit = target.known_commit
     gitdir = tree / ".git"
     problems = (slotgit.audit(gitdir) if gitdir.is_dir() and not gitdir.is_symlink()
                 else [".git is not a directory"])
@@ -191,7 +211,7 @@ def _clean_confined(tree: Path, mirror: Path, url: str, tip: str, keep_ignored: 
     # one did, the holder most likely left files: adding them begins beside the status.
     changed = last.changed_dirs(tree)
     touched = changed != []
-    untouched = not keep_ignored and not touched
+    untouched = not (keep_ignored or keep) and not touched
     snapshot = Snapshot(tree) if touched else None
     try:
         st = status(tree, untracked=not untouched)  # (no head: an unborn branch, whose
@@ -218,9 +238,9 @@ def _clean_confined(tree: Path, mirror: Path, url: str, tip: str, keep_ignored: 
     restore_origin_head(gitdir, mirror)
     bundle = start_bundle(tree, rescue_to, saved) if saved else None
     try:  # the bundle is written while the slot is reset and cleaned (-30 ms)
-        checkout = _reset(tree, tip, st, untouched, keep_ignored, found, report)
+        checkout = _reset(tree, tip, st, untouched, keep_ignored, found, report, keep)
         if keep_ignored and touched:  # (a new link changed its directory)
-            _drop_links_out(tree)
+            _drop_ignored_links_out(tree)
     except BaseException:  # this error (or Ctrl-C) is the one to report; the saved refs
         if bundle:         # stay in the slot for the next cleanup
             git.wait(*bundle, check=False)
@@ -261,7 +281,7 @@ def _drop_refs(gitdir: Path, st: Status, extras: dict[str, str], stashes: list[s
 
 
 def _reset(tree: Path, tip: str, st: Status, untouched: bool, keep_ignored: bool,
-           found: nested.Found, report: Report) -> bool:
+           found: nested.Found, report: Report, keep: list[str]) -> bool:
     """Check out ``tip`` detached, empty the saved nested repositories, remove what git does
     not track and what a fresh slot's .git does not have. Returns whether it checked out."""
     checkout = bool(st.head != tip or st.branch or st.changed or report.index_rebuilt)
@@ -276,7 +296,9 @@ def _reset(tree: Path, tip: str, st: Status, untouched: bool, keep_ignored: bool
         path.unlink(missing_ok=True)
     report.special_files_removed = len(found.special)
     removed = 0
-    if not untouched:  # status never reports the empty directories a holder made
+    if not untouched and keep and not keep_ignored:
+        removed = _clean_keeping(tree, keep)
+    elif not untouched:  # status never reports the empty directories a holder made
         removed = git.run(["clean", "-ffdx" if not keep_ignored else "-ffd"],
                           tree).stdout.count(b"Removing ")
     report.leftovers_removed = slotgit.drop_leftovers(tree / ".git")
@@ -285,17 +307,46 @@ def _reset(tree: Path, tip: str, st: Status, untouched: bool, keep_ignored: bool
     return checkout
 
 
-def _drop_links_out(tree: Path) -> None:
+def _drop_ignored_links_out(tree: Path) -> None:
     """Remove the ignored symlinks a ``keep_ignored`` slot would hand on that lead out of
     it: the next holder would write through them."""
     out = git.run(["ls-files", "-z", "--others", "--ignored", "--exclude-standard"],
                   tree).stdout
-    top = os.path.realpath(tree)
     for rel in filter(None, out.split(b"\0")):
-        path = os.path.join(os.fsencode(tree), rel)
-        if os.path.islink(path) and not os.path.realpath(path).startswith(
-                os.fsencode(top) + b"/"):
-            os.unlink(path)
+        _drop_links_out(tree, os.path.join(os.fsencode(tree), rel))
+
+
+def _clean_keeping(tree: Path, keep: list[str]) -> int:
+    """Remove what git does not track, ignored files too except those the ``keep`` patterns
+    match (build caches), and, in what is kept, every symlink that leads out of the slot.
+    Returns how many entries went. The patterns are un-ignored for the second pass, with
+    all below a kept directory (an ignored ``*.o`` inside ``target/`` stays too)."""
+    removed = git.run(["clean", "-ffd"], tree).stdout.count(b"Removing ")
+    spared: list[str] = []
+    for pattern in keep:
+        spared += ["-e", f"!{pattern}"]
+        if pattern.endswith("/"):
+            inside = pattern if "/" in pattern.rstrip("/") else f"**/{pattern}"
+            spared += ["-e", f"!{inside}**"]
+    removed += git.run(["clean", "-ffdX", *spared], tree).stdout.count(b"Removing ")
+    kept = git.run(["ls-files", "-z", "--others", "--ignored", "--exclude-standard",
+                    "--directory"], tree).stdout.split(b"\0")
+    for rel in filter(None, kept):
+        removed += _drop_links_out(tree, os.path.join(os.fsencode(tree), rel.rstrip(b"/")))
+    return removed
+
+
+def _drop_links_out(tree: Path, top: bytes) -> int:
+    """Remove the symlinks at or below ``top`` (never followed) that resolve outside
+    ``tree``: a kept cache must not lead the next holder's writes elsewhere."""
+    inside = os.path.realpath(os.fsencode(tree)) + b"/"
+    links = [top] if os.path.islink(top) else [
+        os.path.join(here, name) for here, dirs, files in os.walk(top)
+        for name in dirs + files if os.path.islink(os.path.join(here, name))]
+    out = [link for link in links if not os.path.realpath(link).startswith(inside)]
+    for link in out:
+        os.unlink(link)
+    return len(out)
 
 
 def replace_tampered(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, aside: Path,

@@ -139,10 +139,13 @@ def gitlinks(tree: Path) -> list[bytes]:
 def save_refs(tree: Path, st: Status, extras: dict[str, str], with_head: bool,
               stashes: list[str], snapshot: Snapshot | None) -> dict[str, str]:
     """Record the holder's work as refs under ``RESCUE_REFS`` in the slot: uncommitted
-    changes (as a commit over HEAD, from ``snapshot`` when one was started), HEAD, and every
-    ref a fresh slot does not have (``heads/NAME``, ``tags/NAME``, ``stash``, ``stash-1``,
-    ..., else the ref's full name). Objects and refs stay in the slot until the bundle is
-    written; the bundle leaves out what is upstream already."""
+    changes (as a commit over HEAD, from ``snapshot`` when one was started), what of them
+    was staged (``index``, a commit over HEAD), HEAD, the
+    branch HEAD was on when either is saved (``on/BRANCH``, a commit over HEAD: a bundle
+    leaves out a ref to an upstream commit), and every ref a fresh slot does not have
+    (``heads/NAME``, ``tags/NAME``, ``stash``, ``stash-1``, ..., else the ref's full name).
+    Objects and refs stay in the slot until the bundle is written; the bundle leaves out
+    what is upstream already."""
     refs: dict[str, str] = {}
     if st.changed or st.untracked:
         wtree = (snapshot or Snapshot(tree)).tree_id()
@@ -150,8 +153,16 @@ def save_refs(tree: Path, st: Status, extras: dict[str, str], with_head: bool,
         msg = "necropool: uncommitted changes saved before cleanup"
         refs[RESCUE_REFS + "uncommitted"] = git.run(
             ["commit-tree", wtree, *parents, "-m", msg], tree).stdout.decode().strip()
+        staged = _commit_index(tree, st.head) if st.changed and st.head else None
+        if staged:
+            refs[RESCUE_REFS + "index"] = staged
     if with_head and st.head:
         refs[RESCUE_REFS + "HEAD"] = st.head
+    if st.branch and st.head and refs:
+        refs[RESCUE_REFS + "on/" + st.branch] = git.run(
+            ["commit-tree", f"{st.head}^{{tree}}", "-p", st.head,
+             "-m", "necropool: HEAD was on this branch, at this commit's parent"],
+            tree).stdout.decode().strip()
     for name, sha in extras.items():
         if name != "refs/stash" and sha:
             short = name[5:] if name.startswith(("refs/heads/", "refs/tags/")) else name
@@ -160,6 +171,22 @@ def save_refs(tree: Path, st: Status, extras: dict[str, str], with_head: bool,
         refs[RESCUE_REFS + "stash" + (f"-{i}" if i else "")] = sha
     git.write_refs(tree / ".git", refs)
     return refs
+
+
+def _commit_index(tree: Path, head: str) -> str | None:
+    """What the holder had staged, as a commit over HEAD (None when nothing was): with it,
+    ``rescued restore --checkout`` puts staged changes back staged, and tells untracked
+    files (in neither HEAD nor the index) from unstaged ones. An index git cannot write as
+    a tree (a merge left in conflict) is not kept: its changes come back unstaged."""
+    if git.run(["diff-index", "--cached", "--quiet", head, "--"], tree,
+               check=False).returncode == 0:
+        return None
+    index = git.run(["write-tree"], tree, check=False)
+    if index.returncode != 0:
+        return None
+    return git.run(["commit-tree", index.stdout.decode().strip(), "-p", head,
+                    "-m", "necropool: the index saved before cleanup"],
+                   tree).stdout.decode().strip()
 
 
 def start_bundle(tree: Path, dest: Path, refs: list[str]) -> Bundle:

@@ -12,7 +12,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from necropool.ground.clock import now, rfc3339
+from necropool.ground.clock import jsonable, now, rfc3339
+
+# every kind of event necropool writes (``log --event`` takes these)
+KINDS = ("create", "import", "add", "remove", "allocate", "renew", "release", "reclaim",
+         "expire", "force_release", "cleanup", "failure", "rescue", "recover", "isolate",
+         "adopt", "mirror_rebuilt", "mirror_config_restored", "fetch_failed", "auto_recover",
+         "force_unlock", "update")
 
 # One event as recorded: a JSON object (``time``, ``event``, then the event's own fields).
 Event = dict[str, Any]
@@ -25,7 +31,7 @@ def append(path: Path, event: str, **fields: Any) -> None:
     disk, or a symlink planted in place of the log, which detect reports)."""
     record = {"time": rfc3339(now()), "event": event}
     record.update({k: v for k, v in fields.items() if v is not None})
-    line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
+    line = (json.dumps(record, default=jsonable, separators=(",", ":")) + "\n").encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)

@@ -54,7 +54,7 @@ def detect(
     not be checked."""
     out = G.out(json_out)
     manager = G.manager()
-    found = manager.detect_anomalies(pool, max_allocation_hours, deep, host)
+    found = manager.detect_anomalies(pool, max_allocation_hours, deep, G.host(host, pool))
     errors = outcomes.lines(found.pop("errors"))
     total = sum(len(v) for v in found.values())
     confinement = manager.confinement()

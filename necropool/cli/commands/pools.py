@@ -1,5 +1,6 @@
 """Pool administration commands: create, delete, add, remove, list, status, sync."""
 
+import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -40,6 +41,10 @@ def create(
                                                help="Branch (default: upstream HEAD)")] = None,
     keep_ignored: Annotated[bool, typer.Option(
         "--keep-ignored", help="Keep ignored files (build caches) when cleaning")] = False,
+    keep: Annotated[list[str] | None, typer.Option(
+        "--keep", metavar="PATTERN",
+        help="Keep the ignored paths this gitignore-style pattern matches when cleaning, "
+             "such as node_modules/ (repeatable); other ignored files go")] = None,
     no_fetch_on_allocate: Annotated[bool, typer.Option(
         "--no-fetch-on-allocate", help="Do not fetch upstream on every allocate")] = False,
     fetch_backend: Annotated[str, typer.Option(
@@ -50,15 +55,16 @@ def create(
     """Create a pool: a local mirror of URL and N slots cloned from it."""
     out = G.out(json_out)
     spec = PoolSpec(name=pool, url=url, num_slots=slots, branch=branch, keep_ignored=keep_ignored,
-                    fetch_on_allocate=not no_fetch_on_allocate, fetch_backend=fetch_backend)
+                    keep=list(keep or []), fetch_on_allocate=not no_fetch_on_allocate,
+                    fetch_backend=fetch_backend)
     with progress_bar(out, f"creating {pool}", "cloning the mirror") as tick:
         data = G.manager().create_pool(spec, tick)
     if out.json:
         out.emit(data)
     else:
         out.line(data["path"])
-        out.note(f"created pool {pool}: {plural(data['num_slots'], 'slot')} on "
-                 f"{data['branch']}")
+        fleet = f" ({data['num_slots']} in the fleet)" if data["num_slots"] != slots else ""
+        out.note(f"created pool {pool}: {plural(slots, 'slot')}{fleet} on {data['branch']}")
 
 
 @command("delete",
@@ -134,7 +140,7 @@ def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
     """List pools with their slot counts by state (exit 3 when one cannot be read); a pool in
     a shared ledger counts the slots of every host."""
     out = G.out(json_out, fmt, no_headers)
-    items = G.manager().list_pools(host)
+    items = G.manager().list_pools(G.host(host))
     broken = outcomes.split(items)[1]
     if out.json:
         out.emit({"pools": [outcomes.entry(i) for i in items]})
@@ -209,6 +215,7 @@ def status(
         data = manager.slot_status(target)
         out.emit(data) if out.json else out.fields(data)
         return
+    host = G.host(host, target)
     pools, broken = ([manager.pool_status(target, host)], []) if target else \
         outcomes.split(manager.pool_statuses(host))
     unchecked: list[PoolOutcome[object]] = []  # pools detect could not check (prometheus)
@@ -304,5 +311,13 @@ def _sync_entry(outcome: PoolOutcome[dict[str, Any]]) -> dict[str, Any]:
 def _sync_detail(action: dict[str, Any]) -> str:
     """A sync entry in words: its slots, the settings it changed, its error."""
     slots = action.get("added") or action.get("removed") or action.get("slots")
-    changes = [f"{key} {old} -> {new}" for key, (old, new) in action.get("changed", {}).items()]
-    return "; ".join(str(part) for part in (slots, *changes, action.get("error")) if part)
+    changes = [f"{key} {_word(old)} -> {_word(new)}"
+               for key, (old, new) in action.get("changed", {}).items()]
+    return "; ".join(_word(part) for part in (slots, *changes, action.get("error")) if part)
+
+
+def _word(value: object) -> str:
+    """A value as the config file spells it (``true``, ``null``), a list as ``a, b``."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)

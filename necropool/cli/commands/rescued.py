@@ -28,7 +28,10 @@ group("rescued", app, help="Manage the work saved from slots before they were re
         "the table shows.",
         "*rescued restore* fetches a bundle's refs as refs/rescued/<ID>/... into a clone: an "
         "existing one (--into DIR), else a new clone of the pool's mirror with origin set to "
-        "the upstream. *rescued prune* is a dry run unless --yes is given; it never deletes "
+        "the upstream; with --checkout it also puts the holder's state back: the branch (or "
+        "detached HEAD), staged, unstaged and untracked changes as they were. The work of "
+        "deleted pools, kept under ROOT/rescued/, is listed, shown and restored too. "
+        "*rescued prune* is a dry run unless --yes is given; it never deletes "
         "outside rescued/ and removes a symlink, never what it points at.",
     ],
     examples=(
@@ -143,7 +146,8 @@ def show(ident: IdArg, json_out: Json = False) -> None:
 @subcommand(app, "restore",
     examples=(
         "necropool rescued restore web-1-20261201T101500   # a new clone, ./web-1-...\n"
-        "necropool rescued restore web-1-20261201T101500 --into ~/src/web"
+        "necropool rescued restore web-1-20261201T101500 --into ~/src/web\n"
+        "necropool rescued restore web-1-20261201T101500 --checkout   # back to work"
     ),
 )
 def restore(
@@ -152,12 +156,16 @@ def restore(
         "--into", metavar="DIR",
         help="A clone of the upstream to fetch into, or a new directory to clone "
              "(default: ./ID)")] = None,
+    checkout: Annotated[bool, typer.Option(
+        "--checkout", help="Also put the holder's state back: its branch (or detached HEAD) "
+                           "checked out, staged, unstaged and untracked changes as they "
+                           "were (DIR must be clean)")] = False,
     json_out: Json = False,
 ) -> None:
     """Fetch a bundle's saved refs into a clone of the upstream (made when DIR does not
-    exist), as refs/rescued/ID/..."""
+    exist), as refs/rescued/ID/...; with --checkout, also check out the holder's state."""
     out = G.out(json_out)
-    data = G.manager().rescued_restore(ident, into)
+    data = G.manager().rescued_restore(ident, into, checkout)
     if out.json:
         out.emit(data)
         return
@@ -166,7 +174,16 @@ def restore(
     out.note(f"{made}fetched {plural(len(data['refs']), 'ref')}:")
     for ref in data["refs"]:
         out.note(f"  {ref}")
-    out.note(f"then: git -C {data['path']} log --oneline {data['refs'][0]}")
+    done = data["checkout"]
+    if done and done["commit"]:
+        at = f"branch {done['branch']}" if done["branch"] else "detached HEAD"
+        work = ", uncommitted work as it was" if done["uncommitted"] else ""
+        out.note(f"checked out {at} at {done['commit'][:12]}{work}")
+    elif done:
+        out.note("nothing to check out: the holder was clean at the pool's tip")
+    else:
+        out.note(f"back to work: necropool rescued restore {data['id']} --checkout "
+                 f"--into NEW_DIR, or: git -C {data['path']} log --oneline {data['refs'][0]}")
 
 
 @subcommand(app, "prune",

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,10 +22,12 @@ from necropool.cli.params import (
     PoolArg,
 )
 from necropool.cli.registry import command
-from necropool.ground.clock import now, parse_duration
+from necropool.ground.clock import jsonable, now, parse_duration
 from necropool.ground.errors import PoolOutcome, UsageError, fail_for
 from necropool.ground.proc import hostname
+from necropool.ground.suggest import did_you_mean
 from necropool.ground.validate import parse_metadata
+from necropool.store import events
 
 if TYPE_CHECKING:
     from necropool.lease.allocate import AllocateRequest
@@ -136,6 +139,8 @@ def release(
     if data.get("fetch_error"):
         out.note(f"warning: upstream fetch failed, cleaned to the mirror's tip: "
                  f"{data['fetch_error']}")
+    if data.get("ended") and not out.json:
+        out.note(f"ended {', '.join(data['ended'])}")
     out.outcome(data, f"released {data['slot_id']}")
 
 
@@ -189,6 +194,11 @@ class _RunCommand(Command):
         "secret of necropool's reaches the command); the slot is released afterwards, also "
         "when the command fails or is interrupted. With --ttl, run renews the lease while the "
         "command runs, so it is never reclaimed as expired.",
+        "When standard input is a terminal and run is in its foreground, the command gets "
+        "the terminal (its process group in the foreground: /dev/tty, password prompts, ssh, "
+        "sudo and bash -i work); otherwise it runs in a session of its own. Either way, what "
+        "it left running is ended before the slot is released, double-forked or not (run is "
+        "its subreaper).",
         "Put -- before the command so that its options are not taken for necropool's.",
     ],
     exit_status=(
@@ -238,7 +248,8 @@ def run(
         "necropool log --tail 20          # the last events of every pool\n"
         "necropool log web --since 2h --event release\n"
         "necropool log --follow\n"
-        "necropool log web --json | jq -c '.events[]'"
+        "necropool log web --json | jq -c '.events[]'\n"
+        "necropool log --follow --json | jq -c 'select(.event==\"release\")'"
     ),
 )
 def log(
@@ -249,9 +260,11 @@ def log(
         "--tail", "-n", metavar="N", min=1, help="Only the last N events")] = None,
     event: Annotated[list[str] | None, typer.Option(
         "--event", "-e", metavar="KIND", autocompletion=complete_values.event_kinds,
-        help="Only events of this kind (repeatable): allocate, release, cleanup, ...")] = None,
+        help="Only events of this kind (repeatable): allocate, renew, release, expire, "
+             "cleanup, ...")] = None,
     follow: Annotated[bool, typer.Option(
-        "--follow", "-f", help="Keep printing events as they happen (Ctrl-C stops)")] = False,
+        "--follow", "-f", help="Keep printing events as they happen (Ctrl-C stops); with "
+                               "--json, one JSON object per line")] = False,
     host: Host = None,
     fmt: Format = None, no_headers: NoHeaders = False,
     json_out: Json = False,
@@ -259,16 +272,22 @@ def log(
     """Show the event history (allocations, releases, cleanups, recoveries) of one pool or
     of every pool."""
     out = G.out(json_out, fmt, no_headers)
-    if follow and out.json:
-        raise UsageError("--follow prints events as they come: use it without --json "
-                         "(each line of --format tsv is one event)")
+    for kind in event or []:
+        if kind not in events.KINDS:
+            raise UsageError(f"unknown event kind {kind!r}"
+                             + (did_you_mean(kind, events.KINDS)
+                                or f" (kinds: {', '.join(events.KINDS)})"))
     cutoff = None
     if since is not None:
         cutoff = now() - timedelta(seconds=parse_duration(since, "--since"))
     broken: list[PoolOutcome[object]] = []
-    records = G.manager().watch_log(pool, host, broken, since=cutoff,
+    records = G.manager().watch_log(pool, G.host(host, pool), broken, since=cutoff,
                                     kinds=set(event) if event else None, last=tail,
                                     follow=follow)
+    if out.json and follow:
+        _json_lines(records)
+        fail_for(broken)
+        return
     if out.json:
         out.emit({"pool": pool, "events": list(records)})
         fail_for(broken)
@@ -288,6 +307,17 @@ def log(
     if not shown and not follow and not broken:
         out.hint("no events" + (" match" if since or event else " yet"))
     fail_for(broken)  # shown every other pool's events; now say which could not be read
+
+
+def _json_lines(records: Iterable[dict[str, Any]]) -> None:
+    """``log --follow --json``: each event as one JSON object on a line of its own, written
+    as it happens (JSON lines, for programs that watch the pools)."""
+    try:
+        for record in records:
+            sys.stdout.write(json.dumps(record, default=jsonable, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # how --follow is meant to end
+        pass
 
 
 # the tab-separated columns of 'log', in order
