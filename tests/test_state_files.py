@@ -110,12 +110,16 @@ def test_the_free_list_is_a_hint_the_slot_files_decide(manager, pool, root):
     second = store.claim(new_lease("b"), take=lambda s: True)
     assert second is not None and second.number != first.number
     assert listed(free) == [n for n in (1, 2, 3) if n not in (first.number, second.number)]
-    # A list from another boot (a power loss may have lost its last write) is not trusted:
-    # this one says nothing is free, yet the last free slot is found.
-    free.write_text("boot 00000000-0000-0000-0000-000000000000\n")
+    # A list this store did not write is not trusted: rebuilt from the slot files.
+    free.write_text(f"{boot}\nnot a line of ours\n")
     third = store.claim(new_lease("c"), take=lambda s: True)
     assert third is not None and third.number not in (first.number, second.number)
     assert store.claim(new_lease("d"), take=lambda s: True) is None
+    # Nor is a list from another boot (a power loss may have lost its last write): this
+    # one says nothing is free, yet the slot given back is found.
+    store.update_slot(third.number, lambda s: setattr(s, "state", AVAILABLE))
+    free.write_text("boot 00000000-0000-0000-0000-000000000000\n")
+    assert store.claim(new_lease("e"), take=lambda s: True).number == third.number
     states = {n: s.state for n, s in store.snapshot().slots.items()}
     assert states == {1: ALLOCATED, 2: ALLOCATED, 3: ALLOCATED}
     store.update_slot(first.number, lambda s: setattr(s, "state", AVAILABLE))
