@@ -5,6 +5,7 @@ only that slot, and a free list that is only ever a hint."""
 import os
 import shutil
 import tomllib
+from pathlib import Path
 
 import tomli_w
 from helpers import slot_entries, slot_files, state_files
@@ -69,19 +70,25 @@ def test_a_schema_1_state_is_read_then_converted_by_the_first_write(manager, poo
 
 def test_a_slot_whose_two_copies_are_lost_is_rebuilt_alone(manager, pool, root, cli):
     held = manager.allocate_slot(pool, fetch=False)
+    (Path(held["path"]) / "draft.txt").write_text("work saved nowhere else\n")
     number = int(held["slot_id"].rsplit("-", 1)[1])
-    other = 3 if number != 3 else 2
-    for path in slot_files(root / "pools" / pool, other):
-        path.write_bytes(b"\x00 not toml [[[")
-    shown = {s["slot_id"]: s for s in cli("status", pool, "--json").json()["slots"]}
-    assert shown[held["slot_id"]]["state"] == "allocated", "the other slots keep their state"
-    assert shown[f"{pool}-{other}"]["state"] == "error"
-    assert "state rebuilt from disk" in shown[f"{pool}-{other}"]["error"]
-    assert cli("status", pool, "--json").json()["state_source"] == "rebuilt"
+    idle, untouched = [n for n in (1, 2, 3) if n != number]
+    for n in (number, idle):
+        for path in slot_files(root / "pools" / pool, n):
+            path.write_bytes(b"\x00 not toml [[[")
+    data = cli("status", pool, "--json").json()
+    assert data["state_source"] == "rebuilt"
+    shown = {s["slot_id"]: s for s in data["slots"]}
+    assert shown[f"{pool}-{untouched}"]["state"] == "available", "the others keep theirs"
+    assert shown[f"{pool}-{idle}"]["state"] == "error"
+    assert "state rebuilt from disk" in shown[f"{pool}-{idle}"]["error"]
+    assert shown[held["slot_id"]]["state"] == "error"  # a holder may still work in it
+    assert "changes" in shown[held["slot_id"]]["isolation_reason"]
     assert cli("auto-recover", pool).code == 0
     shown = {s["slot_id"]: s for s in cli("status", pool, "--json").json()["slots"]}
-    assert shown[f"{pool}-{other}"]["state"] == "available"
-    assert shown[held["slot_id"]]["state"] == "allocated"
+    assert shown[f"{pool}-{idle}"]["state"] == "available"
+    assert shown[held["slot_id"]]["state"] == "error", "isolated: never handed out"
+    assert (Path(held["path"]) / "draft.txt").read_text() == "work saved nowhere else\n"
 
 
 def listed(free) -> list[int]:
@@ -103,12 +110,16 @@ def test_the_free_list_is_a_hint_the_slot_files_decide(manager, pool, root):
     second = store.claim(new_lease("b"), take=lambda s: True)
     assert second is not None and second.number != first.number
     assert listed(free) == [n for n in (1, 2, 3) if n not in (first.number, second.number)]
-    # A list from another boot (a power loss may have lost its last write) is not trusted:
-    # this one says nothing is free, yet the last free slot is found.
-    free.write_text("boot 00000000-0000-0000-0000-000000000000\n")
+    # A list this store did not write is not trusted: rebuilt from the slot files.
+    free.write_text(f"{boot}\nnot a line of ours\n")
     third = store.claim(new_lease("c"), take=lambda s: True)
     assert third is not None and third.number not in (first.number, second.number)
     assert store.claim(new_lease("d"), take=lambda s: True) is None
+    # Nor is a list from another boot (a power loss may have lost its last write): this
+    # one says nothing is free, yet the slot given back is found.
+    store.update_slot(third.number, lambda s: setattr(s, "state", AVAILABLE))
+    free.write_text("boot 00000000-0000-0000-0000-000000000000\n")
+    assert store.claim(new_lease("e"), take=lambda s: True).number == third.number
     states = {n: s.state for n, s in store.snapshot().slots.items()}
     assert states == {1: ALLOCATED, 2: ALLOCATED, 3: ALLOCATED}
     store.update_slot(first.number, lambda s: setattr(s, "state", AVAILABLE))

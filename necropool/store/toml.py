@@ -185,9 +185,7 @@ class TomlStore(Transactions):
         that freed none, a busy pool's ``allocate``): the lock is for the claims that
         may succeed. Under it, the free list gives the candidates in allocation order and
         only their files are read."""
-        free = freelist.read(self.paths)
-        if free is not None and free.first_outside(skip) is None and statefile.version(
-                self.paths):
+        if self._none_free(skip):
             return None
         with self._lock():
             if statefile.version(self.paths) is not None:
@@ -204,14 +202,32 @@ class TomlStore(Transactions):
                     return slot
             return None  # nothing changed: no write, so waiters are not woken for nothing
 
+    def _none_free(self, skip: frozenset[int]) -> bool:
+        """True when the free list (trusted, and the state in ``state/``) names no slot
+        outside ``skip``."""
+        free = freelist.read(self.paths)
+        try:
+            if free is None or free.first_outside(skip) is not None:
+                return False
+        except ValueError:
+            return False
+        return statefile.version(self.paths) is not None
+
     def _claim_free(self, lease: Lease, take: Callable[[Slot], bool],
                     skip: frozenset[int]) -> Slot | None:
         self._make_state_dir()
         free = freelist.read(self.paths)
-        if free is None:
-            free = self._free_from_files()
-            freelist.write(self.paths, free)
-        while (number := free.first_outside(skip)) is not None:
+        while True:
+            if free is None:
+                free = self._free_from_files()
+                freelist.write(self.paths, free)
+            try:
+                number = free.first_outside(skip)
+            except ValueError:  # not a list this store wrote: rebuilt
+                free = None
+                continue
+            if number is None:
+                return None
             read = statefile.read_slot(self.paths, number)
             if read is None or read.slot.state != AVAILABLE:
                 free = free.without(number)  # left by a process killed between two writes
@@ -222,7 +238,6 @@ class TomlStore(Transactions):
                 self._write({number: read.slot}, set(), listed=free)
                 return read.slot
             skip = skip | {number}
-        return None
 
     def _leased(self, slot: Slot, lease_id: str | None) -> Slot:
         if (slot.state != ALLOCATED or slot.lease is None
