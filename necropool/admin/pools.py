@@ -16,10 +16,13 @@ from necropool.ground.errors import Conflict, NecropoolError, NotFound, UsageErr
 from necropool.ground.layout import (
     PoolPaths,
     ensure_inside,
+    fsync_dir,
     kept_dir,
     pools_dir,
     remove_tree,
+    rename_into_place,
     sweep_temp,
+    sync_filesystem,
     temp_name,
     trash_name,
     write_atomic,
@@ -86,10 +89,12 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
 
             mark(paths, ledger)
         store.append_event("create", url=spec.url, branch=branch, slots=spec.num_slots)
+        sync_filesystem(tmp)  # clones and checkouts are not durable by themselves
         try:
             os.rename(tmp, final)
         except OSError:
             raise Conflict(f"pool {spec.name!r} already exists") from None
+        fsync_dir(parent)  # else a power loss may take the new pool's name back
     except BaseException:
         remove_tree(tmp, settings.root)
         if ledger and not os.path.lexists(final / "pool.toml"):
@@ -200,7 +205,7 @@ def _keep_rescued(root: Path, source: Path, name: str, suffix: str = "") -> str 
     ensure_inside(source, root)
     ensure_inside(kept_dir(root), root)
     kept_dir(root).mkdir(exist_ok=True)
-    os.rename(source, target)
+    rename_into_place(source, target)
     return str(target)
 
 
@@ -238,9 +243,10 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
              for i in range(count)]
 
     def made(tmp: Path, commit: str) -> None:
+        sync_filesystem(tmp)  # outside the pool lock: it may take a while
         with pool.transaction() as current:
             number = _free_number(current, pool)
-            os.rename(tmp, pool.slot_dir(number))
+            rename_into_place(tmp, pool.slot_dir(number), flush=False)
             current.slots[number] = Slot(number=number, created_at=now(), commit=commit)
         pool.event("add", slot_id=pool.slot_id(number))
         added.append(pool.slot_id(number))

@@ -164,6 +164,44 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to the disk (never through a symlink): work saved in it must
+    survive a power loss once the slot it came from is given back."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush everything written to the filesystem holding ``path`` (syncfs(2)): a tree that
+    git wrote file by file (a clone, a checkout, a holder's files moved aside) is on the
+    disk before a rename makes it count, which no number of directory fsyncs ensures."""
+    import ctypes  # lazy: only making pools and slots, and moving trees aside, need it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs of {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def rename_into_place(source: Path, target: Path, *, flush: bool = True) -> None:
+    """Rename ``source`` (a pool, a slot, a mirror, a tree moved aside) to ``target`` so that
+    both survive a power loss: its contents flushed first (``flush``; a tree git wrote is
+    not durable by itself), then the rename, then an fsync of the directories it changed."""
+    if flush:
+        sync_filesystem(source)
+    os.rename(source, target)
+    fsync_dir(target.parent)
+    if source.parent != target.parent:
+        fsync_dir(source.parent)
+
+
 def write_atomic(path: Path, data: bytes, sync_dir: bool = True, sync: bool = True) -> None:
     """Write ``data`` to ``path`` atomically and durably (temp, fsync, replace, fsync dir;
     ``sync_dir=False`` leaves the directory to a following write's fsync; ``sync=False``

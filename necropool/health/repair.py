@@ -12,7 +12,13 @@ from pathlib import Path
 from necropool.git import commands as git
 from necropool.ground.clock import now, rfc3339
 from necropool.ground.errors import Conflict, OperationFailed, Skipped, explain
-from necropool.ground.layout import remove_tree, temp_name, trash_name, write_atomic
+from necropool.ground.layout import (
+    remove_tree,
+    rename_into_place,
+    temp_name,
+    trash_name,
+    write_atomic,
+)
 from necropool.ground.locks import FileLock, lock_free
 from necropool.ground.proc import Holder
 from necropool.ground.results import Record
@@ -38,7 +44,7 @@ def rebuild_mirror(pool: Pool) -> None:
             old = pool.paths.dir / trash_name("old-mirror")
             if os.path.lexists(pool.paths.mirror):
                 os.rename(pool.paths.mirror, old)
-            os.rename(tmp, pool.paths.mirror)
+            rename_into_place(tmp, pool.paths.mirror)
             write_atomic(pool.paths.mirror_stamp, f"{time.time()}\n".encode())
             pool.paths.mirror_failed.unlink(missing_ok=True)
         finally:
@@ -200,7 +206,7 @@ def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
     try:
         commit = git.clone_slot(pool.paths.mirror, tmp, pool.definition.url,
                                 pool.definition.branch)
-        os.rename(tmp, path)
+        rename_into_place(tmp, path)
     except (OperationFailed, OSError) as exc:
         remove_tree(tmp, pool.settings.root)
         return False, f"re-clone failed: {exc}", None, rescued

@@ -9,7 +9,7 @@ import time
 from necropool.ground import proc
 from necropool.ground.clock import now
 from necropool.ground.errors import Conflict, NotFound, Skipped
-from necropool.ground.layout import ensure_inside
+from necropool.ground.layout import ensure_inside, rename_into_place
 from necropool.ground.locks import FileLock
 from necropool.pool.pool import Pool
 from necropool.store.model import ERROR, Slot
@@ -45,7 +45,7 @@ def move_aside(pool: Pool, number: int) -> str:
     keep = pool.paths.rescued / f"{pool.slot_id(number)}-{now():%Y%m%dT%H%M%S%fZ}.broken"
     pool.paths.rescued.mkdir(exist_ok=True)
     ensure_inside(keep.parent, pool.settings.root)
-    os.rename(pool.checked_slot_dir(number), keep)
+    rename_into_place(pool.checked_slot_dir(number), keep)
     return str(keep)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from necropool.git import commands as git
 from necropool.git.commands import GitError
-from necropool.ground.layout import temp_name
+from necropool.ground.layout import rename_into_place, sync_filesystem, temp_name
 from necropool.slot import gitdir as slotgit
 from necropool.slot import nested
 from necropool.slot.lastclean import LastClean, index_identity
@@ -193,6 +193,8 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
         saved += kept.refs
         report.nested_saved = [printable(p) for p in kept.paths]
         report.moved_aside = kept.moved
+        if kept.moved:  # trees renamed aside: their files and new names flushed
+            sync_filesystem(rescue_to.parent)
     _drop_refs(gitdir, st, extras, stashes, report)
     if stale:
         fetch_mirror_refs(tree, mirror)
@@ -204,7 +206,7 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
         if bundle:         # stay in the slot for the next cleanup
             git.wait(*bundle, check=False)
         raise
-    if bundle and finish_bundle(bundle, saved):
+    if bundle and finish_bundle(bundle, saved, rescue_to, tree):
         report.rescued = str(rescue_to)
     if saved:
         git.delete_refs(gitdir, saved)
@@ -276,8 +278,8 @@ def replace_tampered(tree: Path, *, mirror: Path, url: str, branch: str, tip: st
         slotgit.remove(tmp)
         raise
     aside.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(tree, aside)
-    os.rename(tmp, tree)
+    rename_into_place(tree, aside)  # the holder's files flushed first: they are its work
+    rename_into_place(tmp, tree, flush=False)  # flushed with them
     last = LastClean()
     last.retake_tree(tree)
     last.index = index_identity(tree / ".git")
