@@ -9,7 +9,7 @@ from pathlib import Path
 from necropool.ground.errors import OperationFailed, UsageError
 from necropool.ground.layout import PoolPaths, write_atomic
 from necropool.store.model import ERROR, SCHEMA_VERSION, PoolState, Slot
-from necropool.store.rebuild import rebuild
+from necropool.store.rebuild import behind_the_log, rebuild
 
 
 class StateError(OperationFailed):
@@ -72,7 +72,7 @@ def load(paths: PoolPaths) -> PoolState:
             reasons.append(f"{path.name}: {exc}")
             continue
         state.source = path.name
-        return state
+        return behind_the_log(paths, state) if path == paths.state_backup else state
     if os.path.lexists(paths.in_ledger):
         raise UsageError(f"pool {paths.name!r} keeps its state in a shared ledger "
                          f"({_ledger_of(paths)}): pass --ledger or set NECROPOOL_LEDGER "
