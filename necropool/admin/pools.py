@@ -32,6 +32,7 @@ from necropool.ground.proc import hostname
 from necropool.ground.validate import check_pool_name
 from necropool.lease.refresh import save_work
 from necropool.pool.pool import Pool, PoolDef, get_slot
+from necropool.slot.lastclean import seal
 from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot
 from necropool.store.open import open_store
 
@@ -78,6 +79,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
         new = PoolState(source="new")
 
         def made(number: int, commit: str) -> None:
+            seal(paths.slot_dir(number), paths.slot_record(number))
             new.slots[number] = Slot(number=number, created_at=now(), commit=commit)
 
         _clone_slots(paths.mirror, {n: paths.slot_dir(n) for n in range(1, spec.num_slots + 1)},
@@ -247,6 +249,7 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
         with pool.transaction() as current:
             number = _free_number(current, pool)
             rename_into_place(tmp, pool.slot_dir(number), flush=False)
+            seal(pool.slot_dir(number), pool.paths.slot_record(number))  # after the rename
             current.slots[number] = Slot(number=number, created_at=now(), commit=commit)
         pool.event("add", slot_id=pool.slot_id(number))
         added.append(pool.slot_id(number))

@@ -27,7 +27,7 @@ from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, Slot
 
 COUNTERS = ("long_allocated_released", "expired_released", "abandoned_released",
             "corrupted_recovered", "corrupted_isolated", "orphaned_locks_cleaned",
-            "stray_paths_moved", "slots_adopted", "rescued_pruned")
+            "stray_paths_moved", "slots_adopted", "rescued_pruned", "tampered_cleaned")
 
 
 def zero_counters() -> dict[str, int]:
@@ -160,6 +160,10 @@ def plan(pool: Pool, found: Findings, *, recover_corrupted: bool = True,
             if number not in corrupted:
                 step("long_allocated_released", str(a.slot_id), "force release", release,
                      pool, number, lease_id=a.lease_id, reason="force_release", stop=True)
+    for a, number in _numbered(items["tampered_free_slots"]):  # before anyone gets it
+        step("tampered_cleaned", str(a.slot_id), "clean (changed while free; work saved as "
+             "no holder's)", _recover_or_raise, pool, number, verifier=verifier,
+             judged=judged.get(number))
     if recover_corrupted:
         abandoned = {n for _, n in _numbered(items["abandoned_slots"] + items["expired_leases"])}
         for a, number in _numbered(items["corrupted_slots"]):

@@ -27,6 +27,7 @@ from necropool.health.detect import holder_dead
 from necropool.lease.refresh import clear_processes, move_aside, refresh
 from necropool.pool.pool import Pool, get_slot
 from necropool.slot.integrity import Verifier
+from necropool.slot.lastclean import NO_HOLDER, seal
 from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, Slot, SlotState
 
 
@@ -176,7 +177,8 @@ def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
     """Returns (ok, reason, commit, rescued). The verifier's cache is keyed by inode, size
     and mtime, so a rebuilt mirror's new packs are checked afresh."""
     number, path = slot.number, pool.checked_slot_dir(slot.number)
-    label = slot.lease.lease_id if slot.lease else "recover"
+    label = slot.lease.lease_id if slot.lease else NO_HOLDER if slot.state == AVAILABLE \
+        else "recover"
     rescued = None
     if verifier.verify(pool.paths.mirror, bare=True, branch=pool.definition.branch):
         rebuild_mirror(pool)
@@ -207,6 +209,7 @@ def _repair(pool: Pool, slot: Slot, actions: list[str], verifier: Verifier):
         commit = git.clone_slot(pool.paths.mirror, tmp, pool.definition.url,
                                 pool.definition.branch)
         rename_into_place(tmp, path)
+        seal(path, pool.paths.slot_record(number))
     except (OperationFailed, OSError) as exc:
         remove_tree(tmp, pool.settings.root)
         return False, f"re-clone failed: {exc}", None, rescued

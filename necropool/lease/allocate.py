@@ -17,6 +17,7 @@ from necropool.ground.validate import check_metadata, check_seconds, check_text
 from necropool.lease.refresh import clear_processes, fail_slot, refresh
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool
+from necropool.slot import lastclean
 from necropool.store.base import LeaseLost
 from necropool.store.model import Lease, Slot
 
@@ -114,17 +115,25 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
     tip = _known_tip(pool)
     lease = Lease.new(owner or default_owner(), holder, ttl, metadata)
     taken: list[tuple[FileLock, Slot]] = []  # the slot lock claimed, and the slot before
+    touched: dict[int, str] = {}  # free slots at the tip changed since their cleanup
 
-    def take(slot: Slot) -> bool:
+    def take(slot: Slot, check: bool = False) -> bool:
+        """Lock the slot; with ``check``, only if it is provably as its cleanup left it
+        (else it is cleaned first, as a stale one)."""
         lock = pool.slot_lock(slot.number)
-        if lock.try_acquire():
-            taken.append((lock, replace(slot)))
-            return True
-        return False
+        if not lock.try_acquire():
+            return False
+        if check and (why := lastclean.touched(pool.slot_dir(slot.number),
+                                               pool.paths.slot_record(slot.number))):
+            lock.release(unlink=True)
+            touched[slot.number] = why
+            return False
+        taken.append((lock, replace(slot)))
+        return True
 
     skip = frozenset(failed)
     try:
-        slot = pool.store.claim(lease, lambda s: not _stale(s, tip) and take(s), skip)
+        slot = pool.store.claim(lease, lambda s: not _stale(s, tip) and take(s, True), skip)
         stale = slot is None
         if stale:  # held by this process while it is refreshed
             slot = pool.store.claim(replace(lease, holder=Holder.me()), take, skip)
@@ -136,7 +145,7 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
         return None  # nothing changed: no write, so waiters are not woken for nothing
     lock, before = taken[-1]
     if stale:
-        slot = _prepare(pool, slot, before, lease, lock)
+        slot = _prepare(pool, slot, before, lease, lock, touched.get(before.number))
         if slot is None:
             failed.add(before.number)
             return None
@@ -153,18 +162,24 @@ def _stale(slot: Slot, tip: str | None) -> bool:
     return slot.needs_cleanup or (tip is not None and slot.commit != tip)
 
 
-def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock) -> Slot | None:
+def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock,
+             touched: str | None = None) -> Slot | None:
     """Refresh a stale slot claimed under ``lease`` held by this process (its slot lock
     held too), then hand the lease to its holder; if this process dies meanwhile, ``detect``
     finds an abandoned allocation and ``auto-recover`` reclaims it. None when the slot
     cannot be had: given back as it was ``before`` (processes that cannot be ended still
-    run in it), or failed; unlocked either way."""
+    run in it), or failed; unlocked either way. ``touched``: what changed in a free slot
+    since its cleanup; what is found there is saved as work of no holder."""
     try:  # what a previous holder left running in it is ended first, or it is skipped
         clear_processes(pool, slot.number, before, lock, stop=True)
     except Skipped:
         return None
     try:
-        commit = refresh(pool, slot, rescue_label="allocate")[0]
+        label = lastclean.NO_HOLDER if touched else "allocate"
+        commit, report = refresh(pool, slot, rescue_label=label)
+        if touched:
+            pool.event("tampered_free_slot", slot_id=pool.slot_id(slot.number),
+                       evidence=f"{touched} changed since its cleanup", rescued=report.rescued)
     except Exception as exc:  # whatever went wrong, the slot ends in error
         fail_slot(pool, slot.number, f"cleanup before allocation failed: {explain(exc)}")
         lock.release(unlink=True)

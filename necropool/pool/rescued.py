@@ -16,6 +16,7 @@ from necropool.ground.clock import now, rfc3339
 from necropool.ground.errors import Conflict, NotFound, OperationFailed, UsageError
 from necropool.ground.layout import ensure_inside, is_temp, remove_tree, temp_name
 from necropool.ground.results import Record
+from necropool.slot.lastclean import NO_HOLDER
 
 RESCUE_REFS = "refs/necropool/rescue/"
 _STAMP = r"(?P<stamp>\d{8}T\d{6}(?:\d{6})?Z)"
@@ -90,6 +91,8 @@ class Holders:
         """(lease_id, owner) for a saved item."""
         if label and _LEASE.fullmatch(label):
             return label, self.owners.get(label)
+        if label == NO_HOLDER:  # found in a free slot: not the last holder's, nor the next's
+            return None, None
         stamp = str(rfc3339(when))
         before = [r for r in self.releases.get(slot_id or "", []) if r[0] <= stamp]
         return (before[-1][1], before[-1][2]) if before else (None, None)

@@ -211,13 +211,10 @@ def clean(tree: Path, *, mirror: Path, url: str, branch: str, tip: str, keep_ign
     if saved:
         git.delete_refs(gitdir, saved)
         slotgit.remove(gitdir / RESCUE_REFS)  # (the empty directories: a fresh slot has none)
-    retake = checkout or not untouched
-    if retake:
+    if checkout or not untouched:
         last.retake_tree(tree)
-    index = index_identity(gitdir)
-    if retake or index != last.index:  # else the record still says what this one would
-        last.index = index
-        last.save(record)
+    last.index = index_identity(gitdir)
+    last.save(record)  # last of all: its ctime seals the slot (``lastclean.touched``)
     return report
 
 

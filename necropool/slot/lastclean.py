@@ -4,6 +4,9 @@ made necessary: the slot's directories and its index file.
 The record lives outside the slot (``<pool>/records/<n>.json``), where no holder can forge
 it, and it rests on change times (ctime), which no holder can set back: a directory's
 changes with every entry added, removed or renamed in it, and an index's with every write.
+Every cleanup rewrites the record last, so the record's own ctime, taken by the same
+filesystem clock, seals the slot: an entry with a later ctime was changed since
+(``touched``), and a free slot can be proved untouched without running git in it.
 """
 
 import json
@@ -13,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+NO_HOLDER = "no-holder"  # the rescue label of what was found in a free slot: nobody's lease
 SLACK_NS = 50_000_000  # file times are coarser than the clock: within 50 ms is "changed"
 
 
@@ -99,3 +103,54 @@ class LastClean:
         finally:
             os.close(top)
         return changed
+
+
+def seal(tree: Path, record: Path) -> None:
+    """Record a slot just made (a fresh clone) as its cleanup would: sealed as it is."""
+    last = LastClean()
+    last.retake_tree(tree)
+    last.index = index_identity(tree / ".git")
+    last.save(record)
+
+
+def touched(tree: Path, record: Path) -> str | None:
+    """What in the slot changed since its last cleanup sealed it (the first entry found,
+    ``.git`` included), or None when nothing did: every entry's ctime is at most the
+    record's. Pack and object files are not looked at (hard links into the mirror: each
+    new slot changes their ctime); a holder's new object or pack changes its directory.
+    Only lstat, never git: the slot's config may have been planted to run code."""
+    try:
+        sealed = os.stat(record, follow_symlinks=False).st_ctime_ns
+    except OSError:
+        return "no record of its last cleanup"
+    top = str(tree)
+    try:
+        st = os.lstat(top)
+    except OSError:
+        return "the slot's directory is missing"
+    if not stat.S_ISDIR(st.st_mode):
+        return "the slot's directory is not a directory"
+    if st.st_ctime_ns > sealed:
+        return "the slot's directory"
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        objects = rel.startswith(".git/objects/")
+        try:
+            entries = os.scandir(f"{top}/{rel}" if rel else top)
+        except OSError:
+            return f"{rel} cannot be read"
+        with entries:
+            for entry in entries:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if objects and not is_dir:
+                    continue
+                name = f"{rel}{entry.name}"
+                try:
+                    if entry.stat(follow_symlinks=False).st_ctime_ns > sealed:
+                        return name
+                except OSError:
+                    return f"{name} vanished"
+                if is_dir:
+                    stack.append(name + "/")
+    return None

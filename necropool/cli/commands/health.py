@@ -18,6 +18,7 @@ KIND_TITLES = {
     "isolated_slots": "isolated",
     "stale_mirrors": "stale mirror",
     "silent_hosts": "silent host",
+    "tampered_free_slots": "tampered free slot",
 }
 
 
@@ -26,7 +27,7 @@ KIND_TITLES = {
         "Kinds: long allocated (no TTL, older than --max-allocation-hours), expired leases "
         "(past their --ttl), abandoned (holder or worker dead), corrupted, orphaned locks, "
         "stray paths, isolated slots, stale mirrors (last fetch failed, or none for "
-        "stale_mirror_hours).",
+        "stale_mirror_hours), tampered free slots (changed since their cleanup).",
         "The exit status is 1 as long as the upstream cannot be fetched.",
         "A pool that cannot be checked (its locks/ replaced by a file, say) is named in "
         "errors; the other pools are checked all the same, and the exit status is 3.",
