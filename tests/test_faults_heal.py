@@ -55,3 +55,46 @@ def test_a_torn_event_line_costs_only_itself(cli, pool, root):
     assert any(line.startswith(b'{"time":"2026-01-01') and b'"lease_id"' in line
                for line in torn)  # the torn line and the next one share a line on disk
     json.loads(torn[-2])  # the line after it is whole
+
+
+def _isolation(cli, slot_id: str) -> tuple[str, str | None]:
+    slot = cli("status", slot_id, "--json").json()
+    return slot["state"], slot["isolation_reason"]
+
+
+def test_a_slot_isolated_for_want_of_git_is_retried_with_backoff_and_healed(
+        cli, pool, root, tmp_path, monkeypatch):
+    """git missing from PATH (as a full disk or an I/O error: the machine's fault, not the
+    slot's) isolates a slot its recovery needed git for; auto-recover retries it, less
+    often after each failure, and heals it once git is back."""
+    no_git = {"PATH": str(tmp_path / "empty-bin")}
+    (tmp_path / "empty-bin").mkdir()
+    (_slot(root, 2) / ".git/index").unlink()  # something to recover
+    assert cli("recover", "web-2", env=no_git).code == 3
+    state, reason = _isolation(cli, "web-2")
+    assert state == "error" and "[environmental: git missing; attempt 1]" in reason, reason
+
+    def retried(offset: float, env: dict | None = None) -> list[str | None]:
+        """The outcome of each retry an auto-recover at ``offset`` seconds made, and its
+        ``isolated_retried`` counter (the retries that healed)."""
+        clock_at(monkeypatch, offset)
+        result = cli("auto-recover", "web", "--json", env=env).json()["pools"][0]
+        outcomes = [a["status"] for a in result["actions"] if "retried" in a["action"]]
+        assert result["isolated_retried"] == outcomes.count("done")
+        return outcomes
+
+    assert retried(0) == []  # too soon: the first retry comes after a minute
+    assert retried(61, env=no_git) == ["failed"]  # attempt 2, two minutes on
+    state, reason = _isolation(cli, "web-2")
+    assert state == "error" and "attempt 2]" in reason, reason
+    assert retried(150) == []
+    assert retried(190) == ["done"]
+    assert _isolation(cli, "web-2") == ("available", None)
+    assert cli("detect", "web").code == 0
+
+
+def test_a_slot_isolated_for_its_own_damage_is_not_retried(cli, pool, root, monkeypatch):
+    assert cli("isolate", "web-2", "--reason", "disk of this slot is suspect").code == 0
+    clock_at(monkeypatch, 86400)
+    assert cli("auto-recover", "web", "--json").json()["isolated_retried"] == 0  # never due
+    assert _isolation(cli, "web-2")[0] == "error"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from necropool.git import commands as git
 from necropool.ground.clock import now, rfc3339
-from necropool.ground.errors import Conflict, OperationFailed, Skipped, explain
+from necropool.ground.errors import Conflict, OperationFailed, Skipped, explain, with_cause
 from necropool.ground.layout import (
     remove_tree,
     rename_into_place,
@@ -167,6 +167,7 @@ def _finish(pool, number, ok, reason, commit, rescued, lock: FileLock) -> None:
             slot.state, slot.commit, slot.needs_cleanup = AVAILABLE, commit, False
             slot.error = slot.isolated_at = slot.isolation_reason = None
         else:
+            reason = with_cause(reason, slot.isolation_reason)  # retried when environmental
             slot.state, slot.error = ERROR, reason
             slot.isolated_at, slot.isolation_reason = now(), reason
         if rescued:

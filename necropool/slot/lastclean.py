@@ -118,39 +118,47 @@ def touched(tree: Path, record: Path) -> str | None:
     ``.git`` included), or None when nothing did: every entry's ctime is at most the
     record's. Pack and object files are not looked at (hard links into the mirror: each
     new slot changes their ctime); a holder's new object or pack changes its directory.
-    Only lstat, never git: the slot's config may have been planted to run code."""
+    Only lstat under directory descriptors (never through a symlink), never git: the
+    slot's config may have been planted to run code. ~3,000 entries: a few ms."""
     try:
         sealed = os.stat(record, follow_symlinks=False).st_ctime_ns
     except OSError:
         return "no record of its last cleanup"
-    top = str(tree)
     try:
-        st = os.lstat(top)
+        top = os.open(tree, _O_DIR)
     except OSError:
-        return "the slot's directory is missing"
-    if not stat.S_ISDIR(st.st_mode):
-        return "the slot's directory is not a directory"
-    if st.st_ctime_ns > sealed:
-        return "the slot's directory"
+        return "the slot's directory (missing, or not a directory)"
+    try:
+        return "the slot's directory" if os.fstat(top).st_ctime_ns > sealed else _changed(
+            top, sealed)
+    except OSError as exc:  # replaced or removed while we looked: changed all the same
+        return f"an entry that vanished ({exc.strerror})"
+    finally:
+        os.close(top)
+
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _changed(top: int, sealed: int) -> str | None:
+    """The first entry below ``top`` with a ctime past ``sealed`` (one directory open at a
+    time, however deep the tree)."""
     stack = [""]
     while stack:
         rel = stack.pop()
         objects = rel.startswith(".git/objects/")
+        fd = os.open(rel, _O_DIR, dir_fd=top) if rel else top
         try:
-            entries = os.scandir(f"{top}/{rel}" if rel else top)
-        except OSError:
-            return f"{rel} cannot be read"
-        with entries:
-            for entry in entries:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                if objects and not is_dir:
-                    continue
-                name = f"{rel}{entry.name}"
-                try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    if objects and not is_dir:
+                        continue
                     if entry.stat(follow_symlinks=False).st_ctime_ns > sealed:
-                        return name
-                except OSError:
-                    return f"{name} vanished"
-                if is_dir:
-                    stack.append(name + "/")
+                        return rel + entry.name
+                    if is_dir:
+                        stack.append(f"{rel}{entry.name}/")
+        finally:
+            if fd != top:
+                os.close(fd)
     return None
