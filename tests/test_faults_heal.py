@@ -1,8 +1,13 @@
 """Faults that must not stay: a slot missing a pack index or its index file is found by
-``detect`` and healed by ``recover``; an event line cut short by a full disk costs that
-line only, never the next event."""
+``detect`` and healed by ``recover``; a slot isolated by the machine's fault (git missing,
+a full disk) is retried until it heals; an event line cut short by a full disk costs that
+line only, never the next event; a failed write names its file and operation."""
 
 import json
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +103,19 @@ def test_a_slot_isolated_for_its_own_damage_is_not_retried(cli, pool, root, monk
     clock_at(monkeypatch, 86400)
     assert cli("auto-recover", "web", "--json").json()["isolated_retried"] == 0  # never due
     assert _isolation(cli, "web-2")[0] == "error"
+
+
+def test_a_failed_state_write_names_the_file_and_the_operation(cli, pool, root):
+    """A full disk stood in for by a file size limit: every write past 64 bytes fails
+    (EFBIG, as ENOSPC would). The error says what was being written, and nothing changed."""
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    state = (root / "pools/web/state.toml").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "necropool", "allocate", "web", "--no-fetch"],
+                          capture_output=True, text=True, preexec_fn=small_files)
+    assert proc.returncode == 3, proc
+    [line] = proc.stderr.splitlines()
+    assert "writing " in line and "state.toml" in line and "File too large" in line, line
+    assert (root / "pools/web/state.toml").read_bytes() == state

@@ -156,22 +156,34 @@ def sweep_temp(directory: Path, root: Path) -> list[str]:
     return swept
 
 
+def storage_error(exc: OSError, operation: str, path: Path) -> OSError:
+    """``exc`` saying which operation on which file failed (a bare "No space left on
+    device" names neither); the same class, so callers catch it as before."""
+    return type(exc)(exc.errno, f"{operation} {path}: {exc.strerror}")
+
+
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise storage_error(exc, "syncing directory", path) from exc
 
 
 def fsync_file(path: Path) -> None:
     """Flush a file's data to the disk (never through a symlink): work saved in it must
     survive a power loss once the slot it came from is given back."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise storage_error(exc, "syncing", path) from exc
 
 
 def sync_filesystem(path: Path) -> None:
@@ -219,8 +231,10 @@ def write_atomic(path: Path, data: bytes, sync_dir: bool = True, sync: bool = Tr
         finally:
             os.close(fd)
         os.replace(tmp, path)  # replaces a symlink itself, never its target
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise storage_error(exc, "writing", path) from exc
         raise
     if sync_dir:
         fsync_dir(path.parent)
