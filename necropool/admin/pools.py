@@ -79,11 +79,12 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None)
         new = PoolState(source="new")
 
         def made(number: int, commit: str) -> None:
-            seal(paths.slot_dir(number), paths.slot_record(number))
             new.slots[number] = Slot(number=number, created_at=now(), commit=commit)
 
         _clone_slots(paths.mirror, {n: paths.slot_dir(n) for n in range(1, spec.num_slots + 1)},
                      spec.url, branch, made, progress)
+        for number in new.slots:  # once all are cloned: the main thread stays free to
+            seal(paths.slot_dir(number), paths.slot_record(number))  # take a Ctrl-C
         store = open_store(settings, paths, spec.name)  # not locked: not there yet
         store.save(new)
         if ledger:
