@@ -124,7 +124,8 @@ def _try_allocate(pool, owner, holder, ttl, metadata, keep_lock, failed) -> Gran
         if not lock.try_acquire():
             return False
         if check and (why := lastclean.touched(pool.slot_dir(slot.number),
-                                               pool.paths.slot_record(slot.number))):
+                                               pool.paths.slot_record(slot.number),
+                                               files=False)):
             lock.release(unlink=True)
             touched[slot.number] = why
             return False
