@@ -131,9 +131,9 @@ def touched(tree: Path, record: Path, files: bool = True) -> str | None:
     or None when nothing did: every entry's ctime is earlier than the record's. Pack and object
     files are not looked at (hard links into the mirror: each new slot changes their ctime);
     a holder's new object or pack changes its directory. Without ``files`` (``allocate``,
-    where each lstat counts: ~6 us, 3,000 of them on a 2,000-file slot), the working tree's
-    files are skipped: only its directories (an entry added, removed or renamed anywhere)
-    and everything in ``.git`` (refs, HEAD, index, config, hooks) are checked, so a tracked
+    where each system call counts: a walk of a 2,000-file slot took 19 ms here), only the
+    directories the record lists are stat'ed (an entry added, removed or renamed anywhere
+    changes one), and everything in ``.git`` (refs, HEAD, index, config, hooks): a tracked
     file edited in place is left to ``detect``. Only lstat under directory descriptors
     (never through a symlink), never git: the slot's config may have been planted to run
     code."""
@@ -146,8 +146,19 @@ def touched(tree: Path, record: Path, files: bool = True) -> str | None:
     except OSError:
         return "the slot's directory (missing, or not a directory)"
     try:
-        return "the slot's directory" if os.fstat(top).st_ctime_ns >= sealed else _changed(
-            top, sealed, files)
+        if os.fstat(top).st_ctime_ns >= sealed:
+            return "the slot's directory"
+        if files:
+            return _changed(top, sealed, [""])
+        dirs = LastClean.load(record).dirs  # the tree's directories as the cleanup left them
+        if not dirs:
+            return "no record of its directories"
+        for rel in dirs:  # one lstat each, none opened: a third of a walk's cost
+            if rel and os.stat(rel, dir_fd=top, follow_symlinks=False).st_ctime_ns >= sealed:
+                return rel
+        if os.stat(".git", dir_fd=top, follow_symlinks=False).st_ctime_ns >= sealed:
+            return ".git"
+        return _changed(top, sealed, [".git/"])
     except OSError as exc:  # replaced or removed while we looked: changed all the same
         return f"an entry that vanished ({exc.strerror})"
     finally:
@@ -157,20 +168,19 @@ def touched(tree: Path, record: Path, files: bool = True) -> str | None:
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _changed(top: int, sealed: int, files: bool) -> str | None:
-    """The first entry below ``top`` with a ctime past ``sealed`` (one directory open at a
-    time, however deep the tree); without ``files``, the working tree's files unchecked."""
-    stack = [""]
+def _changed(top: int, sealed: int, stack: list[str]) -> str | None:
+    """The first entry below the directories ``stack`` names (relative to ``top``, with a
+    trailing slash) whose ctime is ``sealed`` or later; one directory open at a time,
+    however deep the tree."""
     while stack:
         rel = stack.pop()
         objects = rel.startswith(".git/objects/")
-        skip_files = objects or not (files or rel.startswith(".git/"))
         fd = os.open(rel, _O_DIR, dir_fd=top) if rel else top
         try:
             with os.scandir(fd) as entries:
                 for entry in entries:
                     is_dir = entry.is_dir(follow_symlinks=False)
-                    if skip_files and not is_dir and not (rel == "" and entry.name == ".git"):
+                    if objects and not is_dir:
                         continue
                     if entry.stat(follow_symlinks=False).st_ctime_ns >= sealed:
                         return rel + entry.name
