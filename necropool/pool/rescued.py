@@ -6,6 +6,7 @@ written by cleanup (``<slot_id>-<stamp>-<label>.bundle``, refs under
 directories holding bundles are looked into. Nothing here follows a symlink: a link is
 listed (and pruned) as itself."""
 
+import contextlib
 import os
 import re
 from datetime import UTC, datetime
@@ -14,7 +15,13 @@ from pathlib import Path
 from necropool.git import commands as git
 from necropool.ground.clock import now, rfc3339
 from necropool.ground.errors import Conflict, NotFound, OperationFailed, UsageError
-from necropool.ground.layout import ensure_inside, is_temp, remove_tree, temp_name
+from necropool.ground.layout import (
+    ensure_inside,
+    is_temp,
+    remove_tree,
+    temp_name,
+    temp_owner_dead,
+)
 from necropool.ground.results import Record
 from necropool.slot.lastclean import NO_HOLDER
 
@@ -239,8 +246,7 @@ def restore(pool, item: Record, into: Path | None) -> dict:
     target = Path(into or stem).absolute()
     cloned = not os.path.lexists(target)
     if cloned:
-        git.run(["clone", "-q", "--no-hardlinks", str(pool.paths.mirror), str(target)])
-        git.run(["remote", "set-url", "origin", pool.definition.url], target)
+        _clone_into(pool, target)
     elif not (target / ".git").exists() and not (target / "HEAD").is_file():
         raise Conflict(f"{target} exists and is not a git repository: name a clone of the "
                        "upstream or a path that does not exist")
@@ -249,6 +255,26 @@ def restore(pool, item: Record, into: Path | None) -> dict:
              f"+{RESCUE_REFS}*:{space}*"], target)
     return {"id": item["id"], "pool": pool.name, "path": str(target), "cloned": cloned,
             "refs": [space + n for n in item["refs"]]}
+
+
+def _clone_into(pool, target: Path) -> None:
+    """Clone the mirror beside ``target`` and rename it into place once whole: a restore
+    killed midway leaves no half-made clone in the way of its rerun, which removes what a
+    dead run of the same target left (``temp_name``'s, naming its process)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = temp_name(target.name).rsplit(".", 3)[0] + "."
+    for name in os.listdir(target.parent):
+        if name.startswith(prefix) and temp_owner_dead(name):
+            with contextlib.suppress(OSError):  # its git may still be writing: next time
+                remove_tree(target.parent / name, target.parent)
+    tmp = target.parent / temp_name(target.name)
+    try:
+        git.run(["clone", "-q", "--no-hardlinks", str(pool.paths.mirror), str(tmp)])
+        git.run(["remote", "set-url", "origin", pool.definition.url], tmp)
+        os.rename(tmp, target)
+    except BaseException:
+        remove_tree(tmp, target.parent)
+        raise
 
 
 def prune(pool, older_than: float, apply: bool) -> list[Record]:
