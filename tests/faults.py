@@ -182,7 +182,8 @@ def tree_digest(top: Path, exclude: tuple[str, ...] = ("events.jsonl",)) -> dict
 
 def clean_at(slot: Path, commit: str) -> None:
     """Assert a working copy is pristine at ``commit``: nothing modified, untracked or
-    ignored, HEAD detached there."""
+    ignored, HEAD detached there. Read only: a status that refreshed the index would write
+    into the slot, and a free slot written into is cleaned again before its next hand-out."""
     assert git(slot, "rev-parse", "HEAD") == commit
-    assert git(slot, "status", "--porcelain", "--ignored") == ""
+    assert git(slot, "--no-optional-locks", "status", "--porcelain", "--ignored") == ""
     assert git(slot, "symbolic-ref", "-q", "HEAD", check=False) == ""

@@ -126,8 +126,8 @@ def _in_process(args: list[str], env: dict | None) -> bool:
         return False
     if threading.current_thread() is not threading.main_thread():
         return False
-    if env and "_NECROPOOL_COMPLETE" in env:
-        return False
+    if env and ("_NECROPOOL_COMPLETE" in env or "PATH" in env):  # (programs are found once
+        return False                                                 # per process)
     head = args[: args.index("--")] if "--" in args else args
     words = {a.partition("=")[0] for a in head}
     return not (words & _OWN_PROCESS or words & _OWN_PROCESS_FLAGS)

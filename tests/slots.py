@@ -36,11 +36,13 @@ def fresh_clone(upstream: Path, dest: Path) -> Path:
 
 
 def assert_fresh_slot(slot: Path, upstream: Path, tip: str, tmp_path: Path) -> None:
-    """The slot equals a freshly cloned slot at ``tip``."""
+    """The slot equals a freshly cloned slot at ``tip`` (read only: a status refreshing the
+    index would write into the free slot, to be cleaned again before its next hand-out)."""
     assert git(slot, "rev-parse", "HEAD") == tip
     detached = git(slot, "symbolic-ref", "-q", "HEAD", check=False)
     assert detached == "", f"HEAD is on a branch: {detached}"
-    assert git(slot, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+    assert git(slot, "--no-optional-locks", "status", "--porcelain", "--ignored",
+               "--untracked-files=all") == ""
     assert git(slot, "for-each-ref", "refs/heads") == "", "local branches survived release"
     assert git(slot, "stash", "list") == "", "the previous holder's stash survived release"
     leftover = [p.name for p in (slot / ".git").iterdir()

@@ -33,7 +33,7 @@ from necropool.ground.locks import lock_free
 from necropool.slot.integrity import Verifier
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
-         "orphaned_locks", "stray_paths", "isolated_slots")
+         "orphaned_locks", "stray_paths", "isolated_slots", "tampered_free_slots")
 GUIDE_COUNTERS = ("long_allocated_released", "corrupted_recovered", "corrupted_isolated",
                   "orphaned_locks_cleaned", "errors")
 
@@ -129,7 +129,8 @@ def test_fault_matrix_detected_and_healed_in_one_pass(cli, manager, upstream, pr
     corrupt_loose_object(slot(11))                                     # rotten loose object
     corrupt_pack_copy(slot(12))                                        # this slot's pack only
     (pdir / "locks" / "web-13.lock").write_text("")                   # unheld lock, live slot
-    (slot(14) / ".git" / "index.lock").write_text("")                 # stale git lock
+    (slot(14) / ".git" / "index.lock").write_text("")                 # stale git lock: the
+    # free slot was written into after its cleanup, so it is cleaned (a tampered free slot)
     (pdir / "locks" / "web-99.lock").write_text("")                   # lock of no slot
     (pdir / "slots" / "junk").mkdir()                                  # stray directory
     (pdir / "slots" / "junk" / "precious.txt").write_text("not ours to delete\n")
@@ -148,8 +149,8 @@ def test_fault_matrix_detected_and_healed_in_one_pass(cli, manager, upstream, pr
     assert ids(d["abandoned_slots"]) == {"web-3", "web-5"}
     assert ids(d["expired_leases"]) == {"web-4"} and d["long_allocated_slots"] == []
     assert paths(d["orphaned_locks"]) == {str(pdir / "locks" / "web-99.lock"),
-                                          str(pdir / "locks" / "web-13.lock"),
-                                          str(slot(14) / ".git" / "index.lock")}
+                                          str(pdir / "locks" / "web-13.lock")}
+    assert ids(d["tampered_free_slots"]) == {"web-14"}
     assert paths(d["stray_paths"]) == {str(pdir / "slots" / "junk")}
     assert d["isolated_slots"] == []
     assert d["count"] == 13 + garbage
@@ -170,7 +171,7 @@ def test_fault_matrix_detected_and_healed_in_one_pass(cli, manager, upstream, pr
     assert h["errors"] == []
     assert (h["corrupted_recovered"], h["corrupted_isolated"], h["abandoned_released"],
             h["expired_released"], h["long_allocated_released"], h["orphaned_locks_cleaned"],
-            h["stray_paths_moved"]) == (6 + garbage, 0, 2, 1, 0, 3, 1)
+            h["stray_paths_moved"], h["tampered_cleaned"]) == (6 + garbage, 0, 2, 1, 0, 2, 1, 1)
 
     after = cli("detect", "--json")
     assert after.code == 0, after

@@ -262,13 +262,15 @@ def test_an_unexpected_cleanup_error_leaves_the_slot_in_error_with_its_work(
 
 def test_slots_rebuilt_after_losing_both_state_files_are_isolated_unless_idle(
         cli, pool, manager, procs, root):
-    """Without a state, a slot a holder may still work in is isolated with its work; only
-    a provably idle one (no process, lock free, tree clean) is recovered and handed out."""
+    """Without a state or an event log to rebuild leases from, a slot a holder may still
+    work in is isolated with its work; only a provably idle one (no process, lock free,
+    tree clean) is recovered and handed out."""
     working = manager.allocate_slot("web", fetch=False)  # a build still running in it
     procs.start(["sleep", "300"], cwd=working["path"])
     edited = manager.allocate_slot("web", fetch=False)  # nothing running, work in the tree
     (Path(edited["path"]) / "draft.txt").write_text("not saved anywhere else\n")
     shutil.rmtree(root / "pools/web/state")
+    (root / "pools/web/events.jsonl").unlink()  # nor a log to rebuild leases from
 
     found = cli("detect", "web", "--json").json()
     isolated = {a["slot_id"]: a["evidence"] for a in found["isolated_slots"]}

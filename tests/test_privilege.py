@@ -34,6 +34,7 @@ from necropool.ground.config import PoolSpec
 from necropool.ground.errors import Conflict, TryAgain
 from necropool.ground.owner import run_as
 from necropool.manager import facade
+from necropool.slot.lastclean import seal
 
 OWNER = confine.Identity(65534, 65534, (65534,))  # nobody: the pool's owner and its holders
 STRANGER = confine.Identity(65533, 65533, (65533,))  # another local user (no name needed)
@@ -153,6 +154,9 @@ def made_scene(upstream: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scen
                                        fetch_on_allocate=False))
         for path in (repo, s.home):  # now the owner's, as if that user had made them
             subprocess.run(["chown", "-R", f"{OWNER.uid}:{OWNER.gid}", str(path)], check=True)
+        pool_dir = s.home / "pools" / "web"
+        for n in (1, 2):  # the chown changed every file: sealed again, as the owner
+            as_owner(seal, pool_dir / "slots" / str(n), pool_dir / "records" / f"{n}.json")
         yield s
     finally:
         shutil.rmtree(base, ignore_errors=True)

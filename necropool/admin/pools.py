@@ -17,11 +17,14 @@ from necropool.ground.errors import Conflict, NecropoolError, NotFound, UsageErr
 from necropool.ground.layout import (
     PoolPaths,
     ensure_inside,
+    fsync_dir,
     kept_dir,
     pools_dir,
     private_dir,
     remove_tree,
+    rename_into_place,
     sweep_temp,
+    sync_filesystem,
     temp_name,
     trash_name,
     write_atomic,
@@ -32,6 +35,7 @@ from necropool.ground.redact import split_upstream
 from necropool.ground.validate import check_pool_name
 from necropool.lease.refresh import save_work
 from necropool.pool.pool import Pool, PoolDef, get_slot
+from necropool.slot.lastclean import seal
 from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot
 from necropool.store.open import open_store
 
@@ -93,6 +97,8 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
 
         _clone_slots(paths.mirror, {n: paths.slot_dir(n) for n in range(1, spec.num_slots + 1)},
                      url, branch, made, progress)
+        for number in new.slots:  # once all are cloned: the main thread stays free to
+            seal(paths.slot_dir(number), paths.slot_record(number))  # take a Ctrl-C
         store = open_store(settings, paths, spec.name)  # not locked: not there yet
         store.save(new)
         if ledger:
@@ -100,10 +106,12 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
 
             mark(paths, ledger)
         store.append_event("create", url=url, branch=branch, slots=spec.num_slots)
+        sync_filesystem(tmp)  # clones and checkouts are not durable by themselves
         try:
             os.rename(tmp, final)
         except OSError:
             raise Conflict(f"pool {spec.name!r} already exists") from None
+        fsync_dir(parent)  # else a power loss may take the new pool's name back
     except BaseException:
         remove_tree(tmp, settings.root)
         if ledger and not os.path.lexists(final / "pool.toml"):
@@ -214,7 +222,7 @@ def _keep_rescued(root: Path, source: Path, name: str, suffix: str = "") -> str 
     ensure_inside(source, root)
     ensure_inside(kept_dir(root), root)
     kept_dir(root).mkdir(mode=0o700, exist_ok=True)
-    os.rename(source, target)
+    rename_into_place(source, target)
     return str(target)
 
 
@@ -260,9 +268,11 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
              for i in range(count)]
 
     def made(tmp: Path, commit: str) -> None:
+        sync_filesystem(tmp)  # outside the pool lock: it may take a while
         with pool.transaction() as current:
             number = _free_number(current, pool)
-            os.rename(tmp, pool.slot_dir(number))
+            rename_into_place(tmp, pool.slot_dir(number), flush=False)
+            seal(pool.slot_dir(number), pool.paths.slot_record(number))  # after the rename
             current.slots[number] = Slot(number=number, created_at=now(), commit=commit)
         pool.event("add", slot_id=pool.slot_id(number))
         added.append(pool.slot_id(number))

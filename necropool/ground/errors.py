@@ -1,5 +1,6 @@
 """Exceptions of the core; each carries the exit code the CLI reports."""
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -121,3 +122,42 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, OSError):  # what went wrong, and on which path
         return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
     return f"unexpected {type(exc).__name__}: {exc}"
+
+
+# Failures of the machine, not of the slot: they pass once space is freed, the disk is
+# back or git is installed again, so what they isolated is retried (``retry_due``).
+_ENVIRONMENTAL = (("no space", ("No space left on device", "Disk quota exceeded")),
+                  ("I/O error", ("Input/output error",)),
+                  ("git missing", ("git is not installed",)))
+_CAUSE = re.compile(r" \[environmental: (?P<cause>[^;\]]+); attempt (?P<n>\d+)\]$")
+RETRY_BASE, RETRY_MAX = 60.0, 3600.0  # seconds: 1 min, 2, 4, ... at most an hour apart
+
+
+def environmental(reason: str) -> str | None:
+    """The cause class of a failure the environment made (a full disk, an I/O error, git
+    missing), or None for one of the slot itself."""
+    for cause, words in _ENVIRONMENTAL:
+        if any(word in reason for word in words):
+            return cause
+    return None
+
+
+def with_cause(reason: str, before: str | None) -> str:
+    """``reason`` marked with its cause class and the attempt it was (one more than the
+    reason ``before`` records), when the environment caused it; else as it is."""
+    cause = environmental(_CAUSE.sub("", reason))
+    if cause is None:
+        return reason
+    found = _CAUSE.search(before or "")
+    attempt = int(found["n"]) + 1 if found else 1
+    return f"{_CAUSE.sub('', reason)} [environmental: {cause}; attempt {attempt}]"
+
+
+def retry_due(reason: str | None, since: float) -> bool:
+    """Whether a slot isolated for ``reason`` ``since`` seconds ago is to be retried now:
+    only when the environment caused it, after a delay doubling with each attempt."""
+    found = _CAUSE.search(reason or "")
+    if found is None:
+        return False
+    delay: float = min(RETRY_MAX, RETRY_BASE * 2 ** (int(found["n"]) - 1))
+    return since >= delay

@@ -179,12 +179,62 @@ def sweep_temp(directory: Path, root: Path) -> list[str]:
     return swept
 
 
+def storage_error(exc: OSError, operation: str, path: Path) -> OSError:
+    """``exc`` saying which operation on which file failed (a bare "No space left on
+    device" names neither); the same class, so callers catch it as before."""
+    return type(exc)(exc.errno, f"{operation} {path}: {exc.strerror}")
+
+
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise storage_error(exc, "syncing directory", path) from exc
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to the disk (never through a symlink): work saved in it must
+    survive a power loss once the slot it came from is given back."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise storage_error(exc, "syncing", path) from exc
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush everything written to the filesystem holding ``path`` (syncfs(2)): a tree that
+    git wrote file by file (a clone, a checkout, a holder's files moved aside) is on the
+    disk before a rename makes it count, which no number of directory fsyncs ensures."""
+    import ctypes  # lazy: only making pools and slots, and moving trees aside, need it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs of {path}: {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+def rename_into_place(source: Path, target: Path, *, flush: bool = True) -> None:
+    """Rename ``source`` (a pool, a slot, a mirror, a tree moved aside) to ``target`` so that
+    both survive a power loss: its contents flushed first (``flush``; a tree git wrote is
+    not durable by itself), then the rename, then an fsync of the directories it changed."""
+    if flush:
+        sync_filesystem(source)
+    os.rename(source, target)
+    fsync_dir(target.parent)
+    if source.parent != target.parent:
+        fsync_dir(source.parent)
 
 
 def write_atomic(path: Path, data: bytes, sync_dir: bool = True, sync: bool = True) -> None:
@@ -204,8 +254,10 @@ def write_atomic(path: Path, data: bytes, sync_dir: bool = True, sync: bool = Tr
         finally:
             os.close(fd)
         os.replace(tmp, path)  # replaces a symlink itself, never its target
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise storage_error(exc, "writing", path) from exc
         raise
     if sync_dir:
         fsync_dir(path.parent)

@@ -12,7 +12,7 @@ from typing import Any
 
 from necropool.git import commands as git
 from necropool.ground.clock import now
-from necropool.ground.errors import Conflict, OperationFailed, Skipped, explain
+from necropool.ground.errors import Conflict, OperationFailed, Skipped, explain, retry_due
 from necropool.ground.layout import PoolPaths, ensure_inside, make_private
 from necropool.ground.locks import FileLock
 from necropool.ground.results import Record
@@ -28,7 +28,8 @@ from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, Slot
 
 COUNTERS = ("long_allocated_released", "expired_released", "abandoned_released",
             "corrupted_recovered", "corrupted_isolated", "orphaned_locks_cleaned",
-            "stray_paths_moved", "slots_adopted", "rescued_pruned")
+            "stray_paths_moved", "slots_adopted", "rescued_pruned", "tampered_cleaned",
+            "isolated_retried")
 
 
 def zero_counters() -> dict[str, int]:
@@ -162,6 +163,18 @@ def plan(pool: Pool, found: Findings, *, recover_corrupted: bool = True,
             if number not in corrupted:
                 step("long_allocated_released", str(a.slot_id), "force release", release,
                      pool, number, lease_id=a.lease_id, reason="force_release", stop=True)
+    if recover_corrupted:  # isolated by a full disk, an I/O error, git missing: retried
+        for a, number in _numbered(items["isolated_slots"]):
+            slot = judged.get(number)
+            if slot is not None and slot.isolated_at and retry_due(
+                    slot.isolation_reason, (now() - slot.isolated_at).total_seconds()):
+                step("isolated_retried", str(a.slot_id), "recover (isolated by the "
+                     "environment: retried)", _recover_or_raise, pool, number,
+                     verifier=verifier, judged=slot)
+    for a, number in _numbered(items["tampered_free_slots"]):  # before anyone gets it
+        step("tampered_cleaned", str(a.slot_id), "clean (changed while free; work saved as "
+             "no holder's)", _recover_or_raise, pool, number, verifier=verifier,
+             judged=judged.get(number))
     if recover_corrupted:
         abandoned = {n for _, n in _numbered(items["abandoned_slots"] + items["expired_leases"])}
         for a, number in _numbered(items["corrupted_slots"]):

@@ -20,12 +20,13 @@ from necropool.ground.results import Record
 from necropool.pool.mirror import mirror_freshness
 from necropool.pool.pool import Pool
 from necropool.slot import gitdir as slotgit
+from necropool.slot import lastclean
 from necropool.slot.integrity import Verifier
 from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, PoolState, Slot
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
          "orphaned_locks", "stray_paths", "isolated_slots", "stale_mirrors", "silent_hosts",
-         "busy_free_slots")
+         "busy_free_slots", "tampered_free_slots")
 
 
 @dataclass
@@ -129,6 +130,12 @@ def _verify_slots(pool: Pool, current: PoolState, judged: list[int], abandoned: 
             found.add("corrupted_slots", slot_id=pool.slot_id(number), number=number,
                       path=str(pool.slot_dir(number)), evidence="; ".join(problems[:3]),
                       lease_id=slot.lease.lease_id if slot.lease else None)
+        elif slot.state == AVAILABLE and not slot.needs_cleanup and (why := lastclean.touched(
+                pool.slot_dir(number), pool.paths.slot_record(number))):
+            found.add("tampered_free_slots", slot_id=pool.slot_id(number), number=number,
+                      path=str(pool.slot_dir(number)),
+                      evidence=f"free, yet {why} changed since its cleanup")  # git
+            # lock files in it included: its cleanup removes them
         elif slot.state != CLEANING and not live_allocation(slot, abandoned):
             # a live holder's git lock files are its own business (libgit2 writers, say)
             for lock in slotgit.stale_git_locks(pool.slot_dir(number)):

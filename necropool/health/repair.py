@@ -12,8 +12,14 @@ from typing import Any
 
 from necropool.git import commands as git
 from necropool.ground.clock import now, rfc3339
-from necropool.ground.errors import Conflict, OperationFailed, Skipped, explain
-from necropool.ground.layout import remove_tree, temp_name, trash_name, write_atomic
+from necropool.ground.errors import Conflict, OperationFailed, Skipped, explain, with_cause
+from necropool.ground.layout import (
+    remove_tree,
+    rename_into_place,
+    temp_name,
+    trash_name,
+    write_atomic,
+)
 from necropool.ground.locks import FileLock, lock_free
 from necropool.ground.proc import Holder
 from necropool.ground.results import Record
@@ -23,6 +29,7 @@ from necropool.lease.refresh import clear_processes, move_aside, refresh
 from necropool.pool.pool import Pool, get_slot
 from necropool.slot.cleanup import fresh_clone
 from necropool.slot.integrity import Verifier
+from necropool.slot.lastclean import NO_HOLDER, seal
 from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, Slot, SlotState
 
 
@@ -41,7 +48,7 @@ def rebuild_mirror(pool: Pool) -> None:
             old = pool.paths.dir / trash_name("old-mirror")
             if os.path.lexists(pool.paths.mirror):
                 os.rename(pool.paths.mirror, old)
-            os.rename(tmp, pool.paths.mirror)
+            rename_into_place(tmp, pool.paths.mirror)
             write_atomic(pool.paths.mirror_stamp, f"{time.time()}\n".encode())
             pool.paths.mirror_failed.unlink(missing_ok=True)
         finally:
@@ -165,6 +172,8 @@ def _finish(pool: Pool, number: int, ok: bool, reason: str | None, commit: str |
             slot.state, slot.commit, slot.needs_cleanup = AVAILABLE, commit, False
             slot.error = slot.isolated_at = slot.isolation_reason = None
         else:
+            reason = with_cause(reason or "recovery failed", slot.isolation_reason)  # retried
+            # when the environment caused it
             slot.state, slot.error = ERROR, reason
             slot.isolated_at, slot.isolation_reason = now(), reason
         if rescued:
@@ -176,7 +185,8 @@ def _repair(pool: Pool, slot: Slot, actions: list[str],
     """Returns (ok, reason, commit, rescued). The verifier's cache is keyed by inode, size
     and mtime, so a rebuilt mirror's new packs are checked afresh."""
     number, path = slot.number, pool.checked_slot_dir(slot.number)
-    label = slot.lease.lease_id if slot.lease else "recover"
+    label = slot.lease.lease_id if slot.lease else NO_HOLDER if slot.state == AVAILABLE \
+        else "recover"
     rescued = None
     if verifier.verify(pool.paths.mirror, bare=True, branch=pool.definition.branch):
         rebuild_mirror(pool)
@@ -210,7 +220,8 @@ def _repair(pool: Pool, slot: Slot, actions: list[str],
     except (OperationFailed, OSError) as exc:
         return False, f"re-clone failed: {exc}", None, rescued
     try:
-        os.rename(tmp, path)
+        rename_into_place(tmp, path)
+        seal(path, pool.paths.slot_record(number))
     except OSError as exc:
         remove_tree(tmp, pool.settings.root)
         return False, f"re-clone failed: {exc}", None, rescued

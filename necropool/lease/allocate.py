@@ -18,6 +18,7 @@ from necropool.ground.validate import check_metadata, check_seconds, check_text
 from necropool.lease.refresh import clear_processes, fail_slot, refresh
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool
+from necropool.slot import lastclean
 from necropool.store.base import Event, LeaseLost, Marker, Note
 from necropool.store.model import Lease, Slot
 
@@ -137,13 +138,22 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
     holder = request.holder
     lease = Lease.new(request.owner or default_owner(), holder, request.ttl, request.metadata)
     taken: list[tuple[FileLock, Slot]] = []  # the slot lock claimed, and the slot before
+    touched: dict[int, str] = {}  # free slots at the tip changed since their cleanup
 
-    def take(slot: Slot) -> bool:
+    def take(slot: Slot, check: bool = False) -> bool:
+        """Lock the slot; with ``check``, only if it is provably as its cleanup left it
+        (else it is cleaned first, as a stale one)."""
         lock = pool.slot_lock(slot.number)
-        if lock.try_acquire():
-            taken.append((lock, replace(slot)))
-            return True
-        return False
+        if not lock.try_acquire():
+            return False
+        if check and (why := lastclean.touched(pool.slot_dir(slot.number),
+                                               pool.paths.slot_record(slot.number),
+                                               files=False)):
+            lock.release(unlink=True)
+            touched[slot.number] = why
+            return False
+        taken.append((lock, replace(slot)))
+        return True
 
     def noted(slot: Slot) -> list[Event]:
         return [("allocate", dict(slot_id=pool.slot_id(slot.number), lease_id=lease.lease_id,
@@ -151,7 +161,7 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
 
     skip = frozenset(failed)
     try:
-        slot = pool.store.claim(lease, lambda s: not _stale(s, tip) and take(s), skip,
+        slot = pool.store.claim(lease, lambda s: not _stale(s, tip) and take(s, True), skip,
                                 note=noted)
         stale = slot is None
         if stale:  # held by this process while it is refreshed
@@ -164,7 +174,7 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
         return None  # nothing changed: no write, so waiters are not woken for nothing
     lock, before = taken[-1]
     if stale:
-        slot = _prepare(pool, slot, before, lease, lock, noted)
+        slot = _prepare(pool, slot, before, lease, lock, noted, touched.get(before.number))
         if slot is None:
             failed.add(before.number)
             return None
@@ -180,12 +190,13 @@ def _stale(slot: Slot, tip: str | None) -> bool:
 
 
 def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock,
-             noted: Note) -> Slot | None:
+             noted: Note, touched: str | None = None) -> Slot | None:
     """Refresh a stale slot claimed under ``lease`` held by this process (its slot lock
     held too), then hand the lease to its holder; if this process dies meanwhile, ``detect``
     finds an abandoned allocation and ``auto-recover`` reclaims it. None when the slot
     cannot be had: given back as it was ``before`` (processes that cannot be ended still
-    run in it), or failed; unlocked either way."""
+    run in it), or failed; unlocked either way. ``touched``: what changed in a free slot
+    since its cleanup; what is found there is saved as work of no holder."""
     # What a previous holder left running in it is ended first, or the slot is skipped; but
     # after a release from another host the holder may be at work still: it is left alone.
     remote = before.worker is not None and not before.worker.is_local()
@@ -194,7 +205,8 @@ def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock,
     except Conflict:  # and Skipped: processes that cannot be ended
         return None
     try:
-        commit, _, cleaned = refresh(pool, slot, rescue_label="allocate")
+        label = lastclean.NO_HOLDER if touched else "allocate"
+        commit, report, cleaned = refresh(pool, slot, rescue_label=label)
     except Exception as exc:  # whatever went wrong, the slot ends in error
         fail_slot(pool, slot.number, f"cleanup before allocation failed: {explain(exc)}")
         lock.release(unlink=True)
@@ -205,9 +217,12 @@ def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock,
             raise LeaseLost(f"slot {pool.slot_id(slot.number)} was taken back meanwhile")
         current.commit, current.needs_cleanup, current.lease = commit, False, lease
 
+    found: list[Event] = [("tampered_free_slot", dict(
+        slot_id=pool.slot_id(slot.number), evidence=f"{touched} changed since its cleanup",
+        rescued=report.rescued))] if touched else []
     try:
         return pool.store.update_slot(slot.number, ready,
-                                      lambda granted: [cleaned, *noted(granted)])
+                                      lambda granted: [*found, cleaned, *noted(granted)])
     except LeaseLost:
         lock.release(unlink=True)
         return None

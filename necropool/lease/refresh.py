@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from necropool.ground import proc
 from necropool.ground.clock import now
 from necropool.ground.errors import Conflict, NotFound, Skipped
-from necropool.ground.layout import ensure_inside, make_private
+from necropool.ground.layout import ensure_inside, make_private, rename_into_place
 from necropool.ground.locks import FileLock
 from necropool.pool.pool import Pool
 from necropool.store.base import Event
@@ -56,7 +56,7 @@ def move_aside(pool: Pool, number: int) -> str:
     keep = pool.paths.rescued / f"{pool.slot_id(number)}-{now():%Y%m%dT%H%M%S%fZ}.broken"
     pool.paths.rescued.mkdir(mode=0o700, exist_ok=True)
     ensure_inside(keep.parent, pool.settings.root)
-    os.rename(pool.checked_slot_dir(number), keep)
+    rename_into_place(pool.checked_slot_dir(number), keep)
     make_private(keep)
     return str(keep)
 

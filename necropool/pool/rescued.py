@@ -21,6 +21,7 @@ from necropool.ground.layout import ensure_inside, is_temp, kept_dir, remove_tre
 from necropool.ground.results import Record
 from necropool.pool import put_back
 from necropool.slot import confined
+from necropool.slot.lastclean import NO_HOLDER
 
 if TYPE_CHECKING:
     from necropool.pool.pool import Pool
@@ -99,6 +100,8 @@ class Holders:
         """(lease_id, owner) for a saved item."""
         if label and _LEASE.fullmatch(label):
             return label, self.owners.get(label)
+        if label == NO_HOLDER:  # found in a free slot: not the last holder's, nor the next's
+            return None, None
         stamp = str(rfc3339(when))
         before = [r for r in self.releases.get(slot_id or "", []) if r[0] <= stamp]
         return (before[-1][1], before[-1][2]) if before else (None, None)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from necropool.git import commands as git
 from necropool.git.commands import GitError
-from necropool.ground.layout import make_private, temp_name
+from necropool.ground.layout import make_private, rename_into_place, sync_filesystem, temp_name
 from necropool.slot import confined, nested
 from necropool.slot import gitdir as slotgit
 from necropool.slot.lastclean import LastClean, index_identity
@@ -232,6 +232,8 @@ def _clean_confined(tree: Path, target: Target) -> Report:
         saved += kept.refs
         report.nested_saved = [printable(p) for p in kept.paths]
         report.moved_aside = kept.moved
+        if kept.moved:  # trees renamed aside: their files and new names flushed
+            sync_filesystem(rescue_to.parent)
     _drop_refs(gitdir, st, extras, stashes, report)
     if stale:
         fetch_mirror_refs(tree, mirror)
@@ -245,19 +247,16 @@ def _clean_confined(tree: Path, target: Target) -> Report:
         if bundle:         # stay in the slot for the next cleanup
             git.wait(*bundle, check=False)
         raise
-    if bundle and finish_bundle(bundle, saved):
+    if bundle and finish_bundle(bundle, saved, rescue_to, tree):
         make_private(rescue_to)
         report.rescued = str(rescue_to)
     if saved:
         git.delete_refs(gitdir, saved)
         slotgit.remove(gitdir / RESCUE_REFS)  # (the empty directories: a fresh slot has none)
-    retake = checkout or not untouched
-    if retake:
+    if checkout or not untouched:
         last.retake_tree(tree)
-    index = index_identity(gitdir)
-    if retake or index != last.index:  # else the record still says what this one would
-        last.index = index
-        last.save(record)
+    last.index = index_identity(gitdir)
+    last.save(record)  # last of all: its ctime seals the slot (``lastclean.touched``)
     return report
 
 
@@ -356,9 +355,9 @@ def replace_tampered(tree: Path, *, mirror: Path, url: str, branch: str, tip: st
     mirror in its place."""
     tmp, _ = fresh_clone(mirror, tree.parent, url, branch, tip)
     aside.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.rename(tree, aside)
+    rename_into_place(tree, aside)  # the holder's files flushed first: they are its work
     make_private(aside)
-    os.rename(tmp, tree)
+    rename_into_place(tmp, tree, flush=False)  # flushed with them
     last = LastClean()
     last.retake_tree(tree)
     last.index = index_identity(tree / ".git")

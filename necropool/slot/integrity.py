@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from necropool.git import commands as git
+from necropool.ground.clock import now
 from necropool.ground.layout import write_atomic
 from necropool.slot.gitdir import checksum_ok
 
@@ -26,14 +27,17 @@ if TYPE_CHECKING:  # pygit2 costs ~40 ms to import: only the tree walk loads it
 PackKey = tuple[int, int, int, int]
 
 
-def index_ok(gitdir: Path) -> bool:
-    """The index's signature and trailing SHA-1 (git itself never checks it outside fsck)."""
+def index_problem(gitdir: Path) -> str | None:
+    """What is wrong with a working copy's index: missing (git would show every file of
+    HEAD as deleted and added again), or failing its signature or trailing SHA-1 (git
+    itself never checks it outside fsck)."""
     try:
-        return checksum_ok((gitdir / "index").read_bytes())
+        data = (gitdir / "index").read_bytes()
     except FileNotFoundError:
-        return True  # no index is a valid (empty) state; checkout rebuilds it
-    except OSError:
-        return False
+        return "index is missing"
+    except OSError as exc:
+        return f"index is unreadable: {exc.strerror}"
+    return None if checksum_ok(data) else "index is unreadable or fails its checksum"
 
 
 class Verifier:
@@ -90,10 +94,14 @@ class Verifier:
     def check_objects(self, objects: Path) -> list[str]:
         problems = []
         pack_dir = objects / "pack"
-        for path in sorted(pack_dir.glob("*.pack")) + sorted(pack_dir.glob("*.idx")):
+        packs = sorted(pack_dir.glob("*.pack"))
+        for path in packs + sorted(pack_dir.glob("*.idx")):
             problem = self._file_checksum(path)
             if problem:
                 problems.append(problem)
+        for pack in packs:  # without its index git cannot find an object of the pack
+            if not os.path.lexists(pack.with_suffix(".idx")) and _settled(pack):
+                problems.append(f"{pack.with_suffix('.idx').name} is missing")
         for sub in objects.iterdir() if objects.is_dir() else ():
             if len(sub.name) == 2 and sub.is_dir():
                 for obj in sub.iterdir():
@@ -119,8 +127,8 @@ class Verifier:
             _, commit = git.read_head(gitdir)
             if not commit:
                 return ["HEAD is missing or does not resolve"]
-            if not index_ok(gitdir):
-                return ["index is unreadable or fails its checksum"]
+            if problem := index_problem(gitdir):
+                return [problem]
         problems = self.check_objects(gitdir / "objects")
         if problems:
             return problems
@@ -151,6 +159,15 @@ class Verifier:
             for table in (self._complete, self._used):
                 table.setdefault(commit, []).append(packs)
         return []
+
+
+def _settled(pack: Path) -> bool:
+    """A pack renamed into place over 10 s ago (git renames a new pack's index in right
+    after the pack itself: a fetch in progress is not damage)."""
+    try:
+        return now().timestamp() - pack.stat().st_ctime > 10
+    except OSError:
+        return False  # removed since listed (a gc)
 
 
 def _same(a: dict[str, list[frozenset[PackKey]]],

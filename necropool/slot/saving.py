@@ -3,6 +3,7 @@ recorded as refs under ``refs/necropool/rescue/`` in the slot, then written to a
 beside the pool (``git fetch BUNDLE 'refs/necropool/rescue/*:refs/rescued/*'`` restores it).
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from necropool.git import commands as git
 from necropool.git.commands import GitError
+from necropool.ground.layout import fsync_dir, fsync_file, sync_filesystem
 
 
 @dataclass
@@ -202,14 +204,21 @@ def start_bundle(tree: Path, dest: Path, refs: list[str]) -> Bundle:
         return git.start(args, tree, stdin=names), args
 
 
-def finish_bundle(bundle: Bundle, refs: list[str]) -> bool:
-    """Wait for the bundle; False when git wrote none because every saved commit is
-    already upstream (a leftover ref whose work was pushed since, say)."""
+def finish_bundle(bundle: Bundle, refs: list[str], dest: Path, tree: Path) -> bool:
+    """Wait for the bundle and flush it and its entry in ``rescued/`` to the disk (the slot
+    is reset meanwhile and given back next: unflushed, a power loss leaves the bundle empty
+    and the work lost); False when git wrote none because every saved commit is already
+    upstream (a leftover ref whose work was pushed since, say). When it cannot be written,
+    the slot's rescue refs and their objects are flushed instead: the work stays there."""
     try:
         git.wait(*bundle)
     except GitError as exc:
         if "empty bundle" in exc.stderr:
             return False
+        with contextlib.suppress(OSError):  # the error to report is git's
+            sync_filesystem(tree)
         raise GitError(f"could not save the holder's work ({exc.message}); it is kept in the "
                        f"slot as {', '.join(refs)}", exc.stderr) from None
+    fsync_file(dest)
+    fsync_dir(dest.parent)
     return True

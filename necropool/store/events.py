@@ -18,17 +18,20 @@ from necropool.ground.clock import jsonable, now, rfc3339
 KINDS = ("create", "import", "add", "remove", "allocate", "renew", "release", "reclaim",
          "expire", "force_release", "cleanup", "failure", "rescue", "recover", "isolate",
          "adopt", "mirror_rebuilt", "mirror_config_restored", "fetch_failed", "auto_recover",
-         "force_unlock", "update")
+         "force_unlock", "update", "tampered_free_slot")
 
 # One event as recorded: a JSON object (``time``, ``event``, then the event's own fields).
 Event = dict[str, Any]
 
 
 def append(path: Path, event: str, **fields: Any) -> None:
-    """Append one event (a single O_APPEND write, so concurrent writers never interleave).
-    Best effort: the state is the record of truth, and an operation that already happened
-    must not be reported as failed because its history line could not be written (a full
-    disk, or a symlink planted in place of the log, which detect reports)."""
+    """Append one event (a single O_APPEND write of the whole line, so concurrent writers
+    never interleave). A write cut short (a full disk) leaves a torn line with no newline;
+    the next event is written after it all the same, and readers take it back from the end
+    of the joined line (``decode``). Best effort: the state is the record of truth, and an
+    operation that already happened must not be reported as failed because its history
+    line could not be written (a full disk, or a symlink planted in place of the log, which
+    detect reports)."""
     record = {"time": rfc3339(now()), "event": event}
     record.update({k: v for k, v in fields.items() if v is not None})
     line = (json.dumps(record, default=jsonable, separators=(",", ":")) + "\n").encode()
@@ -83,15 +86,28 @@ def _lines(path: Path) -> list[bytes]:
         return []
 
 
+START = b'{"time":'  # how every event line begins
+
+
+def decode(line: bytes) -> Event | None:
+    """One event line; a line joined to a torn one before it (a write cut short by a full
+    disk) gives the event at its end; a torn line alone gives None."""
+    for start in (0, line.rfind(START)):
+        try:
+            record = json.loads(line[start:])
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
+
+
 def _parse(lines: list[bytes], since: datetime | None = None) -> list[Event]:
     cutoff = rfc3339(since) if since else None
     records = []
     for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and (cutoff is None or str(record.get("time")) >= cutoff):
+        record = decode(line)
+        if record is not None and (cutoff is None or str(record.get("time")) >= cutoff):
             records.append(record)
     return records
 
@@ -177,11 +193,8 @@ def _last_in(fh: IO[bytes], event: str) -> Event | None:
         fh.seek(start)
         lines = fh.read(size - start).splitlines()[1 if start else 0:]  # first may be cut
         for line in reversed(lines):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("event") == event:
+            record = decode(line)
+            if record is not None and record.get("event") == event:
                 return record
         if start == 0:
             return None

@@ -20,6 +20,7 @@ KIND_TITLES = {
     "stale_mirrors": "stale mirror",
     "silent_hosts": "silent host",
     "busy_free_slots": "busy free slot",
+    "tampered_free_slots": "tampered free slot",
 }
 
 
@@ -29,7 +30,7 @@ KIND_TITLES = {
         "(past their --ttl), abandoned (holder or worker dead), corrupted, orphaned locks, "
         "stray paths, isolated slots, stale mirrors (last fetch failed, or none for "
         "stale_mirror_hours), busy free slots (released from another host, processes still "
-        "in them: left alone).",
+        "in them: left alone), tampered free slots (changed since their cleanup).",
         "The exit status is 1 as long as the upstream cannot be fetched.",
         "A pool that cannot be checked (its locks/ replaced by a file, say) is named in "
         "errors; the other pools are checked all the same, and the exit status is 3.",
