@@ -223,11 +223,11 @@ def test_a_holder_whose_slot_was_recovered_is_told(cli, pool):
 def test_a_lease_renewed_after_detection_is_not_reclaimed(manager, pool):
     """The reclaim judges the expiry again under the pool lock: a renewal that lands between
     detect and reclaim wins."""
-    from necropool.lease.release import release
+    from necropool.lease.release import EXPIRE, release
     from necropool.lease.renew import Renewed
 
     slot = manager.allocate_slot("web", ttl=600, fetch=False)
     web = manager.get_pool("web")
     with pytest.raises(Renewed):
-        release(web, 1, lease_id=slot.lease_id, reason="expire", expired_only=True)
+        release(web, 1, lease_id=slot.lease_id, ending=EXPIRE)
     assert manager.slot_status(slot.slot_id)["lease_id"] == slot.lease_id

@@ -18,7 +18,7 @@ from necropool.ground.locks import FileLock
 from necropool.ground.results import Record
 from necropool.health.detect import Anomaly, Findings, detect, holder_dead, live_allocation
 from necropool.health.repair import Recovery, rebuild_mirror, recover
-from necropool.lease.release import release
+from necropool.lease.release import EXPIRE, FORCE_RELEASE, RECLAIM, release
 from necropool.lease.renew import Busy, Release, Renewed
 from necropool.pool import rescued
 from necropool.pool.pool import Pool
@@ -149,20 +149,19 @@ def plan(pool: Pool, found: Findings, *, recover_corrupted: bool = True,
             continue
         if a.lease_id:
             step("abandoned_released", str(a.slot_id), "release (holder dead)", release,
-                 pool, number, lease_id=a.lease_id, reason="reclaim", stop=True)
+                 pool, number, lease_id=a.lease_id, ending=RECLAIM)
         else:
             step("abandoned_released", str(a.slot_id), "recover (worker dead)",
                  _recover_or_raise, pool, number, verifier=verifier, judged=judged.get(number))
     for a, number in _numbered(items["expired_leases"]):  # the holder's own promise
         if number not in corrupted:
             step("expired_released", str(a.slot_id), "release (lease expired)", release,
-                 pool, number, lease_id=a.lease_id, reason="expire", expired_only=True,
-                 stop=True)
+                 pool, number, lease_id=a.lease_id, ending=EXPIRE)
     if force_release_long_allocated:
         for a, number in _numbered(items["long_allocated_slots"]):
             if number not in corrupted:
                 step("long_allocated_released", str(a.slot_id), "force release", release,
-                     pool, number, lease_id=a.lease_id, reason="force_release", stop=True)
+                     pool, number, lease_id=a.lease_id, ending=FORCE_RELEASE)
     if recover_corrupted:  # isolated by a full disk, an I/O error, git missing: retried
         for a, number in _numbered(items["isolated_slots"]):
             slot = judged.get(number)

@@ -1,6 +1,8 @@
 """Release: a lease ended through the pool's store, then the slot cleaned (its holder's work
 saved first) outside the pool lock, with its slot lock held, and given back."""
 
+from dataclasses import dataclass
+
 from necropool.git import commands as git
 from necropool.ground import proc
 from necropool.ground.clock import now
@@ -15,15 +17,33 @@ from necropool.store.base import Event, LeaseLost
 from necropool.store.model import ALLOCATED, AVAILABLE, Slot
 
 
+@dataclass(frozen=True)
+class Ending:
+    """Why a lease ends (the event's name) and what that permits: ``stop`` ends the
+    processes still working in the slot (SIGTERM, then SIGKILL; without it they make the
+    release refuse, the lease kept); ``expired_only`` ends the lease only if it has expired,
+    judged again as the store ends it (a holder may renew meanwhile)."""
+
+    reason: str = "release"
+    stop: bool = False
+    expired_only: bool = False
+
+
+RELEASE = Ending()  # the holder's own release
+FORCED = Ending(stop=True)  # release --force, and run's when its command is done
+RECLAIM = Ending("reclaim", stop=True)  # auto-recover: the holder died
+EXPIRE = Ending("expire", stop=True, expired_only=True)  # auto-recover: the lease ran out
+FORCE_RELEASE = Ending("force_release", stop=True)  # auto-recover, long allocations
+
+
 def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool = True,
             fetch: bool | None = None, held: FileLock | None = None,
-            reason: str = "release", expired_only: bool = False, stop: bool = False) -> Release:
-    """End a lease; clean the slot (saving any work first) unless ``clean`` is False.
-    ``expired_only``: only if the lease has expired (judged again as the store ends it).
-    The cleanup first fetches the upstream when ``fetch`` (default: the pool's
-    ``fetch_on_allocate``), so the slot comes back at the newest tip. Processes still
-    working in the slot (a holder's background jobs) make it refuse, the lease kept,
-    unless ``stop``: then they are ended first (SIGTERM, then SIGKILL)."""
+            ending: Ending = RELEASE) -> Release:
+    """End a lease (as ``ending`` says: see ``Ending``); clean the slot (saving any work
+    first) unless ``clean`` is False. The cleanup first fetches the upstream when ``fetch``
+    (default: the pool's ``fetch_on_allocate``), so the slot comes back at the newest tip.
+    ``held``: the slot lock, when the caller holds it already (``run``)."""
+    reason, expired_only, stop = ending.reason, ending.expired_only, ending.stop
     if clean:
         git.require()
     pool.sweep()  # what a killed command left half-done (the lease ends through the store)

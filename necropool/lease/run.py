@@ -18,7 +18,7 @@ from necropool.ground.errors import NecropoolError, UsageError
 from necropool.ground.proc import Holder
 from necropool.ground.redact import redact
 from necropool.lease.allocate import AllocateRequest, Grant, allocate
-from necropool.lease.release import release
+from necropool.lease.release import FORCED, release
 from necropool.lease.renew import Release, renew
 from necropool.pool.pool import Pool
 
@@ -185,7 +185,7 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
                 signal.signal(sig, handler)
         try:
             result.release = release(pool, grant.number, lease_id=grant.lease.lease_id,
-                                     held=grant.lock, stop=True)
+                                     held=grant.lock, ending=FORCED)
         except NecropoolError as exc:
             result.release_error = exc.message
     return result

@@ -32,7 +32,7 @@ from necropool.ground.slotref import SlotRef
 from necropool.ground.validate import check_hours
 from necropool.lease import renew as leases
 from necropool.lease.allocate import AllocateRequest, allocate, default_owner
-from necropool.lease.release import release
+from necropool.lease.release import FORCED, RELEASE, release
 from necropool.manager import views, walk
 from necropool.pool import pool as pools
 from necropool.store import events
@@ -269,7 +269,7 @@ class PoolManager:
             return fleet.release(pool, host, number, lease_id)
         pool, number = pools.resolve_slot(self.settings, ref)
         return self._owned(pool, release, pool, number, lease_id=lease_id, clean=cleanup,
-                           fetch=fetch, stop=stop).to_dict()
+                           fetch=fetch, ending=FORCED if stop else RELEASE).to_dict()
 
     def renew_slot(self, slot_ref: str, lease_id: str,
                    ttl: float | None = None) -> dict[str, Any]:
