@@ -185,28 +185,25 @@ def storage_error(exc: OSError, operation: str, path: Path) -> OSError:
     return type(exc)(exc.errno, f"{operation} {path}: {exc.strerror}")
 
 
-def fsync_dir(path: Path) -> None:
+def _fsync(path: Path, flags: int, operation: str) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
     except OSError as exc:
-        raise storage_error(exc, "syncing directory", path) from exc
+        raise storage_error(exc, operation, path) from exc
+
+
+def fsync_dir(path: Path) -> None:
+    _fsync(path, os.O_DIRECTORY, "syncing directory")
 
 
 def fsync_file(path: Path) -> None:
     """Flush a file's data to the disk (never through a symlink): work saved in it must
     survive a power loss once the slot it came from is given back."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise storage_error(exc, "syncing", path) from exc
+    _fsync(path, os.O_NOFOLLOW, "syncing")
 
 
 def sync_filesystem(path: Path) -> None:
