@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import git, run_cli, skip_unless_ci
+from helpers import git, run_cli, skip_unless_ci, slot_entries
 
 pytestmark = pytest.mark.slow
 
@@ -121,8 +121,9 @@ def _inside(path: str, disk: Disk, seen: Path) -> Path:
     return seen / Path(path).relative_to(disk.mount)
 
 
-def _state(root: Path, pool: str) -> dict:
-    return tomllib.loads((root / "pools" / pool / "state.toml").read_text())
+def _state(root: Path, pool: str) -> dict[str, dict]:
+    """The pool's slots as their state files say, by number (as text, as state.toml had)."""
+    return {"slots": {str(n): e for n, e in slot_entries(root / "pools" / pool).items()}}
 
 
 def _assert_saved(seen: Path, disk: Disk, pool: str, upstream: Path, number: int,
