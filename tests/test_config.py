@@ -131,7 +131,8 @@ def test_only_the_chosen_config_file_is_read(configs, tmp_path):
     """A broken lower-precedence file does not matter when a higher one is chosen."""
     write(configs["env"], "this is not toml")
     write(configs["xdg"], "neither = is = this")
-    assert run_cli("--config", configs["flag"], "list").code == 0
+    chosen = run_cli("--config", configs["flag"], "list")  # read: its root has no pool yet
+    assert chosen.code == 4 and "no pools under" in chosen.stderr, chosen
     broken = run_cli("list")
     assert broken.code == 2 and str(configs["env"]) in broken.stderr
 
@@ -151,9 +152,8 @@ def test_an_explicit_config_that_does_not_exist_is_an_error(configs, tmp_path, m
 def test_a_missing_default_config_is_fine(configs, monkeypatch, tmp_path):
     monkeypatch.delenv("NECROPOOL_CONFIG")
     configs["xdg"].unlink()
-    result = run_cli("list", "--json")
-    assert result.code == 0, result
-    assert result.json()["pools"] == []
+    result = run_cli("list")  # the default root, which holds no pool (exit 4, naming it)
+    assert result.code == 4 and str(tmp_path / "data/necropool") in result.stderr, result
     assert load_settings().root == tmp_path / "data/necropool"
 
 

@@ -6,6 +6,7 @@ written by cleanup (``<slot_id>-<stamp>-<label>.bundle``, refs under
 directories holding bundles are looked into. Nothing here follows a symlink: a link is
 listed (and pruned) as itself."""
 
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -17,7 +18,14 @@ from necropool.git import commands as git
 from necropool.ground.clock import now, rfc3339
 from necropool.ground.config import Settings
 from necropool.ground.errors import Conflict, NotFound, OperationFailed, UsageError
-from necropool.ground.layout import ensure_inside, is_temp, kept_dir, remove_tree, temp_name
+from necropool.ground.layout import (
+    ensure_inside,
+    is_temp,
+    kept_dir,
+    remove_tree,
+    temp_name,
+    temp_owner_dead,
+)
 from necropool.ground.results import Record
 from necropool.pool import put_back
 from necropool.slot import confined
@@ -305,24 +313,42 @@ def restore(pool: "Pool | Deleted", item: Record, into: Path | None,
         heads, _ = bundle_heads(Path(item["path"]))
         put_back.check_branch(target, item["path"],
                               {n[len(RESCUE_REFS):]: sha for n, sha in heads.items()})
-    if cloned:
-        target.mkdir(parents=True)  # made here, so that the confinement's rule can name it
+    # A new clone is made beside ``target`` and renamed into place once whole, so that a
+    # restore killed midway leaves nothing in the way of its rerun (which removes what a
+    # dead run left there: a temp name names its process).
+    work = _beside(target) if cloned else target
     space = f"refs/rescued/{stem}/"
     url = pool.definition.url if pool.definition is not None else ""
     done: dict[str, Any] = {"id": item["id"], "pool": pool.name, "path": str(target),
                             "cloned": cloned, "refs": [space + n for n in item["refs"]],
                             "checkout": None}
     try:
-        confined.run(_fetch_saved, pool.paths.mirror, url, item["path"], target, space, cloned,
-                     write=(target.resolve(),))
+        confined.run(_fetch_saved, pool.paths.mirror, url, item["path"], work, space, cloned,
+                     write=(work.resolve(),))
         if checkout:
-            done["checkout"] = confined.run(put_back.checkout, target, space, item["refs"],
-                                            write=(target.resolve(),))
+            done["checkout"] = confined.run(put_back.checkout, work, space, item["refs"],
+                                            write=(work.resolve(),))
+        if cloned:
+            os.rename(work, target)
     except BaseException:
         if cloned:
-            remove_tree(target, target.parent)
+            remove_tree(work, work.parent)
         raise
     return done
+
+
+def _beside(target: Path) -> Path:
+    """A new directory beside ``target``, named for this process (the confinement's rule
+    names it), after removing what dead runs for the same target left there."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = temp_name(target.name).rsplit(".", 3)[0] + "."
+    for name in os.listdir(target.parent):
+        if name.startswith(prefix) and temp_owner_dead(name):
+            with contextlib.suppress(OSError):  # its git may still be writing: next time
+                remove_tree(target.parent / name, target.parent)
+    work = target.parent / temp_name(target.name)
+    work.mkdir()
+    return work
 
 
 def _fetch_saved(mirror: Path | None, url: str, bundle: str, target: Path, space: str,
