@@ -220,7 +220,7 @@ def _judge_handed_back(pool: Pool, number: int, found: "Findings") -> None:
     """A slot released from another host, not yet cleaned, in which processes still run:
     its holder may be at work. Allocation leaves it alone (never ends them); reported so
     that someone looks."""
-    busy = proc.processes_in(pool.slot_dir(number))
+    busy = proc.processes_in(pool.slot_dir(number), pool.paths.readers)
     if busy:
         found.add("busy_free_slots", slot_id=pool.slot_id(number), number=number,
                   path=str(pool.slot_dir(number)),

@@ -87,7 +87,7 @@ def fail_slot(pool: Pool, number: int, reason: str) -> None:
 
 def refuse_busy(pool: Pool, number: int) -> None:
     """Refuse (``Conflict``) while processes still work in the slot."""
-    if busy := proc.processes_in(pool.slot_dir(number)):
+    if busy := proc.processes_in(pool.slot_dir(number), pool.paths.readers):
         raise _busy(pool, number, busy)
 
 

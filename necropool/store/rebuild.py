@@ -66,7 +66,7 @@ def _busy(paths: PoolPaths, number: int) -> str | None:
     path = paths.slot_dir(number)
     if os.path.islink(path) or not os.path.isdir(path / ".git"):
         return None  # nothing a holder can work in: recovery re-clones it
-    pids = processes_in(path)
+    pids = processes_in(path, paths.readers)
     if pids:
         return f"processes in it: {describe(pids)}"
     try:
