@@ -161,10 +161,11 @@ def _has_open(base: str, prefix: str, raw: bytes) -> bool:
         fds = []
     for fd in fds:
         try:
-            if _inside(os.readlink(f"{base}/fd/{fd}"), prefix):
-                return True
+            target = os.readlink(f"{base}/fd/{fd}")
         except OSError:
             continue
+        if _inside(target, prefix) and _PACKS not in target:
+            return True
     try:
         maps = _read_all(f"{base}/maps")
     except OSError:
@@ -173,9 +174,16 @@ def _has_open(base: str, prefix: str, raw: bytes) -> bool:
         return False
     for line in maps.decode(errors="surrogateescape").splitlines():
         path = line.split(None, 5)[5:]
-        if path and _inside(path[0].removesuffix(" (deleted)"), prefix):
+        if path and _inside(path[0].removesuffix(" (deleted)"), prefix) \
+                and _PACKS not in path[0]:
             return True
     return False
+
+
+# A pack file open or mapped (libgit2 keeps them so while a repository object lives, e.g. in a
+# detect or an auto-recover that verified the slot) is no work in the slot: packs are read
+# only, hard links of the mirror's.
+_PACKS = "/.git/objects/pack/"
 
 
 def _read_all(path: str) -> bytes:

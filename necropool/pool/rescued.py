@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from necropool.git import commands as git
+from necropool.ground import proc
 from necropool.ground.clock import now, rfc3339
 from necropool.ground.config import Settings
 from necropool.ground.errors import Conflict, NotFound, OperationFailed, UsageError
@@ -344,8 +345,10 @@ def _beside(target: Path) -> Path:
     prefix = temp_name(target.name).rsplit(".", 3)[0] + "."
     for name in os.listdir(target.parent):
         if name.startswith(prefix) and temp_owner_dead(name):
-            with contextlib.suppress(OSError):  # its git may still be writing: next time
-                remove_tree(target.parent / name, target.parent)
+            left = target.parent / name
+            proc.end(proc.processes_in(left))  # its git, orphaned, may still be writing
+            with contextlib.suppress(OSError):  # one that could not be ended: next time
+                remove_tree(left, target.parent)
     work = target.parent / temp_name(target.name)
     work.mkdir()
     return work
