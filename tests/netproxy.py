@@ -313,8 +313,11 @@ class Proxy:
             for thread in threads:
                 thread.start()
 
-    def _stall(self, conn: _Conn, seconds: float | None) -> None:
-        """Wait out a stall: its time, a release(), a sever of this connection or close()."""
+    def _stall(self, conn: _Conn, seconds: float | None) -> bool:
+        """Wait out a stall: its time, a release(), a sever of this connection or close().
+        True when the held bytes may go on; False when the connection was severed or the proxy
+        is closing (close() marks itself closed before it severs, so a stall it ends must not
+        forward in between)."""
         deadline = None if seconds is None else time.monotonic() + seconds
         with self._cond:
             gen = self._release_gen
@@ -324,8 +327,9 @@ class Proxy:
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        return
+                        break
                     self._cond.wait(min(left, 0.05))
+            return not self._closed and not conn.severed
 
     def _begin_round_trip(self, conn: _Conn) -> _Fault | None:
         """Number a new round trip (under the connection's lock) and return its request fault."""
@@ -368,10 +372,9 @@ class Proxy:
                     return
                 if dropping:
                     continue
-                if fault is not None and fault.kind == "stall":
-                    self._stall(conn, fault.seconds)
-                    if conn.severed:
-                        return
+                if (fault is not None and fault.kind == "stall"
+                        and not self._stall(conn, fault.seconds)):
+                    return
                 try:
                     conn.server.sendall(data)
                 except OSError:
@@ -412,10 +415,9 @@ class Proxy:
                 if fault is not None and fault.kind == "cut":
                     conn.sever(fault.hard)
                     return
-                if fault is not None and fault.kind == "stall":
-                    self._stall(conn, fault.seconds)
-                    if conn.severed:
-                        return
+                if (fault is not None and fault.kind == "stall"
+                        and not self._stall(conn, fault.seconds)):
+                    return
                 try:
                     conn.client.sendall(data)
                 except OSError:

@@ -51,7 +51,7 @@ T = TypeVar("T")
 _OWNER_WORK = (
     "necropool.admin.pools", "necropool.health.autorecover", "necropool.health.lockmaint",
     "necropool.pool.rescued", "necropool.slot.cleanup", "necropool.slot.integrity",
-    "necropool.store.pg.store", "concurrent.futures", "portalocker", "psycopg", "pygit2",
+    "necropool.store.pg.store", "portalocker", "psycopg", "pygit2",
 )
 
 
