@@ -289,8 +289,8 @@ def test_allocate_wait_gets_a_slot_another_process_releases(cli, pool, root):
     waiter = cli_process("allocate", "web", "--wait", "60s")
     try:
         wait_until_queued(root / "pools/web", waiter)  # fails if it gave up meanwhile
-        released_at = time.monotonic()
         assert cli("release", "web-2", "--lease-id", leases[1]["lease_id"]).code == 0
+        released_at = time.monotonic()
         out, err = waiter.communicate(timeout=65)
         waited_after_release = time.monotonic() - released_at
     finally:
@@ -300,8 +300,8 @@ def test_allocate_wait_gets_a_slot_another_process_releases(cli, pool, root):
     assert waiter.returncode == 0, err
     assert out == leases[1]["path"] + "\n"
     # The release's state write wakes the waiter at once (the waiter's own check comes only
-    # every 5 s): this includes the release command's whole run.
-    assert waited_after_release < 2
+    # every 5 s): it is done soon after the release command returns, however long that took.
+    assert waited_after_release < 1.5
     status = slot_status(cli, "web-2")
     assert status["state"] == "allocated" and status["lease_id"] != leases[1]["lease_id"]
 
