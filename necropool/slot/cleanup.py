@@ -371,7 +371,7 @@ def fresh_clone(mirror: Path, where: Path, url: str, branch: str,
     else the branch's tip) by a child confined to it and to the mirror's objects, which the
     clone hard-links; returns it and its commit. On failure nothing is left."""
     tmp = where / temp_name("reclone")
-    tmp.mkdir()
+    tmp.mkdir(mode=0o700)  # (a holder handed another slot must not read this one)
     try:
         commit = confined.run(_clone, mirror, tmp, url, branch, tip,
                               write=(tmp, mirror / "objects"))
