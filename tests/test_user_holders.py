@@ -29,6 +29,7 @@ from necropool import PoolManager
 from necropool.ground import confine
 from necropool.ground.config import PoolSpec
 from necropool.ground.errors import Conflict, TryAgain, UsageError
+from necropool.lease import handover
 from necropool.lease.allocate import AllocateRequest
 
 NOBODY = 65534
@@ -125,9 +126,14 @@ def scene(upstream, monkeypatch) -> Iterator[Scene]:
 
 
 def owners(tree: Path) -> set[int]:
+    """Who owns the entries of ``tree``, but the pack files it shares with the mirror (hard
+    links, which stay the pool owner's)."""
     found = {os.lstat(tree).st_uid}
     for top, dirs, files in os.walk(tree):
-        found.update(os.lstat(os.path.join(top, n)).st_uid for n in dirs + files)
+        for name in dirs + files:
+            st = os.lstat(os.path.join(top, name))
+            if not (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+                found.add(st.st_uid)
     return found
 
 
@@ -185,7 +191,9 @@ def test_a_user_holder_works_in_its_slot_and_reaches_nothing_else(scene):
     st = os.lstat(bundle)
     assert (st.st_uid, stat.S_IMODE(st.st_mode), bundle.parent) == (0, 0o600, paths.rescued)
     heads = git(paths.mirror, "bundle", "list-heads", str(bundle))
-    assert "feature" in heads, heads
+    assert {"heads/feature", "uncommitted", "on/feature"} <= {
+        line.split()[1].removeprefix("refs/necropool/rescue/") for line in heads.splitlines()
+    }, heads
     git(paths.mirror, "bundle", "verify", "-q", str(bundle))
     assert owners(slot) == {0}
     assert git(slot, "status", "--porcelain", "--ignored") == ""
@@ -198,6 +206,31 @@ def test_a_user_holder_works_in_its_slot_and_reaches_nothing_else(scene):
     events = json.loads(s.cli("log", "web", "--json").stdout)["events"]
     seen = {(e["event"], e.get("user"), e.get("user_uid")) for e in events}
     assert {("allocate", NOBODY_NAME, NOBODY), ("release", NOBODY_NAME, NOBODY)} <= seen, seen
+
+
+def test_the_holders_pass_saves_and_cleans_as_that_user(scene):
+    """Before the slot is taken back, its work is saved (into the slot's rescue refs) and
+    the tree cleaned by a process of the holder's own uid: what that pass wrote is the
+    user's, and root wrote nothing into the user's tree."""
+    s = scene
+    lease = s.manager.allocate_slot("web", user=NOBODY_NAME)
+    slot = Path(lease["path"])
+    assert as_user(NOBODY, f"cd {slot} && git checkout -q -b topic && git -c user.name=n "
+                           "-c user.email=n@x commit -q --allow-empty -m t && echo w > w.txt "
+                           "&& echo e >> README").returncode == 0
+    handover.save_as_user(s.pool, 1 if lease["slot_id"] == "web-1" else 2)
+    saved = as_user(NOBODY, f"cd {slot} && git for-each-ref --format='%(refname)' refs/ && "
+                            "git status --porcelain --ignored")
+    refs = set(saved.stdout.split())
+    assert {"refs/necropool/rescue/uncommitted", "refs/necropool/rescue/heads/topic"} <= refs
+    assert all(r.startswith(("refs/necropool/rescue/", "refs/remotes/origin/"))
+               for r in refs), saved  # the branch saved, then dropped; the tree clean
+    assert owners(slot) == {NOBODY}  # (the refs and objects it wrote are the user's)
+    assert not (slot / "w.txt").exists() and (slot / "README").read_text() == "upstream\n"
+    released = s.manager.release_slot(lease["slot_id"], lease["lease_id"])
+    heads = git(s.pool.paths.mirror, "bundle", "list-heads", released["rescued"])
+    assert "refs/necropool/rescue/uncommitted" in heads and "heads/topic" in heads, heads
+    assert git(slot, "for-each-ref", "refs/necropool/") == ""  # bundled, then dropped
 
 
 def test_run_as_a_user_runs_the_command_as_that_user(scene):
@@ -337,9 +370,9 @@ def test_swap_loop_of_a_user_holder_changes_nothing_outside(scene):
             assert lease["slot_id"] == target
             time.sleep(0.01)  # the racer at work in its slot
             try:
-                found = s.manager.release_slot(target, stop=True)["cleanup"]
+                released = s.manager.release_slot(target, stop=True)
                 done += 1
-                acted += bool(found.get("untracked") or found.get("changed"))
+                acted += bool(released["rescued"])
             except (Conflict, Exception):  # failed safely: the slot in error, recovered
                 failed += 1
                 with contextlib.suppress(Exception):

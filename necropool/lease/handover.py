@@ -5,6 +5,7 @@ owner's cleanup saves and cleans it. Only the directories on the way to the slot
 traverse-only for others (0711); everything else of the pool stays owner-only, so such a
 holder can touch nothing but its own slot."""
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -44,12 +45,19 @@ def owner_of(pool: Pool) -> tuple[int, int]:
 
 
 def handed(pool: Pool, number: int) -> bool:
-    """Whether slot ``number``'s tree belongs to someone other than the pool's owner (it
-    was handed to a user and not yet taken back)."""
+    """Whether slot ``number``'s tree was handed to a user and not yet taken back: it
+    belongs to someone other than the pool's owner, and its lease names that user (or it
+    has no lease any more: a release or isolation that failed half-way). A tree of
+    another uid under a lease without a user was not handed out by necropool: cleaned as
+    it is, never chowned."""
     try:
-        return os.lstat(pool.slot_dir(number)).st_uid != owner_of(pool)[0]
+        uid = os.lstat(pool.slot_dir(number)).st_uid
     except FileNotFoundError:
         return False
+    if uid == owner_of(pool)[0]:
+        return False
+    lease = get_slot(pool.read_state(), pool, number).lease
+    return lease is None or (lease.user is not None and lease.user.uid == uid)
 
 
 def hand_out(pool: Pool, number: int, user: HolderUser) -> None:
@@ -89,20 +97,51 @@ def _chmod(path: Path, change: Callable[[int], int]) -> None:
 
 
 def take_back(pool: Pool, number: int) -> list[str]:
-    """Take slot ``number`` back from the user it was handed to: locked out first (its own
-    directory the owner's, 0700), the processes still working in it ended, then every
-    entry the owner's again. Returns the processes it ended; Conflict if some cannot be
-    ended (the slot stays locked out: the release fails, nothing is cleaned)."""
+    """Take slot ``number`` back from the user it was handed to: the processes working in
+    it ended, its work saved and the tree cleaned as that user (``save_as_user``), then
+    the user locked out (the slot's own directory the owner's, 0700), what entered
+    meanwhile ended, and every entry the owner's again. Returns the processes it ended;
+    Conflict if some cannot be ended (the slot stays locked out: the release fails, nothing
+    is cleaned)."""
     tree = pool.slot_dir(number)
     uid, gid = owner_of(pool)
+    ended = _end_processes(pool, number)
+    save_as_user(pool, number)
     lock_out(tree, uid, gid)
-    found = proc.processes_in(tree, pool.paths.readers)
+    ended += _end_processes(pool, number)
+    give(tree, uid, gid, back=True)
+    return ended
+
+
+def _end_processes(pool: Pool, number: int) -> list[str]:
+    found = proc.processes_in(pool.slot_dir(number), pool.paths.readers)
     named = [proc.describe([pid]) for pid in found]
     if stuck := proc.end(found):
         raise Conflict(f"slot {pool.slot_id(number)}: processes of its user cannot be ended "
                        f"({proc.describe(stuck)})")
-    give(tree, uid, gid, back=True)
     return named
+
+
+def save_as_user(pool: Pool, number: int) -> None:
+    """The holder's pass of the cleanup (``cleanup.holder_pass``), as the user who owns the
+    slot's tree, confined to the slot. Whatever it could not do (its user may have made the
+    tree impossible to clean) the owner's cleanup does after the take-back: a failure here
+    is no failure of the release."""
+    from necropool.ground.confine import Identity  # lazy: ctypes, as root only
+    from necropool.slot import cleanup  # lazy: handing out a slot never loads it
+
+    tree = pool.slot_dir(number)
+    slot = get_slot(pool.read_state(), pool, number)
+    st = os.lstat(tree)
+    user = slot.lease.user if slot.lease else None
+    groups = tuple(user.groups()) if user and user.uid == st.st_uid else (st.st_gid,)
+    target = cleanup.Target(
+        mirror=pool.paths.mirror, url=pool.definition.url, branch=pool.definition.branch,
+        tip=slot.commit or "", rescue_to=pool.paths.rescued, record=pool.paths.slot_record(
+            number), keep_ignored=pool.definition.keep_ignored, keep=tuple(pool.definition.keep),
+        known_commit=slot.commit)
+    with contextlib.suppress(Exception):
+        cleanup.holder_pass(tree, target, Identity(st.st_uid, st.st_gid, groups))
 
 
 def hand_back_if_held(pool: Pool, number: int) -> None:
