@@ -233,6 +233,28 @@ def test_the_holders_pass_saves_and_cleans_as_that_user(scene):
     assert git(slot, "for-each-ref", "refs/necropool/") == ""  # bundled, then dropped
 
 
+def test_root_reads_nothing_through_a_user_holders_links(scene):
+    """A HEAD linked to a root-only file: root's status does not read it, and the release
+    moves the tampered tree aside whole (the owner's, owner-only) and re-clones the slot."""
+    s = scene
+    secret = s.base / "secret"
+    secret.write_text("root-only-secret\n")
+    secret.chmod(0o600)
+    lease = s.manager.allocate_slot("web", user=NOBODY_NAME)
+    slot = Path(lease["path"])
+    assert as_user(NOBODY, f"cd {slot} && echo w > w.txt && ln -sf {secret} .git/HEAD"
+                   ).returncode == 0
+    for command in (["status", "--json"], ["status", "web"], ["detect", "--json"]):
+        result = s.cli(*command)
+        assert result.code in (0, 1) and "root-only-secret" not in result.stdout, result
+    assert s.cli("release", lease["slot_id"]).code == 0
+    [aside] = s.pool.paths.rescued.glob("*.tampered")
+    assert owners(aside) == {0} and stat.S_IMODE(os.lstat(aside).st_mode) == 0o700
+    assert (aside / "w.txt").read_text() == "w\n"
+    assert git(slot, "status", "--porcelain", "--ignored") == "" and owners(slot) == {0}
+    assert secret.read_text() == "root-only-secret\n" and os.lstat(secret).st_uid == 0
+
+
 def test_run_as_a_user_runs_the_command_as_that_user(scene):
     s = scene
     result = s.cli("run", "web", "--user", NOBODY_NAME, "--", "id", "-u")
@@ -304,9 +326,16 @@ def test_a_users_slot_of_another_owners_pool_comes_back_to_that_owner(
         assert refused.code == 2 and "owns pool" in refused.stderr, refused
         lease = s.manager.allocate_slot("web", user=throwaway_user)
         slot = Path(lease["path"])
-        assert as_user(uid, f"cd {slot} && echo w > w.txt && echo e >> README").returncode == 0
+        assert as_user(uid, f"cd {slot} && echo w > w.txt && echo e >> README && "
+                            "chmod 700 . .git").returncode == 0
         assert probe(uid, ("read", s.pool.paths.events))[
             f"read {s.pool.paths.events}"] == "EACCES"
+        # root's healing leaves a live holder's slot alone, though its owner cannot read it
+        for command in (["detect", "--deep", "--json"], ["auto-recover", "--json"]):
+            result = run_cli(*command, env={"NECROPOOL_HOME": str(s.home)})
+            assert result.code == 0 and '"count": 0' in result.stdout or (
+                command[0] == "auto-recover" and result.code == 0), result
+        assert owners(slot) == {uid} and (slot / "w.txt").exists()
         released = s.manager.release_slot(lease["slot_id"], lease["lease_id"])
         bundle = Path(released["rescued"])
         assert (os.lstat(bundle).st_uid, stat.S_IMODE(os.lstat(bundle).st_mode)) == (

@@ -181,8 +181,10 @@ def describe_slot(pool: "Pool", slot: Slot, host: str | None = None,
     the ledger has it (its id ``POOL-N@HOST``; the commit it was last cleaned to)."""
     remote = host is not None and host != hostname()
     where = Path(path) if remote and path else pool.slot_dir(slot.number)
-    branch, commit = (None, slot.commit) if remote else git.read_head(where / ".git")
     lease = slot.lease
+    handed = lease is not None and lease.user is not None  # (its tree is not ours to read)
+    branch, commit = ((None, slot.commit) if remote or handed
+                      else git.read_head(where / ".git"))
     holder = lease.holder if lease else None
     metadata: dict[str, str | None] = dict(lease.metadata) if lease else {}
     if slot.isolated_at:
