@@ -273,6 +273,36 @@ def test_run_as_a_user_runs_the_command_as_that_user(scene):
     assert subprocess.run(["pgrep", "-u", str(NOBODY), "-f", "^sleep 60$"]).returncode == 1
 
 
+def test_a_running_user_command_is_not_taken_from_it(scene):
+    """Root's release or auto-recover of a slot a ``run --user`` works in refuses (it holds
+    the slot): the command lives on in a slot still its user's, until ``run`` ends."""
+    import sys
+
+    s = scene
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "necropool", "run", "web", "--user", NOBODY_NAME, "--ttl", "1h",
+         "--", "sh", "-c", "touch started; exec sleep 60"],
+        env=dict(os.environ, NECROPOOL_HOME=str(s.home)), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not any((s.pool.slot_dir(n) / "started").exists() for n in (1, 2)):
+            assert runner.poll() is None and time.monotonic() < deadline, runner.stderr
+            time.sleep(0.05)
+        [number] = [n for n in (1, 2) if (s.pool.slot_dir(n) / "started").exists()]
+        refused = s.cli("release", f"web-{number}", "--force")
+        assert refused.code == 5, refused
+        assert s.cli("auto-recover", "--force-release-long-allocated",
+                     "--max-allocation-hours", "0.0001").code in (0, 3)
+        assert owners(s.pool.slot_dir(number) / "src") == {NOBODY}
+        assert runner.poll() is None
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(timeout=60)
+    assert owners(s.pool.slot_dir(number)) == {0}
+    assert s.manager.slot_status(f"web-{number}")["state"] == "available"
+
+
 def test_user_refused_where_it_means_nothing(scene):
     """Unknown, root, the owner itself, or not root: exit 2, one line, nothing changed."""
     s = scene

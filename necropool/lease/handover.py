@@ -13,6 +13,7 @@ from pathlib import Path
 
 from necropool.ground import proc
 from necropool.ground.errors import Conflict, UsageError
+from necropool.ground.locks import lock_free
 from necropool.ground.users import HolderUser, lookup
 from necropool.pool.pool import Pool, get_slot
 from necropool.slot.handover import give, lock_out
@@ -58,6 +59,12 @@ def handed(pool: Pool, number: int) -> bool:
         return False
     lease = get_slot(pool.read_state(), pool, number).lease
     return lease is None or (lease.user is not None and lease.user.uid == uid)
+
+
+def worked_on(pool: Pool, number: int) -> bool:
+    """Whether a live process holds slot ``number``'s lock (a ``run`` of it, a cleanup):
+    the owner's work would refuse it (Busy), so it is not taken back meanwhile."""
+    return not lock_free(pool.paths.slot_lock(number))
 
 
 def hand_out(pool: Pool, number: int, user: HolderUser) -> None:

@@ -291,7 +291,8 @@ class PoolManager:
         is taken back from it (``handover.take_back``), unless the work will refuse anyway
         (another lease named) or, without ``stop``, processes still work in it (Conflict,
         nothing changed). Returns whether it was taken back."""
-        if os.geteuid() != 0 or not handover.handed(pool, number):
+        if os.geteuid() != 0 or not handover.handed(pool, number) or handover.worked_on(
+                pool, number):  # (a ``run`` of it, say: the work refuses, as Busy)
             return False
         lease = pools.get_slot(pool.read_state(), pool, number).lease
         if lease is not None and lease_id is not None and lease.lease_id != lease_id:
@@ -615,6 +616,8 @@ class PoolManager:
         taken = []
         for number in numbers:
             state = pools.get_slot(pool.read_state(), pool, number)
+            if handover.worked_on(pool, number):  # a ``run``, stopped maybe: deferred
+                continue
             if pool.slot_id(number) in doomed or state.lease is None:
                 with contextlib.suppress(NecropoolError, OSError):
                     handover.take_back(pool, number)
