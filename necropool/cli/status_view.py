@@ -31,7 +31,10 @@ def tsv_row(slot: dict[str, Any]) -> list[object]:
 
 def _cells(slot: dict[str, Any], full: bool) -> list[str]:
     lease = slot.get("lease_id") or ""
-    cells = [slot["slot_id"], slot["state"], slot.get("owner") or "",
+    owner = slot.get("owner") or ""
+    if slot.get("user"):  # handed to a local user (allocate --user)
+        owner = f"{owner} (as {slot['user']})"
+    cells = [slot["slot_id"], slot["state"], owner,
              lease if full else lease[:8], relative(slot.get("allocated_at")),
              relative(slot.get("expires_at")), str(slot.get("pid") or "")]
     if full:

@@ -572,6 +572,7 @@ def clone_slot(mirror: Path, dest: Path, url: str, branch: str) -> str:
     (dest / ".git" / "config").write_text(slot_config(url, object_format(mirror)))
     run(["pack-refs", "--all"], dest)  # as a clone has them: one file, not one per tag
     run(["checkout", "-f", "-q", "--detach", tip], dest)
+    dest.chmod(0o700)  # owner-only: a holder handed another slot (--user) must not read it
     return tip
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from necropool.ground.confine import Identity
+    from necropool.ground.confine import Identity, Policy
 
 T = TypeVar("T")
 
@@ -32,13 +32,15 @@ def owner_of(directory: Path) -> "Identity | None":
     return who if who.uid != 0 else None
 
 
-def run_as(who: "Identity", fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)`` in a child that became ``who``; its value or exception comes back
-    here, so both must pickle. The child can import only what ``who`` may read: the
-    caller imports beforehand what ``fn`` needs (root's Python may live in /root)."""
+def run_as(who: "Identity", fn: Callable[..., T], *args: object,
+           policy: "Policy | None" = None) -> T:
+    """``fn(*args)`` in a child that became ``who`` (and is confined by ``policy``, if
+    given); its value or exception comes back here, so both must pickle. The child can
+    import only what ``who`` may read: the caller imports beforehand what ``fn`` needs
+    (root's Python may live in /root)."""
     from necropool.ground.confine import run_confined  # lazy: as in owner_of
 
-    value: T = run_confined(_settled, who.uid, fn, args, policy=None, user=who)
+    value: T = run_confined(_settled, who.uid, fn, args, policy=policy, user=who)
     return value
 
 

@@ -122,6 +122,8 @@ def _verify_slots(pool: Pool, current: PoolState, judged: list[int], abandoned: 
                   verifier: Verifier, deep: bool, found: Findings) -> None:
     for number in judged:
         slot = current.slots[number]
+        if slot.lease and slot.lease.user and live_allocation(slot, abandoned):
+            continue  # handed to a user (--user): its tree is theirs, and none of ours to read
         problems = [current.problems[number]] if number in current.problems else []
         problems = problems or _verify_slot(pool, number, verifier, deep)
         if not problems and slot.state == ERROR:  # not isolated, yet never allocated: heal it

@@ -11,16 +11,17 @@ from dataclasses import dataclass, field, replace
 
 from necropool.git import commands as git
 from necropool.ground import wakeup
-from necropool.ground.errors import Conflict, OperationFailed, TryAgain, explain
+from necropool.ground.errors import Conflict, OperationFailed, TryAgain, UsageError, explain
 from necropool.ground.locks import FileLock, jitter
 from necropool.ground.proc import Holder
+from necropool.ground.users import lookup
 from necropool.ground.validate import check_metadata, check_seconds, check_text
 from necropool.lease.refresh import clear_processes, fail_slot, refresh
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool
 from necropool.slot import lastclean
 from necropool.store.base import Event, LeaseLost, Marker, Note
-from necropool.store.model import Lease, Slot
+from necropool.store.model import Lease, Slot, user_fields
 
 ALLOCATION_POLICY = ("clean slots at the mirror's tip first (others are refreshed before "
                      "they are handed out), then the most recently released (warm build "
@@ -41,6 +42,7 @@ class AllocateRequest:
     wait: float = 0
     fetch: bool | None = None
     any_host: bool = False
+    user: str | None = None  # as root: the local user the slot is handed to (lease.handover)
 
     def __post_init__(self) -> None:
         check_metadata(self.metadata)
@@ -48,6 +50,9 @@ class AllocateRequest:
             check_text(self.owner, "owner")
         check_seconds(self.ttl, "ttl")
         check_seconds(self.wait, "wait", zero=True)
+        if self.user is not None and self.any_host:
+            raise UsageError("--user and --any-host cannot be combined: another host's slot "
+                             "is not this host's to hand over")
 
 
 @dataclass
@@ -137,6 +142,8 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
     tip = _known_tip(pool)
     holder = request.holder
     lease = Lease.new(request.owner or default_owner(), holder, request.ttl, request.metadata)
+    if request.user is not None:
+        lease = replace(lease, user=lookup(request.user))
     taken: list[tuple[FileLock, Slot]] = []  # the slot lock claimed, and the slot before
     touched: dict[int, str] = {}  # free slots at the tip changed since their cleanup
 
@@ -157,7 +164,8 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
 
     def noted(slot: Slot) -> list[Event]:
         return [("allocate", dict(slot_id=pool.slot_id(slot.number), lease_id=lease.lease_id,
-                                  owner=lease.owner, pid=holder.pid if holder else None))]
+                                  owner=lease.owner, pid=holder.pid if holder else None,
+                                  **user_fields(lease)))]
 
     skip = frozenset(failed)
     try:

@@ -14,7 +14,7 @@ from necropool.lease.renew import Busy, Release, Renewed, expired, lease_gone, w
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool, get_slot
 from necropool.store.base import Event, LeaseLost
-from necropool.store.model import ALLOCATED, AVAILABLE, Slot
+from necropool.store.model import ALLOCATED, AVAILABLE, Slot, user_fields
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
         assert previous.lease is not None  # end_lease ends a lease
         used = (now() - previous.lease.allocated_at).total_seconds()
         fields = dict(slot_id=pool.slot_id(number), lease_id=previous.lease.lease_id,
-                      owner=previous.lease.owner, usage_seconds=round(used, 3))
+                      owner=previous.lease.owner, usage_seconds=round(used, 3),
+                      **user_fields(previous.lease))
         if stop:  # what --force is about to end, named while they live
             fields["ended"] = [proc.describe([pid]) for pid in proc.processes_in(
                 pool.slot_dir(number), pool.paths.readers)] or None

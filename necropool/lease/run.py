@@ -17,6 +17,7 @@ from necropool.ground import proc
 from necropool.ground.errors import NecropoolError, UsageError
 from necropool.ground.proc import Holder
 from necropool.ground.redact import redact
+from necropool.lease import handover
 from necropool.lease.allocate import AllocateRequest, Grant, allocate
 from necropool.lease.release import FORCED, release
 from necropool.lease.renew import Release, renew
@@ -138,11 +139,16 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
     its own, is ended too, before the slot is released."""
     if not argv:
         raise UsageError("run needs a command after --")
+    user = handover.check(pool, request.user) if request.user is not None else None
     grant = allocate(pool, replace(request, holder=Holder.me()), keep_lock=True)
     path = pool.slot_dir(grant.number)
     result = RunResult(code=0, slot_id=pool.slot_id(grant.number))
     env = dict(os.environ, NECROPOOL_SLOT_ID=result.slot_id, NECROPOOL_SLOT_PATH=str(path),
                NECROPOOL_LEASE_ID=grant.lease.lease_id)
+    identity: dict[str, Any] = {}
+    if user is not None:  # the command runs as the user, in the slot handed to it
+        env.update(HOME=user.home(), USER=user.name, LOGNAME=user.name)
+        identity = dict(user=user.uid, group=user.gid, extra_groups=user.groups())
     if "NECROPOOL_LEDGER" in env:  # the ledger is named to the command, its password is not
         env["NECROPOOL_LEDGER"] = redact(env["NECROPOOL_LEDGER"])
     child: subprocess.Popen[bytes] | None = None
@@ -158,6 +164,8 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
     previous = {sig: signal.signal(sig, forward)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
+        if user is not None:
+            handover.hand_out(pool, grant.number, user)
         if pending:
             result.code = 128 + pending[0]
         else:
@@ -165,7 +173,7 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
                 _become_subreaper()
                 child = subprocess.Popen(argv, cwd=path, env=env, stdout=stdout,
                                          preexec_fn=lambda: _in_child(terminal),
-                                         **terminal.options())
+                                         **terminal.options(), **identity)
             except OSError as exc:
                 result.code = 127 if isinstance(exc, FileNotFoundError) else 126
                 result.spawn_error = f"cannot run {argv[0]!r}: {exc.strerror}"
@@ -184,6 +192,8 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         try:
+            if user is not None and handover.handed(pool, grant.number):
+                handover.take_back(pool, grant.number)
             result.release = release(pool, grant.number, lease_id=grant.lease.lease_id,
                                      held=grant.lock, ending=FORCED)
         except NecropoolError as exc:

@@ -6,6 +6,7 @@ The CLI talks to this and nothing else."""
 import contextlib
 import functools
 import importlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,8 +31,10 @@ from necropool.ground.proc import Holder, hostname
 from necropool.ground.results import Record
 from necropool.ground.slotref import SlotRef
 from necropool.ground.validate import check_hours
+from necropool.lease import handover
 from necropool.lease import renew as leases
 from necropool.lease.allocate import AllocateRequest, allocate, default_owner
+from necropool.lease.refresh import refuse_busy
 from necropool.lease.release import FORCED, RELEASE, release
 from necropool.manager import views, walk
 from necropool.pool import pool as pools
@@ -151,7 +154,10 @@ class PoolManager:
         from necropool.admin import pools as admin
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return self._owned(pool, admin.remove_slot, pool, number, force, discard_work)
+        if not force:  # (refused by the owner's work while leased: nothing to take back)
+            return self._owned(pool, admin.remove_slot, pool, number, force, discard_work)
+        return self._on_owned_slot(pool, number, None, True, admin.remove_slot, pool, number,
+                                   force, discard_work)
 
     def list_pools(self, host: str | None = None) -> list[PoolOutcome[dict[str, Any]]]:
         """Every pool's summary (of ``host``'s slots only, for a pool in a ledger), with the
@@ -214,19 +220,23 @@ class PoolManager:
                       owner: str | None = None, pid: int | None = None,
                       ttl: float | None = None, metadata: dict[str, str] | None = None,
                       wait: float = 0, fetch: bool | None = None,
-                      any_host: bool = False) -> dict[str, Any]:
+                      any_host: bool = False, user: str | None = None) -> dict[str, Any]:
         """A slot under a new lease: as ``request`` asks, or as the keywords do (the health API's
         form). ``pid``: the holder process (either way). ``any_host``: when this host has no
         free slot, a clean one of another host of the fleet (its ``slot_host`` and ``path``
-        say where)."""
+        say where). ``user`` (as root): the local user the slot is handed to for the lease
+        (``lease.handover``)."""
         if request is None:
             request = AllocateRequest(owner=owner, ttl=ttl, metadata=metadata or {}, wait=wait,
-                                      fetch=fetch, any_host=any_host)
+                                      fetch=fetch, any_host=any_host, user=user)
         if pid is not None:
             holder = Holder.of(pid)
             if holder is None:
                 raise UsageError(f"no process with pid {pid} on this host")
             request = replace(request, holder=holder)
+        if request.user is not None:
+            handover.require_root()  # before the pool is read: it may be unreadable to us
+            return self._allocated_to_user(self.get_pool(name), request)
         pool = self.fleet_pool(name) if request.any_host else self.get_pool(name)
         deadline = time.monotonic() + request.wait
         while True:
@@ -257,6 +267,54 @@ class PoolManager:
             data["fetch_error"] = fetch_error
             return data
 
+    def _allocated_to_user(self, pool: pools.Pool, request: AllocateRequest) -> dict[str, Any]:
+        """``allocate --user``: a slot allocated as the owner, then handed to the user (on
+        failure, released again: nothing is left half given)."""
+        assert request.user is not None
+        user = handover.check(pool, request.user)
+        slot, fetch_error = self._owned(pool, _allocated, pool, request)
+        try:
+            handover.hand_out(pool, slot.number, user)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                handover.take_back(pool, slot.number)
+                self._owned(pool, release, pool, slot.number, lease_id=slot.lease.lease_id
+                            if slot.lease else None, ending=FORCED)
+            raise
+        data = pools.describe_slot(pool, slot)
+        data["fetch_error"] = fetch_error
+        return data
+
+    def _taken_back(self, pool: pools.Pool, number: int, lease_id: str | None = None,
+                    stop: bool = True) -> bool:
+        """As root, before the owner's work cleans slot ``number``: a slot handed to a user
+        is taken back from it (``handover.take_back``), unless the work will refuse anyway
+        (another lease named) or, without ``stop``, processes still work in it (Conflict,
+        nothing changed). Returns whether it was taken back."""
+        if os.geteuid() != 0 or not handover.handed(pool, number) or handover.worked_on(
+                pool, number):  # (a ``run`` of it, say: the work refuses, as Busy)
+            return False
+        lease = pools.get_slot(pool.read_state(), pool, number).lease
+        if lease is not None and lease_id is not None and lease.lease_id != lease_id:
+            return False
+        if not stop:
+            refuse_busy(pool, number)
+        handover.take_back(pool, number)
+        return True
+
+    def _on_owned_slot(self, pool: pools.Pool, number: int, lease: str | None, stops: bool,
+                       fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` on a slot as its pool's owner, the slot taken back from its user first
+        (see ``_taken_back``: ``lease``, the lease named, ``stops``, whether ``fn`` ends
+        processes in the slot), and handed back to the user if ``fn`` left it leased to
+        them."""
+        taken = self._taken_back(pool, number, lease, stops)
+        try:
+            return self._owned(pool, fn, *args, **kwargs)
+        finally:
+            if taken:
+                handover.hand_back_if_held(pool, number)
+
     def release_slot(self, slot_ref: str, lease_id: str | None = None, cleanup: bool = True,
                      fetch: bool | None = None, stop: bool = False) -> dict[str, Any]:
         """``stop``: end processes still running in the slot instead of refusing. A slot of
@@ -268,8 +326,9 @@ class PoolManager:
             pool, number, host = remote
             return fleet.release(pool, host, number, lease_id)
         pool, number = pools.resolve_slot(self.settings, ref)
-        return self._owned(pool, release, pool, number, lease_id=lease_id, clean=cleanup,
-                           fetch=fetch, ending=FORCED if stop else RELEASE).to_dict()
+        return self._on_owned_slot(
+            pool, number, lease_id, stop, release, pool, number, lease_id=lease_id,
+            clean=cleanup, fetch=fetch, ending=FORCED if stop else RELEASE).to_dict()
 
     def renew_slot(self, slot_ref: str, lease_id: str,
                    ttl: float | None = None) -> dict[str, Any]:
@@ -309,14 +368,17 @@ class PoolManager:
     def run(self, name: str, argv: list[str], stdout: IO[Any] | None = None,
             request: AllocateRequest | None = None, *, owner: str | None = None,
             ttl: float | None = None, metadata: dict[str, str] | None = None,
-            wait: float = 0, fetch: bool | None = None) -> "RunResult":
+            wait: float = 0, fetch: bool | None = None, user: str | None = None) -> "RunResult":
         """``argv`` in a slot allocated as ``request`` (or the keywords) asks, held by this
-        process; see ``lease.run``."""
+        process; see ``lease.run``. ``user`` (as root): run it as that local user, in the
+        slot handed to it."""
         from necropool.lease.run import run  # lazy: only run needs it
 
         if request is None:
             request = AllocateRequest(owner=owner, ttl=ttl, metadata=metadata or {}, wait=wait,
-                                      fetch=fetch)
+                                      fetch=fetch, user=user)
+        if request.user is not None:
+            handover.require_root()  # before the pool is read: it may be unreadable to us
         return run(self.get_pool(name), argv, request, stdout=stdout)
 
     def log(self, name: str, since: datetime | None = None) -> list[events.Event]:
@@ -483,7 +545,8 @@ class PoolManager:
         from necropool.health.repair import recover
 
         pool, number = pools.resolve_slot(self.settings, slot_ref)
-        return self._owned(pool, recover, pool, number, force).to_dict()
+        return self._on_owned_slot(pool, number, None, True, recover, pool, number,
+                                   force).to_dict()
 
     def isolate_slot(self, slot_ref: str, reason: str | None = None) -> dict[str, Any]:
         # lazy: allocate and release load no health module
@@ -514,10 +577,17 @@ class PoolManager:
             for each in unusable]
 
         def recovered(pool: pools.Pool) -> dict[str, Any]:
-            result = self._owned(
-                pool, auto_recover, pool, max_allocation_hours=max_allocation_hours,
-                recover_corrupted=recover_corrupted, cleanup_orphaned_locks=cleanup_orphaned_locks,
-                force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
+            taken = [] if dry_run else self._take_back_reclaimed(
+                pool, max_allocation_hours, force_release_long_allocated)
+            try:
+                result = self._owned(
+                    pool, auto_recover, pool, max_allocation_hours=max_allocation_hours,
+                    recover_corrupted=recover_corrupted,
+                    cleanup_orphaned_locks=cleanup_orphaned_locks,
+                    force_release_long_allocated=force_release_long_allocated, dry_run=dry_run)
+            finally:
+                for number in taken:
+                    handover.hand_back_if_held(pool, number)
             for key, value in result.counters.items():
                 counters[key] += value
             errors.extend(PoolOutcome(pool.name, error=e) for e in result.errors)
@@ -525,3 +595,31 @@ class PoolManager:
 
         results = walk.checked(targets, recovered, errors)
         return {**counters, "errors": errors, "dry_run": dry_run, "at": at, "pools": results}
+
+    def _take_back_reclaimed(self, pool: pools.Pool, max_allocation_hours: float | None,
+                             force_long: bool) -> list[int]:
+        """As root, before ``auto-recover`` works on ``pool`` as its owner: take back from
+        their users the handed slots it is about to clean (an abandoned or expired lease, a
+        long allocation it may end, a slot in error). Returns their numbers."""
+        if os.geteuid() != 0:
+            return []
+        numbers = [n for n in pool.read_state().slots if handover.handed(pool, n)]
+        if not numbers:
+            return []
+        from necropool.health.detect import detect  # lazy: allocate and release load no health
+
+        found = self._owned(pool, detect, pool, max_allocation_hours=max_allocation_hours)
+        kinds = ["abandoned_slots", "expired_leases", "corrupted_slots", "isolated_slots"]
+        if force_long:
+            kinds.append("long_allocated_slots")
+        doomed = {r["slot_id"] for kind in kinds for r in found.to_dict().get(kind, [])}
+        taken = []
+        for number in numbers:
+            state = pools.get_slot(pool.read_state(), pool, number)
+            if handover.worked_on(pool, number):  # a ``run``, stopped maybe: deferred
+                continue
+            if pool.slot_id(number) in doomed or state.lease is None:
+                with contextlib.suppress(NecropoolError, OSError):
+                    handover.take_back(pool, number)
+                    taken.append(number)
+        return taken

@@ -181,8 +181,10 @@ def describe_slot(pool: "Pool", slot: Slot, host: str | None = None,
     the ledger has it (its id ``POOL-N@HOST``; the commit it was last cleaned to)."""
     remote = host is not None and host != hostname()
     where = Path(path) if remote and path else pool.slot_dir(slot.number)
-    branch, commit = (None, slot.commit) if remote else git.read_head(where / ".git")
     lease = slot.lease
+    handed = lease is not None and lease.user is not None  # (its tree is not ours to read)
+    branch, commit = ((None, slot.commit) if remote or handed
+                      else git.read_head(where / ".git"))
     holder = lease.holder if lease else None
     metadata: dict[str, str | None] = dict(lease.metadata) if lease else {}
     if slot.isolated_at:
@@ -193,6 +195,8 @@ def describe_slot(pool: "Pool", slot: Slot, host: str | None = None,
         "pool": pool.name, "path": str(where), "slot_host": host if remote else hostname(),
         "state": slot.state, "lease_id": lease.lease_id if lease else None,
         "owner": lease.owner if lease else None,
+        "user": lease.user.name if lease and lease.user else None,
+        "user_uid": lease.user.uid if lease and lease.user else None,
         "pid": holder.pid if holder else None, "host": holder.host if holder else None,
         "allocated_at": rfc3339(lease.allocated_at) if lease else None,
         "expires_at": rfc3339(lease.expires_at) if lease else None,

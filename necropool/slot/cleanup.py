@@ -15,6 +15,7 @@ from pathlib import Path
 
 from necropool.git import commands as git
 from necropool.git.commands import GitError
+from necropool.ground import confine
 from necropool.ground.layout import make_private, rename_into_place, sync_filesystem, temp_name
 from necropool.slot import confined, nested
 from necropool.slot import gitdir as slotgit
@@ -66,14 +67,22 @@ def printable(name: str) -> str:
 
 # --- refs -------------------------------------------------------------------------------------
 
-def classify_refs(gitdir: Path, mirror: Path) -> tuple[dict[str, str], bool]:
-    """(every ref a fresh slot would not have as it is, whether the slot's copies of the
-    mirror's branches and tags need a fetch). A fresh slot has the mirror's branches as
-    ``refs/remotes/origin/*`` and its tags; anything else, or any of those moved, may hold
-    the holder's work."""
+def fresh_refs(mirror: Path) -> dict[str, str]:
+    """The refs a fresh slot has: the mirror's branches as ``refs/remotes/origin/*``, and
+    its tags."""
     expected = {f"refs/remotes/origin/{n[11:]}": sha
                 for n, sha in git.refs_under(mirror, "refs/heads/").items()}
     expected.update(git.refs_under(mirror, "refs/tags/"))
+    return expected
+
+
+def classify_refs(gitdir: Path, mirror: Path,
+                  expected: dict[str, str] | None = None) -> tuple[dict[str, str], bool]:
+    """(every ref a fresh slot would not have as it is, whether the slot's copies of the
+    mirror's branches and tags need a fetch). A fresh slot has ``fresh_refs`` (given as
+    ``expected`` where the mirror cannot be read); anything else, or any of those moved,
+    may hold the holder's work."""
+    expected = fresh_refs(mirror) if expected is None else expected
     slot = git.refs_under(gitdir, "refs/")
     if _origin_head(gitdir) is not None:
         slot.pop(ORIGIN_HEAD)  # a symbolic ref, as in a fresh slot (its target is checked)
@@ -199,7 +208,7 @@ def _clean_confined(tree: Path, target: Target) -> Report:
     for lock in slotgit.stale_git_locks(tree):
         lock.unlink(missing_ok=True)
         report.git_locks_removed.append(str(lock.relative_to(tree)))
-    earlier = set_aside_earlier_save(gitdir)
+    earlier = {name: sha for name, sha in git.refs_under(gitdir, RESCUE_REFS).items() if sha}
     last = LastClean.load(record)
     if not last.index_unchanged(gitdir):
         report.index_rebuilt = check_index(tree, 32 if object_format == "sha256" else 20)
@@ -220,9 +229,11 @@ def _clean_confined(tree: Path, target: Target) -> Report:
             [], [])
         extras, stale = classify_refs(gitdir, mirror)
         stashes = stash_entries(tree) if "refs/stash" in extras else []
-        saved = list(earlier) + list(save_refs(
-            tree, st, extras, with_head=st.head not in (tip, known_commit), stashes=stashes,
-            snapshot=snapshot))
+        with_head = st.head not in (tip, known_commit)
+        if earlier and (st.changed or st.untracked or extras or (with_head and st.head)):
+            earlier = set_aside_earlier_save(gitdir)  # (else they go in under their names:
+        saved = list(earlier) + list(save_refs(   # the holder's pass, or a bundle that failed)
+            tree, st, extras, with_head=with_head, stashes=stashes, snapshot=snapshot))
     finally:
         if snapshot:
             snapshot.discard()
@@ -257,6 +268,51 @@ def _clean_confined(tree: Path, target: Target) -> Report:
         last.retake_tree(tree)
     last.index = index_identity(gitdir)
     last.save(record)  # last of all: its ctime seals the slot (``lastclean.touched``)
+    return report
+
+
+def holder_pass(tree: Path, target: Target, user: "confine.Identity") -> Report:
+    """Save and clean a slot handed to another user as that user, confined to the slot
+    (root, before the slot is taken back: the files are that user's): the work saved into
+    the slot's ``RESCUE_REFS``, the tree reset to the commit it was handed out at, its
+    untracked files removed. The mirror, ``rescued/`` and ``records/`` are out of that
+    user's reach: the owner's cleanup, once the slot is the owner's again, bundles those
+    refs, moves the slot to the tip and checks it like any other."""
+    gitdir = tree / ".git"
+    if tree.is_symlink() or not gitdir.is_dir() or gitdir.is_symlink():
+        return Report()
+    facts = fresh_refs(target.mirror), git.object_format(target.mirror)
+    return confined.run(_holder_pass, tree, target, *facts, write=(tree,), user=user)
+
+
+def _holder_pass(tree: Path, target: Target, expected: dict[str, str],
+                 object_format: str | None) -> Report:
+    """``holder_pass`` in the child; what it cannot judge alone (a tampered ``.git``,
+    nested repositories, special files, an earlier save) it leaves to the owner's cleanup."""
+    gitdir = tree / ".git"
+    report = Report()
+    if slotgit.audit(gitdir) or git.refs_under(gitdir, RESCUE_REFS):
+        return report
+    report.restored = slotgit.restore(gitdir, git.slot_config(target.url, object_format))
+    for lock in slotgit.stale_git_locks(tree):
+        lock.unlink(missing_ok=True)
+    report.index_rebuilt = check_index(tree, 32 if object_format == "sha256" else 20)
+    found = nested.walk(tree)
+    if (found.repos or found.deep or found.special or (gitdir / "modules").exists()
+            or (gitdir / "worktrees").exists()):
+        return report
+    st = status(tree)
+    extras, _ = classify_refs(gitdir, target.mirror, expected)
+    stashes = stash_entries(tree) if "refs/stash" in extras else []
+    save_refs(tree, st, extras, with_head=st.head not in (target.tip, target.known_commit),
+              stashes=stashes, snapshot=None)
+    _drop_refs(gitdir, st, extras, stashes, report)
+    back_to = target.known_commit or st.head
+    if back_to:
+        git.run(["checkout", "-f", "-q", "--detach", back_to], tree)
+    keeps = target.keep_ignored or target.keep
+    git.run(["clean", "-ffd" if keeps else "-ffdx"], tree)
+    report.changed, report.untracked = st.changed, st.untracked
     return report
 
 
@@ -371,7 +427,7 @@ def fresh_clone(mirror: Path, where: Path, url: str, branch: str,
     else the branch's tip) by a child confined to it and to the mirror's objects, which the
     clone hard-links; returns it and its commit. On failure nothing is left."""
     tmp = where / temp_name("reclone")
-    tmp.mkdir()
+    tmp.mkdir(mode=0o700)  # (a holder handed another slot must not read this one)
     try:
         commit = confined.run(_clone, mirror, tmp, url, branch, tip,
                               write=(tmp, mirror / "objects"))

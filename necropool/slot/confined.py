@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from necropool.ground import confine
+from necropool.ground import confine, owner
 
 T = TypeVar("T")
 
@@ -27,13 +27,19 @@ def describe() -> str:
     return f"landlock ABI {abi}" if abi else "none (kernel without Landlock)"
 
 
-def run(fn: Callable[..., T], *args: object, write: Iterable[Path]) -> T:
+def run(fn: Callable[..., T], *args: object, write: Iterable[Path],
+        user: confine.Identity | None = None) -> T:
     """``fn(*args)`` in a child that may write only beneath ``write`` (existing directories,
-    none of them a symlink); its value or exception comes back here, so both must pickle.
-    Without Landlock, ``fn`` runs here."""
-    if confine.abi_version() == 0:
+    none of them a symlink), and that became ``user`` when one is given (as root); its
+    value or exception comes back here, so both must pickle. Without Landlock, ``fn`` runs
+    here, or unconfined in a child that became ``user``."""
+    policy = None
+    if confine.abi_version():
+        policy = confine.Policy(write=tuple(os.fspath(p) for p in write), execute=_programs())
+    if user is not None:
+        return owner.run_as(user, fn, *args, policy=policy)
+    if policy is None:
         return fn(*args)
-    policy = confine.Policy(write=tuple(os.fspath(p) for p in write), execute=_programs())
     return confine.run_confined(fn, *args, policy=policy)
 
 

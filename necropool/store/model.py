@@ -9,6 +9,7 @@ from typing import Any
 
 from necropool.ground.clock import now
 from necropool.ground.proc import Holder
+from necropool.ground.users import HolderUser
 from necropool.ground.validate import utf8_safe
 
 SCHEMA_VERSION = 2  # 1: one state.toml for every slot; 2: a file per slot (statefile)
@@ -39,6 +40,7 @@ class Lease:
     holder: Holder | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     ttl_seconds: float | None = None  # what ``renew`` extends by when given no new TTL
+    user: HolderUser | None = None  # the local user the slot was handed to (``--user``)
 
     @classmethod
     def new(cls, owner: str, holder: Holder | None, ttl: float | None,
@@ -56,6 +58,8 @@ class Lease:
             "metadata": self.metadata}
         if self.holder:
             data["holder"] = self.holder.to_dict()
+        if self.user:
+            data["user"] = self.user.to_dict()
         return data
 
     @classmethod
@@ -69,7 +73,15 @@ class Lease:
             holder=Holder.from_dict(holder) if holder else None,
             metadata={str(k): _str(v) for k, v in data.get("metadata", {}).items()},
             ttl_seconds=float(data["ttl_seconds"]) if "ttl_seconds" in data else None,
+            user=HolderUser.from_dict(data["user"]) if data.get("user") else None,
         )
+
+
+def user_fields(lease: Lease | None) -> dict[str, Any]:
+    """An event's fields naming the user a lease's slot was handed to (none without one)."""
+    if lease is None or lease.user is None:
+        return {}
+    return {"user": lease.user.name, "user_uid": lease.user.uid}
 
 
 @dataclass

@@ -44,10 +44,14 @@ Meta = Annotated[list[str] | None, typer.Option("--meta", metavar="KEY=VALUE",
 Wait = Annotated[str | None, typer.Option("--wait", metavar="DURATION",
                                           help="Wait up to this long for a free slot")]
 NoFetch = Annotated[bool, typer.Option("--no-fetch", help="Do not fetch upstream first")]
+User = Annotated[str | None, typer.Option(
+    "--user", metavar="NAME", help="As root: hand the slot to this local user for the lease "
+                                   "(its working copy theirs, the rest of the pool not)")]
 
 
 def _request(owner: str | None, ttl: str | None, meta: list[str] | None, wait: str | None,
-             no_fetch: bool, any_host: bool = False) -> "AllocateRequest":
+             no_fetch: bool, any_host: bool = False,
+             user: str | None = None) -> "AllocateRequest":
     from necropool.lease.allocate import AllocateRequest  # lazy: the core loads per command
 
     return AllocateRequest(
@@ -57,6 +61,7 @@ def _request(owner: str | None, ttl: str | None, meta: list[str] | None, wait: s
         wait=parse_duration(wait, "--wait") if wait is not None else 0,
         fetch=False if no_fetch else None,
         any_host=any_host,
+        user=user,
     )
 
 
@@ -70,14 +75,20 @@ def _request(owner: str | None, ttl: str | None, meta: list[str] | None, wait: s
         "With a shared ledger, --any-host takes a clean free slot of another host when this "
         "one has none, and says where: its id is POOL-N@HOST, --json adds slot_host. Its "
         "directory is on that host; release and renew take the id as it is.",
+        "Run as root, --user NAME hands the slot to that local user for the lease: its "
+        "working copy (.git included) becomes theirs, the directories on the way to it "
+        "traverse-only (0711), the rest of the pool stays the owner's alone. Releasing "
+        "takes it back (the user's processes in it ended) before it is saved and cleaned.",
     ],
     exit_status=(
-        "75 when no slot is free (after --wait, if given)."
+        "75 when no slot is free (after --wait, if given); 2 when --user is given without "
+        "root, names no local user, root or the pool's owner."
     ),
     examples=(
         'cd "$(necropool allocate web --owner ci --ttl 1h --meta job=42)"\n'
         "necropool allocate web --wait 5m --pid $$ --json\n"
-        "necropool allocate web --any-host --json | jq -r '.slot_host, .path'"
+        "necropool allocate web --any-host --json | jq -r '.slot_host, .path'\n"
+        "sudo necropool allocate web --user ci-runner --ttl 1h   # the slot is ci-runner's"
     ),
 )
 def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = None,
@@ -85,11 +96,11 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
              any_host: Annotated[bool, typer.Option(
                  "--any-host", help="With a shared ledger: a slot of any host when this one "
                                     "has none free")] = False,
-             json_out: Json = False) -> None:
+             user: User = None, json_out: Json = False) -> None:
     """Allocate a free slot and print its path (exit 75 when none is free)."""
 
     out = G.out(json_out)
-    request = _request(owner, ttl, meta, wait, no_fetch, any_host)
+    request = _request(owner, ttl, meta, wait, no_fetch, any_host, user)
     data = G.manager().allocate_slot(pool, request, pid=pid)
     if data.get("fetch_error"):
         out.note(f"warning: upstream fetch failed, slot is at the mirror's tip: "
@@ -199,6 +210,9 @@ class _RunCommand(Command):
         "sudo and bash -i work); otherwise it runs in a session of its own. Either way, what "
         "it left running is ended before the slot is released, double-forked or not (run is "
         "its subreaper).",
+        "Run as root, --user NAME hands the slot to that local user and runs the command as "
+        "that user (its groups, gid and uid; HOME, USER and LOGNAME set for it), still under "
+        "run's subreaper; the slot is taken back from the user before it is released.",
         "Put -- before the command so that its options are not taken for necropool's.",
     ],
     exit_status=(
@@ -207,7 +221,8 @@ class _RunCommand(Command):
     ),
     examples=(
         "necropool run web -- make test\n"
-        "necropool run web --wait 10m -- sh -c 'echo \"$NECROPOOL_SLOT_ID\"; make'"
+        "necropool run web --wait 10m -- sh -c 'echo \"$NECROPOOL_SLOT_ID\"; make'\n"
+        "sudo necropool run web --user ci-runner -- make test"
     ),
 )
 def run(
@@ -216,12 +231,12 @@ def run(
                                                  help="The command to run in the slot",
                                                  autocompletion=complete_values.commands)],
     owner: Owner = None, ttl: Ttl = None, meta: Meta = None, wait: Wait = None,
-    no_fetch: NoFetch = False, json_out: Json = False,
+    no_fetch: NoFetch = False, user: User = None, json_out: Json = False,
 ) -> None:
     """Run a command in a freshly allocated slot, release it afterwards, exit with its status
     (3 if it succeeded but the slot could not be cleaned)."""
     out = G.out(json_out)
-    request = _request(owner, ttl, meta, wait, no_fetch)
+    request = _request(owner, ttl, meta, wait, no_fetch, user=user)
     # under --json, stdout carries our one object: the command's output goes to stderr
     result = G.manager().run(pool, list(command), sys.stderr if out.json else None, request)
     # A command that succeeded in a slot that could not be released is a partial failure
