@@ -15,11 +15,24 @@ T = TypeVar("T")
 Broken = list[PoolOutcome[object]]
 
 
-def outcome(name: str, step: Callable[[str], T]) -> PoolOutcome[T]:
-    """``step(name)`` as the pool's outcome: its result, or the failure that stopped it."""
-    with PoolStep(name) as attempt:
-        return PoolOutcome(name, step(name))
-    return attempt.failure()
+def outcomes(names: list[str], step: Callable[[str], T]) -> list[PoolOutcome[T]]:
+    """What ``step`` gives for each pool, or why it failed. When not one pool could be done,
+    the first failure is raised, as ``checked`` does: a ledger every pool is kept in that
+    cannot be reached is exit 75 (or its refused configuration exit 2), as for a command
+    on one pool."""
+    done: list[PoolOutcome[T]] = []
+    first: BaseException | None = None
+    for name in names:
+        with PoolStep(name) as attempt:
+            result = step(name)
+        if attempt.exc is None:
+            done.append(PoolOutcome(name, result))
+        else:
+            first = first or attempt.exc
+            done.append(attempt.failure())
+    if first is not None and all(o.error is not None for o in done):
+        raise first
+    return done
 
 
 def required(settings: Settings, names: list[str]) -> list[str]:
