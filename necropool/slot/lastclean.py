@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from necropool.ground.layout import storing
 from necropool.slot import gitdir as slotgit
 
 NO_HOLDER = "no-holder"  # the rescue label of what was found in a free slot: nobody's lease
@@ -65,13 +66,14 @@ class LastClean:
     def save(self, path: Path) -> None:
         """Replace the record (never through a symlink); losing it only costs a slower
         next cleanup, so it is not fsynced."""
-        path.parent.mkdir(mode=0o700, exist_ok=True)  # the pool's alone, whatever the umask
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:  # dumps: json.dump does without the C encoder
-            fh.write(json.dumps({"at": self.at, "dirs": self.dirs, "index": self.index}))
-        os.replace(tmp, path)
+        with storing("writing", path):
+            path.parent.mkdir(mode=0o700, exist_ok=True)  # the pool's alone, whatever umask
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as fh:  # dumps: json.dump does without the C encoder
+                fh.write(json.dumps({"at": self.at, "dirs": self.dirs, "index": self.index}))
+            os.replace(tmp, path)
         _past_the_tick(path)
 
     def retake_tree(self, tree: Path) -> None:
