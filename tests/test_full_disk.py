@@ -41,8 +41,12 @@ class Disk:
                 size //= 2
         os.close(fd)
 
-    def spare(self, size: int) -> None:
-        """Give ``size`` bytes back."""
+    def spare(self, size: int, inodes: bool = False) -> None:
+        """Give ``size`` bytes back (with ``inodes``: ``size`` inodes and 4 KiB pages)."""
+        if inodes:
+            for name in sorted(os.listdir(self.fill))[:size]:
+                (self.fill / name).unlink()
+            return
         filler = self.fill / "bytes"
         os.truncate(filler, max(0, filler.stat().st_size - size))
 
@@ -124,3 +128,38 @@ def test_a_bundle_that_cannot_be_written_names_it_and_the_work_stays(web: Disk, 
     assert healed.code == 0, healed
     [item] = run_cli("rescued", "list", "--json").json()["items"]
     assert item["size_bytes"] > 3 << 20 and item["lease_id"] == grant["lease_id"]  # whole
+
+
+@pytest.mark.parametrize("inodes", [True, False], ids=["inodes", "bytes"])
+def test_remove_force_on_a_full_disk_finishes_or_rolls_back(web: Disk, root: Path, inodes):
+    """``remove --force`` of a slot in use, with the disk full but for 0, 1, 2, ... inodes
+    (or 4 KiB pages): saving the holder's work fails for space at some step (the tree is
+    then moved aside whole), the state write at another. Whatever failed, the slot is
+    either removed with its work saved, or still registered with its directory and work;
+    never registered without one. Once there is space the same command finishes."""
+    grant = run_cli("allocate", "web", "--no-fetch", "--json").json()
+    slot, sid = Path(grant["path"]), grant["slot_id"]
+    (slot / "work.txt").write_text("the holder's work\n")
+    removed = None
+    for spare in range(16):
+        web.fill_up(inodes=inodes)
+        web.spare(spare if inodes else spare * 4096, inodes=inodes)
+        got = run_cli("remove", sid, "--force", "--json")
+        web.free()
+        registered = sid in {s["slot_id"] for s in
+                             run_cli("status", "web", "--json").json()["slots"]}
+        if got.code == 0:
+            assert not registered and not slot.exists(), (spare, got)
+            removed = got.json()["rescued"]
+            break
+        assert got.code == 3 and registered, (spare, got)
+        assert (slot / "work.txt").read_text() == "the holder's work\n", (spare, got)
+        assert sorted(os.listdir(slot.parent)) == ["1", "2"], spare  # nothing half made
+    if removed is None:
+        done = run_cli("remove", sid, "--force", "--json")
+        assert done.code == 0, done
+        removed = done.json()["rescued"]
+    assert not slot.exists()
+    assert [s["slot_id"] for s in run_cli("status", "web", "--json").json()["slots"]] == ["web-2"]
+    [item] = run_cli("rescued", "list", "--json").json()["items"]
+    assert item["path"] == removed
