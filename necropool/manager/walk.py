@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from necropool.ground.config import Settings
-from necropool.ground.errors import NotFound, PoolOutcome, PoolStep
+from necropool.ground.errors import NotFound, PoolOutcome, PoolStep, TryAgain, UsageError
 from necropool.pool.pool import Pool, list_pools
 
 T = TypeVar("T")
@@ -16,10 +16,10 @@ Broken = list[PoolOutcome[object]]
 
 
 def outcomes(names: list[str], step: Callable[[str], T]) -> list[PoolOutcome[T]]:
-    """What ``step`` gives for each pool, or why it failed. When not one pool could be done,
-    the first failure is raised, as ``checked`` does: a ledger every pool is kept in that
-    cannot be reached is exit 75 (or its refused configuration exit 2), as for a command
-    on one pool."""
+    """What ``step`` gives for each pool, or why it failed. When not one pool could be done
+    for a cause that is not theirs (a ledger every pool is kept in that cannot be reached,
+    or refuses the configuration), that failure is raised: exit 75 (or 2), as for a command
+    on one pool, not 3, as for pools that cannot be read."""
     done: list[PoolOutcome[T]] = []
     first: BaseException | None = None
     for name in names:
@@ -30,7 +30,7 @@ def outcomes(names: list[str], step: Callable[[str], T]) -> list[PoolOutcome[T]]
         else:
             first = first or attempt.exc
             done.append(attempt.failure())
-    if first is not None and all(o.error is not None for o in done):
+    if isinstance(first, TryAgain | UsageError) and all(o.error is not None for o in done):
         raise first
     return done
 
