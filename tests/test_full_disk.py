@@ -163,3 +163,12 @@ def test_remove_force_on_a_full_disk_finishes_or_rolls_back(web: Disk, root: Pat
     assert [s["slot_id"] for s in run_cli("status", "web", "--json").json()["slots"]] == ["web-2"]
     [item] = run_cli("rescued", "list", "--json").json()["items"]
     assert item["path"] == removed
+
+
+def test_a_clone_that_cannot_be_written_names_where(web: Disk, root: Path, upstream: Path):
+    web.fill_up()
+    got = run_cli("create", "api", upstream, "--slots", "1")
+    assert got.code == 3, got
+    line = _one_line(got)
+    assert f"(into {root}/" in line and ("No space left" in line or "diskspace" in line), line
+    assert [p["pool"] for p in run_cli("list", "--json").json()["pools"]] == ["web"]  # no half
