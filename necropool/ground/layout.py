@@ -197,7 +197,10 @@ def storing(operation: str, path: Path | str) -> Iterator[None]:
     except OSError as exc:
         if exc.errno is None or exc.strerror != os.strerror(exc.errno):
             raise  # not the kernel's bare word: already says what failed
-        raise storage_error(exc, operation, path) from exc
+        inner = str(path) if exc.filename is None else (
+            os.fsdecode(exc.filename) if isinstance(exc.filename, bytes) else str(exc.filename))
+        where = str(path) if inner == str(path) else f"{path} ({inner})"  # rmtree's entry
+        raise storage_error(exc, operation, where) from exc
 
 
 def _fsync(path: Path, flags: int, operation: str) -> None:
