@@ -1,7 +1,7 @@
 """Hermetic hand-out: a free slot changed after its cleanup (a late holder, a person poking
 around) is never handed out as it is. ``allocate`` proves a free slot untouched by change
-times alone (its directories and ``.git``), cleans a changed one first and files what it
-found as work of no holder; ``detect`` reports it, a tracked file edited in place too
+times alone (its directories, ``.git`` and the tracked files its index lists), cleans a
+changed one first and files what it found as work of no holder; ``detect`` reports it
 (``tampered_free_slots``), and ``auto-recover`` cleans it."""
 
 import os
@@ -30,6 +30,12 @@ def _tamper(slot: Path, how: str) -> None:
     elif how == "edited in place":  # same size: only the file's ctime tells
         with open(slot / "README", "r+b") as fh:
             fh.write(b"U")
+    elif how == "appended, times put back":  # as ``echo >> file`` then ``touch -r``
+        readme = slot / "README"
+        before = readme.stat()
+        with open(readme, "a") as fh:
+            fh.write("appended after release\n")
+        os.utime(readme, ns=(before.st_atime_ns, before.st_mtime_ns))
     elif how == "branch":
         git(slot, "checkout", "-q", "-b", "late-work")
         commit_file(slot, "late.txt", "committed on a branch after release\n")
@@ -46,7 +52,8 @@ def single(cli, upstream) -> str:
     return "web"
 
 
-@pytest.mark.parametrize("how", ["untracked", "branch", "hook"])
+@pytest.mark.parametrize("how", ["untracked", "edited in place", "appended, times put back",
+                                 "branch", "hook"])
 def test_a_free_slot_changed_after_its_cleanup_is_cleaned_before_it_is_handed_out(
         cli, single, root, upstream, how):
     slot = _released(cli)

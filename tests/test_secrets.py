@@ -187,3 +187,30 @@ def test_fetching_works_with_a_bare_token_and_with_libgit2(
     no_token(slot)
     assert slot.json()["current_commit"] == new_head
     assert files_with_token(root) == [root / "pools" / "web" / "credentials"]
+
+
+@pytest.mark.slow
+def test_create_shows_no_token_in_ps_while_it_runs(server: HttpGitServer, root: Path) -> None:
+    """``create``'s own command line (what ``ps`` shows every user) has the URL's token
+    masked while it clones from an upstream that stalls: the first request is held."""
+    import subprocess
+
+    from netproxy import Proxy
+
+    proxy = Proxy(server.port)
+    proxy.stall_at(1)
+    argv = [sys.executable, "-m", "necropool", "create", "web",
+            server.url("repo", port=proxy.port), "--slots", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proxy.wait_until(lambda: proxy.round_trips >= 1, timeout=60)
+        shown = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert TOKEN.encode() not in b" ".join(shown) and b"ci:" not in b" ".join(shown)
+        assert shown[3:5] == [b"create", b"web"] and b"@127.0.0.1:" in shown[5], shown
+        assert len(b"\0".join(shown)) == len("\0".join(argv).encode()) + 1  # as laid out
+    finally:
+        proxy.release()
+        out, err = proc.communicate(timeout=120)
+        proxy.close()
+    assert proc.returncode == 0, err
+    assert TOKEN not in out + err

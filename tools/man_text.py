@@ -44,7 +44,8 @@ EXIT_STATUS = [
     ("0", "Success; for *detect*: no anomaly found. *necropool* without a command prints "
           "its help on stdout and exits 0."),
     ("1", "*detect* found anomalies."),
-    ("2", "Usage or configuration error: a bad name, a bad flag, an invalid config file."),
+    ("2", "Usage or configuration error: a bad name, a bad flag, an invalid config file; a "
+          "ledger that refuses the role, password, database or URL."),
     ("3", "The operation failed, wholly or partly: a repair failed, a git error, "
           "*auto-recover* had errors, *detect* could not check a pool; git cannot be run at "
           "all (refused before anything changed)."),
@@ -53,7 +54,8 @@ EXIT_STATUS = [
     ("5", "Conflict: the slot is in the wrong state for the operation, the lease id is stale, "
           "the pool exists already."),
     ("70", "Internal error (a bug); a one-line message is printed, never a traceback."),
-    ("75", "Try again later: no free slot, or a lock timed out."),
+    ("75", "Try again later: no free slot, a lock timed out, or a ledger that cannot be "
+           "reached (connection refused, a timeout, the server shutting down)."),
     ("130", "Interrupted."),
 ]
 EXIT_RUN = ("*run* exits with the status of its command (127 when the command is not found, "

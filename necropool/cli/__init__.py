@@ -37,6 +37,10 @@ def _watch_interrupts() -> list[int]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure becomes a one-line message and a documented exit code."""
+    if argv is None:
+        from necropool.ground import cmdline  # lazy: as every import below
+
+        cmdline.scrub()  # first of all: a token in an argument is on show in ``ps``
     args = sys.argv[1:] if argv is None else argv
     args = args or ["--help"]  # bare ``necropool``: the full help on stdout, exit 0 (as git)
     if "_NECROPOOL_COMPLETE" in os.environ:  # a completion script asking (completion_scripts)

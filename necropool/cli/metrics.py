@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from necropool.ground.clock import now, parse_rfc3339
+from necropool.ground.layout import storing
 
 # name, type, help
 POOL_METRICS = [
@@ -135,11 +136,12 @@ def write_textfile(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with storing("writing", path):
+            with open(tmp, "x", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)

@@ -161,7 +161,9 @@ def wait(proc: subprocess.Popen[bytes], args: list[str], *, timeout: float = 600
             raise
     if check and proc.returncode != 0:
         message = stderr.decode(errors="replace").strip()
-        raise GitError(f"git {args[0]} failed: {_summary(message, proc.returncode)}", message)
+        into = f" (into {args[-1]})" if args[0] == "clone" else ""  # where a full disk is
+        raise GitError(f"git {args[0]} failed{into}: {_summary(message, proc.returncode)}",
+                       message)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 

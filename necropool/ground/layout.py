@@ -4,6 +4,8 @@ follow a symlink out of the root."""
 import os
 import shutil
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from necropool.ground.errors import OperationFailed
@@ -112,12 +114,13 @@ def remove_tree(path: Path, root: Path) -> None:
     """Delete ``path`` (a directory, file or symlink) without following any symlink."""
     parent = path.parent
     ensure_inside(parent, root)
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        path.unlink()
-    elif path.exists():
-        if not shutil.rmtree.avoids_symlink_attacks:
-            raise OperationFailed("this platform cannot delete directories safely")
-        shutil.rmtree(path)
+    with storing("removing", path):
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+        elif path.exists():
+            if not shutil.rmtree.avoids_symlink_attacks:
+                raise OperationFailed("this platform cannot delete directories safely")
+            shutil.rmtree(path)
 
 
 def _host_tag() -> str:
@@ -179,10 +182,25 @@ def sweep_temp(directory: Path, root: Path) -> list[str]:
     return swept
 
 
-def storage_error(exc: OSError, operation: str, path: Path) -> OSError:
+def storage_error(exc: OSError, operation: str, path: Path | str) -> OSError:
     """``exc`` saying which operation on which file failed (a bare "No space left on
     device" names neither); the same class, so callers catch it as before."""
     return type(exc)(exc.errno, f"{operation} {path}: {exc.strerror}")
+
+
+@contextmanager
+def storing(operation: str, path: Path | str) -> Iterator[None]:
+    """Run the block so that an OSError it raises says ``operation`` and ``path``
+    (``storage_error``), unless an inner block already said what failed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None or exc.strerror != os.strerror(exc.errno):
+            raise  # not the kernel's bare word: already says what failed
+        inner = str(path) if exc.filename is None else (
+            os.fsdecode(exc.filename) if isinstance(exc.filename, bytes) else str(exc.filename))
+        where = str(path) if inner == str(path) else f"{path} ({inner})"  # rmtree's entry
+        raise storage_error(exc, operation, where) from exc
 
 
 def _fsync(path: Path, flags: int, operation: str) -> None:
@@ -226,9 +244,10 @@ def rename_into_place(source: Path, target: Path, *, flush: bool = True) -> None
     """Rename ``source`` (a pool, a slot, a mirror, a tree moved aside) to ``target`` so that
     both survive a power loss: its contents flushed first (``flush``; a tree git wrote is
     not durable by itself), then the rename, then an fsync of the directories it changed."""
-    if flush:
-        sync_filesystem(source)
-    os.rename(source, target)
+    with storing("moving", f"{source} to {target}"):
+        if flush:
+            sync_filesystem(source)
+        os.rename(source, target)
     fsync_dir(target.parent)
     if source.parent != target.parent:
         fsync_dir(source.parent)

@@ -22,6 +22,7 @@ from types import FrameType
 from typing import NoReturn, Self
 
 from necropool.ground.errors import TryAgain
+from necropool.ground.layout import storing
 
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -94,7 +95,8 @@ class FileLock:
     def _try_once(self, create: bool) -> bool:
         pl = _portalocker()
         try:
-            fd = os.open(self.path, _OPEN_FLAGS | (os.O_CREAT if create else 0), 0o600)
+            with storing("creating lock file", self.path):
+                fd = os.open(self.path, _OPEN_FLAGS | (os.O_CREAT if create else 0), 0o600)
         except FileNotFoundError:
             if create:
                 raise
@@ -144,7 +146,8 @@ class FileLock:
         previous = signal.signal(signal.SIGALRM, _alarm)
         try:
             while (remaining := deadline - time.monotonic()) > 0:
-                fd = os.open(self.path, _OPEN_FLAGS | os.O_CREAT, 0o600)
+                with storing("creating lock file", self.path):
+                    fd = os.open(self.path, _OPEN_FLAGS | os.O_CREAT, 0o600)
                 try:
                     signal.setitimer(signal.ITIMER_REAL, remaining)
                     try:

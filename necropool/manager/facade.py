@@ -169,14 +169,13 @@ class PoolManager:
 
             names = sorted({*names, *ledger_schema.pool_names(dsn)})
         walk.required(self.settings, names)
-        return [walk.outcome(name, lambda name: views.summary(self.fleet_pool(name), host,
-                                                              with_slots=False))
-                for name in names]
+        return walk.outcomes(names, lambda name: views.summary(self.fleet_pool(name), host,
+                                                               with_slots=False))
 
     def pool_statuses(self, host: str | None = None) -> list[PoolOutcome[dict[str, Any]]]:
         """``pool_status`` of every pool; an unreadable pool is reported, never hidden."""
-        return [walk.outcome(name, lambda name: self.pool_status(name, host))
-                for name in self.pool_names(required=True)]
+        return walk.outcomes(self.pool_names(required=True),
+                             lambda name: self.pool_status(name, host))
 
     def pool_status(self, name: str, host: str | None = None) -> dict[str, Any]:
         """The pool object with its slots (of ``host`` only, for a pool in a ledger) and what

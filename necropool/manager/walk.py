@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from necropool.ground.config import Settings
-from necropool.ground.errors import NotFound, PoolOutcome, PoolStep
+from necropool.ground.errors import NotFound, PoolOutcome, PoolStep, TryAgain, UsageError
 from necropool.pool.pool import Pool, list_pools
 
 T = TypeVar("T")
@@ -15,11 +15,24 @@ T = TypeVar("T")
 Broken = list[PoolOutcome[object]]
 
 
-def outcome(name: str, step: Callable[[str], T]) -> PoolOutcome[T]:
-    """``step(name)`` as the pool's outcome: its result, or the failure that stopped it."""
-    with PoolStep(name) as attempt:
-        return PoolOutcome(name, step(name))
-    return attempt.failure()
+def outcomes(names: list[str], step: Callable[[str], T]) -> list[PoolOutcome[T]]:
+    """What ``step`` gives for each pool, or why it failed. When not one pool could be done
+    for a cause that is not theirs (a ledger every pool is kept in that cannot be reached,
+    or refuses the configuration), that failure is raised: exit 75 (or 2), as for a command
+    on one pool, not 3, as for pools that cannot be read."""
+    done: list[PoolOutcome[T]] = []
+    first: BaseException | None = None
+    for name in names:
+        with PoolStep(name) as attempt:
+            result = step(name)
+        if attempt.exc is None:
+            done.append(PoolOutcome(name, result))
+        else:
+            first = first or attempt.exc
+            done.append(attempt.failure())
+    if isinstance(first, TryAgain | UsageError) and all(o.error is not None for o in done):
+        raise first
+    return done
 
 
 def required(settings: Settings, names: list[str]) -> list[str]:

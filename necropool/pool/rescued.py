@@ -24,8 +24,11 @@ from necropool.ground.layout import (
     is_temp,
     kept_dir,
     remove_tree,
+    storing,
+    sweep_temp,
     temp_name,
     temp_owner_dead,
+    trash_name,
 )
 from necropool.ground.results import Record
 from necropool.pool import put_back
@@ -379,10 +382,34 @@ def older(pool: "Pool | Deleted", seconds: float, detail: bool = True) -> list[R
 
 
 def discard(pool: "Pool | Deleted", items: list[Record]) -> None:
-    """Delete the items (``entries``'), and the directories that leaves empty."""
+    """Delete the items (``entries``'), and the directories that leaves empty. Each is
+    renamed to a trash name first, in one step, and deleted from there: a deletion killed
+    midway leaves an item whole or gone, never half of one listed as saved work (its trash
+    is finished by the next one, ``_sweep``)."""
+    root = pool.settings.root
+    _sweep(pool)
     for item in items:
-        remove_tree(Path(item["path"]), pool.settings.root)
+        path = Path(item["path"])
+        ensure_inside(path.parent, root)
+        trash = path.parent / trash_name(path.name[:80])  # (a user's long name fits)
+        with storing("moving", f"{path} to {trash}"):
+            os.rename(path, trash)
+        remove_tree(trash, root)
     _drop_empty_dirs(pool, {Path(e["path"]).parent for e in items})
+
+
+def _sweep(pool: "Pool | Deleted") -> None:
+    """Finish the deletions that killed ones left in trash: in ``rescued/`` (a deleted
+    pool's directory) and the directories of bundles in it."""
+    top = pool.top if isinstance(pool, Deleted) else pool.paths.rescued
+    ensure_inside(top.parent, pool.settings.root)
+    if top.is_symlink() or not top.is_dir():
+        return
+    sweep_temp(top, pool.settings.root)
+    for entry in os.scandir(top):
+        if entry.is_dir(follow_symlinks=False) and not is_temp(entry.name) \
+                and not _SAVED.fullmatch(entry.name) and not _STRAY.fullmatch(entry.name):
+            sweep_temp(Path(entry.path), pool.settings.root)
 
 
 def _drop_empty_dirs(pool: "Pool | Deleted", directories: set[Path]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from necropool.git import commands as git
 from necropool.git.commands import GitError
-from necropool.ground.layout import fsync_dir, fsync_file, sync_filesystem
+from necropool.ground.layout import fsync_dir, fsync_file, storing, sync_filesystem
 
 
 @dataclass
@@ -194,14 +194,15 @@ def _commit_index(tree: Path, head: str) -> str | None:
 def start_bundle(tree: Path, dest: Path, refs: list[str]) -> Bundle:
     """Start writing the saved refs to a bundle at ``dest`` (in the background: nothing a
     cleanup does afterwards touches the saved objects or refs)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     args = ["bundle", "create", "-q", str(dest), "--stdin", "--not", "--remotes"]
     # The refs go on stdin (100,000 refs exceed the kernel's limit on arguments), from a
     # file beside the bundle: the confined cleanup may write there, not in /tmp.
-    with tempfile.TemporaryFile(dir=dest.parent) as names:
-        names.write("".join(f"{ref}\n" for ref in refs).encode(errors="surrogateescape"))
-        names.seek(0)
-        return git.start(args, tree, stdin=names), args
+    with storing("writing", dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dest.parent) as names:
+            names.write("".join(f"{ref}\n" for ref in refs).encode(errors="surrogateescape"))
+            names.seek(0)
+            return git.start(args, tree, stdin=names), args
 
 
 def finish_bundle(bundle: Bundle, refs: list[str], dest: Path, tree: Path) -> bool:
@@ -217,8 +218,8 @@ def finish_bundle(bundle: Bundle, refs: list[str], dest: Path, tree: Path) -> bo
             return False
         with contextlib.suppress(OSError):  # the error to report is git's
             sync_filesystem(tree)
-        raise GitError(f"could not save the holder's work ({exc.message}); it is kept in the "
-                       f"slot as {', '.join(refs)}", exc.stderr) from None
+        raise GitError(f"could not save the holder's work to {dest} ({exc.message}); it is "
+                       f"kept in the slot as {', '.join(refs)}", exc.stderr) from None
     fsync_file(dest)
     fsync_dir(dest.parent)
     return True

@@ -23,7 +23,10 @@ group("ledger", app, help="Manage the shared PostgreSQL ledger that lets the hos
         "leases included, into the ledger; *ledger export POOL* moves this host's part back.",
         "A ledger that cannot be reached fails the command with exit status 75 (try again), "
         "having written nothing: when the link breaks after a request was sent, the command "
-        "asks the ledger what became of it before answering. No command waits on the ledger "
+        "asks the ledger what became of it before answering. One that refuses the "
+        "configuration (a role or password it does not accept, a database it does not have, "
+        "a URL that does not parse) fails it with exit status 2: trying again cannot help. "
+        "No command waits on the ledger "
         "longer than ledger_timeout (config; NECROPOOL_LEDGER_TIMEOUT; default 10 seconds). "
         "A password in the connection string is never printed. PgBouncer in transaction "
         "mode may stand in front of the server (no session state, no prepared statements).",

@@ -11,6 +11,7 @@ too (a stall the kernel keeps acknowledging). No statement is prepared (PgBounce
 transaction mode cannot keep them)."""
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -45,6 +46,23 @@ os.register_at_fork(after_in_child=_forget_in_child)
 class LedgerDown(TryAgain):
     """The ledger cannot be reached or went away mid-operation: nothing was written that
     the server did not commit whole; try again."""
+
+
+class LedgerRefused(UsageError):
+    """The ledger refuses this configuration (a role or password it does not accept, a
+    database it does not have, a URL that does not parse): trying again cannot help."""
+
+
+# SQLSTATEs of a configuration the server refuses: class 28 (invalid authorization: role,
+# password, pg_hba.conf), 3D000 (no such database), 42501 (no CONNECT right on it).
+_REFUSED_STATES = ("28", "3D000", "42501")
+# libpq gives no SQLSTATE for a connection that fails as it starts: the server's refusals
+# of the same kinds, and libpq's own of the URL's options, told by their (English) text.
+_REFUSED_TEXTS = re.compile(
+    r"authentication failed|no pg_hba\.conf entry|(role|database) \".*\" does not exist|"
+    r"is not permitted to log in|permission denied for database|no password supplied|"
+    r"invalid (integer value|port number|connection option|\w+ value)|"
+    r"missing \"=\" after|unterminated quoted string|invalid URI")
 
 
 def configure(seconds: float) -> None:
@@ -153,7 +171,8 @@ _Bounded: Any = None
 
 @contextmanager
 def errors(dsn: str) -> Iterator[None]:
-    """Database errors as necropool's: unreachable or gone away is ``LedgerDown`` (exit 75,
+    """Database errors as necropool's: a configuration the ledger refuses is
+    ``LedgerRefused`` (exit 2); unreachable or gone away is ``LedgerDown`` (exit 75,
     retryable), a serialization failure, deadlock or lock or statement timeout ``TryAgain``,
     anything else a failure; never with the password in the message."""
     try:
@@ -167,6 +186,8 @@ def errors(dsn: str) -> Iterator[None]:
         detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else
                         type(exc).__name__, dsn)
         where = redact(dsn)
+        if _refused(exc, psycopg):
+            raise LedgerRefused(f"ledger {where} cannot be used as configured: {detail}") from None
         if isinstance(exc, pg.SerializationFailure | pg.DeadlockDetected | pg.LockNotAvailable
                       | pg.QueryCanceled):
             raise TryAgain(f"ledger {where}: {detail}") from None
@@ -177,3 +198,13 @@ def errors(dsn: str) -> Iterator[None]:
             raise OperationFailed(f"ledger {where} has no necropool schema: run "
                                   "'necropool ledger init'") from None
         raise OperationFailed(f"ledger {where}: {detail}") from None
+
+
+def _refused(exc: Exception, psycopg: Any) -> bool:
+    """True when ``exc`` says the configuration is wrong, not that the ledger is away."""
+    state = getattr(exc, "sqlstate", None)
+    if state:
+        return bool(state.startswith(_REFUSED_STATES))
+    if isinstance(exc, psycopg.ProgrammingError):  # the URL itself, parsed before connecting
+        return True
+    return isinstance(exc, psycopg.OperationalError) and bool(_REFUSED_TEXTS.search(str(exc)))
