@@ -27,14 +27,18 @@ def describe() -> str:
     return f"landlock ABI {abi}" if abi else "none (kernel without Landlock)"
 
 
-def run(fn: Callable[..., T], *args: object, write: Iterable[Path]) -> T:
+def run(fn: Callable[..., T], *args: object, write: Iterable[Path],
+        execute: Iterable[Path] = (), timeout: float | None = None) -> T:
     """``fn(*args)`` in a child that may write only beneath ``write`` (existing directories,
-    none of them a symlink); its value or exception comes back here, so both must pickle.
-    Without Landlock, ``fn`` runs here."""
+    none of them a symlink) and run programs from the system's directories and beneath
+    ``execute``; its value or exception comes back here, so both must pickle. Past
+    ``timeout`` seconds the child's whole process group is killed (TimeoutError). Without
+    Landlock, ``fn`` runs here."""
     if confine.abi_version() == 0:
         return fn(*args)
-    policy = confine.Policy(write=tuple(os.fspath(p) for p in write), execute=_programs())
-    return confine.run_confined(fn, *args, policy=policy)
+    policy = confine.Policy(write=tuple(os.fspath(p) for p in write),
+                            execute=_programs() + tuple(os.fspath(p) for p in execute))
+    return confine.run_confined(fn, *args, policy=policy, timeout=timeout)
 
 
 @functools.cache
