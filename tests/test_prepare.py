@@ -165,9 +165,16 @@ def test_sync_sets_prepare_on_an_existing_pool(cli, root, upstream, tmp_path):
     assert cli("create", "web", upstream, "-n", "1").code == 0
     config = tmp_path / "config.toml"
     config.write_text(f'[pools.web]\nurl = "{upstream}"\nnum_slots = 1\nprepare = "true"\n')
+    metrics = cli("status", "--format", "prometheus").stdout
+    assert "necropool_slot_prepared" not in metrics  # the pool prepares nothing
     assert cli("sync", "--config", config).code == 0
     assert 'prepare = "true"' in (root / "pools/web/pool.toml").read_text()
+    metrics = cli("status", "--format", "prometheus").stdout
+    assert 'necropool_slot_prepared{pool="web",slot="web-1"} 0' in metrics
     got = cli("allocate", "web", "--json", "--config", config)  # prepared first
     assert got.code == 0, got
     assert _status(cli)["web-1"]["prepared"]["current"]
     assert os.path.exists(root / "pools/web/records/1.prepared.json")
+    metrics = cli("status", "--format", "prometheus").stdout
+    assert 'necropool_slot_prepared{pool="web",slot="web-1"} 1' in metrics
+    assert 'necropool_slot_prepare_duration_seconds{pool="web",slot="web-1"}' in metrics

@@ -33,7 +33,7 @@ from necropool.ground.locks import lock_free
 from necropool.ground.proc import hostname
 from necropool.ground.redact import split_upstream
 from necropool.ground.validate import check_pool_name
-from necropool.lease.refresh import prepare_new, save_work
+from necropool.lease.refresh import ready_new, save_work
 from necropool.pool.pool import Pool, PoolDef, get_slot
 from necropool.slot.lastclean import seal
 from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot
@@ -123,7 +123,7 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
                 unregister(ledger, spec.name, hostname())
         raise
     pool = Pool(settings, spec.name)
-    prepare_new(pool, sorted(new.slots))  # (once in place: a failed prepare isolates a slot)
+    ready_new(pool, sorted(new.slots))  # (once in place: a failed prepare isolates a slot)
     return pool
 
 
@@ -320,7 +320,7 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
         for tmp in temps:  # the clones not registered yet
             remove_tree(tmp, pool.settings.root)
         raise
-    prepare_new(pool, numbers)
+    ready_new(pool, numbers)
     return added
 
 

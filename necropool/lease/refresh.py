@@ -67,7 +67,9 @@ def refresh(pool: Pool, slot: Slot, *, rescue_label: str,
         slot_id=pool.slot_id(slot.number), lease_id=lease_id, commit=tip,
         duration_seconds=round(time.monotonic() - started, 3), **report.to_dict()))
     try:
-        ran = prepare(pool, slot.number, tip, again=bool(report.ignored))
+        # without keep, what the command installed (ignored) may have gone with the rest
+        kept = pool.definition.keep or pool.definition.keep_ignored
+        ran = prepare(pool, slot.number, tip, again=bool(report.ignored) and not kept)
     except PrepareFailed as exc:
         exc.cleaned, exc.rescued = cleaned, report.rescued
         raise
@@ -91,8 +93,9 @@ def prepare(pool: Pool, number: int, commit: str, *,
             again: bool = False) -> prepared.Prepared | None:
     """Run the pool's prepare command in a slot we hold, just cleaned (or cloned) at
     ``commit``, unless it is prepared for it already (``again``: the cleanup removed
-    ignored files, what the command installed may have been among them). Reseals the slot
-    (what the command wrote is the slot as handed out). Raises PrepareFailed."""
+    ignored files and keeps none, what the command installed may have been among them).
+    Reseals the slot (what the command wrote is the slot as handed out). Raises
+    PrepareFailed."""
     from necropool.slot import lastclean  # lazy: as the cleanup
     from necropool.slot import prepare as command_in_slot  # lazy: as the cleanup
 
@@ -120,34 +123,33 @@ def prepare(pool: Pool, number: int, commit: str, *,
     return record
 
 
-def prepare_new(pool: Pool, numbers: list[int]) -> None:
-    """Prepare slots just made (``create``, ``add``) before anyone is handed them: each is
-    claimed (``cleaning``, its lock held) for the while; one that fails is isolated."""
-    if pool.definition.prepare:
+def ready_new(pool: Pool, numbers: list[int]) -> None:
+    """Give slots just made (``create``, ``add``) what a cleanup gives, the pool's
+    ``include`` files and its ``prepare``, before anyone is handed them: each is claimed
+    (``cleaning``, its lock held) for the while; one whose prepare fails is isolated."""
+    if pool.definition.prepare or pool.definition.include:
         for number in numbers:
-            _prepare_free(pool, number)
+            _ready_free(pool, number)
 
 
-def _prepare_free(pool: Pool, number: int) -> None:
+def _ready_free(pool: Pool, number: int) -> None:
     lock = pool.slot_lock(number)
     if not lock.try_acquire():
-        return  # someone else's: whoever hands it out prepares it first
+        return  # someone else's: whoever hands it out refreshes it first
 
     def claim(slot: Slot) -> None:
-        if slot.state != AVAILABLE or slot.commit is None:
+        if slot.state != AVAILABLE:
             raise Skipped("taken meanwhile")
         slot.state, slot.worker = CLEANING, Holder.me()
 
-    def ready(slot: Slot) -> None:
-        slot.state, slot.worker = AVAILABLE, None
-
     try:
-        commit = pool.store.update_slot(number, claim).commit
-        assert commit is not None
-        ran = prepare(pool, number, commit)
-        pool.store.update_slot(number, ready, lambda s: [("prepare", dict(
-            slot_id=pool.slot_id(number), commit=commit,
-            duration_seconds=ran.duration_seconds if ran else 0))])
+        slot = pool.store.update_slot(number, claim)
+        commit, _, cleaned = refresh(pool, slot, rescue_label="new")
+
+        def ready(slot: Slot) -> None:
+            slot.state, slot.worker, slot.commit = AVAILABLE, None, commit
+
+        pool.store.update_slot(number, ready, lambda _: [cleaned])
     except Skipped:
         pass
     except Exception as exc:
