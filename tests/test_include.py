@@ -85,6 +85,16 @@ def test_included_files_are_not_the_holders_work_unless_it_changed_them(
     assert (slot / "conf/local.ini").read_text() == "[db]\nport=5433\n"  # the source's again
 
 
+def test_a_file_git_tracks_is_never_overwritten(cli, root, upstream, source):
+    (source / "README").write_text("from the source\n")
+    slot = _create(cli, upstream, source, "README", ".env")
+    assert (slot / "README").read_text() == "upstream\n"
+    assert (slot / ".env").read_text() == "TOKEN=abc\n"
+    events = json.loads(cli("log", "web", "--json").stdout)["events"]
+    assert any("README: tracked by git, not included" in e.get("include_warnings", [])
+               for e in events)
+
+
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/../../b", ""])
 def test_a_bad_include_path_is_refused_with_nothing_made(cli, root, upstream, source, bad):
     refused = cli("create", "web", upstream, "--include-from", source, "--include", bad)

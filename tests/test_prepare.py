@@ -5,6 +5,8 @@ prepared for its commit, and a failing prepare isolates it until auto-recover he
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,28 @@ def test_installed_dependencies_are_kept_across_holders_and_redone_for_a_new_tip
     assert state["commit"] == new_tip and state["current"]
     events = json.loads(cli("log", "web", "--json").stdout)["events"]
     assert any(e["event"] == "cleanup" and "prepare_seconds" in e for e in events)
+
+
+@pytest.mark.slow
+def test_a_waiting_allocation_gets_the_slot_only_once_prepared_for_the_new_tip(
+        cli, root, upstream):
+    slow = f"sleep 2; {INSTALL}"
+    made = _pool(cli, upstream, "--prepare", slow)
+    slot = Path(made["path"]) / "slots/1"
+    assert cli("allocate", "web").code == 0
+    new_tip = commit_file(upstream, "app.txt", "v2\n")  # pushed while the slot is held
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    releasing = subprocess.Popen([sys.executable, "-m", "necropool", "release", str(slot)],
+                                 env=env, stderr=subprocess.PIPE, text=True)
+    try:  # the release cleans at the new tip, then prepares (2 s) while this waits
+        got = cli("allocate", "web", "--wait", "60", "--json")
+    finally:
+        assert releasing.wait(timeout=60) == 0, releasing.stderr.read()
+    assert got.code == 0, got
+    assert json.loads(got.stdout)["current_commit"] == new_tip
+    assert (slot / "deps/installed-for").read_text().strip() == new_tip
+    assert (slot / "deps/runs").read_text().count("run") == 2  # create's, the new tip's
+    assert json.loads(got.stdout)["prepared"]["current"]
 
 
 @pytest.mark.slow
@@ -151,6 +175,14 @@ def test_prepare_times_out(cli, root, upstream, tmp_path):
     assert "started" in Path(shown["prepared"]["log"]).read_text()
 
 
+def test_the_log_keeps_the_start_and_the_end_of_a_long_output(cli, root, upstream):
+    command = "echo FIRST; head -c 2000000 /dev/zero | tr '\\0' x; echo; echo LAST"
+    _pool(cli, upstream, "--prepare", command)
+    log = Path(_status(cli)["web-1"]["prepared"]["log"]).read_bytes()
+    assert log.startswith(b"FIRST\n") and log.endswith(b"LAST\n")
+    assert len(log) < 300 * 1024 and b"bytes of output dropped" in log
+
+
 def test_bad_prepare_settings_are_refused(cli, root, upstream, tmp_path):
     bad = cli("create", "web", upstream, "--prepare", "  ")
     assert bad.code == 2 and "prepare command" in bad.stderr and not (root / "pools/web").exists()
@@ -178,3 +210,8 @@ def test_sync_sets_prepare_on_an_existing_pool(cli, root, upstream, tmp_path):
     metrics = cli("status", "--format", "prometheus").stdout
     assert 'necropool_slot_prepared{pool="web",slot="web-1"} 1' in metrics
     assert 'necropool_slot_prepare_duration_seconds{pool="web",slot="web-1"}' in metrics
+    assert cli("release", "web-1").code == 0
+    assert cli("add", "web", "--config", config).code == 0  # a new slot: prepared when made
+    assert _status(cli)["web-2"]["prepared"]["current"]
+    table = cli("status", "web", "--format", "table", env={"COLUMNS": "200"})
+    assert "web: prepare 'true': 2 of 2 slots prepared for their commit" in table.stdout

@@ -202,8 +202,7 @@ def _repair(pool: Pool, slot: Slot, actions: list[str],
             actions.append("cleaned" + (f" (work saved to {rescued})" if rescued else ""))
             cleaned = True
         except PrepareFailed as exc:  # clean, its work saved: a re-clone would not help
-            if exc.cleaned:
-                pool.event(exc.cleaned[0], **exc.cleaned[1])
+            exc.record_cleanup(pool)
             actions.append("cleaned, but " + exc.message)
             return False, exc.message, None, exc.rescued
         except Exception as exc:  # the working copy is moved aside whole below

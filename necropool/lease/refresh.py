@@ -38,6 +38,11 @@ class PrepareFailed(OperationFailed):
     cleaned: Event | None = None
     rescued: str | None = None
 
+    def record_cleanup(self, pool: Pool) -> None:
+        """Record the event of the cleanup that came before (it did its work)."""
+        if self.cleaned:
+            pool.event(self.cleaned[0], **self.cleaned[1])
+
 
 def rescue_path(pool: Pool, number: int, label: str) -> Path:
     ensure_inside(pool.paths.rescued, pool.settings.root)  # never write through a symlink
@@ -163,8 +168,7 @@ def settle_failure(pool: Pool, number: int, exc: Exception, doing: str = "cleanu
     prepare isolated (the cleanup before it recorded, its rescue kept), any other failure
     as ``{doing} failed``."""
     if isinstance(exc, PrepareFailed):
-        if exc.cleaned:
-            pool.event(exc.cleaned[0], **exc.cleaned[1])
+        exc.record_cleanup(pool)
         fail_slot(pool, number, explain(exc), isolate=True, rescued=exc.rescued)
         return explain(exc)
     reason = f"{doing} failed: {explain(exc)}"
@@ -191,6 +195,9 @@ def save_work(pool: Pool, slot: Slot, label: str) -> str | None:
         return None
     try:
         _, report, cleaned = refresh(pool, slot, rescue_label=label)
+    except PrepareFailed as exc:  # cleaned, the work saved: the slot goes all the same
+        exc.record_cleanup(pool)
+        return exc.rescued
     except Exception:
         return move_aside(pool, slot.number)
     pool.event(cleaned[0], **cleaned[1])

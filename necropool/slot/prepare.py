@@ -81,15 +81,16 @@ def _shell(tree: Path, command: str, env: dict[str, str],
             break
         room = LOG_HEAD - len(head)
         head += chunk[:room]
-        tail += chunk[room:] if room > 0 else chunk
+        tail += chunk[room:]
         if len(tail) > LOG_TAIL:
             dropped += len(tail) - LOG_TAIL
             del tail[:len(tail) - LOG_TAIL]
-    else:
+    try:  # (its output closed, it may still run: the deadline holds all the same)
+        return child.wait(max(0.0, deadline - time.monotonic())), _joined(head, tail, dropped)
+    except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
         return None, _joined(head, tail, dropped)
-    return child.wait(), _joined(head, tail, dropped)
 
 
 def _joined(head: bytearray, tail: bytearray, dropped: int) -> bytes:
