@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import commit_file, git
+from helpers import clock_at, commit_file, git
 
 from necropool.ground.confine import abi_version
 
@@ -90,7 +90,7 @@ def test_a_waiting_allocation_gets_the_slot_only_once_prepared_for_the_new_tip(
 
 @pytest.mark.slow
 def test_a_slot_released_at_an_old_tip_is_prepared_before_it_is_handed_out(
-        cli, root, upstream):
+        cli, ledger, upstream):
     made = _pool(cli, upstream, "--prepare", INSTALL)
     slot = Path(made["path"]) / "slots/1"
     assert cli("allocate", "web").code == 0
@@ -104,7 +104,7 @@ def test_a_slot_released_at_an_old_tip_is_prepared_before_it_is_handed_out(
 
 @pytest.mark.slow
 def test_a_failing_prepare_isolates_the_slot_and_auto_recover_heals_it_once_fixed(
-        cli, root, upstream, tmp_path):
+        cli, ledger, upstream, tmp_path, monkeypatch):
     flag = tmp_path / "registry-down"
     command = f'echo "fetching deps"; test ! -e {flag} || {{ echo "registry down" >&2; exit 7; }}'
     made = _pool(cli, upstream, "--prepare", command)
@@ -128,7 +128,10 @@ def test_a_failing_prepare_isolates_the_slot_and_auto_recover_heals_it_once_fixe
     assert [f["slot_id"] for f in failed] == ["web-1"] and log in failed[0]["evidence"]
 
     flag.unlink()  # fixed; retried after the back-off (a minute for the first attempt)
-    healed = cli("auto-recover", "--json", env={"NECROPOOL_CLOCK_OFFSET": "120"})
+    early = cli("auto-recover", "--json")  # not due yet: retried after a minute
+    assert early.code == 0 and json.loads(early.stdout)["prepares_retried"] == 0, early
+    clock_at(monkeypatch, 120)
+    healed = cli("auto-recover", "--json")
     assert healed.code == 0, healed
     assert json.loads(healed.stdout)["prepares_retried"] == 1
     shown = _status(cli)["web-1"]
