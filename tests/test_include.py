@@ -70,8 +70,10 @@ def test_included_files_are_not_the_holders_work_unless_it_changed_them(
         cli, root, upstream, source):
     slot = _create(cli, upstream, source, ".env", "conf/local.ini")
     assert cli("allocate", "web").code == 0
+    (source / ".env").write_text("TOKEN=rotated\n")  # the slot's copy is still as copied
     untouched = cli("release", slot, "--json")
     assert untouched.code == 0 and json.loads(untouched.stdout)["rescued"] is None, untouched
+    assert (slot / ".env").read_text() == "TOKEN=rotated\n"
 
     assert cli("allocate", "web").code == 0
     (slot / "conf/local.ini").write_text("[db]\nport=9999\n")  # the holder's own setting
@@ -83,6 +85,17 @@ def test_included_files_are_not_the_holders_work_unless_it_changed_them(
                            "--json").stdout)
     assert "conf/local.ini" in json.dumps(shown) and ".env" not in json.dumps(shown)
     assert (slot / "conf/local.ini").read_text() == "[db]\nport=5433\n"  # the source's again
+
+
+@pytest.mark.slow
+def test_a_slot_recloned_for_a_tampered_git_dir_gets_its_files_too(cli, root, upstream, source):
+    slot = _create(cli, upstream, source, ".env")
+    assert cli("allocate", "web").code == 0
+    os.symlink("/etc/passwd", slot / ".git/planted")  # the audit moves the slot aside
+    released = cli("release", slot, "--json")
+    assert released.code == 0, released
+    assert json.loads(released.stdout)["cleanup"]["recloned"] is True
+    assert (slot / ".env").read_text() == "TOKEN=abc\n" and _mode(slot / ".env") == 0o600
 
 
 def test_a_file_git_tracks_is_never_overwritten(cli, root, upstream, source):

@@ -5,6 +5,7 @@ failed, or cleared of the processes still running in it."""
 import contextlib
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,13 +62,17 @@ def refresh(pool: Pool, slot: Slot, *, rescue_label: str,
     started = time.monotonic()
     tip = pool.tip()
     ensure_inside(pool.paths.records, pool.settings.root)
-    report = cleanup.clean(pool.checked_slot_dir(slot.number), cleanup.Target(
+    target = cleanup.Target(
         mirror=pool.paths.mirror, url=pool.definition.url, branch=pool.definition.branch,
         tip=tip, rescue_to=rescue_path(pool, slot.number, rescue_label),
         record=pool.paths.slot_record(slot.number),
         keep_ignored=pool.definition.keep_ignored, keep=tuple(pool.definition.keep),
         known_commit=slot.commit, include=tuple(pool.definition.include),
-        include_from=pool.definition.include_from))
+        include_from=pool.definition.include_from)
+    report = cleanup.clean(pool.checked_slot_dir(slot.number), target)
+    if report.recloned and target.include:  # the fresh clone gets its files as any slot
+        again = cleanup.clean(pool.checked_slot_dir(slot.number), replace(target, known_commit=tip))
+        report.included, report.include_warnings = again.included, again.include_warnings
     cleaned: Event = ("cleanup", dict(
         slot_id=pool.slot_id(slot.number), lease_id=lease_id, commit=tip,
         duration_seconds=round(time.monotonic() - started, 3), **report.to_dict()))
@@ -124,7 +129,7 @@ def prepare(pool: Pool, number: int, commit: str, *,
     if outcome.error is not None:
         raise PrepareFailed(f"{prepared.PREPARE_FAILED}{command!r} {outcome.error} "
                             f"(log: {prepared.log_path(pool.paths, number)})")
-    lastclean.seal(tree, pool.paths.slot_record(number))
+    lastclean.seal(tree, pool.paths.slot_record(number), again=True)
     return record
 
 

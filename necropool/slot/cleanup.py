@@ -218,7 +218,7 @@ def _clean_confined(tree: Path, target: Target) -> Report:
     source, wanted = target.include_from, target.include
     skip = include.tracked(tree, wanted) if source and wanted else set()
     # (before the work is judged: an included file left as it was is not the holder's)
-    edited = include.take_back(tree, source, wanted, skip) if source and wanted else []
+    edited = include.take_back(tree, last.included, wanted, skip) if source and wanted else []
     touched = changed != [] or bool(edited)
     untouched = not (keep_ignored or keep) and not touched
     snapshot = Snapshot(tree) if touched else None
@@ -263,7 +263,8 @@ def _clean_confined(tree: Path, target: Target) -> Report:
         git.delete_refs(gitdir, saved)
         slotgit.remove(gitdir / RESCUE_REFS)  # (the empty directories: a fresh slot has none)
     if source and wanted:
-        report.included, report.include_warnings = include.copy_in(tree, source, wanted, skip)
+        last.included, report.include_warnings = include.copy_in(tree, source, wanted, skip)
+        report.included = list(last.included)
     if checkout or not untouched or (source and wanted):
         last.retake_tree(tree)
     last.index = index_identity(gitdir)

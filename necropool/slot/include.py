@@ -4,12 +4,14 @@ pool's ``include_from``): files a checkout lacks but every holder needs.
 Runs inside the cleanup's confinement. A copy is owner-only (0600) and written through
 directory descriptors opened without following symlinks, so a link a holder left in the
 slot never redirects it; a source entry is read only when it resolves inside
-``include_from``. An included file its holder left as it was is taken back before the work
-is judged (it is not the holder's work); one the holder changed is judged like any file
-the holder made. A file git tracks is never overwritten.
+``include_from``. An included file its holder left as it was copied (its digest, kept in the
+cleanup's record outside the slot) is taken back before the work is judged: it is not the
+holder's work, even when the source changed meanwhile; one the holder changed is judged
+like any file the holder made. A file git tracks is never overwritten.
 """
 
 import contextlib
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -26,18 +28,23 @@ def tracked(tree: Path, paths: tuple[str, ...]) -> set[str]:
     return {os.fsdecode(p) for p in out.split(b"\0") if p}
 
 
-def take_back(tree: Path, source: str, paths: tuple[str, ...], skip: set[str]) -> list[str]:
-    """Remove the included files the holder left as they were copied; return the ones
-    it changed (left in place: its work)."""
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def take_back(tree: Path, copied: dict[str, str], paths: tuple[str, ...],
+              skip: set[str]) -> list[str]:
+    """Remove the included files the holder left as they were copied (``copied``: their
+    digests, as the last cleanup recorded them; a source changed since does not make
+    them the holder's); return the ones it changed (left in place: its work)."""
     changed = []
     for rel in paths:
         if rel in skip:
             continue
-        wanted = _read_source(source, rel)
         found = _read_slot(tree, rel)
         if found is None:
             continue
-        if wanted is not None and found == wanted:
+        if copied.get(rel) == digest(found):
             _unlink(tree, rel)
         else:
             changed.append(rel)
@@ -45,11 +52,12 @@ def take_back(tree: Path, source: str, paths: tuple[str, ...], skip: set[str]) -
 
 
 def copy_in(tree: Path, source: str, paths: tuple[str, ...],
-            skip: set[str]) -> tuple[list[str], list[str]]:
-    """Copy the included files into the slot; return (copied, warnings): a file missing
-    from the source, leading out of it, tracked by git or blocked in the slot is skipped
-    with a warning, never a failure."""
-    copied, warnings = [], []
+            skip: set[str]) -> tuple[dict[str, str], list[str]]:
+    """Copy the included files into the slot; return (what was copied, with its digest;
+    warnings): a file missing from the source, leading out of it, tracked by git or
+    blocked in the slot is skipped with a warning, never a failure."""
+    copied: dict[str, str] = {}
+    warnings: list[str] = []
     for rel in paths:
         if rel in skip:
             warnings.append(f"{rel}: tracked by git, not included")
@@ -60,7 +68,7 @@ def copy_in(tree: Path, source: str, paths: tuple[str, ...],
             continue
         try:
             _write(tree, rel, data)
-            copied.append(rel)
+            copied[rel] = digest(data)
         except OSError as exc:
             warnings.append(f"{rel}: not copied ({exc.strerror})")
     return copied, warnings
