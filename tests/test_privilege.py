@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import importlib
+import json
 import os
 import shutil
 import signal
@@ -450,4 +451,20 @@ def test_config_put_back_race_runs_no_holder_program(scene):
     assert done + failed >= RELEASES, (done, failed)
     assert s.canaries() == before
     assert s.markers_found() == []
+    assert s.root_owned() == []
+
+
+def test_root_prepares_a_slot_as_the_owner(scene):
+    """The pool's prepare command, run because root allocated, runs as the owner: what it
+    writes and the record of it are the owner's, and root leaves nothing in the pool."""
+    s = scene
+    definition = s.home / "pools/web/pool.toml"
+    with definition.open("a") as fh:
+        fh.write('prepare = "mkdir -p build && id -u > build/uid && touch $HOME/cached"\n')
+    got = s.as_root("allocate", "web", "--json")
+    assert got.code == 0, got
+    slot = Path(json.loads(got.stdout)["path"])
+    assert (slot / "build/uid").read_text().strip() == str(OWNER.uid)
+    assert json.loads(got.stdout)["prepared"]["current"]
+    assert (s.home / "pools/web/cache/home/cached").stat().st_uid == OWNER.uid
     assert s.root_owned() == []

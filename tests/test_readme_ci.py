@@ -1,5 +1,6 @@
-"""README.md's "For CI" recipe, run as written (``sh``) by two jobs one after the other: the
-second finds the dependencies the first installed (``keep``), and no other ignored file."""
+"""README.md's "For CI" recipe, run as written (``sh``) by two jobs one after the other: each
+finds the dependencies ``prepare`` installed when the slot was made (``keep``: not
+installed again for the second), and no other ignored file."""
 
 import os
 import re
@@ -15,7 +16,7 @@ import necropool
 README = (Path(__file__).parent.parent / "README.md").read_text()
 NPM = """#!/bin/sh
 case "$1" in
-  ci) mkdir -p node_modules/left-pad && echo installed >>"$NPM_LOG" ;;
+  ci) mkdir -p node_modules/left-pad && echo installed >>node_modules/.ci-runs ;;
   test) test -d node_modules/left-pad && test ! -e build.o && touch build.o ;;
 esac
 """
@@ -37,10 +38,13 @@ def test_two_ci_jobs_share_the_installed_dependencies(root, upstream, tmp_path):
         tool.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(Path(necropool.__file__).parent.parent),
-               NECROPOOL_CONFIG=str(tmp_path / "config.toml"), NPM_LOG=str(tmp_path / "npm.log"))
+               NECROPOOL_CONFIG=str(tmp_path / "config.toml"))
     for number in (1, 2):
         done = subprocess.run(["sh", "-ec", job], cwd=tmp_path, capture_output=True, text=True,
                               timeout=180, env=dict(env, CI_JOB_ID=str(number)))
         assert done.returncode == 0, done
         assert "run:" not in done.stderr  # -q: no notes
-    assert (tmp_path / "npm.log").read_text() == "installed\n"  # the second job reused it
+    slots = sorted((root / "pools/web/slots").iterdir())
+    assert len(slots) == 4
+    for slot in slots:  # prepared once when made; the jobs at the same tip reused it
+        assert (slot / "node_modules/.ci-runs").read_text() == "installed\n", slot

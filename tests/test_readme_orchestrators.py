@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import git
+from helpers import commit_file, git
 
 import necropool
 
@@ -42,8 +42,30 @@ def needs_jq():
         pytest.skip("jq is not installed")
 
 
+@pytest.mark.slow
+def test_an_agent_gets_a_slot_with_dependencies_and_local_config(root, upstream, tmp_path,
+                                                                  monkeypatch):
+    section = README.split("\n## For agent orchestrators\n", 1)[1].split("\n## ", 1)[0]
+    config = re.findall(r"```toml\n(.*?)```", section, re.S)[0]
+    local = tmp_path / "agents"
+    local.mkdir()
+    (local / ".env").write_text("API_URL=http://127.0.0.1:9\n")
+    (tmp_path / "config.toml").write_text(
+        config.replace("https://example.com/org/web.git", str(upstream))
+        .replace("/srv/agents/web", str(local)))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "npm").write_text("#!/bin/sh\nmkdir -p node_modules/left-pad\n")
+    (bin_dir / "npm").chmod(0o755)
+    commit_file(upstream, ".gitignore", "node_modules/\n")
+    monkeypatch.setenv("NECROPOOL_CONFIG", str(tmp_path / "config.toml"))
+    done = sh(recipes()[0], tmp_path)
+    assert done.returncode == 0, done
+    assert "agent-8 talks to http://127.0.0.1:9" in done.stdout
+
+
 def test_an_agent_runs_while_the_orchestrator_watches_the_events(cli, pool, tmp_path):
-    watch_and_run, _ = recipes()
+    _, watch_and_run, _ = recipes()
     done = sh(watch_and_run + "sleep 1.5\nkill $!\n", tmp_path)
     assert done.returncode == 0, done
     slot = done.stdout.split("agent-7 works in ", 1)[1].split()[0]
@@ -63,7 +85,7 @@ def test_a_crashed_agents_work_is_put_back_as_it_was(cli, pool, manager, tmp_pat
     before = git(work, "status", "--short")
     manager.release_slot(held["slot_id"], fetch=False)  # as auto-recover reclaims it
 
-    _, resume = recipes()
+    *_, resume = recipes()
     done = sh(resume, tmp_path)
     assert done.returncode == 0, done
     path, status = done.stdout.rstrip("\n").split("\n", 1)

@@ -146,6 +146,14 @@ FILES = [
     ("<root>/pools/<pool>/records/<n>.json",
      "What the last cleanup of slot <n> left (its directories and index), kept outside the "
      "slot: the next cleanup skips what the holder cannot have changed."),
+    ("<root>/pools/<pool>/records/<n>.prepared.json",
+     "What the pool's prepare command last did in slot <n>: the commit, when, how long, "
+     "whether it succeeded (owner-only)."),
+    ("<root>/pools/<pool>/records/<n>.prepare.log",
+     "Its output, stdout and stderr, at most 256 KiB (owner-only)."),
+    ("<root>/pools/<pool>/cache/",
+     "HOME, XDG_CACHE_HOME and TMPDIR of the prepare command, shared by the pool's slots "
+     "(package caches); the only place outside a slot it may write."),
     ("<root>/pools/<pool>/events.jsonl",
      "Append-only history: allocations, releases, cleanups, recoveries (see *log*)."),
     ("<root>/pools/<pool>/events.jsonl.1",
@@ -188,6 +196,14 @@ CONFIG_POOL = [
     ("fetch_on_allocate", "Fetch upstream on every allocate (default true)."),
     ("fetch_backend", "git (default) or libgit2."),
     ("ledger", "This pool's ledger, over the top-level one."),
+    ("prepare", "Shell command run (/bin/sh -c) in a slot after each cleanup at a new tip, "
+                "such as \"npm ci\": confined like the cleanup, as the pool's owner; a slot is "
+                "handed out only once it succeeded for its commit, and one where it fails is "
+                "isolated (default none)."),
+    ("prepare_timeout", "Seconds the prepare command may run (default 1800)."),
+    ("include", "Files copied into each slot at cleanup from include_from, such as "
+                "[\".env\"]: relative paths without '..', written owner-only (default none)."),
+    ("include_from", "The absolute directory the include files are copied from."),
 ]
 
 JSON_TEXT = [

@@ -33,7 +33,7 @@ from necropool.ground.locks import lock_free
 from necropool.ground.proc import hostname
 from necropool.ground.redact import split_upstream
 from necropool.ground.validate import check_pool_name
-from necropool.lease.refresh import save_work
+from necropool.lease.refresh import ready_new, save_work
 from necropool.pool.pool import Pool, PoolDef, get_slot
 from necropool.slot.lastclean import seal
 from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot
@@ -83,7 +83,9 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
         definition = PoolDef(name=spec.name, url=url, branch=branch,
                              keep_ignored=spec.keep_ignored, keep=list(spec.keep),
                              fetch_on_allocate=spec.fetch_on_allocate,
-                             fetch_backend=spec.fetch_backend, created_at=now(),
+                             fetch_backend=spec.fetch_backend, prepare=spec.prepare,
+                             prepare_timeout=spec.prepare_timeout, include=list(spec.include),
+                             include_from=spec.include_from, created_at=now(),
                              managed_by=managed_by)
         write_atomic(paths.definition, definition.dump())
         if ledger:  # before the slots are cloned: an unreachable ledger fails fast
@@ -120,7 +122,9 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
             with contextlib.suppress(NecropoolError):
                 unregister(ledger, spec.name, hostname())
         raise
-    return Pool(settings, spec.name)
+    pool = Pool(settings, spec.name)
+    ready_new(pool, sorted(new.slots))  # (once in place: a failed prepare isolates a slot)
+    return pool
 
 
 def _clone_slots(mirror: Path, dests: dict[Key, Path], url: str, branch: str,
@@ -291,7 +295,8 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
         raise UsageError(f"invalid count {count}: must be at least 1")
     pool.sweep()
     ensure_inside(pool.paths.slots, pool.settings.root)
-    added = []
+    added: list[str] = []
+    numbers: list[int] = []
     # Cloned next to the pools, not inside this one: a delete meanwhile must not find its
     # pool's directory made again by a clone (a half-made pool, neither created nor deleted).
     temps = [pools_dir(pool.settings.root) / temp_name(f"{pool.name}.add{i}")
@@ -306,6 +311,7 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
             current.slots[number] = Slot(number=number, created_at=now(), commit=commit)
         pool.event("add", slot_id=pool.slot_id(number))
         added.append(pool.slot_id(number))
+        numbers.append(number)
 
     try:
         _clone_slots(pool.paths.mirror, {tmp: tmp for tmp in temps}, pool.definition.url,
@@ -314,6 +320,7 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
         for tmp in temps:  # the clones not registered yet
             remove_tree(tmp, pool.settings.root)
         raise
+    ready_new(pool, numbers)
     return added
 
 

@@ -91,7 +91,8 @@ def _drop_pool(entry: dict[str, Any], settings: Settings, name: str, dry_run: bo
     entry["action"] = "deleted"
 
 
-POOL_SETTINGS = ("branch", "keep_ignored", "keep", "fetch_on_allocate", "fetch_backend")
+POOL_SETTINGS = ("branch", "keep_ignored", "keep", "fetch_on_allocate", "fetch_backend",
+                 "prepare", "prepare_timeout", "include", "include_from")
 
 
 def _converge(pool: Pool, spec: PoolSpec, dry_run: bool = False) -> dict[str, Any]:

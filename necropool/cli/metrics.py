@@ -36,6 +36,13 @@ SLOT_METRICS = [
     ("necropool_lease_age_seconds", "gauge", "Seconds since the current lease began."),
     ("necropool_lease_expires_in_seconds", "gauge",
      "Seconds until the current lease expires (negative: expired); leases with a TTL only."),
+    ("necropool_slot_prepared", "gauge",
+     "1 when the slot is prepared (the pool's prepare command succeeded) for its commit, "
+     "else 0; pools with a prepare command only."),
+    ("necropool_slot_prepare_duration_seconds", "gauge",
+     "How long the slot's last prepare took (pools with a prepare command only)."),
+    ("necropool_slot_prepare_timestamp_seconds", "gauge",
+     "When the slot's last prepare ended (Unix time)."),
 ]
 RECOVERY_METRICS = [
     ("necropool_last_auto_recover_timestamp_seconds", "gauge",
@@ -97,6 +104,8 @@ def _samples(pools: list[dict[str, Any]], recoveries: dict[str, dict[str, Any] |
             if s.get("expires_at"):
                 out["necropool_lease_expires_in_seconds"].append(
                     f"{slot} {-_seconds(s['expires_at'], at)}")
+            if p.get("prepare"):
+                _prepared(out, slot, s.get("prepared"))
     if anomalies is not None:
         counts = {(p["pool"], kind): 0 for p in pools for kind in anomalies
                   if p["pool"] not in failed}  # not checked: unknown, not zero
@@ -113,6 +122,15 @@ def _samples(pools: list[dict[str, Any]], recoveries: dict[str, dict[str, Any] |
             out["necropool_last_auto_recover_actions"].append(f"{label} {event['actions']}")
             out["necropool_last_auto_recover_errors"].append(f"{label} {event['errors']}")
     return out
+
+
+def _prepared(out: dict[str, list[str]], slot: str, prepared: dict[str, Any] | None) -> None:
+    out["necropool_slot_prepared"].append(f"{slot} {int(bool(prepared and prepared['current']))}")
+    if prepared:
+        out["necropool_slot_prepare_duration_seconds"].append(
+            f"{slot} {prepared['duration_seconds']}")
+        out["necropool_slot_prepare_timestamp_seconds"].append(
+            f"{slot} {parse_rfc3339(prepared['at']).timestamp()}")
 
 
 def prometheus(pools: list[dict[str, Any]], recoveries: dict[str, dict[str, Any] | None],

@@ -78,9 +78,20 @@ def render(out: "Output", pools: list[dict[str, Any]]) -> None:
             why = s.get("isolation_reason") or s.get("error") or "isolated"
             _line(console, f"{s['slot_id']}: {why}", "red")
     for p in pools:
+        if p.get("prepare"):
+            _line(console, f"{p['pool']}: prepare {p['prepare']!r}: {_prepared(p['slots'])}")
         if p.get("rescued_count"):
             _line(console, f"{p['pool']}: rescued/ holds {plural(p['rescued_count'], 'item')}"
                   f", {size(p['rescued_bytes'])} (necropool rescued list {p['pool']})")
+
+
+def _prepared(slots: list[dict[str, Any]]) -> str:
+    """How many slots are prepared for their commit, and the last preparation's time."""
+    done = [s["prepared"] for s in slots if s.get("prepared")]
+    current = sum(1 for d in done if d["current"])
+    last = max(done, key=lambda d: d["at"], default=None)
+    return (f"{current} of {plural(len(slots), 'slot')} prepared for their commit"
+            + (f" (the last took {last['duration_seconds']:g}s)" if last else ""))
 
 
 def _line(console: "Console", text: str, style: str = "") -> None:

@@ -20,7 +20,7 @@ from necropool.ground.validate import (
     check_url,
 )
 
-POOL_KEYS: dict[str, type] = {
+POOL_KEYS: dict[str, type | tuple[type, ...]] = {
     "url": str,
     "num_slots": int,
     "branch": str,
@@ -29,6 +29,10 @@ POOL_KEYS: dict[str, type] = {
     "fetch_on_allocate": bool,
     "fetch_backend": str,
     "ledger": str,
+    "prepare": str,
+    "prepare_timeout": (int, float),
+    "include": list,
+    "include_from": str,
 }
 TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "root": str,
@@ -47,11 +51,12 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
 LIMITS = {"max_allocation_hours": MAX_HOURS, "stale_lock_hours": MAX_HOURS,
           "stale_mirror_hours": MAX_HOURS, "silent_host_hours": MAX_HOURS,
           "rescued_retention_days": MAX_HOURS / 24, "lock_timeout": 1e9, "git_timeout": 1e9,
-          "ledger_timeout": 86400}
+          "ledger_timeout": 86400, "prepare_timeout": 1e9}
 POSITIVE = ("max_allocation_hours", "stale_lock_hours", "stale_mirror_hours",
             "silent_host_hours", "rescued_retention_days", "lock_timeout",
-            "git_timeout", "ledger_timeout", "num_slots")
+            "git_timeout", "ledger_timeout", "num_slots", "prepare_timeout")
 FETCH_BACKENDS = ("git", "libgit2")
+PREPARE_TIMEOUT = 1800.0  # seconds a slot's prepare command may run
 
 
 @dataclass
@@ -67,6 +72,10 @@ class PoolSpec:
     fetch_on_allocate: bool = True
     fetch_backend: str = "git"
     ledger: str | None = None  # where its state is kept (``Settings.ledger_for``)
+    prepare: str | None = None  # run in each slot after a cleanup at a new tip (``sh -c``)
+    prepare_timeout: float = PREPARE_TIMEOUT
+    include: list[str] = field(default_factory=list)  # files copied in from ``include_from``
+    include_from: str | None = None
     # The keys the config table gives: ``sync`` converges only those (all keys when built in code).
     declared: frozenset[str] = field(default=frozenset(POOL_KEYS), compare=False, repr=False)
 
@@ -118,10 +127,35 @@ def check_keep(patterns: list[str]) -> None:
                              "as 'node_modules/' (no '!', '#' or line break)")
 
 
+def check_include(paths: list[str], source: str | None) -> None:
+    """``include``: paths relative to ``include_from`` (which must then be an absolute
+    directory), none leading out of it (no ``..``, not absolute)."""
+    for rel in paths:
+        if not isinstance(rel, str) or not rel.strip("/") or rel.startswith("/") \
+                or ".." in rel.split("/") or any(c in rel for c in "\0\n\r"):
+            raise UsageError(f"invalid include path {rel!r}: a path relative to include_from, "
+                             "such as '.env' (no '..', not absolute)")
+    if paths and source is None:
+        raise UsageError("include needs include_from: the directory the files are copied from")
+    if source is not None and not os.path.isabs(source):
+        raise UsageError(f"invalid include_from {source!r}: an absolute directory")
+
+
+def check_prepare(command: str | None) -> None:
+    if command is not None and (not command.strip() or "\0" in command):
+        raise UsageError(f"invalid prepare command {command!r}: a shell command such as "
+                         "'npm ci'")
+
+
 def check_spec(spec: PoolSpec) -> PoolSpec:
     """A pool spec from the config or the API; a local path url is made absolute."""
     check_pool_name(spec.name)
     check_keep(spec.keep)
+    check_include(spec.include, spec.include_from)
+    check_prepare(spec.prepare)
+    if not 0 < spec.prepare_timeout <= LIMITS["prepare_timeout"]:
+        raise UsageError(f"invalid prepare timeout {spec.prepare_timeout:g}: must be greater "
+                         "than zero")
     check_url(spec.url)
     if spec.num_slots < 1:
         raise UsageError(f"invalid slot count {spec.num_slots}: must be at least 1")
@@ -181,10 +215,15 @@ def _pool_spec(path: Path, name: str, table: object) -> PoolSpec:
         if key not in POOL_KEYS:
             _fail(path, f"pools.{name}.{key}", "unknown key" + did_you_mean(key, POOL_KEYS))
         _check_type(path, f"pools.{name}.{key}", value, POOL_KEYS[key])
+    key = "keep"
     try:
         check_keep(table.get("keep", []))
+        key = "include"
+        check_include(table.get("include", []), table.get("include_from"))
+        key = "prepare"
+        check_prepare(table.get("prepare"))
     except UsageError as exc:
-        _fail(path, f"pools.{name}.keep", exc.message)
+        _fail(path, f"pools.{name}.{key}", exc.message)
     _check_ledger_key(path, f"pools.{name}.ledger", table.get("ledger"))
     if "url" not in table:
         _fail(path, f"pools.{name}.url", "missing")

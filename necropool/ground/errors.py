@@ -128,7 +128,9 @@ def explain(exc: BaseException) -> str:
 # back or git is installed again, so what they isolated is retried (``retry_due``).
 _ENVIRONMENTAL = (("no space", ("No space left on device", "Disk quota exceeded")),
                   ("I/O error", ("Input/output error",)),
-                  ("git missing", ("git is not installed",)))
+                  ("git missing", ("git is not installed",)),
+                  # a prepare command fails for a registry down or a lock file not yet fixed
+                  ("prepare failed", ("prepare failed: ",)))
 _CAUSE = re.compile(r" \[environmental: (?P<cause>[^;\]]+); attempt (?P<n>\d+)\]$")
 RETRY_BASE, RETRY_MAX = 60.0, 3600.0  # seconds: 1 min, 2, 4, ... at most an hour apart
 

@@ -41,6 +41,7 @@ class PoolPaths:
         self.rescued = self.dir / "rescued"
         self.verified = self.dir / "verified.json"
         self.records = self.dir / "records"
+        self.cache = self.dir / "cache"  # the prepare command's HOME, caches and TMPDIR
         self.credentials = self.dir / "credentials"  # the upstream's, owner-only
 
     def slot_id(self, number: int) -> str:
@@ -60,7 +61,7 @@ class PoolPaths:
         "pool.toml", "state", "state.toml", "state.toml.bak", "pool.lock", "mirror.lock",
         "wait.lock", "wake.fifo", "mirror.fetched", "mirror.failed", "locks", "mirror.git", "slots",
         "events.jsonl", "events.jsonl.1", "rescued", "verified.json", "records", "ledger",
-        "state.toml.imported", "state.imported", "readers.lock", "credentials",
+        "state.toml.imported", "state.imported", "readers.lock", "credentials", "cache",
     })
 
 

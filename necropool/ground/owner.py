@@ -33,14 +33,16 @@ def owner_of(directory: Path) -> "Identity | None":
 
 
 def run_as(who: "Identity", fn: Callable[..., T], *args: object,
-           policy: "Policy | None" = None) -> T:
+           policy: "Policy | None" = None, timeout: float | None = None) -> T:
     """``fn(*args)`` in a child that became ``who`` (and is confined by ``policy``, if
-    given); its value or exception comes back here, so both must pickle. The child can
+    given; killed with its group past ``timeout`` seconds); its value or exception comes
+    back here, so both must pickle. The child can
     import only what ``who`` may read: the caller imports beforehand what ``fn`` needs
     (root's Python may live in /root)."""
     from necropool.ground.confine import run_confined  # lazy: as in owner_of
 
-    value: T = run_confined(_settled, who.uid, fn, args, policy=policy, user=who)
+    value: T = run_confined(_settled, who.uid, fn, args, policy=policy, user=who,
+                            timeout=timeout)
     return value
 
 

@@ -29,7 +29,7 @@ from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, Slot
 COUNTERS = ("long_allocated_released", "expired_released", "abandoned_released",
             "corrupted_recovered", "corrupted_isolated", "orphaned_locks_cleaned",
             "stray_paths_moved", "slots_adopted", "rescued_pruned", "tampered_cleaned",
-            "isolated_retried")
+            "isolated_retried", "prepares_retried")
 
 
 def zero_counters() -> dict[str, int]:
@@ -162,14 +162,16 @@ def plan(pool: Pool, found: Findings, *, recover_corrupted: bool = True,
             if number not in corrupted:
                 step("long_allocated_released", str(a.slot_id), "force release", release,
                      pool, number, lease_id=a.lease_id, ending=FORCE_RELEASE)
-    if recover_corrupted:  # isolated by a full disk, an I/O error, git missing: retried
-        for a, number in _numbered(items["isolated_slots"]):
+    # isolated by a full disk, an I/O error, git missing, a failed prepare: retried
+    retried = (("isolated_slots", "isolated_retried", "isolated by the environment"),
+               ("failed_prepares", "prepares_retried", "prepare failed"))
+    for kind, counter, why in retried if recover_corrupted else ():
+        for a, number in _numbered(items[kind]):
             slot = judged.get(number)
             if slot is not None and slot.isolated_at and retry_due(
                     slot.isolation_reason, (now() - slot.isolated_at).total_seconds()):
-                step("isolated_retried", str(a.slot_id), "recover (isolated by the "
-                     "environment: retried)", _recover_or_raise, pool, number,
-                     verifier=verifier, judged=slot)
+                step(counter, str(a.slot_id), f"recover ({why}: retried)", _recover_or_raise,
+                     pool, number, verifier=verifier, judged=slot)
     for a, number in _numbered(items["tampered_free_slots"]):  # before anyone gets it
         step("tampered_cleaned", str(a.slot_id), "clean (changed while free; work saved as "
              "no holder's)", _recover_or_raise, pool, number, verifier=verifier,

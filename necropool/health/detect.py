@@ -19,6 +19,7 @@ from necropool.ground.proc import hostname
 from necropool.ground.results import Record
 from necropool.pool.mirror import mirror_freshness
 from necropool.pool.pool import Pool
+from necropool.pool.prepared import PREPARE_FAILED
 from necropool.slot import gitdir as slotgit
 from necropool.slot import lastclean
 from necropool.slot.integrity import Verifier
@@ -26,7 +27,7 @@ from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, PoolSta
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
          "orphaned_locks", "stray_paths", "isolated_slots", "stale_mirrors", "silent_hosts",
-         "busy_free_slots", "tampered_free_slots")
+         "busy_free_slots", "tampered_free_slots", "failed_prepares")
 
 
 @dataclass
@@ -192,7 +193,9 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
                 to_verify.append(number)
             continue
         if slot.state == ERROR and slot.isolated_at and number not in current.problems:
-            found.add("isolated_slots", slot_id=sid, number=number, path=where,
+            failed = PREPARE_FAILED in (slot.isolation_reason or "")
+            found.add("failed_prepares" if failed else "isolated_slots", slot_id=sid,
+                      number=number, path=where,
                       evidence=slot.isolation_reason or slot.error or "isolated")
             continue
         to_verify.append(number)

@@ -25,7 +25,7 @@ from necropool.ground.proc import Holder
 from necropool.ground.results import Record
 from necropool.ground.validate import check_text
 from necropool.health.detect import holder_dead
-from necropool.lease.refresh import clear_processes, move_aside, refresh
+from necropool.lease.refresh import PrepareFailed, clear_processes, move_aside, refresh
 from necropool.pool.pool import Pool, get_slot
 from necropool.slot.cleanup import fresh_clone
 from necropool.slot.integrity import Verifier
@@ -201,6 +201,10 @@ def _repair(pool: Pool, slot: Slot, actions: list[str],
             rescued = report.rescued
             actions.append("cleaned" + (f" (work saved to {rescued})" if rescued else ""))
             cleaned = True
+        except PrepareFailed as exc:  # clean, its work saved: a re-clone would not help
+            exc.record_cleanup(pool)
+            actions.append("cleaned, but " + exc.message)
+            return False, exc.message, None, exc.rescued
         except Exception as exc:  # the working copy is moved aside whole below
             actions.append(f"cleanup failed: {explain(exc)}")
         else:
@@ -229,6 +233,15 @@ def _repair(pool: Pool, slot: Slot, actions: list[str],
     problems = verifier.verify(path)
     if problems:
         return False, "still broken after re-clone: " + "; ".join(problems[:2]), None, rescued
+    if pool.definition.prepare or pool.definition.include:  # what a cleanup would give it
+        try:
+            commit, _, event = refresh(pool, slot, rescue_label=label)
+        except PrepareFailed as exc:
+            return False, exc.message, None, rescued
+        except Exception as exc:
+            return False, f"cleanup after the re-clone failed: {explain(exc)}", None, rescued
+        pool.event(event[0], **event[1])
+        actions.append("cleaned after the re-clone (include, prepare)")
     return True, None, commit, rescued
 
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field, replace
 
 from necropool.git import commands as git
 from necropool.ground import wakeup
-from necropool.ground.errors import Conflict, OperationFailed, TryAgain, UsageError, explain
+from necropool.ground.errors import Conflict, OperationFailed, TryAgain, UsageError
 from necropool.ground.locks import FileLock, jitter
 from necropool.ground.proc import Holder
 from necropool.ground.users import lookup
 from necropool.ground.validate import check_metadata, check_seconds, check_text
-from necropool.lease.refresh import clear_processes, fail_slot, refresh
+from necropool.lease.refresh import clear_processes, refresh, settle_failure, unprepared
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool
 from necropool.slot import lastclean
@@ -169,8 +169,8 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
 
     skip = frozenset(failed)
     try:
-        slot = pool.store.claim(lease, lambda s: not _stale(s, tip) and take(s, True), skip,
-                                note=noted)
+        slot = pool.store.claim(lease, lambda s: not _stale(pool, s, tip) and take(s, True),
+                                skip, note=noted)
         stale = slot is None
         if stale:  # held by this process while it is refreshed
             slot = pool.store.claim(replace(lease, holder=Holder.me()), take, skip)
@@ -191,10 +191,11 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
     return Grant(pool, slot.number, lease, slot, lock if keep_lock else None)
 
 
-def _stale(slot: Slot, tip: str | None) -> bool:
-    """Not as a fresh slot at the mirror's tip: it is refreshed before it is handed out,
-    with or without --no-fetch."""
-    return slot.needs_cleanup or (tip is not None and slot.commit != tip)
+def _stale(pool: Pool, slot: Slot, tip: str | None) -> bool:
+    """Not as a fresh slot at the mirror's tip, prepared for it: it is refreshed (and
+    prepared) before it is handed out, with or without --no-fetch."""
+    return (slot.needs_cleanup or (tip is not None and slot.commit != tip)
+            or unprepared(pool, slot))
 
 
 def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock,
@@ -216,7 +217,7 @@ def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock,
         label = lastclean.NO_HOLDER if touched else "allocate"
         commit, report, cleaned = refresh(pool, slot, rescue_label=label)
     except Exception as exc:  # whatever went wrong, the slot ends in error
-        fail_slot(pool, slot.number, f"cleanup before allocation failed: {explain(exc)}")
+        settle_failure(pool, slot.number, exc, "cleanup before allocation")
         lock.release(unlink=True)
         return None
 

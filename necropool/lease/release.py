@@ -9,7 +9,13 @@ from necropool.ground.clock import now
 from necropool.ground.errors import OperationFailed, Skipped, TryAgain, explain
 from necropool.ground.locks import FileLock
 from necropool.ground.proc import Holder
-from necropool.lease.refresh import clear_processes, fail_slot, refresh, refuse_busy
+from necropool.lease.refresh import (
+    PrepareFailed,
+    clear_processes,
+    refresh,
+    refuse_busy,
+    settle_failure,
+)
 from necropool.lease.renew import Busy, Release, Renewed, expired, lease_gone, was_released
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool, get_slot
@@ -99,8 +105,14 @@ def release(pool: Pool, number: int, *, lease_id: str | None = None, clean: bool
     try:
         tip, report, cleaned = refresh(pool, previous, rescue_label=lease.lease_id,
                                        lease_id=lease.lease_id)
+    except PrepareFailed as exc:  # cleaned, the work saved: only its prepare failed
+        settle_failure(pool, number, exc)
+        lock.release(unlink=True)
+        raise OperationFailed(f"slot {pool.slot_id(number)} was cleaned"
+                              + (f" (work saved to {exc.rescued})" if exc.rescued else "")
+                              + f" but is isolated: {explain(exc)}") from None
     except Exception as exc:  # whatever went wrong, the slot ends in error, its work intact
-        fail_slot(pool, number, f"cleanup failed: {explain(exc)}")
+        settle_failure(pool, number, exc)
         lock.release(unlink=True)
         raise OperationFailed(f"slot {pool.slot_id(number)} could not be cleaned and is now "
                               f"in error until recovered: {explain(exc)}") from None

@@ -16,7 +16,7 @@ import tomli_w
 
 from necropool.git import commands as git
 from necropool.ground.clock import rfc3339
-from necropool.ground.config import Settings
+from necropool.ground.config import PREPARE_TIMEOUT, Settings
 from necropool.ground.errors import NotFound, OperationFailed, UsageError
 from necropool.ground.layout import (
     PoolPaths,
@@ -32,6 +32,7 @@ from necropool.ground.results import Record
 from necropool.ground.slotref import SlotRef
 from necropool.ground.suggest import did_you_mean
 from necropool.ground.validate import check_pool_name
+from necropool.pool import prepared
 from necropool.pool.upstream import migrate
 from necropool.store.base import Store
 from necropool.store.model import PoolState, Slot
@@ -49,6 +50,10 @@ class PoolDef:
     keep: list[str] = field(default_factory=list)
     fetch_on_allocate: bool = True
     fetch_backend: str = "git"
+    prepare: str | None = None  # run in a slot after each cleanup at a new tip
+    prepare_timeout: float = PREPARE_TIMEOUT
+    include: list[str] = field(default_factory=list)  # copied in from include_from
+    include_from: str | None = None
     created_at: datetime | None = None
     managed_by: str | None = None  # "sync": made by sync, which alone may prune it
 
@@ -209,7 +214,19 @@ def describe_slot(pool: "Pool", slot: Slot, host: str | None = None,
         "needs_cleanup": slot.needs_cleanup, "error": slot.error,
         "isolated_at": rfc3339(slot.isolated_at), "isolation_reason": slot.isolation_reason,
         "last_rescue": slot.last_rescue,
+        "prepared": _prepared(pool, slot, commit) if not remote else None,
     })
+
+
+def _prepared(pool: "Pool", slot: Slot, commit: str | None) -> dict[str, object] | None:
+    """What the slot was last prepared for (None: the pool prepares nothing, or not yet)."""
+    if not pool.definition.prepare:
+        return None
+    last = prepared.load(pool.paths, slot.number)
+    if last is None:
+        return None
+    where = prepared.directory_of(pool.slot_dir(slot.number))
+    return last.view(pool.paths, slot.number, last.fits(commit, pool.definition.prepare, where))
 
 
 def get_slot(current: PoolState, pool: Pool, number: int) -> Slot:

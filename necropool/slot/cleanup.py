@@ -17,7 +17,7 @@ from necropool.git import commands as git
 from necropool.git.commands import GitError
 from necropool.ground import confine
 from necropool.ground.layout import make_private, rename_into_place, sync_filesystem, temp_name
-from necropool.slot import confined, nested
+from necropool.slot import confined, include, nested
 from necropool.slot import gitdir as slotgit
 from necropool.slot.lastclean import LastClean, index_identity
 from necropool.slot.saving import (
@@ -55,6 +55,8 @@ class Report:
     tampered: list[str] = field(default_factory=list)
     recloned: bool = False
     rescued: str | None = None
+    included: list[str] = field(default_factory=list)
+    include_warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {k: v for k, v in vars(self).items() if v not in (None, [], False, 0)}
@@ -153,7 +155,8 @@ class Target:
     bundle for the holder's work (nested repositories and a tampered slot go beside it);
     ``record``, outside the slot, what this cleanup left for the next one. Ignored files
     go, but those ``keep`` matches (all, with ``keep_ignored``). ``known_commit``: the
-    commit the slot was last cleaned to. Plain data: it crosses to the confined child."""
+    commit the slot was last cleaned to. ``include``: files copied in from ``include_from``
+    after the reset (``slot.include``). Plain data: it crosses to the confined child."""
 
     mirror: Path
     url: str
@@ -164,6 +167,8 @@ class Target:
     keep_ignored: bool = False
     keep: tuple[str, ...] = ()
     known_commit: str | None = None
+    include: tuple[str, ...] = ()
+    include_from: str | None = None
 
 
 def clean(tree: Path, target: Target) -> Report:
@@ -219,7 +224,11 @@ def _clean_confined(tree: Path, target: Target) -> Report:
     # status checks tracked files only (8 ms) and ``git clean`` is skipped (11 ms). When
     # one did, the holder most likely left files: adding them begins beside the status.
     changed = last.changed_dirs(tree)
-    touched = changed != []
+    source, wanted = target.include_from, target.include
+    skip = include.tracked(tree, wanted) if source and wanted else set()
+    # (before the work is judged: an included file left as it was is not the holder's)
+    edited = include.take_back(tree, last.included, wanted, skip) if source and wanted else []
+    touched = changed != [] or bool(edited)
     untouched = not (keep_ignored or keep) and not touched
     snapshot = Snapshot(tree) if touched else None
     try:
@@ -264,7 +273,10 @@ def _clean_confined(tree: Path, target: Target) -> Report:
     if saved:
         git.delete_refs(gitdir, saved)
         slotgit.remove(gitdir / RESCUE_REFS)  # (the empty directories: a fresh slot has none)
-    if checkout or not untouched:
+    if source and wanted:
+        last.included, report.include_warnings = include.copy_in(tree, source, wanted, skip)
+        report.included = list(last.included)
+    if checkout or not untouched or (source and wanted):
         last.retake_tree(tree)
     last.index = index_identity(gitdir)
     last.save(record)  # last of all: its ctime seals the slot (``lastclean.touched``)

@@ -28,19 +28,23 @@ def describe() -> str:
 
 
 def run(fn: Callable[..., T], *args: object, write: Iterable[Path],
+        execute: Iterable[Path] = (), timeout: float | None = None,
         user: confine.Identity | None = None) -> T:
     """``fn(*args)`` in a child that may write only beneath ``write`` (existing directories,
-    none of them a symlink), and that became ``user`` when one is given (as root); its
-    value or exception comes back here, so both must pickle. Without Landlock, ``fn`` runs
-    here, or unconfined in a child that became ``user``."""
+    none of them a symlink) and run programs from the system's directories and beneath
+    ``execute``, and that became ``user`` when one is given (as root); its value or
+    exception comes back here, so both must pickle. Past ``timeout`` seconds the child's
+    whole process group is killed (TimeoutError). Without Landlock, ``fn`` runs here, or
+    unconfined in a child that became ``user``."""
     policy = None
     if confine.abi_version():
-        policy = confine.Policy(write=tuple(os.fspath(p) for p in write), execute=_programs())
+        policy = confine.Policy(write=tuple(os.fspath(p) for p in write),
+                                execute=_programs() + tuple(os.fspath(p) for p in execute))
     if user is not None:
-        return owner.run_as(user, fn, *args, policy=policy)
+        return owner.run_as(user, fn, *args, policy=policy, timeout=timeout)
     if policy is None:
         return fn(*args)
-    return confine.run_confined(fn, *args, policy=policy)
+    return confine.run_confined(fn, *args, policy=policy, timeout=timeout)
 
 
 @functools.cache

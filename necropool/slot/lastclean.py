@@ -52,6 +52,7 @@ class LastClean:
     at: int = 0  # when ``dirs`` was taken (ns)
     dirs: list[str] = field(default_factory=list)
     index: str = ""
+    included: dict[str, str] = field(default_factory=dict)  # include path -> sha256 copied
 
     @classmethod
     def load(cls, path: Path) -> "LastClean":
@@ -59,7 +60,8 @@ class LastClean:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             with os.fdopen(fd) as fh:
                 data = json.load(fh)
-            return cls(int(data["at"]), list(data["dirs"]), str(data["index"]))
+            return cls(int(data["at"]), list(data["dirs"]), str(data["index"]),
+                       {str(k): str(v) for k, v in data.get("included", {}).items()})
         except (OSError, ValueError, KeyError, TypeError):
             return cls()
 
@@ -72,7 +74,8 @@ class LastClean:
             tmp.unlink(missing_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as fh:  # dumps: json.dump does without the C encoder
-                fh.write(json.dumps({"at": self.at, "dirs": self.dirs, "index": self.index}))
+                fh.write(json.dumps({"at": self.at, "dirs": self.dirs, "index": self.index,
+                                     "included": self.included}))
             os.replace(tmp, path)
         _past_the_tick(path)
 
@@ -123,9 +126,11 @@ def _past_the_tick(record: Path) -> None:
         time.sleep(0.0005)
 
 
-def seal(tree: Path, record: Path) -> None:
-    """Record a slot just made (a fresh clone) as its cleanup would: sealed as it is."""
-    last = LastClean()
+def seal(tree: Path, record: Path, *, again: bool = False) -> None:
+    """Record a slot just made (a fresh clone) as its cleanup would: sealed as it is; or,
+    ``again``, a slot changed since its cleanup by necropool itself (its prepare command),
+    keeping what the record knows of its included files."""
+    last = LastClean(included=LastClean.load(record).included if again else {})
     last.retake_tree(tree)
     last.index = index_identity(tree / ".git")
     last.save(record)

@@ -21,6 +21,7 @@ KIND_TITLES = {
     "silent_hosts": "silent host",
     "busy_free_slots": "busy free slot",
     "tampered_free_slots": "tampered free slot",
+    "failed_prepares": "failed prepare",
 }
 
 
@@ -30,7 +31,9 @@ KIND_TITLES = {
         "(past their --ttl), abandoned (holder or worker dead), corrupted, orphaned locks, "
         "stray paths, isolated slots, stale mirrors (last fetch failed, or none for "
         "stale_mirror_hours), busy free slots (released from another host, processes still "
-        "in them: left alone), tampered free slots (changed since their cleanup).",
+        "in them: left alone), tampered free slots (changed since their cleanup), failed "
+        "prepares (the pool's prepare command failed in the slot: isolated, the log named; "
+        "auto-recover retries them like failures of the environment).",
         "The exit status is 1 as long as the upstream cannot be fetched.",
         "A pool that cannot be checked (its locks/ replaced by a file, say) is named in "
         "errors; the other pools are checked all the same, and the exit status is 3.",

@@ -1,6 +1,7 @@
 """Pool administration commands: create, delete, add, remove, list, status, sync."""
 
 import json
+import os
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -11,7 +12,7 @@ from necropool.cli.human import plural
 from necropool.cli.params import Format, Host, Json, NoHeaders, PoolArg, SlotArg
 from necropool.cli.progress import progress_bar
 from necropool.cli.registry import command
-from necropool.ground.config import PoolSpec
+from necropool.ground.config import PREPARE_TIMEOUT, PoolSpec
 from necropool.ground.errors import OperationFailed, PoolOutcome, UsageError, fail_for
 from necropool.ground.slotref import SlotRef
 
@@ -29,7 +30,9 @@ DiscardWork = Annotated[bool, typer.Option(
     ],
     examples=(
         "necropool create web https://example.com/org/web.git --slots 8 --branch main\n"
-        "necropool create docs ~/src/docs -n 2 --keep-ignored"
+        "necropool create docs ~/src/docs -n 2 --keep-ignored\n"
+        "necropool create app ~/src/app --keep node_modules/ --prepare 'npm ci' "
+        "--include .env --include-from ~/secrets/app"
     ),
 )
 def create(
@@ -50,13 +53,28 @@ def create(
     fetch_backend: Annotated[str, typer.Option(
         "--fetch-backend", metavar="BACKEND", autocompletion=complete_values.backends,
         help="git (default) or libgit2")] = "git",
+    prepare: Annotated[str | None, typer.Option(
+        "--prepare", metavar="CMD",
+        help="Shell command run in each slot after a cleanup at a new tip, such as "
+             "'npm ci'; a slot is handed out only once it succeeded")] = None,
+    prepare_timeout: Annotated[float, typer.Option(
+        "--prepare-timeout", metavar="SECONDS",
+        help="Seconds the prepare command may run (default 1800)")] = PREPARE_TIMEOUT,
+    include: Annotated[list[str] | None, typer.Option(
+        "--include", metavar="PATH",
+        help="A file copied from --include-from into each slot at cleanup, such as .env "
+             "(repeatable; owner-only)")] = None,
+    include_from: Annotated[str | None, typer.Option(
+        "--include-from", metavar="DIR", help="Where the --include files are copied from")] = None,
     json_out: Json = False,
 ) -> None:
     """Create a pool: a local mirror of URL and N slots cloned from it."""
     out = G.out(json_out)
     spec = PoolSpec(name=pool, url=url, num_slots=slots, branch=branch, keep_ignored=keep_ignored,
                     keep=list(keep or []), fetch_on_allocate=not no_fetch_on_allocate,
-                    fetch_backend=fetch_backend)
+                    fetch_backend=fetch_backend, prepare=prepare,
+                    prepare_timeout=prepare_timeout, include=list(include or []),
+                    include_from=os.path.abspath(include_from) if include_from else None)
     with progress_bar(out, f"creating {pool}", "cloning the mirror") as tick:
         data = G.manager().create_pool(spec, tick)
     if out.json:
