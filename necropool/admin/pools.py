@@ -32,7 +32,7 @@ from necropool.ground.layout import (
 from necropool.ground.locks import lock_free
 from necropool.ground.proc import hostname
 from necropool.ground.redact import split_upstream
-from necropool.ground.validate import check_pool_name
+from necropool.ground.validate import check_pool_name, check_ports
 from necropool.lease.refresh import save_work
 from necropool.pool.pool import Pool, PoolDef, get_slot
 from necropool.slot.lastclean import seal
@@ -83,8 +83,9 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
         definition = PoolDef(name=spec.name, url=url, branch=branch,
                              keep_ignored=spec.keep_ignored, keep=list(spec.keep),
                              fetch_on_allocate=spec.fetch_on_allocate,
-                             fetch_backend=spec.fetch_backend, created_at=now(),
-                             managed_by=managed_by)
+                             fetch_backend=spec.fetch_backend,
+                             ports_per_slot=spec.ports_per_slot, port_base=spec.port_base,
+                             created_at=now(), managed_by=managed_by)
         write_atomic(paths.definition, definition.dump())
         if ledger:  # before the slots are cloned: an unreachable ledger fails fast
             from necropool.store.pg.hosts import register  # lazy: a PostgreSQL ledger only
@@ -290,6 +291,9 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
     if count < 1:
         raise UsageError(f"invalid count {count}: must be at least 1")
     pool.sweep()
+    current = pool.read_state()  # the new slots' ports must exist: refused before any clone
+    check_ports(pool.definition.ports_per_slot, pool.definition.port_base,
+                max([*current.slots, *free_numbers(current, pool, count)]))
     ensure_inside(pool.paths.slots, pool.settings.root)
     added = []
     # Cloned next to the pools, not inside this one: a delete meanwhile must not find its

@@ -214,14 +214,14 @@ class PoolManager:
                       owner: str | None = None, pid: int | None = None,
                       ttl: float | None = None, metadata: dict[str, str] | None = None,
                       wait: float = 0, fetch: bool | None = None,
-                      any_host: bool = False) -> dict[str, Any]:
+                      any_host: bool = False, ref: str | None = None) -> dict[str, Any]:
         """A slot under a new lease: as ``request`` asks, or as the keywords do (the health API's
         form). ``pid``: the holder process (either way). ``any_host``: when this host has no
         free slot, a clean one of another host of the fleet (its ``slot_host`` and ``path``
-        say where)."""
+        say where). ``ref``: the slot detached at that branch, tag, ref or commit."""
         if request is None:
             request = AllocateRequest(owner=owner, ttl=ttl, metadata=metadata or {}, wait=wait,
-                                      fetch=fetch, any_host=any_host)
+                                      fetch=fetch, any_host=any_host, ref=ref)
         if pid is not None:
             holder = Holder.of(pid)
             if holder is None:
@@ -295,12 +295,13 @@ class PoolManager:
     def slot(self, name: str, request: AllocateRequest | None = None, *,
              owner: str | None = None, pid: int | None = None, ttl: float | None = None,
              metadata: dict[str, str] | None = None, wait: float = 0,
-             fetch: bool | None = None, any_host: bool = False) -> Iterator[dict[str, Any]]:
+             fetch: bool | None = None, any_host: bool = False,
+             ref: str | None = None) -> Iterator[dict[str, Any]]:
         """``with manager.slot("web", ttl=600) as slot:``: a slot allocated for the block and
         released (its lease only) when the block ends, also on an exception."""
         slot = self.allocate_slot(name, request, owner=owner, pid=pid, ttl=ttl,
                                   metadata=metadata, wait=wait, fetch=fetch,
-                                  any_host=any_host)
+                                  any_host=any_host, ref=ref)
         try:
             yield slot
         finally:
@@ -309,14 +310,15 @@ class PoolManager:
     def run(self, name: str, argv: list[str], stdout: IO[Any] | None = None,
             request: AllocateRequest | None = None, *, owner: str | None = None,
             ttl: float | None = None, metadata: dict[str, str] | None = None,
-            wait: float = 0, fetch: bool | None = None) -> "RunResult":
+            wait: float = 0, fetch: bool | None = None,
+            ref: str | None = None) -> "RunResult":
         """``argv`` in a slot allocated as ``request`` (or the keywords) asks, held by this
         process; see ``lease.run``."""
         from necropool.lease.run import run  # lazy: only run needs it
 
         if request is None:
             request = AllocateRequest(owner=owner, ttl=ttl, metadata=metadata or {}, wait=wait,
-                                      fetch=fetch)
+                                      fetch=fetch, ref=ref)
         return run(self.get_pool(name), argv, request, stdout=stdout)
 
     def log(self, name: str, since: datetime | None = None) -> list[events.Event]:

@@ -31,7 +31,7 @@ from necropool.ground.redact import redact, split_upstream
 from necropool.ground.results import Record
 from necropool.ground.slotref import SlotRef
 from necropool.ground.suggest import did_you_mean
-from necropool.ground.validate import check_pool_name
+from necropool.ground.validate import DEFAULT_PORT_BASE, check_pool_name
 from necropool.pool.upstream import migrate
 from necropool.store.base import Store
 from necropool.store.model import PoolState, Slot
@@ -49,6 +49,8 @@ class PoolDef:
     keep: list[str] = field(default_factory=list)
     fetch_on_allocate: bool = True
     fetch_backend: str = "git"
+    ports_per_slot: int | None = None  # slot k's ports: ``port_block``
+    port_base: int = DEFAULT_PORT_BASE
     created_at: datetime | None = None
     managed_by: str | None = None  # "sync": made by sync, which alone may prune it
 
@@ -184,6 +186,8 @@ def describe_slot(pool: "Pool", slot: Slot, host: str | None = None,
     branch, commit = (None, slot.commit) if remote else git.read_head(where / ".git")
     lease = slot.lease
     holder = lease.holder if lease else None
+    ref = lease.ref if lease else None
+    ports = port_block(pool.definition, slot.number)
     metadata: dict[str, str | None] = dict(lease.metadata) if lease else {}
     if slot.isolated_at:
         metadata.update(isolated_at=rfc3339(slot.isolated_at),
@@ -205,7 +209,30 @@ def describe_slot(pool: "Pool", slot: Slot, host: str | None = None,
         "needs_cleanup": slot.needs_cleanup, "error": slot.error,
         "isolated_at": rfc3339(slot.isolated_at), "isolation_reason": slot.isolation_reason,
         "last_rescue": slot.last_rescue,
+        "ref": ref, "ref_commit": slot.commit if ref else None,
+        "slot_index": slot.number, "port": ports[0] if ports else None, "ports": ports,
     })
+
+
+def port_block(definition: PoolDef, number: int) -> list[int]:
+    """Slot ``number``'s ports: [base + (k-1)*N, base + k*N) with ``ports_per_slot`` N
+    (none without it): a block of its own, so parallel dev servers never collide."""
+    per = definition.ports_per_slot
+    if not per:
+        return []
+    first = definition.port_base + (number - 1) * per
+    return list(range(first, first + per))
+
+
+def slot_env(pool: Pool, number: int, lease_id: str) -> dict[str, str]:
+    """What a command in slot ``number`` is told (``run``): the slot, its lease, its stable
+    index, and its ports when the pool gives slots ports."""
+    env = {"NECROPOOL_SLOT_ID": pool.slot_id(number),
+           "NECROPOOL_SLOT_PATH": str(pool.slot_dir(number)),
+           "NECROPOOL_LEASE_ID": lease_id, "NECROPOOL_SLOT_INDEX": str(number)}
+    if ports := port_block(pool.definition, number):
+        env.update(NECROPOOL_PORT=str(ports[0]), NECROPOOL_PORTS=" ".join(map(str, ports)))
+    return env
 
 
 def get_slot(current: PoolState, pool: Pool, number: int) -> Slot:

@@ -18,7 +18,7 @@ from necropool.git.commands import GitError
 from necropool.ground.layout import make_private, rename_into_place, sync_filesystem, temp_name
 from necropool.slot import confined, nested
 from necropool.slot import gitdir as slotgit
-from necropool.slot.lastclean import LastClean, index_identity
+from necropool.slot.lastclean import LastClean, index_identity, seal
 from necropool.slot.saving import (
     RESCUE_REFS,
     Snapshot,
@@ -144,7 +144,9 @@ class Target:
     bundle for the holder's work (nested repositories and a tampered slot go beside it);
     ``record``, outside the slot, what this cleanup left for the next one. Ignored files
     go, but those ``keep`` matches (all, with ``keep_ignored``). ``known_commit``: the
-    commit the slot was last cleaned to. Plain data: it crosses to the confined child."""
+    commit the slot was last cleaned to. ``fetch_tip``: ``tip`` is a commit a lease asked
+    for, perhaps in none of the mirror's branches and tags: fetched by id when the slot
+    lacks it. Plain data: it crosses to the confined child."""
 
     mirror: Path
     url: str
@@ -155,6 +157,7 @@ class Target:
     keep_ignored: bool = False
     keep: tuple[str, ...] = ()
     known_commit: str | None = None
+    fetch_tip: bool = False
 
 
 def clean(tree: Path, target: Target) -> Report:
@@ -237,6 +240,8 @@ def _clean_confined(tree: Path, target: Target) -> Report:
     _drop_refs(gitdir, st, extras, stashes, report)
     if stale:
         fetch_mirror_refs(tree, mirror)
+    if target.fetch_tip:
+        git.ensure_commit(tree, mirror, tip)
     restore_origin_head(gitdir, mirror)
     bundle = start_bundle(tree, rescue_to, saved) if saved else None
     try:  # the bundle is written while the slot is reset and cleaned (-30 ms)
@@ -384,6 +389,20 @@ def fresh_clone(mirror: Path, where: Path, url: str, branch: str,
 def _clone(mirror: Path, dest: Path, url: str, branch: str, tip: str | None) -> str:
     commit = git.clone_slot(mirror, dest, url, branch)
     if tip is not None and commit != tip:
+        git.ensure_commit(dest, mirror, tip)
         git.run(["checkout", "-f", "-q", "--detach", tip], dest)
         return tip
     return commit
+
+
+def detach(tree: Path, mirror: Path, commit: str, record: Path) -> None:
+    """Move a free slot proved as its cleanup left it (``lastclean.touched``) to ``commit``,
+    detached, and seal it there as a cleanup would: a checkout, without the cleanup's audit
+    and status, which found nothing to do when it sealed the slot. Confined like a cleanup."""
+    confined.run(_detach, tree, mirror, commit, record, write=(tree, record.parent))
+
+
+def _detach(tree: Path, mirror: Path, commit: str, record: Path) -> None:
+    git.ensure_commit(tree, mirror, commit)
+    git.run(["checkout", "-f", "-q", "--detach", commit], tree)
+    seal(tree, record)  # last of all: the record's ctime seals the slot at ``commit``

@@ -14,6 +14,7 @@ from necropool.cli.registry import command
 from necropool.ground.config import PoolSpec
 from necropool.ground.errors import OperationFailed, PoolOutcome, UsageError, fail_for
 from necropool.ground.slotref import SlotRef
+from necropool.ground.validate import DEFAULT_PORT_BASE
 
 if TYPE_CHECKING:
     from necropool.manager.facade import PoolManager
@@ -26,10 +27,15 @@ DiscardWork = Annotated[bool, typer.Option(
     notes=[
         "The slots are cloned from the mirror with shared objects: each costs about one "
         "checkout.",
+        "--ports-per-slot N gives each slot a block of N ports of its own from --port-base "
+        "(default 20000): slot k gets base+(k-1)*N up to base+k*N-1, which run passes to its "
+        "command as NECROPOOL_PORT and NECROPOOL_PORTS. Every slot's ports must stay at or "
+        "below 65535 (add refuses slots past that).",
     ],
     examples=(
         "necropool create web https://example.com/org/web.git --slots 8 --branch main\n"
-        "necropool create docs ~/src/docs -n 2 --keep-ignored"
+        "necropool create docs ~/src/docs -n 2 --keep-ignored\n"
+        "necropool create app ~/src/app -n 4 --ports-per-slot 10 --port-base 30000"
     ),
 )
 def create(
@@ -50,13 +56,21 @@ def create(
     fetch_backend: Annotated[str, typer.Option(
         "--fetch-backend", metavar="BACKEND", autocompletion=complete_values.backends,
         help="git (default) or libgit2")] = "git",
+    ports_per_slot: Annotated[int | None, typer.Option(
+        "--ports-per-slot", metavar="N",
+        help="Give each slot a block of N ports of its own (NECROPOOL_PORT, NECROPOOL_PORTS)")
+    ] = None,
+    port_base: Annotated[int, typer.Option(
+        "--port-base", metavar="PORT",
+        help="The first port of slot 1's block")] = DEFAULT_PORT_BASE,
     json_out: Json = False,
 ) -> None:
     """Create a pool: a local mirror of URL and N slots cloned from it."""
     out = G.out(json_out)
     spec = PoolSpec(name=pool, url=url, num_slots=slots, branch=branch, keep_ignored=keep_ignored,
                     keep=list(keep or []), fetch_on_allocate=not no_fetch_on_allocate,
-                    fetch_backend=fetch_backend)
+                    fetch_backend=fetch_backend, ports_per_slot=ports_per_slot,
+                    port_base=port_base)
     with progress_bar(out, f"creating {pool}", "cloning the mirror") as tick:
         data = G.manager().create_pool(spec, tick)
     if out.json:
@@ -169,7 +183,7 @@ def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
         "what rescued/ holds, follow the table.",
         "--format tsv (the default when stdout is not a terminal, then without the header "
         "line) prints one line per slot with the tab-separated columns slot, state, owner, "
-        "lease, allocated, commit, uses, path, expires, pid (full lease ids, RFC 3339 times, "
+        "lease, allocated, commit, uses, path, expires, pid, ref (full lease ids, RFC 3339 times, "
         "whole paths); --no-headers drops the header line. --format json is --json. NO_COLOR "
         "and --color never drop colour only, never the table.",
         "A pool that cannot be read is shown with its error, and the exit status is 3, as for "
