@@ -1,5 +1,6 @@
-"""README.md's "For CI" recipe, run as written (``sh``) by two jobs one after the other: the
-second finds the dependencies the first installed (``keep``), and no other ignored file."""
+"""README.md's "For CI" recipe, run as written (``sh``) by two jobs one after the other, each
+at its own commit (``--ref``, the second a pull request's) with its slot's port: the second
+finds the dependencies the first installed (``keep``), and no other ignored file."""
 
 import os
 import re
@@ -8,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import commit_file
+from helpers import commit_file, git
 
 import necropool
 
@@ -16,7 +17,8 @@ README = (Path(__file__).parent.parent / "README.md").read_text()
 NPM = """#!/bin/sh
 case "$1" in
   ci) mkdir -p node_modules/left-pad && echo installed >>"$NPM_LOG" ;;
-  test) test -d node_modules/left-pad && test ! -e build.o && touch build.o ;;
+  test) test -d node_modules/left-pad && test ! -e build.o && touch build.o &&
+        echo "$(git rev-parse HEAD) $PORT" >>"$TEST_LOG" ;;
 esac
 """
 
@@ -26,7 +28,13 @@ def test_two_ci_jobs_share_the_installed_dependencies(root, upstream, tmp_path):
     section = README.split("\n## For CI\n", 1)[1].split("\n## ", 1)[0]
     [config] = re.findall(r"```toml\n(.*?)```", section, re.S)
     [job] = re.findall(r"```sh\n(.*?)```", section, re.S)
-    commit_file(upstream, ".gitignore", "node_modules/\n*.o\n")
+    first = commit_file(upstream, ".gitignore", "node_modules/\n*.o\n")
+    git(upstream, "checkout", "-q", "-b", "topic")
+    pr = commit_file(upstream, "feature.txt", "a pull request\n")
+    git(upstream, "update-ref", "refs/pull/1/head", pr)
+    git(upstream, "checkout", "-q", "main")
+    git(upstream, "branch", "-q", "-D", "topic")
+    commit_file(upstream, "later.txt", "main moves on\n")
     (tmp_path / "config.toml").write_text(
         config.replace("https://example.com/org/web.git", str(upstream)))
     bin_dir = tmp_path / "bin"
@@ -37,10 +45,14 @@ def test_two_ci_jobs_share_the_installed_dependencies(root, upstream, tmp_path):
         tool.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(Path(necropool.__file__).parent.parent),
-               NECROPOOL_CONFIG=str(tmp_path / "config.toml"), NPM_LOG=str(tmp_path / "npm.log"))
-    for number in (1, 2):
+               NECROPOOL_CONFIG=str(tmp_path / "config.toml"), NPM_LOG=str(tmp_path / "npm.log"),
+               TEST_LOG=str(tmp_path / "test.log"))
+    for number, commit in ((1, first), (2, pr)):
         done = subprocess.run(["sh", "-ec", job], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=180, env=dict(env, CI_JOB_ID=str(number)))
+                              timeout=180, env=dict(env, CI_JOB_ID=str(number),
+                                                    CI_COMMIT_SHA=commit))
         assert done.returncode == 0, done
         assert "run:" not in done.stderr  # -q: no notes
     assert (tmp_path / "npm.log").read_text() == "installed\n"  # the second job reused it
+    # each job at its commit, in the most recently released slot (slot 1: ports 20000-1)
+    assert (tmp_path / "test.log").read_text() == f"{first} 20000\n{pr} 20000\n"
