@@ -178,3 +178,23 @@ def test_a_free_slot_written_into_is_cleaned_to_the_ref_its_finds_saved(cli, poo
     assert found["slot_id"] == "web-1" and Path(found["rescued"]).is_file()
     assert cli("release", "web-1").code == 0
     healthy(cli)
+
+
+def test_a_detached_slot_is_sealed_as_a_cleanup_would_seal_it(cli, upstream, root):
+    from necropool.slot.lastclean import LastClean, directories, touched
+
+    old = git(upstream, "rev-parse", "HEAD")
+    git(upstream, "rm", "-q", "-r", "src/pkg3")
+    commit_file(upstream, "deep/a/b/c.txt", "new directories\n")
+    assert cli("create", "one", upstream, "-n", "1").code == 0
+    slot = cli("allocate", "one", "--ref", old, "--json").json()  # only checked out there
+    assert cli("log", "one", "--json", "--event", "cleanup").json()["events"] == []
+    tree, record = Path(slot["path"]), root / "pools/one/records/1.json"
+    assert (tree / "src/pkg3").is_dir() and not (tree / "deep").exists()
+    assert sorted(LastClean.load(record).dirs) == sorted(directories(tree))
+    assert touched(tree, record) is None  # every entry older than the seal
+    (tree / "src/pkg3/new.txt").write_text("the holder's\n")  # in a directory made back
+    assert touched(tree, record, files=False) == "src/pkg3"
+    released = cli("release", "one-1", "--json")
+    assert released.code == 0 and released.json()["cleanup"]["untracked"] == 1, released
+    healthy(cli)

@@ -247,13 +247,13 @@ def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock,
 
 
 def _detached(pool: Pool, number: int, commit: str) -> bool:
-    """Check the slot out at ``commit`` and seal it there (``cleanup.detach``); False when
+    """Check the slot out at ``commit`` and seal it there (``slot.detach``); False when
     that failed, and the full cleanup is to bring it there instead."""
-    from necropool.slot import cleanup  # lazy: handing out a slot at the tip never loads it
+    from necropool.slot import detach  # lazy: handing out a slot at the tip never loads it
 
     try:
-        cleanup.detach(pool.checked_slot_dir(number), pool.paths.mirror, commit,
-                       pool.paths.slot_record(number))
+        detach.detach(pool.checked_slot_dir(number), pool.paths.mirror, commit,
+                      pool.paths.slot_record(number))
     except Exception:  # (what is wrong with the slot is the cleanup's to find and say)
         return False
     return True

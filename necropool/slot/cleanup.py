@@ -18,7 +18,7 @@ from necropool.git.commands import GitError
 from necropool.ground.layout import make_private, rename_into_place, sync_filesystem, temp_name
 from necropool.slot import confined, nested
 from necropool.slot import gitdir as slotgit
-from necropool.slot.lastclean import LastClean, index_identity, seal
+from necropool.slot.lastclean import LastClean, index_identity
 from necropool.slot.saving import (
     RESCUE_REFS,
     Snapshot,
@@ -394,15 +394,3 @@ def _clone(mirror: Path, dest: Path, url: str, branch: str, tip: str | None) -> 
         return tip
     return commit
 
-
-def detach(tree: Path, mirror: Path, commit: str, record: Path) -> None:
-    """Move a free slot proved as its cleanup left it (``lastclean.touched``) to ``commit``,
-    detached, and seal it there as a cleanup would: a checkout, without the cleanup's audit
-    and status, which found nothing to do when it sealed the slot. Confined like a cleanup."""
-    confined.run(_detach, tree, mirror, commit, record, write=(tree, record.parent))
-
-
-def _detach(tree: Path, mirror: Path, commit: str, record: Path) -> None:
-    git.ensure_commit(tree, mirror, commit)
-    git.run(["checkout", "-f", "-q", "--detach", commit], tree)
-    seal(tree, record)  # last of all: the record's ctime seals the slot at ``commit``
