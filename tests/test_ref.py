@@ -4,6 +4,7 @@ when missing; an unknown ref takes no slot; release brings the slot back to the 
 branch, sealed, so detect finds nothing. On both backends."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,21 @@ def test_a_detached_slot_is_sealed_as_a_cleanup_would_seal_it(cli, upstream, roo
     released = cli("release", "one-1", "--json")
     assert released.code == 0 and released.json()["cleanup"]["untracked"] == 1, released
     healthy(cli)
+
+
+def test_a_ref_whose_commit_cannot_be_checked_out_takes_no_slot(cli, pool, upstream):
+    tip = git(upstream, "rev-parse", "HEAD")
+    blob = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=upstream, check=True,
+                          capture_output=True, text=True, input="x\n").stdout.strip()
+    tree = subprocess.run(["git", "mktree"], cwd=upstream, capture_output=True, text=True,
+                          input=f"100644 blob {blob}\t.git\n", check=True).stdout.strip()
+    bad = git(upstream, "commit-tree", tree, "-p", tip, "-m", "a path git refuses")
+    git(upstream, "update-ref", "refs/pull/66/head", bad)
+    for _ in range(2):  # never a slot in error, however often it is asked for
+        refused = cli("allocate", "web", "--ref", "refs/pull/66/head")
+        assert refused.code == 3, refused
+        assert "refs/pull/66/head" in refused.stderr and "no slot was taken" in refused.stderr
+    slots = cli("status", "web", "--json").json()["slots"]
+    assert [(s["state"], s["current_commit"]) for s in slots] == [("available", tip)] * 3
+    healthy(cli)
+    assert allocated(cli)["current_commit"] == tip

@@ -25,7 +25,7 @@ from necropool.pool.mirror import resolve_ref, update_mirror
 from necropool.pool.pool import Pool
 from necropool.slot import lastclean
 from necropool.store.base import Event, LeaseLost, Marker, Note
-from necropool.store.model import Lease, Slot
+from necropool.store.model import AVAILABLE, Lease, Slot
 
 ALLOCATION_POLICY = ("clean slots at the mirror's tip (or at the commit --ref names) first "
                      "(others are refreshed before they are handed out), then the most "
@@ -231,10 +231,12 @@ def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock,
         clear_processes(pool, slot.number, before, lock, stop=not remote)
     except Conflict:  # and Skipped: processes that cannot be ended
         return None
+    label = lastclean.NO_HOLDER if touched else "allocate"
     try:
-        label = lastclean.NO_HOLDER if touched else "allocate"
         commit, report, cleaned = refresh(pool, slot, rescue_label=label, commit=at)
     except Exception as exc:  # whatever went wrong, the slot ends in error
+        if at is not None:  # unless the ref's commit is what fails: then at the tip again
+            _give_back_at_tip(pool, slot, lease, lock, label, explain(exc))
         fail_slot(pool, slot.number, f"cleanup before allocation failed: {explain(exc)}")
         lock.release(unlink=True)
         return None
@@ -244,6 +246,29 @@ def _prepare(pool: Pool, slot: Slot, before: Slot, lease: Lease, lock: FileLock,
             rescued=report.rescued)))
     return _hand_over(pool, slot.number, commit, lease, lock,
                       lambda granted: [*found, cleaned, *noted(granted)])
+
+
+def _give_back_at_tip(pool: Pool, slot: Slot, lease: Lease, lock: FileLock, label: str,
+                      why: str) -> None:
+    """After the cleanup to the ref's commit failed: clean the slot to the pool's tip
+    instead and give it back free, then refuse the allocation (the lease rolled back, the
+    slot as any free one; no other slot is tried: the ref would fail there too). Returns
+    (the caller puts the slot in error) only when that cleanup fails as well."""
+    try:
+        tip, report, cleaned = refresh(pool, slot, rescue_label=label)
+    except Exception:
+        return
+
+    def free(current: Slot) -> None:
+        current.state, current.lease, current.worker = AVAILABLE, None, None
+        current.commit, current.needs_cleanup = tip, False
+        if report.rescued:
+            current.last_rescue = report.rescued
+        lock.release(unlink=True)
+
+    pool.store.update_slot(slot.number, free, lambda _: [cleaned])
+    raise OperationFailed(f"cannot check out ref {lease.ref!r} in pool {pool.name!r}: {why}; "
+                          "no slot was taken")
 
 
 def _detached(pool: Pool, number: int, commit: str) -> bool:

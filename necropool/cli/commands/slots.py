@@ -84,8 +84,9 @@ def _request(owner: str | None, ttl: str | None, meta: list[str] | None, wait: s
         "directory is on that host; release and renew take the id as it is.",
     ],
     exit_status=(
-        "4 when --ref names nothing the mirror or the upstream has (no slot is taken); "
-        "75 when no slot is free (after --wait, if given)."
+        "4 when --ref names nothing the mirror or the upstream has, 3 when its commit cannot "
+        "be checked out (the slot tried is cleaned back to the pool's branch): either way no "
+        "slot is taken; 75 when no slot is free (after --wait, if given)."
     ),
     examples=(
         'cd "$(necropool allocate web --owner ci --ttl 1h --meta job=42)"\n'
