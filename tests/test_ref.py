@@ -164,6 +164,8 @@ def test_the_api_takes_the_ref_in_the_request(manager, pool, upstream):
     slot = manager.allocate_slot("web", AllocateRequest(ref="refs/pull/3/head"))
     assert (slot.ref, slot.ref_commit) == ("refs/pull/3/head", pr)
     manager.release_slot(slot.slot_id, slot.lease_id)
+    with manager.slot("web", ref=pr[:12]) as again:  # the keywords' form
+        assert (again.ref, again.ref_commit, again.slot_index) == (pr[:12], pr, 1)
     with pytest.raises(Exception, match="--any-host"):
         AllocateRequest(ref="main", any_host=True)
 
