@@ -260,13 +260,18 @@ def _give_back_at_tip(pool: Pool, slot: Slot, lease: Lease, lock: FileLock, labe
         return
 
     def free(current: Slot) -> None:
+        if current.lease is None or current.lease.lease_id != lease.lease_id:
+            raise LeaseLost(f"slot {pool.slot_id(slot.number)} was taken back meanwhile")
         current.state, current.lease, current.worker = AVAILABLE, None, None
         current.commit, current.needs_cleanup = tip, False
         if report.rescued:
             current.last_rescue = report.rescued
         lock.release(unlink=True)
 
-    pool.store.update_slot(slot.number, free, lambda _: [cleaned])
+    try:
+        pool.store.update_slot(slot.number, free, lambda _: [cleaned])
+    except LeaseLost:  # whoever took it back has it now
+        lock.release(unlink=True)
     raise OperationFailed(f"cannot check out ref {lease.ref!r} in pool {pool.name!r}: {why}; "
                           "no slot was taken")
 
