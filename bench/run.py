@@ -135,6 +135,29 @@ class Bench:
         self.floor_note(row, "typer_cli", cli, floor,
                         "a Typer CLI with these libraries and options that does nothing")
 
+    def release_allocated(self, pool: str):
+        for s in json.loads(self.np("status", pool, "--json"))["slots"]:
+            if s["state"] == "allocated":
+                self.np("release", s["slot_id"], "--no-fetch")
+
+    def case_allocate_ref(self):
+        """allocate --ref of a commit the mirror has (the tip's parent: every slot is at the
+        tip, so the slot is checked out there and sealed) against a plain allocate, each
+        followed by a release (the slot back at the tip)."""
+        self.np("create", "refs", self.small, "--slots", 10, "--no-fetch-on-allocate")
+        commit = run(["git", "rev-parse", "HEAD~1"], cwd=self.small).strip()
+        ours, floor, rss = [], [], 0
+        for _ in range(self.reps if self.quick else max(self.reps, 20)):
+            elapsed, peak = self.np("allocate", "refs", "--no-fetch", "--ref", commit,
+                                    timed_run=True)
+            ours.append(elapsed)
+            rss = max(rss, peak)
+            self.release_allocated("refs")
+            floor.append(self.np("allocate", "refs", "--no-fetch", timed_run=True)[0])
+            self.release_allocated("refs")
+        self.record("1b allocate --ref <commit in the mirror> vs allocate (10 slots)", ours,
+                    floor, 1.2, rss, note=f"{len(ours)} runs each, the tip's parent")
+
     def dirty(self, path: Path, n: int):
         env = self.env
         run(["git", "checkout", "-q", "-B", "feat"], cwd=path, env=env)
@@ -415,6 +438,7 @@ def table(results: list[dict]) -> str:
 
 CASES = {
     "allocate": Bench.case_allocate,
+    "allocate-ref": Bench.case_allocate_ref,
     "release-small": lambda bench: bench.case_release("small", bench.small),
     "release-large": lambda bench: bench.case_release("large", bench.large),
     "create": Bench.case_create,

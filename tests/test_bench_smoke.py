@@ -20,7 +20,7 @@ def test_quick_benchmark_completes_every_case(tmp_path):
                            "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cases = [r["case"] for r in json.loads(out.read_text())["results"]]
-    for number in ("1 ", "2 ", "3 ", "4 ", "5 ", "6 ", "6b ", "7a ", "7b ", "8 "):
+    for number in ("1 ", "1b ", "2 ", "3 ", "4 ", "5 ", "6 ", "6b ", "7a ", "7b ", "8 "):
         assert any(c.startswith(number) for c in cases), (number, cases)
     assert "ratio" in proc.stdout
 

@@ -142,10 +142,10 @@ def test_plain_list_and_status_are_tab_separated_lines(cli, pool, manager, upstr
     rows = [line.split("\t") for line in status.stdout.splitlines()]
     assert [r[0] for r in rows] == ["web-1", "web-2", "web-3"]
     # the documented columns: slot, state, owner, lease, allocated, commit, uses, path,
-    # expires, pid (the last two added after the first eight, which scripts cut)
-    assert all(len(r) == 10 for r in rows)
+    # expires, pid, ref (the last three added after the first eight, which scripts cut)
+    assert all(len(r) == 11 for r in rows)
     assert rows[0][1:4] == ["allocated", "ci-job-7", held["lease_id"]]
-    assert rows[0][4] == held["allocated_at"] and rows[0][8:] == ["", ""]
+    assert rows[0][4] == held["allocated_at"] and rows[0][8:] == ["", "", ""]
     assert rows[1][1:4] == ["available", "", ""]
     assert all(tip.startswith(r[5]) and r[5] for r in rows)
     # Paths are never truncated, however long.
@@ -155,7 +155,7 @@ def test_plain_list_and_status_are_tab_separated_lines(cli, pool, manager, upstr
     # an explicit --format tsv adds the header line, --no-headers drops it again
     tsv = cli("status", "web", "--format", "tsv").stdout.splitlines()
     assert tsv[0].split("\t") == ["slot", "state", "owner", "lease", "allocated", "commit",
-                                  "uses", "path", "expires", "pid"]
+                                  "uses", "path", "expires", "pid", "ref"]
     assert tsv[1:] == status.stdout.splitlines()
     assert cli("status", "web", "--format", "tsv", "--no-headers").stdout == status.stdout
     assert cli("list", "--format", "tsv").stdout.splitlines()[0].split("\t")[:2] == [

@@ -65,7 +65,7 @@ def test_an_agent_gets_a_slot_with_dependencies_and_local_config(root, upstream,
 
 
 def test_an_agent_runs_while_the_orchestrator_watches_the_events(cli, pool, tmp_path):
-    _, watch_and_run, _ = recipes()
+    _, watch_and_run, _, _ = recipes()
     done = sh(watch_and_run + "sleep 1.5\nkill $!\n", tmp_path)
     assert done.returncode == 0, done
     slot = done.stdout.split("agent-7 works in ", 1)[1].split()[0]
@@ -91,3 +91,23 @@ def test_a_crashed_agents_work_is_put_back_as_it_was(cli, pool, manager, tmp_pat
     path, status = done.stdout.rstrip("\n").split("\n", 1)
     assert path == str(tmp_path / "resume") and status == before
     assert git(tmp_path / "resume", "branch", "--show-current") == "task-1234"
+
+
+def test_an_agent_on_a_pull_request_gets_its_commit_and_ports(cli, upstream, tmp_path):
+    git(upstream, "checkout", "-q", "-b", "topic")
+    (upstream / "feature.txt").write_text("a pull request\n")
+    git(upstream, "add", "feature.txt")
+    git(upstream, "commit", "-q", "-m", "pull request")
+    pr = git(upstream, "rev-parse", "--short", "HEAD")
+    git(upstream, "update-ref", "refs/pull/123/head", "HEAD")
+    git(upstream, "checkout", "-q", "main")
+    git(upstream, "branch", "-q", "-D", "topic")
+    _, _, on_a_pull_request, _ = recipes()
+    done = sh(on_a_pull_request.replace("https://example.com/org/web.git", str(upstream)),
+              tmp_path)
+    assert done.returncode == 0, done
+    assert done.stdout.splitlines()[-1] == \
+        f"agent-8 at {pr}, slot 1, ports 20000 20001 20002 20003"
+    slots = cli("status", "agents", "--json").json()["slots"]
+    tip = git(upstream, "rev-parse", "main")
+    assert all(s["state"] == "available" and s["current_commit"] == tip for s in slots)

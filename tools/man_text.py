@@ -49,7 +49,9 @@ EXIT_STATUS = [
     ("3", "The operation failed, wholly or partly: a repair failed, a git error, "
           "*auto-recover* had errors, *detect* could not check a pool; git cannot be run at "
           "all (refused before anything changed)."),
-    ("4", "The pool or slot does not exist; *list*, *status*, *detect* and *auto-recover* "
+    ("4", "The pool or slot does not exist, or the ref *allocate --ref* names is neither "
+          "in the mirror nor served by the upstream; *list*, *status*, *detect* and "
+          "*auto-recover* "
           "over every pool: the root does not exist or holds no pool."),
     ("5", "Conflict: the slot is in the wrong state for the operation, the lease id is stale, "
           "the pool exists already."),
@@ -195,6 +197,10 @@ CONFIG_POOL = [
              "them that leads out of the slot goes too (default none)."),
     ("fetch_on_allocate", "Fetch upstream on every allocate (default true)."),
     ("fetch_backend", "git (default) or libgit2."),
+    ("ports_per_slot", "Give each slot a block of this many ports of its own, which run "
+                       "exports as NECROPOOL_PORT and NECROPOOL_PORTS (default none)."),
+    ("port_base", "The first port of slot 1's block: slot k gets port_base+(k-1)*N up to "
+                  "port_base+k*N-1 (default 20000); no slot's port may pass 65535."),
     ("ledger", "This pool's ledger, over the top-level one."),
     ("prepare", "Shell command run (/bin/sh -c) in a slot after each cleanup at a new tip, "
                 "such as \"npm ci\": confined like the cleanup, as the pool's owner; a slot is "

@@ -32,7 +32,7 @@ from necropool.ground.layout import (
 from necropool.ground.locks import lock_free
 from necropool.ground.proc import hostname
 from necropool.ground.redact import split_upstream
-from necropool.ground.validate import check_pool_name
+from necropool.ground.validate import check_pool_name, check_ports
 from necropool.lease.refresh import ready_new, save_work
 from necropool.pool.pool import Pool, PoolDef, get_slot
 from necropool.slot.lastclean import seal
@@ -85,8 +85,9 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
                              fetch_on_allocate=spec.fetch_on_allocate,
                              fetch_backend=spec.fetch_backend, prepare=spec.prepare,
                              prepare_timeout=spec.prepare_timeout, include=list(spec.include),
-                             include_from=spec.include_from, created_at=now(),
-                             managed_by=managed_by)
+                             include_from=spec.include_from,
+                             ports_per_slot=spec.ports_per_slot, port_base=spec.port_base,
+                             created_at=now(), managed_by=managed_by)
         write_atomic(paths.definition, definition.dump())
         if ledger:  # before the slots are cloned: an unreachable ledger fails fast
             from necropool.store.pg.hosts import register  # lazy: a PostgreSQL ledger only
@@ -294,6 +295,9 @@ def add_slots(pool: Pool, count: int, progress: Progress | None = None) -> list[
     if count < 1:
         raise UsageError(f"invalid count {count}: must be at least 1")
     pool.sweep()
+    current = pool.read_state()  # the new slots' ports must exist: refused before any clone
+    check_ports(pool.definition.ports_per_slot, pool.definition.port_base,
+                max([*current.slots, *free_numbers(current, pool, count)]))
     ensure_inside(pool.paths.slots, pool.settings.root)
     added: list[str] = []
     numbers: list[int] = []

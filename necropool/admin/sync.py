@@ -14,6 +14,7 @@ from necropool.ground.config import PoolSpec, Settings, check_spec, default_conf
 from necropool.ground.errors import Conflict, OperationFailed, PoolOutcome, PoolStep, UsageError
 from necropool.ground.layout import PoolPaths, write_atomic
 from necropool.ground.redact import split_upstream
+from necropool.ground.validate import check_ports
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool, PoolDef, list_pools
 from necropool.store.model import AVAILABLE
@@ -92,7 +93,8 @@ def _drop_pool(entry: dict[str, Any], settings: Settings, name: str, dry_run: bo
 
 
 POOL_SETTINGS = ("branch", "keep_ignored", "keep", "fetch_on_allocate", "fetch_backend",
-                 "prepare", "prepare_timeout", "include", "include_from")
+                 "prepare", "prepare_timeout", "include", "include_from", "ports_per_slot",
+                 "port_base")
 
 
 def _converge(pool: Pool, spec: PoolSpec, dry_run: bool = False) -> dict[str, Any]:
@@ -101,6 +103,10 @@ def _converge(pool: Pool, spec: PoolSpec, dry_run: bool = False) -> dict[str, An
     next cleanup); a new url is refused: the mirror would be of another repository."""
     wanted = {k: getattr(spec, k) for k in POOL_SETTINGS
               if k in spec.declared and getattr(spec, k) is not None}
+    if wanted.keys() & {"ports_per_slot", "port_base"}:  # every slot's ports, as numbered
+        check_ports(wanted.get("ports_per_slot", pool.definition.ports_per_slot),
+                    wanted.get("port_base", pool.definition.port_base),
+                    max([*pool.read_state().slots, spec.num_slots]))
     if dry_run:
         return _differences(pool, pool.definition, spec, wanted)
     if wanted.get("branch", pool.definition.branch) != pool.definition.branch:

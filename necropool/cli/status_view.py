@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 WIDE = 150
 # The tab-separated columns, in order (documented in README.md and necropool-status(1)).
 TSV_COLUMNS = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "COMMIT", "USES", "PATH",
-               "EXPIRES", "PID"]
+               "EXPIRES", "PID", "REF"]
 _COMPACT = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "EXPIRES", "PID", "PATH"]
 _FULL = ["SLOT", "STATE", "OWNER", "LEASE", "ALLOCATED", "EXPIRES", "PID", "HOST", "COMMIT",
          "USES", "PATH"]
@@ -26,7 +26,8 @@ _OWNER_MAX = 14
 def tsv_row(slot: dict[str, Any]) -> list[object]:
     return [slot["slot_id"], slot["state"], slot.get("owner"), slot.get("lease_id"),
             slot.get("allocated_at"), (slot.get("current_commit") or "")[:12],
-            slot.get("allocation_count"), slot["path"], slot.get("expires_at"), slot.get("pid")]
+            slot.get("allocation_count"), slot["path"], slot.get("expires_at"), slot.get("pid"),
+            slot.get("ref")]
 
 
 def _cells(slot: dict[str, Any], full: bool) -> list[str]:
@@ -77,9 +78,17 @@ def render(out: "Output", pools: list[dict[str, Any]]) -> None:
         if s["state"] == "error":
             why = s.get("isolation_reason") or s.get("error") or "isolated"
             _line(console, f"{s['slot_id']}: {why}", "red")
+    for s in slots:
+        if s.get("ref"):
+            _line(console, f"{s['slot_id']}: at ref {s['ref']} "
+                           f"(commit {(s.get('ref_commit') or '')[:12]})")
     for p in pools:
         if p.get("prepare"):
             _line(console, f"{p['pool']}: prepare {p['prepare']!r}: {_prepared(p['slots'])}")
+        if p.get("ports_per_slot"):
+            per, base = p["ports_per_slot"], p["port_base"]
+            _line(console, f"{p['pool']}: {plural(per, 'port')} per slot from {base} "
+                           f"(slot k: {base}+(k-1)*{per} on)")
         if p.get("rescued_count"):
             _line(console, f"{p['pool']}: rescued/ holds {plural(p['rescued_count'], 'item')}"
                   f", {size(p['rescued_bytes'])} (necropool rescued list {p['pool']})")

@@ -471,6 +471,36 @@ def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git",
                 env=mirror_env(credentials))
 
 
+def commit_of(repo: Path, rev: str) -> str | None:
+    """The commit ``rev`` (a ref name, short or full, or a commit id, full or abbreviated;
+    already checked by ``validate.check_ref_request``) names in ``repo``, peeled through
+    tags; None when it names none there (or is ambiguous)."""
+    out = run(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
+              repo, check=False)
+    if out.returncode != 0:
+        return None
+    return out.stdout.decode().strip() or None
+
+
+def fetch_into_mirror(mirror: Path, what: str, *, timeout: float,
+                      credentials: Path | None = None) -> bool:
+    """Fetch one ref or object the mirror lacks from its upstream: ``what`` is a full ref
+    name, fetched to the same name (the one refspec a mirror has, ``refs/*:refs/*``,
+    narrowed to it: nothing outside ``refs/`` and no other ref is written), or a full
+    commit id, fetched without a ref. False when the upstream does not serve it; a failure
+    to reach the upstream raises."""
+    spec = f"+{what}:{what}" if what.startswith("refs/") else what
+    try:
+        run_network(["fetch", UPLOAD_PACK, "--no-tags", "--no-write-fetch-head",
+                     "--no-auto-maintenance", "--quiet", "origin", spec], mirror,
+                    timeout=timeout, env=mirror_env(credentials))
+    except GitError as exc:
+        if exc.transient:
+            raise
+        return False
+    return True
+
+
 def _callbacks(pygit2: Any, credentials: Path | None) -> Any:
     """libgit2's way to the credential file: a user name and password when it asks."""
     found = read_credentials(credentials) if credentials is not None else None
@@ -576,6 +606,16 @@ def clone_slot(mirror: Path, dest: Path, url: str, branch: str) -> str:
     run(["checkout", "-f", "-q", "--detach", tip], dest)
     dest.chmod(0o700)  # owner-only: a holder handed another slot (--user) must not read it
     return tip
+
+
+def ensure_commit(tree: Path, mirror: Path, commit: str) -> None:
+    """Make ``commit`` present in the slot at ``tree``, fetched by id from the mirror when
+    it is not (a pull request's commit is in none of the branches and tags a slot has);
+    no ref and no FETCH_HEAD is written: a fresh slot has none of them."""
+    if run(["cat-file", "-e", f"{commit}^{{commit}}"], tree, check=False).returncode == 0:
+        return
+    run(["fetch", "--no-tags", "--no-write-fetch-head", "--no-auto-maintenance", "--quiet",
+         str(mirror), commit], tree)
 
 
 def object_format(gitdir: Path) -> str | None:

@@ -13,9 +13,11 @@ from necropool.ground.errors import UsageError
 from necropool.ground.redact import redact
 from necropool.ground.suggest import did_you_mean
 from necropool.ground.validate import (
+    DEFAULT_PORT_BASE,
     MAX_HOURS,
     check_host_name,
     check_pool_name,
+    check_ports,
     check_refname,
     check_url,
 )
@@ -28,6 +30,8 @@ POOL_KEYS: dict[str, type | tuple[type, ...]] = {
     "keep": list,
     "fetch_on_allocate": bool,
     "fetch_backend": str,
+    "ports_per_slot": int,
+    "port_base": int,
     "ledger": str,
     "prepare": str,
     "prepare_timeout": (int, float),
@@ -71,6 +75,8 @@ class PoolSpec:
     keep: list[str] = field(default_factory=list)  # ignored paths cleanup leaves (gitignore)
     fetch_on_allocate: bool = True
     fetch_backend: str = "git"
+    ports_per_slot: int | None = None  # a block of ports per slot (``pool.port_block``)
+    port_base: int = DEFAULT_PORT_BASE
     ledger: str | None = None  # where its state is kept (``Settings.ledger_for``)
     prepare: str | None = None  # run in each slot after a cleanup at a new tip (``sh -c``)
     prepare_timeout: float = PREPARE_TIMEOUT
@@ -161,6 +167,7 @@ def check_spec(spec: PoolSpec) -> PoolSpec:
         raise UsageError(f"invalid slot count {spec.num_slots}: must be at least 1")
     if spec.fetch_backend not in FETCH_BACKENDS:
         raise UsageError(f"invalid fetch backend {spec.fetch_backend!r}")
+    check_ports(spec.ports_per_slot, spec.port_base, spec.num_slots)
     if spec.branch is not None:
         check_refname(spec.branch, branch=True)
     if "://" not in spec.url and ":" not in spec.url.split("/")[0] and Path(spec.url).exists():
@@ -223,6 +230,12 @@ def _pool_spec(path: Path, name: str, table: object) -> PoolSpec:
         key = "prepare"
         check_prepare(table.get("prepare"))
     except UsageError as exc:
+        _fail(path, f"pools.{name}.{key}", exc.message)
+    try:
+        check_ports(table.get("ports_per_slot"), table.get("port_base", DEFAULT_PORT_BASE),
+                    table.get("num_slots", PoolSpec.num_slots))
+    except UsageError as exc:
+        key = "port_base" if exc.message.startswith("invalid port_base") else "ports_per_slot"
         _fail(path, f"pools.{name}.{key}", exc.message)
     _check_ledger_key(path, f"pools.{name}.ledger", table.get("ledger"))
     if "url" not in table:

@@ -132,6 +132,54 @@ def check_refname(name: str, *, branch: bool = False) -> str:
     return name
 
 
+_HEX = re.compile(r"[0-9a-f]{4,64}")
+MAX_PORT = 65535
+DEFAULT_PORT_BASE = 20000
+
+
+def is_commit_id(ref: str) -> bool:
+    """Whether ``ref`` may be a commit id, full or abbreviated (4 to 64 hex digits)."""
+    return _HEX.fullmatch(ref) is not None
+
+
+def check_ref_request(ref: str) -> str:
+    """A ref a lease asks for (``allocate --ref``): a branch or tag name, a full ref name
+    (``refs/pull/123/head``) or a commit id in hex, by git's rules for ref names; never an
+    option, a revision expression (``main~2``, ``@{1}``) or a pattern."""
+    if isinstance(ref, str) and not ref.startswith("-") and ref != "HEAD" \
+            and (is_commit_id(ref) or _valid_ref(ref)):
+        return ref
+    raise UsageError(f"invalid ref {str(ref)[:80]!r}: expected a branch, a tag, a full ref "
+                     "name such as refs/pull/123/head, or a commit id (hex)")
+
+
+def _valid_ref(name: str) -> bool:
+    try:
+        check_refname(name if name.startswith("refs/") else f"refs/heads/{name}")
+    except UsageError:
+        return False
+    return True
+
+
+def check_ports(ports_per_slot: object, port_base: object, highest_slot: int) -> None:
+    """A pool's port blocks: ``ports_per_slot`` (None: none) ports a slot from ``port_base``,
+    slot k getting [base + (k-1)*N, base + k*N); every slot up to ``highest_slot`` must
+    stay within 1-65535."""
+    if isinstance(port_base, bool) or not isinstance(port_base, int) \
+            or not 1 <= port_base <= MAX_PORT:
+        raise UsageError(f"invalid port_base {port_base!r}: must be a port, 1-{MAX_PORT}")
+    if ports_per_slot is None:
+        return
+    if isinstance(ports_per_slot, bool) or not isinstance(ports_per_slot, int) \
+            or not 1 <= ports_per_slot <= MAX_PORT:
+        raise UsageError(f"invalid ports_per_slot {ports_per_slot!r}: must be 1-{MAX_PORT}")
+    last = port_base + highest_slot * ports_per_slot - 1
+    if last > MAX_PORT:
+        raise UsageError(f"ports_per_slot {ports_per_slot} from port_base {port_base} gives "
+                         f"slot {highest_slot} ports up to {last}, past {MAX_PORT}: lower "
+                         "port_base or ports_per_slot, or use fewer slots")
+
+
 def check_hours(hours: object, what: str = "max_allocation_hours", *,
                 zero: bool = False) -> None:
     """Hours as a caller gives them: None (the config's) or more than 0 (0 too with

@@ -51,16 +51,16 @@ def rescue_path(pool: Pool, number: int, label: str) -> Path:
     return pool.paths.rescued / f"{pool.slot_id(number)}-{stamp}-{label}.bundle"
 
 
-def refresh(pool: Pool, slot: Slot, *, rescue_label: str,
-            lease_id: str | None = None) -> tuple[str, "Report", Event]:
-    """Clean a slot we hold to the mirror's tip (outside the pool lock); return the tip,
-    the cleanup's report and its event, which the caller records with the slot's next
-    write (a history that cannot be written never fails the cleanup). ``lease_id``: the
-    lease that ended, named in the event."""
+def refresh(pool: Pool, slot: Slot, *, rescue_label: str, lease_id: str | None = None,
+            commit: str | None = None) -> tuple[str, "Report", Event]:
+    """Clean a slot we hold to the mirror's tip, or to ``commit`` (a ref a lease asked
+    for), outside the pool lock; return that commit, the cleanup's report and its event,
+    which the caller records with the slot's next write (a history that cannot be written
+    never fails the cleanup). ``lease_id``: the lease that ended, named in the event."""
     from necropool.slot import cleanup  # lazy: handing out a clean slot never loads it
 
     started = time.monotonic()
-    tip = pool.tip()
+    tip = commit or pool.tip()
     ensure_inside(pool.paths.records, pool.settings.root)
     target = cleanup.Target(
         mirror=pool.paths.mirror, url=pool.definition.url, branch=pool.definition.branch,
@@ -68,7 +68,7 @@ def refresh(pool: Pool, slot: Slot, *, rescue_label: str,
         record=pool.paths.slot_record(slot.number),
         keep_ignored=pool.definition.keep_ignored, keep=tuple(pool.definition.keep),
         known_commit=slot.commit, include=tuple(pool.definition.include),
-        include_from=pool.definition.include_from)
+        include_from=pool.definition.include_from, fetch_tip=commit is not None)
     report = cleanup.clean(pool.checked_slot_dir(slot.number), target)
     if report.recloned and target.include:  # the fresh clone gets its files as any slot
         again = cleanup.clean(pool.checked_slot_dir(slot.number), replace(target, known_commit=tip))

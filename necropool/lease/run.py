@@ -21,7 +21,7 @@ from necropool.lease import handover
 from necropool.lease.allocate import AllocateRequest, Grant, allocate
 from necropool.lease.release import FORCED, release
 from necropool.lease.renew import Release, renew
-from necropool.pool.pool import Pool
+from necropool.pool.pool import Pool, slot_env
 
 
 def _set_parent_death_signal() -> None:
@@ -143,8 +143,7 @@ def run(pool: Pool, argv: list[str], request: AllocateRequest,
     grant = allocate(pool, replace(request, holder=Holder.me()), keep_lock=True)
     path = pool.slot_dir(grant.number)
     result = RunResult(code=0, slot_id=pool.slot_id(grant.number))
-    env = dict(os.environ, NECROPOOL_SLOT_ID=result.slot_id, NECROPOOL_SLOT_PATH=str(path),
-               NECROPOOL_LEASE_ID=grant.lease.lease_id)
+    env = {**os.environ, **slot_env(pool, grant.number, grant.lease.lease_id)}
     identity: dict[str, Any] = {}
     if user is not None:  # the command runs as the user, in the slot handed to it
         env.update(HOME=user.home(), USER=user.name, LOGNAME=user.name)

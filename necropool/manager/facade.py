@@ -219,15 +219,16 @@ class PoolManager:
                       owner: str | None = None, pid: int | None = None,
                       ttl: float | None = None, metadata: dict[str, str] | None = None,
                       wait: float = 0, fetch: bool | None = None,
-                      any_host: bool = False, user: str | None = None) -> dict[str, Any]:
+                      any_host: bool = False, user: str | None = None,
+                      ref: str | None = None) -> dict[str, Any]:
         """A slot under a new lease: as ``request`` asks, or as the keywords do (the health API's
         form). ``pid``: the holder process (either way). ``any_host``: when this host has no
         free slot, a clean one of another host of the fleet (its ``slot_host`` and ``path``
         say where). ``user`` (as root): the local user the slot is handed to for the lease
-        (``lease.handover``)."""
+        (``lease.handover``). ``ref``: the slot detached at that branch, tag, ref or commit."""
         if request is None:
             request = AllocateRequest(owner=owner, ttl=ttl, metadata=metadata or {}, wait=wait,
-                                      fetch=fetch, any_host=any_host, user=user)
+                                      fetch=fetch, any_host=any_host, user=user, ref=ref)
         if pid is not None:
             holder = Holder.of(pid)
             if holder is None:
@@ -353,12 +354,13 @@ class PoolManager:
     def slot(self, name: str, request: AllocateRequest | None = None, *,
              owner: str | None = None, pid: int | None = None, ttl: float | None = None,
              metadata: dict[str, str] | None = None, wait: float = 0,
-             fetch: bool | None = None, any_host: bool = False) -> Iterator[dict[str, Any]]:
+             fetch: bool | None = None, any_host: bool = False,
+             ref: str | None = None) -> Iterator[dict[str, Any]]:
         """``with manager.slot("web", ttl=600) as slot:``: a slot allocated for the block and
         released (its lease only) when the block ends, also on an exception."""
         slot = self.allocate_slot(name, request, owner=owner, pid=pid, ttl=ttl,
                                   metadata=metadata, wait=wait, fetch=fetch,
-                                  any_host=any_host)
+                                  any_host=any_host, ref=ref)
         try:
             yield slot
         finally:
@@ -367,7 +369,8 @@ class PoolManager:
     def run(self, name: str, argv: list[str], stdout: IO[Any] | None = None,
             request: AllocateRequest | None = None, *, owner: str | None = None,
             ttl: float | None = None, metadata: dict[str, str] | None = None,
-            wait: float = 0, fetch: bool | None = None, user: str | None = None) -> "RunResult":
+            wait: float = 0, fetch: bool | None = None, user: str | None = None,
+            ref: str | None = None) -> "RunResult":
         """``argv`` in a slot allocated as ``request`` (or the keywords) asks, held by this
         process; see ``lease.run``. ``user`` (as root): run it as that local user, in the
         slot handed to it."""
@@ -375,7 +378,7 @@ class PoolManager:
 
         if request is None:
             request = AllocateRequest(owner=owner, ttl=ttl, metadata=metadata or {}, wait=wait,
-                                      fetch=fetch, user=user)
+                                      fetch=fetch, user=user, ref=ref)
         if request.user is not None:
             handover.require_root()  # before the pool is read: it may be unreadable to us
         return run(self.get_pool(name), argv, request, stdout=stdout)

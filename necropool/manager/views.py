@@ -52,6 +52,8 @@ def describe_pool(pool: Pool, current: PoolState, with_slots: bool = True,
         "include": pool.definition.include,
         "include_from": pool.definition.include_from,
         "fetch_on_allocate": pool.definition.fetch_on_allocate,
+        "ports_per_slot": pool.definition.ports_per_slot,
+        "port_base": pool.definition.port_base,
         "state_source": current.source,
     }
     fetched, stale = mirror_freshness(pool) if pool.local else (None, None)  # no mirror here

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 from necropool.git import commands as git
 from necropool.ground.clock import now, rfc3339
-from necropool.ground.errors import OperationFailed
+from necropool.ground.errors import NotFound, OperationFailed
 from necropool.ground.layout import ensure_inside, write_atomic
 from necropool.ground.locks import FileLock
+from necropool.ground.validate import check_ref_request, is_commit_id
 from necropool.pool.pool import Pool
 
 
@@ -48,6 +49,45 @@ def update_mirror(pool: Pool) -> str | None:
         return None
     finally:
         lock.release()
+
+
+def resolve_ref(pool: Pool, ref: str) -> str:
+    """The commit ``ref`` names (a branch, a tag, a full ref name such as
+    ``refs/pull/123/head``, or a commit id), in the mirror; when the mirror lacks it, it is
+    fetched from the upstream by its exact name first. ``NotFound`` when the upstream does
+    not serve it either."""
+    check_ref_request(ref)
+    ensure_inside(pool.paths.mirror, pool.settings.root)
+    commit = git.commit_of(pool.paths.mirror, ref)
+    if commit is not None:
+        return commit
+    lock = FileLock(pool.paths.mirror_lock)
+    lock.acquire(pool.settings.git_timeout, "mirror lock")
+    try:
+        _own_config(pool)
+        for name in _fetchable(ref):
+            if git.fetch_into_mirror(pool.paths.mirror, name, timeout=pool.settings.git_timeout,
+                                     credentials=pool.paths.credentials):
+                break
+    finally:
+        lock.release()
+    commit = git.commit_of(pool.paths.mirror, ref)
+    if commit is None:
+        raise NotFound(f"ref {ref!r} is neither in the mirror of pool {pool.name!r} nor served by "
+                       f"its upstream {pool.definition.url}")
+    return commit
+
+
+def _fetchable(ref: str) -> list[str]:
+    """What a fetch by name may ask the upstream for: a full ref name as it is, a short
+    one as a branch or a tag, a full commit id as an object (an abbreviated one names
+    nothing upstream)."""
+    if ref.startswith("refs/"):
+        return [ref]
+    names = [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+    if is_commit_id(ref) and len(ref) in (40, 64):
+        return [ref, *names]
+    return names
 
 
 def _own_config(pool: Pool) -> None:

@@ -31,7 +31,7 @@ from necropool.ground.redact import redact, split_upstream
 from necropool.ground.results import Record
 from necropool.ground.slotref import SlotRef
 from necropool.ground.suggest import did_you_mean
-from necropool.ground.validate import check_pool_name
+from necropool.ground.validate import DEFAULT_PORT_BASE, check_pool_name
 from necropool.pool import prepared
 from necropool.pool.upstream import migrate
 from necropool.store.base import Store
@@ -54,6 +54,8 @@ class PoolDef:
     prepare_timeout: float = PREPARE_TIMEOUT
     include: list[str] = field(default_factory=list)  # copied in from include_from
     include_from: str | None = None
+    ports_per_slot: int | None = None  # slot k's ports: ``port_block``
+    port_base: int = DEFAULT_PORT_BASE
     created_at: datetime | None = None
     managed_by: str | None = None  # "sync": made by sync, which alone may prune it
 
@@ -191,6 +193,8 @@ def describe_slot(pool: "Pool", slot: Slot, host: str | None = None,
     branch, commit = ((None, slot.commit) if remote or handed
                       else git.read_head(where / ".git"))
     holder = lease.holder if lease else None
+    ref = lease.ref if lease else None
+    ports = port_block(pool.definition, slot.number)
     metadata: dict[str, str | None] = dict(lease.metadata) if lease else {}
     if slot.isolated_at:
         metadata.update(isolated_at=rfc3339(slot.isolated_at),
@@ -215,6 +219,8 @@ def describe_slot(pool: "Pool", slot: Slot, host: str | None = None,
         "isolated_at": rfc3339(slot.isolated_at), "isolation_reason": slot.isolation_reason,
         "last_rescue": slot.last_rescue,
         "prepared": _prepared(pool, slot, commit) if not remote else None,
+        "ref": ref, "ref_commit": slot.commit if ref else None,
+        "slot_index": slot.number, "port": ports[0] if ports else None, "ports": ports,
     })
 
 
@@ -227,6 +233,27 @@ def _prepared(pool: "Pool", slot: Slot, commit: str | None) -> dict[str, object]
         return None
     where = prepared.directory_of(pool.slot_dir(slot.number))
     return last.view(pool.paths, slot.number, last.fits(commit, pool.definition.prepare, where))
+
+
+def port_block(definition: PoolDef, number: int) -> list[int]:
+    """Slot ``number``'s ports: [base + (k-1)*N, base + k*N) with ``ports_per_slot`` N
+    (none without it): a block of its own, so parallel dev servers never collide."""
+    per = definition.ports_per_slot
+    if not per:
+        return []
+    first = definition.port_base + (number - 1) * per
+    return list(range(first, first + per))
+
+
+def slot_env(pool: Pool, number: int, lease_id: str) -> dict[str, str]:
+    """What a command in slot ``number`` is told (``run``): the slot, its lease, its stable
+    index, and its ports when the pool gives slots ports."""
+    env = {"NECROPOOL_SLOT_ID": pool.slot_id(number),
+           "NECROPOOL_SLOT_PATH": str(pool.slot_dir(number)),
+           "NECROPOOL_LEASE_ID": lease_id, "NECROPOOL_SLOT_INDEX": str(number)}
+    if ports := port_block(pool.definition, number):
+        env.update(NECROPOOL_PORT=str(ports[0]), NECROPOOL_PORTS=" ".join(map(str, ports)))
+    return env
 
 
 def get_slot(current: PoolState, pool: Pool, number: int) -> Slot:

@@ -156,7 +156,9 @@ class Target:
     ``record``, outside the slot, what this cleanup left for the next one. Ignored files
     go, but those ``keep`` matches (all, with ``keep_ignored``). ``known_commit``: the
     commit the slot was last cleaned to. ``include``: files copied in from ``include_from``
-    after the reset (``slot.include``). Plain data: it crosses to the confined child."""
+    after the reset (``slot.include``). ``fetch_tip``: ``tip`` is a commit a lease asked
+    for, perhaps in none of the mirror's branches and tags: fetched by id when the slot
+    lacks it. Plain data: it crosses to the confined child."""
 
     mirror: Path
     url: str
@@ -169,6 +171,7 @@ class Target:
     known_commit: str | None = None
     include: tuple[str, ...] = ()
     include_from: str | None = None
+    fetch_tip: bool = False
 
 
 def clean(tree: Path, target: Target) -> Report:
@@ -257,6 +260,8 @@ def _clean_confined(tree: Path, target: Target) -> Report:
     _drop_refs(gitdir, st, extras, stashes, report)
     if stale:
         fetch_mirror_refs(tree, mirror)
+    if target.fetch_tip:
+        git.ensure_commit(tree, mirror, tip)
     restore_origin_head(gitdir, mirror)
     bundle = start_bundle(tree, rescue_to, saved) if saved else None
     try:  # the bundle is written while the slot is reset and cleaned (-30 ms)
@@ -452,6 +457,8 @@ def fresh_clone(mirror: Path, where: Path, url: str, branch: str,
 def _clone(mirror: Path, dest: Path, url: str, branch: str, tip: str | None) -> str:
     commit = git.clone_slot(mirror, dest, url, branch)
     if tip is not None and commit != tip:
+        git.ensure_commit(dest, mirror, tip)
         git.run(["checkout", "-f", "-q", "--detach", tip], dest)
         return tip
     return commit
+

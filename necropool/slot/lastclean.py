@@ -82,6 +82,43 @@ class LastClean:
     def retake_tree(self, tree: Path) -> None:
         self.at, self.dirs = time.time_ns(), directories(tree)
 
+    def retake_since(self, tree: Path, since: int) -> None:
+        """``retake_tree`` after a change that began at ``since`` (ns) in a tree this record
+        described until then (a checkout): the recorded directories are stat'ed, and only
+        those changed since are read for new ones (a new directory changes its parent's
+        ctime), not the whole tree (a third of the walk's cost on 1,000 directories)."""
+        at, limit = time.time_ns(), since - SLACK_NS
+        top = os.open(tree, _O_DIR)
+        try:
+            kept, stack = [], []
+            for rel in self.dirs:
+                try:
+                    st = os.stat(rel or ".", dir_fd=top, follow_symlinks=False)
+                except OSError:
+                    continue  # removed
+                if stat.S_ISDIR(st.st_mode):
+                    kept.append(rel)
+                    if st.st_ctime_ns >= limit:
+                        stack.append(rel)
+            known = set(kept)
+            while stack:
+                rel = stack.pop()
+                fd = os.open(rel or ".", _O_DIR, dir_fd=top)
+                try:
+                    with os.scandir(fd) as entries:
+                        names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+                finally:
+                    os.close(fd)
+                for name in names:
+                    child = f"{rel}/{name}" if rel else name
+                    if child not in known and child != ".git":
+                        known.add(child)
+                        kept.append(child)
+                        stack.append(child)  # new: everything below it is new too
+        finally:
+            os.close(top)
+        self.at, self.dirs = at, kept
+
     def index_unchanged(self, gitdir: Path) -> bool:
         """True when the index is the very file the last cleanup left (checked then)."""
         return self.index != "" and self.index == index_identity(gitdir)

@@ -41,21 +41,22 @@ class Lease:
     metadata: dict[str, str] = field(default_factory=dict)
     ttl_seconds: float | None = None  # what ``renew`` extends by when given no new TTL
     user: HolderUser | None = None  # the local user the slot was handed to (``--user``)
+    ref: str | None = None  # the ref the holder asked for (``allocate --ref``)
 
     @classmethod
     def new(cls, owner: str, holder: Holder | None, ttl: float | None,
-            metadata: dict[str, str]) -> "Lease":
+            metadata: dict[str, str], ref: str | None = None) -> "Lease":
         """A fresh lease from now (a random id; expiring after ``ttl`` seconds if given)."""
         at = now()
         return cls(lease_id=os.urandom(8).hex(), owner=owner, allocated_at=at,
                    expires_at=at + timedelta(seconds=ttl) if ttl else None, holder=holder,
-                   metadata=metadata, ttl_seconds=ttl or None)
+                   metadata=metadata, ttl_seconds=ttl or None, ref=ref)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "lease_id": self.lease_id, "owner": self.owner, "allocated_at": self.allocated_at,
             "expires_at": self.expires_at, "ttl_seconds": self.ttl_seconds,
-            "metadata": self.metadata}
+            "metadata": self.metadata, "ref": self.ref}
         if self.holder:
             data["holder"] = self.holder.to_dict()
         if self.user:
@@ -74,6 +75,7 @@ class Lease:
             metadata={str(k): _str(v) for k, v in data.get("metadata", {}).items()},
             ttl_seconds=float(data["ttl_seconds"]) if "ttl_seconds" in data else None,
             user=HolderUser.from_dict(data["user"]) if data.get("user") else None,
+            ref=_str(data["ref"]) if "ref" in data else None,
         )
 
 

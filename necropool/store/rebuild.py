@@ -112,11 +112,12 @@ def _lease_of(record: dict[str, Any], earlier: Lease | None) -> Lease:
         at = parse_rfc3339(str(record["time"]))
     except (KeyError, ValueError):
         at = now()
-    owner = record.get("owner")
+    owner, ref = record.get("owner"), record.get("ref")
     return Lease(lease_id=record["lease_id"],
                  owner=owner if isinstance(owner, str) else earlier.owner if earlier else "",
                  allocated_at=earlier.allocated_at if earlier else at,
-                 metadata={"rebuilt_from": "events.jsonl"})
+                 metadata={"rebuilt_from": "events.jsonl"},
+                 ref=ref if isinstance(ref, str) else earlier.ref if earlier else None)
 
 
 def _leased(number: int, lease: Lease) -> Slot:

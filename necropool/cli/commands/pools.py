@@ -15,6 +15,7 @@ from necropool.cli.registry import command
 from necropool.ground.config import PREPARE_TIMEOUT, PoolSpec
 from necropool.ground.errors import OperationFailed, PoolOutcome, UsageError, fail_for
 from necropool.ground.slotref import SlotRef
+from necropool.ground.validate import DEFAULT_PORT_BASE
 
 if TYPE_CHECKING:
     from necropool.manager.facade import PoolManager
@@ -27,12 +28,17 @@ DiscardWork = Annotated[bool, typer.Option(
     notes=[
         "The slots are cloned from the mirror with shared objects: each costs about one "
         "checkout.",
+        "--ports-per-slot N gives each slot a block of N ports of its own from --port-base "
+        "(default 20000): slot k gets base+(k-1)*N up to base+k*N-1, which run passes to its "
+        "command as NECROPOOL_PORT and NECROPOOL_PORTS. Every slot's ports must stay at or "
+        "below 65535 (add refuses slots past that).",
     ],
     examples=(
         "necropool create web https://example.com/org/web.git --slots 8 --branch main\n"
         "necropool create docs ~/src/docs -n 2 --keep-ignored\n"
         "necropool create app ~/src/app --keep node_modules/ --prepare 'npm ci' "
-        "--include .env --include-from ~/secrets/app"
+        "--include .env --include-from ~/secrets/app\n"
+        "necropool create api ~/src/api -n 4 --ports-per-slot 10 --port-base 30000"
     ),
 )
 def create(
@@ -66,6 +72,13 @@ def create(
              "(repeatable; owner-only)")] = None,
     include_from: Annotated[str | None, typer.Option(
         "--include-from", metavar="DIR", help="Where the --include files are copied from")] = None,
+    ports_per_slot: Annotated[int | None, typer.Option(
+        "--ports-per-slot", metavar="N",
+        help="Give each slot a block of N ports of its own (NECROPOOL_PORT, NECROPOOL_PORTS)")
+    ] = None,
+    port_base: Annotated[int, typer.Option(
+        "--port-base", metavar="PORT",
+        help="The first port of slot 1's block")] = DEFAULT_PORT_BASE,
     json_out: Json = False,
 ) -> None:
     """Create a pool: a local mirror of URL and N slots cloned from it."""
@@ -74,7 +87,8 @@ def create(
                     keep=list(keep or []), fetch_on_allocate=not no_fetch_on_allocate,
                     fetch_backend=fetch_backend, prepare=prepare,
                     prepare_timeout=prepare_timeout, include=list(include or []),
-                    include_from=os.path.abspath(include_from) if include_from else None)
+                    include_from=os.path.abspath(include_from) if include_from else None,
+                    ports_per_slot=ports_per_slot, port_base=port_base)
     with progress_bar(out, f"creating {pool}", "cloning the mirror") as tick:
         data = G.manager().create_pool(spec, tick)
     if out.json:
@@ -187,7 +201,7 @@ def list_(host: Host = None, fmt: Format = None, no_headers: NoHeaders = False,
         "what rescued/ holds, follow the table.",
         "--format tsv (the default when stdout is not a terminal, then without the header "
         "line) prints one line per slot with the tab-separated columns slot, state, owner, "
-        "lease, allocated, commit, uses, path, expires, pid (full lease ids, RFC 3339 times, "
+        "lease, allocated, commit, uses, path, expires, pid, ref (full lease ids, RFC 3339 times, "
         "whole paths); --no-headers drops the header line. --format json is --json. NO_COLOR "
         "and --color never drop colour only, never the table.",
         "A pool that cannot be read is shown with its error, and the exit status is 3, as for "

@@ -47,11 +47,14 @@ NoFetch = Annotated[bool, typer.Option("--no-fetch", help="Do not fetch upstream
 User = Annotated[str | None, typer.Option(
     "--user", metavar="NAME", help="As root: hand the slot to this local user for the lease "
                                    "(its working copy theirs, the rest of the pool not)")]
+Ref = Annotated[str | None, typer.Option(
+    "--ref", metavar="REF", help="Detach the slot at this branch, tag, ref (refs/pull/123/head) "
+                                 "or commit id, fetched when the mirror lacks it")]
 
 
 def _request(owner: str | None, ttl: str | None, meta: list[str] | None, wait: str | None,
-             no_fetch: bool, any_host: bool = False,
-             user: str | None = None) -> "AllocateRequest":
+             no_fetch: bool, any_host: bool = False, user: str | None = None,
+             ref: str | None = None) -> "AllocateRequest":
     from necropool.lease.allocate import AllocateRequest  # lazy: the core loads per command
 
     return AllocateRequest(
@@ -62,6 +65,7 @@ def _request(owner: str | None, ttl: str | None, meta: list[str] | None, wait: s
         fetch=False if no_fetch else None,
         any_host=any_host,
         user=user,
+        ref=ref,
     )
 
 
@@ -72,6 +76,13 @@ def _request(owner: str | None, ttl: str | None, meta: list[str] | None, wait: s
         "Unless --no-fetch is given (or the pool was created with --no-fetch-on-allocate) the "
         "mirror is fetched first and the slot is at the current upstream tip.",
         "--wait blocks, without polling the pool, until a slot frees up.",
+        "--ref REF hands the slot out detached at REF: a branch, a tag, a full ref name the "
+        "upstream serves (refs/pull/123/head) or a commit id, full or abbreviated. A ref "
+        "the mirror lacks is fetched into it by its exact name first; a free slot already "
+        "at that commit is preferred. --json and status show it as ref and ref_commit; "
+        "release brings the slot back to the pool's branch as always.",
+        "--json also gives the slot's stable index (slot_index, its number) and, for a "
+        "pool with ports_per_slot, its block of ports (port, ports).",
         "With a shared ledger, --any-host takes a clean free slot of another host when this "
         "one has none, and says where: its id is POOL-N@HOST, --json adds slot_host. Its "
         "directory is on that host; release and renew take the id as it is.",
@@ -81,11 +92,14 @@ def _request(owner: str | None, ttl: str | None, meta: list[str] | None, wait: s
         "takes it back (the user's processes in it ended) before it is saved and cleaned.",
     ],
     exit_status=(
-        "75 when no slot is free (after --wait, if given); 2 when --user is given without "
-        "root, names no local user, root or the pool's owner."
+        "4 when --ref names nothing the mirror or the upstream has, 3 when its commit cannot "
+        "be checked out (the slot tried is cleaned back to the pool's branch): either way no "
+        "slot is taken; 75 when no slot is free (after --wait, if given); 2 when --user is "
+        "given without root, names no local user, root or the pool's owner."
     ),
     examples=(
         'cd "$(necropool allocate web --owner ci --ttl 1h --meta job=42)"\n'
+        "necropool allocate web --ref refs/pull/123/head --json | jq -r '.path, .ref_commit'\n"
         "necropool allocate web --wait 5m --pid $$ --json\n"
         "necropool allocate web --any-host --json | jq -r '.slot_host, .path'\n"
         "sudo necropool allocate web --user ci-runner --ttl 1h   # the slot is ci-runner's"
@@ -96,11 +110,11 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
              any_host: Annotated[bool, typer.Option(
                  "--any-host", help="With a shared ledger: a slot of any host when this one "
                                     "has none free")] = False,
-             user: User = None, json_out: Json = False) -> None:
+             user: User = None, ref: Ref = None, json_out: Json = False) -> None:
     """Allocate a free slot and print its path (exit 75 when none is free)."""
 
     out = G.out(json_out)
-    request = _request(owner, ttl, meta, wait, no_fetch, any_host, user)
+    request = _request(owner, ttl, meta, wait, no_fetch, any_host, user, ref)
     data = G.manager().allocate_slot(pool, request, pid=pid)
     if data.get("fetch_error"):
         out.note(f"warning: upstream fetch failed, slot is at the mirror's tip: "
@@ -200,9 +214,13 @@ class _RunCommand(Command):
 
 @command("run", cls=_RunCommand, context_settings={"allow_interspersed_args": False},
     notes=[
-        "The command runs in the slot, with NECROPOOL_SLOT_ID, NECROPOOL_SLOT_PATH and "
-        "NECROPOOL_LEASE_ID set (and NECROPOOL_LEDGER, if set, with its password masked: no "
-        "secret of necropool's reaches the command); the slot is released afterwards, also "
+        "The command runs in the slot, with NECROPOOL_SLOT_ID, NECROPOOL_SLOT_PATH, "
+        "NECROPOOL_LEASE_ID and NECROPOOL_SLOT_INDEX (the slot's number, stable across "
+        "holders) set; for a pool with ports_per_slot N also NECROPOOL_PORT (the first of "
+        "the slot's N ports) and NECROPOOL_PORTS (all of them, space-separated), a block no "
+        "other slot of the pool gets (and NECROPOOL_LEDGER, if set, with its password "
+        "masked: no secret of necropool's reaches the command). --ref REF runs it in a slot "
+        "detached at REF, as for *allocate*. The slot is released afterwards, also "
         "when the command fails or is interrupted. With --ttl, run renews the lease while the "
         "command runs, so it is never reclaimed as expired.",
         "When standard input is a terminal and run is in its foreground, the command gets "
@@ -222,7 +240,8 @@ class _RunCommand(Command):
     examples=(
         "necropool run web -- make test\n"
         "necropool run web --wait 10m -- sh -c 'echo \"$NECROPOOL_SLOT_ID\"; make'\n"
-        "sudo necropool run web --user ci-runner -- make test"
+        "sudo necropool run web --user ci-runner -- make test\n"
+        "necropool run web --ref refs/pull/123/head -- sh -c 'make serve PORT=$NECROPOOL_PORT'"
     ),
 )
 def run(
@@ -231,12 +250,12 @@ def run(
                                                  help="The command to run in the slot",
                                                  autocompletion=complete_values.commands)],
     owner: Owner = None, ttl: Ttl = None, meta: Meta = None, wait: Wait = None,
-    no_fetch: NoFetch = False, user: User = None, json_out: Json = False,
+    no_fetch: NoFetch = False, user: User = None, ref: Ref = None, json_out: Json = False,
 ) -> None:
     """Run a command in a freshly allocated slot, release it afterwards, exit with its status
     (3 if it succeeded but the slot could not be cleaned)."""
     out = G.out(json_out)
-    request = _request(owner, ttl, meta, wait, no_fetch, user=user)
+    request = _request(owner, ttl, meta, wait, no_fetch, user=user, ref=ref)
     # under --json, stdout carries our one object: the command's output goes to stderr
     result = G.manager().run(pool, list(command), sys.stderr if out.json else None, request)
     # A command that succeeded in a slot that could not be released is a partial failure

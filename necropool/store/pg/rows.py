@@ -45,6 +45,7 @@ def row_of(slot: Slot, path: Path, shift: timedelta) -> dict[str, Any]:
         "expires_at": lease.expires_at if lease else None,
         "ttl_seconds": lease.ttl_seconds if lease else None,
         "metadata": lease.metadata if lease else None,
+        "ref": text(lease.ref) if lease else None,
         "worker": slot.worker.to_dict() if slot.worker else None,
         "created_at": slot.created_at, "commit": slot.commit,
         "needs_cleanup": slot.needs_cleanup, "allocation_count": slot.allocation_count,
@@ -69,7 +70,8 @@ def slot_of(row: dict[str, Any], shift: timedelta) -> Slot:
                       allocated_at=times["allocated_at"] or now(),
                       expires_at=times["expires_at"],
                       holder=Holder.from_dict(row["holder"]) if row["holder"] else None,
-                      metadata=row["metadata"] or {}, ttl_seconds=row["ttl_seconds"])
+                      metadata=row["metadata"] or {}, ttl_seconds=row["ttl_seconds"],
+                      ref=row["ref"])
     return Slot(number=row["number"], state=SlotState(row["state"]),
                 created_at=times["created_at"], commit=row["commit"],
                 needs_cleanup=row["needs_cleanup"], lease=lease,

@@ -79,6 +79,10 @@ MIGRATIONS = (
     DROP INDEX slots_free;
     CREATE INDEX events_lease ON events (pool, (fields->>'lease_id'));
     """,
+    # The ref a lease asked for (``allocate --ref``).
+    """
+    ALTER TABLE slots ADD COLUMN ref text;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x6E6563726F  # pg_advisory_xact_lock key: one migrator at a time

@@ -208,14 +208,15 @@ class PgStore(Transactions):
                     "UPDATE slots SET state = 'allocated', lease_id = %s, owner = %s, "
                     "holder_pid = %s, holder_start = %s, holder = %s, allocated_at = now(), "
                     "expires_at = now() + make_interval(secs => %s), ttl_seconds = %s, "
-                    "metadata = %s, worker = NULL, error = NULL, "
+                    "metadata = %s, ref = %s, worker = NULL, error = NULL, "
                     "allocation_count = allocation_count + 1, last_allocated_at = now(), "
                     "generation = generation + 1 "
                     "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
                     (lease.lease_id, text(lease.owner), holder.pid if holder else None,
                      holder.start if holder else None,
                      json_value(holder.to_dict() if holder else None), lease.ttl_seconds,
-                     lease.ttl_seconds, json_value(lease.metadata), self.name, host,
+                     lease.ttl_seconds, json_value(lease.metadata), text(lease.ref),
+                     self.name, host,
                      row["number"])).fetchone(), shift)
                 self._note(conn, note, granted, host)
                 return granted
@@ -319,7 +320,7 @@ class PgStore(Transactions):
                     "last_released_at = now(), lease_id = NULL, owner = NULL, "
                     "holder_pid = NULL, holder_start = NULL, holder = NULL, "
                     "allocated_at = NULL, expires_at = NULL, ttl_seconds = NULL, "
-                    "metadata = NULL, generation = generation + 1 "
+                    "metadata = NULL, ref = NULL, generation = generation + 1 "
                     "WHERE pool = %s AND host = %s AND number = %s",
                     ("available" if uncleaned else "cleaning", uncleaned,
                      json_value(worker.to_dict() if worker else None), self.name, host,
