@@ -41,8 +41,8 @@ def describe(label: str, report: Report) -> str:
 def progress_bar(out: "Output", label: str, phase: str = "starting") -> Iterator[Tick | None]:
     """Yield ``tick(report)``; a no-op unless stderr is a terminal and neither --json
     nor --quiet was given.
-    Until the first report the line reads ``LABEL: PHASE``; each new phase is drawn at
-    once, so none goes unseen however quick."""
+    Until the first report the line reads ``LABEL: PHASE``; each phase's first and last
+    report is drawn at once, so none goes unseen however quick."""
     if out.json or out.quiet or not sys.stderr.isatty():
         yield None
         return
@@ -58,7 +58,8 @@ def progress_bar(out: "Output", label: str, phase: str = "starting") -> Iterator
         def tick(report: Report) -> None:
             nonlocal shown
             progress.update(task, completed=report.done, total=report.total,
-                            description=describe(label, report), refresh=report.phase != shown)
+                            description=describe(label, report),
+                            refresh=report.phase != shown or report.done == report.total)
             shown = report.phase
 
         yield tick

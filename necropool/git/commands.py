@@ -192,8 +192,8 @@ def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,
 # ``Receiving objects:  45% (1890/4200), 1.20 MiB | 1.00 MiB/s``
 _PROGRESS_LINE = re.compile(
     rb"(?:remote: )?([A-Za-z][A-Za-z ]*):\s+(?:(\d+)% \((\d+)/(\d+)\)|(\d+))"
-    rb"(?:, ([\d.]+) (|Ki|Mi|Gi)B)?")
-_UNITS = {b"": 1, b"Ki": 1 << 10, b"Mi": 1 << 20, b"Gi": 1 << 30}
+    rb"(?:, ([\d.]+) (bytes|KiB|MiB|GiB))?")
+_UNITS = {b"bytes": 1, b"KiB": 1 << 10, b"MiB": 1 << 20, b"GiB": 1 << 30}
 
 
 def progress_report(line: bytes) -> Report | None:
