@@ -124,21 +124,33 @@ def test_the_upstreams_config_and_hooks_are_neither_copied_nor_obeyed(cli, upstr
     assert not marker.exists()
 
 
-def test_a_symlink_among_the_upstreams_objects_is_never_followed(cli, upstream, root, tmp_path):
-    """git's own ``--local`` once hard-linked what such a link named (CVE-2024-32021)."""
+@pytest.mark.parametrize("kind", ["pack", "loose"])
+def test_a_symlink_among_the_upstreams_objects_is_never_followed(cli, upstream, root, tmp_path,
+                                                                 kind):
+    """git's own ``--local`` once hard-linked what such links named (CVE-2024-32021): here
+    another repository's pack, or one of its loose objects."""
     gitdir = _packed(upstream)
-    secret = tmp_path / "secret"
-    secret.write_text("the owner's secret\n")
-    loose = gitdir / "objects/ab" / ("c" * 38)
-    loose.parent.mkdir(exist_ok=True)
-    loose.symlink_to(secret)
+    other = tmp_path / "other"
+    git(tmp_path, "init", "-q", str(other))
+    commit_file(other, "private.txt", "another repository's\n")
+    private = git(other, "rev-parse", "HEAD:private.txt")
+    if kind == "pack":
+        git(other, "gc", "-q")
+        theirs = sorted((other / ".git/objects/pack").glob("pack-*"))
+    else:
+        theirs = [other / ".git/objects" / private[:2] / private[2:]]
+    for path in theirs:
+        planted = gitdir / path.relative_to(other / ".git")
+        planted.parent.mkdir(exist_ok=True)
+        planted.symlink_to(path)
     result = cli("create", "web", upstream, "--slots", "1")
     assert result.code == 0, result
+    linked = {p.stat().st_ino for p in theirs}
     for path in (root / "pools/web").rglob("*"):
-        assert not (path.is_symlink() and path.resolve() == secret), path
-        if path.is_file() and not path.is_symlink():
-            assert path.stat().st_ino != secret.stat().st_ino, path
-            assert b"the owner's secret" not in path.read_bytes(), path
+        assert not path.is_symlink(), path
+        assert not path.is_file() or path.stat().st_ino not in linked, path
+    mirror = root / "pools/web/mirror.git"
+    assert subprocess.run(["git", "-C", str(mirror), "cat-file", "-e", private]).returncode != 0
 
 
 def test_an_upstream_with_alternates_gives_a_mirror_of_its_own(cli, upstream, root, tmp_path):

@@ -26,6 +26,11 @@ DiscardWork = Annotated[bool, typer.Option(
     notes=[
         "The slots are cloned from the mirror with shared objects: each costs about one "
         "checkout.",
+        "From a local path (or file:// URL) the mirror takes the upstream's pack files by "
+        "hard link (a copy on another filesystem), not a repack: none of its config or "
+        "hooks, no alternates, and its gc or deletion leaves the pool whole.",
+        "On a terminal, progress shows the mirror's clone (objects, percent, bytes) and the "
+        "slots made; nothing with --quiet or --json.",
     ],
     examples=(
         "necropool create web https://example.com/org/web.git --slots 8 --branch main\n"
