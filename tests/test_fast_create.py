@@ -73,11 +73,12 @@ def test_a_local_create_hard_links_the_upstreams_packs_and_outlives_its_gc_and_i
 def test_a_holder_cannot_write_into_a_pack_the_slot_shares(cli, upstream, root):
     """Slot, mirror and upstream hold one inode: it is read-only, so a holder's write into
     it is refused (as the pool's owner, or another user when the test runs as root)."""
-    _packed(upstream)
+    gitdir = _packed(upstream)
     assert cli("create", "web", upstream, "--slots", "1").code == 0
     pack_dir = root / "pools/web/slots/1/.git/objects/pack"
-    pack = next(pack_dir.glob("*.pack"))
+    pack = pack_dir / next((gitdir / "objects/pack").glob("*.pack")).name
     assert pack.stat().st_nlink >= 3 and pack.stat().st_mode & 0o777 == 0o444
+    assert all(p.stat().st_mode & 0o777 == 0o444 for p in pack_dir.iterdir())
     drop = ""
     if os.geteuid() == 0:  # root writes anything: the owner is made someone else
         os.chown(pack, 65534, 65534)
@@ -187,6 +188,10 @@ def test_create_from_a_remote_shows_objects_percent_and_bytes_on_a_terminal(remo
     assert "creating web: 2/2 slots" in screen
     code, _, screen = _stderr_on_terminal(["add", "web", "--count", "2"])
     assert code == 0 and "adding to web: 2/2 slots" in screen
+    code, _, screen = _stderr_on_terminal(["create", "lib", remote, "--slots", "1",
+                                           "--fetch-backend", "libgit2"])
+    assert code == 0 and "creating lib: mirror: receiving objects" in screen
+    assert "(100%)" in screen and "creating lib: 1/1 slot" in screen
 
 
 @pytest.mark.slow

@@ -53,13 +53,14 @@ def progress_bar(out: "Output", label: str, phase: str = "starting") -> Iterator
                TimeElapsedColumn())
     with Progress(*columns, console=out.console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"{label}: {phase}", total=None)
-        shown = ""
+        last = Report("", 0, None)
 
         def tick(report: Report) -> None:
-            nonlocal shown
+            nonlocal last
+            first_or_last = report.phase != last.phase or report.done == report.total
             progress.update(task, completed=report.done, total=report.total,
                             description=describe(label, report),
-                            refresh=report.phase != shown or report.done == report.total)
-            shown = report.phase
+                            refresh=first_or_last and report != last)
+            last = report
 
         yield tick

@@ -179,10 +179,17 @@ def _oid(value: str, width: int) -> bool:
     return len(value) == width and all(c in "0123456789abcdef" for c in value)
 
 
+# extensions that change nothing in how the objects and refs are read from the files
+_PLAIN_EXTENSIONS = {("objectformat", "sha1"), ("objectformat", "sha256"),
+                     ("refstorage", "files")}
+_HARMLESS = {"worktreeconfig", "preciousobjects", "noop"}
+
+
 def _object_format(config: bytes) -> str | None:
-    """The object format a repository's config declares, read as text: the config is the
-    upstream's, never obeyed. An extension other than the object format (reftable refs,
-    a partial clone's promisor, ...) or a newer repository format is _Unusual."""
+    """The object format a repository's config declares (None: SHA-1), read as text: the
+    config is the upstream's, never obeyed. An extension that changes how objects or refs
+    are stored (reftable refs, a partial clone's promisor, ...) or a newer repository
+    format is _Unusual."""
     section, found = "", None
     for raw in config.decode(errors="replace").splitlines():
         line = raw.split("#")[0].split(";")[0].strip()
@@ -194,9 +201,10 @@ def _object_format(config: bytes) -> str | None:
         if section == "core" and key == "repositoryformatversion" and value not in ("0", "1"):
             raise _Unusual
         if section == "extensions" and key:
-            if key != "objectformat" or value.lower() not in ("sha1", "sha256"):
+            if (key, value.lower()) not in _PLAIN_EXTENSIONS and key not in _HARMLESS:
                 raise _Unusual
-            found = value.lower()
+            if key == "objectformat" and value.lower() == "sha256":
+                found = "sha256"
     return found
 
 

@@ -4,11 +4,11 @@ decides whether and how to show it (only on a terminal)."""
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# The phases a report names: the mirror's clone of a remote upstream, in git's own steps
-# (git names the remote's too, ``counting objects`` say), a local upstream's object files
-# taken by hard link or copy, then the slots cloned from the mirror.
+# The phases a report names: the mirror's clone of a remote upstream, in git's own words
+# lowercased (``receiving objects``, ``resolving deltas``, the remote's ``counting
+# objects``...), a local upstream's object files taken by hard link or copy, then the
+# slots cloned from the mirror.
 RECEIVING = "receiving objects"
-RESOLVING = "resolving deltas"
 TAKING = "taking object files"
 SLOTS = "slots"
 
