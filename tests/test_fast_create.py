@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,25 @@ def test_a_writable_upstream_pack_is_copied_read_only_not_linked(cli, upstream, 
     assert ours.read_bytes() == pack.read_bytes()
     idx = pack.with_suffix(".idx")  # the read-only index beside it is still linked
     assert (ours.with_suffix(".idx")).stat().st_ino == idx.stat().st_ino
+
+
+def test_an_upstream_on_another_filesystem_is_copied(cli, upstream, root):
+    """No hard link crosses filesystems: the pack files are copied, read-only."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == root.parent.stat().st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to put the upstream on")
+    gitdir = _packed(upstream)
+    elsewhere = Path(tempfile.mkdtemp(dir=shm)) / "upstream"
+    try:
+        shutil.copytree(upstream, elsewhere, symlinks=True)
+        assert cli("create", "web", elsewhere, "--slots", "1").code == 0
+        for pack in (gitdir / "objects/pack").iterdir():
+            ours = root / "pools/web/mirror.git/objects/pack" / pack.name
+            assert ours.read_bytes() == pack.read_bytes()
+            assert ours.stat().st_nlink == 2 and ours.stat().st_mode & 0o777 == 0o444
+    finally:
+        shutil.rmtree(elsewhere.parent)
+    assert git(root / "pools/web/mirror.git", "fsck", "--no-progress") == ""
 
 
 def test_the_upstreams_config_and_hooks_are_neither_copied_nor_obeyed(cli, upstream, root,
