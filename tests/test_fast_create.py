@@ -214,6 +214,14 @@ def test_create_from_a_remote_shows_objects_percent_and_bytes_on_a_terminal(remo
     assert "(100%)" in screen and "creating lib: 1/1 slot" in screen
 
 
+def test_a_local_create_shows_the_object_files_taken_on_a_terminal(upstream, root):
+    _packed(upstream)
+    code, _, screen = _stderr_on_terminal(["create", "web", upstream, "--slots", "2"])
+    assert code == 0, screen
+    assert "creating web: mirror: taking objects" in screen and " files (100%), " in screen
+    assert "creating web: 2/2 slots" in screen
+
+
 @pytest.mark.slow
 def test_no_progress_with_quiet_or_off_a_terminal(cli, remote, root):
     code, out, screen = _stderr_on_terminal(["--quiet", "create", "web", remote, "-n", "1"])

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from necropool.ground.progress import SLOTS, Report
+from necropool.ground.progress import SLOTS, TAKING, Report
 from necropool.ground.progress import Progress as Tick
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ def describe(label: str, report: Report) -> str:
     if report.phase == SLOTS:
         return f"{label}: {report.done}/{report.total} {'slot' if report.total == 1 else 'slots'}"
     count = f"{report.done:,}" if report.total is None else f"{report.done:,}/{report.total:,}"
-    parts = [f"{label}: mirror: {report.phase} {count}"]
+    parts = [f"{label}: mirror: {report.phase} {count}" + (" files" if report.phase == TAKING
+                                                           else "")]
     if report.percent is not None:
         parts.append(f" ({report.percent}%)")
     if report.size is not None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 # objects``...), a local upstream's object files taken by hard link or copy, then the
 # slots cloned from the mirror.
 RECEIVING = "receiving objects"
-TAKING = "taking object files"
+TAKING = "taking objects"  # counted in files: packs and loose objects
 SLOTS = "slots"
 
 
