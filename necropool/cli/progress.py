@@ -29,8 +29,8 @@ def describe(label: str, report: Report) -> str:
     if report.phase == SLOTS:
         return f"{label}: {report.done}/{report.total} {'slot' if report.total == 1 else 'slots'}"
     count = f"{report.done:,}" if report.total is None else f"{report.done:,}/{report.total:,}"
-    parts = [f"{label}: mirror: {report.phase} {count}" + (" files" if report.phase == TAKING
-                                                           else "")]
+    unit = " files" if report.phase == TAKING else ""
+    parts = [f"{label}: mirror: {report.phase} {count}{unit}"]
     if report.percent is not None:
         parts.append(f" ({report.percent}%)")
     if report.size is not None:
