@@ -71,6 +71,16 @@ def test_a_local_create_hard_links_the_upstreams_packs_and_outlives_its_gc_and_i
     assert git(slot, "status", "--porcelain") == ""
 
 
+def test_a_file_url_takes_the_same_way(cli, upstream, root):
+    gitdir = _packed(upstream)
+    assert cli("create", "web", f"file://{upstream}", "--slots", "1").code == 0
+    pack = next((gitdir / "objects/pack").glob("*.pack"))
+    ours = root / "pools/web/mirror.git/objects/pack" / pack.name
+    assert ours.stat().st_ino == pack.stat().st_ino
+    assert git(root / "pools/web/mirror.git", "config", "remote.origin.url") == \
+        f"file://{upstream}"
+
+
 def test_a_holder_cannot_write_into_a_pack_the_slot_shares(cli, upstream, root):
     """Slot, mirror and upstream hold one inode: it is read-only, so a holder's write into
     it is refused (as the pool's owner, or another user when the test runs as root)."""
