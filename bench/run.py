@@ -286,6 +286,35 @@ class Bench:
         row["disk_met"] = sizes[2] <= 1.1 * (worktree_kib + index_kib)
         row["file_bytes"] = files
 
+    def case_create_local(self):
+        """``create`` from an upstream on a local path, which takes its object files by
+        hard link, against what git does in its place: ``clone --bare`` and N x ``clone
+        --local`` of the same repository. Its history makes a repack (what the mirror's
+        clone did before) show: many files, commits that change a few each."""
+        files, commits = (1000, 60) if self.quick else (5000, 1500)
+        repo = make_repo(self.work / "history", files, commits, per_commit=40)
+        ours, floor = [], []
+        reps = self.reps if self.quick else max(5, self.reps // 2)
+
+        def necropool_side(n):
+            ours.append(self.np("create", f"cl{n}", repo, "--slots", 4,
+                                "--no-fetch-on-allocate", timed_run=True, sync=True)[0])
+
+        def git_side(n):
+            base = self.work / f"local-floor{n}"
+            os.sync()
+            start = time.perf_counter()
+            run(["git", "clone", "-q", "--bare", str(repo), str(base / "m.git")])
+            for i in range(4):
+                run(["git", "clone", "-q", "--local", str(repo), str(base / f"s{i}")])
+            floor.append(time.perf_counter() - start)
+
+        for n in range(reps):  # in turn, alternating which goes first, as in case 4
+            for side in (necropool_side, git_side) if n % 2 == 0 else (git_side, necropool_side):
+                side(n)
+        self.record("4b create 4 slots from a local path vs clone --bare + 4 x clone --local",
+                    ours, floor, 1.5, note=f"{files} files, {commits} commits")
+
     def case_detect(self):
         n = 5 if self.quick else 20
         self.np("create", "det", self.small, "--slots", n, "--no-fetch-on-allocate")
@@ -442,6 +471,7 @@ CASES = {
     "release-small": lambda bench: bench.case_release("small", bench.small),
     "release-large": lambda bench: bench.case_release("large", bench.large),
     "create": Bench.case_create,
+    "create-local": Bench.case_create_local,
     "detect": Bench.case_detect,
     "contention": Bench.case_contention,
     "throughput": Bench.case_throughput,

@@ -31,15 +31,16 @@ from necropool.ground.layout import (
 )
 from necropool.ground.locks import lock_free
 from necropool.ground.proc import hostname
+from necropool.ground.progress import SLOTS, Progress, Report
 from necropool.ground.redact import split_upstream
 from necropool.ground.validate import check_pool_name, check_ports
 from necropool.lease.refresh import ready_new, save_work
+from necropool.pool.mirror import make_mirror
 from necropool.pool.pool import Pool, PoolDef, get_slot
 from necropool.slot.lastclean import seal
 from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, PoolState, Slot
 from necropool.store.open import open_store
 
-Progress = Callable[[int, int], None]
 Key = TypeVar("Key")
 
 
@@ -74,8 +75,8 @@ def create(settings: Settings, spec: PoolSpec, progress: Progress | None = None,
             credentials.write(paths.credentials, *credential)
         # pygit2 (100-140 ms to import) loads while git clones the mirror
         threading.Thread(target=importlib.import_module, args=("pygit2",)).start()
-        git.clone_mirror(url, paths.mirror, timeout=settings.git_timeout,
-                         backend=spec.fetch_backend, credentials=paths.credentials)
+        make_mirror(url, paths.mirror, timeout=settings.git_timeout,
+                    backend=spec.fetch_backend, credentials=paths.credentials, progress=progress)
         write_atomic(paths.mirror_stamp, f"{now().timestamp()}\n".encode())
         branch = spec.branch or git.mirror_branch(paths.mirror)
         git.mirror_tip(paths.mirror, branch)
@@ -172,7 +173,7 @@ def _clone_slots(mirror: Path, dests: dict[Key, Path], url: str, branch: str,
                 raise outcome
             made(key, outcome)
             if progress:
-                progress(done, total)
+                progress(Report(SLOTS, done, total))
     finally:
         with cond:
             stopped = True

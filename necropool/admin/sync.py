@@ -7,12 +7,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from necropool.admin.pools import Progress, add_slots, create, delete, free_numbers, remove_slot
+from necropool.admin.pools import add_slots, create, delete, free_numbers, remove_slot
 from necropool.git import commands as git
 from necropool.git import credentials
 from necropool.ground.config import PoolSpec, Settings, check_spec, default_config_path
 from necropool.ground.errors import Conflict, OperationFailed, PoolOutcome, PoolStep, UsageError
 from necropool.ground.layout import PoolPaths, write_atomic
+from necropool.ground.progress import Progress
 from necropool.ground.redact import split_upstream
 from necropool.ground.validate import check_ports
 from necropool.pool.mirror import update_mirror

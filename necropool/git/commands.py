@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from necropool.git.credentials import helper as credential_helper
 from necropool.git.credentials import read as read_credentials
 from necropool.ground.errors import OperationFailed, UsageError
 from necropool.ground.layout import write_atomic
+from necropool.ground.progress import RECEIVING, Progress, Report
 from necropool.ground.validate import check_refname
 
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
@@ -116,7 +118,8 @@ def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start(args: list[str], cwd: Path | None = None, *, env: dict[str, str] | None = None,
-          stdin: bool | IO[bytes] = False) -> subprocess.Popen[bytes]:
+          stdin: bool | IO[bytes] = False, stdout: int = subprocess.PIPE
+          ) -> subprocess.Popen[bytes]:
     """Start ``git ARGS`` hardened, in the background; ``wait`` collects it. ``stdin``:
     True for a pipe ``wait`` writes to, or a file git reads."""
     cmd = ["git", *HARDENING, *args]
@@ -126,7 +129,7 @@ def start(args: list[str], cwd: Path | None = None, *, env: dict[str, str] | Non
                **_repository_env(Path(cwd)), **(env or {})}
     source = subprocess.PIPE if stdin is True else stdin or subprocess.DEVNULL
     try:
-        return subprocess.Popen(cmd, cwd=cwd, env=git_env(env), stdout=subprocess.PIPE,
+        return subprocess.Popen(cmd, cwd=cwd, env=git_env(env), stdout=stdout,
                                 stderr=subprocess.PIPE, stdin=source)
     except FileNotFoundError:
         raise GitError("git is not installed or not on PATH") from None
@@ -187,6 +190,75 @@ def run(args: list[str], cwd: Path | None = None, *, timeout: float = 600,
     return wait(proc, args, timeout=timeout, check=check, input=input)
 
 
+# git's progress lines (``--progress``), ended by CR while they count, LF when done:
+# ``Receiving objects:  45% (1890/4200), 1.20 MiB | 1.00 MiB/s``
+_PROGRESS_LINE = re.compile(
+    rb"(?:remote: )?([A-Za-z][A-Za-z ]*):\s+(?:(\d+)% \((\d+)/(\d+)\)|(\d+))"
+    rb"(?:, ([\d.]+) (bytes|KiB|MiB|GiB))?")
+_UNITS = {b"bytes": 1, b"KiB": 1 << 10, b"MiB": 1 << 20, b"GiB": 1 << 30}
+
+
+def progress_report(line: bytes) -> Report | None:
+    """The Report a line of git's progress output makes, or None for any other line."""
+    match = _PROGRESS_LINE.match(line.strip())
+    if match is None:
+        return None
+    phase, _, done, total, count, amount, unit = match.groups()
+    size = int(float(amount) * _UNITS[unit]) if amount else None
+    if count is not None:
+        return Report(phase.decode().lower(), int(count), None, size)
+    return Report(phase.decode().lower(), int(done), int(total), size)
+
+
+def _run_reporting(args: list[str], *, timeout: float, env: dict[str, str] | None,
+                   progress: Progress) -> None:
+    """Run ``git ARGS --progress``-style: git's progress lines, read as they come, become
+    Reports; the other lines are its message, as ``wait`` keeps it."""
+    proc = start(args, env=env, stdout=subprocess.DEVNULL)
+    kept = bytearray()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        pending, fd = b"", proc.stderr.fileno()
+        while chunk := os.read(fd, 65536):
+            *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+            for line in lines:
+                report = progress_report(line)
+                if report is None and not line.startswith(b"Cloning into"):
+                    kept.extend(line + b"\n")
+                elif report is not None:
+                    progress(report)
+        kept.extend(pending)
+
+    reader = threading.Thread(target=read, name="necropool-git-progress", daemon=True)
+    reader.start()
+    with proc:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _end(proc, reader)
+            raise GitError(f"git {args[0]} timed out after {timeout:g}s", "timed out") from None
+        except BaseException:
+            _end(proc, reader)
+            raise
+        reader.join()
+    if proc.returncode != 0:
+        message = kept.decode(errors="replace").strip()
+        raise GitError(f"git {args[0]} failed: {_summary(message, proc.returncode)}", message)
+
+
+def _end(proc: subprocess.Popen[bytes], reader: threading.Thread) -> None:
+    """``_stop`` for a process whose output ``reader`` reads, given time to see its end
+    before the pipe is closed."""
+    proc.terminate()
+    try:
+        proc.wait(2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    reader.join(2)
+
+
 # git's stock advice after a failed fetch or push: true of every failure, it names no cause
 _ADVICE = ("please make sure you have the correct access rights", "and the repository exists")
 CAUSE_LINES = 4
@@ -205,11 +277,17 @@ def _summary(stderr: str, returncode: int) -> str:
 
 
 def run_network(args: list[str], cwd: Path | None = None, *, timeout: float,
-                env: dict[str, str] | None = None) -> None:
-    """Run a git command that talks to the upstream: up to 3 tries for transient failures."""
+                env: dict[str, str] | None = None, progress: Progress | None = None) -> None:
+    """Run a git command that talks to the upstream: up to 3 tries for transient failures.
+    With ``progress`` (for a command run outside any repository, whose ``--quiet`` becomes
+    ``--progress``), git's progress is reported as it goes."""
     for attempt in range(len(RETRY_DELAYS) + 1):
         try:
-            run(args, cwd, timeout=timeout, env=env)
+            if progress is None:
+                run(args, cwd, timeout=timeout, env=env)
+            else:
+                _run_reporting(["--progress" if a == "--quiet" else a for a in args],
+                               timeout=timeout, env=env, progress=progress)
             return
         except GitError as exc:
             if not exc.transient:
@@ -438,21 +516,23 @@ def mirror_tip(mirror: Path, branch: str) -> str:
 # --- the mirror -----------------------------------------------------------------------------
 
 def clone_mirror(url: str, dest: Path, *, timeout: float, backend: str = "git",
-                 credentials: Path | None = None) -> None:
-    """Bare mirror of the upstream; never hard-links a local upstream's objects."""
+                 credentials: Path | None = None, progress: Progress | None = None) -> None:
+    """Bare mirror of the upstream, its objects received through git's protocol (a local
+    upstream's too: ``localclone`` takes a plain one's files first); ``progress`` hears
+    how the transfer goes."""
     if backend == "libgit2":
         import pygit2  # lazy: ~40 ms on top of start-up; only backend libgit2
 
         try:
             repo = pygit2.clone_repository(url, str(dest), bare=True,
-                                           callbacks=_callbacks(pygit2, credentials))
+                                           callbacks=_callbacks(pygit2, credentials, progress))
             repo.config["remote.origin.fetch"] = "+refs/*:refs/*"
             repo.config["remote.origin.mirror"] = True
         except pygit2.GitError as exc:
             raise GitError(f"clone of {url} failed: {exc}", str(exc)) from None
         return
     run_network(["clone", "--mirror", "--no-local", "--quiet", "--", url, str(dest)],
-                timeout=timeout, env=mirror_env(credentials))
+                timeout=timeout, env=mirror_env(credentials), progress=progress)
 
 
 def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git",
@@ -501,12 +581,20 @@ def fetch_into_mirror(mirror: Path, what: str, *, timeout: float,
     return True
 
 
-def _callbacks(pygit2: Any, credentials: Path | None) -> Any:
-    """libgit2's way to the credential file: a user name and password when it asks."""
+def _callbacks(pygit2: Any, credentials: Path | None, progress: Progress | None = None) -> Any:
+    """libgit2's way to the credential file (a user name and password when it asks) and
+    of reporting a transfer's progress."""
     found = read_credentials(credentials) if credentials is not None else None
-    if found is None:
+    if found is None and progress is None:
         return None
-    return pygit2.RemoteCallbacks(credentials=pygit2.UserPass(*found))
+
+    class Callbacks(pygit2.RemoteCallbacks):  # type: ignore[misc]
+        def transfer_progress(self, stats: Any) -> None:
+            if progress is not None:
+                progress(Report(RECEIVING, stats.received_objects, stats.total_objects,
+                                stats.received_bytes))
+
+    return Callbacks(credentials=pygit2.UserPass(*found) if found else None)
 
 
 def mirror_current(mirror: Path, url: str, *, timeout: float) -> bool:

@@ -26,6 +26,7 @@ from necropool.ground.results import Record
 from necropool.ground.validate import check_text
 from necropool.health.detect import holder_dead
 from necropool.lease.refresh import PrepareFailed, clear_processes, move_aside, refresh
+from necropool.pool.mirror import make_mirror
 from necropool.pool.pool import Pool, get_slot
 from necropool.slot.cleanup import fresh_clone
 from necropool.slot.integrity import Verifier
@@ -40,9 +41,8 @@ def rebuild_mirror(pool: Pool) -> None:
     try:
         tmp = pool.paths.dir / temp_name("mirror")
         try:
-            git.clone_mirror(pool.definition.url, tmp, timeout=settings.git_timeout,
-                             backend=pool.definition.fetch_backend,
-                             credentials=pool.paths.credentials)
+            make_mirror(pool.definition.url, tmp, timeout=settings.git_timeout,
+                        backend=pool.definition.fetch_backend, credentials=pool.paths.credentials)
             if Verifier().verify(tmp, bare=True, branch=pool.definition.branch):
                 raise OperationFailed("the rebuilt mirror does not verify either")
             old = pool.paths.dir / trash_name("old-mirror")

@@ -43,7 +43,7 @@ from necropool.store.model import Slot
 from necropool.store.pg import connect as ledger_link
 
 if TYPE_CHECKING:
-    from necropool.admin.pools import Progress
+    from necropool.ground.progress import Progress
     from necropool.health.lockmaint import LockManager
     from necropool.lease.run import RunResult
     from necropool.pool.rescued import Deleted

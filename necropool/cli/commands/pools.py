@@ -32,6 +32,11 @@ DiscardWork = Annotated[bool, typer.Option(
         "(default 20000): slot k gets base+(k-1)*N up to base+k*N-1, which run passes to its "
         "command as NECROPOOL_PORT and NECROPOOL_PORTS. Every slot's ports must stay at or "
         "below 65535 (add refuses slots past that).",
+        "From a local path (or file:// URL) the mirror takes the upstream's pack files by "
+        "hard link (a copy on another filesystem), not a repack: none of its config or "
+        "hooks, no alternates, and its gc or deletion leaves the pool whole.",
+        "On a terminal, progress shows the mirror's clone (objects, percent, bytes) and the "
+        "slots made; nothing with --quiet or --json.",
     ],
     examples=(
         "necropool create web https://example.com/org/web.git --slots 8 --branch main\n"
