@@ -17,6 +17,8 @@ from necropool.ground.layout import PoolPaths, is_temp
 from necropool.ground.locks import lock_free
 from necropool.ground.proc import hostname
 from necropool.ground.results import Record
+from necropool.pool import divergence
+from necropool.pool.divergence import Divergence
 from necropool.pool.mirror import mirror_freshness
 from necropool.pool.pool import Pool
 from necropool.slot import gitdir as slotgit
@@ -26,7 +28,7 @@ from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, PoolSta
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
          "orphaned_locks", "stray_paths", "isolated_slots", "stale_mirrors", "silent_hosts",
-         "busy_free_slots", "tampered_free_slots")
+         "busy_free_slots", "tampered_free_slots", "ledger_divergences")
 
 
 @dataclass
@@ -55,6 +57,8 @@ class Findings:
     judged: PoolState | None = None  # the state the slots were judged in (under the lock)
     # Found in the ledger about other hosts' slots and hosts: reported, left to those hosts.
     elsewhere: dict[str, list[Anomaly]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    # This host's slots the ledger disagrees about, by number: what auto-recover reconciles.
+    divergences: dict[int, Divergence] = field(default_factory=dict)
 
     def add(self, kind: str, *, evidence: str, remote: bool = False, slot_id: str | None = None,
             path: str | None = None, number: int | None = None, lease_id: str | None = None,
@@ -188,6 +192,12 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
                 found.add("abandoned_slots", slot_id=sid, number=number, path=where,
                           evidence=f"stuck in cleaning: {who} is gone (slot lock free)")
                 to_verify.append(number)
+            continue
+        if pool.ledger and (diverged := divergence.judge(pool, slot)):
+            # judged by nothing else: the ledger's lease may not be the slot's
+            found.divergences[number] = diverged
+            found.add("ledger_divergences", slot_id=sid, number=number, path=where,
+                      lease_id=diverged.ledger_lease, evidence=diverged.evidence)
             continue
         if slot.state == ERROR and slot.isolated_at and number not in current.problems:
             found.add("isolated_slots", slot_id=sid, number=number, path=where,

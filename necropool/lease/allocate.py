@@ -16,6 +16,7 @@ from necropool.ground.locks import FileLock, jitter
 from necropool.ground.proc import Holder
 from necropool.ground.validate import check_metadata, check_seconds, check_text
 from necropool.lease.refresh import clear_processes, fail_slot, refresh
+from necropool.pool import divergence
 from necropool.pool.mirror import update_mirror
 from necropool.pool.pool import Pool
 from necropool.slot import lastclean
@@ -141,10 +142,14 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
     touched: dict[int, str] = {}  # free slots at the tip changed since their cleanup
 
     def take(slot: Slot, check: bool = False) -> bool:
-        """Lock the slot; with ``check``, only if it is provably as its cleanup left it
-        (else it is cleaned first, as a stale one)."""
+        """Lock the slot, if its host agrees that it is free (in a shared ledger, which
+        may have gone back in time: ``pool.divergence``); with ``check``, only if it is
+        provably as its cleanup left it (else it is cleaned first, as a stale one)."""
         lock = pool.slot_lock(slot.number)
         if not lock.try_acquire():
+            return False
+        if pool.ledger and divergence.judge(pool, slot):  # left to detect and auto-recover
+            lock.release(unlink=True)
             return False
         if check and (why := lastclean.touched(pool.slot_dir(slot.number),
                                                pool.paths.slot_record(slot.number),

@@ -271,7 +271,7 @@ class TomlStore(Transactions):
         self._note(note, previous)
         return previous
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, vouch: bool = False) -> None:
         """Nothing to record: one host's files have no fleet to report to."""
 
     def update_slot(self, number: int, change: Callable[[Slot], None],

@@ -79,7 +79,16 @@ MIGRATIONS = (
     DROP INDEX slots_free;
     CREATE INDEX events_lease ON events (pool, (fields->>'lease_id'));
     """,
+    # A host vouches for its slots (checked against its own memory) in one incarnation of
+    # the server: ``allocate --any-host`` takes only vouched slots.
+    """
+    ALTER TABLE hosts ADD COLUMN vouched text;
+    """,
 )
+# The server as it runs now: another database (a restore) or another server process (a
+# failover, a restart) is another incarnation, in which no host has vouched yet.
+INCARNATION = ("(SELECT oid::text FROM pg_database WHERE datname = current_database()) "
+               "|| '@' || pg_postmaster_start_time()::text")
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x6E6563726F  # pg_advisory_xact_lock key: one migrator at a time
 

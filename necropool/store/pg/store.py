@@ -31,11 +31,12 @@ from necropool.ground.clock import now, rfc3339
 from necropool.ground.errors import Conflict, NotFound
 from necropool.ground.layout import PoolPaths
 from necropool.ground.proc import Holder
+from necropool.store import journal
 from necropool.store.base import LeaseLost, Marker, Note, Transactions
 from necropool.store.model import Lease, PoolState, Slot, SlotState
 from necropool.store.pg.connect import LedgerDown, connect, errors, one, transaction
 from necropool.store.pg.rows import ORDER, json_value, param, row_of, slot_of, text
-from necropool.store.pg.schema import check_schema
+from necropool.store.pg.schema import INCARNATION, check_schema
 
 if TYPE_CHECKING:
     from necropool.store.pg.connect import Connection
@@ -132,17 +133,20 @@ class PgStore(Transactions):
                 conn.execute("DELETE FROM slots WHERE pool = %s AND host = %s AND number = %s",
                              (self.name, self.host, number))
                 del self._txn_state.loaded[number]
+                journal.forget(self.paths, number)
             for number, slot in sorted(current.slots.items()):
                 values = row_of(slot, self.paths.slot_dir(number), shift)
                 if number not in self._txn_state.loaded:
                     self._insert(conn, number, values)
                     self._txn_state.loaded[number] = (1, values)
+                    journal.remember(self.paths, number, slot)
                     continue
                 generation, before = self._txn_state.loaded[number]
                 changed = {k: v for k, v in values.items() if v != before[k]}
                 if changed:
                     self._update(conn, number, generation, changed)
                     self._txn_state.loaded[number] = (generation + 1, values)
+                    journal.remember(self.paths, number, slot)
             conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
                          (self.name, self.host))
         if any(slot.state == SlotState.AVAILABLE for slot in current.slots.values()):
@@ -185,6 +189,9 @@ class PgStore(Transactions):
         # The host's row shared (waiting out its maintenance, but for another host's, which
         # is skipped: try elsewhere), the first free slot's row taken, the clock read: one
         # round trip.
+        # Another host's slots only while it vouches for them in this server's incarnation:
+        # after a failover or restore, once it has checked them against its own memory.
+        vouched = f" AND h.vouched = {INCARNATION}" if host != self.host else ""
         wait = " SKIP LOCKED" if host != self.host else ""
         try:
             with self._txn() as conn:
@@ -193,8 +200,9 @@ class PgStore(Transactions):
                     row = cur.execute(
                         "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s "
                         "USING (pool, host) WHERE h.pool = %s AND h.host = %s "
-                        f"AND s.state = 'available' AND s.number <> ALL(%s) ORDER BY {ORDER} "
-                        f"LIMIT 1 FOR SHARE OF h{wait} FOR UPDATE OF s SKIP LOCKED",
+                        f"AND s.state = 'available' AND s.number <> ALL(%s){vouched} "
+                        f"ORDER BY {ORDER} LIMIT 1 FOR SHARE OF h{wait} FOR UPDATE OF s "
+                        "SKIP LOCKED",
                         (self.name, host, list(skipped))).fetchone()
                     if row is None:
                         return None
@@ -218,14 +226,20 @@ class PgStore(Transactions):
                      lease.ttl_seconds, json_value(lease.metadata), self.name, host,
                      row["number"])).fetchone(), shift)
                 self._note(conn, note, granted, host)
-                return granted
         except LedgerDown:
             if not chosen:  # nothing was asked to change
                 raise
             now_row = self._settled(chosen[0]["number"], host)
             if now_row["lease_id"] != lease.lease_id:
                 raise
-            return slot_of(now_row, _shift(now_row["server_now"]))
+            granted = slot_of(now_row, _shift(now_row["server_now"]))
+        self._remember(granted, host)
+        return granted
+
+    def _remember(self, slot: Slot, host: str) -> None:
+        """This host's memory of its slot as just written (``store.journal``)."""
+        if host == self.host:
+            journal.remember(self.paths, slot.number, slot)
 
     def _settled(self, number: int, host: str) -> dict[str, Any]:
         """Slot ``number``'s row once a transaction that changed it lost its link: locked,
@@ -285,7 +299,6 @@ class PgStore(Transactions):
                     (ttl_seconds, ttl_seconds, self.name, host, number)).fetchone()
                 renewed = slot_of(row, shift)
                 self._note(conn, note, renewed, host)
-                return renewed
         except LedgerDown:
             if not seen:
                 raise
@@ -293,7 +306,9 @@ class PgStore(Transactions):
             if (now_row["lease_id"] != lease_id
                     or now_row["generation"] == seen[0]["generation"]):
                 raise
-            return slot_of(now_row, _shift(now_row["server_now"]))
+            renewed = slot_of(now_row, _shift(now_row["server_now"]))
+        self._remember(renewed, host)
+        return renewed
 
     def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
                   check: Callable[[Slot], None] | None = None, note: Note | None = None,
@@ -325,7 +340,6 @@ class PgStore(Transactions):
                      json_value(worker.to_dict() if worker else None), self.name, host,
                      number))
                 self._note(conn, note, previous, host)
-                return previous
         except LedgerDown:
             if not seen or note is None:
                 raise
@@ -336,7 +350,9 @@ class PgStore(Transactions):
             if not any(e["event"] == name for e in self.lease_events(ended)):
                 raise LeaseLost(f"lease {ended} of slot {self.name}-{number} was ended "
                                 "by another operation meanwhile") from None
-            return previous
+        if host == self.host and previous.lease is not None:
+            journal.ended(self.paths, number, previous.lease.lease_id)
+        return previous
 
     def update_slot(self, number: int, change: Callable[[Slot], None],
                     note: Note | None = None) -> Slot:
@@ -357,6 +373,7 @@ class PgStore(Transactions):
                     if row["generation"] != seen[0]:
                         slot = slot_of(row, _shift(row["server_now"]))
                         break
+        self._remember(slot, self.host)
         if slot.state == SlotState.AVAILABLE:
             wakeup.poke(self.paths.wake)
         return slot
@@ -377,10 +394,13 @@ class PgStore(Transactions):
             self._note(conn, note, slot, self.host)
         return slot
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, vouch: bool = False) -> None:
+        """``vouch``: this host's slots may go to other hosts' claims (``allocate
+        --any-host``) until the server's incarnation changes (``schema.INCARNATION``)."""
+        vouched = f", vouched = {INCARNATION}" if vouch else ""
         with self._txn() as conn:
-            conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
-                         (self.name, self.host))
+            conn.execute(f"UPDATE hosts SET last_seen = now(){vouched} WHERE pool = %s AND "
+                         "host = %s", (self.name, self.host))
 
     def append_event(self, name: str, **fields: Any) -> None:
         with self._txn() as conn:
