@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import run_cli
+from test_ledger import on
 
 from necropool.ground.config import PoolSpec, load_settings
 from necropool.manager.facade import PoolManager
@@ -103,12 +104,6 @@ def test_a_ledger_restored_from_an_earlier_dump_hands_out_nothing_in_use(
         assert rescued and holder.lease in Path(rescued).name, rescued
     assert all(Path(p).exists() for p in saved)
     assert run_cli("detect", "web").code == 0
-
-
-def on(host: str, root: Path, dsn: str, *args):
-    """``necropool ARGS`` run as host ``host``."""
-    return run_cli(*args, env={"NECROPOOL_HOME": str(root), "NECROPOOL_HOST": host,
-                               "NECROPOOL_LEDGER": dsn})
 
 
 def test_any_host_takes_a_hosts_slots_only_once_it_has_checked_them(

@@ -132,6 +132,11 @@ def plan(pool: Pool, found: Findings, *, recover_corrupted: bool = True,
         if number in found.divergences:  # may not be the slot's; nothing else judged it
             step("ledger_reconciled", str(a.slot_id), "reconcile the ledger with this host",
                  divergence.reconcile, pool, found.divergences[number])
+    for a in found.elsewhere["abandoned_slots"]:  # held from this host: its holder died
+        if a.host and a.number is not None and a.lease_id:
+            step("abandoned_released", str(a.slot_id), "end the lease (holder dead here; "
+                 "its host cleans the slot)", _reclaim_remote, pool, a.host, a.number,
+                 a.lease_id)
     corrupted = {a.number for a in items["corrupted_slots"] if a.number is not None}
     mirror_broken = any(a.path == str(pool.paths.mirror) for a in items["corrupted_slots"])
     if any(a.path == str(pool.paths.state) for a in items["corrupted_slots"]):
@@ -254,6 +259,13 @@ def _numbered(anomalies: list[Anomaly]) -> list[tuple[Anomaly, int]]:
 def _dead_lease(found: Findings, number: int) -> bool:
     return any(a.number == number
                for a in found.items["abandoned_slots"] + found.items["expired_leases"])
+
+
+def _reclaim_remote(pool: Pool, host: str, number: int, lease_id: str) -> dict[str, Any]:
+    """End a lease of ``host``'s slot whose holder lived, and died, on this host."""
+    from necropool.fleet import remote as fleet  # lazy: a pool in a ledger only
+
+    return fleet.release(pool, host, number, lease_id, reason="reclaim")
 
 
 def _recover_or_raise(pool: Pool, number: int, force: bool = False,

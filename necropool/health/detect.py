@@ -149,7 +149,8 @@ def _verify_slots(pool: Pool, current: PoolState, judged: list[int], abandoned: 
 
 def _judge_fleet(pool: Pool, hours: float, found: Findings) -> None:
     """Other hosts' slots as far as the ledger tells (their directories are not here), and
-    hosts silent past ``silent_host_hours``: reported, for those hosts to act on."""
+    hosts silent past ``silent_host_hours``: reported, for those hosts to act on; but a
+    lease there whose holder lived on this host and died is this host's to end."""
     from necropool.fleet import remote as fleet  # lazy: a pool in a ledger only
     from necropool.lease.renew import expired  # lazy: as fleet
     from necropool.store.pg.hosts import silent_hosts  # lazy: a PostgreSQL ledger only
@@ -161,7 +162,13 @@ def _judge_fleet(pool: Pool, hours: float, found: Findings) -> None:
         if f.host == hostname():
             continue
         sid, there = fleet.slot_id(pool, slot.number, f.host), f"on host {f.host}"
-        if lease and expired(lease):
+        if lease and lease.holder and lease.holder.is_local() and lease.holder.is_dead():
+            # its holder lived here: this host alone judges it (auto-recover ends the lease)
+            found.add("abandoned_slots", remote=True, slot_id=sid, path=f.path, host=f.host,
+                      number=slot.number, lease_id=lease.lease_id,
+                      evidence=f"{there}: holder pid {lease.holder.pid} on this host is no "
+                               "longer running")
+        elif lease and expired(lease):
             found.add("expired_leases", remote=True, slot_id=sid, path=f.path, host=f.host,
                       lease_id=lease.lease_id, evidence=f"{there}: lease expired at "
                       f"{rfc3339(lease.expires_at)}")

@@ -29,7 +29,7 @@ from necropool.ground.owner import owner_of, run_as
 from necropool.ground.proc import Holder, hostname
 from necropool.ground.results import Record
 from necropool.ground.slotref import SlotRef
-from necropool.ground.validate import check_hours
+from necropool.ground.validate import HOST_NAME, check_hours, check_pool_name
 from necropool.lease import renew as leases
 from necropool.lease.allocate import AllocateRequest, allocate, default_owner
 from necropool.lease.release import FORCED, RELEASE, release
@@ -362,6 +362,22 @@ class PoolManager:
         assert pool is not None
         move = ledger_transfer.import_pool if action == "import" else ledger_transfer.export_pool
         return move(self.settings, pool, dsn)
+
+    def ledger_takeover(self, host: str, pool: str | None = None,
+                        force: bool = False) -> dict[str, Any]:
+        """Take over a silent ``host``'s part of the fleet (``store.pg.takeover``): the
+        leases its processes held on other hosts' slots end, and no other host takes its
+        own slots until it is back and has checked them. Refused while ``host`` gave a sign
+        of life within ``silent_host_hours``, unless ``force``."""
+        from necropool.store.pg.takeover import take_over  # lazy: a PostgreSQL ledger only
+
+        if not HOST_NAME.fullmatch(host) or host == hostname():
+            raise UsageError(f"cannot take over host {host[:80]!r}: "
+                             + ("this host" if host == hostname() else "not a host name"))
+        if pool is not None:
+            check_pool_name(pool)
+        return take_over(self.ledger_dsn(pool), host, f"{default_owner()}@{hostname()}",
+                         self.settings.silent_host_hours, pool, force)
 
     # --- rescued work -------------------------------------------------------------------------
     def rescued_list(self, name: str | None = None, inspect: bool = True,
