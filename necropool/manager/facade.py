@@ -521,7 +521,8 @@ class PoolManager:
 
         check_hours(max_allocation_hours)
         self.pool_names(required=name is None)
-        at = rfc3339(now())  # when the run began: a cron log line says when it was
+        began = now()  # a cron log line says when the run began (rendered once the ledger,
+        # if any, has told its clock: ``clock.follow_server``)
         counters = zero_counters()
         unusable: walk.Broken = []
         targets = walk.targets(self.settings, name, unusable)
@@ -540,4 +541,5 @@ class PoolManager:
             return result.to_dict()
 
         results = walk.checked(targets, recovered, errors)
-        return {**counters, "errors": errors, "dry_run": dry_run, "at": at, "pools": results}
+        return {**counters, "errors": errors, "dry_run": dry_run, "at": rfc3339(began),
+                "pools": results}

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from necropool.ground.clock import rfc3339
 from necropool.ground.layout import PoolPaths, write_atomic
 from necropool.store.model import Lease, Slot
 
@@ -32,7 +31,7 @@ class Memory:
     def to_json(self) -> bytes:
         lease = self.lease.to_dict() if self.lease else None
         return json.dumps({"lease": lease, "ended": self.ended[-KEEP_ENDED:]},
-                          default=lambda t: rfc3339(t) if isinstance(t, datetime) else str(t)
+                          default=lambda t: t.isoformat() if isinstance(t, datetime) else str(t)
                           ).encode()
 
     @classmethod

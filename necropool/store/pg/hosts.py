@@ -72,9 +72,10 @@ def fleet(dsn: str, pool: str,
     from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
     from necropool.store.pg.rows import slot_of  # lazy: with psycopg's rows, above
+    from necropool.store.pg.store import _shift  # lazy: as rows
 
     with transaction(dsn) as conn:
-        shift = now() - one(conn.execute("SELECT now()"))[0]
+        shift = _shift(one(conn.execute("SELECT now()"))[0])
         where, params = ("AND host = %s", (pool, host)) if host else ("", (pool,))
         rows = conn.cursor(row_factory=dict_row).execute(
             f"SELECT * FROM slots WHERE pool = %s {where} ORDER BY host, number",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from necropool.ground import wakeup
-from necropool.ground.clock import now, rfc3339
+from necropool.ground.clock import follow_server, now, rfc3339
 from necropool.ground.errors import Conflict, NotFound
 from necropool.ground.layout import PoolPaths
 from necropool.ground.proc import Holder
@@ -45,8 +45,10 @@ _CHECKED: set[str] = set()
 def _shift(server_now: datetime) -> timedelta:
     """This client's clock minus the server's (``server_now`` read just now), in whole
     seconds: what a query's latency adds must not move a time back and forth between two
-    reads."""
-    return timedelta(seconds=round((now() - server_now).total_seconds()))
+    reads. Times printed are then in the server's clock (``clock.follow_server``)."""
+    shift = timedelta(seconds=round((now() - server_now).total_seconds()))
+    follow_server(shift)
+    return shift
 
 
 class _InTransaction(threading.local):
