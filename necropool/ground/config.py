@@ -38,6 +38,7 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "stale_mirror_hours": (int, float),
     "silent_host_hours": (int, float),
     "rescued_retention_days": (int, float),
+    "event_retention_days": (int, float),
     "lock_timeout": (int, float),
     "git_timeout": (int, float),
     "ledger_timeout": (int, float),
@@ -46,10 +47,12 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
 # Upper bounds (also rejecting inf) so that timeouts and date arithmetic cannot overflow.
 LIMITS = {"max_allocation_hours": MAX_HOURS, "stale_lock_hours": MAX_HOURS,
           "stale_mirror_hours": MAX_HOURS, "silent_host_hours": MAX_HOURS,
-          "rescued_retention_days": MAX_HOURS / 24, "lock_timeout": 1e9, "git_timeout": 1e9,
+          "rescued_retention_days": MAX_HOURS / 24, "event_retention_days": MAX_HOURS / 24,
+          "lock_timeout": 1e9, "git_timeout": 1e9,
           "ledger_timeout": 86400}
 POSITIVE = ("max_allocation_hours", "stale_lock_hours", "stale_mirror_hours",
-            "silent_host_hours", "rescued_retention_days", "lock_timeout",
+            "silent_host_hours", "rescued_retention_days", "event_retention_days",
+            "lock_timeout",
             "git_timeout", "ledger_timeout", "num_slots")
 FETCH_BACKENDS = ("git", "libgit2")
 
@@ -82,6 +85,7 @@ class Settings:
     stale_mirror_hours: float = 24.0
     silent_host_hours: float = 1.0  # a fleet host with no sign of life for this long is reported
     rescued_retention_days: float | None = None  # auto-recover deletes older rescued work
+    event_retention_days: float | None = None  # auto-recover prunes a ledger's older events
     lock_timeout: float = 30.0
     git_timeout: float = 600.0
     ledger_timeout: float = 10.0  # seconds: the longest any command waits on the ledger

@@ -97,7 +97,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     if not dry_run:
         git.require()  # without git every slot would be found corrupted and isolated
         pool.sweep()
-        pool.store.rotate_events()
+        pool.store.rotate_events(pool.settings.event_retention_days)
     if found is None:
         found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
     steps = plan(pool, found, recover_corrupted=recover_corrupted,

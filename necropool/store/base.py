@@ -133,6 +133,8 @@ class Store(Protocol):
         """The pool's events of one lease, oldest first (what a late holder is told)."""
         ...
 
-    def rotate_events(self) -> None:
-        """Keep the history from growing without end (``auto-recover`` asks each run)."""
+    def rotate_events(self, retention_days: float | None = None) -> None:
+        """Keep the history from growing without end (``auto-recover`` asks each run;
+        ``retention_days``: the ``event_retention_days`` setting, for a store that keeps
+        its history by age)."""
         ...

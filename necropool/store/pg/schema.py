@@ -80,9 +80,11 @@ MIGRATIONS = (
     CREATE INDEX events_lease ON events (pool, (fields->>'lease_id'));
     """,
     # A host vouches for its slots (checked against its own memory) in one incarnation of
-    # the server: ``allocate --any-host`` takes only vouched slots.
+    # the server: ``allocate --any-host`` takes only vouched slots. Events pruned by age
+    # (``event_retention_days``) through an index.
     """
     ALTER TABLE hosts ADD COLUMN vouched text;
+    CREATE INDEX events_at ON events (pool, at);
     """,
 )
 # The server as it runs now: another database (a restore) or another server process (a

@@ -423,9 +423,26 @@ class PgStore(Transactions):
     def read_events(self, since: datetime | None = None) -> list[dict[str, Any]]:
         return [_public(r) for r in self._events(since=since)]
 
-    def rotate_events(self) -> None:
-        """Nothing: the ledger's ``events`` table is the fleet's history, kept whole (bounding
-        it is for whoever runs the database)."""
+    def rotate_events(self, retention_days: float | None = None) -> None:
+        """The pool's events older than ``retention_days`` (by the server's clock; None:
+        kept whole) deleted, but for what the history is still asked for: every event of
+        a lease whose holder's work was saved (``rescued`` names its holder from them),
+        of a lease still held (a late holder is told its story), and each host's newest
+        ``auto_recover`` (``list``). Served by the index on (pool, at): a run with nothing
+        to prune reads nothing."""
+        if retention_days is None:
+            return
+        with self._txn() as conn:
+            conn.execute(
+                "DELETE FROM events e WHERE pool = %s "
+                "AND at < now() - make_interval(secs => %s) AND NOT ("
+                " (fields ? 'lease_id' AND (EXISTS (SELECT 1 FROM events r WHERE "
+                "  r.pool = e.pool AND r.fields->>'lease_id' = e.fields->>'lease_id' "
+                "  AND r.fields ? 'rescued') OR EXISTS (SELECT 1 FROM slots s WHERE "
+                "  s.pool = e.pool AND s.lease_id = e.fields->>'lease_id')))"
+                " OR (name = 'auto_recover' AND id = (SELECT max(id) FROM events x WHERE "
+                "  x.pool = e.pool AND x.host = e.host AND x.name = 'auto_recover')))",
+                (self.name, retention_days * 86400))
 
     def tail(self) -> "LedgerTail":
         return LedgerTail(self)
