@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from necropool.git import commands as git
-from necropool.ground import wakeup
+from necropool.ground import proc, wakeup
 from necropool.ground.errors import Conflict, OperationFailed, TryAgain, explain
 from necropool.ground.locks import FileLock, jitter
 from necropool.ground.proc import Holder
@@ -153,7 +153,7 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
             return False
         if check and (why := lastclean.touched(pool.slot_dir(slot.number),
                                                pool.paths.slot_record(slot.number),
-                                               files=False)):
+                                               files=False) or _busy(pool, slot)):
             lock.release(unlink=True)
             touched[slot.number] = why
             return False
@@ -186,6 +186,17 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
     if not keep_lock:
         lock.release(unlink=True)
     return Grant(pool, slot.number, lease, slot, lock if keep_lock else None)
+
+
+def _busy(pool: Pool, slot: Slot) -> str | None:
+    """In a shared ledger, which may have gone back in time: processes in a free slot
+    (then it is cleaned first, as one changed since its cleanup: they are ended and what
+    is there saved), but for a slot given back from another host, whose holder may be at
+    work still (left alone: ``busy_free_slots``)."""
+    if not pool.ledger or (slot.worker is not None and not slot.worker.is_local()):
+        return None
+    busy = proc.processes_in(pool.slot_dir(slot.number), pool.paths.readers)
+    return f"processes in it ({proc.describe(busy)})" if busy else None
 
 
 def _stale(slot: Slot, tip: str | None) -> bool:

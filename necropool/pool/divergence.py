@@ -1,13 +1,16 @@
 """A shared ledger that disagrees with the host about the host's own slots: what a ledger
 restored from an earlier dump (an asynchronous failover) forgets. The host is the truth for
-its slots: it remembers the leases it wrote (``store.journal``) and it sees their processes.
+its slots: it remembers the leases it wrote (``store.journal``) and it sees their trees and
+processes.
 
-``judge`` compares one slot's row with that memory and the slot itself. It adopts what
-the ledger learned from elsewhere (a lease granted or ended from another host, which its
-history records) and returns a ``Divergence`` for what the ledger cannot have learned: a
-lease the host holds that the ledger lost, a lease the ledger holds that the host ended, a
-slot the ledger calls free in which processes run. ``reconcile`` moves the row to the safe
-side: the host's lease back, else the slot free only when nothing is in it, else isolated.
+``judge`` compares one slot's row with that memory. It adopts what the ledger learned from
+elsewhere (a lease granted or ended from another host, which its history records) and
+returns a ``Divergence`` for what the ledger cannot have learned: a lease the host holds
+that the ledger lost, a lease the ledger holds that the host ended. ``reconcile`` moves the
+row to the safe side: the host's lease back, else the slot free only when nothing is in it
+(no process, its tree as its cleanup sealed it), else isolated. (A free slot on which both
+agree, with processes in it, is a released holder's leftovers: ``allocate`` ends them and
+cleans it first, saving what is there, as it does without a ledger.)
 """
 
 from dataclasses import dataclass, replace
@@ -46,10 +49,9 @@ def _ended_in_history(pool: Pool, lease_id: str) -> bool:
 
 
 def judge(pool: Pool, slot: Slot) -> Divergence | None:
-    """Slot ``slot`` (this host's, as the ledger has it) against the host's memory and
-    its tree; None when they agree (the memory brought up to what the ledger learned from
-    elsewhere). One history query at most, only where they differ; a ``/proc`` scan for a
-    free slot."""
+    """Slot ``slot`` (this host's, as the ledger has it) against the host's memory; None
+    when they agree (the memory brought up to what the ledger learned from elsewhere).
+    One history query at most, only where they differ."""
     number, paths = slot.number, pool.paths
     memory = journal.recall(paths, number)
     theirs = slot.lease.lease_id if slot.state == ALLOCATED and slot.lease else None
@@ -73,14 +75,6 @@ def judge(pool: Pool, slot: Slot) -> Divergence | None:
         journal.ended(paths, number, mine.lease_id)  # ended from elsewhere: adopted
     if theirs is not None:
         journal.remember(paths, number, slot)  # granted from elsewhere: adopted
-        return None
-    # (a slot given back from another host with its holder still at work is
-    # ``busy_free_slots``: left alone until they end)
-    handed_back = slot.worker is not None and not slot.worker.is_local()
-    if slot.state == AVAILABLE and not handed_back and (
-            busy := proc.processes_in(pool.slot_dir(number), paths.readers)):
-        return Divergence(number, f"free in the ledger, yet processes run in it "
-                              f"({proc.describe(busy)})", END, None, None)
     return None
 
 
