@@ -138,3 +138,23 @@ def test_any_host_takes_a_hosts_slots_only_once_it_has_checked_them(
     finally:
         worker.proc.kill()
         worker.proc.wait()
+
+
+def test_a_free_slot_with_a_process_at_work_is_cleaned_before_it_is_handed_out(
+        ledger_dsn, upstream, root, monkeypatch):
+    """Both the ledger and the host call the slot free, yet a process works in it (a late
+    holder, or a lease both forgot), its tree unchanged so far: it is not handed out as it
+    is, but the process is ended first, as a released holder's leftovers."""
+    monkeypatch.setenv("NECROPOOL_LEDGER", ledger_dsn)
+    assert run_cli("create", "web", str(upstream), "--slots", "1").code == 0
+    late = subprocess.Popen(["sleep", "300"], cwd=root / "pools/web/slots/1")
+    try:
+        got = run_cli("allocate", "web", "--no-fetch", "--json")
+        assert got.code == 0, got
+        assert late.poll() is not None, "handed out with a process at work in it"
+        events = run_cli("log", "web", "--event", "tampered_free_slot", "--json").json()
+        [found] = events["events"]
+        assert "processes in it" in found["evidence"], found
+    finally:
+        late.kill()
+        late.wait()
