@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -137,16 +138,18 @@ def _run_in_process(args: list[str], env: dict | None, cwd) -> CliResult:
     """``main(args)`` in this process with the environment, directory, standard streams and
     signal handlers of a fresh process, all put back afterwards."""
     from necropool.cli import main
-    from necropool.ground import proc
+    from necropool.ground import clock, proc
     from necropool.store.pg.connect import disconnect
 
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     saved_sigint = signal.getsignal(signal.SIGINT)
     out, err = io.StringIO(), io.StringIO()
     code: object = 0
-    # what a process learns of itself once: this host's name (NECROPOOL_HOST) and holder
+    # what a process learns of itself once: this host's name (NECROPOOL_HOST), its holder,
+    # and how far its clock is off its ledger's (measured again on the ledger's first word)
     proc.hostname.cache_clear()
     proc._me.cache_clear()
+    clock.follow_server(timedelta(0))
     try:
         os.environ.update(env or {})
         if cwd is not None:
@@ -159,6 +162,7 @@ def _run_in_process(args: list[str], env: dict | None, cwd) -> CliResult:
                 code = exc.code
     finally:
         disconnect()  # no ledger connection outlives the command, as with a process
+        clock.follow_server(timedelta(0))
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)

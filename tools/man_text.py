@@ -156,6 +156,9 @@ FILES = [
     ("<root>/pools/<pool>/cache/",
      "HOME, XDG_CACHE_HOME and TMPDIR of the prepare command, shared by the pool's slots "
      "(package caches); the only place outside a slot it may write."),
+    ("<root>/pools/<pool>/records/<n>.lease.json",
+     "In a shared ledger: slot <n>'s lease as this host last wrote it, and the leases it saw "
+     "end; what a ledger restored from an earlier dump forgot is judged against it."),
     ("<root>/pools/<pool>/events.jsonl",
      "Append-only history: allocations, releases, cleanups, recoveries (see *log*)."),
     ("<root>/pools/<pool>/events.jsonl.1",
@@ -186,6 +189,10 @@ CONFIG_TOP = [
                           "this long is reported (default 1)."),
     ("rescued_retention_days", "auto-recover deletes rescued work older than this many days "
                                "(default: unset, kept until rescued prune)."),
+    ("event_retention_days", "auto-recover prunes a shared ledger's events older than this "
+                             "many days, but for the history of work still rescued, of leases "
+                             "still held, and each host's last auto-recover (default: unset, "
+                             "kept)."),
 ]
 CONFIG_POOL = [
     ("url", "Upstream repository URL or path (required)."),

@@ -12,7 +12,7 @@ from necropool.ground.clock import now
 from necropool.ground.errors import Conflict, NotFound, UsageError
 from necropool.ground.proc import Holder
 from necropool.ground.slotref import SlotRef
-from necropool.lease.renew import was_released
+from necropool.lease.renew import lease_gone, was_released
 from necropool.pool.pool import Pool
 from necropool.store.base import Event, LeaseLost
 from necropool.store.model import ALLOCATED, Lease, Slot
@@ -72,11 +72,13 @@ def find(pool: Pool, host: str, number: int) -> FleetSlot:
     raise NotFound(f"slot {slot_id(pool, number, host)} does not exist")
 
 
-def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict[str, Any]:
+def release(pool: Pool, host: str, number: int, lease_id: str | None,
+            reason: str = "release") -> dict[str, Any]:
     """End the lease ``lease_id`` of another host's slot: the slot is free again, marked
     for cleanup by its own host, which applies its own rules there (work saved, a process
     still in the slot left alone). Only the lease's holder can name it: no lease id, no
-    release from afar (the holder may be working; only its host can tell)."""
+    release from afar (the holder may be working; only its host can tell). ``reason``:
+    the event's name (``reclaim``: the holder, on this host, died)."""
     sid = slot_id(pool, number, host)
     if not lease_id:
         raise UsageError(f"slot {sid} is on another host: releasing it from here needs its "
@@ -85,10 +87,10 @@ def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict[st
     if current.state != ALLOCATED or current.lease is None:
         if was_released(store_of(pool), lease_id):  # repeated, nobody's lease since: done
             return _released_result(pool, sid, lease_id)
-        raise Conflict(f"slot {sid} is not allocated (it is {current.state})")
+        raise Conflict("stale " + lease_gone(pool, number, lease_id, sid))
 
     def noted(ended: Slot) -> list[Event]:
-        return [("release", dict(slot_id=sid, lease_id=lease_id,
+        return [(reason, dict(slot_id=sid, lease_id=lease_id,
                                  owner=ended.lease.owner if ended.lease else None,
                                  slot_host=host))]
 
@@ -96,8 +98,7 @@ def release(pool: Pool, host: str, number: int, lease_id: str | None) -> dict[st
         store_of(pool).end_lease(number, lease_id, Holder.me(), host=host, uncleaned=True,
                                  note=noted)
     except LeaseLost:
-        raise Conflict(f"stale lease {lease_id} of slot {sid}: it is no longer its lease") \
-            from None
+        raise Conflict("stale " + lease_gone(pool, number, lease_id, sid)) from None
     return _released_result(pool, sid, lease_id)
 
 

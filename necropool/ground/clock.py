@@ -1,5 +1,8 @@
 """Time helpers: UTC now, RFC 3339 rendering, duration parsing.
 
+With a shared ledger, times are rendered in its server's clock (``follow_server``): the
+hosts of a fleet, whatever their clocks, then print the same time for the same moment.
+
 Test hook: ``NECROPOOL_CLOCK_OFFSET`` (seconds, may be negative) moves ``now()`` -- and so
 lease expiry, ages and the times recorded -- that far ahead, so that tests need not sleep
 for time to pass. Only ``now()`` honours it (not the monotonic timers, not fetch stamps),
@@ -30,11 +33,23 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+_lag = timedelta(0)  # this host's clock minus its ledger server's, once measured
+
+
+def follow_server(lag: timedelta) -> None:
+    """Render times from now on in the clock of a ledger server that this host's clock
+    (``now()``) is ``lag`` ahead of; they are read back (``parse_rfc3339``) the same way."""
+    global _lag
+    _lag = lag
+
+
 def rfc3339(value: datetime | None) -> str | None:
-    """Render an aware datetime as ``2026-01-02T03:04:05.123Z`` (None stays None)."""
+    """Render an aware datetime as ``2026-01-02T03:04:05.123Z`` (None stays None), in the
+    ledger server's clock once ``follow_server`` measured it."""
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    moment = (value - _lag).astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def jsonable(value: object) -> str:
@@ -44,8 +59,8 @@ def jsonable(value: object) -> str:
 
 
 def parse_rfc3339(text: str) -> datetime:
-    """The inverse of ``rfc3339``."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    """The inverse of ``rfc3339`` (back in this host's clock)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) + _lag
 
 
 def parse_duration(text: str, what: str = "duration") -> float:

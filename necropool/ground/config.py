@@ -46,6 +46,7 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "stale_mirror_hours": (int, float),
     "silent_host_hours": (int, float),
     "rescued_retention_days": (int, float),
+    "event_retention_days": (int, float),
     "lock_timeout": (int, float),
     "git_timeout": (int, float),
     "ledger_timeout": (int, float),
@@ -54,11 +55,12 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
 # Upper bounds (also rejecting inf) so that timeouts and date arithmetic cannot overflow.
 LIMITS = {"max_allocation_hours": MAX_HOURS, "stale_lock_hours": MAX_HOURS,
           "stale_mirror_hours": MAX_HOURS, "silent_host_hours": MAX_HOURS,
-          "rescued_retention_days": MAX_HOURS / 24, "lock_timeout": 1e9, "git_timeout": 1e9,
-          "ledger_timeout": 86400, "prepare_timeout": 1e9}
+          "rescued_retention_days": MAX_HOURS / 24, "event_retention_days": MAX_HOURS / 24,
+          "lock_timeout": 1e9, "git_timeout": 1e9, "ledger_timeout": 86400,
+          "prepare_timeout": 1e9}
 POSITIVE = ("max_allocation_hours", "stale_lock_hours", "stale_mirror_hours",
-            "silent_host_hours", "rescued_retention_days", "lock_timeout",
-            "git_timeout", "ledger_timeout", "num_slots", "prepare_timeout")
+            "silent_host_hours", "rescued_retention_days", "event_retention_days",
+            "lock_timeout", "git_timeout", "ledger_timeout", "num_slots", "prepare_timeout")
 FETCH_BACKENDS = ("git", "libgit2")
 PREPARE_TIMEOUT = 1800.0  # seconds a slot's prepare command may run
 
@@ -97,6 +99,7 @@ class Settings:
     stale_mirror_hours: float = 24.0
     silent_host_hours: float = 1.0  # a fleet host with no sign of life for this long is reported
     rescued_retention_days: float | None = None  # auto-recover deletes older rescued work
+    event_retention_days: float | None = None  # auto-recover prunes a ledger's older events
     lock_timeout: float = 30.0
     git_timeout: float = 600.0
     ledger_timeout: float = 10.0  # seconds: the longest any command waits on the ledger

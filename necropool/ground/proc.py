@@ -135,7 +135,7 @@ def _inside(link: str, prefix: str) -> bool:
     return link == prefix or link.startswith(prefix + "/")
 
 
-def _uses(pid: str, prefix: str, raw: bytes, readers: set[int]) -> bool:
+def _uses(pid: str, prefix: str, raw: bytes, readers: set[int], files: bool = True) -> bool:
     """Whether the process has its working directory, root, an open file or a mapping
     inside ``prefix`` (``raw``: the same, as bytes). Unreadable entries (gone, or another
     user's) count as not inside. A necropool reader (``readers``: it holds the pool's
@@ -149,7 +149,7 @@ def _uses(pid: str, prefix: str, raw: bytes, readers: set[int]) -> bool:
                 return True
         except OSError:
             pass
-    return int(pid) not in readers and _has_open(base, prefix, raw)
+    return files and int(pid) not in readers and _has_open(base, prefix, raw)
 
 
 def _has_open(base: str, prefix: str, raw: bytes) -> bool:
@@ -199,21 +199,24 @@ def _read_all(path: str) -> bytes:
         os.close(fd)
 
 
-def processes_in(tree: str | os.PathLike[str], readers: Path | None = None) -> list[int]:
+def processes_in(tree: str | os.PathLike[str], readers: Path | None = None,
+                 files: bool = True) -> list[int]:
     """Local processes with their working directory, root, an open file or a mapped file
     inside ``tree`` (a /proc scan), other than this process and its ancestors (told by
     pid and start time: nothing a holder can name itself). Holders of a lock on
-    ``readers`` (the pool's readers lock) count by their directories only."""
+    ``readers`` (the pool's readers lock) count by their directories only; without
+    ``files``, every process does (two readlinks each: 3-5 ms for 160 processes on a
+    loaded host, against 90-100 ms with the files)."""
     prefix = os.path.realpath(tree)
     raw = os.fsencode(prefix)
     mine = _ancestors()
-    exempt = lock_holders(readers) if readers is not None else set()
+    exempt = lock_holders(readers) if readers is not None and files else set()
     try:
         entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
     except OSError:
         return []
     return sorted(int(p) for p in entries
-                  if int(p) not in mine and _uses(p, prefix, raw, exempt))
+                  if int(p) not in mine and _uses(p, prefix, raw, exempt, files))
 
 
 @contextlib.contextmanager

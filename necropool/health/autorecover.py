@@ -20,7 +20,7 @@ from necropool.health.detect import Anomaly, Findings, detect, holder_dead, live
 from necropool.health.repair import Recovery, rebuild_mirror, recover
 from necropool.lease.release import EXPIRE, FORCE_RELEASE, RECLAIM, release
 from necropool.lease.renew import Busy, Release, Renewed
-from necropool.pool import rescued
+from necropool.pool import divergence, rescued
 from necropool.pool.pool import Pool
 from necropool.slot import gitdir as slotgit
 from necropool.slot.integrity import Verifier
@@ -29,7 +29,7 @@ from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, Slot
 COUNTERS = ("long_allocated_released", "expired_released", "abandoned_released",
             "corrupted_recovered", "corrupted_isolated", "orphaned_locks_cleaned",
             "stray_paths_moved", "slots_adopted", "rescued_pruned", "tampered_cleaned",
-            "isolated_retried", "prepares_retried")
+            "isolated_retried", "prepares_retried", "ledger_reconciled")
 
 
 def zero_counters() -> dict[str, int]:
@@ -97,7 +97,7 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     if not dry_run:
         git.require()  # without git every slot would be found corrupted and isolated
         pool.sweep()
-        pool.store.rotate_events()
+        pool.store.rotate_events(pool.settings.event_retention_days)
     if found is None:
         found = detect(pool, max_allocation_hours=max_allocation_hours, remember=not dry_run)
     steps = plan(pool, found, recover_corrupted=recover_corrupted,
@@ -107,7 +107,9 @@ def auto_recover(pool: Pool, *, max_allocation_hours: float | None = None,
     result.detected = found.to_dict()
     if not dry_run:
         pool.event("auto_recover", errors=len(result.errors), actions=len(result.actions))
-        pool.store.heartbeat()
+        # its slots as the ledger has them (or reconciled): other hosts may hand them out
+        pool.store.heartbeat(vouch=result.counters["ledger_reconciled"]
+                             == len(found.items["ledger_divergences"]))
     return result
 
 
@@ -126,6 +128,15 @@ def plan(pool: Pool, found: Findings, *, recover_corrupted: bool = True,
         return steps[-1]
 
     items = found.items
+    for a, number in _numbered(items["ledger_divergences"]):  # first: the ledger's lease
+        if number in found.divergences:  # may not be the slot's; nothing else judged it
+            step("ledger_reconciled", str(a.slot_id), "reconcile the ledger with this host",
+                 divergence.reconcile, pool, found.divergences[number])
+    for a in found.elsewhere["abandoned_slots"]:  # held from this host: its holder died
+        if a.host and a.number is not None and a.lease_id:
+            step("abandoned_released", str(a.slot_id), "end the lease (holder dead here; "
+                 "its host cleans the slot)", _reclaim_remote, pool, a.host, a.number,
+                 a.lease_id)
     corrupted = {a.number for a in items["corrupted_slots"] if a.number is not None}
     mirror_broken = any(a.path == str(pool.paths.mirror) for a in items["corrupted_slots"])
     if any(a.path == str(pool.paths.state) for a in items["corrupted_slots"]):
@@ -233,7 +244,9 @@ def _run(planned: Step, entry: Action, result: AutoRecovery) -> None:
             result.counters[planned.failure_counter] += 1
         return
     entry.status = "done"
-    if isinstance(outcome, Recovery):
+    if isinstance(outcome, str):  # a reconciliation: what it did
+        entry.actions = [outcome]
+    elif isinstance(outcome, Recovery):
         entry.rescued, entry.error, entry.actions = (outcome.rescued, outcome.error,
                                                      outcome.actions)
     elif isinstance(outcome, Release):
@@ -248,6 +261,13 @@ def _numbered(anomalies: list[Anomaly]) -> list[tuple[Anomaly, int]]:
 def _dead_lease(found: Findings, number: int) -> bool:
     return any(a.number == number
                for a in found.items["abandoned_slots"] + found.items["expired_leases"])
+
+
+def _reclaim_remote(pool: Pool, host: str, number: int, lease_id: str) -> dict[str, Any]:
+    """End a lease of ``host``'s slot whose holder lived, and died, on this host."""
+    from necropool.fleet import remote as fleet  # lazy: a pool in a ledger only
+
+    return fleet.release(pool, host, number, lease_id, reason="reclaim")
 
 
 def _recover_or_raise(pool: Pool, number: int, force: bool = False,

@@ -17,6 +17,8 @@ from necropool.ground.layout import PoolPaths, is_temp
 from necropool.ground.locks import lock_free
 from necropool.ground.proc import hostname
 from necropool.ground.results import Record
+from necropool.pool import divergence
+from necropool.pool.divergence import Divergence
 from necropool.pool.mirror import mirror_freshness
 from necropool.pool.pool import Pool
 from necropool.pool.prepared import PREPARE_FAILED
@@ -27,7 +29,8 @@ from necropool.store.model import ALLOCATED, AVAILABLE, CLEANING, ERROR, PoolSta
 
 KINDS = ("long_allocated_slots", "expired_leases", "abandoned_slots", "corrupted_slots",
          "orphaned_locks", "stray_paths", "isolated_slots", "stale_mirrors", "silent_hosts",
-         "busy_free_slots", "tampered_free_slots", "failed_prepares")
+         "busy_free_slots", "tampered_free_slots", "failed_prepares",
+         "ledger_divergences")
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Findings:
     judged: PoolState | None = None  # the state the slots were judged in (under the lock)
     # Found in the ledger about other hosts' slots and hosts: reported, left to those hosts.
     elsewhere: dict[str, list[Anomaly]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    # This host's slots the ledger disagrees about, by number: what auto-recover reconciles.
+    divergences: dict[int, Divergence] = field(default_factory=dict)
 
     def add(self, kind: str, *, evidence: str, remote: bool = False, slot_id: str | None = None,
             path: str | None = None, number: int | None = None, lease_id: str | None = None,
@@ -148,7 +153,8 @@ def _verify_slots(pool: Pool, current: PoolState, judged: list[int], abandoned: 
 
 def _judge_fleet(pool: Pool, hours: float, found: Findings) -> None:
     """Other hosts' slots as far as the ledger tells (their directories are not here), and
-    hosts silent past ``silent_host_hours``: reported, for those hosts to act on."""
+    hosts silent past ``silent_host_hours``: reported, for those hosts to act on; but a
+    lease there whose holder lived on this host and died is this host's to end."""
     from necropool.fleet import remote as fleet  # lazy: a pool in a ledger only
     from necropool.lease.renew import expired  # lazy: as fleet
     from necropool.store.pg.hosts import silent_hosts  # lazy: a PostgreSQL ledger only
@@ -160,7 +166,13 @@ def _judge_fleet(pool: Pool, hours: float, found: Findings) -> None:
         if f.host == hostname():
             continue
         sid, there = fleet.slot_id(pool, slot.number, f.host), f"on host {f.host}"
-        if lease and expired(lease):
+        if lease and lease.holder and lease.holder.is_local() and lease.holder.is_dead():
+            # its holder lived here: this host alone judges it (auto-recover ends the lease)
+            found.add("abandoned_slots", remote=True, slot_id=sid, path=f.path, host=f.host,
+                      number=slot.number, lease_id=lease.lease_id,
+                      evidence=f"{there}: holder pid {lease.holder.pid} on this host is no "
+                               "longer running")
+        elif lease and expired(lease):
             found.add("expired_leases", remote=True, slot_id=sid, path=f.path, host=f.host,
                       lease_id=lease.lease_id, evidence=f"{there}: lease expired at "
                       f"{rfc3339(lease.expires_at)}")
@@ -191,6 +203,12 @@ def _judge_slots(pool: Pool, current: PoolState, hours: float, found: Findings) 
                 found.add("abandoned_slots", slot_id=sid, number=number, path=where,
                           evidence=f"stuck in cleaning: {who} is gone (slot lock free)")
                 to_verify.append(number)
+            continue
+        if pool.ledger and (diverged := divergence.judge(pool, slot)):
+            # judged by nothing else: the ledger's lease may not be the slot's
+            found.divergences[number] = diverged
+            found.add("ledger_divergences", slot_id=sid, number=number, path=where,
+                      lease_id=diverged.ledger_lease, evidence=diverged.evidence)
             continue
         if slot.state == ERROR and slot.isolated_at and number not in current.problems:
             failed = PREPARE_FAILED in (slot.isolation_reason or "")

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from necropool.git import commands as git
-from necropool.ground import wakeup
+from necropool.ground import proc, wakeup
 from necropool.ground.errors import Conflict, OperationFailed, TryAgain, UsageError, explain
 from necropool.ground.locks import FileLock, jitter
 from necropool.ground.proc import Holder
@@ -22,6 +22,7 @@ from necropool.ground.validate import (
     check_text,
 )
 from necropool.lease.refresh import clear_processes, refresh, settle_failure, unprepared
+from necropool.pool import divergence
 from necropool.pool.mirror import resolve_ref, update_mirror
 from necropool.pool.pool import Pool
 from necropool.slot import lastclean
@@ -164,14 +165,18 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
     touched: dict[int, str] = {}  # free slots at the tip changed since their cleanup
 
     def take(slot: Slot, check: bool = False) -> bool:
-        """Lock the slot; with ``check``, only if it is provably as its cleanup left it
-        (else it is cleaned first, as a stale one)."""
+        """Lock the slot, if its host agrees that it is free (in a shared ledger, which
+        may have gone back in time: ``pool.divergence``); with ``check``, only if it is
+        provably as its cleanup left it (else it is cleaned first, as a stale one)."""
         lock = pool.slot_lock(slot.number)
         if not lock.try_acquire():
             return False
+        if pool.ledger and divergence.judge(pool, slot):  # left to detect and auto-recover
+            lock.release(unlink=True)
+            return False
         if check and (why := lastclean.touched(pool.slot_dir(slot.number),
                                                pool.paths.slot_record(slot.number),
-                                               files=False)):
+                                               files=False) or _busy(pool, slot)):
             lock.release(unlink=True)
             touched[slot.number] = why
             return False
@@ -207,6 +212,19 @@ def _try_allocate(pool: Pool, request: AllocateRequest, keep_lock: bool,
     if not keep_lock:
         lock.release(unlink=True)
     return Grant(pool, slot.number, lease, slot, lock if keep_lock else None)
+
+
+def _busy(pool: Pool, slot: Slot) -> str | None:
+    """In a shared ledger, which may have gone back in time: processes at work in a free
+    slot (then it is cleaned first, as one changed since its cleanup: they are ended and
+    what is there saved), but for a slot given back from another host, whose holder may
+    be at work still (left alone: ``busy_free_slots``). By their directories alone (a
+    holder works in its slot; the cleanup's own check reads open files too): the full
+    scan costs 20 times as much (``processes_in``)."""
+    if not pool.ledger or (slot.worker is not None and not slot.worker.is_local()):
+        return None
+    busy = proc.processes_in(pool.slot_dir(slot.number), files=False)
+    return f"processes in it ({proc.describe(busy)})" if busy else None
 
 
 def _stale(pool: Pool, slot: Slot, want: str | None) -> bool:

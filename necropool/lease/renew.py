@@ -75,10 +75,10 @@ def was_released(store: Store, lease_id: str) -> bool:
     return any(e.get("event") == "release" for e in store.lease_events(lease_id))
 
 
-def lease_gone(pool: Pool, number: int, lease_id: str) -> str:
+def lease_gone(pool: Pool, number: int, lease_id: str, sid: str | None = None) -> str:
     """Why ``lease_id`` is not the slot's lease, from the history: who ended it, when, and
-    where the holder's work went."""
-    sid = pool.slot_id(number)
+    where the holder's work went (``sid``: the slot's id, when it is another host's)."""
+    sid = sid or pool.slot_id(number)
     ended = rescued = None
     for record in pool.store.lease_events(lease_id):
         if record.get("event") in ENDINGS:
@@ -102,4 +102,5 @@ def lease_gone(pool: Pool, number: int, lease_id: str) -> str:
 ENDINGS = {"release": "was released", "reclaim": "was reclaimed (its holder died)",
            "expire": "expired and was reclaimed by auto-recover",
            "force_release": "was force-released (allocated too long)",
-           "recover": "was taken back by recover"}
+           "recover": "was taken back by recover",
+           "takeover": "was ended by a takeover of its holder's silent host"}

@@ -30,7 +30,7 @@ from necropool.ground.owner import owner_of, run_as
 from necropool.ground.proc import Holder, hostname
 from necropool.ground.results import Record
 from necropool.ground.slotref import SlotRef
-from necropool.ground.validate import check_hours
+from necropool.ground.validate import HOST_NAME, check_hours, check_pool_name
 from necropool.lease import handover
 from necropool.lease import renew as leases
 from necropool.lease.allocate import AllocateRequest, allocate, default_owner
@@ -427,6 +427,22 @@ class PoolManager:
         move = ledger_transfer.import_pool if action == "import" else ledger_transfer.export_pool
         return move(self.settings, pool, dsn)
 
+    def ledger_takeover(self, host: str, pool: str | None = None,
+                        force: bool = False) -> dict[str, Any]:
+        """Take over a silent ``host``'s part of the fleet (``store.pg.takeover``): the
+        leases its processes held on other hosts' slots end, and no other host takes its
+        own slots until it is back and has checked them. Refused while ``host`` gave a sign
+        of life within ``silent_host_hours``, unless ``force``."""
+        from necropool.store.pg.takeover import take_over  # lazy: a PostgreSQL ledger only
+
+        if not HOST_NAME.fullmatch(host) or host == hostname():
+            raise UsageError(f"cannot take over host {host[:80]!r}: "
+                             + ("this host" if host == hostname() else "not a host name"))
+        if pool is not None:
+            check_pool_name(pool)
+        return take_over(self.ledger_dsn(pool), host, f"{default_owner()}@{hostname()}",
+                         self.settings.silent_host_hours, pool, force)
+
     # --- rescued work -------------------------------------------------------------------------
     def rescued_list(self, name: str | None = None, inspect: bool = True,
                      broken: walk.Broken | None = None) -> list[Record]:
@@ -570,7 +586,8 @@ class PoolManager:
 
         check_hours(max_allocation_hours)
         self.pool_names(required=name is None)
-        at = rfc3339(now())  # when the run began: a cron log line says when it was
+        began = now()  # a cron log line says when the run began (rendered once the ledger,
+        # if any, has told its clock: ``clock.follow_server``)
         counters = zero_counters()
         unusable: walk.Broken = []
         targets = walk.targets(self.settings, name, unusable)
@@ -596,7 +613,8 @@ class PoolManager:
             return result.to_dict()
 
         results = walk.checked(targets, recovered, errors)
-        return {**counters, "errors": errors, "dry_run": dry_run, "at": at, "pools": results}
+        return {**counters, "errors": errors, "dry_run": dry_run, "at": rfc3339(began),
+                "pools": results}
 
     def _take_back_reclaimed(self, pool: pools.Pool, max_allocation_hours: float | None,
                              force_long: bool) -> list[int]:

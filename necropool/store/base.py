@@ -107,9 +107,10 @@ class Store(Protocol):
         ``NotFound`` when there is no slot."""
         ...
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, vouch: bool = False) -> None:
         """A sign of life of this host (``auto-recover`` gives one each run), for a fleet
-        view that reports silent hosts."""
+        view that reports silent hosts. ``vouch``: the host found its slots as the store
+        has them (``pool.divergence``), so other hosts may hand them out."""
         ...
 
     def append_event(self, name: str, **fields: Any) -> None:
@@ -132,6 +133,8 @@ class Store(Protocol):
         """The pool's events of one lease, oldest first (what a late holder is told)."""
         ...
 
-    def rotate_events(self) -> None:
-        """Keep the history from growing without end (``auto-recover`` asks each run)."""
+    def rotate_events(self, retention_days: float | None = None) -> None:
+        """Keep the history from growing without end (``auto-recover`` asks each run;
+        ``retention_days``: the ``event_retention_days`` setting, for a store that keeps
+        its history by age)."""
         ...

@@ -18,7 +18,8 @@ from necropool.ground.clock import jsonable, now, rfc3339
 KINDS = ("create", "import", "add", "remove", "allocate", "renew", "release", "reclaim",
          "expire", "force_release", "cleanup", "failure", "rescue", "recover", "isolate",
          "adopt", "mirror_rebuilt", "mirror_config_restored", "fetch_failed", "auto_recover",
-         "force_unlock", "update", "tampered_free_slot")
+         "force_unlock", "update", "tampered_free_slot", "ledger_reconciled",
+         "takeover")
 
 # One event as recorded: a JSON object (``time``, ``event``, then the event's own fields).
 Event = dict[str, Any]

@@ -271,7 +271,7 @@ class TomlStore(Transactions):
         self._note(note, previous)
         return previous
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, vouch: bool = False) -> None:
         """Nothing to record: one host's files have no fleet to report to."""
 
     def update_slot(self, number: int, change: Callable[[Slot], None],
@@ -302,9 +302,9 @@ class TomlStore(Transactions):
     def lease_events(self, lease_id: str) -> list[dict[str, Any]]:
         return [r for r in self.read_events() if r.get("lease_id") == lease_id]
 
-    def rotate_events(self) -> None:
+    def rotate_events(self, retention_days: float | None = None) -> None:
         """``events.jsonl`` past ``events.ROTATE_BYTES`` becomes ``events.jsonl.1``, under
-        the pool lock."""
+        the pool lock (bounded by size: ``retention_days`` is for the ledger)."""
         with self._lock():
             events.rotate(self.paths.events)
 

@@ -22,6 +22,7 @@ KIND_TITLES = {
     "busy_free_slots": "busy free slot",
     "tampered_free_slots": "tampered free slot",
     "failed_prepares": "failed prepare",
+    "ledger_divergences": "ledger divergence",
 }
 
 
@@ -33,7 +34,9 @@ KIND_TITLES = {
         "stale_mirror_hours), busy free slots (released from another host, processes still "
         "in them: left alone), tampered free slots (changed since their cleanup), failed "
         "prepares (the pool's prepare command failed in the slot: isolated, the log named; "
-        "auto-recover retries them like failures of the environment).",
+        "auto-recover retries them like failures of the environment), ledger divergences (a "
+        "shared ledger that disagrees with this host about its own slots: restored from an "
+        "earlier dump, say; auto-recover writes the host's lease back).",
         "The exit status is 1 as long as the upstream cannot be fetched.",
         "A pool that cannot be checked (its locks/ replaced by a file, say) is named in "
         "errors; the other pools are checked all the same, and the exit status is 3.",
@@ -137,6 +140,10 @@ def isolate(
         "recovered or isolated, orphaned locks removed, stray paths moved aside; long "
         "allocations without a TTL are only reported unless --force-release-long-allocated is "
         "given.",
+        "In a shared ledger that disagrees with this host about its slots (a failover to an "
+        "asynchronous replica), the host's leases are written back, a lease it ended is "
+        "ended (the slot isolated if anything is in it), and the host then vouches for its "
+        "slots, which allocate --any-host takes only from hosts that vouched.",
         "Safe to run from cron; --dry-run only says what would be done.",
     ],
     exit_status=(

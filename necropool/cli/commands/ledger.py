@@ -1,7 +1,9 @@
 """``ledger``: the shared PostgreSQL ledger (init, migrate, status, import, export)."""
 
 
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from necropool.cli.context import G
 from necropool.cli.human import plural
@@ -10,7 +12,8 @@ from necropool.cli.registry import group, group_app, subcommand
 
 app = group_app()
 group("ledger", app, help="Manage the shared PostgreSQL ledger that lets the hosts of a fleet "
-                          "share pools: its schema, and moving a pool's state in and out.",
+                          "share pools: its schema, moving a pool's state in and out, and taking "
+                          "over a silent host.",
     notes=[
         "By default a pool's state is kept in files under its directory. With a ledger "
         "(--ledger, NECROPOOL_LEDGER, or ledger = \"postgresql://...\" in the config file, at "
@@ -30,6 +33,17 @@ group("ledger", app, help="Manage the shared PostgreSQL ledger that lets the hos
         "longer than ledger_timeout (config; NECROPOOL_LEDGER_TIMEOUT; default 10 seconds). "
         "A password in the connection string is never printed. PgBouncer in transaction "
         "mode may stand in front of the server (no session state, no prepared statements).",
+        "*ledger takeover HOST* is for a host that went silent (no auto-recover or state "
+        "change for silent_host_hours): an explicit, audited act, never done by itself. "
+        "The leases its processes held on other hosts' slots end (each slot's own host "
+        "cleans it, the holder's work saved, before handing it out again), and no other "
+        "host's *allocate --any-host* takes the silent host's own slots: their trees are on "
+        "its disk, where nobody else can see what is in them. Their leases are left as they "
+        "are: back, the host reclaims them itself (work saved under each lease), and its "
+        "*auto-recover* vouches for its slots again once it has checked them. Each ended "
+        "lease, and the takeover itself, is recorded as a takeover event naming who took "
+        "over (user@host). Refused (exit status 5) while the host gave a sign of life within "
+        "silent_host_hours, unless --force.",
     ],
     examples=(
         "export NECROPOOL_LEDGER=postgresql://necropool@db.example.com/necropool\n"
@@ -102,3 +116,26 @@ def export(pool: PoolArg, json_out: Json = False) -> None:
     data = G.manager().ledger("export", pool)
     _show(data, f"pool {pool}: {data['slots']} slots of host {data['host']} moved out of "
           f"{data['ledger']} ({plural(data['leases'], 'lease')} kept)", json_out)
+
+
+@subcommand(app, "takeover",
+    examples=(
+        "necropool detect --json | jq '.silent_hosts[].host'\n"
+        "necropool ledger takeover runner-7\n"
+        "necropool ledger takeover runner-7 --pool web --json"
+    ),
+)
+def takeover(
+    host: Annotated[str, typer.Argument(metavar="HOST", help="The silent host")],
+    pool: Annotated[str | None, typer.Option(
+        "--pool", metavar="POOL", help="Only this pool's part (default: every pool)")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Even while the host gives signs of life")] = False,
+    json_out: Json = False,
+) -> None:
+    """Take over a silent host's leases and withhold its slots from other hosts."""
+    data = G.manager().ledger_takeover(host, pool, force)
+    ended = sum(len(p["leases_ended"]) for p in data["pools"])
+    _show(data, f"host {host} taken over by {data['by']}: "
+          f"{plural(ended, 'lease')} of its holders ended, its slots withheld in "
+          f"{plural(len(data['pools']), 'pool')}", json_out)

@@ -10,7 +10,7 @@ from necropool.ground.layout import PoolPaths, write_atomic
 from necropool.ground.redact import redact
 from necropool.store.model import Slot
 from necropool.store.pg.connect import one, transaction
-from necropool.store.pg.schema import check_schema
+from necropool.store.pg.schema import INCARNATION, check_schema
 
 
 def register(dsn: str, pool: str, host: str, root: str, url: str, branch: str,
@@ -34,8 +34,8 @@ def register(dsn: str, pool: str, host: str, root: str, url: str, branch: str,
             raise Conflict(f"the ledger holds {leased} lease(s) of pool {pool!r} on host "
                            f"{host!r}: release them before creating it again")
         conn.execute("DELETE FROM hosts WHERE pool = %s AND host = %s", (pool, host))
-        conn.execute("INSERT INTO hosts (pool, host, root) VALUES (%s, %s, %s)",
-                     (pool, host, root))
+        conn.execute("INSERT INTO hosts (pool, host, root, vouched) VALUES "
+                     f"(%s, %s, %s, {INCARNATION})", (pool, host, root))
 
 
 def definition(dsn: str, pool: str) -> tuple[str, str, datetime]:
@@ -72,9 +72,10 @@ def fleet(dsn: str, pool: str,
     from psycopg.rows import dict_row  # lazy: as in pgconn.connect
 
     from necropool.store.pg.rows import slot_of  # lazy: with psycopg's rows, above
+    from necropool.store.pg.store import _shift  # lazy: as rows
 
     with transaction(dsn) as conn:
-        shift = now() - one(conn.execute("SELECT now()"))[0]
+        shift = _shift(one(conn.execute("SELECT now()"))[0])
         where, params = ("AND host = %s", (pool, host)) if host else ("", (pool,))
         rows = conn.cursor(row_factory=dict_row).execute(
             f"SELECT * FROM slots WHERE pool = %s {where} ORDER BY host, number",
@@ -86,12 +87,13 @@ def fleet(dsn: str, pool: str,
 
 
 def free_elsewhere(dsn: str, pool: str, host: str) -> dict[str, int]:
-    """How many free, clean slots each other host of ``pool`` has (counted in SQL, through
-    the claim's index: not the whole fleet read)."""
+    """How many free, clean slots each other host of ``pool`` that vouches for them has
+    (counted in SQL, through the claim's index: not the whole fleet read)."""
     with transaction(dsn) as conn:
         return dict(conn.execute(
-            "SELECT host, count(*) FROM slots WHERE pool = %s AND host <> %s AND "
-            "state = 'available' AND NOT needs_cleanup GROUP BY host", (pool, host)).fetchall())
+            "SELECT host, count(*) FROM slots s JOIN hosts h USING (pool, host) "
+            "WHERE pool = %s AND host <> %s AND state = 'available' AND NOT needs_cleanup "
+            f"AND h.vouched = {INCARNATION} GROUP BY host", (pool, host)).fetchall())
 
 
 def slot_path(dsn: str, pool: str, host: str, number: int) -> str:

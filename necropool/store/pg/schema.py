@@ -83,7 +83,18 @@ MIGRATIONS = (
     """
     ALTER TABLE slots ADD COLUMN ref text;
     """,
+    # A host vouches for its slots (checked against its own memory) in one incarnation of
+    # the server: ``allocate --any-host`` takes only vouched slots. Events pruned by age
+    # (``event_retention_days``) through an index.
+    """
+    ALTER TABLE hosts ADD COLUMN vouched text;
+    CREATE INDEX events_at ON events (pool, at);
+    """,
 )
+# The server as it runs now: another database (a restore) or another server process (a
+# failover, a restart) is another incarnation, in which no host has vouched yet.
+INCARNATION = ("(SELECT oid::text FROM pg_database WHERE datname = current_database()) "
+               "|| '@' || pg_postmaster_start_time()::text")
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x6E6563726F  # pg_advisory_xact_lock key: one migrator at a time
 

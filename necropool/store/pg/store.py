@@ -27,15 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from necropool.ground import wakeup
-from necropool.ground.clock import now, rfc3339
+from necropool.ground.clock import follow_server, now, rfc3339
 from necropool.ground.errors import Conflict, NotFound
 from necropool.ground.layout import PoolPaths
 from necropool.ground.proc import Holder
+from necropool.store import journal
 from necropool.store.base import LeaseLost, Marker, Note, Transactions
 from necropool.store.model import Lease, PoolState, Slot, SlotState
 from necropool.store.pg.connect import LedgerDown, connect, errors, one, transaction
 from necropool.store.pg.rows import ORDER, json_value, param, row_of, slot_of, text
-from necropool.store.pg.schema import check_schema
+from necropool.store.pg.schema import INCARNATION, check_schema
 
 if TYPE_CHECKING:
     from necropool.store.pg.connect import Connection
@@ -44,8 +45,10 @@ _CHECKED: set[str] = set()
 def _shift(server_now: datetime) -> timedelta:
     """This client's clock minus the server's (``server_now`` read just now), in whole
     seconds: what a query's latency adds must not move a time back and forth between two
-    reads."""
-    return timedelta(seconds=round((now() - server_now).total_seconds()))
+    reads. Times printed are then in the server's clock (``clock.follow_server``)."""
+    shift = timedelta(seconds=round((now() - server_now).total_seconds()))
+    follow_server(shift)
+    return shift
 
 
 class _InTransaction(threading.local):
@@ -132,17 +135,20 @@ class PgStore(Transactions):
                 conn.execute("DELETE FROM slots WHERE pool = %s AND host = %s AND number = %s",
                              (self.name, self.host, number))
                 del self._txn_state.loaded[number]
+                journal.forget(self.paths, number)
             for number, slot in sorted(current.slots.items()):
                 values = row_of(slot, self.paths.slot_dir(number), shift)
                 if number not in self._txn_state.loaded:
                     self._insert(conn, number, values)
                     self._txn_state.loaded[number] = (1, values)
+                    journal.remember(self.paths, number, slot)
                     continue
                 generation, before = self._txn_state.loaded[number]
                 changed = {k: v for k, v in values.items() if v != before[k]}
                 if changed:
                     self._update(conn, number, generation, changed)
                     self._txn_state.loaded[number] = (generation + 1, values)
+                    journal.remember(self.paths, number, slot)
             conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
                          (self.name, self.host))
         if any(slot.state == SlotState.AVAILABLE for slot in current.slots.values()):
@@ -185,6 +191,9 @@ class PgStore(Transactions):
         # The host's row shared (waiting out its maintenance, but for another host's, which
         # is skipped: try elsewhere), the first free slot's row taken, the clock read: one
         # round trip.
+        # Another host's slots only while it vouches for them in this server's incarnation:
+        # after a failover or restore, once it has checked them against its own memory.
+        vouched = f" AND h.vouched = {INCARNATION}" if host != self.host else ""
         wait = " SKIP LOCKED" if host != self.host else ""
         try:
             with self._txn() as conn:
@@ -193,8 +202,9 @@ class PgStore(Transactions):
                     row = cur.execute(
                         "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s "
                         "USING (pool, host) WHERE h.pool = %s AND h.host = %s "
-                        f"AND s.state = 'available' AND s.number <> ALL(%s) ORDER BY {ORDER} "
-                        f"LIMIT 1 FOR SHARE OF h{wait} FOR UPDATE OF s SKIP LOCKED",
+                        f"AND s.state = 'available' AND s.number <> ALL(%s){vouched} "
+                        f"ORDER BY {ORDER} LIMIT 1 FOR SHARE OF h{wait} FOR UPDATE OF s "
+                        "SKIP LOCKED",
                         (self.name, host, list(skipped))).fetchone()
                     if row is None:
                         return None
@@ -219,14 +229,20 @@ class PgStore(Transactions):
                      self.name, host,
                      row["number"])).fetchone(), shift)
                 self._note(conn, note, granted, host)
-                return granted
         except LedgerDown:
             if not chosen:  # nothing was asked to change
                 raise
             now_row = self._settled(chosen[0]["number"], host)
             if now_row["lease_id"] != lease.lease_id:
                 raise
-            return slot_of(now_row, _shift(now_row["server_now"]))
+            granted = slot_of(now_row, _shift(now_row["server_now"]))
+        self._remember(granted, host)
+        return granted
+
+    def _remember(self, slot: Slot, host: str) -> None:
+        """This host's memory of its slot as just written (``store.journal``)."""
+        if host == self.host:
+            journal.remember(self.paths, slot.number, slot)
 
     def _settled(self, number: int, host: str) -> dict[str, Any]:
         """Slot ``number``'s row once a transaction that changed it lost its link: locked,
@@ -286,7 +302,6 @@ class PgStore(Transactions):
                     (ttl_seconds, ttl_seconds, self.name, host, number)).fetchone()
                 renewed = slot_of(row, shift)
                 self._note(conn, note, renewed, host)
-                return renewed
         except LedgerDown:
             if not seen:
                 raise
@@ -294,7 +309,9 @@ class PgStore(Transactions):
             if (now_row["lease_id"] != lease_id
                     or now_row["generation"] == seen[0]["generation"]):
                 raise
-            return slot_of(now_row, _shift(now_row["server_now"]))
+            renewed = slot_of(now_row, _shift(now_row["server_now"]))
+        self._remember(renewed, host)
+        return renewed
 
     def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
                   check: Callable[[Slot], None] | None = None, note: Note | None = None,
@@ -326,7 +343,6 @@ class PgStore(Transactions):
                      json_value(worker.to_dict() if worker else None), self.name, host,
                      number))
                 self._note(conn, note, previous, host)
-                return previous
         except LedgerDown:
             if not seen or note is None:
                 raise
@@ -337,7 +353,9 @@ class PgStore(Transactions):
             if not any(e["event"] == name for e in self.lease_events(ended)):
                 raise LeaseLost(f"lease {ended} of slot {self.name}-{number} was ended "
                                 "by another operation meanwhile") from None
-            return previous
+        if host == self.host and previous.lease is not None:
+            journal.ended(self.paths, number, previous.lease.lease_id)
+        return previous
 
     def update_slot(self, number: int, change: Callable[[Slot], None],
                     note: Note | None = None) -> Slot:
@@ -358,6 +376,7 @@ class PgStore(Transactions):
                     if row["generation"] != seen[0]:
                         slot = slot_of(row, _shift(row["server_now"]))
                         break
+        self._remember(slot, self.host)
         if slot.state == SlotState.AVAILABLE:
             wakeup.poke(self.paths.wake)
         return slot
@@ -378,10 +397,13 @@ class PgStore(Transactions):
             self._note(conn, note, slot, self.host)
         return slot
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, vouch: bool = False) -> None:
+        """``vouch``: this host's slots may go to other hosts' claims (``allocate
+        --any-host``) until the server's incarnation changes (``schema.INCARNATION``)."""
+        vouched = f", vouched = {INCARNATION}" if vouch else ""
         with self._txn() as conn:
-            conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
-                         (self.name, self.host))
+            conn.execute(f"UPDATE hosts SET last_seen = now(){vouched} WHERE pool = %s AND "
+                         "host = %s", (self.name, self.host))
 
     def append_event(self, name: str, **fields: Any) -> None:
         with self._txn() as conn:
@@ -402,9 +424,26 @@ class PgStore(Transactions):
     def read_events(self, since: datetime | None = None) -> list[dict[str, Any]]:
         return [_public(r) for r in self._events(since=since)]
 
-    def rotate_events(self) -> None:
-        """Nothing: the ledger's ``events`` table is the fleet's history, kept whole (bounding
-        it is for whoever runs the database)."""
+    def rotate_events(self, retention_days: float | None = None) -> None:
+        """The pool's events older than ``retention_days`` (by the server's clock; None:
+        kept whole) deleted, but for what the history is still asked for: every event of
+        a lease whose holder's work was saved (``rescued`` names its holder from them),
+        of a lease still held (a late holder is told its story), and each host's newest
+        ``auto_recover`` (``list``). Served by the index on (pool, at): a run with nothing
+        to prune reads nothing."""
+        if retention_days is None:
+            return
+        with self._txn() as conn:
+            conn.execute(
+                "DELETE FROM events e WHERE pool = %s "
+                "AND at < now() - make_interval(secs => %s) AND NOT ("
+                " (fields ? 'lease_id' AND (EXISTS (SELECT 1 FROM events r WHERE "
+                "  r.pool = e.pool AND r.fields->>'lease_id' = e.fields->>'lease_id' "
+                "  AND r.fields ? 'rescued') OR EXISTS (SELECT 1 FROM slots s WHERE "
+                "  s.pool = e.pool AND s.lease_id = e.fields->>'lease_id')))"
+                " OR (name = 'auto_recover' AND id = (SELECT max(id) FROM events x WHERE "
+                "  x.pool = e.pool AND x.host = e.host AND x.name = 'auto_recover')))",
+                (self.name, retention_days * 86400))
 
     def tail(self) -> "LedgerTail":
         return LedgerTail(self)
