@@ -75,7 +75,7 @@ class Lease:
             metadata={str(k): _str(v) for k, v in data.get("metadata", {}).items()},
             ttl_seconds=float(data["ttl_seconds"]) if "ttl_seconds" in data else None,
             user=HolderUser.from_dict(data["user"]) if data.get("user") else None,
-            ref=_str(data["ref"]) if "ref" in data else None,
+            ref=_str(data["ref"]) if data.get("ref") is not None else None,
         )
 
 
