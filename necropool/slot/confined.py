@@ -1,6 +1,7 @@
-"""Slot work in a forked child the kernel confines (Landlock): it may write only beneath
-the directories its step names and execute only the system's programs, so whatever a
-holder renames while the work runs, no write, delete or program run lands outside them.
+"""Slot work on a thread, or in a forked child, that the kernel confines (Landlock): it may
+write only beneath the directories its step names and execute only the system's programs,
+so whatever a holder renames while the work runs, no write, delete or program run lands
+outside them.
 
 Where the kernel has no Landlock the work runs in this process, unconfined: ``describe``
 says so (``status`` and ``detect`` show it), and the audit of ``.git`` through directory
@@ -28,12 +29,15 @@ def describe() -> str:
 
 
 def run(fn: Callable[..., T], *args: object, write: Iterable[Path]) -> T:
-    """``fn(*args)`` in a child that may write only beneath ``write`` (existing directories,
-    none of them a symlink); its value or exception comes back here, so both must pickle.
-    Without Landlock, ``fn`` runs here."""
+    """``fn(*args)`` confined so that it may write only beneath ``write`` (existing
+    directories, none of them a symlink): on a thread of its own where the kernel scopes
+    signals (Landlock ABI 6+: no fork, no copy of this process's pages), else in a forked
+    child, whose value or exception must then pickle. Without Landlock, ``fn`` runs here."""
     if confine.abi_version() == 0:
         return fn(*args)
     policy = confine.Policy(write=tuple(os.fspath(p) for p in write), execute=_programs())
+    if confine.threads_confinable(policy):
+        return confine.run_in_thread(fn, *args, policy=policy)
     return confine.run_confined(fn, *args, policy=policy)
 
 
