@@ -713,34 +713,41 @@ def _guarded() -> Iterator[None]:
                 _prctl(_PR_SET_DUMPABLE, dumpable, "PR_SET_DUMPABLE")
 
 
-def _thread_body(box: list[tuple[str, Any]], fn: Callable[..., Any], args: tuple[object, ...],
-                 policy: Policy) -> None:
+def _thread_body(box: list[tuple[str, Any]], done: threading.Event, fn: Callable[..., Any],
+                 args: tuple[object, ...], policy: Policy) -> None:
     try:
         if os.geteuid() == 0:  # root's programs must not ptrace us either: their exec
             _prctl(_PR_CAPBSET_DROP, _CAP_SYS_PTRACE, "PR_CAPBSET_DROP")  # gets no such right
         _restrict(policy)
     except BaseException as exc:
         box.append(("err", exc))
+        done.set()
         return  # not confined: nothing ran, and a sweep here could signal anyone's child
     try:
         box.append(("ok", fn(*args)))
     except BaseException as exc:
         box.append(("err", exc))
     finally:
-        sweep_orphans(scoped=True)  # the kernel lets it signal the work's processes alone
+        try:
+            sweep_orphans(scoped=True)  # the kernel lets it signal the work's processes only
+        finally:
+            done.set()
 
 
-def _end_work_of(worker: threading.Thread) -> None:
-    """After an interrupt: kill the confined thread's children until it ends (its git
-    fails, it sweeps what is left). They are our process's unreaped children: safe to
-    signal."""
-    while worker.is_alive():
-        with contextlib.suppress(OSError), open(
-                f"/proc/self/task/{worker.native_id}/children") as fh:
-            for pid in map(int, fh.read().split()):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        worker.join(0.05)
+def _end_work_of(worker: threading.Thread, done: threading.Event) -> None:
+    """After an interrupt: kill the confined thread's children until it is done (its git
+    fails, it sweeps what is left); they are our process's unreaped children, safe to
+    signal. Told by ``done``, not by join: a join that a signal interrupts marks a thread
+    still running as stopped (CPython 3.11)."""
+    while not done.is_set():
+        if worker.native_id is not None:
+            with contextlib.suppress(OSError), open(
+                    f"/proc/self/task/{worker.native_id}/children") as fh:
+                for pid in map(int, fh.read().split()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(KeyboardInterrupt):  # the first one is raised after
+            done.wait(0.05)
 
 
 def run_in_thread(fn: Callable[..., T], *args: object, policy: Policy) -> T:
@@ -756,14 +763,21 @@ def run_in_thread(fn: Callable[..., T], *args: object, policy: Policy) -> T:
         raise OSError(errno.EOPNOTSUPP, "a confined thread needs Landlock's signal scoping "
                                         "(ABI 6 or later)")
     box: list[tuple[str, Any]] = []
+    done = threading.Event()
     with _guarded():
-        worker = threading.Thread(target=_thread_body, args=(box, fn, args, policy),
+        worker = threading.Thread(target=_thread_body, args=(box, done, fn, args, policy),
                                   name="necropool-confined", daemon=True)
-        worker.start()
         try:
-            worker.join()
+            worker.start()
+        except RuntimeError:  # no thread could be made: nothing runs
+            raise
+        except BaseException:  # interrupted while it started: it runs
+            _end_work_of(worker, done)
+            raise
+        try:
+            done.wait()
         except BaseException:
-            _end_work_of(worker)
+            _end_work_of(worker, done)
             raise
     kind, value = box[0]
     if kind == "err":
