@@ -2,9 +2,10 @@
 
 A holder controls everything inside its slot: symlinks, hard links, ``.git/config``, hooks.
 When necropool (maybe root, from cron) cleans a slot, the work should run in a forked child
-(``run_confined``) that may write only beneath the slot (``Policy.write``), may execute only
-programs from system directories (``Policy.execute``: no hook or planted binary runs), and
-may run as the slot's owner (``Identity``). Reading stays allowed everywhere and the network
+(``run_confined``) or on a thread of its own (``run_in_thread``, no copy of the process)
+that may write only beneath the slot (``Policy.write``), may execute only programs from
+system directories (``Policy.execute``: no hook or planted binary runs); a child may also
+run as the slot's owner (``Identity``). Reading stays allowed everywhere and the network
 is not restricted: a cleanup needs both, and neither lets it change what it must not.
 
 Linux only, stdlib and ctypes only, and nothing from necropool, so the module can move.
@@ -22,7 +23,8 @@ Limits (Landlock's, by design; the caller must know them):
   between write directories; before ABI 3 truncate(2) is not governed; before ABI 5 neither
   are ioctls on devices.
 - ``apply`` confines the calling thread only (and what it starts later): hence
-  ``run_confined``, whose child is single-threaded.
+  ``run_confined``, whose child is single-threaded, and ``run_in_thread``, which confines
+  a thread of its own on purpose (ABI 6+: its sweep relies on signal scoping).
 """
 
 import contextlib

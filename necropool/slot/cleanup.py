@@ -144,7 +144,7 @@ class Target:
     bundle for the holder's work (nested repositories and a tampered slot go beside it);
     ``record``, outside the slot, what this cleanup left for the next one. Ignored files
     go, but those ``keep`` matches (all, with ``keep_ignored``). ``known_commit``: the
-    commit the slot was last cleaned to. Plain data: it crosses to the confined child."""
+    commit the slot was last cleaned to. Plain data: it may cross to a confined child."""
 
     mirror: Path
     url: str
@@ -162,7 +162,7 @@ def clean(tree: Path, target: Target) -> Report:
     (``Target``). Raises GitError when the slot cannot be cleaned; saved work not yet in a
     bundle then stays in the slot's refs, and the next cleanup bundles it.
 
-    The audit and the whole cleanup run in a child the kernel lets write only beneath the
+    The audit and the whole cleanup run where the kernel lets them write only beneath the
     slot, the bundle's directory and the record's (``confined.run``): a holder renaming
     things meanwhile cannot steer a write, a delete or a program run outside them. Moving a
     tampered slot aside (a rename in the pool's directories) is done here, its re-clone
