@@ -422,6 +422,97 @@ def test_what_the_work_leaves_running_is_killed(policy):
     assert not Path(f"/proc/{leftover}").exists()
 
 
+# --- (h) a confined thread: run_in_thread ---------------------------------------------------
+
+
+@pytest.fixture
+def scoping(abi: int) -> int:
+    if abi < 6:
+        skip_or_fail(f"a confined thread needs Landlock's signal scoping (ABI 6); this "
+                     f"kernel has {abi}")
+    return abi
+
+
+def _status(field: str) -> str:
+    """A field of the process's (its main thread's) /proc status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return line.split(":", 1)[1].strip()
+    raise KeyError(field)
+
+
+def test_a_confined_thread_confines_itself_and_what_it_starts_and_nothing_else(
+        scoping, policy, inside, outside):
+    def work() -> tuple[str, int, str]:
+        with pytest.raises(PermissionError):
+            (outside / "victim").write_text("changed\n")
+        shell = subprocess.run(["sh", "-c", f"echo changed > {outside}/victim"],
+                               capture_output=True, text=True)
+        (inside / "new").write_text("written\n")
+        return shell.stderr, threading.get_ident(), Path("/proc/thread-self/status").read_text()
+
+    stderr, ident, status = confine.run_in_thread(work, policy=policy)
+    assert "Permission denied" in stderr  # the shell it started inherited the confinement
+    assert ident != threading.get_ident() and "NoNewPrivs:\t1" in status
+    assert (outside / "victim").read_text() == "original\n"
+    assert (inside / "new").read_text() == "written\n"
+    # the rest of the process, and the process after the work, are as they were
+    assert _status("NoNewPrivs") == "0"
+    assert confine._prctl(confine._PR_GET_DUMPABLE, 0, "PR_GET_DUMPABLE") == 1
+    write(outside / "after")
+
+
+def test_a_confined_threads_exception_is_raised_as_itself(scoping, policy):
+    class Unpicklable(Exception):
+        def __init__(self, a: int, b: int) -> None:
+            super().__init__(f"{a} {b}")
+
+    def fails() -> None:
+        raise Unpicklable(1, 2)
+
+    with pytest.raises(Unpicklable, match="1 2"):
+        confine.run_in_thread(fails, policy=policy)
+
+
+def test_the_confined_threads_sweep_ends_the_works_processes_and_no_one_elses(
+        scoping, policy, inside):
+    """What the work leaves running, double-forked or not, is killed; a child the caller
+    started before the work (outside its domain, so its signals cannot reach it) lives."""
+    mine = subprocess.Popen(["sleep", "30"])
+    try:
+        def leave_behind() -> int:
+            subprocess.run(["sh", "-c", f"(sleep 31 & echo $! > {inside}/daemon) ; exit 0"],
+                           check=True)
+            return subprocess.Popen(["sleep", "32"], start_new_session=True).pid
+
+        leftover = confine.run_in_thread(leave_behind, policy=policy)
+        daemon = int((inside / "daemon").read_text())
+        assert not Path(f"/proc/{leftover}").exists()
+        assert not Path(f"/proc/{daemon}").exists()
+        assert mine.poll() is None
+    finally:
+        mine.kill()
+        mine.wait()
+
+
+def test_interrupting_a_confined_thread_ends_its_work(scoping, policy, inside):
+    main = threading.get_ident()
+    timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT))
+
+    def sleeper() -> None:
+        subprocess.run(["sh", "-c", f"echo $$ > {inside}/pid; exec sleep 30"], check=True)
+
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            confine.run_in_thread(sleeper, policy=policy)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 10
+    assert not Path(f"/proc/{(inside / 'pid').read_text().strip()}").exists()
+
+
 # --- ABI handling ----------------------------------------------------------------------------
 
 

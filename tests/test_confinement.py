@@ -20,6 +20,17 @@ landlock = pytest.mark.skipif(
     reason="this kernel has no Landlock (with CI set: a failure)")
 
 
+@pytest.fixture(params=["thread", "fork"])
+def mode(request, monkeypatch) -> str:
+    """Both ways slot work is confined: a thread of its own (where the kernel scopes
+    signals, as here) and the forked child of older kernels."""
+    if request.param == "fork":
+        monkeypatch.setattr(confine, "threads_confinable", lambda policy: False)
+    elif confine.abi_version() < 6:
+        pytest.skip("a confined thread needs Landlock ABI 6")
+    return str(request.param)
+
+
 def _slot(manager, pool) -> tuple[Path, object]:
     lease = manager.allocate_slot(pool, fetch=False)
     return Path(lease["path"]), manager.get_pool(pool)
@@ -27,7 +38,7 @@ def _slot(manager, pool) -> tuple[Path, object]:
 
 @landlock
 def test_a_write_through_a_holders_symlink_out_of_the_slot_is_refused(
-        manager, pool, tmp_path):
+        manager, pool, tmp_path, mode):
     slot, _ = _slot(manager, pool)
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -43,7 +54,7 @@ def test_a_write_through_a_holders_symlink_out_of_the_slot_is_refused(
 
 
 @landlock
-def test_the_cleanup_entry_cannot_save_outside_its_directories(manager, pool, tmp_path):
+def test_the_cleanup_entry_cannot_save_outside_its_directories(manager, pool, tmp_path, mode):
     """The real cleanup, its bundle pointed outside what it may write: git is refused,
     nothing appears outside, and the work stays in the slot's refs (as when a disk is
     full) for the next cleanup to save."""
@@ -64,7 +75,7 @@ def test_the_cleanup_entry_cannot_save_outside_its_directories(manager, pool, tm
 
 
 @landlock
-def test_a_program_the_holder_planted_cannot_be_run(manager, pool):
+def test_a_program_the_holder_planted_cannot_be_run(manager, pool, mode):
     """Execution only from the system's directories: a hook or filter the holder wrote
     into its slot does not run even if some step would start it."""
     slot, _ = _slot(manager, pool)

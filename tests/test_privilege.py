@@ -20,6 +20,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -283,6 +284,56 @@ def test_root_works_as_the_owner_on_a_pool_in_a_ledger(ledger_dsn, upstream, mon
             assert released["cleaned"] and released["rescued"], released
         assert s.manager.pool_status("web")["state_source"] == "ledger"
         assert s.root_owned() == []
+
+
+# Runs the CLI as root, counting what the owner's child imports after it became the owner
+# (root's Python may live where the owner cannot read: such an import would fail there).
+_LATE_IMPORTS = """
+import importlib.abc, runpy, sys
+from necropool.ground import owner
+
+settled = owner._settled
+
+
+class Late(importlib.abc.MetaPathFinder):
+    found = []
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in sys.builtin_module_names:
+            self.found.append(name)
+        return None  # (imported as usual: only counted)
+
+
+def counted(uid, fn, args):
+    sys.meta_path.insert(0, Late())
+    value = settled(uid, fn, args)
+    if Late.found:
+        raise RuntimeError("imported after becoming the owner: " + " ".join(Late.found))
+    return value
+
+
+owner._settled = counted
+sys.argv = ["necropool", *sys.argv[1:]]
+runpy.run_module("necropool", run_name="__main__")
+"""
+
+
+def test_the_owners_child_imports_nothing_after_the_drop(scene):
+    """``_OWNER_WORK`` is complete for the commands root runs from cron or by hand: a
+    dirty release (the index changed: its checksum is hashed), detect, auto-recover,
+    isolate and recover, the saved work listed, each a process of its own."""
+    s = scene
+    lease = s.manager.allocate_slot("web")
+    s.holder(f"cd {lease['path']} && echo work > work.txt && git add work.txt && "
+             "echo more > README")
+    env = dict(os.environ, NECROPOOL_HOME=str(s.home))
+    for command in (["release", lease["slot_id"]], ["detect", "--json"],
+                    ["auto-recover", "--json"], ["isolate", lease["slot_id"]],
+                    ["recover", lease["slot_id"]], ["rescued", "list"]):
+        proc = subprocess.run([sys.executable, "-c", _LATE_IMPORTS, *command], env=env,
+                              capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0 and "after becoming" not in proc.stderr, (command, proc)
 
 
 # --- private by default -----------------------------------------------------------------------

@@ -108,7 +108,7 @@ def test_color_and_shape_are_separate(mixed, tmp_path):
     assert code == 0 and "\x1b" not in text and text.splitlines()[0].startswith("slot\tstate")
     piped = run_cli("--color", "always", "status", "web")
     assert piped.code == 0 and "\x1b" not in piped.stdout
-    assert len(piped.stdout.splitlines()[0].split("\t")) == 11  # the tab-separated columns, ref last
+    assert len(piped.stdout.splitlines()[0].split("\t")) == 11  # ref last
     table = run_cli("status", "web", "--format", "table", "--color", "always")
     assert "SLOT" in table.stdout and "\x1b[" in table.stdout
 

@@ -23,6 +23,11 @@ def owner_of(directory: Path) -> "Identity | None":
     missing or a symlink: the work then fails on its own checks)."""
     if os.geteuid() != 0:
         return None
+    try:  # root's own pool: nothing to become, so neither ctypes (the confinement's 3-5
+        if os.lstat(directory).st_uid == 0:  # ms import) nor the user database is loaded
+            return None
+    except OSError:
+        return None
     from necropool.ground.confine import Identity  # lazy: ctypes, needed by root only
 
     try:

@@ -49,12 +49,17 @@ if TYPE_CHECKING:
     from necropool.pool.rescued import Deleted
 
 T = TypeVar("T")
-# What work on a pool may import as it goes (the modules imported where they are used, and
-# what they load in turn), loaded before root's child becomes the pool's owner.
+# What work on a pool imports lazily, inside the child that becomes the pool's owner (who
+# may not read root's Python): loaded before it, with what each loads in turn. The modules
+# a method here imports before calling ``_owned`` need no place; tests/test_privilege.py
+# counts what the child still imports. By importer: lease/refresh (cleanup), slot/gitdir
+# (hashlib), pool/rescued's datetime.strptime (_strptime), ground/locks (portalocker),
+# git/commands and slot/integrity (pygit2), a ledger's store/open, pg/connect, pool/pool
+# and health/detect (its store, psycopg, hosts, fleet.remote).
 _OWNER_WORK = (
-    "necropool.admin.pools", "necropool.health.autorecover", "necropool.health.lockmaint",
-    "necropool.pool.rescued", "necropool.slot.cleanup", "necropool.slot.integrity",
-    "necropool.store.pg.store", "portalocker", "psycopg", "pygit2",
+    "_strptime", "hashlib", "necropool.fleet.remote", "necropool.slot.cleanup",
+    "necropool.store.pg.hosts", "necropool.store.pg.store", "portalocker", "psycopg",
+    "pygit2",
 )
 
 

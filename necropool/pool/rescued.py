@@ -298,7 +298,7 @@ def restore(pool: "Pool | Deleted", item: Record, into: Path | None,
     """Fetch a bundle's saved refs as ``refs/rescued/<slot>-<stamp>/...`` into the git
     repository ``into``; when ``into`` does not exist, clone it first (from the pool's
     mirror, ``origin`` set to the upstream URL). With ``checkout``, also put the holder's
-    state back there (``put_back.checkout``). git runs in a child confined to ``into``."""
+    state back there (``put_back.checkout``). git runs confined to ``into``."""
     if item["kind"] != "bundle" or not item["refs"]:
         raise Conflict(f"{item['id']} is a {item['kind']}, not a bundle of saved refs: "
                        f"copy what you need from {item['path']}")

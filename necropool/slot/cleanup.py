@@ -158,7 +158,7 @@ class Target:
     commit the slot was last cleaned to. ``include``: files copied in from ``include_from``
     after the reset (``slot.include``). ``fetch_tip``: ``tip`` is a commit a lease asked
     for, perhaps in none of the mirror's branches and tags: fetched by id when the slot
-    lacks it. Plain data: it crosses to the confined child."""
+    lacks it. Plain data: it may cross to a confined child."""
 
     mirror: Path
     url: str
@@ -179,7 +179,7 @@ def clean(tree: Path, target: Target) -> Report:
     (``Target``). Raises GitError when the slot cannot be cleaned; saved work not yet in a
     bundle then stays in the slot's refs, and the next cleanup bundles it.
 
-    The audit and the whole cleanup run in a child the kernel lets write only beneath the
+    The audit and the whole cleanup run where the kernel lets them write only beneath the
     slot, the bundle's directory and the record's (``confined.run``): a holder renaming
     things meanwhile cannot steer a write, a delete or a program run outside them. Moving a
     tampered slot aside (a rename in the pool's directories) is done here, its re-clone

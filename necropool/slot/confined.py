@@ -1,6 +1,7 @@
-"""Slot work in a forked child the kernel confines (Landlock): it may write only beneath
-the directories its step names and execute only the system's programs, so whatever a
-holder renames while the work runs, no write, delete or program run lands outside them.
+"""Slot work on a thread, or in a forked child, that the kernel confines (Landlock): it may
+write only beneath the directories its step names and execute only the system's programs,
+so whatever a holder renames while the work runs, no write, delete or program run lands
+outside them.
 
 Where the kernel has no Landlock the work runs in this process, unconfined: ``describe``
 says so (``status`` and ``detect`` show it), and the audit of ``.git`` through directory
@@ -30,12 +31,14 @@ def describe() -> str:
 def run(fn: Callable[..., T], *args: object, write: Iterable[Path],
         execute: Iterable[Path] = (), timeout: float | None = None,
         user: confine.Identity | None = None) -> T:
-    """``fn(*args)`` in a child that may write only beneath ``write`` (existing directories,
-    none of them a symlink) and run programs from the system's directories and beneath
-    ``execute``, and that became ``user`` when one is given (as root); its value or
-    exception comes back here, so both must pickle. Past ``timeout`` seconds the child's
-    whole process group is killed (TimeoutError). Without Landlock, ``fn`` runs here, or
-    unconfined in a child that became ``user``."""
+    """``fn(*args)`` confined so that it may write only beneath ``write`` (existing
+    directories, none of them a symlink) and run programs from the system's directories and
+    beneath ``execute``: on a thread of its own where the kernel scopes signals (Landlock
+    ABI 6+: no fork, no copy of this process's pages), else in a forked child, whose value
+    or exception must then pickle. A child when it must become ``user`` (as root: glibc
+    changes the ids of every thread) or be killed with its process group past ``timeout``
+    seconds (TimeoutError). Without Landlock, ``fn`` runs here, or unconfined in a child
+    that became ``user``."""
     policy = None
     if confine.abi_version():
         policy = confine.Policy(write=tuple(os.fspath(p) for p in write),
@@ -44,6 +47,8 @@ def run(fn: Callable[..., T], *args: object, write: Iterable[Path],
         return owner.run_as(user, fn, *args, policy=policy, timeout=timeout)
     if policy is None:
         return fn(*args)
+    if timeout is None and confine.threads_confinable(policy):
+        return confine.run_in_thread(fn, *args, policy=policy)
     return confine.run_confined(fn, *args, policy=policy, timeout=timeout)
 
 
