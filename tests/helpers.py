@@ -163,6 +163,8 @@ def _run_in_process(args: list[str], env: dict | None, cwd) -> CliResult:
     finally:
         disconnect()  # no ledger connection outlives the command, as with a process
         clock.follow_server(timedelta(0))
+        proc.hostname.cache_clear()  # nor what it learnt of itself under its environment
+        proc._me.cache_clear()  # (a NECROPOOL_HOST of its own: the test's code goes on)
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
