@@ -58,8 +58,8 @@ T = TypeVar("T")
 # and health/detect (its store, psycopg, hosts, fleet.remote).
 _OWNER_WORK = (
     "_strptime", "hashlib", "necropool.fleet.remote", "necropool.slot.cleanup",
-    "necropool.store.pg.hosts", "necropool.store.pg.store", "portalocker", "psycopg",
-    "pygit2",
+    "necropool.slot.detach", "necropool.slot.prepare", "necropool.store.pg.hosts",
+    "necropool.store.pg.store", "portalocker", "psycopg", "pygit2",
 )
 
 
