@@ -85,15 +85,15 @@ class Bouncer:
         (self.base / "pgbouncer.ini").write_text(
             f"[databases]\n* = host=127.0.0.1 port={self.cluster.port}\n[pgbouncer]\n"
             + "".join(f"{key} = {value}\n" for key, value in conf.items()))
-        user: dict[str, object] = {}
-        if os.geteuid() == 0:
-            account = pwd.getpwnam(self.cluster.user)
+        account = pwd.getpwnam(self.cluster.user) if os.geteuid() == 0 else None
+        if account is not None:
             for path in (self.base, *self.base.iterdir()):
                 os.chown(path, account.pw_uid, account.pw_gid)
-            user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-        self.proc = subprocess.Popen([self.binary, str(self.base / "pgbouncer.ini")],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, **user)  # type: ignore[call-overload]
+        self.proc = subprocess.Popen(
+            [self.binary, str(self.base / "pgbouncer.ini")], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            user=account.pw_uid if account else None, group=account.pw_gid if account else None,
+            extra_groups=[] if account else None)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
