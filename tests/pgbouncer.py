@@ -38,14 +38,16 @@ def find_pgbouncer() -> str:
 
 
 class Bouncer:
-    """PgBouncer forwarding every database to ``cluster``; ``pool_size`` server connections
-    per database and user (1: every client's transactions share one, so session state a
-    client left behind is seen by the next)."""
+    """PgBouncer forwarding every database to ``cluster`` (at ``target_port``: a proxy in
+    front of it, say); ``pool_size`` server connections per database and user (1: every
+    client's transactions share one, so session state a client left behind is seen by the
+    next)."""
 
     def __init__(self, cluster: Cluster, *, pool_mode: str = "transaction", pool_size: int = 1,
-                 max_client_conn: int = 200) -> None:
+                 max_client_conn: int = 200, target_port: int | None = None) -> None:
         self.binary = find_pgbouncer()
         self.cluster = cluster
+        self.target_port = target_port
         self.settings = {"pool_mode": pool_mode, "default_pool_size": pool_size,
                          "max_client_conn": max_client_conn}
         self.base: Path | None = None
@@ -83,7 +85,8 @@ class Bouncer:
                 **self.settings}
         (self.base / "userlist.txt").write_text(f'"{self.cluster.user}" ""\n')
         (self.base / "pgbouncer.ini").write_text(
-            f"[databases]\n* = host=127.0.0.1 port={self.cluster.port}\n[pgbouncer]\n"
+            f"[databases]\n* = host=127.0.0.1 port={self.target_port or self.cluster.port}\n"
+            "[pgbouncer]\n"
             + "".join(f"{key} = {value}\n" for key, value in conf.items()))
         account = pwd.getpwnam(self.cluster.user) if os.geteuid() == 0 else None
         if account is not None:
