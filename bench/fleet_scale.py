@@ -150,9 +150,16 @@ class Bench:
         return {"allocate": stats(allocate), "release": stats(release)}
 
     def floor(self, cycles: int) -> dict:
-        """``necropool --version`` as a process: the start-up every command pays (on this
-        machine, under its load at the time), against which the CLI's times are read."""
-        return stats([self.necropool(self.direct, "--version")[1] for _ in range(cycles)])
+        """A process that imports what ``allocate`` imports (the CLI, its commands, psycopg)
+        and does nothing: the start-up every such command pays (on this machine, under its
+        load at the time), against which the CLI's times are read."""
+        code = "import psycopg, necropool.cli.app, necropool.cli.commands.slots"
+        times = []
+        for _ in range(cycles):
+            started = time.perf_counter()
+            subprocess.run([PYTHON, "-c", code], env=self.env, check=True)
+            times.append((time.perf_counter() - started) * 1000)
+        return stats(times)
 
     def store(self, dsn: str, cycles: int, connecting: bool = False) -> dict:
         """The claim through the store API on an open connection (this process is host-01),
@@ -321,7 +328,7 @@ def main() -> None:
             report["link"] = bench.link(bouncer is not None)
     report["seconds"] = round(time.perf_counter() - began)
     print(table(report))
-    print(f"CLI start-up (necropool --version): {report['cli_start_up']}")
+    print(f"CLI start-up (imports, no work): {report['cli_start_up']}")
     if "pgbouncer" in report:
         b = report["pgbouncer"]
         print(f"through PgBouncer (transaction mode, {b['layout']}): allocate "

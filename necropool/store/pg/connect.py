@@ -13,10 +13,10 @@ transaction mode cannot keep them).
 Round trips are what a link's latency multiplies: a transaction's first statements go in its
 ``BEGIN``'s message and its last ones in its ``COMMIT``'s (``opened``, ``Opened.commit``),
 bound here (libpq quotes the values) and sent with the simple query protocol, so a claim
-with its event costs two round trips on an open connection. Opening one costs one round trip
-more than the authentication method needs (libpq's ``sslmode=prefer`` asks the server for TLS
-first; ``sslmode=disable`` or ``require`` with ``sslnegotiation=direct`` saves it): no
-session setting follows it."""
+with its event costs two round trips on an open connection. Opening one costs what libpq's
+opening costs and no more (no session setting follows): the startup and the authentication's
+exchanges, after TLS, which libpq's default ``sslmode=prefer`` first asks the server for (one
+round trip even where it is refused; ``sslnegotiation=direct``, PostgreSQL 17+, skips it)."""
 
 import os
 import threading
