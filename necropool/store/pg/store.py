@@ -222,6 +222,8 @@ class PgStore(Transactions):
                     skipped.add(row["number"])
                     row = send(txn.conn, first_free()).fetchone()
                 chosen.append(row)
+                # The events are written with the grant, so they are made from the slot as
+                # claimed (the row as read, under the lease), not from the row the grant returns.
                 claimed = replace(slot_of(row, shift), state=SlotState.ALLOCATED, lease=lease)
                 holder = lease.holder
                 return slot_of(one(txn.commit((
