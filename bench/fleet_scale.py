@@ -255,6 +255,8 @@ class Bench:
                 with Bouncer(self.cluster, pool_size=2, target_port=proxy.port) as bouncer:
                     near = bouncer.dsn("ledger") + "?sslmode=disable"
                     result["via_local_pgbouncer"] = self.cli(near, cycles)
+                    result["store_claim_connecting_via_local_pgbouncer"] = self.store(
+                        near, max(cycles, 5), connecting=True)
         return result
 
 
@@ -340,7 +342,8 @@ def main() -> None:
             print(f"link +{link['delay_ms_each_way']} ms each way, {key}: allocate "
                   f"{link[key]['allocate']}")
     print(f"link, claim on an open connection: {link['store_claim_open_connection']}, "
-          f"connecting first: {link['store_claim_connecting']}")
+          f"connecting first: {link['store_claim_connecting']}, connecting to a local "
+          f"PgBouncer first: {link.get('store_claim_connecting_via_local_pgbouncer')}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
 
