@@ -11,6 +11,8 @@ import pytest
 from helpers import run_cli, skip_unless_ci
 from pgbouncer import Bouncer, BouncerError
 
+from necropool.ground.config import load_settings
+from necropool.manager.facade import PoolManager
 from necropool.store.pg.connect import connect, disconnect
 
 pytestmark = [pytest.mark.slow, pytest.mark.ledger_only]
@@ -45,6 +47,10 @@ def test_allocate_release_and_status_through_pgbouncer_in_transaction_mode(
         assert done.code == 0, done
     status = run_cli("status", "web", "--json", in_process=False)
     assert status.json()["counts"]["allocated"] == 0, status
+    manager = PoolManager(load_settings())  # one long-lived client: the same queries again
+    for _ in range(4):
+        grant = manager.allocate_slot("web", fetch=False)
+        manager.release_slot(grant["slot_id"], grant["lease_id"], fetch=False)
 
     conn = connect(dsn)  # the server connection the commands used, as the next client sees it
     assert conn.execute("SELECT current_setting('application_name')").fetchone() == (
