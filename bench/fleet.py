@@ -14,7 +14,8 @@ auto-recover`` run on every simulated host during and after); PostgreSQL restart
 (``pg_ctl restart -m fast``) in the middle of the load. After each phase the ledger is
 audited: every slot available, none half-claimed, no lease a journal records left behind.
 A cycle is at the store level (see bench/fleet_worker.py; git cleanup left out). Exits 1
-when a double hold or a lost lease was seen.
+when a double hold or a lost lease was seen. How a claim grows with the ledger's size, the
+CLI in the loop, through PgBouncer and over a distant link: bench/fleet_scale.py.
 """
 
 import argparse
