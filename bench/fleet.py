@@ -1,6 +1,6 @@
 """Fleet benchmark: one PostgreSQL ledger, HOSTS simulated hosts x SLOTS slots, PROCS x
 THREADS concurrent allocators (one process per simulated host, one connection per thread)
-on loopback, with its own throw-away PostgreSQL server.
+on loopback, with its own throw-away PostgreSQL server (fsync on: commits durable).
 
     python bench/fleet.py [--quick] [--json FILE] [--hold-ms MS] [--seconds S]
 
@@ -14,7 +14,8 @@ auto-recover`` run on every simulated host during and after); PostgreSQL restart
 (``pg_ctl restart -m fast``) in the middle of the load. After each phase the ledger is
 audited: every slot available, none half-claimed, no lease a journal records left behind.
 A cycle is at the store level (see bench/fleet_worker.py; git cleanup left out). Exits 1
-when a double hold or a lost lease was seen.
+when a double hold or a lost lease was seen. How a claim grows with the ledger's size, the
+CLI in the loop, through PgBouncer and over a distant link: bench/fleet_scale.py.
 """
 
 import argparse
@@ -35,6 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
+from fleet_scale import DURABLE  # noqa: E402
 from fleet_worker import alive  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 from repos import GIT_ENV  # noqa: E402
@@ -347,7 +349,8 @@ def main() -> None:
     report: dict = {"config": {**cfg, "allocators": clients, "cpus": os.cpu_count()},
                     "phases": {}}
     with tempfile.TemporaryDirectory(prefix="necropool-fleet-") as tmp, \
-            Cluster(max_connections=clients + 100, shared_buffers="128MB") as cluster:
+            Cluster(max_connections=clients + 100, shared_buffers="128MB",
+                    settings=DURABLE) as cluster:
         fleet = Fleet(Path(tmp), cluster, cfg)
         report["setup"] = fleet.setup()
         report["probe"] = fleet.probe(5 if args.quick else 10)

@@ -14,7 +14,9 @@ trip k then fires on every connection's k-th round trip).
 
 A request sent in several segments is one round trip while the server stays silent; a protocol
 whose server speaks first (a banner) makes its banner a reply to no round trip. Faults are
-looked up when a round trip begins (request side) or when its reply begins (reply side)."""
+looked up when a round trip begins (request side) or when its reply begins (reply side).
+
+Besides faults, ``delay(seconds)`` makes the link a distant one: latency added each way."""
 
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ class _Conn:
         self.round_trip = 0  # the number of the current round trip, 0 before the first
         self.count = 0  # round trips begun on this connection
         self.dropping = False
+        self.spoken = False  # bytes went either way: the (simulated) TCP handshake is over
         self.severed = False
         self.pumps_left = 2
 
@@ -102,6 +105,7 @@ class Proxy:
         self._request_faults: dict[int, _Fault] = {}
         self._reply_faults: dict[int, _Fault] = {}
         self._refusing = False
+        self._delay = 0.0
         self._release_gen = 0
         self._closed = False
         self._round_trips = 0
@@ -145,6 +149,18 @@ class Proxy:
         connection while the server stays silent: the connection stays open, the client waits
         for a reply that never comes (a black hole, unlike a cut)."""
         self._set(self._request_faults, k, _Fault("drop"))
+
+    def delay(self, seconds: float) -> None:
+        """From the next round trip on, add ``seconds`` of latency each way, as a link that
+        far away would: each round trip's request reaches the server, and its reply (or a
+        banner) the client, ``seconds`` after the proxy got it; the rest of a request or reply
+        sent in several segments follows without more delay. A new connection's first bytes
+        wait ``2 * seconds`` more: the TCP handshake such a link costs (the proxy's own, on
+        loopback, costs nothing). 0 ends it. Not a fault: ``reset()`` leaves it."""
+        if seconds < 0:
+            raise ValueError(f"a delay is not negative: {seconds}")
+        with self._cond:
+            self._delay = seconds
 
     def release(self) -> None:
         """End every stall now, timed or not; its bytes are delivered."""
@@ -313,15 +329,25 @@ class Proxy:
             for thread in threads:
                 thread.start()
 
-    def _stall(self, conn: _Conn, seconds: float | None) -> bool:
-        """Wait out a stall: its time, a release(), a sever of this connection or close().
-        True when the held bytes may go on; False when the connection was severed or the proxy
-        is closing (close() marks itself closed before it severs, so a stall it ends must not
-        forward in between)."""
+    def _lag(self, conn: _Conn) -> float:
+        """The latency of bytes beginning a request or reply now (under ``conn.lock``)."""
+        with self._cond:
+            lag = self._delay
+        if not conn.spoken:
+            conn.spoken = True
+            lag *= 3  # the handshake's round trip first
+        return lag
+
+    def _stall(self, conn: _Conn, seconds: float | None, releasable: bool = True) -> bool:
+        """Wait out a stall: its time, a release() (unless not ``releasable``: a delay), a
+        sever of this connection or close(). True when the held bytes may go on; False when
+        the connection was severed or the proxy is closing (close() marks itself closed before
+        it severs, so a stall it ends must not forward in between)."""
         deadline = None if seconds is None else time.monotonic() + seconds
         with self._cond:
             gen = self._release_gen
-            while gen == self._release_gen and not self._closed and not conn.severed:
+            while ((gen == self._release_gen or not releasable) and not self._closed
+                   and not conn.severed):
                 if deadline is None:
                     self._cond.wait(0.05)
                 else:
@@ -359,6 +385,7 @@ class Proxy:
                             conn.server.shutdown(socket.SHUT_WR)
                     return
                 fault = None
+                lag = 0.0
                 with conn.lock:
                     if conn.severed:
                         return
@@ -366,12 +393,15 @@ class Proxy:
                         conn.in_request = True
                         fault = self._begin_round_trip(conn)
                         conn.dropping = fault is not None and fault.kind == "drop"
+                        lag = self._lag(conn)
                     dropping = conn.dropping
                 if fault is not None and fault.kind == "cut":
                     conn.sever(fault.hard)
                     return
                 if dropping:
                     continue
+                if lag and not self._stall(conn, lag, releasable=False):
+                    return
                 if (fault is not None and fault.kind == "stall"
                         and not self._stall(conn, fault.seconds)):
                     return
@@ -399,9 +429,12 @@ class Proxy:
                             conn.client.shutdown(socket.SHUT_WR)
                     return
                 fault = None
+                lag = 0.0
                 with conn.lock:
                     if conn.severed:
                         return
+                    if conn.in_request or not conn.spoken:  # a reply, or a banner
+                        lag = self._lag(conn)
                     if conn.in_request:
                         conn.in_request = False
                         conn.dropping = False
@@ -417,6 +450,8 @@ class Proxy:
                     return
                 if (fault is not None and fault.kind == "stall"
                         and not self._stall(conn, fault.seconds)):
+                    return
+                if lag and not self._stall(conn, lag, releasable=False):
                     return
                 try:
                     conn.client.sendall(data)

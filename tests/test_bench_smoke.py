@@ -11,6 +11,7 @@ from pgcluster import ClusterError, find_bindir
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "run.py"
 FLEET = BENCH.with_name("fleet.py")
+SCALE = BENCH.with_name("fleet_scale.py")
 
 
 @pytest.mark.slow
@@ -48,3 +49,23 @@ def test_quick_fleet_benchmark_holds_nothing_twice_and_loses_no_lease(tmp_path):
     assert 75 in restart["exit_codes"]  # clients saw the ledger go away, and retried
     assert restart["ledger_grants"] == restart["claims_journaled"]
     assert report["phases"]["floor"]["tps"] > 0
+
+
+@pytest.mark.slow
+def test_quick_fleet_scale_benchmark_measures_every_layout(tmp_path):
+    import_or_skip("psycopg")
+    try:
+        find_bindir()
+    except ClusterError as exc:
+        skip_unless_ci(f"no PostgreSQL server: {exc}")
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, str(SCALE), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert list(report["layouts"]) == ["1h x 20", "2h x 20", "1h x 40", "2h x 40"]
+    for layout in report["layouts"].values():
+        assert layout["cli"]["allocate"]["n"] == 2 and layout["pgbench_hosts"]["tps"] > 0
+        assert any("slots_claim" in scan for scan in layout["explain"]["scans"]), layout
+    link = report["link"]
+    assert link["store_claim_open_connection"]["p50_ms"] >= 4 * report["config"]["delay_ms"]

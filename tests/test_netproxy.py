@@ -298,6 +298,28 @@ def test_reset_clears_faults(proxy: Proxy, echo: Echo) -> None:
     assert proxy.fired == []
 
 
+def test_delay_adds_latency_each_way_and_the_handshake_once(proxy: Proxy, echo: Echo) -> None:
+    """A round trip takes two delays (request, reply; lower bounds only: a loaded machine
+    adds), a new connection's first one two more; the round trips are counted as without
+    it, a reset leaves it on, and 0 ends it."""
+    def timed(sock: socket.socket, message: bytes) -> float:
+        started = time.monotonic()
+        assert exchange(sock, message) == message
+        return time.monotonic() - started
+
+    proxy.delay(0.1)
+    proxy.reset()
+    with connect(proxy) as sock:
+        assert timed(sock, b"first\n") >= 0.4 - 0.02
+        assert timed(sock, b"next\n") >= 0.2 - 0.02
+        proxy.delay(0)
+        quick = min(timed(sock, b"again\n") for _ in range(3))
+    assert quick < 0.15
+    assert proxy.round_trips == proxy.replies == 5
+    with pytest.raises(ValueError):
+        proxy.delay(-1)
+
+
 def test_close_is_prompt_with_a_stall_and_idle_connections(echo: Echo) -> None:
     proxy = Proxy(echo.port)
     proxy.stall_at(1, None)

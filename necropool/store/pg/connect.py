@@ -8,12 +8,20 @@ The bound holds on both ends of a link that stalls or breaks: each transaction s
 and a transaction-mode PgBouncer sees no session state), TCP keepalives and
 ``tcp_user_timeout`` bound a dead peer, and each wait of this client for a reply is bounded
 too (a stall the kernel keeps acknowledging). No statement is prepared (PgBouncer's
-transaction mode cannot keep them)."""
+transaction mode cannot keep them).
+
+Round trips are what a link's latency multiplies: a transaction's first statements go in its
+``BEGIN``'s message and its last ones in its ``COMMIT``'s (``opened``, ``Opened.commit``),
+bound here (libpq quotes the values) and sent with the simple query protocol, so a claim
+with its event costs two round trips on an open connection. Opening one costs what libpq's
+opening costs and no more (no session setting follows): the startup and the authentication's
+exchanges, after TLS, which libpq's default ``sslmode=prefer`` first asks the server for (one
+round trip even where it is refused; ``sslnegotiation=direct``, PostgreSQL 17+, skips it)."""
 
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
@@ -24,6 +32,10 @@ if TYPE_CHECKING:  # psycopg itself is imported only when a ledger is used (~80 
     import psycopg
 
     Connection: TypeAlias = psycopg.Connection[Any]
+    Cursor: TypeAlias = psycopg.ClientCursor[dict[str, Any]]
+
+# A statement and its parameters (bound here), or one without any.
+Statement: TypeAlias = str | tuple[str, Sequence[Any]]
 
 _local = threading.local()  # one connection per thread and DSN
 DEFAULT_BOUND = 10.0
@@ -116,31 +128,72 @@ def disconnect() -> None:
 
 @contextmanager
 def transaction(dsn: str, hold: bool = False) -> Iterator["Connection"]:
-    """A transaction on this thread's connection, every wait in it bounded (see above);
-    rolled back when the block raises. Inside this thread's transaction already (a pool
-    held ``locked`` while its host's part is unregistered, say), a savepoint of it.
-    ``hold``: the block may work locally for a while (a pool's maintenance under its lock,
-    saving a slot's work, say): the server waits up to ``HOLD`` seconds between its
+    """A transaction on this thread's connection (see ``opened``), for statements sent one
+    at a time."""
+    with opened(dsn, hold=hold) as txn:
+        yield txn.conn
+
+
+class Opened:
+    """A transaction ``opened``: ``cursor`` stands on the result of the first statement sent
+    with its ``BEGIN`` (dict rows; ``nextset`` moves to the next)."""
+
+    def __init__(self, conn: "Connection", cursor: "Cursor", own: bool):
+        self.conn, self.cursor, self.own = conn, cursor, own
+
+    def commit(self, *statements: Statement) -> "Cursor":
+        """Send ``statements`` and the ``COMMIT`` in one message: one round trip (in a
+        savepoint, the statements alone: the enclosing transaction commits); the cursor
+        returned stands on the first statement's result."""
+        return send(self.conn, *statements, *(["COMMIT"] if self.own else []))
+
+
+@contextmanager
+def opened(dsn: str, *statements: Statement, hold: bool = False) -> Iterator[Opened]:
+    """A transaction on this thread's connection, every wait in it bounded (see above),
+    ``statements`` sent in its ``BEGIN``'s round trip; rolled back when the block raises,
+    committed at its end (unless ``Opened.commit`` did). Inside this thread's transaction
+    already (a pool held ``locked`` while its host's part is unregistered, say), a savepoint
+    of it. ``hold``: the block may work locally for a while (a pool's maintenance under its
+    lock, saving a slot's work, say): the server waits up to ``HOLD`` seconds between its
     statements instead of the bound."""
     conn = connect(dsn)
     if conn.info.transaction_status.name != "IDLE":
         with errors(dsn), conn.transaction():
-            yield conn
+            yield Opened(conn, send(conn, *statements), own=False)
         return
     ms = int(_bound * 1000)
     idle = int(max(_bound, HOLD) * 1000) if hold else ms
+    begin = ["BEGIN", "SET LOCAL TimeZone = 'UTC'", f"SET LOCAL statement_timeout = {ms}",
+             f"SET LOCAL lock_timeout = {ms}",
+             f"SET LOCAL idle_in_transaction_session_timeout = {idle}"]
     with errors(dsn):
-        conn.execute(f"BEGIN; SET LOCAL TimeZone = 'UTC'; SET LOCAL statement_timeout = {ms}; "
-                     f"SET LOCAL lock_timeout = {ms}; "
-                     f"SET LOCAL idle_in_transaction_session_timeout = {idle}")
         try:
-            yield conn
+            cursor = send(conn, *begin, *statements)
+            for _ in begin:
+                cursor.nextset()
+            yield Opened(conn, cursor, own=True)
         except BaseException:
-            if not conn.broken and not conn.closed:
+            if (not conn.broken and not conn.closed
+                    and conn.info.transaction_status.name != "IDLE"):
                 with suppress(Exception):
                     conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        if conn.info.transaction_status.name != "IDLE":
+            conn.execute("COMMIT")
+
+
+def send(conn: "Connection", *statements: Statement) -> "Cursor":
+    """``statements`` in one message (one round trip), their parameters bound here; the
+    cursor returned stands on the first one's result (dict rows)."""
+    import psycopg  # lazy: as in connect
+    from psycopg.rows import dict_row
+
+    cursor = psycopg.ClientCursor(conn, row_factory=dict_row)
+    if statements:
+        cursor.execute("; ".join(s if isinstance(s, str) else cursor.mogrify(*s)
+                                 for s in statements))
+    return cursor
 
 
 def _connection_class() -> Any:

@@ -158,8 +158,17 @@ def pool_names(dsn: str) -> list[str]:
         return [name for (name,) in conn.execute("SELECT pool FROM pools ORDER BY pool")]
 
 
+# The version in a transaction's first round trip (``judge`` it): a ledger without the
+# schema fails it (``connect.errors``: "run 'necropool ledger init'").
+VERSION = "SELECT coalesce(max(version), 0) AS version FROM necropool_schema"
+
+
 def check_schema(conn: "Connection", dsn: str) -> None:
-    version = _version(conn)
+    judge(_version(conn), dsn)
+
+
+def judge(version: int | None, dsn: str) -> None:
+    """Refuse a ledger whose schema is not this version's."""
     if version is None:
         raise OperationFailed(f"ledger {redact(dsn)} has no necropool schema: run "
                               "'necropool ledger init'")

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,9 +35,18 @@ from necropool.ground.proc import Holder
 from necropool.store import journal
 from necropool.store.base import LeaseLost, Marker, Note, Transactions
 from necropool.store.model import Lease, PoolState, Slot, SlotState
-from necropool.store.pg.connect import LedgerDown, connect, errors, one, transaction
+from necropool.store.pg.connect import (
+    LedgerDown,
+    Opened,
+    Statement,
+    connect,
+    errors,
+    one,
+    opened,
+    send,
+)
 from necropool.store.pg.rows import ORDER, json_value, param, row_of, slot_of, text
-from necropool.store.pg.schema import INCARNATION, check_schema
+from necropool.store.pg.schema import INCARNATION, VERSION, judge
 
 if TYPE_CHECKING:
     from necropool.store.pg.connect import Connection
@@ -72,15 +82,22 @@ class PgStore(Transactions):
         return _shift(one(conn.execute("SELECT now()"))[0])
 
     @contextmanager
-    def _txn(self, hold: bool = False) -> Iterator[Any]:
+    def _opened(self, *statements: Statement, hold: bool = False) -> Iterator[Opened]:
         """A transaction on this thread's connection, its waits bounded (``hold``: see
-        ``connect.transaction``); the first of the process checks that the schema is one
-        this version understands."""
-        with transaction(self.dsn, hold) as conn:
-            if self.dsn not in _CHECKED:
-                check_schema(conn, self.dsn)
+        ``connect.opened``), ``statements`` sent with its ``BEGIN``; the first of the
+        process checks in that round trip that the schema is one this version understands."""
+        check = self.dsn not in _CHECKED
+        with opened(self.dsn, *([VERSION] if check else []), *statements, hold=hold) as txn:
+            if check:
+                judge(one(txn.cursor)["version"], self.dsn)
                 _CHECKED.add(self.dsn)
-            yield conn
+                txn.cursor.nextset()
+            yield txn
+
+    @contextmanager
+    def _txn(self, hold: bool = False) -> Iterator[Any]:
+        with self._opened(hold=hold) as txn:
+            yield txn.conn
 
     def _rows(self, conn: "Connection", host: str | None = None) -> list[dict[str, Any]]:
         from psycopg.rows import dict_row  # lazy: as in pgconn.connect
@@ -181,40 +198,44 @@ class PgStore(Transactions):
     def claim(self, lease: Lease, take: Callable[[Slot], bool],
               skip: frozenset[int] = frozenset(), note: Note | None = None,
               host: str | None = None) -> Slot | None:
-        """One short transaction; ``host``: claim on that host's slots (the lease then
-        has no local claim to take)."""
-        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
-
+        """One short transaction in two round trips: the first free slot's row asked for in
+        its ``BEGIN``'s, the lease and its event written in its ``COMMIT``'s (another slot
+        asked for in between only when ``take`` refuses one). ``host``: claim on that host's
+        slots (the lease then has no local claim to take)."""
         host = host or self.host
         skipped = set(skip)
         chosen: list[dict[str, Any]] = []  # the row taken, once the server named it
         # The host's row shared (waiting out its maintenance, but for another host's, which
-        # is skipped: try elsewhere), the first free slot's row taken, the clock read: one
-        # round trip.
+        # is skipped: try elsewhere), the first free slot's row taken, the clock read.
         # Another host's slots only while it vouches for them in this server's incarnation:
         # after a failover or restore, once it has checked them against its own memory.
         vouched = f" AND h.vouched = {INCARNATION}" if host != self.host else ""
         wait = " SKIP LOCKED" if host != self.host else ""
+
+        def first_free() -> Statement:
+            return ("SELECT now() AS server_now, s.* FROM hosts h JOIN slots s "
+                    "USING (pool, host) WHERE h.pool = %s AND h.host = %s "
+                    "AND s.state = 'available' AND s.number <> ALL(%s::integer[])"
+                    f"{vouched} ORDER BY {ORDER} LIMIT 1 FOR SHARE OF h{wait} "
+                    "FOR UPDATE OF s SKIP LOCKED", (self.name, host, sorted(skipped)))
+
         try:
-            with self._txn() as conn:
-                cur = conn.cursor(row_factory=dict_row)
+            with self._opened(first_free()) as txn:
+                row = txn.cursor.fetchone()
                 while True:
-                    row = cur.execute(
-                        "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s "
-                        "USING (pool, host) WHERE h.pool = %s AND h.host = %s "
-                        f"AND s.state = 'available' AND s.number <> ALL(%s){vouched} "
-                        f"ORDER BY {ORDER} LIMIT 1 FOR SHARE OF h{wait} FOR UPDATE OF s "
-                        "SKIP LOCKED",
-                        (self.name, host, list(skipped))).fetchone()
                     if row is None:
                         return None
                     shift = _shift(row["server_now"])
                     if take(slot_of(row, shift)):
                         break
                     skipped.add(row["number"])
+                    row = send(txn.conn, first_free()).fetchone()
                 chosen.append(row)
+                # The events are written with the grant, so they are made from the slot as
+                # claimed (the row as read, under the lease), not from the row the grant returns.
+                claimed = replace(slot_of(row, shift), state=SlotState.ALLOCATED, lease=lease)
                 holder = lease.holder
-                granted = slot_of(cur.execute(
+                granted = slot_of(one(txn.commit((
                     "UPDATE slots SET state = 'allocated', lease_id = %s, owner = %s, "
                     "holder_pid = %s, holder_start = %s, holder = %s, allocated_at = now(), "
                     "expires_at = now() + make_interval(secs => %s), ttl_seconds = %s, "
@@ -226,9 +247,7 @@ class PgStore(Transactions):
                      holder.start if holder else None,
                      json_value(holder.to_dict() if holder else None), lease.ttl_seconds,
                      lease.ttl_seconds, json_value(lease.metadata), text(lease.ref),
-                     self.name, host,
-                     row["number"])).fetchone(), shift)
-                self._note(conn, note, granted, host)
+                     self.name, host, row["number"])), *self._noted(note, claimed))), shift)
         except LedgerDown:
             if not chosen:  # nothing was asked to change
                 raise
@@ -252,13 +271,17 @@ class PgStore(Transactions):
 
     def _note(self, conn: Any, note: Note | None, slot: Slot, host: str) -> None:
         """Write the decision's event in its transaction."""
-        for name, fields in note(slot) if note is not None else []:
-            self._insert_event(conn, name, fields)
+        for statement in self._noted(note, slot):
+            conn.execute(*statement)
 
-    def _insert_event(self, conn: Any, name: str, fields: dict[str, Any]) -> None:
-        conn.execute("INSERT INTO events (pool, host, name, fields) VALUES (%s, %s, %s, %s)",
-                     (self.name, self.host, name,
-                      json_value({k: v for k, v in fields.items() if v is not None})))
+    def _noted(self, note: Note | None, slot: Slot) -> list[tuple[str, tuple[Any, ...]]]:
+        """The statements that write the decision's events."""
+        return [self._event(name, fields) for name, fields in (note(slot) if note else [])]
+
+    def _event(self, name: str, fields: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        return ("INSERT INTO events (pool, host, name, fields) VALUES (%s, %s, %s, %s)",
+                (self.name, self.host, name,
+                 json_value({k: v for k, v in fields.items() if v is not None})))
 
     def _row(self, conn: "Connection", number: int, host: str) -> dict[str, Any]:
         """Slot ``number``'s row, locked for this transaction (the host's row shared), with
@@ -407,7 +430,7 @@ class PgStore(Transactions):
 
     def append_event(self, name: str, **fields: Any) -> None:
         with self._txn() as conn:
-            self._insert_event(conn, name, fields)
+            conn.execute(*self._event(name, fields))
 
     def _events(self, where: str = "", params: tuple[Any, ...] = (), order: str = "id",
                 since: datetime | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,59 @@
+"""Round trips to the ledger, counted by tests/netproxy.py: a link's latency multiplies them.
+A claim on an open connection costs two (the free slot asked for in the ``BEGIN``'s round
+trip, the lease and its event written in the ``COMMIT``'s), and the CLI's allocate costs
+what opening the connection costs plus those two: no session setting, no schema check of
+its own."""
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from helpers import run_cli
+from netproxy import Proxy
+
+from necropool.ground.config import PoolSpec, load_settings
+from necropool.manager.facade import PoolManager
+from necropool.store.pg.connect import connect, disconnect
+
+pytestmark = [pytest.mark.ledger_only]
+
+
+@pytest.fixture
+def proxy(ledger_dsn, pg_cluster, upstream, root, monkeypatch) -> Iterator[Proxy]:
+    """A pool ``web`` in a ledger that ``NECROPOOL_LEDGER`` reaches through ``proxy``."""
+    monkeypatch.setenv("NECROPOOL_LEDGER", ledger_dsn)
+    PoolManager(load_settings()).create_pool(PoolSpec(name="web", url=str(upstream),
+                                                      num_slots=3))
+    disconnect()
+    with Proxy(pg_cluster.port) as proxy:
+        monkeypatch.setenv("NECROPOOL_LEDGER", ledger_dsn.replace(
+            f":{pg_cluster.port}/", f":{proxy.port}/"))
+        yield proxy
+    disconnect()
+
+
+def counted(proxy: Proxy, action: Callable[[], Any]) -> int:
+    """Round trips answered while ``action`` ran (the client waits for each answer; the
+    goodbye of a connection closing has none)."""
+    before = proxy.replies
+    action()
+    return proxy.replies - before
+
+
+def test_a_claim_costs_two_round_trips_on_an_open_connection(proxy):
+    manager = PoolManager(load_settings())
+    first = manager.allocate_slot("web", fetch=False)  # opens the connection
+    manager.release_slot(first["slot_id"], first["lease_id"], fetch=False)
+    assert counted(proxy, lambda: manager.allocate_slot("web", fetch=False)) == 2
+
+
+def test_the_cli_allocate_costs_the_connection_and_two_round_trips(proxy):
+    opening = counted(proxy, lambda: (connect(os.environ["NECROPOOL_LEDGER"]), disconnect()))
+    # libpq's sslmode=prefer asks for TLS (refused here), then the startup (trust: no
+    # password exchange): nothing else.
+    assert opening == 2
+    grants: list[Any] = []
+    assert counted(proxy, lambda: grants.append(
+        run_cli("allocate", "web", "--no-fetch", "--json", in_process=False))) == opening + 2
+    assert grants[0].code == 0, grants[0]
