@@ -4,12 +4,10 @@ a full disk) is retried until it heals; an event line cut short by a full disk c
 line only, never the next event; a failed write names its file and operation."""
 
 import json
-import os
 import resource
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -121,42 +119,3 @@ def test_a_failed_state_write_names_the_file_and_the_operation(cli, pool, root):
     [line] = proc.stderr.splitlines()
     assert "writing " in line and "state/1.toml" in line and "File too large" in line, line
     assert (root / "pools/web/state/1.toml").read_bytes() == state
-
-
-@pytest.mark.slow  # a 3,000-file repository, so that the kill lands inside the clone
-def test_a_killed_restore_does_not_block_its_rerun(cli, root, tmp_path):
-    """``rescued restore`` SIGKILLed while it clones: its rerun succeeds, and nothing half
-    made is left beside the target."""
-    big = tmp_path / "big"
-    big.mkdir()
-    git(big, "init", "-q", "-b", "main")
-    for i in range(3000):
-        (big / f"d{i % 30}").mkdir(exist_ok=True)
-        (big / f"d{i % 30}" / f"f{i}.txt").write_text(f"{i}\n" * 20)
-    git(big, "add", ".")
-    git(big, "commit", "-q", "-m", "many files")
-    assert cli("create", "web", big, "--slots", "1").code == 0
-    grant = cli("allocate", "web", "--no-fetch", "--json").json()
-    (Path(grant["path"]) / "work.txt").write_text("the holder's work\n")
-    bundle = cli("release", grant["slot_id"], "--json").json()["rescued"]
-    place = tmp_path / "restores"
-    place.mkdir()
-    target = place / "mine"
-
-    proc = subprocess.Popen([sys.executable, "-m", "necropool", "rescued", "restore", bundle,
-                             "--into", str(target)], stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    while not os.listdir(place):
-        assert proc.poll() is None, "the restore ended before it made anything"
-    time.sleep(0.05)  # inside the clone
-    os.killpg(proc.pid, signal.SIGKILL)  # the command and its git alike
-    proc.wait()
-
-    again = cli("rescued", "restore", bundle, "--into", target, "--json")
-    assert again.code == 0, again
-    refs = again.json()["refs"]
-    uncommitted = next(r for r in refs if r.endswith("/uncommitted"))
-    assert git(target, "show", f"{uncommitted}:work.txt") == "the holder's work"
-    assert again.json()["cloned"] is True  # the killed run's clone was never in the way
-    assert git(target, "status", "--porcelain") == ""  # a whole checkout, not half of one
-    assert os.listdir(place) == ["mine"]
