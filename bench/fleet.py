@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 from fleet_scale import DURABLE  # noqa: E402
 from fleet_worker import alive  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
-from repos import GIT_ENV  # noqa: E402
+from repos import GIT_ENV, make_small_repo  # noqa: E402
 
 from necropool.store.pg import schema as ledger  # noqa: E402
 
@@ -82,13 +82,7 @@ class Fleet:
                               capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
     def setup(self) -> dict:
-        upstream = self.work / "upstream"
-        subprocess.run(["git", "init", "-q", "-b", "main", str(upstream)], check=True)
-        for n in range(5):
-            (upstream / f"file{n}.txt").write_text(f"content {n}\n")
-        env = {**os.environ, **GIT_ENV}
-        subprocess.run(["git", "add", "."], cwd=upstream, check=True, env=env)
-        subprocess.run(["git", "commit", "-q", "-m", "init"], cwd=upstream, check=True, env=env)
+        upstream = make_small_repo(self.work / "upstream")
         started = time.perf_counter()
 
         def create(host: str) -> None:

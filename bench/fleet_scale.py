@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 from netproxy import Proxy  # noqa: E402
 from pgbouncer import Bouncer, BouncerError  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
-from repos import GIT_ENV  # noqa: E402
+from repos import GIT_ENV, make_small_repo  # noqa: E402
 
 from necropool.store.pg import schema as ledger  # noqa: E402
 
@@ -99,13 +99,7 @@ class Bench:
         return proc, took
 
     def setup(self) -> None:
-        upstream = self.work / "upstream"
-        subprocess.run(["git", "init", "-q", "-b", "main", str(upstream)], check=True)
-        for n in range(5):
-            (upstream / f"file{n}.txt").write_text(f"content {n}\n")
-        env = {**os.environ, **GIT_ENV}
-        subprocess.run(["git", "add", "."], cwd=upstream, check=True, env=env)
-        subprocess.run(["git", "commit", "-q", "-m", "init"], cwd=upstream, check=True, env=env)
+        upstream = make_small_repo(self.work / "upstream")
         self.necropool(self.direct, "create", POOL, str(upstream), "--slots", str(REAL))
 
     def sql(self, *statements: str) -> list:

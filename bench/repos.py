@@ -49,6 +49,19 @@ def make_repo(path: Path, files: int, commits: int, per_commit: int = 20) -> Pat
     return path
 
 
+def make_small_repo(path: Path) -> Path:
+    """Five files in one commit: an upstream for benches that time the ledger, not git."""
+    import os
+
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    for n in range(5):
+        (path / f"file{n}.txt").write_text(f"content {n}\n")
+    env = dict(os.environ, **GIT_ENV)
+    subprocess.run(["git", "add", "."], cwd=path, check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "-m", "init"], cwd=path, check=True, env=env)
+    return path
+
+
 def add_upstream_commit(path: Path, n: int) -> None:
     import os
 
