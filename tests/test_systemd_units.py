@@ -12,11 +12,14 @@ README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
 def units() -> dict[str, str]:
-    """The ``ini`` blocks of the README, by the file name in their first line."""
+    """The README's ``ini`` blocks of systemd units, by the file name in their first line
+    (other ``ini`` blocks, a PostgreSQL service file say, are not units)."""
     found = {}
     for block in re.findall(r"```ini\n(.*?)```", README, re.S):
         first, _, body = block.partition("\n")
-        found[Path(first.removeprefix("# ")).name] = body
+        name = Path(first.removeprefix("# ")).name
+        if name.endswith((".service", ".timer")):
+            found[name] = body
     return found
 
 
