@@ -158,6 +158,38 @@ def test_leftovers_of_a_killed_run_are_ended_before_the_slot_is_handed_out(
     assert processes_in(slot) == []
 
 
+# Ended, it starts one more process in the slot on its way out (as a holder's supervisor
+# might restart its worker), after the slot was looked at.
+HEIR = ("(trap 'sleep 300 & echo $! > {heir}; exit' TERM; while :; do sleep 0.1; done) "
+        ">/dev/null 2>&1 & echo $! > {pid}")
+
+
+@pytest.mark.slow
+def test_a_process_started_while_the_slot_is_cleared_is_ended_too(cli, pool, manager,
+                                                                  tmp_path):
+    pidfile, heirfile, ready = tmp_path / "bg.pid", tmp_path / "heir.pid", tmp_path / "ready"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "necropool", "run", "web", "--no-fetch", "--", "sh", "-c",
+         HEIR.format(pid=pidfile, heir=heirfile) + f"; echo x > {ready}; sleep 300"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(ready.exists, "run's command")
+        kill(run)  # SIGKILL: run ends nothing itself
+        healed = cli("auto-recover", "--json")
+        assert healed.code == 0, healed
+        assert healed.json()["abandoned_released"] == 1
+        heir = int(heirfile.read_text())  # it was started: the supervisor was ended
+        assert gone(heir, timeout=1), "the slot was handed out with the heir still in it"
+    finally:
+        end_leftover(pidfile)
+        end_leftover(heirfile)
+        if run.poll() is None:
+            kill(run)
+    slot = Path(manager.slot_status("web-1")["path"])
+    assert manager.slot_status("web-1")["state"] == "available"
+    assert processes_in(slot) == []
+
+
 # --- release with processes still in the slot ------------------------------------------------
 
 def test_release_refuses_while_processes_work_in_the_slot_unless_forced(cli, pool, manager,

@@ -238,16 +238,26 @@ def _busy(pool: Pool, number: int, busy: list[int]) -> Conflict:
                     "and release")
 
 
+ROUNDS = 5  # of ending what is in a slot: a process forking faster than that is refused
+
+
 def clear_processes(pool: Pool, number: int, previous: Slot, lock: FileLock,
                      stop: bool) -> list[str]:
     """With the slot claimed (``cleaning``, or allocated to this process; its lock held):
     end the processes still in it
     when ``stop``; if any remain, give the slot back as it was and refuse. Returns the
-    processes it ended (``pid 12 (sleep)``)."""
+    processes it ended (``pid 12 (sleep)``). The slot is looked at again after each round
+    of ending: a process may have started a child in it between the look and its end."""
     busy = proc.processes_in(pool.slot_dir(number), pool.paths.readers)
     named = {pid: proc.describe([pid]) for pid in busy}  # (read before they are gone)
-    if busy and stop:
+    for _ in range(ROUNDS if stop else 0):
+        if not busy:
+            break
         busy = proc.end(busy)
+        if busy:  # these cannot be ended
+            break
+        busy = proc.processes_in(pool.slot_dir(number), pool.paths.readers)
+        named.update({pid: proc.describe([pid]) for pid in busy if pid not in named})
     if not busy:
         return list(named.values())
 
