@@ -37,15 +37,11 @@ class Memory:
     @classmethod
     def from_json(cls, raw: bytes) -> "Memory":
         data = json.loads(raw)
-        lease = data.get("lease")
-        if lease is not None:
-            for key in ("allocated_at", "expires_at"):
-                if lease.get(key) is not None:
-                    lease[key] = datetime.fromisoformat(lease[key])
-                else:
-                    lease.pop(key, None)
-            if lease.get("ttl_seconds") is None:
-                lease.pop("ttl_seconds", None)
+        # a null is a field the lease lacks, whichever (``to_dict`` writes them all)
+        lease = {k: v for k, v in (data.get("lease") or {}).items() if v is not None}
+        for key in ("allocated_at", "expires_at"):
+            if key in lease:
+                lease[key] = datetime.fromisoformat(lease[key])
         return cls(Lease.from_dict(lease) if lease else None,
                    [str(e) for e in data.get("ended", [])])
 
