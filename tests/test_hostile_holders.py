@@ -110,6 +110,34 @@ def test_a_necropool_reader_is_told_by_its_lock_not_by_its_name(tmp_path, procs)
     assert worker.pid in found
 
 
+@pytest.mark.slow
+def test_a_reader_that_begins_while_the_slot_is_scanned_is_still_told_by_its_lock(
+        tmp_path, procs):
+    """A detect that takes the readers lock just after a release read it, and opens a slot's
+    index before the release's /proc scan reaches it, is a reader all the same: a release
+    of a live holder was refused so under load. A reader taking and leaving the lock every
+    20 ms, against 100 scans."""
+    inside, outside = tmp_path / "slot", tmp_path / "elsewhere"
+    inside.mkdir()
+    outside.mkdir()
+    (inside / "index").write_bytes(b"\0" * 64)
+    readers, ready = tmp_path / "readers.lock", tmp_path / "ready"
+    reader = procs.start([sys.executable, "-c", (
+        "import time; from pathlib import Path; from necropool.ground import proc\n"
+        f"ready = Path({str(ready)!r})\n"
+        "while True:\n"
+        f"    with proc.reading(Path({str(readers)!r})):\n"
+        f"        with open({str(inside / 'index')!r}, 'rb'):\n"
+        "            ready.touch(); time.sleep(0.02)\n"
+        "    time.sleep(0.02)\n")], cwd=outside)
+    wait_for(ready.exists, "the reader")
+    blamed = [pid for _ in range(100) for pid in processes_in(inside, readers)]
+    assert reader.pid not in blamed, f"the reader was blamed in {len(blamed)} of 100 scans"
+    holder = procs.start(["sh", "-c", f"exec 3<{inside / 'index'}; exec sleep 60"],
+                         cwd=outside)
+    wait_for(lambda: holder.pid in processes_in(inside, readers), "the holder's open file")
+
+
 # --- run ends its command's leftovers --------------------------------------------------------
 
 def test_run_ends_what_its_command_left_running(cli, pool, manager, tmp_path):

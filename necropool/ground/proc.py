@@ -215,8 +215,27 @@ def processes_in(tree: str | os.PathLike[str], readers: Path | None = None,
         entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
     except OSError:
         return []
-    return sorted(int(p) for p in entries
-                  if int(p) not in mine and _uses(p, prefix, raw, exempt, files))
+    found = [p for p in entries if int(p) not in mine and _uses(p, prefix, raw, exempt, files)]
+    if readers is not None and files:
+        found = _without_late_readers(found, readers, prefix, raw)
+    return sorted(map(int, found))
+
+
+READER_ROUNDS = 3  # of looking again at what a scan found, for readers that had just begun
+
+
+def _without_late_readers(found: list[str], readers: Path, prefix: str,
+                          raw: bytes) -> list[str]:
+    """``found`` less the readers that took the lock after it was read and opened a slot's
+    file before the scan reached them: each is looked at again, the lock read afresh. A
+    reader holds a slot's files only while it holds the lock, so it is now exempt, or its
+    files are closed; a holder's process is found again."""
+    for _ in range(READER_ROUNDS):
+        if not found:
+            break
+        exempt = lock_holders(readers)
+        found = [p for p in found if _uses(p, prefix, raw, exempt)]
+    return found
 
 
 @contextlib.contextmanager
