@@ -57,3 +57,25 @@ def test_the_cli_allocate_costs_the_connection_and_two_round_trips(proxy):
     assert counted(proxy, lambda: grants.append(
         run_cli("allocate", "web", "--no-fetch", "--json", in_process=False))) == opening + 2
     assert grants[0].code == 0, grants[0]
+
+
+
+def test_a_renewal_costs_two_round_trips_on_an_open_connection(proxy):
+    """The lease read and locked with the ``BEGIN``, renewed with its event in the
+    ``COMMIT``'s: no state read before it."""
+    manager = PoolManager(load_settings())
+    grant = manager.allocate_slot("web", fetch=False, ttl=600)
+    assert counted(proxy, lambda: manager.renew_slot(grant["slot_id"], grant["lease_id"])) == 2
+    assert counted(proxy, lambda: manager.renew_slot(grant["slot_id"], grant["lease_id"],
+                                                     ttl=900)) == 2
+    assert manager.slot_status(grant["slot_id"])["ttl_seconds"] == 900
+
+
+def test_a_release_costs_two_round_trips_per_decision(proxy):
+    """The lease ended with its event (two round trips), then, once the slot is cleaned
+    outside any transaction, the slot given back with the cleanup's event (two more)."""
+    manager = PoolManager(load_settings())
+    grant = manager.allocate_slot("web", fetch=False)
+    assert counted(proxy, lambda: manager.release_slot(grant["slot_id"], grant["lease_id"],
+                                                       fetch=False)) == 4
+    assert manager.slot_status(grant["slot_id"])["state"] == "available"

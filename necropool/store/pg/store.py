@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from necropool.ground import wakeup
 from necropool.ground.clock import follow_server, now, rfc3339
-from necropool.ground.errors import Conflict, NotFound
+from necropool.ground.errors import Conflict, NotFound, UsageError
 from necropool.ground.layout import PoolPaths
 from necropool.ground.proc import Holder
 from necropool.store import journal
@@ -163,7 +163,8 @@ class PgStore(Transactions):
                 generation, before = self._txn_state.loaded[number]
                 changed = {k: v for k, v in values.items() if v != before[k]}
                 if changed:
-                    self._update(conn, number, generation, changed)
+                    self._fenced(conn.execute(*self._update(number, generation, changed)),
+                                 number)
                     self._txn_state.loaded[number] = (generation + 1, values)
                     journal.remember(self.paths, number, slot)
             conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
@@ -184,14 +185,16 @@ class PgStore(Transactions):
                      f"VALUES (%s, %s, %s, {marks})",
                      (self.name, self.host, number, *map(param, values.items())))
 
-    def _update(self, conn: "Connection", number: int, generation: int,
-                changed: dict[str, Any]) -> None:
+    def _update(self, number: int, generation: int, changed: dict[str, Any]) -> Statement:
+        """The statement that writes ``changed`` to the row, fenced by ``generation``."""
         sets = ", ".join(f'"{k}" = %s' for k in changed)
-        cur = conn.execute(f"UPDATE slots SET {sets}, generation = generation + 1 "
-                           "WHERE pool = %s AND host = %s AND number = %s AND generation = %s",
-                           (*map(param, changed.items()), self.name, self.host, number,
-                            generation))
-        if cur.rowcount != 1:
+        return (f"UPDATE slots SET {sets}, generation = generation + 1 "
+                "WHERE pool = %s AND host = %s AND number = %s AND generation = %s",
+                (*map(param, changed.items()), self.name, self.host, number, generation))
+
+    def _fenced(self, cursor: Any, number: int) -> None:
+        """``Conflict`` unless the ``_update`` that ``cursor`` ran found its row."""
+        if cursor.rowcount != 1:
             raise Conflict(f"slot {self.name}-{number} changed in the ledger under this "
                            "operation (generation fence): try again")
 
@@ -266,13 +269,8 @@ class PgStore(Transactions):
     def _settled(self, number: int, host: str) -> dict[str, Any]:
         """Slot ``number``'s row once a transaction that changed it lost its link: locked,
         so that transaction has ended (committed, or rolled back by the server)."""
-        with self._txn() as conn:
-            return self._row(conn, number, host)
-
-    def _note(self, conn: Any, note: Note | None, slot: Slot, host: str) -> None:
-        """Write the decision's event in its transaction."""
-        for statement in self._noted(note, slot):
-            conn.execute(*statement)
+        with self._opened(self._row(number, host)) as txn:
+            return self._found(txn, number)
 
     def _noted(self, note: Note | None, slot: Slot) -> list[tuple[str, tuple[Any, ...]]]:
         """The statements that write the decision's events."""
@@ -283,48 +281,54 @@ class PgStore(Transactions):
                 (self.name, self.host, name,
                  json_value({k: v for k, v in fields.items() if v is not None})))
 
-    def _row(self, conn: "Connection", number: int, host: str) -> dict[str, Any]:
-        """Slot ``number``'s row, locked for this transaction (the host's row shared), with
-        the server's time (``server_now``): one round trip."""
-        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
+    def _row(self, number: int, host: str) -> Statement:
+        """Slot ``number``'s row, locked for its transaction (the host's row shared), with
+        the server's time (``server_now``), sent with the transaction's ``BEGIN``."""
+        return ("SELECT now() AS server_now, s.* FROM hosts h JOIN slots s USING (pool, host) "
+                "WHERE h.pool = %s AND h.host = %s AND s.number = %s "
+                "FOR SHARE OF h FOR UPDATE OF s", (self.name, host, number))
 
-        row = conn.cursor(row_factory=dict_row).execute(
-            "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s USING (pool, host) "
-            "WHERE h.pool = %s AND h.host = %s AND s.number = %s "
-            "FOR SHARE OF h FOR UPDATE OF s", (self.name, host, number)).fetchone()
+    def _found(self, txn: Opened, number: int) -> dict[str, Any]:
+        """The row ``_row`` asked for in ``txn``'s first round trip; ``NotFound`` without."""
+        row = txn.cursor.fetchone()
         if row is None:
             raise NotFound(f"slot {self.name}-{number} does not exist")
         return row
 
-    def _leased(self, conn: "Connection", number: int, lease_id: str | None,
-                host: str) -> dict[str, Any]:
+    def _leased(self, txn: Opened, number: int, lease_id: str | None) -> dict[str, Any]:
         """The row, if it has the lease ``lease_id`` (None: any lease); else ``LeaseLost``."""
-        row = self._row(conn, number, host)
+        row = self._found(txn, number)
         if row["state"] != "allocated" or lease_id not in (None, row["lease_id"]):
             raise LeaseLost(f"lease {lease_id} is not the current lease of slot "
                             f"{self.name}-{number}")
         return row
 
-    def renew(self, number: int, lease_id: str, expires_at: datetime,
-              ttl_seconds: float, note: Note | None = None, host: str | None = None) -> Slot:
-        """The new expiry is the server's ``now()`` plus ``ttl_seconds`` (``expires_at``,
-        the client's idea of it, is not used). A renewal whose answer was lost is settled
-        by the row's generation: moved on under the same lease, it was made."""
-        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
-
+    def renew(self, number: int, lease_id: str, ttl_seconds: float | None = None,
+              note: Note | None = None, host: str | None = None) -> Slot:
+        """Two round trips: the row read and locked in the ``BEGIN``'s, the new expiry (the
+        server's ``now()``, the same all through the transaction, plus the TTL) and its
+        event written in the ``COMMIT``'s. A renewal whose answer was lost is settled by
+        the row's generation: moved on under the same lease, it was made."""
         host = host or self.host
         seen: list[dict[str, Any]] = []
         try:
-            with self._txn() as conn:
-                seen.append(self._leased(conn, number, lease_id, host))
-                shift = _shift(seen[0]["server_now"])
-                row = conn.cursor(row_factory=dict_row).execute(
+            with self._opened(self._row(number, host)) as txn:
+                row = self._leased(txn, number, lease_id)
+                shift = _shift(row["server_now"])
+                leased = slot_of(row, shift)
+                assert leased.lease is not None  # checked by _leased
+                ttl = ttl_seconds or leased.lease.ttl_seconds
+                if not ttl:
+                    raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
+                seen.append(row)
+                renewed = replace(leased, lease=replace(
+                    leased.lease, ttl_seconds=ttl,
+                    expires_at=row["server_now"].astimezone(UTC) + timedelta(seconds=ttl) + shift))
+                renewed = slot_of(one(txn.commit((
                     "UPDATE slots SET expires_at = now() + make_interval(secs => %s), "
                     "ttl_seconds = %s, generation = generation + 1 "
                     "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
-                    (ttl_seconds, ttl_seconds, self.name, host, number)).fetchone()
-                renewed = slot_of(row, shift)
-                self._note(conn, note, renewed, host)
+                    (ttl, ttl, self.name, host, number)), *self._noted(note, renewed))), shift)
         except LedgerDown:
             if not seen:
                 raise
@@ -339,21 +343,22 @@ class PgStore(Transactions):
     def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
                   check: Callable[[Slot], None] | None = None, note: Note | None = None,
                   host: str | None = None, uncleaned: bool = False) -> Slot:
-        """``uncleaned`` (a lease of another host's slot ended from here): the slot goes back
-        free, marked for the cleanup its host does before handing it out again, ``worker``
-        (this process, on another host than the slot's) saying who ended it. An end whose
-        answer was lost is settled by its event (written with it): the lease gone and the
-        event there, it was made."""
+        """Two round trips: the row read and locked in the ``BEGIN``'s, the end and its
+        event written in the ``COMMIT``'s. ``uncleaned`` (a lease of another host's slot
+        ended from here): the slot goes back free, marked for the cleanup its host does
+        before handing it out again, ``worker`` (this process, on another host than the
+        slot's) saying who ended it. An end whose answer was lost is settled by its event
+        (written with it): the lease gone and the event there, it was made."""
         host = host or self.host
         seen: list[dict[str, Any]] = []
         try:
-            with self._txn() as conn:
-                row = self._leased(conn, number, lease_id, host)
+            with self._opened(self._row(number, host)) as txn:
+                row = self._leased(txn, number, lease_id)
                 previous = slot_of(row, _shift(row["server_now"]))
                 if check is not None:
                     check(previous)
                 seen.append(row)
-                conn.execute(
+                txn.commit((
                     "UPDATE slots SET state = %s, needs_cleanup = needs_cleanup OR %s, "
                     "worker = %s, total_usage_seconds = total_usage_seconds "
                     "+ greatest(0, extract(epoch FROM now() - allocated_at)), "
@@ -364,8 +369,7 @@ class PgStore(Transactions):
                     "WHERE pool = %s AND host = %s AND number = %s",
                     ("available" if uncleaned else "cleaning", uncleaned,
                      json_value(worker.to_dict() if worker else None), self.name, host,
-                     number))
-                self._note(conn, note, previous, host)
+                     number)), *self._noted(note, previous))
         except LedgerDown:
             if not seen or note is None:
                 raise
@@ -406,8 +410,11 @@ class PgStore(Transactions):
 
     def _update_slot(self, number: int, change: Callable[[Slot], None], note: Note | None,
                      seen: list[int]) -> Slot:
-        with self._txn() as conn:
-            row = self._row(conn, number, self.host)
+        """Two round trips: the row read and locked in the ``BEGIN``'s, the change and its
+        event written in the ``COMMIT``'s (the fence cannot fail on a row locked since it
+        was read: it guards against a writer that skipped the protocol)."""
+        with self._opened(self._row(number, self.host)) as txn:
+            row = self._found(txn, number)
             shift = _shift(row["server_now"])
             slot = slot_of(row, shift)
             before = row_of(slot, self.paths.slot_dir(number), shift)
@@ -415,9 +422,10 @@ class PgStore(Transactions):
             values = row_of(slot, self.paths.slot_dir(number), shift)
             changed = {k: v for k, v in values.items() if v != before[k]}
             seen.append(row["generation"])
+            writes = [self._update(number, row["generation"], changed)] if changed else []
+            written = txn.commit(*writes, *self._noted(note, slot))
             if changed:
-                self._update(conn, number, row["generation"], changed)
-            self._note(conn, note, slot, self.host)
+                self._fenced(written, number)
         return slot
 
     def heartbeat(self, vouch: bool = False) -> None:
