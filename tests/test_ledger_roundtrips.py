@@ -48,15 +48,26 @@ def test_a_claim_costs_two_round_trips_on_an_open_connection(proxy):
     assert counted(proxy, lambda: manager.allocate_slot("web", fetch=False)) == 2
 
 
-def test_the_cli_allocate_costs_the_connection_and_two_round_trips(proxy):
+def test_the_cli_costs_the_connection_and_two_round_trips_a_decision(proxy):
+    """allocate, renew and release as processes: each opens its connection, then two round
+    trips a decision (release: the lease's end, then the slot given back cleaned)."""
     opening = counted(proxy, lambda: (connect(os.environ["NECROPOOL_LEDGER"]), disconnect()))
     # libpq's sslmode=prefer asks for TLS (refused here), then the startup (trust: no
     # password exchange): nothing else.
     assert opening == 2
-    grants: list[Any] = []
-    assert counted(proxy, lambda: grants.append(
-        run_cli("allocate", "web", "--no-fetch", "--json", in_process=False))) == opening + 2
-    assert grants[0].code == 0, grants[0]
+    results: list[Any] = []
+
+    def cli(*args: str) -> None:
+        results.append(run_cli(*args, in_process=False))
+        assert results[-1].code == 0, results[-1]
+
+    assert counted(proxy, lambda: cli("allocate", "web", "--no-fetch", "--json", "--ttl",
+                                      "600")) == opening + 2
+    grant = results[-1].json()
+    lease = ("--lease-id", grant["lease_id"])
+    assert counted(proxy, lambda: cli("renew", grant["slot_id"], *lease)) == opening + 2
+    assert counted(proxy, lambda: cli("release", grant["slot_id"], *lease,
+                                      "--no-fetch")) == opening + 4
 
 
 
