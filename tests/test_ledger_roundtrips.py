@@ -1,8 +1,8 @@
 """Round trips to the ledger, counted by tests/netproxy.py: a link's latency multiplies them.
-A claim on an open connection costs two (the free slot asked for in the ``BEGIN``'s round
-trip, the lease and its event written in the ``COMMIT``'s), and the CLI's allocate costs
-what opening the connection costs plus those two: no session setting, no schema check of
-its own."""
+Each decision on an open connection costs two (its row asked for in the ``BEGIN``'s round
+trip, the change and its event written in the ``COMMIT``'s): a claim, a renewal, the end of a
+lease, a slot given back (a release is the last two). A CLI command costs what opening the
+connection costs plus those: no session setting, no schema check, no state read of its own."""
 
 import os
 from collections.abc import Callable, Iterator

@@ -12,11 +12,13 @@ transaction mode cannot keep them).
 
 Round trips are what a link's latency multiplies: a transaction's first statements go in its
 ``BEGIN``'s message and its last ones in its ``COMMIT``'s (``opened``, ``Opened.commit``),
-bound here (libpq quotes the values) and sent with the simple query protocol, so a claim
-with its event costs two round trips on an open connection. Opening one costs what libpq's
-opening costs and no more (no session setting follows): the startup and the authentication's
-exchanges, after TLS, which libpq's default ``sslmode=prefer`` first asks the server for (one
-round trip even where it is refused; ``sslnegotiation=direct``, PostgreSQL 17+, skips it)."""
+bound here (libpq quotes the values) and sent with the simple query protocol, so a decision
+with its event (a claim, a renewal, a lease's end) costs two round trips on an open
+connection. Opening one costs what libpq's opening costs and no more (no session setting
+follows): the TCP handshake, then the startup and the authentication's exchanges, after TLS,
+which libpq's default ``sslmode=prefer`` first asks the server for (one round trip even where
+it is refused; ``sslnegotiation=direct``, PostgreSQL 17+, skips it). The user's ``sslmode``
+is never changed here."""
 
 import os
 import re
