@@ -90,3 +90,16 @@ def test_a_release_costs_two_round_trips_per_decision(proxy):
     assert counted(proxy, lambda: manager.release_slot(grant["slot_id"], grant["lease_id"],
                                                        fetch=False)) == 4
     assert manager.slot_status(grant["slot_id"])["state"] == "available"
+
+
+def test_a_read_or_a_sign_of_life_costs_one_round_trip(proxy):
+    """A transaction that needs no answer before its end goes whole in one message: the
+    pool's state (``status``), the marker ``allocate --wait`` asks after each wake-up, the
+    host's heartbeat (``auto-recover``), an event."""
+    store = PoolManager(load_settings()).get_pool("web").store
+    store.snapshot()  # opens the connection
+    assert counted(proxy, store.snapshot) == 1
+    assert counted(proxy, store.marker) == 1
+    assert counted(proxy, store.heartbeat) == 1
+    assert counted(proxy, lambda: store.append_event("note", detail="x")) == 1
+    assert store.read_events()[-1]["detail"] == "x"

@@ -82,12 +82,14 @@ class PgStore(Transactions):
         return _shift(one(conn.execute("SELECT now()"))[0])
 
     @contextmanager
-    def _opened(self, *statements: Statement, hold: bool = False) -> Iterator[Opened]:
-        """A transaction on this thread's connection, its waits bounded (``hold``: see
-        ``connect.opened``), ``statements`` sent with its ``BEGIN``; the first of the
+    def _opened(self, *statements: Statement, hold: bool = False,
+                whole: bool = False) -> Iterator[Opened]:
+        """A transaction on this thread's connection, its waits bounded (``hold``, ``whole``:
+        see ``connect.opened``), ``statements`` sent with its ``BEGIN``; the first of the
         process checks in that round trip that the schema is one this version understands."""
         check = self.dsn not in _CHECKED
-        with opened(self.dsn, *([VERSION] if check else []), *statements, hold=hold) as txn:
+        with opened(self.dsn, *([VERSION] if check else []), *statements, hold=hold,
+                    whole=whole) as txn:
             if check:
                 judge(one(txn.cursor)["version"], self.dsn)
                 _CHECKED.add(self.dsn)
@@ -99,45 +101,44 @@ class PgStore(Transactions):
         with self._opened(hold=hold) as txn:
             yield txn.conn
 
-    def _rows(self, conn: "Connection", host: str | None = None) -> list[dict[str, Any]]:
-        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
-
-        cur = conn.cursor(row_factory=dict_row)
-        return cur.execute("SELECT * FROM slots WHERE pool = %s AND host = %s ORDER BY number",
-                           (self.name, host or self.host)).fetchall()
-
-    def _state(self, conn: "Connection", shift: timedelta) -> PoolState:
-        current = PoolState(source="ledger")
-        self._txn_state.loaded = {}
-        for row in self._rows(conn):
-            slot = current.slots[row["number"]] = slot_of(row, shift)
-            values = row_of(slot, Path(row["path"]), shift)
-            self._txn_state.loaded[slot.number] = (row["generation"], values)
-        return current
-
-    def _lock_host(self, conn: "Connection", mode: str) -> timedelta:
-        """Lock the host's row (``FOR mode``) and return the clock shift: one round trip."""
-        row = conn.execute(f"SELECT now() FROM hosts WHERE pool = %s AND host = %s FOR {mode}",
-                           (self.name, self.host)).fetchone()
-        if row is None:
-            raise NotFound(f"pool {self.name!r} has no slots of host {self.host!r} in the "
-                           f"ledger ('necropool ledger import {self.name}' moves a local "
-                           "pool's state there)")
-        return _shift(row[0])
+    @contextmanager
+    def _state(self, mode: str, hold: bool = False, whole: bool = False) -> Iterator[PoolState]:
+        """The host's row locked (``FOR mode``), the clock read and the host's slots read,
+        all in the transaction's first round trip (``hold``, ``whole``: see ``_opened``)."""
+        with self._opened(
+                (f"SELECT now() AS server_now FROM hosts WHERE pool = %s AND host = %s "
+                 f"FOR {mode}", (self.name, self.host)),
+                ("SELECT * FROM slots WHERE pool = %s AND host = %s ORDER BY number",
+                 (self.name, self.host)), hold=hold, whole=whole) as txn:
+            host = txn.cursor.fetchone()
+            if host is None:
+                raise NotFound(f"pool {self.name!r} has no slots of host {self.host!r} in the "
+                               f"ledger ('necropool ledger import {self.name}' moves a local "
+                               "pool's state there)")
+            shift = _shift(host["server_now"])
+            txn.cursor.nextset()
+            current = PoolState(source="ledger")
+            self._txn_state.loaded = {}
+            for row in txn.cursor.fetchall():
+                slot = current.slots[row["number"]] = slot_of(row, shift)
+                values = row_of(slot, Path(row["path"]), shift)
+                self._txn_state.loaded[slot.number] = (row["generation"], values)
+            try:
+                self._txn_state.shift = shift
+                yield current
+            finally:
+                self._txn_state.shift = None
 
     def snapshot(self) -> PoolState:
-        with self._txn() as conn:
-            return self._state(conn, self._lock_host(conn, "KEY SHARE"))
+        """One round trip."""
+        with self._state("KEY SHARE", whole=True) as current:
+            return current
 
     @contextmanager
     def locked(self) -> Iterator[PoolState]:
         """Held while its caller works on the pool (saving a slot's work, say): ``hold``."""
-        with self._txn(hold=True) as conn:
-            try:
-                self._txn_state.shift = shift = self._lock_host(conn, "UPDATE")
-                yield self._state(conn, shift)
-            finally:
-                self._txn_state.shift = None
+        with self._state("UPDATE", hold=True) as current:
+            yield current
 
     def save(self, current: PoolState) -> None:
         """Write the rows that changed, each fenced by the generation read (the host's row
@@ -173,10 +174,12 @@ class PgStore(Transactions):
             wakeup.poke(self.paths.wake)  # this host's waiters; others look every few seconds
 
     def marker(self) -> Marker:
-        with self._txn() as conn:
-            return tuple(conn.execute(
-                "SELECT count(*), coalesce(sum(generation), 0) FROM slots WHERE pool = %s "
-                "AND host = %s", (self.name, self.host)).fetchone())
+        """One round trip (``allocate --wait`` asks after every wake-up)."""
+        with self._opened(("SELECT count(*) AS n, coalesce(sum(generation), 0) AS g FROM slots "
+                           "WHERE pool = %s AND host = %s", (self.name, self.host)),
+                          whole=True) as txn:
+            row = one(txn.cursor)
+            return row["n"], row["g"]
 
     def _insert(self, conn: "Connection", number: int, values: dict[str, Any]) -> None:
         names = ", ".join(f'"{k}"' for k in values)
@@ -269,7 +272,7 @@ class PgStore(Transactions):
     def _settled(self, number: int, host: str) -> dict[str, Any]:
         """Slot ``number``'s row once a transaction that changed it lost its link: locked,
         so that transaction has ended (committed, or rolled back by the server)."""
-        with self._opened(self._row(number, host)) as txn:
+        with self._opened(self._row(number, host), whole=True) as txn:
             return self._found(txn, number)
 
     def _noted(self, note: Note | None, slot: Slot) -> list[tuple[str, tuple[Any, ...]]]:
@@ -432,13 +435,13 @@ class PgStore(Transactions):
         """``vouch``: this host's slots may go to other hosts' claims (``allocate
         --any-host``) until the server's incarnation changes (``schema.INCARNATION``)."""
         vouched = f", vouched = {INCARNATION}" if vouch else ""
-        with self._txn() as conn:
-            conn.execute(f"UPDATE hosts SET last_seen = now(){vouched} WHERE pool = %s AND "
-                         "host = %s", (self.name, self.host))
+        with self._opened((f"UPDATE hosts SET last_seen = now(){vouched} WHERE pool = %s AND "
+                           "host = %s", (self.name, self.host)), whole=True):
+            pass
 
     def append_event(self, name: str, **fields: Any) -> None:
-        with self._txn() as conn:
-            conn.execute(*self._event(name, fields))
+        with self._opened(self._event(name, fields), whole=True):
+            pass
 
     def _events(self, where: str = "", params: tuple[Any, ...] = (), order: str = "id",
                 since: datetime | None = None) -> list[dict[str, Any]]:
@@ -464,8 +467,7 @@ class PgStore(Transactions):
         to prune reads nothing."""
         if retention_days is None:
             return
-        with self._txn() as conn:
-            conn.execute(
+        with self._opened((
                 "DELETE FROM events e WHERE pool = %s "
                 "AND at < now() - make_interval(secs => %s) AND NOT ("
                 " (fields ? 'lease_id' AND (EXISTS (SELECT 1 FROM events r WHERE "
@@ -474,7 +476,8 @@ class PgStore(Transactions):
                 "  s.pool = e.pool AND s.lease_id = e.fields->>'lease_id')))"
                 " OR (name = 'auto_recover' AND id = (SELECT max(id) FROM events x WHERE "
                 "  x.pool = e.pool AND x.host = e.host AND x.name = 'auto_recover')))",
-                (self.name, retention_days * 86400))
+                (self.name, retention_days * 86400)), whole=True):
+            pass
 
     def tail(self) -> "LedgerTail":
         return LedgerTail(self)
