@@ -95,7 +95,8 @@ def test_a_release_costs_two_round_trips_per_decision(proxy):
 def test_a_read_or_a_sign_of_life_costs_one_round_trip(proxy):
     """A transaction that needs no answer before its end goes whole in one message: the
     pool's state (``status``), the marker ``allocate --wait`` asks after each wake-up, the
-    host's heartbeat (``auto-recover``), an event."""
+    host's heartbeat (``auto-recover``), an event, a lease's history (what a release whose
+    answer was lost asks when it is retried)."""
     store = PoolManager(load_settings()).get_pool("web").store
     store.snapshot()  # opens the connection
     assert counted(proxy, store.snapshot) == 1
@@ -103,3 +104,7 @@ def test_a_read_or_a_sign_of_life_costs_one_round_trip(proxy):
     assert counted(proxy, store.heartbeat) == 1
     assert counted(proxy, lambda: store.append_event("note", detail="x")) == 1
     assert store.read_events()[-1]["detail"] == "x"
+    grant = PoolManager(load_settings()).allocate_slot("web", fetch=False)
+    history: list[Any] = []
+    assert counted(proxy, lambda: history.extend(store.lease_events(grant["lease_id"]))) == 1
+    assert [e["event"] for e in history] == ["allocate"]

@@ -78,9 +78,6 @@ class PgStore(Transactions):
         self._txn_state = _InTransaction()  # each thread's own: one store serves them all
 
 
-    def _shift(self, conn: "Connection") -> timedelta:
-        return _shift(one(conn.execute("SELECT now()"))[0])
-
     @contextmanager
     def _opened(self, *statements: Statement, hold: bool = False,
                 whole: bool = False) -> Iterator[Opened]:
@@ -95,11 +92,6 @@ class PgStore(Transactions):
                 _CHECKED.add(self.dsn)
                 txn.cursor.nextset()
             yield txn
-
-    @contextmanager
-    def _txn(self, hold: bool = False) -> Iterator[Any]:
-        with self._opened(hold=hold) as txn:
-            yield txn.conn
 
     @contextmanager
     def _state(self, mode: str, hold: bool = False, whole: bool = False) -> Iterator[PoolState]:
@@ -445,15 +437,25 @@ class PgStore(Transactions):
 
     def _events(self, where: str = "", params: tuple[Any, ...] = (), order: str = "id",
                 since: datetime | None = None) -> list[dict[str, Any]]:
-        """Events of the pool, each with its ``id`` (the ledger's order)."""
-        with self._txn() as conn:
-            shift = self._shift(conn)
-            if since is not None:
-                where, params = where + " AND at >= %s", (*params, since - shift)
-            rows = conn.execute(f"SELECT id, at, host, name, fields FROM events WHERE pool = %s "
-                                f"{where} ORDER BY {order}", (self.name, *params)).fetchall()
-        return [{"time": rfc3339(at.astimezone(UTC) + shift), "event": name, "pool": self.name,
-                 "host": host, **fields, "id": id_} for id_, at, host, name, fields in rows]
+        """Events of the pool, each with its ``id`` (the ledger's order): one round trip, two
+        with ``since`` (moved into the server's clock by the shift read first)."""
+        def query(where: str, params: tuple[Any, ...]) -> Statement:
+            return (f"SELECT id, at, host, name, fields FROM events WHERE pool = %s {where} "
+                    f"ORDER BY {order}", (self.name, *params))
+
+        clock = "SELECT now() AS server_now"
+        with self._opened(clock, *([query(where, params)] if since is None else []),
+                          whole=since is None) as txn:
+            shift = _shift(one(txn.cursor)["server_now"])
+            if since is None:
+                txn.cursor.nextset()
+                rows = txn.cursor.fetchall()
+            else:
+                rows = send(txn.conn, query(where + " AND at >= %s",
+                                            (*params, since - shift))).fetchall()
+        return [{"time": rfc3339(r["at"].astimezone(UTC) + shift), "event": r["name"],
+                 "pool": self.name, "host": r["host"], **r["fields"], "id": r["id"]}
+                for r in rows]
 
     def read_events(self, since: datetime | None = None) -> list[dict[str, Any]]:
         return [_public(r) for r in self._events(since=since)]
