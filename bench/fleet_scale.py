@@ -12,7 +12,7 @@ other rows are free slots that sort after the real ones (marked for a cleanup, r
 long ago), so they sit in the claim's index, which every claim descends, but are never
 handed out. Per layout:
 
-- ``necropool allocate`` then ``necropool release`` as real processes on host-01, one after
+- ``necropool allocate``, ``renew`` then ``release`` as real processes on host-01, one after
   the other (CLI wall times: start-up, connecting, the claim, the cleanup included);
 - the claim through the store API in this process, on an open connection (what the ledger
   adds, sequential);
@@ -21,7 +21,7 @@ handed out. Per layout:
 - ``EXPLAIN (ANALYZE, BUFFERS)`` of the claim's query: the plan and the pages it reads.
 
 Then, on the last layout: the same through a PgBouncer in transaction mode
-(tests/pgbouncer.py), and allocate over a link with ``--delay-ms`` added each way
+(tests/pgbouncer.py), and the CLI over a link with ``--delay-ms`` added each way
 (tests/netproxy.py ``delay``): connecting straight over the link, and through a PgBouncer
 on the host whose server connections cross it (they stay open between commands).
 """
