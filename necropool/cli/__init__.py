@@ -1,5 +1,6 @@
 """The command-line layer: parses arguments, calls ``PoolManager``, renders results."""
 
+import gc
 import os
 import signal
 import sys
@@ -83,4 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             out.error("internal", f"internal error: {type(exc).__name__}: {exc}", 70)
             code = 70
+    if argv is None:  # the process ends here (not a caller's, which goes on collecting)
+        # The interpreter's last collections need not look through everything the command
+        # loaded (typer's, psycopg's objects): ~50 ms of every command's exit.
+        gc.freeze()
     sys.exit(code)

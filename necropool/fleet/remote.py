@@ -5,10 +5,9 @@ a lease ended from elsewhere leaves the slot free but marked for cleanup, which 
 does before handing it out again."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from necropool.ground.clock import now
 from necropool.ground.errors import Conflict, NotFound, UsageError
 from necropool.ground.proc import Holder
 from necropool.ground.slotref import SlotRef
@@ -114,12 +113,8 @@ def renew(pool: Pool, host: str, number: int, lease_id: str, ttl: float | None) 
     if lease is None or lease.lease_id != lease_id:
         raise Conflict(f"lease {lease_id} is not the current lease of slot "
                        f"{slot_id(pool, number, host)}")
-    ttl = ttl or lease.ttl_seconds
-    if not ttl:
-        raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
     try:
-        slot = store_of(pool).renew(number, lease_id, now() + timedelta(seconds=ttl), ttl,
-                                    host=host)
+        slot = store_of(pool).renew(number, lease_id, ttl, host=host)
     except LeaseLost:
         raise Conflict(f"lease {lease_id} is not the current lease of slot "
                        f"{slot_id(pool, number, host)}") from None

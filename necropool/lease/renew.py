@@ -2,15 +2,14 @@
 ``Release``, what ending one did."""
 
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from necropool.ground.clock import now, rfc3339
-from necropool.ground.errors import Conflict, Skipped, UsageError
+from necropool.ground.errors import Conflict, Skipped
 from necropool.ground.validate import check_seconds
-from necropool.pool.pool import Pool, get_slot
-from necropool.store.base import LeaseLost, Store
-from necropool.store.model import ALLOCATED, Lease, Slot
+from necropool.pool.pool import Pool
+from necropool.store.base import Event, LeaseLost, Store
+from necropool.store.model import Lease, Slot
 
 
 @dataclass
@@ -40,18 +39,15 @@ def renew(pool: Pool, number: int, lease_id: str, ttl: float | None = None) -> S
     what became of it."""
     check_seconds(ttl, "ttl")
     pool.sweep()
-    slot = get_slot(pool.read_state(), pool, number)
-    lease = slot.lease
-    if slot.state != ALLOCATED or lease is None or lease.lease_id != lease_id:
-        raise Conflict(lease_gone(pool, number, lease_id))
-    ttl = ttl or lease.ttl_seconds
-    if not ttl:
-        raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
-    expires_at = now() + timedelta(seconds=ttl)
-    event = ("renew", dict(slot_id=pool.slot_id(number), lease_id=lease_id, ttl_seconds=ttl,
-                           expires_at=rfc3339(expires_at)))
-    try:  # fenced: the lease may have ended since it was read
-        return pool.store.renew(number, lease_id, expires_at, ttl, note=lambda _: [event])
+
+    def noted(renewed: Slot) -> list[Event]:
+        assert renewed.lease is not None and renewed.lease.expires_at is not None
+        return [("renew", dict(slot_id=pool.slot_id(number), lease_id=lease_id,
+                               ttl_seconds=renewed.lease.ttl_seconds,
+                               expires_at=rfc3339(renewed.lease.expires_at)))]
+
+    try:  # the lease checked where it is renewed, in one transaction (no read before)
+        return pool.store.renew(number, lease_id, ttl, note=noted)
     except LeaseLost:
         raise Conflict(lease_gone(pool, number, lease_id)) from None
 

@@ -82,10 +82,11 @@ class Store(Protocol):
         the event recorded with the change."""
         ...
 
-    def renew(self, number: int, lease_id: str, expires_at: datetime,
-              ttl_seconds: float, note: Note | None = None) -> Slot:
-        """Extend slot ``number``'s lease, fenced: ``LeaseLost`` unless ``lease_id`` is still
-        its lease."""
+    def renew(self, number: int, lease_id: str, ttl_seconds: float | None = None,
+              note: Note | None = None) -> Slot:
+        """Extend slot ``number``'s lease to ``ttl_seconds`` from now (None: the lease's own
+        TTL; ``UsageError`` when it has none), fenced: ``LeaseLost`` unless ``lease_id`` is
+        still its lease. ``note`` sees the slot renewed."""
         ...
 
     def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,

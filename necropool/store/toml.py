@@ -16,12 +16,12 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from necropool.ground import wakeup
 from necropool.ground.clock import now
-from necropool.ground.errors import NotFound, OperationFailed
+from necropool.ground.errors import NotFound, OperationFailed, UsageError
 from necropool.ground.layout import PoolPaths, fsync_dir
 from necropool.ground.locks import FileLock
 from necropool.ground.proc import Holder
@@ -246,12 +246,15 @@ class TomlStore(Transactions):
                             f"{self.paths.slot_id(slot.number)}")
         return slot
 
-    def renew(self, number: int, lease_id: str, expires_at: datetime,
-              ttl_seconds: float, note: Note | None = None) -> Slot:
+    def renew(self, number: int, lease_id: str, ttl_seconds: float | None = None,
+              note: Note | None = None) -> Slot:
         with self._one(number) as slot:
             lease = self._leased(slot, lease_id).lease
             assert lease is not None  # checked by _leased
-            lease.expires_at, lease.ttl_seconds = expires_at, ttl_seconds
+            ttl = ttl_seconds or lease.ttl_seconds
+            if not ttl:
+                raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
+            lease.expires_at, lease.ttl_seconds = now() + timedelta(seconds=ttl), ttl
         self._note(note, slot)
         return slot
 

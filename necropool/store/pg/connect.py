@@ -12,11 +12,13 @@ transaction mode cannot keep them).
 
 Round trips are what a link's latency multiplies: a transaction's first statements go in its
 ``BEGIN``'s message and its last ones in its ``COMMIT``'s (``opened``, ``Opened.commit``),
-bound here (libpq quotes the values) and sent with the simple query protocol, so a claim
-with its event costs two round trips on an open connection. Opening one costs what libpq's
-opening costs and no more (no session setting follows): the startup and the authentication's
-exchanges, after TLS, which libpq's default ``sslmode=prefer`` first asks the server for (one
-round trip even where it is refused; ``sslnegotiation=direct``, PostgreSQL 17+, skips it)."""
+bound here (libpq quotes the values) and sent with the simple query protocol, so a decision
+with its event (a claim, a renewal, a lease's end) costs two round trips on an open
+connection. Opening one costs what libpq's opening costs and no more (no session setting
+follows): the TCP handshake, then the startup and the authentication's exchanges, after TLS,
+which libpq's default ``sslmode=prefer`` first asks the server for (one round trip even where
+it is refused; ``sslnegotiation=direct``, PostgreSQL 17+, skips it). The user's ``sslmode``
+is never changed here."""
 
 import os
 import re
@@ -149,14 +151,17 @@ class Opened:
 
 
 @contextmanager
-def opened(dsn: str, *statements: Statement, hold: bool = False) -> Iterator[Opened]:
+def opened(dsn: str, *statements: Statement, hold: bool = False,
+           whole: bool = False) -> Iterator[Opened]:
     """A transaction on this thread's connection, every wait in it bounded (see above),
     ``statements`` sent in its ``BEGIN``'s round trip; rolled back when the block raises,
     committed at its end (unless ``Opened.commit`` did). Inside this thread's transaction
     already (a pool held ``locked`` while its host's part is unregistered, say), a savepoint
     of it. ``hold``: the block may work locally for a while (a pool's maintenance under its
     lock, saving a slot's work, say): the server waits up to ``HOLD`` seconds between its
-    statements instead of the bound."""
+    statements instead of the bound. ``whole``: ``statements`` are the whole transaction
+    (a read, a write that needs no answer first), its ``COMMIT`` sent with them: one round
+    trip; the block only reads their results."""
     conn = connect(dsn)
     if conn.info.transaction_status.name != "IDLE":
         with errors(dsn), conn.transaction():
@@ -169,7 +174,7 @@ def opened(dsn: str, *statements: Statement, hold: bool = False) -> Iterator[Ope
              f"SET LOCAL idle_in_transaction_session_timeout = {idle}"]
     with errors(dsn):
         try:
-            cursor = send(conn, *begin, *statements)
+            cursor = send(conn, *begin, *statements, *(["COMMIT"] if whole else []))
             for _ in begin:
                 cursor.nextset()
             yield Opened(conn, cursor, own=True)

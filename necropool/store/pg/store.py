@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from necropool.ground import wakeup
 from necropool.ground.clock import follow_server, now, rfc3339
-from necropool.ground.errors import Conflict, NotFound
+from necropool.ground.errors import Conflict, NotFound, UsageError
 from necropool.ground.layout import PoolPaths
 from necropool.ground.proc import Holder
 from necropool.store import journal
@@ -78,16 +78,15 @@ class PgStore(Transactions):
         self._txn_state = _InTransaction()  # each thread's own: one store serves them all
 
 
-    def _shift(self, conn: "Connection") -> timedelta:
-        return _shift(one(conn.execute("SELECT now()"))[0])
-
     @contextmanager
-    def _opened(self, *statements: Statement, hold: bool = False) -> Iterator[Opened]:
-        """A transaction on this thread's connection, its waits bounded (``hold``: see
-        ``connect.opened``), ``statements`` sent with its ``BEGIN``; the first of the
+    def _opened(self, *statements: Statement, hold: bool = False,
+                whole: bool = False) -> Iterator[Opened]:
+        """A transaction on this thread's connection, its waits bounded (``hold``, ``whole``:
+        see ``connect.opened``), ``statements`` sent with its ``BEGIN``; the first of the
         process checks in that round trip that the schema is one this version understands."""
         check = self.dsn not in _CHECKED
-        with opened(self.dsn, *([VERSION] if check else []), *statements, hold=hold) as txn:
+        with opened(self.dsn, *([VERSION] if check else []), *statements, hold=hold,
+                    whole=whole) as txn:
             if check:
                 judge(one(txn.cursor)["version"], self.dsn)
                 _CHECKED.add(self.dsn)
@@ -95,49 +94,43 @@ class PgStore(Transactions):
             yield txn
 
     @contextmanager
-    def _txn(self, hold: bool = False) -> Iterator[Any]:
-        with self._opened(hold=hold) as txn:
-            yield txn.conn
-
-    def _rows(self, conn: "Connection", host: str | None = None) -> list[dict[str, Any]]:
-        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
-
-        cur = conn.cursor(row_factory=dict_row)
-        return cur.execute("SELECT * FROM slots WHERE pool = %s AND host = %s ORDER BY number",
-                           (self.name, host or self.host)).fetchall()
-
-    def _state(self, conn: "Connection", shift: timedelta) -> PoolState:
-        current = PoolState(source="ledger")
-        self._txn_state.loaded = {}
-        for row in self._rows(conn):
-            slot = current.slots[row["number"]] = slot_of(row, shift)
-            values = row_of(slot, Path(row["path"]), shift)
-            self._txn_state.loaded[slot.number] = (row["generation"], values)
-        return current
-
-    def _lock_host(self, conn: "Connection", mode: str) -> timedelta:
-        """Lock the host's row (``FOR mode``) and return the clock shift: one round trip."""
-        row = conn.execute(f"SELECT now() FROM hosts WHERE pool = %s AND host = %s FOR {mode}",
-                           (self.name, self.host)).fetchone()
-        if row is None:
-            raise NotFound(f"pool {self.name!r} has no slots of host {self.host!r} in the "
-                           f"ledger ('necropool ledger import {self.name}' moves a local "
-                           "pool's state there)")
-        return _shift(row[0])
+    def _state(self, mode: str, hold: bool = False, whole: bool = False) -> Iterator[PoolState]:
+        """The host's row locked (``FOR mode``), the clock read and the host's slots read,
+        all in the transaction's first round trip (``hold``, ``whole``: see ``_opened``)."""
+        with self._opened(
+                (f"SELECT now() AS server_now FROM hosts WHERE pool = %s AND host = %s "
+                 f"FOR {mode}", (self.name, self.host)),
+                ("SELECT * FROM slots WHERE pool = %s AND host = %s ORDER BY number",
+                 (self.name, self.host)), hold=hold, whole=whole) as txn:
+            host = txn.cursor.fetchone()
+            if host is None:
+                raise NotFound(f"pool {self.name!r} has no slots of host {self.host!r} in the "
+                               f"ledger ('necropool ledger import {self.name}' moves a local "
+                               "pool's state there)")
+            shift = _shift(host["server_now"])
+            txn.cursor.nextset()
+            current = PoolState(source="ledger")
+            self._txn_state.loaded = {}
+            for row in txn.cursor.fetchall():
+                slot = current.slots[row["number"]] = slot_of(row, shift)
+                values = row_of(slot, Path(row["path"]), shift)
+                self._txn_state.loaded[slot.number] = (row["generation"], values)
+            try:
+                self._txn_state.shift = shift
+                yield current
+            finally:
+                self._txn_state.shift = None
 
     def snapshot(self) -> PoolState:
-        with self._txn() as conn:
-            return self._state(conn, self._lock_host(conn, "KEY SHARE"))
+        """One round trip."""
+        with self._state("KEY SHARE", whole=True) as current:
+            return current
 
     @contextmanager
     def locked(self) -> Iterator[PoolState]:
         """Held while its caller works on the pool (saving a slot's work, say): ``hold``."""
-        with self._txn(hold=True) as conn:
-            try:
-                self._txn_state.shift = shift = self._lock_host(conn, "UPDATE")
-                yield self._state(conn, shift)
-            finally:
-                self._txn_state.shift = None
+        with self._state("UPDATE", hold=True) as current:
+            yield current
 
     def save(self, current: PoolState) -> None:
         """Write the rows that changed, each fenced by the generation read (the host's row
@@ -163,7 +156,8 @@ class PgStore(Transactions):
                 generation, before = self._txn_state.loaded[number]
                 changed = {k: v for k, v in values.items() if v != before[k]}
                 if changed:
-                    self._update(conn, number, generation, changed)
+                    self._fenced(conn.execute(*self._update(number, generation, changed)),
+                                 number)
                     self._txn_state.loaded[number] = (generation + 1, values)
                     journal.remember(self.paths, number, slot)
             conn.execute("UPDATE hosts SET last_seen = now() WHERE pool = %s AND host = %s",
@@ -172,10 +166,12 @@ class PgStore(Transactions):
             wakeup.poke(self.paths.wake)  # this host's waiters; others look every few seconds
 
     def marker(self) -> Marker:
-        with self._txn() as conn:
-            return tuple(conn.execute(
-                "SELECT count(*), coalesce(sum(generation), 0) FROM slots WHERE pool = %s "
-                "AND host = %s", (self.name, self.host)).fetchone())
+        """One round trip (``allocate --wait`` asks after every wake-up)."""
+        with self._opened(("SELECT count(*) AS n, coalesce(sum(generation), 0) AS g FROM slots "
+                           "WHERE pool = %s AND host = %s", (self.name, self.host)),
+                          whole=True) as txn:
+            row = one(txn.cursor)
+            return row["n"], row["g"]
 
     def _insert(self, conn: "Connection", number: int, values: dict[str, Any]) -> None:
         names = ", ".join(f'"{k}"' for k in values)
@@ -184,14 +180,16 @@ class PgStore(Transactions):
                      f"VALUES (%s, %s, %s, {marks})",
                      (self.name, self.host, number, *map(param, values.items())))
 
-    def _update(self, conn: "Connection", number: int, generation: int,
-                changed: dict[str, Any]) -> None:
+    def _update(self, number: int, generation: int, changed: dict[str, Any]) -> Statement:
+        """The statement that writes ``changed`` to the row, fenced by ``generation``."""
         sets = ", ".join(f'"{k}" = %s' for k in changed)
-        cur = conn.execute(f"UPDATE slots SET {sets}, generation = generation + 1 "
-                           "WHERE pool = %s AND host = %s AND number = %s AND generation = %s",
-                           (*map(param, changed.items()), self.name, self.host, number,
-                            generation))
-        if cur.rowcount != 1:
+        return (f"UPDATE slots SET {sets}, generation = generation + 1 "
+                "WHERE pool = %s AND host = %s AND number = %s AND generation = %s",
+                (*map(param, changed.items()), self.name, self.host, number, generation))
+
+    def _fenced(self, cursor: Any, number: int) -> None:
+        """``Conflict`` unless the ``_update`` that ``cursor`` ran found its row."""
+        if cursor.rowcount != 1:
             raise Conflict(f"slot {self.name}-{number} changed in the ledger under this "
                            "operation (generation fence): try again")
 
@@ -266,13 +264,8 @@ class PgStore(Transactions):
     def _settled(self, number: int, host: str) -> dict[str, Any]:
         """Slot ``number``'s row once a transaction that changed it lost its link: locked,
         so that transaction has ended (committed, or rolled back by the server)."""
-        with self._txn() as conn:
-            return self._row(conn, number, host)
-
-    def _note(self, conn: Any, note: Note | None, slot: Slot, host: str) -> None:
-        """Write the decision's event in its transaction."""
-        for statement in self._noted(note, slot):
-            conn.execute(*statement)
+        with self._opened(self._row(number, host), whole=True) as txn:
+            return self._found(txn, number)
 
     def _noted(self, note: Note | None, slot: Slot) -> list[tuple[str, tuple[Any, ...]]]:
         """The statements that write the decision's events."""
@@ -283,48 +276,54 @@ class PgStore(Transactions):
                 (self.name, self.host, name,
                  json_value({k: v for k, v in fields.items() if v is not None})))
 
-    def _row(self, conn: "Connection", number: int, host: str) -> dict[str, Any]:
-        """Slot ``number``'s row, locked for this transaction (the host's row shared), with
-        the server's time (``server_now``): one round trip."""
-        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
+    def _row(self, number: int, host: str) -> Statement:
+        """Slot ``number``'s row, locked for its transaction (the host's row shared), with
+        the server's time (``server_now``), sent with the transaction's ``BEGIN``."""
+        return ("SELECT now() AS server_now, s.* FROM hosts h JOIN slots s USING (pool, host) "
+                "WHERE h.pool = %s AND h.host = %s AND s.number = %s "
+                "FOR SHARE OF h FOR UPDATE OF s", (self.name, host, number))
 
-        row = conn.cursor(row_factory=dict_row).execute(
-            "SELECT now() AS server_now, s.* FROM hosts h JOIN slots s USING (pool, host) "
-            "WHERE h.pool = %s AND h.host = %s AND s.number = %s "
-            "FOR SHARE OF h FOR UPDATE OF s", (self.name, host, number)).fetchone()
+    def _found(self, txn: Opened, number: int) -> dict[str, Any]:
+        """The row ``_row`` asked for in ``txn``'s first round trip; ``NotFound`` without."""
+        row = txn.cursor.fetchone()
         if row is None:
             raise NotFound(f"slot {self.name}-{number} does not exist")
         return row
 
-    def _leased(self, conn: "Connection", number: int, lease_id: str | None,
-                host: str) -> dict[str, Any]:
+    def _leased(self, txn: Opened, number: int, lease_id: str | None) -> dict[str, Any]:
         """The row, if it has the lease ``lease_id`` (None: any lease); else ``LeaseLost``."""
-        row = self._row(conn, number, host)
+        row = self._found(txn, number)
         if row["state"] != "allocated" or lease_id not in (None, row["lease_id"]):
             raise LeaseLost(f"lease {lease_id} is not the current lease of slot "
                             f"{self.name}-{number}")
         return row
 
-    def renew(self, number: int, lease_id: str, expires_at: datetime,
-              ttl_seconds: float, note: Note | None = None, host: str | None = None) -> Slot:
-        """The new expiry is the server's ``now()`` plus ``ttl_seconds`` (``expires_at``,
-        the client's idea of it, is not used). A renewal whose answer was lost is settled
-        by the row's generation: moved on under the same lease, it was made."""
-        from psycopg.rows import dict_row  # lazy: as in pgconn.connect
-
+    def renew(self, number: int, lease_id: str, ttl_seconds: float | None = None,
+              note: Note | None = None, host: str | None = None) -> Slot:
+        """Two round trips: the row read and locked in the ``BEGIN``'s, the new expiry (the
+        server's ``now()``, the same all through the transaction, plus the TTL) and its
+        event written in the ``COMMIT``'s. A renewal whose answer was lost is settled by
+        the row's generation: moved on under the same lease, it was made."""
         host = host or self.host
         seen: list[dict[str, Any]] = []
         try:
-            with self._txn() as conn:
-                seen.append(self._leased(conn, number, lease_id, host))
-                shift = _shift(seen[0]["server_now"])
-                row = conn.cursor(row_factory=dict_row).execute(
+            with self._opened(self._row(number, host)) as txn:
+                row = self._leased(txn, number, lease_id)
+                shift = _shift(row["server_now"])
+                leased = slot_of(row, shift)
+                assert leased.lease is not None  # checked by _leased
+                ttl = ttl_seconds or leased.lease.ttl_seconds
+                if not ttl:
+                    raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
+                seen.append(row)
+                renewed = replace(leased, lease=replace(
+                    leased.lease, ttl_seconds=ttl,
+                    expires_at=row["server_now"].astimezone(UTC) + timedelta(seconds=ttl) + shift))
+                renewed = slot_of(one(txn.commit((
                     "UPDATE slots SET expires_at = now() + make_interval(secs => %s), "
                     "ttl_seconds = %s, generation = generation + 1 "
                     "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
-                    (ttl_seconds, ttl_seconds, self.name, host, number)).fetchone()
-                renewed = slot_of(row, shift)
-                self._note(conn, note, renewed, host)
+                    (ttl, ttl, self.name, host, number)), *self._noted(note, renewed))), shift)
         except LedgerDown:
             if not seen:
                 raise
@@ -339,21 +338,22 @@ class PgStore(Transactions):
     def end_lease(self, number: int, lease_id: str | None, worker: Holder | None = None,
                   check: Callable[[Slot], None] | None = None, note: Note | None = None,
                   host: str | None = None, uncleaned: bool = False) -> Slot:
-        """``uncleaned`` (a lease of another host's slot ended from here): the slot goes back
-        free, marked for the cleanup its host does before handing it out again, ``worker``
-        (this process, on another host than the slot's) saying who ended it. An end whose
-        answer was lost is settled by its event (written with it): the lease gone and the
-        event there, it was made."""
+        """Two round trips: the row read and locked in the ``BEGIN``'s, the end and its
+        event written in the ``COMMIT``'s. ``uncleaned`` (a lease of another host's slot
+        ended from here): the slot goes back free, marked for the cleanup its host does
+        before handing it out again, ``worker`` (this process, on another host than the
+        slot's) saying who ended it. An end whose answer was lost is settled by its event
+        (written with it): the lease gone and the event there, it was made."""
         host = host or self.host
         seen: list[dict[str, Any]] = []
         try:
-            with self._txn() as conn:
-                row = self._leased(conn, number, lease_id, host)
+            with self._opened(self._row(number, host)) as txn:
+                row = self._leased(txn, number, lease_id)
                 previous = slot_of(row, _shift(row["server_now"]))
                 if check is not None:
                     check(previous)
                 seen.append(row)
-                conn.execute(
+                txn.commit((
                     "UPDATE slots SET state = %s, needs_cleanup = needs_cleanup OR %s, "
                     "worker = %s, total_usage_seconds = total_usage_seconds "
                     "+ greatest(0, extract(epoch FROM now() - allocated_at)), "
@@ -364,8 +364,7 @@ class PgStore(Transactions):
                     "WHERE pool = %s AND host = %s AND number = %s",
                     ("available" if uncleaned else "cleaning", uncleaned,
                      json_value(worker.to_dict() if worker else None), self.name, host,
-                     number))
-                self._note(conn, note, previous, host)
+                     number)), *self._noted(note, previous))
         except LedgerDown:
             if not seen or note is None:
                 raise
@@ -406,8 +405,11 @@ class PgStore(Transactions):
 
     def _update_slot(self, number: int, change: Callable[[Slot], None], note: Note | None,
                      seen: list[int]) -> Slot:
-        with self._txn() as conn:
-            row = self._row(conn, number, self.host)
+        """Two round trips: the row read and locked in the ``BEGIN``'s, the change and its
+        event written in the ``COMMIT``'s (the fence cannot fail on a row locked since it
+        was read: it guards against a writer that skipped the protocol)."""
+        with self._opened(self._row(number, self.host)) as txn:
+            row = self._found(txn, number)
             shift = _shift(row["server_now"])
             slot = slot_of(row, shift)
             before = row_of(slot, self.paths.slot_dir(number), shift)
@@ -415,34 +417,45 @@ class PgStore(Transactions):
             values = row_of(slot, self.paths.slot_dir(number), shift)
             changed = {k: v for k, v in values.items() if v != before[k]}
             seen.append(row["generation"])
+            writes = [self._update(number, row["generation"], changed)] if changed else []
+            written = txn.commit(*writes, *self._noted(note, slot))
             if changed:
-                self._update(conn, number, row["generation"], changed)
-            self._note(conn, note, slot, self.host)
+                self._fenced(written, number)
         return slot
 
     def heartbeat(self, vouch: bool = False) -> None:
         """``vouch``: this host's slots may go to other hosts' claims (``allocate
         --any-host``) until the server's incarnation changes (``schema.INCARNATION``)."""
         vouched = f", vouched = {INCARNATION}" if vouch else ""
-        with self._txn() as conn:
-            conn.execute(f"UPDATE hosts SET last_seen = now(){vouched} WHERE pool = %s AND "
-                         "host = %s", (self.name, self.host))
+        with self._opened((f"UPDATE hosts SET last_seen = now(){vouched} WHERE pool = %s AND "
+                           "host = %s", (self.name, self.host)), whole=True):
+            pass
 
     def append_event(self, name: str, **fields: Any) -> None:
-        with self._txn() as conn:
-            conn.execute(*self._event(name, fields))
+        with self._opened(self._event(name, fields), whole=True):
+            pass
 
     def _events(self, where: str = "", params: tuple[Any, ...] = (), order: str = "id",
                 since: datetime | None = None) -> list[dict[str, Any]]:
-        """Events of the pool, each with its ``id`` (the ledger's order)."""
-        with self._txn() as conn:
-            shift = self._shift(conn)
-            if since is not None:
-                where, params = where + " AND at >= %s", (*params, since - shift)
-            rows = conn.execute(f"SELECT id, at, host, name, fields FROM events WHERE pool = %s "
-                                f"{where} ORDER BY {order}", (self.name, *params)).fetchall()
-        return [{"time": rfc3339(at.astimezone(UTC) + shift), "event": name, "pool": self.name,
-                 "host": host, **fields, "id": id_} for id_, at, host, name, fields in rows]
+        """Events of the pool, each with its ``id`` (the ledger's order): one round trip, two
+        with ``since`` (moved into the server's clock by the shift read first)."""
+        def query(where: str, params: tuple[Any, ...]) -> Statement:
+            return (f"SELECT id, at, host, name, fields FROM events WHERE pool = %s {where} "
+                    f"ORDER BY {order}", (self.name, *params))
+
+        clock = "SELECT now() AS server_now"
+        with self._opened(clock, *([query(where, params)] if since is None else []),
+                          whole=since is None) as txn:
+            shift = _shift(one(txn.cursor)["server_now"])
+            if since is None:
+                txn.cursor.nextset()
+                rows = txn.cursor.fetchall()
+            else:
+                rows = send(txn.conn, query(where + " AND at >= %s",
+                                            (*params, since - shift))).fetchall()
+        return [{"time": rfc3339(r["at"].astimezone(UTC) + shift), "event": r["name"],
+                 "pool": self.name, "host": r["host"], **r["fields"], "id": r["id"]}
+                for r in rows]
 
     def read_events(self, since: datetime | None = None) -> list[dict[str, Any]]:
         return [_public(r) for r in self._events(since=since)]
@@ -456,8 +469,7 @@ class PgStore(Transactions):
         to prune reads nothing."""
         if retention_days is None:
             return
-        with self._txn() as conn:
-            conn.execute(
+        with self._opened((
                 "DELETE FROM events e WHERE pool = %s "
                 "AND at < now() - make_interval(secs => %s) AND NOT ("
                 " (fields ? 'lease_id' AND (EXISTS (SELECT 1 FROM events r WHERE "
@@ -466,7 +478,8 @@ class PgStore(Transactions):
                 "  s.pool = e.pool AND s.lease_id = e.fields->>'lease_id')))"
                 " OR (name = 'auto_recover' AND id = (SELECT max(id) FROM events x WHERE "
                 "  x.pool = e.pool AND x.host = e.host AND x.name = 'auto_recover')))",
-                (self.name, retention_days * 86400))
+                (self.name, retention_days * 86400)), whole=True):
+            pass
 
     def tail(self) -> "LedgerTail":
         return LedgerTail(self)
