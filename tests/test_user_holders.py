@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import git, run_cli
+from helpers import clock_at, git, run_cli
 from test_privilege import OWNER, as_owner, made_scene, tree_hash
 
 from necropool import PoolManager
@@ -398,8 +398,9 @@ def test_a_users_slot_of_another_owners_pool_comes_back_to_that_owner(
                         .allocate_slot("web")["state"]) == "allocated"
 
 
-def test_auto_recover_reclaims_a_dead_user_holders_slot(scene):
-    s = scene
+@pytest.mark.parametrize("where", ["scene", "ledger_scene"])
+def test_auto_recover_reclaims_a_dead_user_holders_slot(where, request):
+    s = request.getfixturevalue(where)
     holder = subprocess.Popen(["sleep", "60"])
     lease = s.manager.allocate_slot("web", pid=holder.pid, user=NOBODY_NAME)
     slot = Path(lease["path"])
@@ -479,6 +480,23 @@ def test_another_host_cannot_end_a_lease_handed_to_a_user(ledger_scene):
     assert both.code == 2 and "--any-host" in both.stderr, both
     assert s.cli("release", lease["slot_id"], "--lease-id", lease["lease_id"]).code == 0
     assert owners(slot) == {0}
+
+
+@pytest.mark.parametrize("where", ["scene", "ledger_scene"])
+def test_auto_recover_takes_back_an_expired_user_lease_before_cleaning(where, request,
+                                                                       monkeypatch):
+    s = request.getfixturevalue(where)
+    lease = s.manager.allocate_slot("web", user=NOBODY_NAME, ttl=60)
+    slot = Path(lease["path"])
+    assert as_user(NOBODY, f"cd {slot} && echo w > w.txt").returncode == 0
+    clock_at(monkeypatch, 3600)
+    result = s.cli("auto-recover", "--json")
+    assert result.code == 0 and json.loads(result.stdout)["expired_released"] == 1, result
+    status = s.manager.slot_status(lease["slot_id"])
+    assert status["state"] == "available" and status["last_rescue"], status
+    assert owners(slot) == {0} and not (slot / "w.txt").exists()
+    assert "rescue/uncommitted" in git(s.pool.paths.mirror, "bundle", "list-heads",
+                                       status["last_rescue"])
 
 
 # --- races: the holder swaps directories and plants links while root releases ----------------
