@@ -166,6 +166,34 @@ def test_init_is_safe_twice_and_from_two_processes_at_once(pg_cluster):
     assert status["version"] == ledger.SCHEMA_VERSION and status["up_to_date"]
 
 
+def test_migrate_brings_a_ledger_of_the_previous_version_up_and_keeps_its_leases(
+        pg_cluster, upstream, tmp_path):
+    """A ledger as the previous version left it (a lease held; no column for a lease's
+    user): refused until ``ledger migrate`` adds it; the lease held before is kept."""
+    dsn = pg_cluster.create_database("previous_schema")
+    env = {"NECROPOOL_HOME": str(tmp_path / "root"), "NECROPOOL_LEDGER": dsn}
+    assert run_cli("ledger", "init", env=env).code == 0
+    assert run_cli("create", "web", upstream, "--slots", "1", env=env).code == 0
+    held = run_cli("allocate", "web", "--no-fetch", "--json", env=env).json()
+    pg_cluster.psql("ALTER TABLE slots DROP COLUMN lease_user",
+                    f"DELETE FROM necropool_schema WHERE version = {ledger.SCHEMA_VERSION}",
+                    dbname="previous_schema")
+    column = ("SELECT data_type FROM information_schema.columns WHERE table_name = 'slots' "
+              "AND column_name = 'lease_user'")
+    assert pg_cluster.psql(column, dbname="previous_schema").strip() == ""
+    refused = run_cli("status", "web", env=env, in_process=False)
+    assert refused.code == 3 and "ledger migrate" in refused.stderr, refused
+    done = run_cli("ledger", "migrate", "--json", env=env).json()
+    assert (done["was"], done["version"], done["migrated"]) == (
+        ledger.SCHEMA_VERSION - 1, ledger.SCHEMA_VERSION, True)
+    assert pg_cluster.psql(column, dbname="previous_schema").strip() == "jsonb"
+    kept = run_cli("status", held["slot_id"], "--json", env=env).json()
+    assert (kept["lease_id"], kept["user"]) == (held["lease_id"], None)
+    assert run_cli("release", held["slot_id"], "--lease-id", held["lease_id"], "--no-cleanup",
+                   env=env).code == 0
+    pg_cluster.drop_database("previous_schema")
+
+
 def test_a_password_is_never_shown(pg_cluster, tmp_path):
     dsn = pg_cluster.dsn("postgres").replace("postgres@", "postgres:hunter2-secret@")
     for args in (["ledger", "status"], ["ledger", "status", "--json"], ["ledger", "init"]):

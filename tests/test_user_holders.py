@@ -22,15 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import git, run_cli
+from helpers import clock_at, git, run_cli
 from test_privilege import OWNER, as_owner, made_scene, tree_hash
 
 from necropool import PoolManager
-from necropool.ground import confine
+from necropool.ground import confine, proc
 from necropool.ground.config import PoolSpec
 from necropool.ground.errors import Conflict, TryAgain, UsageError
+from necropool.ground.users import lookup
 from necropool.lease import handover
 from necropool.lease.allocate import AllocateRequest
+from necropool.store import journal
 
 NOBODY = 65534
 NOBODY_NAME = "nobody"
@@ -109,6 +111,26 @@ def _canary(top: Path, uid: int) -> None:
 
 @pytest.fixture
 def scene(upstream, monkeypatch) -> Iterator[Scene]:
+    with _made(upstream, monkeypatch) as s:
+        yield s
+
+
+@pytest.fixture
+def ledger_scene(ledger_dsn, upstream, monkeypatch) -> Iterator[Scene]:
+    """The scene with the pool in a shared ledger, as host alpha of its fleet."""
+    monkeypatch.setenv("NECROPOOL_LEDGER", ledger_dsn)
+    monkeypatch.setenv("NECROPOOL_HOST", "alpha")
+    proc.hostname.cache_clear()  # (learnt once a process: this one's name is alpha now)
+    try:
+        with _made(upstream, monkeypatch) as s:
+            yield s
+    finally:
+        monkeypatch.delenv("NECROPOOL_HOST")
+        proc.hostname.cache_clear()
+
+
+@contextlib.contextmanager
+def _made(upstream: Path, monkeypatch: Any) -> Iterator[Scene]:
     base = Path(tempfile.mkdtemp(prefix="necropool-user-", dir="/tmp"))
     base.chmod(0o755)  # the holder must reach the root's directory
     try:
@@ -376,8 +398,9 @@ def test_a_users_slot_of_another_owners_pool_comes_back_to_that_owner(
                         .allocate_slot("web")["state"]) == "allocated"
 
 
-def test_auto_recover_reclaims_a_dead_user_holders_slot(scene):
-    s = scene
+@pytest.mark.parametrize("where", ["scene", "ledger_scene"])
+def test_auto_recover_reclaims_a_dead_user_holders_slot(where, request):
+    s = request.getfixturevalue(where)
     holder = subprocess.Popen(["sleep", "60"])
     lease = s.manager.allocate_slot("web", pid=holder.pid, user=NOBODY_NAME)
     slot = Path(lease["path"])
@@ -390,6 +413,90 @@ def test_auto_recover_reclaims_a_dead_user_holders_slot(scene):
     status = s.manager.slot_status(lease["slot_id"])
     assert status["state"] == "available" and status["last_rescue"], status
     assert owners(slot) == {0} and not (slot / "w.txt").exists()
+
+
+# --- a pool in a shared ledger ----------------------------------------------------------------
+
+def test_a_user_holder_in_a_ledger_pool_as_in_a_local_one(ledger_scene):
+    """The ledger records the lease's user: status and the events show it, the host's
+    memory of the lease equals the ledger's (no divergence found), and root's release
+    takes the tree back before the owner saves and cleans it."""
+    s = ledger_scene
+    got = s.cli("allocate", "web", "--user", NOBODY_NAME, "--json")
+    assert got.code == 0, got
+    lease = json.loads(got.stdout)
+    assert (lease["user"], lease["user_uid"]) == (NOBODY_NAME, NOBODY)
+    slot, number = Path(lease["path"]), int(lease["slot_id"].rpartition("-")[2])
+    assert owners(slot / "src") == {NOBODY}
+    [row] = [x for x in s.pool.store.snapshot().slots.values() if x.lease]
+    assert row.lease is not None and row.lease.user == lookup(NOBODY_NAME)
+    assert journal.recall(s.pool.paths, number).lease == row.lease
+    shown = json.loads(s.cli("status", lease["slot_id"], "--json").stdout)
+    assert (shown["user"], shown["user_uid"]) == (NOBODY_NAME, NOBODY)
+    found = s.cli("detect", "--json")
+    assert found.code == 0 and json.loads(found.stdout)["ledger_divergences"] == [], found
+
+    assert as_user(NOBODY, f"cd {slot} && echo mine > work.txt && echo e >> README && git -c "
+                           "user.name=n -c user.email=n@x commit -qam w").returncode == 0
+    released = s.cli("release", lease["slot_id"], "--json")
+    assert released.code == 0, released
+    heads = git(s.pool.paths.mirror, "bundle", "list-heads", json.loads(released.stdout)[
+        "rescued"])
+    assert "rescue/uncommitted" in heads and "rescue/HEAD" in heads, heads  # (detached)
+    assert owners(slot) == {0} and git(  # (a status that writes no index: as sealed)
+        slot, "--no-optional-locks", "status", "--porcelain", "--ignored") == ""
+    events = json.loads(s.cli("log", "web", "--json").stdout)["events"]
+    seen = {(e["event"], e.get("user"), e.get("user_uid")) for e in events}
+    assert {("allocate", NOBODY_NAME, NOBODY), ("release", NOBODY_NAME, NOBODY)} <= seen, seen
+
+    ran = s.cli("run", "web", "--user", NOBODY_NAME, "--", "sh", "-c", "id -u; touch mine")
+    assert (ran.code, ran.stdout) == (0, f"{NOBODY}\n"), ran
+    for n in (1, 2):
+        assert owners(s.pool.slot_dir(n)) == {0} and not (s.pool.slot_dir(n) / "mine").exists()
+    found = s.cli("detect", "--json")
+    assert found.code == 0 and json.loads(found.stdout)["ledger_divergences"] == [], found
+
+
+def test_another_host_cannot_end_a_lease_handed_to_a_user(ledger_scene):
+    """Only the slot's own host can take its tree back from the user: a release from
+    another host, though it names the lease, is refused (exit 2, one line, nothing
+    changed); there, as root, the release takes it back and cleans it."""
+    s = ledger_scene
+    lease = s.manager.allocate_slot("web", user=NOBODY_NAME, ttl=3600)
+    slot = Path(lease["path"])
+    log = s.cli("log", "web", "--json").stdout
+    beta = {"NECROPOOL_HOME": str(s.base / "beta"), "NECROPOOL_HOST": "beta"}
+    got = run_cli("release", f"{lease['slot_id']}@alpha", "--lease-id", lease["lease_id"],
+                  env=beta)
+    assert got.code == 2 and len(got.stderr.strip().splitlines()) == 1, got
+    assert (f"handed to local user {NOBODY_NAME!r} on host alpha: release it there"
+            in got.stderr), got
+    assert s.cli("log", "web", "--json").stdout == log
+    held = s.manager.slot_status(lease["slot_id"])
+    assert (held["state"], held["lease_id"], held["user"]) == (
+        "allocated", lease["lease_id"], NOBODY_NAME)
+    assert owners(slot / "src") == {NOBODY}
+    both = s.cli("allocate", "web", "--user", NOBODY_NAME, "--any-host")
+    assert both.code == 2 and "--any-host" in both.stderr, both
+    assert s.cli("release", lease["slot_id"], "--lease-id", lease["lease_id"]).code == 0
+    assert owners(slot) == {0}
+
+
+@pytest.mark.parametrize("where", ["scene", "ledger_scene"])
+def test_auto_recover_takes_back_an_expired_user_lease_before_cleaning(where, request,
+                                                                       monkeypatch):
+    s = request.getfixturevalue(where)
+    lease = s.manager.allocate_slot("web", user=NOBODY_NAME, ttl=60)
+    slot = Path(lease["path"])
+    assert as_user(NOBODY, f"cd {slot} && echo w > w.txt").returncode == 0
+    clock_at(monkeypatch, 3600)
+    result = s.cli("auto-recover", "--json")
+    assert result.code == 0 and json.loads(result.stdout)["expired_released"] == 1, result
+    status = s.manager.slot_status(lease["slot_id"])
+    assert status["state"] == "available" and status["last_rescue"], status
+    assert owners(slot) == {0} and not (slot / "w.txt").exists()
+    assert "rescue/uncommitted" in git(s.pool.paths.mirror, "bundle", "list-heads",
+                                       status["last_rescue"])
 
 
 # --- races: the holder swaps directories and plants links while root releases ----------------

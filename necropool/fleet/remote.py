@@ -77,7 +77,9 @@ def release(pool: Pool, host: str, number: int, lease_id: str | None,
     for cleanup by its own host, which applies its own rules there (work saved, a process
     still in the slot left alone). Only the lease's holder can name it: no lease id, no
     release from afar (the holder may be working; only its host can tell). ``reason``:
-    the event's name (``reclaim``: the holder, on this host, died)."""
+    the event's name (``reclaim``: the holder, on this host, died). A lease whose slot
+    was handed to a local user of its host (``--user``) is refused (UsageError, nothing
+    changed): only that host, as root, can take the tree back before it is cleaned."""
     sid = slot_id(pool, number, host)
     if not lease_id:
         raise UsageError(f"slot {sid} is on another host: releasing it from here needs its "
@@ -93,9 +95,14 @@ def release(pool: Pool, host: str, number: int, lease_id: str | None,
                                  owner=ended.lease.owner if ended.lease else None,
                                  slot_host=host))]
 
+    def not_handed(leased: Slot) -> None:  # judged on the row locked for the end
+        if leased.lease is not None and leased.lease.user is not None:
+            raise UsageError(f"slot {sid} is handed to local user {leased.lease.user.name!r} "
+                             f"on host {host}: release it there")
+
     try:
-        store_of(pool).end_lease(number, lease_id, Holder.me(), host=host, uncleaned=True,
-                                 note=noted)
+        store_of(pool).end_lease(number, lease_id, Holder.me(), check=not_handed, host=host,
+                                 uncleaned=True, note=noted)
     except LeaseLost:
         raise Conflict("stale " + lease_gone(pool, number, lease_id, sid)) from None
     return _released_result(pool, sid, lease_id)

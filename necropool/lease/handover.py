@@ -22,15 +22,12 @@ from necropool.slot.handover import give, lock_out
 def check(pool: Pool, name: str) -> HolderUser:
     """The user ``--user NAME`` names, refused (UsageError, nothing changed) where handing a
     slot to it is impossible or means nothing: not root, an unknown user, root, the pool's
-    owner, a pool in a shared ledger."""
+    owner."""
     require_root()
     user = lookup(name)
     if user.uid == owner_of(pool)[0]:
         raise UsageError(f"--user {name!r} owns pool {pool.name!r}: a slot of its own pool "
                          "needs no handing over (leave out --user)")
-    if pool.ledger:
-        raise UsageError(f"--user is not available for pool {pool.name!r}: it is in a shared "
-                         "ledger, which does not record a lease's user")
     return user
 
 

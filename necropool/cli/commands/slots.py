@@ -131,11 +131,13 @@ def allocate(pool: PoolArg, owner: Owner = None, pid: Pid = None, ttl: Ttl = Non
         "Uncommitted changes and unpushed commits are saved first; the result says where "
         "(rescued).",
         "Releasing another host's slot of a shared ledger (POOL-N@HOST) needs --lease-id; "
-        "that host cleans it before handing it out again. The same release repeated (say, "
+        "that host cleans it before handing it out again, but a slot handed to a local user "
+        "there (--user) is released only on that host. The same release repeated (say, "
         "after its answer was lost) succeeds.",
     ],
     exit_status=(
-        "2 when another host's slot is named without --lease-id; 5 when the slot is not "
+        "2 when another host's slot is named without --lease-id, or was handed to a local "
+        "user of its host; 5 when the slot is not "
         "allocated or --lease-id names a stale lease."
     ),
     examples=(

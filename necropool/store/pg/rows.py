@@ -8,6 +8,7 @@ from typing import Any
 
 from necropool.ground.clock import now
 from necropool.ground.proc import Holder
+from necropool.ground.users import HolderUser
 from necropool.store.model import Lease, Slot, SlotState
 
 # The time columns of ``slots`` (moved between the clocks).
@@ -46,6 +47,7 @@ def row_of(slot: Slot, path: Path, shift: timedelta) -> dict[str, Any]:
         "ttl_seconds": lease.ttl_seconds if lease else None,
         "metadata": lease.metadata if lease else None,
         "ref": text(lease.ref) if lease else None,
+        "lease_user": lease.user.to_dict() if lease and lease.user else None,
         "worker": slot.worker.to_dict() if slot.worker else None,
         "created_at": slot.created_at, "commit": slot.commit,
         "needs_cleanup": slot.needs_cleanup, "allocation_count": slot.allocation_count,
@@ -71,7 +73,8 @@ def slot_of(row: dict[str, Any], shift: timedelta) -> Slot:
                       expires_at=times["expires_at"],
                       holder=Holder.from_dict(row["holder"]) if row["holder"] else None,
                       metadata=row["metadata"] or {}, ttl_seconds=row["ttl_seconds"],
-                      ref=row["ref"])
+                      ref=row["ref"], user=HolderUser.from_dict(row["lease_user"])
+                      if row["lease_user"] else None)
     return Slot(number=row["number"], state=SlotState(row["state"]),
                 created_at=times["created_at"], commit=row["commit"],
                 needs_cleanup=row["needs_cleanup"], lease=lease,
@@ -87,5 +90,5 @@ def slot_of(row: dict[str, Any], shift: timedelta) -> Slot:
 
 def param(item: tuple[str, Any]) -> Any:
     key, value = item
-    return json_value(value) if key in ("holder", "metadata", "worker") else value
+    return json_value(value) if key in ("holder", "metadata", "worker", "lease_user") else value
 

@@ -90,6 +90,10 @@ MIGRATIONS = (
     ALTER TABLE hosts ADD COLUMN vouched text;
     CREATE INDEX events_at ON events (pool, at);
     """,
+    # The local user a lease's slot was handed to (``allocate --user``: ``HolderUser``).
+    """
+    ALTER TABLE slots ADD COLUMN lease_user jsonb;
+    """,
 )
 # The server as it runs now: another database (a restore) or another server process (a
 # failover, a restart) is another incarnation, in which no host has vouched yet.

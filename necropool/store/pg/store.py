@@ -237,7 +237,7 @@ class PgStore(Transactions):
                     "UPDATE slots SET state = 'allocated', lease_id = %s, owner = %s, "
                     "holder_pid = %s, holder_start = %s, holder = %s, allocated_at = now(), "
                     "expires_at = now() + make_interval(secs => %s), ttl_seconds = %s, "
-                    "metadata = %s, ref = %s, worker = NULL, error = NULL, "
+                    "metadata = %s, ref = %s, lease_user = %s, worker = NULL, error = NULL, "
                     "allocation_count = allocation_count + 1, last_allocated_at = now(), "
                     "generation = generation + 1 "
                     "WHERE pool = %s AND host = %s AND number = %s RETURNING *",
@@ -245,6 +245,7 @@ class PgStore(Transactions):
                      holder.start if holder else None,
                      json_value(holder.to_dict() if holder else None), lease.ttl_seconds,
                      lease.ttl_seconds, json_value(lease.metadata), text(lease.ref),
+                     json_value(lease.user.to_dict() if lease.user else None),
                      self.name, host, row["number"])), *self._noted(note, claimed))), shift)
         except LedgerDown:
             if not chosen:  # nothing was asked to change
@@ -360,7 +361,8 @@ class PgStore(Transactions):
                     "last_released_at = now(), lease_id = NULL, owner = NULL, "
                     "holder_pid = NULL, holder_start = NULL, holder = NULL, "
                     "allocated_at = NULL, expires_at = NULL, ttl_seconds = NULL, "
-                    "metadata = NULL, ref = NULL, generation = generation + 1 "
+                    "metadata = NULL, ref = NULL, lease_user = NULL, "
+                    "generation = generation + 1 "
                     "WHERE pool = %s AND host = %s AND number = %s",
                     ("available" if uncleaned else "cleaning", uncleaned,
                      json_value(worker.to_dict() if worker else None), self.name, host,
