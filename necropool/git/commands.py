@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -551,12 +551,18 @@ def fetch_mirror(mirror: Path, *, timeout: float, backend: str = "git",
                 env=mirror_env(credentials))
 
 
-def commit_of(repo: Path, rev: str) -> str | None:
+def commit_of(repo: Path, rev: str, meanwhile: Callable[[], None] | None = None) -> str | None:
     """The commit ``rev`` (a ref name, short or full, or a commit id, full or abbreviated;
     already checked by ``validate.check_ref_request``) names in ``repo``, peeled through
-    tags; None when it names none there (or is ambiguous)."""
-    out = run(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
-              repo, check=False)
+    tags; None when it names none there (or is ambiguous). ``meanwhile``: this process's
+    own work, done while git looks (on another core)."""
+    args = ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"]
+    proc = start(args, repo)
+    try:
+        if meanwhile is not None:
+            meanwhile()
+    finally:
+        out = wait(proc, args, check=False)
     if out.returncode != 0:
         return None
     return out.stdout.decode().strip() or None

@@ -6,6 +6,7 @@ failed fetch kept for ``detect`` instead of stopping allocation."""
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -65,14 +66,14 @@ def update_mirror(pool: Pool) -> str | None:
         lock.release()
 
 
-def resolve_ref(pool: Pool, ref: str) -> str:
+def resolve_ref(pool: Pool, ref: str, meanwhile: Callable[[], None] | None = None) -> str:
     """The commit ``ref`` names (a branch, a tag, a full ref name such as
     ``refs/pull/123/head``, or a commit id), in the mirror; when the mirror lacks it, it is
     fetched from the upstream by its exact name first. ``NotFound`` when the upstream does
-    not serve it either."""
+    not serve it either. ``meanwhile`` is done while git first looks (``git.commit_of``)."""
     check_ref_request(ref)
     ensure_inside(pool.paths.mirror, pool.settings.root)
-    commit = git.commit_of(pool.paths.mirror, ref)
+    commit = git.commit_of(pool.paths.mirror, ref, meanwhile)
     if commit is not None:
         return commit
     lock = FileLock(pool.paths.mirror_lock)
