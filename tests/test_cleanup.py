@@ -457,3 +457,28 @@ def test_a_release_leaves_an_index_that_needs_no_rehashing(cli, pool):
     assert int(index.stat().st_mtime) == newest_file  # racily clean
     assert cli("release", "web-1").code == 0
     assert int(index.stat().st_mtime) > newest_file
+
+
+def test_an_edit_in_the_second_of_its_files_checkout_is_saved(cli, pool, upstream, tmp_path):
+    """The holder checks a file out and edits it at once, to the same size (a version
+    bumped): git's index alone cannot tell that file from the checked-out one, only the
+    index file's own time can (git then reads the content). The edit is saved all the
+    same, the release being seconds later."""
+    slot = allocate_path(cli)
+    readme = slot / "README"
+    for _ in range(20):  # until the edit lands in the second that the checkout recorded
+        readme.write_text("changed\n")
+        git(slot, "checkout", "--", "README")
+        before = readme.stat()
+        with open(readme, "r+b") as fh:
+            fh.write(b"U")
+        os.utime(readme, ns=(before.st_atime_ns, before.st_mtime_ns))
+        if int(readme.stat().st_ctime) == int(before.st_ctime):
+            break
+    else:
+        pytest.skip("no edit landed in its checkout's second")
+    time.sleep(1.1)  # the save's copy of the index made in a later second
+    released = cli("release", "web-1", "--json")
+    assert released.code == 0, released
+    repo = restore(upstream, released.json()["rescued"], tmp_path / "restored")
+    assert show(repo, "refs/rescued/uncommitted", "README") == "Upstream"

@@ -100,7 +100,10 @@ class Snapshot:
         self.tree, self.index = tree, tree / ".git" / "necropool-rescue.index"
         self.index.unlink(missing_ok=True)  # a planted symlink is removed, never written through
         if (tree / ".git" / "index").exists():
-            shutil.copyfile(tree / ".git" / "index", self.index)
+            # with its times: git reads the content of an entry whose file is as new as the
+            # index file ("racily clean"); a copy made now would pass as unchanged a
+            # same-size edit made within the second of the file's checkout
+            shutil.copy2(tree / ".git" / "index", self.index)
         self.env = {"GIT_INDEX_FILE": str(self.index)}
         self.args = ["add", "-A", "--", ".", *(f":(exclude,literal){os.fsdecode(path)}"
                                                for path in gitlinks(tree))]
