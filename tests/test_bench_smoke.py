@@ -26,18 +26,23 @@ def test_quick_benchmark_completes_every_case(tmp_path):
     assert "ratio" in proc.stdout
 
 
-@pytest.mark.slow
-def test_quick_fleet_benchmark_holds_nothing_twice_and_loses_no_lease(tmp_path):
+def quick_ledger_bench(script: Path, out: Path) -> dict:
+    """Run a ledger benchmark's quick variant (it starts its own PostgreSQL server) and
+    return its JSON report."""
     import_or_skip("psycopg")
     try:
         find_bindir()
     except ClusterError as exc:
         skip_unless_ci(f"no PostgreSQL server: {exc}")
-    out = tmp_path / "fleet.json"
-    proc = subprocess.run([sys.executable, str(FLEET), "--quick", "--json", str(out)],
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_quick_fleet_benchmark_holds_nothing_twice_and_loses_no_lease(tmp_path):
+    report = quick_ledger_bench(FLEET, tmp_path / "fleet.json")
     assert report["violations"] == []
     for name in ("steady", "chaos", "restart"):
         phase = report["phases"][name]
@@ -53,16 +58,7 @@ def test_quick_fleet_benchmark_holds_nothing_twice_and_loses_no_lease(tmp_path):
 
 @pytest.mark.slow
 def test_quick_fleet_scale_benchmark_measures_every_layout(tmp_path):
-    import_or_skip("psycopg")
-    try:
-        find_bindir()
-    except ClusterError as exc:
-        skip_unless_ci(f"no PostgreSQL server: {exc}")
-    out = tmp_path / "scale.json"
-    proc = subprocess.run([sys.executable, str(SCALE), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    report = quick_ledger_bench(SCALE, tmp_path / "scale.json")
     assert list(report["layouts"]) == ["1h x 20", "2h x 20", "1h x 40", "2h x 40"]
     for layout in report["layouts"].values():
         assert layout["cli"]["allocate"]["n"] == 2 and layout["pgbench_hosts"]["tps"] > 0

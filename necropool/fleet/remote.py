@@ -115,12 +115,8 @@ def _released_result(pool: Pool, sid: str, lease_id: str) -> dict[str, Any]:
 
 def renew(pool: Pool, host: str, number: int, lease_id: str, ttl: float | None) -> Remote:
     """Extend a lease of another host's slot (by its own TTL unless ``ttl``)."""
-    found = find(pool, host, number)
-    lease = found.slot.lease
-    if lease is None or lease.lease_id != lease_id:
-        raise Conflict(f"lease {lease_id} is not the current lease of slot "
-                       f"{slot_id(pool, number, host)}")
-    try:
+    found = find(pool, host, number)  # (its path, which the renewed slot does not carry)
+    try:  # fenced where it is renewed: LeaseLost unless ``lease_id`` is its lease
         slot = store_of(pool).renew(number, lease_id, ttl, host=host)
     except LeaseLost:
         raise Conflict(f"lease {lease_id} is not the current lease of slot "

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from necropool.ground.clock import now
+from necropool.ground.errors import UsageError
 from necropool.ground.proc import Holder
 from necropool.ground.users import HolderUser
 from necropool.ground.validate import utf8_safe
@@ -51,6 +52,14 @@ class Lease:
         return cls(lease_id=os.urandom(8).hex(), owner=owner, allocated_at=at,
                    expires_at=at + timedelta(seconds=ttl) if ttl else None, holder=holder,
                    metadata=metadata, ttl_seconds=ttl or None, ref=ref)
+
+    def renewal_ttl(self, ttl: float | None) -> float:
+        """The TTL a renewal gives: ``ttl``, else the lease's own; UsageError without
+        either."""
+        renewal = ttl or self.ttl_seconds
+        if not renewal:
+            raise UsageError(f"lease {self.lease_id} has no TTL: pass --ttl to give it one")
+        return renewal
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -21,7 +21,7 @@ from typing import Any
 
 from necropool.ground import wakeup
 from necropool.ground.clock import now
-from necropool.ground.errors import NotFound, OperationFailed, UsageError
+from necropool.ground.errors import NotFound, OperationFailed
 from necropool.ground.layout import PoolPaths, fsync_dir
 from necropool.ground.locks import FileLock
 from necropool.ground.proc import Holder
@@ -251,9 +251,7 @@ class TomlStore(Transactions):
         with self._one(number) as slot:
             lease = self._leased(slot, lease_id).lease
             assert lease is not None  # checked by _leased
-            ttl = ttl_seconds or lease.ttl_seconds
-            if not ttl:
-                raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
+            ttl = lease.renewal_ttl(ttl_seconds)
             lease.expires_at, lease.ttl_seconds = now() + timedelta(seconds=ttl), ttl
         self._note(note, slot)
         return slot

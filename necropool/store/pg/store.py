@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from necropool.ground import wakeup
 from necropool.ground.clock import follow_server, now, rfc3339
-from necropool.ground.errors import Conflict, NotFound, UsageError
+from necropool.ground.errors import Conflict, NotFound
 from necropool.ground.layout import PoolPaths
 from necropool.ground.proc import Holder
 from necropool.store import journal
@@ -313,9 +313,7 @@ class PgStore(Transactions):
                 shift = _shift(row["server_now"])
                 leased = slot_of(row, shift)
                 assert leased.lease is not None  # checked by _leased
-                ttl = ttl_seconds or leased.lease.ttl_seconds
-                if not ttl:
-                    raise UsageError(f"lease {lease_id} has no TTL: pass --ttl to give it one")
+                ttl = leased.lease.renewal_ttl(ttl_seconds)
                 seen.append(row)
                 renewed = replace(leased, lease=replace(
                     leased.lease, ttl_seconds=ttl,
